@@ -1,0 +1,47 @@
+# ana-lightning: `make train` and `make test` set everything up on a fresh machine (Python >= 3.10).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ana-installed
+# torch/torchvision pinned: these wheels are what this project is tested with.
+TORCH_PINS := "torch==2.14.1" "torchvision==0.29.1"
+TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
+ARGS ?=
+
+.PHONY: install train test test-slow test-all lint format clean help
+
+help:
+	@echo "make train      set up .venv if needed, then run ana-train (ARGS='key=value ...' to override)"
+	@echo "make test       set up .venv if needed, then run the test suite (slow tests excluded)"
+	@echo "make test-slow  the slow tests (notebook, longer training runs)"
+	@echo "make lint       ruff"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install $(TORCH_PINS)
+	$(BIN)/python -m pip install -e ".[dev]" $(TORCH_PINS)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/ana-train $(ARGS)
+
+test: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow $(ARGS)
+
+test-all: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check ana_lightning tests experiments
+
+format: $(STAMP)
+	$(BIN)/ruff format ana_lightning tests experiments
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache build dist *.egg-info

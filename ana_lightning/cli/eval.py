@@ -1,0 +1,21 @@
+"""``ana-eval``: evaluate a checkpoint on a dataset folder or split (``conf/eval.yaml``)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ..utils import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from ..pipeline import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""LightningDataModules: thin layers over records → split → dataset → loader.
+
+:class:`RecordDataModule` owns everything shared (split or reuse a manifest, class list, class
+weights, loaders, run-folder reports); a concrete datamodule only says how records are read and
+what the target is.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..taxonomy import Taxonomy
+from ..utils import plain_hparams
+from .images import BadFile, load_image
+from .records import DatasetError, ImageRecord, read_single_label_folder
+from .splits import SPLITS, duplicate_sets, load_manifest, save_manifest, split_records
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+
+__all__ = ["RecordDataset", "RecordDataModule", "SingleLabelDataModule", "SyntheticDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+class RecordDataset(Dataset):
+    """Images of a list of records, as ``{"image", "target", "index"}`` dicts.
+
+    With ``cache=True`` every image is decoded and resized once (in threads) and kept as uint8.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform, cache: bool = False):
+        self.records = list(records)
+        self.targets = targets
+        self.transform = transform
+        self._cache: list[np.ndarray] | None = None
+        if cache and self.records:
+            with ThreadPoolExecutor(4) as pool:
+                self._cache = list(pool.map(lambda r: transform.resize(load_image(r.path)), self.records))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, i: int) -> np.ndarray:
+        return self._cache[i] if self._cache is not None else load_image(self.records[i].path)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.transform(self.load(i)), "target": self.targets[i], "index": i}
+
+
+class RecordDataModule(L.LightningDataModule):
+    """Shared base: reading, splitting, targets, loaders and run-folder reports.
+
+    Subclasses implement :meth:`read_records` and, if not single-label, :meth:`make_targets`.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str] | None = None,
+        tree: str | None = None,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        seed: int = 0,
+        split_manifest: str | None = None,
+        on_bad_file: str = "error",
+        cache_images: bool = True,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        train_augment: Sequence[Any] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["train_augment"])
+        plain_hparams(self)
+        self.tree = Taxonomy.load(tree)
+        self.requested_classes = list(classes) if classes else None
+        self.train_augment = train_augment
+        self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
+        self.std = tuple(std) if std is not None else IMAGENET_STD
+        self.taxonomy: Taxonomy | None = None
+        self.splits: dict[str, list[ImageRecord]] = {}
+        self.bad_files: list[BadFile] = []
+        self.datasets: dict[str, RecordDataset] = {}
+
+    # -------------------------------------------------------------- to implement
+    @property
+    def root(self) -> Path:
+        raise NotImplementedError
+
+    def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
+        raise NotImplementedError
+
+    def make_targets(self, records: Sequence[ImageRecord]) -> torch.Tensor:
+        """Class indices of single-label records."""
+        assert self.taxonomy is not None
+        return torch.tensor([self.taxonomy.codes.index(r.label) for r in records], dtype=torch.long)
+
+    # -------------------------------------------------------------- shared logic
+    @property
+    def class_names(self) -> list[str]:
+        if self.taxonomy is None:
+            raise RuntimeError("call datamodule.setup() first: the class list comes from the data")
+        return list(self.taxonomy.codes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Use the backbone's normalisation (datasets built earlier are rebuilt)."""
+        if (tuple(mean), tuple(std)) != (self.mean, self.std):
+            self.mean, self.std = tuple(mean), tuple(std)
+            self.datasets.clear()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        records, self.bad_files = self.read_records()
+        present = {c for r in records for c in r.codes}
+        if self.requested_classes:
+            self.taxonomy = self.tree.subset(self.requested_classes)
+            outside = sorted(present - set(self.taxonomy.codes), key=self.tree.codes.index)
+            if outside:
+                raise DatasetError(
+                    self.root,
+                    [BadFile(str(self.root), f"images of {', '.join(outside)}, not in data.classes={self.taxonomy.codes}")],
+                )
+        else:
+            self.taxonomy = self.tree.subset(present)  # classes present, in natural order
+        if self.hparams.split_manifest:
+            self.splits = self._splits_from_manifest(records, self.hparams.split_manifest)
+        else:
+            self.splits = split_records(records, self.hparams.split_fractions, seed=self.hparams.seed)
+        for s in SPLITS:
+            log.info("%s: %d images", s, len(self.splits[s]))
+
+    def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
+        """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
+        tf = build_transform(self.hparams.image_size, self.train_augment if train else None, self.mean, self.std)
+        return RecordDataset(records, self.make_targets(records), tf, cache=self.hparams.cache_images)
+
+    def dataset(self, split: str) -> RecordDataset:
+        """The dataset of a split, built (and its images cached) on first use."""
+        if not self.splits:
+            self.setup()
+        if split not in self.datasets:
+            self.datasets[split] = self.make_dataset(self.splits[split], train=split == "train")
+        return self.datasets[split]
+
+    def _splits_from_manifest(self, records: list[ImageRecord], manifest: str) -> dict[str, list[ImageRecord]]:
+        planned = load_manifest(manifest, root=self.root, taxonomy=self.tree)
+        by_path = {str(Path(r.path).resolve()): r for r in records}
+        out: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
+        problems = []
+        used = set()
+        for s, recs in planned.items():
+            for p in recs:
+                key = str(Path(p.path).resolve())
+                r = by_path.get(key)
+                if r is None:
+                    problems.append(BadFile(p.path, f"listed in {manifest} but not in the dataset"))
+                elif p.sha256 and r.sha256 and p.sha256 != r.sha256:
+                    problems.append(BadFile(p.path, f"content changed since {manifest} was written (sha256 differs)"))
+                elif p.codes != r.codes:
+                    problems.append(BadFile(p.path, f"label {r.codes} differs from {p.codes} in {manifest}"))
+                else:
+                    out[s].append(r)
+                    used.add(key)
+        if problems:
+            raise DatasetError(self.root, problems, "The split manifest does not match the data.")
+        extra = [r.path for k, r in by_path.items() if k not in used]
+        if extra:
+            log.warning("%d image(s) are not in %s and are left out, e.g. %s", len(extra), manifest, extra[0])
+        return out
+
+    def class_weights(self) -> list[float]:
+        """Inverse-frequency weights ``n / (K · n_c)`` from the training split only."""
+        counts = Counter(c for r in self.splits["train"] for c in r.codes)
+        n, k = sum(counts.values()), self.num_classes
+        return [n / (k * counts[c]) if counts[c] else 0.0 for c in self.class_names]
+
+    def write_reports(self, out_dir: str | Path) -> None:
+        """Split manifest, bad-file list and duplicate report into the run folder."""
+        out_dir = Path(out_dir)
+        save_manifest(self.splits, out_dir / "split_manifest.csv", root=self.root)
+        if self.bad_files:
+            with open(out_dir / "bad_files.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["path", "reason"])
+                w.writerows([b.path, b.reason] for b in self.bad_files)
+            log.warning("%d bad file(s) skipped: see %s", len(self.bad_files), out_dir / "bad_files.csv")
+        dups = duplicate_sets([r for s in SPLITS for r in self.splits[s]])
+        if dups:
+            split_of = {r.path: s for s in SPLITS for r in self.splits[s]}
+            with open(out_dir / "duplicates.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["sha256", "path", "label", "split"])
+                for group in dups:
+                    for r in group:
+                        w.writerow([r.sha256, r.path, ";".join(r.codes), split_of[r.path]])
+            log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", len(dups))
+
+    # -------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        nw = self.hparams.num_workers
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=nw,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=self.hparams.persistent_workers and nw > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+class SingleLabelDataModule(RecordDataModule):
+    """A folder of ``<root>/<AC code>/<images>`` (``data=single_label``, ``data.root=<folder>``).
+
+    Args (beyond :class:`RecordDataModule`):
+        root: the dataset folder; class folders may be spelled ``AC-3``, ``ac-3``, ``AC3`` or ``ac_3``.
+    """
+
+    def __init__(self, root: str, **kwargs):
+        super().__init__(**kwargs)
+        if not root:
+            raise ValueError("data.root is not set: give the folder of <AC code>/<images> (data.root=/path/to/images)")
+        self._root = Path(root).expanduser()
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
+        return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
+
+
+class SyntheticDataModule(SingleLabelDataModule):
+    """The built-in synthetic HEp-2 dataset (``data=synthetic``): rendered once into ``cache_dir``.
+
+    The folder name encodes every rendering parameter, so a changed parameter renders a new set
+    and an unchanged one is reused (an interrupted render resumes where it stopped).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str = "data/synthetic",
+        n_per_class: int = 60,
+        render_size: int = 256,
+        render_seed: int = 0,
+        dapi: bool = False,
+        root: str | None = None,
+        **kwargs,
+    ):
+        if root:
+            raise ValueError(
+                f"data=synthetic renders its own images into cache_dir; to train on the folder {root} use "
+                "data=single_label data.root=<folder>"
+            )
+        codes = kwargs.get("classes")
+        name = f"v1_n{n_per_class}_s{render_size}_seed{render_seed}{'_dapi' if dapi else ''}"
+        if codes:
+            name += "_" + "-".join(Taxonomy.load(kwargs.get("tree")).subset(codes).codes)
+        super().__init__(root=str(Path(cache_dir).expanduser() / name), **kwargs)
+        self.render = dict(n_per_class=n_per_class, size=render_size, seed=render_seed, dapi=dapi, codes=codes)
+
+    def prepare_data(self) -> None:
+        done = self.root / ".complete"
+        if done.exists():
+            return
+        from .synthetic import generate_dataset
+
+        codes = self.tree.subset(self.render["codes"]).codes if self.render["codes"] else self.tree.codes
+        log.info("rendering the synthetic HEp-2 dataset into %s (once; cached for later runs)", self.root)
+        generate_dataset(
+            self.root,
+            codes=list(codes),
+            n_per_class=self.render["n_per_class"],
+            size=self.render["size"],
+            seed=self.render["seed"],
+            dapi=self.render["dapi"],
+        )
+        done.write_text("ok\n")
+
+    def setup(self, stage: str | None = None) -> None:
+        if not (self.root / ".complete").exists():
+            self.prepare_data()
+        super().setup(stage)

@@ -1,0 +1,140 @@
+"""Image records and the readers that make them.
+
+Every dataset layout is read into the same thing: a list of :class:`ImageRecord` — path, the AC
+codes it shows, an optional group (patient / slide / specimen) and the sha256 of its bytes. Splits,
+targets, datasets and reports all work on records, so a new layout is one reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..taxonomy import LabelError, Taxonomy
+from .images import BadFile, BadImageError, format_bad_files, is_ignored, is_image_path, read_and_hash
+
+__all__ = ["ImageRecord", "DatasetError", "read_single_label_folder", "scan_images", "resolve_bad_files"]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image: where it is, what it shows, who it belongs to, and its content hash."""
+
+    path: str
+    codes: tuple[str, ...]
+    group: str | None = None
+    sha256: str = ""
+    size: tuple[int, int] | None = field(default=None, compare=False)  # (height, width) when known
+
+    @property
+    def label(self) -> str:
+        """The single code of a single-label record (error if it has several)."""
+        if len(self.codes) != 1:
+            raise ValueError(f"{self.path} has {len(self.codes)} labels {self.codes}, expected one")
+        return self.codes[0]
+
+
+class DatasetError(ValueError):
+    """A dataset folder with bad entries; ``bad`` lists every offending path and why."""
+
+    def __init__(self, root: str | Path, bad: Sequence[BadFile], hint: str = ""):
+        self.root, self.bad = str(root), list(bad)
+        msg = f"{len(self.bad)} problem(s) in dataset {root}:\n{format_bad_files(self.bad)}"
+        if hint:
+            msg += f"\n{hint}"
+        super().__init__(msg)
+
+
+def scan_images(
+    paths: Sequence[Path], workers: int | None = None, progress: Callable | None = None
+) -> tuple[dict[str, tuple[str, tuple[int, int]]], list[BadFile]]:
+    """Decode every file once (catching truncated / unreadable ones) and hash its bytes.
+
+    Returns ``{path: (sha256, (h, w))}`` for the good files and the list of bad ones. Threads are
+    enough: decoding and hashing release the GIL.
+    """
+    good: dict[str, tuple[str, tuple[int, int]]] = {}
+    bad: list[BadFile] = []
+
+    def one(p: Path):
+        try:
+            img, digest = read_and_hash(p)
+            return str(p), (digest, img.shape[:2]), None
+        except BadImageError as e:
+            return str(p), None, BadFile(str(p), e.reason)
+
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    with ThreadPoolExecutor(workers) as pool:
+        for path, ok, err in pool.map(one, paths):
+            if err is not None:
+                bad.append(err)
+            else:
+                good[path] = ok
+            if progress is not None:
+                progress()
+    return good, bad
+
+
+def resolve_bad_files(root: str | Path, bad: Sequence[BadFile], on_bad_file: str, hint: str = "") -> None:
+    """Apply the bad-file policy: ``error`` raises listing every path; ``skip`` returns quietly."""
+    if on_bad_file not in ("error", "skip"):
+        raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+    if bad and on_bad_file == "error":
+        raise DatasetError(
+            root, bad, hint or "Fix or remove these files, or set data.on_bad_file=skip to skip them "
+            "(they are then listed in bad_files.csv in the run folder)."
+        )
+
+
+def read_single_label_folder(
+    root: str | Path,
+    taxonomy: Taxonomy,
+    on_bad_file: str = "error",
+    check_images: bool = True,
+    progress: Callable | None = None,
+) -> tuple[list[ImageRecord], list[BadFile]]:
+    """Read ``<root>/<AC code>/<images>`` into records (natural class order, sorted paths).
+
+    Bad input — a sub-folder whose name is not an AC code of ``taxonomy``, an empty class folder, a
+    file that is not an image, an unreadable or truncated image — raises :class:`DatasetError`
+    listing every offending path, or with ``on_bad_file="skip"`` is left out and returned in the
+    second list. Hidden files and ``Thumbs.db``-like files are ignored.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist (set data.root to a folder of <AC code>/<images>)")
+    bad: list[BadFile] = []
+    candidates: list[tuple[Path, str]] = []
+    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not is_ignored(d)), key=lambda d: d.name)
+    if not class_dirs:
+        raise DatasetError(root, [BadFile(str(root), "no class sub-folders (expected <root>/<AC code>/<images>)")])
+    for d in class_dirs:
+        try:
+            code = taxonomy.parse_code(d.name)
+        except LabelError as e:
+            bad.append(BadFile(str(d), f"folder name is not a class code: {e}"))
+            continue
+        files = sorted(p for p in d.rglob("*") if p.is_file() and not is_ignored(p))
+        images = [p for p in files if is_image_path(p)]
+        bad += [BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})") for p in files if not is_image_path(p)]
+        if not images:
+            bad.append(BadFile(str(d), "empty class folder (no images)"))
+        candidates += [(p, code) for p in images]
+    records: list[ImageRecord] = []
+    if check_images:
+        good, bad_images = scan_images([p for p, _ in candidates], progress=progress)
+        bad += bad_images
+        for p, code in candidates:
+            if str(p) in good:
+                digest, size = good[str(p)]
+                records.append(ImageRecord(str(p), (code,), None, digest, size))
+    else:
+        records = [ImageRecord(str(p), (code,)) for p, code in candidates]
+    resolve_bad_files(root, bad, on_bad_file)
+    if not records:
+        raise DatasetError(root, bad or [BadFile(str(root), "no usable images")])
+    records.sort(key=lambda r: (taxonomy.codes.index(r.codes[0]), r.path))
+    return records, bad

@@ -1,0 +1,186 @@
+"""The jobs behind the console commands: train and evaluate, driven by a composed Hydra config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from .reports import plot_confusion_matrix, write_classification_report, write_metrics_json, write_predictions
+from .utils import find_last_checkpoint, load_checkpoint_model
+
+__all__ = ["train", "evaluate", "build_datamodule", "build_trainer"]
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    if not cfg:
+        return []
+    out = []
+    for _, c in cfg.items():
+        if isinstance(c, DictConfig) and "_target_" in c:
+            out.append(instantiate(c))
+    return out
+
+
+def build_datamodule(cfg: DictConfig, **overrides):
+    """The configured datamodule with the augmentation policy of the run."""
+    augment = instantiate(cfg.augmentation.train) if cfg.get("augmentation") and cfg.augmentation.get("train") else None
+    return instantiate(cfg.data, train_augment=augment, **overrides)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    callbacks = _instantiate_list(cfg.get("callbacks"))
+    loggers = _instantiate_list(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+
+
+def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str | None:
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        found = find_last_checkpoint(run_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+        if found is None:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no last.ckpt in {run_dir} or in earlier runs under {Path(cfg.paths.log_dir) / cfg.task_name}"
+            )
+        log.info("resuming from %s", found)
+        return str(found)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    return ckpt_path
+
+
+def _write_test_report(model, records, run_dir: Path, metrics: dict, stage: str = "test") -> None:
+    class_names = model.class_names
+    from .taxonomy import Taxonomy
+
+    tree = Taxonomy.load()
+    display = [tree.display_name(c) if tree.is_code(c) else c for c in class_names]
+    details = getattr(model, "test_details_result", None)
+    if details:
+        plot_confusion_matrix(details["confmat"], class_names, run_dir / f"{stage}_confusion_matrix.png",
+                              title=f"{stage}: MCA {metrics.get(f'{stage}/mca', float('nan')):.3f}")
+        write_classification_report(details, class_names, run_dir, summary=metrics, display_names=display, stage=stage)
+    preds = getattr(model, "test_predictions", None)
+    if preds:
+        paths = [records[int(i)].path for i in preds["index"]]
+        write_predictions(paths, preds["prob"], preds["target"], class_names, run_dir / f"{stage}_predictions.csv")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train (and test with the best checkpoint); returns the metrics and the objects used."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = instantiate(
+        cfg.model,
+        class_names=dm.class_names,
+        class_weights=dm.class_weights() if cfg.get("class_weighted_loss", True) else None,
+        image_size=cfg.data.image_size,
+    )
+    dm.set_normalization(model.hparams.mean, model.hparams.std)
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero:
+        dm.write_reports(run_dir)
+        OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=dm, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), run_dir, cfg))
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    if cfg.get("test", True):
+        ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+        if not ckpt:
+            log.warning("no best checkpoint was saved; testing the current weights")
+        log.info("testing %s", ckpt or "current weights")
+        results = trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        metrics.update(test_metrics)
+        if trainer.is_global_zero:
+            write_metrics_json(test_metrics, run_dir / "metrics.json")
+            _write_test_report(model, dm.splits["test"], run_dir, test_metrics)
+            if ckpt:
+                (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
+    for lg in trainer.loggers:
+        lg.finalize("success")
+    _finish_wandb()
+    return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
+
+
+def _finish_wandb() -> None:
+    """Each job ends its W&B run, so a Hydra multirun records one run per job."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
+    if not cfg.get("ckpt_path"):
+        raise ValueError("ana-eval needs ckpt_path=<file.ckpt>")
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = load_checkpoint_model(cfg.ckpt_path)
+    split = cfg.get("split", "auto")
+    overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
+    manifest = cfg.data.get("split_manifest")
+    if split in ("auto", "test", "val", "train") and not manifest:
+        guess = Path(cfg.ckpt_path).resolve().parent.parent / "split_manifest.csv"
+        if guess.is_file():
+            overrides["split_manifest"] = str(guess)
+            log.info("using the training run's split manifest %s", guess)
+        elif split != "auto":
+            raise FileNotFoundError(
+                f"split={split} needs the training run's split manifest: none at {guess}; pass data.split_manifest=<file> or split=all"
+            )
+    dm = build_datamodule(cfg, **overrides)
+    dm.prepare_data()
+    try:
+        dm.setup("test")
+    except Exception as e:  # noqa: BLE001
+        if "split_manifest" in overrides and split == "auto":
+            log.warning("the training run's split manifest does not fit this data (%s); evaluating all images", str(e).splitlines()[0])
+            overrides.pop("split_manifest")
+            dm = build_datamodule(cfg, **overrides)
+            dm.prepare_data()
+            dm.setup("test")
+            split = "all"
+        else:
+            raise
+    if split == "auto":
+        split = "test" if "split_manifest" in overrides or manifest else "all"
+    dm.set_normalization(model.hparams.mean, model.hparams.std)
+    records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    dataset = dm.make_dataset(records, train=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    trainer = build_trainer(cfg, run_dir)
+    results = trainer.test(model, dataloaders=loader)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        write_metrics_json(metrics, run_dir / "metrics.json")
+        _write_test_report(model, records, run_dir, metrics)
+        (run_dir / "evaluated.txt").write_text(f"checkpoint: {Path(cfg.ckpt_path).resolve()}\nsplit: {split}\nimages: {len(records)}\n")
+    log.info("evaluated %s on %d images (%s): %s", cfg.ckpt_path, len(records), split,
+             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" in k and k.count("/") == 1))
+    _finish_wandb()
+    return metrics, {"model": model, "datamodule": dm, "run_dir": run_dir, "split": split}

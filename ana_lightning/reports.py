@@ -1,0 +1,128 @@
+"""Run-folder reports, written from metrics already computed (never recomputed here)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["write_metrics_json", "write_classification_report", "plot_confusion_matrix", "write_predictions"]
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_metrics_json(metrics: Mapping[str, object], path: str | Path) -> Path:
+    """``metrics.json`` with the keys exactly as logged (``test/mca``, ``test/acc``, …)."""
+    path = Path(path)
+    data = {k: _plain(v) for k, v in sorted(metrics.items())}
+    data = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in data.items()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def plot_confusion_matrix(confmat: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows = true class), with counts in the cells when small."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(_plain(confmat), dtype=float)
+    k = len(class_names)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = max(5.0, 0.32 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=7 if k > 16 else 9)
+    ax.set_yticks(range(k), class_names, fontsize=7 if k > 16 else 9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    if k <= 40:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6 if k > 16 else 8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_classification_report(
+    details: Mapping[str, torch.Tensor],
+    class_names: Sequence[str],
+    out_dir: str | Path,
+    summary: Mapping[str, object] | None = None,
+    display_names: Sequence[str] | None = None,
+    stage: str = "test",
+) -> tuple[Path, Path]:
+    """Per-class precision / recall / F1 / support as CSV and Markdown (with the summary metrics)."""
+    out_dir = Path(out_dir)
+    cm = np.asarray(_plain(details["confmat"]), dtype=int)
+    support = cm.sum(axis=1)
+    rows = []
+    for i, c in enumerate(class_names):
+        rows.append(
+            {
+                "class": c,
+                "name": display_names[i] if display_names else c,
+                "precision": float(_plain(details["precision"])[i]),
+                "recall": float(_plain(details["recall"])[i]),
+                "f1": float(_plain(details["f1"])[i]),
+                "support": int(support[i]),
+            }
+        )
+    csv_path = out_dir / f"{stage}_per_class.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    md = [f"# {stage.capitalize()} report", ""]
+    if summary:
+        md += ["| metric | value |", "|---|---|"]
+        md += [f"| `{k}` | {float(_plain(v)):.4f} |" for k, v in sorted(summary.items()) if np.ndim(_plain(v)) == 0]
+        md.append("")
+    md += ["| class | name | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
+    md += [
+        f"| {r['class']} | {r['name']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
+        for r in rows
+    ]
+    md += ["", f"![confusion matrix]({stage}_confusion_matrix.png)", ""]
+    md_path = out_dir / f"{stage}_report.md"
+    md_path.write_text("\n".join(md))
+    return csv_path, md_path
+
+
+def write_predictions(
+    paths: Sequence[str], prob: torch.Tensor, target: torch.Tensor | None, class_names: Sequence[str], path: str | Path
+) -> Path:
+    """One row per image: path, true label, predicted label, confidence, every class's probability."""
+    prob = prob.detach().cpu().float()
+    pred = prob.argmax(-1)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "true", "pred", "confidence", *[f"p_{c}" for c in class_names]])
+        for i, p in enumerate(paths):
+            true = class_names[int(target[i])] if target is not None else ""
+            w.writerow([p, true, class_names[int(pred[i])], f"{float(prob[i, pred[i]]):.4f}", *[f"{x:.5f}" for x in prob[i].tolist()]])
+    return Path(path)

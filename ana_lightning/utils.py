@@ -1,0 +1,99 @@
+"""Small shared helpers: run-folder names, Hydra resolvers, checkpoint loading, logging."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import secrets
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+__all__ = ["register_resolvers", "unique_run_name", "load_checkpoint_model", "CheckpointError", "find_last_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a usable ana-lightning checkpoint."""
+
+
+@lru_cache(maxsize=1)
+def unique_run_name() -> str:
+    """``YYYY-mm-dd_HH-MM-SS_<id>``: the id is the SLURM job (and array task) id when there is one,
+    otherwise random, so two jobs started in the same second never share a folder. Cached per
+    process, and Lightning passes the resolved folder on to the DDP processes it launches.
+    """
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"_{task}" if task else "")
+    return f"{stamp}_{secrets.token_hex(3)}"
+
+
+def register_resolvers() -> None:
+    """Resolvers used by the configs (idempotent)."""
+    if not OmegaConf.has_resolver("ana.run_name"):
+        OmegaConf.register_new_resolver("ana.run_name", unique_run_name, use_cache=True)
+
+
+def plain_hparams(module) -> None:
+    """Turn OmegaConf containers in ``module.hparams`` into plain Python ones, so checkpoints
+    load with ``torch.load(weights_only=True)`` and without OmegaConf."""
+    from omegaconf import Container
+
+    for k, v in list(module.hparams.items()):
+        if isinstance(v, Container):
+            module.hparams[k] = OmegaConf.to_container(v, resolve=True)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as first:  # noqa: BLE001
+        try:  # Lightning checkpoints written with older versions may hold non-tensor objects
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001
+            size = path.stat().st_size
+            raise CheckpointError(
+                f"{path} ({size:,} bytes) is not a readable checkpoint: {type(first).__name__}: {str(first)[:200]}. "
+                "It may be truncated (a run killed while saving) or not a checkpoint at all."
+            ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the LightningModule stored in an ana-lightning checkpoint, in eval mode."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt.get("ana_lightning")
+    if not meta or "class_path" not in meta:
+        raise CheckpointError(f"{path} was not written by ana-lightning (no 'ana_lightning' metadata)")
+    module_name, _, cls_name = meta["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)
+    model.eval()
+    return model
+
+
+def find_last_checkpoint(run_dir: str | Path, runs_root: str | Path) -> Path | None:
+    """``last.ckpt`` of the current run folder, else of the newest run under ``runs_root``."""
+    own = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        return own
+    cands = sorted(Path(runs_root).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return cands[-1] if cands else None
+
+
+def setup_torch(threads: int | None = None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))

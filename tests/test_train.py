@@ -1,0 +1,144 @@
+"""End-to-end training on tiny folders: outputs, checkpoints, resume, evaluation."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from ana_lightning.models.classifier import SoftmaxClassifier
+from ana_lightning.pipeline import evaluate, train
+from ana_lightning.utils import CheckpointError, load_checkpoint_model
+from conftest import compose, tiny_train_overrides
+
+
+def test_fast_dev_run(tiny_folder, tmp_path):
+    cfg = compose("train", tiny_train_overrides(tiny_folder) + ["debug=fdr"], output_dir=tmp_path / "run")
+    metrics, objs = train(cfg)
+    assert "test/mca" in metrics and 0.0 <= metrics["test/mca"] <= 1.0
+    assert objs["datamodule"].class_names == ["AC-1", "AC-2", "AC-10"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import write_class_images
+
+    base = tmp_path_factory.mktemp("trained")
+    root = write_class_images(base / "data", {"AC-1": 12, "ac-2": 12, "AC10": 12})
+    run = base / "runs" / "r1"
+    cfg = compose("train", tiny_train_overrides(root, epochs=8), output_dir=run)
+    metrics, _ = train(cfg)
+    return root, run, metrics
+
+
+def test_run_folder_outputs(trained_run):
+    root, run, metrics = trained_run
+    for name in ("config_resolved.yaml", "split_manifest.csv", "metrics.json", "test_confusion_matrix.png",
+                 "test_per_class.csv", "test_report.md", "test_predictions.csv", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert {"test/mca", "test/acc", "test/macro_f1", "test/loss"} <= set(saved)
+    assert saved["test/mca"] == pytest.approx(metrics["test/mca"])
+    assert list((run / "checkpoints").glob("best-epoch*.ckpt"))
+    # These classes are easy: a few epochs of a tiny network must beat chance clearly.
+    assert saved["test/acc"] > 0.5
+
+
+def test_load_from_checkpoint_alone(trained_run):
+    _, run, _ = trained_run
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    model = SoftmaxClassifier.load_from_checkpoint(best)
+    assert model.class_names == ["AC-1", "AC-2", "AC-10"]
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    p = model.predict_proba(x)
+    assert p.shape == (2, 3) and torch.allclose(p.sum(-1), torch.ones(2))
+    generic = load_checkpoint_model(best)
+    assert torch.allclose(generic(x), model(x))
+
+
+def test_eval_reproduces_test_metrics(trained_run, tmp_path):
+    root, run, metrics = trained_run
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    cfg = compose("eval", ["data=single_label", f"data.root={root}", f"ckpt_path={best}", "callbacks.rich_progress_bar=null"],
+                  output_dir=tmp_path / "eval")
+    m, objs = evaluate(cfg)
+    assert objs["split"] == "test"
+    assert m["test/mca"] == pytest.approx(metrics["test/mca"], abs=1e-6)
+    assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "test_report.md").exists()
+    cfg = compose("eval", ["data=single_label", f"data.root={root}", f"ckpt_path={best}", "split=all",
+                           "callbacks.rich_progress_bar=null"], output_dir=tmp_path / "eval_all")
+    _, objs = evaluate(cfg)
+    assert len(objs["datamodule"].splits["test"]) < 36
+    rows = (tmp_path / "eval_all" / "test_predictions.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 36
+
+
+class _ScriptedMetric(L.Callback):
+    """Records the weights at each validation; the test module below scripts val/mca per epoch."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.weights.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
+class _Scripted(SoftmaxClassifier):
+    SCORES = [0.2, 0.9, 0.5, 0.3]
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.log("val/mca_scripted", self.SCORES[self.current_epoch])
+
+
+def test_best_checkpoint_is_the_best_epoch_not_the_last(tiny_folder, tmp_path):
+    """The reference repository saved the last weights as "best" (bug B1)."""
+    from hydra.utils import instantiate
+
+    from ana_lightning.pipeline import build_datamodule
+
+    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=4) + ["monitor=val/mca_scripted",
+                  "callbacks.early_stopping=null", "model.optimizer.lr=0.05"], output_dir=tmp_path / "run")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = _Scripted(backbone=dict(cfg.model.backbone), class_names=dm.class_names, image_size=32,
+                      optimizer=instantiate(cfg.model.optimizer))
+    recorder = _ScriptedMetric()
+    ckpt_cb = instantiate(cfg.callbacks.model_checkpoint)
+    last_cb = instantiate(cfg.callbacks.last_checkpoint)
+    trainer = L.Trainer(max_epochs=4, callbacks=[ckpt_cb, last_cb, recorder], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    assert Path(ckpt_cb.best_model_path).name == "best-epoch001.ckpt"
+    best = torch.load(ckpt_cb.best_model_path, weights_only=False)["state_dict"]
+    last = torch.load(Path(ckpt_cb.dirpath) / "last.ckpt", weights_only=False)["state_dict"]
+    key = "net.fc.weight" if "net.fc.weight" in best else next(k for k in best if k.endswith("weight"))
+    assert torch.equal(best[key], recorder.weights[1][key])
+    assert not torch.equal(best[key], last[key])
+    assert torch.equal(last[key], recorder.weights[3][key])
+
+
+def test_resume_from_last(tiny_folder, tmp_path):
+    run = tmp_path / "outputs" / "train" / "runs" / "a"
+    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=2) + ["test=false"], output_dir=run)
+    train(cfg)
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    run2 = tmp_path / "outputs" / "train" / "runs" / "b"
+    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=3) + ["ckpt_path=last"], output_dir=run2)
+    metrics, objs = train(cfg)
+    assert objs["trainer"].current_epoch == 3  # resumed after epoch index 1, ran one more epoch
+    assert torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert "test/mca" in metrics
+
+
+def test_truncated_checkpoint_is_a_clear_error(trained_run, tmp_path):
+    _, run, _ = trained_run
+    data = (run / "checkpoints" / "last.ckpt").read_bytes()
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="bad.ckpt"):
+        load_checkpoint_model(bad)
