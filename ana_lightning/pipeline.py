@@ -116,12 +116,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if trainer.is_global_zero:
             write_metrics_json(test_metrics, run_dir / "metrics.json")
             _write_test_report(model, dm.splits["test"], run_dir, test_metrics)
+            _log_report_images(trainer, run_dir)
             if ckpt:
                 (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
     for lg in trainer.loggers:
         lg.finalize("success")
     _finish_wandb()
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
+
+
+def _log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
+    """Report plots go to W&B too when that logger is on."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    images = sorted(run_dir.glob("test_*.png"))
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and images:
+            for img in images:
+                lg.log_image(key=f"test/{img.stem.removeprefix('test_')}", images=[str(img)])
 
 
 def _finish_wandb() -> None:

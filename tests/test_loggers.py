@@ -1,0 +1,33 @@
+"""Loggers: W&B offline writes a local run with the metrics; TensorBoard and CSV write their files."""
+
+import os
+
+from ana_lightning.pipeline import train
+from conftest import compose, tiny_train_overrides
+
+
+def test_wandb_offline_run(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    run = tmp_path / "run"
+    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + ["logger=wandb", "logger.wandb.project=ana-test"],
+                  output_dir=run)
+    train(cfg)
+    import wandb
+
+    assert wandb.run is None, "the job must finish its W&B run (multirun would otherwise log one run)"
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, os.listdir(run)
+    records = list(runs[0].glob("*.wandb"))
+    assert len(records) == 1
+    data = records[0].read_bytes()  # the offline run's record stream holds the logged keys
+    for key in (b"val/mca", b"test/mca", b"test/confusion_matrix"):
+        assert key in data, key
+
+
+def test_tensorboard_and_csv(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + ["logger=many_loggers", "~logger.wandb"], output_dir=run)
+    train(cfg)
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "val/mca" in (run / "csv" / "metrics.csv").read_text()

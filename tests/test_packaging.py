@@ -1,0 +1,50 @@
+"""A non-editable install finds its configs from any working directory (conf/ ships in the wheel)."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def wheel_site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO), "-w", str(out)],
+        check=True, capture_output=True, cwd=out,
+    )
+    whl = next(out.glob("ana_lightning-*.whl"))
+    site = out / "site"
+    with zipfile.ZipFile(whl) as z:
+        z.extractall(site)
+        names = set(z.namelist())
+    return site, names
+
+
+def test_wheel_contains_every_config(wheel_site):
+    _, names = wheel_site
+    for p in (REPO / "conf").rglob("*.yaml"):
+        rel = "ana_lightning/conf/" + p.relative_to(REPO / "conf").as_posix()
+        assert rel in names, f"{rel} is missing from the wheel"
+    assert "ana_lightning/resources/icap_tree.yaml" in names
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_installed_commands_compose_from_another_directory(wheel_site, tmp_path, command):
+    site, _ = wheel_site
+    code = (
+        "import sys, ana_lightning; assert ana_lightning.__file__.startswith(sys.argv[1]), ana_lightning.__file__; "
+        f"sys.argv = ['ana-{command}', '--cfg', 'job', 'ckpt_path=x.ckpt', 'experiment=single_resnet50', 'data.root=/x'] "
+        f"if '{command}' == 'train' else ['ana-eval', '--cfg', 'job', 'ckpt_path=x.ckpt']; "
+        f"from ana_lightning.cli.{command} import main; main()"
+    )
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "_target_: ana_lightning.data" in r.stdout
+    if command == "train":
+        assert "name: resnet50" in r.stdout
