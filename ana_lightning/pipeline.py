@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from .reports import plot_confusion_matrix, write_classification_report, write_metrics_json, write_predictions
+from .reports import write_metrics_json
 from .utils import find_last_checkpoint, load_checkpoint_model
 
 __all__ = ["train", "evaluate", "build_datamodule", "build_trainer"]
@@ -58,23 +58,6 @@ def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str 
     return ckpt_path
 
 
-def _write_test_report(model, records, run_dir: Path, metrics: dict, stage: str = "test") -> None:
-    class_names = model.class_names
-    from .taxonomy import Taxonomy
-
-    tree = Taxonomy.load()
-    display = [tree.display_name(c) if tree.is_code(c) else c for c in class_names]
-    details = getattr(model, "test_details_result", None)
-    if details:
-        plot_confusion_matrix(details["confmat"], class_names, run_dir / f"{stage}_confusion_matrix.png",
-                              title=f"{stage}: MCA {metrics.get(f'{stage}/mca', float('nan')):.3f}")
-        write_classification_report(details, class_names, run_dir, summary=metrics, display_names=display, stage=stage)
-    preds = getattr(model, "test_predictions", None)
-    if preds:
-        paths = [records[int(i)].path for i in preds["index"]]
-        write_predictions(paths, preds["prob"], preds["target"], class_names, run_dir / f"{stage}_predictions.csv")
-
-
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (and test with the best checkpoint); returns the metrics and the objects used."""
     run_dir = Path(cfg.paths.output_dir)
@@ -87,12 +70,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
-    model = instantiate(
-        cfg.model,
-        class_names=dm.class_names,
-        class_weights=dm.class_weights() if cfg.get("class_weighted_loss", True) else None,
-        image_size=cfg.data.image_size,
-    )
+    model = instantiate(cfg.model, **dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True)))
     dm.set_normalization(model.hparams.mean, model.hparams.std)
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:
@@ -115,7 +93,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update(test_metrics)
         if trainer.is_global_zero:
             write_metrics_json(test_metrics, run_dir / "metrics.json")
-            _write_test_report(model, dm.splits["test"], run_dir, test_metrics)
+            model.write_report(run_dir, dm.splits["test"], test_metrics, stage="test")
             _log_report_images(trainer, run_dir)
             if ckpt:
                 (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
@@ -190,7 +168,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         write_metrics_json(metrics, run_dir / "metrics.json")
-        _write_test_report(model, records, run_dir, metrics)
+        model.write_report(run_dir, records, metrics, stage="test")
         (run_dir / "evaluated.txt").write_text(f"checkpoint: {Path(cfg.ckpt_path).resolve()}\nsplit: {split}\nimages: {len(records)}\n")
     log.info("evaluated %s on %d images (%s): %s", cfg.ckpt_path, len(records), split,
              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" in k and k.count("/") == 1))

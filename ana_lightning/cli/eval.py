@@ -12,9 +12,9 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from ..pipeline import evaluate
+    from hydra.utils import get_method
 
-    evaluate(cfg)
+    get_method(cfg.get("job") or "ana_lightning.pipeline.evaluate")(cfg)
 
 
 if __name__ == "__main__":

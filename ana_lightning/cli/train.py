@@ -12,9 +12,12 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from ..pipeline import train
+    from hydra.utils import get_method
 
-    metrics, _ = train(cfg)
+    # `job` names the function that runs this training job (a task with its own loop, such as the
+    # per-group Siamese ensembles, names its own); it takes the config and returns (metrics, objects).
+    job = get_method(cfg.get("job") or "ana_lightning.pipeline.train")
+    metrics, _ = job(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None  # what a Hydra sweeper (Optuna) optimises
 

@@ -191,6 +191,15 @@ class RecordDataModule(L.LightningDataModule):
         n, k = sum(counts.values()), self.num_classes
         return [n / (k * counts[c]) if counts[c] else 0.0 for c in self.class_names]
 
+    def model_kwargs(self, loss_weights: bool = True) -> dict[str, Any]:
+        """What a model built for this data needs to know: classes, input size, loss weights
+        (from the training split only). Multi-label datamodules return ``pos_weight`` instead."""
+        return {
+            "class_names": self.class_names,
+            "image_size": self.hparams.image_size,
+            "class_weights": self.class_weights() if loss_weights else None,
+        }
+
     def write_reports(self, out_dir: str | Path) -> None:
         """Split manifest, bad-file list and duplicate report into the run folder."""
         out_dir = Path(out_dir)

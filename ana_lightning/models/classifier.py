@@ -132,6 +132,28 @@ class SoftmaxClassifier(L.LightningModule):
             self.test_predictions = {"index": idx[order].cpu(), "prob": prob[order].cpu(), "target": tgt[order].cpu()}
         self._test_buffer.clear()
 
+    def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:
+        """Confusion matrix PNG, per-class report (CSV + Markdown) and per-image predictions of the
+        last test run, for ``records`` (the dataset that was tested, in loader order)."""
+        from pathlib import Path
+
+        from ..reports import plot_confusion_matrix, write_classification_report, write_predictions
+        from ..taxonomy import Taxonomy
+
+        out_dir = Path(out_dir)
+        tree = Taxonomy.load()
+        display = [tree.display_name(c) if tree.is_code(c) else c for c in self.class_names]
+        details = getattr(self, "test_details_result", None)
+        if details:
+            mca = metrics.get(f"{stage}/mca", float("nan"))
+            plot_confusion_matrix(details["confmat"], self.class_names, out_dir / f"{stage}_confusion_matrix.png",
+                                  title=f"{stage}: MCA {mca:.3f}")
+            write_classification_report(details, self.class_names, out_dir, summary=metrics, display_names=display, stage=stage)
+        if self.test_predictions:
+            paths = [records[int(i)].path for i in self.test_predictions["index"]]
+            write_predictions(paths, self.test_predictions["prob"], self.test_predictions["target"], self.class_names,
+                              out_dir / f"{stage}_predictions.csv")
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = self.optimizer_factory(params=params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
