@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .reports import write_metrics_json
 from .utils import find_last_checkpoint, load_checkpoint_model
@@ -62,6 +62,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (and test with the best checkpoint); returns the metrics and the objects used."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = _resolve_ckpt(cfg.get("ckpt_path"), run_dir, cfg) if cfg.get("train", True) else None
+    if resume and Path(resume).parent.name == "checkpoints" and Path(resume).parent.parent != run_dir:
+        # Continue in the interrupted run's folder: its best checkpoint, logs and reports stay together.
+        old = Path(resume).parent.parent
+        (run_dir / "resumed_into.txt").write_text(f"this job resumed {resume}; its outputs are in {old}\n")
+        log.info("resuming the run in %s", old)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(old)
+        run_dir = old
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -81,7 +90,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=dm, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), run_dir, cfg))
+        trainer.fit(model, datamodule=dm, ckpt_path=resume)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""

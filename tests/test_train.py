@@ -131,8 +131,11 @@ def test_resume_from_last(tiny_folder, tmp_path):
     cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=3) + ["ckpt_path=last"], output_dir=run2)
     metrics, objs = train(cfg)
     assert objs["trainer"].current_epoch == 3  # resumed after epoch index 1, ran one more epoch
-    assert torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
-    assert "test/mca" in metrics
+    # The resumed run continues in the interrupted run's folder.
+    assert objs["run_dir"] == run
+    assert torch.load(last, weights_only=False)["epoch"] == 2
+    assert (run2 / "resumed_into.txt").exists() and not (run2 / "checkpoints").exists()
+    assert "test/mca" in metrics and (run / "metrics.json").exists()
 
 
 def test_truncated_checkpoint_is_a_clear_error(trained_run, tmp_path):
