@@ -60,9 +60,12 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
     own = model.state_dict()
     fitting = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in sd if k in own and own[k].shape != sd[k].shape)
-    if not fitting:
+    counted = [k for k in own if not k.endswith("num_batches_tracked")]
+    n_fit = sum(1 for k in counted if k in fitting)
+    if n_fit < 0.5 * len(counted):  # a head may differ; most of the body must fit
         raise WeightsError(
-            f"no tensor of {path} fits this backbone ({len(sd)} tensors in the file, e.g. {next(iter(sd), '-')!r}; "
+            f"only {n_fit} of {len(counted)} tensors of this backbone are in {path} with the right shape "
+            f"({len(sd)} tensors in the file, e.g. {next(iter(sd), '-')!r}; "
             f"the model expects e.g. {next(iter(own))!r}). Is it the weights of another architecture?"
         )
     missing = sorted(set(own) - set(fitting))
