@@ -8,7 +8,7 @@ TORCH_PINS := "torch==2.14.1" "torchvision==0.29.1"
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint format clean help
+.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid
 
 help:
 	@echo "make train      set up .venv if needed, then run ana-train (ARGS='key=value ...' to override)"
@@ -36,6 +36,18 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+
+bench-synth: $(STAMP)
+	$(TEST_ENV) $(BIN)/python experiments/benchmarks/synth_speed.py $(ARGS)
+
+bench-nst: $(STAMP)
+	$(TEST_ENV) $(BIN)/python experiments/benchmarks/nst_speed.py $(ARGS)
+
+bench-augment: $(STAMP)
+	$(TEST_ENV) $(BIN)/python experiments/benchmarks/augment_speed.py $(ARGS)
+
+augment-grid: $(STAMP)
+	$(TEST_ENV) $(BIN)/python experiments/augmentation_grid.py --out outputs/augmentation_grid.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check ana_lightning tests experiments
