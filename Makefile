@@ -8,7 +8,7 @@ TORCH_PINS := "torch==2.14.1" "torchvision==0.29.1"
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid
+.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid test-browser bench-predict
 
 help:
 	@echo "make train      set up .venv if needed, then run ana-train (ARGS='key=value ...' to override)"
@@ -48,6 +48,16 @@ bench-augment: $(STAMP)
 
 augment-grid: $(STAMP)
 	$(TEST_ENV) $(BIN)/python experiments/augmentation_grid.py --out outputs/augmentation_grid.png
+
+# The real-browser test of ana-app: installs Debian's Chromium with apt (Playwright drives it; it never
+# downloads a browser of its own).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(STAMP)
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m browser tests/test_app_browser.py $(ARGS)
+
+bench-predict: $(STAMP)
+	$(TEST_ENV) $(BIN)/python experiments/benchmarks/predict.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ana_lightning tests experiments

@@ -1,0 +1,171 @@
+"""``ana-app``: a local Gradio page to try a model on one field image.
+
+Upload an image → a bar chart of every pattern's probability, the predicted pattern(s) with their
+ICAP hierarchy path (level 1 › level 2 › code) and, for multi-label models, a threshold slider.
+
+Safety: the page listens on localhost unless told otherwise, never creates a public share link,
+refuses uploads over ``max_file_size``, and reads the upload's *bytes* with the project's image
+reader (decompression-bomb limit included): no file name or path typed by a user reaches the file
+system. Uploaded files in Gradio's cache are deleted after an hour.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
+from .export import DISCLAIMER
+from .predict import Predictor
+
+__all__ = ["build_app", "analyse", "run_app", "parse_size"]
+
+log = logging.getLogger(__name__)
+
+PREVIEW_PX = 512  # longest side of the preview shown on the page
+
+
+def parse_size(size: str | int) -> int:
+    """``"25mb"`` → bytes (kb, mb, gb are powers of 1024; a plain number is bytes).
+
+    >>> parse_size("25mb")
+    26214400
+    """
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*", str(size).lower())
+    if not m:
+        raise ValueError(f"max_file_size={size!r}: expected a size such as 25mb, 500kb or 1gb")
+    unit = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}[m.group(2)]
+    return int(float(m.group(1)) * unit)
+
+
+def _preview(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = PREVIEW_PX / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
+
+
+def _default_threshold(predictor: Predictor) -> float:
+    thr = predictor.info.thresholds
+    return float(np.median(thr)) if thr else 0.5
+
+
+def _result_markdown(predictor: Predictor, probs: np.ndarray, labels: tuple[str, ...]) -> str:
+    names = predictor.class_names
+    if not labels:
+        return "### No pattern reaches the threshold\nNo class is predicted for this image (negative, or a pattern the model does not know)."
+    lines = ["### Predicted pattern" + ("s" if len(labels) > 1 else "")]
+    for c in labels:
+        l1, l2, l3 = predictor.hierarchy(c)
+        path = " › ".join(x for x in (l1, l2, l3) if x)
+        lines.append(f"- **{predictor.display_name(c)}** (p = {float(probs[names.index(c)]):.3f}) — {path}")
+    return "\n".join(lines)
+
+
+def _chart(predictor: Predictor, probs: np.ndarray, labels: tuple[str, ...]):
+    import pandas as pd
+
+    return pd.DataFrame({
+        "pattern": list(predictor.class_names),
+        "probability": [float(p) for p in probs],
+        "decision": ["predicted" if c in labels else "not predicted" for c in predictor.class_names],
+    })
+
+
+def analyse(predictor: Predictor, data: bytes | None, threshold: float | None = None, max_bytes: int | None = None
+            ) -> tuple[np.ndarray | None, str, Any, np.ndarray | None]:
+    """One upload → ``(preview, result Markdown, chart data, probabilities)``; a bad file gives a message."""
+    if data is None:
+        return None, "", None, None
+    try:
+        if max_bytes is not None and len(data) > max_bytes:
+            raise BadImageError("upload", f"{len(data) / 2**20:.1f} MiB is over the limit of {max_bytes / 2**20:.0f} MiB")
+        image = decode_image(data, "upload")
+    except BadImageError as e:
+        return None, f"### Could not read this file\n{e.reason}", None, None
+    pred = predictor.predict_image(image, "upload")
+    probs = pred.probabilities
+    labels = predictor.decide(probs, threshold) if threshold is not None else pred.labels
+    return _preview(image), _result_markdown(predictor, probs, labels), _chart(predictor, probs, labels), probs
+
+
+def build_app(predictor: Predictor, max_file_size: str | int = "25mb"):
+    """The Gradio Blocks page for ``predictor`` (not launched)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ImportError("ana-app needs gradio: pip install 'ana-lightning[app]'") from None
+
+    max_bytes = parse_size(max_file_size)
+    multi = predictor.task == "multi_label"
+    names = list(predictor.class_names)
+    default_thr = _default_threshold(predictor)
+    thr = predictor.info.thresholds
+    per_class = bool(thr) and len(set(thr)) > 1
+
+    # Uploads older than an hour are deleted from Gradio's cache (checked every 10 minutes).
+    with gr.Blocks(title="ana-lightning: ANA pattern", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        gr.Markdown(
+            f"# ANA pattern of a HEp-2 field\n"
+            f"Model: `{Path(predictor.source).name}` ({predictor.task}, {len(names)} classes, {predictor.backend_name}). "
+            f"Upload one immunofluorescence field image (up to {max_bytes / 2**20:.0f} MiB).\n\n> {DISCLAIMER}"
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Field image", file_types=sorted(IMAGE_EXTENSIONS), type="binary", elem_id="upload")
+                preview = gr.Image(label="The image as read", interactive=False, elem_id="preview", height=320)
+                threshold = gr.Slider(
+                    0.0, 1.0, value=default_thr, step=0.01, visible=multi, elem_id="threshold",
+                    label="Decision threshold",
+                    info=("The model's per-class thresholds apply until you move the slider; then one threshold for all."
+                          if per_class else f"The model's own threshold is {default_thr:.2f}."),
+                )
+            with gr.Column(scale=2):
+                result = gr.Markdown(elem_id="prediction")
+                chart = gr.BarPlot(x="pattern", y="probability", color="decision", sort=names, y_lim=[0, 1],
+                                   color_map={"predicted": "#d62728", "not predicted": "#1f77b4"},
+                                   title="Probability of every pattern", x_label_angle=-60, elem_id="probabilities")
+        probs_state = gr.State(None)
+        moved = gr.State(False)
+
+        def on_upload(data, thr_value, slider_moved):
+            t = thr_value if (multi and slider_moved) else None
+            return analyse(predictor, data, t, max_bytes)
+
+        def on_threshold(probs, thr_value):
+            if probs is None:
+                return gr.skip(), gr.skip(), True
+            labels = predictor.decide(probs, thr_value)
+            return _result_markdown(predictor, probs, labels), _chart(predictor, probs, labels), True
+
+        upload.change(on_upload, [upload, threshold, moved], [preview, result, chart, probs_state])
+        # Every move re-decides from the stored probabilities (no model run): cheap, so follow the drag.
+        threshold.input(on_threshold, [probs_state, threshold], [result, chart, moved], trigger_mode="always_last",
+                        show_progress="hidden")
+    return demo
+
+
+def run_app(cfg):
+    """The ``ana-app`` job: load the model and serve the page until interrupted."""
+    from .utils import setup_torch
+
+    if not cfg.get("ckpt_path"):
+        raise ValueError("ana-app needs ckpt_path=<file.ckpt | file.onnx>")
+    setup_torch(cfg.get("torch_threads"))
+    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), weights_only=cfg.get("weights_only"),
+                               threads=cfg.get("torch_threads"))
+    demo = build_app(predictor, cfg.get("max_file_size", "25mb"))
+    log.info("serving %s on http://%s:%s (Ctrl+C to stop)", cfg.ckpt_path, cfg.server_name, cfg.server_port)
+    demo.launch(server_name=str(cfg.server_name), server_port=int(cfg.server_port), share=False,
+                max_file_size=parse_size(cfg.get("max_file_size", "25mb")), inbrowser=False, show_error=False,
+                prevent_thread_lock=bool(cfg.get("prevent_thread_lock", False)))
+    return demo
