@@ -1,0 +1,478 @@
+"""Multi-label sigmoid ensemble, decision rules, and ensembles assembled from checkpoints.
+
+- :class:`AverageEnsemble` — a plain ``nn.Module``: N member networks whose logits are averaged
+  (``combine="logits"``) or whose probabilities are averaged (``combine="probs"``, returned as the
+  logit of the mean sigmoid, or the log of the mean softmax, so ``sigmoid``/``softmax`` of the
+  output is the mean probability). Members expecting another input normalisation get the input
+  re-normalised on the way in.
+- :class:`SigmoidEnsemble` — the LightningModule: N timm backbones trained jointly in one run, each
+  with its own BCE-with-logits loss (optional ``pos_weight`` from the training split), predictions
+  from the combined output.
+- Decision rules: ``global`` (one threshold, default 0.5), ``per_class`` (per-class thresholds
+  tuned on the *validation* split to maximise each class's F1, stored in the checkpoint), and
+  ``reference_repo`` (the reference repository's rule: threshold 0.3, and the top-1 class when no
+  class reaches it). The test split never tunes anything.
+- :func:`ensemble_from_checkpoints` — separately trained checkpoints averaged into one model: sigmoid
+  ensembles (multi-label) or single-label softmax classifiers (probability averaging, the reference
+  repository's single-label ensemble). ``ana-eval ensemble.members=[a.ckpt,b.ckpt]`` uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..metrics_multilabel import as_multi_hot, multilabel_details, multilabel_scalar_metrics
+from ..utils import plain_hparams
+from .backbones import create_backbone, normalization
+
+__all__ = [
+    "AverageEnsemble",
+    "SigmoidEnsemble",
+    "decide",
+    "tune_thresholds",
+    "ensemble_from_checkpoints",
+    "DECISION_RULES",
+    "REFERENCE_REPO_THRESHOLD",
+]
+
+log = logging.getLogger(__name__)
+
+DECISION_RULES = ("global", "per_class", "reference_repo")
+#: The reference repository's threshold (with a top-1 fallback); its origin is not documented there.
+REFERENCE_REPO_THRESHOLD = 0.3
+DEFAULT_BACKBONES: tuple[dict[str, Any], ...] = (
+    {"name": "resnet50", "pretrained": False, "weights": None, "drop_rate": 0.2},
+    {"name": "efficientnet_b0", "pretrained": False, "weights": None, "drop_rate": 0.2},
+)
+
+
+# ---------------------------------------------------------------------------------- decisions
+def decide(probs: torch.Tensor, thresholds: torch.Tensor | float, top1_fallback: bool = False) -> torch.Tensor:
+    """0/1 predictions: ``probs >= thresholds`` (a number or one per class); with ``top1_fallback``
+    an image where no class reaches its threshold gets its most probable class.
+
+    >>> decide(torch.tensor([[0.2, 0.1], [0.6, 0.4]]), 0.3, top1_fallback=True).tolist()
+    [[1, 0], [1, 1]]
+    """
+    th = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device)
+    preds = (probs >= th).long()
+    if top1_fallback and len(probs):
+        empty = preds.sum(dim=1) == 0
+        preds[empty, probs[empty].argmax(dim=1)] = 1
+    return preds
+
+
+def tune_thresholds(
+    probs: torch.Tensor, target: torch.Tensor, default: float = 0.5, grid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-class thresholds maximising each class's F1 on ``(probs, target)`` — call it with the
+    validation split only. Ties go to the threshold closest to ``default``; a class without
+    positives keeps ``default``. Written here because no library tunes per-class thresholds for
+    precomputed multi-label scores (scikit-learn's ``TunedThresholdClassifierCV`` wraps estimators).
+
+    >>> p = torch.tensor([[0.9, 0.2], [0.3, 0.25], [0.1, 0.8]]); t = torch.tensor([[1, 0], [1, 0], [0, 1]])
+    >>> [round(x, 2) for x in tune_thresholds(p, t).tolist()]
+    [0.3, 0.5]
+    """
+    grid = torch.linspace(0.05, 0.95, 91) if grid is None else torch.as_tensor(grid, dtype=torch.float32)
+    probs, tgt = probs.float().cpu(), target.cpu() > 0.5
+    pred = probs.unsqueeze(0) >= grid.view(-1, 1, 1)  # (G, N, K)
+    t = tgt.unsqueeze(0)
+    tp = (pred & t).sum(1).float()
+    fp = (pred & ~t).sum(1).float()
+    fn = (~pred & t).sum(1).float()
+    f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))  # (G, K)
+    best = f1.max(dim=0, keepdim=True).values
+    closeness = -(grid.view(-1, 1) - default).abs().expand_as(f1)
+    score = torch.where(torch.isclose(f1, best), closeness, torch.full_like(f1, -math.inf))
+    out = grid[score.argmax(dim=0)].clone()
+    out[tgt.sum(0) == 0] = default
+    return out
+
+
+# ---------------------------------------------------------------------------------- networks
+class AverageEnsemble(nn.Module):
+    """Plain ``nn.Module`` averaging N members that each map an image batch to ``(B, K)`` logits.
+
+    Args:
+        members: the member networks.
+        combine: ``logits`` (mean of logits) or ``probs`` (mean of probabilities).
+        activation: ``sigmoid`` (multi-label) or ``softmax`` (single-label): how ``probs`` are formed.
+        norms: per member, the ``(mean, std)`` it expects; ``input_norm`` is what the input carries.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        combine: str = "logits",
+        activation: str = "sigmoid",
+        norms: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
+        input_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+    ):
+        super().__init__()
+        if combine not in ("logits", "probs"):
+            raise ValueError(f"combine must be 'logits' or 'probs', got {combine!r}")
+        if activation not in ("sigmoid", "softmax"):
+            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.combine, self.activation = combine, activation
+        self._renorm: list[bool] = []
+        for i in range(len(members)):
+            scale, shift = torch.ones(3), torch.zeros(3)
+            if norms is not None and input_norm is not None:
+                (m_in, s_in), (m_own, s_own) = input_norm, norms[i]
+                m_in, s_in, m_own, s_own = (torch.tensor(v, dtype=torch.float32) for v in (m_in, s_in, m_own, s_own))
+                scale, shift = s_in / s_own, (m_in - m_own) / s_own  # (x·s_in + m_in − m_own) / s_own
+            self.register_buffer(f"scale{i}", scale.view(1, 3, 1, 1), persistent=False)
+            self.register_buffer(f"shift{i}", shift.view(1, 3, 1, 1), persistent=False)
+            self._renorm.append(not (torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3))))
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(M, B, K)``: every member's logits."""
+        outs = []
+        for i, m in enumerate(self.members):
+            xi = x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}") if self._renorm[i] else x
+            outs.append(m(xi))
+        return torch.stack(outs)
+
+    def combine_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Combine ``(M, B, K)`` member logits into ``(B, K)`` logits of the ensemble."""
+        if self.combine == "logits":
+            return z.mean(dim=0)
+        if self.activation == "sigmoid":  # logit(mean σ(z)) = log Σ σ(z) − log Σ σ(−z), computed stably
+            return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
+        return torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - math.log(z.shape[0])  # log(mean softmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine_logits(self.member_logits(x))
+
+
+def _configure_optimizers(module: L.LightningModule, optimizer_factory, scheduler_factory, interval: str):
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = optimizer_factory(params=params) if optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
+    if scheduler_factory is None:
+        return opt
+    sched = scheduler_factory(optimizer=opt)
+    cfg = {"scheduler": sched, "interval": interval}
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        cfg["monitor"] = "val/loss"
+    return {"optimizer": opt, "lr_scheduler": cfg}
+
+
+# ---------------------------------------------------------------------------------- LightningModule
+class SigmoidEnsemble(L.LightningModule):
+    """Multi-label classification by an ensemble of timm backbones (``model=sigmoid_ensemble``).
+
+    Args:
+        class_names: the classes in index order (from the taxonomy).
+        backbones: one :func:`create_backbone` config per member (default resnet50 + efficientnet_b0).
+        optimizer, scheduler, scheduler_interval: as for :class:`~ana_lightning.models.classifier.SoftmaxClassifier`.
+        pos_weight: BCE ``pos_weight`` per class (from the training split), or None.
+        combine: ``logits`` (average the members' logits) or ``probs`` (average their probabilities).
+        decision_rule: ``global``, ``per_class`` (tuned on validation) or ``reference_repo`` (0.3 + top-1).
+        threshold: the global threshold, and the start / fallback value of per-class thresholds.
+        image_size: input size the model was trained at (stored for prediction).
+
+    Each member is trained on its own BCE loss (the training loss is their mean), so every member
+    is a classifier by itself; validation / test loss and predictions use the combined output.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        backbones: Sequence[Mapping[str, Any]] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        pos_weight: Sequence[float] | None = None,
+        combine: str = "logits",
+        decision_rule: str = "global",
+        threshold: float = 0.5,
+        image_size: int = 224,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        plain_hparams(self)
+        class_names = list(self.hparams.class_names)
+        if not class_names:
+            raise ValueError("SigmoidEnsemble needs class_names (the datamodule provides them)")
+        if decision_rule not in DECISION_RULES:
+            raise ValueError(f"decision_rule must be one of {DECISION_RULES}, got {decision_rule!r}")
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
+        specs = [dict(b) for b in (self.hparams.backbones or DEFAULT_BACKBONES)]
+        if not specs:
+            raise ValueError("model.backbones is empty: give at least one backbone")
+        nets = [create_backbone(num_classes=len(class_names), **b) for b in specs]
+        # Weights now live in this module's state dict: a reload must not look for the files again.
+        self.hparams["backbones"] = [{**b, "pretrained": False, "weights": None} for b in specs]
+        norms = [normalization(n) for n in nets]
+        self.hparams["mean"], self.hparams["std"] = list(norms[0][0]), list(norms[0][1])
+        self.net: nn.Module = AverageEnsemble(nets, combine=combine, activation="sigmoid", norms=norms, input_norm=norms[0])
+        self.class_names = class_names
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        pw = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
+        if pw is not None and pw.numel() != len(class_names):
+            raise ValueError(f"pos_weight has {pw.numel()} values for {len(class_names)} classes")
+        self.register_buffer("pos_weight", pw, persistent=False)
+        self.register_buffer("thresholds", torch.full((len(class_names),), self._base_threshold()))
+        self.assembled_from: list[str] | None = None
+        self._buffers_by_stage: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self.test_predictions: dict[str, torch.Tensor] = {}
+        self.test_details_result: dict[str, Any] | None = None
+
+    def _base_threshold(self) -> float:
+        return REFERENCE_REPO_THRESHOLD if self.hparams.decision_rule == "reference_repo" else float(self.hparams.threshold)
+
+    def set_decision_rule(self, decision_rule: str, threshold: float | None = None) -> None:
+        """Switch the rule (resets per-class thresholds to the global value until tuned again)."""
+        if decision_rule not in DECISION_RULES:
+            raise ValueError(f"decision_rule must be one of {DECISION_RULES}, got {decision_rule!r}")
+        self.hparams["decision_rule"] = decision_rule
+        if threshold is not None:
+            self.hparams["threshold"] = float(threshold)
+        self.thresholds.fill_(self._base_threshold())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.assembled_from:
+            raise RuntimeError("an ensemble assembled from checkpoints is not saved: keep its member checkpoints")
+        checkpoint["ana_lightning"] = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "task": "multi_label",
+            "class_names": self.class_names,
+            "decision_rule": self.hparams.decision_rule,
+            "thresholds": [round(float(t), 4) for t in self.thresholds],
+        }
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).sigmoid()
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """0/1 predictions of this model's decision rule."""
+        if self.hparams.decision_rule == "reference_repo":
+            return decide(probs, REFERENCE_REPO_THRESHOLD, top1_fallback=True)
+        return decide(probs, self.thresholds.to(probs.device))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decide(self.predict_proba(x))
+
+    # ------------------------------------------------------------------ training
+    def _target(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return as_multi_hot(batch["target"], len(self.class_names)).float()
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+
+    def training_step(self, batch, batch_idx):
+        target = self._target(batch)
+        z = self.net.member_logits(batch["image"])
+        loss = torch.stack([self._loss(zm, target) for zm in z]).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(target))
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        target = self._target(batch)
+        logits = self(batch["image"])
+        self.log(f"{stage}/loss", self._loss(logits, target), on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(target), sync_dist=True)
+        self._buffers_by_stage[stage].append((batch["index"].detach(), logits.sigmoid().detach(), target.detach()))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._buffers_by_stage["val"].clear()
+
+    def on_test_epoch_start(self) -> None:
+        self._buffers_by_stage["test"].clear()
+
+    def _gathered(self, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        buf = self._buffers_by_stage[stage]
+        if not buf:
+            return None
+        idx, prob, tgt = (torch.cat(t) for t in zip(*buf, strict=True))
+        buf.clear()
+        if self.trainer.world_size > 1:
+            idx, prob, tgt = (self.all_gather(t).flatten(0, 1) for t in (idx, prob, tgt))
+        # A DistributedSampler pads ranks with repeated samples: keep each index once.
+        order = torch.argsort(idx, stable=True)
+        idx, prob, tgt = idx[order], prob[order], tgt[order]
+        keep = torch.ones_like(idx, dtype=torch.bool)
+        keep[1:] = idx[1:] != idx[:-1]
+        return idx[keep].cpu(), prob[keep].float().cpu(), tgt[keep].cpu()
+
+    def _log_scalars(self, stage: str, scalars: Mapping[str, float]) -> None:
+        for k, v in scalars.items():
+            self.log(f"{stage}/{k}", float(v), on_step=False, on_epoch=True, prog_bar=k in ("micro_f1", "exact_match"),
+                     sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        got = self._gathered("val")
+        if got is None:
+            return
+        _, prob, tgt = got
+        if self.hparams.decision_rule == "per_class" and not self.trainer.sanity_checking:
+            # Tuned on this epoch's validation predictions; the checkpoint of this epoch stores them.
+            self.thresholds.copy_(tune_thresholds(prob, tgt, float(self.hparams.threshold)).to(self.thresholds))
+        self._log_scalars("val", multilabel_scalar_metrics(prob, self.decide(prob), tgt))
+
+    def on_test_epoch_end(self) -> None:
+        got = self._gathered("test")
+        if got is None:
+            return
+        idx, prob, tgt = got
+        preds = self.decide(prob)  # thresholds as they are: nothing is tuned on the test split
+        self.test_details_result = multilabel_details(prob, preds, tgt)
+        self.test_predictions = {"index": idx, "prob": prob, "pred": preds, "target": tgt.long()}
+        self._log_scalars("test", self.test_details_result["scalars"])
+
+    def configure_optimizers(self):
+        if self.assembled_from:
+            raise RuntimeError("an ensemble assembled from checkpoints is for evaluation; train its members instead")
+        return _configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, self.hparams.scheduler_interval)
+
+    # ------------------------------------------------------------------ evaluation of checkpoints
+    @torch.no_grad()
+    def predict_records(self, datamodule, records, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and multi-hot targets of ``records`` (in order), outside a Trainer."""
+        ds = datamodule.make_dataset(records, train=False)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or datamodule.hparams.batch_size)
+        was_training = self.training
+        self.eval()
+        probs, tgts = [], []
+        for batch in loader:
+            probs.append(self.predict_proba(batch["image"].to(self.device)).cpu())
+            tgts.append(as_multi_hot(batch["target"], len(self.class_names)).cpu())
+        self.train(was_training)
+        return torch.cat(probs), torch.cat(tgts)
+
+    def prepare_evaluation(self, datamodule, split: str) -> None:
+        """Called by ``ana-eval`` before testing ``split``. An assembled ensemble with
+        ``decision_rule=per_class`` tunes its thresholds here, on the validation split, which must
+        not be part of what is evaluated."""
+        if self.hparams.decision_rule != "per_class":
+            return
+        if not self.assembled_from:
+            if split in ("val", "all"):
+                log.warning("per-class thresholds were tuned on the training run's validation split, which is part of the "
+                            "evaluated split=%s: these metrics are optimistic", split)
+            return
+        if split in ("val", "all"):
+            raise ValueError(
+                f"decision_rule=per_class tunes thresholds on the validation split, which is part of the evaluated split={split}; "
+                "evaluate split=test (with the training run's split manifest) or use ensemble.decision_rule=global"
+            )
+        val = datamodule.splits.get("val") or []
+        if not val:
+            raise ValueError("decision_rule=per_class needs a validation split to tune the thresholds on, and it is empty")
+        prob, tgt = self.predict_records(datamodule, val)
+        self.thresholds.copy_(tune_thresholds(prob, tgt, float(self.hparams.threshold)).to(self.thresholds))
+        log.info("per-class thresholds tuned on %d validation images: %s", len(val),
+                 ", ".join(f"{c}={t:.2f}" for c, t in zip(self.class_names, self.thresholds.tolist(), strict=True)))
+
+    def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:
+        """``{stage}_report.md``, per-class CSV, per-image predictions and the PNG plots of the last test."""
+        from ..reports_multilabel import write_multilabel_report
+
+        if not self.test_details_result or not self.test_predictions:
+            return
+        paths = [records[int(i)].path for i in self.test_predictions["index"]]
+        rule = self.hparams.decision_rule
+        note = {
+            "global": f"global threshold {float(self.hparams.threshold):g}",
+            "per_class": "per-class thresholds tuned on the validation split (maximum F1 per class)",
+            "reference_repo": f"the reference repository's rule: threshold {REFERENCE_REPO_THRESHOLD} with top-1 fallback",
+        }[rule]
+        if self.assembled_from:
+            note += f"; ensemble of {len(self.assembled_from)} checkpoints ({self.net.combine} averaged)"
+        write_multilabel_report(
+            out_dir, self.test_details_result, self.class_names, metrics, paths, self.test_predictions["prob"],
+            self.test_predictions["pred"], self.test_predictions["target"], self.thresholds.cpu(), note, stage=stage,
+        )
+
+
+# ---------------------------------------------------------------------------------- assembled ensembles
+def _task_of(path: str | Path) -> str:
+    from ..utils import CheckpointError, read_checkpoint
+
+    meta = read_checkpoint(path).get("ana_lightning") or {}
+    if "task" not in meta:
+        raise CheckpointError(f"{path} was not written by ana-lightning (no 'ana_lightning' task metadata)")
+    return str(meta["task"])
+
+
+def ensemble_from_checkpoints(
+    paths: Sequence[str | Path],
+    combine: str = "probs",
+    decision_rule: str | None = None,
+    threshold: float = 0.5,
+    map_location: str | torch.device = "cpu",
+) -> L.LightningModule:
+    """One evaluable model averaging separately trained checkpoints (all of one task, same classes).
+
+    - single-label softmax classifiers: probabilities averaged (``combine="probs"``, the reference
+      repository's single-label ensemble) or logits; the result evaluates and reports like a
+      :class:`~ana_lightning.models.classifier.SoftmaxClassifier`;
+    - sigmoid ensembles: probabilities or logits averaged; ``decision_rule`` (default ``global``
+      with ``threshold``) is the ensemble's own: ``per_class`` thresholds are tuned on the
+      validation split by ``ana-eval`` before testing.
+
+    Members expecting another input normalisation get the input re-normalised for them.
+    """
+    from ..utils import CheckpointError, load_checkpoint_model
+
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("ensemble.members is empty: give two or more checkpoints")
+    tasks = {p: _task_of(p) for p in paths}
+    if len(set(tasks.values())) > 1:
+        raise CheckpointError(f"cannot ensemble checkpoints of different tasks: {tasks}")
+    task = tasks[paths[0]]
+    if task not in ("single_label", "multi_label"):
+        raise CheckpointError(f"{paths[0]}: checkpoints of task {task!r} cannot be averaged (single_label or multi_label only)")
+    members = [load_checkpoint_model(p, map_location=map_location) for p in paths]
+    ref = list(members[0].class_names)
+    for p, m in zip(paths[1:], members[1:], strict=True):
+        if list(m.class_names) != ref:
+            raise CheckpointError(f"{p} predicts classes {list(m.class_names)}, but {paths[0]} predicts {ref}: members must share classes")
+    sizes = {int(m.hparams.image_size) for m in members}
+    if len(sizes) > 1:
+        log.warning("ensemble members were trained at different image sizes %s; evaluating at %d", sorted(sizes),
+                    int(members[0].hparams.image_size))
+    if len(paths) == 1:
+        log.warning("an ensemble of one checkpoint is that checkpoint")
+    norms = [(tuple(m.hparams.mean), tuple(m.hparams.std)) for m in members]
+    nets = [m.net for m in members]
+    shell = load_checkpoint_model(paths[0], map_location=map_location)  # a fresh copy: the task's training/eval logic
+    shell.net = AverageEnsemble(nets, combine=combine, activation="softmax" if task == "single_label" else "sigmoid",
+                                norms=norms, input_norm=norms[0])
+    shell.hparams["ensemble_members"] = paths
+    shell.hparams["ensemble_combine"] = combine
+    if task == "multi_label":
+        shell.assembled_from = paths
+        shell.set_decision_rule(decision_rule or "global", threshold)
+    elif decision_rule not in (None, "argmax"):
+        raise ValueError(f"single-label checkpoints predict the most probable class; decision_rule={decision_rule!r} does not apply")
+    shell.eval()
+    return shell
