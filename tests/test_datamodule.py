@@ -90,3 +90,20 @@ def test_class_weights_from_training_split_only(tmp_path):
 def test_missing_root_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _dm(tmp_path / "nope").setup()
+
+
+def test_augmentation_repeats_for_a_seed():
+    import albumentations as A
+    import numpy as np
+
+    from ana_lightning.data.transforms import build_transform
+
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        tf = build_transform(32, [A.HorizontalFlip(p=0.5), A.RandomRotate90(p=1.0)])
+        return torch.stack([tf(img) for _ in range(8)])
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))

@@ -6,6 +6,7 @@ splits get resize + normalisation. Mean and std come from the backbone (timm ``p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import albumentations as A
@@ -35,6 +36,7 @@ class ImageTransform:
         self.augment = A.Compose(steps) if steps else None
         self.normalize = A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
         self.to_tensor = _ToTensor()
+        self._seeded_in: int | None = None
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """Resize to the model's input size (done once per image when images are cached)."""
@@ -45,6 +47,11 @@ class ImageTransform:
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         image = self.resize(image)
         if self.augment is not None:
+            if self._seeded_in != os.getpid():
+                # albumentations keeps its own generator: seed it from torch's per-process seed (set by
+                # seed_everything, distinct in every loader worker) so runs with one seed repeat.
+                self.augment.set_random_seed(torch.initial_seed() % 2**32)
+                self._seeded_in = os.getpid()
             image = self.augment(image=image)["image"]
             if image.shape[:2] != (self.image_size, self.image_size):
                 image = self.resize(image)
