@@ -8,7 +8,7 @@ TORCH_PINS := "torch==2.14.1" "torchvision==0.29.1"
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid test-browser bench-predict
+.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid test-browser bench-predict bench-throughput test-dist train-mixed low-data paper
 
 help:
 	@echo "make train      set up .venv if needed, then run ana-train (ARGS='key=value ...' to override)"
@@ -58,6 +58,22 @@ test-browser: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(TEST_ENV) $(BIN)/python experiments/benchmarks/predict.py $(ARGS)
+
+bench-throughput: $(STAMP)
+	$(TEST_ENV) $(BIN)/python experiments/benchmarks/throughput.py $(ARGS)
+
+test-dist: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow or not slow" tests/test_ddp.py tests/test_sweeps.py tests/test_fault.py tests/test_cache.py $(ARGS)
+
+train-mixed: $(STAMP)
+	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/ana-train experiment=mixed_ensemble $(ARGS)
+
+low-data: $(STAMP)
+	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python experiments/low_data/run.py $(ARGS)
+
+paper: $(STAMP)
+	$(BIN)/ana-train experiment=paper_level1 $(ARGS) && $(BIN)/ana-train experiment=paper_level2 $(ARGS) && $(BIN)/ana-train experiment=paper_level3 $(ARGS)
+	@echo "then: ana-eval --config-name eval_hierarchy pipeline.level1=<run> pipeline.level2=<run> pipeline.level3=<run>"
 
 lint: $(STAMP)
 	$(BIN)/ruff check ana_lightning tests experiments

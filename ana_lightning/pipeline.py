@@ -12,8 +12,17 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .distributed import (
+    global_rank,
+    one_at_a_time,
+    pin_ddp_relaunch_to_job,
+    release_ddp_job,
+    requeue_checkpoint,
+    single_process_tester,
+    sync_csv_logger,
+)
 from .reports import write_metrics_json
-from .utils import find_last_checkpoint, load_checkpoint_model
+from .utils import CheckpointError, find_last_checkpoint, load_checkpoint_model, read_checkpoint
 
 __all__ = ["train", "evaluate", "build_datamodule", "build_trainer"]
 
@@ -33,13 +42,15 @@ def _instantiate_list(cfg: DictConfig | None) -> list[Any]:
 def build_datamodule(cfg: DictConfig, **overrides):
     """The configured datamodule with the augmentation policy of the run."""
     augment = instantiate(cfg.augmentation.train) if cfg.get("augmentation") and cfg.augmentation.get("train") else None
+    if cfg.get("augmentation") and cfg.augmentation.get("batch") and "batch_augment" not in overrides:
+        overrides["batch_augment"] = instantiate(cfg.augmentation.batch)  # augmentation=gpu: on the device
     return instantiate(cfg.data, train_augment=augment, **overrides)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, **overrides) -> L.Trainer:
     callbacks = _instantiate_list(cfg.get("callbacks"))
     loggers = _instantiate_list(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **overrides)
 
 
 def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str | None:
@@ -52,21 +63,39 @@ def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str 
                 f"ckpt_path=last: no last.ckpt in {run_dir} or in earlier runs under {Path(cfg.paths.log_dir) / cfg.task_name}"
             )
         log.info("resuming from %s", found)
-        return str(found)
+        return _resumable(str(found), ckpt_path)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return ckpt_path
+    return _resumable(ckpt_path, ckpt_path)
+
+
+def _resumable(path: str, asked: str) -> str:
+    """``path`` if it reads as a Lightning checkpoint; a truncated file (a run killed while writing
+    it, a copy cut short) is a :class:`CheckpointError` naming it, not a traceback from torch."""
+    try:
+        read_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"ckpt_path={asked}: cannot resume from {path}: {e} Resume from another checkpoint of that run "
+            "(checkpoints/best-epoch*.ckpt) or start afresh without ckpt_path."
+        ) from None
+    return path
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (and test with the best checkpoint); returns the metrics and the objects used."""
+    ddp_job = pin_ddp_relaunch_to_job()  # in a multirun, DDP ranks 1..N-1 are started as this job, not the sweep
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resolve_ckpt(cfg.get("ckpt_path"), run_dir, cfg) if cfg.get("train", True) else None
+    if resume is None and cfg.get("train", True) and (requeued := requeue_checkpoint(run_dir)) is not None:
+        log.info("SLURM restarted this job: resuming from %s", requeued)  # preempted and requeued
+        resume = _resumable(str(requeued), "last (SLURM requeue)")
     if resume and Path(resume).parent.name == "checkpoints" and Path(resume).parent.parent != run_dir:
         # Continue in the interrupted run's folder: its best checkpoint, logs and reports stay together.
         old = Path(resume).parent.parent
-        (run_dir / "resumed_into.txt").write_text(f"this job resumed {resume}; its outputs are in {old}\n")
+        if global_rank() == 0:
+            (run_dir / "resumed_into.txt").write_text(f"this job resumed {resume}; its outputs are in {old}\n")
         log.info("resuming the run in %s", old)
         with open_dict(cfg):
             cfg.paths.output_dir = str(old)
@@ -77,7 +106,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         torch.set_num_threads(int(cfg.torch_threads))
 
     dm = build_datamodule(cfg)
-    dm.prepare_data()
+    with one_at_a_time(run_dir):  # ranks started together by SLURM/torchrun: one prepares, the others wait
+        dm.prepare_data()
     dm.setup("fit")
     model = instantiate(cfg.model, **dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True)))
     dm.set_normalization(model.hparams.mean, model.hparams.std)
@@ -97,7 +127,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if not ckpt:
             log.warning("no best checkpoint was saved; testing the current weights")
         log.info("testing %s", ckpt or "current weights")
-        results = trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)
+        sync_csv_logger(trainer)  # ddp_spawn: the CSV columns that the fit workers wrote
+        tester = single_process_tester(trainer) or trainer  # ddp_spawn: test where the reports are written
+        results = tester.test(model, datamodule=dm, ckpt_path=ckpt or None)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         metrics.update(test_metrics)
         if trainer.is_global_zero:
@@ -109,6 +141,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     for lg in trainer.loggers:
         lg.finalize("success")
     _finish_wandb()
+    release_ddp_job(ddp_job)  # the next job of a multirun starts its own DDP processes
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
 
 
@@ -135,16 +168,27 @@ def _finish_wandb() -> None:
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
-    if not cfg.get("ckpt_path"):
-        raise ValueError("ana-eval needs ckpt_path=<file.ckpt>")
+    ens = cfg.get("ensemble") or {}
+    members = [str(m) for m in (ens.get("members") or [])]
+    if not cfg.get("ckpt_path") and not members:
+        raise ValueError("ana-eval needs ckpt_path=<file.ckpt> (or ensemble.members=[a.ckpt,b.ckpt])")
+    if cfg.get("ckpt_path") and members:
+        raise ValueError("give either ckpt_path or ensemble.members, not both")
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint_model(cfg.ckpt_path)
+    if members:  # separately trained checkpoints averaged into one model (multi-label or single-label)
+        from .models.multilabel import ensemble_from_checkpoints
+
+        model = ensemble_from_checkpoints(members, combine=ens.get("combine", "probs"),
+                                          decision_rule=ens.get("decision_rule"), threshold=ens.get("threshold", 0.5))
+    else:
+        model = load_checkpoint_model(cfg.ckpt_path)
+    ckpt_ref = members[0] if members else str(cfg.ckpt_path)  # whose run folder holds the split manifest
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
     manifest = cfg.data.get("split_manifest")
     if split in ("auto", "test", "val", "train") and not manifest:
-        guess = Path(cfg.ckpt_path).resolve().parent.parent / "split_manifest.csv"
+        guess = Path(ckpt_ref).resolve().parent.parent / "split_manifest.csv"
         if guess.is_file():
             overrides["split_manifest"] = str(guess)
             log.info("using the training run's split manifest %s", guess)
@@ -169,17 +213,21 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if split == "auto":
         split = "test" if "split_manifest" in overrides or manifest else "all"
     dm.set_normalization(model.hparams.mean, model.hparams.std)
+    if callable(getattr(model, "prepare_evaluation", None)):  # e.g. tune an ensemble's thresholds on val, never on test
+        model.prepare_evaluation(dm, split)
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
     dataset = dm.make_dataset(records, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     trainer = build_trainer(cfg, run_dir)
-    results = trainer.test(model, dataloaders=loader)
+    results = (single_process_tester(trainer) or trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         write_metrics_json(metrics, run_dir / "metrics.json")
         model.write_report(run_dir, records, metrics, stage="test")
-        (run_dir / "evaluated.txt").write_text(f"checkpoint: {Path(cfg.ckpt_path).resolve()}\nsplit: {split}\nimages: {len(records)}\n")
-    log.info("evaluated %s on %d images (%s): %s", cfg.ckpt_path, len(records), split,
+        which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())
+        (run_dir / "evaluated.txt").write_text(f"checkpoint: {which}\nsplit: {split}\nimages: {len(records)}\n")
+        _log_report_images(trainer, run_dir)
+    log.info("evaluated %s on %d images (%s): %s", members or cfg.ckpt_path, len(records), split,
              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" in k and k.count("/") == 1))
     _finish_wandb()
     return metrics, {"model": model, "datamodule": dm, "run_dir": run_dir, "split": split}

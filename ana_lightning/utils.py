@@ -40,6 +40,12 @@ def register_resolvers() -> None:
     """Resolvers used by the configs (idempotent)."""
     if not OmegaConf.has_resolver("ana.run_name"):
         OmegaConf.register_new_resolver("ana.run_name", unique_run_name, use_cache=True)
+    from . import distributed  # scale-out resolvers: precision, per-rank log names, W&B sweep groups
+
+    for name, fn in (("ana.mixed_precision", distributed.mixed_precision), ("ana.rank_suffix", distributed.rank_suffix),
+                     ("ana.on_rank_zero", distributed.on_rank_zero), ("ana.sweep_group", distributed.sweep_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def plain_hparams(module) -> None:

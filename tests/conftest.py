@@ -83,3 +83,16 @@ def tiny_train_overrides(root: Path, epochs: int = 2) -> list[str]:
         "+trainer.enable_model_summary=false",
         "callbacks.rich_progress_bar=null",
     ]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A tiny single-label model trained once per test session: ``(data root, run folder, best checkpoint)``."""
+    from ana_lightning.pipeline import train
+
+    base = tmp_path_factory.mktemp("trained_ckpt")
+    root = write_class_images(base / "data", {"AC-1": 12, "ac-2": 12, "AC10": 12})
+    run = base / "runs" / "r1"
+    train(compose("train", tiny_train_overrides(root, epochs=4), output_dir=run))
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    return root, run, best

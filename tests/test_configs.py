@@ -33,7 +33,7 @@ def test_group_options_instantiate(group, tmp_path):
         cfg = compose("train", [f"{group}={option}"], output_dir=tmp_path)
         node = cfg[group]
         if group == "trainer":
-            if option in ("gpu", "ddp"):  # no GPU here: check the composed values only
+            if option in ("gpu", "ddp", "multinode"):  # no GPU here: check the composed values only
                 assert node.accelerator == "gpu"
                 continue
             instantiate(node)

@@ -107,3 +107,16 @@ def test_augmentation_repeats_for_a_seed():
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+def test_single_image_last_training_batch_is_dropped(tmp_path):
+    root = write_class_images(tmp_path / "d", {"AC-1": 10, "AC-2": 10})
+    dm = _dm(root)
+    dm.setup()
+    n = len(dm.splits["train"])
+    dm.hparams.batch_size = n - 1  # remainder of exactly one image
+    assert dm.train_dataloader().drop_last and len(dm.train_dataloader()) == 1
+    dm.hparams.batch_size = n - 2
+    assert not dm.train_dataloader().drop_last
+    dm.hparams.batch_size = n - 1
+    assert not dm.val_dataloader().drop_last

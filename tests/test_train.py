@@ -27,7 +27,7 @@ def trained_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("trained")
     root = write_class_images(base / "data", {"AC-1": 12, "ac-2": 12, "AC10": 12})
     run = base / "runs" / "r1"
-    cfg = compose("train", tiny_train_overrides(root, epochs=8), output_dir=run)
+    cfg = compose("train", tiny_train_overrides(root, epochs=10) + ["callbacks.early_stopping=null"], output_dir=run)
     metrics, _ = train(cfg)
     return root, run, metrics
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,22 @@ class RecordDataset(Dataset):
     """Images of a list of records, as ``{"image", "target", "index"}`` dicts.
 
     With ``cache=True`` every image is decoded and resized once (in threads) and kept as uint8.
+    With ``cache="mmap"`` they go once into a memory-mapped file in ``cache_dir`` shared by loader
+    workers and DDP ranks (:class:`~ana_lightning.data.cache.ImageCache`).
     """
 
-    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform, cache: bool = False):
+    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform, cache: bool | str = False,
+                 cache_dir: str | None = None):
         self.records = list(records)
         self.targets = targets
         self.transform = transform
         self._cache: list[np.ndarray] | None = None
-        if cache and self.records:
+        if cache == "mmap" and self.records:
+            from .cache import ImageCache
+
+            self._cache = ImageCache.build([r.path for r in self.records], transform.image_size, transform.resize,
+                                           digests=[r.sha256 for r in self.records], cache_dir=cache_dir)
+        elif cache and self.records:
             with ThreadPoolExecutor(4) as pool:
                 self._cache = list(pool.map(lambda r: transform.resize(load_image(r.path)), self.records))
 
@@ -74,16 +82,22 @@ class RecordDataModule(L.LightningDataModule):
         seed: int = 0,
         split_manifest: str | None = None,
         on_bad_file: str = "error",
-        cache_images: bool = True,
+        cache_images: bool | str = True,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         train_augment: Sequence[Any] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        extra_train: str | None = None,
+        image_cache_dir: str | None = None,
+        batch_augment: Callable[..., torch.Tensor] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["train_augment"])
+        self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
         plain_hparams(self)
+        # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
+        # (on_after_batch_transfer), so the loader only serves cached, normalised images.
+        self.batch_augment = batch_augment
         self.tree = Taxonomy.load(tree)
         self.requested_classes = list(classes) if classes else None
         self.train_augment = train_augment
@@ -93,6 +107,9 @@ class RecordDataModule(L.LightningDataModule):
         self.splits: dict[str, list[ImageRecord]] = {}
         self.bad_files: list[BadFile] = []
         self.datasets: dict[str, RecordDataset] = {}
+        # data.extra_train (a stylized set, see ana-stylize): added to the training dataset only,
+        # after the split is made; kept out of self.splits so the split manifest lists real images only.
+        self.extra_train_records: list[ImageRecord] = []
 
     # -------------------------------------------------------------- to implement
     @property
@@ -142,25 +159,47 @@ class RecordDataModule(L.LightningDataModule):
         if self.hparams.split_manifest:
             self.splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
-            self.splits = split_records(records, self.hparams.split_fractions, seed=self.hparams.seed)
+            self.splits = self.split(records)
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
+        if self.hparams.get("extra_train"):
+            from ..style_transfer import read_stylized_set
+
+            # Refuses a set whose content/style images are in val/test or not in this data at all.
+            self.extra_train_records = read_stylized_set(
+                self.hparams.extra_train, self.splits, self.taxonomy, all_records=records,
+                on_bad_file=self.hparams.on_bad_file,
+            )
+            log.info("extra_train: %d stylized image(s) from %s added to the training split",
+                     len(self.extra_train_records), self.hparams.extra_train)
+
+    def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
+        """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
+        reads several sources may split each one on its own (still with :func:`split_records`)."""
+        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed)
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
         tf = build_transform(self.hparams.image_size, self.train_augment if train else None, self.mean, self.std)
-        return RecordDataset(records, self.make_targets(records), tf, cache=self.hparams.cache_images)
+        return RecordDataset(records, self.make_targets(records), tf, cache=self.hparams.cache_images,
+                             cache_dir=self.hparams.get("image_cache_dir"))
 
     def dataset(self, split: str) -> RecordDataset:
         """The dataset of a split, built (and its images cached) on first use."""
         if not self.splits:
             self.setup()
         if split not in self.datasets:
-            self.datasets[split] = self.make_dataset(self.splits[split], train=split == "train")
+            records = self.splits[split] + (self.extra_train_records if split == "train" else [])
+            self.datasets[split] = self.make_dataset(records, train=split == "train")
         return self.datasets[split]
 
+    def manifest_label_parser(self):
+        """What reads the labels of a split manifest back (anything with ``parse_code``): the tree.
+        Datamodules whose records may carry tree nodes as labels (contest data) return their own."""
+        return self.tree
+
     def _splits_from_manifest(self, records: list[ImageRecord], manifest: str) -> dict[str, list[ImageRecord]]:
-        planned = load_manifest(manifest, root=self.root, taxonomy=self.tree)
+        planned = load_manifest(manifest, root=self.root, taxonomy=self.manifest_label_parser())
         by_path = {str(Path(r.path).resolve()): r for r in records}
         out: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
         problems = []
@@ -224,14 +263,17 @@ class RecordDataModule(L.LightningDataModule):
     # -------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         nw = self.hparams.num_workers
+        ds = self.dataset(split)
+        bs = self.hparams.batch_size
         return DataLoader(
-            self.dataset(split),
-            batch_size=self.hparams.batch_size,
+            ds,
+            batch_size=bs,
             shuffle=shuffle,
             num_workers=nw,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.persistent_workers and nw > 0,
-            drop_last=False,
+            # A training batch of one image breaks batch norm: drop such a remainder (only that).
+            drop_last=shuffle and len(ds) > bs and len(ds) % bs == 1,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -245,6 +287,14 @@ class RecordDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """GPU-side augmentation of training batches (``augmentation=gpu``), after the move to the device."""
+        aug = self.batch_augment
+        trainer = self.trainer
+        if aug is not None and trainer is not None and trainer.training and isinstance(batch, dict) and "image" in batch:
+            batch["image"] = aug(batch["image"], mean=self.mean, std=self.std)
+        return batch
 
 
 class SingleLabelDataModule(RecordDataModule):

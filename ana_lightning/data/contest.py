@@ -1,0 +1,312 @@
+"""Readers for the public HEp-2 cell contests: their layouts → :class:`~.records.ImageRecord` lists.
+
+- **ICPR 2012 / MIVIA** cell crops: one image per cell and a CSV ``ID;pattern`` (a header row is
+  optional; an ``image`` / ``field`` column, when present, becomes the record's group so that cells of
+  one field never straddle splits).
+- **I3A / ICPR 2014 Task 1** cells: 8-bit grey cell images, each with a mask (``<ID>_Mask.png``, or the
+  same name in a ``mask``/``masks`` folder) and a CSV ``Image ID,Image class`` (a ``Specimen ID``
+  column, when present, becomes the group).
+
+Class names are mapped onto the ICAP tree by the packaged ``public_datasets`` table of
+``icap_tree.yaml`` (:attr:`Taxonomy.public_datasets`). Some names map to a leaf (``homogeneous`` →
+``AC-1``), others to a coarser node (``nucleolar`` → the level-2 node ``nucleolar``, ``cytoplasmatic``
+→ the level-1 node ``cytoplasmic``): a record's label is then that node, and
+:class:`~.hierarchy.HEp2HierarchyDataModule` uses it only at the levels it determines.
+
+The layouts are read leniently (``;``/``,``/tab separators, header or not, zero-padded or plain IDs,
+any image extension) and strictly (an unknown class name, an ID without an image file, a missing mask
+or an unreadable file is an error naming the CSV line or the file).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..taxonomy import LabelError, Taxonomy
+from .images import BadFile, is_ignored, is_image_path, load_image
+from .records import DatasetError, ImageRecord, resolve_bad_files, scan_images
+
+__all__ = [
+    "CONTESTS",
+    "ContestData",
+    "contest_label_map",
+    "map_contest_label",
+    "read_icpr2012",
+    "read_i3a2014",
+    "apply_mask",
+    "MASK_MODES",
+    "masked_loader",
+]
+
+#: Reader name (``data.reader``) → key of ``public_datasets`` in the tree YAML.
+CONTESTS = {"icpr2012": "ICPR2012_MIVIA", "i3a2014": "I3A_ICPR2014_task1"}
+#: How an I3A mask is used: multiplied into the cell, put into the blue channel, or ignored.
+MASK_MODES = ("apply", "channel", "none")
+
+_ID_COLUMNS = ("id", "image id", "image_id", "imageid", "cell id", "cell")
+_LABEL_COLUMNS = ("pattern", "image class", "image_class", "class", "label")
+_GROUP_COLUMNS = ("specimen id", "specimen_id", "specimen", "image", "field", "slide", "patient", "group")
+_MASK_NAME = re.compile(r"[_\- ]?mask$", re.IGNORECASE)
+
+
+def _norm(name: str) -> str:
+    """``'Fine Speckled'``, ``'fine-speckled'`` and ``'fine_speckled'`` all become ``'fine_speckled'``."""
+    return re.sub(r"[\s_\-]+", "_", str(name).strip()).lower()
+
+
+def contest_label_map(tree: Taxonomy, contest: str) -> dict[str, str]:
+    """Normalised contest class name → tree label (an AC code or a level-1/level-2 node)."""
+    key = CONTESTS.get(contest, contest)
+    table = tree.public_datasets.get(key)
+    if not table:
+        raise ValueError(
+            f"the class tree {tree.source} has no public_datasets.{key} mapping (known: {sorted(tree.public_datasets)})"
+        )
+    out = {}
+    for name, target in table.items():
+        if tree.is_code(target):
+            target = tree.parse_code(target)
+        else:
+            tree.children(target)  # raises LabelError when the node is not in the tree
+        out[_norm(name)] = target
+    return out
+
+
+def map_contest_label(tree: Taxonomy, contest: str, name: str) -> str:
+    """The tree label of one contest class name (case, spaces, ``_`` and ``-`` do not matter).
+
+    >>> map_contest_label(Taxonomy.load(), "icpr2012", "Fine speckled"), map_contest_label(Taxonomy.load(), "icpr2012", "nucleolar")
+    ('AC-4', 'nucleolar')
+    """
+    table = contest_label_map(tree, contest)
+    try:
+        return table[_norm(name)]
+    except KeyError:
+        raise LabelError(f"{name!r} is not a {CONTESTS.get(contest, contest)} class (known: {sorted(table)})") from None
+
+
+@dataclass
+class ContestData:
+    """What a contest reader found: records, rejected entries and (I3A) each image's mask file."""
+
+    records: list[ImageRecord]
+    bad: list[BadFile]
+    masks: dict[str, str]
+
+
+# ---------------------------------------------------------------------------------------------- CSV
+def _find_csv(root: Path, csv_path: str | Path | None) -> Path:
+    if csv_path:
+        p = Path(csv_path).expanduser()
+        p = p if p.is_absolute() or p.exists() else root / p
+        if not p.is_file():
+            raise FileNotFoundError(f"label CSV {p} does not exist")
+        return p
+    found = sorted(p for p in root.rglob("*.csv") if not is_ignored(p))
+    if len(found) == 1:
+        return found[0]
+    preferred = [p for p in found if re.match(r"(gt|ground|label|annot)", p.name, re.IGNORECASE)]
+    if len(preferred) == 1:
+        return preferred[0]
+    raise DatasetError(
+        root,
+        [BadFile(str(root), f"{'no' if not found else len(found)} CSV file(s) found "
+                            f"({', '.join(p.name for p in found[:5])}); set data.csv=<the label CSV>")],
+    )
+
+
+def _read_rows(path: Path, group_column: str | None) -> list[tuple[int, str, str, str | None]]:
+    """``(line, id, class name, group)`` per data row of a contest CSV."""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DatasetError(path, [BadFile(str(path), "empty label CSV")])
+    try:
+        delimiter = csv.Sniffer().sniff(lines[0], delimiters=";,\t").delimiter
+    except csv.Error:
+        delimiter = ","
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    header = [c.strip().lower() for c in rows[0]]
+    id_col = next((header.index(c) for c in _ID_COLUMNS if c in header), None)
+    lab_col = next((header.index(c) for c in _LABEL_COLUMNS if c in header), None)
+    if id_col is not None and lab_col is not None:
+        body, first_line = rows[1:], 2
+        if group_column:
+            if group_column.lower() not in header:
+                raise ValueError(f"{path}: no column {group_column!r} (columns: {rows[0]})")
+            grp_col = header.index(group_column.lower())
+        else:
+            grp_col = next((header.index(c) for c in _GROUP_COLUMNS if c in header), None)
+    else:  # no header: ID, class[, group]
+        id_col, lab_col, grp_col = 0, 1, (2 if group_column else None)
+        body, first_line = rows, 1
+    out = []
+    for n, row in enumerate(body, start=first_line):
+        if len(row) <= max(id_col, lab_col):
+            raise DatasetError(path, [BadFile(f"{path}:{n}", f"expected at least {max(id_col, lab_col) + 1} columns, got {row}")])
+        group = row[grp_col].strip() if grp_col is not None and grp_col < len(row) and row[grp_col].strip() else None
+        out.append((n, row[id_col].strip(), row[lab_col].strip(), group))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _is_mask(p: Path) -> bool:
+    return bool(_MASK_NAME.search(p.stem)) or p.parent.name.lower() in ("mask", "masks")
+
+
+def _id_keys(stem: str) -> list[str]:
+    """``'00012'`` is found as ID ``12`` and as ``00012``."""
+    keys = [stem.lower()]
+    if stem.isdigit() and str(int(stem)) != stem:
+        keys.append(str(int(stem)))
+    return keys
+
+
+def _index_files(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    images: dict[str, list[Path]] = {}
+    masks: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or is_ignored(p) or not is_image_path(p):
+            continue
+        if _is_mask(p):
+            stem = _MASK_NAME.sub("", p.stem)
+            for k in _id_keys(stem):
+                masks.setdefault(k, []).append(p)
+        else:
+            for k in _id_keys(p.stem):
+                images.setdefault(k, []).append(p)
+    return images, masks
+
+
+def _read_contest(
+    root: str | Path,
+    tree: Taxonomy,
+    contest: str,
+    csv_path: str | Path | None,
+    group_column: str | None,
+    on_bad_file: str,
+    check_images: bool,
+    need_masks: bool,
+) -> ContestData:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist (set data.root to the {contest} folder)")
+    table_path = _find_csv(root, csv_path)
+    rows = _read_rows(table_path, group_column)
+    images, masks = _index_files(root)
+    bad: list[BadFile] = []
+    cands: list[tuple[Path, str, str | None]] = []
+    mask_of: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for line, image_id, name, group in rows:
+        where = f"{table_path}:{line}"
+        try:
+            label = map_contest_label(tree, contest, name)
+        except LabelError as e:
+            bad.append(BadFile(where, str(e)))
+            continue
+        key = next((k for k in _id_keys(image_id) if k in images), None)
+        if key is None:
+            bad.append(BadFile(where, f"no image file for ID {image_id!r} under {root}"))
+            continue
+        if len(images[key]) > 1:
+            bad.append(BadFile(where, f"ID {image_id!r} matches several files: {[str(p) for p in images[key]]}"))
+            continue
+        if key in seen:
+            bad.append(BadFile(where, f"ID {image_id!r} is listed twice (first on line {seen[key]})"))
+            continue
+        seen[key] = line
+        path = images[key][0]
+        if need_masks:
+            mkey = next((k for k in _id_keys(image_id) if k in masks), None)
+            if mkey is None:
+                bad.append(BadFile(str(path), "no mask file (expected <ID>_Mask.<ext> or masks/<ID>.<ext>); "
+                                              "set data.mask=none to use the cell without its mask"))
+                continue
+            mask_of[str(path)] = str(masks[mkey][0])
+        cands.append((path, label, group))
+    records: list[ImageRecord] = []
+    if check_images:
+        to_scan = [p for p, _, _ in cands] + [Path(m) for m in mask_of.values()]
+        good, bad_images = scan_images(to_scan)
+        bad += bad_images
+        for p, label, group in cands:
+            m = mask_of.get(str(p))
+            if str(p) in good and (m is None or m in good):
+                digest, size = good[str(p)]
+                records.append(ImageRecord(str(p), (label,), group, digest, size))
+    else:
+        records = [ImageRecord(str(p), (label,), group) for p, label, group in cands]
+    resolve_bad_files(root, bad, on_bad_file)
+    if not records:
+        raise DatasetError(root, bad or [BadFile(str(table_path), "no usable rows")])
+    records.sort(key=lambda r: r.path)
+    kept = {r.path for r in records}
+    return ContestData(records, bad, {k: v for k, v in mask_of.items() if k in kept})
+
+
+def read_icpr2012(
+    root: str | Path,
+    tree: Taxonomy,
+    csv_path: str | Path | None = None,
+    group_column: str | None = None,
+    on_bad_file: str = "error",
+    check_images: bool = True,
+) -> ContestData:
+    """ICPR 2012 (MIVIA) cell crops with an ``ID;pattern`` CSV (found under ``root`` when not given)."""
+    return _read_contest(root, tree, "icpr2012", csv_path, group_column, on_bad_file, check_images, need_masks=False)
+
+
+def read_i3a2014(
+    root: str | Path,
+    tree: Taxonomy,
+    csv_path: str | Path | None = None,
+    group_column: str | None = None,
+    on_bad_file: str = "error",
+    check_images: bool = True,
+    need_masks: bool = True,
+) -> ContestData:
+    """I3A / ICPR 2014 Task 1 cells with masks and an ``Image ID,Image class`` CSV."""
+    return _read_contest(root, tree, "i3a2014", csv_path, group_column, on_bad_file, check_images, need_masks)
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray, mode: str = "apply") -> np.ndarray:
+    """Combine a cell image (``H×W×3 uint8``) with its mask (any image; non-zero = cell).
+
+    ``apply``: pixels outside the mask set to 0; ``channel``: red and green carry the cell, blue the
+    mask (255 inside); ``none``: the image unchanged.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+    if mode == "none":
+        return image
+    m = (mask if mask.ndim == 2 else mask.max(axis=2)) > 0
+    if m.shape != image.shape[:2]:
+        raise ValueError(f"mask of shape {m.shape} does not fit its image of shape {image.shape[:2]}")
+    if mode == "apply":
+        return image * m[:, :, None].astype(image.dtype)
+    out = image.copy()
+    out[:, :, 2] = m.astype(np.uint8) * 255
+    return out
+
+
+def masked_loader(masks: dict[str, str], mode: str):
+    """A ``record (or path) → H×W×3 uint8`` loader that applies each image's mask (see :func:`apply_mask`)."""
+
+    def load(record: ImageRecord | str) -> np.ndarray:
+        path = record.path if isinstance(record, ImageRecord) else str(record)
+        image = load_image(path)
+        mask_path = masks.get(path)
+        if mask_path is None or mode == "none":
+            return image
+        try:
+            return apply_mask(image, load_image(mask_path), mode)
+        except ValueError as e:
+            raise ValueError(f"{path} with mask {mask_path}: {e}") from None
+
+    return load

@@ -1,0 +1,318 @@
+"""Targets at any level of the ICAP tree: the datamodule behind the hierarchical (paper) pipeline.
+
+Every record carries one tree label: an AC code (a leaf) or, for contest data whose class names stop
+higher up, a level-1 / level-2 node (``nucleolar``, ``cytoplasmic``). :func:`resolve_label` gives the
+label's node at a level when the label determines it (``AC-5`` → ``speckled`` → ``nuclear``;
+``nucleolar`` → ``nuclear`` at level 1 but nothing at level 3), so one datamodule serves:
+
+- ``level=1`` / ``2`` / ``3``: a softmax target over the nodes of that level present in the data;
+- ``parent=<node>``: only the subtree of a level-2 (or level-1) node, e.g. the level-3 model of a group;
+- ``level=all``: a ``(N, 3)`` target (level-1, level-2, leaf index; ``-1`` where the label stops
+  higher) for the multi-head model.
+
+The split is always made over *all* records before ``level``/``parent`` select from it, so the level-1,
+level-2 and every level-3 model of one dataset and seed share one split: no image that a level-3 model
+trained on is in the level-1 model's test set.
+
+``root=null`` uses the built-in synthetic fields (rendered once, like ``data=synthetic``); ``root`` is a
+folder of ``<AC code>/<images>`` (``reader=folder``), or a contest layout (``reader=icpr2012`` /
+``i3a2014``, see :mod:`.contest`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..taxonomy import LabelError, Taxonomy
+from .contest import CONTESTS, MASK_MODES, masked_loader, read_i3a2014, read_icpr2012
+from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
+from .images import BadFile
+from .records import DatasetError, ImageRecord, read_single_label_folder
+from .splits import SPLITS
+from .transforms import build_transform
+
+__all__ = [
+    "LEVELS",
+    "leaves_of",
+    "resolve_label",
+    "label_path",
+    "TreeLabelParser",
+    "LoaderRecordDataset",
+    "HEp2HierarchyDataModule",
+]
+
+log = logging.getLogger(__name__)
+
+LEVELS = (1, 2, 3)
+READERS = ("folder", *CONTESTS)
+
+
+def leaves_of(tree: Taxonomy, label: str) -> tuple[str, ...]:
+    """The AC codes under a tree label (the code itself for a code)."""
+    return (tree.parse_code(label),) if tree.is_code(label) else tree.children(label)
+
+
+def resolve_label(tree: Taxonomy, label: str, level: int) -> str | None:
+    """The node of ``label`` at ``level``, or None when the label does not determine it.
+
+    >>> tree = Taxonomy.load()
+    >>> resolve_label(tree, "AC-5", 2), resolve_label(tree, "nucleolar", 1), resolve_label(tree, "nucleolar", 3)
+    ('speckled', 'nuclear', None)
+    """
+    nodes = {tree.level_of(c, level) for c in leaves_of(tree, label)}
+    return nodes.pop() if len(nodes) == 1 else None
+
+
+def label_path(tree: Taxonomy, label: str) -> tuple[str | None, str | None, str | None]:
+    """``(level-1 node, level-2 node, leaf)`` of a label, None where it stops higher up."""
+    return tuple(resolve_label(tree, label, lv) for lv in LEVELS)  # type: ignore[return-value]
+
+
+class TreeLabelParser:
+    """Reads manifest labels that may be AC codes or tree nodes (``parse_code`` like a taxonomy)."""
+
+    def __init__(self, tree: Taxonomy):
+        self.tree = tree
+
+    def parse_code(self, label: str) -> str:
+        if self.tree.is_code(label):
+            return self.tree.parse_code(label)
+        self.tree.children(label)  # LabelError naming the label when it is not a node
+        return label
+
+
+class LoaderRecordDataset(RecordDataset):
+    """A :class:`RecordDataset` whose images come from ``loader(record)`` (e.g. a cell with its mask)."""
+
+    def __init__(self, records, targets, transform, loader: Callable[[ImageRecord], np.ndarray], cache: bool = False):
+        self.loader = loader
+        super().__init__(records, targets, transform, cache=False)
+        if cache and self.records:
+            with ThreadPoolExecutor(4) as pool:
+                self._cache = list(pool.map(lambda r: transform.resize(loader(r)), self.records))
+
+    def load(self, i: int) -> np.ndarray:
+        return self._cache[i] if self._cache is not None else self.loader(self.records[i])
+
+
+class HEp2HierarchyDataModule(RecordDataModule):
+    """Level-1, level-2 or leaf targets of the ICAP tree, optionally within one subtree.
+
+    Args (beyond :class:`RecordDataModule`):
+        root: the dataset folder; ``null`` = the built-in synthetic fields (rendered into ``cache_dir``).
+        level: ``1``, ``2``, ``3`` (leaf codes) or ``all`` (the three levels at once, for the multi-head model).
+        parent: a level-2 (or level-1) node: keep only its subtree (the level-3 models of the paper).
+        reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts).
+        csv: the contest label CSV (default: the one CSV found under ``root``).
+        mask: I3A masks: ``apply`` (zero outside the cell), ``channel`` (mask in the blue channel) or ``none``.
+        group_column: contest CSV column holding the field / specimen (default: detected by name).
+        cache_dir, n_per_class, render_size, render_seed, dapi: the synthetic fields (``root=null``).
+        classes: the classes of ``level`` to keep (AC codes at level 3, node names at levels 1 and 2).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        level: int | str = 3,
+        parent: str | None = None,
+        reader: str = "folder",
+        csv: str | None = None,
+        mask: str = "apply",
+        group_column: str | None = None,
+        cache_dir: str = "data/synthetic",
+        n_per_class: int = 60,
+        render_size: int = 256,
+        render_seed: int = 0,
+        dapi: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.level: int | str = level if level == "all" else int(level)
+        if self.level not in (*LEVELS, "all"):
+            raise ValueError(f"data.level must be 1, 2, 3 or all, got {level!r}")
+        if reader not in READERS:
+            raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
+        if mask not in MASK_MODES:
+            raise ValueError(f"data.mask must be one of {MASK_MODES}, got {mask!r}")
+        self.parent = parent
+        if parent is not None:
+            self._check_parent(parent)
+        self.reader, self.csv, self.mask, self.group_column = reader, csv, mask, group_column
+        self.masks: dict[str, str] = {}
+        self._class_names: list[str] | None = None
+        self.level_names: dict[int, list[str]] = {}
+        self.all_splits: dict[str, list[ImageRecord]] = {}
+        self._synthetic: SyntheticDataModule | None = None
+        if root:
+            self._root = Path(root).expanduser()
+        elif reader != "folder":
+            raise ValueError(f"data.reader={reader} needs data.root=<the {reader} folder>")
+        else:
+            # Always the whole tree (classes/parent only select): every level, group and evaluation of
+            # one setting then reads the same files, so their split manifests fit each other.
+            self._synthetic = SyntheticDataModule(
+                cache_dir=cache_dir, n_per_class=n_per_class, render_size=render_size, render_seed=render_seed,
+                dapi=dapi, classes=None, tree=self.hparams.tree, image_size=self.hparams.image_size,
+            )
+            self._root = self._synthetic.root
+
+    # -------------------------------------------------------------- checks
+    def _check_parent(self, parent: str) -> None:
+        try:
+            leaves = self.tree.children(parent)
+        except LabelError:
+            raise ValueError(
+                f"data.parent={parent!r} is not a level-1 or level-2 node of the tree "
+                f"(level-2 nodes: {list(self.tree.nodes(2))})"
+            ) from None
+        target = 3 if self.level == "all" else self.level
+        if len({self.tree.level_of(c, target) for c in leaves}) < 2:
+            raise ValueError(f"data.parent={parent!r} has a single level-{target} class: nothing to classify below it")
+
+    def _canon(self, name: str) -> str:
+        """A class name of this level, checked against the tree."""
+        lv = 3 if self.level == "all" else self.level
+        if lv == 3:
+            if not self.tree.is_code(name):
+                at = [k for k in (1, 2) if name in self.tree.nodes(k)]
+                if at:  # e.g. ana-eval of a level-1 checkpoint without data.level=1
+                    raise LabelError(f"class {name!r} is a level-{at[-1]} node, not an AC code: set data.level={at[-1]}")
+            return self.tree.parse_code(name)
+        if name not in self.tree.nodes(lv):
+            raise LabelError(f"{name!r} is not a level-{lv} node of the tree (nodes: {list(self.tree.nodes(lv))})")
+        return name
+
+    # -------------------------------------------------------------- reading
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def manifest_label_parser(self) -> TreeLabelParser:
+        return TreeLabelParser(self.tree)
+
+    def prepare_data(self) -> None:
+        if self._synthetic is not None:
+            self._synthetic.prepare_data()
+
+    def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
+        if self.reader == "folder":
+            return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
+        fn = read_icpr2012 if self.reader == "icpr2012" else read_i3a2014
+        extra = {"need_masks": self.mask != "none"} if self.reader == "i3a2014" else {}
+        data = fn(self.root, self.tree, csv_path=self.csv, group_column=self.group_column,
+                  on_bad_file=self.hparams.on_bad_file, **extra)
+        self.masks = data.masks
+        return data.records, data.bad
+
+    # -------------------------------------------------------------- labels
+    def resolve(self, record: ImageRecord, level: int) -> str | None:
+        """The node of a record at ``level`` (None when its label stops higher up)."""
+        if len(record.codes) != 1:
+            raise DatasetError(self.root, [BadFile(record.path, f"{len(record.codes)} labels {record.codes}: the "
+                                                                "hierarchy datamodule takes single-label images")])
+        return resolve_label(self.tree, record.codes[0], level)
+
+    def _selected(self, r: ImageRecord) -> bool:
+        label = r.codes[0]
+        if self.parent is not None and not set(leaves_of(self.tree, label)) <= set(self.tree.children(self.parent)):
+            return False
+        if self.level == "all":
+            return True
+        node = self.resolve(r, self.level)
+        if node is None:
+            return False
+        return not self.requested_classes or node in self._requested
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self.prepare_data()
+        records, self.bad_files = self.read_records()
+        for r in records:
+            self.resolve(r, 1)  # single-label check, naming the file
+        self._requested = {self._canon(c) for c in self.requested_classes or []}
+        if self.hparams.split_manifest:
+            self.all_splits = self._splits_from_manifest(records, self.hparams.split_manifest)
+        else:
+            self.all_splits = self.split(records)
+        self.splits = {s: [r for r in self.all_splits[s] if self._selected(r)] for s in SPLITS}
+        kept = [r for s in SPLITS for r in self.splits[s]]
+        if not kept:
+            raise DatasetError(self.root, [BadFile(str(self.root), f"no image has a level-{self.level} label"
+                                                                   f"{f' under {self.parent!r}' if self.parent else ''}")])
+        dropped = Counter(r.codes[0] for r in records) - Counter(r.codes[0] for r in kept)
+        if dropped:
+            log.info("level %s%s: %d image(s) left out (%s)", self.level, f", parent {self.parent!r}" if self.parent else "",
+                     sum(dropped.values()), ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
+        leaves = {c for r in kept for c in leaves_of(self.tree, r.codes[0])}
+        self.taxonomy = self.tree.subset(leaves)
+        for lv in LEVELS:
+            present = {self.resolve(r, lv) for r in kept} - {None}
+            self.level_names[lv] = [n for n in self.tree.nodes(lv) if n in present]
+        if self.level == "all":
+            self._class_names = self.level_names[3]
+        elif self.requested_classes:
+            self._class_names = [n for n in self.tree.nodes(self.level) if n in self._requested]
+        else:
+            self._class_names = self.level_names[self.level]
+        for s in SPLITS:
+            log.info("%s: %d images", s, len(self.splits[s]))
+        if self.hparams.get("extra_train"):
+            from ..style_transfer import read_stylized_set
+
+            # Stylized training images (ana-stylize): refused when made from val/test images.
+            extra = read_stylized_set(self.hparams.extra_train, self.all_splits, self.tree, all_records=records,
+                                      on_bad_file=self.hparams.on_bad_file)
+            self.extra_train_records = [r for r in extra if self._selected(r)]
+            log.info("extra_train: %d stylized image(s) added to the training split", len(self.extra_train_records))
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            raise RuntimeError("call datamodule.setup() first: the class list comes from the data")
+        return list(self._class_names)
+
+    def level_targets(self, records: Sequence[ImageRecord]) -> torch.Tensor:
+        """``(N, 3)`` class indices at levels 1, 2 and 3 (``-1`` where the label stops higher)."""
+        out = torch.full((len(records), 3), -1, dtype=torch.long)
+        for i, r in enumerate(records):
+            for j, lv in enumerate(LEVELS):
+                node = self.resolve(r, lv)
+                if node is not None and node in self.level_names[lv]:
+                    out[i, j] = self.level_names[lv].index(node)
+        return out
+
+    def make_targets(self, records: Sequence[ImageRecord]) -> torch.Tensor:
+        if self.level == "all":
+            return self.level_targets(records)
+        names = self.class_names
+        return torch.tensor([names.index(self.resolve(r, self.level)) for r in records], dtype=torch.long)
+
+    def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
+        if not self.masks or self.mask == "none":
+            return super().make_dataset(records, train)
+        tf = build_transform(self.hparams.image_size, self.train_augment if train else None, self.mean, self.std)
+        return LoaderRecordDataset(records, self.make_targets(records), tf, masked_loader(self.masks, self.mask),
+                                   cache=self.hparams.cache_images)
+
+    def class_weights(self) -> list[float]:
+        """Inverse-frequency weights of this level's classes, from the training split only."""
+        t = self.make_targets(self.splits["train"])
+        t = t[:, 2] if t.ndim == 2 else t
+        counts = Counter(int(i) for i in t if i >= 0)
+        n, k = sum(counts.values()), self.num_classes
+        return [n / (k * counts[i]) if counts[i] else 0.0 for i in range(k)]
+
+    def model_kwargs(self, loss_weights: bool = True) -> dict[str, Any]:
+        kw = super().model_kwargs(loss_weights)
+        if self.level == "all":
+            kw["level1_names"], kw["level2_names"] = list(self.level_names[1]), list(self.level_names[2])
+        return kw

@@ -1,0 +1,514 @@
+"""Hierarchical classification over the ICAP tree: routing, the three-model pipeline, the multi-head model.
+
+An image is routed level 1 → level 2 → level 3. Every candidate *path* ``(level-1 node, level-2
+node, leaf)`` of the tree gets the score ``P(l1) · P(l2 | l1) · P(leaf | l2)``, where ``P(l2 | l1)`` is
+the level-2 probability renormalised over the children of ``l1`` (1 for an only child), and
+``P(leaf | l2)`` comes from that group's level-3 model (1 for a group with a single leaf; a group
+with several leaves and no level-3 model ends its paths at level 2, leaf unknown, with ``1/n``).
+
+- ``routing="hard"``: take the best level-1 node, then the best of *its* level-2 children, then the
+  best leaf of that group — errors at a level cannot be undone below it.
+- ``routing="product"``: take the path with the highest product.
+
+Either way the predicted leaf is a child of the predicted level-2 node, which is a child of the
+predicted level-1 node: :func:`route` only ever picks whole paths of the tree.
+
+:class:`HierarchicalPipeline` runs three (sets of) checkpoints; :class:`MultiHeadClassifier` is one
+shared backbone with a head per level, trained with a consistency-aware loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn import functional as F
+
+from ..metrics import multiclass_metrics
+from ..taxonomy import Taxonomy
+from ..utils import plain_hparams
+from .backbones import create_backbone, normalization
+
+__all__ = ["ROUTINGS", "TreePaths", "PathPrediction", "route", "HierarchicalPipeline", "MultiHeadNet", "MultiHeadClassifier",
+           "resolve_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+ROUTINGS = ("hard", "product")
+
+
+@dataclass
+class PathPrediction:
+    """Predicted path per image: level-1 node, level-2 node, leaf (None when no level-3 model decides),
+    and the path's probability product."""
+
+    level1: list[str]
+    level2: list[str]
+    leaf: list[str | None]
+    score: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.level1)
+
+    def rows(self) -> list[tuple[str, str, str | None]]:
+        return list(zip(self.level1, self.level2, self.leaf, strict=True))
+
+
+class TreePaths:
+    """The candidate paths of a tree, given which leaves each group's level-3 model can name.
+
+    ``level3_classes[g]`` lists the leaves the level-3 model of group ``g`` predicts; groups with a
+    single leaf need none; other groups without an entry end at level 2.
+    """
+
+    def __init__(self, tree: Taxonomy, level3_classes: Mapping[str, Sequence[str]]):
+        self.tree = tree
+        self.paths: list[tuple[str, str, str | None]] = []
+        for g in tree.nodes(2):
+            leaves = tree.children(g)
+            l1 = tree.level_of(leaves[0], 1)
+            if len(leaves) == 1:
+                self.paths.append((l1, g, leaves[0]))
+            elif g in level3_classes:
+                unknown = sorted(set(level3_classes[g]) - set(leaves))
+                if unknown:
+                    raise ValueError(f"the level-3 model of {g!r} names {unknown}, which are not leaves of {g!r}")
+                self.paths += [(l1, g, c) for c in level3_classes[g]]
+            else:
+                self.paths.append((l1, g, None))
+        self.level1 = list(tree.nodes(1))
+        self.level2 = list(tree.nodes(2))
+        self.l2_siblings = {g: [h for h in self.level2 if tree.parent(h) == tree.parent(g)] for g in self.level2}
+
+
+def _gather(p: torch.Tensor, names: Sequence[str], wanted: Sequence[str]) -> torch.Tensor:
+    """Columns of ``p`` (N, len(names)) for ``wanted`` (0 for names the model does not know)."""
+    idx = {n: i for i, n in enumerate(names)}
+    out = p.new_zeros(p.shape[0], len(wanted))
+    for j, w in enumerate(wanted):
+        if w in idx:
+            out[:, j] = p[:, idx[w]]
+    return out
+
+
+def route(
+    paths: TreePaths,
+    p1: torch.Tensor,
+    names1: Sequence[str],
+    p2: torch.Tensor,
+    names2: Sequence[str],
+    p3: Mapping[str, tuple[torch.Tensor, Sequence[str]]],
+    routing: str = "hard",
+) -> PathPrediction:
+    """Pick one path of the tree per image from level-wise probabilities (see the module docstring).
+
+    ``p1``/``p2`` are ``(N, len(names))`` probabilities of the level-1/level-2 classifiers; ``p3[g]`` is
+    ``(probabilities (N, k_g), class names)`` of group ``g``'s level-3 model.
+    """
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    n = p1.shape[0]
+    P1 = _gather(p1.float(), names1, paths.level1)  # (N, |L1|)
+    P2 = _gather(p2.float(), names2, paths.level2)  # (N, |L2|)
+    l1_index = {v: i for i, v in enumerate(paths.level1)}
+    l2_index = {v: i for i, v in enumerate(paths.level2)}
+    cond2 = torch.zeros_like(P2)
+    for g, sibs in paths.l2_siblings.items():
+        j = l2_index[g]
+        if len(sibs) == 1:
+            cond2[:, j] = 1.0
+        else:
+            total = P2[:, [l2_index[h] for h in sibs]].sum(1)
+            cond2[:, j] = torch.where(total > 0, P2[:, j] / total.clamp(min=1e-12), torch.zeros_like(total))
+    cols1, cols2, cols3 = [], [], []
+    p3_cond = {g: (pr.float() / pr.float().sum(1, keepdim=True).clamp(min=1e-12), list(nm)) for g, (pr, nm) in p3.items()}
+    for l1, g, leaf in paths.paths:
+        cols1.append(P1[:, l1_index[l1]])
+        cols2.append(cond2[:, l2_index[g]])
+        n_leaves = len(paths.tree.children(g))
+        if leaf is None:
+            cols3.append(torch.full((n,), 1.0 / n_leaves))
+        elif n_leaves == 1:
+            cols3.append(torch.ones(n))
+        else:
+            pr, nm = p3_cond[g]
+            cols3.append(pr[:, nm.index(leaf)])
+    s1, s2, s3 = (torch.stack(c, 1) for c in (cols1, cols2, cols3))  # (N, paths)
+    score = s1 * s2 * s3
+    if routing == "product":
+        best = score.argmax(1)
+    else:
+        l1_of = torch.tensor([l1_index[p[0]] for p in paths.paths])
+        l2_of = torch.tensor([l2_index[p[1]] for p in paths.paths])
+        chosen1 = P1.argmax(1)  # (N,)
+        mask = l1_of[None, :] == chosen1[:, None]
+        g_score = torch.where(mask, s2, torch.full_like(s2, -1.0))
+        chosen2 = l2_of[g_score.argmax(1)]
+        mask = mask & (l2_of[None, :] == chosen2[:, None])
+        best = torch.where(mask, s3, torch.full_like(s3, -1.0)).argmax(1)
+    picked = [paths.paths[int(b)] for b in best]
+    return PathPrediction(
+        level1=[p[0] for p in picked], level2=[p[1] for p in picked], leaf=[p[2] for p in picked],
+        score=score[torch.arange(n), best],
+    )
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``best_checkpoint.txt``, else its one ``checkpoints/best-*.ckpt``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        note = p / "best_checkpoint.txt"
+        if note.is_file():
+            best = Path(note.read_text().strip())
+            return best if best.is_absolute() else p / best
+        found = sorted((p / "checkpoints").glob("best-*.ckpt"))
+        if len(found) == 1:
+            return found[0]
+        raise FileNotFoundError(f"run folder {p} has {len(found)} best-*.ckpt files and no best_checkpoint.txt: give the checkpoint file")
+    raise FileNotFoundError(f"checkpoint {p} does not exist")
+
+
+def _level3_checkpoints(level3: str | Path | Mapping[str, str] | None) -> dict[str, Path]:
+    if not level3:
+        return {}
+    if isinstance(level3, Mapping):
+        return {str(g): resolve_checkpoint(c) for g, c in level3.items()}
+    folder = Path(level3).expanduser()
+    index = folder / "level3_models.yaml"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder} is not a level-3 run folder (no level3_models.yaml); give a mapping group: checkpoint")
+    table = yaml.safe_load(index.read_text()) or {}
+    return {str(g): resolve_checkpoint(c if Path(c).is_absolute() else folder / c) for g, c in table.items()}
+
+
+class _Member:
+    """One model of the pipeline with its own input size and normalisation."""
+
+    def __init__(self, model: nn.Module):
+        from ..data.transforms import build_transform
+
+        self.model = model.eval()
+        hp = model.hparams
+        self.transform = build_transform(int(hp.image_size), None, hp.mean, hp.std)
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray], fn: str = "predict_proba"):
+        x = torch.stack([self.transform(im) for im in images]).to(self.model.device)
+        return getattr(self.model, fn)(x)
+
+
+class HierarchicalPipeline:
+    """Level-1, level-2 and per-group level-3 models (or one multi-head model) routed over the tree.
+
+    Build it with :meth:`from_checkpoints`: ``level1``/``level2`` are checkpoints or run folders,
+    ``level3`` the run folder of ``experiment=paper_level3`` (its ``level3_models.yaml``) or a mapping
+    ``{level-2 node: checkpoint}``; or ``multihead`` alone.
+    """
+
+    def __init__(
+        self,
+        level1: nn.Module | None = None,
+        level2: nn.Module | None = None,
+        level3: Mapping[str, nn.Module] | None = None,
+        multihead: nn.Module | None = None,
+        routing: str = "hard",
+        tree: Taxonomy | None = None,
+    ):
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if multihead is None and (level1 is None or level2 is None):
+            raise ValueError("a hierarchical pipeline needs level1 and level2 models (and level3 models), or a multihead model")
+        self.tree = tree or Taxonomy.load()
+        self.routing = routing
+        self.multihead = _Member(multihead) if multihead is not None else None
+        self.level1 = _Member(level1) if level1 is not None else None
+        self.level2 = _Member(level2) if level2 is not None else None
+        self.level3 = {g: _Member(m) for g, m in (level3 or {}).items()}
+        if self.multihead is not None:
+            mh = self.multihead.model
+            groups = {}
+            for c in mh.class_names:
+                groups.setdefault(self.tree.level_of(c, 2), []).append(c)
+            self.paths = TreePaths(self.tree, groups)
+        else:
+            for g in self.level3:
+                if g not in self.tree.nodes(2):
+                    raise ValueError(f"level-3 model for {g!r}, which is not a level-2 node of the tree")
+            self.paths = TreePaths(self.tree, {g: m.model.class_names for g, m in self.level3.items()})
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        level1: str | None = None,
+        level2: str | None = None,
+        level3: str | Mapping[str, str] | None = None,
+        multihead: str | None = None,
+        routing: str = "hard",
+        tree: str | None = None,
+    ) -> HierarchicalPipeline:
+        from ..utils import load_checkpoint_model
+
+        load = lambda p: load_checkpoint_model(resolve_checkpoint(p)) if p else None  # noqa: E731
+        level3_models = {g: load_checkpoint_model(c) for g, c in _level3_checkpoints(level3).items()}
+        return cls(load(level1), load(level2), level3_models, load(multihead), routing, Taxonomy.load(tree))
+
+    def describe(self) -> dict[str, Any]:
+        if self.multihead is not None:
+            return {"multihead": self.multihead.model.class_names, "routing": self.routing}
+        return {
+            "level1": self.level1.model.class_names,
+            "level2": self.level2.model.class_names,
+            "level3": {g: m.model.class_names for g, m in self.level3.items()},
+            "routing": self.routing,
+        }
+
+    def predict_images(self, images: Sequence[np.ndarray]) -> PathPrediction:
+        """Route ``H×W×3 uint8`` images (each model resizes and normalises them its own way)."""
+        if self.multihead is not None:
+            mh = self.multihead.model
+            p1, p2, p3 = self.multihead(images, "predict_level_proba")
+            groups = {}
+            for j, c in enumerate(mh.class_names):
+                groups.setdefault(self.tree.level_of(c, 2), []).append(j)
+            p3_by_group = {g: (p3[:, idx], [mh.class_names[j] for j in idx]) for g, idx in groups.items()}
+            return route(self.paths, p1.cpu(), mh.level1_names, p2.cpu(), mh.level2_names,
+                         {g: (p.cpu(), n) for g, (p, n) in p3_by_group.items()}, self.routing)
+        p1 = self.level1(images).cpu()
+        p2 = self.level2(images).cpu()
+        p3 = {g: (m(images).cpu(), m.model.class_names) for g, m in self.level3.items()}
+        return route(self.paths, p1, self.level1.model.class_names, p2, self.level2.model.class_names, p3, self.routing)
+
+    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32,
+                      loader: Callable[[str], np.ndarray] | None = None,
+                      progress: Callable[[int], None] | None = None) -> PathPrediction:
+        """Route image files (read with ``loader``, default :func:`~ana_lightning.data.images.load_image`)."""
+        from ..data.images import load_image
+
+        loader = loader or load_image
+        parts = []
+        for start in range(0, len(paths), batch_size):
+            chunk = [loader(str(p)) for p in paths[start:start + batch_size]]
+            parts.append(self.predict_images(chunk))
+            if progress:
+                progress(len(chunk))
+        if not parts:
+            return PathPrediction([], [], [], torch.zeros(0))
+        return PathPrediction(
+            level1=[x for p in parts for x in p.level1], level2=[x for p in parts for x in p.level2],
+            leaf=[x for p in parts for x in p.leaf], score=torch.cat([p.score for p in parts]),
+        )
+
+
+# ============================================================================================ multi-head
+class MultiHeadNet(nn.Module):
+    """A shared timm backbone with one linear head per level. ``forward`` gives the leaf logits;
+    :meth:`forward_levels` all three."""
+
+    def __init__(self, backbone: Mapping[str, Any], sizes: Sequence[int]):
+        super().__init__()
+        self.encoder = create_backbone(num_classes=0, **dict(backbone))  # timm applies backbone.drop_rate to the features
+        self.heads = nn.ModuleList(nn.Linear(self.encoder.num_features, int(k)) for k in sizes)
+
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.encoder(x)
+        return [h(f) for h in self.heads]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_levels(x)[-1]
+
+
+class MultiHeadClassifier(L.LightningModule):
+    """One backbone, a softmax head per level of the tree, and a consistency-aware loss.
+
+    Loss: cross-entropy at each level (targets ``-1`` — a contest label that stops higher up — are
+    ignored) plus ``consistency_weight`` × KL divergence between each coarse head and the leaf head
+    summed over each node's leaves, so the heads agree on the tree. Predictions are routed over the
+    tree (``routing``), so the predicted leaf is always under the predicted level-2 and level-1 nodes.
+
+    Args:
+        backbone: keyword arguments of :func:`create_backbone`.
+        class_names: the leaf codes (from the datamodule).
+        level1_names, level2_names: the level-1/level-2 nodes (default: the nodes of ``class_names``).
+        tree: a tree YAML (default: the packaged ICAP tree).
+        consistency_weight: weight of the consistency term.
+        routing: ``hard`` or ``product`` (see :func:`route`).
+        optimizer, scheduler, scheduler_interval, image_size, class_weights, label_smoothing: as in
+            :class:`~ana_lightning.models.classifier.SoftmaxClassifier` (``class_weights`` weight the leaf loss).
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        class_names: Sequence[str],
+        level1_names: Sequence[str] | None = None,
+        level2_names: Sequence[str] | None = None,
+        tree: str | None = None,
+        consistency_weight: float = 0.5,
+        routing: str = "product",
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        image_size: int = 224,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        plain_hparams(self)
+        self.tree = Taxonomy.load(tree)
+        self.class_names = [self.tree.parse_code(c) for c in self.hparams.class_names]
+        self.level1_names = list(level1_names) if level1_names else list(dict.fromkeys(self.tree.level_of(c, 1) for c in self.class_names))
+        self.level2_names = list(level2_names) if level2_names else list(dict.fromkeys(self.tree.level_of(c, 2) for c in self.class_names))
+        self.hparams["level1_names"], self.hparams["level2_names"] = self.level1_names, self.level2_names
+        backbone = dict(self.hparams.backbone)
+        sizes = (len(self.level1_names), len(self.level2_names), len(self.class_names))
+        self.net = MultiHeadNet(backbone, sizes)
+        self.hparams["backbone"] = {**backbone, "pretrained": False, "weights": None}
+        mean, std = normalization(self.net.encoder)
+        self.hparams["mean"], self.hparams["std"] = list(mean), list(std)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # leaf → node membership (k3 × k1, k3 × k2) and leaf → node index, for targets and consistency
+        m1 = torch.zeros(sizes[2], sizes[0])
+        m2 = torch.zeros(sizes[2], sizes[1])
+        for j, c in enumerate(self.class_names):
+            m1[j, self.level1_names.index(self.tree.level_of(c, 1))] = 1
+            m2[j, self.level2_names.index(self.tree.level_of(c, 2))] = 1
+        self.register_buffer("member1", m1, persistent=False)
+        self.register_buffer("member2", m2, persistent=False)
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weight", weight, persistent=False)
+        self.paths = TreePaths(self.tree, self._groups())
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{lv}": multiclass_metrics(max(k, 2)).clone(prefix=f"{stage}/level{lv}_")  # torchmetrics needs ≥ 2
+            for stage in ("val", "test") for lv, k in zip((1, 2, 3), sizes, strict=True)
+        })
+        self.test_rows: list[tuple[int, tuple, tuple]] = []
+
+    def _groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for c in self.class_names:
+            groups.setdefault(self.tree.level_of(c, 2), []).append(c)
+        return groups
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ana_lightning"] = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "task": "hierarchical",
+            "class_names": self.class_names,
+            "level1_names": self.level1_names,
+            "level2_names": self.level2_names,
+        }
+
+    # ------------------------------------------------------------ inference
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).softmax(-1)
+
+    @torch.no_grad()
+    def predict_level_proba(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [z.softmax(-1) for z in self.net.forward_levels(x)]
+
+    def route(self, probs: Sequence[torch.Tensor], routing: str | None = None) -> PathPrediction:
+        p1, p2, p3 = (p.detach().float().cpu() for p in probs)
+        groups = {g: [self.class_names.index(c) for c in cs] for g, cs in self._groups().items()}
+        p3g = {g: (p3[:, idx], [self.class_names[j] for j in idx]) for g, idx in groups.items()}
+        return route(self.paths, p1, self.level1_names, p2, self.level2_names, p3g, routing or self.hparams.routing)
+
+    # ------------------------------------------------------------ training
+    def _targets(self, target: torch.Tensor) -> torch.Tensor:
+        """``(B, 3)`` level targets from ``(B, 3)`` (datamodule ``level=all``) or leaf indices ``(B,)``."""
+        if target.ndim == 2:
+            return target
+        return torch.stack([self.member1.argmax(1)[target], self.member2.argmax(1)[target], target], 1)
+
+    def _loss(self, logits: Sequence[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        ls = self.hparams.label_smoothing
+        loss = logits[0].new_zeros(())
+        for lv, (z, weight) in enumerate(zip(logits, (None, None, self.class_weight), strict=True)):
+            if (t[:, lv] >= 0).any():
+                loss = loss + F.cross_entropy(z, t[:, lv], weight=weight, ignore_index=-1, label_smoothing=ls)
+        if self.hparams.consistency_weight:
+            p3 = logits[2].softmax(-1)
+            for z, member in ((logits[0], self.member1), (logits[1], self.member2)):
+                covered = member.sum(0) > 0  # nodes with at least one leaf among this model's classes
+                marg = (p3 @ member)[:, covered].clamp(min=1e-8)
+                coarse = z[:, covered].log_softmax(-1)
+                loss = loss + self.hparams.consistency_weight * F.kl_div(marg.log(), coarse, log_target=True, reduction="batchmean")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        t = self._targets(batch["target"])
+        loss = self._loss(self.net.forward_levels(batch["image"]), t)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(t))
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> tuple[torch.Tensor, PathPrediction]:
+        t = self._targets(batch["target"])
+        logits = self.net.forward_levels(batch["image"])
+        loss = self._loss(logits, t)
+        pred = self.route([z.softmax(-1) for z in logits])
+        names = (self.level1_names, self.level2_names, self.class_names)
+        for lv, (col, nm) in enumerate(zip((pred.level1, pred.level2, pred.leaf), names, strict=True)):
+            keep = t[:, lv] >= 0
+            if keep.any():
+                p = torch.tensor([nm.index(v) for v in col], device=t.device)
+                self.metrics[f"{stage}_{lv + 1}"].update(p[keep], t[keep, lv])
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(t), sync_dist=True)
+        for lv in (1, 2, 3):
+            self.log_dict(self.metrics[f"{stage}_{lv}"], on_step=False, on_epoch=True, batch_size=len(t))
+        return t, pred
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        # `val/mca`: the routed leaf MCA, the metric the default callbacks monitor.
+        self.log("val/mca", self.metrics["val_3"]["mca"].compute(), prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+
+    def test_step(self, batch, batch_idx):
+        t, pred = self._eval_step(batch, "test")
+        rows = pred.rows()
+        for i, idx in enumerate(batch["index"].tolist()):
+            self.test_rows.append((idx, tuple(int(v) for v in t[i]), rows[i] + (float(pred.score[i]),)))
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/mca", self.metrics["test_3"]["mca"].compute())
+
+    def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:
+        """Per-level confusion matrices and reports, and the predicted path of every test image."""
+        from ..hierarchy_jobs import write_hierarchy_report
+
+        names = (self.level1_names, self.level2_names, self.class_names)
+        rows = sorted(self.test_rows)
+        truth = [tuple(names[lv][v] if v >= 0 else None for lv, v in enumerate(t)) for _, t, _ in rows]
+        pred = PathPrediction([p[0] for _, _, p in rows], [p[1] for _, _, p in rows], [p[2] for _, _, p in rows],
+                              torch.tensor([p[3] for _, _, p in rows]))
+        write_hierarchy_report(out_dir, [records[i].path for i, _, _ in rows], truth, pred, self.tree, stage=stage,
+                               summary=metrics)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params=params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(optimizer=opt)
+        cfg = {"scheduler": sched, "interval": self.hparams.scheduler_interval}
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            cfg["monitor"] = "val/loss"
+        return {"optimizer": opt, "lr_scheduler": cfg}

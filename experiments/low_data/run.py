@@ -1,0 +1,342 @@
+"""Low-data study: Siamese ensemble vs softmax CNN vs SVM at K training images per class.
+
+The paper's level-3 task: tell apart the AC codes *within* one level-2 group (speckled: AC-2/4/5/29,
+nucleolar: AC-8/9/10, …) from only K labelled images per code. For every group, K and repeat, the same
+K images per class are given to every method, and every method is scored on the same held-out images:
+
+- ``siamese_ensemble``: two Siamese networks (dropout 0.2 and 0.5, Koch pair head, self-pairs), the K
+  images as the support set (ana_lightning.models.siamese);
+- ``softmax_cnn``: the foundation's softmax classifier, same backbone, steps, learning rate, augmentation;
+- ``svm_texture``: RBF SVM on LBP + GLCM + intensity-histogram features (scikit-image), computed on the
+  image at the CNNs' input size (``--texture-size`` to change it);
+- ``svm_cnn``: RBF SVM on the pooled features of the trained softmax CNN (frozen).
+
+Datasets: ``synthetic`` (the built-in field simulator; a fixed test set of ``--n-test`` fields per code)
+and ``real`` (the ICAP reference images in ../shared/data/ana-pattern-quest, 3–5 per code, byte-identical
+duplicates kept once; test = the images not drawn for training, so K ≤ 3 only; skipped when absent).
+
+No pretrained weights are used (none can be downloaded here): every CNN starts from a random
+initialisation, unlike the paper's ImageNet transfer learning. ``--weights <file>`` loads local weights.
+
+    python experiments/low_data/run.py                   # the table of experiments/low_data/README.md
+    python experiments/low_data/run.py --quick           # a minute-long smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REAL_ROOT = REPO.parent / "shared" / "data" / "ana-pattern-quest" / "patterns"
+METHODS = ("siamese_ensemble", "softmax_cnn", "svm_texture", "svm_cnn")
+DEFAULT_GROUPS = ("speckled", "nucleolar", "cytoplasmic speckled")
+
+log = logging.getLogger("low_data")
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines one run of the study (written next to the results)."""
+
+    datasets: Sequence[str] = ("synthetic", "real")
+    ks: Sequence[int] = (1, 3, 5, 10)
+    groups: Sequence[str] = DEFAULT_GROUPS
+    methods: Sequence[str] = METHODS
+    repeats: int = 2
+    n_test: int = 10               # synthetic: held-out fields per code
+    backbone: str = "resnet10t"
+    weights: str | None = None     # local pretrained weights for the backbone (none by default)
+    image_size: int = 64
+    texture_size: int | None = None  # grey size of the SVM's texture features (None = image_size: what the CNNs see)
+    render_size: int = 128
+    steps: int = 40                # optimisation steps per network, whatever K is
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    synthetic_root: str = str(REPO / "data" / "low_data_synthetic")
+    real_root: str = str(REAL_ROOT)
+    out: str = str(Path(__file__).resolve().parent / "results")
+    threads: int | None = None
+
+
+# ============================================================================================ data
+def _records(cfg: StudyConfig, dataset: str, codes: Sequence[str]):
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.taxonomy import Taxonomy
+
+    tree = Taxonomy.load()
+    if dataset == "synthetic":
+        from ana_lightning.data.synthetic import generate_dataset
+
+        n = max(cfg.ks) + cfg.n_test
+        root = Path(cfg.synthetic_root) / f"n{n}_s{cfg.render_size}_seed{cfg.seed}"
+        generate_dataset(root, codes=list(codes), n_per_class=n, size=cfg.render_size, seed=cfg.seed, progress=False)
+        folder = root
+    else:
+        folder = Path(cfg.real_root)
+    records, _ = read_single_label_folder(folder, tree)
+    records = [r for r in records if r.label in set(codes)]
+    seen, unique = set(), []
+    for r in records:  # byte-identical copies would sit in train and test at once: keep one
+        if r.sha256 not in seen:
+            seen.add(r.sha256)
+            unique.append(r)
+    return unique
+
+
+def _draws(cfg: StudyConfig, dataset: str, by_class: dict[str, list], k: int, rep: int):
+    """``(train, test)`` record lists for one repeat, or None when some class has too few images."""
+    rng = np.random.default_rng([cfg.seed, k, rep, 17])
+    train, test = [], []
+    for ci, recs in enumerate(by_class.values()):
+        order = [recs[i] for i in np.random.default_rng([cfg.seed, 99, ci]).permutation(len(recs))]
+        if dataset == "synthetic":
+            held, pool = order[: cfg.n_test], order[cfg.n_test:]  # the test set is the same for every K and repeat
+        else:
+            held, pool = None, order
+        if len(pool) < k + (0 if held else 1):
+            return None
+        pick = set(rng.choice(len(pool), size=k, replace=False).tolist())
+        train += [pool[i] for i in sorted(pick)]
+        test += held if held else [pool[i] for i in range(len(pool)) if i not in pick]
+    return train, test
+
+
+# ============================================================================================ methods
+def _dataset(records, classes, image_size, mean, std, augment):
+    import albumentations as A
+    import torch
+
+    from ana_lightning.data.datamodules import RecordDataset
+    from ana_lightning.data.transforms import build_transform
+
+    policy = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)] if augment else None
+    targets = torch.tensor([classes.index(r.label) for r in records])
+    return RecordDataset(records, targets, build_transform(image_size, policy, mean, std), cache=True)
+
+
+def _fit(model, dataset, cfg: StudyConfig) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=min(cfg.batch_size, len(dataset)), shuffle=True, drop_last=True)
+    trainer = L.Trainer(max_steps=cfg.steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train_dataloaders=loader)
+
+
+def _predict(model, dataset) -> np.ndarray:
+    import torch
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model.predict_proba(b["image"]).argmax(1) for b in DataLoader(dataset, batch_size=64)]).numpy()
+
+
+def _backbone(cfg: StudyConfig) -> dict:
+    return {"name": cfg.backbone, "pretrained": False, "weights": cfg.weights, "drop_rate": 0.0}
+
+
+def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> dict[str, dict[str, float]]:
+    """Every method on one draw: ``{method: {"acc", "mca", "seconds"}}``."""
+    import lightning as L
+    import torch
+
+    from ana_lightning.baselines import FrozenCNNFeatures, TextureFeatures, _scores, fit_predict_svm
+    from ana_lightning.models.classifier import SoftmaxClassifier
+    from ana_lightning.models.siamese import SiameseClassifier
+
+    y_test = np.array([classes.index(r.label) for r in test])
+    y_train = np.array([classes.index(r.label) for r in train])
+    out: dict[str, dict[str, float]] = {}
+    opt = lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)  # noqa: E731
+    softmax = None
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        pred = fn()
+        out[name] = {**_scores(y_test, pred), "seconds": time.perf_counter() - t}
+
+    if "siamese_ensemble" in cfg.methods:
+        def siamese():
+            L.seed_everything(seed, workers=False, verbose=False)
+            m = SiameseClassifier(_backbone(cfg), classes, dropout_rates=[0.2, 0.5], image_size=cfg.image_size, optimizer=opt)
+            mean, std = m.hparams.mean, m.hparams.std
+            _fit(m, _dataset(train, classes, cfg.image_size, mean, std, augment=True), cfg)
+            test_ds = _dataset(test, classes, cfg.image_size, mean, std, augment=False)
+            m.set_support_dataset(_dataset(train, classes, cfg.image_size, mean, std, augment=False))
+            return _predict(m, test_ds)
+        timed("siamese_ensemble", siamese)
+    if "softmax_cnn" in cfg.methods or "svm_cnn" in cfg.methods:
+        def cnn():
+            nonlocal softmax
+            L.seed_everything(seed, workers=False, verbose=False)
+            softmax = SoftmaxClassifier(_backbone(cfg), classes, optimizer=opt, image_size=cfg.image_size)
+            mean, std = softmax.hparams.mean, softmax.hparams.std
+            _fit(softmax, _dataset(train, classes, cfg.image_size, mean, std, augment=True), cfg)
+            return _predict(softmax, _dataset(test, classes, cfg.image_size, mean, std, augment=False))
+        timed("softmax_cnn", cnn)
+        if "softmax_cnn" not in cfg.methods:
+            out.pop("softmax_cnn")
+    if "svm_texture" in cfg.methods:
+        feats = TextureFeatures(size=cfg.texture_size or cfg.image_size)
+        timed("svm_texture", lambda: fit_predict_svm(feats.transform([r.path for r in train]), y_train,
+                                                     feats.transform([r.path for r in test])))
+    if "svm_cnn" in cfg.methods and softmax is not None:
+        hp = softmax.hparams
+        frozen = FrozenCNNFeatures(softmax.net, cfg.image_size, hp.mean, hp.std)
+        timed("svm_cnn", lambda: fit_predict_svm(frozen([r.path for r in train]), y_train, frozen([r.path for r in test])))
+    return out
+
+
+# ============================================================================================ study
+def run_study(cfg: StudyConfig) -> list[dict]:
+    """All datasets × groups × K × repeats; one row per (dataset, group, K, repeat, method)."""
+    import torch
+
+    from ana_lightning.taxonomy import Taxonomy
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    tree = Taxonomy.load()
+    for g in cfg.groups:
+        if len(tree.children(g)) < 2:
+            raise ValueError(f"group {g!r} has a single AC code: nothing to classify at level 3")
+    codes = [c for g in cfg.groups for c in tree.children(g)]
+    rows: list[dict] = []
+    for dataset in cfg.datasets:
+        if dataset == "real" and not Path(cfg.real_root).is_dir():
+            log.warning("real images absent (%s): skipped", cfg.real_root)
+            continue
+        records = _records(cfg, dataset, codes)
+        for g in cfg.groups:
+            classes = list(tree.children(g))
+            by_class = {c: [r for r in records if r.label == c] for c in classes}
+            for k in cfg.ks:
+                for rep in range(cfg.repeats):
+                    draw = _draws(cfg, dataset, by_class, k, rep)
+                    if draw is None:
+                        rows += [dict(dataset=dataset, group=g, k=k, repeat=rep, method=m, acc=None, mca=None,
+                                      n_train=None, n_test=None, seconds=None) for m in cfg.methods]
+                        continue
+                    train, test = draw
+                    t0 = time.perf_counter()
+                    res = run_cell(cfg, classes, train, test, seed=cfg.seed * 1000 + rep)
+                    for m, r in res.items():
+                        rows.append(dict(dataset=dataset, group=g, k=k, repeat=rep, method=m, acc=r["acc"], mca=r["mca"],
+                                         n_train=len(train), n_test=len(test), seconds=r["seconds"]))
+                    print(f"[{dataset}] {g} K={k} rep {rep}: " + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
+                          + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return rows
+
+
+def summarize(rows: list[dict], methods: Sequence[str]) -> list[dict]:
+    """Mean MCA per (dataset, K, method) over groups and repeats, with the std over repeats of the
+    group-averaged MCA; ``None`` where no group had enough images."""
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for k in sorted({r["k"] for r in rows if r["dataset"] == dataset}):
+            line = {"dataset": dataset, "k": k}
+            for m in methods:
+                sel = [r for r in rows if r["dataset"] == dataset and r["k"] == k and r["method"] == m and r["mca"] is not None]
+                if not sel:
+                    line[m] = None
+                    continue
+                reps = sorted({r["repeat"] for r in sel})
+                per_rep = [np.mean([r["mca"] for r in sel if r["repeat"] == rep]) for rep in reps]
+                line[m] = (float(np.mean(per_rep)), float(np.std(per_rep)), len({r["group"] for r in sel}))
+            out.append(line)
+    return out
+
+
+def markdown_table(summary: list[dict], methods: Sequence[str]) -> str:
+    head = "| dataset | K / class | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (len(methods) + 2)]
+    for s in summary:
+        cells = []
+        best = max((s[m][0] for m in methods if s[m]), default=None)
+        for m in methods:
+            if s[m] is None:
+                cells.append("n/a")
+            else:
+                mean, std, _ = s[m]
+                txt = f"{mean:.3f} ± {std:.3f}"
+                cells.append(f"**{txt}**" if best is not None and mean == best else txt)
+        lines.append(f"| {s['dataset']} | {s['k']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    d = StudyConfig()
+    p.add_argument("--datasets", nargs="+", default=list(d.datasets), choices=["synthetic", "real"])
+    p.add_argument("--k", nargs="+", type=int, default=list(d.ks), dest="ks")
+    p.add_argument("--groups", nargs="+", default=list(d.groups))
+    p.add_argument("--methods", nargs="+", default=list(d.methods), choices=list(METHODS))
+    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--n-test", type=int, default=d.n_test)
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--texture-size", type=int, default=None, help="texture features' image size (default: --image-size)")
+    p.add_argument("--render-size", type=int, default=d.render_size)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--synthetic-root", default=d.synthetic_root)
+    p.add_argument("--real-root", default=d.real_root)
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="tiny settings: one group, K=1,3, one repeat, 10 steps")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.groups, a.ks, a.repeats, a.steps, a.n_test = a.groups[:1], [1, 3], 1, 10, 4
+    cfg = StudyConfig(datasets=a.datasets, ks=a.ks, groups=a.groups, methods=a.methods, repeats=a.repeats, n_test=a.n_test,
+                      backbone=a.backbone, weights=a.weights, image_size=a.image_size, texture_size=a.texture_size,
+                      render_size=a.render_size,
+                      steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, synthetic_root=a.synthetic_root,
+                      real_root=a.real_root, out=a.out, threads=a.threads)
+    t0 = time.perf_counter()
+    rows = run_study(cfg)
+    summary = summarize(rows, cfg.methods)
+    table = markdown_table(summary, cfg.methods)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["dataset"])
+        w.writeheader()
+        w.writerows(rows)
+    (out / "table.md").write_text(table + "\n")
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
+    print("\nMean class accuracy (MCA) on held-out images, mean ± std over repeats (each repeat averaged over groups):\n")
+    print(table)
+    print(f"\n{len(rows)} rows in {out / 'results.csv'}; {time.perf_counter() - t0:.0f} s")
+    return {"rows": rows, "summary": summary, "table": table}
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main()

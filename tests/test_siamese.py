@@ -1,0 +1,203 @@
+"""Siamese few-shot model: pairs, support-set caching, training on a two-class synthetic set,
+checkpoints with their support set, ensembles, and episodic evaluation."""
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from ana_lightning.data.datamodules import RecordDataset, SingleLabelDataModule
+from ana_lightning.data.records import DatasetError
+from ana_lightning.data.transforms import build_transform
+from ana_lightning.episodes import evaluate_episodes, mean_ci95, run_episodes, sample_episode
+from ana_lightning.models.siamese import SiameseClassifier, class_scores, sample_pairs
+from ana_lightning.utils import load_checkpoint_model
+
+from conftest import TINY_BACKBONE, write_class_images
+
+
+def _model(classes, **kw):
+    kw.setdefault("image_size", 32)
+    return SiameseClassifier(backbone={"name": TINY_BACKBONE}, class_names=classes,
+                             optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3), **kw)
+
+
+def _dataset(model, root):
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.taxonomy import Taxonomy
+
+    recs, _ = read_single_label_folder(root, Taxonomy.load())
+    tf = build_transform(model.hparams.image_size, None, model.hparams.mean, model.hparams.std)
+    return RecordDataset(recs, torch.tensor([model.class_names.index(r.label) for r in recs]), tf)
+
+
+def test_pairs_are_balanced_and_correct():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    i, j, same = sample_pairs(labels, generator=torch.Generator().manual_seed(0))
+    assert (i < j).all()
+    pos = same.bool()
+    assert int(pos.sum()) == 3 + 1 + 3 and int((~pos).sum()) == int(pos.sum())  # every positive, as many negatives
+    assert torch.equal(labels[i] == labels[j], pos)
+    assert len({(a, b) for a, b in zip(i.tolist(), j.tolist(), strict=True)}) == len(i)  # no pair twice
+    # hard negatives: the most similar different-class pairs
+    sim = torch.zeros(8, 8)
+    sim[0, 3] = sim[3, 0] = 5.0
+    sim[4, 7] = sim[7, 4] = 4.0
+    i, j, same = sample_pairs(labels, sim, hard_negatives=True)
+    negs = {(a, b) for a, b, s in zip(i.tolist(), j.tolist(), same.tolist(), strict=True) if not s}
+    assert {(0, 3), (4, 7)} <= negs
+    # one image per class: no positive pair, still some negatives
+    i, j, same = sample_pairs(torch.tensor([0, 1, 2, 3]))
+    assert len(i) == 2 and not same.any()
+
+
+def test_class_scores_average_per_class():
+    sim = torch.tensor([[0.9, 0.7, 0.2, 0.0]])
+    s = class_scores(sim, torch.tensor([0, 0, 1, 1]), 3)
+    assert torch.allclose(s, torch.tensor([[0.8, 0.1, 0.0]]))  # class 2 has no support: 0
+
+
+def test_support_embeddings_are_computed_once_per_support_set(tmp_path):
+    root = write_class_images(tmp_path / "d", {"AC-1": 4, "AC-2": 4}, size=32)
+    model = _model(["AC-1", "AC-2"]).eval()
+    seen = []
+    model.net.members[0].encoder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    support = _dataset(model, root)
+    model.set_support_dataset(support, key="folder-a")
+    assert sum(seen) == 8 and model.support_computations == 1
+    queries = torch.randn(5, 3, 32, 32)
+    for _ in range(3):
+        p = model.predict_proba(queries)
+        assert p.shape == (5, 2) and torch.allclose(p.sum(1), torch.ones(5))
+    assert sum(seen) == 8 + 3 * 5  # the queries only: the support set is not embedded again
+    model.set_support_dataset(support, key="folder-a")  # same set, same weights: cached
+    assert model.support_computations == 1 and sum(seen) == 8 + 15
+    model.set_support_dataset(support, key="folder-b")
+    assert model.support_computations == 2
+
+
+def test_support_folder_must_match_the_classes(tmp_path):
+    root = write_class_images(tmp_path / "d", {"AC-1": 2, "AC-5": 2}, size=32)
+    model = _model(["AC-1", "AC-2"])
+    with pytest.raises(DatasetError, match=r"support images of \['AC-5'\]"):
+        model.set_support_folder(root)
+
+
+@pytest.fixture(scope="module")
+def two_class_synthetic(tmp_path_factory):
+    """Synthetic HEp-2 fields of two clearly different patterns: homogeneous (AC-1) and centromere (AC-3)."""
+    from ana_lightning.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth2") / "d"
+    generate_dataset(root, codes=["AC-1", "AC-3"], n_per_class=14, size=64, seed=3, progress=False)
+    (root / "manifest.csv").unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_siamese(two_class_synthetic, tmp_path_factory):
+    dm = SingleLabelDataModule(root=str(two_class_synthetic), image_size=32, batch_size=4, split_fractions=(0.6, 0.1, 0.3))
+    dm.setup()
+    model = _model(dm.class_names, dropout_rates=[0.1, 0.3], image_size=32)
+    dm.set_normalization(model.hparams.mean, model.hparams.std)
+    out = tmp_path_factory.mktemp("siamese_run")
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out, monitor="val/loss", save_top_k=1)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ckpt], default_root_dir=str(out), num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    result = trainer.test(model, datamodule=dm, verbose=False)[0]
+    return dm, model, result, Path(ckpt.best_model_path)
+
+
+def test_trained_briefly_it_separates_two_classes(trained_siamese):
+    dm, model, result, _ = trained_siamese
+    assert len(dm.splits["test"]) >= 8
+    assert result["test/acc"] >= 0.75, result  # chance is 0.5
+    # the support set is the training split, embedded by the current weights
+    assert len(model.net.members[0].support_labels) == len(dm.splits["train"])
+
+
+def test_checkpoint_alone_predicts_with_its_support_set(trained_siamese):
+    dm, model, _, best = trained_siamese
+    loaded = load_checkpoint_model(best)
+    assert isinstance(loaded, SiameseClassifier) and loaded.class_names == ["AC-1", "AC-3"]
+    n = len(dm.splits["train"])
+    assert all(len(m.support_labels) == n for m in loaded.net.members)
+    assert torch.load(best, weights_only=False)["ana_lightning"]["support_size"] == n
+    x = torch.stack([dm.dataset("test")[i]["image"] for i in range(4)])
+    p = loaded.predict_proba(x)
+    assert p.shape == (4, 2) and torch.allclose(p.sum(1), torch.ones(4))
+    # ensemble = mean of the members' scores
+    with torch.no_grad():
+        members = torch.stack([m(x) for m in loaded.net.members]).mean(0)
+        assert torch.allclose(loaded(x), members)
+
+
+def test_contrastive_and_prototype_variants_run(tmp_path):
+    root = write_class_images(tmp_path / "d", {"AC-1": 6, "AC-2": 6}, size=32)
+    dm = SingleLabelDataModule(root=str(root), image_size=32, batch_size=6)
+    dm.setup()
+    model = _model(dm.class_names, loss="contrastive", scoring="prototype", hard_negatives=True)
+    dm.set_normalization(model.hparams.mean, model.hparams.std)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    m = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert 0.0 <= m["test/mca"] <= 1.0 and np.isfinite(m["test/loss"])
+
+
+# ------------------------------------------------------------------------------------------- episodes
+def test_episode_support_and_query_never_overlap():
+    labels = np.repeat(np.arange(8), [3, 4, 5, 6, 7, 8, 9, 10])
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ep = sample_episode(labels, n_way=5, k_shot=2, n_query=3, rng=rng)
+        assert not set(ep.support) & set(ep.query)
+        assert len(set(ep.classes)) == 5 and 0 not in ep.classes  # class 0 has 3 < 2 + 3 images
+        assert len(ep.support) == 10 and len(ep.query) == 15
+        assert all(labels[s] == ep.classes[y] for s, y in zip(ep.support, ep.support_labels, strict=True))
+        assert all(labels[q] == ep.classes[y] for q, y in zip(ep.query, ep.query_labels, strict=True))
+    with pytest.raises(ValueError, match="need 8 classes with at least 7 images"):
+        sample_episode(labels, n_way=8, k_shot=2, n_query=5, rng=rng)
+
+
+def test_episode_accuracy_and_confidence_interval():
+    labels = np.repeat(np.arange(6), 10)
+    oracle = run_episodes(labels, lambda s, sy, q, n: np.repeat(np.arange(n), 5), n_way=4, k_shot=1, n_query=5, episodes=50)
+    assert oracle.accuracy == 1.0 and oracle.ci95 == 0.0 and oracle.episodes == 50
+    rng = np.random.default_rng(0)
+    guess = run_episodes(labels, lambda s, sy, q, n: rng.integers(0, n, len(q)), n_way=4, episodes=600)
+    assert abs(guess.accuracy - 0.25) < 3 * guess.ci95 + 0.02
+    mean, ci = mean_ci95([0.5, 0.7, 0.6, 0.8])
+    assert mean == pytest.approx(0.65) and 0.1 < ci < 0.25
+
+
+def test_episodic_evaluation_of_a_trained_siamese(trained_siamese):
+    dm, model, _, _ = trained_siamese
+    records = [r for s in ("train", "val", "test") for r in dm.splits[s]]
+    res = evaluate_episodes(model, dm.make_dataset(records), n_way=2, k_shot=1, n_query=3, episodes=100)
+    assert res.episodes == 100 and 0.5 < res.accuracy <= 1.0 and res.ci95 > 0
+
+
+def test_episodes_job_for_siamese_and_softmax_checkpoints(trained_siamese, two_class_synthetic, trained_checkpoint, tmp_path):
+    import json
+
+    from ana_lightning.episodes import evaluate_episodes_job
+
+    from conftest import compose
+
+    _, _, _, best = trained_siamese
+    cfg = compose("eval_episodes", ["data=single_label", f"data.root={two_class_synthetic}", f"ckpt_path='{best}'",
+                                    "episodes.n_way=2", "episodes.n_query=3", "episodes.episodes=60"], output_dir=tmp_path / "s")
+    metrics, objs = evaluate_episodes_job(cfg)
+    assert set(metrics) == {"test/2way_1shot_acc", "test/2way_1shot_ci95"} and objs["result"].episodes == 60
+    saved = json.loads((tmp_path / "s" / "episodes.json").read_text())
+    assert saved["accuracy"] == pytest.approx(metrics["test/2way_1shot_acc"]) and saved["images"] == 28
+    root, _, softmax_best = trained_checkpoint  # a softmax CNN: scored by nearest class mean of its features
+    cfg = compose("eval_episodes", ["data=single_label", f"data.root={root}", f"ckpt_path={softmax_best}",
+                                    "episodes.n_way=3", "episodes.n_query=2", "episodes.episodes=30"], output_dir=tmp_path / "c")
+    metrics, _ = evaluate_episodes_job(cfg)
+    assert 0.0 <= metrics["test/3way_1shot_acc"] <= 1.0
