@@ -103,3 +103,26 @@ def find_last_checkpoint(run_dir: str | Path, runs_root: str | Path) -> Path | N
 def setup_torch(threads: int | None = None) -> None:
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None):
+    """The config a console command would build, for notebooks and scripts (no Hydra app needed).
+
+    ``${hydra:...}`` interpolations resolve as in a real run; pass ``paths.output_dir=<folder>`` to
+    choose the run folder.
+
+    >>> cfg = compose_config("train", ["paths.output_dir=/tmp/run"])  # doctest: +SKIP
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="ana_lightning.conf", version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
