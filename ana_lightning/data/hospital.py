@@ -161,13 +161,8 @@ def read_hospital_folder(
             candidates.append((p, res[0], res[1]))
     if label_problems:
         raise DatasetError(root, list(label_problems.values()) + bad, _STRICT_HINT)
-    _warn_ignored(ignored)
-    records = _scan(candidates, bad, check_images, progress)
-    resolve_bad_files(root, bad, on_bad_file)
-    if not records:
-        raise DatasetError(root, bad or [BadFile(str(root), "no usable images (expected <root>/[<patient>/]<AC codes>/<images>)")])
-    records.sort(key=lambda r: r.path)
-    return records, bad
+    return _finish(root, candidates, bad, ignored, check_images, progress, on_bad_file,
+                   "no usable images (expected <root>/[<patient>/]<AC codes>/<images>)")
 
 
 def _scan(
@@ -240,11 +235,19 @@ def read_labels_csv(
             candidates.append((p, codes, (row.get("group") or "").strip() or None))
     if problems:
         raise DatasetError(csv_path, problems + bad, _STRICT_HINT if any("not an AC code" in b.reason for b in problems) else "")
+    return _finish(csv_path, candidates, bad, ignored, check_images, progress, on_bad_file, "no usable images")
+
+
+def _finish(
+    where, candidates, bad: list[BadFile], ignored, check_images: bool, progress, on_bad_file: str, empty_reason: str
+) -> tuple[list[ImageRecord], list[BadFile]]:
+    """Shared tail of the folder and CSV readers: warn about ignored tokens, decode + hash the
+    candidates, apply the bad-file policy, refuse an empty result, sort by path."""
     _warn_ignored(ignored)
     records = _scan(candidates, bad, check_images, progress)
-    resolve_bad_files(csv_path, bad, on_bad_file)
+    resolve_bad_files(where, bad, on_bad_file)
     if not records:
-        raise DatasetError(csv_path, bad or [BadFile(str(csv_path), "no usable images")])
+        raise DatasetError(where, bad or [BadFile(str(where), empty_reason)])
     records.sort(key=lambda r: r.path)
     return records, bad
 
