@@ -165,3 +165,11 @@ def test_recipe_trains_end_to_end(tmp_path):
     manifest = (run / "split_manifest.csv").read_text()
     assert "Golgi" not in manifest.splitlines()[0] and "AC-22#" in manifest
     assert np.isfinite(metrics["test/loss"])
+    # the ablation script's shifted evaluation reproduces the run's own test MCA on unshifted cells
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "i3a_cells"))
+    from ablation import evaluate_shifts
+
+    ckpt = (run / "best_checkpoint.txt").read_text().strip()
+    shifted = evaluate_shifts(ckpt, run, root, shifts=["none", "bright_x4", "rgb_green"])
+    assert shifted["none"] == pytest.approx(metrics["test/mca"], abs=1e-6)
+    assert set(shifted) == {"none", "bright_x4", "rgb_green"}
