@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -26,6 +27,7 @@ from .data.hierarchy import LEVELS, label_path
 from .models.hierarchical import PathPrediction
 from .reports import plot_confusion_matrix, write_classification_report, write_metrics_json
 from .taxonomy import Taxonomy
+from .utils import CheckpointError
 
 __all__ = ["train_level3", "evaluate_hierarchy", "write_hierarchy_report", "group_slug", "NO_LEAF"]
 
@@ -131,7 +133,12 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pipe = instantiate(cfg.pipeline)
+    try:
+        pipe = instantiate(cfg.pipeline)
+    except InstantiationException as e:  # a refused or unreadable checkpoint: its own message, naming the file
+        if isinstance(e.__cause__, CheckpointError):
+            raise e.__cause__ from None
+        raise
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"level": "all", "parent": None, "classes": None, "cache_images": False}
     first = _first_checkpoint(cfg.pipeline)
