@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,47 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], split: str,
+                 near_duplicates: Sequence[Any] = ()) -> None:
+    """Refuse to evaluate images that any of ``checkpoints`` trained on.
+
+    Each checkpoint's training split is read from the ``split_manifest.csv`` of its run folder and
+    compared by content (sha256, and the near-duplicate sets of the evaluated data), so an ensemble
+    member or pipeline level trained with another seed or split cannot score its own training
+    images. ``split=all`` / ``split=train`` asked for them: a warning instead of an error.
+    """
+    import csv
+
+    from .data.splits import LeakageError
+
+    picture = {r.sha256: f"near-duplicate set {k}" for k, d in enumerate(near_duplicates) for r in d.records if r.sha256}
+    evaluated = {picture.get(r.sha256, r.sha256): r.path for r in records if r.sha256}
+    problems, unchecked = [], []
+    for c in dict.fromkeys(str(c) for c in checkpoints):
+        manifest = Path(c).resolve().parent.parent / "split_manifest.csv"
+        if not manifest.is_file():
+            unchecked.append(c)
+            continue
+        with open(manifest, newline="") as f:
+            trained = {picture.get(row["sha256"], row["sha256"]) for row in csv.DictReader(f)
+                       if row.get("split") == "train" and row.get("sha256")}
+        seen = sorted(evaluated[p] for p in trained if p in evaluated)
+        if seen:
+            problems.append(f"{c} trained on {len(seen)} of the {len(records)} evaluated images (e.g. {seen[:3]}; "
+                            f"its split: {manifest})")
+    if unchecked:
+        log.warning("no split manifest beside %s: cannot check that the evaluated images were not in its training "
+                    "split", ", ".join(unchecked))
+    if not problems:
+        return
+    msg = "evaluated images overlap a checkpoint's training split:\n  " + "\n  ".join(problems)
+    if split in ("all", "train"):
+        log.warning("%s\nsplit=%s: scored anyway, but these numbers are not held-out results", msg, split)
+        return
+    raise LeakageError(msg + "\nEvaluate on images none of them trained on (e.g. ensemble members trained on the same "
+                       "split: same data.seed and data.split_fractions, or data.split_manifest=<one run's manifest>).")
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
     ens = cfg.get("ensemble") or {}
@@ -258,6 +300,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if callable(getattr(model, "prepare_evaluation", None)):  # e.g. tune an ensemble's thresholds on val, never on test
         model.prepare_evaluation(dm, split)
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    check_unseen(members or [str(cfg.ckpt_path)], records, split, dm.near_duplicates)
     dataset = dm.make_dataset(records, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     trainer = build_trainer(cfg, run_dir)
