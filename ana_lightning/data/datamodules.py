@@ -200,14 +200,15 @@ class RecordDataModule(L.LightningDataModule):
         top = groups.most_common(1)[0] if groups else None
         where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
                  "check the grouping (data.group_level, or the group column of your labels CSV), e.g. "
-                 "data.group_level=none to split image by image if the images are independent.") if top else ""
+                 "data.group_level=none to split image by image if the images are independent."
+                 ) if top and top[1] > 0.5 * len(records) else ""
         sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
         empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
         if empty:
             raise DatasetError(self.root, [BadFile(str(self.root), f"the {' and '.join(empty)} split(s) are empty "
                                                    f"({sizes}, data.split_fractions={list(self.hparams.split_fractions)})."
-                                                   f"{where or ' Too few images (or groups) to split.'}")])
-        if top and top[1] > 0.5 * len(records) and len(groups) > 0:
+                                                   f"{where or ' Too few images, groups or distinct files (copies share a split) to split.'}")])
+        if where:
             log.warning("split %s.%s", sizes, where)
 
     @property
