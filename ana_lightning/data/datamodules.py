@@ -222,7 +222,13 @@ class RecordDataModule(L.LightningDataModule):
     def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
         """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
         ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
-        self.near_duplicates = near_duplicate_sets(records) if self.hparams.get("near_duplicates", True) else []
+        if self.hparams.get("near_duplicates", True):
+            from .cache import default_cache_dir
+
+            cache = self.hparams.get("image_cache_dir") or default_cache_dir()
+            self.near_duplicates = near_duplicate_sets(records, cache_dir=cache)
+        else:
+            self.near_duplicates = []
         if self.near_duplicates:
             log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
                      "one split each: see near_duplicates.csv", len(self.near_duplicates))
