@@ -703,6 +703,10 @@ def run_predict(cfg) -> PredictSummary:
                                threads=cfg.get("torch_threads"))
     files = list_inputs(cfg.input)
     run_dir = Path(cfg.paths.output_dir)
+    from .fields.verdicts import field_mode, run_field_predict
+
+    if (mode := field_mode(cfg, predictor)) is not None:  # whole fields: scale, tiles or cells, verdicts
+        return run_field_predict(cfg, predictor, files, run_dir, mode)
     csv_path, json_path = _output_paths(cfg.get("output"), run_dir)
     log.info("predicting %d image(s) with %s (%s, %s, %d classes) → %s", len(files), cfg.ckpt_path,
              predictor.backend_name, predictor.task, len(predictor.class_names), csv_path)
