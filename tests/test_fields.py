@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import compose
 
 from ana_lightning.data.synthetic import render_field
 from ana_lightning.fields.combine import INSUFFICIENT, combine_probs
@@ -18,14 +17,22 @@ from ana_lightning.fields.scale import estimate_nucleus_diameter, nucleus_channe
 from ana_lightning.fields.segment import segment_field
 from ana_lightning.fields.simulate import read_sim_fields, sim_field, true_nucleus_diameter, write_sim_fields
 
-REFERENCE = Path(os.environ.get("ANA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")) / "data" / "ana-pattern-quest"
+from conftest import compose
+
+REFERENCE = (
+    Path(os.environ.get("ANA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+    / "data"
+    / "ana-pattern-quest"
+)
 DIAMETERS = (14, 22, 34, 52)
 
 
 # ------------------------------------------------------------------------------------- simulator
 def test_simulator_renders_at_a_given_nucleus_diameter_with_masks():
     for d in DIAMETERS:
-        img, m = render_field("AC-1", np.random.default_rng(3), size=256, nucleus_diameter_px=d, return_masks=True)
+        img, m = render_field(
+            "AC-1", np.random.default_rng(3), size=256, nucleus_diameter_px=d, return_masks=True
+        )
         assert img.shape == (256, 256, 3) and m["cells"].shape == m["nuclei"].shape == (256, 256)
         assert abs(true_nucleus_diameter(m["nuclei"]) / d - 1) < 0.12
         nuc = m["nuclei"]
@@ -94,7 +101,8 @@ def _f1(pred: np.ndarray, true: np.ndarray, ignore: np.ndarray) -> float:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "fseg", Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "field_segmentation.py")
+        "fseg", Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "field_segmentation.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.prf(*mod.match_f1(pred, true, ignore))[2]
@@ -106,7 +114,10 @@ def test_segmentation_finds_the_true_nuclei(d):
     seg = segment_field(img)
     mit = np.isin(m["cells"], np.flatnonzero(m["mitotic"]))
     assert _f1(seg.nuclei, m["nuclei"], mit) > 0.8
-    assert seg.cells.max() == seg.nuclei.max() and (seg.cells[seg.nuclei > 0] == seg.nuclei[seg.nuclei > 0]).all()
+    assert (
+        seg.cells.max() == seg.nuclei.max()
+        and (seg.cells[seg.nuclei > 0] == seg.nuclei[seg.nuclei > 0]).all()
+    )
     # a useless segmentation scores low: the metric can fail
     assert _f1(np.roll(seg.nuclei, d, axis=1), m["nuclei"], mit) < 0.3
 
@@ -192,9 +203,18 @@ def test_ana_predict_field_model_tiles_specimens_and_report(trained_checkpoint, 
     from ana_lightning.predict import run_predict
 
     _, _, ckpt = trained_checkpoint
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false",
-                              "model_nucleus_diameter_px=6", "overlays=true", "group_by=folder"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        "predict",
+        [
+            f"ckpt_path={ckpt}",
+            f"input={field_folder}",
+            "progress=false",
+            "model_nucleus_diameter_px=6",
+            "overlays=true",
+            "group_by=folder",
+        ],
+        output_dir=tmp_path / "run",
+    )
     summary = run_predict(cfg)
     assert (summary.n_images, summary.n_failed) == (5, 1)
     rows = _rows(summary.csv_path)
@@ -216,12 +236,25 @@ def test_ana_predict_field_model_tiles_specimens_and_report(trained_checkpoint, 
     assert (tmp_path / "run" / "specimens.html").read_text().count("<img") >= 8
 
 
-def test_ana_predict_cell_model_per_cell_csv_and_insufficient_cells(trained_checkpoint, field_folder, tmp_path):
+def test_ana_predict_cell_model_per_cell_csv_and_insufficient_cells(
+    trained_checkpoint, field_folder, tmp_path
+):
     from ana_lightning.predict import run_predict
 
     _, _, ckpt = trained_checkpoint
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "model_kind=cell",
-                              "per_cell_csv=true", "combine=vote", "min_cells=3"], output_dir=tmp_path / "run")
+    cfg = compose(
+        "predict",
+        [
+            f"ckpt_path={ckpt}",
+            f"input={field_folder}",
+            "progress=false",
+            "model_kind=cell",
+            "per_cell_csv=true",
+            "combine=vote",
+            "min_cells=3",
+        ],
+        output_dir=tmp_path / "run",
+    )
     run_predict(cfg)
     rows = [r for r in _rows(tmp_path / "run" / "predictions.csv") if r["status"] == "ok"]
     cells = _rows(tmp_path / "run" / "cells.csv")
@@ -233,8 +266,11 @@ def test_ana_predict_cell_model_per_cell_csv_and_insufficient_cells(trained_chec
         votes = [c["pred"] for c in used]  # vote: share of cells per class
         for k in ("AC-1", "AC-2", "AC-10"):
             assert float(r[f"p_{k}"]) == pytest.approx(votes.count(k) / len(votes), abs=1e-6)
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "model_kind=cell",
-                              "min_cells=1000"], output_dir=tmp_path / "run2")
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "model_kind=cell", "min_cells=1000"],
+        output_dir=tmp_path / "run2",
+    )
     run_predict(cfg)
     rows = [r for r in _rows(tmp_path / "run2" / "predictions.csv") if r["status"] == "ok"]
     assert rows and all(r["verdict"] == INSUFFICIENT for r in rows)
@@ -244,12 +280,19 @@ def test_field_model_without_a_stored_scale_is_refused_clearly(trained_checkpoin
     from ana_lightning.predict import run_predict
 
     _, _, ckpt = trained_checkpoint
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "overlays=true"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "overlays=true"],
+        output_dir=tmp_path / "run",
+    )
     with pytest.raises(ValueError, match="model_nucleus_diameter_px"):
         run_predict(cfg)
     # without any field option the old whole-image behaviour is kept
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false"], output_dir=tmp_path / "r2")
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false"],
+        output_dir=tmp_path / "r2",
+    )
     assert "pred" in _rows(run_predict(cfg).csv_path)[0]
 
 
@@ -257,11 +300,11 @@ def test_field_model_without_a_stored_scale_is_refused_clearly(trained_checkpoin
 def test_training_scale_is_stored_and_used(tmp_path):
     """data.nucleus_diameter_px: fields brought to one scale in training, stored in the checkpoint, and
     ana-predict then reads fields at that scale without being told."""
-    from conftest import tiny_train_overrides
-
     from ana_lightning.fields.verdicts import training_scale
     from ana_lightning.pipeline import train
     from ana_lightning.predict import run_predict
+
+    from conftest import tiny_train_overrides
 
     root = tmp_path / "data"
     for code, d in (("AC-1", 20), ("AC-3", 36)):
@@ -270,17 +313,28 @@ def test_training_scale_is_stored_and_used(tmp_path):
             img, _ = sim_field(code, d if i % 2 else d * 0.6, seed=i, size=160)
             cv2.imwrite(str(root / code / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     run = tmp_path / "runs" / "r"
-    train(compose("train", [*tiny_train_overrides(root, epochs=1), "data.nucleus_diameter_px=8"], output_dir=run))
+    train(
+        compose(
+            "train", [*tiny_train_overrides(root, epochs=1), "data.nucleus_diameter_px=8"], output_dir=run
+        )
+    )
     ckpt = next((run / "checkpoints").glob("best-epoch*.ckpt"))
     assert training_scale(ckpt) == {"nucleus_diameter_px": 8.0, "input_kind": None}
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={root}", "progress=false"], output_dir=tmp_path / "p")
+    cfg = compose(
+        "predict", [f"ckpt_path={ckpt}", f"input={root}", "progress=false"], output_dir=tmp_path / "p"
+    )
     rows = _rows(run_predict(cfg).csv_path)
-    assert all(r["unit"] == "tiles" and float(r["rescale_factor"]) == pytest.approx(8 / float(r["nucleus_diameter_px"]), rel=1e-3)
-               for r in rows)
+    assert all(
+        r["unit"] == "tiles"
+        and float(r["rescale_factor"]) == pytest.approx(8 / float(r["nucleus_diameter_px"]), rel=1e-3)
+        for r in rows
+    )
 
 
 # ------------------------------------------------------------------------------------- real reference fields
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference fields not present (../shared/data/ana-pattern-quest)")
+@pytest.mark.skipif(
+    not REFERENCE.is_dir(), reason="reference fields not present (../shared/data/ana-pattern-quest)"
+)
 def test_reference_fields_scale_and_segmentation():
     from ana_lightning.data.images import load_image
 

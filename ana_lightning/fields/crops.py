@@ -42,8 +42,9 @@ def _grey3(image: np.ndarray) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=2).astype(np.uint8)
 
 
-def cell_crops(image: np.ndarray, seg: Segmentation, crop_from: str = "nuclei", margin: float = 0.1,
-               grey: bool = True) -> list[CellCrop]:
+def cell_crops(
+    image: np.ndarray, seg: Segmentation, crop_from: str = "nuclei", margin: float = 0.1, grey: bool = True
+) -> list[CellCrop]:
     """One crop per segmented cell (label order). ``margin``: fraction of the box size added around it."""
     if crop_from not in ("nuclei", "cells"):
         raise ValueError(f"crop_from={crop_from!r} must be 'nuclei' or 'cells'")
@@ -58,8 +59,17 @@ def cell_crops(image: np.ndarray, seg: Segmentation, crop_from: str = "nuclei", 
         m = int(round(margin * max(r1 - r0, c1 - c0)))
         R0, R1, C0, C1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
         mask = lab[R0:R1, C0:C1] == i
-        out.append(CellCrop(i, (R0, C0, R1, C1), img[R0:R1, C0:C1].copy(), mask, bool(seg.mitotic[i]),
-                            bool(seg.touches_border[i]) if i < seg.touches_border.size else False, int(mask.sum())))
+        out.append(
+            CellCrop(
+                i,
+                (R0, C0, R1, C1),
+                img[R0:R1, C0:C1].copy(),
+                mask,
+                bool(seg.mitotic[i]),
+                bool(seg.touches_border[i]) if i < seg.touches_border.size else False,
+                int(mask.sum()),
+            )
+        )
     return out
 
 
@@ -102,4 +112,4 @@ def tiles(image: np.ndarray, factor: float, tile: int, overlap: float = 0.25) ->
     for r in starts(H):
         for c in starts(W):
             box = tuple(int(round(v / factor)) for v in (r, c, r + tile, c + tile))
-            yield Tile(img[r:r + tile, c:c + tile], box)  # type: ignore[arg-type]
+            yield Tile(img[r : r + tile, c : c + tile], box)  # type: ignore[arg-type]

@@ -10,10 +10,28 @@ import numpy as np
 
 __all__ = ["class_colours", "draw_overlay", "save_png"]
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-            (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-            (0, 0, 128), (128, 128, 128)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
+]
 UNUSED = (160, 160, 160)  # contours of cells not used in the verdict (mitotic, on the border)
 
 
@@ -22,9 +40,15 @@ def class_colours(names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
 
 
-def draw_overlay(image: np.ndarray, labels: np.ndarray, label_class: Mapping[int, str | None],
-                 colours: Mapping[str, tuple[int, int, int]], title: str = "", zoom: int | None = None,
-                 boxes: Sequence[tuple[tuple[int, int, int, int], str]] = ()) -> np.ndarray:
+def draw_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    label_class: Mapping[int, str | None],
+    colours: Mapping[str, tuple[int, int, int]],
+    title: str = "",
+    zoom: int | None = None,
+    boxes: Sequence[tuple[tuple[int, int, int, int], str]] = (),
+) -> np.ndarray:
     """RGB picture: ``image`` with the contour of every label coloured by ``label_class[label]`` (grey
     when ``None``: not used), optional coloured ``boxes`` (tiles), a title and a legend on the right."""
     from skimage.segmentation import find_boundaries
@@ -36,7 +60,11 @@ def draw_overlay(image: np.ndarray, labels: np.ndarray, label_class: Mapping[int
     h, w = labels.shape
     z = zoom or max(1, int(round(600 / max(h, w))))
     base = cv2.resize(img, (w * z, h * z), interpolation=cv2.INTER_NEAREST) if z > 1 else img.copy()
-    lab = cv2.resize(labels.astype(np.int32), (w * z, h * z), interpolation=cv2.INTER_NEAREST) if z > 1 else labels
+    lab = (
+        cv2.resize(labels.astype(np.int32), (w * z, h * z), interpolation=cv2.INTER_NEAREST)
+        if z > 1
+        else labels
+    )
     edge = find_boundaries(lab, mode="inner")
     if z > 1:
         edge = cv2.dilate(edge.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(bool) & (lab > 0)
@@ -46,7 +74,13 @@ def draw_overlay(image: np.ndarray, labels: np.ndarray, label_class: Mapping[int
         lut[i] = colours.get(c, UNUSED) if c else UNUSED
     base[edge] = lut[lab[edge]]
     for (r0, c0, r1, c1), name in boxes:
-        cv2.rectangle(base, (c0 * z, r0 * z), (c1 * z - 1, r1 * z - 1), tuple(int(v) for v in colours.get(name, UNUSED)), 1)
+        cv2.rectangle(
+            base,
+            (c0 * z, r0 * z),
+            (c1 * z - 1, r1 * z - 1),
+            tuple(int(v) for v in colours.get(name, UNUSED)),
+            1,
+        )
     used = [n for n in colours if n in set(label_class.values()) | {b[1] for b in boxes}]
     rows = [(n, colours[n]) for n in used] + [("not used", UNUSED)]
     panel_w = 220

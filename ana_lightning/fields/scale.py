@@ -33,7 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ScaleEstimate", "nucleus_channel", "estimate_nucleus_diameter", "resolve_scale", "NUCLEUS_DIAMETER_UM"]
+__all__ = [
+    "ScaleEstimate",
+    "nucleus_channel",
+    "estimate_nucleus_diameter",
+    "resolve_scale",
+    "NUCLEUS_DIAMETER_UM",
+]
 
 #: Typical HEp-2 interphase nucleus diameter in micrometres, used to turn ``pixel_size`` into pixels.
 NUCLEUS_DIAMETER_UM = 12.0
@@ -49,7 +55,6 @@ class ScaleEstimate:
     n_objects: int = 0  # objects the median was taken over (estimates only)
     polarity: str = ""  # "bright" nuclei or "dark" (holes in bright cytoplasm)
     reliable: bool = True  # False: too few objects, or nuclei implausibly large for the image
-
 
 
 def nucleus_channel(image: np.ndarray) -> tuple[np.ndarray, str]:
@@ -101,8 +106,12 @@ def estimate_nucleus_diameter(image: np.ndarray) -> ScaleEstimate:
 MIN_OBJECTS = 5
 
 
-def resolve_scale(image: np.ndarray | None, nucleus_diameter_px: float | None = None,
-                  pixel_size: float | None = None, nucleus_diameter_um: float = NUCLEUS_DIAMETER_UM) -> ScaleEstimate:
+def resolve_scale(
+    image: np.ndarray | None,
+    nucleus_diameter_px: float | None = None,
+    pixel_size: float | None = None,
+    nucleus_diameter_um: float = NUCLEUS_DIAMETER_UM,
+) -> ScaleEstimate:
     """The field's scale: the user's ``nucleus_diameter_px``, else from ``pixel_size`` (µm per pixel),
     else estimated from ``image``."""
     if nucleus_diameter_px is not None:

@@ -86,8 +86,9 @@ def _split(mask: np.ndarray, d: float) -> np.ndarray:
     dist = ndi.distance_transform_edt(mask)
     dist = ndi.gaussian_filter(dist, max(0.5, d / 20.0))
     comp, _ = ndi.label(mask)
-    peaks = peak_local_max(dist, min_distance=max(2, int(d * 0.33)), labels=comp, exclude_border=False,
-                           threshold_abs=d * 0.12)
+    peaks = peak_local_max(
+        dist, min_distance=max(2, int(d * 0.33)), labels=comp, exclude_border=False, threshold_abs=d * 0.12
+    )
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # components without a peak (small ones) keep one label each
@@ -99,8 +100,13 @@ def _split(mask: np.ndarray, d: float) -> np.ndarray:
     return lab.astype(np.int32)
 
 
-def _filter(lab: np.ndarray, d: float, min_area_frac: float = 0.12, max_area_frac: float = 4.0,
-            min_solidity: float = 0.7) -> np.ndarray:
+def _filter(
+    lab: np.ndarray,
+    d: float,
+    min_area_frac: float = 0.12,
+    max_area_frac: float = 4.0,
+    min_solidity: float = 0.7,
+) -> np.ndarray:
     from skimage.measure import regionprops
     from skimage.segmentation import relabel_sequential
 
@@ -135,7 +141,9 @@ def measure_nuclei(grey: np.ndarray, iterations: int = 2) -> tuple[float, int, s
     fg, _, polarity = _foreground(grey, None)
     comp, n = ndi.label(fg)
     if n == 0:
-        raise ValueError("no nucleus-like object found in the image (blank or saturated?): give nucleus_diameter_px")
+        raise ValueError(
+            "no nucleus-like object found in the image (blank or saturated?): give nucleus_diameter_px"
+        )
     # first guess: area-weighted median of inscribed diameters (isolated dots weigh little)
     dt = ndi.distance_transform_edt(fg)
     idx = np.arange(1, n + 1)
@@ -202,8 +210,12 @@ def mitotic_flags(grey: np.ndarray, nuclei: np.ndarray, d: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def segment_field(image: np.ndarray, diameter_px: float | None = None, backend: str = "classical",
-                  cellpose_model: str = "nuclei") -> Segmentation:
+def segment_field(
+    image: np.ndarray,
+    diameter_px: float | None = None,
+    backend: str = "classical",
+    cellpose_model: str = "nuclei",
+) -> Segmentation:
     """Nuclei and cells of a field image (``H×W×3`` RGB uint8 or ``H×W`` grey).
 
     ``diameter_px``: the nucleus diameter if known (else estimated from the image).
@@ -214,8 +226,9 @@ def segment_field(image: np.ndarray, diameter_px: float | None = None, backend: 
     signal = nucleus_channel(np.asarray(image)[..., 1] if np.ndim(image) == 3 else image)[0]
     if backend == "cellpose":
         nuclei = _cellpose_nuclei(image, diameter_px, cellpose_model)
-        d = float(diameter_px or np.median(_diameters(nuclei, False)) if nuclei.max() else diameter_px or 0)
-        polarity = "bright"
+        if diameter_px is None:
+            diameter_px = float(np.median(_diameters(nuclei, False))) if nuclei.max() else 1.0
+        d, polarity = float(diameter_px), "bright"
     elif backend == "classical":
         polarity = ""
         if diameter_px is None:
@@ -249,6 +262,8 @@ def _cellpose_nuclei(image: np.ndarray, diameter_px: float | None, model_type: s
     try:
         model = models.CellposeModel(model_type=model_type, gpu=False)
     except Exception as e:  # noqa: BLE001 - weights missing offline
-        raise RuntimeError(f"cellpose model {model_type!r} could not be loaded (weights not installed?): {e}") from None
+        raise RuntimeError(
+            f"cellpose model {model_type!r} could not be loaded (weights not installed?): {e}"
+        ) from None
     masks, *_ = model.eval(grey, diameter=diameter_px, channels=[0, 0])
     return np.asarray(masks, np.int32)

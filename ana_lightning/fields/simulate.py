@@ -26,8 +26,11 @@ def true_nucleus_diameter(nuclei: np.ndarray) -> float:
     from skimage.measure import regionprops
 
     h, w = nuclei.shape
-    ds = [p.equivalent_diameter_area for p in regionprops(nuclei)
-          if p.bbox[0] > 0 and p.bbox[1] > 0 and p.bbox[2] < h and p.bbox[3] < w]
+    ds = [
+        p.equivalent_diameter_area
+        for p in regionprops(nuclei)
+        if p.bbox[0] > 0 and p.bbox[1] > 0 and p.bbox[2] < h and p.bbox[3] < w
+    ]
     if not ds:
         ds = [p.equivalent_diameter_area for p in regionprops(nuclei)]
     return float(np.median(ds)) if ds else float("nan")
@@ -39,8 +42,15 @@ def sim_field(code: str, diameter_px: float, seed: int, size: int = 384, dapi: b
     return render_field(code, rng, size=size, dapi=dapi, nucleus_diameter_px=diameter_px, return_masks=True)
 
 
-def write_sim_fields(root: str | Path, codes: Sequence[str], diameters: Sequence[float], n_per: int = 1,
-                     size: int = 384, seed: int = 0, dapi: bool = False) -> Path:
+def write_sim_fields(
+    root: str | Path,
+    codes: Sequence[str],
+    diameters: Sequence[float],
+    n_per: int = 1,
+    size: int = 384,
+    seed: int = 0,
+    dapi: bool = False,
+) -> Path:
     """Write fields and masks for every code × diameter × ``n_per`` (see the module docstring)."""
     root = Path(root)
     rows = []
@@ -54,7 +64,9 @@ def write_sim_fields(root: str | Path, codes: Sequence[str], diameters: Sequence
                 cv2.imwrite(str(root / f"{stem}_cells.png"), m["cells"].astype(np.uint16))
                 cv2.imwrite(str(root / f"{stem}_nuclei.png"), m["nuclei"].astype(np.uint16))
                 mit = " ".join(str(j) for j in np.flatnonzero(m["mitotic"]))
-                rows.append((f"{stem}.png", code, f"{float(d):g}", f"{true_nucleus_diameter(m['nuclei']):.3f}", mit))
+                rows.append(
+                    (f"{stem}.png", code, f"{float(d):g}", f"{true_nucleus_diameter(m['nuclei']):.3f}", mit)
+                )
     with open(root / "fields.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("path", "label", "nucleus_diameter_px", "true_diameter_px", "mitotic_labels"))

@@ -22,7 +22,9 @@ from .scale import estimate_nucleus_diameter
 __all__ = ["ScaledFieldTransform", "to_scale"]
 
 
-def to_scale(image: np.ndarray, field_diameter_px: float, nucleus_diameter_px: float, size: int) -> np.ndarray:
+def to_scale(
+    image: np.ndarray, field_diameter_px: float, nucleus_diameter_px: float, size: int
+) -> np.ndarray:
     """The centre ``size × size`` square of ``image`` rescaled from ``field_diameter_px`` to
     ``nucleus_diameter_px`` nuclei (reflect-padded when the rescaled field is smaller)."""
     img = rescale(np.asarray(image), float(nucleus_diameter_px) / float(field_diameter_px))
@@ -32,7 +34,7 @@ def to_scale(image: np.ndarray, field_diameter_px: float, nucleus_diameter_px: f
         img = cv2.copyMakeBorder(img, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_REFLECT)
         h, w = img.shape[:2]
     r, c = (h - size) // 2, (w - size) // 2
-    return np.ascontiguousarray(img[r:r + size, c:c + size])
+    return np.ascontiguousarray(img[r : r + size, c : c + size])
 
 
 class ScaledFieldTransform:
@@ -40,7 +42,9 @@ class ScaledFieldTransform:
 
     def __init__(self, transform, nucleus_diameter_px: float, fallback_diameter_px: float | None = None):
         if not float(nucleus_diameter_px) > 0:
-            raise ValueError(f"data.nucleus_diameter_px={nucleus_diameter_px} must be a positive number of pixels")
+            raise ValueError(
+                f"data.nucleus_diameter_px={nucleus_diameter_px} must be a positive number of pixels"
+            )
         self.inner = transform
         self.image_size = transform.image_size
         self.nucleus_diameter_px = float(nucleus_diameter_px)

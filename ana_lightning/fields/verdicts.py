@@ -33,8 +33,15 @@ import torch
 from .combine import INSUFFICIENT, METHODS, combine_probs
 from .scale import NUCLEUS_DIAMETER_UM, ScaleEstimate, resolve_scale
 
-__all__ = ["training_scale", "field_mode", "FieldPredictor", "FieldResult", "run_field_predict",
-           "specimen_verdicts", "FIELD_KEYS"]
+__all__ = [
+    "training_scale",
+    "field_mode",
+    "FieldPredictor",
+    "FieldResult",
+    "run_field_predict",
+    "specimen_verdicts",
+    "FIELD_KEYS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,11 @@ def field_mode(cfg, predictor) -> tuple[str, float | None] | None:
         return None
     stored = training_scale(cfg.ckpt_path)
     extra = getattr(predictor.info, "extra", {}) or {}
-    model_d = cfg.get("model_nucleus_diameter_px") or stored["nucleus_diameter_px"] or extra.get("nucleus_diameter_px")
+    model_d = (
+        cfg.get("model_nucleus_diameter_px")
+        or stored["nucleus_diameter_px"]
+        or extra.get("nucleus_diameter_px")
+    )
     kind = cfg.get("model_kind", "auto")
     if kind in (None, "auto"):
         kind = stored["input_kind"] or extra.get("input_kind") or "field"
@@ -127,14 +138,27 @@ class FieldResult:
 class FieldPredictor:
     """A :class:`~ana_lightning.predict.Predictor` applied to whole fields (see the module docstring)."""
 
-    def __init__(self, predictor, model_kind: str, model_diameter_px: float | None, combine: str = "mean_log",
-                 min_cells: int = 5, tile_overlap: float = 0.25, segmenter: str = "classical",
-                 crop_from: str = "nuclei", crop_margin: float = 0.1, crop_grey: bool = True,
-                 use_border_cells: bool = False, batch_size: int = 64):
+    def __init__(
+        self,
+        predictor,
+        model_kind: str,
+        model_diameter_px: float | None,
+        combine: str = "mean_log",
+        min_cells: int = 5,
+        tile_overlap: float = 0.25,
+        segmenter: str = "classical",
+        crop_from: str = "nuclei",
+        crop_margin: float = 0.1,
+        crop_grey: bool = True,
+        use_border_cells: bool = False,
+        batch_size: int = 64,
+    ):
         if combine not in METHODS:
             raise ValueError(f"combine={combine!r} is not one of {METHODS}")
         if model_kind == "field" and not model_diameter_px:
-            raise ValueError("a field model needs the nucleus diameter it was trained at (model_nucleus_diameter_px)")
+            raise ValueError(
+                "a field model needs the nucleus diameter it was trained at (model_nucleus_diameter_px)"
+            )
         self.p = predictor
         self.kind = model_kind
         self.model_d = model_diameter_px
@@ -150,7 +174,7 @@ class FieldPredictor:
     def _probs(self, images: Sequence[np.ndarray]) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.p.preprocess(x) for x in images[i:i + self.batch_size]])
+            batch = torch.stack([self.p.preprocess(x) for x in images[i : i + self.batch_size]])
             out.append(np.asarray(self.p.predict_proba(batch), np.float64))
         return np.concatenate(out) if out else np.zeros((0, len(self.names)))
 
@@ -161,12 +185,19 @@ class FieldPredictor:
                 for lab in self.p.decide(row):
                     votes[self.names.index(lab)] += 1
             return votes / max(len(probs), 1)
-        if self.combine == "mean_log" and self.p.task == "multi_label":  # independent sigmoids: no renormalising
+        if (
+            self.combine == "mean_log" and self.p.task == "multi_label"
+        ):  # independent sigmoids: no renormalising
             return np.exp(np.log(np.clip(probs, 1e-6, 1.0)).mean(axis=0))
         return combine_probs(probs, self.combine)
 
-    def predict_field(self, image: np.ndarray, scale: ScaleEstimate, path: str = "<field>",
-                      want_overlay_labels: bool = False) -> tuple[FieldResult, Any]:
+    def predict_field(
+        self,
+        image: np.ndarray,
+        scale: ScaleEstimate,
+        path: str = "<field>",
+        want_overlay_labels: bool = False,
+    ) -> tuple[FieldResult, Any]:
         """One decoded field → its result, and (for overlays) ``(labels, label→class)``."""
         from .crops import cell_crops, tiles
         from .segment import segment_field
@@ -187,7 +218,9 @@ class FieldPredictor:
                 lab_cls = {}
                 from scipy import ndimage as ndi
 
-                for i, (r, c) in enumerate(ndi.center_of_mass(seg.nuclei > 0, seg.nuclei, seg.labels), start=1):
+                for i, (r, c) in enumerate(
+                    ndi.center_of_mass(seg.nuclei > 0, seg.nuclei, seg.labels), start=1
+                ):
                     lab_cls[i] = tile_cls[int(np.argmin(np.hypot(centres[:, 0] - r, centres[:, 1] - c)))]
                 res.n_cells, res.n_mitotic = seg.n, int(seg.mitotic.sum())
                 return res, (seg.cells, lab_cls)
@@ -196,17 +229,29 @@ class FieldPredictor:
         crops = cell_crops(image, seg, crop_from=self.crop_from, margin=self.crop_margin, grey=self.crop_grey)
         res.unit, res.n_cells, res.n_mitotic = "cells", seg.n, int(seg.mitotic.sum())
         probs = self._probs([c.image for c in crops])
-        used = np.array([not c.mitotic and (self.use_border_cells or not c.touches_border) for c in crops], bool)
+        used = np.array(
+            [not c.mitotic and (self.use_border_cells or not c.touches_border) for c in crops], bool
+        )
         res.n_used = int(used.sum())
         lab_cls: dict[int, str | None] = {}
         for c, p, u in zip(crops, probs, used, strict=True):
             pred = self.p.decide(p)
             lab_cls[c.label] = pred[0] if (u and pred) else None
             r0, c0, r1, c1 = c.bbox
-            res.cells.append({"path": path, "cell": c.label, "row": (r0 + r1) // 2, "col": (c0 + c1) // 2,
-                              "area": c.area, "mitotic": int(c.mitotic), "border": int(c.touches_border),
-                              "used": int(u), "pred": ";".join(pred),
-                              **{f"p_{n}": f"{float(x):.6f}" for n, x in zip(self.names, p, strict=True)}})
+            res.cells.append(
+                {
+                    "path": path,
+                    "cell": c.label,
+                    "row": (r0 + r1) // 2,
+                    "col": (c0 + c1) // 2,
+                    "area": c.area,
+                    "mitotic": int(c.mitotic),
+                    "border": int(c.touches_border),
+                    "used": int(u),
+                    "pred": ";".join(pred),
+                    **{f"p_{n}": f"{float(x):.6f}" for n, x in zip(self.names, p, strict=True)},
+                }
+            )
         if res.n_used:
             res.probs = self._combine(probs[used])
         res.verdict = self.p.decide(res.probs) if res.n_used >= max(self.min_cells, 1) else (INSUFFICIENT,)
@@ -214,8 +259,14 @@ class FieldPredictor:
 
 
 # ---------------------------------------------------------------------------------------------- specimens
-def specimen_verdicts(results: Sequence[FieldResult], predictor, combine: str = "mean_log", top_k: int = 3,
-                      pattern_min_prob: float = 0.25, negative: str = "AC-0") -> list[dict[str, Any]]:
+def specimen_verdicts(
+    results: Sequence[FieldResult],
+    predictor,
+    combine: str = "mean_log",
+    top_k: int = 3,
+    pattern_min_prob: float = 0.25,
+    negative: str = "AC-0",
+) -> list[dict[str, Any]]:
     """One row per group of fields: combined probabilities, screening and the top-k patterns."""
     names = tuple(predictor.class_names)
     thr = predictor.info.thresholds
@@ -245,17 +296,26 @@ def specimen_verdicts(results: Sequence[FieldResult], predictor, combine: str = 
         cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
         pats = [names[i] for i in order if names[i] != negative and probs[i] >= cut[i]][: max(1, int(top_k))]
         top = names[order[0]]
-        screening = "negative" if (top == negative and not (predictor.task == "multi_label" and pats)) else "positive"
+        screening = (
+            "negative" if (top == negative and not (predictor.task == "multi_label" and pats)) else "positive"
+        )
         if screening == "positive" and not pats:
             pats = [next(names[i] for i in order if names[i] != negative)]
-        row.update(screening=screening, patterns=";".join(pats) if screening == "positive" else "",
-                   verdict=top, probs=probs, fields=rs)
+        row.update(
+            screening=screening,
+            patterns=";".join(pats) if screening == "positive" else "",
+            verdict=top,
+            probs=probs,
+            fields=rs,
+        )
         rows.append(row)
     return rows
 
 
 # ---------------------------------------------------------------------------------------------- the job
-def _groups(files: Sequence[Path], input_root: Path, group_by: str | None, group_column: str) -> dict[Path, str]:
+def _groups(
+    files: Sequence[Path], input_root: Path, group_by: str | None, group_column: str
+) -> dict[Path, str]:
     if not group_by:
         return dict.fromkeys(files, "")
     if str(group_by) == "folder":
@@ -269,11 +329,15 @@ def _groups(files: Sequence[Path], input_root: Path, group_by: str | None, group
         return out
     table = Path(str(group_by)).expanduser()
     if not table.is_file():
-        raise FileNotFoundError(f"group_by={group_by}: expected 'folder' or a CSV file with columns path,{group_column}")
+        raise FileNotFoundError(
+            f"group_by={group_by}: expected 'folder' or a CSV file with columns path,{group_column}"
+        )
     with open(table, newline="") as fh:
         rd = csv.DictReader(fh)
         if not rd.fieldnames or "path" not in rd.fieldnames or group_column not in rd.fieldnames:
-            raise ValueError(f"{table}: needs columns 'path' and '{group_column}' (group_column=…); has {rd.fieldnames}")
+            raise ValueError(
+                f"{table}: needs columns 'path' and '{group_column}' (group_column=…); has {rd.fieldnames}"
+            )
         m = {r["path"].strip(): r[group_column].strip() for r in rd}
     out = {}
     for f in files:
@@ -291,14 +355,20 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
     from ..data.images import BadImageError, load_image
 
     out: dict[Path, ScaleEstimate | str] = {}
+    failed: dict[Path, str] = {}
     for f in files:
         try:
-            out[f] = resolve_scale(load_image(f), cfg.get("nucleus_diameter_px"), cfg.get("pixel_size"),
-                                   cfg.get("nucleus_diameter_um") or NUCLEUS_DIAMETER_UM)
+            out[f] = resolve_scale(
+                load_image(f),
+                cfg.get("nucleus_diameter_px"),
+                cfg.get("pixel_size"),
+                cfg.get("nucleus_diameter_um") or NUCLEUS_DIAMETER_UM,
+            )
         except BadImageError as e:
             out[f] = e.reason
         except ValueError as e:
-            out[f] = ScaleEstimate(float("nan"), "estimated", reliable=False, polarity=str(e))
+            failed[f] = str(e)
+            out[f] = ScaleEstimate(float("nan"), "estimated", reliable=False)
     good = {f: s for f, s in out.items() if isinstance(s, ScaleEstimate) and s.reliable}
     everyone = [s.diameter_px for s in good.values()]
     for f, s in list(out.items()):
@@ -306,17 +376,43 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
             same = [g.diameter_px for h, g in good.items() if groups[h] == groups[f]]
             pool = same or everyone
             if pool:
-                out[f] = ScaleEstimate(float(np.median(pool)), "median of reliable estimates" + (" in group" if same else ""),
-                                       s.channel, s.n_objects, s.polarity, False)
+                out[f] = ScaleEstimate(
+                    float(np.median(pool)),
+                    "median of reliable estimates" + (" in group" if same else ""),
+                    s.channel,
+                    s.n_objects,
+                    s.polarity,
+                    False,
+                )
             elif not math.isfinite(s.diameter_px):
-                out[f] = f"no nucleus scale: {s.polarity}; give nucleus_diameter_px or pixel_size"
+                out[f] = (
+                    f"no nucleus scale: {failed.get(f, 'no reliable estimate')}; give nucleus_diameter_px or pixel_size"
+                )
     return out
 
 
 def field_columns(names: Sequence[str]) -> list[str]:
-    return ["path", "group", "status", "error", "verdict", "confidence", "level1", "level2", "unit", "n_used",
-            "n_cells", "n_mitotic", "nucleus_diameter_px", "scale_source", "scale_channel", "scale_reliable",
-            "rescale_factor", "overlay", *[f"p_{c}" for c in names]]
+    return [
+        "path",
+        "group",
+        "status",
+        "error",
+        "verdict",
+        "confidence",
+        "level1",
+        "level2",
+        "unit",
+        "n_used",
+        "n_cells",
+        "n_mitotic",
+        "nucleus_diameter_px",
+        "scale_source",
+        "scale_channel",
+        "scale_reliable",
+        "rescale_factor",
+        "overlay",
+        *[f"p_{c}" for c in names],
+    ]
 
 
 def run_field_predict(cfg, predictor, files: Sequence[Path], run_dir: Path, mode: tuple[str, float | None]):
@@ -326,18 +422,32 @@ def run_field_predict(cfg, predictor, files: Sequence[Path], run_dir: Path, mode
     from .overlay import class_colours, draw_overlay, save_png
 
     kind, model_d = mode
-    fp = FieldPredictor(predictor, kind, model_d, combine=cfg.get("combine", "mean_log"),
-                        min_cells=cfg.get("min_cells", 5), tile_overlap=cfg.get("tile_overlap", 0.25),
-                        segmenter=cfg.get("segmenter", "classical"), crop_from=cfg.get("crop_from", "nuclei"),
-                        crop_margin=cfg.get("crop_margin", 0.1), crop_grey=cfg.get("crop_grey", True),
-                        use_border_cells=cfg.get("use_border_cells", False), batch_size=cfg.get("batch_size", 64))
+    fp = FieldPredictor(
+        predictor,
+        kind,
+        model_d,
+        combine=cfg.get("combine", "mean_log"),
+        min_cells=cfg.get("min_cells", 5),
+        tile_overlap=cfg.get("tile_overlap", 0.25),
+        segmenter=cfg.get("segmenter", "classical"),
+        crop_from=cfg.get("crop_from", "nuclei"),
+        crop_margin=cfg.get("crop_margin", 0.1),
+        crop_grey=cfg.get("crop_grey", True),
+        use_border_cells=cfg.get("use_border_cells", False),
+        batch_size=cfg.get("batch_size", 64),
+    )
     csv_path, _ = _output_paths(cfg.get("output"), run_dir)
     out_dir = csv_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     input_root = Path(cfg.input).expanduser()
     groups = _groups(files, input_root, cfg.get("group_by"), cfg.get("group_column", "specimen"))
-    log.info("field mode: %s model%s, combine=%s; estimating the scale of %d field(s)", kind,
-             f" trained at nucleus diameter {model_d:g} px" if model_d else "", fp.combine, len(files))
+    log.info(
+        "field mode: %s model%s, combine=%s; estimating the scale of %d field(s)",
+        kind,
+        f" trained at nucleus diameter {model_d:g} px" if model_d else "",
+        fp.combine,
+        len(files),
+    )
     scales = _scales(files, groups, cfg)
     names = fp.names
     colours = class_colours(names)
@@ -377,7 +487,9 @@ def run_field_predict(cfg, predictor, files: Sequence[Path], run_dir: Path, mode
             cells_f.close()
     n_failed = sum(r.status != "ok" for r in results)
     if cfg.get("group_by"):
-        rows = specimen_verdicts(results, predictor, fp.combine, cfg.get("top_k", 3), cfg.get("pattern_min_prob", 0.25))
+        rows = specimen_verdicts(
+            results, predictor, fp.combine, cfg.get("top_k", 3), cfg.get("pattern_min_prob", 0.25)
+        )
         write_specimens(rows, names, out_dir)
     log.info("%d/%d field(s) predicted → %s", len(results) - n_failed, len(results), csv_path)
     return PredictSummary(len(results), n_failed, csv_path, None)
@@ -388,13 +500,23 @@ def _field_row(r: FieldResult, predictor) -> dict[str, str]:
     row = dict.fromkeys(field_columns(names), "")
     row.update(path=r.path, group=r.group, status=r.status, error=r.error)
     if r.scale is not None:
-        row.update(nucleus_diameter_px=f"{r.scale.diameter_px:.2f}", scale_source=r.scale.source,
-                   scale_channel=r.scale.channel, scale_reliable=str(int(r.scale.reliable)))
+        row.update(
+            nucleus_diameter_px=f"{r.scale.diameter_px:.2f}",
+            scale_source=r.scale.source,
+            scale_channel=r.scale.channel,
+            scale_reliable=str(int(r.scale.reliable)),
+        )
     if r.status != "ok":
         return row
-    row.update(verdict=";".join(r.verdict), unit=r.unit, n_used=str(r.n_used), n_cells=str(r.n_cells),
-               n_mitotic=str(r.n_mitotic), rescale_factor=f"{r.factor:.4f}" if r.unit == "tiles" else "",
-               overlay=r.overlay)
+    row.update(
+        verdict=";".join(r.verdict),
+        unit=r.unit,
+        n_used=str(r.n_used),
+        n_cells=str(r.n_cells),
+        n_mitotic=str(r.n_mitotic),
+        rescale_factor=f"{r.factor:.4f}" if r.unit == "tiles" else "",
+        overlay=r.overlay,
+    )
     if r.probs is not None:
         row.update({f"p_{c}": f"{float(x):.6f}" for c, x in zip(names, r.probs, strict=True)})
         if r.verdict and r.verdict[0] in names:
@@ -413,29 +535,73 @@ def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_di
     out_dir = Path(out_dir)
     with open(out_dir / "specimens.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["specimen", "screening", "patterns", "top1", "n_fields", "n_fields_used", *[f"p_{c}" for c in names]])
+        w.writerow(
+            [
+                "specimen",
+                "screening",
+                "patterns",
+                "top1",
+                "n_fields",
+                "n_fields_used",
+                *[f"p_{c}" for c in names],
+            ]
+        )
         for r in rows:
             p = r["probs"]
-            w.writerow([r["specimen"], r["screening"], r["patterns"], r["verdict"], r["n_fields"], r["n_fields_used"],
-                        *([f"{float(x):.6f}" for x in p] if p is not None else [""] * len(names))])
+            w.writerow(
+                [
+                    r["specimen"],
+                    r["screening"],
+                    r["patterns"],
+                    r["verdict"],
+                    r["n_fields"],
+                    r["n_fields_used"],
+                    *([f"{float(x):.6f}" for x in p] if p is not None else [""] * len(names)),
+                ]
+            )
     thumbs = out_dir / "thumbnails"
     md = ["# Specimen report", "", "| specimen | screening | patterns | fields used |", "|---|---|---|---|"]
-    md += [f"| {r['specimen']} | {r['screening']} | {r['patterns']} | {r['n_fields_used']}/{r['n_fields']} |" for r in rows]
-    ht = ["<!doctype html><meta charset='utf-8'><title>Specimen report</title>",
-          "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:3px}table{border-collapse:collapse}"
-          "img{max-width:260px}</style><h1>Specimen report</h1>"]
+    md += [
+        f"| {r['specimen']} | {r['screening']} | {r['patterns']} | {r['n_fields_used']}/{r['n_fields']} |"
+        for r in rows
+    ]
+    ht = [
+        "<!doctype html><meta charset='utf-8'><title>Specimen report</title>",
+        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:3px}table{border-collapse:collapse}"
+        "img{max-width:260px}</style><h1>Specimen report</h1>",
+    ]
     for k, r in enumerate(rows):
-        md += ["", f"## {r['specimen']}", "", f"**Screening:** {r['screening']} · **patterns:** {r['patterns'] or '—'} · "
-               f"fields used: {r['n_fields_used']}/{r['n_fields']}", ""]
-        ht.append(f"<h2>{html.escape(r['specimen'])}</h2><p><b>Screening:</b> {html.escape(r['screening'])} · "
-                  f"<b>patterns:</b> {html.escape(r['patterns'] or '—')} · fields used {r['n_fields_used']}/{r['n_fields']}</p>")
+        md += [
+            "",
+            f"## {r['specimen']}",
+            "",
+            f"**Screening:** {r['screening']} · **patterns:** {r['patterns'] or '—'} · "
+            f"fields used: {r['n_fields_used']}/{r['n_fields']}",
+            "",
+        ]
+        ht.append(
+            f"<h2>{html.escape(r['specimen'])}</h2><p><b>Screening:</b> {html.escape(r['screening'])} · "
+            f"<b>patterns:</b> {html.escape(r['patterns'] or '—')} · fields used {r['n_fields_used']}/{r['n_fields']}</p>"
+        )
         if r["probs"] is not None:
             order = np.argsort(-r["probs"], kind="stable")[:5]
-            md += ["| class | probability |", "|---|---|", *[f"| {names[i]} | {r['probs'][i]:.3f} |" for i in order], ""]
-            ht.append("<table><tr><th>class</th><th>probability</th></tr>" + "".join(
-                f"<tr><td>{html.escape(names[i])}</td><td>{r['probs'][i]:.3f}</td></tr>" for i in order) + "</table>")
+            md += [
+                "| class | probability |",
+                "|---|---|",
+                *[f"| {names[i]} | {r['probs'][i]:.3f} |" for i in order],
+                "",
+            ]
+            ht.append(
+                "<table><tr><th>class</th><th>probability</th></tr>"
+                + "".join(
+                    f"<tr><td>{html.escape(names[i])}</td><td>{r['probs'][i]:.3f}</td></tr>" for i in order
+                )
+                + "</table>"
+            )
         md += ["| field | verdict | used | thumbnail | overlay |", "|---|---|---|---|---|"]
-        ht.append("<table><tr><th>field</th><th>verdict</th><th>used</th><th>thumbnail</th><th>overlay</th></tr>")
+        ht.append(
+            "<table><tr><th>field</th><th>verdict</th><th>used</th><th>thumbnail</th><th>overlay</th></tr>"
+        )
         for j, f in enumerate(r["fields"]):
             tn = ""
             try:
@@ -452,11 +618,15 @@ def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_di
             ov = Path(f.overlay).relative_to(out_dir).as_posix() if f.overlay else ""
             verdict = ";".join(f.verdict) if f.status == "ok" else f"error: {f.error}"
             used = f"{f.n_used} {f.unit}"
-            md.append(f"| {Path(f.path).name} | {verdict} | {used} | {'![](' + tn + ')' if tn else ''} | "
-                      f"{'![](' + ov + ')' if ov else ''} |")
-            ht.append(f"<tr><td>{html.escape(Path(f.path).name)}</td><td>{html.escape(verdict)}</td><td>{used}</td>"
-                      f"<td>{'<img src=' + chr(39) + tn + chr(39) + '>' if tn else ''}</td>"
-                      f"<td>{'<img src=' + chr(39) + ov + chr(39) + '>' if ov else ''}</td></tr>")
+            md.append(
+                f"| {Path(f.path).name} | {verdict} | {used} | {'![](' + tn + ')' if tn else ''} | "
+                f"{'![](' + ov + ')' if ov else ''} |"
+            )
+            ht.append(
+                f"<tr><td>{html.escape(Path(f.path).name)}</td><td>{html.escape(verdict)}</td><td>{used}</td>"
+                f"<td>{'<img src=' + chr(39) + tn + chr(39) + '>' if tn else ''}</td>"
+                f"<td>{'<img src=' + chr(39) + ov + chr(39) + '>' if ov else ''}</td></tr>"
+            )
         ht.append("</table>")
     (out_dir / "specimens.md").write_text("\n".join(md) + "\n")
     (out_dir / "specimens.html").write_text("\n".join(ht) + "\n")

@@ -25,7 +25,9 @@ def match_f1(pred: np.ndarray, true: np.ndarray, ignore: np.ndarray | None = Non
     """``(tp, fp, fn)`` of label maps matched one-to-one at IoU > ``iou`` (unique when iou >= 0.5).
     ``ignore``: a bool mask; predicted objects mostly inside it count neither way."""
     np_, nt = int(pred.max()), int(true.max())
-    inter = np.bincount(pred.ravel().astype(np.int64) * (nt + 1) + true.ravel(), minlength=(np_ + 1) * (nt + 1))
+    inter = np.bincount(
+        pred.ravel().astype(np.int64) * (nt + 1) + true.ravel(), minlength=(np_ + 1) * (nt + 1)
+    )
     inter = inter.reshape(np_ + 1, nt + 1)
     ap, at = inter.sum(1), inter.sum(0)
     i = inter[1:, 1:].astype(float)
@@ -89,10 +91,21 @@ def main(argv=None) -> None:
                     on_mit = [bool(mit_cells[seg.nuclei == j].mean() > 0.5) for j in flagged]
                     found = {int(np.bincount(m["cells"][seg.nuclei == j]).argmax()) for j in flagged}
                     n_mit = int(m["mitotic"].sum())
-                    rows.append(dict(dapi=dapi, code=code, group=LEVEL2.get(code, code), d=d, ratio=est / true_d,
-                                     n=(n_tp, n_fp, n_fn), c=(c_tp, c_fp, c_fn), mit_tp=sum(on_mit),
-                                     mit_flag=len(flagged), mit_found=len(found & set(np.flatnonzero(m["mitotic"]))),
-                                     mit_true=n_mit))
+                    rows.append(
+                        dict(
+                            dapi=dapi,
+                            code=code,
+                            group=LEVEL2.get(code, code),
+                            d=d,
+                            ratio=est / true_d,
+                            n=(n_tp, n_fp, n_fn),
+                            c=(c_tp, c_fp, c_fn),
+                            mit_tp=sum(on_mit),
+                            mit_flag=len(flagged),
+                            mit_found=len(found & set(np.flatnonzero(m["mitotic"]))),
+                            mit_true=n_mit,
+                        )
+                    )
     dt = time.time() - t0
 
     def agg(sel):
@@ -105,15 +118,21 @@ def main(argv=None) -> None:
         return prf(*n), prf(*c)[2], ok, float(np.nanmedian(ratios)), mp, mr
 
     print(f"\n{len(rows)} simulator fields ({a.size} px), {dt:.0f} s (shared 2-core machine, under load)\n")
-    print("| DAPI | group | fields | nuc P | nuc R | nuc F1 | cell F1 | scale within 15% | median est/true | mit P | mit R |")
+    print(
+        "| DAPI | group | fields | nuc P | nuc R | nuc F1 | cell F1 | scale within 15% | median est/true | mit P | mit R |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for dapi in dapis:
         groups = list(dict.fromkeys(r["group"] for r in rows))
         for g in [*groups, "ALL"]:
             sel = [r for r in rows if r["dapi"] == dapi and (g == "ALL" or r["group"] == g)]
             (p, r_, f), cf, ok, med, mp, mr = agg(sel)
-            print(f"| {'yes' if dapi else 'no'} | {g} | {len(sel)} | {p:.2f} | {r_:.2f} | {f:.2f} | {cf:.2f} | {ok:.2f} | {med:.2f} | {mp:.2f} | {mr:.2f} |")
-    print("\nby nucleus diameter (all groups):\n\n| DAPI | diameter px | nuc F1 | cell F1 | scale within 15% |\n|---|---|---|---|---|")
+            print(
+                f"| {'yes' if dapi else 'no'} | {g} | {len(sel)} | {p:.2f} | {r_:.2f} | {f:.2f} | {cf:.2f} | {ok:.2f} | {med:.2f} | {mp:.2f} | {mr:.2f} |"
+            )
+    print(
+        "\nby nucleus diameter (all groups):\n\n| DAPI | diameter px | nuc F1 | cell F1 | scale within 15% |\n|---|---|---|---|---|"
+    )
     for dapi in dapis:
         for d in a.diameters:
             sel = [r for r in rows if r["dapi"] == dapi and r["d"] == d]
@@ -131,7 +150,9 @@ def write_reference_overlays(ref: Path, out: Path, per_class: int = 1) -> list[P
 
     paths = []
     sel = ["ac-0", "ac-1", "ac-3", "ac-8", "ac-11", "ac-19", "ac-21", "ac-22", "ac-25", "ac-6"]
-    print("\nreference fields (overlays):\n\n| field | nucleus diameter px (estimated) | channel | nuclei | mitotic flagged |\n|---|---|---|---|---|")
+    print(
+        "\nreference fields (overlays):\n\n| field | nucleus diameter px (estimated) | channel | nuclei | mitotic flagged |\n|---|---|---|---|---|"
+    )
     for c in sel:
         files = sorted((ref / "patterns" / c).glob("*.jp*g"))[:per_class]
         for f in files:
@@ -142,10 +163,17 @@ def write_reference_overlays(ref: Path, out: Path, per_class: int = 1) -> list[P
                 print(f"| {c}/{f.name} | failed: {e} | | | |")
                 continue
             lab = {i: ("mitotic" if seg.mitotic[i] else "nucleus") for i in range(1, seg.n + 1)}
-            pic = draw_overlay(img, seg.nuclei, lab, {"nucleus": (255, 0, 255), "mitotic": (0, 255, 255)},
-                               title=f"{c} d={seg.diameter_px:.1f}px ({seg.channel}, {seg.polarity})")
+            pic = draw_overlay(
+                img,
+                seg.nuclei,
+                lab,
+                {"nucleus": (255, 0, 255), "mitotic": (0, 255, 255)},
+                title=f"{c} d={seg.diameter_px:.1f}px ({seg.channel}, {seg.polarity})",
+            )
             paths.append(save_png(out / f"{c}_{f.stem}.png", pic))
-            print(f"| {c}/{f.name} | {seg.diameter_px:.1f} | {seg.channel} | {seg.n} | {int(seg.mitotic.sum())} |")
+            print(
+                f"| {c}/{f.name} | {seg.diameter_px:.1f} | {seg.channel} | {seg.n} | {int(seg.mitotic.sum())} |"
+            )
     print(f"\noverlays in {out.resolve()}")
     return paths
 
