@@ -97,13 +97,13 @@ def estimate_nucleus_diameter(image: np.ndarray) -> ScaleEstimate:
 
     grey, channel = nucleus_channel(image)
     d, n, polarity = measure_nuclei(grey)
-    reliable = n >= MIN_OBJECTS and d <= min(grey.shape) / 5.0
+    reliable = n >= MIN_OBJECTS and d <= min(grey.shape) / 6.0
     return ScaleEstimate(float(d), "estimated", channel, n, polarity, reliable)
 
 
 #: An estimate from fewer objects than this is marked unreliable (ana-predict then uses the median
 #: of the reliable estimates of the same specimen / input).
-MIN_OBJECTS = 5
+MIN_OBJECTS = 8
 
 
 def resolve_scale(
