@@ -319,7 +319,7 @@ def test_training_scale_is_stored_and_used(tmp_path):
         )
     )
     ckpt = next((run / "checkpoints").glob("best-epoch*.ckpt"))
-    assert training_scale(ckpt) == {"nucleus_diameter_px": 8.0, "input_kind": None}
+    assert training_scale(ckpt) == {"nucleus_diameter_px": 8.0, "input_kind": None, "cell_mask": "none"}
     cfg = compose(
         "predict", [f"ckpt_path={ckpt}", f"input={root}", "progress=false"], output_dir=tmp_path / "p"
     )
@@ -346,3 +346,28 @@ def test_reference_fields_scale_and_segmentation():
         assert 16 <= est.diameter_px <= 42 and est.reliable, (f, est)
         seg = segment_field(img, est.diameter_px)
         assert seg.n >= 10, (f, seg.n)
+
+
+def test_cell_crops_follow_the_models_mask_mode():
+    img, _ = sim_field("AC-1", 24, seed=2, size=160)
+    seg = segment_field(img, 24)
+    plain = cell_crops(img, seg, margin=0.2)
+    applied = cell_crops(img, seg, margin=0.2, mask_mode="apply")
+    chan = cell_crops(img, seg, margin=0.2, mask_mode="channel")
+    for p, a, c in zip(plain, applied, chan, strict=True):
+        assert (a.image[~a.mask] == 0).all() and (a.image[a.mask] == p.image[a.mask]).all()
+        assert (c.image[..., 2] == np.where(c.mask, 255, 0)).all()
+
+
+def test_training_scale_reads_the_checkpoint(tmp_path):
+    import torch
+
+    from ana_lightning.fields.verdicts import training_scale
+
+    cells = tmp_path / "cells.ckpt"
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"reader": "i3a2014", "mask": "apply"}}, cells)
+    assert training_scale(cells) == {"nucleus_diameter_px": None, "input_kind": "cell", "cell_mask": "apply"}
+    fields = tmp_path / "fields.ckpt"
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"nucleus_diameter_px": 13}}, fields)
+    assert training_scale(fields)["nucleus_diameter_px"] == 13.0
+    assert training_scale(tmp_path / "model.onnx")["nucleus_diameter_px"] is None

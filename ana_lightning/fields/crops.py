@@ -43,9 +43,18 @@ def _grey3(image: np.ndarray) -> np.ndarray:
 
 
 def cell_crops(
-    image: np.ndarray, seg: Segmentation, crop_from: str = "nuclei", margin: float = 0.1, grey: bool = True
+    image: np.ndarray,
+    seg: Segmentation,
+    crop_from: str = "nuclei",
+    margin: float = 0.1,
+    grey: bool = True,
+    mask_mode: str = "none",
 ) -> list[CellCrop]:
-    """One crop per segmented cell (label order). ``margin``: fraction of the box size added around it."""
+    """One crop per segmented cell (label order). ``margin``: fraction of the box size added around it.
+    ``mask_mode``: how a contest-trained model saw its cell masks (``none``, ``apply``: zero outside the
+    cell, ``channel``: the mask in the blue channel; :func:`ana_lightning.data.contest.apply_mask`)."""
+    from ..data.contest import apply_mask
+
     if crop_from not in ("nuclei", "cells"):
         raise ValueError(f"crop_from={crop_from!r} must be 'nuclei' or 'cells'")
     img = _grey3(image) if grey else np.asarray(image)[..., :3].astype(np.uint8)
@@ -59,11 +68,12 @@ def cell_crops(
         m = int(round(margin * max(r1 - r0, c1 - c0)))
         R0, R1, C0, C1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
         mask = lab[R0:R1, C0:C1] == i
+        crop = apply_mask(img[R0:R1, C0:C1].copy(), mask, mask_mode)
         out.append(
             CellCrop(
                 i,
                 (R0, C0, R1, C1),
-                img[R0:R1, C0:C1].copy(),
+                crop,
                 mask,
                 bool(seg.mitotic[i]),
                 bool(seg.touches_border[i]) if i < seg.touches_border.size else False,

@@ -55,19 +55,17 @@ def training_scale(ckpt_path: str | Path) -> dict[str, Any]:
     ``{"nucleus_diameter_px": float | None, "input_kind": "field" | "cell" | None}``.
 
     Read from the datamodule hyperparameters Lightning stores in the checkpoint
-    (``data.nucleus_diameter_px``; ``data.input_kind`` or a contest cell datamodule → ``cell``), or
+    (``data.nucleus_diameter_px``; ``data.input_kind``, or ``data.reader`` a contest cell layout →
+    ``cell``, with ``data.mask``, how its I3A cell masks were used, as ``cell_mask``), or
     from the ``ana_lightning`` metadata (exported files carry it in :attr:`ModelInfo.extra`)."""
-    out: dict[str, Any] = {"nucleus_diameter_px": None, "input_kind": None}
+    out: dict[str, Any] = {"nucleus_diameter_px": None, "input_kind": None, "cell_mask": "none"}
     p = Path(ckpt_path)
     if p.suffix.lower() not in (".ckpt", ".pt", ".pth") or not p.is_file():
         return out
-    try:
+    try:  # never the trusting way: a checkpoint that needs it simply tells nothing here
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - the predictor already loaded it the trusting way, or it is not a checkpoint
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001
-            return out
+    except Exception:  # noqa: BLE001
+        return out
     if not isinstance(ckpt, dict):
         return out
     dm = dict(ckpt.get("datamodule_hyper_parameters") or {})
@@ -75,14 +73,18 @@ def training_scale(ckpt_path: str | Path) -> dict[str, Any]:
     d = meta.get("nucleus_diameter_px", dm.get("nucleus_diameter_px"))
     out["nucleus_diameter_px"] = float(d) if d else None
     kind = meta.get("input_kind") or dm.get("input_kind")
-    if not kind and (dm.get("contest") or dm.get("mask_suffix") or "cells" in str(dm.get("_target_", ""))):
+    if not kind and str(dm.get("reader", "")) in ("icpr2012", "i3a2014"):  # trained on contest cell crops
         kind = "cell"
     out["input_kind"] = kind
+    out["cell_mask"] = (
+        str(dm.get("mask") or "none") if kind == "cell" and dm.get("reader") == "i3a2014" else "none"
+    )
     return out
 
 
-def field_mode(cfg, predictor) -> tuple[str, float | None] | None:
-    """``(model kind, model nucleus diameter)`` when ana-predict should read fields, else ``None``."""
+def field_mode(cfg, predictor) -> tuple[str, float | None, str] | None:
+    """``(model kind, model nucleus diameter, cell mask mode)`` when ana-predict should read fields,
+    else ``None``."""
     fields = cfg.get("fields", "auto")
     if fields is False or str(fields).lower() == "false":
         return None
@@ -109,7 +111,10 @@ def field_mode(cfg, predictor) -> tuple[str, float | None] | None:
             "model_nucleus_diameter_px=<px> (e.g. 13 for a model trained on 256-px simulator fields resized to 128), "
             "or fields=false to resize whole images as before"
         )
-    return kind, (float(model_d) if model_d else None)
+    mask = cfg.get("cell_mask", "auto")
+    if mask in (None, "auto"):
+        mask = stored["cell_mask"]
+    return kind, (float(model_d) if model_d else None), str(mask)
 
 
 # ---------------------------------------------------------------------------------------------- one field
@@ -150,6 +155,7 @@ class FieldPredictor:
         crop_from: str = "nuclei",
         crop_margin: float = 0.1,
         crop_grey: bool = True,
+        cell_mask: str = "none",
         use_border_cells: bool = False,
         batch_size: int = 64,
     ):
@@ -167,6 +173,7 @@ class FieldPredictor:
         self.tile_overlap = float(tile_overlap)
         self.segmenter = segmenter
         self.crop_from, self.crop_margin, self.crop_grey = crop_from, float(crop_margin), bool(crop_grey)
+        self.cell_mask = cell_mask
         self.use_border_cells = bool(use_border_cells)
         self.batch_size = max(1, int(batch_size))
         self.names = tuple(predictor.class_names)
@@ -226,7 +233,14 @@ class FieldPredictor:
                 return res, (seg.cells, lab_cls)
             return res, None
         seg = segment_field(image, scale.diameter_px, backend=self.segmenter)
-        crops = cell_crops(image, seg, crop_from=self.crop_from, margin=self.crop_margin, grey=self.crop_grey)
+        crops = cell_crops(
+            image,
+            seg,
+            crop_from=self.crop_from,
+            margin=self.crop_margin,
+            grey=self.crop_grey,
+            mask_mode=self.cell_mask,
+        )
         res.unit, res.n_cells, res.n_mitotic = "cells", seg.n, int(seg.mitotic.sum())
         probs = self._probs([c.image for c in crops])
         used = np.array(
@@ -415,13 +429,15 @@ def field_columns(names: Sequence[str]) -> list[str]:
     ]
 
 
-def run_field_predict(cfg, predictor, files: Sequence[Path], run_dir: Path, mode: tuple[str, float | None]):
+def run_field_predict(
+    cfg, predictor, files: Sequence[Path], run_dir: Path, mode: tuple[str, float | None, str]
+):
     """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
     from ..data.images import BadImageError, load_image
     from ..predict import PredictSummary, _output_paths
     from .overlay import class_colours, draw_overlay, save_png
 
-    kind, model_d = mode
+    kind, model_d, _ = mode
     fp = FieldPredictor(
         predictor,
         kind,
@@ -433,6 +449,7 @@ def run_field_predict(cfg, predictor, files: Sequence[Path], run_dir: Path, mode
         crop_from=cfg.get("crop_from", "nuclei"),
         crop_margin=cfg.get("crop_margin", 0.1),
         crop_grey=cfg.get("crop_grey", True),
+        cell_mask=mode[2],
         use_border_cells=cfg.get("use_border_cells", False),
         batch_size=cfg.get("batch_size", 64),
     )
