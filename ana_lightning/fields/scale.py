@@ -60,8 +60,8 @@ class ScaleEstimate:
 def nucleus_channel(image: np.ndarray) -> tuple[np.ndarray, str]:
     """The grey image nuclei are best seen in, float32 in [0, 1], and its name.
 
-    ``"dapi"``: the blue channel, when blue carries its own signal (in a fair share of the bright
-    pixels it is stronger than green), not just green's leakage; ``"signal"``: the brightest channel
+    ``"dapi"``: the blue channel, when blue carries its own signal (where blue is brightest it mostly
+    outshines green, or a fair share of all bright pixels is blue), not just green's leakage; ``"signal"``: the brightest channel
     per pixel (green FITC, and yellow/orange fields too). Grey images are their own channel.
     """
     img = np.asarray(image)
@@ -72,12 +72,22 @@ def nucleus_channel(image: np.ndarray) -> tuple[np.ndarray, str]:
     rgb = img[..., :3].astype(np.float32)
     g, b = rgb[..., 1], rgb[..., 2]
     mx = rgb.max(axis=2)
-    bright = mx > max(float(np.percentile(mx, 75)), 1e-6)
-    if bright.any():
-        frac_blue = float(np.mean(b[bright] > 1.2 * g[bright] + 2.0))
-        if frac_blue > 0.15 and float(np.percentile(b, 99)) > 0.15 * float(np.percentile(mx, 99)):
+    # where blue is brightest, DAPI outshines green; blue that only leaks from green stays below it
+    # (or, where anything is bright, a fair share is blue: DAPI under a bright nuclear FITC pattern)
+    if float(np.percentile(b, 99)) > 0.25 * float(np.percentile(mx, 99)):
+        for bright, share in ((b > float(np.percentile(b, 80)), 0.3), (mx > float(np.percentile(mx, 75)), 0.15)):
+            if bright.any() and float(np.mean(b[bright] > 1.2 * g[bright] + 2.0)) > share:
+                return _unit(b), "dapi"
+        # (or blue is strong and draws its own picture: DAPI under a bright nuclear rim, say; a teal
+        # tint is strong too but a copy of green)
+        if float(np.percentile(b, 99)) > 0.46 * float(np.percentile(mx, 99)) and _corr(b, g) < 0.9:
             return _unit(b), "dapi"
     return _unit(mx), "signal"
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a[::2, ::2].ravel() - a.mean(), b[::2, ::2].ravel() - b.mean()
+    return float((a @ b) / max(float(np.sqrt((a @ a) * (b @ b))), 1e-9))
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
