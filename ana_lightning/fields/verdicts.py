@@ -50,7 +50,7 @@ FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_
 
 
 # ---------------------------------------------------------------------------------------------- model scale
-def training_scale(ckpt_path: str | Path) -> dict[str, Any]:
+def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     """What a checkpoint says about the scale and input its model was trained on:
     ``{"nucleus_diameter_px": float | None, "input_kind": "field" | "cell" | None}``.
 
@@ -59,8 +59,8 @@ def training_scale(ckpt_path: str | Path) -> dict[str, Any]:
     ``cell``, with ``data.mask``, how its I3A cell masks were used, as ``cell_mask``), or
     from the ``ana_lightning`` metadata (exported files carry it in :attr:`ModelInfo.extra`)."""
     out: dict[str, Any] = {"nucleus_diameter_px": None, "input_kind": None, "cell_mask": "none"}
-    p = Path(ckpt_path)
-    if p.suffix.lower() not in (".ckpt", ".pt", ".pth") or not p.is_file():
+    p = Path(str(ckpt_path or ""))
+    if not ckpt_path or p.suffix.lower() not in (".ckpt", ".pt", ".pth") or not p.is_file():
         return out
     try:  # never the trusting way: a checkpoint that needs it simply tells nothing here
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
@@ -88,7 +88,8 @@ def field_mode(cfg, predictor) -> tuple[str, float | None, str] | None:
     fields = cfg.get("fields", "auto")
     if fields is False or str(fields).lower() == "false":
         return None
-    stored = training_scale(cfg.ckpt_path)
+    source = cfg.get("ckpt_path") or getattr(predictor, "source", "")
+    stored = training_scale(source)
     extra = getattr(predictor.info, "extra", {}) or {}
     model_d = (
         cfg.get("model_nucleus_diameter_px")
@@ -106,7 +107,7 @@ def field_mode(cfg, predictor) -> tuple[str, float | None, str] | None:
         return None
     if kind == "field" and model_d is None:
         raise ValueError(
-            f"{cfg.ckpt_path} does not store the nucleus diameter it was trained at (train with "
+            f"{source} does not store the nucleus diameter it was trained at (train with "
             "data.nucleus_diameter_px=<px>), so fields cannot be brought to its scale: give "
             "model_nucleus_diameter_px=<px> (e.g. 13 for a model trained on 256-px simulator fields resized to 128), "
             "or fields=false to resize whole images as before"
