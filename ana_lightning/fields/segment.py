@@ -189,15 +189,34 @@ def _cells(grey: np.ndarray, nuclei: np.ndarray, d: float, polarity: str) -> np.
 
 
 def mitotic_flags(grey: np.ndarray, nuclei: np.ndarray, d: float) -> np.ndarray:
-    """Bool per label: a mitotic cell's chromatin (a metaphase plate) — a compact bar (minor/major axis
-    < 0.45) smaller than an interphase nucleus and at least as bright as the field's median nucleus.
-    Ana/telophase halves and rounded mitotic cells are not recognised (counted as interphase)."""
+    """Bool per label: a mitotic cell — either the object is a metaphase plate itself (a compact bar,
+    minor/major axis < 0.45, smaller than an interphase nucleus, at least as bright as the field's median
+    nucleus), or a rounded cell holding one (its brightest pixels, well above the field's nuclei, form
+    such a bar). Ana/telophase halves are not recognised (counted as interphase)."""
+    from skimage.measure import label as cc_label
     from skimage.measure import regionprops
 
     n = int(nuclei.max())
     flags = np.zeros(n + 1, bool)
     if n == 0:
         return flags
+    props = regionprops(nuclei, intensity_image=grey)
+    means = np.array([p.intensity_mean for p in props])
+    p95 = np.array([float(np.percentile(p.image_intensity[p.image], 95)) for p in props])
+    ref, ref95 = float(np.median(means)), float(np.median(p95))
+    a0 = math.pi * d * d / 4.0
+    for p, m, top in zip(props, means, p95, strict=True):
+        elong = p.axis_minor_length / max(p.axis_major_length, 1e-6)
+        plate = 0.12 * a0 <= p.area <= 0.65 * a0 and elong < 0.45 and p.solidity > 0.85  # a bar of chromatin
+        holds_plate = False
+        if not plate and top > 1.6 * ref95 and p.area >= 0.3 * a0:
+            core = p.image & (p.image_intensity > 0.6 * top)
+            cores = regionprops(cc_label(core))
+            if cores:
+                c = max(cores, key=lambda r: r.area)
+                holds_plate = c.area >= 0.04 * a0 and c.axis_minor_length / max(c.axis_major_length, 1e-6) < 0.5
+        flags[p.label] = (plate and m >= 0.9 * ref) or holds_plate
+    return flags
     props = regionprops(nuclei, intensity_image=grey)
     means = np.array([p.intensity_mean for p in props])
     ref = float(np.median(means)) if means.size else 0.0
