@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--combine", default="mean_log")
     ap.add_argument("--zoom", type=float, nargs="*", default=[])
     ap.add_argument("--out", default=None, help="CSV of per-field predictions")
+    ap.add_argument("--limit", type=int, default=None, help="first N fields only (a smoke test)")
     a = ap.parse_args(argv)
     if not REFERENCE.is_dir():
         print(f"reference fields not found at {REFERENCE}; set ANA_SHARED")
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     fp = FieldPredictor(pred, "field", model_d, combine=a.combine)
     tree = Taxonomy.load()
     with open(REFERENCE / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f)]
+        rows = [r for r in csv.DictReader(f)][: a.limit]
     true = [tree.level_of(r["label"], 2) for r in rows]
     preds: dict[str, list[str]] = {}
     per_field = []
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         )
     boots = bootstrap(true, preds)
     print(
-        f"\nmodel {ckpt} (training scale {model_d:g} px), combine={a.combine}; 155 reference fields, "
+        f"\nmodel {ckpt} (training scale {model_d:g} px), combine={a.combine}; {len(rows)} reference fields, "
         f"{len(set(true))} level-2 groups (chance {1 / len(set(true)):.3f})\n"
     )
     print("| route | level-2 MCA | 95% bootstrap interval |\n|---|---|---|")
