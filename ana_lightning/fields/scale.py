@@ -75,7 +75,10 @@ def nucleus_channel(image: np.ndarray) -> tuple[np.ndarray, str]:
     # where blue is brightest, DAPI outshines green; blue that only leaks from green stays below it
     # (or, where anything is bright, a fair share is blue: DAPI under a bright nuclear FITC pattern)
     if float(np.percentile(b, 99)) > 0.25 * float(np.percentile(mx, 99)):
-        for bright, share in ((b > float(np.percentile(b, 80)), 0.3), (mx > float(np.percentile(mx, 75)), 0.15)):
+        for bright, share in (
+            (b > float(np.percentile(b, 80)), 0.3),
+            (mx > float(np.percentile(mx, 75)), 0.15),
+        ):
             if bright.any() and float(np.mean(b[bright] > 1.2 * g[bright] + 2.0)) > share:
                 return _unit(b), "dapi"
         # (or blue is strong and draws its own picture: DAPI under a bright nuclear rim, say; a teal
