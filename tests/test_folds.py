@@ -17,11 +17,14 @@ from ana_lightning.data.splits import (
     load_folds_manifest,
     sweep_folds,
 )
+
 from conftest import write_class_images
 
 
 def _records(counts: dict[str, int]) -> list[ImageRecord]:
-    return [ImageRecord(f"/d/{c}/{i}.png", (c,), None, f"{c}-{i}") for c, n in counts.items() for i in range(n)]
+    return [
+        ImageRecord(f"/d/{c}/{i}.png", (c,), None, f"{c}-{i}") for c, n in counts.items() for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])
@@ -43,7 +46,9 @@ def test_folds_disjoint_covering_and_stratified_within_one_image(k, seed):
 def test_folds_deterministic_and_seeded():
     recs = _records({"AC-1": 20, "AC-2": 20})
     a = fold_records(recs, 4, [0, 0])
-    assert [[r.path for r in f] for f in a] == [[r.path for r in f] for f in fold_records(list(reversed(recs)), 4, [0, 0])]
+    assert [[r.path for r in f] for f in a] == [
+        [r.path for r in f] for f in fold_records(list(reversed(recs)), 4, [0, 0])
+    ]
     assert [[r.path for r in f] for f in a] != [[r.path for r in f] for f in fold_records(recs, 4, [0, 1])]
 
 
@@ -165,7 +170,9 @@ def test_datamodule_folds(tmp_path):
     manifest = tmp_path / "sweep" / "folds_manifest.csv"
     tested = []
     for k in range(3):
-        dm = SingleLabelDataModule(root=str(root), image_size=16, folds=3, fold=k, folds_manifest=str(manifest), cache_images=False)
+        dm = SingleLabelDataModule(
+            root=str(root), image_size=16, folds=3, fold=k, folds_manifest=str(manifest), cache_images=False
+        )
         dm.setup()
         test = {Path(r.path).name + r.label for r in dm.splits["test"]}
         assert not test & {Path(r.path).name + r.label for r in dm.splits["train"] + dm.splits["val"]}
@@ -173,7 +180,9 @@ def test_datamodule_folds(tmp_path):
         tested += sorted(test)
         dm.write_reports(tmp_path / f"job{k}")
     assert len(tested) == len(set(tested)) == 24
-    assert all(not Path(r["path"]).is_absolute() for r in load_folds_manifest(manifest))  # relative to data.root
+    assert all(
+        not Path(r["path"]).is_absolute() for r in load_folds_manifest(manifest)
+    )  # relative to data.root
 
 
 @pytest.mark.parametrize(
