@@ -84,12 +84,20 @@ def fold_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     (``metrics`` is None when the job left no ``metrics.json``), sorted by repeat and fold."""
     sweep = Path(sweep_dir)
     jobs = []
-    for cfg_path in sorted(sweep.glob("*/config_resolved.yaml")):
+    # A job's resolved config (config_resolved.yaml), else Hydra's record of it (.hydra/config.yaml),
+    # which is enough for the fold keys: a job function that does not write the former still counts.
+    job_dirs = sorted(
+        {p.parent for p in sweep.glob("*/config_resolved.yaml")}
+        | {p.parent.parent for p in sweep.glob("*/.hydra/config.yaml")}
+    )
+    for job_dir in job_dirs:
+        cfg_path = job_dir / "config_resolved.yaml"
+        if not cfg_path.is_file():
+            cfg_path = job_dir / ".hydra" / "config.yaml"
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
         data = cfg.get("data") or {}
         if data.get("folds") is None or data.get("fold") is None:
             continue
-        job_dir = cfg_path.parent
         metrics_path = job_dir / "metrics.json"
         jobs.append(
             {
@@ -274,7 +282,8 @@ def _oof_metrics(
     """Metrics of the pooled out-of-fold predictions, per repeat (``oof/repeat<i>/<m>``) and their
     mean over repeats (``oof/<m>``), with a cluster-bootstrap interval for repeat 0's headline metrics."""
     true, pred = _labels(oof, classes)
-    multi = bool((true.sum(1) != 1).any() or (pred.sum(1) != 1).any())
+    # Multi-label models write n_errors (reports_multilabel); otherwise any image with not exactly one label.
+    multi = "n_errors" in oof[0] or bool((true.sum(1) != 1).any() or (pred.sum(1) != 1).any())
     out: dict[str, Any] = {"oof/multilabel": multi}
     per_rep: dict[str, list[float]] = defaultdict(list)
     reps = np.array([int(r["repeat"]) for r in oof])
@@ -425,7 +434,10 @@ def _log_wandb(sweep: Path, summary: dict[str, Any]) -> None:
     jobs = fold_jobs(sweep)
     if not jobs:
         return
-    job_cfg = yaml.safe_load((jobs[0]["dir"] / "config_resolved.yaml").read_text()) or {}
+    resolved = jobs[0]["dir"] / "config_resolved.yaml"
+    if not resolved.is_file():
+        return  # W&B settings are known from a job's resolved config only
+    job_cfg = yaml.safe_load(resolved.read_text()) or {}
     wb = (job_cfg.get("logger") or {}).get("wandb")
     if not wb:
         return

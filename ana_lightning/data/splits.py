@@ -19,6 +19,8 @@ one fold and carves the validation split from the other folds.
 from __future__ import annotations
 
 import csv
+import os
+import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -349,7 +351,9 @@ def sweep_folds(
             for i in range(repeats):
                 for k, fold in enumerate(fold_records(records, folds, [seed, i])):
                     rows += [[i, k, _rel(r.path, root), ";".join(r.codes), r.sha256, r.group or "", seed] for r in fold]
-            tmp = path.with_suffix(".csv.tmp")
+            # Unique temporary name, atomic rename: even where the lock does not hold (some network file
+            # systems), two jobs could only write the same deterministic content, never a mixed file.
+            tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(_FOLD_COLUMNS)
