@@ -169,7 +169,7 @@ def evaluate_episodes_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
         raise ValueError("episodic evaluation needs ckpt_path=<file.ckpt>")
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint_model(cfg.ckpt_path)
+    model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
     dm = build_datamodule(cfg, image_size=int(model.hparams.image_size))
     dm.prepare_data()
     dm.setup("test")

@@ -113,7 +113,11 @@ def test_paper_level3_writes_one_subfolder_per_group(paper_runs):
     assert set(objs["groups"]) == {"speckled", "fibrillar"}
     for slug in ("speckled", "fibrillar"):
         assert (run / slug / "best_checkpoint.txt").exists() and (run / slug / "metrics.json").exists()
-    assert {"test/speckled/mca", "test/fibrillar/mca", "test/mca"} <= set(json.loads((run / "metrics.json").read_text()))
+    saved_all = json.loads((run / "metrics.json").read_text())
+    assert {"test/speckled/mca", "test/fibrillar/mca", "test/mca_mean_over_groups"} <= set(saved_all)
+    assert "test/mca" not in saved_all  # a mean of the groups' MCAs is not an MCA over all leaves
+    assert saved_all["test/mca_mean_over_groups"] == pytest.approx(
+        (saved_all["test/speckled/mca"] + saved_all["test/fibrillar/mca"]) / 2)
     assert "fibrillar" in (run / "level3_models.yaml").read_text() and (run / "level3_report.md").exists()
     saved = json.loads((run / "speckled" / "metrics.json").read_text())
     assert saved["test/mca"] == pytest.approx(metrics["test/speckled/mca"])

@@ -24,7 +24,18 @@ from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
 from .images import BadFile, load_image
 from .records import DatasetError, ImageRecord, read_single_label_folder
-from .splits import SPLITS, cv_split, duplicate_sets, load_manifest, save_manifest, split_records, sweep_folds
+from .splits import (
+    SPLITS,
+    NearDuplicateSet,
+    cv_split,
+    duplicate_sets,
+    load_manifest,
+    near_duplicate_sets,
+    save_manifest,
+    split_records,
+    sweep_folds,
+    write_near_duplicates,
+)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = ["RecordDataset", "RecordDataModule", "SingleLabelDataModule", "SyntheticDataModule"]
@@ -91,6 +102,7 @@ class RecordDataModule(L.LightningDataModule):
         extra_train: str | None = None,
         image_cache_dir: str | None = None,
         batch_augment: Callable[..., torch.Tensor] | None = None,
+        near_duplicates: bool = True,
         folds: int | None = None,
         fold: int | None = None,
         repeats: int = 1,
@@ -116,6 +128,8 @@ class RecordDataModule(L.LightningDataModule):
         # data.extra_train (a stylized set, see ana-stylize): added to the training dataset only,
         # after the split is made; kept out of self.splits so the split manifest lists real images only.
         self.extra_train_records: list[ImageRecord] = []
+        # Same picture, other bytes (re-encoded, flipped, rotated): kept in one split (data.near_duplicates).
+        self.near_duplicates: list[NearDuplicateSet] = []
 
     # -------------------------------------------------------------- to implement
     @property
@@ -162,6 +176,7 @@ class RecordDataModule(L.LightningDataModule):
                 )
         else:
             self.taxonomy = self.tree.subset(present)  # classes present, in natural order
+        self.find_near_duplicates(records)
         if self.hparams.split_manifest:
             self.splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
@@ -185,7 +200,27 @@ class RecordDataModule(L.LightningDataModule):
         With ``folds`` set it is the cross-validation split of :meth:`fold_split`."""
         if self.hparams.get("folds"):
             return self.fold_split(records)
-        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed)
+        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
+
+    @property
+    def together(self) -> list[list[str]]:
+        """Paths that must share a split besides byte-identical files and groups: the near-duplicates."""
+        return [[r.path for r in d.records] for d in self.near_duplicates]
+
+    def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
+        """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
+        ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
+        self.near_duplicates = near_duplicate_sets(records) if self.hparams.get("near_duplicates", True) else []
+        if self.near_duplicates:
+            log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
+                     "one split each: see near_duplicates.csv", len(self.near_duplicates))
+        conflicts = [d for d in self.near_duplicates if d.conflicting]
+        if conflicts:
+            shown = "; ".join(" = ".join(f"{r.path} ({';'.join(r.codes)})" for r in d.records) for d in conflicts[:5])
+            log.warning("the same image carries different labels in %d case(s) (it would be trained with both): %s%s. "
+                        "Fix the labels or remove the copies; all are listed in near_duplicates.csv "
+                        "(conflicting_labels=yes).", len(conflicts), shown, " …" if len(conflicts) > 5 else "")
+        return self.near_duplicates
 
     def fold_split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest
@@ -193,12 +228,13 @@ class RecordDataModule(L.LightningDataModule):
         share ``val / (train + val)`` of ``split_fractions``, never from the test fold."""
         hp = self.hparams
         fold_of = sweep_folds(records, hp.get("folds_manifest"), hp.folds, hp.get("repeats", 1), seed=hp.seed,
-                              root=self.root)[hp.get("repeat", 0)]
+                              root=self.root, together=self.together)[hp.get("repeat", 0)]
         fr = hp.split_fractions
         val_fraction = fr[1] / (fr[0] + fr[1]) if fr[0] + fr[1] > 0 else 0.0
         log.info("cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds", hp.fold, hp.folds,
                  hp.get("repeat", 0), hp.get("repeats", 1), 100 * val_fraction)
-        return cv_split(records, fold_of, hp.fold, val_fraction, seed=[hp.seed, hp.get("repeat", 0), hp.fold])
+        return cv_split(records, fold_of, hp.fold, val_fraction, seed=[hp.seed, hp.get("repeat", 0), hp.fold],
+                        together=self.together)
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
@@ -281,6 +317,8 @@ class RecordDataModule(L.LightningDataModule):
                     for r in group:
                         w.writerow([r.sha256, r.path, ";".join(r.codes), split_of[r.path]])
             log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", len(dups))
+        if self.near_duplicates:
+            write_near_duplicates(self.near_duplicates, self.splits, out_dir / "near_duplicates.csv")
 
     # -------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -239,6 +239,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         for r in records:
             self.resolve(r, 1)  # single-label check, naming the file
         self._requested = {self._canon(c) for c in self.requested_classes or []}
+        self.find_near_duplicates(records)
         if self.hparams.split_manifest:
             self.all_splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
