@@ -178,7 +178,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         metrics.update(test_metrics)
         if trainer.is_global_zero:
-            test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics))  # bootstrap 95% intervals
+            # bootstrap 95% intervals, resampling groups / duplicates together as the split keeps them
+            test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ())))
             metrics.update(test_metrics)
             write_metrics_json(test_metrics, run_dir / "metrics.json")
             model.write_report(run_dir, dm.splits["test"], test_metrics, stage="test")
@@ -275,7 +276,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     results = (single_process_tester(trainer) or trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        metrics.update(run_intervals(model, records, metrics))  # bootstrap 95% intervals
+        metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
         model.write_report(run_dir, records, metrics, stage="test")
         which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())

@@ -255,11 +255,13 @@ def run_intervals(
     stage: str = "test",
     n_boot: int = 1000,
     seed: int = 0,
+    together: Sequence[Sequence[str]] = (),
 ) -> dict[str, float]:
     """``{stage}/<M>_ci95_low`` / ``_ci95_high`` for the headline metrics (:data:`CI_KEYS`) that
     ``metrics`` holds, from the model's last test predictions (``model.test_predictions``: ``index``
     into ``records``, ``prob``, ``target`` and, for multi-label models, ``pred``). Resampled by group
-    (or by byte-identical file) when the records have one, as the split keeps those together.
+    (else by near-duplicate set in ``together``, else by byte-identical file), as the split keeps
+    those together.
     Empty when the model keeps no per-image predictions."""
     preds = getattr(model, "test_predictions", None) or {}
     if "index" not in preds or "prob" not in preds or "target" not in preds or not len(preds["index"]):
@@ -277,7 +279,8 @@ def run_intervals(
         true = np.eye(k, dtype=bool)[target.astype(int)]
         pred = np.eye(k, dtype=bool)[prob.argmax(1)]
     recs = [records[int(i)] for i in preds["index"]]
-    clusters = [r.group or r.sha256 or r.path for r in recs]
+    near = {p: f"near:{min(paths)}" for paths in together for p in paths}  # near-duplicate sets (data/splits.py)
+    clusters = [r.group or near.get(r.path) or r.sha256 or r.path for r in recs]
     ci = bootstrap_intervals(true, pred, keys, clusters=clusters, n_boot=n_boot, seed=seed)
     out = {}
     for m, (lo, hi) in ci.items():

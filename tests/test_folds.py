@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_near_duplicates import folder as near_dup_folder  # noqa: F401 - a fixture
 
 from ana_lightning.data.datamodules import SingleLabelDataModule
 from ana_lightning.data.records import ImageRecord
@@ -247,3 +248,19 @@ def test_mixed_and_hierarchy_datamodules_take_folds(tmp_path):
     rows = load_folds_manifest(tmp_path / "m2.csv")
     assert {r["repeat"] for r in rows} == {"0", "1"}
     assert [len(t) for t in tests] == [6, 6, 6]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_near_duplicates_never_split_across_folds(near_dup_folder, tmp_path, seed):  # noqa: F811 - the fixture
+    root, sets = near_dup_folder
+    fold_of = {}
+    for k in range(3):
+        dm = SingleLabelDataModule(root=str(root), image_size=16, cache_images=False, seed=seed, folds=3, fold=k,
+                                   folds_manifest=str(tmp_path / f"m{seed}.csv"))
+        dm.setup()
+        fold_of.update({r.path: k for r in dm.splits["test"]})
+        split_of = {r.path: s for s, recs in dm.splits.items() for r in recs}
+        for paths in sets.values():  # also within the job: train and val never share a copy
+            assert len({split_of[str(p)] for p in paths}) == 1
+    for paths in sets.values():
+        assert len({fold_of[str(p)] for p in paths}) == 1, {p.name: fold_of[str(p)] for p in paths}
