@@ -52,6 +52,7 @@ __all__ = [
     "CVSummaryCallback",
     "CVSummaryError",
     "sweep_manifest",
+    "evaluate_sweep",
 ]
 
 log = logging.getLogger(__name__)
@@ -400,6 +401,23 @@ def _markdown(
             f"Jobs without `test_predictions.csv` (not in the pooled predictions): {', '.join(no_predictions)}.",
         ]
     return "\n".join(md) + "\n"
+
+
+def evaluate_sweep(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``ana-eval sweep_dir=<sweep>``: the summary again, from the saved predictions, into the eval run
+    folder; also into the sweep folder when it has none yet (a sweep stopped before its end, e.g. by a
+    failed fold job), never overwriting the sweep's own files."""
+    import shutil
+
+    sweep, run_dir = Path(cfg.sweep_dir), Path(cfg.paths.output_dir)
+    summary = summarize_sweep(sweep, out_dir=run_dir)
+    if not (sweep / "cv_summary.json").exists():
+        for name in SUMMARY_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, sweep / name)
+        log.info("the sweep had no summary: written into %s too", sweep)
+    print(f"cross-validation summary: {run_dir / 'cv_summary.md'}")
+    return summary, {"run_dir": run_dir, "sweep_dir": sweep}
 
 
 # ------------------------------------------------------------------------------------------ Hydra callback

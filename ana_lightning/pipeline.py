@@ -217,9 +217,9 @@ def _finish_wandb() -> None:
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
     if cfg.get("sweep_dir"):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
-        from .crossval import summarize_sweep
+        from .crossval import evaluate_sweep
 
-        return summarize_sweep(cfg.sweep_dir, out_dir=cfg.paths.output_dir), {"run_dir": Path(cfg.paths.output_dir)}
+        return evaluate_sweep(cfg)
     ens = cfg.get("ensemble") or {}
     members = [str(m) for m in (ens.get("members") or [])]
     if not cfg.get("ckpt_path") and not members:

@@ -259,3 +259,21 @@ def test_three_fold_multirun_through_the_console_command(tmp_path):
     (cmp_run,) = list((tmp_path / "outputs" / "compare" / "runs").iterdir())
     c = json.loads((cmp_run / "compare.json").read_text())
     assert c["metrics"]["test/mca"]["mean_diff"] == 0 and c["metrics"]["test/mca"]["p_ttest"] == 1.0
+
+
+def test_eval_on_a_sweep_without_summary_writes_it_and_never_overwrites(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ana_lightning.crossval import evaluate_sweep
+
+    sweep = tmp_path / "sweep"
+    _fake_sweep(tmp_path / "data", sweep, folds=3)
+    assert not (sweep / "cv_summary.json").exists()  # e.g. the multirun stopped before its end
+    cfg = OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval1")}})
+    s, _ = evaluate_sweep(cfg)
+    assert json.loads((tmp_path / "eval1" / "cv_summary.json").read_text()) == s
+    assert json.loads((sweep / "cv_summary.json").read_text()) == s and (sweep / "oof_predictions.csv").is_file()
+    (sweep / "cv_summary.md").write_text("the user's notes")
+    evaluate_sweep(OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval2")}}))
+    assert (sweep / "cv_summary.md").read_text() == "the user's notes"
+    assert (tmp_path / "eval2" / "cv_summary.md").read_text() != "the user's notes"
