@@ -11,7 +11,8 @@ writes into the sweep folder:
 - ``cv_summary.md``: the same as tables, one row per fold;
 - ``oof_predictions.csv``: every job's ``test_predictions.csv`` with ``repeat`` and ``fold`` columns
   (every image exactly once per repeat; paths as in ``folds_manifest.csv``);
-- ``oof_confusion_matrix.png``: the pooled confusion matrix (single-label models).
+- ``oof_confusion_matrix.png``: the pooled confusion matrix (single-label models; multi-label:
+  ``oof_per_class_f1.png``).
 
 ``ana-eval sweep_dir=<sweep folder>`` runs :func:`summarize_sweep` again from the saved files.
 """
@@ -57,7 +58,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILES = ("cv_summary.json", "cv_summary.md", "oof_predictions.csv", "oof_confusion_matrix.png")
+SUMMARY_FILES = (
+    "cv_summary.json",
+    "cv_summary.md",
+    "oof_predictions.csv",
+    "oof_confusion_matrix.png",
+    "oof_per_class_f1.png",
+)
 
 
 class CVSummaryError(RuntimeError):
@@ -259,6 +266,8 @@ def summarize_sweep(
         summary.update(_oof_metrics(oof, classes, repeats, group_of, n_boot))
         if not summary.get("oof/multilabel"):
             _plot_pooled_confusion(oof, classes, out_dir / "oof_confusion_matrix.png", summary)
+        else:  # multi-label: no confusion matrix; the pooled per-class F1 instead
+            _plot_pooled_f1(oof, classes, out_dir / "oof_per_class_f1.png", summary)
     summary.update(
         {
             "folds": folds,
@@ -321,6 +330,18 @@ def _plot_pooled_confusion(
         cm[index[r["true"]], index[r["pred"]]] += 1
     mca = summary.get("oof/mca", math.nan)
     plot_confusion_matrix(cm, classes, path, title=f"out-of-fold, all repeats: MCA {mca:.3f}")
+
+
+def _plot_pooled_f1(
+    oof: list[dict[str, str]], classes: list[str], path: Path, summary: dict[str, Any]
+) -> None:
+    from .reports_multilabel import plot_per_class_f1
+
+    true, pred = _labels(oof, classes)
+    tp, fp, fn = (true & pred).sum(0), (~true & pred).sum(0), (true & ~pred).sum(0)
+    f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    title = f"out-of-fold, all repeats: micro F1 {summary.get('oof/micro_f1', math.nan):.3f}"
+    plot_per_class_f1(f1, true.sum(0), classes, path, title=title)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -393,6 +414,8 @@ def _markdown(
             )
         if not s.get("oof/multilabel"):
             md += ["", "![pooled confusion matrix](oof_confusion_matrix.png)"]
+        else:
+            md += ["", "![pooled per-class F1](oof_per_class_f1.png)"]
     for line in coverage:
         md += ["", f"**Coverage:** {line}."]
     if no_predictions:

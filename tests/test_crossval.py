@@ -277,3 +277,23 @@ def test_eval_on_a_sweep_without_summary_writes_it_and_never_overwrites(tmp_path
     evaluate_sweep(OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval2")}}))
     assert (sweep / "cv_summary.md").read_text() == "the user's notes"
     assert (tmp_path / "eval2" / "cv_summary.md").read_text() != "the user's notes"
+
+
+def test_multilabel_sweep_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_sweep(tmp_path / "data", sweep, folds=3)
+    for job in ("0", "1", "2"):  # as a multi-label model writes them: ;-joined sets and n_errors
+        with open(sweep / job / "test_predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(sweep / job / "test_predictions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "true", "pred", "n_errors", *[f"p_{c}" for c in CLASSES]])
+            w.writeheader()
+            for i, r in enumerate(rows):
+                pred = r["pred"] + (";AC-5" if i % 2 and r["pred"] != "AC-5" else "") if i % 3 else ""
+                w.writerow({"path": r["path"], "true": r["true"], "pred": pred.replace("AC-5", "AC-4"), "n_errors": 0,
+                            **{f"p_{c}": 0.5 for c in CLASSES}})
+    s = summarize_sweep(sweep, n_boot=100)
+    assert s["oof/multilabel"] is True
+    assert {"oof/exact_match", "oof/micro_f1", "oof/mca", "oof/hamming_loss"} <= set(s)
+    assert s["oof/exact_match_ci95_low"] <= s["oof/exact_match"] <= s["oof/exact_match_ci95_high"]
+    assert (sweep / "oof_per_class_f1.png").is_file() and not (sweep / "oof_confusion_matrix.png").exists()
