@@ -217,6 +217,12 @@ def test_three_fold_multirun_through_the_console_command(tmp_path):
         assert f["test/mca_ci95_low"] <= f["test/mca"] <= f["test/mca_ci95_high"]
         assert f["test/acc_ci95_low"] <= f["test/acc"] <= f["test/acc_ci95_high"]
     assert " [" in (sweep / "0" / "test_report.md").read_text()
+    for k, f in enumerate(fold_metrics):  # one MCA definition: the logged metric = the one on the saved predictions
+        with open(sweep / str(k) / "test_predictions.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        classes = ["AC-1", "AC-2", "AC-4"]
+        m = point_metrics(label_matrix([r["true"] for r in rows], classes), label_matrix([r["pred"] for r in rows], classes))
+        assert m["mca"] == pytest.approx(f["test/mca"], abs=1e-6) and m["acc"] == pytest.approx(f["test/acc"], abs=1e-6)
     with open(sweep / "oof_predictions.csv", newline="") as f:
         oof = list(csv.DictReader(f))
     assert sorted(r["path"] for r in oof) == sorted(
