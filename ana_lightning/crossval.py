@@ -210,7 +210,9 @@ def summarize_sweep(
             for j in jobs
             if j["metrics"]
             for k, v in j["metrics"].items()
-            if k.startswith("test/") and "_ci95_" not in k and (v is None or isinstance(v, (int, float)))
+            if k.startswith("test/")
+            and "_ci95_" not in k
+            and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
         }
     )
     for j in jobs:
