@@ -110,6 +110,17 @@ def _first_checkpoint(pipe_cfg: DictConfig) -> Path | None:
     return None
 
 
+def _all_checkpoints(pipe_cfg: DictConfig) -> list[Path]:
+    """Every checkpoint of the pipeline: levels 1 and 2, each level-3 group model, or the multi-head model."""
+    from .models.hierarchical import _level3_checkpoints, resolve_checkpoint
+
+    out = [resolve_checkpoint(pipe_cfg[k]) for k in ("level1", "level2", "multihead") if pipe_cfg.get(k)]
+    level3 = pipe_cfg.get("level3")
+    if level3:
+        out += list(_level3_checkpoints(OmegaConf.to_container(level3) if isinstance(level3, DictConfig) else level3).values())
+    return out
+
+
 _DATA_SOURCE_KEYS = ("root", "reader", "csv", "mask", "group_column", "cache_dir", "n_per_class", "render_size",
                      "render_seed", "dapi", "tree", "split_fractions", "seed")
 
@@ -131,7 +142,7 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     """Route a dataset (or the training run's test split) through the pipeline of ``cfg.pipeline``."""
     from .data.contest import masked_loader
     from .data.images import load_image
-    from .pipeline import build_datamodule
+    from .pipeline import build_datamodule, check_unseen
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +179,7 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     if split == "auto":
         split = "test" if "split_manifest" in overrides or cfg.data.get("split_manifest") else "all"
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    check_unseen(_all_checkpoints(cfg.pipeline), records, split, dm.near_duplicates)  # every level, not only the first
     truth = [label_path(pipe.tree, r.codes[0]) for r in records]
     loader = masked_loader(dm.masks, dm.mask) if dm.masks else load_image
     pred = pipe.predict_paths([r.path for r in records], batch_size=int(cfg.data.batch_size), loader=loader)

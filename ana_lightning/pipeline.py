@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,40 @@ def _resumable(path: str, asked: str, trust_checkpoint: bool = False) -> str:
     return path
 
 
+def _check_settings(cfg: DictConfig) -> None:
+    """Values torch would reject only after the run folder and split are written, named by their key."""
+    for key in ("model.optimizer.lr", "model.optimizer.weight_decay"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float)) and (value < 0 or (key.endswith(".lr") and value == 0)):
+            raise ValueError(f"{key}={value}: must be {'positive' if key.endswith('.lr') else 'zero or positive'}")
+
+
+def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> None:
+    """The data's model arguments (``pos_weight`` of multi-label data, ``class_weights`` of
+    single-label data) must be ones the configured model takes: otherwise say which model fits."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = cfg.model.get("_target_")
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - a factory function or an unusual target: let instantiate speak
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in model_kwargs if k not in params]
+    if not unknown:
+        return
+    data = cfg.data.get("_target_", "").rsplit(".", 1)[-1]
+    if "pos_weight" in unknown:
+        raise ValueError(f"the data ({data}) is multi-label, but the model ({target}) is a single-label softmax "
+                         "classifier: add model=sigmoid_ensemble (e.g. experiment=mixed_ensemble, or model=sigmoid_ensemble "
+                         "monitor=val/loss monitor_mode=min)")
+    raise ValueError(f"the data ({data}) gives the model {unknown}, which {target} does not take: choose a model= that "
+                     "fits this data")
+
+
 def _check_resume_fits(path: str, model: L.LightningModule, trust_checkpoint: bool) -> None:
     """Resuming with another architecture or class list: a message naming the file and what differs,
     before the run folder changes (not Lightning's dump of state-dict keys)."""
@@ -125,6 +160,7 @@ def _check_resume_fits(path: str, model: L.LightningModule, trust_checkpoint: bo
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (and test with the best checkpoint); returns the metrics and the objects used."""
+    _check_settings(cfg)  # before anything is written
     ddp_job = pin_ddp_relaunch_to_job()  # in a multirun, DDP ranks 1..N-1 are started as this job, not the sweep
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +186,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     with one_at_a_time(run_dir):  # ranks started together by SLURM/torchrun: one prepares, the others wait
         dm.prepare_data()
     dm.setup("fit")
-    model = instantiate(cfg.model, **dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True)))
+    model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
+    _check_model_fits_data(cfg, model_kwargs)
+    model = instantiate(cfg.model, **model_kwargs)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
     if resume:
         _check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
@@ -214,6 +252,47 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], split: str,
+                 near_duplicates: Sequence[Any] = ()) -> None:
+    """Refuse to evaluate images that any of ``checkpoints`` trained on.
+
+    Each checkpoint's training split is read from the ``split_manifest.csv`` of its run folder and
+    compared by content (sha256, and the near-duplicate sets of the evaluated data), so an ensemble
+    member or pipeline level trained with another seed or split cannot score its own training
+    images. ``split=all`` / ``split=train`` asked for them: a warning instead of an error.
+    """
+    import csv
+
+    from .data.splits import LeakageError
+
+    picture = {r.sha256: f"near-duplicate set {k}" for k, d in enumerate(near_duplicates) for r in d.records if r.sha256}
+    evaluated = {picture.get(r.sha256, r.sha256): r.path for r in records if r.sha256}
+    problems, unchecked = [], []
+    for c in dict.fromkeys(str(c) for c in checkpoints):
+        manifest = Path(c).resolve().parent.parent / "split_manifest.csv"
+        if not manifest.is_file():
+            unchecked.append(c)
+            continue
+        with open(manifest, newline="") as f:
+            trained = {picture.get(row["sha256"], row["sha256"]) for row in csv.DictReader(f)
+                       if row.get("split") == "train" and row.get("sha256")}
+        seen = sorted(evaluated[p] for p in trained if p in evaluated)
+        if seen:
+            problems.append(f"{c} trained on {len(seen)} of the {len(records)} evaluated images (e.g. {seen[:3]}; "
+                            f"its split: {manifest})")
+    if unchecked:
+        log.warning("no split manifest beside %s: cannot check that the evaluated images were not in its training "
+                    "split", ", ".join(unchecked))
+    if not problems:
+        return
+    msg = "evaluated images overlap a checkpoint's training split:\n  " + "\n  ".join(problems)
+    if split in ("all", "train"):
+        log.warning("%s\nsplit=%s: scored anyway, but these numbers are not held-out results", msg, split)
+        return
+    raise LeakageError(msg + "\nEvaluate on images none of them trained on (e.g. ensemble members trained on the same "
+                       "split: same data.seed and data.split_fractions, or data.split_manifest=<one run's manifest>).")
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
     if cfg.get("sweep_dir"):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
@@ -270,6 +349,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if callable(getattr(model, "prepare_evaluation", None)):  # e.g. tune an ensemble's thresholds on val, never on test
         model.prepare_evaluation(dm, split)
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    check_unseen(members or [str(cfg.ckpt_path)], records, split, dm.near_duplicates)
     dataset = dm.make_dataset(records, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     trainer = build_trainer(cfg, run_dir)

@@ -79,7 +79,9 @@ def test_ana_eval_refuses(malicious, tmp_path):
     from ana_lightning.pipeline import evaluate
 
     root, path, marker = malicious
-    cfg = compose("eval", ["data=single_label", f"data.root={root}", f"ckpt_path={path}"], output_dir=tmp_path / "e")
+    cfg = compose(
+        "eval", ["data=single_label", f"data.root={root}", f"ckpt_path={path}"], output_dir=tmp_path / "e"
+    )
     with pytest.raises(UnsafeCheckpointError) as e:
         evaluate(cfg)
     _refused(marker, path, e)
@@ -90,8 +92,11 @@ def test_ensemble_refuses_any_member(malicious, trained_checkpoint, tmp_path):
 
     root, path, marker = malicious
     good = trained_checkpoint[2]
-    cfg = compose("eval", ["data=single_label", f"data.root={root}", "ckpt_path=null", f"ensemble.members=[{good},{path}]"],
-                  output_dir=tmp_path / "e")
+    cfg = compose(
+        "eval",
+        ["data=single_label", f"data.root={root}", "ckpt_path=null", f"ensemble.members=[{good},{path}]"],
+        output_dir=tmp_path / "e",
+    )
     with pytest.raises(UnsafeCheckpointError) as e:
         evaluate(cfg)
     _refused(marker, path, e)
@@ -111,7 +116,11 @@ def test_eval_episodes_refuses(malicious, tmp_path):
     from ana_lightning.episodes import evaluate_episodes_job
 
     root, path, marker = malicious
-    cfg = compose("eval_episodes", ["data=single_label", f"data.root={root}", f"ckpt_path={path}"], output_dir=tmp_path / "ep")
+    cfg = compose(
+        "eval_episodes",
+        ["data=single_label", f"data.root={root}", f"ckpt_path={path}"],
+        output_dir=tmp_path / "ep",
+    )
     with pytest.raises(UnsafeCheckpointError) as e:
         evaluate_episodes_job(cfg)
     _refused(marker, path, e)
@@ -130,7 +139,11 @@ def test_resume_refuses(malicious, tmp_path):
     from ana_lightning.pipeline import train
 
     root, path, marker = malicious
-    cfg = compose("train", tiny_train_overrides(root, epochs=3) + [f"ckpt_path={path}"], output_dir=tmp_path / "runs" / "r")
+    cfg = compose(
+        "train",
+        tiny_train_overrides(root, epochs=3) + [f"ckpt_path={path}"],
+        output_dir=tmp_path / "runs" / "r",
+    )
     with pytest.raises(UnsafeCheckpointError) as e:
         train(cfg)
     _refused(marker, path, e)
@@ -156,14 +169,20 @@ def test_opt_in_loads_with_a_warning_naming_the_file(malicious, tmp_path, caplog
     from ana_lightning.predict import run_predict
 
     root, path, marker = malicious
-    cfg = compose("predict", [f"ckpt_path={path}", f"input={root}", "trust_checkpoint=true", "progress=false"],
-                  output_dir=tmp_path / "p")
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={path}", f"input={root}", "trust_checkpoint=true", "progress=false"],
+        output_dir=tmp_path / "p",
+    )
     with caplog.at_level(logging.WARNING):
         summary = run_predict(cfg)
     assert summary.n_images == 36 and summary.n_failed == 0
     assert marker.exists()  # the opt-in really unpickles in full: that is why it is an opt-in
-    assert any(str(path) in r.getMessage() and "trust_checkpoint=true" in r.getMessage() for r in caplog.records
-               if r.levelno >= logging.WARNING)
+    assert any(
+        str(path) in r.getMessage() and "trust_checkpoint=true" in r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+    )
 
 
 def test_text_file_as_checkpoint_names_the_file(tmp_path):
@@ -179,7 +198,12 @@ def test_app_warns_loudly_on_every_interface(caplog):
     with caplog.at_level(logging.WARNING):
         assert warn_if_exposed("0.0.0.0", 7860)
     msg = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "WARNING" in msg and "0.0.0.0" in msg and "every network interface" in msg and "NO authentication" in msg
+    assert (
+        "WARNING" in msg
+        and "0.0.0.0" in msg
+        and "every network interface" in msg
+        and "NO authentication" in msg
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert not warn_if_exposed("127.0.0.1", 7860)

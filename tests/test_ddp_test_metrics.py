@@ -19,7 +19,9 @@ class _FakeTrainer:
 
 
 def _rank_module(rank: int, buffers: dict[int, tuple[torch.Tensor, ...]]) -> SoftmaxClassifier:
-    m = SoftmaxClassifier({"name": TINY_BACKBONE, "pretrained": False}, ["AC-1", "AC-2", "AC-3"], image_size=32)
+    m = SoftmaxClassifier(
+        {"name": TINY_BACKBONE, "pretrained": False}, ["AC-1", "AC-2", "AC-3"], image_size=32
+    )
     m._trainer = _FakeTrainer(rank)
     idx, prob, tgt = buffers[rank]
     # What test_step did on this rank: per-batch metric updates, the padded duplicate included.
@@ -37,7 +39,9 @@ def test_padding_duplicates_do_not_count_twice():
     target = torch.from_numpy(rng.integers(0, 3, n))
     prob = torch.softmax(torch.from_numpy(rng.normal(size=(n, 3))).float() * 3, -1)
     order = [[0, 2, 4, 6], [1, 3, 5, 0]]
-    prob[0] = torch.tensor([0.0, 0.0, 1.0]) if int(target[0]) != 2 else torch.tensor([1.0, 0.0, 0.0])  # image 0: wrong
+    prob[0] = (
+        torch.tensor([0.0, 0.0, 1.0]) if int(target[0]) != 2 else torch.tensor([1.0, 0.0, 0.0])
+    )  # image 0: wrong
     buffers = {r: (torch.tensor(o), prob[o], target[o]) for r, o in enumerate(order)}
     ranks = [_rank_module(r, buffers) for r in (0, 1)]
     for m in ranks:

@@ -33,10 +33,14 @@ def test_single_label_mca_is_recall_over_present_classes(seed):
     got = {k: float(v) for k, v in m.compute().items()}
     labels = np.unique(y)  # the 4 classes in the ground truth
     assert got["mca"] == pytest.approx(skm.recall_score(y, pred, labels=labels, average="macro"))
-    assert got["macro_f1"] == pytest.approx(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    assert got["macro_f1"] == pytest.approx(
+        skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)
+    )
     assert got["acc"] == pytest.approx(skm.accuracy_score(y, pred))
     # the definitions it replaces give other numbers on this data (the 0.210 vs 0.262)
-    assert got["mca"] != pytest.approx(skm.recall_score(y, pred, labels=np.arange(6), average="macro", zero_division=0))
+    assert got["mca"] != pytest.approx(
+        skm.recall_score(y, pred, labels=np.arange(6), average="macro", zero_division=0)
+    )
 
 
 def test_perfect_predictions_with_an_absent_class_score_one():
@@ -54,10 +58,18 @@ def test_at_least_n_correct_both_ways():
     target = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]])
     preds = torch.tensor([[1, 1, 0], [0, 1, 1], [1, 0, 0], [1, 0, 0]])
     assert at_least_n_correct(preds, target, 1) == (pytest.approx(3 / 4), 4)
-    assert at_least_n_correct(preds, target, 2) == (pytest.approx(1 / 2), 2)  # over the 2 images with >= 2 labels
-    assert at_least_n_correct(preds, target, 2, over="all") == (pytest.approx(1 / 4), 4)  # the reference's: over all
+    assert at_least_n_correct(preds, target, 2) == (
+        pytest.approx(1 / 2),
+        2,
+    )  # over the 2 images with >= 2 labels
+    assert at_least_n_correct(preds, target, 2, over="all") == (
+        pytest.approx(1 / 4),
+        4,
+    )  # the reference's: over all
     m = multilabel_scalar_metrics(preds.float(), preds, target)
-    assert m["at_least_2_correct"] == pytest.approx(0.5) and m["at_least_2_correct_all"] == pytest.approx(0.25)
+    assert m["at_least_2_correct"] == pytest.approx(0.5) and m["at_least_2_correct_all"] == pytest.approx(
+        0.25
+    )
     assert np.isnan(m["at_least_3_correct"]) and m["at_least_3_correct_all"] == 0.0
 
 
@@ -80,7 +92,9 @@ def test_hierarchy_and_svm_mca_agree(tmp_path):
     want = skm.recall_score(truth_leaf, pred_leaf, labels=sorted(set(truth_leaf)), average="macro")
     assert metrics["test/level3_mca"] == pytest.approx(want)
     idx = {c: i for i, c in enumerate(leaves)}
-    assert _scores(np.array([idx[c] for c in truth_leaf]), np.array([idx[c] for c in pred_leaf]))["mca"] == pytest.approx(want)
+    assert _scores(np.array([idx[c] for c in truth_leaf]), np.array([idx[c] for c in pred_leaf]))[
+        "mca"
+    ] == pytest.approx(want)
     assert MCA_DEFINITION in (tmp_path / "test_hierarchy_report.md").read_text()
 
 

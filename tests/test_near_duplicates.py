@@ -54,13 +54,21 @@ def folder(tmp_path: Path) -> tuple[Path, dict[str, list[Path]]]:
     Image.fromarray(other).save(root / "AC-2" / "mislabelled_copy.png", pnginfo=meta)
     for p in copies.values():  # really other bytes than the original
         assert p.read_bytes() != (root / "AC-1" / "img_000.png").read_bytes()
-    return root, {"img_000": [root / "AC-1" / "img_000.png", *copies.values()],
-                  "img_001": [root / "AC-1" / "img_001.png", root / "AC-2" / "mislabelled_copy.png"]}
+    return root, {
+        "img_000": [root / "AC-1" / "img_000.png", *copies.values()],
+        "img_001": [root / "AC-1" / "img_001.png", root / "AC-2" / "mislabelled_copy.png"],
+    }
 
 
 def _dm(root: Path, seed: int, near: bool = True) -> SingleLabelDataModule:
-    dm = SingleLabelDataModule(root=str(root), image_size=32, cache_images=False, seed=seed, near_duplicates=near,
-                               split_fractions=(0.5, 0.25, 0.25))
+    dm = SingleLabelDataModule(
+        root=str(root),
+        image_size=32,
+        cache_images=False,
+        seed=seed,
+        near_duplicates=near,
+        split_fractions=(0.5, 0.25, 0.25),
+    )
     dm.setup()
     return dm
 

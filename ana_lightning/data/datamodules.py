@@ -181,6 +181,7 @@ class RecordDataModule(L.LightningDataModule):
             self.splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
             self.splits = self.split(records)
+            self.check_split_sizes(records, self.splits)
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
         if self.hparams.get("extra_train"):
@@ -201,6 +202,25 @@ class RecordDataModule(L.LightningDataModule):
         if self.hparams.get("folds"):
             return self.fold_split(records)
         return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
+
+    def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
+        """Stop when a split that should hold images is empty; warn when one group (patient, folder,
+        specimen) holds most images, since a grouped split cannot divide it (e.g. ``data.group_level=auto``
+        taking the export's top folder as the only patient)."""
+        groups = Counter(r.group for r in records if r.group)
+        top = groups.most_common(1)[0] if groups else None
+        where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
+                 "check the grouping (data.group_level, or the group column of your labels CSV), e.g. "
+                 "data.group_level=none to split image by image if the images are independent."
+                 ) if top and top[1] > 0.5 * len(records) else ""
+        sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
+        empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
+        if empty:
+            raise DatasetError(self.root, [BadFile(str(self.root), f"the {' and '.join(empty)} split(s) are empty "
+                                                   f"({sizes}, data.split_fractions={list(self.hparams.split_fractions)})."
+                                                   f"{where or ' Too few images, groups or distinct files (copies share a split) to split.'}")])
+        if where:
+            log.warning("split %s.%s", sizes, where)
 
     @property
     def together(self) -> list[list[str]]:

@@ -244,6 +244,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self.all_splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
             self.all_splits = self.split(records)
+            self.check_split_sizes(records, self.all_splits)
         self.splits = {s: [r for r in self.all_splits[s] if self._selected(r)] for s in SPLITS}
         kept = [r for s in SPLITS for r in self.splits[s]]
         if not kept:

@@ -196,6 +196,48 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x) if hasattr(np, "bitwise_count") else np.unpackbits(x.view(np.uint8), axis=-1).sum(-1)
 
 
+def _candidate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
+    """``(i, j, v)`` with ``i < j`` where variant ``v`` of image ``j``'s hash is within
+    ``max_distance`` bits of image ``i``'s own hash (the closest variant per pair).
+
+    Pigeonhole, not all pairs: cut the 64 bits into ``max_distance + 1`` bands; two hashes that
+    differ in at most ``max_distance`` bits agree exactly on at least one band, so a sort-join per
+    band finds every candidate in about O(N log N)."""
+    n = len(hashes)
+    base = hashes[:, 0]
+    flat = hashes.reshape(-1)  # entry j*8+v
+    bands = max_distance + 1
+    edges = np.linspace(0, 64, bands + 1).astype(int)
+    found = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = np.uint64((1 << int(hi - lo)) - 1)
+        a = (base >> np.uint64(lo)) & mask
+        b = (flat >> np.uint64(lo)) & mask
+        order = np.argsort(b, kind="stable")
+        b_sorted = b[order]
+        left, right = np.searchsorted(b_sorted, a, "left"), np.searchsorted(b_sorted, a, "right")
+        counts = right - left
+        if not counts.sum():
+            continue
+        i = np.repeat(np.arange(n), counts)
+        starts = np.repeat(left - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        entry = order[np.arange(len(i)) + starts]
+        keep = i < entry // 8
+        i, entry = i[keep], entry[keep]
+        close = _popcount(base[i] ^ flat[entry]) <= max_distance  # most band matches are not close
+        found.append(i[close].astype(np.int64) * (8 * n) + entry[close])
+    if not found:
+        return []
+    key = np.unique(np.concatenate(found))
+    i, entry = key // (8 * n), key % (8 * n)
+    dist = _popcount(base[i] ^ flat[entry])
+    best: dict[tuple[int, int], tuple[int, int]] = {}
+    for a, j, v, d in zip(i.tolist(), (entry // 8).tolist(), (entry % 8).tolist(), dist.tolist(), strict=True):
+        if (a, j) not in best or d < best[(a, j)][1]:
+            best[(a, j)] = (v, d)
+    return [(a, j, v) for (a, j), (v, _) in sorted(best.items())]
+
+
 def near_duplicate_sets(
     records: Sequence[ImageRecord],
     max_distance: int = 4,
@@ -234,25 +276,15 @@ def near_duplicate_sets(
         return []
     recs = [records[i] for i in keep]
     hashes = np.stack([got[i][0] for i in keep])  # (N, 8)
-    thumbs = [_dihedral(got[i][1]) for i in keep]
+    thumbs = [got[i][1] for i in keep]
     sizes = [got[i][2] for i in keep]
     n = len(recs)
     uf = _UnionFind(n)
-    base = hashes[:, 0]
-    for start in range(0, n, 256):  # chunks keep memory flat: (256, N, 8) distances at a time
-        stop = min(start + 256, n)
-        dist = _popcount(base[start:stop, None, None] ^ hashes[None, :, :]).astype(np.int16)
-        best_v = dist.argmin(-1)
-        best_d = np.take_along_axis(dist, best_v[..., None], -1)[..., 0]
-        ii, jj = np.nonzero(best_d <= max_distance)
-        for i, j in zip(ii + start, jj, strict=True):
-            if j <= i:
-                continue
-            v = int(best_v[i - start, j])
-            if sizes[i] not in (sizes[j], sizes[j][::-1]):
-                continue
-            if _same_picture(thumbs[i][0], thumbs[j][v], min_correlation):  # j turned like i
-                uf.union(i, int(j))
+    for i, j, v in _candidate_pairs(hashes, max_distance):
+        if sizes[i] not in (sizes[j], sizes[j][::-1]):
+            continue
+        if _same_picture(thumbs[i], _dihedral(thumbs[j])[v], min_correlation):  # j turned like i
+            uf.union(i, j)
     members: dict[int, list[int]] = defaultdict(list)
     for i in range(n):
         members[uf.find(i)].append(i)
