@@ -46,7 +46,9 @@ class ResumableExperimentWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         self.resume_step: int | None = None  # set by CSVLogger.resume_from_step before the first save
         self._started = False
-        self._old_last_step = -1  # last step of the kept rows: new rows up to it may repeat a kept (metric, step)
+        self._old_last_step = (
+            -1
+        )  # last step of the kept rows: new rows up to it may repeat a kept (metric, step)
         super().__init__(log_dir=log_dir)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv here
@@ -61,7 +63,9 @@ class ResumableExperimentWriter(ExperimentWriter):
         if self.resume_step is None:
             aside = path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
             os.replace(path, aside)
-            log.warning("%s already held a curve and this run is not a resume: moved it to %s", path, aside.name)
+            log.warning(
+                "%s already held a curve and this run is not a resume: moved it to %s", path, aside.name
+            )
             return
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -71,8 +75,13 @@ class ResumableExperimentWriter(ExperimentWriter):
         self.metrics_keys = sorted(set(self.metrics_keys) | set(header))
         self._old_last_step = max((s for r in kept if (s := _step(r)) is not None), default=-1)
         self._write(kept)
-        log.info("kept %d rows of %s (steps < %d); dropped %d logged after the checkpoint", len(kept), path,
-                 self.resume_step, len(rows) - len(kept))
+        log.info(
+            "kept %d rows of %s (steps < %d); dropped %d logged after the checkpoint",
+            len(kept),
+            path,
+            self.resume_step,
+            len(rows) - len(kept),
+        )
 
     def _write(self, rows: list[dict[str, str]]) -> None:
         tmp = Path(self.metrics_file_path + ".tmp")
@@ -85,8 +94,11 @@ class ResumableExperimentWriter(ExperimentWriter):
     def save(self) -> None:
         if not self._started:
             self._start()
-        overlap = self.metrics and self._old_last_step >= 0 and min(
-            int(m["step"]) for m in self.metrics) <= self._old_last_step
+        overlap = (
+            self.metrics
+            and self._old_last_step >= 0
+            and min(int(m["step"]) for m in self.metrics) <= self._old_last_step
+        )
         if not overlap:
             return super().save()
         # New values for (metric, step) pairs that the kept rows hold already: the new ones win.
