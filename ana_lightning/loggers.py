@@ -41,30 +41,29 @@ class ResumableExperimentWriter(ExperimentWriter):
 
     Args:
         log_dir: the folder of ``metrics.csv`` and ``hparams.yaml``.
+        resume_step: the optimizer step of the checkpoint the run resumes from; None for a fresh run.
     """
 
-    def __init__(self, log_dir: str) -> None:
-        self.resume_step: int | None = None  # set by CSVLogger.resume_from_step before the first save
-        self._started = False
-        self._old_last_step = (
-            -1
-        )  # last step of the kept rows: new rows up to it may repeat a kept (metric, step)
+    def __init__(self, log_dir: str, resume_step: int | None = None) -> None:
+        self.resume_step = resume_step
+        self._old_last_step = -1  # last step of the kept rows: new rows up to it may repeat a (metric, step)
+        self._moved_aside: Path | None = None
         super().__init__(log_dir=log_dir)
+        self._start()  # decided once, when the run starts (ddp_spawn workers get this object as it is)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv here
         return
 
     def _start(self) -> None:
-        """First save of this process: keep the earlier curve (resume) or move it aside (fresh run)."""
-        self._started = True
+        """Keep the earlier curve up to the resume step, or move it aside for a fresh run."""
         path = Path(self.metrics_file_path)
         if not path.is_file():
             return
         if self.resume_step is None:
-            aside = path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
-            os.replace(path, aside)
+            self._moved_aside = path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+            os.replace(path, self._moved_aside)
             log.warning(
-                "%s already held a curve and this run is not a resume: moved it to %s", path, aside.name
+                "%s held a curve and this run is not a resume: moved it to %s", path, self._moved_aside.name
             )
             return
         with open(path, newline="") as f:
@@ -83,6 +82,16 @@ class ResumableExperimentWriter(ExperimentWriter):
             len(rows) - len(kept),
         )
 
+    def resume_from_step(self, step: int) -> None:
+        """Told after the start: take back a curve moved aside and cut it at ``step``."""
+        if self.resume_step == step:
+            return
+        if self._moved_aside is not None and not Path(self.metrics_file_path).is_file():
+            os.replace(self._moved_aside, self.metrics_file_path)
+            self._moved_aside = None
+        self.resume_step = int(step)
+        self._start()
+
     def _write(self, rows: list[dict[str, str]]) -> None:
         tmp = Path(self.metrics_file_path + ".tmp")
         with open(tmp, "w", newline="") as f:
@@ -92,8 +101,6 @@ class ResumableExperimentWriter(ExperimentWriter):
         os.replace(tmp, self.metrics_file_path)  # never a half-written curve
 
     def save(self) -> None:
-        if not self._started:
-            self._start()
         overlap = (
             self.metrics
             and self._old_last_step >= 0
@@ -130,7 +137,7 @@ class CSVLogger(_LightningCSVLogger):
         """The run continues from a checkpoint taken after ``step`` optimizer steps."""
         self._resume_step = int(step)
         if self._experiment is not None:
-            self._experiment.resume_step = int(step)
+            self._experiment.resume_from_step(int(step))
 
     @property
     @rank_zero_experiment
@@ -138,6 +145,7 @@ class CSVLogger(_LightningCSVLogger):
         if self._experiment is not None:
             return self._experiment
         self._fs.makedirs(self.root_dir, exist_ok=True)
-        self._experiment = ResumableExperimentWriter(log_dir=self.log_dir)
-        self._experiment.resume_step = getattr(self, "_resume_step", None)
+        self._experiment = ResumableExperimentWriter(
+            log_dir=self.log_dir, resume_step=getattr(self, "_resume_step", None)
+        )
         return self._experiment

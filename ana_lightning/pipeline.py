@@ -168,7 +168,16 @@ def _mark_finished(trainer: L.Trainer, run_dir: Path) -> None:
         why = "max_epochs"
     else:
         why = "early_stopping"
-    record = {"epochs": int(trainer.current_epoch), "global_step": int(trainer.global_step), "stopped_by": why}
+    epochs, step = int(trainer.current_epoch), int(trainer.global_step)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    spawned = trainer.world_size > 1 and isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    if spawned and last.is_file():  # ddp_spawn: the loop state stayed in the workers
+        ckpt = read_checkpoint(last)
+        epochs, step = int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("global_step", 0))
+        why = "max_epochs" if trainer.max_epochs not in (None, -1) and epochs >= trainer.max_epochs else why
+    record = {"epochs": epochs, "global_step": step, "stopped_by": why}
     (run_dir / FINISHED).write_text(json.dumps(record, indent=1) + "\n")
 
 
