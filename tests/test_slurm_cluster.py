@@ -333,24 +333,35 @@ def test_time_limit_signal_checkpoints_and_requeues(data, tmp_path):
     )
 
 
-# Imports first, then wait for a wall-clock second shared by both processes, then the console command:
-# both sweeps resolve their folder names in that second.
-_AT_SECOND = (
-    "import sys, time\nfrom ana_lightning.cli.train import main\nat = float(sys.argv.pop(1))\n"
-    "time.sleep(max(0.0, at - time.time()))\nmain()\n"
-)
+# The console command with the clock of its run-folder names pinned to one second (given first on the
+# command line), so that two sweeps started together are named in the same second however slow the
+# machine is; everything else (random ids, SLURM, the sweep) is the real thing.
+_AT_SECOND = """
+import sys, time
+import ana_lightning.utils as utils
+stamp = sys.argv.pop(1)
+class PinnedClock:
+    def __getattr__(self, name):
+        return getattr(time, name)
+    def strftime(self, fmt, *args):
+        return time.strftime(fmt, time.strptime(stamp, "%Y-%m-%d_%H-%M-%S"))
+utils.time = PinnedClock()
+from ana_lightning.cli.train import main
+main()
+"""
 
 
 def test_two_sweeps_in_the_same_second_never_share_a_folder(data, tmp_path):
-    """Two sweeps started in the same second: separate sweep folders, each with its own job."""
-    at = str(math.ceil(time.time()) + 45 + 0.2)
+    """Two sweeps started together whose folder names get the same second: separate sweep folders,
+    each with its own job and submitit folder."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 _AT_SECOND,
-                at,
+                stamp,
                 "-m",
                 "hydra/launcher=submitit_slurm",
                 f"hydra.launcher.partition={PARTITION}",
@@ -371,9 +382,7 @@ def test_two_sweeps_in_the_same_second_never_share_a_folder(data, tmp_path):
     sweeps = sorted((tmp_path / "outputs" / "train" / "multiruns").iterdir())
     assert len(sweeps) == 2, sweeps
     stamps = {s.name.rsplit("_", 1)[0] for s in sweeps}
-    assert len(stamps) == 1, (
-        f"the sweeps did not start in the same second ({sweeps}): the machine was too slow to test this"
-    )
+    assert stamps == {stamp}, sweeps
     lrs = sorted(
         yaml.safe_load((s / "0" / "config_resolved.yaml").read_text())["model"]["optimizer"]["lr"]
         for s in sweeps
