@@ -42,7 +42,8 @@ def _slurm_up() -> str | None:
     except subprocess.TimeoutExpired:
         return "sinfo did not answer"
     if proc.returncode != 0 or not proc.stdout.strip():
-        return f"no SLURM controller answers ({proc.stderr.strip()[:200]}); run `make test-cluster`"
+        said = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return f"no SLURM controller answers (sinfo: {said}); run `make test-cluster`"
     return None
 
 
