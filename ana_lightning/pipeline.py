@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .calibration import calibrate_run, report_test_calibration
 from .distributed import (
     global_rank,
     one_at_a_time,
@@ -122,6 +123,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=dm, ckpt_path=resume)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    cal = _calibrate(cfg, trainer, dm) if cfg.get("train", True) else {}
+    metrics.update(cal)
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
         if not ckpt:
@@ -131,6 +134,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         tester = single_process_tester(trainer) or trainer  # ddp_spawn: test where the reports are written
         results = tester.test(model, datamodule=dm, ckpt_path=ckpt or None)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if trainer.is_global_zero:
+            test_metrics.update(report_test_calibration(model, dm, dm.splits["test"], run_dir))
+            test_metrics.update(cal)  # val/temperature, val/ece: how the served probabilities were calibrated
         metrics.update(test_metrics)
         if trainer.is_global_zero:
             write_metrics_json(test_metrics, run_dir / "metrics.json")
@@ -143,6 +149,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _finish_wandb()
     release_ddp_job(ddp_job)  # the next job of a multirun starts its own DDP processes
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
+
+
+def _calibrate(cfg: DictConfig, trainer: L.Trainer, dm) -> dict[str, float]:
+    """Fit the temperature of the best checkpoint on the validation split and store it in that file
+    (``calibrate=false``: store none); rank 0 works, the others wait. See :mod:`ana_lightning.calibration`."""
+    cb = trainer.checkpoint_callback
+    best = cb.best_model_path if isinstance(cb, ModelCheckpoint) else ""
+    out: dict[str, float] = {}
+    if best and trainer.is_global_zero:
+        model = load_checkpoint_model(best, map_location=trainer.strategy.root_device)
+        out = calibrate_run(model, dm, best, cfg.paths.output_dir, enabled=bool(cfg.get("calibrate", True)))
+    trainer.strategy.barrier()
+    return out
 
 
 def _log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
@@ -222,6 +241,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     results = (single_process_tester(trainer) or trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
+        metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
         write_metrics_json(metrics, run_dir / "metrics.json")
         model.write_report(run_dir, records, metrics, stage="test")
         which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())
