@@ -235,8 +235,8 @@ def test_predictor_follows_the_checkpoint_task():
     expected = tuple(c for c, p in sorted(zip(multi.class_names, probs[0], strict=True), key=lambda t: -t[1])
                      if p >= (0.99 if c == "AC-8" else 0.5))
     assert multi.decide(probs[0]) == expected
-    with pytest.raises(CheckpointError, match="'hierarchical'.*register a DecisionRule"):
-        Predictor.from_model(model, {"task": "hierarchical"})
+    with pytest.raises(CheckpointError, match="'segmentation'.*register a DecisionRule"):
+        Predictor.from_model(model, {"task": "segmentation"})
 
 
 def test_sigmoid_ensemble_contract():

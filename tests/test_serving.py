@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_BACKBONE, compose, write_class_images
 
-from ana_lightning.app import analyse
+from ana_lightning.app import analyse, build_app, calibration_note
 from ana_lightning.export import export_model
 from ana_lightning.models.classifier import SoftmaxClassifier
 from ana_lightning.models.hierarchical import HierarchicalPipeline, MultiHeadClassifier
@@ -268,3 +268,43 @@ def test_hierarchical_rule_needs_its_level_names():
     info = ModelInfo(task="hierarchical", class_names=("AC-1",), image_size=8, mean=(0,) * 3, std=(1,) * 3)
     with pytest.raises(CheckpointError, match="level1_names"):
         decision_rule(info)
+
+
+def test_app_page_shows_intended_use_and_calibration(zoo):
+    import gradio as gr
+
+    from ana_lightning.export import INTENDED_USE
+
+    demo = build_app(Predictor.load(zoo["sigmoid"], device="cpu"))
+    text = "\n".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert (
+        INTENDED_USE in text
+        and "calibrated** on the validation split" in text
+        and "0.80–2.00 per class" in text
+    )
+    bare = Predictor.load(zoo["softmax"], device="cpu")
+    assert "not calibrated" in calibration_note(bare)
+    assert "level1 T = " in calibration_note(
+        _predictor(zoo, "bundle")
+    ) or "not calibrated" in calibration_note(_predictor(zoo, "bundle"))
+
+
+def test_model_card_has_the_runs_real_data_figures_and_calibration_error(trained_checkpoint, tmp_path):
+    _, run, best = trained_checkpoint
+    result = export_model(best, format="torchscript", output=tmp_path / "m.torchscript.pt")
+    card = result.card_path.read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "## Real-data figures" in card and f"| `test/mca` | {metrics['test/mca']:.4f} |" in card
+    assert "## Calibration" in card and "temperature-scaled" in card
+    assert f"| as served | {metrics['test/ece']:.4f} |" in card
+    assert f"| uncalibrated | {metrics['test/ece_uncalibrated']:.4f} |" in card
+
+
+def test_model_card_of_a_synthetic_run_says_it_has_no_real_data_figure(tmp_path):
+    from ana_lightning.export import _real_data_section
+
+    (tmp_path / "config_resolved.yaml").write_text(
+        "data:\n  _target_: ana_lightning.data.datamodules.SyntheticDataModule\n"
+    )
+    text = "\n".join(_real_data_section(tmp_path, {"test/mca": 0.9}))
+    assert "None" in text and "synthetic" in text and "0.9" not in text
