@@ -569,6 +569,13 @@ class _OnnxBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # By default ORT's worker threads spin after each run, waiting for the next: end to end, that is
+        # exactly when the next image is decoded and resized, and they take its CPU (measured in
+        # experiments/benchmarks/predict.py). They sleep instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -645,6 +652,21 @@ def _check_size(path: str | Path, max_bytes: int | None) -> None:
         raise BadImageError(path, f"cannot read file: {e.strerror or e}") from None
     if size > max_bytes:
         raise BadImageError(path, f"file is {size / 2**20:.1f} MiB, over the limit of {max_bytes / 2**20:.0f} MiB (max_file_mb)")
+
+
+def _prefetched(read: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
+    """``read(chunk)`` for every chunk, in order, the next one read in a background thread meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(chunks)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ana-predict-read") as pool:
+        first = next(it, None)
+        pending = pool.submit(read, first) if first is not None else None
+        while pending is not None:
+            nxt = next(it, None)
+            result = pending.result()
+            pending = pool.submit(read, nxt) if nxt is not None else None
+            yield result
 
 
 def _collate(items):
@@ -766,18 +788,25 @@ class Predictor:
         return self.predict_image(image, name)
 
     def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0,
-                      max_file_mb: float | None = 512) -> Iterator[Prediction]:
-        """Stream predictions for files, in their order, one batch in memory at a time."""
+                      max_file_mb: float | None = 512, prefetch: bool = True) -> Iterator[Prediction]:
+        """Stream predictions for files, in their order, one batch in memory at a time.
+
+        ``num_workers=0``: the files are read in this process; with ``prefetch`` a background thread reads,
+        decodes and resizes the next batch while the model runs on this one (decoding, resizing and both
+        backends release the GIL). ``num_workers > 0``: a ``DataLoader`` with that many worker processes.
+        """
         max_bytes = int(max_file_mb * 2**20) if max_file_mb else None
-        loader = DataLoader(
-            _PathDataset(paths, self.transform, max_bytes),
-            batch_size=max(1, int(batch_size)),
-            num_workers=int(num_workers),
-            collate_fn=_collate,
-            shuffle=False,
-        )
+        dataset = _PathDataset(paths, self.transform, max_bytes)
+        bs = max(1, int(batch_size))
+        if int(num_workers) > 0:
+            batches: Iterable = DataLoader(dataset, batch_size=bs, num_workers=int(num_workers), collate_fn=_collate,
+                                           shuffle=False)
+        else:
+            chunks = (range(i, min(i + bs, len(dataset))) for i in range(0, len(dataset), bs))
+            read = lambda r: _collate([dataset[i] for i in r])  # noqa: E731
+            batches = _prefetched(read, chunks) if prefetch else map(read, chunks)
         names = [str(p) for p in paths]
-        for idx, good, batch, errors in loader:
+        for idx, good, batch, errors in batches:
             probs = self.predict_proba(batch) if batch is not None else np.empty((0, len(self.class_names)))
             by_index = dict(zip(good, probs, strict=True))
             for i in idx:
