@@ -121,8 +121,10 @@ def store_temperature(
 ) -> None:
     """Write ``temperature`` (and ``extra`` metadata and ``state`` dict entries, e.g. moved thresholds) into a
     checkpoint file, atomically (a temporary file renamed over it)."""
+    from .utils import safe_torch_load
+
     path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = safe_torch_load(path)  # the run's own file: tensors and plain values
     t = None if temperature is None else [round(float(v), 6) for v in temperature]
     ckpt.setdefault("hyper_parameters", {})["temperature"] = t
     meta = ckpt.setdefault("ana_lightning", {})

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import pickle
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -405,52 +404,32 @@ def decision_rule(info: ModelInfo) -> DecisionRule:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_model(path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool | None = None):
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False):
     """Rebuild the LightningModule of an ana-lightning checkpoint, loading it with ``weights_only=True``.
 
-    A checkpoint that needs full unpickling (objects other than tensors and plain containers) is
-    loaded the trusting way (:func:`~ana_lightning.utils.load_checkpoint_model`) with a warning, unless
-    ``weights_only=True`` forbids it. Returns ``(model, metadata)``.
+    A checkpoint that needs full unpickling (objects other than tensors and plain containers: it could
+    run code) is refused, naming the file, unless ``trust_checkpoint=True``
+    (:func:`~ana_lightning.utils.load_checkpoint_model`). Returns ``(model, metadata)``.
     """
-    from .utils import load_checkpoint_model
+    from .utils import load_checkpoint_model, safe_torch_load
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower() or "unsupported global" not in str(e).lower():
-            raise _not_a_model(path, e) from None
-        if weights_only:
-            raise CheckpointError(
-                f"{path} holds objects that cannot be loaded with weights_only=True ({str(e).splitlines()[-1][:200]}); "
-                "load it with weights_only=null only if you trust where it came from"
-            ) from None
-        log.warning("%s cannot be loaded with weights_only=True; loading it in full (only do this for files you trust)", path)
-        model = load_checkpoint_model(path, map_location=map_location)
-        meta = torch.load(path, map_location="cpu", weights_only=False).get("ana_lightning", {})
-        return model, meta
-    except Exception as e:  # noqa: BLE001 - anything else: not a checkpoint at all
-        raise _not_a_model(path, e) from None
+        ckpt = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
+    except CheckpointError as e:
+        if "is not a readable checkpoint" in str(e):
+            raise CheckpointError(str(e).replace("is not a readable checkpoint", "is not an ana-lightning checkpoint, ONNX or TorchScript model")) from None
+        raise
     if _is_bundle(ckpt):  # the level-1/2/3 pipeline in one file (ana-eval --config-name eval_hierarchy)
         return _bundle_model(ckpt, path, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     meta = ckpt.get("ana_lightning")
-    if not isinstance(meta, dict) or "class_path" not in meta:
-        raise CheckpointError(f"{path} was not written by ana-lightning (no 'ana_lightning' metadata)")
-    import importlib
-
-    module_name, _, cls_name = str(meta["class_path"]).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise CheckpointError(f"{path} was trained as {meta['class_path']}, which cannot be imported here: {e}") from None
     del ckpt
-    model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
-    model.eval()
-    return model, meta
+    model = load_checkpoint_model(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+    return model, dict(meta or {})
 
 
 def _is_bundle(ckpt: Any) -> bool:
@@ -467,13 +446,14 @@ def _bundle_model(ckpt: dict, path: Path, map_location: str | torch.device = "cp
 
 
 def load_pipeline(level1: str | None = None, level2: str | None = None, level3: Any = None, multihead: str | None = None,
-                  routing: str = "hard", tree: str | None = None, map_location: str | torch.device = "cpu"):
+                  routing: str = "hard", tree: str | None = None, map_location: str | torch.device = "cpu",
+                  trust_checkpoint: bool = False):
     """``(module, metadata)`` of a hierarchical pipeline given as checkpoints or run folders (the keys of
     ``pipeline`` in ``conf/eval_hierarchy.yaml``): what :class:`Predictor` and ``ana-export`` use."""
     from .models.hierarchical import HierarchicalPipeline
 
     pipe = HierarchicalPipeline.from_checkpoints(level1=level1, level2=level2, level3=level3, multihead=multihead,
-                                                 routing=routing, tree=tree)
+                                                 routing=routing, tree=tree, trust_checkpoint=trust_checkpoint)
     net = pipe.as_module().to(map_location).eval()
     net.pipeline = pipe  # kept for write_bundle
     return net, net.serving_metadata()
@@ -696,10 +676,13 @@ class Predictor:
 
     # -------------------------------------------------------------- construction
     @classmethod
-    def load(cls, path: str | Path, device: str | None = "auto", weights_only: bool | None = None,
+    def load(cls, path: str | Path, device: str | None = "auto", trust_checkpoint: bool = False,
              threads: int | None = None, support: str | Path | None = None) -> Predictor:
         """A checkpoint (``.ckpt``; also a hierarchy bundle), an ONNX file (``.onnx``, run by onnxruntime) or a
-        TorchScript file. ``support``: a folder ``<AC code>/<images>`` replacing a Siamese model's support set."""
+        TorchScript file. ``support``: a folder ``<AC code>/<images>`` replacing a Siamese model's support set.
+
+        Checkpoints load with ``weights_only=True``; ``trust_checkpoint=True`` allows one that needs
+        full unpickling (it could run code: only for files you trust)."""
         path = Path(path).expanduser()
         if support is not None and path.suffix.lower() != ".ckpt" and (path.suffix.lower() == ".onnx" or _is_torchscript(path)):
             raise ValueError(f"support={support}: an exported file carries the support set it was exported with; "
@@ -720,18 +703,19 @@ class Predictor:
                 module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
             info = ModelInfo.from_json(extra[f"{METADATA_KEY}.json"], str(path))
             return cls(_TorchScriptBackend(module, dev), info, str(path))
-        model, meta = load_model(path, map_location=dev, weights_only=weights_only)
+        model, meta = load_model(path, map_location=dev, trust_checkpoint=trust_checkpoint)
         use_support(model, support)
         return cls.from_model(model, meta, device=dev, source=str(path))
 
     @classmethod
-    def from_pipeline(cls, pipeline: Mapping[str, Any], device: str | None = "auto") -> Predictor:
+    def from_pipeline(cls, pipeline: Mapping[str, Any], device: str | None = "auto", trust_checkpoint: bool = False
+                      ) -> Predictor:
         """A hierarchical pipeline given as checkpoints or run folders (``pipeline.level1=… level2=… level3=…``)."""
         dev = _resolve_device(device)
         args = pipeline_args(pipeline)
         if args is None:
             raise ValueError("pipeline: give level1, level2 (and level3) checkpoints or run folders, or multihead")
-        model, meta = load_pipeline(**args, map_location=dev)
+        model, meta = load_pipeline(**args, map_location=dev, trust_checkpoint=trust_checkpoint)
         source = " + ".join(f"{k}={v}" for k, v in args.items() if k in ("level1", "level2", "level3", "multihead"))
         return cls.from_model(model, meta, device=dev, source=source)
 
@@ -941,11 +925,11 @@ def load_predictor(cfg, command: str = "ana-predict") -> Predictor:
     if pipe is not None and cfg.get("ckpt_path"):
         raise ValueError(f"{command}: give either ckpt_path or pipeline.level1/level2/level3, not both")
     if pipe is not None:
-        return Predictor.from_pipeline(pipe, device=cfg.get("device", "auto"))
+        return Predictor.from_pipeline(pipe, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")))
     if not cfg.get("ckpt_path"):
         raise ValueError(f"{command} needs ckpt_path=<file.ckpt | file.onnx | bundle.ckpt> "
                          "(or pipeline.level1=… pipeline.level2=… pipeline.level3=…)")
-    return Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), weights_only=cfg.get("weights_only"),
+    return Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")),
                           threads=cfg.get("torch_threads"), support=cfg.get("support"))
 
 

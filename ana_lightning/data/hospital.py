@@ -515,12 +515,22 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
         single = [r for r in records if r.path not in self._hospital_paths]
         hosp = [r for r in records if r.path in self._hospital_paths]
         fr, seed = self.hparams.split_fractions, self.hparams.seed
-        out = split_records(hosp, fr, seed=seed)
+        out = split_records(hosp, fr, seed=seed, together=self.together)
         split_of_sha = {r.sha256: s for s in SPLITS for r in out[s] if r.sha256}
-        forced = [r for r in single if r.sha256 in split_of_sha]  # also in the hospital set: keep them together
-        rest = split_records([r for r in single if r.sha256 not in split_of_sha], fr, seed=seed) if len(forced) < len(single) else {}
+        split_of_path = {r.path: s for s in SPLITS for r in out[s]}
+        for paths in self.together:  # a near-duplicate of a hospital image follows it
+            s = next((split_of_path[p] for p in paths if p in split_of_path), None)
+            for p in paths if s else ():
+                split_of_path.setdefault(p, s)
+
+        def hosp_split(r: ImageRecord) -> str | None:
+            return split_of_sha.get(r.sha256) if r.sha256 in split_of_sha else split_of_path.get(r.path)
+
+        forced = [r for r in single if hosp_split(r)]  # also in the hospital set: keep them together
+        rest = (split_records([r for r in single if not hosp_split(r)], fr, seed=seed, together=self.together)
+                if len(forced) < len(single) else {})
         for s in SPLITS:
-            out[s] = sorted(out[s] + rest.get(s, []) + [r for r in forced if split_of_sha[r.sha256] == s], key=lambda r: r.path)
+            out[s] = sorted(out[s] + rest.get(s, []) + [r for r in forced if hosp_split(r) == s], key=lambda r: r.path)
         check_no_leakage(out)
         return out
 

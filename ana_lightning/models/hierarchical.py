@@ -275,13 +275,17 @@ class HierarchicalPipeline:
         multihead: str | None = None,
         routing: str = "hard",
         tree: str | None = None,
+        trust_checkpoint: bool = False,
     ) -> HierarchicalPipeline:
         from ..utils import load_checkpoint_model
 
-        load = lambda p: load_checkpoint_model(resolve_checkpoint(p)) if p else None  # noqa: E731
+        def load(p):
+            return load_checkpoint_model(resolve_checkpoint(p), trust_checkpoint=trust_checkpoint) if p else None
+
         level3_files = _level3_checkpoints(level3)
-        level3_models = {g: load_checkpoint_model(c) for g, c in level3_files.items()}
+        level3_models = {g: load_checkpoint_model(c, trust_checkpoint=trust_checkpoint) for g, c in level3_files.items()}
         pipe = cls(load(level1), load(level2), level3_models, load(multihead), routing, Taxonomy.load(tree))
+        pipe.trust_checkpoint = trust_checkpoint
         pipe.sources = {k: resolve_checkpoint(v) for k, v in (("level1", level1), ("level2", level2), ("multihead", multihead)) if v}
         pipe.sources.update({f"level3/{g}": c for g, c in level3_files.items()})
         return pipe
@@ -291,12 +295,14 @@ class HierarchicalPipeline:
         routing: what ``ana-predict``, ``ana-export`` and ``ana-app`` take as ``ckpt_path``."""
         import io
 
+        from ..utils import safe_torch_load
+
         sources = getattr(self, "sources", None)
         if not sources:
             raise ValueError("only a pipeline built with from_checkpoints() knows its checkpoint files")
         members = {}
         for key, src in sources.items():
-            ckpt = torch.load(src, map_location="cpu", weights_only=False)
+            ckpt = safe_torch_load(src, trust_checkpoint=getattr(self, "trust_checkpoint", False))
             members[key] = {k: v for k, v in ckpt.items() if k in _BUNDLE_KEYS}
         bundle = {
             "ana_lightning": {"class_path": f"{__name__}.HierarchicalPipeline", "kind": BUNDLE_KIND, "task": "hierarchical",
@@ -319,7 +325,7 @@ class HierarchicalPipeline:
         import importlib
         import io
 
-        from ..utils import CheckpointError
+        from ..utils import CheckpointError, checkpoint_safe_globals
 
         meta = bundle.get("ana_lightning") or {}
         members = bundle.get("members")
@@ -336,7 +342,10 @@ class HierarchicalPipeline:
             buf = io.BytesIO()
             torch.save(dict(ckpt), buf)
             buf.seek(0)
-            models[key] = model_cls.load_from_checkpoint(buf, map_location="cpu", weights_only=True).eval()
+            if not (isinstance(model_cls, type) and issubclass(model_cls, L.LightningModule)):
+                raise CheckpointError(f"{source}: member {key!r} names {class_path!r}, which is not a LightningModule")
+            with torch.serialization.safe_globals(checkpoint_safe_globals()):
+                models[key] = model_cls.load_from_checkpoint(buf, map_location="cpu", weights_only=True).eval()
         level3 = {k.split("/", 1)[1]: m for k, m in models.items() if k.startswith("level3/")}
         pipe = cls(models.get("level1"), models.get("level2"), level3, models.get("multihead"), str(meta.get("routing", "hard")))
         pipe.sources = dict(meta.get("sources") or {})
