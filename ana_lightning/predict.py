@@ -773,7 +773,7 @@ class Predictor:
 
     def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0,
                       max_file_mb: float | None = 512, prefetch: bool = True) -> Iterator[Prediction]:
-        """Stream predictions for files, in their order, one batch in memory at a time.
+        """Stream predictions for files, in their order, one batch in memory at a time (two with ``prefetch``).
 
         ``num_workers=0``: the files are read in this process; with ``prefetch`` a background thread reads,
         decodes and resizes the next batch while the model runs on this one (decoding, resizing and both

@@ -140,7 +140,8 @@ def test_prediction_streams_one_batch_at_a_time(trained_checkpoint, input_folder
     stream = Predictor.load(ckpt).predict_paths(good, batch_size=4)
     assert reads == []  # nothing is read before it is asked for
     first = next(stream)
-    assert first.ok and len(reads) == 4  # the first batch only, not the whole folder
+    # the first batch, and at most the next one being read ahead while the model runs: not the whole folder
+    assert first.ok and 4 <= len(reads) <= 8
     assert len(list(stream)) == len(good) - 1 and len(reads) == len(good)
 
 

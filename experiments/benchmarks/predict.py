@@ -50,8 +50,14 @@ def _checkpoint(folder: Path, backbone: str, image_size: int) -> Path:
     import lightning as L
 
     torch.manual_seed(0)
-    model = SoftmaxClassifier(backbone={"name": backbone}, class_names=list(Taxonomy.load().codes), image_size=image_size)
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": L.__version__}
+    model = SoftmaxClassifier(
+        backbone={"name": backbone}, class_names=list(Taxonomy.load().codes), image_size=image_size
+    )
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
     model.on_save_checkpoint(ckpt)
     path = folder / "bench.ckpt"
     torch.save(ckpt, path)
@@ -83,7 +89,9 @@ def _stock_onnx(path: Path, threads: int) -> Predictor:
     return p
 
 
-def _alternate(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def _alternate(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Wall-clock seconds of every variant, the variants run back to back in each repeat."""
     for fn in variants.values():
         for _ in range(warmup):
@@ -113,7 +121,9 @@ def _stages(p: Predictor, files: list[Path], bs: int, repeats: int) -> dict[str,
         "read": lambda: [f.read_bytes() for f in chunk],
         "decode": lambda: [decode_image(d, str(f)) for d, f in zip(data, chunk, strict=True)],
         "resize": lambda: [p.transform.resize(im) for im in images],
-        "normalise": lambda: [p.transform.to_tensor(p.transform.normalize(image=r)["image"]) for r in resized],
+        "normalise": lambda: [
+            p.transform.to_tensor(p.transform.normalize(image=r)["image"]) for r in resized
+        ],
         "collate": lambda: torch.stack(tensors),
     }
     times = _alternate(steps, repeats)
@@ -125,11 +135,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads (the same for both)")
-    ap.add_argument("--other-threads", type=int, default=None,
-                    help="also measure ONNX Runtime (predictor options) at this thread count (default: 1 when --threads > 1)")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch and onnxruntime intra-op threads (the same for both)"
+    )
+    ap.add_argument(
+        "--other-threads",
+        type=int,
+        default=None,
+        help="also measure ONNX Runtime (predictor options) at this thread count (default: 1 when --threads > 1)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--field-size", type=int, default=512, help="size of the PNG fields for the end-to-end runs")
+    ap.add_argument(
+        "--field-size", type=int, default=512, help="size of the PNG fields for the end-to-end runs"
+    )
     args = ap.parse_args(argv)
 
     import onnxruntime
@@ -149,41 +167,62 @@ def main(argv: list[str] | None = None) -> None:
             "onnxruntime": Predictor.load(result.model_path, device="cpu", threads=args.threads),
         }
         if other:
-            backends[f"onnxruntime, {other} thread(s)"] = Predictor.load(result.model_path, device="cpu", threads=other)
+            backends[f"onnxruntime, {other} thread(s)"] = Predictor.load(
+                result.model_path, device="cpu", threads=other
+            )
         fields = _fields(tmp, max(args.batch_sizes) * 2, args.field_size)
         rng = np.random.default_rng(0)
         stage_rows, model_rows, e2e_rows = [], [], []
         for bs in args.batch_sizes:
             stage_rows.append((bs, _stages(eager, fields, bs, args.repeats)))
             x = rng.standard_normal((bs, 3, args.image_size, args.image_size)).astype(np.float32)
-            model_t = _alternate({k: (lambda p=p: p.predict_proba(x)) for k, p in backends.items()}, args.repeats)
+            model_t = _alternate(
+                {k: (lambda p=p, x=x: p.predict_proba(x)) for k, p in backends.items()}, args.repeats
+            )
             files = fields[: max(bs * 2, 2)]
             e2e_fns = {}
             for k, p in backends.items():
-                e2e_fns[k] = lambda p=p: list(p.predict_paths(files, batch_size=bs))
-                e2e_fns[k + ", no prefetch"] = lambda p=p: list(p.predict_paths(files, batch_size=bs, prefetch=False))
+                e2e_fns[k] = lambda p=p, f=files, b=bs: list(p.predict_paths(f, batch_size=b))
+                e2e_fns[k + ", no prefetch"] = lambda p=p, f=files, b=bs: list(
+                    p.predict_paths(f, batch_size=b, prefetch=False)
+                )
             e2e_t = _alternate(e2e_fns, max(1, args.repeats - 2))
             for k in backends:
                 ms = 1000 * statistics.median(model_t[k]) / bs
                 model_rows.append((bs, k, ms, _ratio(model_t, "pytorch eager", k)))
             for k in e2e_fns:
                 ms = 1000 * statistics.median(e2e_t[k]) / len(files)
-                e2e_rows.append((bs, k, ms, _ratio(e2e_t, "pytorch eager", k), _ratio(e2e_t, "pytorch eager, no prefetch", k)))
+                e2e_rows.append(
+                    (
+                        bs,
+                        k,
+                        ms,
+                        _ratio(e2e_t, "pytorch eager", k),
+                        _ratio(e2e_t, "pytorch eager, no prefetch", k),
+                    )
+                )
 
-    print(f"\n{args.backbone} at {args.image_size} px, {len(Taxonomy.load().codes)} classes, CPU, {args.threads} thread(s) "
-          f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, "
-          f"onnxruntime {onnxruntime.__version__}")
+    print(
+        f"\n{args.backbone} at {args.image_size} px, {len(Taxonomy.load().codes)} classes, CPU, {args.threads} thread(s) "
+        f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
     print(f"export + parity check: {export_s:.1f} s, max abs difference {result.max_abs_diff:.1e}")
-    print(f"{args.field_size}x{args.field_size} PNG fields; medians of {args.repeats} repeats (end to end: "
-          f"{max(1, args.repeats - 2)}), the variants alternating within each repeat; ratios are medians of within-repeat ratios\n")
+    print(
+        f"{args.field_size}x{args.field_size} PNG fields; medians of {args.repeats} repeats (end to end: "
+        f"{max(1, args.repeats - 2)}), the variants alternating within each repeat; ratios are medians of within-repeat ratios\n"
+    )
     print("Stages of the end-to-end path, alone (ms per image):\n")
     print("| batch | read | decode | resize | normalise | collate | preprocessing total |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     pre = {}
     for bs, st in stage_rows:
         pre[bs] = sum(st.values())
-        print(f"| {bs} | " + " | ".join(f"{st[k]:.2f}" for k in ("read", "decode", "resize", "normalise", "collate"))
-              + f" | {pre[bs]:.2f} |")
+        print(
+            f"| {bs} | "
+            + " | ".join(f"{st[k]:.2f}" for k in ("read", "decode", "resize", "normalise", "collate"))
+            + f" | {pre[bs]:.2f} |"
+        )
     print("\nModel alone (ms per image; speed vs eager measured alternately):\n")
     print("| batch | backend | ms/image | speed vs eager |")
     print("|---:|---|---:|---:|")
