@@ -604,7 +604,11 @@ class PredictSummary:
 
 
 class _PathDataset(Dataset):
-    """Files → ``(index, image tensor | None, error | None)``; a bad file is a result, not an exception."""
+    """Files → ``(index, CHW float32 array | None, error | None)``; a bad file is a result, not an exception.
+
+    Arrays, not tensors: batches are stacked by numpy and handed to ONNX Runtime without touching torch,
+    whose parallel ops (a ``torch.stack`` per batch) cost tens of milliseconds on a loaded machine
+    (experiments/benchmarks/predict.py, "collate"); the PyTorch backend wraps the batch without a copy."""
 
     def __init__(self, paths: Sequence[str | Path], transform, max_bytes: int | None):
         self.paths = [str(p) for p in paths]
@@ -618,9 +622,16 @@ class _PathDataset(Dataset):
         path = self.paths[i]
         try:
             _check_size(path, self.max_bytes)
-            return i, self.transform(load_image(path)), None
+            return i, _to_array(self.transform, load_image(path)), None
         except BadImageError as e:
             return i, None, e.reason
+
+
+def _to_array(transform, image: np.ndarray) -> np.ndarray:
+    """The evaluation transform (resize, normalise) as a ``3×S×S`` float32 array: the same values as
+    ``transform(image)``, without a torch tensor."""
+    return np.ascontiguousarray(transform.normalize(image=transform.resize(image))["image"].transpose(2, 0, 1),
+                                dtype=np.float32)
 
 
 def _check_size(path: str | Path, max_bytes: int | None) -> None:
@@ -653,7 +664,7 @@ def _collate(items):
     idx = [i for i, _, _ in items]
     good = [(i, x) for i, x, _ in items if x is not None]
     errors = {i: err for i, _, err in items if err is not None}
-    batch = torch.stack([x for _, x in good]) if good else None
+    batch = np.stack([x for _, x in good]) if good else None
     return idx, [i for i, _ in good], batch, errors
 
 
