@@ -94,6 +94,40 @@ def _resumable(path: str, asked: str, trust_checkpoint: bool = False) -> str:
     return path
 
 
+def _check_settings(cfg: DictConfig) -> None:
+    """Values torch would reject only after the run folder and split are written, named by their key."""
+    for key in ("model.optimizer.lr", "model.optimizer.weight_decay"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float)) and (value < 0 or (key.endswith(".lr") and value == 0)):
+            raise ValueError(f"{key}={value}: must be {'positive' if key.endswith('.lr') else 'zero or positive'}")
+
+
+def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> None:
+    """The data's model arguments (``pos_weight`` of multi-label data, ``class_weights`` of
+    single-label data) must be ones the configured model takes: otherwise say which model fits."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = cfg.model.get("_target_")
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - a factory function or an unusual target: let instantiate speak
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in model_kwargs if k not in params]
+    if not unknown:
+        return
+    data = cfg.data.get("_target_", "").rsplit(".", 1)[-1]
+    if "pos_weight" in unknown:
+        raise ValueError(f"the data ({data}) is multi-label, but the model ({target}) is a single-label softmax "
+                         "classifier: add model=sigmoid_ensemble (e.g. experiment=mixed_ensemble, or model=sigmoid_ensemble "
+                         "monitor=val/loss monitor_mode=min)")
+    raise ValueError(f"the data ({data}) gives the model {unknown}, which {target} does not take: choose a model= that "
+                     "fits this data")
+
+
 def _check_resume_fits(path: str, model: L.LightningModule, trust_checkpoint: bool) -> None:
     """Resuming with another architecture or class list: a message naming the file and what differs,
     before the run folder changes (not Lightning's dump of state-dict keys)."""
@@ -122,6 +156,7 @@ def _check_resume_fits(path: str, model: L.LightningModule, trust_checkpoint: bo
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (and test with the best checkpoint); returns the metrics and the objects used."""
+    _check_settings(cfg)  # before anything is written
     ddp_job = pin_ddp_relaunch_to_job()  # in a multirun, DDP ranks 1..N-1 are started as this job, not the sweep
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +182,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     with one_at_a_time(run_dir):  # ranks started together by SLURM/torchrun: one prepares, the others wait
         dm.prepare_data()
     dm.setup("fit")
-    model = instantiate(cfg.model, **dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True)))
+    model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
+    _check_model_fits_data(cfg, model_kwargs)
+    model = instantiate(cfg.model, **model_kwargs)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
     if resume:
         _check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.images import BadImageError, decode_image, is_ignored, is_image_path, load_image
+from .data.images import BadImageError, decode_image, is_file_entry, is_ignored, is_image_path, load_image
 from .data.transforms import build_transform
 from .taxonomy import Taxonomy
 from .utils import CheckpointError
@@ -841,11 +841,13 @@ def list_inputs(input: str | Path) -> list[Path]:
     p = Path(input).expanduser()
     if p.is_file():
         return [p]
+    if p.is_symlink() and not p.is_dir():
+        raise FileNotFoundError(f"input={input} is a broken or looping symlink")
     if not p.is_dir():
         raise FileNotFoundError(f"input={input} is neither an image file nor a folder")
     files, other = [], []
-    for f in sorted(p.rglob("*")):
-        if not f.is_file() or any(is_ignored(part) for part in f.relative_to(p).parts):
+    for f in sorted(p.rglob("*")):  # dangling/looping symlinks are kept: reported as unreadable rows
+        if not is_file_entry(f) or any(is_ignored(part) for part in f.relative_to(p).parts):
             continue
         (files if is_image_path(f) else other).append(f)
     if other:
@@ -957,6 +959,10 @@ def run_predict(cfg) -> PredictSummary:
     files = list_inputs(cfg.input)
     run_dir = Path(cfg.paths.output_dir)
     csv_path, json_path = _output_paths(cfg.get("output"), run_dir)
+    existing = [str(q) for q in (csv_path, json_path) if q.exists()]
+    if existing and not cfg.get("overwrite", False):
+        raise FileExistsError(f"output={cfg.get('output')}: {' and '.join(existing)} already exist(s); pass overwrite=true "
+                              "to replace them, or choose another output=<file.csv or folder>")
     log.info("predicting %d image(s) with %s (%s, %s, %d classes) → %s", len(files), predictor.source,
              predictor.backend_name, predictor.task, len(predictor.class_names), csv_path)
     stream = predictor.predict_paths(files, batch_size=cfg.get("batch_size", 32), num_workers=cfg.get("num_workers", 0),

@@ -196,6 +196,24 @@ def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "
     return model
 
 
+def quote_non_ascii_overrides(args: list[str]) -> list[str]:
+    """Command-line overrides whose value holds non-ASCII characters (``data.root=/data/Größe``),
+    quoted so that Hydra's override parser accepts them; everything else unchanged.
+
+    >>> quote_non_ascii_overrides(["data.root=/data/Größe", "trainer.max_epochs=3"])
+    ["data.root='/data/Größe'", 'trainer.max_epochs=3']
+    """
+    out = []
+    for a in args:
+        key, eq, value = a.partition("=")
+        if (eq and not a.startswith("-") and not value.isascii() and value[:1] not in ("'", '"', "[", "{")
+                and "${" not in value):
+            quote = "'" if "'" not in value else '"' if '"' not in value else ""
+            a = f"{key}={quote}{value}{quote}"
+        out.append(a)
+    return out
+
+
 def find_last_checkpoint(run_dir: str | Path, runs_root: str | Path) -> Path | None:
     """``last.ckpt`` of the current run folder, else of the newest run under ``runs_root``."""
     own = Path(run_dir) / "checkpoints" / "last.ckpt"

@@ -193,21 +193,25 @@ class RecordDataModule(L.LightningDataModule):
         return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
-        """Stop when a split that should hold images is empty; warn when one group (patient, folder,
-        specimen) holds most images, since a grouped split cannot divide it (e.g. ``data.group_level=auto``
-        taking the export's top folder as the only patient)."""
+        """Stop when one group (patient, folder, specimen) holds most images and a split is left empty
+        (e.g. ``data.group_level=auto`` taking the export's top folder as the only patient): a grouped
+        split cannot divide a group. Warn when a split is empty for another reason (too few images or
+        groups per class), or when one group holds most images."""
         groups = Counter(r.group for r in records if r.group)
         top = groups.most_common(1)[0] if groups else None
         where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
                  "check the grouping (data.group_level, or the group column of your labels CSV), e.g. "
-                 "data.group_level=none to split image by image if the images are independent.") if top else ""
+                 "data.group_level=none to split image by image if the images are independent."
+                 ) if top and top[1] > 0.5 * len(records) else ""
         sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
         empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
         if empty:
-            raise DatasetError(self.root, [BadFile(str(self.root), f"the {' and '.join(empty)} split(s) are empty "
-                                                   f"({sizes}, data.split_fractions={list(self.hparams.split_fractions)})."
-                                                   f"{where or ' Too few images (or groups) to split.'}")])
-        if top and top[1] > 0.5 * len(records) and len(groups) > 0:
+            msg = (f"the {' and '.join(empty)} split(s) are empty ({sizes}, data.split_fractions="
+                   f"{list(self.hparams.split_fractions)}).")
+            if where:
+                raise DatasetError(self.root, [BadFile(str(self.root), msg + where)])
+            log.warning("%s Too few images, groups or distinct files (copies share a split) per class to fill them.", msg)
+        elif where:
             log.warning("split %s.%s", sizes, where)
 
     @property
@@ -218,7 +222,13 @@ class RecordDataModule(L.LightningDataModule):
     def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
         """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
         ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
-        self.near_duplicates = near_duplicate_sets(records) if self.hparams.get("near_duplicates", True) else []
+        if self.hparams.get("near_duplicates", True):
+            from .cache import default_cache_dir
+
+            cache = self.hparams.get("image_cache_dir") or default_cache_dir()
+            self.near_duplicates = near_duplicate_sets(records, cache_dir=cache)
+        else:
+            self.near_duplicates = []
         if self.near_duplicates:
             log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
                      "one split each: see near_duplicates.csv", len(self.near_duplicates))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +52,9 @@ _STRICT_HINT = (
     "Rename these folders so that they hold AC codes only (e.g. 'AC-1 + AC-4'), or set data.strict=false "
     "to ignore the tokens that are not AC codes (a titer such as 1:160, a word)."
 )
+
+
+_LOOKS_LIKE_CODE = re.compile(r"(?i)ac[-_ ]?\d+")
 
 
 def _parse_group_level(group_level: str | int | None) -> str | int | None:
@@ -108,6 +112,7 @@ def read_hospital_folder(
     label_problems: dict[str, BadFile] = {}
     ignored: dict[str, tuple[str, ...]] = {}
     resolved: dict[tuple[str, ...], tuple[tuple[str, ...], str | None] | None] = {}
+    unlabelled: dict[tuple[str, ...], list[Path]] = {}
 
     def resolve(parts: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
         """(codes, group) of a folder (its path parts below root), or None when nothing names a code."""
@@ -156,9 +161,17 @@ def read_hospital_folder(
                 continue
             res = resolve(parts)
             if res is None:
-                bad.append(BadFile(str(p), f"no folder between {root} and this file names an AC code of the tree"))
+                unlabelled.setdefault(parts, []).append(p)
                 continue
             candidates.append((p, res[0], res[1]))
+    for parts, files in unlabelled.items():  # one line per folder, not per image
+        outside = [t for part in parts for t in taxonomy.split_codes(part)[1] if _LOOKS_LIKE_CODE.fullmatch(t)]
+        folder = str(root.joinpath(*parts))
+        if outside:
+            bad.append(BadFile(folder, f"{', '.join(dict.fromkeys(outside))} is not a code of the ICAP tree "
+                                       f"({taxonomy.codes[0]} … {taxonomy.codes[-1]}): {len(files)} image(s) here have no label"))
+        else:
+            bad.append(BadFile(folder, f"no folder between {root} and its {len(files)} image(s) names an AC code of the tree"))
     if label_problems:
         raise DatasetError(root, list(label_problems.values()) + bad, _STRICT_HINT)
     return _finish(root, candidates, bad, ignored, check_images, progress, on_bad_file,

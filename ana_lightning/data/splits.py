@@ -16,6 +16,7 @@ later run can reuse it with ``data.split_manifest=<file>``.
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class LeakageError(ValueError):
@@ -95,7 +97,7 @@ def duplicate_sets(records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
 # ------------------------------------------------------------------------------- near-duplicates
 _DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_lr+rot90", "flip_lr+rot180", "flip_lr+rot270")
 _THUMB = 32  # thumbnails compared pixel by pixel to confirm a hash match
-_hash_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # sha256 -> (8 hashes, 8 thumbnails): hashed once per process
+_hash_cache: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]] = {}  # sha256 -> (8 hashes, thumbnail, size)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,26 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x) if hasattr(np, "bitwise_count") else np.unpackbits(x.view(np.uint8), axis=-1).sum(-1)
 
 
+def _load_hash_cache(path: Path) -> None:
+    try:
+        with np.load(path) as z:
+            for sha, h, t, size in zip(z["sha256"], z["hashes"], z["thumbs"], z["sizes"], strict=True):
+                _hash_cache.setdefault(str(sha), (h.astype(np.uint64), t.astype(np.float32), (int(size[0]), int(size[1]))))
+    except Exception:  # noqa: BLE001 - a damaged cache is only slower: hash again
+        pass
+
+
+def _save_hash_cache(path: Path) -> None:
+    import os
+
+    items = list(_hash_cache.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, sha256=np.array([k for k, _ in items]), hashes=np.stack([v[0] for _, v in items]),
+             thumbs=np.stack([v[1] for _, v in items]).astype(np.uint8), sizes=np.array([v[2] for _, v in items]))
+    os.replace(tmp, path)  # atomic: ranks or runs writing at once leave one whole file
+
+
 def _candidate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
     """``(i, j, v)`` with ``i < j`` where variant ``v`` of image ``j``'s hash is within
     ``max_distance`` bits of image ``i``'s own hash (the closest variant per pair).
@@ -230,6 +252,7 @@ def near_duplicate_sets(
     max_distance: int = 4,
     min_correlation: float = 0.99,
     workers: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[NearDuplicateSet]:
     """Sets of records that show the same picture with different (or the same) bytes: re-encoded,
     flipped or rotated by a multiple of 90° — the copies a byte hash misses.
@@ -238,8 +261,9 @@ def near_duplicate_sets(
     two images are candidates when one's hash is within ``max_distance`` bits of any of the other's
     8, and are confirmed when they have the same size (up to a 90° turn) and their 32×32 grey
     thumbnails (the matching flip/rotation) correlate by at least ``min_correlation``, so
-    similar-looking cells of one pattern are not merged. Images are hashed once per process (cached by sha256); unreadable files are skipped
-    (the readers report them).
+    similar-looking cells of one pattern are not merged. Images are hashed once per process (cached
+    by sha256), and once across runs with ``cache_dir`` (``<cache_dir>/near_duplicate_hashes.npz``);
+    unreadable files are skipped (the readers report them).
     """
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -256,8 +280,17 @@ def near_duplicate_sets(
         except (BadImageError, OSError):
             return None
 
+    disk = Path(cache_dir) / "near_duplicate_hashes.npz" if cache_dir else None
+    if disk is not None and disk.is_file():
+        _load_hash_cache(disk)
+    known = len(_hash_cache)
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
         got = list(pool.map(safe, records))
+    if disk is not None and len(_hash_cache) > known:
+        try:
+            _save_hash_cache(disk)
+        except OSError as e:  # a read-only cache folder: only slower next time
+            log.info("near-duplicate hashes not cached in %s: %s", disk, e)
     keep = [i for i, g in enumerate(got) if g is not None]
     if len(keep) < 2:
         return []
