@@ -783,12 +783,13 @@ class Predictor:
         return self.predict_image(image, name)
 
     def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0,
-                      max_file_mb: float | None = 512, prefetch: bool = True) -> Iterator[Prediction]:
+                      max_file_mb: float | None = 512, prefetch: bool = False) -> Iterator[Prediction]:
         """Stream predictions for files, in their order, one batch in memory at a time (two with ``prefetch``).
 
         ``num_workers=0``: the files are read in this process; with ``prefetch`` a background thread reads,
         decodes and resizes the next batch while the model runs on this one (decoding, resizing and both
-        backends release the GIL). ``num_workers > 0``: a ``DataLoader`` with that many worker processes.
+        backends release the GIL): it pays when a core is free, and measured no gain on a fully loaded
+        2-core machine (experiments/benchmarks/predict.py), hence off by default. ``num_workers > 0``: a ``DataLoader`` with that many worker processes.
         """
         max_bytes = int(max_file_mb * 2**20) if max_file_mb else None
         dataset = _PathDataset(paths, self.transform, max_bytes)
@@ -966,7 +967,7 @@ def run_predict(cfg) -> PredictSummary:
     log.info("predicting %d image(s) with %s (%s, %s, %d classes) → %s", len(files), predictor.source,
              predictor.backend_name, predictor.task, len(predictor.class_names), csv_path)
     stream = predictor.predict_paths(files, batch_size=cfg.get("batch_size", 32), num_workers=cfg.get("num_workers", 0),
-                                     max_file_mb=cfg.get("max_file_mb", 512))
+                                     max_file_mb=cfg.get("max_file_mb", 512), prefetch=bool(cfg.get("prefetch", False)))
     if cfg.get("progress", True):
         from rich.progress import track
 
