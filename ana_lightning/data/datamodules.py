@@ -27,11 +27,13 @@ from .records import DatasetError, ImageRecord, read_single_label_folder
 from .splits import (
     SPLITS,
     NearDuplicateSet,
+    cv_split,
     duplicate_sets,
     load_manifest,
     near_duplicate_sets,
     save_manifest,
     split_records,
+    sweep_folds,
     write_near_duplicates,
 )
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -101,8 +103,14 @@ class RecordDataModule(L.LightningDataModule):
         image_cache_dir: str | None = None,
         batch_augment: Callable[..., torch.Tensor] | None = None,
         near_duplicates: bool = True,
+        folds: int | None = None,
+        fold: int | None = None,
+        repeats: int = 1,
+        repeat: int = 0,
+        folds_manifest: str | None = None,
     ):
         super().__init__()
+        _check_fold_settings(folds, fold, repeats, repeat, split_manifest)
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
         plain_hparams(self)
         # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
@@ -189,7 +197,10 @@ class RecordDataModule(L.LightningDataModule):
 
     def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
-        reads several sources may split each one on its own (still with :func:`split_records`)."""
+        reads several sources may split each one on its own (still with :func:`split_records`).
+        With ``folds`` set it is the cross-validation split of :meth:`fold_split`."""
+        if self.hparams.get("folds"):
+            return self.fold_split(records)
         return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
@@ -239,6 +250,20 @@ class RecordDataModule(L.LightningDataModule):
                         "Fix the labels or remove the copies; all are listed in near_duplicates.csv "
                         "(conflicting_labels=yes).", len(conflicts), shown, " …" if len(conflicts) > 5 else "")
         return self.near_duplicates
+
+    def fold_split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
+        """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest
+        (made once per sweep, then reused exactly); validation carved from the other folds with the
+        share ``val / (train + val)`` of ``split_fractions``, never from the test fold."""
+        hp = self.hparams
+        fold_of = sweep_folds(records, hp.get("folds_manifest"), hp.folds, hp.get("repeats", 1), seed=hp.seed,
+                              root=self.root, together=self.together)[hp.get("repeat", 0)]
+        fr = hp.split_fractions
+        val_fraction = fr[1] / (fr[0] + fr[1]) if fr[0] + fr[1] > 0 else 0.0
+        log.info("cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds", hp.fold, hp.folds,
+                 hp.get("repeat", 0), hp.get("repeats", 1), 100 * val_fraction)
+        return cv_split(records, fold_of, hp.fold, val_fraction, seed=[hp.seed, hp.get("repeat", 0), hp.fold],
+                        together=self.together)
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
@@ -359,6 +384,23 @@ class RecordDataModule(L.LightningDataModule):
         if aug is not None and trainer is not None and trainer.training and isinstance(batch, dict) and "image" in batch:
             batch["image"] = aug(batch["image"], mean=self.mean, std=self.std)
         return batch
+
+
+def _check_fold_settings(folds: int | None, fold: int | None, repeats: int, repeat: int, split_manifest: str | None) -> None:
+    """Clear errors for ``data.folds`` / ``data.fold`` / ``data.repeats`` / ``data.repeat``."""
+    if folds is None:
+        if fold is not None:
+            raise ValueError(f"data.fold={fold} needs data.folds=<k> (e.g. ana-train -m data.folds=5 'data.fold=range(5)')")
+        return
+    if int(folds) < 2:
+        raise ValueError(f"data.folds must be at least 2, got {folds}")
+    if fold is None or not 0 <= int(fold) < int(folds):
+        raise ValueError(f"data.folds={folds} needs data.fold in 0…{int(folds) - 1}, got {fold} "
+                         f"(a sweep over all folds: ana-train -m data.folds={folds} 'data.fold=range({folds})')")
+    if int(repeats) < 1 or not 0 <= int(repeat) < int(repeats):
+        raise ValueError(f"data.repeat must be in 0…data.repeats-1 and data.repeats >= 1, got repeat={repeat}, repeats={repeats}")
+    if split_manifest:
+        raise ValueError(f"data.folds={folds} makes its own splits: drop data.split_manifest={split_manifest}")
 
 
 class SingleLabelDataModule(RecordDataModule):
