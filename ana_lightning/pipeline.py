@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .calibration import calibrate_run, report_test_calibration
 from .distributed import (
     global_rank,
     one_at_a_time,
@@ -208,6 +209,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     metrics: dict[str, float] = {}
+    cal: dict[str, float] = {}
     if cfg.get("train", True) and finished is None:
         trust = bool(cfg.get("trust_checkpoint"))
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
@@ -215,6 +217,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         if not trainer.interrupted and trainer.is_global_zero:
             _mark_finished(trainer, run_dir)
+        cal = _calibrate(cfg, trainer, dm)  # fitted only when this call trained
+        metrics.update(cal)
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
         if finished is not None:  # a finished run that was never tested: test its best checkpoint only
@@ -226,6 +230,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         tester = single_process_tester(trainer) or trainer  # ddp_spawn: test where the reports are written
         results = tester.test(model, datamodule=dm, ckpt_path=ckpt or None)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if trainer.is_global_zero:
+            test_metrics.update(report_test_calibration(model, dm, dm.splits["test"], run_dir))
+            test_metrics.update(cal)  # val/temperature, val/ece: how the served probabilities were calibrated
         metrics.update(test_metrics)
         if trainer.is_global_zero:
             # bootstrap 95% intervals, resampling groups / duplicates together as the split keeps them
@@ -311,6 +318,19 @@ def _read_metrics(run_dir: Path) -> dict[str, float]:
         return {}
     data = json.loads(path.read_text())
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _calibrate(cfg: DictConfig, trainer: L.Trainer, dm) -> dict[str, float]:
+    """Fit the temperature of the best checkpoint on the validation split and store it in that file
+    (``calibrate=false``: store none); rank 0 works, the others wait. See :mod:`ana_lightning.calibration`."""
+    cb = trainer.checkpoint_callback
+    best = cb.best_model_path if isinstance(cb, ModelCheckpoint) else ""
+    out: dict[str, float] = {}
+    if best and trainer.is_global_zero:
+        model = load_checkpoint_model(best, map_location=trainer.strategy.root_device)
+        out = calibrate_run(model, dm, best, cfg.paths.output_dir, enabled=bool(cfg.get("calibrate", True)))
+    trainer.strategy.barrier()
+    return out
 
 
 def _log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
@@ -438,6 +458,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     results = (single_process_tester(trainer) or trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
+        metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
         metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
         model.write_report(run_dir, records, metrics, stage="test")
