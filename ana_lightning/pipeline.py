@@ -131,6 +131,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         tester = single_process_tester(trainer) or trainer  # ddp_spawn: test where the reports are written
         results = tester.test(model, datamodule=dm, ckpt_path=ckpt or None)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if callable(getattr(dm, "split_flags", None)):
+            test_metrics.update(dm.split_flags("test"))  # test images sharing a group with train (0 = clean)
         metrics.update(test_metrics)
         if trainer.is_global_zero:
             write_metrics_json(test_metrics, run_dir / "metrics.json")

@@ -8,7 +8,10 @@ label's node at a level when the label determines it (``AC-5`` → ``speckled`` 
 - ``level=1`` / ``2`` / ``3``: a softmax target over the nodes of that level present in the data;
 - ``parent=<node>``: only the subtree of a level-2 (or level-1) node, e.g. the level-3 model of a group;
 - ``level=all``: a ``(N, 3)`` target (level-1, level-2, leaf index; ``-1`` where the label stops
-  higher) for the multi-head model.
+  higher) for the multi-head model;
+- ``level=contest`` (contest readers): the contest's own classes as a flat target, in its own names and
+  order (ICPR 2012: homogeneous, fine_speckled, coarse_speckled, nucleolar, centromere, cytoplasmatic),
+  each mapped to its ICAP node (:meth:`HEp2HierarchyDataModule.class_nodes`) for reports and the tree.
 
 The split is always made over *all* records before ``level``/``parent`` select from it, so the level-1,
 level-2 and every level-3 model of one dataset and seed share one split: no image that a level-3 model
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 
 from ..taxonomy import LabelError, Taxonomy
-from .contest import CONTESTS, MASK_MODES, masked_loader, read_i3a2014, read_icpr2012
+from .contest import CONTESTS, MASK_MODES, contest_class_of, contest_classes, masked_loader, read_i3a2014, read_icpr2012
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
 from .images import BadFile
 from .records import DatasetError, ImageRecord, read_single_label_folder
@@ -108,7 +111,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
 
     Args (beyond :class:`RecordDataModule`):
         root: the dataset folder; ``null`` = the built-in synthetic fields (rendered into ``cache_dir``).
-        level: ``1``, ``2``, ``3`` (leaf codes) or ``all`` (the three levels at once, for the multi-head model).
+        level: ``1``, ``2``, ``3`` (leaf codes), ``all`` (the three levels at once, for the multi-head model)
+            or ``contest`` (the contest reader's own classes, flat).
         parent: a level-2 (or level-1) node: keep only its subtree (the level-3 models of the paper).
         reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts).
         csv: the contest label CSV (default: the one CSV found under ``root``).
@@ -135,11 +139,17 @@ class HEp2HierarchyDataModule(RecordDataModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.level: int | str = level if level == "all" else int(level)
-        if self.level not in (*LEVELS, "all"):
-            raise ValueError(f"data.level must be 1, 2, 3 or all, got {level!r}")
+        self.level: int | str = level if level in ("all", "contest") else int(level)
+        if self.level not in (*LEVELS, "all", "contest"):
+            raise ValueError(f"data.level must be 1, 2, 3, all or contest, got {level!r}")
         if reader not in READERS:
             raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
+        if self.level == "contest" and reader not in CONTESTS:
+            raise ValueError(f"data.level=contest takes a contest reader (data.reader={' or '.join(CONTESTS)}), got {reader!r}")
+        if self.level == "contest" and parent is not None:
+            raise ValueError("data.level=contest is a flat target: data.parent must be null")
+        # level=contest: tree label -> the contest's class name (one each), and back.
+        self.contest_names: dict[str, str] = contest_class_of(self.tree, reader) if self.level == "contest" else {}
         if mask not in MASK_MODES:
             raise ValueError(f"data.mask must be one of {MASK_MODES}, got {mask!r}")
         self.parent = parent
@@ -178,7 +188,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
             raise ValueError(f"data.parent={parent!r} has a single level-{target} class: nothing to classify below it")
 
     def _canon(self, name: str) -> str:
-        """A class name of this level, checked against the tree."""
+        """A class name of this level, checked against the tree (or the contest's class list)."""
+        if self.level == "contest":
+            names = {n.lower(): n for n in self.contest_names.values()}
+            if name.lower() not in names:
+                raise LabelError(f"{name!r} is not a {self.reader} class (classes: {list(self.contest_names.values())})")
+            return names[name.lower()]
         lv = 3 if self.level == "all" else self.level
         if lv == 3:
             if not self.tree.is_code(name):
@@ -206,10 +221,14 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.reader == "folder":
             return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
         fn = read_icpr2012 if self.reader == "icpr2012" else read_i3a2014
-        extra = {"need_masks": self.mask != "none"} if self.reader == "i3a2014" else {}
+        need = ("auto" if self.reader == "icpr2012" else True) if self.mask != "none" else False
         data = fn(self.root, self.tree, csv_path=self.csv, group_column=self.group_column,
-                  on_bad_file=self.hparams.on_bad_file, **extra)
+                  on_bad_file=self.hparams.on_bad_file, need_masks=need)
         self.masks = data.masks
+        self.official_split = data.official_split
+        if self.official_split:
+            log.info("%s: the layout's own split is kept (%s); validation is carved from its training set",
+                     self.root, ", ".join(f"{k}: {v}" for k, v in sorted(Counter(self.official_split.values()).items())))
         return data.records, data.bad
 
     # -------------------------------------------------------------- labels
@@ -226,6 +245,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
             return False
         if self.level == "all":
             return True
+        if self.level == "contest":
+            return label in self.contest_names and (not self.requested_classes or self.contest_names[label] in self._requested)
         node = self.resolve(r, self.level)
         if node is None:
             return False
@@ -244,6 +265,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         else:
             self.all_splits = self.split(records)
         self.splits = {s: [r for r in self.all_splits[s] if self._selected(r)] for s in SPLITS}
+        self.check_split_overlap()
         kept = [r for s in SPLITS for r in self.splits[s]]
         if not kept:
             raise DatasetError(self.root, [BadFile(str(self.root), f"no image has a level-{self.level} label"
@@ -259,6 +281,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self.level_names[lv] = [n for n in self.tree.nodes(lv) if n in present]
         if self.level == "all":
             self._class_names = self.level_names[3]
+        elif self.level == "contest":
+            present = {self.contest_names[r.codes[0]] for r in kept}
+            order = list(contest_classes(self.tree, self.reader))
+            wanted = self._requested if self.requested_classes else present
+            self._class_names = [n for n in order if n in wanted]
         elif self.requested_classes:
             self._class_names = [n for n in self.tree.nodes(self.level) if n in self._requested]
         else:
@@ -294,7 +321,16 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.level == "all":
             return self.level_targets(records)
         names = self.class_names
+        if self.level == "contest":
+            return torch.tensor([names.index(self.contest_names[r.codes[0]]) for r in records], dtype=torch.long)
         return torch.tensor([names.index(self.resolve(r, self.level)) for r in records], dtype=torch.long)
+
+    def class_nodes(self) -> dict[str, str]:
+        """Each class → its tree label: the contest class's ICAP node at ``level=contest``, else itself."""
+        if self.level == "contest":
+            back = {name: label for label, name in self.contest_names.items()}
+            return {c: back[c] for c in self.class_names}
+        return {c: c for c in self.class_names}
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         if not self.masks or self.mask == "none":
