@@ -35,7 +35,15 @@ import numpy as np
 import torch
 
 from ..taxonomy import LabelError, Taxonomy
-from .contest import CONTESTS, MASK_MODES, contest_class_of, contest_classes, masked_loader, read_i3a2014, read_icpr2012
+from .contest import (
+    CONTESTS,
+    MASK_MODES,
+    contest_class_of,
+    contest_classes,
+    masked_loader,
+    read_i3a2014,
+    read_icpr2012,
+)
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
 from .images import BadFile
 from .records import DatasetError, ImageRecord, read_single_label_folder
