@@ -186,6 +186,22 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     else:
         model = load_checkpoint_model(cfg.ckpt_path)
     ckpt_ref = members[0] if members else str(cfg.ckpt_path)  # whose run folder holds the split manifest
+    # The training run's data settings (reader, target, masks, image size, …), with what was typed on top.
+    from .data.run_config import command_line_data_overrides, eval_data_config, training_data_config
+
+    trained, class_nodes = training_data_config(ckpt_ref)
+    group_chosen, typed = command_line_data_overrides()
+    with open_dict(cfg):
+        cfg.data = eval_data_config(cfg.data, trained, group_chosen, typed)
+    cross = cfg.get("cross_dataset", "auto")
+    if cross == "auto":
+        cross = bool(trained) and (trained.get("reader") or "folder") != (cfg.data.get("reader") or "folder")
+    if cross:
+        if members:
+            raise ValueError("cross-dataset evaluation takes one checkpoint (ckpt_path), not an ensemble")
+        from .cross_dataset import evaluate_cross_dataset
+
+        return evaluate_cross_dataset(cfg, model, class_nodes, trained, run_dir)
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
     manifest = cfg.data.get("split_manifest")

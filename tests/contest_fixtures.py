@@ -98,3 +98,26 @@ def write_icpr2012_contest(
         (d / info_name).write_text("\n".join(info) + "\n")
     (root / "cells.csv").write_text("\n".join(cells) + "\n")
     return root
+
+
+I3A_CLASSES = ("Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi")
+
+
+def write_i3a2014_cells(root: Path, per_class: int = 6, specimens_per_class: int = 3, seed: int = 0) -> Path:
+    """I3A Task-1 layout: dim 8-bit grey ``NNNNN.png`` cells with ``NNNNN_Mask.png`` and
+    ``gt_training.csv`` ``Image ID,Image class,Specimen ID`` (a specimen column, so no grouping is guessed)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["Image ID,Image class,Specimen ID"]
+    i = 0
+    for k, name in enumerate(I3A_CLASSES):
+        for j in range(per_class):
+            i += 1
+            h, w = (int(x) for x in rng.integers(54, 70, 2))
+            img, mask = _icpr_cell(rng, k, h, w, bright=float(rng.uniform(30, 60)))
+            Image.fromarray(img[..., 1], mode="L").save(root / f"{i:05d}.png")
+            Image.fromarray(mask, mode="L").save(root / f"{i:05d}_Mask.png")
+            lines.append(f"{i},{name},{k * specimens_per_class + j % specimens_per_class}")
+    (root / "gt_training.csv").write_text("\n".join(lines) + "\n")
+    return root
