@@ -152,7 +152,7 @@ def _normalised_copies(records, masks: dict[str, str], cache: Path):
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for r in records:
-        dst = cache / Path(r.path).name
+        dst = cache / (f"{r.sha256[:24]}.png" if r.sha256 else f"{Path(r.path).parent.name}_{Path(r.path).stem}.png")
         if not dst.is_file():
             mask = load_image(masks[r.path]) if r.path in masks else None
             tmp = dst.with_suffix(".tmp.png")
