@@ -239,6 +239,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer = build_trainer(cfg, run_dir)
     results = (single_process_tester(trainer) or trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if split == "test" and callable(getattr(dm, "split_flags", None)):
+        metrics.update(dm.split_flags("test"))
+    from .data.run_config import seen_in_training
+
+    seen = seen_in_training(records, Path(ckpt_ref).resolve().parent.parent / "split_manifest.csv")
+    if seen is not None:
+        metrics["test/images_in_training_split"] = float(seen)
     if trainer.is_global_zero:
         write_metrics_json(metrics, run_dir / "metrics.json")
         model.write_report(run_dir, records, metrics, stage="test")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,26 @@ def test_eval_reuses_the_training_runs_data_settings(icpr_model, tmp_path):
     assert (dm.reader, dm.level, dm.mask, dm.hparams.image_size) == ("icpr2012", "contest", "apply", 32)
     assert dm.class_names == list(ICPR2012_CLASSES) and objs["split"] == "all"
     assert str(dm.root) == str(other) and dm.masks  # the new folder, its masks applied
-    assert "test/mca" in metrics
+    assert "test/mca" in metrics and metrics["test/images_in_training_split"] == 0.0
     assert "images: 24" in (tmp_path / "ev" / "evaluated.txt").read_text()
+
+
+def test_eval_on_the_training_data_says_so(icpr_model, tmp_path, caplog):
+    from ana_lightning.pipeline import evaluate
+
+    root, ckpt = icpr_model
+    with caplog.at_level(logging.WARNING):
+        metrics, objs = evaluate(
+            compose("eval", [f"ckpt_path={ckpt}", "split=all"], output_dir=tmp_path / "all")
+        )
+    n_train = len(objs["datamodule"].splits["train"])
+    assert str(objs["datamodule"].root) == str(root)  # no data key typed: the training run's folder
+    assert metrics["test/images_in_training_split"] == n_train > 0
+    assert f"{n_train} OF THE 36 EVALUATED IMAGES WERE IN THE MODEL'S TRAINING SPLIT" in caplog.text
+    # split=auto: the run's own (official) test split, clean
+    metrics, objs = evaluate(compose("eval", [f"ckpt_path={ckpt}"], output_dir=tmp_path / "auto"))
+    assert objs["split"] == "test" and metrics["test/images_in_training_split"] == 0.0
+    assert metrics["test/shared_groups_with_train"] == 0.0
 
 
 def test_cross_dataset_eval_through_the_tree(tmp_path):
