@@ -314,7 +314,7 @@ def evaluate_cross_dataset(
     truth = [r.codes[0] for r in records]
     min_level = int(cfg.get("cross_dataset_min_level", 2))
     metrics, details = score_cross_dataset(probs, model_classes, nodes, truth, tree, min_level)
-    data_names = dict(getattr(dm, "contest_names", {}) or {})
+    data_names = dict(getattr(dm, "_contest_of", {}) or {})  # tree label -> the data's class name
     source = {
         "trained": _describe(trained),
         "evaluated": _describe(cfg.data) + f" ({split}, {len(records)} images)",

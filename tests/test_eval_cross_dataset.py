@@ -24,7 +24,6 @@ I3A_NODES = {
     "Golgi": "AC-22",
 }
 FAST = [
-    f"model.backbone.name={TINY_BACKBONE}",
     "data.image_size=32",
     "trainer.max_epochs=1",
     "callbacks.rich_progress_bar=null",
@@ -81,7 +80,13 @@ def icpr_model(tmp_path_factory):
     base = tmp_path_factory.mktemp("icpr_model")
     root = write_icpr2012_contest(base / "icpr", train_per_class=4, test_per_class=2)
     run = base / "runs" / "r1"
-    train(compose("train", ["experiment=icpr2012_cells", f"data.root={root}", *FAST], output_dir=run))
+    train(
+        compose(
+            "train",
+            ["experiment=icpr2012_cells", f"data.root={root}", "model.backbone.width=8", *FAST],
+            output_dir=run,
+        )
+    )
     return root, next((run / "checkpoints").glob("best-epoch*.ckpt"))
 
 
@@ -97,7 +102,7 @@ def test_eval_reuses_the_training_runs_data_settings(icpr_model, tmp_path):
     metrics, objs = evaluate(cfg)
     dm = objs["datamodule"]
     assert type(dm).__name__ == "HEp2HierarchyDataModule"
-    assert (dm.reader, dm.level, dm.mask, dm.hparams.image_size) == ("icpr2012", "contest", "apply", 32)
+    assert (dm.reader, dm.level, dm.mask, dm.hparams.image_size) == ("icpr2012", "contest", "channel", 32)
     assert dm.class_names == list(ICPR2012_CLASSES) and objs["split"] == "all"
     assert str(dm.root) == str(other) and dm.masks  # the new folder, its masks applied
     assert "test/mca" in metrics and metrics["test/images_in_training_split"] == 0.0
@@ -136,6 +141,7 @@ def test_cross_dataset_eval_through_the_tree(tmp_path):
                 "data.level=contest",
                 f"data.root={i3a}",
                 "data.split_fractions=[0.34,0.33,0.33]",
+                f"model.backbone.name={TINY_BACKBONE}",
                 *FAST,
             ],
             output_dir=run,

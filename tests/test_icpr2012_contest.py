@@ -15,7 +15,7 @@ from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
 from ana_lightning.data.records import DatasetError
 from ana_lightning.taxonomy import Taxonomy
 
-from conftest import TINY_BACKBONE, compose
+from conftest import compose
 
 
 def test_fixture_is_the_contest_layout(tmp_path):
@@ -122,7 +122,7 @@ def test_contest_classes_subset_and_errors(tmp_path):
     assert dm.class_names == ["homogeneous", "centromere"]
     with pytest.raises(Exception, match="'speckled' is not a icpr2012 class"):
         _dm(root, classes=["speckled"]).setup()
-    with pytest.raises(ValueError, match="level=contest takes a contest reader"):
+    with pytest.raises(ValueError, match="needs a contest reader"):
         HEp2HierarchyDataModule(root=str(root), reader="folder", level="contest")
     assert list(contest_classes(Taxonomy.load(), "i3a2014")) == [
         "Homogeneous",
@@ -161,7 +161,7 @@ def test_fast_dev_run_of_the_experiment(tmp_path):
             f"data.root={root}",
             "debug=fdr",
             "data.image_size=32",
-            f"model.backbone.name={TINY_BACKBONE}",
+            "model.backbone.width=8",
             "callbacks.rich_progress_bar=null",
         ],
         output_dir=tmp_path / "run",

@@ -24,6 +24,7 @@ folder of ``<AC code>/<images>`` (``reader=folder``), or a contest layout (``rea
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from ..taxonomy import LabelError, Taxonomy
 from .contest import (
     CONTESTS,
     MASK_MODES,
+    _norm,
     contest_class_of,
     contest_classes,
     masked_loader,
@@ -120,7 +122,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
     Args (beyond :class:`RecordDataModule`):
         root: the dataset folder; ``null`` = the built-in synthetic fields (rendered into ``cache_dir``).
         level: ``1``, ``2``, ``3`` (leaf codes), ``all`` (the three levels at once, for the multi-head model)
-            or ``contest`` (the contest reader's own classes, flat).
+            or ``contest`` (a contest reader's own class names, flat; ``classes.csv`` in the run folder
+            ties each to its tree node).
         parent: a level-2 (or level-1) node: keep only its subtree (the level-3 models of the paper).
         reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts).
         csv: the contest label CSV (default: the one CSV found under ``root``).
@@ -157,14 +160,16 @@ class HEp2HierarchyDataModule(RecordDataModule):
         self.level: int | str = level if level in ("all", "contest") else int(level)
         if self.level not in (*LEVELS, "all", "contest"):
             raise ValueError(f"data.level must be 1, 2, 3, all or contest, got {level!r}")
+        if self.level == "contest" and reader not in CONTESTS:
+            raise ValueError(f"data.level=contest (the contest's own classes) needs a contest reader "
+                             f"({', '.join(CONTESTS)}), got data.reader={reader!r}")
+        if self.level == "contest" and parent is not None:
+            raise ValueError("data.level=contest takes no data.parent")
+        # level=contest: the contest's class names (flat, its own order) → tree label, and back (one name per label)
+        self.contest_classes: dict[str, str] = contest_classes(self.tree, reader) if self.level == "contest" else {}
+        self._contest_of: dict[str, str] = contest_class_of(self.tree, reader) if self.level == "contest" else {}
         if reader not in READERS:
             raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
-        if self.level == "contest" and reader not in CONTESTS:
-            raise ValueError(f"data.level=contest takes a contest reader (data.reader={' or '.join(CONTESTS)}), got {reader!r}")
-        if self.level == "contest" and parent is not None:
-            raise ValueError("data.level=contest is a flat target: data.parent must be null")
-        # level=contest: tree label -> the contest's class name (one each), and back.
-        self.contest_names: dict[str, str] = contest_class_of(self.tree, reader) if self.level == "contest" else {}
         if mask not in MASK_MODES:
             raise ValueError(f"data.mask must be one of {MASK_MODES}, got {mask!r}")
         self.parent = parent
@@ -207,10 +212,10 @@ class HEp2HierarchyDataModule(RecordDataModule):
     def _canon(self, name: str) -> str:
         """A class name of this level, checked against the tree (or the contest's class list)."""
         if self.level == "contest":
-            names = {n.lower(): n for n in self.contest_names.values()}
-            if name.lower() not in names:
-                raise LabelError(f"{name!r} is not a {self.reader} class (classes: {list(self.contest_names.values())})")
-            return names[name.lower()]
+            found = next((c for c in self.contest_classes if _norm(c) == _norm(name)), None)
+            if found is None:
+                raise LabelError(f"{name!r} is not a {self.reader} class (classes: {list(self.contest_classes)})")
+            return found
         lv = 3 if self.level == "all" else self.level
         if lv == 3:
             if not self.tree.is_code(name):
@@ -251,11 +256,14 @@ class HEp2HierarchyDataModule(RecordDataModule):
         return data.records, data.bad
 
     # -------------------------------------------------------------- labels
-    def resolve(self, record: ImageRecord, level: int) -> str | None:
-        """The node of a record at ``level`` (None when its label stops higher up)."""
+    def resolve(self, record: ImageRecord, level: int | str) -> str | None:
+        """The node of a record at ``level`` (None when its label stops higher up); at
+        ``level="contest"`` its contest class name."""
         if len(record.codes) != 1:
             raise DatasetError(self.root, [BadFile(record.path, f"{len(record.codes)} labels {record.codes}: the "
                                                                 "hierarchy datamodule takes single-label images")])
+        if level == "contest":
+            return self._contest_of.get(record.codes[0])
         return resolve_label(self.tree, record.codes[0], level)
 
     def _selected(self, r: ImageRecord) -> bool:
@@ -265,7 +273,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.level == "all":
             return True
         if self.level == "contest":
-            return label in self.contest_names and (not self.requested_classes or self.contest_names[label] in self._requested)
+            return label in self._contest_of and (not self.requested_classes or self._contest_of[label] in self._requested)
         node = self.resolve(r, self.level)
         if node is None:
             return False
@@ -301,10 +309,10 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.level == "all":
             self._class_names = self.level_names[3]
         elif self.level == "contest":
-            present = {self.contest_names[r.codes[0]] for r in kept}
-            order = list(contest_classes(self.tree, self.reader))
+            present = {self.resolve(r, "contest") for r in kept}
             wanted = self._requested if self.requested_classes else present
-            self._class_names = [n for n in order if n in wanted]
+            self._class_names = [c for c in self.contest_classes if c in wanted]
+            log.info("contest classes → tree: %s", ", ".join(f"{c} → {self.contest_classes[c]}" for c in self._class_names))
         elif self.requested_classes:
             self._class_names = [n for n in self.tree.nodes(self.level) if n in self._requested]
         else:
@@ -324,6 +332,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
         super().write_reports(out_dir)
         if self.grouping:  # the manifest's group column holds the groups; this says where they came from
             (Path(out_dir) / "grouping.txt").write_text(f"reader: {self.reader}\ngrouping: {self.grouping}\n")
+        if self.level == "contest" and self._class_names:  # each contest class and its place in the ICAP tree
+            with open(Path(out_dir) / "classes.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["class", "tree_label", "level1", "level2", "code"])
+                for c in self._class_names:
+                    w.writerow([c, self.contest_classes[c], *(x or "" for x in label_path(self.tree, self.contest_classes[c]))])
 
     @property
     def class_names(self) -> list[str]:
@@ -346,14 +360,13 @@ class HEp2HierarchyDataModule(RecordDataModule):
             return self.level_targets(records)
         names = self.class_names
         if self.level == "contest":
-            return torch.tensor([names.index(self.contest_names[r.codes[0]]) for r in records], dtype=torch.long)
+            return torch.tensor([names.index(self._contest_of[r.codes[0]]) for r in records], dtype=torch.long)
         return torch.tensor([names.index(self.resolve(r, self.level)) for r in records], dtype=torch.long)
 
     def class_nodes(self) -> dict[str, str]:
         """Each class → its tree label: the contest class's ICAP node at ``level=contest``, else itself."""
         if self.level == "contest":
-            back = {name: label for label, name in self.contest_names.items()}
-            return {c: back[c] for c in self.class_names}
+            return {c: self.contest_classes[c] for c in self.class_names}
         return {c: c for c in self.class_names}
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
