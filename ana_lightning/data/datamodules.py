@@ -26,12 +26,15 @@ from .images import BadFile, load_image
 from .records import DatasetError, ImageRecord, read_single_label_folder
 from .splits import (
     SPLITS,
+    NearDuplicateSet,
     duplicate_sets,
     load_manifest,
+    near_duplicate_sets,
     save_manifest,
     shared_with_train,
     split_keeping_official,
     split_records,
+    write_near_duplicates,
 )
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
@@ -111,6 +114,7 @@ class RecordDataModule(L.LightningDataModule):
         extra_train: str | None = None,
         image_cache_dir: str | None = None,
         batch_augment: Callable[..., torch.Tensor] | None = None,
+        near_duplicates: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
@@ -134,6 +138,8 @@ class RecordDataModule(L.LightningDataModule):
         # set by read_records when the layout has one; kept as given by split().
         self.official_split: dict[str, str] = {}
         self.split_overlap: dict[str, int] = {}
+        # Same picture, other bytes (re-encoded, flipped, rotated): kept in one split (data.near_duplicates).
+        self.near_duplicates: list[NearDuplicateSet] = []
 
     # -------------------------------------------------------------- to implement
     @property
@@ -180,10 +186,12 @@ class RecordDataModule(L.LightningDataModule):
                 )
         else:
             self.taxonomy = self.tree.subset(present)  # classes present, in natural order
+        self.find_near_duplicates(records)
         if self.hparams.split_manifest:
             self.splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
             self.splits = self.split(records)
+            self.check_split_sizes(records, self.splits)
         self.check_split_overlap()
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
@@ -202,8 +210,48 @@ class RecordDataModule(L.LightningDataModule):
         """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
         reads several sources may split each one on its own (still with :func:`split_records`)."""
         if self.official_split:  # the layout's own split: test kept as given, validation carved from train
-            return split_keeping_official(records, self.official_split, self.hparams.split_fractions, seed=self.hparams.seed)
-        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed)
+            return split_keeping_official(records, self.official_split, self.hparams.split_fractions,
+                                          seed=self.hparams.seed, together=self.together)
+        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
+
+    def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
+        """Stop when a split that should hold images is empty; warn when one group (patient, folder,
+        specimen) holds most images, since a grouped split cannot divide it (e.g. ``data.group_level=auto``
+        taking the export's top folder as the only patient)."""
+        groups = Counter(r.group for r in records if r.group)
+        top = groups.most_common(1)[0] if groups else None
+        where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
+                 "check the grouping (data.group_level, or the group column of your labels CSV), e.g. "
+                 "data.group_level=none to split image by image if the images are independent."
+                 ) if top and top[1] > 0.5 * len(records) else ""
+        sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
+        empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
+        if empty:
+            raise DatasetError(self.root, [BadFile(str(self.root), f"the {' and '.join(empty)} split(s) are empty "
+                                                   f"({sizes}, data.split_fractions={list(self.hparams.split_fractions)})."
+                                                   f"{where or ' Too few images, groups or distinct files (copies share a split) to split.'}")])
+        if where:
+            log.warning("split %s.%s", sizes, where)
+
+    @property
+    def together(self) -> list[list[str]]:
+        """Paths that must share a split besides byte-identical files and groups: the near-duplicates."""
+        return [[r.path for r in d.records] for d in self.near_duplicates]
+
+    def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
+        """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
+        ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
+        self.near_duplicates = near_duplicate_sets(records) if self.hparams.get("near_duplicates", True) else []
+        if self.near_duplicates:
+            log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
+                     "one split each: see near_duplicates.csv", len(self.near_duplicates))
+        conflicts = [d for d in self.near_duplicates if d.conflicting]
+        if conflicts:
+            shown = "; ".join(" = ".join(f"{r.path} ({';'.join(r.codes)})" for r in d.records) for d in conflicts[:5])
+            log.warning("the same image carries different labels in %d case(s) (it would be trained with both): %s%s. "
+                        "Fix the labels or remove the copies; all are listed in near_duplicates.csv "
+                        "(conflicting_labels=yes).", len(conflicts), shown, " …" if len(conflicts) > 5 else "")
+        return self.near_duplicates
 
     def check_split_overlap(self) -> dict[str, int]:
         """Count test images sharing a group (or identical bytes) with training; a WARNING when any do
@@ -321,6 +369,8 @@ class RecordDataModule(L.LightningDataModule):
                     for r in group:
                         w.writerow([r.sha256, r.path, ";".join(r.codes), split_of[r.path]])
             log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", len(dups))
+        if self.near_duplicates:
+            write_near_duplicates(self.near_duplicates, self.splits, out_dir / "near_duplicates.csv")
 
     # -------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

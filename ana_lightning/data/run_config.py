@@ -52,12 +52,14 @@ _NOT_CARRIED = (
 )
 
 
-def training_data_config(ckpt_path: str | Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
+def training_data_config(
+    ckpt_path: str | Path, trust_checkpoint: bool = False
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
     """``(data config of the run, class name → ICAP node)`` of a checkpoint; ``(None, {})`` when neither
     the checkpoint nor its run folder's ``config_resolved.yaml`` says."""
     from ..utils import read_checkpoint
 
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
     for value in ckpt.values():
         if isinstance(value, dict) and isinstance(value.get("ana_data"), dict):
             return dict(value["ana_data"]), dict(value.get("class_nodes") or {})

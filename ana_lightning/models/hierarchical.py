@@ -255,11 +255,15 @@ class HierarchicalPipeline:
         multihead: str | None = None,
         routing: str = "hard",
         tree: str | None = None,
+        trust_checkpoint: bool = False,
     ) -> HierarchicalPipeline:
         from ..utils import load_checkpoint_model
 
-        load = lambda p: load_checkpoint_model(resolve_checkpoint(p)) if p else None  # noqa: E731
-        level3_models = {g: load_checkpoint_model(c) for g, c in _level3_checkpoints(level3).items()}
+        def load(p):
+            return load_checkpoint_model(resolve_checkpoint(p), trust_checkpoint=trust_checkpoint) if p else None
+
+        level3_models = {g: load_checkpoint_model(c, trust_checkpoint=trust_checkpoint)
+                         for g, c in _level3_checkpoints(level3).items()}
         return cls(load(level1), load(level2), level3_models, load(multihead), routing, Taxonomy.load(tree))
 
     def describe(self) -> dict[str, Any]:
