@@ -8,7 +8,7 @@ TORCH_PINS := "torch==2.14.1" "torchvision==0.29.1"
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid test-browser bench-predict bench-throughput test-dist train-mixed low-data paper
+.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid test-browser bench-predict bench-throughput test-dist train-mixed low-data paper cv-real
 
 help:
 	@echo "make train      set up .venv if needed, then run ana-train (ARGS='key=value ...' to override)"
@@ -70,6 +70,10 @@ train-mixed: $(STAMP)
 
 low-data: $(STAMP)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python experiments/low_data/run.py $(ARGS)
+
+# Cross-validation on the real reference fields: texture SVM vs CNN, 3-fold x 2 repeats, then ana-compare
+cv-real: $(STAMP)
+	BIN=$(BIN) bash experiments/cross_validation/run.sh
 
 paper: $(STAMP)
 	$(BIN)/ana-train experiment=paper_level1 $(ARGS) && $(BIN)/ana-train experiment=paper_level2 $(ARGS) && $(BIN)/ana-train experiment=paper_level3 $(ARGS)

@@ -23,6 +23,7 @@ from .distributed import (
     sync_csv_logger,
 )
 from .reports import write_metrics_json
+from .stats import run_intervals
 from .utils import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -52,6 +53,10 @@ def build_datamodule(cfg: DictConfig, **overrides):
     augment = instantiate(cfg.augmentation.train) if cfg.get("augmentation") and cfg.augmentation.get("train") else None
     if cfg.get("augmentation") and cfg.augmentation.get("batch") and "batch_augment" not in overrides:
         overrides["batch_augment"] = instantiate(cfg.augmentation.batch)  # augmentation=gpu: on the device
+    if cfg.data.get("folds") and not cfg.data.get("folds_manifest") and "folds_manifest" not in overrides:
+        from .crossval import default_folds_manifest
+
+        overrides["folds_manifest"] = default_folds_manifest(cfg)  # one per sweep (folds_manifest.csv)
     return instantiate(cfg.data, train_augment=augment, **overrides)
 
 
@@ -213,6 +218,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             test_metrics.update(dm.split_flags("test"))  # test images sharing a group with train (0 = clean)
         metrics.update(test_metrics)
         if trainer.is_global_zero:
+            # bootstrap 95% intervals, resampling groups / duplicates together as the split keeps them
+            test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ())))
+            metrics.update(test_metrics)
             write_metrics_json(test_metrics, run_dir / "metrics.json")
             model.write_report(run_dir, dm.splits["test"], test_metrics, stage="test")
             _log_report_images(trainer, run_dir)
@@ -289,6 +297,10 @@ def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], spli
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
+    if cfg.get("sweep_dir"):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
+        from .crossval import evaluate_sweep
+
+        return evaluate_sweep(cfg)
     ens = cfg.get("ensemble") or {}
     members = [str(m) for m in (ens.get("members") or [])]
     if not cfg.get("ckpt_path") and not members:
@@ -369,6 +381,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if seen is not None:
         metrics["test/images_in_training_split"] = float(seen)
     if trainer.is_global_zero:
+        metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
         model.write_report(run_dir, records, metrics, stage="test")
         which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())

@@ -132,3 +132,27 @@ def test_a_dominant_group_is_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         dm.setup()
     assert "One group, 'p0', holds 32 of the 60 images" in caplog.text
+
+
+def test_episodes_use_each_picture_once():
+    from ana_lightning.data.splits import NearDuplicateSet
+    from ana_lightning.episodes import unique_images
+
+    recs = [ImageRecord(p, ("AC-1",), sha256=h) for p, h in
+            [("a.png", "1"), ("a_copy.png", "1"), ("b.png", "2"), ("b_flipped.png", "3"), ("c.png", "4")]]
+    near = [NearDuplicateSet((recs[2], recs[3]), ("identity", "flip_lr"), (0, 0))]
+    kept, dropped = unique_images(recs, near)
+    assert [r.path for r in kept] == ["a.png", "b.png", "c.png"] and dropped == 2
+
+
+def test_a_split_left_empty_by_tiny_classes_is_a_warning(tmp_path, caplog):
+    from ana_lightning.data.datamodules import SingleLabelDataModule
+
+    from conftest import write_class_images
+
+    root = write_class_images(tmp_path / "d", {"AC-1": 2, "AC-2": 2}, size=16)
+    dm = SingleLabelDataModule(root=str(root), image_size=16, cache_images=False)
+    with caplog.at_level(logging.WARNING):
+        dm.setup()
+    assert any(not dm.splits[s] for s in ("val", "test"))
+    assert "split(s) are empty" in caplog.text and "Too few images" in caplog.text

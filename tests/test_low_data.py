@@ -41,6 +41,22 @@ def test_low_data_study_runs_end_to_end_on_synthetic_fields(low_data, tmp_path):
     table = (out / "table.md").read_text()
     assert "| synthetic | 1 |" in table and "| synthetic | 2 |" in table
     assert all(m in table.splitlines()[0] for m in low_data.METHODS)
+    assert "| synthetic | 1 | softmax_cnn | 1 |" in (out / "paired.md").read_text()
+
+
+def test_paired_differences_between_methods(low_data):
+    # a scores 0.1 above b in every (group, repeat) cell; c scores exactly like a.
+    rows = []
+    for i, g in enumerate(("g1", "g2")):
+        for rep in range(3):
+            base = 0.5 + 0.05 * rep + 0.01 * i
+            for m, v in (("a", base + 0.1), ("b", base), ("c", base + 0.1)):
+                rows.append(dict(dataset="real", group=g, k=3, repeat=rep, method=m, mca=v))
+    table = low_data.paired_differences(rows, ["a", "b", "c"], reference="a").splitlines()
+    line_b = next(x for x in table if "| b |" in x)
+    line_c = next(x for x in table if "| c |" in x)
+    assert "| 6 | +0.100 | [+0.100, +0.100] |" in line_b
+    assert line_c.endswith("| 6 | +0.000 | [+0.000, +0.000] | 1 |")  # a method against its copy: no difference
 
 
 def test_draws_keep_train_and_test_apart(low_data, tmp_path):

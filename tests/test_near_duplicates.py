@@ -152,3 +152,24 @@ def test_hashes_of_flips_and_turns_equal_imagehash():
         library = [imagehash.phash(Image.fromarray(np.ascontiguousarray(v))).hash for v in _dihedral(x)]
         for a, b in zip(derived, library, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_hashes_are_cached_on_disk_by_content(folder, tmp_path, monkeypatch):
+    import ana_lightning.data.images as images
+    from ana_lightning.data import splits
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.taxonomy import Taxonomy
+
+    root, _ = folder
+    records, _ = read_single_label_folder(root, Taxonomy.load())
+    splits._hash_cache.clear()
+    first = near_duplicate_sets(records, cache_dir=tmp_path / "cache")
+    assert (tmp_path / "cache" / "near_duplicate_hashes.npz").is_file()
+    splits._hash_cache.clear()  # a new process: only the file remains
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(images, "load_image", no_decoding)
+    again = near_duplicate_sets(records, cache_dir=tmp_path / "cache")
+    assert [[r.path for r in d.records] for d in again] == [[r.path for r in d.records] for d in first]

@@ -27,6 +27,7 @@ from .records import DatasetError, ImageRecord, read_single_label_folder
 from .splits import (
     SPLITS,
     NearDuplicateSet,
+    cv_split,
     duplicate_sets,
     load_manifest,
     near_duplicate_sets,
@@ -34,6 +35,7 @@ from .splits import (
     shared_with_train,
     split_keeping_official,
     split_records,
+    sweep_folds,
     write_near_duplicates,
 )
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -115,8 +117,14 @@ class RecordDataModule(L.LightningDataModule):
         image_cache_dir: str | None = None,
         batch_augment: Callable[..., torch.Tensor] | None = None,
         near_duplicates: bool = True,
+        folds: int | None = None,
+        fold: int | None = None,
+        repeats: int = 1,
+        repeat: int = 0,
+        folds_manifest: str | None = None,
     ):
         super().__init__()
+        _check_fold_settings(folds, fold, repeats, repeat, split_manifest)
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
         plain_hparams(self)
         # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
@@ -208,16 +216,21 @@ class RecordDataModule(L.LightningDataModule):
 
     def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
-        reads several sources may split each one on its own (still with :func:`split_records`)."""
+        reads several sources may split each one on its own (still with :func:`split_records`).
+        With ``folds`` set it is the cross-validation split of :meth:`fold_split`; a layout's official
+        split (``official_split``) is kept as given."""
+        if self.hparams.get("folds"):
+            return self.fold_split(records)
         if self.official_split:  # the layout's own split: test kept as given, validation carved from train
             return split_keeping_official(records, self.official_split, self.hparams.split_fractions,
                                           seed=self.hparams.seed, together=self.together)
         return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
-        """Stop when a split that should hold images is empty; warn when one group (patient, folder,
-        specimen) holds most images, since a grouped split cannot divide it (e.g. ``data.group_level=auto``
-        taking the export's top folder as the only patient)."""
+        """Stop when one group (patient, folder, specimen) holds most images and a split is left empty
+        (e.g. ``data.group_level=auto`` taking the export's top folder as the only patient): a grouped
+        split cannot divide a group. Warn when a split is empty for another reason (too few images or
+        groups per class), or when one group holds most images."""
         groups = Counter(r.group for r in records if r.group)
         top = groups.most_common(1)[0] if groups else None
         where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
@@ -227,10 +240,12 @@ class RecordDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
         empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
         if empty:
-            raise DatasetError(self.root, [BadFile(str(self.root), f"the {' and '.join(empty)} split(s) are empty "
-                                                   f"({sizes}, data.split_fractions={list(self.hparams.split_fractions)})."
-                                                   f"{where or ' Too few images, groups or distinct files (copies share a split) to split.'}")])
-        if where:
+            msg = (f"the {' and '.join(empty)} split(s) are empty ({sizes}, data.split_fractions="
+                   f"{list(self.hparams.split_fractions)}).")
+            if where:
+                raise DatasetError(self.root, [BadFile(str(self.root), msg + where)])
+            log.warning("%s Too few images, groups or distinct files (copies share a split) per class to fill them.", msg)
+        elif where:
             log.warning("split %s.%s", sizes, where)
 
     @property
@@ -241,7 +256,13 @@ class RecordDataModule(L.LightningDataModule):
     def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
         """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
         ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
-        self.near_duplicates = near_duplicate_sets(records) if self.hparams.get("near_duplicates", True) else []
+        if self.hparams.get("near_duplicates", True):
+            from .cache import default_cache_dir
+
+            cache = self.hparams.get("image_cache_dir") or default_cache_dir()
+            self.near_duplicates = near_duplicate_sets(records, cache_dir=cache)
+        else:
+            self.near_duplicates = []
         if self.near_duplicates:
             log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
                      "one split each: see near_duplicates.csv", len(self.near_duplicates))
@@ -286,6 +307,20 @@ class RecordDataModule(L.LightningDataModule):
     def class_nodes(self) -> dict[str, str]:
         """Each class name → its ICAP tree label (an AC code or a tree node); here the names are codes."""
         return {c: c for c in self.class_names}
+
+    def fold_split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
+        """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest
+        (made once per sweep, then reused exactly); validation carved from the other folds with the
+        share ``val / (train + val)`` of ``split_fractions``, never from the test fold."""
+        hp = self.hparams
+        fold_of = sweep_folds(records, hp.get("folds_manifest"), hp.folds, hp.get("repeats", 1), seed=hp.seed,
+                              root=self.root, together=self.together)[hp.get("repeat", 0)]
+        fr = hp.split_fractions
+        val_fraction = fr[1] / (fr[0] + fr[1]) if fr[0] + fr[1] > 0 else 0.0
+        log.info("cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds", hp.fold, hp.folds,
+                 hp.get("repeat", 0), hp.get("repeats", 1), 100 * val_fraction)
+        return cv_split(records, fold_of, hp.fold, val_fraction, seed=[hp.seed, hp.get("repeat", 0), hp.fold],
+                        together=self.together)
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
@@ -407,6 +442,23 @@ class RecordDataModule(L.LightningDataModule):
         if aug is not None and trainer is not None and trainer.training and isinstance(batch, dict) and "image" in batch:
             batch["image"] = aug(batch["image"], mean=self.mean, std=self.std)
         return batch
+
+
+def _check_fold_settings(folds: int | None, fold: int | None, repeats: int, repeat: int, split_manifest: str | None) -> None:
+    """Clear errors for ``data.folds`` / ``data.fold`` / ``data.repeats`` / ``data.repeat``."""
+    if folds is None:
+        if fold is not None:
+            raise ValueError(f"data.fold={fold} needs data.folds=<k> (e.g. ana-train -m data.folds=5 'data.fold=range(5)')")
+        return
+    if int(folds) < 2:
+        raise ValueError(f"data.folds must be at least 2, got {folds}")
+    if fold is None or not 0 <= int(fold) < int(folds):
+        raise ValueError(f"data.folds={folds} needs data.fold in 0…{int(folds) - 1}, got {fold} "
+                         f"(a sweep over all folds: ana-train -m data.folds={folds} 'data.fold=range({folds})')")
+    if int(repeats) < 1 or not 0 <= int(repeat) < int(repeats):
+        raise ValueError(f"data.repeat must be in 0…data.repeats-1 and data.repeats >= 1, got repeat={repeat}, repeats={repeats}")
+    if split_manifest:
+        raise ValueError(f"data.folds={folds} makes its own splits: drop data.split_manifest={split_manifest}")
 
 
 class SingleLabelDataModule(RecordDataModule):

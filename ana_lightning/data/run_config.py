@@ -33,7 +33,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Keys that belong to one dataset folder: reset to null when the folder or the reader changes.
-SOURCE_KEYS = ("csv", "group_column", "split_manifest", "extra_train", "classes")
+SOURCE_KEYS = ("csv", "group_column", "split_manifest", "extra_train", "classes", "folds", "fold", "folds_manifest")
 #: Keys never carried into a different datamodule class (they name what is read, not how).
 _NOT_CARRIED = (
     "_target_",

@@ -11,11 +11,19 @@ combine stratification, groups and multi-label targets at once.
 
 The result is a manifest CSV (``path,label,split,sha256,group``) written into the run folder; a
 later run can reuse it with ``data.split_manifest=<file>``.
+
+Cross-validation (``data.folds=k data.fold=i``) uses the same machinery: :func:`fold_records` makes
+k disjoint folds with equal fractions, :func:`sweep_folds` saves them once per sweep as
+``folds_manifest.csv`` (under a file lock, so parallel jobs agree) and :func:`cv_split` tests on
+one fold and carves the validation split from the other folds.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,9 +46,16 @@ __all__ = [
     "LeakageError",
     "split_keeping_official",
     "shared_with_train",
+    "fold_records",
+    "cv_split",
+    "FOLDS_MANIFEST",
+    "FoldsManifestError",
+    "sweep_folds",
+    "load_folds_manifest",
 ]
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class LeakageError(ValueError):
@@ -97,7 +112,7 @@ def duplicate_sets(records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
 # ------------------------------------------------------------------------------- near-duplicates
 _DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_lr+rot90", "flip_lr+rot180", "flip_lr+rot270")
 _THUMB = 32  # thumbnails compared pixel by pixel to confirm a hash match
-_hash_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # sha256 -> (8 hashes, 8 thumbnails): hashed once per process
+_hash_cache: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]] = {}  # sha256 -> (8 hashes, thumbnail, size)
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,26 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x) if hasattr(np, "bitwise_count") else np.unpackbits(x.view(np.uint8), axis=-1).sum(-1)
 
 
+def _load_hash_cache(path: Path) -> None:
+    try:
+        with np.load(path) as z:
+            for sha, h, t, size in zip(z["sha256"], z["hashes"], z["thumbs"], z["sizes"], strict=True):
+                _hash_cache.setdefault(str(sha), (h.astype(np.uint64), t.astype(np.float32), (int(size[0]), int(size[1]))))
+    except Exception:  # noqa: BLE001 - a damaged cache is only slower: hash again
+        pass
+
+
+def _save_hash_cache(path: Path) -> None:
+    import os
+
+    items = list(_hash_cache.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, sha256=np.array([k for k, _ in items]), hashes=np.stack([v[0] for _, v in items]),
+             thumbs=np.stack([v[1] for _, v in items]).astype(np.uint8), sizes=np.array([v[2] for _, v in items]))
+    os.replace(tmp, path)  # atomic: ranks or runs writing at once leave one whole file
+
+
 def _candidate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
     """``(i, j, v)`` with ``i < j`` where variant ``v`` of image ``j``'s hash is within
     ``max_distance`` bits of image ``i``'s own hash (the closest variant per pair).
@@ -232,6 +267,7 @@ def near_duplicate_sets(
     max_distance: int = 4,
     min_correlation: float = 0.99,
     workers: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[NearDuplicateSet]:
     """Sets of records that show the same picture with different (or the same) bytes: re-encoded,
     flipped or rotated by a multiple of 90° — the copies a byte hash misses.
@@ -240,8 +276,9 @@ def near_duplicate_sets(
     two images are candidates when one's hash is within ``max_distance`` bits of any of the other's
     8, and are confirmed when they have the same size (up to a 90° turn) and their 32×32 grey
     thumbnails (the matching flip/rotation) correlate by at least ``min_correlation``, so
-    similar-looking cells of one pattern are not merged. Images are hashed once per process (cached by sha256); unreadable files are skipped
-    (the readers report them).
+    similar-looking cells of one pattern are not merged. Images are hashed once per process (cached
+    by sha256), and once across runs with ``cache_dir`` (``<cache_dir>/near_duplicate_hashes.npz``);
+    unreadable files are skipped (the readers report them).
     """
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -258,8 +295,17 @@ def near_duplicate_sets(
         except (BadImageError, OSError):
             return None
 
+    disk = Path(cache_dir) / "near_duplicate_hashes.npz" if cache_dir else None
+    if disk is not None and disk.is_file():
+        _load_hash_cache(disk)
+    known = len(_hash_cache)
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
         got = list(pool.map(safe, records))
+    if disk is not None and len(_hash_cache) > known:
+        try:
+            _save_hash_cache(disk)
+        except OSError as e:  # a read-only cache folder: only slower next time
+            log.info("near-duplicate hashes not cached in %s: %s", disk, e)
     keep = [i for i, g in enumerate(got) if g is not None]
     if len(keep) < 2:
         return []
@@ -331,11 +377,24 @@ def split_records(
     order = rng.permutation(len(units))
     units = [units[i] for i in order]
 
+    assigned: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
+    for u, k in zip(units, _assign_units(records, units, fractions, rng), strict=True):
+        assigned[SPLITS[k]].extend(records[i] for i in u)
+    for s in SPLITS:
+        assigned[s].sort(key=lambda r: r.path)
+    check_no_leakage(assigned)
+    return assigned
+
+
+def _assign_units(
+    records: Sequence[ImageRecord], units: Sequence[list[int]], fractions: Sequence[float], rng: np.random.Generator
+) -> list[int]:
+    """The bucket (split or fold) of every unit, by iterative stratification over ``fractions``."""
     label_count = Counter(c for r in records for c in r.codes)
     frac = np.asarray(fractions, dtype=float)
     want = {c: frac * n for c, n in label_count.items()}  # still wanted per split, per label
     want_total = frac * len(records)
-    assigned: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
+    bucket = [0] * len(units)
 
     def unit_codes(u: list[int]) -> set[str]:
         return {c for i in u for c in records[i].codes}
@@ -362,15 +421,12 @@ def split_records(
         k = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
         if frac[k] == 0:
             k = int(np.argmax(frac))
+        bucket[pos] = k
         for i in u:
-            assigned[SPLITS[k]].append(records[i])
             for c in records[i].codes:
                 want[c][k] -= 1
             want_total[k] -= 1
-    for s in SPLITS:
-        assigned[s].sort(key=lambda r: r.path)
-    check_no_leakage(assigned)
-    return assigned
+    return bucket
 
 
 def split_keeping_official(
@@ -472,4 +528,181 @@ def load_manifest(path: str | Path, root: str | Path | None = None, taxonomy=Non
             out[row["split"]].append(ImageRecord(str(p), codes, row.get("group") or None, row.get("sha256") or ""))
     if check:
         check_no_leakage(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------- cross-validation
+FOLDS_MANIFEST = "folds_manifest.csv"
+_FOLD_COLUMNS = ["repeat", "fold", "path", "label", "sha256", "group", "seed"]
+
+
+class FoldsManifestError(ValueError):
+    """A folds manifest that does not fit the data or the fold settings of this job."""
+
+
+def fold_records(
+    records: Sequence[ImageRecord], folds: int, seed: int | Sequence[int] = 0, together: Sequence[Sequence[str]] = ()
+) -> list[list[ImageRecord]]:
+    """``folds`` disjoint folds covering ``records``: stratified (multi-label aware) and grouped by the
+    same rules as :func:`split_records` (a group, byte-identical files and each set of paths in
+    ``together`` — the near-duplicates — stay in one fold).
+
+    >>> recs = [ImageRecord(f"{c}_{i}.png", (c,), sha256=f"{c}{i}") for c in ("AC-1", "AC-2") for i in range(10)]
+    >>> [len(f) for f in fold_records(recs, 5)]
+    [4, 4, 4, 4, 4]
+    """
+    folds = int(folds)
+    if folds < 2:
+        raise ValueError(f"data.folds must be at least 2, got {folds}")
+    records = sorted(records, key=lambda r: r.path)
+    units = _units(records, together)
+    if len(units) < folds:
+        raise ValueError(
+            f"data.folds={folds} needs at least {folds} independent groups of images, but the {len(records)} images "
+            f"form {len(units)} (images of one group or byte-identical files stay together): use fewer folds"
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(units))
+    units = [units[i] for i in order]
+    out: list[list[ImageRecord]] = [[] for _ in range(folds)]
+    for u, k in zip(units, _assign_units(records, units, [1.0 / folds] * folds, rng), strict=True):
+        out[k].extend(records[i] for i in u)
+    for f in out:
+        f.sort(key=lambda r: r.path)
+    empty = [i for i, f in enumerate(out) if not f]
+    if empty:
+        raise ValueError(f"data.folds={folds}: fold(s) {empty} came out empty ({len(units)} groups); use fewer folds")
+    check_no_leakage({f"fold {i}": f for i, f in enumerate(out)})
+    return out
+
+
+def cv_split(
+    records: Sequence[ImageRecord],
+    fold_of: dict[str, int],
+    fold: int,
+    val_fraction: float,
+    seed: int | Sequence[int] = 0,
+    together: Sequence[Sequence[str]] = (),
+) -> dict[str, list[ImageRecord]]:
+    """Train / val / test of one cross-validation job: ``test`` is fold ``fold`` (``fold_of`` maps a
+    record's path to its fold); ``val`` is carved from the other folds only (stratified, grouped),
+    ``val_fraction`` of them; the rest is ``train``."""
+    missing = [r.path for r in records if r.path not in fold_of]
+    if missing:
+        raise FoldsManifestError(f"{len(missing)} image(s) have no fold, e.g. {missing[0]}")
+    test = sorted((r for r in records if fold_of[r.path] == fold), key=lambda r: r.path)
+    rest = [r for r in records if fold_of[r.path] != fold]
+    if not test:
+        raise FoldsManifestError(f"fold {fold} holds no image")
+    inner = split_records(rest, (1.0 - val_fraction, val_fraction, 0.0), seed=seed, together=together)  # no test
+    out = {"train": inner["train"], "val": inner["val"], "test": test}
+    check_no_leakage(out)
+    return out
+
+
+def _rel(path: str, root: str | Path | None) -> str:
+    p = Path(path)
+    if root is not None:
+        try:
+            p = p.resolve().relative_to(Path(root).resolve())
+        except ValueError:
+            pass
+    return p.as_posix()
+
+
+def load_folds_manifest(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``folds_manifest.csv`` (``repeat,fold,path,label,sha256,group,seed``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"folds manifest {path} does not exist")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(_FOLD_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise FoldsManifestError(f"folds manifest {path} lacks column(s) {sorted(missing)}")
+        return list(reader)
+
+
+def sweep_folds(
+    records: Sequence[ImageRecord],
+    path: str | Path | None,
+    folds: int,
+    repeats: int = 1,
+    seed: int = 0,
+    root: str | Path | None = None,
+    together: Sequence[Sequence[str]] = (),
+) -> list[dict[str, int]]:
+    """The fold of every record (by path), per repeat, made once per sweep.
+
+    The first job of a sweep makes the folds of every repeat (repeat ``i`` with fold seed
+    ``[seed, i]``) and writes them to ``path`` under a file lock; every later job reads that file
+    and uses it exactly. A manifest that lists other images, other contents (sha256), other labels,
+    or other fold settings is refused with the differences named. ``path=None`` keeps them in memory.
+    """
+    rel = {_rel(r.path, root): r for r in records}
+    if len(rel) != len(records):
+        raise FoldsManifestError("two images map to the same relative path; cannot write a folds manifest")
+    if path is None:
+        return [_fold_map(records, folds, [seed, i], together) for i in range(repeats)]
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            rows = []
+            for i in range(repeats):
+                for k, fold in enumerate(fold_records(records, folds, [seed, i], together)):
+                    rows += [[i, k, _rel(r.path, root), ";".join(r.codes), r.sha256, r.group or "", seed] for r in fold]
+            # Unique temporary name, atomic rename: even where the lock does not hold (some network file
+            # systems), two jobs could only write the same deterministic content, never a mixed file.
+            tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(_FOLD_COLUMNS)
+                w.writerows(rows)
+            tmp.replace(path)
+        rows = load_folds_manifest(path)
+    return _check_folds_manifest(rows, rel, path, folds, repeats, seed)
+
+
+def _fold_map(records: Sequence[ImageRecord], folds: int, seed: Sequence[int], together: Sequence[Sequence[str]] = ()) -> dict[str, int]:
+    return {r.path: k for k, fold in enumerate(fold_records(records, folds, seed, together)) for r in fold}
+
+
+def _check_folds_manifest(rows: list[dict[str, str]], rel: dict[str, ImageRecord], path: Path, folds: int, repeats: int,
+                          seed: int) -> list[dict[str, int]]:
+    problems: list[str] = []
+    got_folds = {int(r["fold"]) for r in rows}
+    got_repeats = {int(r["repeat"]) for r in rows}
+    got_seeds = {r["seed"] for r in rows}
+    if got_folds != set(range(folds)) or got_repeats != set(range(repeats)) or got_seeds != {str(seed)}:
+        problems.append(
+            f"it holds folds {sorted(got_folds)}, repeats {sorted(got_repeats)}, seed {sorted(got_seeds)}; this job asks "
+            f"for data.folds={folds}, data.repeats={repeats}, data.seed={seed}"
+        )
+    out: list[dict[str, int]] = [{} for _ in range(repeats)]
+    for line, row in enumerate(rows, start=2):
+        rep = int(row["repeat"])
+        r = rel.get(row["path"])
+        if r is None:
+            problems.append(f"line {line}: {row['path']} is not in the dataset")
+        elif row["sha256"] and r.sha256 and row["sha256"] != r.sha256:
+            problems.append(f"line {line}: {row['path']} changed since the folds were made (sha256 differs)")
+        elif row["label"] != ";".join(r.codes):
+            problems.append(f"line {line}: {row['path']} is labelled {';'.join(r.codes)!r}, not {row['label']!r}")
+        elif rep < repeats:
+            if r.path in out[rep]:
+                problems.append(f"line {line}: {row['path']} is listed twice in repeat {rep}")
+            out[rep][r.path] = int(row["fold"])
+    for rep in range(min(repeats, max(got_repeats, default=-1) + 1)):
+        new = [p for p, r in rel.items() if r.path not in out[rep]]
+        if new:
+            problems.append(f"repeat {rep}: {len(new)} image(s) of the dataset are not in it, e.g. {new[0]}")
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise FoldsManifestError(
+            f"the folds manifest {path} does not fit this job (the dataset or the fold settings changed since the "
+            f"sweep made it):\n  {shown}\nStart a new sweep (or pass data.folds_manifest=<a new file>) to make new folds."
+        )
     return out

@@ -492,7 +492,26 @@ class MultiHeadClassifier(L.LightningModule):
             self.test_rows.append((idx, tuple(int(v) for v in t[i]), rows[i] + (float(pred.score[i]),)))
 
     def on_test_epoch_end(self) -> None:
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # DistributedSampler pads the ranks with repeated images: gather every rank's rows, keep each
+            # image once (the report's paths), and let each rank feed a disjoint share of them to the
+            # metrics, whose cross-rank sum then counts every test image exactly once.
+            parts: list[Any] = [None] * world
+            torch.distributed.all_gather_object(parts, self.test_rows)
+            self.test_rows = sorted({r[0]: r for part in parts for r in part}.values())
+            self._refill_test_metrics(self.test_rows[self.global_rank::world])
         self.log("test/mca", self.metrics["test_3"]["mca"].compute())
+
+    def _refill_test_metrics(self, rows: Sequence[tuple[int, tuple[int, ...], tuple]]) -> None:
+        names = (self.level1_names, self.level2_names, self.class_names)
+        for lv in range(3):
+            metric = self.metrics[f"test_{lv + 1}"]
+            metric.reset()
+            kept = [(names[lv].index(r[2][lv]), r[1][lv]) for r in rows if r[1][lv] >= 0]
+            if kept:
+                p, t = torch.tensor(kept, device=self.device).T
+                metric.update(p, t)
 
     def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:
         """Per-level confusion matrices and reports, and the predicted path of every test image."""

@@ -402,6 +402,33 @@ def markdown_table(summary: list[dict], methods: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def paired_differences(rows: list[dict], methods: Sequence[str], reference: str = "siamese_ensemble") -> str:
+    """``reference`` against every other method, per (dataset, K): the MCA differences over the cells
+    both were scored on (same group and repeat: the same training and test images), with their mean,
+    95% t-interval and paired t-test p-value (:func:`ana_lightning.stats.paired_comparison`)."""
+    from ana_lightning.stats import paired_comparison
+
+    if reference not in methods:
+        reference = methods[0]
+    lines = [f"| dataset | K / class | {reference} vs | cells | mean difference | 95% CI | p (paired t) |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for k in sorted({r["k"] for r in rows if r["dataset"] == dataset}):
+            cell = {(r["group"], r["repeat"], r["method"]): r["mca"] for r in rows
+                    if r["dataset"] == dataset and r["k"] == k and r["mca"] is not None}
+            for m in methods:
+                if m == reference:
+                    continue
+                keys = sorted({(g, rep) for g, rep, mm in cell if mm == reference} & {(g, rep) for g, rep, mm in cell if mm == m})
+                if not keys:
+                    continue
+                c = paired_comparison([cell[(*x, reference)] for x in keys], [cell[(*x, m)] for x in keys])
+                ci = "n/a" if len(keys) < 2 else f"[{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]"
+                p_val = "n/a" if len(keys) < 2 else f"{c['p_ttest']:.3g}"
+                lines.append(f"| {dataset} | {k} | {m} | {len(keys)} | {c['mean_diff']:+.3f} | {ci} | {p_val} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = StudyConfig()
@@ -448,11 +475,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         w.writeheader()
         w.writerows(rows)
     (out / "table.md").write_text(table + "\n")
+    paired = paired_differences(rows, cfg.methods)  # "A beats B" with its evidence
+    (out / "paired.md").write_text(paired + "\n")
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
     print("\nMean class accuracy (MCA) on held-out images, mean ± std over repeats (each repeat averaged over groups):\n")
     print(table)
+    print("\nPaired differences of MCA (same training and test images per group and repeat):\n")
+    print(paired)
     print(f"\n{len(rows)} rows in {out / 'results.csv'}; {time.perf_counter() - t0:.0f} s")
-    return {"rows": rows, "summary": summary, "table": table}
+    return {"rows": rows, "summary": summary, "table": table, "paired": paired}
 
 
 if __name__ == "__main__":
