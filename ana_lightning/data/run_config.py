@@ -107,6 +107,9 @@ def eval_data_config(
             for k in SOURCE_KEYS:
                 if k in out and k not in typed:
                     out[k] = None
+        for k in ("folds", "fold", "folds_manifest"):  # a cross-validation run: its split_manifest.csv holds its split
+            if k in out and k not in typed:
+                out[k] = None
         out.update(
             {
                 k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
