@@ -101,7 +101,7 @@ def test_gaussian_blur_per_image():
     assert torch.allclose(y.sum((1, 2, 3)), torch.ones(2), atol=1e-4)
 
 
-def test_contest_level_targets(tmp_path):
+def test_contest_level_targets(tmp_path, caplog):
     root = write_specimens(tmp_path / "i3a", [(c, 12, lv) for c in I3A for lv in (20, 45, 100)])
     dm = HEp2HierarchyDataModule(
         root=str(root),
@@ -122,6 +122,17 @@ def test_contest_level_targets(tmp_path):
         rows[2] == "Speckled,speckled,nuclear,speckled,"
         and rows[6] == "Golgi,AC-22,cytoplasmic,polar/Golgi-like,AC-22"
     )
+    lonely = HEp2HierarchyDataModule(
+        root=str(root),
+        reader="i3a2014",
+        level="contest",
+        image_size=16,
+        group_min_size=30,
+        split_fractions=(0.34, 0.33, 0.33),
+    )
+    with caplog.at_level("WARNING"):
+        lonely.setup()  # one group per class: two of the three splits lack each class
+    assert "split has no image of" in caplog.text
     with pytest.raises(ValueError, match="needs a contest reader"):
         HEp2HierarchyDataModule(root=str(root), level="contest")
 

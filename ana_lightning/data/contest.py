@@ -502,17 +502,18 @@ def _numeric_id(path: str) -> int | None:
 
 
 def _runs_to_min_size(runs: list[list[int]], level: list[float], min_size: int) -> list[list[int]]:
-    """Merge adjacent runs (lists of positions) until none has fewer than ``min_size`` cells, always
-    undoing the weakest step first: of the neighbouring pairs with a run below ``min_size``, the pair
-    whose median log-intensities are closest is joined (a weak step is the likeliest to lie inside
-    one specimen)."""
+    """Merge adjacent runs (lists of positions) until none has fewer than ``min_size`` cells.
+
+    Two small runs side by side are joined before a small run joins a big one (so groups stay near
+    ``min_size`` instead of snowballing), and among those the weakest step goes first: the pair whose
+    median log-intensities are closest (a weak step is the likeliest to lie inside one specimen)."""
     runs = [list(r) for r in runs if r]
     med = [float(np.median([level[i] for i in r])) for r in runs]
     while len(runs) > 1:
         pairs = [k for k in range(len(runs) - 1) if min(len(runs[k]), len(runs[k + 1])) < min_size]
         if not pairs:
             break
-        k = min(pairs, key=lambda k: (abs(med[k] - med[k + 1]), k))
+        k = min(pairs, key=lambda k: (max(len(runs[k]), len(runs[k + 1])) >= min_size, abs(med[k] - med[k + 1]), k))
         runs[k] = runs[k] + runs.pop(k + 1)
         med.pop(k + 1)
         med[k] = float(np.median([level[i] for i in runs[k]]))

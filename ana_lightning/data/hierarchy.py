@@ -321,6 +321,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self._class_names = self.level_names[self.level]
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
+            missing = [c for c in self._class_names if self.splits[s] and not any(
+                self.resolve(r, self.level) == c for r in self.splits[s])] if self.level not in ("all",) else []
+            if missing:  # its MCA then averages over fewer classes (or counts the absent ones as 0)
+                log.warning("the %s split has no image of %s: too few groups per class for these split "
+                            "fractions (see data.split_fractions, data.group_min_size)", s, ", ".join(missing))
         if self.hparams.get("extra_train"):
             from ..style_transfer import read_stylized_set
 

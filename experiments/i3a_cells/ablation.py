@@ -209,11 +209,12 @@ def write_table(out: Path) -> str:
         "|---|---|---|---|" + "---|" * (len(SHIFTS) - 1) + "---|---|",
     ]
     for r in rows:
-        vals = [float(r[s]) for s in SHIFTS]
+        vals = [float(r[s]) if r[s] != "" else None for s in SHIFTS]
+        shifted = [v for v in vals[1:] if v is not None]
         lines.append(
             f"| {r['row']} | {r['what']} | {r['epochs']} | **{vals[0]:.3f}** | "
-            + " | ".join(f"{v:.3f}" for v in vals[1:])
-            + f" | {min(vals[1:]):.3f} | {r['timing']} |"
+            + " | ".join("–" if v is None else f"{v:.3f}" for v in vals[1:])
+            + f" | {f'{min(shifted):.3f}' if shifted else '–'} | {r['timing']} |"
         )
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
@@ -230,6 +231,9 @@ def main() -> None:
         "--epochs", type=int, default=None, help="shorter runs for the ablation rows (default: the recipe's)"
     )
     ap.add_argument("--tta-of", default="full", help="row whose checkpoint also gets a TTA row ('' = none)")
+    ap.add_argument(
+        "--tta-shifts", default="none", help="shifts evaluated with TTA (8× the cost of a plain evaluation)"
+    )
     ap.add_argument(
         "--from-run", type=Path, default=None, help="add a finished run folder as row --name (no training)"
     )
@@ -262,7 +266,10 @@ def main() -> None:
         )
         variants = [(name, False)] + ([(f"{name}+tta", True)] if name == args.tta_of else [])
         for label, tta in variants:
-            res = evaluate_shifts(ckpt, run, args.root.resolve(), tta=tta)
+            shifts = [s for s in args.tta_shifts.split(",") if s] if tta else SHIFTS
+            res = {s: "" for s in SHIFTS} | evaluate_shifts(
+                ckpt, run, args.root.resolve(), tta=tta, shifts=shifts
+            )
             what = WHAT.get(name, name) + (" + dihedral TTA (8 views)" if tta else "")
             append(
                 args.out,
@@ -275,7 +282,7 @@ def main() -> None:
                     "run": str(run),
                 },
             )
-            print(label, {k: round(v, 3) for k, v in res.items()}, flush=True)
+            print(label, {k: round(v, 3) for k, v in res.items() if v != ""}, flush=True)
     print(write_table(args.out))
 
 
