@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +178,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         with open_dict(cfg):
             cfg.paths.output_dir = str(old)
         run_dir = old
+    finished = _finished_run(resume, run_dir, cfg) if resume else None
+    if finished is not None and ((run_dir / "metrics.json").is_file() or not cfg.get("test", True)):
+        return _read_metrics(run_dir), {"cfg": cfg, "datamodule": None, "model": None, "trainer": None, "run_dir": run_dir}
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -193,6 +197,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if resume:
         _check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir)
+    resume_step = _resume_step(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
+    for lg in trainer.loggers:  # the curve logged before the checkpoint stays in csv/metrics.csv
+        if resume_step is not None and callable(getattr(lg, "resume_from_step", None)):
+            lg.resume_from_step(resume_step)
     if trainer.is_global_zero:
         dm.write_reports(run_dir)
         OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
@@ -200,13 +208,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     metrics: dict[str, float] = {}
-    if cfg.get("train", True):
+    if cfg.get("train", True) and finished is None:
         trust = bool(cfg.get("trust_checkpoint"))
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
             trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=not trust if resume else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        if not trainer.interrupted and trainer.is_global_zero:
+            _mark_finished(trainer, run_dir)
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+        if finished is not None:  # a finished run that was never tested: test its best checkpoint only
+            ckpt = str(next(iter(sorted((run_dir / "checkpoints").glob("best-*.ckpt"))), ""))
         if not ckpt:
             log.warning("no best checkpoint was saved; testing the current weights")
         log.info("testing %s", ckpt or "current weights")
@@ -231,6 +243,76 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _finish_wandb()
     release_ddp_job(ddp_job)  # the next job of a multirun starts its own DDP processes
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
+
+
+FINISHED = "training_finished.json"
+
+
+def _mark_finished(trainer: L.Trainer, run_dir: Path) -> None:
+    """Record that ``fit`` ran to its end (not killed, preempted or interrupted), and why it stopped."""
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        why = "max_steps"
+    elif trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
+        why = "max_epochs"
+    else:
+        why = "early_stopping"
+    epochs, step = int(trainer.current_epoch), int(trainer.global_step)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    spawned = trainer.world_size > 1 and isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    if spawned and last.is_file():  # ddp_spawn: the loop state stayed in the workers
+        ckpt = read_checkpoint(last)
+        epochs, step = int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("global_step", 0))
+        why = "max_epochs" if trainer.max_epochs not in (None, -1) and epochs >= trainer.max_epochs else why
+    record = {"epochs": epochs, "global_step": step, "stopped_by": why}
+    (run_dir / FINISHED).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _finished_run(resume: str, run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The finish record of the run that ``resume`` belongs to when resuming it would train nothing
+    more (same limits, same last.ckpt), else None; says so in the log."""
+    record_path = run_dir / FINISHED
+    if not record_path.is_file() or Path(resume).name.startswith("hpc_ckpt"):
+        return None
+    record = json.loads(record_path.read_text())
+    trust = bool(cfg.get("trust_checkpoint"))
+    if int(read_checkpoint(resume, trust_checkpoint=trust).get("global_step", -1)) != record["global_step"]:
+        return None  # a checkpoint from before the end (e.g. a best-*.ckpt named explicitly)
+    max_epochs = cfg.trainer.get("max_epochs")
+    max_steps = cfg.trainer.get("max_steps")
+    more_epochs = max_epochs in (None, -1) or int(max_epochs) > record["epochs"]
+    more_steps = max_steps in (None, -1) or int(max_steps) > record["global_step"]
+    stopped_early = record["stopped_by"] == "early_stopping" and bool((cfg.get("callbacks") or {}).get("early_stopping"))
+    if more_epochs and more_steps and not stopped_early:
+        return None
+    log.warning(
+        "the run in %s is finished (%d epochs, %d optimizer steps, stopped by %s): nothing to resume; its curves stay in "
+        "%s. To train on, raise trainer.max_epochs / trainer.max_steps%s.", run_dir, record["epochs"], record["global_step"],
+        record["stopped_by"], run_dir / "csv" / "metrics.csv",
+        " and switch early stopping off (callbacks.early_stopping=null)" if stopped_early else "")
+    return record
+
+
+def _resume_step(resume: str | None, run_dir: Path, trust_checkpoint: bool = False) -> int | None:
+    """The optimizer step the run continues from: of ``resume``, or of the HPC checkpoint that
+    Lightning resumes a requeued SLURM job from by itself."""
+    if resume is None:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if p.stem.rsplit("_", 1)[-1].isdigit() else -1)
+        if not hpc or not SLURMEnvironment.detect():
+            return None
+        resume = str(hpc[-1])
+    return int(read_checkpoint(resume, trust_checkpoint=trust_checkpoint).get("global_step", 0))
+
+
+def _read_metrics(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
