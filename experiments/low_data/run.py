@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -142,7 +143,7 @@ def normalise_cell(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 def _normalised_copies(records, masks: dict[str, str], cache: Path):
     """The records with their images replaced by per-cell-normalised copies written into ``cache``
-    (once; outside the repository's tracked files)."""
+    (once)."""
     from dataclasses import replace
 
     from PIL import Image
@@ -319,7 +320,8 @@ def run_study(cfg: StudyConfig) -> list[dict]:
                 continue
             records, masks, grouping = _i3a_records(cfg)
             pool, test = _i3a_split(cfg, records)
-            cache = Path(cfg.synthetic_root).parent / "low_data_i3a_normalised"
+            # derived copies of the real cells stay outside the repository (never committed, never published)
+            cache = Path(os.environ.get("ANA_CACHE_DIR") or tempfile.gettempdir()) / "ana-lightning-low-data-i3a"
             test = _normalised_copies(test, masks, cache)
             pool = {c: _normalised_copies(v, masks, cache) for c, v in pool.items()}
             classes = list(pool)
