@@ -233,6 +233,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if trainer.is_global_zero:
             test_metrics.update(report_test_calibration(model, dm, dm.splits["test"], run_dir))
             test_metrics.update(cal)  # val/temperature, val/ece: how the served probabilities were calibrated
+        if callable(getattr(dm, "split_flags", None)):
+            test_metrics.update(dm.split_flags("test"))  # test images sharing a group with train (0 = clean)
         metrics.update(test_metrics)
         if trainer.is_global_zero:
             # bootstrap 95% intervals, resampling groups / duplicates together as the split keeps them
@@ -419,6 +421,22 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     else:
         model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=trust)
     ckpt_ref = members[0] if members else str(cfg.ckpt_path)  # whose run folder holds the split manifest
+    # The training run's data settings (reader, target, masks, image size, …), with what was typed on top.
+    from .data.run_config import command_line_data_overrides, eval_data_config, training_data_config
+
+    trained, class_nodes = training_data_config(ckpt_ref, trust_checkpoint=trust)
+    group_chosen, typed = command_line_data_overrides()
+    with open_dict(cfg):
+        cfg.data = eval_data_config(cfg.data, trained, group_chosen, typed)
+    cross = cfg.get("cross_dataset", "auto")
+    if cross == "auto":
+        cross = bool(trained) and (trained.get("reader") or "folder") != (cfg.data.get("reader") or "folder")
+    if cross:
+        if members:
+            raise ValueError("cross-dataset evaluation takes one checkpoint (ckpt_path), not an ensemble")
+        from .cross_dataset import evaluate_cross_dataset
+
+        return evaluate_cross_dataset(cfg, model, class_nodes, trained, run_dir)
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
     manifest = cfg.data.get("split_manifest")
@@ -457,6 +475,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer = build_trainer(cfg, run_dir)
     results = (single_process_tester(trainer) or trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if split == "test" and callable(getattr(dm, "split_flags", None)):
+        metrics.update(dm.split_flags("test"))
+    from .data.run_config import seen_in_training
+
+    seen = seen_in_training(records, Path(ckpt_ref).resolve().parent.parent / "split_manifest.csv")
+    if seen is not None:
+        metrics["test/images_in_training_split"] = float(seen)
     if trainer.is_global_zero:
         metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
         metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
