@@ -2,7 +2,11 @@
 
 - **ICPR 2012 / MIVIA** cell crops: one image per cell and a CSV ``ID;pattern`` (a header row is
   optional; an ``image`` / ``field`` column, when present, becomes the record's group so that cells of
-  one field never straddle splits).
+  one field never straddle splits). The contest's own layout — ``training/`` and ``test/`` folders
+  (``001.png`` + ``001_mask.png``, ``gt_training.csv`` / ``gt_test.csv`` ``ID;pattern``, ``training.csv`` /
+  ``test.csv`` ``ID;intensity;width;height``) and a top-level ``cells.csv``
+  (``ICPR2012Contest_Cell_ID;Set;Image;…``) — is read as given: the folders become the official split
+  (:attr:`ContestData.official_split`) and ``cells.csv``'s ``Image`` (the field) the group.
 - **I3A / ICPR 2014 Task 1** cells: 8-bit grey cell images, each with a mask (``<ID>_Mask.png``, or the
   same name in a ``mask``/``masks`` folder) and a CSV ``Image ID,Image class`` (a ``Specimen ID``
   column, when present, becomes the group).
@@ -21,8 +25,11 @@ or an unreadable file is an error naming the CSV line or the file).
 from __future__ import annotations
 
 import csv
+import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +38,14 @@ from ..taxonomy import LabelError, Taxonomy
 from .images import BadFile, is_ignored, is_image_path, load_image
 from .records import DatasetError, ImageRecord, resolve_bad_files, scan_images
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CONTESTS",
     "ContestData",
+    "contest_classes",
+    "contest_class_of",
+    "is_icpr2012_contest_layout",
     "contest_label_map",
     "map_contest_label",
     "read_icpr2012",
@@ -41,7 +53,12 @@ __all__ = [
     "apply_mask",
     "MASK_MODES",
     "masked_loader",
+    "GROUPINGS",
+    "consecutive_id_groups",
+    "group_i3a_specimens",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Reader name (``data.reader``) → key of ``public_datasets`` in the tree YAML.
 CONTESTS = {"icpr2012": "ICPR2012_MIVIA", "i3a2014": "I3A_ICPR2014_task1"}
@@ -90,13 +107,40 @@ def map_contest_label(tree: Taxonomy, contest: str, name: str) -> str:
         raise LabelError(f"{name!r} is not a {CONTESTS.get(contest, contest)} class (known: {sorted(table)})") from None
 
 
+def contest_classes(tree: Taxonomy, contest: str) -> dict[str, str]:
+    """The contest's class names as it spells them, in its own order → tree label.
+
+    >>> list(contest_classes(Taxonomy.load(), "icpr2012"))[:3]
+    ['homogeneous', 'fine_speckled', 'coarse_speckled']
+    """
+    key = CONTESTS.get(contest, contest)
+    mapped = contest_label_map(tree, contest)
+    return {str(name): mapped[_norm(name)] for name in tree.public_datasets[key]}
+
+
+def contest_class_of(tree: Taxonomy, contest: str) -> dict[str, str]:
+    """Tree label → the contest class name (the inverse of :func:`contest_classes`; one name per label)."""
+    out: dict[str, str] = {}
+    for name, label in contest_classes(tree, contest).items():
+        if label in out:
+            raise ValueError(f"{CONTESTS.get(contest, contest)}: {out[label]!r} and {name!r} both map to {label!r}, "
+                             "so the contest classes cannot be a flat target")
+        out[label] = name
+    return out
+
+
 @dataclass
 class ContestData:
-    """What a contest reader found: records, rejected entries and (I3A) each image's mask file."""
+    """What a contest reader found: records, rejected entries, each image's mask file, how the
+    records were grouped (a group column, detected specimen runs, or nothing) and, for a layout with
+    an official split, each image's split (``path → "train" | "test"``) and intensity."""
 
     records: list[ImageRecord]
     bad: list[BadFile]
     masks: dict[str, str]
+    grouping: str = ""
+    official_split: dict[str, str] = field(default_factory=dict)
+    intensity: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- CSV
@@ -191,7 +235,7 @@ def _read_contest(
     group_column: str | None,
     on_bad_file: str,
     check_images: bool,
-    need_masks: bool,
+    need_masks: bool | str,
 ) -> ContestData:
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -199,6 +243,8 @@ def _read_contest(
     table_path = _find_csv(root, csv_path)
     rows = _read_rows(table_path, group_column)
     images, masks = _index_files(root)
+    if need_masks == "auto":  # masks are used when the layout has them, and then every cell needs one
+        need_masks = bool(masks)
     bad: list[BadFile] = []
     cands: list[tuple[Path, str, str | None]] = []
     mask_of: dict[str, str] = {}
@@ -250,6 +296,109 @@ def _read_contest(
     return ContestData(records, bad, {k: v for k, v in mask_of.items() if k in kept})
 
 
+#: The ICPR 2012 contest layout: set folder → (split, label CSV, intensity CSV).
+ICPR2012_SETS = {"training": ("train", "gt_training.csv", "training.csv"), "test": ("test", "gt_test.csv", "test.csv")}
+ICPR2012_INTENSITIES = ("positive", "intermediate")
+
+
+def is_icpr2012_contest_layout(root: str | Path) -> bool:
+    """``root`` holds the contest's ``training/`` and ``test/`` folders, each with its ``gt_*.csv``."""
+    root = Path(root).expanduser()
+    return all((root / folder / gt).is_file() for folder, (_, gt, _) in ICPR2012_SETS.items())
+
+
+def _read_semicolon_table(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """``(line, {column: value})`` per data row of a ``;``-separated CSV with a header (names compared
+    case-insensitively); a missing column or a short row is a :class:`DatasetError` naming the line."""
+    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    rows = [(n, ln) for n, ln in enumerate(lines, start=1) if ln.strip()]
+    if not rows:
+        raise DatasetError(path, [BadFile(str(path), "empty CSV")])
+    delimiter = ";" if ";" in rows[0][1] else ","
+    header = [c.strip().lower() for c in rows[0][1].split(delimiter)]
+    missing = [c for c in required if c.lower() not in header]
+    if missing:
+        raise DatasetError(path, [BadFile(f"{path}:1", f"no column(s) {missing} in the header {header}")])
+    out = []
+    for n, ln in rows[1:]:
+        cells = [c.strip() for c in ln.split(delimiter)]
+        if len(cells) < len(header):
+            raise DatasetError(path, [BadFile(f"{path}:{n}", f"expected {len(header)} columns, got {cells}")])
+        out.append((n, dict(zip(header, cells, strict=False))))
+    return out
+
+
+def _id_key(value: str) -> str:
+    return str(int(value)) if value.strip().isdigit() else value.strip().lower()
+
+
+def _read_icpr2012_contest(
+    root: Path, tree: Taxonomy, on_bad_file: str, check_images: bool, need_masks: bool | str
+) -> ContestData:
+    """The contest layout: ``training/`` and ``test/`` read as given (see the module docstring)."""
+    records: list[ImageRecord] = []
+    bad: list[BadFile] = []
+    masks: dict[str, str] = {}
+    official: dict[str, str] = {}
+    intensity: dict[str, str] = {}
+    id_of: dict[str, tuple[str, str]] = {}  # path -> (set folder, ID key)
+    for folder, (split, gt, info) in ICPR2012_SETS.items():
+        data = _read_contest(root / folder, tree, "icpr2012", root / folder / gt, None, "skip", check_images, need_masks)
+        bad += data.bad
+        masks.update(data.masks)
+        for r in data.records:
+            official[r.path] = split
+            id_of[r.path] = (folder, _id_key(Path(r.path).stem))
+        records += data.records
+        info_path = root / folder / info
+        if info_path.is_file():  # ID;intensity;width;height
+            by_id = {k: r.path for r in data.records for k in [_id_key(Path(r.path).stem)]}
+            for n, row in _read_semicolon_table(info_path, ("id", "intensity")):
+                value = row["intensity"].lower()
+                if value not in ICPR2012_INTENSITIES:
+                    bad.append(BadFile(f"{info_path}:{n}", f"intensity {row['intensity']!r} is not one of {ICPR2012_INTENSITIES}"))
+                elif _id_key(row["id"]) in by_id:
+                    intensity[by_id[_id_key(row["id"])]] = value
+    cells_csv = root / "cells.csv"
+    if cells_csv.is_file():  # the field image of every cell: the group, so validation never splits a field
+        rows = _read_semicolon_table(cells_csv, ("ICPR2012Contest_Cell_ID", "Set", "Image", "Cell_class"))
+        field_of: dict[tuple[str, str], tuple[str, str, int]] = {}
+        for n, row in rows:
+            s = row["set"].lower()
+            s = "training" if s.startswith("train") else s
+            field_of[(s, _id_key(row["icpr2012contest_cell_id"]))] = (row["image"], row["cell_class"], n)
+        grouped = []
+        for r in records:
+            hit = field_of.get(id_of[r.path])
+            if hit is None:
+                bad.append(BadFile(r.path, f"not listed in {cells_csv} (Set {id_of[r.path][0]!r}, ID {id_of[r.path][1]!r})"))
+                continue
+            image, cls, n = hit
+            try:
+                label = map_contest_label(tree, "icpr2012", cls)
+            except LabelError as e:
+                bad.append(BadFile(f"{cells_csv}:{n}", str(e)))
+                continue
+            if label != r.codes[0]:
+                bad.append(BadFile(f"{cells_csv}:{n}", f"Cell_class {cls!r} contradicts the label of {r.path} ({r.codes[0]})"))
+                continue
+            grouped.append(ImageRecord(r.path, r.codes, f"image {image}", r.sha256, r.size))
+        records = grouped
+    else:
+        log.info("%s: no cells.csv, so the validation split is carved from training/ by cell, not by field image", root)
+    resolve_bad_files(root, bad, on_bad_file)
+    if not records:
+        raise DatasetError(root, bad or [BadFile(str(root), "no usable cells")])
+    kept = {r.path for r in records}
+    grouping = (f"field image of cells.csv ({len({r.group for r in records})} fields)" if cells_csv.is_file()
+                else "none: no cells.csv, so validation is carved from training/ by cell")
+    return ContestData(
+        sorted(records, key=lambda r: r.path), bad, {k: v for k, v in masks.items() if k in kept}, grouping=grouping,
+        official_split={k: v for k, v in official.items() if k in kept},
+        intensity={k: v for k, v in intensity.items() if k in kept},
+    )
+
+
 def read_icpr2012(
     root: str | Path,
     tree: Taxonomy,
@@ -257,9 +406,15 @@ def read_icpr2012(
     group_column: str | None = None,
     on_bad_file: str = "error",
     check_images: bool = True,
+    need_masks: bool | str = "auto",
 ) -> ContestData:
-    """ICPR 2012 (MIVIA) cell crops with an ``ID;pattern`` CSV (found under ``root`` when not given)."""
-    return _read_contest(root, tree, "icpr2012", csv_path, group_column, on_bad_file, check_images, need_masks=False)
+    """ICPR 2012 (MIVIA) cells: the contest layout (``training/`` + ``test/`` + ``cells.csv``, kept as
+    the official split), or cell crops with an ``ID;pattern`` CSV (found under ``root`` when not given).
+    Masks (``<ID>_mask.png``) are used when the layout has them (``need_masks="auto"``)."""
+    root = Path(root).expanduser()
+    if csv_path is None and group_column is None and is_icpr2012_contest_layout(root):
+        return _read_icpr2012_contest(root, tree, on_bad_file, check_images, need_masks)
+    return _read_contest(root, tree, "icpr2012", csv_path, group_column, on_bad_file, check_images, need_masks)
 
 
 def read_i3a2014(
@@ -270,9 +425,33 @@ def read_i3a2014(
     on_bad_file: str = "error",
     check_images: bool = True,
     need_masks: bool = True,
+    grouping: str = "auto",
+    group_min_size: int = 250,
 ) -> ContestData:
-    """I3A / ICPR 2014 Task 1 cells with masks and an ``Image ID,Image class`` CSV."""
-    return _read_contest(root, tree, "i3a2014", csv_path, group_column, on_bad_file, check_images, need_masks)
+    """I3A / ICPR 2014 Task 1 cells with masks and an ``Image ID,Image class`` CSV.
+
+    Groups: a ``Specimen ID`` (or ``group_column``) column when the CSV has one. Otherwise
+    ``grouping=auto``/``steps`` finds specimens as runs of consecutive IDs cut at steps of the
+    per-cell median intensity, ``blocks`` as blocks of consecutive IDs, each merged to at least
+    ``group_min_size`` cells (:func:`group_i3a_specimens`); ``none`` leaves cells ungrouped (a split
+    by cell then leaks specimens). ``ContestData.grouping`` says which was used.
+    """
+    if grouping not in GROUPINGS:
+        raise ValueError(f"data.grouping must be one of {GROUPINGS}, got {grouping!r}")
+    data = _read_contest(root, tree, "i3a2014", csv_path, group_column, on_bad_file, check_images, need_masks)
+    if any(r.group for r in data.records):
+        n = len({r.group for r in data.records if r.group})
+        data.grouping = f"specimen column of the CSV ({n} groups)"
+        if grouping in ("steps", "blocks"):
+            log.warning("i3a2014: the CSV names specimens; data.grouping=%s is not used", grouping)
+    elif grouping == "none":
+        data.grouping = "none: cells are not grouped, so a split by cell puts cells of one specimen in several splits"
+        log.warning("i3a2014: %s", data.grouping)
+    else:
+        data.records, data.grouping = group_i3a_specimens(
+            data.records, data.masks, "steps" if grouping == "auto" else grouping, group_min_size)
+    log.info("i3a2014 groups: %s", data.grouping)
+    return data
 
 
 def apply_mask(image: np.ndarray, mask: np.ndarray, mode: str = "apply") -> np.ndarray:
@@ -310,3 +489,145 @@ def masked_loader(masks: dict[str, str], mode: str):
             raise ValueError(f"{path} with mask {mask_path}: {e}") from None
 
     return load
+
+
+# ---------------------------------------------------------------------------------------------- specimen groups
+#: How I3A cells are grouped when the CSV names no specimen (``data.grouping``).
+GROUPINGS = ("auto", "steps", "blocks", "none")
+
+
+def _numeric_id(path: str) -> int | None:
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else None
+
+
+def _runs_to_min_size(runs: list[list[int]], level: list[float], min_size: int) -> list[list[int]]:
+    """Merge adjacent runs (lists of positions) until none has fewer than ``min_size`` cells.
+
+    Two small runs side by side are joined before a small run joins a big one (so groups stay near
+    ``min_size`` instead of snowballing), and among those the weakest step goes first: the pair whose
+    median log-intensities are closest (a weak step is the likeliest to lie inside one specimen)."""
+    runs = [list(r) for r in runs if r]
+    med = [float(np.median([level[i] for i in r])) for r in runs]
+    while len(runs) > 1:
+        pairs = [k for k in range(len(runs) - 1) if min(len(runs[k]), len(runs[k + 1])) < min_size]
+        if not pairs:
+            break
+        k = min(pairs, key=lambda k: (max(len(runs[k]), len(runs[k + 1])) >= min_size, abs(med[k] - med[k + 1]), k))
+        runs[k] = runs[k] + runs.pop(k + 1)
+        med.pop(k + 1)
+        med[k] = float(np.median([level[i] for i in runs[k]]))
+    return runs
+
+
+def consecutive_id_groups(
+    ids: list[int],
+    values: list[float] | None,
+    min_size: int = 250,
+    window: int = 20,
+    step: float = 0.12,
+) -> list[int]:
+    """Group index of each cell of *one class*, cells given in ID order (see :func:`group_i3a_specimens`).
+
+    A new run starts where the ID sequence has a gap (a missing block: another specimen) and, with
+    ``values`` (per-cell median intensity), where the median log-intensity of the ``window`` cells
+    before and after a position differs by more than ``step`` (``0.12`` ≈ a 13 % step) (the strongest
+    such step within ``window`` cells). Without ``values`` a run is cut into blocks of
+    ``min_size`` consecutive IDs. Runs are then merged until each has at least ``min_size`` cells
+    (a class smaller than ``min_size`` is one group).
+
+    >>> consecutive_id_groups(list(range(1, 9)) + list(range(20, 24)), [10.0] * 4 + [30.0] * 8, min_size=3, window=2)
+    [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    """
+    n = len(ids)
+    if n == 0:
+        return []
+    if values is not None and len(values) != n:
+        raise ValueError(f"{len(values)} intensities for {n} IDs")
+    cuts = {i for i in range(1, n) if ids[i] != ids[i - 1] + 1}
+    level = [0.0] * n if values is None else [float(np.log1p(max(v, 0.0))) for v in values]
+    if values is not None:
+        x = np.asarray(level)
+        score, sharp = np.zeros(n), np.zeros(n)
+        need = min(window, max(3, window // 4))  # cells on each side before a step is believed
+        for i in range(1, n):
+            lo, hi = x[max(0, i - window):i], x[i:i + window]
+            if min(len(lo), len(hi)) >= need:
+                score[i] = abs(float(np.median(lo)) - float(np.median(hi)))  # robust: is there a step?
+                sharp[i] = abs(float(lo.mean()) - float(hi.mean()))  # peaks exactly at the step: where?
+        taken: list[int] = []  # strongest steps first, at most one per window of cells
+        for i in sorted(np.flatnonzero(score > step), key=lambda i: (-score[i], -sharp[i], i)):
+            lo, hi = max(1, i - window // 2), min(n, i + window // 2 + 1)
+            i = lo + int(np.argmax(sharp[lo:hi]))
+            if all(abs(i - j) >= window for j in taken):
+                taken.append(i)
+        cuts.update(taken)
+    bounds = [0, *sorted(cuts), n]
+    runs = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    if values is None:  # fixed blocks of min_size consecutive IDs within each gap-free run
+        blocks = []
+        for r in runs:
+            k = max(1, len(r) // min_size)
+            blocks += [list(b) for b in np.array_split(r, k)]
+        runs = blocks
+    runs = _runs_to_min_size(runs, level, min_size)
+    out = [0] * n
+    for g, r in enumerate(sorted(runs, key=min)):
+        for i in r:
+            out[i] = g
+    return out
+
+
+def _cell_median(image_path: str, mask_path: str | None) -> float:
+    img = load_image(image_path).max(axis=2)
+    if mask_path is not None:
+        m = load_image(mask_path).max(axis=2) > 0
+        if m.shape == img.shape and m.any():
+            return float(np.median(img[m]))
+    return float(np.median(img))
+
+
+def group_i3a_specimens(
+    records: list[ImageRecord],
+    masks: dict[str, str] | None = None,
+    method: str = "steps",
+    min_size: int = 250,
+) -> tuple[list[ImageRecord], str]:
+    """Specimen groups for I3A cells whose CSV has no specimen column: ``(records, how)``.
+
+    Within each class, cells are ordered by their numeric ID (the contest numbers cells specimen by
+    specimen) and cut into runs of consecutive IDs (:func:`consecutive_id_groups`): ``steps`` cuts at
+    ID gaps and at steps of the per-cell median intensity inside the mask; ``blocks`` at ID gaps and
+    every ``min_size`` IDs. Runs are merged until each has at least ``min_size`` cells, but never
+    below a fifth of its class (so a small class such as Golgi keeps several groups and reaches every
+    split): blocks that small could cut a specimen in two, and a cut specimen leaks across splits.
+    Groups are named ``<label>#<k>`` (``AC-1#0``, …).
+    """
+    if method not in ("steps", "blocks"):
+        raise ValueError(f"grouping method must be 'steps' or 'blocks', got {method!r}")
+    no_id = [r.path for r in records if _numeric_id(r.path) is None]
+    if no_id:
+        raise ValueError(f"I3A grouping by consecutive IDs needs numeric file names; not numeric: {no_id[:3]}")
+    by_label: dict[str, list[ImageRecord]] = {}
+    for r in records:
+        by_label.setdefault(r.codes[0], []).append(r)
+    masks = masks or {}
+    new: dict[str, str] = {}
+    sizes: list[int] = []
+    for label, recs in by_label.items():
+        recs = sorted(recs, key=lambda r: _numeric_id(r.path))
+        ids = [_numeric_id(r.path) for r in recs]
+        values = None
+        if method == "steps":
+            with ThreadPoolExecutor(4) as pool:
+                values = list(pool.map(lambda r: _cell_median(r.path, masks.get(r.path)), recs))
+        floor = max(1, min(min_size, len(recs) // 5))
+        groups = consecutive_id_groups(ids, values, min_size=floor)
+        for r, g in zip(recs, groups, strict=True):
+            new[r.path] = f"{label}#{g}"
+        sizes += list(np.bincount(groups))
+    out = [replace(r, group=new[r.path]) for r in records]
+    how = (f"no specimen column: {len(sizes)} groups of consecutive IDs per class "
+           f"({'cut at ID gaps and median-intensity steps' if method == 'steps' else 'ID gaps and fixed blocks'}, "
+           f"merged to >= min({min_size}, class/5) cells; sizes {min(sizes)}-{max(sizes)}, median {int(np.median(sizes))})")
+    return out, how

@@ -8,7 +8,10 @@ label's node at a level when the label determines it (``AC-5`` → ``speckled`` 
 - ``level=1`` / ``2`` / ``3``: a softmax target over the nodes of that level present in the data;
 - ``parent=<node>``: only the subtree of a level-2 (or level-1) node, e.g. the level-3 model of a group;
 - ``level=all``: a ``(N, 3)`` target (level-1, level-2, leaf index; ``-1`` where the label stops
-  higher) for the multi-head model.
+  higher) for the multi-head model;
+- ``level=contest`` (contest readers): the contest's own classes as a flat target, in its own names and
+  order (ICPR 2012: homogeneous, fine_speckled, coarse_speckled, nucleolar, centromere, cytoplasmatic),
+  each mapped to its ICAP node (:meth:`HEp2HierarchyDataModule.class_nodes`) for reports and the tree.
 
 The split is always made over *all* records before ``level``/``parent`` select from it, so the level-1,
 level-2 and every level-3 model of one dataset and seed share one split: no image that a level-3 model
@@ -21,6 +24,7 @@ folder of ``<AC code>/<images>`` (``reader=folder``), or a contest layout (``rea
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,7 +36,16 @@ import numpy as np
 import torch
 
 from ..taxonomy import LabelError, Taxonomy
-from .contest import CONTESTS, MASK_MODES, masked_loader, read_i3a2014, read_icpr2012
+from .contest import (
+    CONTESTS,
+    MASK_MODES,
+    _norm,
+    contest_class_of,
+    contest_classes,
+    masked_loader,
+    read_i3a2014,
+    read_icpr2012,
+)
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
 from .images import BadFile
 from .records import DatasetError, ImageRecord, read_single_label_folder
@@ -108,12 +121,19 @@ class HEp2HierarchyDataModule(RecordDataModule):
 
     Args (beyond :class:`RecordDataModule`):
         root: the dataset folder; ``null`` = the built-in synthetic fields (rendered into ``cache_dir``).
-        level: ``1``, ``2``, ``3`` (leaf codes) or ``all`` (the three levels at once, for the multi-head model).
+        level: ``1``, ``2``, ``3`` (leaf codes), ``all`` (the three levels at once, for the multi-head model)
+            or ``contest`` (a contest reader's own class names, flat; ``classes.csv`` in the run folder
+            ties each to its tree node).
         parent: a level-2 (or level-1) node: keep only its subtree (the level-3 models of the paper).
         reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts).
         csv: the contest label CSV (default: the one CSV found under ``root``).
         mask: I3A masks: ``apply`` (zero outside the cell), ``channel`` (mask in the blue channel) or ``none``.
         group_column: contest CSV column holding the field / specimen (default: detected by name).
+        grouping: I3A cells without a specimen column: ``auto``/``steps`` (runs of consecutive IDs cut
+            at intensity steps), ``blocks`` (blocks of consecutive IDs) or ``none`` (see
+            :func:`~.contest.read_i3a2014`); the run folder's ``grouping.txt`` says which was used.
+        group_min_size: the fewest cells in such a group (a class smaller than 5× this gets groups
+            of a fifth of its cells).
         cache_dir, n_per_class, render_size, render_seed, dapi: the synthetic fields (``root=null``).
         classes: the classes of ``level`` to keep (AC codes at level 3, node names at levels 1 and 2).
     """
@@ -127,6 +147,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
         csv: str | None = None,
         mask: str = "apply",
         group_column: str | None = None,
+        grouping: str = "auto",
+        group_min_size: int = 250,
         cache_dir: str = "data/synthetic",
         n_per_class: int = 60,
         render_size: int = 256,
@@ -135,9 +157,17 @@ class HEp2HierarchyDataModule(RecordDataModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.level: int | str = level if level == "all" else int(level)
-        if self.level not in (*LEVELS, "all"):
-            raise ValueError(f"data.level must be 1, 2, 3 or all, got {level!r}")
+        self.level: int | str = level if level in ("all", "contest") else int(level)
+        if self.level not in (*LEVELS, "all", "contest"):
+            raise ValueError(f"data.level must be 1, 2, 3, all or contest, got {level!r}")
+        if self.level == "contest" and reader not in CONTESTS:
+            raise ValueError(f"data.level=contest (the contest's own classes) needs a contest reader "
+                             f"({', '.join(CONTESTS)}), got data.reader={reader!r}")
+        if self.level == "contest" and parent is not None:
+            raise ValueError("data.level=contest takes no data.parent")
+        # level=contest: the contest's class names (flat, its own order) → tree label, and back (one name per label)
+        self.contest_classes: dict[str, str] = contest_classes(self.tree, reader) if self.level == "contest" else {}
+        self._contest_of: dict[str, str] = contest_class_of(self.tree, reader) if self.level == "contest" else {}
         if reader not in READERS:
             raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
         if mask not in MASK_MODES:
@@ -146,6 +176,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if parent is not None:
             self._check_parent(parent)
         self.reader, self.csv, self.mask, self.group_column = reader, csv, mask, group_column
+        self.grouping_method, self.group_min_size = grouping, int(group_min_size)
+        self.grouping = ""  # how the records were grouped, once read
         self.masks: dict[str, str] = {}
         self._class_names: list[str] | None = None
         self.level_names: dict[int, list[str]] = {}
@@ -178,7 +210,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
             raise ValueError(f"data.parent={parent!r} has a single level-{target} class: nothing to classify below it")
 
     def _canon(self, name: str) -> str:
-        """A class name of this level, checked against the tree."""
+        """A class name of this level, checked against the tree (or the contest's class list)."""
+        if self.level == "contest":
+            found = next((c for c in self.contest_classes if _norm(c) == _norm(name)), None)
+            if found is None:
+                raise LabelError(f"{name!r} is not a {self.reader} class (classes: {list(self.contest_classes)})")
+            return found
         lv = 3 if self.level == "all" else self.level
         if lv == 3:
             if not self.tree.is_code(name):
@@ -206,18 +243,27 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.reader == "folder":
             return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
         fn = read_icpr2012 if self.reader == "icpr2012" else read_i3a2014
-        extra = {"need_masks": self.mask != "none"} if self.reader == "i3a2014" else {}
+        need = ("auto" if self.reader == "icpr2012" else True) if self.mask != "none" else False
+        extra = {"grouping": self.grouping_method, "group_min_size": self.group_min_size} if self.reader == "i3a2014" else {}
         data = fn(self.root, self.tree, csv_path=self.csv, group_column=self.group_column,
-                  on_bad_file=self.hparams.on_bad_file, **extra)
+                  on_bad_file=self.hparams.on_bad_file, need_masks=need, **extra)
         self.masks = data.masks
+        self.grouping = data.grouping
+        self.official_split = data.official_split
+        if self.official_split:
+            log.info("%s: the layout's own split is kept (%s); validation is carved from its training set",
+                     self.root, ", ".join(f"{k}: {v}" for k, v in sorted(Counter(self.official_split.values()).items())))
         return data.records, data.bad
 
     # -------------------------------------------------------------- labels
-    def resolve(self, record: ImageRecord, level: int) -> str | None:
-        """The node of a record at ``level`` (None when its label stops higher up)."""
+    def resolve(self, record: ImageRecord, level: int | str) -> str | None:
+        """The node of a record at ``level`` (None when its label stops higher up); at
+        ``level="contest"`` its contest class name."""
         if len(record.codes) != 1:
             raise DatasetError(self.root, [BadFile(record.path, f"{len(record.codes)} labels {record.codes}: the "
                                                                 "hierarchy datamodule takes single-label images")])
+        if level == "contest":
+            return self._contest_of.get(record.codes[0])
         return resolve_label(self.tree, record.codes[0], level)
 
     def _selected(self, r: ImageRecord) -> bool:
@@ -226,6 +272,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
             return False
         if self.level == "all":
             return True
+        if self.level == "contest":
+            return label in self._contest_of and (not self.requested_classes or self._contest_of[label] in self._requested)
         node = self.resolve(r, self.level)
         if node is None:
             return False
@@ -246,6 +294,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self.all_splits = self.split(records)
             self.check_split_sizes(records, self.all_splits)
         self.splits = {s: [r for r in self.all_splits[s] if self._selected(r)] for s in SPLITS}
+        self.check_split_overlap()
         kept = [r for s in SPLITS for r in self.splits[s]]
         if not kept:
             raise DatasetError(self.root, [BadFile(str(self.root), f"no image has a level-{self.level} label"
@@ -261,12 +310,22 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self.level_names[lv] = [n for n in self.tree.nodes(lv) if n in present]
         if self.level == "all":
             self._class_names = self.level_names[3]
+        elif self.level == "contest":
+            present = {self.resolve(r, "contest") for r in kept}
+            wanted = self._requested if self.requested_classes else present
+            self._class_names = [c for c in self.contest_classes if c in wanted]
+            log.info("contest classes → tree: %s", ", ".join(f"{c} → {self.contest_classes[c]}" for c in self._class_names))
         elif self.requested_classes:
             self._class_names = [n for n in self.tree.nodes(self.level) if n in self._requested]
         else:
             self._class_names = self.level_names[self.level]
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
+            missing = [c for c in self._class_names if self.splits[s] and not any(
+                self.resolve(r, self.level) == c for r in self.splits[s])] if self.level not in ("all",) else []
+            if missing:  # its MCA then averages over fewer classes (or counts the absent ones as 0)
+                log.warning("the %s split has no image of %s: too few groups per class for these split "
+                            "fractions (see data.split_fractions, data.group_min_size)", s, ", ".join(missing))
         if self.hparams.get("extra_train"):
             from ..style_transfer import read_stylized_set
 
@@ -275,6 +334,17 @@ class HEp2HierarchyDataModule(RecordDataModule):
                                       on_bad_file=self.hparams.on_bad_file)
             self.extra_train_records = [r for r in extra if self._selected(r)]
             log.info("extra_train: %d stylized image(s) added to the training split", len(self.extra_train_records))
+
+    def write_reports(self, out_dir: str | Path) -> None:
+        super().write_reports(out_dir)
+        if self.grouping:  # the manifest's group column holds the groups; this says where they came from
+            (Path(out_dir) / "grouping.txt").write_text(f"reader: {self.reader}\ngrouping: {self.grouping}\n")
+        if self.level == "contest" and self._class_names:  # each contest class and its place in the ICAP tree
+            with open(Path(out_dir) / "classes.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["class", "tree_label", "level1", "level2", "code"])
+                for c in self._class_names:
+                    w.writerow([c, self.contest_classes[c], *(x or "" for x in label_path(self.tree, self.contest_classes[c]))])
 
     @property
     def class_names(self) -> list[str]:
@@ -296,7 +366,15 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.level == "all":
             return self.level_targets(records)
         names = self.class_names
+        if self.level == "contest":
+            return torch.tensor([names.index(self._contest_of[r.codes[0]]) for r in records], dtype=torch.long)
         return torch.tensor([names.index(self.resolve(r, self.level)) for r in records], dtype=torch.long)
+
+    def class_nodes(self) -> dict[str, str]:
+        """Each class → its tree label: the contest class's ICAP node at ``level=contest``, else itself."""
+        if self.level == "contest":
+            return {c: self.contest_classes[c] for c in self.class_names}
+        return {c: c for c in self.class_names}
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         if not self.masks or self.mask == "none":

@@ -44,6 +44,8 @@ __all__ = [
     "load_manifest",
     "check_no_leakage",
     "LeakageError",
+    "split_keeping_official",
+    "shared_with_train",
     "fold_records",
     "cv_split",
     "FOLDS_MANIFEST",
@@ -427,6 +429,40 @@ def _assign_units(
     return bucket
 
 
+def split_keeping_official(
+    records: Sequence[ImageRecord],
+    official: dict[str, str],
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    together: Sequence[Sequence[str]] = (),
+) -> dict[str, list[ImageRecord]]:
+    """A layout's own split kept as given: records marked ``test`` (or ``val``) stay there, never
+    re-split; validation is carved from the others by :func:`split_records` (train : val in the ratio
+    of ``fractions``, grouped and stratified as usual). Groups shared between the official splits are
+    *not* an error here (the layout says so): :func:`shared_with_train` counts them."""
+    given = {s: [r for r in records if official.get(r.path) == s] for s in ("val", "test")}
+    rest = [r for r in records if official.get(r.path) not in ("val", "test")]
+    f_train, f_val = float(fractions[0]), 0.0 if given["val"] else float(fractions[1])
+    out = split_records(rest, (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0), seed=seed,
+                        together=together) if rest else \
+        {s: [] for s in SPLITS}
+    out["val"] = sorted(out["val"] + given["val"], key=lambda r: r.path)
+    out["test"] = sorted(given["test"], key=lambda r: r.path)
+    return out
+
+
+def shared_with_train(splits: dict[str, Sequence[ImageRecord]], split: str = "test") -> dict[str, int]:
+    """How much of ``split`` shares a group or identical bytes with the training split:
+    ``{"groups": shared groups, "images": images of split in them, "identical": byte-identical images}``."""
+    train = splits.get("train", [])
+    groups = {r.group for r in train if r.group}
+    hashes = {r.sha256 for r in train if r.sha256}
+    other = splits.get(split, [])
+    shared = {r.group for r in other if r.group in groups}
+    return {"groups": len(shared), "images": sum(r.group in shared for r in other),
+            "identical": sum(bool(r.sha256) and r.sha256 in hashes for r in other)}
+
+
 def check_no_leakage(splits: dict[str, Sequence[ImageRecord]]) -> None:
     """Raise :class:`LeakageError` if a file hash or a group occurs in more than one split."""
     seen: dict[tuple[str, str], str] = {}
@@ -467,8 +503,10 @@ def save_manifest(splits: dict[str, Iterable[ImageRecord]], path: str | Path, ro
     return path
 
 
-def load_manifest(path: str | Path, root: str | Path | None = None, taxonomy=None) -> dict[str, list[ImageRecord]]:
-    """Read a split manifest back into records per split (relative paths resolved against ``root``)."""
+def load_manifest(path: str | Path, root: str | Path | None = None, taxonomy=None,
+                  check: bool = True) -> dict[str, list[ImageRecord]]:
+    """Read a split manifest back into records per split (relative paths resolved against ``root``).
+    ``check=False``: groups shared across splits are allowed (a layout's official split)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split manifest {path} does not exist")
@@ -488,7 +526,8 @@ def load_manifest(path: str | Path, root: str | Path | None = None, taxonomy=Non
             if taxonomy is not None:
                 codes = tuple(taxonomy.parse_code(c) for c in codes)
             out[row["split"]].append(ImageRecord(str(p), codes, row.get("group") or None, row.get("sha256") or ""))
-    check_no_leakage(out)
+    if check:
+        check_no_leakage(out)
     return out
 
 
