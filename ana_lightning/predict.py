@@ -964,6 +964,10 @@ def run_predict(cfg) -> PredictSummary:
     if existing and not cfg.get("overwrite", False):
         raise FileExistsError(f"output={cfg.get('output')}: {' and '.join(existing)} already exist(s); pass overwrite=true "
                               "to replace them, or choose another output=<file.csv or folder>")
+    from .fields.verdicts import field_mode, run_field_predict
+
+    if (mode := field_mode(cfg, predictor)) is not None:  # whole fields: scale, tiles or cells, verdicts
+        return run_field_predict(cfg, predictor, files, run_dir, mode)
     log.info("predicting %d image(s) with %s (%s, %s, %d classes) → %s", len(files), predictor.source,
              predictor.backend_name, predictor.task, len(predictor.class_names), csv_path)
     stream = predictor.predict_paths(files, batch_size=cfg.get("batch_size", 32), num_workers=cfg.get("num_workers", 0),

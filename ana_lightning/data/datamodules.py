@@ -75,7 +75,8 @@ class RecordDataset(Dataset):
             from .cache import ImageCache
 
             self._cache = ImageCache.build([r.path for r in self.records], transform.image_size, transform.resize,
-                                           digests=[r.sha256 for r in self.records], cache_dir=cache_dir)
+                                           digests=[r.sha256 for r in self.records], cache_dir=cache_dir,
+                                           resize_name=getattr(transform, "resize_name", "area"))
         elif cache and self.records:
             with ThreadPoolExecutor(4) as pool:
                 self._cache = list(pool.map(lambda r: transform.resize(load_image(r.path)), self.records))
@@ -116,6 +117,7 @@ class RecordDataModule(L.LightningDataModule):
         extra_train: str | None = None,
         image_cache_dir: str | None = None,
         batch_augment: Callable[..., torch.Tensor] | None = None,
+        nucleus_diameter_px: float | None = None,
         near_duplicates: bool = True,
         folds: int | None = None,
         fold: int | None = None,
@@ -325,6 +327,10 @@ class RecordDataModule(L.LightningDataModule):
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
         tf = build_transform(self.hparams.image_size, self.train_augment if train else None, self.mean, self.std)
+        if self.hparams.get("nucleus_diameter_px"):  # fields brought to one scale (ana_lightning.fields.training)
+            from ..fields.training import ScaledFieldTransform
+
+            tf = ScaledFieldTransform(tf, self.hparams.nucleus_diameter_px)
         return RecordDataset(records, self.make_targets(records), tf, cache=self.hparams.cache_images,
                              cache_dir=self.hparams.get("image_cache_dir"))
 
