@@ -93,8 +93,8 @@ def _mean1(a: np.ndarray) -> np.ndarray:
 class _Bank:
     """Precomputed float32 textures of side ``2 * size``; fields use random crops of them."""
 
-    def __init__(self, size: int):
-        s = size / _REF
+    def __init__(self, size: int, scale: float | None = None):
+        s = size / _REF if scale is None else float(scale)
         t = 2 * size
         self.t = t
         r = np.random.default_rng(0x5EED_4E92)
@@ -118,8 +118,8 @@ class _Bank:
 
 
 @lru_cache(maxsize=8)
-def _bank(size: int) -> _Bank:
-    return _Bank(size)
+def _bank(size: int, scale: float | None = None) -> _Bank:
+    return _Bank(size, scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,11 +136,13 @@ class _Field:
     """Cells, label maps and helpers shared by the pattern renderers of one field."""
 
     def __init__(self, rng: np.random.Generator, size: int, n_mitoses: tuple[int, int] | None,
-                 need_telophase: bool = False):
+                 need_telophase: bool = False, scale: float | None = None):
         self.rng = rng
         self.H = self.W = size
-        self.s = size / _REF
-        self.bank = _bank(size)
+        # scale: pixels per unit of the 256-px reference geometry (None: size / 256, the default look)
+        self.s = size / _REF if scale is None else float(scale)
+        self.fixed_zoom = scale is not None
+        self.bank = _bank(size) if scale is None else _bank(size, round(float(scale), 4))
         self._cache: dict[str, np.ndarray] = {}
         self._make_cells(n_mitoses, need_telophase)
 
@@ -148,6 +150,8 @@ class _Field:
     def _make_cells(self, n_mitoses: tuple[int, int] | None, need_telophase: bool) -> None:
         rng, s, H = self.rng, self.s, self.H
         zoom = rng.uniform(0.8, 1.25)
+        if self.fixed_zoom:  # a given nucleus size: no random zoom on top of it
+            zoom = 1.0
         a_mean = 15.0 * zoom * s
         # hexagonal jittered grid, a few holes, cells touching / overlapping a little
         cell_r = a_mean * 1.66
@@ -1044,12 +1048,19 @@ def _canon(code: str) -> str:
 
 
 def render_field(code: str | Sequence[str], rng: np.random.Generator, size: int = 256,
-                 dapi: bool = False) -> np.ndarray:
+                 dapi: bool = False, nucleus_diameter_px: float | None = None,
+                 return_masks: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render one ``size x size x 3`` uint8 RGB field showing the ICAP pattern ``code``.
 
     ``code`` may also be a sequence of 1-3 codes: a mixed field in which every listed pattern is
     visible at once (the signals are painted into the same cells and added). ``AC-0`` in a mixture
     with positive codes contributes nothing. ``dapi=True`` adds a blue DAPI counterstain.
+
+    ``nucleus_diameter_px``: render at this mean nucleus diameter (equivalent-circle, pixels) instead
+    of the default ~26 px x size / 256 with a random zoom — a field seen at another magnification.
+    ``return_masks=True`` returns ``(image, masks)`` with ``masks["cells"]`` and ``masks["nuclei"]``
+    (int32 label maps, one label per cell, the same label for a cell and its nucleus; mitotic cells
+    have no nucleus label) and ``masks["mitotic"]`` (bool per label, index 0 unused).
     """
     codes = [code] if isinstance(code, str) else list(code)
     if not 1 <= len(codes) <= 3:
@@ -1061,7 +1072,10 @@ def render_field(code: str | Sequence[str], rng: np.random.Generator, size: int 
     pos = [c for c in codes if c != "AC-0"]
     mits = [_MITOSES[c] for c in pos if c in _MITOSES]
     n_mit = (max(m[0] for m in mits), max(m[1] for m in mits)) if mits else None
-    f = _Field(rng, size, n_mit, need_telophase="AC-27" in pos or "AC-25" in pos)
+    scale = None if nucleus_diameter_px is None else float(nucleus_diameter_px) / _NUC_DIAMETER_REF
+    if scale is not None and not 1.0 <= float(nucleus_diameter_px) <= size:
+        raise ValueError(f"nucleus_diameter_px={nucleus_diameter_px} must lie between 1 and the field size {size}")
+    f = _Field(rng, size, n_mit, need_telophase="AC-27" in pos or "AC-25" in pos, scale=scale)
 
     sig = f.canvas()
     for c in pos:
@@ -1071,7 +1085,17 @@ def render_field(code: str | Sequence[str], rng: np.random.Generator, size: int 
             hi = float(np.percentile(s[::4, ::4], 99.0))
             s = s * (_u(f, 0.75, 1.0) / max(hi, 1.0))
         sig += s
-    return _compose(f, sig, negative=not pos, dapi=dapi)
+    img = _compose(f, sig, negative=not pos, dapi=dapi)
+    if not return_masks:
+        return img
+    nuclei = f.nuc_lab.astype(np.int32)
+    masks = {"cells": np.where(nuclei > 0, nuclei, f.cyt_lab).astype(np.int32), "nuclei": nuclei,  # nucleus in own cell
+             "mitotic": np.concatenate([[False], f.is_mit])}
+    return img, masks
+
+
+#: Mean equivalent-circle nucleus diameter of the reference geometry (scale 1, zoom 1): 2 x 15 x E[sqrt(b/a)].
+_NUC_DIAMETER_REF = 2.0 * 15.0 * 0.857
 
 
 def _compose(f: _Field, sig: np.ndarray, negative: bool, dapi: bool) -> np.ndarray:

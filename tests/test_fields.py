@@ -1,0 +1,373 @@
+"""ana_lightning.fields: scale estimate, segmentation, crops, combining, field/specimen verdicts."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ana_lightning.data.synthetic import render_field
+from ana_lightning.fields.combine import INSUFFICIENT, combine_probs
+from ana_lightning.fields.crops import cell_crops, tiles
+from ana_lightning.fields.scale import estimate_nucleus_diameter, nucleus_channel, resolve_scale
+from ana_lightning.fields.segment import segment_field
+from ana_lightning.fields.simulate import read_sim_fields, sim_field, true_nucleus_diameter, write_sim_fields
+
+from conftest import compose
+
+REFERENCE = (
+    Path(os.environ.get("ANA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+    / "data"
+    / "ana-pattern-quest"
+)
+DIAMETERS = (14, 22, 34, 52)
+
+
+# ------------------------------------------------------------------------------------- simulator
+def test_simulator_renders_at_a_given_nucleus_diameter_with_masks():
+    for d in DIAMETERS:
+        img, m = render_field(
+            "AC-1", np.random.default_rng(3), size=256, nucleus_diameter_px=d, return_masks=True
+        )
+        assert img.shape == (256, 256, 3) and m["cells"].shape == m["nuclei"].shape == (256, 256)
+        assert abs(true_nucleus_diameter(m["nuclei"]) / d - 1) < 0.12
+        nuc = m["nuclei"]
+        inside = m["cells"][nuc > 0] == nuc[nuc > 0]  # a nucleus lies in its own cell (overlaps aside)
+        assert inside.mean() > 0.9
+        assert not np.isin(nuc, np.flatnonzero(m["mitotic"])).any()  # mitotic cells have no nucleus label
+    # the default call is unchanged: same image as before this option existed, no masks
+    a = render_field("AC-4", np.random.default_rng(5), size=128)
+    assert isinstance(a, np.ndarray) and a.shape == (128, 128, 3)
+    with pytest.raises(ValueError, match="nucleus_diameter_px"):
+        render_field("AC-1", np.random.default_rng(0), size=64, nucleus_diameter_px=500)
+
+
+def test_sim_fields_round_trip(tmp_path):
+    root = write_sim_fields(tmp_path / "sim", ["AC-1", "AC-3"], [20, 40], size=128)
+    rows = read_sim_fields(root)
+    assert len(rows) == 4 and {r["label"] for r in rows} == {"AC-1", "AC-3"}
+    for r in rows:
+        assert r["image"].shape == (128, 128, 3) and r["nuclei"].max() > 0
+        assert abs(float(r["true_diameter_px"]) - true_nucleus_diameter(r["nuclei"])) < 1e-2
+
+
+# ------------------------------------------------------------------------------------- scale
+@pytest.mark.parametrize(("code", "dapi"), [("AC-1", False), ("AC-7", False), ("AC-3", True)])
+def test_scale_estimate_within_15_percent_at_four_magnifications(code, dapi):
+    for d in DIAMETERS:
+        img, m = sim_field(code, d, seed=11, size=320, dapi=dapi)
+        true = true_nucleus_diameter(m["nuclei"])
+        est = estimate_nucleus_diameter(img)
+        assert abs(est.diameter_px / true - 1) < 0.15, (code, d, est, true)
+        assert est.channel == ("dapi" if dapi else "signal") or code == "AC-1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("code", ["AC-0", "AC-6", "AC-8", "AC-11", "AC-19", "AC-21", "AC-22", "AC-26"])
+def test_scale_estimate_with_dapi_is_robust_to_non_nuclear_patterns(code):
+    """Negative, dots, nucleolar, envelope, cytoplasmic, Golgi: with a DAPI channel the nuclei are measured."""
+    for d in DIAMETERS:
+        img, m = sim_field(code, d, seed=5, size=320, dapi=True)
+        ratio = estimate_nucleus_diameter(img).diameter_px / true_nucleus_diameter(m["nuclei"])
+        assert abs(ratio - 1) < 0.15, (code, d, ratio)
+
+
+def test_dapi_channel_is_detected_and_leakage_is_not():
+    with_dapi, _ = sim_field("AC-22", 22, seed=1, size=192, dapi=True)
+    without, _ = sim_field("AC-22", 22, seed=1, size=192, dapi=False)
+    assert nucleus_channel(with_dapi)[1] == "dapi"
+    assert nucleus_channel(without)[1] == "signal"
+
+
+def test_user_given_scale_wins_and_bad_values_are_refused():
+    img, _ = sim_field("AC-1", 22, seed=2, size=160)
+    assert resolve_scale(img, nucleus_diameter_px=40).diameter_px == 40
+    s = resolve_scale(img, pixel_size=0.5, nucleus_diameter_um=12)
+    assert s.diameter_px == pytest.approx(24) and s.source == "pixel_size"
+    with pytest.raises(ValueError, match="pixel_size"):
+        resolve_scale(img, pixel_size=0)
+    with pytest.raises(ValueError, match="nucleus_diameter_px"):
+        resolve_scale(img, nucleus_diameter_px=-3)
+    with pytest.raises(ValueError, match="no nucleus-like object"):
+        estimate_nucleus_diameter(np.zeros((64, 64, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------------------- segmentation
+def _f1(pred: np.ndarray, true: np.ndarray, ignore: np.ndarray) -> float:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "fseg", Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "field_segmentation.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.prf(*mod.match_f1(pred, true, ignore))[2]
+
+
+@pytest.mark.parametrize("d", [16, 40])
+def test_segmentation_finds_the_true_nuclei(d):
+    img, m = sim_field("AC-1", d, seed=4, size=288)
+    seg = segment_field(img)
+    mit = np.isin(m["cells"], np.flatnonzero(m["mitotic"]))
+    assert _f1(seg.nuclei, m["nuclei"], mit) > 0.8
+    assert (
+        seg.cells.max() == seg.nuclei.max()
+        and (seg.cells[seg.nuclei > 0] == seg.nuclei[seg.nuclei > 0]).all()
+    )
+    # a useless segmentation scores low: the metric can fail
+    assert _f1(np.roll(seg.nuclei, d, axis=1), m["nuclei"], mit) < 0.3
+
+
+def test_mitotic_cells_are_flagged():
+    hits = total = 0
+    for seed in range(3):
+        img, m = sim_field("AC-1", 30, seed=seed, size=320)
+        seg = segment_field(img, diameter_px=true_nucleus_diameter(m["nuclei"]))
+        for j in np.flatnonzero(seg.mitotic):
+            total += 1
+            hits += bool(np.isin(m["cells"][seg.nuclei == j], np.flatnonzero(m["mitotic"])).mean() > 0.5)
+    assert total >= 1 and hits / total >= 0.5
+
+
+def test_cellpose_backend_names_what_is_missing():
+    pytest.importorskip("skimage")
+    try:
+        import cellpose  # noqa: F401
+    except ImportError:
+        img, _ = sim_field("AC-1", 20, seed=0, size=96)
+        with pytest.raises(ImportError, match="cellpose"):
+            segment_field(img, 20, backend="cellpose")
+    with pytest.raises(ValueError, match="backend"):
+        segment_field(np.zeros((32, 32, 3), np.uint8), 8, backend="magic")
+
+
+# ------------------------------------------------------------------------------------- crops, tiles, combine
+def test_cell_crops_are_contest_style():
+    img, _ = sim_field("AC-3", 24, seed=1, size=200)
+    seg = segment_field(img, 24)
+    crops = cell_crops(img, seg, margin=0.1)
+    assert len(crops) == seg.n > 5
+    for c in crops:
+        r0, c0, r1, c1 = c.bbox
+        assert c.image.shape[:2] == c.mask.shape == (r1 - r0, c1 - c0)
+        assert (c.image[..., 0] == c.image[..., 1]).all()  # grey, like the contest cells
+        assert c.mask.sum() == (seg.nuclei[r0:r1, c0:c1] == c.label).sum() == (seg.nuclei == c.label).sum()
+
+
+def test_tiles_cover_the_field_at_the_given_scale():
+    img = np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8)
+    ts = list(tiles(img, 0.5, 64, overlap=0.25))  # rescaled 150×100: 3×2 tiles
+    assert all(t.image.shape == (64, 64, 3) for t in ts) and len(ts) == 6
+    assert max(t.box[2] for t in ts) == 300 and max(t.box[3] for t in ts) == 200
+    small = list(tiles(img[:40, :40], 1.0, 64))  # smaller than a tile: one padded tile
+    assert len(small) == 1 and small[0].image.shape == (64, 64, 3)
+
+
+def test_combining_rules():
+    p = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    assert combine_probs(p, "vote").tolist() == pytest.approx([2 / 3, 1 / 3, 0])
+    assert combine_probs(p, "mean").tolist() == pytest.approx(p.mean(0).tolist())
+    g = np.exp(np.log(p).mean(0))
+    assert combine_probs(p, "mean_log").tolist() == pytest.approx((g / g.sum()).tolist())
+    assert combine_probs(p, "mean_log").sum() == pytest.approx(1)
+    with pytest.raises(ValueError, match="combine"):
+        combine_probs(p, "median")
+    with pytest.raises(ValueError, match="N>=1"):
+        combine_probs(np.zeros((0, 3)), "mean")
+
+
+# ------------------------------------------------------------------------------------- ana-predict on fields
+@pytest.fixture(scope="module")
+def field_folder(tmp_path_factory) -> Path:
+    """Two specimens (folders) of simulator fields at two magnifications, plus one unreadable file."""
+    root = tmp_path_factory.mktemp("fields")
+    for spec, code, d in (("patient1", "AC-1", 18), ("patient2", "AC-3", 30)):
+        for i in range(2):
+            img, _ = sim_field(code, d + 4 * i, seed=i, size=192)
+            (root / spec).mkdir(exist_ok=True)
+            cv2.imwrite(str(root / spec / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    (root / "patient2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_ana_predict_field_model_tiles_specimens_and_report(trained_checkpoint, field_folder, tmp_path):
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    cfg = compose(
+        "predict",
+        [
+            f"ckpt_path={ckpt}",
+            f"input={field_folder}",
+            "progress=false",
+            "model_nucleus_diameter_px=6",
+            "overlays=true",
+            "group_by=folder",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    summary = run_predict(cfg)
+    assert (summary.n_images, summary.n_failed) == (5, 1)
+    rows = _rows(summary.csv_path)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 4 and all(r["unit"] == "tiles" and int(r["n_used"]) >= 1 for r in ok)
+    assert {"p_AC-1", "p_AC-2", "p_AC-10", "nucleus_diameter_px", "verdict"} <= set(rows[0])
+    for r in ok:  # the estimated scale is the rendered one (±15%), tiles taken at the model's 6 px
+        d = float(r["nucleus_diameter_px"])
+        assert float(r["rescale_factor"]) == pytest.approx(6 / d, rel=1e-3)
+        assert sum(float(r[f"p_{c}"]) for c in ("AC-1", "AC-2", "AC-10")) == pytest.approx(1, abs=1e-4)
+        assert Path(r["overlay"]).is_file()
+    bad = next(r for r in rows if r["status"] == "error")
+    assert "broken.png" in bad["path"] and bad["error"]
+    specs = {r["specimen"]: r for r in _rows(tmp_path / "run" / "specimens.csv")}
+    assert set(specs) == {"patient1", "patient2"} and specs["patient2"]["n_fields"] == "3"
+    assert specs["patient1"]["screening"] == "positive" and specs["patient1"]["patterns"]
+    md = (tmp_path / "run" / "specimens.md").read_text()
+    assert "patient1" in md and "thumbnails/" in md and "overlays/" in md
+    assert (tmp_path / "run" / "specimens.html").read_text().count("<img") >= 8
+
+
+def test_ana_predict_cell_model_per_cell_csv_and_insufficient_cells(
+    trained_checkpoint, field_folder, tmp_path
+):
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    cfg = compose(
+        "predict",
+        [
+            f"ckpt_path={ckpt}",
+            f"input={field_folder}",
+            "progress=false",
+            "model_kind=cell",
+            "per_cell_csv=true",
+            "combine=vote",
+            "min_cells=3",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    run_predict(cfg)
+    rows = [r for r in _rows(tmp_path / "run" / "predictions.csv") if r["status"] == "ok"]
+    cells = _rows(tmp_path / "run" / "cells.csv")
+    for r in rows:
+        mine = [c for c in cells if c["path"] == r["path"]]
+        used = [c for c in mine if c["used"] == "1"]
+        assert r["unit"] == "cells" and int(r["n_used"]) == len(used) and int(r["n_cells"]) == len(mine)
+        assert all(c["mitotic"] == "0" and c["border"] == "0" for c in used)
+        votes = [c["pred"] for c in used]  # vote: share of cells per class
+        for k in ("AC-1", "AC-2", "AC-10"):
+            assert float(r[f"p_{k}"]) == pytest.approx(votes.count(k) / len(votes), abs=1e-6)
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "model_kind=cell", "min_cells=1000"],
+        output_dir=tmp_path / "run2",
+    )
+    run_predict(cfg)
+    rows = [r for r in _rows(tmp_path / "run2" / "predictions.csv") if r["status"] == "ok"]
+    assert rows and all(r["verdict"] == INSUFFICIENT for r in rows)
+
+
+def test_field_model_without_a_stored_scale_is_refused_clearly(trained_checkpoint, field_folder, tmp_path):
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "overlays=true"],
+        output_dir=tmp_path / "run",
+    )
+    with pytest.raises(ValueError, match="model_nucleus_diameter_px"):
+        run_predict(cfg)
+    # without any field option the old whole-image behaviour is kept
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false"],
+        output_dir=tmp_path / "r2",
+    )
+    assert "pred" in _rows(run_predict(cfg).csv_path)[0]
+
+
+@pytest.mark.slow
+def test_training_scale_is_stored_and_used(tmp_path):
+    """data.nucleus_diameter_px: fields brought to one scale in training, stored in the checkpoint, and
+    ana-predict then reads fields at that scale without being told."""
+    from ana_lightning.fields.verdicts import training_scale
+    from ana_lightning.pipeline import train
+    from ana_lightning.predict import run_predict
+
+    from conftest import tiny_train_overrides
+
+    root = tmp_path / "data"
+    for code, d in (("AC-1", 20), ("AC-3", 36)):
+        (root / code).mkdir(parents=True)
+        for i in range(8):
+            img, _ = sim_field(code, d if i % 2 else d * 0.6, seed=i, size=160)
+            cv2.imwrite(str(root / code / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    run = tmp_path / "runs" / "r"
+    train(
+        compose(
+            "train", [*tiny_train_overrides(root, epochs=1), "data.nucleus_diameter_px=8"], output_dir=run
+        )
+    )
+    ckpt = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    assert training_scale(ckpt) == {"nucleus_diameter_px": 8.0, "input_kind": None, "cell_mask": "none"}
+    cfg = compose(
+        "predict", [f"ckpt_path={ckpt}", f"input={root}", "progress=false"], output_dir=tmp_path / "p"
+    )
+    rows = _rows(run_predict(cfg).csv_path)
+    assert all(
+        r["unit"] == "tiles"
+        and float(r["rescale_factor"]) == pytest.approx(8 / float(r["nucleus_diameter_px"]), rel=1e-3)
+        for r in rows
+    )
+
+
+# ------------------------------------------------------------------------------------- real reference fields
+@pytest.mark.skipif(
+    not REFERENCE.is_dir(), reason="reference fields not present (../shared/data/ana-pattern-quest)"
+)
+def test_reference_fields_scale_and_segmentation():
+    from ana_lightning.data.images import load_image
+
+    # nuclear patterns of the 300-px reference fields: nuclei are ~18–40 px across
+    for code in ("ac-1", "ac-8", "ac-11", "ac-6"):
+        f = sorted((REFERENCE / "patterns" / code).glob("*.jp*g"))[0]
+        img = load_image(f)
+        est = estimate_nucleus_diameter(img)
+        assert 16 <= est.diameter_px <= 42 and est.reliable, (f, est)
+        seg = segment_field(img, est.diameter_px)
+        assert seg.n >= 10, (f, seg.n)
+
+
+def test_cell_crops_follow_the_models_mask_mode():
+    img, _ = sim_field("AC-1", 24, seed=2, size=160)
+    seg = segment_field(img, 24)
+    plain = cell_crops(img, seg, margin=0.2)
+    applied = cell_crops(img, seg, margin=0.2, mask_mode="apply")
+    chan = cell_crops(img, seg, margin=0.2, mask_mode="channel")
+    for p, a, c in zip(plain, applied, chan, strict=True):
+        assert (a.image[~a.mask] == 0).all() and (a.image[a.mask] == p.image[a.mask]).all()
+        assert (c.image[..., 2] == np.where(c.mask, 255, 0)).all()
+
+
+def test_training_scale_reads_the_checkpoint(tmp_path):
+    import torch
+
+    from ana_lightning.fields.verdicts import training_scale
+
+    cells = tmp_path / "cells.ckpt"
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"reader": "i3a2014", "mask": "apply"}}, cells)
+    assert training_scale(cells) == {"nucleus_diameter_px": None, "input_kind": "cell", "cell_mask": "apply"}
+    fields = tmp_path / "fields.ckpt"
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"nucleus_diameter_px": 13}}, fields)
+    assert training_scale(fields)["nucleus_diameter_px"] == 13.0
+    assert training_scale(tmp_path / "model.onnx")["nucleus_diameter_px"] is None
