@@ -1293,6 +1293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--codes", default=None, help="comma-separated codes, e.g. AC-1,AC-4 (default: all 32)")
     p.add_argument("--format", dest="fmt", default="png", choices=["png", "jpg"])
     p.add_argument("--hospital", action="store_true", help="write the multi-label hospital layout instead")
+    p.add_argument("--cells", action="store_true",
+                   help="single-cell crops in the contest layout instead (options: ana-synth --cells --help)")
     p.add_argument("--n-images", type=int, default=300, help="images in the hospital layout (default: 300)")
     p.add_argument("--n-patients", type=int, default=60)
     p.add_argument("--max-patterns", type=int, default=3)
