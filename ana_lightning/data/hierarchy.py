@@ -114,6 +114,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
         csv: the contest label CSV (default: the one CSV found under ``root``).
         mask: I3A masks: ``apply`` (zero outside the cell), ``channel`` (mask in the blue channel) or ``none``.
         group_column: contest CSV column holding the field / specimen (default: detected by name).
+        grouping: I3A cells without a specimen column: ``auto``/``steps`` (runs of consecutive IDs cut
+            at intensity steps), ``blocks`` (blocks of consecutive IDs) or ``none`` (see
+            :func:`~.contest.read_i3a2014`); the run folder's ``grouping.txt`` says which was used.
+        group_min_size: the fewest cells in such a group (a class smaller than 5× this gets groups
+            of a fifth of its cells).
         cache_dir, n_per_class, render_size, render_seed, dapi: the synthetic fields (``root=null``).
         classes: the classes of ``level`` to keep (AC codes at level 3, node names at levels 1 and 2).
     """
@@ -127,6 +132,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
         csv: str | None = None,
         mask: str = "apply",
         group_column: str | None = None,
+        grouping: str = "auto",
+        group_min_size: int = 250,
         cache_dir: str = "data/synthetic",
         n_per_class: int = 60,
         render_size: int = 256,
@@ -146,6 +153,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if parent is not None:
             self._check_parent(parent)
         self.reader, self.csv, self.mask, self.group_column = reader, csv, mask, group_column
+        self.grouping_method, self.group_min_size = grouping, int(group_min_size)
+        self.grouping = ""  # how the records were grouped, once read
         self.masks: dict[str, str] = {}
         self._class_names: list[str] | None = None
         self.level_names: dict[int, list[str]] = {}
@@ -206,10 +215,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.reader == "folder":
             return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
         fn = read_icpr2012 if self.reader == "icpr2012" else read_i3a2014
-        extra = {"need_masks": self.mask != "none"} if self.reader == "i3a2014" else {}
+        extra = ({"need_masks": self.mask != "none", "grouping": self.grouping_method,
+                  "group_min_size": self.group_min_size} if self.reader == "i3a2014" else {})
         data = fn(self.root, self.tree, csv_path=self.csv, group_column=self.group_column,
                   on_bad_file=self.hparams.on_bad_file, **extra)
         self.masks = data.masks
+        self.grouping = data.grouping
         return data.records, data.bad
 
     # -------------------------------------------------------------- labels
@@ -273,6 +284,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
                                       on_bad_file=self.hparams.on_bad_file)
             self.extra_train_records = [r for r in extra if self._selected(r)]
             log.info("extra_train: %d stylized image(s) added to the training split", len(self.extra_train_records))
+
+    def write_reports(self, out_dir: str | Path) -> None:
+        super().write_reports(out_dir)
+        if self.grouping:  # the manifest's group column holds the groups; this says where they came from
+            (Path(out_dir) / "grouping.txt").write_text(f"reader: {self.reader}\ngrouping: {self.grouping}\n")
 
     @property
     def class_names(self) -> list[str]:

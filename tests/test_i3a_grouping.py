@@ -1,0 +1,170 @@
+"""Specimen grouping of I3A cells (no specimen column): consecutive-ID runs cut at intensity steps."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ana_lightning.data.contest import consecutive_id_groups, read_i3a2014
+from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
+from ana_lightning.taxonomy import Taxonomy
+
+I3A_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "i3a2014-task1" / "training"
+
+
+def write_specimens(
+    root: Path,
+    specimens: list[tuple[str, int, int]],
+    gap_after: int | None = None,
+    specimen_column: bool = False,
+) -> Path:
+    """I3A layout; each ``(class, n_cells, level)`` is one specimen of consecutive IDs at one brightness."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    lines = ["Image ID,Image class" + (",Specimen ID" if specimen_column else "")]
+    mask = np.zeros((12, 12), np.uint8)
+    mask[2:10, 2:10] = 255
+    i = 0
+    for s, (name, n, level) in enumerate(specimens):
+        if gap_after is not None and s == gap_after:
+            i += 40  # a block of IDs kept aside: a missing specimen
+        for _ in range(n):
+            i += 1
+            cell = np.clip(rng.normal(level, level * 0.08, (12, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(cell).save(root / f"{i:05d}.png")
+            Image.fromarray(mask).save(root / f"{i:05d}_Mask.png")
+            lines.append(f"{i:05d},{name}" + (f",spec{s}" if specimen_column else ""))
+    (root / "gt_training.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _runs(records):
+    """Group of each record in ID order, per class."""
+    return [r.group for r in sorted(records, key=lambda r: int(Path(r.path).stem))]
+
+
+def test_steps_are_found_and_small_runs_merged():
+    ids = list(range(1, 301))
+    values = [20.0] * 100 + [40.0] * 60 + [20.0] * 140  # three specimens, the middle one small
+    assert np.bincount(consecutive_id_groups(ids, values, min_size=10)).tolist() == [100, 60, 140]
+    merged = consecutive_id_groups(ids, values, min_size=80)
+    sizes = np.bincount(merged).tolist()
+    assert min(sizes) >= 80 and sum(sizes) == 300 and len(sizes) == 2
+    # merged runs stay contiguous: group index never decreases along the IDs
+    assert all(b >= a for a, b in zip(merged, merged[1:], strict=False))
+
+
+def test_noise_alone_does_not_cut_and_gaps_do():
+    rng = np.random.default_rng(0)
+    ids = list(range(1, 201)) + list(range(301, 501))
+    values = list(30 * np.exp(rng.normal(0, 0.1, 400)))  # one brightness, cell-to-cell noise only
+    assert np.bincount(consecutive_id_groups(ids, values, min_size=1)).tolist() == [200, 200]  # the ID gap
+    blocks = consecutive_id_groups(ids, None, min_size=90)
+    assert np.bincount(blocks).tolist() == [100, 100, 100, 100]
+
+
+def test_reader_groups_by_steps(tmp_path, caplog):
+    specs = [
+        ("Homogeneous", 100, 20),
+        ("Homogeneous", 100, 60),
+        ("Homogeneous", 50, 25),
+        ("Homogeneous", 100, 40),
+        ("Centromere", 40, 30),
+        ("Centromere", 40, 90),
+    ]
+    root = write_specimens(tmp_path / "i3a", specs)
+    with caplog.at_level("INFO"):
+        data = read_i3a2014(root, Taxonomy.load(), group_min_size=8)
+    assert "intensity steps" in data.grouping and "i3a2014 groups" in caplog.text
+    homog = _runs([r for r in data.records if r.codes == ("AC-1",)])
+    assert [len(g) for g in _split(homog)] == [100, 100, 50, 100]  # each specimen its own group
+    cen = _runs([r for r in data.records if r.codes == ("AC-3",)])
+    assert [len(g) for g in _split(cen)] == [40, 40]
+    # min size 70 (= a fifth of Homogeneous): the 50-cell specimen (level 25) joins the adjacent run
+    # of closer intensity (40, not 60)
+    data = read_i3a2014(root, Taxonomy.load(), group_min_size=70)
+    homog = _runs([r for r in data.records if r.codes == ("AC-1",)])
+    assert [len(g) for g in _split(homog)] == [100, 100, 150]
+    cen = _runs([r for r in data.records if r.codes == ("AC-3",)])
+    assert [len(g) for g in _split(cen)] == [40, 40]  # a fifth of 80 cells is 16: kept apart
+    # never a specimen cut in two, whatever the minimum
+    for m in (1, 30, 120, 1000):
+        homog = _runs(
+            [r for r in read_i3a2014(root, Taxonomy.load(), group_min_size=m).records if r.codes == ("AC-1",)]
+        )
+        starts = np.cumsum([0, 100, 100, 50, 100])
+        assert all(len(set(homog[a:b])) == 1 for a, b in zip(starts[:-1], starts[1:], strict=True))
+        sizes = Counter(homog)
+        assert min(sizes.values()) >= min(m, 70)
+
+
+def _split(seq):
+    out, cur = [], [seq[0]]
+    for g in seq[1:]:
+        if g == cur[-1]:
+            cur.append(g)
+        else:
+            out.append(cur)
+            cur = [g]
+    return [*out, cur]
+
+
+def test_specimen_column_wins_and_none_is_loud(tmp_path, caplog):
+    specs = [("Homogeneous", 10, 20), ("Homogeneous", 10, 20), ("Golgi", 10, 50)]
+    root = write_specimens(tmp_path / "col", specs, specimen_column=True)
+    data = read_i3a2014(root, Taxonomy.load(), grouping="steps")
+    assert {r.group for r in data.records} == {
+        "spec0",
+        "spec1",
+        "spec2",
+    }  # same brightness, still two specimens
+    assert "specimen column" in data.grouping
+    root = write_specimens(tmp_path / "nocol", specs)
+    with caplog.at_level("WARNING"):
+        data = read_i3a2014(root, Taxonomy.load(), grouping="none")
+    assert all(r.group is None for r in data.records) and "leaks" not in data.grouping
+    assert "not grouped" in caplog.text
+    with pytest.raises(ValueError, match="data.grouping must be one of"):
+        read_i3a2014(root, Taxonomy.load(), grouping="random")
+
+
+def test_datamodule_split_is_grouped_and_reported(tmp_path):
+    specs = [(c, 24, lv) for c in ("Homogeneous", "Centromere", "Golgi") for lv in (20, 45, 100)]
+    root = write_specimens(tmp_path / "i3a", specs, gap_after=4)
+    dm = HEp2HierarchyDataModule(
+        root=str(root),
+        reader="i3a2014",
+        level=3,
+        image_size=12,
+        group_min_size=20,
+        split_fractions=(0.34, 0.33, 0.33),
+        cache_images=False,
+    )
+    dm.setup()
+    groups = {s: {r.group for r in dm.splits[s]} for s in dm.splits}
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
+    assert len(set().union(*groups.values())) == 9
+    dm.write_reports(tmp_path)
+    assert "intensity steps" in (tmp_path / "grouping.txt").read_text()
+    assert "AC-1#" in (tmp_path / "split_manifest.csv").read_text()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.skipif(not I3A_REAL.is_dir(), reason=f"{I3A_REAL} is absent")
+def test_real_i3a_groups():
+    data = read_i3a2014(I3A_REAL, Taxonomy.load())
+    assert len(data.records) == 10809 and "intensity steps" in data.grouping
+    sizes = Counter(r.group for r in data.records)
+    per_class = Counter(r.codes[0] for r in data.records)
+    for g, n in sizes.items():
+        label = g.split("#")[0]
+        assert n >= min(250, per_class[label] // 5), (g, n)
+    for label in per_class:  # every class has at least 3 groups, so train, val and test can all hold it
+        assert sum(1 for g in sizes if g.split("#")[0] == label) >= 3, label
+    # groups are runs of consecutive IDs within a class
+    for label in per_class:
+        seq = _runs([r for r in data.records if r.codes[0] == label])
+        assert len(_split(seq)) == len(set(seq))
