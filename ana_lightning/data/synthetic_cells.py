@@ -74,6 +74,8 @@ INTENSITIES = ("positive", "intermediate")
 COLORS = ("grey", "green")
 #: Patterns seen only in dividing cells: their crops are mitotic cells.
 _MITOTIC_ONLY = frozenset({"AC-25", "AC-26", "AC-27", "AC-28"})
+#: Cytoplasmic patterns: their mask takes in the cytoplasm next to the nucleus (as the I3A Golgi masks do).
+_CYTOPLASMIC = frozenset(f"AC-{i}" for i in range(15, 24))
 _CROP_FACTOR = math.sqrt(math.pi / 4 / 0.40)  # crop side / mask bounding-box side: mask = 40 % of the crop
 
 
@@ -85,33 +87,60 @@ class CellStyle:
         render_size: side of the field the cells are cut from (448: nuclei ~1.2x smaller than the crops).
         area: (median, log-sd) of the mask area in the written crop, pixels.
         offset: camera dark level range (background counts outside cells).
-        positive, intermediate: range of the specimen's brightest counts above the offset (99th percentile
-            of its first crop), per intensity class; drawn log-uniformly.
+        brightness: per AC code, (median, log-sd) of the specimen's brightest counts above the offset
+            (99th percentile of its first crop); intermediate specimens are drawn below the median,
+            positive ones above it. Codes not listed use ``default_brightness``.
         read_noise: Gaussian read-noise range (counts); shot noise is added on top (Poisson-like).
-        blur: extra optical blur range (pixels, at the written scale).
+        blur: extra optical blur range (pixels, at the written scale), before the noise.
+        noise_blur: blur range after the noise (the camera and optics smooth the noise too: real
+            cells have little power at the highest spatial frequencies).
         glow: unspecific cytoplasm/background glow range (fraction of the cell signal).
+        haze: diffuse nucleoplasm staining range (fraction of the pattern's bright level): real
+            cells are less contrasted inside the nucleus than the bare pattern renders.
+        shot: shot-noise factor (variance = shot x counts).
     """
 
     def __init__(
         self,
         render_size: int = 448,
         area: tuple[float, float] = (1780.0, 0.18),
-        offset: tuple[float, float] = (12.0, 22.0),
-        positive: tuple[float, float] = (25.0, 200.0),
-        intermediate: tuple[float, float] = (5.0, 30.0),
-        read_noise: tuple[float, float] = (0.6, 2.2),
-        blur: tuple[float, float] = (0.0, 0.8),
+        offset: tuple[float, float] = (14.0, 26.0),
+        brightness: dict[str, tuple[float, float]] | None = None,
+        default_brightness: tuple[float, float] = (20.0, 0.8),
+        read_noise: tuple[float, float] = (0.4, 1.5),
+        blur: tuple[float, float] = (0.0, 0.6),
+        noise_blur: tuple[float, float] = (0.35, 0.6),
         glow: tuple[float, float] = (0.02, 0.12),
+        haze: tuple[float, float] = (0.1, 0.45),
+        shot: float = 0.25,
     ):
         self.render_size = int(render_size)
         self.area, self.offset = area, offset
-        self.positive, self.intermediate = positive, intermediate
-        self.read_noise, self.blur, self.glow = read_noise, blur, glow
+        self.brightness = dict(REAL_BRIGHTNESS if brightness is None else brightness)
+        self.default_brightness = default_brightness
+        self.read_noise, self.blur, self.noise_blur, self.glow = read_noise, blur, noise_blur, glow
+        self.haze, self.shot = haze, float(shot)
 
-    def level(self, intensity: str) -> tuple[float, float]:
+    def draw_brightness(self, code: str, intensity: str, rng: np.random.Generator) -> float:
+        """Brightest counts above the offset of one specimen of ``code`` at ``intensity``."""
         if intensity not in INTENSITIES:
             raise ValueError(f"intensity must be one of {INTENSITIES}, got {intensity!r}")
-        return self.positive if intensity == "positive" else self.intermediate
+        med, sd = self.brightness.get(code, self.default_brightness)
+        z = abs(rng.normal()) * (1.0 if intensity == "positive" else -1.0)
+        return float(np.clip(med * math.exp(sd * z), 3.0, 235.0))
+
+
+#: (median, log-sd) of the brightest in-mask counts above the background of real I3A cells, per class
+#: (experiments/simulator_realism, train+val splits only): homogeneous, nucleolar, NuMem and Golgi cells
+#: are dim, centromere cells bright.
+REAL_BRIGHTNESS: dict[str, tuple[float, float]] = {
+    "AC-1": (13.5, 0.6),
+    "AC-4": (20.5, 0.8), "AC-5": (20.5, 0.8),
+    "AC-8": (9.0, 0.85), "AC-9": (9.0, 0.85), "AC-10": (9.0, 0.85),
+    "AC-3": (53.0, 0.8),
+    "AC-11": (15.0, 0.55), "AC-12": (15.0, 0.55),
+    "AC-22": (12.0, 1.0),
+}
 
 
 def class_table(classes: str = "i3a", codes: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:
@@ -187,16 +216,16 @@ def render_cells(
     if color not in COLORS:
         raise ValueError(f"color must be one of {COLORS}, got {color!r}")
     style = style or CellStyle()
-    lo, hi = style.level(intensity)
     code = _canon(code)
+    target = style.draw_brightness(code, intensity, rng)  # brightest counts above the offset
     f, sig = _signal_field(code, rng, style.render_size)
     mitotic = code in _MITOTIC_ONLY
     # the specimen's exposure: signal + unspecific glow, optics, then counts on a dark offset
     glow = rng.uniform(*style.glow)
     ref = float(np.percentile(sig[f.allc > 0], 90)) if np.any(sig > 0) else 1.0
-    g = sig / max(ref, 1e-3) + glow * (f.allc + 0.5 * f.nuc) + 0.02 * (1.0 + 0.4 * f.tex("low"))
+    haze = rng.uniform(*style.haze) * f.ng * (0.8 + 0.2 * f.tex("mid"))
+    g = sig / max(ref, 1e-3) + haze + glow * (f.allc + 0.5 * f.nuc) + 0.02 * (1.0 + 0.4 * f.tex("low"))
     g = f.blur(g.astype(np.float32), rng.uniform(0.5, 0.9))
-    target = math.exp(rng.uniform(math.log(lo), math.log(hi)))  # brightest counts above the offset
     offset = rng.uniform(*style.offset)
     read = rng.uniform(*style.read_noise)
     cells = _pick(f, mitotic, n_cells, margin=_CROP_FACTOR * 1.05)
@@ -212,6 +241,11 @@ def render_cells(
             ext_x = ext_y = ext
         else:
             cell = (nuc_lab == i + 1).astype(np.uint8)
+            if code in _CYTOPLASMIC:  # the mask reaches into the cytoplasm around the nucleus
+                ring = np.zeros_like(cell)
+                axes = (float(2.6 * f.a[i]), float(2.6 * f.b[i]))
+                cv2.ellipse(ring, ((float(f.nx[i]), float(f.ny[i])), axes, float(np.degrees(f.theta[i]))), 1, -1)
+                cell = np.maximum(cell, ring * (cyt_lab == i + 1))
             cx, cy = float(f.nx[i]), float(f.ny[i])
             ys, xs = np.nonzero(cell)
             if ys.size < 20:
@@ -239,8 +273,9 @@ def render_cells(
         if scale_ref is None:  # one exposure per specimen: set by the first (central) cell
             scale_ref = target / max(float(np.percentile(crop, 99)), 1e-4)
         counts = crop * scale_ref
-        shot = rng.standard_normal(counts.shape).astype(np.float32) * np.sqrt(np.maximum(counts, 0) * 0.5)
+        shot = rng.standard_normal(counts.shape).astype(np.float32) * np.sqrt(np.maximum(counts, 0) * style.shot)
         counts = offset + counts + shot + rng.standard_normal(counts.shape).astype(np.float32) * read
+        counts = cv2.GaussianBlur(counts, (0, 0), rng.uniform(*style.noise_blur))
         grey = np.clip(np.rint(counts), 0, 255).astype(np.uint8)
         if color == "green":
             lr, lb = rng.uniform(0.0, 0.12), rng.uniform(0.0, 0.1)
@@ -434,4 +469,4 @@ class SyntheticCellDataModule(HEp2HierarchyDataModule):
 
 
 #: Bumped when the renderer's output changes, so cached sets are not reused across versions.
-_STYLE_VERSION = 1
+_STYLE_VERSION = 2

@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from ana_lightning.data.synthetic_cells import generate_cell_dataset  # noqa: E402
 from cells import I3A_NAMES, load_cell, read_real, sample_per_class  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -138,8 +139,6 @@ def real_cells(n: int) -> tuple[dict[str, list], str]:
 
 def synthetic_cells(n: int, seed: int) -> dict[str, list]:
     import csv
-
-    from ana_lightning.data.synthetic_cells import generate_cell_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_cell_dataset(Path(tmp) / "cells", n_per_class=n, seed=seed, progress=False)
