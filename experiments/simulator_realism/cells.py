@@ -27,8 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("ANA_SHARED", REPO.parent / "shared"))
 REAL_ROOT = SHARED / "data" / "i3a2014-task1" / "training"
 #: ICAP label of the reader → I3A class name, in the report's order.
-I3A_NAMES = {"AC-1": "Homogeneous", "speckled": "Speckled", "nucleolar": "Nucleolar", "AC-3": "Centromere",
-             "nuclear envelope": "NuMem", "AC-22": "Golgi"}
+I3A_NAMES = {
+    "AC-1": "Homogeneous",
+    "speckled": "Speckled",
+    "nucleolar": "Nucleolar",
+    "AC-3": "Centromere",
+    "nuclear envelope": "NuMem",
+    "AC-22": "Golgi",
+}
 FRACTIONS = (0.6, 0.2, 0.2)
 
 

@@ -147,23 +147,40 @@ def synthetic_cells(n: int, seed: int) -> dict[str, list]:
             for row in csv.DictReader(fh):
                 iid = row["Image ID"]
                 out.setdefault(row["Image class"], []).append(
-                    load_cell(str(root / f"{iid}.png"), str(root / f"{iid}_Mask.png")))
+                    load_cell(str(root / f"{iid}.png"), str(root / f"{iid}_Mask.png"))
+                )
     return out
 
 
 # ---------------------------------------------------------------------------------------------- report
-COLS = [("auc", "AUC real-vs-synth"), ("real_p99_above_bg", "p99-bg real"), ("synth_p99_above_bg", "p99-bg synth"),
-        ("ks_mean", "KS in-mask mean"), ("ks_p99", "KS p99"), ("real_background", "bg real"),
-        ("synth_background", "bg synth"), ("real_area", "area real"), ("synth_area", "area synth"),
-        ("ks_area", "KS area"), ("chi2_lbp", "chi2 LBP"), ("glcm_d", "GLCM |d|"), ("spectrum_l2", "spectrum L2")]
+COLS = [
+    ("auc", "AUC real-vs-synth"),
+    ("real_p99_above_bg", "p99-bg real"),
+    ("synth_p99_above_bg", "p99-bg synth"),
+    ("ks_mean", "KS in-mask mean"),
+    ("ks_p99", "KS p99"),
+    ("real_background", "bg real"),
+    ("synth_background", "bg synth"),
+    ("real_area", "area real"),
+    ("synth_area", "area synth"),
+    ("ks_area", "KS area"),
+    ("chi2_lbp", "chi2 LBP"),
+    ("glcm_d", "GLCM |d|"),
+    ("spectrum_l2", "spectrum L2"),
+]
 
 
 def markdown(results: dict[str, dict[str, float]], meta: dict) -> str:
-    lines = [f"# Simulator realism: {meta['tag']}", "",
-             f"Real: {meta['n_real']} I3A cells (train+val splits only; grouped by {meta['grouping']}); "
-             f"synthetic: {meta['n_synth']} cells (ana-synth --cells, seed {meta['seed']}). "
-             f"{meta['seconds']:.0f} s on 2 shared CPU cores.", "",
-             "| class | " + " | ".join(h for _, h in COLS) + " |", "|---" * (len(COLS) + 1) + "|"]
+    lines = [
+        f"# Simulator realism: {meta['tag']}",
+        "",
+        f"Real: {meta['n_real']} I3A cells (train+val splits only; grouped by {meta['grouping']}); "
+        f"synthetic: {meta['n_synth']} cells (ana-synth --cells, seed {meta['seed']}). "
+        f"{meta['seconds']:.0f} s on 2 shared CPU cores.",
+        "",
+        "| class | " + " | ".join(h for _, h in COLS) + " |",
+        "|---" * (len(COLS) + 1) + "|",
+    ]
     for cls, r in results.items():
         lines.append(f"| {cls} | " + " | ".join(f"{r[k]:.3g}" for k, _ in COLS) + " |")
     return "\n".join(lines) + "\n"
@@ -171,12 +188,20 @@ def markdown(results: dict[str, dict[str, float]], meta: dict) -> str:
 
 def compare_tags(tags: list[str]) -> str:
     res = {t: json.loads((OUT / f"realism_{t}.json").read_text())["results"] for t in tags}
-    keys = [("auc", "AUC"), ("ks_mean", "KS mean"), ("ks_area", "KS area"), ("chi2_lbp", "chi2 LBP"),
-            ("glcm_d", "GLCM |d|"), ("spectrum_l2", "spectrum L2")]
+    keys = [
+        ("auc", "AUC"),
+        ("ks_mean", "KS mean"),
+        ("ks_area", "KS area"),
+        ("chi2_lbp", "chi2 LBP"),
+        ("glcm_d", "GLCM |d|"),
+        ("spectrum_l2", "spectrum L2"),
+    ]
     head = "| class | " + " | ".join(f"{h} {t}" for h, _ in [(h, 0) for _, h in keys] for t in tags) + " |"
     lines = [head, "|---" * (1 + len(keys) * len(tags)) + "|"]
     for cls in res[tags[0]]:
-        lines.append(f"| {cls} | " + " | ".join(f"{res[t][cls][k]:.3g}" for k, _ in keys for t in tags) + " |")
+        lines.append(
+            f"| {cls} | " + " | ".join(f"{res[t][cls][k]:.3g}" for k, _ in keys for t in tags) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -200,8 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     allr = [f for c in real for f in features_of(real[c][: a.n // 3])]
     alls = [f for c in synth for f in features_of(synth[c][: a.n // 3])]
     results["all classes"] = {**compare(allr, alls, seed=a.seed), "n_real": len(allr), "n_synth": len(alls)}
-    meta = {"tag": a.tag, "n_real": sum(len(v) for v in real.values()), "n_synth": sum(len(v) for v in synth.values()),
-            "grouping": how, "seed": a.seed, "seconds": time.time() - t0}
+    meta = {
+        "tag": a.tag,
+        "n_real": sum(len(v) for v in real.values()),
+        "n_synth": sum(len(v) for v in synth.values()),
+        "grouping": how,
+        "seed": a.seed,
+        "seconds": time.time() - t0,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"realism_{a.tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     md = markdown(results, meta)

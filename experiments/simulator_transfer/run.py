@@ -62,7 +62,9 @@ def prepare(img: np.ndarray, mask: np.ndarray, size: int, normalise: bool) -> np
     return cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def load_set(items: list[tuple[str, str, int]], size: int, normalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def load_set(
+    items: list[tuple[str, str, int]], size: int, normalise: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for path, mpath, y in items:
         img, m = load_cell(path, mpath)
@@ -73,7 +75,10 @@ def load_set(items: list[tuple[str, str, int]], size: int, normalise: bool) -> t
 
 def real_items() -> tuple[dict[str, list[tuple[str, str, int]]], str]:
     splits, masks, how = read_real()
-    out = {s: [(r.path, masks[r.path], CLASSES.index(I3A_NAMES[r.codes[0]])) for r in rs] for s, rs in splits.items()}
+    out = {
+        s: [(r.path, masks[r.path], CLASSES.index(I3A_NAMES[r.codes[0]])) for r in rs]
+        for s, rs in splits.items()
+    }
     return out, how
 
 
@@ -84,8 +89,14 @@ def synthetic_items(root: Path, n: int, seed: int) -> list[tuple[str, str, int]]
 
     generate_cell_dataset(root, n_per_class=n, seed=seed, progress=False)
     with open(root / "gt_training.csv", newline="") as fh:
-        return [(str(root / f"{r['Image ID']}.png"), str(root / f"{r['Image ID']}_Mask.png"),
-                 CLASSES.index(r["Image class"])) for r in csv.DictReader(fh)]
+        return [
+            (
+                str(root / f"{r['Image ID']}.png"),
+                str(root / f"{r['Image ID']}_Mask.png"),
+                CLASSES.index(r["Image class"]),
+            )
+            for r in csv.DictReader(fh)
+        ]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -113,8 +124,16 @@ def augment(x: torch.Tensor, recipe: bool, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, recipe: bool, seed: int,
-        lr: float = 2e-3, batch: int = 32) -> torch.nn.Module:
+def fit(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    recipe: bool,
+    seed: int,
+    lr: float = 2e-3,
+    batch: int = 32,
+) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -133,8 +152,10 @@ def fit(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, reci
 @torch.no_grad()
 def mca(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
-    pred = torch.cat([net((x[i:i + 256] - 0.3) / 0.3).argmax(1) for i in range(0, len(x), 256)])
-    return float(np.mean([(pred[y == k] == k).float().mean().item() for k in range(len(CLASSES)) if (y == k).any()]))
+    pred = torch.cat([net((x[i : i + 256] - 0.3) / 0.3).argmax(1) for i in range(0, len(x), 256)])
+    return float(
+        np.mean([(pred[y == k] == k).float().mean().item() for k in range(len(CLASSES)) if (y == k).any()])
+    )
 
 
 def with_backbone(arch: str, pretrained: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -183,13 +204,26 @@ def run(a: argparse.Namespace) -> dict:
                 kx, ky = load_set(k_shot(train_pool, k, seed=rep), a.size, normalise)
                 steps = steps_for(k, a.steps)
                 for arm in ("scratch", "pretrained"):
-                    net = make_net(a.arch, 2000 + rep) if arm == "scratch" else with_backbone(a.arch, pre, 2000 + rep)
+                    net = (
+                        make_net(a.arch, 2000 + rep)
+                        if arm == "scratch"
+                        else with_backbone(a.arch, pre, 2000 + rep)
+                    )
                     fit(net, kx, ky, steps, normalise, seed=3000 + rep)
                     m = mca(net, test_x, test_y)
-                    rows.append({"variant": variant, "repeat": rep, "arm": arm, "k": k, "mca": m, "steps": steps})
-                    print(f"[{time.time() - t0:6.0f}s] {variant} rep {rep} K={k} {arm}: MCA {m:.3f}", flush=True)
-    meta = {**vars(a), "grouping": how, "n_test": len(items["test"]), "seconds": time.time() - t0,
-            "load": os.getloadavg()}
+                    rows.append(
+                        {"variant": variant, "repeat": rep, "arm": arm, "k": k, "mca": m, "steps": steps}
+                    )
+                    print(
+                        f"[{time.time() - t0:6.0f}s] {variant} rep {rep} K={k} {arm}: MCA {m:.3f}", flush=True
+                    )
+    meta = {
+        **vars(a),
+        "grouping": how,
+        "n_test": len(items["test"]),
+        "seconds": time.time() - t0,
+        "load": os.getloadavg(),
+    }
     return {"meta": meta, "rows": rows}
 
 
@@ -200,21 +234,33 @@ def table(res: dict) -> str:
         v = [r["mca"] for r in rows if r["variant"] == variant and r["arm"] == arm and r["k"] == k]
         return (np.mean(v), np.std(v, ddof=1) if len(v) > 1 else 0.0, len(v)) if v else None
 
-    lines = [f"Real I3A test split: {meta['n_test']} cells ({meta['grouping']}); {meta['repeats']} repeats, "
-             f"mean ± sd; MCA, chance 0.167. {meta['size']} px, {meta['arch']}, {meta['n_synth']} synthetic cells/class, "
-             f"{meta['seconds'] / 60:.0f} min on 2 shared CPU cores (load {meta['load'][0]:.0f}).", ""]
+    lines = [
+        f"Real I3A test split: {meta['n_test']} cells ({meta['grouping']}); {meta['repeats']} repeats, "
+        f"mean ± sd; MCA, chance 0.167. {meta['size']} px, {meta['arch']}, {meta['n_synth']} synthetic cells/class, "
+        f"{meta['seconds'] / 60:.0f} min on 2 shared CPU cores (load {meta['load'][0]:.0f}).",
+        "",
+    ]
     lines += ["| variant | K | scratch | synthetic-pretrained | gain (points) |", "|---|---|---|---|---|"]
     for variant in meta["variants"]:
         so = cell(variant, "synthetic_only", 0)
         lines.append(f"| {variant} | synthetic only (0 real) | – | {so[0]:.3f} ± {so[1]:.3f} | – |")
         for k in meta["ks"]:
             s, p = cell(variant, "scratch", k), cell(variant, "pretrained", k)
-            gains = [rp["mca"] - rs["mca"] for rs in rows for rp in rows
-                     if rs["variant"] == rp["variant"] == variant and rs["k"] == rp["k"] == k
-                     and rs["repeat"] == rp["repeat"] and rs["arm"] == "scratch" and rp["arm"] == "pretrained"]
+            gains = [
+                rp["mca"] - rs["mca"]
+                for rs in rows
+                for rp in rows
+                if rs["variant"] == rp["variant"] == variant
+                and rs["k"] == rp["k"] == k
+                and rs["repeat"] == rp["repeat"]
+                and rs["arm"] == "scratch"
+                and rp["arm"] == "pretrained"
+            ]
             g = 100 * np.mean(gains)
             gsd = 100 * np.std(gains, ddof=1) if len(gains) > 1 else 0.0
-            lines.append(f"| {variant} | {k} | {s[0]:.3f} ± {s[1]:.3f} | {p[0]:.3f} ± {p[1]:.3f} | {g:+.1f} ± {gsd:.1f} |")
+            lines.append(
+                f"| {variant} | {k} | {s[0]:.3f} ± {s[1]:.3f} | {p[0]:.3f} ± {p[1]:.3f} | {g:+.1f} ± {gsd:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -233,7 +279,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="1 repeat, K=5,20, few steps")
     a = p.parse_args(argv)
     if a.quick:
-        a.repeats, a.ks, a.n_synth, a.pretrain_steps, a.steps, a.tag = 1, [5, 20], 60, 40, 30, a.tag + "_quick"
+        a.repeats, a.ks, a.n_synth, a.pretrain_steps, a.steps, a.tag = (
+            1,
+            [5, 20],
+            60,
+            40,
+            30,
+            a.tag + "_quick",
+        )
     res = run(a)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{a.tag}.json").write_text(json.dumps(res, indent=1))
