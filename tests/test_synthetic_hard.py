@@ -8,6 +8,7 @@ import pytest
 from ana_lightning.data.datamodules import SyntheticDataModule
 from ana_lightning.data.synthetic import generate_dataset, render_field
 from ana_lightning.data.synthetic_hard import render_field_hard
+
 from conftest import compose
 
 

@@ -34,8 +34,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ana_lightning.data.synthetic_cells import generate_cell_dataset  # noqa: E402
 from cells import I3A_NAMES, load_cell, read_real, sample_per_class  # noqa: E402
+
+from ana_lightning.data.synthetic_cells import generate_cell_dataset  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 GLCM_PROPS = ("contrast", "homogeneity", "correlation")
@@ -99,8 +100,8 @@ def ks(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare(real: list[dict], synth: list[dict], seed: int = 0) -> dict[str, float]:
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     def arr(fs, k):
         return np.array([f[k] for f in fs], dtype=np.float64)

@@ -39,9 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
 from cells import I3A_NAMES, load_cell, read_real  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 CLASSES = list(I3A_NAMES.values())  # Homogeneous, Speckled, Nucleolar, Centromere, NuMem, Golgi
 OUT = HERE / "results"
