@@ -21,6 +21,7 @@ folder of ``<AC code>/<images>`` (``reader=folder``), or a contest layout (``rea
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,7 +33,15 @@ import numpy as np
 import torch
 
 from ..taxonomy import LabelError, Taxonomy
-from .contest import CONTESTS, MASK_MODES, masked_loader, read_i3a2014, read_icpr2012
+from .contest import (
+    CONTESTS,
+    MASK_MODES,
+    _norm,
+    contest_label_map,
+    masked_loader,
+    read_i3a2014,
+    read_icpr2012,
+)
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
 from .images import BadFile
 from .records import DatasetError, ImageRecord, read_single_label_folder
@@ -108,7 +117,9 @@ class HEp2HierarchyDataModule(RecordDataModule):
 
     Args (beyond :class:`RecordDataModule`):
         root: the dataset folder; ``null`` = the built-in synthetic fields (rendered into ``cache_dir``).
-        level: ``1``, ``2``, ``3`` (leaf codes) or ``all`` (the three levels at once, for the multi-head model).
+        level: ``1``, ``2``, ``3`` (leaf codes), ``all`` (the three levels at once, for the multi-head model)
+            or ``contest`` (a contest reader's own class names, flat; ``classes.csv`` in the run folder
+            ties each to its tree node).
         parent: a level-2 (or level-1) node: keep only its subtree (the level-3 models of the paper).
         reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts).
         csv: the contest label CSV (default: the one CSV found under ``root``).
@@ -142,9 +153,20 @@ class HEp2HierarchyDataModule(RecordDataModule):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.level: int | str = level if level == "all" else int(level)
-        if self.level not in (*LEVELS, "all"):
-            raise ValueError(f"data.level must be 1, 2, 3 or all, got {level!r}")
+        self.level: int | str = level if level in ("all", "contest") else int(level)
+        if self.level not in (*LEVELS, "all", "contest"):
+            raise ValueError(f"data.level must be 1, 2, 3, all or contest, got {level!r}")
+        if self.level == "contest" and reader not in CONTESTS:
+            raise ValueError(f"data.level=contest (the contest's own classes) needs a contest reader "
+                             f"({', '.join(CONTESTS)}), got data.reader={reader!r}")
+        if self.level == "contest" and parent is not None:
+            raise ValueError("data.level=contest takes no data.parent")
+        # level=contest: the contest's class names (flat), each tied to its tree label for reports
+        self.contest_classes: dict[str, str] = {}
+        if self.level == "contest":
+            table = self.tree.public_datasets.get(CONTESTS[reader]) or {}
+            self.contest_classes = {name: contest_label_map(self.tree, reader)[_norm(name)] for name in table}
+        self._contest_of = {label: name for name, label in self.contest_classes.items()}
         if reader not in READERS:
             raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
         if mask not in MASK_MODES:
@@ -188,6 +210,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
 
     def _canon(self, name: str) -> str:
         """A class name of this level, checked against the tree."""
+        if self.level == "contest":
+            found = next((c for c in self.contest_classes if _norm(c) == _norm(name)), None)
+            if found is None:
+                raise LabelError(f"{name!r} is not a {self.reader} class (classes: {list(self.contest_classes)})")
+            return found
         lv = 3 if self.level == "all" else self.level
         if lv == 3:
             if not self.tree.is_code(name):
@@ -224,11 +251,14 @@ class HEp2HierarchyDataModule(RecordDataModule):
         return data.records, data.bad
 
     # -------------------------------------------------------------- labels
-    def resolve(self, record: ImageRecord, level: int) -> str | None:
-        """The node of a record at ``level`` (None when its label stops higher up)."""
+    def resolve(self, record: ImageRecord, level: int | str) -> str | None:
+        """The node of a record at ``level`` (None when its label stops higher up); at
+        ``level="contest"`` its contest class name."""
         if len(record.codes) != 1:
             raise DatasetError(self.root, [BadFile(record.path, f"{len(record.codes)} labels {record.codes}: the "
                                                                 "hierarchy datamodule takes single-label images")])
+        if level == "contest":
+            return self._contest_of.get(record.codes[0])
         return resolve_label(self.tree, record.codes[0], level)
 
     def _selected(self, r: ImageRecord) -> bool:
@@ -270,6 +300,10 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self.level_names[lv] = [n for n in self.tree.nodes(lv) if n in present]
         if self.level == "all":
             self._class_names = self.level_names[3]
+        elif self.level == "contest":
+            present = {self.resolve(r, "contest") for r in kept}
+            self._class_names = [c for c in self.contest_classes if c in present]
+            log.info("contest classes → tree: %s", ", ".join(f"{c} → {self.contest_classes[c]}" for c in self._class_names))
         elif self.requested_classes:
             self._class_names = [n for n in self.tree.nodes(self.level) if n in self._requested]
         else:
@@ -289,6 +323,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
         super().write_reports(out_dir)
         if self.grouping:  # the manifest's group column holds the groups; this says where they came from
             (Path(out_dir) / "grouping.txt").write_text(f"reader: {self.reader}\ngrouping: {self.grouping}\n")
+        if self.level == "contest" and self._class_names:  # each contest class and its place in the ICAP tree
+            with open(Path(out_dir) / "classes.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["class", "tree_label", "level1", "level2", "code"])
+                for c in self._class_names:
+                    w.writerow([c, self.contest_classes[c], *(x or "" for x in label_path(self.tree, self.contest_classes[c]))])
 
     @property
     def class_names(self) -> list[str]:

@@ -8,11 +8,15 @@ already in the timm / Hugging Face cache (``HF_HUB_OFFLINE=1`` keeps it from rea
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from torch import nn
+
+from .cells import CellInput  # importing it also registers the compact timm model "cellnet"
 
 __all__ = ["create_backbone", "load_local_weights", "normalization", "WeightsError"]
 
@@ -80,9 +84,14 @@ def create_backbone(
     weights: str | None = None,
     drop_rate: float = 0.0,
     in_chans: int = 3,
+    cell_input: Mapping[str, Any] | None = None,
     **kwargs,
 ) -> nn.Module:
     """A timm model with ``num_classes`` outputs (0 = a pooled feature extractor).
+
+    ``cell_input`` (e.g. ``{mask: channel, tta: true}``) puts the model behind
+    :class:`~ana_lightning.models.cells.CellInput`: per-cell intensity normalisation and optional
+    dihedral test-time augmentation (the cell recipe, ``experiment=i3a_cells``).
 
     >>> create_backbone("resnet18", num_classes=4)(torch.zeros(1, 3, 64, 64)).shape
     torch.Size([1, 4])
@@ -104,6 +113,8 @@ def create_backbone(
         raise
     if weights:
         load_local_weights(model, weights)
+    if cell_input is not None:
+        model = CellInput(model, **dict(cell_input))
     return model
 
 

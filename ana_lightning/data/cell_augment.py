@@ -1,0 +1,193 @@
+"""Augmentation of whole batches of single-cell crops, in torch (``augmentation=cells``).
+
+Runs in the datamodule's ``on_after_batch_transfer`` like :class:`~.batch_augment.BatchAugment`, on
+whatever device the batch is on, one random draw per cell. Two families:
+
+- **geometry** — a cell has no orientation: any rotation angle, flips, a mild scale change (another
+  microscope's magnification);
+- **acquisition** — what another lab's images differ by: camera gain (``gain``: brightness ×0.3…×4,
+  applied in 8-bit units so that dim cells lose grey levels and bright ones saturate, as they do in a
+  real camera), gamma, optical blur, sensor noise, a background offset.
+
+With per-cell normalisation in the network (:class:`~ana_lightning.models.cells.CellInput`) the gain
+mostly cancels; what remains (quantisation, saturation, gamma, blur, noise) is what a model must learn
+to ignore. Images arrive normalised with ``mean``/``std`` and leave the same way; with
+``mask=channel`` the blue channel is the mask: it is moved with the cell but its intensity is never
+changed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CellAugment", "gaussian_blur"]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of ``N×C×H×W`` with its own Gaussian ``sigma`` (``N``; 0 = unchanged)."""
+    n, c, h, w = x.shape
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.dtype).clamp_min(1e-3).view(n, 1)
+    k = torch.exp(-(t.view(1, -1) ** 2) / (2 * s**2))
+    k = k / k.sum(dim=1, keepdim=True)  # N × K; sigma → 0 gives a delta
+    k = k.repeat_interleave(c, dim=0)  # one kernel per (image, channel)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+class CellAugment:
+    """Random geometry and acquisition changes for a batch of cells (see the module doc).
+
+    Args:
+        rotate: rotation by any angle (else only the 8 flips/90° rotations when ``flips``).
+        flips: random horizontal flip (with ``rotate``, every orientation and mirror image is reached).
+        scale: zoom factor drawn from ``[1 - scale, 1 + scale]``.
+        gain: ``(low, high)`` camera gain, drawn log-uniformly; ``null`` = none.
+        p_gain: probability of a gain change.
+        gamma: intensity raised to ``exp(U(-gamma, gamma))``.
+        blur: largest Gaussian blur sigma in pixels (drawn uniformly from ``[0, blur]``).
+        p_blur: probability of a blur.
+        noise: largest Gaussian noise sd, relative to the cell's brightest pixels.
+        offset: largest background offset added, relative to the cell's brightest pixels.
+        mask: ``channel`` when the blue channel carries the mask (left unchanged), else ``apply``/``none``.
+
+    >>> aug = CellAugment()
+    >>> aug(torch.rand(4, 3, 32, 32)).shape
+    torch.Size([4, 3, 32, 32])
+    """
+
+    def __init__(
+        self,
+        rotate: bool = True,
+        flips: bool = True,
+        scale: float = 0.1,
+        gain: Sequence[float] | None = (0.3, 4.0),
+        p_gain: float = 0.8,
+        gamma: float = 0.4,
+        blur: float = 1.5,
+        p_blur: float = 0.3,
+        noise: float = 0.03,
+        offset: float = 0.05,
+        mask: str = "channel",
+    ):
+        if gain is not None and (len(gain) != 2 or not 0 < gain[0] <= gain[1]):
+            raise ValueError(f"CellAugment: gain must be (low, high) with 0 < low <= high, got {gain}")
+        if not 0 <= scale < 1:
+            raise ValueError(f"CellAugment: scale={scale} must be in [0, 1)")
+        if mask not in ("apply", "channel", "none"):
+            raise ValueError(f"CellAugment: mask must be apply, channel or none, got {mask!r}")
+        self.rotate, self.flips, self.scale = bool(rotate), bool(flips), float(scale)
+        self.gain = tuple(float(g) for g in gain) if gain is not None else None
+        self.p_gain, self.gamma, self.blur, self.p_blur = (
+            float(p_gain),
+            float(gamma),
+            float(blur),
+            float(p_blur),
+        )
+        self.noise, self.offset, self.mask = float(noise), float(offset), mask
+
+    def __repr__(self) -> str:
+        return (
+            f"CellAugment(rotate={self.rotate}, flips={self.flips}, scale={self.scale}, gain={self.gain}, "
+            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}, offset={self.offset}, mask={self.mask!r})"
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self, x: torch.Tensor, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)
+    ) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"CellAugment expects N×3×H×W images, got shape {tuple(x.shape)}")
+        n = x.shape[0]
+        if n == 0:
+            return x
+        dev, dt = x.device, x.dtype
+        m = torch.as_tensor(mean, device=dev, dtype=dt).view(1, -1, 1, 1)
+        s = torch.as_tensor(std, device=dev, dtype=dt).view(1, -1, 1, 1)
+        y = (x * s + m).clamp(0, 1)
+        y = self._geometry(y)
+        cells = 2 if self.mask == "channel" else 3
+        y = torch.cat(
+            [self._acquisition(y[:, :cells], y[:, 2:3] if cells == 2 else None), y[:, cells:]], dim=1
+        )
+        return (y - m) / s
+
+    def _u(self, n: int, lo: float, hi: float, ref: torch.Tensor) -> torch.Tensor:
+        return torch.rand(n, device=ref.device, dtype=ref.dtype) * (hi - lo) + lo
+
+    def _geometry(self, y: torch.Tensor) -> torch.Tensor:
+        n = y.shape[0]
+        if self.flips:
+            y = torch.where((torch.rand(n, device=y.device) < 0.5).view(n, 1, 1, 1), y.flip(-1), y)
+        if not self.rotate and not self.scale:
+            if self.flips and y.shape[-1] == y.shape[-2]:
+                k = torch.randint(0, 4, (n,), device=y.device).view(n, 1, 1, 1)
+                y = torch.where(
+                    k == 1,
+                    torch.rot90(y, 1, (-2, -1)),
+                    torch.where(
+                        k == 2,
+                        torch.rot90(y, 2, (-2, -1)),
+                        torch.where(k == 3, torch.rot90(y, 3, (-2, -1)), y),
+                    ),
+                )
+            return y
+        angle = (
+            self._u(n, 0, 2 * math.pi, y) if self.rotate else torch.zeros(n, device=y.device, dtype=y.dtype)
+        )
+        zoom = self._u(n, 1 - self.scale, 1 + self.scale, y)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                torch.stack([sin, cos, torch.zeros_like(cos)], 1),
+            ],
+            1,
+        )
+        grid = F.affine_grid(theta, list(y.shape), align_corners=False)
+        out = F.grid_sample(y, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if self.mask == "channel":
+            out[:, 2] = (out[:, 2] > 0.5).to(out.dtype)
+        return out
+
+    def _acquisition(self, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        n = c.shape[0]
+        dev, dt = c.device, c.dtype
+        inside = mask if mask is not None else (c.amax(1, keepdim=True) > 0).to(dt)
+        # the cell's brightest level (99th percentile over the crop is close enough for relative noise)
+        ref = torch.quantile(c.amax(1).reshape(n, -1), 0.99, dim=1).clamp_min(1 / 255).view(n, 1, 1, 1)
+
+        def pick(p: float) -> torch.Tensor:
+            return (torch.rand(n, device=dev) < p).view(n, 1, 1, 1)
+
+        if self.blur > 0 and self.p_blur > 0:
+            sigma = self._u(n, 0, self.blur, c) * pick(self.p_blur).view(n).to(dt)
+            if float(sigma.max()) > 0.05:
+                c = gaussian_blur(c, sigma)
+        if self.offset > 0:
+            c = c + self._u(n, 0, self.offset, c).view(n, 1, 1, 1) * ref * (
+                inside if self.mask == "apply" else 1
+            )
+        if self.noise > 0:
+            c = c + torch.randn_like(c[:, :1]) * self._u(n, 0, self.noise, c).view(n, 1, 1, 1) * ref
+        if self.gain is not None:
+            lo, hi = math.log(self.gain[0]), math.log(self.gain[1])
+            g = torch.exp(self._u(n, lo, hi, c)).view(n, 1, 1, 1)
+            g = torch.where(pick(self.p_gain), g, torch.ones_like(g))
+            c = (
+                torch.round((c * g).clamp(0, 1) * 255) / 255
+            )  # an 8-bit camera: levels lost, highlights clipped
+        c = c.clamp(0, 1)
+        if self.gamma > 0:
+            gam = torch.exp(self._u(n, -self.gamma, self.gamma, c)).view(n, 1, 1, 1)
+            c = c.clamp_min(1e-6) ** gam * (c > 0)
+        if self.mask == "apply":
+            c = c * inside
+        return c

@@ -1,0 +1,192 @@
+"""The network side of the cell recipe (``experiment=i3a_cells``): a compact CNN and the cell input.
+
+- :class:`CellNet` (timm name ``cellnet``): a plain VGG-style CNN with a stride-2 stem, sized for a CPU
+  (about 0.7 M parameters at ``width=24``; a train step on 128 cells of 64 px costs about a quarter
+  of resnet10t's). Registered with timm, so ``model.backbone.name=cellnet`` works wherever a timm
+  name does.
+- :class:`CellInput`: wraps any backbone with **per-cell intensity normalisation** — each cell is
+  divided by a high percentile of its intensity inside the mask, so a brighter specimen, lab or
+  camera gain gives the same input and brightness cannot be learnt — and with optional **dihedral
+  test-time augmentation** (the mean logits of the 8 flips/90° rotations, in eval mode only).
+  Because it is part of the network, training, ``ana-eval``, ``ana-predict``, export and the app all
+  see the same normalisation. Its ``pretrained_cfg`` says mean 0 / std 1, so the data pipeline only
+  scales pixels to ``[0, 1]``.
+
+The intensity of a pixel is the maximum over the cell's colour channels, so an 8-bit grey cell
+(replicated to RGB) and the same cell stored as RGB with the signal in green give the same input.
+With ``mask=channel`` the blue channel carries the mask (see :func:`~ana_lightning.data.contest.apply_mask`)
+and the output is ``(I, I, mask)``; with ``apply`` the mask is the non-zero pixels, with ``none`` the
+whole image; the output is then ``(I, I, I)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import register_model
+from torch import nn
+
+__all__ = ["CellNet", "CellInput", "cell_normalize", "dihedral_views", "cellnet"]
+
+MASK_MODES = ("apply", "channel", "none")
+
+
+def _cbr(i: int, o: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(i, o, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(o),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class CellNet(nn.Module):
+    """Compact CNN for single-cell crops: four stages of two 3×3 conv-BN-ReLU, each starting with stride 2.
+
+    >>> CellNet(num_classes=6)(torch.zeros(2, 3, 64, 64)).shape
+    torch.Size([2, 6])
+    """
+
+    def __init__(
+        self, num_classes: int = 1000, in_chans: int = 3, width: int = 24, drop_rate: float = 0.0, **_: Any
+    ):
+        super().__init__()
+        w = int(width)
+        layers: list[nn.Module] = []
+        chans = [in_chans, w, 2 * w, 4 * w, 8 * w]
+        for k in range(4):
+            layers += _cbr(chans[k], chans[k + 1], 2) + _cbr(chans[k + 1], chans[k + 1])
+        self.features = nn.Sequential(*layers)
+        self.num_features = chans[-1]
+        self.drop = nn.Dropout(drop_rate)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.pretrained_cfg = {
+            "mean": (0.0, 0.0, 0.0),
+            "std": (1.0, 1.0, 1.0),
+            "input_size": (in_chans, 64, 64),
+        }
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+@register_model
+def cellnet(pretrained: bool = False, **kwargs: Any) -> CellNet:
+    """timm entry point (no pretrained weights exist: use ``weights=<file>`` for your own)."""
+    if pretrained:
+        raise RuntimeError("cellnet has no published weights: set pretrained=false (or weights=<local file>)")
+    kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("pretrained_cfg_overlay", None)
+    return CellNet(**kwargs)
+
+
+def cell_normalize(
+    x: torch.Tensor, mask: str = "channel", percentile: float = 99.0, clip: float = 4.0
+) -> torch.Tensor:
+    """Divide each cell by the ``percentile`` of its intensity inside its mask (see the module doc).
+
+    ``x``: ``N×3×H×W`` in ``[0, 1]``. Returns ``N×3×H×W``: ``(I, I, mask)`` for ``mask=channel``,
+    ``(I, I, I)`` otherwise, ``I`` clipped to ``[0, clip]``.
+
+    >>> x = torch.rand(2, 3, 8, 8) * 0.1
+    >>> torch.allclose(cell_normalize(x, "none"), cell_normalize(x * 5, "none"), atol=1e-5)
+    True
+    """
+    if mask not in MASK_MODES:
+        raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"cell_normalize expects N×3×H×W images, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if mask == "channel":
+        inten = x[:, :2].amax(dim=1)
+        m = x[:, 2] > 0.5
+    else:
+        inten = x.amax(dim=1)
+        m = inten > 0 if mask == "apply" else torch.ones_like(inten, dtype=torch.bool)
+    flat = torch.where(m, inten, torch.full_like(inten, -1.0)).reshape(n, -1)
+    count = m.reshape(n, -1).sum(dim=1)
+    empty = count == 0
+    if empty.any():  # no mask pixel: use the whole image
+        flat = torch.where(empty[:, None], inten.reshape(n, -1), flat)
+        count = torch.where(empty, torch.full_like(count, flat.shape[1]), count)
+    ordered = flat.sort(dim=1, descending=True).values
+    k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
+    scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
+    i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
+    third = m.to(x.dtype) if mask == "channel" else i
+    return torch.stack([i, i, third], dim=1)
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips/90° rotations of a square batch (the identity first)."""
+    views = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return views + [v.flip(-1) for v in views]
+
+
+class CellInput(nn.Module):
+    """A backbone behind per-cell intensity normalisation, with optional dihedral TTA.
+
+    Args:
+        body: the timm-style network.
+        mask: how the dataset delivers the mask: ``channel`` | ``apply`` | ``none``.
+        normalize: per-cell normalisation on (``false`` = the raw ``[0, 1]`` cell reaches the body).
+        percentile: the intensity percentile inside the mask that becomes 1.
+        tta: in eval mode, average the logits of the 8 dihedral views.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        mask: str = "channel",
+        normalize: bool = True,
+        percentile: float = 99.0,
+        tta: bool = False,
+    ):
+        super().__init__()
+        if mask not in MASK_MODES:
+            raise ValueError(f"cell input: mask must be one of {MASK_MODES}, got {mask!r}")
+        self.body = body
+        self.mask, self.normalize, self.percentile, self.tta = (
+            mask,
+            bool(normalize),
+            float(percentile),
+            bool(tta),
+        )
+        cfg = dict(getattr(body, "pretrained_cfg", {}) or {})
+        self.pretrained_cfg = {**cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+        self.num_features = getattr(body, "num_features", None)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return cell_normalize(x, self.mask, self.percentile) if self.normalize else x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.forward_features(self.prepare(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.body.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
+        if self.tta and not self.training and x.shape[-1] == x.shape[-2]:
+            return torch.stack([self.body(v) for v in dihedral_views(x)]).mean(0)
+        return self.body(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.body.get_classifier()
+
+    def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
+        self.body.reset_classifier(num_classes, *args, **kwargs)

@@ -1,0 +1,167 @@
+"""The cell recipe: per-cell normalisation, batched cell augmentation, the compact CNN, contest targets."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ana_lightning.data.cell_augment import CellAugment, gaussian_blur
+from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
+from ana_lightning.models.backbones import create_backbone, normalization
+from ana_lightning.models.cells import CellInput, cell_normalize, dihedral_views
+
+from conftest import compose
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_i3a_grouping import write_specimens  # noqa: E402
+
+I3A = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
+
+
+def _cells(n=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cell = torch.rand(n, 1, size, size, generator=g) * 0.1
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, 6:26, 6:26] = 1
+    return torch.cat([cell, cell, mask], 1)
+
+
+def test_cell_normalize_ignores_brightness_and_colour():
+    x = _cells()
+    ref = cell_normalize(x, "channel")
+    brighter = x.clone()
+    brighter[:, :2] *= 4
+    assert torch.allclose(cell_normalize(brighter, "channel"), ref, atol=1e-5)
+    green = x.clone()
+    green[:, 0] = 0  # an RGB image with the signal in green, mask in blue
+    assert torch.allclose(cell_normalize(green, "channel"), ref, atol=1e-6)
+    assert torch.equal(ref[:, 2], x[:, 2])  # the mask passes unchanged
+    inside = ref[:, 0][x[:, 2] > 0.5].reshape(4, -1)
+    assert torch.allclose(torch.quantile(inside, 0.99, dim=1), torch.ones(4), atol=0.05)
+    applied = x[:, :1].repeat(1, 3, 1, 1) * x[:, 2:3]
+    out = cell_normalize(applied, "apply")
+    assert out[:, :, 0, 0].abs().max() == 0 and out.amax() <= 4.0
+    with pytest.raises(ValueError, match="mask must be one of"):
+        cell_normalize(x, "blue")
+
+
+def test_cell_input_tta_is_invariant_and_eval_only():
+    torch.manual_seed(0)
+    net = create_backbone("cellnet", num_classes=6, width=8, cell_input={"mask": "channel", "tta": True})
+    assert isinstance(net, CellInput) and normalization(net) == ((0.0,) * 3, (1.0,) * 3)
+    x = _cells(2)
+    net.eval()
+    with torch.no_grad():
+        a, b = net(x), net(torch.rot90(x, 1, (-2, -1)).flip(-1))
+    assert torch.allclose(a, b, atol=1e-5)  # the 8 views of a rotated cell are the same 8 views
+    assert len(dihedral_views(x)) == 8
+    net.train()
+    assert net(x).shape == (2, 6)
+    assert create_backbone("cellnet", num_classes=0, width=8)(x).shape == (2, 64)
+
+
+def test_cell_augment_moves_the_mask_with_the_cell_and_keeps_it_binary():
+    torch.manual_seed(0)
+    x = torch.zeros(8, 3, 32, 32)
+    x[:, :2, 4:12, 4:12] = 0.2  # the cell sits in a corner; so does its mask
+    x[:, 2, 4:12, 4:12] = 1
+    y = CellAugment(mask="channel")(x)
+    assert y.shape == x.shape and set(y[:, 2].unique().tolist()) <= {0.0, 1.0}
+    moved = (y[:, 2] > 0).float()
+    overlap = (moved * (y[:, :2].amax(1) > 0.02)).sum((1, 2)) / moved.sum((1, 2))
+    assert (overlap > 0.8).all()  # the cell is still under its mask
+    assert not torch.equal(y[:, 2], x[:, 2])  # and both moved
+    norm = CellAugment(gain=None, gamma=0, blur=0, noise=0, offset=0, rotate=False, scale=0, flips=False)
+    assert torch.allclose(norm(x, mean=(0.5,) * 3, std=(0.25,) * 3), x)  # nothing on: identity
+    with pytest.raises(ValueError, match="gain must be"):
+        CellAugment(gain=(4.0, 0.3))
+
+
+def test_gain_quantises_like_an_8bit_camera():
+    x = torch.full((1, 3, 8, 8), 10 / 255)
+    x[:, 2] = 1
+    aug = CellAugment(
+        rotate=False, flips=False, scale=0, gain=(0.3, 0.3), p_gain=1.0, gamma=0, blur=0, noise=0, offset=0
+    )
+    y = aug(x)
+    assert torch.allclose(y[:, :2] * 255, torch.full_like(y[:, :2], 3.0))  # round(10 * 0.3) = 3 grey levels
+    bright = CellAugment(
+        rotate=False, flips=False, scale=0, gain=(4.0, 4.0), p_gain=1.0, gamma=0, blur=0, noise=0, offset=0
+    )(torch.full((1, 3, 8, 8), 0.5))
+    assert bright[:, :2].max() == 1.0  # saturated
+
+
+def test_gaussian_blur_per_image():
+    x = torch.zeros(2, 1, 21, 21)
+    x[:, :, 10, 10] = 1
+    y = gaussian_blur(x, torch.tensor([0.0, 1.5]))
+    assert torch.allclose(y[0], x[0], atol=1e-6) and y[1, 0, 10, 10] < 0.2
+    assert torch.allclose(y.sum((1, 2, 3)), torch.ones(2), atol=1e-4)
+
+
+def test_contest_level_targets(tmp_path):
+    root = write_specimens(tmp_path / "i3a", [(c, 12, lv) for c in I3A for lv in (20, 45, 100)])
+    dm = HEp2HierarchyDataModule(
+        root=str(root),
+        reader="i3a2014",
+        level="contest",
+        mask="channel",
+        image_size=16,
+        group_min_size=10,
+        split_fractions=(0.34, 0.33, 0.33),
+    )
+    dm.setup()
+    assert dm.class_names == I3A
+    t = dm.make_targets(dm.splits["train"])
+    assert sorted(set(t.tolist())) == list(range(6))
+    dm.write_reports(tmp_path)
+    rows = (tmp_path / "classes.csv").read_text().splitlines()
+    assert (
+        rows[2] == "Speckled,speckled,nuclear,speckled,"
+        and rows[6] == "Golgi,AC-22,cytoplasmic,polar/Golgi-like,AC-22"
+    )
+    with pytest.raises(ValueError, match="needs a contest reader"):
+        HEp2HierarchyDataModule(root=str(root), level="contest")
+
+
+@pytest.mark.parametrize("accelerator,epochs,width", [("cpu", 10, 24), ("gpu", 60, 64)])
+def test_experiment_is_sized_by_the_accelerator(tmp_path, accelerator, epochs, width):
+    cfg = compose(
+        "train", ["experiment=i3a_cells", "data.root=/x", f"trainer={accelerator}"], output_dir=tmp_path
+    )
+    assert cfg.trainer.max_epochs == epochs and cfg.model.backbone.width == width
+    assert (
+        cfg.data.level == "contest"
+        and cfg.data.grouping == "auto"
+        and cfg.model.backbone.cell_input.mask == "channel"
+    )
+    assert cfg.augmentation.batch.mask == "channel"
+
+
+def test_recipe_trains_end_to_end(tmp_path):
+    from ana_lightning.pipeline import train
+
+    root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
+    cfg = compose(
+        "train",
+        [
+            "experiment=i3a_cells",
+            f"data.root={root}",
+            "trainer.max_epochs=1",
+            "data.image_size=16",
+            "data.group_min_size=5",
+            "model.backbone.width=8",
+            "model.backbone.cell_input.tta=true",
+            "callbacks.rich_progress_bar=null",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    metrics, objs = train(cfg)
+    assert 0.0 <= metrics["test/mca"] <= 1.0
+    run = tmp_path / "run"
+    assert (run / "grouping.txt").is_file() and (run / "classes.csv").is_file()
+    manifest = (run / "split_manifest.csv").read_text()
+    assert "Golgi" not in manifest.splitlines()[0] and "AC-22#" in manifest
+    assert np.isfinite(metrics["test/loss"])
