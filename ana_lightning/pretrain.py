@@ -29,9 +29,15 @@ BACKBONE_FILE = "backbone.pt"
 
 
 def _head_prefix(net: nn.Module) -> str | None:
+    """Qualified name of the classifier head (``get_classifier()``, else timm's ``pretrained_cfg``)."""
+    head = net.get_classifier() if callable(getattr(net, "get_classifier", None)) else None
+    if isinstance(head, nn.Module):
+        for name, module in net.named_modules():
+            if module is head and name:
+                return name
     cfg = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None) or {}
-    head = cfg.get("classifier")
-    return head if isinstance(head, str) else None
+    name = cfg.get("classifier")
+    return name if isinstance(name, str) else None
 
 
 def export_backbone(source: str | Path | nn.Module, out: str | Path) -> Path:
@@ -40,6 +46,8 @@ def export_backbone(source: str | Path | nn.Module, out: str | Path) -> Path:
     """
     model = load_checkpoint_model(source) if isinstance(source, str | Path) else source
     net = getattr(model, "net", model)
+    if isinstance(getattr(net, "body", None), nn.Module):  # the cell recipe's CellInput wrapper: weights
+        net = net.body  # are loaded into the inner network (create_backbone wraps after loading)
     head = _head_prefix(net)
     sd = {
         k: v.detach().cpu().clone()
