@@ -10,8 +10,9 @@ For every I3A class, the statistics a model could key on, real vs synthetic:
   difference |d| averaged over the three);
 - power spectrum: radially averaged, of the in-mask signal normalised per cell (8 log-spaced bins;
   L2 distance of the class-mean log profiles);
-- a real-vs-synthetic classifier (gradient boosting on all of the above per cell, 5-fold CV): its
-  ROC AUC — 0.5 means it cannot tell them apart (realistic), 1.0 means every cell gives itself away.
+- a real-vs-synthetic classifier (gradient boosting on all of the above per cell, cross-validated with
+  folds grouped by specimen): its ROC AUC — 0.5 means it cannot tell them apart (realistic), 1.0 means
+  every cell gives itself away.
 
 Real cells: only the **train and val** splits of the specimen-grouped split (``cells.py``); the test
 split is left to the transfer benchmark. ``--n`` cells per class on each side.
@@ -87,8 +88,9 @@ def vector(f: dict) -> np.ndarray:
     return np.concatenate([scal, f["lbp"], f["glcm"], f["spectrum"]])
 
 
-def features_of(pairs) -> list[dict]:
-    return [cell_features(img, m) for img, m in pairs]
+def features_of(cells) -> list[dict]:
+    """Features of ``(image, mask)`` or ``(image, mask, group)`` cells (the group kept as ``"group"``)."""
+    return [{**cell_features(c[0], c[1]), "group": c[2] if len(c) > 2 else None} for c in cells]
 
 
 # ---------------------------------------------------------------------------------------------- comparison
@@ -99,9 +101,15 @@ def ks(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(real: list[dict], synth: list[dict], seed: int = 0) -> dict[str, float]:
+    """Distances between two sets of per-cell features, and the real-vs-synthetic AUC.
+
+    The classifier's cross-validation is grouped by specimen (each feature dict's ``"group"``, when
+    given): cells of one specimen share its exposure, so an ungrouped split lets the classifier
+    recognise specimens instead of telling real from synthetic.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
     def arr(fs, k):
         return np.array([f[k] for f in fs], dtype=np.float64)
@@ -122,8 +130,16 @@ def compare(real: list[dict], synth: list[dict], seed: int = 0) -> dict[str, flo
     x = np.stack([vector(f) for f in real + synth])
     y = np.r_[np.zeros(len(real)), np.ones(len(synth))]
     clf = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=seed)
-    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
-    p = cross_val_predict(clf, x, y, cv=cv, method="predict_proba")[:, 1]
+    groups = [f"{side}:{f.get('group')}" for side, fs in (("r", real), ("s", synth)) for f in fs]
+    n_groups = min(len({g for g in groups if g.startswith(side)}) for side in ("r", "s"))
+    if all(f.get("group") is not None for f in real + synth) and n_groups >= 2:
+        cv = StratifiedGroupKFold(min(5, n_groups), shuffle=True, random_state=seed)
+        p = cross_val_predict(clf, x, y, cv=cv, groups=groups, method="predict_proba")[:, 1]
+        out["cv_folds"] = float(min(5, n_groups))
+    else:
+        cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+        p = cross_val_predict(clf, x, y, cv=cv, method="predict_proba")[:, 1]
+        out["cv_folds"] = 0.0  # not grouped
     out["auc"] = float(roc_auc_score(y, p))
     return out
 
@@ -134,7 +150,7 @@ def real_cells(n: int) -> tuple[dict[str, list], str]:
     pool = splits["train"] + splits["val"]  # never the test split
     out: dict[str, list] = {}
     for r in sample_per_class(pool, n):
-        out.setdefault(I3A_NAMES[r.codes[0]], []).append(load_cell(r.path, masks[r.path]))
+        out.setdefault(I3A_NAMES[r.codes[0]], []).append((*load_cell(r.path, masks[r.path]), r.group))
     return out, how
 
 
@@ -148,7 +164,7 @@ def synthetic_cells(n: int, seed: int) -> dict[str, list]:
             for row in csv.DictReader(fh):
                 iid = row["Image ID"]
                 out.setdefault(row["Image class"], []).append(
-                    load_cell(str(root / f"{iid}.png"), str(root / f"{iid}_Mask.png"))
+                    (*load_cell(str(root / f"{iid}.png"), str(root / f"{iid}_Mask.png")), row["Specimen ID"])
                 )
     return out
 
