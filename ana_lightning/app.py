@@ -154,6 +154,24 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb"):
     return demo
 
 
+def warn_if_exposed(server_name: str, server_port: int) -> bool:
+    """A loud WARNING when the page is served beyond this computer (it has no authentication)."""
+    import ipaddress
+
+    try:
+        local = ipaddress.ip_address(server_name).is_loopback
+    except ValueError:
+        local = server_name == "localhost"
+    if not local:
+        log.warning(
+            "WARNING: server_name=%s exposes the app on %s:%d to %s, with NO authentication: anyone who can "
+            "reach this computer can upload images and run the model. Use server_name=127.0.0.1 unless you mean it.",
+            server_name, "every network interface" if server_name in ("0.0.0.0", "::") else server_name, server_port,
+            "every network this computer is on" if server_name in ("0.0.0.0", "::") else "that network",
+        )
+    return not local
+
+
 def run_app(cfg):
     """The ``ana-app`` job: load the model and serve the page until interrupted."""
     from .utils import setup_torch
@@ -161,9 +179,10 @@ def run_app(cfg):
     if not cfg.get("ckpt_path"):
         raise ValueError("ana-app needs ckpt_path=<file.ckpt | file.onnx>")
     setup_torch(cfg.get("torch_threads"))
-    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), weights_only=cfg.get("weights_only"),
+    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")),
                                threads=cfg.get("torch_threads"))
     demo = build_app(predictor, cfg.get("max_file_size", "25mb"))
+    warn_if_exposed(str(cfg.server_name), int(cfg.server_port))
     log.info("serving %s on http://%s:%s (Ctrl+C to stop)", cfg.ckpt_path, cfg.server_name, cfg.server_port)
     demo.launch(server_name=str(cfg.server_name), server_port=int(cfg.server_port), share=False,
                 max_file_size=parse_size(cfg.get("max_file_size", "25mb")), inbrowser=False, show_error=False,

@@ -100,10 +100,10 @@ class FrozenCNNFeatures:
         return cls(net, image_size, mean, std)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> FrozenCNNFeatures:
+    def from_checkpoint(cls, path: str | Path, trust_checkpoint: bool = False) -> FrozenCNNFeatures:
         from .utils import load_checkpoint_model
 
-        model = load_checkpoint_model(path)
+        model = load_checkpoint_model(path, trust_checkpoint=trust_checkpoint)
         net = model.net
         if hasattr(net, "members"):  # a Siamese ensemble: its first network's encoder
             net = net.members[0]
@@ -179,7 +179,7 @@ def svm_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
     if svm_cfg.features == "texture":
         extractor = TextureFeatures(size=int(svm_cfg.get("size") or cfg.data.image_size)).transform
     elif svm_cfg.features == "cnn":
-        extractor = (FrozenCNNFeatures.from_checkpoint(svm_cfg.checkpoint) if svm_cfg.get("checkpoint")
+        extractor = (FrozenCNNFeatures.from_checkpoint(svm_cfg.checkpoint, bool(cfg.get("trust_checkpoint"))) if svm_cfg.get("checkpoint")
                      else FrozenCNNFeatures.from_backbone(dict(svm_cfg.backbone), int(cfg.data.image_size)))
     else:
         raise ValueError(f"svm.features must be texture or cnn, got {svm_cfg.features!r}")

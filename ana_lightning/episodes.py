@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .data.records import ImageRecord
+
 __all__ = ["Episode", "EpisodeResult", "sample_episode", "run_episodes", "mean_ci95", "evaluate_episodes",
            "evaluate_episodes_job"]
 
@@ -158,6 +160,28 @@ def evaluate_episodes(model, dataset, n_way: int = 5, k_shot: int = 1, n_query: 
     return run_episodes(labels, classify, n_way, k_shot, n_query, episodes, seed)
 
 
+def unique_images(records: Sequence[ImageRecord], near_duplicates: Sequence[Any] = ()) -> tuple[list[ImageRecord], int]:
+    """``records`` with each picture once: byte-identical files (sha256) and each near-duplicate set
+    (:func:`~ana_lightning.data.splits.near_duplicate_sets`) keep their first record. Returns the
+    kept records and how many were left out."""
+    copy_of: dict[str, str] = {}
+    for d in near_duplicates:
+        for r in d.records[1:]:
+            copy_of[r.path] = d.records[0].path
+    seen_sha: set[str] = set()
+    seen_pic: set[str] = set()
+    out = []
+    for r in records:
+        pic = copy_of.get(r.path, r.path)
+        if (r.sha256 and r.sha256 in seen_sha) or pic in seen_pic:
+            continue
+        seen_pic.add(pic)
+        if r.sha256:
+            seen_sha.add(r.sha256)
+        out.append(r)
+    return out, len(records) - len(out)
+
+
 def evaluate_episodes_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
     """``ana-eval --config-name eval_episodes ckpt_path=<.ckpt>``: episodes over a dataset's classes
     (novel classes welcome: the model's own class list is not imposed on the data)."""
@@ -169,13 +193,49 @@ def evaluate_episodes_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
         raise ValueError("episodic evaluation needs ckpt_path=<file.ckpt>")
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint_model(cfg.ckpt_path)
-    dm = build_datamodule(cfg, image_size=int(model.hparams.image_size))
+    model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+    split = cfg.get("split", "auto")
+    overrides: dict[str, Any] = {"image_size": int(model.hparams.image_size)}
+    manifest = Path(cfg.ckpt_path).resolve().parent.parent / "split_manifest.csv"
+    if split in ("auto", "test", "val", "train") and not cfg.data.get("split_manifest") and manifest.is_file():
+        overrides["split_manifest"] = str(manifest)
+    dm = build_datamodule(cfg, **overrides)
     dm.prepare_data()
-    dm.setup("test")
+    try:
+        dm.setup("test")
+    except Exception as e:  # noqa: BLE001 - another dataset than the checkpoint's: no manifest applies
+        if "split_manifest" not in overrides:
+            raise
+        log.info("the training run's split manifest does not fit this data (%s)", str(e).splitlines()[0])
+        overrides.pop("split_manifest")
+        dm = build_datamodule(cfg, **overrides)
+        dm.prepare_data()
+        dm.setup("test")
     dm.set_normalization(model.hparams.mean, model.hparams.std)
-    split = cfg.get("split", "all")
+    has_split = "split_manifest" in overrides or bool(cfg.data.get("split_manifest"))
+    if split == "auto":
+        seen = set(model.class_names) & set(dm.class_names)
+        if has_split:
+            split = "test"  # the run's test split: images the checkpoint never trained on
+        elif not seen:
+            split = "all"  # a novel-class folder: the checkpoint has seen none of these classes
+        else:
+            raise ValueError(
+                f"split=auto: {cfg.ckpt_path} was trained on {sorted(seen)}, which this data holds too, and no split "
+                f"manifest of its training run fits it ({manifest}), so episodes could draw images it trained on. "
+                "Pass data.split_manifest=<its run>/split_manifest.csv, a folder of novel classes, or split=all "
+                "if you know these images are unseen."
+            )
+    elif split in ("test", "val", "train") and not has_split:
+        raise FileNotFoundError(f"split={split} needs the training run's split manifest: none at {manifest}; "
+                                "pass data.split_manifest=<file> or split=all")
+    if split == "train":
+        log.warning("split=train: episodes from the images %s trained on measure memory, not few-shot accuracy",
+                    cfg.ckpt_path)
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    records, dropped = unique_images(records, dm.near_duplicates)
+    if dropped:
+        log.info("%d duplicate image(s) left out so that no picture is support and query at once", dropped)
     ep = cfg.episodes
     result = evaluate_episodes(model, dm.make_dataset(records, train=False), int(ep.n_way), int(ep.k_shot),
                                int(ep.n_query), int(ep.episodes), int(ep.seed), int(cfg.data.batch_size))

@@ -13,6 +13,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import logging
+import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -159,7 +160,7 @@ def check_parity(reference: nn.Module, exported: Predictor, image_size: int, bat
 
 def export_model(ckpt_path: str | Path, format: str = "onnx", output: str | Path | None = None,
                  opset_version: int | None = 18, dynamo: bool = True, atol: float = 1e-4,
-                 weights_only: bool | None = None, card: bool = True) -> ExportResult:
+                 trust_checkpoint: bool = False, card: bool = True) -> ExportResult:
     """Export ``ckpt_path`` to ``format`` (``onnx`` | ``torchscript``) at ``output`` (a file, or a folder
     that gets ``model.onnx`` / ``model.torchscript.pt``), check it against PyTorch, and write its model
     card beside it (``model_card.md`` for ``model.onnx``)."""
@@ -170,9 +171,15 @@ def export_model(ckpt_path: str | Path, format: str = "onnx", output: str | Path
     out = Path(output).expanduser() if output else Path("model" + FORMATS[fmt])
     if out.is_dir() or not out.suffix:
         out = out / ("model" + FORMATS[fmt])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"output={output}: cannot create the folder {out.parent}: {e.strerror}") from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ExportError(f"output={output}: {out.parent if not out.exists() else out} is not writable; "
+                          "choose another output=<file or folder>")
 
-    model, meta = load_model(ckpt_path, map_location="cpu", weights_only=weights_only)
+    model, meta = load_model(ckpt_path, map_location="cpu", trust_checkpoint=trust_checkpoint)
     model = model.float().eval()
     info = ModelInfo.from_model(model, meta)
     rule = decision_rule(info)
@@ -355,6 +362,7 @@ def run_export(cfg) -> ExportResult:
     fmt = str(cfg.get("format", "onnx"))
     output = cfg.get("output") or Path(cfg.paths.output_dir) / ("model" + FORMATS.get(fmt.lower(), ""))
     result = export_model(cfg.ckpt_path, format=fmt, output=output, opset_version=cfg.get("opset_version"),
-                          dynamo=cfg.get("dynamo", True), atol=cfg.get("atol", 1e-4), weights_only=cfg.get("weights_only"))
+                          dynamo=cfg.get("dynamo", True), atol=cfg.get("atol", 1e-4),
+                          trust_checkpoint=bool(cfg.get("trust_checkpoint")))
     log.info("wrote %s and %s (max abs difference to PyTorch %.2e)", result.model_path, result.card_path, result.max_abs_diff)
     return result

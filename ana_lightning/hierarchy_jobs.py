@@ -19,13 +19,16 @@ from typing import Any
 
 import numpy as np
 import yaml
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .data.hierarchy import LEVELS, label_path
+from .metrics import MCA_DEFINITION
 from .models.hierarchical import PathPrediction
 from .reports import plot_confusion_matrix, write_classification_report, write_metrics_json
 from .taxonomy import Taxonomy
+from .utils import CheckpointError
 
 __all__ = ["train_level3", "evaluate_hierarchy", "write_hierarchy_report", "group_slug", "NO_LEAF"]
 
@@ -59,7 +62,8 @@ def write_hierarchy_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     predicted = (pred.level1, pred.level2, [p or NO_LEAF for p in pred.leaf])
     metrics: dict[str, float] = {}
-    lines = [f"# {stage.capitalize()}: hierarchical pipeline", "", "| level | images | accuracy | MCA |", "|---|---|---|---|"]
+    lines = [f"# {stage.capitalize()}: hierarchical pipeline", "", f"{MCA_DEFINITION}, level by level.", "",
+             "| level | images | accuracy | MCA |", "|---|---|---|---|"]
     for j, lv in enumerate(LEVELS):
         keep = [i for i, t in enumerate(truth) if t[j] is not None]
         if not keep:
@@ -106,6 +110,17 @@ def _first_checkpoint(pipe_cfg: DictConfig) -> Path | None:
     return None
 
 
+def _all_checkpoints(pipe_cfg: DictConfig) -> list[Path]:
+    """Every checkpoint of the pipeline: levels 1 and 2, each level-3 group model, or the multi-head model."""
+    from .models.hierarchical import _level3_checkpoints, resolve_checkpoint
+
+    out = [resolve_checkpoint(pipe_cfg[k]) for k in ("level1", "level2", "multihead") if pipe_cfg.get(k)]
+    level3 = pipe_cfg.get("level3")
+    if level3:
+        out += list(_level3_checkpoints(OmegaConf.to_container(level3) if isinstance(level3, DictConfig) else level3).values())
+    return out
+
+
 _DATA_SOURCE_KEYS = ("root", "reader", "csv", "mask", "group_column", "cache_dir", "n_per_class", "render_size",
                      "render_seed", "dapi", "tree", "split_fractions", "seed")
 
@@ -127,11 +142,16 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     """Route a dataset (or the training run's test split) through the pipeline of ``cfg.pipeline``."""
     from .data.contest import masked_loader
     from .data.images import load_image
-    from .pipeline import build_datamodule
+    from .pipeline import build_datamodule, check_unseen
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pipe = instantiate(cfg.pipeline)
+    try:
+        pipe = instantiate(cfg.pipeline)
+    except InstantiationException as e:  # a refused or unreadable checkpoint: its own message, naming the file
+        if isinstance(e.__cause__, CheckpointError):
+            raise e.__cause__ from None
+        raise
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"level": "all", "parent": None, "classes": None, "cache_images": False}
     first = _first_checkpoint(cfg.pipeline)
@@ -159,6 +179,7 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     if split == "auto":
         split = "test" if "split_manifest" in overrides or cfg.data.get("split_manifest") else "all"
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    check_unseen(_all_checkpoints(cfg.pipeline), records, split, dm.near_duplicates)  # every level, not only the first
     truth = [label_path(pipe.tree, r.codes[0]) for r in records]
     loader = masked_loader(dm.masks, dm.mask) if dm.masks else load_image
     pred = pipe.predict_paths([r.path for r in records], batch_size=int(cfg.data.batch_size), loader=loader)
@@ -217,12 +238,14 @@ def train_level3(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         rows.append((g, leaves_by_group[g], m.get("test/acc", float("nan")), m.get("test/mca", float("nan"))))
     mcas = [r[3] for r in rows if not np.isnan(r[3])]
     if mcas:
-        metrics["test/mca"] = float(np.mean(mcas))  # mean over the groups
+        # not an MCA over all leaves (each group's MCA is over its own leaves): named as what it is
+        metrics["test/mca_mean_over_groups"] = float(np.mean(mcas))
     (run_dir / "level3_models.yaml").write_text(yaml.safe_dump(index, sort_keys=False))
     write_metrics_json(metrics, run_dir / "metrics.json")
     md = ["# Level 3: one model per level-2 group", "", "| group | classes | test accuracy | test MCA |", "|---|---|---|---|"]
     md += [f"| {g} | {', '.join(cs)} | {a:.4f} | {m:.4f} |" for g, cs, a, m in rows]
-    md += ["", f"Mean MCA over groups: {metrics.get('test/mca', float('nan')):.4f}", ""]
+    md += ["", f"Mean of the groups' MCAs (`test/mca_mean_over_groups`; not the MCA over all leaves): "
+           f"{metrics.get('test/mca_mean_over_groups', float('nan')):.4f}", "", f"{MCA_DEFINITION}.", ""]
     (run_dir / "level3_report.md").write_text("\n".join(md))
     print("\n".join(md))
     return metrics, {"run_dir": run_dir, "groups": index, "cfg": cfg}

@@ -28,6 +28,8 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
+from .metrics import present_class_macro
+
 __all__ = [
     "as_multi_hot",
     "errors_per_image",
@@ -44,7 +46,8 @@ __all__ = [
 SCALAR_KEYS = (
     "exact_match", "hamming_loss", "micro_f1", "macro_f1", "weighted_f1", "micro_precision", "micro_recall", "mca",
     "macro_auroc", "mean_ap", "off_by_0", "off_by_1", "off_by_2", "off_by_3plus", "at_least_1_correct",
-    "at_least_2_correct", "at_least_3_correct", "label_cardinality_true", "label_cardinality_pred",
+    "at_least_2_correct", "at_least_3_correct", "at_least_1_correct_all", "at_least_2_correct_all",
+    "at_least_3_correct_all", "label_cardinality_true", "label_cardinality_pred",
 )
 
 
@@ -68,10 +71,20 @@ def off_by_n(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.bincount(errors_per_image(preds, target), minlength=k + 1)
 
 
-def at_least_n_correct(preds: torch.Tensor, target: torch.Tensor, n: int) -> tuple[float, int]:
-    """Among images with at least ``n`` true labels, the fraction whose prediction contains at least
-    ``n`` of them; returns ``(fraction, number of such images)`` (NaN when there are none)."""
+def at_least_n_correct(preds: torch.Tensor, target: torch.Tensor, n: int, over: str = "eligible") -> tuple[float, int]:
+    """The fraction of images whose prediction contains at least ``n`` of their true labels, and the
+    number of images it is over.
+
+    ``over="eligible"`` (``at_least_{n}_correct``): over the images with at least ``n`` true labels
+    (NaN when there are none). ``over="all"`` (``at_least_{n}_correct_all``): over all images, so an
+    image with fewer than ``n`` true labels counts as a miss — the reference repository's
+    ``evaluate_multilabel.py`` definition.
+    """
     tp = (preds.long() & target.long()).sum(dim=1)
+    if over == "all":
+        return (float((tp >= n).float().mean()) if len(tp) else math.nan), len(tp)
+    if over != "eligible":
+        raise ValueError(f"over must be eligible or all, got {over!r}")
     eligible = target.long().sum(dim=1) >= n
     m = int(eligible.sum())
     return (float((tp[eligible] >= n).float().mean()) if m else math.nan), m
@@ -129,11 +142,14 @@ def multilabel_scalar_metrics(probs: torch.Tensor, preds: torch.Tensor, target: 
         warnings.simplefilter("ignore")
         out["exact_match"] = float(multilabel_exact_match(preds, target, k))
         out["hamming_loss"] = float(multilabel_hamming_distance(preds, target, k, average="micro"))
-        for avg in ("micro", "macro", "weighted"):
+        for avg in ("micro", "weighted"):
             out[f"{avg}_f1"] = float(multilabel_f1_score(preds, target, k, average=avg))
         out["micro_precision"] = float(multilabel_precision(preds, target, k, average="micro"))
         out["micro_recall"] = float(multilabel_recall(preds, target, k, average="micro"))
-        out["mca"] = float(multilabel_recall(preds, target, k, average="macro"))  # mean class recall
+    # MCA and macro-F1 over the classes present in the evaluated ground truth (ana_lightning.metrics)
+    tp, fp, fn = (preds & target).sum(0), (preds & (1 - target)).sum(0), ((1 - preds) & target).sum(0)
+    out["macro_f1"] = present_class_macro(tp, fp, fn, "f1")
+    out["mca"] = present_class_macro(tp, fp, fn, "recall")
     auroc, ap = _per_class_ranking(probs, target)
     out["macro_auroc"], out["mean_ap"] = _nanmean(auroc), _nanmean(ap)
     counts = off_by_n(preds, target).float() / max(len(target), 1)
@@ -141,6 +157,7 @@ def multilabel_scalar_metrics(probs: torch.Tensor, preds: torch.Tensor, target: 
     out["off_by_3plus"] = float(counts[3:].sum())
     for n in (1, 2, 3):
         out[f"at_least_{n}_correct"] = at_least_n_correct(preds, target, n)[0]
+        out[f"at_least_{n}_correct_all"] = at_least_n_correct(preds, target, n, over="all")[0]
     out["label_cardinality_true"] = label_cardinality(target)[0]
     out["label_cardinality_pred"] = label_cardinality(preds)[0]
     return out
@@ -158,7 +175,8 @@ def multilabel_details(probs: torch.Tensor, preds: torch.Tensor, target: torch.T
         curves = multilabel_precision_recall_curve(probs, target, k, thresholds=None)
     auroc, ap = _per_class_ranking(probs, target)
     most = int(target.sum(1).max()) if len(target) else 0
-    at_least = {n: at_least_n_correct(preds, target, n) for n in range(1, most + 1)}
+    at_least = {n: (*at_least_n_correct(preds, target, n), at_least_n_correct(preds, target, n, over="all")[0])
+                for n in range(1, most + 1)}  # n: (over images with >= n labels, their number, over all images)
     return {
         "scalars": multilabel_scalar_metrics(probs, preds, target),
         "precision": precision,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from .distributed import (
     sync_csv_logger,
 )
 from .reports import write_metrics_json
-from .utils import CheckpointError, find_last_checkpoint, load_checkpoint_model, read_checkpoint
+from .utils import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    checkpoint_safe_globals,
+    find_last_checkpoint,
+    load_checkpoint_model,
+    read_checkpoint,
+)
 
 __all__ = ["train", "evaluate", "build_datamodule", "build_trainer"]
 
@@ -54,6 +62,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides) -> L.Trainer:
 
 
 def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str | None:
+    trust = bool(cfg.get("trust_checkpoint"))
     if not ckpt_path:
         return None
     if ckpt_path == "last":
@@ -63,17 +72,19 @@ def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str 
                 f"ckpt_path=last: no last.ckpt in {run_dir} or in earlier runs under {Path(cfg.paths.log_dir) / cfg.task_name}"
             )
         log.info("resuming from %s", found)
-        return _resumable(str(found), ckpt_path)
+        return _resumable(str(found), ckpt_path, trust)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return _resumable(ckpt_path, ckpt_path)
+    return _resumable(ckpt_path, ckpt_path, trust)
 
 
-def _resumable(path: str, asked: str) -> str:
+def _resumable(path: str, asked: str, trust_checkpoint: bool = False) -> str:
     """``path`` if it reads as a Lightning checkpoint; a truncated file (a run killed while writing
     it, a copy cut short) is a :class:`CheckpointError` naming it, not a traceback from torch."""
     try:
-        read_checkpoint(path)
+        read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"ckpt_path={asked}: {e}") from None
     except CheckpointError as e:
         raise CheckpointError(
             f"ckpt_path={asked}: cannot resume from {path}: {e} Resume from another checkpoint of that run "
@@ -82,15 +93,76 @@ def _resumable(path: str, asked: str) -> str:
     return path
 
 
+def _check_settings(cfg: DictConfig) -> None:
+    """Values torch would reject only after the run folder and split are written, named by their key."""
+    for key in ("model.optimizer.lr", "model.optimizer.weight_decay"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float)) and (value < 0 or (key.endswith(".lr") and value == 0)):
+            raise ValueError(f"{key}={value}: must be {'positive' if key.endswith('.lr') else 'zero or positive'}")
+
+
+def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> None:
+    """The data's model arguments (``pos_weight`` of multi-label data, ``class_weights`` of
+    single-label data) must be ones the configured model takes: otherwise say which model fits."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = cfg.model.get("_target_")
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - a factory function or an unusual target: let instantiate speak
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in model_kwargs if k not in params]
+    if not unknown:
+        return
+    data = cfg.data.get("_target_", "").rsplit(".", 1)[-1]
+    if "pos_weight" in unknown:
+        raise ValueError(f"the data ({data}) is multi-label, but the model ({target}) is a single-label softmax "
+                         "classifier: add model=sigmoid_ensemble (e.g. experiment=mixed_ensemble, or model=sigmoid_ensemble "
+                         "monitor=val/loss monitor_mode=min)")
+    raise ValueError(f"the data ({data}) gives the model {unknown}, which {target} does not take: choose a model= that "
+                     "fits this data")
+
+
+def _check_resume_fits(path: str, model: L.LightningModule, trust_checkpoint: bool) -> None:
+    """Resuming with another architecture or class list: a message naming the file and what differs,
+    before the run folder changes (not Lightning's dump of state-dict keys)."""
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    saved = ckpt["state_dict"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    shapes = [k for k in own if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(own[k].shape)]
+    if not (missing or extra or shapes):
+        return
+    hp = ckpt.get("hyper_parameters") or {}
+    differ = []
+    for key in ("backbone", "class_names", "num_classes", "image_size"):
+        a, b = hp.get(key), model.hparams.get(key)
+        if a is not None and b is not None and a != b:
+            differ.append(f"{key}: checkpoint {a!r}, this config {b!r}")
+    detail = "; ".join(differ) or (
+        f"{len(missing)} weights missing from it (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}), "
+        f"{len(shapes)} of another shape (e.g. {shapes[:2]})")
+    raise CheckpointError(
+        f"ckpt_path: {path} was trained with another model than this config builds ({detail}). Resume with the "
+        "model settings of that run (its config_resolved.yaml), or start afresh without ckpt_path."
+    )
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (and test with the best checkpoint); returns the metrics and the objects used."""
+    _check_settings(cfg)  # before anything is written
     ddp_job = pin_ddp_relaunch_to_job()  # in a multirun, DDP ranks 1..N-1 are started as this job, not the sweep
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resolve_ckpt(cfg.get("ckpt_path"), run_dir, cfg) if cfg.get("train", True) else None
     if resume is None and cfg.get("train", True) and (requeued := requeue_checkpoint(run_dir)) is not None:
         log.info("SLURM restarted this job: resuming from %s", requeued)  # preempted and requeued
-        resume = _resumable(str(requeued), "last (SLURM requeue)")
+        resume = _resumable(str(requeued), "last (SLURM requeue)", bool(cfg.get("trust_checkpoint")))
     if resume and Path(resume).parent.name == "checkpoints" and Path(resume).parent.parent != run_dir:
         # Continue in the interrupted run's folder: its best checkpoint, logs and reports stay together.
         old = Path(resume).parent.parent
@@ -109,8 +181,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     with one_at_a_time(run_dir):  # ranks started together by SLURM/torchrun: one prepares, the others wait
         dm.prepare_data()
     dm.setup("fit")
-    model = instantiate(cfg.model, **dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True)))
+    model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
+    _check_model_fits_data(cfg, model_kwargs)
+    model = instantiate(cfg.model, **model_kwargs)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
+    if resume:
+        _check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:
         dm.write_reports(run_dir)
@@ -120,7 +196,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=dm, ckpt_path=resume)
+        trust = bool(cfg.get("trust_checkpoint"))
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=not trust if resume else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
@@ -166,6 +244,47 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], split: str,
+                 near_duplicates: Sequence[Any] = ()) -> None:
+    """Refuse to evaluate images that any of ``checkpoints`` trained on.
+
+    Each checkpoint's training split is read from the ``split_manifest.csv`` of its run folder and
+    compared by content (sha256, and the near-duplicate sets of the evaluated data), so an ensemble
+    member or pipeline level trained with another seed or split cannot score its own training
+    images. ``split=all`` / ``split=train`` asked for them: a warning instead of an error.
+    """
+    import csv
+
+    from .data.splits import LeakageError
+
+    picture = {r.sha256: f"near-duplicate set {k}" for k, d in enumerate(near_duplicates) for r in d.records if r.sha256}
+    evaluated = {picture.get(r.sha256, r.sha256): r.path for r in records if r.sha256}
+    problems, unchecked = [], []
+    for c in dict.fromkeys(str(c) for c in checkpoints):
+        manifest = Path(c).resolve().parent.parent / "split_manifest.csv"
+        if not manifest.is_file():
+            unchecked.append(c)
+            continue
+        with open(manifest, newline="") as f:
+            trained = {picture.get(row["sha256"], row["sha256"]) for row in csv.DictReader(f)
+                       if row.get("split") == "train" and row.get("sha256")}
+        seen = sorted(evaluated[p] for p in trained if p in evaluated)
+        if seen:
+            problems.append(f"{c} trained on {len(seen)} of the {len(records)} evaluated images (e.g. {seen[:3]}; "
+                            f"its split: {manifest})")
+    if unchecked:
+        log.warning("no split manifest beside %s: cannot check that the evaluated images were not in its training "
+                    "split", ", ".join(unchecked))
+    if not problems:
+        return
+    msg = "evaluated images overlap a checkpoint's training split:\n  " + "\n  ".join(problems)
+    if split in ("all", "train"):
+        log.warning("%s\nsplit=%s: scored anyway, but these numbers are not held-out results", msg, split)
+        return
+    raise LeakageError(msg + "\nEvaluate on images none of them trained on (e.g. ensemble members trained on the same "
+                       "split: same data.seed and data.split_fractions, or data.split_manifest=<one run's manifest>).")
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
     ens = cfg.get("ensemble") or {}
@@ -174,15 +293,17 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         raise ValueError("ana-eval needs ckpt_path=<file.ckpt> (or ensemble.members=[a.ckpt,b.ckpt])")
     if cfg.get("ckpt_path") and members:
         raise ValueError("give either ckpt_path or ensemble.members, not both")
+    trust = bool(cfg.get("trust_checkpoint"))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if members:  # separately trained checkpoints averaged into one model (multi-label or single-label)
         from .models.multilabel import ensemble_from_checkpoints
 
         model = ensemble_from_checkpoints(members, combine=ens.get("combine", "probs"),
-                                          decision_rule=ens.get("decision_rule"), threshold=ens.get("threshold", 0.5))
+                                          decision_rule=ens.get("decision_rule"), threshold=ens.get("threshold", 0.5),
+                                          trust_checkpoint=trust)
     else:
-        model = load_checkpoint_model(cfg.ckpt_path)
+        model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=trust)
     ckpt_ref = members[0] if members else str(cfg.ckpt_path)  # whose run folder holds the split manifest
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
@@ -216,6 +337,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if callable(getattr(model, "prepare_evaluation", None)):  # e.g. tune an ensemble's thresholds on val, never on test
         model.prepare_evaluation(dm, split)
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    check_unseen(members or [str(cfg.ckpt_path)], records, split, dm.near_duplicates)
     dataset = dm.make_dataset(records, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     trainer = build_trainer(cfg, run_dir)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import pickle
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.images import BadImageError, decode_image, is_ignored, is_image_path, load_image
+from .data.images import BadImageError, decode_image, is_file_entry, is_ignored, is_image_path, load_image
 from .data.transforms import build_transform
 from .taxonomy import Taxonomy
 from .utils import CheckpointError
@@ -273,50 +272,26 @@ def decision_rule(info: ModelInfo) -> DecisionRule:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_model(path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool | None = None):
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False):
     """Rebuild the LightningModule of an ana-lightning checkpoint, loading it with ``weights_only=True``.
 
-    A checkpoint that needs full unpickling (objects other than tensors and plain containers) is
-    loaded the trusting way (:func:`~ana_lightning.utils.load_checkpoint_model`) with a warning, unless
-    ``weights_only=True`` forbids it. Returns ``(model, metadata)``.
+    A checkpoint that needs full unpickling (objects other than tensors and plain containers: it could
+    run code) is refused, naming the file, unless ``trust_checkpoint=True``
+    (:func:`~ana_lightning.utils.load_checkpoint_model`). Returns ``(model, metadata)``.
     """
-    from .utils import load_checkpoint_model
+    from .utils import load_checkpoint_model, read_checkpoint
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower() or "unsupported global" not in str(e).lower():
-            raise _not_a_model(path, e) from None
-        if weights_only:
-            raise CheckpointError(
-                f"{path} holds objects that cannot be loaded with weights_only=True ({str(e).splitlines()[-1][:200]}); "
-                "load it with weights_only=null only if you trust where it came from"
-            ) from None
-        log.warning("%s cannot be loaded with weights_only=True; loading it in full (only do this for files you trust)", path)
-        model = load_checkpoint_model(path, map_location=map_location)
-        meta = torch.load(path, map_location="cpu", weights_only=False).get("ana_lightning", {})
-        return model, meta
-    except Exception as e:  # noqa: BLE001 - anything else: not a checkpoint at all
-        raise _not_a_model(path, e) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    meta = ckpt.get("ana_lightning")
-    if not isinstance(meta, dict) or "class_path" not in meta:
-        raise CheckpointError(f"{path} was not written by ana-lightning (no 'ana_lightning' metadata)")
-    import importlib
-
-    module_name, _, cls_name = str(meta["class_path"]).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise CheckpointError(f"{path} was trained as {meta['class_path']}, which cannot be imported here: {e}") from None
-    del ckpt
-    model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
-    model.eval()
-    return model, meta
+        meta = read_checkpoint(path, trust_checkpoint=trust_checkpoint).get("ana_lightning")
+    except CheckpointError as e:
+        if "is not a readable checkpoint" in str(e):
+            raise CheckpointError(str(e).replace("is not a readable checkpoint", "is not an ana-lightning checkpoint, ONNX or TorchScript model")) from None
+        raise
+    model = load_checkpoint_model(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+    return model, dict(meta or {})
 
 
 def _not_a_model(path: Path, e: BaseException) -> CheckpointError:
@@ -486,9 +461,12 @@ class Predictor:
 
     # -------------------------------------------------------------- construction
     @classmethod
-    def load(cls, path: str | Path, device: str | None = "auto", weights_only: bool | None = None,
+    def load(cls, path: str | Path, device: str | None = "auto", trust_checkpoint: bool = False,
              threads: int | None = None) -> Predictor:
-        """A checkpoint (``.ckpt``), an ONNX file (``.onnx``, run by onnxruntime) or a TorchScript file."""
+        """A checkpoint (``.ckpt``), an ONNX file (``.onnx``, run by onnxruntime) or a TorchScript file.
+
+        Checkpoints load with ``weights_only=True``; ``trust_checkpoint=True`` allows one that needs
+        full unpickling (it could run code: only for files you trust)."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise CheckpointError(f"model file {path} does not exist")
@@ -506,7 +484,7 @@ class Predictor:
                 module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
             info = ModelInfo.from_json(extra[f"{METADATA_KEY}.json"], str(path))
             return cls(_TorchScriptBackend(module, dev), info, str(path))
-        model, meta = load_model(path, map_location=dev, weights_only=weights_only)
+        model, meta = load_model(path, map_location=dev, trust_checkpoint=trust_checkpoint)
         return cls.from_model(model, meta, device=dev, source=str(path))
 
     @classmethod
@@ -604,11 +582,13 @@ def list_inputs(input: str | Path) -> list[Path]:
     p = Path(input).expanduser()
     if p.is_file():
         return [p]
+    if p.is_symlink() and not p.is_dir():
+        raise FileNotFoundError(f"input={input} is a broken or looping symlink")
     if not p.is_dir():
         raise FileNotFoundError(f"input={input} is neither an image file nor a folder")
     files, other = [], []
-    for f in sorted(p.rglob("*")):
-        if not f.is_file() or any(is_ignored(part) for part in f.relative_to(p).parts):
+    for f in sorted(p.rglob("*")):  # dangling/looping symlinks are kept: reported as unreadable rows
+        if not is_file_entry(f) or any(is_ignored(part) for part in f.relative_to(p).parts):
             continue
         (files if is_image_path(f) else other).append(f)
     if other:
@@ -699,11 +679,15 @@ def run_predict(cfg) -> PredictSummary:
     if not cfg.get("input"):
         raise ValueError("ana-predict needs input=<image file or folder>")
     setup_torch(cfg.get("torch_threads"))
-    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), weights_only=cfg.get("weights_only"),
+    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")),
                                threads=cfg.get("torch_threads"))
     files = list_inputs(cfg.input)
     run_dir = Path(cfg.paths.output_dir)
     csv_path, json_path = _output_paths(cfg.get("output"), run_dir)
+    existing = [str(q) for q in (csv_path, json_path) if q.exists()]
+    if existing and not cfg.get("overwrite", False):
+        raise FileExistsError(f"output={cfg.get('output')}: {' and '.join(existing)} already exist(s); pass overwrite=true "
+                              "to replace them, or choose another output=<file.csv or folder>")
     log.info("predicting %d image(s) with %s (%s, %s, %d classes) → %s", len(files), cfg.ckpt_path,
              predictor.backend_name, predictor.task, len(predictor.class_names), csv_path)
     stream = predictor.predict_paths(files, batch_size=cfg.get("batch_size", 32), num_workers=cfg.get("num_workers", 0),

@@ -97,7 +97,11 @@ def write_classification_report(
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    md = [f"# {stage.capitalize()} report", ""]
+    from .metrics import MCA_DEFINITION
+
+    present = int((support > 0).sum())
+    md = [f"# {stage.capitalize()} report", "", f"{int(support.sum())} images; {present} of the model's "
+          f"{len(class_names)} classes are present in the ground truth. {MCA_DEFINITION}.", ""]
     if summary:
         md += ["| metric | value |", "|---|---|"]
         md += [f"| `{k}` | {float(_plain(v)):.4f} |" for k, v in sorted(summary.items()) if np.ndim(_plain(v)) == 0]

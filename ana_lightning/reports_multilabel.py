@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .metrics import MCA_DEFINITION
 from .metrics_multilabel import SCALAR_KEYS
 
 __all__ = ["write_multilabel_report", "plot_per_class_f1", "plot_off_by_n", "plot_pr_curves", "plot_error_cooccurrence"]
@@ -177,7 +178,8 @@ def write_multilabel_report(
 
     n = details["n_images"]
     md = [f"# {stage.capitalize()} report (multi-label)", "",
-          f"{n} images, {len(class_names)} classes. Decision rule: {decision_note}.", ""]
+          f"{n} images, {len(class_names)} classes ({int((_np(details['support']) > 0).sum())} present in the "
+          f"ground truth). Decision rule: {decision_note}.", "", f"{MCA_DEFINITION}.", ""]
     md += ["| metric | value |", "|---|---|"]
     keys = [f"{stage}/{k}" for k in SCALAR_KEYS if f"{stage}/{k}" in summary]
     keys += sorted(k for k in summary if k not in keys and np.ndim(_np(summary[k])) == 0)
@@ -194,9 +196,13 @@ def write_multilabel_report(
            "| N | images | fraction |", "|---|---|---|"]
     md += [f"| {i} | {int(counts[i])} | {counts[i] / max(n, 1):.3f} |" for i in range(last + 1)]
     md += ["", "## At least N correct labels", "",
-           "Among images with at least N true labels, the fraction whose prediction contains at least N of them.", "",
-           "| N | images with ≥ N labels | fraction |", "|---|---|---|"]
-    md += [f"| {k} | {m} | {_fmt(v)} |" for k, (v, m) in sorted(details["at_least"].items())]
+           "The fraction of images whose prediction contains at least N of their true labels, two ways: over the "
+           "images with at least N true labels (`at_least_N_correct`), and over all images, where an image with "
+           "fewer than N true labels counts as a miss (`at_least_N_correct_all`: the reference repository's "
+           "`evaluate_multilabel.py` definition).", "",
+           f"| N | images with ≥ N labels | over those (`at_least_N_correct`) | over all {n} images (`at_least_N_correct_all`, reference) |",
+           "|---|---|---|---|"]
+    md += [f"| {k} | {m} | {_fmt(v)} | {_fmt(va)} |" for k, (v, m, va) in sorted(details["at_least"].items())]
     ct, cp = _np(details["cardinality_true"]), _np(details["cardinality_pred"])
     top = max(int(np.flatnonzero(ct).max(initial=0)), int(np.flatnonzero(cp).max(initial=0)), 1)
     md += ["", "## Label cardinality", "",

@@ -500,6 +500,21 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _verified_output(path: Path, row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``row`` (``{}`` when the manifest has none) if ``path`` is a finished output: its sha256 is the
+    manifest's, or — without a manifest row — it decodes completely; None when it must be made again
+    (a truncated or corrupt PNG, e.g. copied in part or written by another tool)."""
+    from .data.images import BadImageError, load_image
+
+    if row and row.get("sha256"):
+        return row if sha256_file(path) == row["sha256"] else None
+    try:
+        load_image(path)
+    except BadImageError:
+        return None
+    return row or {}
+
+
 _COLUMNS = (
     "path", "label", "group", "sha256", "content", "style", "content_sha256", "style_sha256",
     "index", "seed", "image_size", "iterations", "optimizer", "lr", "init", "content_layers", "style_layers",
@@ -636,11 +651,19 @@ def stylize(
     previous = {row["path"]: row for row in _read_manifest_rows(manifest)}
     rows: dict[str, dict[str, Any]] = {}
     pending: list[StyleJob] = []
+    redo = []
     for job in jobs:
-        if (out / job.relpath).is_file():
-            rows[job.relpath] = previous.get(job.relpath) or _row(job, params, sha256_file(out / job.relpath), math.nan)
+        done = out / job.relpath
+        if done.is_file() and (row := _verified_output(done, previous.get(job.relpath))) is not None:
+            rows[job.relpath] = row or _row(job, params, sha256_file(done), math.nan)
         else:
+            if done.exists() or done.is_symlink():
+                redo.append(str(done))
+                done.unlink()
             pending.append(job)
+    if redo:
+        log.warning("%d existing output(s) are truncated, unreadable or differ from the manifest and are made again, "
+                    "e.g. %s", len(redo), redo[0])
     orphans = [p for p in previous if p not in {j.relpath for j in jobs}]
     if orphans:
         log.warning("%d image(s) of an earlier plan in %s are not part of this one and are left out of the manifest, e.g. %s",

@@ -9,11 +9,15 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-__all__ = ["register_resolvers", "unique_run_name", "load_checkpoint_model", "CheckpointError", "find_last_checkpoint"]
+__all__ = [
+    "register_resolvers", "unique_run_name", "load_checkpoint_model", "read_checkpoint", "safe_torch_load",
+    "CheckpointError", "UnsafeCheckpointError", "find_last_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,37 +62,156 @@ def plain_hparams(module) -> None:
             module.hparams[k] = OmegaConf.to_container(v, resolve=True)
 
 
-def read_checkpoint(path: str | Path) -> dict:
+TRUST_FLAG = "trust_checkpoint"
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holding pickled objects that could run code when loaded (refused by default)."""
+
+
+def checkpoint_safe_globals() -> list:
+    """What ``torch.load(weights_only=True)`` may rebuild besides tensors and plain containers: the
+    OmegaConf containers older checkpoints kept in their hyperparameters (their ``__setstate__`` only
+    restores fields) and ``argparse.Namespace``. Nothing here can call an arbitrary function."""
+    import argparse
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode, BooleanNode, BytesNode, FloatNode, IntegerNode, PathNode, StringNode
+
+    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, StringNode, IntegerNode, FloatNode,
+            BooleanNode, BytesNode, PathNode, typing.Any, collections.defaultdict, dict, list, tuple, set, int, float,
+            str, bool, bytes, argparse.Namespace]
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False) -> Any:
+    """``torch.load`` that never runs code from the file unless ``trust_checkpoint`` says so.
+
+    Loads with ``weights_only=True`` (plus :func:`checkpoint_safe_globals`). A file that needs anything else
+    (a ``__reduce__`` payload, a pickled class) is refused with :class:`UnsafeCheckpointError`
+    naming the file and the globals it asks for; ``trust_checkpoint=True`` unpickles it in full
+    with a warning naming the file. Other unreadable files are a :class:`CheckpointError`.
+    """
+    import pickle
+
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        what = "a broken symlink" if path.is_symlink() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first:  # noqa: BLE001
-        try:  # Lightning checkpoints written with older versions may hold non-tensor objects
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001
-            size = path.stat().st_size
-            raise CheckpointError(
-                f"{path} ({size:,} bytes) is not a readable checkpoint: {type(first).__name__}: {str(first)[:200]}. "
-                "It may be truncated (a run killed while saving) or not a checkpoint at all."
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise _unreadable(path, e) from None
+        wanted = _unsafe_globals(path, e)
+        if not wanted:  # not a pickle at all (an image, a text file): unreadable, not unsafe
+            raise _unreadable(path, e) from None
+        if not trust_checkpoint:
+            raise UnsafeCheckpointError(
+                f"{path} was NOT loaded: it holds pickled objects that could run code when loaded "
+                f"({', '.join(wanted) or 'unsupported globals'}). ana-lightning loads checkpoints with "
+                "torch.load(weights_only=True); checkpoints it writes hold only tensors and plain values. "
+                f"If you trust where this file came from, rerun with {TRUST_FLAG}=true."
             ) from None
+        log.warning("%s=true: loading %s with full unpickling (it asks for %s); this runs any code inside it, "
+                    "so only do this for files you trust", TRUST_FLAG, path, ", ".join(wanted) or "unsupported globals")
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise _unreadable(path, e2) from None
+    except Exception as e:  # noqa: BLE001 - a text file, a truncated zip, ...
+        raise _unreadable(path, e) from None
+
+
+def _unsafe_globals(path: Path, e: BaseException) -> list[str]:
+    """The globals (functions, classes) a file refused by ``weights_only=True`` asks to load."""
+    import re
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            safe = {f"{g.__module__}.{g.__qualname__}" for g in checkpoint_safe_globals()}
+            return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if g not in safe]
+        except Exception:  # noqa: BLE001 - fall back on torch's message
+            pass
+    return re.findall(r"(?:GLOBAL|global:?) ([\w.]+)", str(e))
+
+
+def _unreadable(path: Path, e: BaseException) -> CheckpointError:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if "Unsupported" in ln or "error:" in ln.lower()] or lines[:1]
+    text = said[-1][:200] if said else ""
+    return CheckpointError(
+        f"{path} ({path.stat().st_size:,} bytes) is not a readable checkpoint ({type(e).__name__}: {text}). "
+        "It may be truncated (a run killed while saving) or not a checkpoint at all."
+    )
+
+
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
+    """The checkpoint dict, loaded by :func:`safe_torch_load`; a clear error when it is not one."""
+    ckpt = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     return ckpt
 
 
-def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the LightningModule stored in an ana-lightning checkpoint, in eval mode."""
-    ckpt = read_checkpoint(path)
+def checkpoint_class(path: str | Path, ckpt: dict) -> type:
+    """The LightningModule class recorded in an ana-lightning checkpoint's metadata."""
     meta = ckpt.get("ana_lightning")
-    if not meta or "class_path" not in meta:
+    if not isinstance(meta, dict) or "class_path" not in meta:
         raise CheckpointError(f"{path} was not written by ana-lightning (no 'ana_lightning' metadata)")
-    module_name, _, cls_name = meta["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)
+    import lightning as L
+
+    module_name, _, cls_name = str(meta["class_path"]).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{path} was trained as {meta['class_path']}, which cannot be imported here: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
+        raise CheckpointError(f"{path} names {meta['class_path']!r} as its model, which is not a LightningModule")
+    return cls
+
+
+def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False):
+    """Rebuild the LightningModule stored in an ana-lightning checkpoint, in eval mode.
+
+    The one checkpoint loader of every command: the file is read with ``weights_only=True``
+    (:func:`safe_torch_load`); one that could run code is refused unless ``trust_checkpoint=True``.
+    """
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    cls = checkpoint_class(path, ckpt)
+    del ckpt
+    try:
+        if trust_checkpoint:
+            model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)
+        else:
+            with torch.serialization.safe_globals(checkpoint_safe_globals()):
+                model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
+    except RuntimeError as e:  # state-dict mismatch: a checkpoint edited or written by another version
+        raise CheckpointError(f"{path}: its weights do not fit {cls.__name__}: {str(e).splitlines()[0][:300]}") from None
     model.eval()
     return model
+
+
+def quote_non_ascii_overrides(args: list[str]) -> list[str]:
+    """Command-line overrides whose value holds non-ASCII characters (``data.root=/data/Größe``),
+    quoted so that Hydra's override parser accepts them; everything else unchanged.
+
+    >>> quote_non_ascii_overrides(["data.root=/data/Größe", "trainer.max_epochs=3"])
+    ["data.root='/data/Größe'", 'trainer.max_epochs=3']
+    """
+    out = []
+    for a in args:
+        key, eq, value = a.partition("=")
+        if (eq and not a.startswith("-") and not value.isascii() and value[:1] not in ("'", '"', "[", "{")
+                and "${" not in value):
+            quote = "'" if "'" not in value else '"' if '"' not in value else ""
+            a = f"{key}={quote}{value}{quote}"
+        out.append(a)
+    return out
 
 
 def find_last_checkpoint(run_dir: str | Path, runs_root: str | Path) -> Path | None:

@@ -127,7 +127,7 @@ class _SamplerProbe(L.LightningModule):
 
 
 def test_our_samplers_survive_lightning_ddp(tmp_path):
-    samplers = pytest.importorskip("ana_lightning.data.samplers")
+    from ana_lightning.data import samplers  # the project's own module: an import error must fail, not skip
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=True, default_root_dir=str(tmp_path))

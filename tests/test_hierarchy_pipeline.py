@@ -3,7 +3,6 @@ pipeline end to end: paper_level1/2/3 runs on synthetic data, then ana-eval's hi
 
 import csv
 import json
-from itertools import product
 
 import pytest
 import torch
@@ -113,7 +112,11 @@ def test_paper_level3_writes_one_subfolder_per_group(paper_runs):
     assert set(objs["groups"]) == {"speckled", "fibrillar"}
     for slug in ("speckled", "fibrillar"):
         assert (run / slug / "best_checkpoint.txt").exists() and (run / slug / "metrics.json").exists()
-    assert {"test/speckled/mca", "test/fibrillar/mca", "test/mca"} <= set(json.loads((run / "metrics.json").read_text()))
+    saved_all = json.loads((run / "metrics.json").read_text())
+    assert {"test/speckled/mca", "test/fibrillar/mca", "test/mca_mean_over_groups"} <= set(saved_all)
+    assert "test/mca" not in saved_all  # a mean of the groups' MCAs is not an MCA over all leaves
+    assert saved_all["test/mca_mean_over_groups"] == pytest.approx(
+        (saved_all["test/speckled/mca"] + saved_all["test/fibrillar/mca"]) / 2)
     assert "fibrillar" in (run / "level3_models.yaml").read_text() and (run / "level3_report.md").exists()
     saved = json.loads((run / "speckled" / "metrics.json").read_text())
     assert saved["test/mca"] == pytest.approx(metrics["test/speckled/mca"])
@@ -127,11 +130,19 @@ def test_hierarchical_evaluation_writes_per_level_reports_and_paths(paper_runs, 
         f"pipeline.level1={runs['paper_level1']}", f"pipeline.level2={runs['paper_level2']}",
         f"pipeline.level3={runs['paper_level3']}", f"pipeline.routing={routing}"], output_dir=out))
     assert objs["split"] == "test"  # the level-1 run's split manifest, on the data it was trained on
-    for lv, kind in product((1, 2, 3), ("acc", "mca")):
-        assert 0.0 <= metrics[f"test/level{lv}_{kind}"] <= 1.0
+    for lv in (1, 2, 3):
         assert (out / f"test_level{lv}_confusion_matrix.png").exists() and (out / f"test_level{lv}_per_class.csv").exists()
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
     rows = list(csv.DictReader(open(out / "test_paths.csv")))
+    # each level's accuracy and MCA are scikit-learn's on the written true and predicted paths
+    from sklearn.metrics import accuracy_score, recall_score
+
+    for lv, (t_col, p_col) in zip((1, 2, 3), (("true_level1", "pred_level1"), ("true_level2", "pred_level2"),
+                                              ("true_leaf", "pred_leaf")), strict=True):
+        y = [r[t_col] for r in rows if r[t_col]]
+        p = [r[p_col] or "<none>" for r in rows if r[t_col]]
+        assert metrics[f"test/level{lv}_acc"] == pytest.approx(accuracy_score(y, p))
+        assert metrics[f"test/level{lv}_mca"] == pytest.approx(recall_score(y, p, labels=sorted(set(y)), average="macro"))
     assert len(rows) == len(objs["datamodule"].splits["test"]) > 0
     for r in rows:
         assert TREE.parent(r["pred_level2"]) == r["pred_level1"]

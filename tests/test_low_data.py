@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REAL_DATA, REPO, TINY_BACKBONE
@@ -31,7 +32,9 @@ def test_low_data_study_runs_end_to_end_on_synthetic_fields(low_data, tmp_path):
     rows = res["rows"]
     assert {(r["k"], r["method"]) for r in rows} == {(k, m) for k in (1, 2) for m in low_data.METHODS}
     for r in rows:
-        assert 0.0 <= r["mca"] <= 1.0 and r["n_train"] == 2 * r["k"] and r["n_test"] == 4
+        assert r["n_train"] == 2 * r["k"] and r["n_test"] == 4
+        # 2 classes × 2 test images: the MCA is a mean of two recalls in {0, 1/2, 1}
+        assert r["mca"] * 4 == pytest.approx(round(r["mca"] * 4)) and 0 <= r["mca"] <= 1
     out = tmp_path / "out"
     assert len(list(csv.DictReader(open(out / "results.csv")))) == len(rows)
     table = (out / "table.md").read_text()
@@ -67,3 +70,14 @@ def test_low_data_study_on_the_real_images(low_data, tmp_path):
     # AC-7's two byte-identical files count once: 4 unique AC-7 images, so K=5 cannot be tested
     assert by_k[5]["mca"] is None
     assert "n/a" in res["table"]
+
+
+def test_summary_sd_is_the_sample_sd_over_repeats(low_data):
+    rows = [dict(dataset="d", group=g, k=1, repeat=rep, method="m", mca=v)
+            for rep, vals in enumerate([(0.2, 0.4), (0.6, 0.6), (0.9, 0.7)]) for g, v in zip("ab", vals, strict=True)]
+    (line,) = low_data.summarize(rows, ["m"])
+    per_repeat = [0.3, 0.6, 0.8]
+    assert line["m"][0] == pytest.approx(sum(per_repeat) / 3)
+    assert line["m"][1] == pytest.approx(float(np.std(per_repeat, ddof=1)))  # not the population sd
+    (one,) = low_data.summarize([r for r in rows if r["repeat"] == 0], ["m"])
+    assert np.isnan(one["m"][1]) and "± n/a" in low_data.markdown_table([one], ["m"])

@@ -17,29 +17,41 @@ from ana_lightning.metrics_multilabel import (
 from ana_lightning.models.multilabel import decide, tune_thresholds
 
 
-def _random(seed: int, n: int = 300, k: int = 6):
+def _random(seed: int, n: int = 300, k: int = 6, absent: int | None = None):
+    """Random multi-label data; ``absent``: a class with no positive in the ground truth that the
+    predictions still name sometimes (predicted, never true)."""
     rng = np.random.default_rng(seed)
     target = (rng.random((n, k)) < rng.uniform(0.1, 0.5, k)).astype(int)
-    target[:k, :] = np.eye(k, dtype=int)  # every class has positives and negatives
+    target[:k, :] = np.eye(k, dtype=int)  # every class has positives and negatives ...
+    if absent is not None:
+        target[:, absent] = 0  # ... except this one: absent from the evaluated images
     probs = np.clip(0.45 * target + 0.7 * rng.random((n, k)), 0, 1).astype(np.float32)
     preds = (probs >= 0.5).astype(int)
+    if absent is not None:
+        assert preds[:, absent].sum() > 0  # predicted but never true
     return torch.from_numpy(probs), torch.from_numpy(preds), torch.from_numpy(target), probs, preds, target
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_scalars_equal_sklearn(seed):
-    tp, tpred, tt, probs, preds, target = _random(seed)
+@pytest.mark.parametrize(("seed", "absent"), [(0, None), (1, None), (2, 3), (4, 0)])
+def test_scalars_equal_sklearn(seed, absent):
+    tp, tpred, tt, probs, preds, target = _random(seed, absent=absent)
     m = multilabel_scalar_metrics(tp, tpred, tt)
     assert set(m) == set(SCALAR_KEYS)
+    present = np.flatnonzero(target.sum(0) > 0)  # MCA / macro-F1: over the classes in the ground truth
+    assert len(present) == target.shape[1] - (absent is not None)
     assert m["exact_match"] == pytest.approx(skm.accuracy_score(target, preds))
     assert m["hamming_loss"] == pytest.approx(skm.hamming_loss(target, preds))
-    for avg in ("micro", "macro", "weighted"):
+    for avg in ("micro", "weighted"):
         assert m[f"{avg}_f1"] == pytest.approx(skm.f1_score(target, preds, average=avg, zero_division=0), abs=1e-6)
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(target, preds, labels=present, average="macro", zero_division=0))
     assert m["micro_precision"] == pytest.approx(skm.precision_score(target, preds, average="micro"))
     assert m["micro_recall"] == pytest.approx(skm.recall_score(target, preds, average="micro"))
-    assert m["mca"] == pytest.approx(skm.recall_score(target, preds, average="macro"))
-    assert m["macro_auroc"] == pytest.approx(skm.roc_auc_score(target, probs, average="macro"), abs=1e-5)
-    assert m["mean_ap"] == pytest.approx(skm.average_precision_score(target, probs, average="macro"), abs=1e-5)
+    assert m["mca"] == pytest.approx(skm.recall_score(target, preds, labels=present, average="macro"))
+    if absent is not None:  # the all-classes average would differ: the absent class does not count
+        assert m["mca"] != pytest.approx(skm.recall_score(target, preds, average="macro", zero_division=0))
+    assert m["macro_auroc"] == pytest.approx(skm.roc_auc_score(target[:, present], probs[:, present], average="macro"), abs=1e-5)
+    assert m["mean_ap"] == pytest.approx(
+        skm.average_precision_score(target[:, present], probs[:, present], average="macro"), abs=1e-5)
     assert m["label_cardinality_true"] == pytest.approx(target.sum(1).mean())
     assert m["label_cardinality_pred"] == pytest.approx(preds.sum(1).mean())
 
@@ -73,6 +85,10 @@ def test_own_counts_equal_sklearn_samplewise_confusion():
         frac, m = at_least_n_correct(tpred, tt, n)
         eligible = target.sum(1) >= n
         assert m == eligible.sum() and frac == pytest.approx((tpos[eligible] >= n).mean())
+        # the reference repository's evaluate_multilabel.py: over all images
+        frac_all, m_all = at_least_n_correct(tpred, tt, n, over="all")
+        assert m_all == len(target) and frac_all == pytest.approx((tpos >= n).sum() / len(target))
+        assert frac_all < frac  # some images have fewer than n labels, so the two differ on this data
     m = multilabel_scalar_metrics(tp, tpred, tt)
     counts = np.bincount(fp + fn, minlength=10) / len(target)
     assert [m["off_by_0"], m["off_by_1"], m["off_by_2"], m["off_by_3plus"]] == pytest.approx(

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, compose
 
 from ana_lightning import predict as predict_mod
 from ana_lightning.models.classifier import SoftmaxClassifier
@@ -27,6 +26,8 @@ from ana_lightning.predict import (
 )
 from ana_lightning.taxonomy import Taxonomy
 from ana_lightning.utils import CheckpointError
+
+from conftest import TINY_BACKBONE, compose
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
@@ -188,19 +189,32 @@ def test_files_that_are_not_models_give_clear_errors(trained_checkpoint, input_f
         Predictor.load(fake_onnx)
 
 
+class _Pickled:
+    """A harmless class: loading it needs full unpickling, which weights_only=True refuses."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+
 def test_weights_only_loading(trained_checkpoint, tmp_path, caplog):
     _, _, ckpt = trained_checkpoint
-    assert Predictor.load(ckpt, weights_only=True).class_names == ("AC-1", "AC-2", "AC-10")
-    # A checkpoint holding a pickled object that weights_only=True refuses (old Lightning stored Namespaces).
-    data = torch.load(ckpt, weights_only=False)
+    assert Predictor.load(ckpt).class_names == ("AC-1", "AC-2", "AC-10")
+    # Old Lightning stored argparse Namespaces: allow-listed, they load with weights_only=True.
+    data = torch.load(ckpt, weights_only=True)
     data["legacy_args"] = argparse.Namespace(lr=0.1)
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(data, legacy)
+    assert Predictor.load(legacy).class_names == ("AC-1", "AC-2", "AC-10")
+    # Any other pickled object is refused by default, naming the file and the class it asks for.
+    data["legacy_args"] = _Pickled(0.1)
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save(data, unsafe)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
-        Predictor.load(unsafe, weights_only=True)
+    with pytest.raises(CheckpointError, match=r"unsafe\.ckpt was NOT loaded.*_Pickled.*trust_checkpoint=true"):
+        Predictor.load(unsafe)
     with caplog.at_level("WARNING"):
-        p = Predictor.load(unsafe)  # default: falls back, loudly
+        p = Predictor.load(unsafe, trust_checkpoint=True)  # the explicit opt-in: loads, loudly
     assert p.class_names == ("AC-1", "AC-2", "AC-10") and "only do this for files you trust" in caplog.text
+    assert str(unsafe) in caplog.text
 
 
 # ------------------------------------------------------------------------------------- tasks
@@ -240,8 +254,8 @@ def test_predictor_follows_the_checkpoint_task():
 
 
 def test_sigmoid_ensemble_contract():
-    """The multi-label model of this project stores what the predictor needs (skipped until it exists)."""
-    multilabel = pytest.importorskip("ana_lightning.models.multilabel")
+    """The multi-label model of this project stores what the predictor needs (an import error fails here)."""
+    from ana_lightning.models import multilabel
     model = multilabel.SigmoidEnsemble(class_names=["AC-1", "AC-4", "AC-5"], backbones=[{"name": TINY_BACKBONE}],
                                        decision_rule="reference_repo", image_size=32).eval()
     meta: dict = {}

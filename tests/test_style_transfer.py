@@ -319,3 +319,27 @@ def test_job_without_weights_stops_before_writing(data, tmp_path, no_weights):
     with pytest.raises(WeightsNotFoundError, match="No VGG-19 weights found"):
         stylize_job(cfg)
     assert not list((tmp_path / "styl").rglob("*.png"))
+
+
+def test_truncated_output_is_made_again_on_rerun(data, tmp_path):
+    from ana_lightning.data.images import load_image
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.taxonomy import Taxonomy
+
+    records, _ = read_single_label_folder(data, Taxonomy.load())
+    records = [r for r in records if r.codes == ("AC-1",)][:3]
+    out = tmp_path / "styl"
+    first = stylize(records, out, _fast_transfer(), n_per_image=1, image_size=32, batch_size=3, progress=False)
+    pngs = sorted(out.rglob("*.png"))
+    assert first.written == len(pngs) == 3
+    cut, unlisted = pngs[0], pngs[1]
+    cut.write_bytes(cut.read_bytes()[:60])  # truncated (a partial copy)
+    rows = [r for r in _rows(out) if r["path"] != str(unlisted.relative_to(out))]
+    with open(out / MANIFEST, "w", newline="") as f:  # and one finished image the manifest does not list
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    again = stylize(records, out, _fast_transfer(), n_per_image=1, image_size=32, batch_size=3, progress=False)
+    assert again.already_done == 2 and again.written == 1  # only the truncated one is redone
+    load_image(cut)  # whole again
+    assert {r["path"] for r in _rows(out)} == {str(p.relative_to(out)) for p in pngs}

@@ -24,7 +24,16 @@ from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
 from .images import BadFile, load_image
 from .records import DatasetError, ImageRecord, read_single_label_folder
-from .splits import SPLITS, duplicate_sets, load_manifest, save_manifest, split_records
+from .splits import (
+    SPLITS,
+    NearDuplicateSet,
+    duplicate_sets,
+    load_manifest,
+    near_duplicate_sets,
+    save_manifest,
+    split_records,
+    write_near_duplicates,
+)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = ["RecordDataset", "RecordDataModule", "SingleLabelDataModule", "SyntheticDataModule"]
@@ -91,6 +100,7 @@ class RecordDataModule(L.LightningDataModule):
         extra_train: str | None = None,
         image_cache_dir: str | None = None,
         batch_augment: Callable[..., torch.Tensor] | None = None,
+        near_duplicates: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
@@ -110,6 +120,8 @@ class RecordDataModule(L.LightningDataModule):
         # data.extra_train (a stylized set, see ana-stylize): added to the training dataset only,
         # after the split is made; kept out of self.splits so the split manifest lists real images only.
         self.extra_train_records: list[ImageRecord] = []
+        # Same picture, other bytes (re-encoded, flipped, rotated): kept in one split (data.near_duplicates).
+        self.near_duplicates: list[NearDuplicateSet] = []
 
     # -------------------------------------------------------------- to implement
     @property
@@ -156,10 +168,12 @@ class RecordDataModule(L.LightningDataModule):
                 )
         else:
             self.taxonomy = self.tree.subset(present)  # classes present, in natural order
+        self.find_near_duplicates(records)
         if self.hparams.split_manifest:
             self.splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
             self.splits = self.split(records)
+            self.check_split_sizes(records, self.splits)
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
         if self.hparams.get("extra_train"):
@@ -176,7 +190,55 @@ class RecordDataModule(L.LightningDataModule):
     def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
         reads several sources may split each one on its own (still with :func:`split_records`)."""
-        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed)
+        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
+
+    def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
+        """Stop when one group (patient, folder, specimen) holds most images and a split is left empty
+        (e.g. ``data.group_level=auto`` taking the export's top folder as the only patient): a grouped
+        split cannot divide a group. Warn when a split is empty for another reason (too few images or
+        groups per class), or when one group holds most images."""
+        groups = Counter(r.group for r in records if r.group)
+        top = groups.most_common(1)[0] if groups else None
+        where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
+                 "check the grouping (data.group_level, or the group column of your labels CSV), e.g. "
+                 "data.group_level=none to split image by image if the images are independent."
+                 ) if top and top[1] > 0.5 * len(records) else ""
+        sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
+        empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
+        if empty:
+            msg = (f"the {' and '.join(empty)} split(s) are empty ({sizes}, data.split_fractions="
+                   f"{list(self.hparams.split_fractions)}).")
+            if where:
+                raise DatasetError(self.root, [BadFile(str(self.root), msg + where)])
+            log.warning("%s Too few images, groups or distinct files (copies share a split) per class to fill them.", msg)
+        elif where:
+            log.warning("split %s.%s", sizes, where)
+
+    @property
+    def together(self) -> list[list[str]]:
+        """Paths that must share a split besides byte-identical files and groups: the near-duplicates."""
+        return [[r.path for r in d.records] for d in self.near_duplicates]
+
+    def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
+        """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
+        ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
+        if self.hparams.get("near_duplicates", True):
+            from .cache import default_cache_dir
+
+            cache = self.hparams.get("image_cache_dir") or default_cache_dir()
+            self.near_duplicates = near_duplicate_sets(records, cache_dir=cache)
+        else:
+            self.near_duplicates = []
+        if self.near_duplicates:
+            log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
+                     "one split each: see near_duplicates.csv", len(self.near_duplicates))
+        conflicts = [d for d in self.near_duplicates if d.conflicting]
+        if conflicts:
+            shown = "; ".join(" = ".join(f"{r.path} ({';'.join(r.codes)})" for r in d.records) for d in conflicts[:5])
+            log.warning("the same image carries different labels in %d case(s) (it would be trained with both): %s%s. "
+                        "Fix the labels or remove the copies; all are listed in near_duplicates.csv "
+                        "(conflicting_labels=yes).", len(conflicts), shown, " …" if len(conflicts) > 5 else "")
+        return self.near_duplicates
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
@@ -259,6 +321,8 @@ class RecordDataModule(L.LightningDataModule):
                     for r in group:
                         w.writerow([r.sha256, r.path, ";".join(r.codes), split_of[r.path]])
             log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", len(dups))
+        if self.near_duplicates:
+            write_near_duplicates(self.near_duplicates, self.splits, out_dir / "near_duplicates.csv")
 
     # -------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -280,10 +280,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
         for r in records:
             self.resolve(r, 1)  # single-label check, naming the file
         self._requested = {self._canon(c) for c in self.requested_classes or []}
+        self.find_near_duplicates(records)
         if self.hparams.split_manifest:
             self.all_splits = self._splits_from_manifest(records, self.hparams.split_manifest)
         else:
             self.all_splits = self.split(records)
+            self.check_split_sizes(records, self.all_splits)
         self.splits = {s: [r for r in self.all_splits[s] if self._selected(r)] for s in SPLITS}
         kept = [r for s in SPLITS for r in self.splits[s]]
         if not kept:

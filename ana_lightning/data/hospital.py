@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +52,9 @@ _STRICT_HINT = (
     "Rename these folders so that they hold AC codes only (e.g. 'AC-1 + AC-4'), or set data.strict=false "
     "to ignore the tokens that are not AC codes (a titer such as 1:160, a word)."
 )
+
+
+_LOOKS_LIKE_CODE = re.compile(r"(?i)ac[-_ ]?\d+")
 
 
 def _parse_group_level(group_level: str | int | None) -> str | int | None:
@@ -108,6 +112,7 @@ def read_hospital_folder(
     label_problems: dict[str, BadFile] = {}
     ignored: dict[str, tuple[str, ...]] = {}
     resolved: dict[tuple[str, ...], tuple[tuple[str, ...], str | None] | None] = {}
+    unlabelled: dict[tuple[str, ...], list[Path]] = {}
 
     def resolve(parts: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
         """(codes, group) of a folder (its path parts below root), or None when nothing names a code."""
@@ -156,9 +161,17 @@ def read_hospital_folder(
                 continue
             res = resolve(parts)
             if res is None:
-                bad.append(BadFile(str(p), f"no folder between {root} and this file names an AC code of the tree"))
+                unlabelled.setdefault(parts, []).append(p)
                 continue
             candidates.append((p, res[0], res[1]))
+    for parts, files in unlabelled.items():  # one line per folder, not per image
+        outside = [t for part in parts for t in taxonomy.split_codes(part)[1] if _LOOKS_LIKE_CODE.fullmatch(t)]
+        folder = str(root.joinpath(*parts))
+        if outside:
+            bad.append(BadFile(folder, f"{', '.join(dict.fromkeys(outside))} is not a code of the ICAP tree "
+                                       f"({taxonomy.codes[0]} … {taxonomy.codes[-1]}): {len(files)} image(s) here have no label"))
+        else:
+            bad.append(BadFile(folder, f"no folder between {root} and its {len(files)} image(s) names an AC code of the tree"))
     if label_problems:
         raise DatasetError(root, list(label_problems.values()) + bad, _STRICT_HINT)
     return _finish(root, candidates, bad, ignored, check_images, progress, on_bad_file,
@@ -515,12 +528,22 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
         single = [r for r in records if r.path not in self._hospital_paths]
         hosp = [r for r in records if r.path in self._hospital_paths]
         fr, seed = self.hparams.split_fractions, self.hparams.seed
-        out = split_records(hosp, fr, seed=seed)
+        out = split_records(hosp, fr, seed=seed, together=self.together)
         split_of_sha = {r.sha256: s for s in SPLITS for r in out[s] if r.sha256}
-        forced = [r for r in single if r.sha256 in split_of_sha]  # also in the hospital set: keep them together
-        rest = split_records([r for r in single if r.sha256 not in split_of_sha], fr, seed=seed) if len(forced) < len(single) else {}
+        split_of_path = {r.path: s for s in SPLITS for r in out[s]}
+        for paths in self.together:  # a near-duplicate of a hospital image follows it
+            s = next((split_of_path[p] for p in paths if p in split_of_path), None)
+            for p in paths if s else ():
+                split_of_path.setdefault(p, s)
+
+        def hosp_split(r: ImageRecord) -> str | None:
+            return split_of_sha.get(r.sha256) if r.sha256 in split_of_sha else split_of_path.get(r.path)
+
+        forced = [r for r in single if hosp_split(r)]  # also in the hospital set: keep them together
+        rest = (split_records([r for r in single if not hosp_split(r)], fr, seed=seed, together=self.together)
+                if len(forced) < len(single) else {})
         for s in SPLITS:
-            out[s] = sorted(out[s] + rest.get(s, []) + [r for r in forced if split_of_sha[r.sha256] == s], key=lambda r: r.path)
+            out[s] = sorted(out[s] + rest.get(s, []) + [r for r in forced if hosp_split(r) == s], key=lambda r: r.path)
         check_no_leakage(out)
         return out
 

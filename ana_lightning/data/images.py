@@ -62,6 +62,13 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_file_entry(path: str | Path) -> bool:
+    """A file, or a symlink that does not lead to a folder — dangling or looping ones included, so
+    they are reported like any unreadable file instead of vanishing from a listing."""
+    p = Path(path)
+    return p.is_file() or (p.is_symlink() and not p.is_dir())
+
+
 def is_ignored(path: str | Path) -> bool:
     name = Path(path).name
     return name.startswith(".") or name.lower() in IGNORED_NAMES

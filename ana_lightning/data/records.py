@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..taxonomy import LabelError, Taxonomy
-from .images import BadFile, BadImageError, format_bad_files, is_ignored, is_image_path, read_and_hash
+from .images import (
+    BadFile,
+    BadImageError,
+    format_bad_files,
+    is_file_entry,
+    is_ignored,
+    is_image_path,
+    read_and_hash,
+)
 
 __all__ = ["ImageRecord", "DatasetError", "read_single_label_folder", "scan_images", "resolve_bad_files"]
 
@@ -117,7 +125,7 @@ def read_single_label_folder(
         except LabelError as e:
             bad.append(BadFile(str(d), f"folder name is not a class code: {e}"))
             continue
-        files = sorted(p for p in d.rglob("*") if p.is_file() and not is_ignored(p))
+        files = sorted(p for p in d.rglob("*") if is_file_entry(p) and not is_ignored(p))
         images = [p for p in files if is_image_path(p)]
         bad += [BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})") for p in files if not is_image_path(p)]
         if not images:

@@ -136,11 +136,10 @@ class SoftmaxClassifier(L.LightningModule):
         self.test_details.reset()
 
     def on_test_epoch_end(self) -> None:
-        details = self.test_details.compute()
-        self.test_details_result = {k: v.detach().cpu() for k, v in details.items()}
         if self._test_buffer:
-            idx, prob, tgt = (torch.cat(t) for t in zip(*self._test_buffer))
-            if self.trainer.world_size > 1:
+            idx, prob, tgt = (torch.cat(t) for t in zip(*self._test_buffer, strict=True))
+            world = self.trainer.world_size
+            if world > 1:
                 idx, prob, tgt = (self.all_gather(t).flatten(0, 1) for t in (idx, prob, tgt))
             # DistributedSampler pads ranks with repeated samples: keep each index once.
             order = torch.argsort(idx, stable=True)
@@ -148,8 +147,16 @@ class SoftmaxClassifier(L.LightningModule):
             keep = torch.ones_like(idx, dtype=torch.bool)
             keep[1:] = idx[1:] != idx[:-1]
             idx, prob, tgt = idx[keep], prob[keep], tgt[keep]
-            order = torch.arange(len(idx))
-            self.test_predictions = {"index": idx[order].cpu(), "prob": prob[order].cpu(), "target": tgt[order].cpu()}
+            if world > 1:
+                # The logged test metrics too: each rank feeds a disjoint share of the de-duplicated
+                # predictions, so the metrics' cross-rank sum counts every test image exactly once.
+                share = slice(self.global_rank, None, world)
+                for m in (self.test_metrics, self.test_details):
+                    m.reset()
+                    m.update(prob[share], tgt[share])
+            self.test_predictions = {"index": idx.cpu(), "prob": prob.cpu(), "target": tgt.cpu()}
+        details = self.test_details.compute()
+        self.test_details_result = {k: v.detach().cpu() for k, v in details.items()}
         self._test_buffer.clear()
 
     def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:

@@ -255,11 +255,15 @@ class HierarchicalPipeline:
         multihead: str | None = None,
         routing: str = "hard",
         tree: str | None = None,
+        trust_checkpoint: bool = False,
     ) -> HierarchicalPipeline:
         from ..utils import load_checkpoint_model
 
-        load = lambda p: load_checkpoint_model(resolve_checkpoint(p)) if p else None  # noqa: E731
-        level3_models = {g: load_checkpoint_model(c) for g, c in _level3_checkpoints(level3).items()}
+        def load(p):
+            return load_checkpoint_model(resolve_checkpoint(p), trust_checkpoint=trust_checkpoint) if p else None
+
+        level3_models = {g: load_checkpoint_model(c, trust_checkpoint=trust_checkpoint)
+                         for g, c in _level3_checkpoints(level3).items()}
         return cls(load(level1), load(level2), level3_models, load(multihead), routing, Taxonomy.load(tree))
 
     def describe(self) -> dict[str, Any]:
@@ -488,7 +492,26 @@ class MultiHeadClassifier(L.LightningModule):
             self.test_rows.append((idx, tuple(int(v) for v in t[i]), rows[i] + (float(pred.score[i]),)))
 
     def on_test_epoch_end(self) -> None:
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # DistributedSampler pads the ranks with repeated images: gather every rank's rows, keep each
+            # image once (the report's paths), and let each rank feed a disjoint share of them to the
+            # metrics, whose cross-rank sum then counts every test image exactly once.
+            parts: list[Any] = [None] * world
+            torch.distributed.all_gather_object(parts, self.test_rows)
+            self.test_rows = sorted({r[0]: r for part in parts for r in part}.values())
+            self._refill_test_metrics(self.test_rows[self.global_rank::world])
         self.log("test/mca", self.metrics["test_3"]["mca"].compute())
+
+    def _refill_test_metrics(self, rows: Sequence[tuple[int, tuple[int, ...], tuple]]) -> None:
+        names = (self.level1_names, self.level2_names, self.class_names)
+        for lv in range(3):
+            metric = self.metrics[f"test_{lv + 1}"]
+            metric.reset()
+            kept = [(names[lv].index(r[2][lv]), r[1][lv]) for r in rows if r[1][lv] >= 0]
+            if kept:
+                p, t = torch.tensor(kept, device=self.device).T
+                metric.update(p, t)
 
     def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:
         """Per-level confusion matrices and reports, and the predicted path of every test image."""

@@ -413,10 +413,10 @@ class SigmoidEnsemble(L.LightningModule):
 
 
 # ---------------------------------------------------------------------------------- assembled ensembles
-def _task_of(path: str | Path) -> str:
+def _task_of(path: str | Path, trust_checkpoint: bool = False) -> str:
     from ..utils import CheckpointError, read_checkpoint
 
-    meta = read_checkpoint(path).get("ana_lightning") or {}
+    meta = read_checkpoint(path, trust_checkpoint=trust_checkpoint).get("ana_lightning") or {}
     if "task" not in meta:
         raise CheckpointError(f"{path} was not written by ana-lightning (no 'ana_lightning' task metadata)")
     return str(meta["task"])
@@ -428,6 +428,7 @@ def ensemble_from_checkpoints(
     decision_rule: str | None = None,
     threshold: float = 0.5,
     map_location: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
 ) -> L.LightningModule:
     """One evaluable model averaging separately trained checkpoints (all of one task, same classes).
 
@@ -445,13 +446,13 @@ def ensemble_from_checkpoints(
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("ensemble.members is empty: give two or more checkpoints")
-    tasks = {p: _task_of(p) for p in paths}
+    tasks = {p: _task_of(p, trust_checkpoint) for p in paths}
     if len(set(tasks.values())) > 1:
         raise CheckpointError(f"cannot ensemble checkpoints of different tasks: {tasks}")
     task = tasks[paths[0]]
     if task not in ("single_label", "multi_label"):
         raise CheckpointError(f"{paths[0]}: checkpoints of task {task!r} cannot be averaged (single_label or multi_label only)")
-    members = [load_checkpoint_model(p, map_location=map_location) for p in paths]
+    members = [load_checkpoint_model(p, map_location=map_location, trust_checkpoint=trust_checkpoint) for p in paths]
     ref = list(members[0].class_names)
     for p, m in zip(paths[1:], members[1:], strict=True):
         if list(m.class_names) != ref:
@@ -464,7 +465,7 @@ def ensemble_from_checkpoints(
         log.warning("an ensemble of one checkpoint is that checkpoint")
     norms = [(tuple(m.hparams.mean), tuple(m.hparams.std)) for m in members]
     nets = [m.net for m in members]
-    shell = load_checkpoint_model(paths[0], map_location=map_location)  # a fresh copy: the task's training/eval logic
+    shell = load_checkpoint_model(paths[0], map_location=map_location, trust_checkpoint=trust_checkpoint)  # a fresh copy: the task's training/eval logic
     shell.net = AverageEnsemble(nets, combine=combine, activation="softmax" if task == "single_label" else "sigmoid",
                                 norms=norms, input_norm=norms[0])
     shell.hparams["ensemble_members"] = paths

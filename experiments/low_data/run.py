@@ -58,7 +58,7 @@ class StudyConfig:
     ks: Sequence[int] = (1, 3, 5, 10)
     groups: Sequence[str] = DEFAULT_GROUPS
     methods: Sequence[str] = METHODS
-    repeats: int = 2
+    repeats: int = 5
     n_test: int = 10               # synthetic: held-out fields per code
     backbone: str = "resnet10t"
     weights: str | None = None     # local pretrained weights for the backbone (none by default)
@@ -253,8 +253,8 @@ def run_study(cfg: StudyConfig) -> list[dict]:
 
 
 def summarize(rows: list[dict], methods: Sequence[str]) -> list[dict]:
-    """Mean MCA per (dataset, K, method) over groups and repeats, with the std over repeats of the
-    group-averaged MCA; ``None`` where no group had enough images."""
+    """Mean MCA per (dataset, K, method) over groups and repeats, with the sample standard deviation
+    (ddof=1) over repeats of the group-averaged MCA; ``None`` where no group had enough images."""
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         for k in sorted({r["k"] for r in rows if r["dataset"] == dataset}):
@@ -266,7 +266,9 @@ def summarize(rows: list[dict], methods: Sequence[str]) -> list[dict]:
                     continue
                 reps = sorted({r["repeat"] for r in sel})
                 per_rep = [np.mean([r["mca"] for r in sel if r["repeat"] == rep]) for rep in reps]
-                line[m] = (float(np.mean(per_rep)), float(np.std(per_rep)), len({r["group"] for r in sel}))
+                # sample sd (ddof=1) over the repeats; NaN (shown n/a) with a single repeat
+                sd = float(np.std(per_rep, ddof=1)) if len(per_rep) > 1 else float("nan")
+                line[m] = (float(np.mean(per_rep)), sd, len({r["group"] for r in sel}))
             out.append(line)
     return out
 
@@ -282,7 +284,7 @@ def markdown_table(summary: list[dict], methods: Sequence[str]) -> str:
                 cells.append("n/a")
             else:
                 mean, std, _ = s[m]
-                txt = f"{mean:.3f} ± {std:.3f}"
+                txt = f"{mean:.3f} ± {std:.3f}" if np.isfinite(std) else f"{mean:.3f} ± n/a"
                 cells.append(f"**{txt}**" if best is not None and mean == best else txt)
         lines.append(f"| {s['dataset']} | {s['k']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""Mistakes a new user makes get a message naming the key or file, not a Python traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ana_lightning.data.records import DatasetError, read_single_label_folder
+from ana_lightning.pipeline import train
+from ana_lightning.taxonomy import Taxonomy
+from ana_lightning.utils import CheckpointError
+
+from conftest import compose, tiny_train_overrides, write_class_images
+
+
+def test_hospital_data_with_the_softmax_model_says_which_model(tmp_path):
+    root = tmp_path / "export"
+    for patient, code in [(f"p{i}", "AC-1" if i % 2 else "AC-4") for i in range(8)]:
+        write_class_images(root / patient, {code: 3}, size=24, seed=int(patient[1:]))
+    overrides = tiny_train_overrides(root)[2:] + [
+        "data=hospital",
+        f"data.hospital_root={root}",
+        "data.near_duplicates=false",
+    ]
+    with pytest.raises(ValueError, match=r"multi-label.*single-label softmax.*model=sigmoid_ensemble"):
+        train(compose("train", overrides, output_dir=tmp_path / "run"))
+
+
+def test_resume_with_another_architecture_names_the_file(trained_checkpoint, tmp_path):
+    root, _, best = trained_checkpoint
+    cfg = compose(
+        "train",
+        tiny_train_overrides(root) + [f"ckpt_path={best}", "model.backbone.name=test_efficientnet"],
+        output_dir=tmp_path / "runs" / "r",
+    )
+    with pytest.raises(CheckpointError, match=rf"{best}.*another model.*backbone"):
+        train(cfg)
+
+
+def test_negative_learning_rate_stops_before_anything_is_written(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    cfg = compose("train", tiny_train_overrides(tiny_folder) + ["model.optimizer.lr=-0.1"], output_dir=run)
+    with pytest.raises(ValueError, match=r"model.optimizer.lr=-0.1: must be positive"):
+        train(cfg)
+    assert not (run / "split_manifest.csv").exists()
+
+
+def test_non_ascii_data_root_is_accepted_on_the_command_line(tmp_path):
+    exe = Path(sys.executable).parent / "ana-train"
+    if not exe.is_file():
+        pytest.skip("the ana-train console script is not installed beside this Python")
+    out = subprocess.run(
+        [str(exe), "--cfg", "job", "data=single_label", "data.root=/data/Größe/Bilder"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "/data/Größe/Bilder" in out.stdout
+
+
+def test_code_outside_the_tree_in_a_hospital_folder_is_one_line(tmp_path):
+    from ana_lightning.data.hospital import read_hospital_folder
+
+    root = tmp_path / "export"
+    write_class_images(root / "p1", {"AC-1": 3, "AC-99": 6}, size=16)
+    with pytest.raises(DatasetError) as e:
+        read_hospital_folder(root, Taxonomy.load())
+    lines = [line for line in str(e.value).splitlines() if line.startswith("  - ")]
+    assert len(lines) == 1  # not one line per image
+    assert "AC-99" in lines[0] and "not a code of the ICAP tree" in lines[0] and "6 image(s)" in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["dangling", "looping"])
+def test_broken_symlinks_are_reported_like_bad_files(tmp_path, kind):
+    root = write_class_images(tmp_path / "d", {"AC-1": 3, "AC-2": 3}, size=16)
+    link = root / "AC-1" / "broken.jpg"
+    os.symlink(tmp_path / "nowhere.jpg" if kind == "dangling" else link, link)
+    with pytest.raises(DatasetError, match=r"broken\.jpg: cannot read file"):
+        read_single_label_folder(root, Taxonomy.load())
+    records, bad = read_single_label_folder(root, Taxonomy.load(), on_bad_file="skip")
+    assert len(records) == 6 and [Path(b.path).name for b in bad] == ["broken.jpg"]
+
+
+def test_predict_reports_a_broken_symlink_and_refuses_to_overwrite(trained_checkpoint, tmp_path):
+    from ana_lightning.predict import run_predict
+
+    root, _, best = trained_checkpoint
+    images = write_class_images(tmp_path / "in", {"x": 2}, size=24)
+    os.symlink(tmp_path / "nowhere.png", images / "x" / "gone.png")
+    out = tmp_path / "preds.csv"
+    summary = run_predict(
+        compose(
+            "predict",
+            [f"ckpt_path={best}", f"input={images}", f"output={out}", "progress=false"],
+            output_dir=tmp_path / "p1",
+        )
+    )
+    assert summary.n_images == 3 and summary.n_failed == 1
+    assert "gone.png" in out.read_text() and "cannot read file" in out.read_text()
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match=r"preds.csv.*already exist.*overwrite=true"):
+        run_predict(
+            compose(
+                "predict",
+                [f"ckpt_path={best}", f"input={images}", f"output={out}", "progress=false"],
+                output_dir=tmp_path / "p2",
+            )
+        )
+    assert out.read_bytes() == before  # untouched
+    run_predict(
+        compose(
+            "predict",
+            [f"ckpt_path={best}", f"input={images}", f"output={out}", "progress=false", "overwrite=true"],
+            output_dir=tmp_path / "p3",
+        )
+    )
+
+
+def test_export_into_a_read_only_folder_names_it(trained_checkpoint, tmp_path, monkeypatch):
+    from ana_lightning.export import ExportError, export_model
+
+    _, _, best = trained_checkpoint
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # the tests run as root, which may write anywhere: the folder is made unwritable for the check
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    with pytest.raises(ExportError, match=rf"{locked} is not writable"):
+        export_model(best, "onnx", output=locked)
