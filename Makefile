@@ -8,12 +8,13 @@ TORCH_PINS := "torch==2.14.1" "torchvision==0.29.1"
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid test-browser bench-predict bench-throughput test-dist train-mixed low-data paper
+.PHONY: install train test test-slow test-all lint format clean help bench-synth bench-nst bench-augment augment-grid test-browser bench-predict bench-throughput test-dist test-cluster train-mixed low-data paper cv-real
 
 help:
 	@echo "make train      set up .venv if needed, then run ana-train (ARGS='key=value ...' to override)"
 	@echo "make test       set up .venv if needed, then run the test suite (slow tests excluded)"
 	@echo "make test-slow  the slow tests (notebook, longer training runs)"
+	@echo "make test-cluster  the SLURM tests on a one-node SLURM started here (root; installs slurm-wlm, munge)"
 	@echo "make lint       ruff"
 
 $(STAMP): pyproject.toml
@@ -65,11 +66,20 @@ bench-throughput: $(STAMP)
 test-dist: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow or not slow" tests/test_ddp.py tests/test_sweeps.py tests/test_fault.py tests/test_cache.py $(ARGS)
 
+# Jobs through a real SLURM: starts munged, slurmctld and slurmd on this machine (one node, config in a
+# temporary folder), runs the tests marked `cluster`, stops the daemons. Skips where not root / no apt.
+test-cluster: $(STAMP)
+	PYTHON=$(BIN)/python .ci/test-cluster $(ARGS)
+
 train-mixed: $(STAMP)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/ana-train experiment=mixed_ensemble $(ARGS)
 
 low-data: $(STAMP)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python experiments/low_data/run.py $(ARGS)
+
+# Cross-validation on the real reference fields: texture SVM vs CNN, 3-fold x 2 repeats, then ana-compare
+cv-real: $(STAMP)
+	BIN=$(BIN) bash experiments/cross_validation/run.sh
 
 paper: $(STAMP)
 	$(BIN)/ana-train experiment=paper_level1 $(ARGS) && $(BIN)/ana-train experiment=paper_level2 $(ARGS) && $(BIN)/ana-train experiment=paper_level3 $(ARGS)

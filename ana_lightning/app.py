@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
-from .export import DISCLAIMER
-from .predict import Predictor
+from .export import DISCLAIMER, INTENDED_USE
+from .predict import Predictor, load_predictor
 
 __all__ = ["build_app", "analyse", "run_app", "parse_size"]
 
@@ -58,25 +58,58 @@ def _default_threshold(predictor: Predictor) -> float:
     return float(np.median(thr)) if thr else 0.5
 
 
+def calibration_note(predictor: Predictor) -> str:
+    """One line saying whether the probabilities shown are calibrated, and how."""
+    t = predictor.temperature
+    if isinstance(t, dict):  # a pipeline: one temperature (list) per member model
+        fitted = {k: v for k, v in t.items() if v}
+        if not fitted:
+            return "Probabilities are **not calibrated** (no model of this pipeline stores a temperature)."
+        part = ", ".join(f"{k} T = {_t_text(v)}" for k, v in fitted.items())
+        missing = f"; not calibrated: {', '.join(k for k in t if not t[k])}" if len(fitted) < len(t) else ""
+        return f"Probabilities **calibrated** on each model's validation split (temperature scaling: {part}{missing})."
+    if not t:
+        return ("Probabilities are **not calibrated** (the run had calibrate=false, or predates calibration): "
+                "they may be over- or under-confident.")
+    return f"Probabilities **calibrated** on the validation split (temperature scaling, T = {_t_text(t)})."
+
+
+def _t_text(t) -> str:
+    t = [float(v) for v in (t if isinstance(t, list | tuple) else [t])]
+    if len(t) == 1:
+        return f"{t[0]:.2f}"
+    if len(t) <= 3:
+        return " / ".join(f"{v:.2f}" for v in t) + " per level"
+    return f"{min(t):.2f}–{max(t):.2f} per class"
+
+
 def _result_markdown(predictor: Predictor, probs: np.ndarray, labels: tuple[str, ...]) -> str:
-    names = predictor.class_names
     if not labels:
-        return "### No pattern reaches the threshold\nNo class is predicted for this image (negative, or a pattern the model does not know)."
+        return ("### No pattern reaches the threshold\nNo class is predicted for this image (negative, or a pattern the "
+                f"model does not know).\n\n{calibration_note(predictor)}")
     lines = ["### Predicted pattern" + ("s" if len(labels) > 1 else "")]
     for c in labels:
-        l1, l2, l3 = predictor.hierarchy(c)
-        path = " › ".join(x for x in (l1, l2, l3) if x)
-        lines.append(f"- **{predictor.display_name(c)}** (p = {float(probs[names.index(c)]):.3f}) — {path}")
+        path = predictor.path(probs, c)
+        trail = " › ".join(f"{n} (p = {q:.3f})" if q is not None else n for n, q in path if n)
+        if predictor.task == "hierarchical":
+            lines.append(f"- **{predictor.display_name(c)}** — {trail}")
+        else:
+            lines.append(f"- **{predictor.display_name(c)}** (p = {predictor.rule.confidence(probs, c):.3f}) — {trail}")
+    if predictor.task == "hierarchical":
+        lines.append("\nEach level's probability is that of the path down to it: P(level 1), P(level 1)·P(level 2 | level 1), "
+                     "P(level 1)·P(level 2 | level 1)·P(leaf | level 2).")
+    lines.append("\n" + calibration_note(predictor))
     return "\n".join(lines)
 
 
 def _chart(predictor: Predictor, probs: np.ndarray, labels: tuple[str, ...]):
     import pandas as pd
 
+    bars = predictor.rule.chart(np.asarray(probs))
     return pd.DataFrame({
-        "pattern": list(predictor.class_names),
-        "probability": [float(p) for p in probs],
-        "decision": ["predicted" if c in labels else "not predicted" for c in predictor.class_names],
+        "pattern": [n for n, _ in bars],
+        "probability": [p for _, p in bars],
+        "decision": ["predicted" if n in labels else "not predicted" for n, _ in bars],
     })
 
 
@@ -107,7 +140,8 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb"):
 
     max_bytes = parse_size(max_file_size)
     multi = predictor.task == "multi_label"
-    names = list(predictor.class_names)
+    k = len(predictor.class_names)
+    names = [n for n, _ in predictor.rule.chart(np.full(k, 1.0 / k))]  # the bars (hierarchical: one per path of the tree)
     default_thr = _default_threshold(predictor)
     thr = predictor.info.thresholds
     per_class = bool(thr) and len(set(thr)) > 1
@@ -116,8 +150,9 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb"):
     with gr.Blocks(title="ana-lightning: ANA pattern", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             f"# ANA pattern of a HEp-2 field\n"
-            f"Model: `{Path(predictor.source).name}` ({predictor.task}, {len(names)} classes, {predictor.backend_name}). "
-            f"Upload one immunofluorescence field image (up to {max_bytes / 2**20:.0f} MiB).\n\n> {DISCLAIMER}"
+            f"Model: `{Path(predictor.source).name}` ({predictor.task}, {len(predictor.class_names)} outputs, "
+            f"{predictor.backend_name}). Upload one immunofluorescence field image (up to {max_bytes / 2**20:.0f} MiB).\n\n"
+            f"**Intended use:** {INTENDED_USE}\n\n{calibration_note(predictor)}\n\n> {DISCLAIMER}"
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -133,7 +168,8 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb"):
                 result = gr.Markdown(elem_id="prediction")
                 chart = gr.BarPlot(x="pattern", y="probability", color="decision", sort=names, y_lim=[0, 1],
                                    color_map={"predicted": "#d62728", "not predicted": "#1f77b4"},
-                                   title="Probability of every pattern", x_label_angle=-60, elem_id="probabilities")
+                                   title=("Probability of every path of the tree" if predictor.task == "hierarchical"
+                                          else "Probability of every pattern"), x_label_angle=-60, elem_id="probabilities")
         probs_state = gr.State(None)
         moved = gr.State(False)
 
@@ -176,14 +212,11 @@ def run_app(cfg):
     """The ``ana-app`` job: load the model and serve the page until interrupted."""
     from .utils import setup_torch
 
-    if not cfg.get("ckpt_path"):
-        raise ValueError("ana-app needs ckpt_path=<file.ckpt | file.onnx>")
     setup_torch(cfg.get("torch_threads"))
-    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")),
-                               threads=cfg.get("torch_threads"))
+    predictor = load_predictor(cfg, "ana-app")
     demo = build_app(predictor, cfg.get("max_file_size", "25mb"))
     warn_if_exposed(str(cfg.server_name), int(cfg.server_port))
-    log.info("serving %s on http://%s:%s (Ctrl+C to stop)", cfg.ckpt_path, cfg.server_name, cfg.server_port)
+    log.info("serving %s on http://%s:%s (Ctrl+C to stop)", predictor.source, cfg.server_name, cfg.server_port)
     demo.launch(server_name=str(cfg.server_name), server_port=int(cfg.server_port), share=False,
                 max_file_size=parse_size(cfg.get("max_file_size", "25mb")), inbrowser=False, show_error=False,
                 prevent_thread_lock=bool(cfg.get("prevent_thread_lock", False)))

@@ -191,6 +191,18 @@ def svm_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
     x_test = extractor([r.path for r in test_records])
     pred = fit_predict_svm(x_fit, y_fit, x_test, C=float(svm_cfg.C), kernel=str(svm_cfg.kernel))
     metrics = {f"test/{k}": v for k, v in _scores(y_test, pred).items()}
+    # Per-image predictions (one-hot "probabilities") and bootstrap intervals, as for every other model:
+    # a cross-validation sweep pools them (oof_predictions.csv).
+    from types import SimpleNamespace
+
+    from .reports import write_predictions
+    from .stats import run_intervals
+
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(pred, dtype=torch.long), dm.num_classes).float()
+    target = torch.as_tensor(y_test, dtype=torch.long)
+    fake = SimpleNamespace(test_predictions={"index": torch.arange(len(pred)), "prob": onehot, "target": target})
+    metrics.update(run_intervals(fake, test_records, metrics))
+    write_predictions([r.path for r in test_records], onehot, target, dm.class_names, run_dir / "test_predictions.csv")
     write_metrics_json(metrics, run_dir / "metrics.json")
     from sklearn.metrics import confusion_matrix
 

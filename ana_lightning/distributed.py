@@ -41,6 +41,8 @@ __all__ = [
     "SameHparamsOnAllRanks",
     "sync_csv_logger",
     "single_process_tester",
+    "gpu_only",
+    "tasks_per_node",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,31 @@ def mixed_precision() -> str:
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         return "16-mixed"
     return "bf16-mixed"
+
+
+def gpu_only(accelerator: str | None, value):
+    """``value`` for a GPU trainer, None for any other: the SLURM launcher asks for GPUs, CPUs and
+    memory only where ``trainer.accelerator`` is a GPU (``${ana.gpu_only:${trainer.accelerator},8}``).
+
+    >>> gpu_only("gpu", 4), gpu_only("cpu", 4)
+    (4, None)
+    """
+    return value if str(accelerator).lower() in ("gpu", "cuda") else None
+
+
+def tasks_per_node(devices) -> int:
+    """SLURM tasks per node for ``trainer.devices``: one per device when it is a count, else 1
+    (``auto``, a list of device ids is counted).
+
+    >>> tasks_per_node(4), tasks_per_node("auto"), tasks_per_node([0, 1])
+    (4, 1, 2)
+    """
+    if isinstance(devices, (list, tuple)) or type(devices).__name__ == "ListConfig":
+        return max(1, len(devices))
+    try:
+        return max(1, int(devices))
+    except (TypeError, ValueError):
+        return 1
 
 
 def rank_suffix() -> str:

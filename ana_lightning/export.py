@@ -16,15 +16,26 @@ import logging
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .predict import METADATA_KEY, DecisionRule, ModelInfo, Predictor, decision_rule, load_model
+from .predict import (
+    METADATA_KEY,
+    DecisionRule,
+    ModelInfo,
+    Predictor,
+    decision_rule,
+    load_model,
+    load_pipeline,
+    pipeline_args,
+    use_support,
+)
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "ProbabilityModel", "export_model", "write_model_card", "run_export"]
 
@@ -36,6 +47,15 @@ DISCLAIMER = (
     "This model is a **research and diagnostic aid**. Its output is a suggestion that must be confirmed by "
     "an expert reading the slide (a trained immunofluorescence reader); it is not a medical device and "
     "has not been validated for clinical decisions."
+)
+
+
+#: The model card's intended-use line, also shown by ana-app.
+INTENDED_USE = (
+    "Suggesting the ICAP anti-nuclear antibody pattern(s) of HEp-2 indirect immunofluorescence field images "
+    "(FITC, as in training), to support research and a trained reader's interpretation. Not for: deciding a "
+    "diagnosis or a treatment without an expert, cell crops or stains unlike the training data, patterns "
+    "outside the classes below (the model always answers with one of them)."
 )
 
 
@@ -158,16 +178,22 @@ def check_parity(reference: nn.Module, exported: Predictor, image_size: int, bat
     return worst
 
 
-def export_model(ckpt_path: str | Path, format: str = "onnx", output: str | Path | None = None,
+def export_model(ckpt_path: str | Path | None, format: str = "onnx", output: str | Path | None = None,
                  opset_version: int | None = 18, dynamo: bool = True, atol: float = 1e-4,
-                 trust_checkpoint: bool = False, card: bool = True) -> ExportResult:
+                 trust_checkpoint: bool = False, card: bool = True, pipeline: Mapping[str, Any] | None = None,
+                 support: str | Path | None = None) -> ExportResult:
     """Export ``ckpt_path`` to ``format`` (``onnx`` | ``torchscript``) at ``output`` (a file, or a folder
     that gets ``model.onnx`` / ``model.torchscript.pt``), check it against PyTorch, and write its model
-    card beside it (``model_card.md`` for ``model.onnx``)."""
+    card beside it (``model_card.md`` for ``model.onnx``).
+
+    Every checkpoint kind: softmax, sigmoid ensemble, Siamese (its stored support set, or ``support``, a
+    folder, baked into the file), multi-head, a hierarchy bundle; or ``pipeline`` (``level1``, ``level2``,
+    ``level3`` checkpoints or run folders): its bundle is written beside the output first. A hierarchical
+    model is exported as one file whose output is the level-1, level-2 and leaf probabilities side by side.
+    """
     fmt = str(format).lower()
     if fmt not in FORMATS:
         raise ValueError(f"format={format!r}: choose one of {sorted(FORMATS)}")
-    ckpt_path = Path(ckpt_path).expanduser()
     out = Path(output).expanduser() if output else Path("model" + FORMATS[fmt])
     if out.is_dir() or not out.suffix:
         out = out / ("model" + FORMATS[fmt])
@@ -179,7 +205,20 @@ def export_model(ckpt_path: str | Path, format: str = "onnx", output: str | Path
         raise ExportError(f"output={output}: {out.parent if not out.exists() else out} is not writable; "
                           "choose another output=<file or folder>")
 
-    model, meta = load_model(ckpt_path, map_location="cpu", trust_checkpoint=trust_checkpoint)
+    args = pipeline_args(pipeline)
+    if args is not None:
+        if ckpt_path:
+            raise ValueError("give either ckpt_path or pipeline.level1/level2/level3, not both")
+        model, meta = load_pipeline(**args, trust_checkpoint=trust_checkpoint)
+        ckpt_path = model.pipeline.write_bundle(out.with_name(out.name.split(".")[0] + "_pipeline.ckpt"))
+        log.info("wrote the pipeline's bundle %s", ckpt_path)
+    elif not ckpt_path:
+        raise ValueError("ana-export needs ckpt_path=<file.ckpt | bundle.ckpt> (or pipeline.level1=… level2=… level3=…)")
+    else:
+        ckpt_path = Path(ckpt_path).expanduser()
+        model, meta = load_model(ckpt_path, map_location="cpu", trust_checkpoint=trust_checkpoint)
+        use_support(model, support)
+    ckpt_path = Path(ckpt_path)
     model = model.float().eval()
     info = ModelInfo.from_model(model, meta)
     rule = decision_rule(info)
@@ -210,7 +249,10 @@ def export_model(ckpt_path: str | Path, format: str = "onnx", output: str | Path
 def _run_folder(ckpt_path: Path) -> Path | None:
     """The training run folder of ``<run>/checkpoints/<file>.ckpt``."""
     run = ckpt_path.resolve().parent.parent
-    return run if ckpt_path.resolve().parent.name == "checkpoints" and (run / "config_resolved.yaml").is_file() else None
+    if ckpt_path.resolve().parent.name == "checkpoints" and (run / "config_resolved.yaml").is_file():
+        return run
+    here = ckpt_path.resolve().parent  # a hierarchy bundle in its eval_hierarchy folder
+    return here if (here / "evaluated.txt").is_file() and (here / "config_resolved.yaml").is_file() else None
 
 
 def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
@@ -280,6 +322,77 @@ def _metrics_section(run: Path | None, ckpt_path: Path) -> list[str]:
     return md + [""]
 
 
+_HEADLINE = ("test/mca", "test/acc", "test/macro_f1", "test/micro_f1", "test/exact_match", "test/level1_mca",
+             "test/level2_mca", "test/level3_mca")
+
+
+def _run_metrics(run: Path | None, ckpt_path: Path) -> dict[str, Any]:
+    import json
+
+    for folder in (run, ckpt_path.resolve().parent):  # a training run, or the eval_hierarchy folder of a bundle
+        if folder is not None and (folder / "metrics.json").is_file():
+            try:
+                return json.loads((folder / "metrics.json").read_text())
+            except ValueError:
+                return {}
+    return {}
+
+
+def _is_synthetic(run: Path | None) -> bool | None:
+    from omegaconf import OmegaConf
+
+    if run is None:
+        return None
+    try:
+        data = OmegaConf.load(run / "config_resolved.yaml").get("data", {})
+    except Exception:  # noqa: BLE001
+        return None
+    target = str(data.get("_target_", ""))
+    return "Synthetic" in target or ("Hierarchy" in target and not data.get("root"))  # hierarchy: root null = simulator
+
+
+def _real_data_section(run: Path | None, metrics: dict[str, Any]) -> list[str]:
+    """The run's headline test figures, said plainly to be on real or on synthetic images."""
+    md = ["## Real-data figures", ""]
+    synthetic = _is_synthetic(run)
+    figures = [(k, metrics[k]) for k in _HEADLINE if isinstance(metrics.get(k), int | float)]
+    if synthetic:
+        return md + ["None: this run was trained and tested on **synthetic** fields only; its figures below say "
+                     "nothing about real slides. Evaluate it on real images (`ana-eval`) before any use.", ""]
+    if not figures:
+        return md + ["Not available (no test metrics in the run folder).", ""]
+    where = "real images of the run's own held-out test split" if synthetic is False else "the run's test split"
+    md += [f"On {where}:", "", "| metric | value |", "|---|---|"]
+    md += [f"| `{k}` | {float(v):.4f} |" for k, v in figures]
+    return md + [""]
+
+
+def _calibration_section(info: ModelInfo, metrics: dict[str, Any], run: Path | None) -> list[str]:
+    t = info.extra.get("temperature")
+    md = ["## Calibration", ""]
+    if isinstance(t, dict):
+        fitted = {k: v for k, v in t.items() if v}
+        md.append("Each model of the pipeline carries its own temperature, fitted on its validation split after training: "
+                  + (", ".join(f"{k} {[round(float(x), 3) for x in v]}" for k, v in fitted.items()) or "none (uncalibrated)")
+                  + ".")
+    elif t:
+        md.append(f"The probabilities are temperature-scaled (T = {[round(float(x), 3) for x in t]}), fitted on the "
+                  "validation split after training; the argmax (and multi-label decisions, whose thresholds moved with "
+                  "T) are those of the raw model.")
+    else:
+        md.append("Not calibrated (trained with calibrate=false, or before calibration existed): the probabilities are "
+                  "raw softmax/sigmoid outputs and may be over-confident.")
+    if isinstance(metrics.get("test/ece"), int | float):
+        md += ["", "| expected calibration error (test split, 15 bins) | value |", "|---|---|",
+               f"| uncalibrated | {float(metrics.get('test/ece_uncalibrated', float('nan'))):.4f} |",
+               f"| as served | {float(metrics['test/ece']):.4f} |"]
+        if run is not None and (run / "test_reliability_diagram.png").is_file():
+            md += ["", "Reliability diagram: `test_reliability_diagram.png` in the run folder."]
+    else:
+        md += ["", "Calibration error: not measured for this run (no `test/ece` in its metrics.json)."]
+    return md + [""]
+
+
 def write_model_card(path: str | Path, info: ModelInfo, ckpt_path: Path, model_path: Path, fmt: str, max_abs_diff: float,
                      batch_sizes: Sequence[int], opset_version: int | None = None) -> Path:
     """The Markdown model card: classes, training data, test metrics, thresholds, intended use, disclaimer."""
@@ -296,10 +409,7 @@ def write_model_card(path: str | Path, info: ModelInfo, ckpt_path: Path, model_p
         "",
         "## Intended use",
         "",
-        "Suggesting the ICAP anti-nuclear antibody pattern(s) of HEp-2 indirect immunofluorescence field images "
-        "(FITC, as in training), to support research and a trained reader's interpretation. Not for: deciding a "
-        "diagnosis or a treatment without an expert, cell crops or stains unlike the training data, patterns "
-        "outside the classes below (the model always answers with one of them).",
+        INTENDED_USE,
         "",
         "## Model",
         "",
@@ -311,7 +421,8 @@ def write_model_card(path: str | Path, info: ModelInfo, ckpt_path: Path, model_p
         f"- Input: RGB field image, any size, resized to {info.image_size}×{info.image_size} (area interpolation), "
         f"scaled to [0, 1] and normalised with mean {list(info.mean)}, std {list(info.std)}; tensor `image` (N, 3, "
         f"{info.image_size}, {info.image_size}), any batch size N",
-        f"- Output: `probabilities` (N, {len(info.class_names)}) in the class order below",
+        f"- Output: `probabilities` (N, {len(decision_rule(info).output_names)}) in the order "
+        + ("level-1 nodes, level-2 nodes, then the leaves below" if info.task == "hierarchical" else "of the classes below"),
         f"- Parity with the PyTorch model: max abs difference {max_abs_diff:.2e} on random batches of "
         f"{', '.join(map(str, batch_sizes))} images",
         "",
@@ -324,6 +435,11 @@ def write_model_card(path: str | Path, info: ModelInfo, ckpt_path: Path, model_p
                "| class | threshold |", "|---|---|", *[f"| {c} | {t:.3f} |" for c, t in zip(info.class_names, thr, strict=True)]]
     elif info.task == "single_label":
         md += ["Single-label: the most probable class is predicted (softmax; no threshold)."]
+    elif info.task == "hierarchical":
+        md += [f"Hierarchical ({info.extra.get('routing')} routing over the ICAP tree): the outputs are the level-1, level-2 "
+               "and leaf probabilities side by side; the predicted path is always a path of the tree (leaf under its "
+               "level-2 node, under its level-1 node), with P(level 1), P(level 1)·P(level 2 | level 1) and the path "
+               "probability. A group without a level-3 model ends at level 2."]
     else:
         md += [f"Task `{info.task}`: see its decision rule in `ana_lightning.predict`."]
         if info.thresholds:
@@ -335,6 +451,9 @@ def write_model_card(path: str | Path, info: ModelInfo, ckpt_path: Path, model_p
         else:
             md.append(f"| {i} | {c} | | | |")
     md.append("")
+    metrics = _run_metrics(run, ckpt_path)
+    md += _real_data_section(run, metrics)
+    md += _calibration_section(info, metrics, run)
     md += _training_data_section(run, info)
     md += _metrics_section(run, ckpt_path)
     md += [
@@ -357,12 +476,11 @@ def write_model_card(path: str | Path, info: ModelInfo, ckpt_path: Path, model_p
 
 def run_export(cfg) -> ExportResult:
     """The ``ana-export`` job."""
-    if not cfg.get("ckpt_path"):
-        raise ValueError("ana-export needs ckpt_path=<file.ckpt>")
     fmt = str(cfg.get("format", "onnx"))
     output = cfg.get("output") or Path(cfg.paths.output_dir) / ("model" + FORMATS.get(fmt.lower(), ""))
-    result = export_model(cfg.ckpt_path, format=fmt, output=output, opset_version=cfg.get("opset_version"),
+    result = export_model(cfg.get("ckpt_path"), format=fmt, output=output, opset_version=cfg.get("opset_version"),
                           dynamo=cfg.get("dynamo", True), atol=cfg.get("atol", 1e-4),
-                          trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+                          trust_checkpoint=bool(cfg.get("trust_checkpoint")), pipeline=cfg.get("pipeline"),
+                          support=cfg.get("support"))
     log.info("wrote %s and %s (max abs difference to PyTorch %.2e)", result.model_path, result.card_path, result.max_abs_diff)
     return result

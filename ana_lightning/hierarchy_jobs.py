@@ -185,6 +185,14 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     pred = pipe.predict_paths([r.path for r in records], batch_size=int(cfg.data.batch_size), loader=loader)
     metrics = write_hierarchy_report(run_dir, [r.path for r in records], truth, pred, pipe.tree, stage="test")
     write_metrics_json(metrics, run_dir / "metrics.json")
+    if cfg.get("bundle", True) and getattr(pipe, "sources", None):
+        # One file for ana-predict / ana-export / ana-app ckpt_path=…; its model card reads this folder.
+        bundle = pipe.write_bundle(run_dir / "pipeline.ckpt")
+        saved = copy.deepcopy(cfg)
+        with open_dict(saved):
+            saved.data.update({k: v for k, v in overrides.items() if k in saved.data and k != "split_manifest"})
+        OmegaConf.save(saved, run_dir / "config_resolved.yaml", resolve=True)
+        log.info("pipeline bundle: %s (ana-predict ckpt_path=%s input=…)", bundle, bundle)
     (run_dir / "evaluated.txt").write_text(yaml.safe_dump({"pipeline": pipe.describe(), "split": split, "images": len(records)}))
     table = "\n".join(f"  level {lv}: accuracy {metrics[f'test/level{lv}_acc']:.4f}  MCA {metrics[f'test/level{lv}_mca']:.4f}"
                       for lv in LEVELS if f"test/level{lv}_acc" in metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .calibration import calibrate_run, report_test_calibration
 from .distributed import (
     global_rank,
     one_at_a_time,
@@ -23,6 +25,7 @@ from .distributed import (
     sync_csv_logger,
 )
 from .reports import write_metrics_json
+from .stats import run_intervals
 from .utils import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -52,6 +55,10 @@ def build_datamodule(cfg: DictConfig, **overrides):
     augment = instantiate(cfg.augmentation.train) if cfg.get("augmentation") and cfg.augmentation.get("train") else None
     if cfg.get("augmentation") and cfg.augmentation.get("batch") and "batch_augment" not in overrides:
         overrides["batch_augment"] = instantiate(cfg.augmentation.batch)  # augmentation=gpu: on the device
+    if cfg.data.get("folds") and not cfg.data.get("folds_manifest") and "folds_manifest" not in overrides:
+        from .crossval import default_folds_manifest
+
+        overrides["folds_manifest"] = default_folds_manifest(cfg)  # one per sweep (folds_manifest.csv)
     return instantiate(cfg.data, train_augment=augment, **overrides)
 
 
@@ -172,6 +179,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         with open_dict(cfg):
             cfg.paths.output_dir = str(old)
         run_dir = old
+    finished = _finished_run(resume, run_dir, cfg) if resume else None
+    if finished is not None and ((run_dir / "metrics.json").is_file() or not cfg.get("test", True)):
+        return _read_metrics(run_dir), {"cfg": cfg, "datamodule": None, "model": None, "trainer": None, "run_dir": run_dir}
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -188,6 +198,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if resume:
         _check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir)
+    resume_step = _resume_step(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
+    for lg in trainer.loggers:  # the curve logged before the checkpoint stays in csv/metrics.csv
+        if resume_step is not None and callable(getattr(lg, "resume_from_step", None)):
+            lg.resume_from_step(resume_step)
     if trainer.is_global_zero:
         dm.write_reports(run_dir)
         OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
@@ -195,13 +209,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     metrics: dict[str, float] = {}
-    if cfg.get("train", True):
+    cal: dict[str, float] = {}
+    if cfg.get("train", True) and finished is None:
         trust = bool(cfg.get("trust_checkpoint"))
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
             trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=not trust if resume else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        if not trainer.interrupted and trainer.is_global_zero:
+            _mark_finished(trainer, run_dir)
+        cal = _calibrate(cfg, trainer, dm)  # fitted only when this call trained
+        metrics.update(cal)
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+        if finished is not None:  # a finished run that was never tested: test its best checkpoint only
+            ckpt = str(next(iter(sorted((run_dir / "checkpoints").glob("best-*.ckpt"))), ""))
         if not ckpt:
             log.warning("no best checkpoint was saved; testing the current weights")
         log.info("testing %s", ckpt or "current weights")
@@ -209,8 +230,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         tester = single_process_tester(trainer) or trainer  # ddp_spawn: test where the reports are written
         results = tester.test(model, datamodule=dm, ckpt_path=ckpt or None)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if trainer.is_global_zero:
+            test_metrics.update(report_test_calibration(model, dm, dm.splits["test"], run_dir))
+            test_metrics.update(cal)  # val/temperature, val/ece: how the served probabilities were calibrated
+        if callable(getattr(dm, "split_flags", None)):
+            test_metrics.update(dm.split_flags("test"))  # test images sharing a group with train (0 = clean)
         metrics.update(test_metrics)
         if trainer.is_global_zero:
+            # bootstrap 95% intervals, resampling groups / duplicates together as the split keeps them
+            test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ())))
+            metrics.update(test_metrics)
             write_metrics_json(test_metrics, run_dir / "metrics.json")
             model.write_report(run_dir, dm.splits["test"], test_metrics, stage="test")
             _log_report_images(trainer, run_dir)
@@ -221,6 +250,89 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _finish_wandb()
     release_ddp_job(ddp_job)  # the next job of a multirun starts its own DDP processes
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
+
+
+FINISHED = "training_finished.json"
+
+
+def _mark_finished(trainer: L.Trainer, run_dir: Path) -> None:
+    """Record that ``fit`` ran to its end (not killed, preempted or interrupted), and why it stopped."""
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        why = "max_steps"
+    elif trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
+        why = "max_epochs"
+    else:
+        why = "early_stopping"
+    epochs, step = int(trainer.current_epoch), int(trainer.global_step)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    spawned = trainer.world_size > 1 and isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    if spawned and last.is_file():  # ddp_spawn: the loop state stayed in the workers
+        ckpt = read_checkpoint(last)
+        epochs, step = int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("global_step", 0))
+        why = "max_epochs" if trainer.max_epochs not in (None, -1) and epochs >= trainer.max_epochs else why
+    record = {"epochs": epochs, "global_step": step, "stopped_by": why}
+    (run_dir / FINISHED).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _finished_run(resume: str, run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The finish record of the run that ``resume`` belongs to when resuming it would train nothing
+    more (same limits, same last.ckpt), else None; says so in the log."""
+    record_path = run_dir / FINISHED
+    if not record_path.is_file() or Path(resume).name.startswith("hpc_ckpt"):
+        return None
+    record = json.loads(record_path.read_text())
+    trust = bool(cfg.get("trust_checkpoint"))
+    if int(read_checkpoint(resume, trust_checkpoint=trust).get("global_step", -1)) != record["global_step"]:
+        return None  # a checkpoint from before the end (e.g. a best-*.ckpt named explicitly)
+    max_epochs = cfg.trainer.get("max_epochs")
+    max_steps = cfg.trainer.get("max_steps")
+    more_epochs = max_epochs in (None, -1) or int(max_epochs) > record["epochs"]
+    more_steps = max_steps in (None, -1) or int(max_steps) > record["global_step"]
+    stopped_early = record["stopped_by"] == "early_stopping" and bool((cfg.get("callbacks") or {}).get("early_stopping"))
+    if more_epochs and more_steps and not stopped_early:
+        return None
+    log.warning(
+        "the run in %s is finished (%d epochs, %d optimizer steps, stopped by %s): nothing to resume; its curves stay in "
+        "%s. To train on, raise trainer.max_epochs / trainer.max_steps%s.", run_dir, record["epochs"], record["global_step"],
+        record["stopped_by"], run_dir / "csv" / "metrics.csv",
+        " and switch early stopping off (callbacks.early_stopping=null)" if stopped_early else "")
+    return record
+
+
+def _resume_step(resume: str | None, run_dir: Path, trust_checkpoint: bool = False) -> int | None:
+    """The optimizer step the run continues from: of ``resume``, or of the HPC checkpoint that
+    Lightning resumes a requeued SLURM job from by itself."""
+    if resume is None:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if p.stem.rsplit("_", 1)[-1].isdigit() else -1)
+        if not hpc or not SLURMEnvironment.detect():
+            return None
+        resume = str(hpc[-1])
+    return int(read_checkpoint(resume, trust_checkpoint=trust_checkpoint).get("global_step", 0))
+
+
+def _read_metrics(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _calibrate(cfg: DictConfig, trainer: L.Trainer, dm) -> dict[str, float]:
+    """Fit the temperature of the best checkpoint on the validation split and store it in that file
+    (``calibrate=false``: store none); rank 0 works, the others wait. See :mod:`ana_lightning.calibration`."""
+    cb = trainer.checkpoint_callback
+    best = cb.best_model_path if isinstance(cb, ModelCheckpoint) else ""
+    out: dict[str, float] = {}
+    if best and trainer.is_global_zero:
+        model = load_checkpoint_model(best, map_location=trainer.strategy.root_device)
+        out = calibrate_run(model, dm, best, cfg.paths.output_dir, enabled=bool(cfg.get("calibrate", True)))
+    trainer.strategy.barrier()
+    return out
 
 
 def _log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
@@ -287,6 +399,10 @@ def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], spli
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
+    if cfg.get("sweep_dir"):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
+        from .crossval import evaluate_sweep
+
+        return evaluate_sweep(cfg)
     ens = cfg.get("ensemble") or {}
     members = [str(m) for m in (ens.get("members") or [])]
     if not cfg.get("ckpt_path") and not members:
@@ -305,6 +421,22 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     else:
         model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=trust)
     ckpt_ref = members[0] if members else str(cfg.ckpt_path)  # whose run folder holds the split manifest
+    # The training run's data settings (reader, target, masks, image size, …), with what was typed on top.
+    from .data.run_config import command_line_data_overrides, eval_data_config, training_data_config
+
+    trained, class_nodes = training_data_config(ckpt_ref, trust_checkpoint=trust)
+    group_chosen, typed = command_line_data_overrides()
+    with open_dict(cfg):
+        cfg.data = eval_data_config(cfg.data, trained, group_chosen, typed)
+    cross = cfg.get("cross_dataset", "auto")
+    if cross == "auto":
+        cross = bool(trained) and (trained.get("reader") or "folder") != (cfg.data.get("reader") or "folder")
+    if cross:
+        if members:
+            raise ValueError("cross-dataset evaluation takes one checkpoint (ckpt_path), not an ensemble")
+        from .cross_dataset import evaluate_cross_dataset
+
+        return evaluate_cross_dataset(cfg, model, class_nodes, trained, run_dir)
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
     manifest = cfg.data.get("split_manifest")
@@ -343,7 +475,16 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer = build_trainer(cfg, run_dir)
     results = (single_process_tester(trainer) or trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if split == "test" and callable(getattr(dm, "split_flags", None)):
+        metrics.update(dm.split_flags("test"))
+    from .data.run_config import seen_in_training
+
+    seen = seen_in_training(records, Path(ckpt_ref).resolve().parent.parent / "split_manifest.csv")
+    if seen is not None:
+        metrics["test/images_in_training_split"] = float(seen)
     if trainer.is_global_zero:
+        metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
+        metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
         model.write_report(run_dir, records, metrics, stage="test")
         which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())

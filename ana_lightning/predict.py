@@ -56,6 +56,10 @@ __all__ = [
     "load_model",
     "list_inputs",
     "prediction_columns",
+    "HierarchicalRule",
+    "load_pipeline",
+    "load_predictor",
+    "use_support",
     "write_predictions",
     "run_predict",
     "METADATA_KEY",
@@ -108,7 +112,8 @@ class ModelInfo:
     @classmethod
     def from_model(cls, model: torch.nn.Module, meta: Mapping[str, Any] | None = None) -> ModelInfo:
         """From a LightningModule's hparams and the checkpoint's ``ana_lightning`` metadata."""
-        meta = dict(meta or {})
+        serving = getattr(model, "serving_metadata", None)  # a task's own metadata, e.g. a hierarchy's level names
+        meta = {**dict(meta or {}), **(serving() if callable(serving) else {})}
         hp = dict(getattr(model, "hparams", {}) or {})
         names = meta.get("class_names") or getattr(model, "class_names", None) or hp.get("class_names")
         missing = [k for k in ("image_size", "mean", "std") if hp.get(k) is None] + (["class_names"] if not names else [])
@@ -221,6 +226,24 @@ class DecisionRule:
             return self.tree.level_of(label, 1), self.tree.level_of(label, 2), self.tree.parse_code(label)
         return "", "", label
 
+    def labels(self, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> tuple[str, ...]:
+        """The predicted label(s) of one image's outputs."""
+        return tuple(self.output_names[i] for i in self.decide(np.asarray(probs), thresholds))
+
+    def confidence(self, probs: np.ndarray, label: str) -> float:
+        """The probability of a predicted ``label``."""
+        return float(probs[self.output_names.index(label)])
+
+    def path(self, probs: np.ndarray, label: str) -> list[tuple[str, float | None]]:
+        """``[(level-1 node, p), (level-2 node, p), (leaf, p)]`` of a predicted label: the probability of
+        each node is the sum of its classes' probabilities (``None`` where that is not a probability)."""
+        l1, l2, l3 = self.hierarchy(label)
+        return [(l1, None), (l2, None), (l3, self.confidence(probs, label))]
+
+    def chart(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        """``(name, probability)`` bars for the app: one per output column."""
+        return [(n, float(p)) for n, p in zip(self.output_names, probs, strict=True)]
+
 
 @register_decision_rule("single_label")
 class SingleLabelRule(DecisionRule):
@@ -231,6 +254,17 @@ class SingleLabelRule(DecisionRule):
 
     def decide(self, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> list[int]:
         return [int(np.argmax(probs))]
+
+    def path(self, probs: np.ndarray, label: str) -> list[tuple[str, float | None]]:
+        """Probabilities of the label's level-1 and level-2 nodes: sums over the classes under them."""
+        l1, l2, l3 = self.hierarchy(label)
+        if not l1:
+            return [(l1, None), (l2, None), (l3, self.confidence(probs, label))]
+        names = self.output_names
+        under = [(self.tree.level_of(c, 1), self.tree.level_of(c, 2)) if self.tree.is_code(c) else ("", "") for c in names]
+        p1 = float(sum(p for p, (a, _) in zip(probs, under, strict=True) if a == l1))
+        p2 = float(sum(p for p, (_, b) in zip(probs, under, strict=True) if b == l2))
+        return [(l1, p1), (l2, p2), (l3, self.confidence(probs, label))]
 
 
 @register_decision_rule("multi_label")
@@ -260,6 +294,104 @@ class MultiLabelRule(DecisionRule):
         return [int(i) for i in hits[np.argsort(-probs[hits], kind="stable")]]
 
 
+@register_decision_rule("hierarchical")
+class HierarchicalRule(DecisionRule):
+    """Hierarchical models (a multi-head model, or the level-1/2/3 pipeline): the outputs are the level-1,
+    level-2 and leaf probabilities side by side, and :meth:`decide` routes them over the tree
+    (:func:`~ana_lightning.models.hierarchical.route`, the model's ``routing``), so the predicted leaf is
+    always a child of the predicted level-2 node, itself a child of the predicted level-1 node.
+
+    Each prediction carries its path with a probability per level: ``P(l1)``, ``P(l1)·P(l2 | l1)`` and
+    ``P(l1)·P(l2 | l1)·P(leaf | l2)`` (so they never increase down the path).
+    """
+
+    def __init__(self, info: ModelInfo):
+        super().__init__(info)
+        from .models.hierarchical import ROUTINGS, TreePaths
+
+        x = info.extra
+        missing = [k for k in ("level1_names", "level2_names") if not x.get(k)]
+        if missing:
+            raise CheckpointError(f"a hierarchical model must store {missing} in its metadata")
+        self.names1, self.names2 = list(x["level1_names"]), list(x["level2_names"])
+        groups = x.get("groups")
+        if not groups:  # multi-head checkpoints written before the groups were stored: every leaf's level-2 node
+            groups = {}
+            for c in info.class_names:
+                groups.setdefault(self.tree.level_of(c, 2), []).append(c)
+        pairs = groups.items() if isinstance(groups, Mapping) else groups  # [[group, [leaves]], …] keeps the column order
+        self.groups = {str(g): list(cs) for g, cs in pairs}
+        self.leaves = [c for cs in self.groups.values() for c in cs]
+        if sorted(self.leaves) != sorted(info.class_names):
+            raise CheckpointError(f"hierarchical metadata: leaf groups {self.groups} do not match the classes {info.class_names}")
+        self.routing = str(x.get("routing") or "hard")
+        if self.routing not in ROUTINGS:
+            raise CheckpointError(f"hierarchical metadata: routing {self.routing!r} is not one of {ROUTINGS}")
+        self.paths = TreePaths(self.tree, self.groups)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (*(f"level1:{n}" for n in self.names1), *(f"level2:{n}" for n in self.names2), *self.leaves)
+
+    def model_outputs(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model.predict_hierarchy(x)
+
+    def _split(self, probs: np.ndarray):
+        p = torch.as_tensor(np.atleast_2d(np.asarray(probs, dtype=np.float32)))
+        a, b = len(self.names1), len(self.names1) + len(self.names2)
+        p3, start = {}, b
+        for g, cs in self.groups.items():
+            p3[g] = (p[:, start:start + len(cs)], cs)
+            start += len(cs)
+        return p[:, :a], p[:, a:b], p3
+
+    def route(self, probs: np.ndarray):
+        """The routed :class:`~ana_lightning.models.hierarchical.PathPrediction` of ``(N, outputs)`` or ``(outputs,)``."""
+        from .models.hierarchical import route
+
+        p1, p2, p3 = self._split(probs)
+        return route(self.paths, p1, self.names1, p2, self.names2, p3, self.routing)
+
+    def decide(self, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> list[int]:
+        r = self.route(probs)
+        name = r.leaf[0] or f"level2:{r.level2[0]}"
+        names = self.output_names
+        return [names.index(name)] if name in names else []
+
+    def labels(self, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> tuple[str, ...]:
+        r = self.route(probs)
+        return (r.leaf[0] or r.level2[0],)  # a group whose leaf no model decides ends at level 2
+
+    def path(self, probs: np.ndarray, label: str | None = None) -> list[tuple[str, float | None]]:
+        r = self.route(probs)
+        return [(r.level1[0], float(r.level1_prob[0])), (r.level2[0], float(r.level2_prob[0])),
+                (r.leaf[0] or "", float(r.score[0]) if r.leaf[0] else None)]
+
+    def confidence(self, probs: np.ndarray, label: str) -> float:
+        r = self.route(probs)
+        return float(r.score[0] if r.leaf[0] else r.level2_prob[0])
+
+    def hierarchy(self, label: str) -> tuple[str, str, str]:
+        if self.tree.is_code(label):
+            return super().hierarchy(label)
+        return self.tree.parent(label), label, ""  # a level-2 node (no leaf decided)
+
+    def _all_paths(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        from .models.hierarchical import path_scores
+
+        p1, p2, p3 = self._split(probs)
+        _, s1, s2, s3 = path_scores(self.paths, p1, self.names1, p2, self.names2, p3)
+        score = (s1 * s2 * s3)[0]
+        return [(leaf or g, float(score[j])) for j, (_, g, leaf) in enumerate(self.paths.paths)]
+
+    def top_k(self, probs: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable paths of the tree, by ``P(l1)·P(l2 | l1)·P(leaf | l2)``."""
+        return sorted(self._all_paths(probs), key=lambda t: -t[1])[:k]
+
+    def chart(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        return self._all_paths(probs)
+
+
 def decision_rule(info: ModelInfo) -> DecisionRule:
     """The registered rule of ``info.task`` (clear error for a task this version does not know)."""
     try:
@@ -279,19 +411,65 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", trust
     run code) is refused, naming the file, unless ``trust_checkpoint=True``
     (:func:`~ana_lightning.utils.load_checkpoint_model`). Returns ``(model, metadata)``.
     """
-    from .utils import load_checkpoint_model, read_checkpoint
+    from .utils import load_checkpoint_model, safe_torch_load
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     try:
-        meta = read_checkpoint(path, trust_checkpoint=trust_checkpoint).get("ana_lightning")
+        ckpt = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
     except CheckpointError as e:
         if "is not a readable checkpoint" in str(e):
             raise CheckpointError(str(e).replace("is not a readable checkpoint", "is not an ana-lightning checkpoint, ONNX or TorchScript model")) from None
         raise
+    if _is_bundle(ckpt):  # the level-1/2/3 pipeline in one file (ana-eval --config-name eval_hierarchy)
+        return _bundle_model(ckpt, path, map_location)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    meta = ckpt.get("ana_lightning")
+    del ckpt
     model = load_checkpoint_model(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
     return model, dict(meta or {})
+
+
+def _is_bundle(ckpt: Any) -> bool:
+    from .models.hierarchical import BUNDLE_KIND
+
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("ana_lightning"), dict) and ckpt["ana_lightning"].get("kind") == BUNDLE_KIND
+
+
+def _bundle_model(ckpt: dict, path: Path, map_location: str | torch.device = "cpu"):
+    from .models.hierarchical import HierarchicalPipeline
+
+    net = HierarchicalPipeline.from_bundle(ckpt, str(path)).as_module().to(map_location).eval()
+    return net, net.serving_metadata()
+
+
+def load_pipeline(level1: str | None = None, level2: str | None = None, level3: Any = None, multihead: str | None = None,
+                  routing: str = "hard", tree: str | None = None, map_location: str | torch.device = "cpu",
+                  trust_checkpoint: bool = False):
+    """``(module, metadata)`` of a hierarchical pipeline given as checkpoints or run folders (the keys of
+    ``pipeline`` in ``conf/eval_hierarchy.yaml``): what :class:`Predictor` and ``ana-export`` use."""
+    from .models.hierarchical import HierarchicalPipeline
+
+    pipe = HierarchicalPipeline.from_checkpoints(level1=level1, level2=level2, level3=level3, multihead=multihead,
+                                                 routing=routing, tree=tree, trust_checkpoint=trust_checkpoint)
+    net = pipe.as_module().to(map_location).eval()
+    net.pipeline = pipe  # kept for write_bundle
+    return net, net.serving_metadata()
+
+
+def pipeline_args(cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``pipeline.*`` keys of a job's config when they name models (None when none does)."""
+    if not cfg:
+        return None
+    keys = ("level1", "level2", "level3", "multihead", "routing", "tree")
+    args = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
+    if not any(args.get(k) for k in ("level1", "level2", "level3", "multihead")):
+        return None
+    if args.get("level3") is not None and not isinstance(args["level3"], str | Path):
+        args["level3"] = {str(k): str(v) for k, v in dict(args["level3"]).items()}
+    return args
 
 
 def _not_a_model(path: Path, e: BaseException) -> CheckpointError:
@@ -300,6 +478,21 @@ def _not_a_model(path: Path, e: BaseException) -> CheckpointError:
         f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}. "
         "It may be truncated (a run killed while saving) or another kind of file."
     )
+
+
+def use_support(model: torch.nn.Module, support: str | Path | None) -> None:
+    """Give a Siamese model ``support`` (a folder of ``<AC code>/<images>``) as its support set; check that a
+    Siamese model without one gets one (its checkpoint normally carries the training split's)."""
+    setter = getattr(model, "set_support_folder", None)
+    if support is not None:
+        if setter is None:
+            raise ValueError(f"support={support}: only Siamese models use a support set, not {type(model).__name__}")
+        setter(Path(support).expanduser())
+        log.info("support set: %s", support)
+        return
+    net = getattr(model, "net", None)
+    if setter is not None and net is not None and not getattr(net, "has_support", True):
+        raise CheckpointError("this Siamese checkpoint carries no support set: give support=<folder of <AC code>/<images>>")
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -356,6 +549,13 @@ class _OnnxBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # By default ORT's worker threads spin after each run, waiting for the next: end to end, that is
+        # exactly when the next image is decoded and resized, and they take its CPU (measured in
+        # experiments/benchmarks/predict.py). They sleep instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -404,7 +604,11 @@ class PredictSummary:
 
 
 class _PathDataset(Dataset):
-    """Files → ``(index, image tensor | None, error | None)``; a bad file is a result, not an exception."""
+    """Files → ``(index, CHW float32 array | None, error | None)``; a bad file is a result, not an exception.
+
+    Arrays, not tensors: batches are stacked by numpy and handed to ONNX Runtime without touching torch,
+    whose parallel ops (a ``torch.stack`` per batch) cost tens of milliseconds on a loaded machine
+    (experiments/benchmarks/predict.py, "collate"); the PyTorch backend wraps the batch without a copy."""
 
     def __init__(self, paths: Sequence[str | Path], transform, max_bytes: int | None):
         self.paths = [str(p) for p in paths]
@@ -418,9 +622,16 @@ class _PathDataset(Dataset):
         path = self.paths[i]
         try:
             _check_size(path, self.max_bytes)
-            return i, self.transform(load_image(path)), None
+            return i, _to_array(self.transform, load_image(path)), None
         except BadImageError as e:
             return i, None, e.reason
+
+
+def _to_array(transform, image: np.ndarray) -> np.ndarray:
+    """The evaluation transform (resize, normalise) as a ``3×S×S`` float32 array: the same values as
+    ``transform(image)``, without a torch tensor."""
+    return np.ascontiguousarray(transform.normalize(image=transform.resize(image))["image"].transpose(2, 0, 1),
+                                dtype=np.float32)
 
 
 def _check_size(path: str | Path, max_bytes: int | None) -> None:
@@ -434,11 +645,26 @@ def _check_size(path: str | Path, max_bytes: int | None) -> None:
         raise BadImageError(path, f"file is {size / 2**20:.1f} MiB, over the limit of {max_bytes / 2**20:.0f} MiB (max_file_mb)")
 
 
+def _prefetched(read: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
+    """``read(chunk)`` for every chunk, in order, the next one read in a background thread meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(chunks)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ana-predict-read") as pool:
+        first = next(it, None)
+        pending = pool.submit(read, first) if first is not None else None
+        while pending is not None:
+            nxt = next(it, None)
+            result = pending.result()
+            pending = pool.submit(read, nxt) if nxt is not None else None
+            yield result
+
+
 def _collate(items):
     idx = [i for i, _, _ in items]
     good = [(i, x) for i, x, _ in items if x is not None]
     errors = {i: err for i, _, err in items if err is not None}
-    batch = torch.stack([x for _, x in good]) if good else None
+    batch = np.stack([x for _, x in good]) if good else None
     return idx, [i for i, _ in good], batch, errors
 
 
@@ -462,12 +688,16 @@ class Predictor:
     # -------------------------------------------------------------- construction
     @classmethod
     def load(cls, path: str | Path, device: str | None = "auto", trust_checkpoint: bool = False,
-             threads: int | None = None) -> Predictor:
-        """A checkpoint (``.ckpt``), an ONNX file (``.onnx``, run by onnxruntime) or a TorchScript file.
+             threads: int | None = None, support: str | Path | None = None) -> Predictor:
+        """A checkpoint (``.ckpt``; also a hierarchy bundle), an ONNX file (``.onnx``, run by onnxruntime) or a
+        TorchScript file. ``support``: a folder ``<AC code>/<images>`` replacing a Siamese model's support set.
 
         Checkpoints load with ``weights_only=True``; ``trust_checkpoint=True`` allows one that needs
         full unpickling (it could run code: only for files you trust)."""
         path = Path(path).expanduser()
+        if support is not None and path.suffix.lower() != ".ckpt" and (path.suffix.lower() == ".onnx" or _is_torchscript(path)):
+            raise ValueError(f"support={support}: an exported file carries the support set it was exported with; "
+                             "give the checkpoint (or export it again with support=<folder>)")
         if not path.is_file():
             raise CheckpointError(f"model file {path} does not exist")
         dev = _resolve_device(device)
@@ -485,7 +715,20 @@ class Predictor:
             info = ModelInfo.from_json(extra[f"{METADATA_KEY}.json"], str(path))
             return cls(_TorchScriptBackend(module, dev), info, str(path))
         model, meta = load_model(path, map_location=dev, trust_checkpoint=trust_checkpoint)
+        use_support(model, support)
         return cls.from_model(model, meta, device=dev, source=str(path))
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Mapping[str, Any], device: str | None = "auto", trust_checkpoint: bool = False
+                      ) -> Predictor:
+        """A hierarchical pipeline given as checkpoints or run folders (``pipeline.level1=… level2=… level3=…``)."""
+        dev = _resolve_device(device)
+        args = pipeline_args(pipeline)
+        if args is None:
+            raise ValueError("pipeline: give level1, level2 (and level3) checkpoints or run folders, or multihead")
+        model, meta = load_pipeline(**args, map_location=dev, trust_checkpoint=trust_checkpoint)
+        source = " + ".join(f"{k}={v}" for k, v in args.items() if k in ("level1", "level2", "level3", "multihead"))
+        return cls.from_model(model, meta, device=dev, source=source)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, meta: Mapping[str, Any] | None = None,
@@ -520,7 +763,7 @@ class Predictor:
     def decide(self, probs: np.ndarray, thresholds: Sequence[float] | float | None = None) -> tuple[str, ...]:
         """Predicted label(s) of one image's probabilities (``thresholds``: multi-label override)."""
         thr = None if thresholds is None else _per_class(thresholds, len(self.class_names))
-        return tuple(self.class_names[i] for i in self.rule.decide(np.asarray(probs), thr))
+        return self.rule.labels(np.asarray(probs), thr)
 
     def predict_image(self, image: np.ndarray, path: str = "<image>") -> Prediction:
         """One decoded ``H×W×3 uint8`` image."""
@@ -540,18 +783,26 @@ class Predictor:
         return self.predict_image(image, name)
 
     def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32, num_workers: int = 0,
-                      max_file_mb: float | None = 512) -> Iterator[Prediction]:
-        """Stream predictions for files, in their order, one batch in memory at a time."""
+                      max_file_mb: float | None = 512, prefetch: bool = False) -> Iterator[Prediction]:
+        """Stream predictions for files, in their order, one batch in memory at a time (two with ``prefetch``).
+
+        ``num_workers=0``: the files are read in this process; with ``prefetch`` a background thread reads,
+        decodes and resizes the next batch while the model runs on this one (decoding, resizing and both
+        backends release the GIL): it pays when a core is free, and measured no gain on a fully loaded
+        2-core machine (experiments/benchmarks/predict.py), hence off by default. ``num_workers > 0``: a ``DataLoader`` with that many worker processes.
+        """
         max_bytes = int(max_file_mb * 2**20) if max_file_mb else None
-        loader = DataLoader(
-            _PathDataset(paths, self.transform, max_bytes),
-            batch_size=max(1, int(batch_size)),
-            num_workers=int(num_workers),
-            collate_fn=_collate,
-            shuffle=False,
-        )
+        dataset = _PathDataset(paths, self.transform, max_bytes)
+        bs = max(1, int(batch_size))
+        if int(num_workers) > 0:
+            batches: Iterable = DataLoader(dataset, batch_size=bs, num_workers=int(num_workers), collate_fn=_collate,
+                                           shuffle=False)
+        else:
+            chunks = (range(i, min(i + bs, len(dataset))) for i in range(0, len(dataset), bs))
+            read = lambda r: _collate([dataset[i] for i in r])  # noqa: E731
+            batches = _prefetched(read, chunks) if prefetch else map(read, chunks)
         names = [str(p) for p in paths]
-        for idx, good, batch, errors in loader:
+        for idx, good, batch, errors in batches:
             probs = self.predict_proba(batch) if batch is not None else np.empty((0, len(self.class_names)))
             by_index = dict(zip(good, probs, strict=True))
             for i in idx:
@@ -570,6 +821,15 @@ class Predictor:
 
     def top_k(self, probs: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         return self.rule.top_k(probs, k)
+
+    def path(self, probs: np.ndarray, label: str) -> list[tuple[str, float | None]]:
+        """``[(level 1, p), (level 2, p), (leaf, p)]`` of a predicted label (``p`` None where unknown)."""
+        return self.rule.path(np.asarray(probs), label)
+
+    @property
+    def temperature(self) -> Any:
+        """The calibration temperature(s) the model's probabilities carry (None: uncalibrated)."""
+        return self.info.extra.get("temperature")
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -601,7 +861,8 @@ def list_inputs(input: str | Path) -> list[Path]:
 def prediction_columns(class_names: Sequence[str]) -> list[str]:
     """The CSV header: path, status, error, predicted label(s), top-3, hierarchy path, every probability."""
     return ["path", "status", "error", "pred", "confidence", "top1", "top1_prob", "top2", "top2_prob",
-            "top3", "top3_prob", "level1", "level2", "level3", *[f"p_{c}" for c in class_names]]
+            "top3", "top3_prob", "level1", "level2", "level3", "level1_prob", "level2_prob", "level3_prob",
+            *[f"p_{c}" for c in class_names]]
 
 
 def _row(pred: Prediction, predictor: Predictor) -> tuple[dict[str, str], dict[str, Any]]:
@@ -613,18 +874,21 @@ def _row(pred: Prediction, predictor: Predictor) -> tuple[dict[str, str], dict[s
     probs = pred.probabilities
     assert probs is not None
     top = predictor.top_k(probs, 3)
-    paths = [predictor.hierarchy(c) for c in pred.labels]
-    conf = [float(probs[names.index(c)]) for c in pred.labels]
+    trees = [predictor.path(probs, c) for c in pred.labels]  # [(node, p)] per level, per label
+    paths = [tuple(n for n, _ in t) for t in trees]
+    conf = [predictor.rule.confidence(probs, c) for c in pred.labels]
     row = {"path": pred.path, "status": "ok", "error": "", "pred": ";".join(pred.labels),
            "confidence": ";".join(f"{c:.6f}" for c in conf)}
     for j in range(3):
         row[f"top{j + 1}"], row[f"top{j + 1}_prob"] = (top[j][0], f"{top[j][1]:.6f}") if j < len(top) else ("", "")
     for lvl in range(3):
         row[f"level{lvl + 1}"] = ";".join(p[lvl] for p in paths)
+        row[f"level{lvl + 1}_prob"] = ";".join("" if t[lvl][1] is None else f"{t[lvl][1]:.6f}" for t in trees)
     row.update({f"p_{c}": f"{float(x):.6f}" for c, x in zip(names, probs, strict=True)})
     js = {"path": pred.path, "status": "ok", "labels": list(pred.labels), "confidence": conf,
           "top3": [{"label": c, "prob": p} for c, p in top],
-          "hierarchy": [{"level1": a, "level2": b, "level3": c} for a, b, c in paths],
+          "hierarchy": [{f"level{j + 1}{suffix}": (t[j][0] if suffix == "" else t[j][1]) for j in range(3)
+                         for suffix in ("", "_prob")} for t in trees],
           "probabilities": {c: float(x) for c, x in zip(names, probs, strict=True)}}
     return row, js
 
@@ -668,19 +932,31 @@ def _output_paths(output: str | None, run_dir: Path) -> tuple[Path, Path]:
     return out / "predictions.csv", out / "predictions.json"
 
 
+def load_predictor(cfg, command: str = "ana-predict") -> Predictor:
+    """The :class:`Predictor` a job's config names: ``ckpt_path`` (a checkpoint, hierarchy bundle, ONNX or
+    TorchScript file; ``support`` for Siamese models) or ``pipeline.level1/level2/level3`` (or ``multihead``)."""
+    pipe = pipeline_args(cfg.get("pipeline"))
+    if pipe is not None and cfg.get("ckpt_path"):
+        raise ValueError(f"{command}: give either ckpt_path or pipeline.level1/level2/level3, not both")
+    if pipe is not None:
+        return Predictor.from_pipeline(pipe, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+    if not cfg.get("ckpt_path"):
+        raise ValueError(f"{command} needs ckpt_path=<file.ckpt | file.onnx | bundle.ckpt> "
+                         "(or pipeline.level1=… pipeline.level2=… pipeline.level3=…)")
+    return Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")),
+                          threads=cfg.get("torch_threads"), support=cfg.get("support"))
+
+
 def run_predict(cfg) -> PredictSummary:
     """The ``ana-predict`` job: predict every image of ``cfg.input`` with ``cfg.ckpt_path``."""
     from omegaconf import OmegaConf
 
     from .utils import setup_torch
 
-    if not cfg.get("ckpt_path"):
-        raise ValueError("ana-predict needs ckpt_path=<file.ckpt | file.onnx>")
     if not cfg.get("input"):
         raise ValueError("ana-predict needs input=<image file or folder>")
     setup_torch(cfg.get("torch_threads"))
-    predictor = Predictor.load(cfg.ckpt_path, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint")),
-                               threads=cfg.get("torch_threads"))
+    predictor = load_predictor(cfg, "ana-predict")
     files = list_inputs(cfg.input)
     run_dir = Path(cfg.paths.output_dir)
     csv_path, json_path = _output_paths(cfg.get("output"), run_dir)
@@ -688,10 +964,10 @@ def run_predict(cfg) -> PredictSummary:
     if existing and not cfg.get("overwrite", False):
         raise FileExistsError(f"output={cfg.get('output')}: {' and '.join(existing)} already exist(s); pass overwrite=true "
                               "to replace them, or choose another output=<file.csv or folder>")
-    log.info("predicting %d image(s) with %s (%s, %s, %d classes) → %s", len(files), cfg.ckpt_path,
+    log.info("predicting %d image(s) with %s (%s, %s, %d classes) → %s", len(files), predictor.source,
              predictor.backend_name, predictor.task, len(predictor.class_names), csv_path)
     stream = predictor.predict_paths(files, batch_size=cfg.get("batch_size", 32), num_workers=cfg.get("num_workers", 0),
-                                     max_file_mb=cfg.get("max_file_mb", 512))
+                                     max_file_mb=cfg.get("max_file_mb", 512), prefetch=bool(cfg.get("prefetch", False)))
     if cfg.get("progress", True):
         from rich.progress import track
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["write_metrics_json", "write_classification_report", "plot_confusion_matrix", "write_predictions"]
+__all__ = ["write_metrics_json", "write_classification_report", "plot_confusion_matrix", "write_predictions",
+           "summary_rows"]
 
 
 def _plain(v):
@@ -32,6 +33,21 @@ def write_metrics_json(metrics: Mapping[str, object], path: str | Path) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def summary_rows(summary: Mapping[str, object], keys: Sequence[str] | None = None, digits: int = 4) -> list[str]:
+    """Markdown rows ``| `key` | value |`` of the scalar metrics; a metric with a bootstrap interval
+    (``<key>_ci95_low`` / ``_ci95_high``) shows as ``0.83 [0.78, 0.88]`` and its bounds get no row."""
+    scalars = {k: _plain(v) for k, v in summary.items() if np.ndim(_plain(v)) == 0}
+    keys = [k for k in (keys if keys is not None else sorted(scalars)) if k in scalars and "_ci95_" not in k]
+    rows = []
+    for k in keys:
+        v, lo, hi = scalars[k], scalars.get(f"{k}_ci95_low"), scalars.get(f"{k}_ci95_high")
+        text = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.{digits}f}"
+        if lo is not None and hi is not None and not (math.isnan(float(lo)) or math.isnan(float(hi))):
+            text = f"{float(v):.2f} [{float(lo):.2f}, {float(hi):.2f}]"
+        rows.append(f"| `{k}` | {text} |")
+    return rows
 
 
 def plot_confusion_matrix(confmat: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -104,7 +120,7 @@ def write_classification_report(
           f"{len(class_names)} classes are present in the ground truth. {MCA_DEFINITION}.", ""]
     if summary:
         md += ["| metric | value |", "|---|---|"]
-        md += [f"| `{k}` | {float(_plain(v)):.4f} |" for k, v in sorted(summary.items()) if np.ndim(_plain(v)) == 0]
+        md += summary_rows(summary)
         md.append("")
     md += ["| class | name | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
     md += [

@@ -19,6 +19,7 @@ import torch
 
 from .metrics import MCA_DEFINITION
 from .metrics_multilabel import SCALAR_KEYS
+from .reports import summary_rows
 
 __all__ = ["write_multilabel_report", "plot_per_class_f1", "plot_off_by_n", "plot_pr_curves", "plot_error_cooccurrence"]
 
@@ -183,7 +184,7 @@ def write_multilabel_report(
     md += ["| metric | value |", "|---|---|"]
     keys = [f"{stage}/{k}" for k in SCALAR_KEYS if f"{stage}/{k}" in summary]
     keys += sorted(k for k in summary if k not in keys and np.ndim(_np(summary[k])) == 0)
-    md += [f"| `{k}` | {_fmt(summary[k], 4)} |" for k in keys]
+    md += summary_rows(summary, keys)  # with bootstrap intervals: 0.83 [0.78, 0.88]
     md += ["", "## Per class", "", "| class | name | precision | recall | F1 | support | predicted | AUROC | AP | threshold |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['class']} | {r['name']} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} | "

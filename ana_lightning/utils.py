@@ -41,15 +41,32 @@ def unique_run_name() -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by the configs (idempotent)."""
+    """Resolvers used by the configs, and the launcher plugin of ``hydra/launcher=submitit_slurm``
+    (idempotent)."""
+    _register_launcher()
     if not OmegaConf.has_resolver("ana.run_name"):
         OmegaConf.register_new_resolver("ana.run_name", unique_run_name, use_cache=True)
     from . import distributed  # scale-out resolvers: precision, per-rank log names, W&B sweep groups
 
     for name, fn in (("ana.mixed_precision", distributed.mixed_precision), ("ana.rank_suffix", distributed.rank_suffix),
-                     ("ana.on_rank_zero", distributed.on_rank_zero), ("ana.sweep_group", distributed.sweep_group)):
+                     ("ana.on_rank_zero", distributed.on_rank_zero), ("ana.sweep_group", distributed.sweep_group),
+                     ("ana.gpu_only", distributed.gpu_only), ("ana.tasks_per_node", distributed.tasks_per_node)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+@lru_cache(maxsize=1)
+def _register_launcher() -> None:
+    """Hydra finds launchers by scanning the ``hydra_plugins`` namespace package, which an editable
+    install of this project does not expose to its scan: register ``hydra_plugins.ana_lightning_launcher``
+    by hand (when hydra-submitit-launcher, the ``cluster`` extra, is installed)."""
+    try:
+        from hydra.core.plugins import Plugins
+
+        from hydra_plugins.ana_lightning_launcher import SlurmLauncher
+    except ImportError:
+        return
+    Plugins.instance().register(SlurmLauncher)
 
 
 def plain_hparams(module) -> None:

@@ -36,7 +36,11 @@ def test_upload_gives_label_hierarchy_and_every_probability(trained_checkpoint):
     np.testing.assert_allclose(probs, want.probabilities, atol=1e-6)
     (label,) = want.labels
     l1, l2, _ = predictor.hierarchy(label)
-    assert predictor.display_name(label) in md and f"{l1} › {l2} › {label}" in md
+    assert predictor.display_name(label) in md
+    # the ICAP path with a probability per level (sums of the classes under each node for a softmax model)
+    p1, p2 = (sum(p for c, p in zip(predictor.class_names, probs, strict=True) if predictor.hierarchy(c)[j] == node)
+              for j, node in ((0, l1), (1, l2)))
+    assert f"{l1} (p = {p1:.3f}) › {l2} (p = {p2:.3f}) › {label} (p = {max(probs):.3f})" in md
     assert list(chart["pattern"]) == ["AC-1", "AC-2", "AC-10"]  # every class, in the model's order
     assert chart["probability"].sum() == pytest.approx(1.0, abs=1e-5)
     assert list(chart.loc[chart["decision"] == "predicted", "pattern"]) == [label]

@@ -101,7 +101,7 @@ def test_gaussian_blur_per_image():
     assert torch.allclose(y.sum((1, 2, 3)), torch.ones(2), atol=1e-4)
 
 
-def test_contest_level_targets(tmp_path):
+def test_contest_level_targets(tmp_path, caplog):
     root = write_specimens(tmp_path / "i3a", [(c, 12, lv) for c in I3A for lv in (20, 45, 100)])
     dm = HEp2HierarchyDataModule(
         root=str(root),
@@ -122,6 +122,17 @@ def test_contest_level_targets(tmp_path):
         rows[2] == "Speckled,speckled,nuclear,speckled,"
         and rows[6] == "Golgi,AC-22,cytoplasmic,polar/Golgi-like,AC-22"
     )
+    lonely = HEp2HierarchyDataModule(
+        root=str(root),
+        reader="i3a2014",
+        level="contest",
+        image_size=16,
+        group_min_size=30,
+        split_fractions=(0.34, 0.33, 0.33),
+    )
+    with caplog.at_level("WARNING"):
+        lonely.setup()  # one group per class: two of the three splits lack each class
+    assert "split has no image of" in caplog.text
     with pytest.raises(ValueError, match="needs a contest reader"):
         HEp2HierarchyDataModule(root=str(root), level="contest")
 
@@ -165,3 +176,11 @@ def test_recipe_trains_end_to_end(tmp_path):
     manifest = (run / "split_manifest.csv").read_text()
     assert "Golgi" not in manifest.splitlines()[0] and "AC-22#" in manifest
     assert np.isfinite(metrics["test/loss"])
+    # the ablation script's shifted evaluation reproduces the run's own test MCA on unshifted cells
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "i3a_cells"))
+    from ablation import evaluate_shifts
+
+    ckpt = (run / "best_checkpoint.txt").read_text().strip()
+    shifted = evaluate_shifts(ckpt, run, root, shifts=["none", "bright_x4", "rgb_green"])
+    assert shifted["none"] == pytest.approx(metrics["test/mca"], abs=1e-6)
+    assert set(shifted) == {"none", "bright_x4", "rgb_green"}

@@ -45,6 +45,24 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "ANA_ROOT": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
+def _curve(run: Path) -> list[dict[str, str]]:
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_every_epoch_once(run: Path, epochs: int) -> list[dict[str, str]]:
+    """csv/metrics.csv holds each epoch's validation and training-epoch row once, and no optimizer
+    step twice."""
+    rows = _curve(run)
+    for key in ("val/mca", "train/loss_epoch"):
+        assert sorted(int(r["epoch"]) for r in rows if r.get(key)) == list(range(epochs)), (key, rows)
+    for key in ("train/loss_step", "lr-AdamW"):
+        steps = [int(r["step"]) for r in rows if r.get(key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    assert sorted(int(r["step"]) for r in rows if r.get("lr-AdamW")) != [], rows
+    return rows
+
+
 def _train_steps_per_epoch(run: Path) -> int:
     n = sum(1 for r in csv.DictReader(open(run / "split_manifest.csv")) if r["split"] == "train")
     return -(-n // BATCH)
@@ -76,6 +94,8 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     killed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert per_epoch < killed["global_step"] < 2 * per_epoch  # a mid-epoch checkpoint survived the kill
     assert not (run / "metrics.json").exists()
+    before = _curve(run)
+    assert any(r.get("val/mca") for r in before)  # epoch 0's curve was written before the kill
 
     # Start it again with the same command and ckpt_path=last: it continues in the killed run's folder.
     done = subprocess.run(_cmd(data, "ckpt_path=last"), cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
@@ -89,6 +109,11 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     model = load_checkpoint_model(best)  # a valid, complete best checkpoint
     assert model.class_names == ["AC-1", "AC-2", "AC-4"]
     assert (run / "metrics.json").is_file() and (run / "test_report.md").is_file()
+    # The curve from before the kill is still there: every epoch once, epoch 0's values unchanged.
+    rows = assert_every_epoch_once(run, EPOCHS)
+    first = [r for r in before if r.get("val/mca") and r["epoch"] == "0"]
+    assert [r["val/mca"] for r in rows if r.get("val/mca") and r["epoch"] == "0"] == [first[0]["val/mca"]]
+    assert sum(1 for r in rows if r.get("test/mca")) == 1
     # The second start made a folder of its own only to say where the run went on.
     others = [p for p in runs_root.iterdir() if p != run]
     assert len(others) == 1 and (others[0] / "resumed_into.txt").is_file()
@@ -110,10 +135,49 @@ def test_slurm_requeue_resumes_in_the_job_folder(one_epoch_run, tiny_folder, mon
     _, objs = train(cfg)
     assert objs["trainer"].ckpt_path == str(run / "checkpoints" / "last.ckpt")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2 * first
+    assert_every_epoch_once(run, 2)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start never resumes on its own
     cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + ["test=false"], output_dir=run)
     _, objs = train(cfg)
     assert objs["trainer"].ckpt_path is None
+    # ... and a fresh run in that folder moves the old curve aside instead of deleting it
+    assert len(list((run / "csv").glob("metrics.before-*.csv"))) == 1
+    assert_every_epoch_once(run, 1)
+
+
+def test_resuming_a_finished_run_keeps_its_curves(one_epoch_run, tiny_folder, caplog):
+    """ckpt_path=last on a run that has finished trains and tests nothing and leaves csv/metrics.csv
+    as it was; with a higher max_epochs it trains on and the curve holds every epoch once."""
+    run = one_epoch_run
+    curve = (run / "csv" / "metrics.csv").read_bytes()
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + ["ckpt_path=last"], output_dir=run)
+    with caplog.at_level("WARNING"):
+        _, objs = train(cfg)
+    assert objs["trainer"] is not None  # never tested: it tests the best checkpoint once, trains nothing
+    assert "is finished (1 epochs" in caplog.text and "nothing to resume" in caplog.text
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step
+    rows = _curve(run)
+    assert _filled(rows, drop="test/mca") == _filled(_curve_bytes(curve), drop="test/mca")  # the curve, untouched
+    assert sum(1 for r in rows if r.get("test/mca")) == 1 and (run / "metrics.json").is_file()
+    after_test = (run / "csv" / "metrics.csv").read_bytes()
+    metrics, objs = train(cfg)  # tested already: nothing at all, the same metrics
+    assert objs["trainer"] is None and metrics["test/mca"] >= 0
+    assert (run / "csv" / "metrics.csv").read_bytes() == after_test
+    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=3) + ["ckpt_path=last", "test=false"], output_dir=run)
+    train(cfg)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3 * step
+    assert_every_epoch_once(run, 3)
+
+
+def _filled(rows: list[dict[str, str]], drop: str) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if v} for r in rows if not r.get(drop)]
+
+
+def _curve_bytes(data: bytes) -> list[dict[str, str]]:
+    import io
+
+    return list(csv.DictReader(io.StringIO(data.decode())))
 
 
 def test_truncated_checkpoint_resume_is_a_clear_error(one_epoch_run, tiny_folder, tmp_path):

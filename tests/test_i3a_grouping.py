@@ -9,6 +9,7 @@ from PIL import Image
 
 from ana_lightning.data.contest import consecutive_id_groups, read_i3a2014
 from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
+from ana_lightning.data.splits import split_records
 from ana_lightning.taxonomy import Taxonomy
 
 I3A_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "i3a2014-task1" / "training"
@@ -168,3 +169,8 @@ def test_real_i3a_groups():
     for label in per_class:
         seq = _runs([r for r in data.records if r.codes[0] == label])
         assert len(_split(seq)) == len(set(seq))
+    # the recipe's split (experiment=i3a_cells: 0.6/0.2/0.2) puts every class in every split, no group in two
+    for seed in range(3):
+        splits = split_records(data.records, (0.6, 0.2, 0.2), seed=seed)
+        for s, recs in splits.items():
+            assert {r.codes[0] for r in recs} == set(per_class), (seed, s)

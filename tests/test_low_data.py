@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,22 @@ def test_low_data_study_runs_end_to_end_on_synthetic_fields(low_data, tmp_path):
     table = (out / "table.md").read_text()
     assert "| synthetic | 1 |" in table and "| synthetic | 2 |" in table
     assert all(m in table.splitlines()[0] for m in low_data.METHODS)
+    assert "| synthetic | 1 | softmax_cnn | 1 |" in (out / "paired.md").read_text()
+
+
+def test_paired_differences_between_methods(low_data):
+    # a scores 0.1 above b in every (group, repeat) cell; c scores exactly like a.
+    rows = []
+    for i, g in enumerate(("g1", "g2")):
+        for rep in range(3):
+            base = 0.5 + 0.05 * rep + 0.01 * i
+            for m, v in (("a", base + 0.1), ("b", base), ("c", base + 0.1)):
+                rows.append(dict(dataset="real", group=g, k=3, repeat=rep, method=m, mca=v))
+    table = low_data.paired_differences(rows, ["a", "b", "c"], reference="a").splitlines()
+    line_b = next(x for x in table if "| b |" in x)
+    line_c = next(x for x in table if "| c |" in x)
+    assert "| 6 | +0.100 | [+0.100, +0.100] |" in line_b
+    assert line_c.endswith("| 6 | +0.000 | [+0.000, +0.000] | 1 |")  # a method against its copy: no difference
 
 
 def test_draws_keep_train_and_test_apart(low_data, tmp_path):
@@ -70,6 +87,47 @@ def test_low_data_study_on_the_real_images(low_data, tmp_path):
     # AC-7's two byte-identical files count once: 4 unique AC-7 images, so K=5 cannot be tested
     assert by_k[5]["mca"] is None
     assert "n/a" in res["table"]
+
+
+@pytest.mark.slow
+def test_low_data_study_runs_on_i3a_cells(low_data, tmp_path):
+    from contest_fixtures import write_i3a2014_cells
+
+    root = write_i3a2014_cells(tmp_path / "i3a", per_class=6, specimens_per_class=3)
+    args = _tiny(tmp_path, "--datasets", "i3a", "--k", "1", "2", "--i3a-root", str(root), "--n-test-cells", "2",
+                 "--methods", "svm_texture", "--repeats", "2")  # the CNN methods: the synthetic test above
+    res = low_data.main(args)
+    rows = res["rows"]
+    assert {(r["k"], r["repeat"], r["method"]) for r in rows} == {(k, rep, "svm_texture") for k in (1, 2) for rep in (0, 1)}
+    assert all(r["group"] == "i3a6" and r["n_train"] == 6 * r["k"] and r["n_test"] == 12 for r in rows)
+    assert "| i3a | 1 |" in res["table"]
+
+
+def test_i3a_split_holds_out_whole_specimens(low_data, tmp_path):
+    from contest_fixtures import write_i3a2014_cells
+
+    root = write_i3a2014_cells(tmp_path / "i3a", per_class=6, specimens_per_class=3)
+    # whole specimens (the CSV's Specimen ID) on one side only
+    cfg = low_data.StudyConfig(i3a_root=str(root), n_test_cells=2)
+    records, _, _ = low_data._i3a_records(cfg)
+    pool, test = low_data._i3a_split(cfg, records)
+    assert not {r.group for v in pool.values() for r in v} & {r.group for r in test}
+    assert len(pool) == 6 and len(test) == 12
+    copies = low_data._normalised_copies(test, {}, tmp_path / "cache")
+    assert [c.group for c in copies] == [r.group for r in test] and all(Path(c.path).is_file() for c in copies)
+
+
+def test_per_cell_normalisation(low_data):
+    import numpy as np
+
+    img = np.zeros((6, 6, 3), np.uint8)
+    img[1:5, 1:5] = 20
+    img[2, 2] = 40
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:5, 1:5] = 255
+    out = low_data.normalise_cell(img, mask)
+    assert out.shape == (6, 6, 3) and out[0, 0, 0] == 0 and out[2, 2, 1] == 255
+    assert 120 <= out[1, 1, 0] <= 140  # a dim cell is stretched: 20 / p99 (~39) * 255
 
 
 def test_summary_sd_is_the_sample_sd_over_repeats(low_data):

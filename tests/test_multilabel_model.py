@@ -180,9 +180,15 @@ def test_thresholds_tuned_on_validation_never_on_test(mixed_run):
     stored = load_checkpoint_model(best)
     # the model was tested with the checkpoint's thresholds, unchanged by the test
     assert torch.equal(model.thresholds.cpu(), stored.thresholds)
-    # … and they are the F1-maximising thresholds of that checkpoint on the validation split
-    prob, tgt = stored.predict_records(dm, dm.splits["val"])
-    assert torch.equal(stored.thresholds, tune_thresholds(prob, tgt, 0.5))
+    # … and they are the F1-maximising thresholds of that checkpoint on the validation split (tuned on its
+    # raw probabilities, then moved with the temperature fitted after training, which keeps every decision)
+    raw = load_checkpoint_model(best)
+    temperature = raw.temperature.clone()
+    raw.set_temperature(None)
+    prob, tgt = raw.predict_records(dm, dm.splits["val"])
+    tuned = tune_thresholds(prob, tgt, 0.5)
+    assert stored.is_calibrated
+    torch.testing.assert_close(stored.thresholds, torch.sigmoid(torch.logit(tuned.double()) / temperature.double()).float())
     # the test decisions are those thresholds applied to the test probabilities
     test_prob, _ = stored.predict_records(dm, dm.splits["test"])
     assert model.test_predictions["index"].tolist() == list(range(len(test_prob)))

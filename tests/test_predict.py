@@ -140,7 +140,8 @@ def test_prediction_streams_one_batch_at_a_time(trained_checkpoint, input_folder
     stream = Predictor.load(ckpt).predict_paths(good, batch_size=4)
     assert reads == []  # nothing is read before it is asked for
     first = next(stream)
-    assert first.ok and len(reads) == 4  # the first batch only, not the whole folder
+    # the first batch, and at most the next one being read ahead while the model runs: not the whole folder
+    assert first.ok and 4 <= len(reads) <= 8
     assert len(list(stream)) == len(good) - 1 and len(reads) == len(good)
 
 
@@ -249,8 +250,8 @@ def test_predictor_follows_the_checkpoint_task():
     expected = tuple(c for c, p in sorted(zip(multi.class_names, probs[0], strict=True), key=lambda t: -t[1])
                      if p >= (0.99 if c == "AC-8" else 0.5))
     assert multi.decide(probs[0]) == expected
-    with pytest.raises(CheckpointError, match="'hierarchical'.*register a DecisionRule"):
-        Predictor.from_model(model, {"task": "hierarchical"})
+    with pytest.raises(CheckpointError, match="'segmentation'.*register a DecisionRule"):
+        Predictor.from_model(model, {"task": "segmentation"})
 
 
 def test_sigmoid_ensemble_contract():

@@ -126,3 +126,37 @@ def test_launcher_and_search_configs_compose():
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/mca"
     local = _with_hydra(["hydra/launcher=submitit_local"]).hydra.launcher
     assert local.tasks_per_node == 1 and local._target_.endswith("LocalLauncher")
+
+
+@pytest.mark.parametrize("trainer", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "trainer").glob("*.yaml")))
+def test_slurm_launcher_resolves_for_every_trainer(trainer):
+    """hydra/launcher=submitit_slurm with any trainer and no launcher overrides: nodes and tasks follow
+    the trainer; GPUs, CPUs and memory are asked for by GPU trainers only."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed")
+    from omegaconf import OmegaConf
+
+    cfg = _with_hydra(["hydra/launcher=submitit_slurm", f"trainer={trainer}"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    devices = cfg.trainer.devices
+    assert launcher["nodes"] == cfg.trainer.get("num_nodes", 1)
+    assert launcher["tasks_per_node"] == (devices if isinstance(devices, int) else 1)
+    gpu = cfg.trainer.accelerator == "gpu"
+    assert (launcher["gpus_per_node"], launcher["cpus_per_task"], launcher["mem_gb"]) == (
+        (launcher["tasks_per_node"], 8, 64) if gpu else (None, None, None))
+    assert launcher["_target_"] == "hydra_plugins.ana_lightning_launcher.SlurmLauncher"
+
+
+def test_squeue_watcher_reads_states_and_ends_vanished_jobs():
+    """Without SLURM accounting the launcher follows jobs with squeue: listed states are kept (requeued
+    and pending jobs are unfinished), a registered job that squeue no longer lists has ended."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed")
+    from hydra_plugins.ana_lightning_launcher import _squeue_watcher
+
+    watcher = _squeue_watcher()(delay_s=60)
+    for job in ("7_0", "7_1", "8", "9"):
+        watcher.register_job(job)
+    info = watcher.read_info("7_0|RUNNING|vm\n7_1|PENDING|\n8|CONFIGURING|vm\n")
+    assert {k: v["State"] for k, v in info.items()} == {"7_0": "RUNNING", "7_1": "PENDING", "8": "RUNNING", "9": "COMPLETED"}
+    watcher._info_dict.update(info)
+    assert [watcher.is_done(j, mode="cache") for j in ("7_0", "7_1", "8", "9")] == [False, False, False, True]
+    assert watcher._make_command()[0] == "squeue"

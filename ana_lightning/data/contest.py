@@ -2,7 +2,11 @@
 
 - **ICPR 2012 / MIVIA** cell crops: one image per cell and a CSV ``ID;pattern`` (a header row is
   optional; an ``image`` / ``field`` column, when present, becomes the record's group so that cells of
-  one field never straddle splits).
+  one field never straddle splits). The contest's own layout — ``training/`` and ``test/`` folders
+  (``001.png`` + ``001_mask.png``, ``gt_training.csv`` / ``gt_test.csv`` ``ID;pattern``, ``training.csv`` /
+  ``test.csv`` ``ID;intensity;width;height``) and a top-level ``cells.csv``
+  (``ICPR2012Contest_Cell_ID;Set;Image;…``) — is read as given: the folders become the official split
+  (:attr:`ContestData.official_split`) and ``cells.csv``'s ``Image`` (the field) the group.
 - **I3A / ICPR 2014 Task 1** cells: 8-bit grey cell images, each with a mask (``<ID>_Mask.png``, or the
   same name in a ``mask``/``masks`` folder) and a CSV ``Image ID,Image class`` (a ``Specimen ID``
   column, when present, becomes the group).
@@ -23,8 +27,9 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +38,14 @@ from ..taxonomy import LabelError, Taxonomy
 from .images import BadFile, is_ignored, is_image_path, load_image
 from .records import DatasetError, ImageRecord, resolve_bad_files, scan_images
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CONTESTS",
     "ContestData",
+    "contest_classes",
+    "contest_class_of",
+    "is_icpr2012_contest_layout",
     "contest_label_map",
     "map_contest_label",
     "read_icpr2012",
@@ -105,15 +115,40 @@ def map_contest_label(tree: Taxonomy, contest: str, name: str) -> str:
                      "nor an AC code or a level-2 group of the class tree") from None
 
 
+def contest_classes(tree: Taxonomy, contest: str) -> dict[str, str]:
+    """The contest's class names as it spells them, in its own order → tree label.
+
+    >>> list(contest_classes(Taxonomy.load(), "icpr2012"))[:3]
+    ['homogeneous', 'fine_speckled', 'coarse_speckled']
+    """
+    key = CONTESTS.get(contest, contest)
+    mapped = contest_label_map(tree, contest)
+    return {str(name): mapped[_norm(name)] for name in tree.public_datasets[key]}
+
+
+def contest_class_of(tree: Taxonomy, contest: str) -> dict[str, str]:
+    """Tree label → the contest class name (the inverse of :func:`contest_classes`; one name per label)."""
+    out: dict[str, str] = {}
+    for name, label in contest_classes(tree, contest).items():
+        if label in out:
+            raise ValueError(f"{CONTESTS.get(contest, contest)}: {out[label]!r} and {name!r} both map to {label!r}, "
+                             "so the contest classes cannot be a flat target")
+        out[label] = name
+    return out
+
+
 @dataclass
 class ContestData:
-    """What a contest reader found: records, rejected entries, (I3A) each image's mask file, and how
-    the records were grouped (a group column, detected specimen runs, or nothing)."""
+    """What a contest reader found: records, rejected entries, each image's mask file, how the
+    records were grouped (a group column, detected specimen runs, or nothing) and, for a layout with
+    an official split, each image's split (``path → "train" | "test"``) and intensity."""
 
     records: list[ImageRecord]
     bad: list[BadFile]
     masks: dict[str, str]
     grouping: str = ""
+    official_split: dict[str, str] = field(default_factory=dict)
+    intensity: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- CSV
@@ -208,7 +243,7 @@ def _read_contest(
     group_column: str | None,
     on_bad_file: str,
     check_images: bool,
-    need_masks: bool,
+    need_masks: bool | str,
 ) -> ContestData:
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -216,6 +251,8 @@ def _read_contest(
     table_path = _find_csv(root, csv_path)
     rows = _read_rows(table_path, group_column)
     images, masks = _index_files(root)
+    if need_masks == "auto":  # masks are used when the layout has them, and then every cell needs one
+        need_masks = bool(masks)
     bad: list[BadFile] = []
     cands: list[tuple[Path, str, str | None]] = []
     mask_of: dict[str, str] = {}
@@ -267,6 +304,109 @@ def _read_contest(
     return ContestData(records, bad, {k: v for k, v in mask_of.items() if k in kept})
 
 
+#: The ICPR 2012 contest layout: set folder → (split, label CSV, intensity CSV).
+ICPR2012_SETS = {"training": ("train", "gt_training.csv", "training.csv"), "test": ("test", "gt_test.csv", "test.csv")}
+ICPR2012_INTENSITIES = ("positive", "intermediate")
+
+
+def is_icpr2012_contest_layout(root: str | Path) -> bool:
+    """``root`` holds the contest's ``training/`` and ``test/`` folders, each with its ``gt_*.csv``."""
+    root = Path(root).expanduser()
+    return all((root / folder / gt).is_file() for folder, (_, gt, _) in ICPR2012_SETS.items())
+
+
+def _read_semicolon_table(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """``(line, {column: value})`` per data row of a ``;``-separated CSV with a header (names compared
+    case-insensitively); a missing column or a short row is a :class:`DatasetError` naming the line."""
+    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    rows = [(n, ln) for n, ln in enumerate(lines, start=1) if ln.strip()]
+    if not rows:
+        raise DatasetError(path, [BadFile(str(path), "empty CSV")])
+    delimiter = ";" if ";" in rows[0][1] else ","
+    header = [c.strip().lower() for c in rows[0][1].split(delimiter)]
+    missing = [c for c in required if c.lower() not in header]
+    if missing:
+        raise DatasetError(path, [BadFile(f"{path}:1", f"no column(s) {missing} in the header {header}")])
+    out = []
+    for n, ln in rows[1:]:
+        cells = [c.strip() for c in ln.split(delimiter)]
+        if len(cells) < len(header):
+            raise DatasetError(path, [BadFile(f"{path}:{n}", f"expected {len(header)} columns, got {cells}")])
+        out.append((n, dict(zip(header, cells, strict=False))))
+    return out
+
+
+def _id_key(value: str) -> str:
+    return str(int(value)) if value.strip().isdigit() else value.strip().lower()
+
+
+def _read_icpr2012_contest(
+    root: Path, tree: Taxonomy, on_bad_file: str, check_images: bool, need_masks: bool | str
+) -> ContestData:
+    """The contest layout: ``training/`` and ``test/`` read as given (see the module docstring)."""
+    records: list[ImageRecord] = []
+    bad: list[BadFile] = []
+    masks: dict[str, str] = {}
+    official: dict[str, str] = {}
+    intensity: dict[str, str] = {}
+    id_of: dict[str, tuple[str, str]] = {}  # path -> (set folder, ID key)
+    for folder, (split, gt, info) in ICPR2012_SETS.items():
+        data = _read_contest(root / folder, tree, "icpr2012", root / folder / gt, None, "skip", check_images, need_masks)
+        bad += data.bad
+        masks.update(data.masks)
+        for r in data.records:
+            official[r.path] = split
+            id_of[r.path] = (folder, _id_key(Path(r.path).stem))
+        records += data.records
+        info_path = root / folder / info
+        if info_path.is_file():  # ID;intensity;width;height
+            by_id = {k: r.path for r in data.records for k in [_id_key(Path(r.path).stem)]}
+            for n, row in _read_semicolon_table(info_path, ("id", "intensity")):
+                value = row["intensity"].lower()
+                if value not in ICPR2012_INTENSITIES:
+                    bad.append(BadFile(f"{info_path}:{n}", f"intensity {row['intensity']!r} is not one of {ICPR2012_INTENSITIES}"))
+                elif _id_key(row["id"]) in by_id:
+                    intensity[by_id[_id_key(row["id"])]] = value
+    cells_csv = root / "cells.csv"
+    if cells_csv.is_file():  # the field image of every cell: the group, so validation never splits a field
+        rows = _read_semicolon_table(cells_csv, ("ICPR2012Contest_Cell_ID", "Set", "Image", "Cell_class"))
+        field_of: dict[tuple[str, str], tuple[str, str, int]] = {}
+        for n, row in rows:
+            s = row["set"].lower()
+            s = "training" if s.startswith("train") else s
+            field_of[(s, _id_key(row["icpr2012contest_cell_id"]))] = (row["image"], row["cell_class"], n)
+        grouped = []
+        for r in records:
+            hit = field_of.get(id_of[r.path])
+            if hit is None:
+                bad.append(BadFile(r.path, f"not listed in {cells_csv} (Set {id_of[r.path][0]!r}, ID {id_of[r.path][1]!r})"))
+                continue
+            image, cls, n = hit
+            try:
+                label = map_contest_label(tree, "icpr2012", cls)
+            except LabelError as e:
+                bad.append(BadFile(f"{cells_csv}:{n}", str(e)))
+                continue
+            if label != r.codes[0]:
+                bad.append(BadFile(f"{cells_csv}:{n}", f"Cell_class {cls!r} contradicts the label of {r.path} ({r.codes[0]})"))
+                continue
+            grouped.append(ImageRecord(r.path, r.codes, f"image {image}", r.sha256, r.size))
+        records = grouped
+    else:
+        log.info("%s: no cells.csv, so the validation split is carved from training/ by cell, not by field image", root)
+    resolve_bad_files(root, bad, on_bad_file)
+    if not records:
+        raise DatasetError(root, bad or [BadFile(str(root), "no usable cells")])
+    kept = {r.path for r in records}
+    grouping = (f"field image of cells.csv ({len({r.group for r in records})} fields)" if cells_csv.is_file()
+                else "none: no cells.csv, so validation is carved from training/ by cell")
+    return ContestData(
+        sorted(records, key=lambda r: r.path), bad, {k: v for k, v in masks.items() if k in kept}, grouping=grouping,
+        official_split={k: v for k, v in official.items() if k in kept},
+        intensity={k: v for k, v in intensity.items() if k in kept},
+    )
+
+
 def read_icpr2012(
     root: str | Path,
     tree: Taxonomy,
@@ -274,9 +414,15 @@ def read_icpr2012(
     group_column: str | None = None,
     on_bad_file: str = "error",
     check_images: bool = True,
+    need_masks: bool | str = "auto",
 ) -> ContestData:
-    """ICPR 2012 (MIVIA) cell crops with an ``ID;pattern`` CSV (found under ``root`` when not given)."""
-    return _read_contest(root, tree, "icpr2012", csv_path, group_column, on_bad_file, check_images, need_masks=False)
+    """ICPR 2012 (MIVIA) cells: the contest layout (``training/`` + ``test/`` + ``cells.csv``, kept as
+    the official split), or cell crops with an ``ID;pattern`` CSV (found under ``root`` when not given).
+    Masks (``<ID>_mask.png``) are used when the layout has them (``need_masks="auto"``)."""
+    root = Path(root).expanduser()
+    if csv_path is None and group_column is None and is_icpr2012_contest_layout(root):
+        return _read_icpr2012_contest(root, tree, on_bad_file, check_images, need_masks)
+    return _read_contest(root, tree, "icpr2012", csv_path, group_column, on_bad_file, check_images, need_masks)
 
 
 def read_i3a2014(
@@ -364,17 +510,18 @@ def _numeric_id(path: str) -> int | None:
 
 
 def _runs_to_min_size(runs: list[list[int]], level: list[float], min_size: int) -> list[list[int]]:
-    """Merge adjacent runs (lists of positions) until none has fewer than ``min_size`` cells, always
-    undoing the weakest step first: of the neighbouring pairs with a run below ``min_size``, the pair
-    whose median log-intensities are closest is joined (a weak step is the likeliest to lie inside
-    one specimen)."""
+    """Merge adjacent runs (lists of positions) until none has fewer than ``min_size`` cells.
+
+    Two small runs side by side are joined before a small run joins a big one (so groups stay near
+    ``min_size`` instead of snowballing), and among those the weakest step goes first: the pair whose
+    median log-intensities are closest (a weak step is the likeliest to lie inside one specimen)."""
     runs = [list(r) for r in runs if r]
     med = [float(np.median([level[i] for i in r])) for r in runs]
     while len(runs) > 1:
         pairs = [k for k in range(len(runs) - 1) if min(len(runs[k]), len(runs[k + 1])) < min_size]
         if not pairs:
             break
-        k = min(pairs, key=lambda k: (abs(med[k] - med[k + 1]), k))
+        k = min(pairs, key=lambda k: (max(len(runs[k]), len(runs[k + 1])) >= min_size, abs(med[k] - med[k + 1]), k))
         runs[k] = runs[k] + runs.pop(k + 1)
         med.pop(k + 1)
         med[k] = float(np.median([level[i] for i in runs[k]]))

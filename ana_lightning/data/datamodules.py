@@ -27,11 +27,15 @@ from .records import DatasetError, ImageRecord, read_single_label_folder
 from .splits import (
     SPLITS,
     NearDuplicateSet,
+    cv_split,
     duplicate_sets,
     load_manifest,
     near_duplicate_sets,
     save_manifest,
+    shared_with_train,
+    split_keeping_official,
     split_records,
+    sweep_folds,
     write_near_duplicates,
 )
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -39,6 +43,18 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 __all__ = ["RecordDataset", "RecordDataModule", "SingleLabelDataModule", "SyntheticDataModule"]
 
 log = logging.getLogger(__name__)
+
+
+def plain_dict(mapping: Any) -> dict[str, Any]:
+    """A mapping of config values as plain Python (tuples → lists), loadable by ``torch.load(weights_only=True)``."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+
+    return {str(k): plain(v) for k, v in dict(mapping).items()}
 
 
 class RecordDataset(Dataset):
@@ -101,8 +117,14 @@ class RecordDataModule(L.LightningDataModule):
         image_cache_dir: str | None = None,
         batch_augment: Callable[..., torch.Tensor] | None = None,
         near_duplicates: bool = True,
+        folds: int | None = None,
+        fold: int | None = None,
+        repeats: int = 1,
+        repeat: int = 0,
+        folds_manifest: str | None = None,
     ):
         super().__init__()
+        _check_fold_settings(folds, fold, repeats, repeat, split_manifest)
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
         plain_hparams(self)
         # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
@@ -120,6 +142,10 @@ class RecordDataModule(L.LightningDataModule):
         # data.extra_train (a stylized set, see ana-stylize): added to the training dataset only,
         # after the split is made; kept out of self.splits so the split manifest lists real images only.
         self.extra_train_records: list[ImageRecord] = []
+        # A layout's own split (path -> "train" | "val" | "test", e.g. the ICPR 2012 contest folders):
+        # set by read_records when the layout has one; kept as given by split().
+        self.official_split: dict[str, str] = {}
+        self.split_overlap: dict[str, int] = {}
         # Same picture, other bytes (re-encoded, flipped, rotated): kept in one split (data.near_duplicates).
         self.near_duplicates: list[NearDuplicateSet] = []
 
@@ -174,6 +200,7 @@ class RecordDataModule(L.LightningDataModule):
         else:
             self.splits = self.split(records)
             self.check_split_sizes(records, self.splits)
+        self.check_split_overlap()
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
         if self.hparams.get("extra_train"):
@@ -189,7 +216,14 @@ class RecordDataModule(L.LightningDataModule):
 
     def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
-        reads several sources may split each one on its own (still with :func:`split_records`)."""
+        reads several sources may split each one on its own (still with :func:`split_records`).
+        With ``folds`` set it is the cross-validation split of :meth:`fold_split`; a layout's official
+        split (``official_split``) is kept as given."""
+        if self.hparams.get("folds"):
+            return self.fold_split(records)
+        if self.official_split:  # the layout's own split: test kept as given, validation carved from train
+            return split_keeping_official(records, self.official_split, self.hparams.split_fractions,
+                                          seed=self.hparams.seed, together=self.together)
         return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
@@ -240,6 +274,54 @@ class RecordDataModule(L.LightningDataModule):
                         "(conflicting_labels=yes).", len(conflicts), shown, " …" if len(conflicts) > 5 else "")
         return self.near_duplicates
 
+    def check_split_overlap(self) -> dict[str, int]:
+        """Count test images sharing a group (or identical bytes) with training; a WARNING when any do
+        (only a layout's official split or a hand-made manifest can do that), kept for :meth:`split_flags`."""
+        self.split_overlap = shared_with_train(self.splits, "test")
+        if self.split_overlap["images"] or self.split_overlap["identical"]:
+            log.warning(
+                "THE TEST SPLIT SHARES %d GROUP(S) (%d test image(s)) AND %d IDENTICAL IMAGE(S) WITH THE TRAINING "
+                "SPLIT (as %s gives them): test figures are optimistic for unseen %s; metrics.json flags this as "
+                "test/shared_groups_with_train", self.split_overlap["groups"], self.split_overlap["images"],
+                self.split_overlap["identical"], "the layout's official split" if self.official_split else "the split manifest",
+                "groups (specimens, fields, patients)",
+            )
+        return self.split_overlap
+
+    def split_flags(self, stage: str = "test") -> dict[str, float]:
+        """``{stage}/shared_groups_with_train`` (and the image counts) for metrics.json: 0 = a clean split."""
+        o = self.split_overlap or {"groups": 0, "images": 0, "identical": 0}
+        return {f"{stage}/shared_groups_with_train": float(o["groups"]),
+                f"{stage}/images_in_train_groups": float(o["images"]),
+                f"{stage}/identical_to_train": float(o["identical"])}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint (Lightning does it): the data settings of the run, so ``ana-eval``
+        rebuilds the same reader, target, masks, image size and normalisation without a config."""
+        config = {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **plain_dict(self.hparams)}
+        return {"ana_data": config, "class_nodes": self.class_nodes() if self.splits else {}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the data settings come from the config (see :meth:`state_dict`)."""
+
+    def class_nodes(self) -> dict[str, str]:
+        """Each class name → its ICAP tree label (an AC code or a tree node); here the names are codes."""
+        return {c: c for c in self.class_names}
+
+    def fold_split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
+        """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest
+        (made once per sweep, then reused exactly); validation carved from the other folds with the
+        share ``val / (train + val)`` of ``split_fractions``, never from the test fold."""
+        hp = self.hparams
+        fold_of = sweep_folds(records, hp.get("folds_manifest"), hp.folds, hp.get("repeats", 1), seed=hp.seed,
+                              root=self.root, together=self.together)[hp.get("repeat", 0)]
+        fr = hp.split_fractions
+        val_fraction = fr[1] / (fr[0] + fr[1]) if fr[0] + fr[1] > 0 else 0.0
+        log.info("cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds", hp.fold, hp.folds,
+                 hp.get("repeat", 0), hp.get("repeats", 1), 100 * val_fraction)
+        return cv_split(records, fold_of, hp.fold, val_fraction, seed=[hp.seed, hp.get("repeat", 0), hp.fold],
+                        together=self.together)
+
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
         tf = build_transform(self.hparams.image_size, self.train_augment if train else None, self.mean, self.std)
@@ -261,7 +343,8 @@ class RecordDataModule(L.LightningDataModule):
         return self.tree
 
     def _splits_from_manifest(self, records: list[ImageRecord], manifest: str) -> dict[str, list[ImageRecord]]:
-        planned = load_manifest(manifest, root=self.root, taxonomy=self.manifest_label_parser())
+        planned = load_manifest(manifest, root=self.root, taxonomy=self.manifest_label_parser(),
+                                check=not self.official_split)
         by_path = {str(Path(r.path).resolve()): r for r in records}
         out: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
         problems = []
@@ -359,6 +442,23 @@ class RecordDataModule(L.LightningDataModule):
         if aug is not None and trainer is not None and trainer.training and isinstance(batch, dict) and "image" in batch:
             batch["image"] = aug(batch["image"], mean=self.mean, std=self.std)
         return batch
+
+
+def _check_fold_settings(folds: int | None, fold: int | None, repeats: int, repeat: int, split_manifest: str | None) -> None:
+    """Clear errors for ``data.folds`` / ``data.fold`` / ``data.repeats`` / ``data.repeat``."""
+    if folds is None:
+        if fold is not None:
+            raise ValueError(f"data.fold={fold} needs data.folds=<k> (e.g. ana-train -m data.folds=5 'data.fold=range(5)')")
+        return
+    if int(folds) < 2:
+        raise ValueError(f"data.folds must be at least 2, got {folds}")
+    if fold is None or not 0 <= int(fold) < int(folds):
+        raise ValueError(f"data.folds={folds} needs data.fold in 0…{int(folds) - 1}, got {fold} "
+                         f"(a sweep over all folds: ana-train -m data.folds={folds} 'data.fold=range({folds})')")
+    if int(repeats) < 1 or not 0 <= int(repeat) < int(repeats):
+        raise ValueError(f"data.repeat must be in 0…data.repeats-1 and data.repeats >= 1, got repeat={repeat}, repeats={repeats}")
+    if split_manifest:
+        raise ValueError(f"data.folds={folds} makes its own splits: drop data.split_manifest={split_manifest}")
 
 
 class SingleLabelDataModule(RecordDataModule):

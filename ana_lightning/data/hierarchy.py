@@ -8,7 +8,10 @@ label's node at a level when the label determines it (``AC-5`` → ``speckled`` 
 - ``level=1`` / ``2`` / ``3``: a softmax target over the nodes of that level present in the data;
 - ``parent=<node>``: only the subtree of a level-2 (or level-1) node, e.g. the level-3 model of a group;
 - ``level=all``: a ``(N, 3)`` target (level-1, level-2, leaf index; ``-1`` where the label stops
-  higher) for the multi-head model.
+  higher) for the multi-head model;
+- ``level=contest`` (contest readers): the contest's own classes as a flat target, in its own names and
+  order (ICPR 2012: homogeneous, fine_speckled, coarse_speckled, nucleolar, centromere, cytoplasmatic),
+  each mapped to its ICAP node (:meth:`HEp2HierarchyDataModule.class_nodes`) for reports and the tree.
 
 The split is always made over *all* records before ``level``/``parent`` select from it, so the level-1,
 level-2 and every level-3 model of one dataset and seed share one split: no image that a level-3 model
@@ -37,7 +40,8 @@ from .contest import (
     CONTESTS,
     MASK_MODES,
     _norm,
-    contest_label_map,
+    contest_class_of,
+    contest_classes,
     masked_loader,
     read_i3a2014,
     read_icpr2012,
@@ -161,12 +165,9 @@ class HEp2HierarchyDataModule(RecordDataModule):
                              f"({', '.join(CONTESTS)}), got data.reader={reader!r}")
         if self.level == "contest" and parent is not None:
             raise ValueError("data.level=contest takes no data.parent")
-        # level=contest: the contest's class names (flat), each tied to its tree label for reports
-        self.contest_classes: dict[str, str] = {}
-        if self.level == "contest":
-            table = self.tree.public_datasets.get(CONTESTS[reader]) or {}
-            self.contest_classes = {name: contest_label_map(self.tree, reader)[_norm(name)] for name in table}
-        self._contest_of = {label: name for name, label in self.contest_classes.items()}
+        # level=contest: the contest's class names (flat, its own order) → tree label, and back (one name per label)
+        self.contest_classes: dict[str, str] = contest_classes(self.tree, reader) if self.level == "contest" else {}
+        self._contest_of: dict[str, str] = contest_class_of(self.tree, reader) if self.level == "contest" else {}
         if reader not in READERS:
             raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
         if mask not in MASK_MODES:
@@ -209,7 +210,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
             raise ValueError(f"data.parent={parent!r} has a single level-{target} class: nothing to classify below it")
 
     def _canon(self, name: str) -> str:
-        """A class name of this level, checked against the tree."""
+        """A class name of this level, checked against the tree (or the contest's class list)."""
         if self.level == "contest":
             found = next((c for c in self.contest_classes if _norm(c) == _norm(name)), None)
             if found is None:
@@ -242,12 +243,16 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.reader == "folder":
             return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
         fn = read_icpr2012 if self.reader == "icpr2012" else read_i3a2014
-        extra = ({"need_masks": self.mask != "none", "grouping": self.grouping_method,
-                  "group_min_size": self.group_min_size} if self.reader == "i3a2014" else {})
+        need = ("auto" if self.reader == "icpr2012" else True) if self.mask != "none" else False
+        extra = {"grouping": self.grouping_method, "group_min_size": self.group_min_size} if self.reader == "i3a2014" else {}
         data = fn(self.root, self.tree, csv_path=self.csv, group_column=self.group_column,
-                  on_bad_file=self.hparams.on_bad_file, **extra)
+                  on_bad_file=self.hparams.on_bad_file, need_masks=need, **extra)
         self.masks = data.masks
         self.grouping = data.grouping
+        self.official_split = data.official_split
+        if self.official_split:
+            log.info("%s: the layout's own split is kept (%s); validation is carved from its training set",
+                     self.root, ", ".join(f"{k}: {v}" for k, v in sorted(Counter(self.official_split.values()).items())))
         return data.records, data.bad
 
     # -------------------------------------------------------------- labels
@@ -267,6 +272,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
             return False
         if self.level == "all":
             return True
+        if self.level == "contest":
+            return label in self._contest_of and (not self.requested_classes or self._contest_of[label] in self._requested)
         node = self.resolve(r, self.level)
         if node is None:
             return False
@@ -287,6 +294,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self.all_splits = self.split(records)
             self.check_split_sizes(records, self.all_splits)
         self.splits = {s: [r for r in self.all_splits[s] if self._selected(r)] for s in SPLITS}
+        self.check_split_overlap()
         kept = [r for s in SPLITS for r in self.splits[s]]
         if not kept:
             raise DatasetError(self.root, [BadFile(str(self.root), f"no image has a level-{self.level} label"
@@ -304,7 +312,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self._class_names = self.level_names[3]
         elif self.level == "contest":
             present = {self.resolve(r, "contest") for r in kept}
-            self._class_names = [c for c in self.contest_classes if c in present]
+            wanted = self._requested if self.requested_classes else present
+            self._class_names = [c for c in self.contest_classes if c in wanted]
             log.info("contest classes → tree: %s", ", ".join(f"{c} → {self.contest_classes[c]}" for c in self._class_names))
         elif self.requested_classes:
             self._class_names = [n for n in self.tree.nodes(self.level) if n in self._requested]
@@ -312,6 +321,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self._class_names = self.level_names[self.level]
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
+            missing = [c for c in self._class_names if self.splits[s] and not any(
+                self.resolve(r, self.level) == c for r in self.splits[s])] if self.level not in ("all",) else []
+            if missing:  # its MCA then averages over fewer classes (or counts the absent ones as 0)
+                log.warning("the %s split has no image of %s: too few groups per class for these split "
+                            "fractions (see data.split_fractions, data.group_min_size)", s, ", ".join(missing))
         if self.hparams.get("extra_train"):
             from ..style_transfer import read_stylized_set
 
@@ -352,7 +366,15 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.level == "all":
             return self.level_targets(records)
         names = self.class_names
+        if self.level == "contest":
+            return torch.tensor([names.index(self._contest_of[r.codes[0]]) for r in records], dtype=torch.long)
         return torch.tensor([names.index(self.resolve(r, self.level)) for r in records], dtype=torch.long)
+
+    def class_nodes(self) -> dict[str, str]:
+        """Each class → its tree label: the contest class's ICAP node at ``level=contest``, else itself."""
+        if self.level == "contest":
+            return {c: self.contest_classes[c] for c in self.class_names}
+        return {c: c for c in self.class_names}
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         if not self.masks or self.mask == "none":

@@ -525,6 +525,8 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
         return single + hosp, bad_s + bad_h
 
     def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
+        if self.hparams.get("folds"):  # cross-validation: one set of folds over both sources
+            return super().split(records)
         single = [r for r in records if r.path not in self._hospital_paths]
         hosp = [r for r in records if r.path in self._hospital_paths]
         fr, seed = self.hparams.split_fractions, self.hparams.seed

@@ -11,12 +11,19 @@ combine stratification, groups and multi-label targets at once.
 
 The result is a manifest CSV (``path,label,split,sha256,group``) written into the run folder; a
 later run can reuse it with ``data.split_manifest=<file>``.
+
+Cross-validation (``data.folds=k data.fold=i``) uses the same machinery: :func:`fold_records` makes
+k disjoint folds with equal fractions, :func:`sweep_folds` saves them once per sweep as
+``folds_manifest.csv`` (under a file lock, so parallel jobs agree) and :func:`cv_split` tests on
+one fold and carves the validation split from the other folds.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
+import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +44,14 @@ __all__ = [
     "load_manifest",
     "check_no_leakage",
     "LeakageError",
+    "split_keeping_official",
+    "shared_with_train",
+    "fold_records",
+    "cv_split",
+    "FOLDS_MANIFEST",
+    "FoldsManifestError",
+    "sweep_folds",
+    "load_folds_manifest",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -362,11 +377,24 @@ def split_records(
     order = rng.permutation(len(units))
     units = [units[i] for i in order]
 
+    assigned: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
+    for u, k in zip(units, _assign_units(records, units, fractions, rng), strict=True):
+        assigned[SPLITS[k]].extend(records[i] for i in u)
+    for s in SPLITS:
+        assigned[s].sort(key=lambda r: r.path)
+    check_no_leakage(assigned)
+    return assigned
+
+
+def _assign_units(
+    records: Sequence[ImageRecord], units: Sequence[list[int]], fractions: Sequence[float], rng: np.random.Generator
+) -> list[int]:
+    """The bucket (split or fold) of every unit, by iterative stratification over ``fractions``."""
     label_count = Counter(c for r in records for c in r.codes)
     frac = np.asarray(fractions, dtype=float)
     want = {c: frac * n for c, n in label_count.items()}  # still wanted per split, per label
     want_total = frac * len(records)
-    assigned: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
+    bucket = [0] * len(units)
 
     def unit_codes(u: list[int]) -> set[str]:
         return {c for i in u for c in records[i].codes}
@@ -393,15 +421,46 @@ def split_records(
         k = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
         if frac[k] == 0:
             k = int(np.argmax(frac))
+        bucket[pos] = k
         for i in u:
-            assigned[SPLITS[k]].append(records[i])
             for c in records[i].codes:
                 want[c][k] -= 1
             want_total[k] -= 1
-    for s in SPLITS:
-        assigned[s].sort(key=lambda r: r.path)
-    check_no_leakage(assigned)
-    return assigned
+    return bucket
+
+
+def split_keeping_official(
+    records: Sequence[ImageRecord],
+    official: dict[str, str],
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    together: Sequence[Sequence[str]] = (),
+) -> dict[str, list[ImageRecord]]:
+    """A layout's own split kept as given: records marked ``test`` (or ``val``) stay there, never
+    re-split; validation is carved from the others by :func:`split_records` (train : val in the ratio
+    of ``fractions``, grouped and stratified as usual). Groups shared between the official splits are
+    *not* an error here (the layout says so): :func:`shared_with_train` counts them."""
+    given = {s: [r for r in records if official.get(r.path) == s] for s in ("val", "test")}
+    rest = [r for r in records if official.get(r.path) not in ("val", "test")]
+    f_train, f_val = float(fractions[0]), 0.0 if given["val"] else float(fractions[1])
+    out = split_records(rest, (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0), seed=seed,
+                        together=together) if rest else \
+        {s: [] for s in SPLITS}
+    out["val"] = sorted(out["val"] + given["val"], key=lambda r: r.path)
+    out["test"] = sorted(given["test"], key=lambda r: r.path)
+    return out
+
+
+def shared_with_train(splits: dict[str, Sequence[ImageRecord]], split: str = "test") -> dict[str, int]:
+    """How much of ``split`` shares a group or identical bytes with the training split:
+    ``{"groups": shared groups, "images": images of split in them, "identical": byte-identical images}``."""
+    train = splits.get("train", [])
+    groups = {r.group for r in train if r.group}
+    hashes = {r.sha256 for r in train if r.sha256}
+    other = splits.get(split, [])
+    shared = {r.group for r in other if r.group in groups}
+    return {"groups": len(shared), "images": sum(r.group in shared for r in other),
+            "identical": sum(bool(r.sha256) and r.sha256 in hashes for r in other)}
 
 
 def check_no_leakage(splits: dict[str, Sequence[ImageRecord]]) -> None:
@@ -444,8 +503,10 @@ def save_manifest(splits: dict[str, Iterable[ImageRecord]], path: str | Path, ro
     return path
 
 
-def load_manifest(path: str | Path, root: str | Path | None = None, taxonomy=None) -> dict[str, list[ImageRecord]]:
-    """Read a split manifest back into records per split (relative paths resolved against ``root``)."""
+def load_manifest(path: str | Path, root: str | Path | None = None, taxonomy=None,
+                  check: bool = True) -> dict[str, list[ImageRecord]]:
+    """Read a split manifest back into records per split (relative paths resolved against ``root``).
+    ``check=False``: groups shared across splits are allowed (a layout's official split)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split manifest {path} does not exist")
@@ -465,5 +526,183 @@ def load_manifest(path: str | Path, root: str | Path | None = None, taxonomy=Non
             if taxonomy is not None:
                 codes = tuple(taxonomy.parse_code(c) for c in codes)
             out[row["split"]].append(ImageRecord(str(p), codes, row.get("group") or None, row.get("sha256") or ""))
+    if check:
+        check_no_leakage(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------- cross-validation
+FOLDS_MANIFEST = "folds_manifest.csv"
+_FOLD_COLUMNS = ["repeat", "fold", "path", "label", "sha256", "group", "seed"]
+
+
+class FoldsManifestError(ValueError):
+    """A folds manifest that does not fit the data or the fold settings of this job."""
+
+
+def fold_records(
+    records: Sequence[ImageRecord], folds: int, seed: int | Sequence[int] = 0, together: Sequence[Sequence[str]] = ()
+) -> list[list[ImageRecord]]:
+    """``folds`` disjoint folds covering ``records``: stratified (multi-label aware) and grouped by the
+    same rules as :func:`split_records` (a group, byte-identical files and each set of paths in
+    ``together`` — the near-duplicates — stay in one fold).
+
+    >>> recs = [ImageRecord(f"{c}_{i}.png", (c,), sha256=f"{c}{i}") for c in ("AC-1", "AC-2") for i in range(10)]
+    >>> [len(f) for f in fold_records(recs, 5)]
+    [4, 4, 4, 4, 4]
+    """
+    folds = int(folds)
+    if folds < 2:
+        raise ValueError(f"data.folds must be at least 2, got {folds}")
+    records = sorted(records, key=lambda r: r.path)
+    units = _units(records, together)
+    if len(units) < folds:
+        raise ValueError(
+            f"data.folds={folds} needs at least {folds} independent groups of images, but the {len(records)} images "
+            f"form {len(units)} (images of one group or byte-identical files stay together): use fewer folds"
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(units))
+    units = [units[i] for i in order]
+    out: list[list[ImageRecord]] = [[] for _ in range(folds)]
+    for u, k in zip(units, _assign_units(records, units, [1.0 / folds] * folds, rng), strict=True):
+        out[k].extend(records[i] for i in u)
+    for f in out:
+        f.sort(key=lambda r: r.path)
+    empty = [i for i, f in enumerate(out) if not f]
+    if empty:
+        raise ValueError(f"data.folds={folds}: fold(s) {empty} came out empty ({len(units)} groups); use fewer folds")
+    check_no_leakage({f"fold {i}": f for i, f in enumerate(out)})
+    return out
+
+
+def cv_split(
+    records: Sequence[ImageRecord],
+    fold_of: dict[str, int],
+    fold: int,
+    val_fraction: float,
+    seed: int | Sequence[int] = 0,
+    together: Sequence[Sequence[str]] = (),
+) -> dict[str, list[ImageRecord]]:
+    """Train / val / test of one cross-validation job: ``test`` is fold ``fold`` (``fold_of`` maps a
+    record's path to its fold); ``val`` is carved from the other folds only (stratified, grouped),
+    ``val_fraction`` of them; the rest is ``train``."""
+    missing = [r.path for r in records if r.path not in fold_of]
+    if missing:
+        raise FoldsManifestError(f"{len(missing)} image(s) have no fold, e.g. {missing[0]}")
+    test = sorted((r for r in records if fold_of[r.path] == fold), key=lambda r: r.path)
+    rest = [r for r in records if fold_of[r.path] != fold]
+    if not test:
+        raise FoldsManifestError(f"fold {fold} holds no image")
+    inner = split_records(rest, (1.0 - val_fraction, val_fraction, 0.0), seed=seed, together=together)  # no test
+    out = {"train": inner["train"], "val": inner["val"], "test": test}
     check_no_leakage(out)
+    return out
+
+
+def _rel(path: str, root: str | Path | None) -> str:
+    p = Path(path)
+    if root is not None:
+        try:
+            p = p.resolve().relative_to(Path(root).resolve())
+        except ValueError:
+            pass
+    return p.as_posix()
+
+
+def load_folds_manifest(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``folds_manifest.csv`` (``repeat,fold,path,label,sha256,group,seed``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"folds manifest {path} does not exist")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(_FOLD_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise FoldsManifestError(f"folds manifest {path} lacks column(s) {sorted(missing)}")
+        return list(reader)
+
+
+def sweep_folds(
+    records: Sequence[ImageRecord],
+    path: str | Path | None,
+    folds: int,
+    repeats: int = 1,
+    seed: int = 0,
+    root: str | Path | None = None,
+    together: Sequence[Sequence[str]] = (),
+) -> list[dict[str, int]]:
+    """The fold of every record (by path), per repeat, made once per sweep.
+
+    The first job of a sweep makes the folds of every repeat (repeat ``i`` with fold seed
+    ``[seed, i]``) and writes them to ``path`` under a file lock; every later job reads that file
+    and uses it exactly. A manifest that lists other images, other contents (sha256), other labels,
+    or other fold settings is refused with the differences named. ``path=None`` keeps them in memory.
+    """
+    rel = {_rel(r.path, root): r for r in records}
+    if len(rel) != len(records):
+        raise FoldsManifestError("two images map to the same relative path; cannot write a folds manifest")
+    if path is None:
+        return [_fold_map(records, folds, [seed, i], together) for i in range(repeats)]
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            rows = []
+            for i in range(repeats):
+                for k, fold in enumerate(fold_records(records, folds, [seed, i], together)):
+                    rows += [[i, k, _rel(r.path, root), ";".join(r.codes), r.sha256, r.group or "", seed] for r in fold]
+            # Unique temporary name, atomic rename: even where the lock does not hold (some network file
+            # systems), two jobs could only write the same deterministic content, never a mixed file.
+            tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(_FOLD_COLUMNS)
+                w.writerows(rows)
+            tmp.replace(path)
+        rows = load_folds_manifest(path)
+    return _check_folds_manifest(rows, rel, path, folds, repeats, seed)
+
+
+def _fold_map(records: Sequence[ImageRecord], folds: int, seed: Sequence[int], together: Sequence[Sequence[str]] = ()) -> dict[str, int]:
+    return {r.path: k for k, fold in enumerate(fold_records(records, folds, seed, together)) for r in fold}
+
+
+def _check_folds_manifest(rows: list[dict[str, str]], rel: dict[str, ImageRecord], path: Path, folds: int, repeats: int,
+                          seed: int) -> list[dict[str, int]]:
+    problems: list[str] = []
+    got_folds = {int(r["fold"]) for r in rows}
+    got_repeats = {int(r["repeat"]) for r in rows}
+    got_seeds = {r["seed"] for r in rows}
+    if got_folds != set(range(folds)) or got_repeats != set(range(repeats)) or got_seeds != {str(seed)}:
+        problems.append(
+            f"it holds folds {sorted(got_folds)}, repeats {sorted(got_repeats)}, seed {sorted(got_seeds)}; this job asks "
+            f"for data.folds={folds}, data.repeats={repeats}, data.seed={seed}"
+        )
+    out: list[dict[str, int]] = [{} for _ in range(repeats)]
+    for line, row in enumerate(rows, start=2):
+        rep = int(row["repeat"])
+        r = rel.get(row["path"])
+        if r is None:
+            problems.append(f"line {line}: {row['path']} is not in the dataset")
+        elif row["sha256"] and r.sha256 and row["sha256"] != r.sha256:
+            problems.append(f"line {line}: {row['path']} changed since the folds were made (sha256 differs)")
+        elif row["label"] != ";".join(r.codes):
+            problems.append(f"line {line}: {row['path']} is labelled {';'.join(r.codes)!r}, not {row['label']!r}")
+        elif rep < repeats:
+            if r.path in out[rep]:
+                problems.append(f"line {line}: {row['path']} is listed twice in repeat {rep}")
+            out[rep][r.path] = int(row["fold"])
+    for rep in range(min(repeats, max(got_repeats, default=-1) + 1)):
+        new = [p for p, r in rel.items() if r.path not in out[rep]]
+        if new:
+            problems.append(f"repeat {rep}: {len(new)} image(s) of the dataset are not in it, e.g. {new[0]}")
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise FoldsManifestError(
+            f"the folds manifest {path} does not fit this job (the dataset or the fold settings changed since the "
+            f"sweep made it):\n  {shown}\nStart a new sweep (or pass data.folds_manifest=<a new file>) to make new folds."
+        )
     return out

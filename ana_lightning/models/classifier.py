@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..calibration import TemperatureMixin
 from ..metrics import multiclass_metrics, multiclass_per_class_metrics
 from ..utils import plain_hparams
 from .backbones import create_backbone, normalization
@@ -22,7 +23,7 @@ from .backbones import create_backbone, normalization
 __all__ = ["SoftmaxClassifier"]
 
 
-class SoftmaxClassifier(L.LightningModule):
+class SoftmaxClassifier(TemperatureMixin, L.LightningModule):
     """Single-label classification with (class-weighted) cross-entropy.
 
     Args:
@@ -63,6 +64,7 @@ class SoftmaxClassifier(L.LightningModule):
         if weight is not None and weight.numel() != len(class_names):
             raise ValueError(f"class_weights has {weight.numel()} values for {len(class_names)} classes")
         self.register_buffer("class_weight", weight, persistent=False)
+        self._init_temperature()  # fitted on the validation split after training (ana_lightning.calibration)
         k = len(class_names)
         base = multiclass_metrics(k)
         self.train_metrics = base.clone(prefix="train/")
@@ -80,6 +82,7 @@ class SoftmaxClassifier(L.LightningModule):
             "task": "single_label",
             "class_names": self.class_names,
         }
+        self._save_temperature(checkpoint)
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +90,14 @@ class SoftmaxClassifier(L.LightningModule):
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).softmax(dim=-1)
+        """Calibrated class probabilities (softmax of the logits over the model's temperature)."""
+        return self.scaled(self(x)).softmax(dim=-1)
+
+    def calibration_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def calibration_targets(self, target: torch.Tensor) -> torch.Tensor:
+        return target
 
     # ------------------------------------------------------------------ training
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +139,7 @@ class SoftmaxClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         _, logits = self._step(batch, "test")
         self.test_details.update(logits, batch["target"])
-        self._test_buffer.append((batch["index"].detach(), logits.softmax(-1).detach(), batch["target"].detach()))
+        self._test_buffer.append((batch["index"].detach(), self.scaled(logits).softmax(-1).detach(), batch["target"].detach()))
 
     def on_test_epoch_start(self) -> None:
         self._test_buffer.clear()

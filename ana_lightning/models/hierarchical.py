@@ -32,6 +32,7 @@ import yaml
 from torch import nn
 from torch.nn import functional as F
 
+from ..calibration import TemperatureMixin
 from ..metrics import multiclass_metrics
 from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
@@ -54,6 +55,8 @@ class PathPrediction:
     level2: list[str]
     leaf: list[str | None]
     score: torch.Tensor
+    level1_prob: torch.Tensor | None = None  # P(level-1 node)
+    level2_prob: torch.Tensor | None = None  # P(level-1 node) · P(level-2 node | level-1 node); score is the leaf's
 
     def __len__(self) -> int:
         return len(self.level1)
@@ -116,6 +119,40 @@ def route(
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     n = p1.shape[0]
+    P1, s1, s2, s3 = path_scores(paths, p1, names1, p2, names2, p3)
+    l1_index = {v: i for i, v in enumerate(paths.level1)}
+    l2_index = {v: i for i, v in enumerate(paths.level2)}
+    score = s1 * s2 * s3
+    if routing == "product":
+        best = score.argmax(1)
+    else:
+        l1_of = torch.tensor([l1_index[p[0]] for p in paths.paths])
+        l2_of = torch.tensor([l2_index[p[1]] for p in paths.paths])
+        chosen1 = P1.argmax(1)  # (N,)
+        mask = l1_of[None, :] == chosen1[:, None]
+        g_score = torch.where(mask, s2, torch.full_like(s2, -1.0))
+        chosen2 = l2_of[g_score.argmax(1)]
+        mask = mask & (l2_of[None, :] == chosen2[:, None])
+        best = torch.where(mask, s3, torch.full_like(s3, -1.0)).argmax(1)
+    picked = [paths.paths[int(b)] for b in best]
+    rows = torch.arange(n)
+    return PathPrediction(
+        level1=[p[0] for p in picked], level2=[p[1] for p in picked], leaf=[p[2] for p in picked],
+        score=score[rows, best], level1_prob=s1[rows, best], level2_prob=(s1 * s2)[rows, best],
+    )
+
+
+def path_scores(
+    paths: TreePaths,
+    p1: torch.Tensor,
+    names1: Sequence[str],
+    p2: torch.Tensor,
+    names2: Sequence[str],
+    p3: Mapping[str, tuple[torch.Tensor, Sequence[str]]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(P1, s1, s2, s3)``: level-1 probabilities over ``paths.level1`` and, per candidate path (columns of
+    ``paths.paths``), ``P(l1)``, ``P(l2 | l1)`` and ``P(leaf | l2)`` (see :func:`route`)."""
+    n = p1.shape[0]
     P1 = _gather(p1.float(), names1, paths.level1)  # (N, |L1|)
     P2 = _gather(p2.float(), names2, paths.level2)  # (N, |L2|)
     l1_index = {v: i for i, v in enumerate(paths.level1)}
@@ -141,24 +178,7 @@ def route(
         else:
             pr, nm = p3_cond[g]
             cols3.append(pr[:, nm.index(leaf)])
-    s1, s2, s3 = (torch.stack(c, 1) for c in (cols1, cols2, cols3))  # (N, paths)
-    score = s1 * s2 * s3
-    if routing == "product":
-        best = score.argmax(1)
-    else:
-        l1_of = torch.tensor([l1_index[p[0]] for p in paths.paths])
-        l2_of = torch.tensor([l2_index[p[1]] for p in paths.paths])
-        chosen1 = P1.argmax(1)  # (N,)
-        mask = l1_of[None, :] == chosen1[:, None]
-        g_score = torch.where(mask, s2, torch.full_like(s2, -1.0))
-        chosen2 = l2_of[g_score.argmax(1)]
-        mask = mask & (l2_of[None, :] == chosen2[:, None])
-        best = torch.where(mask, s3, torch.full_like(s3, -1.0)).argmax(1)
-    picked = [paths.paths[int(b)] for b in best]
-    return PathPrediction(
-        level1=[p[0] for p in picked], level2=[p[1] for p in picked], leaf=[p[2] for p in picked],
-        score=score[torch.arange(n), best],
-    )
+    return P1, *(torch.stack(c, 1) for c in (cols1, cols2, cols3))  # (N, |L1|), 3 × (N, paths)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -262,9 +282,78 @@ class HierarchicalPipeline:
         def load(p):
             return load_checkpoint_model(resolve_checkpoint(p), trust_checkpoint=trust_checkpoint) if p else None
 
-        level3_models = {g: load_checkpoint_model(c, trust_checkpoint=trust_checkpoint)
-                         for g, c in _level3_checkpoints(level3).items()}
-        return cls(load(level1), load(level2), level3_models, load(multihead), routing, Taxonomy.load(tree))
+        level3_files = _level3_checkpoints(level3)
+        level3_models = {g: load_checkpoint_model(c, trust_checkpoint=trust_checkpoint) for g, c in level3_files.items()}
+        pipe = cls(load(level1), load(level2), level3_models, load(multihead), routing, Taxonomy.load(tree))
+        pipe.trust_checkpoint = trust_checkpoint
+        pipe.sources = {k: resolve_checkpoint(v) for k, v in (("level1", level1), ("level2", level2), ("multihead", multihead)) if v}
+        pipe.sources.update({f"level3/{g}": c for g, c in level3_files.items()})
+        return pipe
+
+    def write_bundle(self, path: str | Path) -> Path:
+        """One file holding every model of the pipeline (their checkpoints without optimizer state) and the
+        routing: what ``ana-predict``, ``ana-export`` and ``ana-app`` take as ``ckpt_path``."""
+        import io
+
+        from ..utils import safe_torch_load
+
+        sources = getattr(self, "sources", None)
+        if not sources:
+            raise ValueError("only a pipeline built with from_checkpoints() knows its checkpoint files")
+        members = {}
+        for key, src in sources.items():
+            ckpt = safe_torch_load(src, trust_checkpoint=getattr(self, "trust_checkpoint", False))
+            members[key] = {k: v for k, v in ckpt.items() if k in _BUNDLE_KEYS}
+        bundle = {
+            "ana_lightning": {"class_path": f"{__name__}.HierarchicalPipeline", "kind": BUNDLE_KIND, "task": "hierarchical",
+                              "routing": self.routing, "tree": self.tree.source if hasattr(self.tree, "source") else None,
+                              "sources": {k: str(v) for k, v in sources.items()}},
+            "members": members,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(bundle, buf)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_bundle(cls, bundle: Mapping[str, Any], source: str = "<bundle>") -> HierarchicalPipeline:
+        """Rebuild the pipeline from a bundle written by :meth:`write_bundle` (already ``torch.load``-ed)."""
+        import importlib
+        import io
+
+        from ..utils import CheckpointError, checkpoint_safe_globals
+
+        meta = bundle.get("ana_lightning") or {}
+        members = bundle.get("members")
+        if meta.get("kind") != BUNDLE_KIND or not isinstance(members, Mapping):
+            raise CheckpointError(f"{source} is not a hierarchy bundle written by ana-eval --config-name eval_hierarchy")
+        models: dict[str, nn.Module] = {}
+        for key, ckpt in members.items():
+            class_path = str((ckpt.get("ana_lightning") or {}).get("class_path", ""))
+            module_name, _, cls_name = class_path.rpartition(".")
+            try:
+                model_cls = getattr(importlib.import_module(module_name), cls_name)
+            except (ImportError, AttributeError, ValueError) as e:
+                raise CheckpointError(f"{source}: member {key!r} was trained as {class_path!r}, which cannot be imported: {e}") from None
+            buf = io.BytesIO()
+            torch.save(dict(ckpt), buf)
+            buf.seek(0)
+            if not (isinstance(model_cls, type) and issubclass(model_cls, L.LightningModule)):
+                raise CheckpointError(f"{source}: member {key!r} names {class_path!r}, which is not a LightningModule")
+            with torch.serialization.safe_globals(checkpoint_safe_globals()):
+                models[key] = model_cls.load_from_checkpoint(buf, map_location="cpu", weights_only=True).eval()
+        level3 = {k.split("/", 1)[1]: m for k, m in models.items() if k.startswith("level3/")}
+        pipe = cls(models.get("level1"), models.get("level2"), level3, models.get("multihead"), str(meta.get("routing", "hard")))
+        pipe.sources = dict(meta.get("sources") or {})
+        return pipe
+
+    def as_module(self) -> HierarchyNet:
+        """The pipeline as one ``nn.Module`` (image batch → level-wise probabilities), for prediction and export."""
+        return HierarchyNet(self)
 
     def describe(self) -> dict[str, Any]:
         if self.multihead is not None:
@@ -313,6 +402,78 @@ class HierarchicalPipeline:
         )
 
 
+BUNDLE_KIND = "hierarchy_bundle"
+_BUNDLE_KEYS = ("state_dict", "hyper_parameters", "ana_lightning", "pytorch-lightning_version", "hparams_name")
+
+
+def _slug(node: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in node)
+
+
+class HierarchyNet(nn.Module):
+    """A hierarchical pipeline (level-1, level-2 and per-group level-3 models) or a multi-head model as one
+    module: a normalised image batch → ``[P(level 1) | P(level 2) | P(leaf | group)]`` side by side
+    (:meth:`predict_hierarchy`), which :class:`~ana_lightning.predict.HierarchicalRule` routes over the
+    tree. Each member gets its input in its own normalisation (and size, when it differs)."""
+
+    def __init__(self, pipeline: HierarchicalPipeline):
+        super().__init__()
+        self.routing = pipeline.routing
+        self.tree = pipeline.tree
+        if pipeline.multihead is not None:
+            mh = pipeline.multihead.model
+            self.members = nn.ModuleDict({"multihead": mh})
+            self.level1_names, self.level2_names = list(mh.level1_names), list(mh.level2_names)
+            self.groups = {g: list(cs) for g, cs in mh._groups().items()}
+            ref = mh
+        else:
+            self.members = nn.ModuleDict({"level1": pipeline.level1.model, "level2": pipeline.level2.model})
+            self.level3_keys = {}
+            for g, m in pipeline.level3.items():
+                self.members[f"level3_{_slug(g)}"] = m.model
+                self.level3_keys[g] = f"level3_{_slug(g)}"
+            self.level1_names = list(pipeline.level1.model.class_names)
+            self.level2_names = list(pipeline.level2.model.class_names)
+            self.groups = {g: list(m.model.class_names) for g, m in pipeline.level3.items()}
+            ref = pipeline.level1.model
+        hp = ref.hparams
+        self.hparams = {"image_size": int(hp.image_size), "mean": list(hp.mean), "std": list(hp.std)}
+        self.class_names = [c for cs in self.groups.values() for c in cs]  # the leaf columns
+        for key, m in self.members.items():
+            mean_in, std_in = torch.tensor(self.hparams["mean"]), torch.tensor(self.hparams["std"])
+            mean, std = torch.tensor(list(m.hparams.mean)), torch.tensor(list(m.hparams.std))
+            self.register_buffer(f"scale_{key}", (std_in / std).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer(f"shift_{key}", ((mean_in - mean) / std).view(1, 3, 1, 1), persistent=False)
+            if int(m.hparams.image_size) != self.hparams["image_size"]:
+                log.warning("%s was trained at %d px, the pipeline's input is %d px: its input is resized", key,
+                            int(m.hparams.image_size), self.hparams["image_size"])
+
+    def _input(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        x = x * getattr(self, f"scale_{key}") + getattr(self, f"shift_{key}")
+        size = int(self.members[key].hparams.image_size)
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+    def predict_hierarchy(self, x: torch.Tensor) -> torch.Tensor:
+        if "multihead" in self.members:
+            return torch.cat(self.members["multihead"].predict_level_proba(self._input("multihead", x)), -1)
+        out = [self.members[k].predict_proba(self._input(k, x)) for k in ("level1", "level2")]
+        out += [self.members[k].predict_proba(self._input(k, x)) for k in self.level3_keys.values()]
+        return torch.cat(out, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict_hierarchy(x)
+
+    def serving_metadata(self) -> dict[str, Any]:
+        temps = {k: m.hparams.get("temperature") for k, m in self.members.items()}
+        return {"class_path": f"{__name__}.HierarchicalPipeline", "task": "hierarchical", "class_names": self.class_names,
+                "level1_names": self.level1_names, "level2_names": self.level2_names,
+                "groups": [[g, cs] for g, cs in self.groups.items()],  # a list: JSON metadata sorts dict keys
+                "routing": self.routing, "temperature": temps,
+                "members": {k: f"{type(m).__name__} ({len(m.class_names)} classes)" for k, m in self.members.items()}}
+
+
 # ============================================================================================ multi-head
 class MultiHeadNet(nn.Module):
     """A shared timm backbone with one linear head per level. ``forward`` gives the leaf logits;
@@ -331,7 +492,7 @@ class MultiHeadNet(nn.Module):
         return self.forward_levels(x)[-1]
 
 
-class MultiHeadClassifier(L.LightningModule):
+class MultiHeadClassifier(TemperatureMixin, L.LightningModule):
     """One backbone, a softmax head per level of the tree, and a consistency-aware loss.
 
     Loss: cross-entropy at each level (targets ``-1`` — a contest label that stops higher up — are
@@ -397,6 +558,7 @@ class MultiHeadClassifier(L.LightningModule):
             for stage in ("val", "test") for lv, k in zip((1, 2, 3), sizes, strict=True)
         })
         self.test_rows: list[tuple[int, tuple, tuple]] = []
+        self._init_temperature(3)  # one per level (ana_lightning.calibration)
 
     def _groups(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
@@ -411,19 +573,41 @@ class MultiHeadClassifier(L.LightningModule):
             "class_names": self.class_names,
             "level1_names": self.level1_names,
             "level2_names": self.level2_names,
+            "groups": [[g, cs] for g, cs in self._groups().items()],
+            "routing": self.hparams.routing,
         }
+        self._save_temperature(checkpoint)
+
+    def serving_metadata(self) -> dict[str, Any]:
+        return {"level1_names": self.level1_names, "level2_names": self.level2_names,
+                "groups": [[g, cs] for g, cs in self._groups().items()], "routing": self.hparams.routing}
+
+    @torch.no_grad()
+    def predict_hierarchy(self, x: torch.Tensor) -> torch.Tensor:
+        """``[P(level 1) | P(level 2) | P(leaf)]`` side by side (calibrated), routed by the predictor."""
+        return torch.cat(self.predict_level_proba(x), -1)
 
     # ------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    calibration_kind = "hierarchical"
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).softmax(-1)
+        """Calibrated leaf probabilities (the leaf head alone, not routed)."""
+        return self.scaled(self(x), 2).softmax(-1)
 
     @torch.no_grad()
     def predict_level_proba(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [z.softmax(-1) for z in self.net.forward_levels(x)]
+        """Calibrated probabilities of the three heads."""
+        return [self.scaled(z, i).softmax(-1) for i, z in enumerate(self.net.forward_levels(x))]
+
+    def calibration_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.forward_levels(x)
+
+    def calibration_targets(self, target: torch.Tensor) -> torch.Tensor:
+        return self._targets(target)
 
     def route(self, probs: Sequence[torch.Tensor], routing: str | None = None) -> PathPrediction:
         p1, p2, p3 = (p.detach().float().cpu() for p in probs)
@@ -463,7 +647,7 @@ class MultiHeadClassifier(L.LightningModule):
         t = self._targets(batch["target"])
         logits = self.net.forward_levels(batch["image"])
         loss = self._loss(logits, t)
-        pred = self.route([z.softmax(-1) for z in logits])
+        pred = self.route([self.scaled(z, i).softmax(-1) for i, z in enumerate(logits)])
         names = (self.level1_names, self.level2_names, self.class_names)
         for lv, (col, nm) in enumerate(zip((pred.level1, pred.level2, pred.leaf), names, strict=True)):
             keep = t[:, lv] >= 0

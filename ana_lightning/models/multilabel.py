@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..calibration import TemperatureMixin
 from ..metrics_multilabel import as_multi_hot, multilabel_details, multilabel_scalar_metrics
 from ..utils import plain_hparams
 from .backbones import create_backbone, normalization
@@ -171,7 +172,7 @@ def _configure_optimizers(module: L.LightningModule, optimizer_factory, schedule
 
 
 # ---------------------------------------------------------------------------------- LightningModule
-class SigmoidEnsemble(L.LightningModule):
+class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
     """Multi-label classification by an ensemble of timm backbones (``model=sigmoid_ensemble``).
 
     Args:
@@ -229,6 +230,7 @@ class SigmoidEnsemble(L.LightningModule):
         self.register_buffer("pos_weight", pw, persistent=False)
         self.register_buffer("thresholds", torch.full((len(class_names),), self._base_threshold()))
         self.assembled_from: list[str] | None = None
+        self._init_temperature()  # one, or one per class (ana_lightning.calibration)
         self._buffers_by_stage: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self.test_predictions: dict[str, torch.Tensor] = {}
         self.test_details_result: dict[str, Any] | None = None
@@ -253,21 +255,32 @@ class SigmoidEnsemble(L.LightningModule):
             "task": "multi_label",
             "class_names": self.class_names,
             "decision_rule": self.hparams.decision_rule,
-            "thresholds": [round(float(t), 4) for t in self.thresholds],
+            "thresholds": [round(float(t), 6) for t in self.thresholds],
         }
+        self._save_temperature(checkpoint)
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    calibration_kind = "multilabel"
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).sigmoid()
+        """Calibrated per-class probabilities (sigmoid of the logits over the temperature(s))."""
+        return self.scaled(self(x)).sigmoid()
+
+    def calibration_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def calibration_targets(self, target: torch.Tensor) -> torch.Tensor:
+        return as_multi_hot(target, len(self.class_names)).float()
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
-        """0/1 predictions of this model's decision rule."""
-        if self.hparams.decision_rule == "reference_repo":
-            return decide(probs, REFERENCE_REPO_THRESHOLD, top1_fallback=True)
+        """0/1 predictions of this model's decision rule (its thresholds move with its temperature, so
+        calibration never changes a decision)."""
+        if self.hparams.decision_rule == "reference_repo":  # 0.3 (moved with the temperature) + top-1
+            return decide(probs, self.thresholds.to(probs.device), top1_fallback=True)
         return decide(probs, self.thresholds.to(probs.device))
 
     @torch.no_grad()
@@ -293,7 +306,7 @@ class SigmoidEnsemble(L.LightningModule):
         logits = self(batch["image"])
         self.log(f"{stage}/loss", self._loss(logits, target), on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(target), sync_dist=True)
-        self._buffers_by_stage[stage].append((batch["index"].detach(), logits.sigmoid().detach(), target.detach()))
+        self._buffers_by_stage[stage].append((batch["index"].detach(), self.scaled(logits).sigmoid().detach(), target.detach()))
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -470,6 +483,7 @@ def ensemble_from_checkpoints(
                                 norms=norms, input_norm=norms[0])
     shell.hparams["ensemble_members"] = paths
     shell.hparams["ensemble_combine"] = combine
+    shell.set_temperature(None)  # the members' temperatures do not apply to their average
     if task == "multi_label":
         shell.assembled_from = paths
         shell.set_decision_rule(decision_rule or "global", threshold)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..calibration import TemperatureMixin
 from ..metrics import multiclass_metrics, multiclass_per_class_metrics
 from ..utils import plain_hparams
 from .backbones import create_backbone, normalization
@@ -102,13 +103,14 @@ class SiameseNetwork(nn.Module):
         """Koch head logits for aligned pairs ``(N, d), (N, d) → (N,)``."""
         return self.head((e1 - e2).abs()).squeeze(-1)
 
-    def similarity(self, q: torch.Tensor, s: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    def similarity(self, q: torch.Tensor, s: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """``(Q, S)`` similarities in ``[0, 1]``: the head's probability of "same class" (bce), or
-        ``exp(-distance / margin)`` (contrastive)."""
+        ``exp(-distance / margin)`` (contrastive). Chunked over the support set (whose size is fixed, so
+        the graph exports with any batch size) to bound memory."""
         if self.loss == "contrastive":
             return torch.exp(-torch.cdist(q, s) / self.margin)
-        out = [torch.sigmoid(self.head((qc[:, None, :] - s[None, :, :]).abs()).squeeze(-1)) for qc in q.split(chunk)]
-        return torch.cat(out) if out else q.new_zeros(0, len(s))
+        out = [torch.sigmoid(self.head((q[:, None, :] - sc[None, :, :]).abs()).squeeze(-1)) for sc in s.split(chunk)]
+        return torch.cat(out, 1) if out else q.new_zeros(len(q), 0)
 
     def scores_against(self, q: torch.Tensor, s: torch.Tensor, s_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         """``(Q, num_classes)`` scores of query embeddings against support embeddings."""
@@ -220,7 +222,7 @@ def _dihedral_crop(x: torch.Tensor, scale: tuple[float, float] = (0.5, 1.0)) -> 
     return torch.stack(out)
 
 
-class SiameseClassifier(L.LightningModule):
+class SiameseClassifier(TemperatureMixin, L.LightningModule):
     """A Siamese few-shot model, or an ensemble of them (one network per entry of ``dropout_rates``).
 
     Args:
@@ -280,6 +282,7 @@ class SiameseClassifier(L.LightningModule):
         self.test_predictions: dict[str, torch.Tensor] = {}
         self._test_buffer: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._support_key: tuple | None = None
+        self._init_temperature()  # on the log of the normalised scores (ana_lightning.calibration)
         self.support_computations = 0  # how many times a support set was embedded (tests read it)
 
     # The softmax classifier's test-time collection, reports and optimiser set-up work unchanged
@@ -297,12 +300,26 @@ class SiameseClassifier(L.LightningModule):
         return self.net(x)
 
     # ------------------------------------------------------------ inference
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores normalised to sum to 1 (uniform where every score is 0)."""
-        s = self(x)
+    @staticmethod
+    def _normalised(s: torch.Tensor) -> torch.Tensor:
         total = s.sum(-1, keepdim=True)
         return torch.where(total > 0, s / total.clamp(min=1e-12), torch.full_like(s, 1.0 / s.shape[-1]))
+
+    def _calibrated(self, s: torch.Tensor) -> torch.Tensor:
+        """Normalised scores at the model's temperature: ``softmax(log(p) / T)`` (``p`` itself when T = 1)."""
+        p = self._normalised(s)
+        return p if not self.is_calibrated else self.scaled(p.clamp(min=1e-12).log()).softmax(-1)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores normalised to sum to 1 (uniform where every score is 0), then calibrated."""
+        return self._calibrated(self(x))
+
+    def calibration_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalised(self(x)).clamp(min=1e-12).log()
+
+    def calibration_targets(self, target: torch.Tensor) -> torch.Tensor:
+        return target
 
     @torch.no_grad()
     def embed_dataset(self, dataset: Dataset, batch_size: int = 64) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -422,5 +439,4 @@ class SiameseClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         scores = self._eval_step(batch, "test")
         self.test_details.update(scores, batch["target"])
-        total = scores.sum(-1, keepdim=True).clamp(min=1e-12)
-        self._test_buffer.append((batch["index"].detach(), (scores / total).detach(), batch["target"].detach()))
+        self._test_buffer.append((batch["index"].detach(), self._calibrated(scores).detach(), batch["target"].detach()))

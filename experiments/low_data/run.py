@@ -11,9 +11,13 @@ K images per class are given to every method, and every method is scored on the 
   image at the CNNs' input size (``--texture-size`` to change it);
 - ``svm_cnn``: RBF SVM on the pooled features of the trained softmax CNN (frozen).
 
-Datasets: ``synthetic`` (the built-in field simulator; a fixed test set of ``--n-test`` fields per code)
-and ``real`` (the ICAP reference images in ../shared/data/ana-pattern-quest, 3–5 per code, byte-identical
-duplicates kept once; test = the images not drawn for training, so K ≤ 3 only; skipped when absent).
+Datasets: ``synthetic`` (the built-in field simulator; a fixed test set of ``--n-test`` fields per code),
+``real`` (the ICAP reference images in ../shared/data/ana-pattern-quest, 3–5 per code, byte-identical
+duplicates kept once; test = the images not drawn for training, so K ≤ 3 only; skipped when absent) and
+``i3a`` (the real I3A 2014 Task-1 cells in ../shared/data/i3a2014-task1, the six contest classes as one
+flat task, group ``i3a6``: cells are grouped by specimen by the contest reader — runs of consecutive IDs
+cut at intensity steps — and whole specimens are held out; a fixed test set of ``--n-test-cells`` cells
+per class is drawn from the held-out specimens, the K training cells per class from the others).
 
 No pretrained weights are used (none can be downloaded here): every CNN starts from a random
 initialisation, unlike the paper's ImageNet transfer learning. ``--weights <file>`` loads local weights.
@@ -30,6 +34,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -43,7 +48,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-REAL_ROOT = REPO.parent / "shared" / "data" / "ana-pattern-quest" / "patterns"
+SHARED = Path(os.environ.get("ANA_SHARED") or REPO.parent / "shared")
+REAL_ROOT = SHARED / "data" / "ana-pattern-quest" / "patterns"
+I3A_ROOT = SHARED / "data" / "i3a2014-task1" / "training"
+I3A_GROUP = "i3a6"  # the six I3A classes as one flat task (the "group" column of the results)
 METHODS = ("siamese_ensemble", "softmax_cnn", "svm_texture", "svm_cnn")
 DEFAULT_GROUPS = ("speckled", "nucleolar", "cytoplasmic speckled")
 
@@ -71,6 +79,9 @@ class StudyConfig:
     seed: int = 0
     synthetic_root: str = str(REPO / "data" / "low_data_synthetic")
     real_root: str = str(REAL_ROOT)
+    i3a_root: str = str(I3A_ROOT)
+    n_test_cells: int = 100        # i3a: held-out cells per class, all from specimens never drawn for training
+    test_groups: float = 0.3       # i3a: fraction of each class's specimens held out for testing
     out: str = str(Path(__file__).resolve().parent / "results")
     threads: int | None = None
 
@@ -98,6 +109,79 @@ def _records(cfg: StudyConfig, dataset: str, codes: Sequence[str]):
             seen.add(r.sha256)
             unique.append(r)
     return unique
+
+
+def _i3a_records(cfg: StudyConfig):
+    """The I3A cells with specimen groups (contest reader, ``grouping=auto``), their masks, and how
+    they were grouped."""
+    from ana_lightning.data.contest import read_i3a2014
+    from ana_lightning.taxonomy import Taxonomy
+
+    data = read_i3a2014(cfg.i3a_root, Taxonomy.load(), need_masks=True, grouping="auto")
+    return data.records, data.masks, data.grouping
+
+
+def normalise_cell(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Per-cell gain normalisation for every method alike: zero outside the mask, the cell's 99th
+    percentile (inside the mask) to 255. I3A cells are dim 8-bit grey and specimens differ in
+    brightness by up to an order of magnitude; without this every method learns the specimen's
+    brightness, not its pattern.
+
+    >>> normalise_cell(np.full((4, 4, 3), 50, np.uint8), None).max()
+    255
+    """
+    grey = image.max(axis=2).astype(np.float32) if image.ndim == 3 else image.astype(np.float32)
+    inside = (mask.max(axis=2) if mask is not None and mask.ndim == 3 else mask) > 0 if mask is not None else None
+    if inside is not None and inside.shape == grey.shape and inside.any():
+        grey = grey * inside
+        top = float(np.percentile(grey[inside], 99))
+    else:
+        top = float(np.percentile(grey, 99))
+    out = np.clip(grey * (255.0 / max(top, 1.0)), 0, 255).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2)
+
+
+def _normalised_copies(records, masks: dict[str, str], cache: Path):
+    """The records with their images replaced by per-cell-normalised copies written into ``cache``
+    (once)."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from ana_lightning.data.images import load_image
+
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for r in records:
+        dst = cache / (f"{r.sha256[:24]}.png" if r.sha256 else f"{Path(r.path).parent.name}_{Path(r.path).stem}.png")
+        if not dst.is_file():
+            mask = load_image(masks[r.path]) if r.path in masks else None
+            tmp = dst.with_suffix(".tmp.png")
+            Image.fromarray(normalise_cell(load_image(r.path), mask)).save(tmp)
+            tmp.replace(dst)
+        out.append(replace(r, path=str(dst)))
+    return out
+
+
+def _i3a_split(cfg: StudyConfig, records) -> tuple[dict[str, list], list]:
+    """``(training pool per class, fixed test cells)``: whole specimens go to one side or the other
+    (grouped, stratified split of the reader's groups); the test cells, ``n_test_cells`` per class, are
+    drawn once from the held-out specimens and are the same for every K and repeat."""
+    from ana_lightning.data.splits import split_records
+
+    parts = split_records(records, (1.0 - cfg.test_groups, 0.0, cfg.test_groups), seed=cfg.seed)
+    pool, held = parts["train"], parts["test"]
+    assert not {r.group for r in pool} & {r.group for r in held}
+    rng = np.random.default_rng([cfg.seed, 7])
+    labels = list(dict.fromkeys(r.label for r in records))
+    test = []
+    for c in labels:
+        cand = [r for r in held if r.label == c]
+        if not cand:
+            raise ValueError(f"no held-out specimen of {c}: lower test_groups or check the grouping")
+        pick = rng.choice(len(cand), size=min(cfg.n_test_cells, len(cand)), replace=False)
+        test += [cand[i] for i in sorted(pick)]
+    return {c: [r for r in pool if r.label == c] for c in labels}, test
 
 
 def _draws(cfg: StudyConfig, dataset: str, by_class: dict[str, list], k: int, rep: int):
@@ -230,6 +314,36 @@ def run_study(cfg: StudyConfig) -> list[dict]:
         if dataset == "real" and not Path(cfg.real_root).is_dir():
             log.warning("real images absent (%s): skipped", cfg.real_root)
             continue
+        if dataset == "i3a":
+            if not Path(cfg.i3a_root).is_dir():
+                log.warning("I3A cells absent (%s): skipped", cfg.i3a_root)
+                continue
+            records, masks, grouping = _i3a_records(cfg)
+            pool, test = _i3a_split(cfg, records)
+            # derived copies of the real cells stay outside the repository (never committed, never published)
+            cache = Path(os.environ.get("ANA_CACHE_DIR") or tempfile.gettempdir()) / "ana-lightning-low-data-i3a"
+            test = _normalised_copies(test, masks, cache)
+            pool = {c: _normalised_copies(v, masks, cache) for c, v in pool.items()}
+            classes = list(pool)
+            print(f"[i3a] {len(records)} cells; groups: {grouping}; training pool "
+                  f"{sum(map(len, pool.values()))} cells of {len({r.group for v in pool.values() for r in v})} specimens, "
+                  f"test {len(test)} cells of {len({r.group for r in test})} other specimens", flush=True)
+            for k in cfg.ks:
+                for rep in range(cfg.repeats):
+                    rng = np.random.default_rng([cfg.seed, k, rep, 23])
+                    if any(len(v) < k for v in pool.values()):
+                        rows += [dict(dataset=dataset, group=I3A_GROUP, k=k, repeat=rep, method=m, acc=None, mca=None,
+                                      n_train=None, n_test=None, seconds=None) for m in cfg.methods]
+                        continue
+                    train = [v[i] for v in pool.values() for i in sorted(rng.choice(len(v), size=k, replace=False))]
+                    t0 = time.perf_counter()
+                    res = run_cell(cfg, classes, train, test, seed=cfg.seed * 1000 + rep)
+                    for m, r in res.items():
+                        rows.append(dict(dataset=dataset, group=I3A_GROUP, k=k, repeat=rep, method=m, acc=r["acc"],
+                                         mca=r["mca"], n_train=len(train), n_test=len(test), seconds=r["seconds"]))
+                    print(f"[i3a] K={k} rep {rep}: " + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
+                          + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+            continue
         records = _records(cfg, dataset, codes)
         for g in cfg.groups:
             classes = list(tree.children(g))
@@ -290,10 +404,37 @@ def markdown_table(summary: list[dict], methods: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def paired_differences(rows: list[dict], methods: Sequence[str], reference: str = "siamese_ensemble") -> str:
+    """``reference`` against every other method, per (dataset, K): the MCA differences over the cells
+    both were scored on (same group and repeat: the same training and test images), with their mean,
+    95% t-interval and paired t-test p-value (:func:`ana_lightning.stats.paired_comparison`)."""
+    from ana_lightning.stats import paired_comparison
+
+    if reference not in methods:
+        reference = methods[0]
+    lines = [f"| dataset | K / class | {reference} vs | cells | mean difference | 95% CI | p (paired t) |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for k in sorted({r["k"] for r in rows if r["dataset"] == dataset}):
+            cell = {(r["group"], r["repeat"], r["method"]): r["mca"] for r in rows
+                    if r["dataset"] == dataset and r["k"] == k and r["mca"] is not None}
+            for m in methods:
+                if m == reference:
+                    continue
+                keys = sorted({(g, rep) for g, rep, mm in cell if mm == reference} & {(g, rep) for g, rep, mm in cell if mm == m})
+                if not keys:
+                    continue
+                c = paired_comparison([cell[(*x, reference)] for x in keys], [cell[(*x, m)] for x in keys])
+                ci = "n/a" if len(keys) < 2 else f"[{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]"
+                p_val = "n/a" if len(keys) < 2 else f"{c['p_ttest']:.3g}"
+                lines.append(f"| {dataset} | {k} | {m} | {len(keys)} | {c['mean_diff']:+.3f} | {ci} | {p_val} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = StudyConfig()
-    p.add_argument("--datasets", nargs="+", default=list(d.datasets), choices=["synthetic", "real"])
+    p.add_argument("--datasets", nargs="+", default=list(d.datasets), choices=["synthetic", "real", "i3a"])
     p.add_argument("--k", nargs="+", type=int, default=list(d.ks), dest="ks")
     p.add_argument("--groups", nargs="+", default=list(d.groups))
     p.add_argument("--methods", nargs="+", default=list(d.methods), choices=list(METHODS))
@@ -310,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--synthetic-root", default=d.synthetic_root)
     p.add_argument("--real-root", default=d.real_root)
+    p.add_argument("--i3a-root", default=d.i3a_root)
+    p.add_argument("--n-test-cells", type=int, default=d.n_test_cells, help="i3a: held-out test cells per class")
+    p.add_argument("--test-groups", type=float, default=d.test_groups, help="i3a: fraction of specimens held out")
     p.add_argument("--out", default=d.out)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny settings: one group, K=1,3, one repeat, 10 steps")
@@ -320,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       backbone=a.backbone, weights=a.weights, image_size=a.image_size, texture_size=a.texture_size,
                       render_size=a.render_size,
                       steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, synthetic_root=a.synthetic_root,
-                      real_root=a.real_root, out=a.out, threads=a.threads)
+                      real_root=a.real_root, i3a_root=a.i3a_root, n_test_cells=a.n_test_cells,
+                      test_groups=a.test_groups, out=a.out, threads=a.threads)
     t0 = time.perf_counter()
     rows = run_study(cfg)
     summary = summarize(rows, cfg.methods)
@@ -332,11 +477,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         w.writeheader()
         w.writerows(rows)
     (out / "table.md").write_text(table + "\n")
+    paired = paired_differences(rows, cfg.methods)  # "A beats B" with its evidence
+    (out / "paired.md").write_text(paired + "\n")
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
     print("\nMean class accuracy (MCA) on held-out images, mean ± std over repeats (each repeat averaged over groups):\n")
     print(table)
+    print("\nPaired differences of MCA (same training and test images per group and repeat):\n")
+    print(paired)
     print(f"\n{len(rows)} rows in {out / 'results.csv'}; {time.perf_counter() - t0:.0f} s")
-    return {"rows": rows, "summary": summary, "table": table}
+    return {"rows": rows, "summary": summary, "table": table, "paired": paired}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+"""``ana-compare``: paired comparison of two cross-validation sweeps (``conf/compare.yaml``)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ..utils import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="compare")
+def main(cfg: DictConfig) -> None:
+    from hydra.utils import get_method
+
+    get_method(cfg.get("job") or "ana_lightning.compare.compare_job")(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,508 @@
+"""Cross-validation sweeps: where the folds manifest goes, and the summary of a finished sweep.
+
+``ana-train -m data.folds=5 'data.fold=range(5)'`` runs one job per fold (see
+:func:`~ana_lightning.data.splits.sweep_folds`). When the multirun ends, :class:`CVSummaryCallback`
+(a Hydra callback configured in ``conf/hydra/default.yaml``) calls :func:`summarize_sweep`, which
+writes into the sweep folder:
+
+- ``cv_summary.json``: for every test metric ``M`` of the jobs' ``metrics.json``: ``M/mean``,
+  ``M/sd``, ``M/ci95_low``, ``M/ci95_high``, ``M/n_folds``; and ``oof/<metric>`` computed on the
+  pooled out-of-fold predictions (with a cluster-bootstrap interval);
+- ``cv_summary.md``: the same as tables, one row per fold;
+- ``oof_predictions.csv``: every job's ``test_predictions.csv`` with ``repeat`` and ``fold`` columns
+  (every image exactly once per repeat; paths as in ``folds_manifest.csv``);
+- ``oof_confusion_matrix.png``: the pooled confusion matrix (single-label models; multi-label:
+  ``oof_per_class_f1.png``).
+
+``ana-eval sweep_dir=<sweep folder>`` runs :func:`summarize_sweep` again from the saved files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .data.splits import FOLDS_MANIFEST, load_folds_manifest
+from .stats import (
+    MULTI_LABEL_KEYS,
+    SINGLE_LABEL_KEYS,
+    bootstrap_intervals,
+    fold_summary,
+    label_matrix,
+    point_metrics,
+)
+
+try:  # Hydra is a dependency; the import only fails in stripped-down environments
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[assignment,misc]
+
+__all__ = [
+    "default_folds_manifest",
+    "summarize_sweep",
+    "fold_jobs",
+    "read_oof",
+    "CVSummaryCallback",
+    "CVSummaryError",
+    "sweep_manifest",
+    "evaluate_sweep",
+]
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILES = (
+    "cv_summary.json",
+    "cv_summary.md",
+    "oof_predictions.csv",
+    "oof_confusion_matrix.png",
+    "oof_per_class_f1.png",
+)
+
+
+class CVSummaryError(RuntimeError):
+    """A sweep folder that cannot be summarised (no folds manifest, two jobs for one fold, …)."""
+
+
+def default_folds_manifest(cfg: Any) -> str:
+    """``<sweep folder>/folds_manifest.csv`` in a Hydra multirun, else ``<run folder>/folds_manifest.csv``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            if hc.get("mode") == RunMode.MULTIRUN and hc.sweep.dir:
+                return str(Path(str(hc.sweep.dir)) / FOLDS_MANIFEST)
+    except ImportError:  # pragma: no cover
+        pass
+    return str(Path(cfg.paths.output_dir) / FOLDS_MANIFEST)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def fold_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """The jobs of a cross-validation sweep: ``{"dir", "repeat", "fold", "folds", "repeats", "metrics"}``
+    (``metrics`` is None when the job left no ``metrics.json``), sorted by repeat and fold."""
+    sweep = Path(sweep_dir)
+    jobs = []
+    # A job's resolved config (config_resolved.yaml), else Hydra's record of it (.hydra/config.yaml),
+    # which is enough for the fold keys: a job function that does not write the former still counts.
+    job_dirs = sorted(
+        {p.parent for p in sweep.glob("*/config_resolved.yaml")}
+        | {p.parent.parent for p in sweep.glob("*/.hydra/config.yaml")}
+    )
+    for job_dir in job_dirs:
+        cfg_path = job_dir / "config_resolved.yaml"
+        if not cfg_path.is_file():
+            cfg_path = job_dir / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        data = cfg.get("data") or {}
+        if data.get("folds") is None or data.get("fold") is None:
+            continue
+        metrics_path = job_dir / "metrics.json"
+        jobs.append(
+            {
+                "dir": job_dir,
+                "repeat": int(data.get("repeat") or 0),
+                "fold": int(data["fold"]),
+                "folds": int(data["folds"]),
+                "repeats": int(data.get("repeats") or 1),
+                "folds_manifest": data.get("folds_manifest"),
+                "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
+            }
+        )
+    seen: dict[tuple[int, int], Path] = {}
+    for j in jobs:
+        key = (j["repeat"], j["fold"])
+        if key in seen:
+            raise CVSummaryError(
+                f"{sweep}: two jobs ({seen[key].name}, {j['dir'].name}) test fold {key[1]} of repeat {key[0]}; a summary needs "
+                "one job per fold. Sweep other settings (learning rate, model) in separate multiruns and compare them "
+                "with ana-compare."
+            )
+        seen[key] = j["dir"]
+    return sorted(jobs, key=lambda j: (j["repeat"], j["fold"]))
+
+
+def sweep_manifest(sweep_dir: str | Path) -> Path | None:
+    """The folds manifest of a sweep: ``<sweep>/folds_manifest.csv``, or the one its fold jobs were
+    given (``data.folds_manifest=<file>``, e.g. another sweep's, to reuse its folds); None when the
+    folder holds no cross-validation job."""
+    sweep = Path(sweep_dir)
+    if (sweep / FOLDS_MANIFEST).is_file():
+        return sweep / FOLDS_MANIFEST
+    given = {j["folds_manifest"] for j in fold_jobs(sweep) if j["folds_manifest"]}
+    if len(given) > 1:
+        raise CVSummaryError(f"the fold jobs in {sweep} used different folds manifests: {sorted(given)}")
+    return Path(given.pop()) if given and Path(next(iter(given))).is_file() else None
+
+
+def _test_rows(job_dir: Path) -> list[dict[str, str]] | None:
+    """The job's ``test_predictions.csv`` with each path replaced by its manifest-relative path (from
+    the job's ``split_manifest.csv``, whose test rows are in the same order)."""
+    pred_path, split_path = job_dir / "test_predictions.csv", job_dir / "split_manifest.csv"
+    if not pred_path.is_file() or not split_path.is_file():
+        return None
+    with open(split_path, newline="") as f:
+        test_paths = [r["path"] for r in csv.DictReader(f) if r["split"] == "test"]
+    with open(pred_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != len(test_paths):
+        raise CVSummaryError(
+            f"{pred_path} has {len(rows)} rows, the test split of {split_path} {len(test_paths)} images"
+        )
+    out = []
+    for row, rel in zip(rows, test_paths, strict=True):  # both in the test split's order
+        p = Path(row["path"]).as_posix()
+        if p != rel and not p.endswith("/" + rel):
+            raise CVSummaryError(
+                f"{pred_path}: {row['path']} is not {rel}, the same row of the test split in {split_path}"
+            )
+        out.append({**row, "path": rel})
+    return out
+
+
+def read_oof(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows and the class list (from the ``p_<class>`` columns) of an ``oof_predictions.csv``."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
+        return list(reader), classes
+
+
+def _labels(rows: list[dict[str, str]], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return label_matrix([r["true"] for r in rows], classes), label_matrix([r["pred"] for r in rows], classes)
+
+
+# ------------------------------------------------------------------------------------------ summary
+def summarize_sweep(
+    sweep_dir: str | Path, out_dir: str | Path | None = None, n_boot: int = 1000
+) -> dict[str, Any]:
+    """Write the cross-validation summary of a finished sweep (see the module docstring) into
+    ``out_dir`` (default: the sweep folder); returns the ``cv_summary.json`` content."""
+    sweep = Path(sweep_dir)
+    manifest_path = sweep_manifest(sweep) if sweep.is_dir() else None
+    if manifest_path is None:
+        raise CVSummaryError(
+            f"{sweep} has no {FOLDS_MANIFEST}: not a cross-validation sweep (ana-train -m data.folds=k 'data.fold=range(k)')"
+        )
+    out_dir = Path(out_dir) if out_dir is not None else sweep
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_folds_manifest(manifest_path)
+    folds = len({r["fold"] for r in manifest})
+    repeats = len({r["repeat"] for r in manifest})
+    jobs = fold_jobs(sweep)
+    expected = {(r, f) for r in range(repeats) for f in range(folds)}
+    done = {(j["repeat"], j["fold"]) for j in jobs if j["metrics"] is not None}
+    missing = sorted(expected - done)
+
+    per_fold: dict[str, list[float | None]] = defaultdict(list)
+    keys = sorted(
+        {
+            k
+            for j in jobs
+            if j["metrics"]
+            for k, v in j["metrics"].items()
+            if k.startswith("test/")
+            and "_ci95_" not in k
+            and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+        }
+    )
+    for j in jobs:
+        if j["metrics"] is None:
+            continue
+        for k in keys:
+            v = j["metrics"].get(k)
+            per_fold[k].append(None if v is None else float(v))
+    summary: dict[str, Any] = fold_summary(per_fold, folds, repeats)
+
+    # Pooled out-of-fold predictions: every image once per repeat.
+    oof: list[dict[str, str]] = []
+    header: list[str] = []
+    no_predictions = []
+    for j in jobs:
+        rows = _test_rows(j["dir"])
+        if rows is None:
+            no_predictions.append(j["dir"].name)
+            continue
+        for r in rows:
+            r = {"repeat": str(j["repeat"]), "fold": str(j["fold"]), **r}
+            header += [c for c in r if c not in header]
+            oof.append(r)
+    coverage: list[str] = []
+    if oof:
+        with open(out_dir / "oof_predictions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=header, restval="")
+            w.writeheader()
+            w.writerows(oof)
+        fold_of = {(r["repeat"], r["path"]): r["fold"] for r in manifest}
+        group_of = {r["path"]: r["group"] or r["sha256"] or r["path"] for r in manifest}
+        seen: dict[tuple[str, str], int] = defaultdict(int)
+        for r in oof:
+            seen[(r["repeat"], r["path"])] += 1
+            if fold_of.get((r["repeat"], r["path"])) != r["fold"]:
+                raise CVSummaryError(
+                    f"{r['path']} was tested in fold {r['fold']} of repeat {r['repeat']}, but "
+                    f"{FOLDS_MANIFEST} puts it in fold {fold_of.get((r['repeat'], r['path']))}"
+                )
+        twice = [k for k, n in seen.items() if n > 1]
+        if twice:
+            raise CVSummaryError(
+                f"{len(twice)} image(s) were tested more than once in one repeat, e.g. {twice[0]}"
+            )
+        for rep in range(repeats):
+            absent = [p for (rr, p) in fold_of if rr == str(rep) and (rr, p) not in seen]
+            if absent:
+                coverage.append(
+                    f"repeat {rep}: {len(absent)} of the {len(absent) + sum(1 for k in seen if k[0] == str(rep))} "
+                    f"images have no out-of-fold prediction (e.g. {absent[0]})"
+                )
+        classes = [c[2:] for c in header if c.startswith("p_")]
+        summary.update(_oof_metrics(oof, classes, repeats, group_of, n_boot))
+        if not summary.get("oof/multilabel"):
+            _plot_pooled_confusion(oof, classes, out_dir / "oof_confusion_matrix.png", summary)
+        else:  # multi-label: no confusion matrix; the pooled per-class F1 instead
+            _plot_pooled_f1(oof, classes, out_dir / "oof_per_class_f1.png", summary)
+    summary.update(
+        {
+            "folds": folds,
+            "repeats": repeats,
+            "n_jobs": len(jobs),
+            "n_images": len({r["path"] for r in manifest}),
+        }
+    )
+    summary["missing_folds"] = [f"repeat {r} fold {f}" for r, f in missing]
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    (out_dir / "cv_summary.json").write_text(json.dumps(clean, indent=2) + "\n")
+    (out_dir / "cv_summary.md").write_text(
+        _markdown(sweep, clean, jobs, keys, missing, coverage, no_predictions)
+    )
+    log.info("cross-validation summary of %d fold job(s) written to %s", len(jobs), out_dir / "cv_summary.md")
+    return clean
+
+
+def _oof_metrics(
+    oof: list[dict[str, str]], classes: list[str], repeats: int, group_of: dict[str, str], n_boot: int
+) -> dict[str, Any]:
+    """Metrics of the pooled out-of-fold predictions, per repeat (``oof/repeat<i>/<m>``) and their
+    mean over repeats (``oof/<m>``), with a cluster-bootstrap interval for repeat 0's headline metrics."""
+    true, pred = _labels(oof, classes)
+    # Multi-label models write n_errors (reports_multilabel); otherwise any image with not exactly one label.
+    multi = "n_errors" in oof[0] or bool((true.sum(1) != 1).any() or (pred.sum(1) != 1).any())
+    out: dict[str, Any] = {"oof/multilabel": multi}
+    per_rep: dict[str, list[float]] = defaultdict(list)
+    reps = np.array([int(r["repeat"]) for r in oof])
+    for rep in range(repeats):
+        sel = reps == rep
+        if not sel.any():
+            continue
+        m = point_metrics(true[sel], pred[sel], MULTI_LABEL_KEYS if multi else SINGLE_LABEL_KEYS)
+        for k, v in m.items():
+            per_rep[k].append(v)
+            if repeats > 1:
+                out[f"oof/repeat{rep}/{k}"] = v
+        if rep == 0:
+            clusters = [group_of.get(r["path"], r["path"]) for r, s in zip(oof, sel, strict=True) if s]
+            keys = [k for k in ("mca", "acc", "exact_match", "micro_f1") if k in m]
+            for k, (lo, hi) in bootstrap_intervals(
+                true[sel], pred[sel], keys, clusters=clusters, n_boot=n_boot
+            ).items():
+                out[f"oof/{k}_ci95_low"], out[f"oof/{k}_ci95_high"] = lo, hi
+    for k, v in per_rep.items():
+        out[f"oof/{k}"] = float(np.mean(v))
+    out["oof/n_images"] = int((reps == 0).sum())
+    return out
+
+
+def _plot_pooled_confusion(
+    oof: list[dict[str, str]], classes: list[str], path: Path, summary: dict[str, Any]
+) -> None:
+    from .reports import plot_confusion_matrix
+
+    index = {c: i for i, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)), dtype=int)
+    for r in oof:
+        cm[index[r["true"]], index[r["pred"]]] += 1
+    mca = summary.get("oof/mca", math.nan)
+    plot_confusion_matrix(cm, classes, path, title=f"out-of-fold, all repeats: MCA {mca:.3f}")
+
+
+def _plot_pooled_f1(
+    oof: list[dict[str, str]], classes: list[str], path: Path, summary: dict[str, Any]
+) -> None:
+    from .reports_multilabel import plot_per_class_f1
+
+    true, pred = _labels(oof, classes)
+    tp, fp, fn = (true & pred).sum(0), (~true & pred).sum(0), (true & ~pred).sum(0)
+    f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    title = f"out-of-fold, all repeats: micro F1 {summary.get('oof/micro_f1', math.nan):.3f}"
+    plot_per_class_f1(f1, true.sum(0), classes, path, title=title)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.{digits}f}"
+
+
+def _markdown(
+    sweep: Path,
+    s: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    keys: list[str],
+    missing: list,
+    coverage: list[str],
+    no_predictions: list[str],
+) -> str:
+    k, r = s["folds"], s["repeats"]
+    ci = (
+        "t-interval over the folds"
+        if r == 1
+        else "corrected resampled t-interval (Nadeau & Bengio 2003), as folds of different repeats share images"
+    )
+    md = [
+        f"# Cross-validation summary: {sweep.name}",
+        "",
+        f"{k}-fold{f' × {r} repeats' if r > 1 else ''} cross-validation, {s['n_images']} images, grouped and stratified "
+        f"folds (`{FOLDS_MANIFEST}`). Each job tests on its fold; validation is carved from the other folds.",
+        "",
+        f"Mean ± SD over folds; 95% CI: {ci}.",
+        "",
+    ]
+    if missing:
+        md += [f"**Incomplete:** no metrics for {', '.join(f'repeat {a} fold {b}' for a, b in missing)}.", ""]
+    md += ["| metric | mean | SD | 95% CI | folds |", "|---|---|---|---|---|"]
+    for m in keys:
+        md.append(
+            f"| `{m}` | {_fmt(s.get(f'{m}/mean'))} | {_fmt(s.get(f'{m}/sd'))} | "
+            f"[{_fmt(s.get(f'{m}/ci95_low'))}, {_fmt(s.get(f'{m}/ci95_high'))}] | {s.get(f'{m}/n_folds')} |"
+        )
+    head = [
+        m for m in ("test/mca", "test/acc", "test/exact_match", "test/micro_f1", "test/macro_f1") if m in keys
+    ][:4]
+    md += [
+        "",
+        "## Per fold",
+        "",
+        "| repeat | fold | job | " + " | ".join(f"`{m}`" for m in head) + " |",
+        "|---|---|---|" + "---|" * len(head),
+    ]
+    for j in jobs:
+        vals = [_fmt((j["metrics"] or {}).get(m)) for m in head]
+        md.append(f"| {j['repeat']} | {j['fold']} | {j['dir'].name} | " + " | ".join(vals) + " |")
+    oof_keys = [
+        m for m in ("mca", "acc", "macro_f1", "exact_match", "micro_f1", "hamming_loss") if f"oof/{m}" in s
+    ]
+    if oof_keys:
+        md += [
+            "",
+            "## Pooled out-of-fold predictions",
+            "",
+            f"`oof_predictions.csv`: every image once per repeat ({s.get('oof/n_images')} images in repeat 0). Metrics on "
+            "the pooled predictions (mean over repeats); interval: cluster bootstrap (by group) on repeat 0.",
+            "",
+            "| metric | value | 95% CI |",
+            "|---|---|---|",
+        ]
+        for m in oof_keys:
+            lo, hi = s.get(f"oof/{m}_ci95_low"), s.get(f"oof/{m}_ci95_high")
+            md.append(
+                f"| `oof/{m}` | {_fmt(s[f'oof/{m}'])} | {f'[{_fmt(lo)}, {_fmt(hi)}]' if lo is not None else ''} |"
+            )
+        if not s.get("oof/multilabel"):
+            md += ["", "![pooled confusion matrix](oof_confusion_matrix.png)"]
+        else:
+            md += ["", "![pooled per-class F1](oof_per_class_f1.png)"]
+    for line in coverage:
+        md += ["", f"**Coverage:** {line}."]
+    if no_predictions:
+        md += [
+            "",
+            f"Jobs without `test_predictions.csv` (not in the pooled predictions): {', '.join(no_predictions)}.",
+        ]
+    return "\n".join(md) + "\n"
+
+
+def evaluate_sweep(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``ana-eval sweep_dir=<sweep>``: the summary again, from the saved predictions, into the eval run
+    folder; also into the sweep folder when it has none yet (a sweep stopped before its end, e.g. by a
+    failed fold job), never overwriting the sweep's own files."""
+    import shutil
+
+    sweep, run_dir = Path(cfg.sweep_dir), Path(cfg.paths.output_dir)
+    summary = summarize_sweep(sweep, out_dir=run_dir)
+    if not (sweep / "cv_summary.json").exists():
+        for name in SUMMARY_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, sweep / name)
+        log.info("the sweep had no summary: written into %s too", sweep)
+    print(f"cross-validation summary: {run_dir / 'cv_summary.md'}")
+    return summary, {"run_dir": run_dir, "sweep_dir": sweep}
+
+
+# ------------------------------------------------------------------------------------------ Hydra callback
+class CVSummaryCallback(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): when a multirun whose jobs made a
+    ``folds_manifest.csv`` ends, write the cross-validation summary into the sweep folder and, when
+    the jobs logged to W&B, log it once as a run of the sweep's group."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        try:
+            sweep = Path(str(config.hydra.sweep.dir))
+        except Exception:  # noqa: BLE001 - a sweep folder that cannot be resolved: nothing to summarise
+            return
+        try:
+            if sweep_manifest(sweep) is None:
+                return  # not a cross-validation sweep
+            summary = summarize_sweep(sweep)
+        except CVSummaryError as e:
+            log.error("no cross-validation summary: %s", e)
+            return
+        print(f"cross-validation summary: {sweep / 'cv_summary.md'}")
+        try:
+            _log_wandb(sweep, summary)
+        except Exception as e:  # noqa: BLE001 - the summary files are written; W&B is a copy
+            log.warning("the cross-validation summary was not logged to W&B: %s", e)
+
+
+def _log_wandb(sweep: Path, summary: dict[str, Any]) -> None:
+    """One W&B run (job_type ``cv_summary``) in the fold jobs' group (read from a job's resolved
+    config, so it is the group they logged to), holding the summary and the pooled plot. Nothing
+    when the jobs did not log to W&B."""
+    jobs = fold_jobs(sweep)
+    if not jobs:
+        return
+    resolved = jobs[0]["dir"] / "config_resolved.yaml"
+    if not resolved.is_file():
+        return  # W&B settings are known from a job's resolved config only
+    job_cfg = yaml.safe_load(resolved.read_text()) or {}
+    wb = (job_cfg.get("logger") or {}).get("wandb")
+    if not wb:
+        return
+    try:
+        import wandb
+    except ImportError:
+        return
+    run = wandb.init(
+        project=wb.get("project"),
+        entity=wb.get("entity"),
+        group=wb.get("group"),
+        tags=wb.get("tags") or None,
+        job_type="cv_summary",
+        name=f"cv_summary-{sweep.name}",
+        dir=str(sweep),
+        mode="offline" if wb.get("offline") else None,
+        reinit=True,
+    )
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    run.summary.update(scalars)
+    run.log(scalars)
+    png = sweep / "oof_confusion_matrix.png"
+    if png.is_file():
+        run.log({"cv/oof_confusion_matrix": wandb.Image(str(png))})
+    run.finish()

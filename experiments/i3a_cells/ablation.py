@@ -1,0 +1,290 @@
+"""Ablation and robustness table of the cell recipe (``experiment=i3a_cells``) on real I3A cells.
+
+    python experiments/i3a_cells/ablation.py --root ../shared/data/i3a2014-task1/training \
+        --rows full,no_cell_norm,no_acquisition_jitter --epochs 4
+    python experiments/i3a_cells/ablation.py --root ... --from-run outputs/<run> --name full   # a finished run
+    python experiments/i3a_cells/ablation.py --table                                           # table only
+
+Each row trains the recipe with one ingredient changed (``ana-train experiment=i3a_cells`` plus the
+row's overrides, the same grouped split: ``data.seed`` is fixed), tests the best-``val/mca``
+checkpoint once on the specimen-grouped test split, and then evaluates the same checkpoint on the
+same test cells *shifted the way another lab's images would be*: brightness ×0.3 and ×4 (in 8-bit
+units: dim cells lose grey levels, bright ones saturate), gamma 0.5 and 2, Gaussian blur σ = 1.5 px,
+and the grey cell stored as RGB with the signal in green only. ``tta`` rows reuse a trained row's
+checkpoint with dihedral test-time augmentation switched on (no training).
+
+Results are appended to ``results/results.csv`` (one line per row and shift, so an interrupted run
+keeps its finished rows) and ``results/table.md`` is rewritten from it. The README beside this file
+quotes the table with the protocol (epochs, machine load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "data" / "i3a2014-task1" / "training"
+
+ROWS: dict[str, list[str]] = {
+    "full": [],
+    "no_cell_norm": ["model.backbone.cell_input.normalize=false"],
+    "no_acquisition_jitter": [
+        "augmentation.batch.gain=null",
+        "augmentation.batch.gamma=0",
+        "augmentation.batch.blur=0",
+        "augmentation.batch.noise=0",
+        "augmentation.batch.offset=0",
+    ],
+    "dihedral_only": ["augmentation.batch.rotate=false", "augmentation.batch.scale=0"],
+    "mask_apply": ["data.mask=apply"],
+    "mask_none": ["data.mask=none"],
+    "no_class_weights": ["class_weighted_loss=false"],
+    "resnet10t": ["model.backbone.name=resnet10t", "~model.backbone.width"],
+    "plain": [
+        "model.backbone.cell_input.normalize=false",
+        "augmentation.batch.gain=null",
+        "augmentation.batch.gamma=0",
+        "augmentation.batch.blur=0",
+        "augmentation.batch.noise=0",
+        "augmentation.batch.offset=0",
+        "augmentation.batch.rotate=false",
+        "augmentation.batch.scale=0",
+    ],
+}
+WHAT = {
+    "full": "the recipe (experiment=i3a_cells)",
+    "no_cell_norm": "− per-cell intensity normalisation",
+    "no_acquisition_jitter": "− gain/gamma/blur/noise/offset jitter",
+    "dihedral_only": "− any-angle rotation and zoom (flips + 90° only)",
+    "mask_apply": "mask applied (zero outside) instead of a mask channel",
+    "mask_none": "no mask",
+    "no_class_weights": "− class-weighted loss",
+    "resnet10t": "timm resnet10t instead of cellnet",
+    "plain": "plain: no normalisation, no jitter, flips + 90° only",
+}
+
+
+def _shift(name: str):
+    """An 8-bit RGB image → the same image as another lab might record it."""
+
+    def scale(k):
+        return lambda im: np.clip(np.round(im.astype(np.float32) * k), 0, 255).astype(np.uint8)
+
+    def gamma(g):
+        return lambda im: np.clip(np.round(255 * (im.astype(np.float32) / 255) ** g), 0, 255).astype(np.uint8)
+
+    def blur(s):
+        return lambda im: cv2.GaussianBlur(im, (0, 0), s)
+
+    def green(im):
+        out = np.zeros_like(im)
+        out[..., 1] = im.max(axis=2)
+        return out
+
+    return {
+        "none": lambda im: im,
+        "bright_x0.3": scale(0.3),
+        "bright_x4": scale(4.0),
+        "gamma_0.5": gamma(0.5),
+        "gamma_2": gamma(2.0),
+        "blur_1.5": blur(1.5),
+        "rgb_green": green,
+    }[name]
+
+
+SHIFTS = ["none", "bright_x0.3", "bright_x4", "gamma_0.5", "gamma_2", "blur_1.5", "rgb_green"]
+
+
+def _test_cells(run_dir: Path, root: Path) -> tuple[list[str], list[str]]:
+    """Test-split paths of a run (its split manifest) and their contest class names (its classes.csv)."""
+    node_to_class = {r["tree_label"]: r["class"] for r in csv.DictReader(open(run_dir / "classes.csv"))}
+    paths, labels = [], []
+    for r in csv.DictReader(open(run_dir / "split_manifest.csv")):
+        if r["split"] == "test":
+            p = Path(r["path"])
+            paths.append(str(p if p.is_absolute() else root / p))
+            labels.append(node_to_class[r["label"]])
+    return paths, labels
+
+
+def evaluate_shifts(
+    ckpt: str, run_dir: Path, root: Path, tta: bool = False, shifts=SHIFTS
+) -> dict[str, float]:
+    """MCA of a checkpoint on its run's test cells under each shift."""
+    from ana_lightning.data.contest import apply_mask
+    from ana_lightning.data.images import load_image
+    from ana_lightning.data.transforms import build_transform
+    from ana_lightning.utils import load_checkpoint_model
+
+    model = load_checkpoint_model(ckpt)
+    net = model.net
+    if hasattr(net, "tta"):
+        net.tta = bool(tta)
+    elif tta:
+        raise ValueError(f"{ckpt}: the network has no CellInput, so no TTA switch")
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load(open(run_dir / "config_resolved.yaml"))))
+    mask_mode = cfg["data"]["mask"]
+    tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
+    paths, labels = _test_cells(run_dir, root)
+    names = list(model.class_names)
+    y = np.array([names.index(c) for c in labels])
+    raw = [(load_image(p), load_image(p[: -len(Path(p).suffix)] + "_Mask" + Path(p).suffix)) for p in paths]
+    out = {}
+    for s in shifts:
+        fn = _shift(s)
+        x = torch.stack([tf(apply_mask(fn(im), m, mask_mode)) for im, m in raw])
+        with torch.no_grad():
+            pred = torch.cat([model(x[i : i + 256]).argmax(-1) for i in range(0, len(x), 256)]).numpy()
+        out[s] = float(np.mean([np.mean(pred[y == k] == k) for k in range(len(names)) if np.any(y == k)]))
+    return out
+
+
+def train_row(
+    name: str, overrides: list[str], epochs: int | None, out: Path, root: Path, extra: list[str]
+) -> Path:
+    from ana_lightning.pipeline import train
+    from ana_lightning.utils import compose_config
+
+    run = out / "runs" / name
+    ov = [
+        "experiment=i3a_cells",
+        f"data.root={root}",
+        f"paths.output_dir={run}",
+        "callbacks.rich_progress_bar=null",
+        *overrides,
+        *extra,
+    ]
+    if epochs:
+        ov.append(f"trainer.max_epochs={epochs}")
+    t0, c0 = time.time(), time.process_time()
+    metrics, _ = train(compose_config("train", ov))
+    (run / "timing.json").write_text(
+        json.dumps(
+            {
+                "wall_s": time.time() - t0,
+                "cpu_s": time.process_time() - c0,
+                "load": os.getloadavg(),
+                "overrides": ov,
+            },
+            indent=1,
+        )
+    )
+    return run
+
+
+def append(out: Path, row: dict) -> None:
+    f = out / "results.csv"
+    new = not f.exists()
+    with open(f, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def write_table(out: Path) -> str:
+    f = out / "results.csv"
+    if not f.exists():
+        return "(no results yet)"
+    rows = list(csv.DictReader(open(f)))
+    lines = [
+        "| row | what | epochs | grouped test MCA | "
+        + " | ".join(s for s in SHIFTS[1:])
+        + " | worst shift | train wall / CPU min (load) |",
+        "|---|---|---|---|" + "---|" * (len(SHIFTS) - 1) + "---|---|",
+    ]
+    for r in rows:
+        vals = [float(r[s]) if r[s] != "" else None for s in SHIFTS]
+        shifted = [v for v in vals[1:] if v is not None]
+        lines.append(
+            f"| {r['row']} | {r['what']} | {r['epochs']} | **{vals[0]:.3f}** | "
+            + " | ".join("–" if v is None else f"{v:.3f}" for v in vals[1:])
+            + f" | {f'{min(shifted):.3f}' if shifted else '–'} | {r['timing']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument(
+        "--rows", default="full,no_cell_norm,no_acquisition_jitter,dihedral_only,mask_apply,plain"
+    )
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="shorter runs for the ablation rows (default: the recipe's)"
+    )
+    ap.add_argument("--tta-of", default="full", help="row whose checkpoint also gets a TTA row ('' = none)")
+    ap.add_argument(
+        "--tta-shifts", default="none", help="shifts evaluated with TTA (8× the cost of a plain evaluation)"
+    )
+    ap.add_argument(
+        "--from-run", type=Path, default=None, help="add a finished run folder as row --name (no training)"
+    )
+    ap.add_argument("--name", default="full")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--table", action="store_true", help="only rewrite table.md from results.csv")
+    ap.add_argument(
+        "overrides", nargs="*", help="extra ana-train overrides for every row (e.g. torch_threads=1)"
+    )
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(write_table(args.out))
+        return
+    if not args.root.is_dir():
+        sys.exit(f"{args.root} does not exist: pass --root <I3A training folder>")
+    todo = [(args.name, args.from_run)] if args.from_run else [(r, None) for r in args.rows.split(",") if r]
+    for name, run in todo:
+        if run is None:
+            if name not in ROWS:
+                sys.exit(f"unknown row {name!r} (known: {', '.join(ROWS)})")
+            run = train_row(name, ROWS[name], args.epochs, args.out, args.root.resolve(), args.overrides)
+        ckpt = (run / "best_checkpoint.txt").read_text().strip()
+        timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
+        cfg = __import__("yaml").safe_load(open(run / "config_resolved.yaml"))
+        tim = (
+            f"{timing['wall_s'] / 60:.1f} / {timing['cpu_s'] / 60:.1f} ({timing['load'][0]:.1f})"
+            if timing
+            else "see README"
+        )
+        variants = [(name, False)] + ([(f"{name}+tta", True)] if name == args.tta_of else [])
+        for label, tta in variants:
+            shifts = [s for s in args.tta_shifts.split(",") if s] if tta else SHIFTS
+            res = {s: "" for s in SHIFTS} | evaluate_shifts(
+                ckpt, run, args.root.resolve(), tta=tta, shifts=shifts
+            )
+            what = WHAT.get(name, name) + (" + dihedral TTA (8 views)" if tta else "")
+            append(
+                args.out,
+                {
+                    "row": label,
+                    "what": what,
+                    "epochs": cfg["trainer"]["max_epochs"],
+                    **res,
+                    "timing": tim,
+                    "run": str(run),
+                },
+            )
+            print(label, {k: round(v, 3) for k, v in res.items() if v != ""}, flush=True)
+    print(write_table(args.out))
+
+
+if __name__ == "__main__":
+    main()

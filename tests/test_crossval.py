@@ -1,0 +1,305 @@
+"""Cross-validation sweeps: the summary (cv_summary.*, oof_predictions.csv), ana-eval on a sweep
+folder, and ana-compare; fast tests on hand-made sweep folders, one real multirun (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ana_lightning.compare import CompareError, compare_sweeps
+from ana_lightning.crossval import CVSummaryError, summarize_sweep
+from ana_lightning.data.records import ImageRecord
+from ana_lightning.data.splits import FOLDS_MANIFEST, load_folds_manifest, sweep_folds
+from ana_lightning.stats import label_matrix, point_metrics
+
+from conftest import TINY_BACKBONE, write_class_images
+
+BIN = Path(sys.executable).parent
+CLASSES = ["AC-1", "AC-2", "AC-4"]
+
+
+def _fake_sweep(
+    root: Path, sweep: Path, folds: int = 4, repeats: int = 1, acc: float = 0.7, seed: int = 0, fold_seed: int = 0
+) -> dict:
+    """A sweep folder as ana-train leaves it: folds manifest, and per job config_resolved.yaml,
+    metrics.json, split_manifest.csv and test_predictions.csv (random predictions)."""
+    rng = np.random.default_rng(seed)
+    recs = [
+        ImageRecord(str(root / c / f"{i}.png"), (c,), f"p{i // 2}" if c == "AC-4" else None, f"{c}{i}")
+        for c, n in zip(CLASSES, (12, 9, 8), strict=True)
+        for i in range(n)
+    ]
+    maps = sweep_folds(recs, sweep / FOLDS_MANIFEST, folds, repeats, seed=fold_seed, root=root)
+    fold_metrics = {}
+    for rep in range(repeats):
+        for k in range(folds):
+            job = sweep / str(rep * folds + k)
+            job.mkdir(parents=True)
+            test = sorted((r for r in recs if maps[rep][r.path] == k), key=lambda r: r.path)
+            cfg = {
+                "data": {
+                    "folds": folds,
+                    "fold": k,
+                    "repeats": repeats,
+                    "repeat": rep,
+                    "folds_manifest": str(sweep / FOLDS_MANIFEST),
+                }
+            }
+            (job / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+            with open(job / "split_manifest.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["path", "label", "split", "sha256", "group"])
+                w.writerows(
+                    [Path(r.path).relative_to(root).as_posix(), r.label, "test", r.sha256, r.group or ""]
+                    for r in test
+                )
+            true = [r.label for r in test]
+            pred = [t if rng.random() < acc else CLASSES[(CLASSES.index(t) + 1) % 3] for t in true]
+            with open(job / "test_predictions.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["path", "true", "pred", "confidence", *[f"p_{c}" for c in CLASSES]])
+                for r, t, p in zip(test, true, pred, strict=True):
+                    w.writerow([r.path, t, p, "0.9", *["0.9" if c == p else "0.05" for c in CLASSES]])
+            m = point_metrics(label_matrix(true, CLASSES), label_matrix(pred, CLASSES))
+            metrics = {
+                "test/mca": m["mca"],
+                "test/acc": m["acc"],
+                "test/loss": float(rng.random()),
+                "test/mca_ci95_low": 0.0,
+                "test/mca_ci95_high": 1.0,
+            }
+            (job / "metrics.json").write_text(json.dumps(metrics))
+            fold_metrics[(rep, k)] = metrics
+    return {"records": recs, "metrics": fold_metrics}
+
+
+def test_summary_mean_sd_and_oof_every_image_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    made = _fake_sweep(tmp_path / "data", sweep, folds=4)
+    s = summarize_sweep(sweep, n_boot=200)
+    for m in ("test/mca", "test/acc", "test/loss"):
+        vals = [v[m] for v in made["metrics"].values()]
+        assert s[f"{m}/mean"] == pytest.approx(np.mean(vals))
+        assert s[f"{m}/sd"] == pytest.approx(np.std(vals, ddof=1))
+        assert s[f"{m}/n_folds"] == 4
+        assert s[f"{m}/ci95_low"] < s[f"{m}/mean"] < s[f"{m}/ci95_high"]
+    assert not any("_ci95_low/" in k for k in s)  # intervals are not summarised as metrics
+    assert json.loads((sweep / "cv_summary.json").read_text()) == s
+    with open(sweep / "oof_predictions.csv", newline="") as f:
+        oof = list(csv.DictReader(f))
+    assert Counter(r["path"] for r in oof) == Counter(
+        r["path"] for r in load_folds_manifest(sweep / FOLDS_MANIFEST)
+    )
+    assert all(n == 1 for n in Counter(r["path"] for r in oof).values())
+    pooled = point_metrics(
+        label_matrix([r["true"] for r in oof], CLASSES), label_matrix([r["pred"] for r in oof], CLASSES)
+    )
+    assert s["oof/mca"] == pytest.approx(pooled["mca"]) and s["oof/acc"] == pytest.approx(pooled["acc"])
+    assert s["oof/mca_ci95_low"] <= s["oof/mca"] <= s["oof/mca_ci95_high"]
+    assert (sweep / "oof_confusion_matrix.png").stat().st_size > 1000
+    md = (sweep / "cv_summary.md").read_text()
+    assert "| `test/mca` |" in md and "## Per fold" in md and "oof_confusion_matrix.png" in md
+
+
+def test_summary_with_repeats_and_a_missing_fold(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_sweep(tmp_path / "data", sweep, folds=3, repeats=2)
+    shutil.rmtree(sweep / "4")  # repeat 1, fold 1 never ran
+    s = summarize_sweep(sweep, n_boot=100)
+    assert s["test/mca/n_folds"] == 5 and s["missing_folds"] == ["repeat 1 fold 1"]
+    with open(sweep / "oof_predictions.csv", newline="") as f:
+        oof = list(csv.DictReader(f))
+    per_rep = Counter(r["repeat"] for r in oof)
+    assert per_rep["0"] == 29 and per_rep["1"] < 29
+    assert (
+        "Incomplete" in (sweep / "cv_summary.md").read_text()
+        and "Coverage" in (sweep / "cv_summary.md").read_text()
+    )
+
+
+def test_two_jobs_for_one_fold_and_non_sweeps_are_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_sweep(tmp_path / "data", sweep, folds=3)
+    shutil.copytree(sweep / "0", sweep / "3")
+    with pytest.raises(CVSummaryError, match="one job per fold"):
+        summarize_sweep(sweep)
+    with pytest.raises(CVSummaryError, match="not a cross-validation sweep"):
+        summarize_sweep(tmp_path / "data")
+
+
+def test_compare_a_model_with_itself_reports_no_difference(tmp_path):
+    _fake_sweep(tmp_path / "data", tmp_path / "a", folds=4, seed=0)
+    shutil.copytree(tmp_path / "a", tmp_path / "a_copy")
+    r = compare_sweeps(tmp_path / "a", tmp_path / "a_copy", out_dir=tmp_path / "cmp")
+    assert r["n_pairs"] == 4 and set(r["metrics"]) == {"test/mca", "test/acc"}
+    for m in r["metrics"].values():
+        assert m["mean_diff"] == 0 and (m["ci95_low"], m["ci95_high"]) == (0.0, 0.0) and m["p_ttest"] == 1.0
+    assert r["mcnemar"][0]["a_only_correct"] == r["mcnemar"][0]["b_only_correct"] == 0
+    assert r["mcnemar"][0]["p_mcnemar"] == 1.0 and r["mcnemar"][0]["n_images"] == 29
+    assert (tmp_path / "cmp" / "compare.md").is_file() and json.loads(
+        (tmp_path / "cmp" / "compare.json").read_text()
+    )
+
+
+def test_compare_detects_a_better_model_and_refuses_other_folds(tmp_path):
+    _fake_sweep(tmp_path / "data", tmp_path / "good", folds=4, acc=0.95, seed=1)
+    _fake_sweep(tmp_path / "data", tmp_path / "bad", folds=4, acc=0.3, seed=2, fold_seed=1)
+    with pytest.raises(CompareError, match="different folds"):
+        compare_sweeps(tmp_path / "good", tmp_path / "bad")
+    shutil.rmtree(tmp_path / "bad")
+    _fake_sweep(tmp_path / "data", tmp_path / "bad", folds=4, acc=0.3, seed=2)
+    r = compare_sweeps(tmp_path / "good", tmp_path / "bad")
+    assert r["metrics"]["test/acc"]["mean_diff"] > 0.3 and r["metrics"]["test/acc"]["ci95_low"] > 0
+    assert r["mcnemar"][0]["p_mcnemar"] < 0.01
+
+
+# ---------------------------------------------------------------------------------- real multirun
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ANA_ROOT": str(tmp_path),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _cmd(name: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which(name, path=str(BIN)) or name
+    proc = subprocess.run(
+        [exe, *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_three_fold_multirun_through_the_console_command(tmp_path):
+    data = write_class_images(tmp_path / "data", {"AC-1": 9, "AC-2": 9, "AC-4": 6}, size=32)
+    _cmd(
+        "ana-train",
+        [
+            "-m",
+            "data=single_label",
+            f"data.root={data}",
+            "data.image_size=32",
+            "data.batch_size=8",
+            f"model.backbone.name={TINY_BACKBONE}",
+            "trainer.max_epochs=1",
+            "callbacks.rich_progress_bar=null",
+            "+trainer.enable_model_summary=false",
+            "logger=wandb",
+            "data.folds=3",
+            "data.fold=range(3)",
+        ],
+        tmp_path,
+    )
+    (sweep,) = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    s = json.loads((sweep / "cv_summary.json").read_text())
+    fold_metrics = [json.loads((sweep / str(k) / "metrics.json").read_text()) for k in range(3)]
+    for m in ("test/mca", "test/acc"):
+        assert s[f"{m}/mean"] == pytest.approx(np.mean([f[m] for f in fold_metrics]))
+        assert s[f"{m}/sd"] == pytest.approx(np.std([f[m] for f in fold_metrics], ddof=1))
+        assert s[f"{m}/n_folds"] == 3
+    for f in fold_metrics:  # every run's metrics.json has its bootstrap intervals
+        assert f["test/mca_ci95_low"] <= f["test/mca"] <= f["test/mca_ci95_high"]
+        assert f["test/acc_ci95_low"] <= f["test/acc"] <= f["test/acc_ci95_high"]
+    assert " [" in (sweep / "0" / "test_report.md").read_text()
+    for k, f in enumerate(fold_metrics):  # one MCA definition: the logged metric = the one on the saved predictions
+        with open(sweep / str(k) / "test_predictions.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        classes = ["AC-1", "AC-2", "AC-4"]
+        m = point_metrics(label_matrix([r["true"] for r in rows], classes), label_matrix([r["pred"] for r in rows], classes))
+        assert m["mca"] == pytest.approx(f["test/mca"], abs=1e-6) and m["acc"] == pytest.approx(f["test/acc"], abs=1e-6)
+    with open(sweep / "oof_predictions.csv", newline="") as f:
+        oof = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in oof) == sorted(
+        f"{c}/img_{i:03d}.png" for c, n in (("AC-1", 9), ("AC-2", 9), ("AC-4", 6)) for i in range(n)
+    )
+    tests = [
+        {
+            r["path"]
+            for r in csv.DictReader(open(sweep / str(k) / "split_manifest.csv"))
+            if r["split"] == "test"
+        }
+        for k in range(3)
+    ]
+    vals = [
+        {
+            r["path"]
+            for r in csv.DictReader(open(sweep / str(k) / "split_manifest.csv"))
+            if r["split"] == "val"
+        }
+        for k in range(3)
+    ]
+    assert all(vals[k] and not vals[k] & tests[k] for k in range(3))  # validation never from the test fold
+    assert (sweep / "oof_confusion_matrix.png").is_file() and (sweep / "cv_summary.md").is_file()
+    # W&B: the fold runs share the sweep's group; the summary is one more run of that group.
+    summary_runs = list((sweep / "wandb").glob("offline-run-*"))
+    assert len(summary_runs) == 1
+    record = next(summary_runs[0].glob("*.wandb")).read_bytes()
+    assert b"oof/mca" in record and f"train-{sweep.name}".encode() in record
+    for k in range(3):
+        job_record = next(next((sweep / str(k) / "wandb").glob("offline-run-*")).glob("*.wandb")).read_bytes()
+        assert f"train-{sweep.name}".encode() in job_record
+
+    # ana-eval on the sweep folder recomputes the same summary from the saved predictions.
+    _cmd("ana-eval", [f"sweep_dir={sweep}"], tmp_path)
+    (run,) = list((tmp_path / "outputs" / "eval" / "runs").iterdir())
+    again = json.loads((run / "cv_summary.json").read_text())
+    assert again == s
+    # ana-compare of the sweep with itself: no difference.
+    _cmd("ana-compare", [f"a={sweep}", f"b={sweep}"], tmp_path)
+    (cmp_run,) = list((tmp_path / "outputs" / "compare" / "runs").iterdir())
+    c = json.loads((cmp_run / "compare.json").read_text())
+    assert c["metrics"]["test/mca"]["mean_diff"] == 0 and c["metrics"]["test/mca"]["p_ttest"] == 1.0
+
+
+def test_eval_on_a_sweep_without_summary_writes_it_and_never_overwrites(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ana_lightning.crossval import evaluate_sweep
+
+    sweep = tmp_path / "sweep"
+    _fake_sweep(tmp_path / "data", sweep, folds=3)
+    assert not (sweep / "cv_summary.json").exists()  # e.g. the multirun stopped before its end
+    cfg = OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval1")}})
+    s, _ = evaluate_sweep(cfg)
+    assert json.loads((tmp_path / "eval1" / "cv_summary.json").read_text()) == s
+    assert json.loads((sweep / "cv_summary.json").read_text()) == s and (sweep / "oof_predictions.csv").is_file()
+    (sweep / "cv_summary.md").write_text("the user's notes")
+    evaluate_sweep(OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval2")}}))
+    assert (sweep / "cv_summary.md").read_text() == "the user's notes"
+    assert (tmp_path / "eval2" / "cv_summary.md").read_text() != "the user's notes"
+
+
+def test_multilabel_sweep_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_sweep(tmp_path / "data", sweep, folds=3)
+    for job in ("0", "1", "2"):  # as a multi-label model writes them: ;-joined sets and n_errors
+        with open(sweep / job / "test_predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(sweep / job / "test_predictions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "true", "pred", "n_errors", *[f"p_{c}" for c in CLASSES]])
+            w.writeheader()
+            for i, r in enumerate(rows):
+                pred = r["pred"] + (";AC-5" if i % 2 and r["pred"] != "AC-5" else "") if i % 3 else ""
+                w.writerow({"path": r["path"], "true": r["true"], "pred": pred.replace("AC-5", "AC-4"), "n_errors": 0,
+                            **{f"p_{c}": 0.5 for c in CLASSES}})
+    s = summarize_sweep(sweep, n_boot=100)
+    assert s["oof/multilabel"] is True
+    assert {"oof/exact_match", "oof/micro_f1", "oof/mca", "oof/hamming_loss"} <= set(s)
+    assert s["oof/exact_match_ci95_low"] <= s["oof/exact_match"] <= s["oof/exact_match_ci95_high"]
+    assert (sweep / "oof_per_class_f1.png").is_file() and not (sweep / "oof_confusion_matrix.png").exists()

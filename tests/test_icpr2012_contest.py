@@ -1,0 +1,173 @@
+"""The ICPR 2012 contest protocol on a fixture in the contest's exact layout (tests/contest_fixtures.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from contest_fixtures import ICPR2012_CLASSES, write_icpr2012_contest
+from PIL import Image
+
+from ana_lightning.data.contest import contest_classes, is_icpr2012_contest_layout, read_icpr2012
+from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
+from ana_lightning.data.records import DatasetError
+from ana_lightning.taxonomy import Taxonomy
+
+from conftest import compose
+
+
+def test_fixture_is_the_contest_layout(tmp_path):
+    root = write_icpr2012_contest(tmp_path / "icpr")
+    assert is_icpr2012_contest_layout(root)
+    assert (root / "training" / "001.png").is_file() and (root / "training" / "001_mask.png").is_file()
+    assert (root / "training" / "gt_training.csv").read_text().splitlines()[:2] == [
+        "ID;pattern",
+        "001;homogeneous",
+    ]
+    assert (root / "training" / "training.csv").read_text().splitlines()[0] == "ID;intensity;width;height"
+    assert (root / "test" / "gt_test.csv").is_file() and (root / "test" / "test.csv").is_file()
+    assert (root / "cells.csv").read_text().splitlines()[0] == (
+        "ICPR2012Contest_Cell_ID;Set;Image;Intensity;Original_cell_ID;Cell_class;Cell_width;Cell_height"
+    )
+    img = Image.open(root / "training" / "002.png")
+    assert img.mode == "RGB" and img.size == (585, 400)  # 8-bit RGB, the contest's largest width
+    assert Image.open(root / "training" / "001.png").size == (20, 20)
+
+
+def test_reader_keeps_the_official_split_fields_and_masks(tmp_path):
+    root = write_icpr2012_contest(tmp_path / "icpr")
+    data = read_icpr2012(root, Taxonomy.load())
+    assert len(data.records) == 36 and data.bad == []
+    split = {Path(p).parent.name: s for p, s in data.official_split.items()}
+    assert split == {"training": "train", "test": "test"}
+    assert sum(s == "test" for s in data.official_split.values()) == 12
+    by = {(Path(r.path).parent.name, Path(r.path).stem): r for r in data.records}
+    assert by[("training", "001")].codes == ("AC-1",) and by[("training", "005")].codes == ("AC-4",)
+    assert by[("test", "031")].codes == ("nucleolar",) and by[("test", "036")].codes == ("cytoplasmic",)
+    assert by[("training", "001")].group == "image 1" and by[("test", "025")].group == "image 5"
+    assert len(data.masks) == 36 and data.masks[by[("test", "025")].path].endswith("test/025_mask.png")
+    assert set(data.intensity.values()) == {"positive", "intermediate"}
+    assert by[("training", "002")].size == (400, 585)
+
+
+def test_reader_errors_name_the_line(tmp_path):
+    root = write_icpr2012_contest(tmp_path / "icpr")
+    cells = root / "cells.csv"
+    lines = cells.read_text().splitlines()
+    lines[3] = lines[3].replace("homogeneous", "centromere")  # contradicts gt_training.csv
+    cells.write_text("\n".join(lines[:-1]) + "\n")  # and the last test cell is not listed
+    info = root / "training" / "training.csv"
+    info.write_text(info.read_text().replace("001;positive", "001;bright"))
+    with pytest.raises(DatasetError) as e:
+        read_icpr2012(root, Taxonomy.load())
+    msg = str(e.value)
+    assert "cells.csv:4: Cell_class 'centromere' contradicts" in msg
+    assert "test/036.png: not listed in" in msg
+    assert "training.csv:2: intensity 'bright' is not one of" in msg
+    assert len(read_icpr2012(root, Taxonomy.load(), on_bad_file="skip").records) == 34
+
+
+def _dm(root: Path, **kw) -> HEp2HierarchyDataModule:
+    return HEp2HierarchyDataModule(
+        root=str(root), reader="icpr2012", level="contest", image_size=32, cache_images=False, **kw
+    )
+
+
+def test_contest_target_and_official_test_split(tmp_path):
+    root = write_icpr2012_contest(tmp_path / "icpr", train_per_class=6)
+    dm = _dm(root)
+    dm.setup()
+    assert dm.class_names == list(ICPR2012_CLASSES)
+    assert dm.class_nodes() == {
+        "homogeneous": "AC-1",
+        "fine_speckled": "AC-4",
+        "coarse_speckled": "AC-5",
+        "nucleolar": "nucleolar",
+        "centromere": "AC-3",
+        "cytoplasmatic": "cytoplasmic",
+    }
+    # the official test folder, whole and alone; validation carved from training/, by field image
+    assert sorted(Path(r.path).name for r in dm.splits["test"]) == sorted(
+        p.name for p in (root / "test").glob("0??.png")
+    )
+    assert all(Path(r.path).parent.name == "training" for s in ("train", "val") for r in dm.splits[s])
+    assert dm.splits["val"] and not (
+        {r.group for r in dm.splits["val"]} & {r.group for r in dm.splits["train"]}
+    )
+    assert dm.split_flags() == {
+        "test/shared_groups_with_train": 0.0,
+        "test/images_in_train_groups": 0.0,
+        "test/identical_to_train": 0.0,
+    }
+    t = dm.make_targets(dm.splits["test"])
+    assert sorted(set(t.tolist())) == list(range(6))
+    item = dm.dataset("test")[0]
+    assert item["image"].shape == (3, 32, 32)
+    assert (
+        dm.state_dict()["ana_data"]["level"] == "contest"
+        and dm.state_dict()["class_nodes"]["cytoplasmatic"] == "cytoplasmic"
+    )
+    # another seed moves validation, never the test set
+    other = _dm(root, seed=5)
+    other.setup()
+    assert [r.path for r in other.splits["test"]] == [r.path for r in dm.splits["test"]]
+
+
+def test_contest_classes_subset_and_errors(tmp_path):
+    root = write_icpr2012_contest(tmp_path / "icpr")
+    dm = _dm(root, classes=["Homogeneous", "centromere"])
+    dm.setup()
+    assert dm.class_names == ["homogeneous", "centromere"]
+    with pytest.raises(Exception, match="'speckled' is not a icpr2012 class"):
+        _dm(root, classes=["speckled"]).setup()
+    with pytest.raises(ValueError, match="needs a contest reader"):
+        HEp2HierarchyDataModule(root=str(root), reader="folder", level="contest")
+    assert list(contest_classes(Taxonomy.load(), "i3a2014")) == [
+        "Homogeneous",
+        "Speckled",
+        "Nucleolar",
+        "Centromere",
+        "NuMem",
+        "Golgi",
+    ]
+
+
+def test_test_cells_from_a_training_field_are_flagged(tmp_path, caplog):
+    root = write_icpr2012_contest(tmp_path / "icpr", shared_field=True)
+    dm = _dm(root)
+    with caplog.at_level(logging.WARNING):
+        dm.setup()
+    assert "THE TEST SPLIT SHARES 1 GROUP(S)" in caplog.text
+    assert dm.split_flags()["test/shared_groups_with_train"] == 1.0
+    assert dm.split_flags()["test/images_in_train_groups"] >= 1.0
+    run = tmp_path / "run"
+    run.mkdir()
+    dm.write_reports(run)  # the manifest of an official split reloads although it shares a group
+    again = _dm(root, split_manifest=str(run / "split_manifest.csv"))
+    again.setup()
+    assert [r.path for r in again.splits["test"]] == [r.path for r in dm.splits["test"]]
+
+
+def test_fast_dev_run_of_the_experiment(tmp_path):
+    from ana_lightning.pipeline import train
+
+    root = write_icpr2012_contest(tmp_path / "icpr")
+    cfg = compose(
+        "train",
+        [
+            "experiment=icpr2012_cells",
+            f"data.root={root}",
+            "debug=fdr",
+            "data.image_size=32",
+            "model.backbone.width=8",
+            "callbacks.rich_progress_bar=null",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    metrics, objs = train(cfg)
+    assert objs["model"].class_names == list(ICPR2012_CLASSES)
+    assert objs["datamodule"].official_split and "test/mca" in metrics
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test/shared_groups_with_train"] == 0.0

@@ -1,0 +1,310 @@
+"""Every checkpoint kind a run writes through ana-predict, ana-export (parity) and the app's prediction function."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_BACKBONE, compose, write_class_images
+
+from ana_lightning.app import analyse, build_app, calibration_note
+from ana_lightning.export import export_model
+from ana_lightning.models.classifier import SoftmaxClassifier
+from ana_lightning.models.hierarchical import HierarchicalPipeline, MultiHeadClassifier
+from ana_lightning.models.multilabel import SigmoidEnsemble
+from ana_lightning.models.siamese import SiameseClassifier
+from ana_lightning.predict import ModelInfo, Predictor, decision_rule, run_predict
+from ana_lightning.taxonomy import Taxonomy
+from ana_lightning.utils import CheckpointError
+
+SIZE = 32
+LEAVES = ["AC-1", "AC-2", "AC-3", "AC-4", "AC-5", "AC-8", "AC-9", "AC-15", "AC-16"]
+LEVEL1 = ["nuclear", "cytoplasmic"]
+LEVEL2 = ["homogeneous", "speckled", "centromere", "nucleolar", "fibrillar"]
+BB = {"name": TINY_BACKBONE}
+
+
+def _save(model: L.LightningModule, path: Path) -> Path:
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    model.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict:
+    """One checkpoint of every kind (random weights: serving does not depend on them) and some images."""
+    base = tmp_path_factory.mktemp("zoo")
+    torch.manual_seed(0)
+    images = sorted(write_class_images(base / "images", {"AC-1": 3, "AC-4": 3}, size=40).rglob("*.png"))
+    support = write_class_images(base / "support", {"AC-2": 2, "AC-4": 2, "AC-5": 2}, size=SIZE, seed=1)
+    z: dict = {"images": images, "support": support, "base": base}
+    z["softmax"] = _save(
+        SoftmaxClassifier(backbone=BB, class_names=LEAVES, image_size=SIZE), base / "softmax.ckpt"
+    )
+    sig = SigmoidEnsemble(
+        class_names=LEAVES[:4], backbones=[BB, BB], image_size=SIZE, decision_rule="per_class"
+    )
+    sig.thresholds.copy_(torch.tensor([0.3, 0.5, 0.6, 0.7]))
+    sig.set_temperature([1.5, 2.0, 0.8, 1.0])  # a calibrated model: every path must use it
+    z["sigmoid"] = _save(sig, base / "sigmoid.ckpt")
+    siam = SiameseClassifier(
+        backbone=BB, class_names=["AC-2", "AC-4", "AC-5"], dropout_rates=[0.1, 0.3], image_size=SIZE
+    )
+    z["siamese_bare"] = _save(siam, base / "siamese_bare.ckpt")
+    siam.set_support_folder(support)
+    siam.set_temperature(1.7)
+    z["siamese"] = _save(siam, base / "siamese.ckpt")
+    mh = MultiHeadClassifier(backbone=BB, class_names=LEAVES, image_size=SIZE, routing="hard")
+    mh.set_temperature([1.2, 1.4, 2.0])
+    z["multihead"] = _save(mh, base / "multihead.ckpt")
+    z["level1"] = _save(
+        SoftmaxClassifier(backbone=BB, class_names=LEVEL1, image_size=SIZE), base / "level1.ckpt"
+    )
+    z["level2"] = _save(
+        SoftmaxClassifier(backbone=BB, class_names=LEVEL2, image_size=SIZE), base / "level2.ckpt"
+    )
+    z["level3"] = {
+        "speckled": str(z["siamese"]),
+        "nucleolar": str(
+            _save(
+                SoftmaxClassifier(backbone=BB, class_names=["AC-8", "AC-9"], image_size=SIZE),
+                base / "nucleolar.ckpt",
+            )
+        ),
+    }  # fibrillar: no level-3 model, ends at level 2
+    z["pipeline"] = {
+        "level1": str(z["level1"]),
+        "level2": str(z["level2"]),
+        "level3": z["level3"],
+        "routing": "product",
+    }
+    pipe = HierarchicalPipeline.from_checkpoints(**z["pipeline"])
+    z["bundle"] = pipe.write_bundle(base / "pipeline.ckpt")
+    return z
+
+
+KINDS = ["softmax", "sigmoid", "siamese", "siamese_folder", "multihead", "bundle", "pipeline"]
+
+
+def _predictor(zoo: dict, kind: str) -> Predictor:
+    if kind == "pipeline":
+        return Predictor.from_pipeline(zoo["pipeline"], device="cpu")
+    if kind == "siamese_folder":
+        return Predictor.load(zoo["siamese_bare"], device="cpu", support=zoo["support"])
+    return Predictor.load(zoo[kind], device="cpu")
+
+
+def _check_tree(predictor: Predictor, probs: np.ndarray, label: str) -> None:
+    """The predicted path is a path of the tree, with non-increasing probabilities down it."""
+    tree = Taxonomy.load()
+    (l1, p1), (l2, p2), (l3, p3) = predictor.path(probs, label)
+    if predictor.task == "multi_label":
+        assert l3 == label
+        return
+    assert tree.parent(l2) == l1
+    if l3:
+        assert tree.level_of(l3, 2) == l2 and label == l3
+    else:
+        assert label == l2 and p3 is None
+    assert 0 <= (p3 if p3 is not None else 0) <= p2 + 1e-6 <= p1 + 2e-6 <= 1 + 3e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_predicts_files_and_uploads(zoo, kind):
+    p = _predictor(zoo, kind)
+    preds = list(p.predict_paths(zoo["images"], batch_size=4))
+    assert [x.ok for x in preds] == [True] * len(zoo["images"])
+    for pred in preds:
+        assert pred.probabilities.shape == (len(p.class_names),) and np.isfinite(pred.probabilities).all()
+        for label in pred.labels:
+            _check_tree(p, pred.probabilities, label)
+    # the app's prediction function on the bytes of an upload
+    preview, md, chart, probs = analyse(p, zoo["images"][0].read_bytes())
+    assert preview is not None and probs is not None and len(chart) > 0
+    for label in preds[0].labels:
+        assert label in md
+    if p.task == "hierarchical":
+        assert "›" in md and md.count("p = ") >= 1  # the tree path with a probability per level
+    assert "alibrat" in md  # calibrated or not: said on the page
+
+
+def test_siamese_support_set_inside_or_from_a_folder(zoo):
+    stored = Predictor.load(zoo["siamese"], device="cpu")
+    folder = Predictor.load(zoo["siamese_bare"], device="cpu", support=zoo["support"])
+    x = np.random.default_rng(0).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    assert stored.info.extra["support_size"] == 6
+    # same weights and support images: the same scores (the stored model is calibrated, T = 1.7)
+    t = 1.7
+    raw = folder.predict_proba(x)
+    expect = np.exp(np.log(np.clip(raw, 1e-12, None)) / t)
+    np.testing.assert_allclose(stored.predict_proba(x), expect / expect.sum(1, keepdims=True), atol=1e-5)
+    with pytest.raises(CheckpointError, match="no support set.*support="):
+        Predictor.load(zoo["siamese_bare"], device="cpu")
+    with pytest.raises(ValueError, match="only Siamese"):
+        Predictor.load(zoo["softmax"], device="cpu", support=zoo["support"])
+
+
+def test_hierarchical_leaf_is_never_outside_the_predicted_group(zoo):
+    """Random outputs (including ones where the heads disagree) always give a path of the tree."""
+    rng = np.random.default_rng(0)
+    for kind in ("multihead", "bundle"):
+        p = _predictor(zoo, kind)
+        k = len(p.class_names)
+        for routing in ("hard", "product"):
+            p.rule.routing = routing
+            for _ in range(300):
+                probs = rng.dirichlet(np.full(k, 0.3))
+                (label,) = p.decide(probs)
+                _check_tree(p, probs, label)
+    # the fibrillar group has no level-3 model in the pipeline: its paths end at level 2
+    p = _predictor(zoo, "bundle")
+    names = list(p.class_names)
+    probs = np.full(len(names), 1e-3)
+    probs[names.index("level1:cytoplasmic")] = probs[names.index("level2:fibrillar")] = 1.0
+    assert p.decide(probs) == ("fibrillar",)
+    assert p.path(probs, "fibrillar")[2] == ("", None)
+
+
+def test_pipeline_bundle_equals_the_pipeline_of_checkpoints(zoo):
+    a, b = _predictor(zoo, "pipeline"), _predictor(zoo, "bundle")
+    assert a.class_names == b.class_names and a.info.extra["routing"] == b.info.extra["routing"] == "product"
+    x = np.random.default_rng(1).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
+    np.testing.assert_allclose(a.predict_proba(x), b.predict_proba(x), atol=1e-6)
+
+
+def test_calibrated_models_serve_their_temperature(zoo):
+    p = Predictor.load(zoo["sigmoid"], device="cpu")
+    assert p.temperature == pytest.approx([1.5, 2.0, 0.8, 1.0])
+    model = SigmoidEnsemble.load_from_checkpoint(zoo["sigmoid"], weights_only=True)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        want = (model.eval()(x) / torch.tensor([1.5, 2.0, 0.8, 1.0])).sigmoid().numpy()
+    np.testing.assert_allclose(p.predict_proba(x.numpy()), want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kind", [k if k == "multihead" else pytest.param(k, marks=pytest.mark.slow) for k in KINDS]
+)
+def test_every_kind_exports_to_onnx_with_parity(zoo, kind, tmp_path):
+    kw = {"pipeline": zoo["pipeline"]} if kind == "pipeline" else {}
+    ckpt = None if kind == "pipeline" else zoo["siamese_bare" if kind == "siamese_folder" else kind]
+    if kind == "siamese_folder":
+        kw["support"] = zoo["support"]
+    result = export_model(ckpt, format="onnx", output=tmp_path / "m.onnx", **kw)
+    assert result.max_abs_diff <= 1e-4
+    exported = Predictor.load(result.model_path, device="cpu")
+    reference = _predictor(zoo, kind)
+    assert exported.task == reference.task and exported.class_names == reference.class_names
+    x = np.random.default_rng(2).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    got, want = exported.predict_proba(x), reference.predict_proba(x)
+    assert np.abs(got - want).max() <= 1e-4
+    for g, w in zip(got, want, strict=True):
+        assert exported.decide(g) == reference.decide(w)
+    md = analyse(exported, zoo["images"][0].read_bytes())[1]
+    assert (
+        exported.decide(exported.predict_image(np.zeros((40, 40, 3), np.uint8)).probabilities)[0] in md or md
+    )
+    card = result.card_path.read_text()
+    assert "Intended use" in card and "alibrat" in card
+    if kind == "pipeline":
+        assert (tmp_path / "m_pipeline.ckpt").is_file()  # the bundle the file was exported from
+
+
+@pytest.mark.slow
+def test_torchscript_export_of_a_pipeline(zoo, tmp_path):
+    result = export_model(zoo["bundle"], format="torchscript", output=tmp_path / "p.torchscript.pt")
+    exported = Predictor.load(result.model_path, device="cpu")
+    assert exported.task == "hierarchical" and result.max_abs_diff <= 1e-4
+    pred = exported.predict_image(np.full((40, 40, 3), 90, np.uint8))
+    _check_tree(exported, pred.probabilities, pred.labels[0])
+
+
+def test_ana_predict_with_pipeline_keys_writes_the_path_with_probabilities(zoo, tmp_path):
+    overrides = [
+        f"input={zoo['images'][0].parent.parent}",
+        f"pipeline.level1={zoo['level1']}",
+        f"pipeline.level2={zoo['level2']}",
+        f"+pipeline.level3.speckled={zoo['level3']['speckled']}",
+        f"+pipeline.level3.nucleolar={zoo['level3']['nucleolar']}",
+        "progress=false",
+        "device=cpu",
+    ]
+    cfg = compose("predict", overrides, output_dir=tmp_path / "run")
+    summary = run_predict(cfg)
+    assert summary.n_images == len(zoo["images"]) and summary.n_failed == 0
+    with open(summary.csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    tree = Taxonomy.load()
+    for r in rows:
+        assert r["level1"] == tree.parent(r["level2"])
+        assert r["pred"] == (r["level3"] or r["level2"])
+        assert float(r["level1_prob"]) >= float(r["level2_prob"]) >= float(r["level3_prob"] or 0)
+    doc = json.loads(summary.json_path.read_text())
+    assert set(doc["predictions"][0]["hierarchy"][0]) == {
+        "level1",
+        "level2",
+        "level3",
+        "level1_prob",
+        "level2_prob",
+        "level3_prob",
+    }
+    with pytest.raises(ValueError, match="either ckpt_path or pipeline"):
+        run_predict(
+            compose("predict", [*overrides, f"ckpt_path={zoo['softmax']}"], output_dir=tmp_path / "run2")
+        )
+
+
+def test_hierarchical_rule_needs_its_level_names():
+    info = ModelInfo(task="hierarchical", class_names=("AC-1",), image_size=8, mean=(0,) * 3, std=(1,) * 3)
+    with pytest.raises(CheckpointError, match="level1_names"):
+        decision_rule(info)
+
+
+def test_app_page_shows_intended_use_and_calibration(zoo):
+    import gradio as gr
+
+    from ana_lightning.export import INTENDED_USE
+
+    demo = build_app(Predictor.load(zoo["sigmoid"], device="cpu"))
+    text = "\n".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert (
+        INTENDED_USE in text
+        and "calibrated** on the validation split" in text
+        and "0.80–2.00 per class" in text
+    )
+    bare = Predictor.load(zoo["softmax"], device="cpu")
+    assert "not calibrated" in calibration_note(bare)
+    assert "level1 T = " in calibration_note(
+        _predictor(zoo, "bundle")
+    ) or "not calibrated" in calibration_note(_predictor(zoo, "bundle"))
+
+
+def test_model_card_has_the_runs_real_data_figures_and_calibration_error(trained_checkpoint, tmp_path):
+    _, run, best = trained_checkpoint
+    result = export_model(best, format="torchscript", output=tmp_path / "m.torchscript.pt")
+    card = result.card_path.read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "## Real-data figures" in card and f"| `test/mca` | {metrics['test/mca']:.4f} |" in card
+    assert "## Calibration" in card and "temperature-scaled" in card
+    assert f"| as served | {metrics['test/ece']:.4f} |" in card
+    assert f"| uncalibrated | {metrics['test/ece_uncalibrated']:.4f} |" in card
+
+
+def test_model_card_of_a_synthetic_run_says_it_has_no_real_data_figure(tmp_path):
+    from ana_lightning.export import _real_data_section
+
+    (tmp_path / "config_resolved.yaml").write_text(
+        "data:\n  _target_: ana_lightning.data.datamodules.SyntheticDataModule\n"
+    )
+    text = "\n".join(_real_data_section(tmp_path, {"test/mca": 0.9}))
+    assert "None" in text and "synthetic" in text and "0.9" not in text

@@ -1,0 +1,148 @@
+"""Bootstrap intervals, fold summaries and paired tests (ana_lightning.stats)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from ana_lightning.data.records import ImageRecord
+from ana_lightning.reports import summary_rows
+from ana_lightning.stats import (
+    bootstrap_intervals,
+    fold_summary,
+    label_matrix,
+    mcnemar,
+    paired_comparison,
+    point_metrics,
+    run_intervals,
+)
+
+
+def _single(
+    n: int, k: int = 4, acc: float = 0.8, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    p = np.where(rng.random(n) < acc, y, (y + rng.integers(1, k, n)) % k)
+    eye = np.eye(k, dtype=bool)
+    return eye[y], eye[p], y, p
+
+
+def test_point_metrics_match_scikit_learn():
+    t, p, y, yp = _single(200, k=5)
+    m = point_metrics(t, p)
+    assert m["acc"] == pytest.approx(accuracy_score(y, yp))
+    assert m["mca"] == pytest.approx(balanced_accuracy_score(y, yp))  # mean recall over classes in the truth
+    # A class only predicted, never true, does not count towards MCA.
+    t2, p2 = label_matrix(["a", "a", "b"], ["a", "b", "c"]), label_matrix(["a", "c", "b"], ["a", "b", "c"])
+    assert point_metrics(t2, p2)["mca"] == pytest.approx(0.75)
+    rng = np.random.default_rng(1)
+    tm, pm = rng.random((100, 6)) < 0.3, rng.random((100, 6)) < 0.3
+    m = point_metrics(tm, pm)
+    assert m["exact_match"] == pytest.approx(accuracy_score(tm, pm))
+    assert m["micro_f1"] == pytest.approx(f1_score(tm, pm, average="micro"))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bootstrap_interval_contains_point_and_narrows_with_more_images(seed):
+    widths = []
+    for n in (40, 160, 640):
+        t, p, _, _ = _single(n, seed=seed)
+        point = point_metrics(t, p)
+        ci = bootstrap_intervals(t, p, ["mca", "acc"], n_boot=500, seed=seed)
+        for k, (lo, hi) in ci.items():
+            assert lo <= point[k] <= hi, (n, k, lo, point[k], hi)
+        widths.append(ci["mca"][1] - ci["mca"][0])
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[0] > 1.7 * widths[2]  # ~ 1/sqrt(n): 2x per 4x images
+
+
+def test_group_bootstrap_is_wider_for_correlated_groups():
+    # 20 patients with 10 images each; a patient is either all right or all wrong.
+    rng = np.random.default_rng(0)
+    right = np.repeat(rng.random(20) < 0.7, 10)
+    y = rng.integers(0, 3, 200)
+    eye = np.eye(3, dtype=bool)
+    t, p = eye[y], eye[np.where(right, y, (y + 1) % 3)]
+    groups = [f"patient{i // 10}" for i in range(200)]
+    lo_i, hi_i = bootstrap_intervals(t, p, ["acc"], n_boot=500)["acc"]
+    lo_g, hi_g = bootstrap_intervals(t, p, ["acc"], clusters=groups, n_boot=500)["acc"]
+    assert hi_g - lo_g > 2 * (hi_i - lo_i)
+
+
+def test_multilabel_bootstrap_keys():
+    rng = np.random.default_rng(2)
+    t = rng.random((80, 5)) < 0.3
+    p = t ^ (rng.random((80, 5)) < 0.1)
+    point = point_metrics(t, p)
+    for k, (lo, hi) in bootstrap_intervals(t, p, ["mca", "exact_match", "micro_f1"], n_boot=300).items():
+        assert lo <= point[k] <= hi
+
+
+def test_fold_summary_equals_fold_mean_and_sd():
+    vals = [0.71, 0.83, 0.64, 0.9, 0.77]
+    s = fold_summary({"test/mca": vals, "test/acc": [0.8, None, 0.7, 0.9, math.nan]}, folds=5)
+    assert s["test/mca/mean"] == pytest.approx(np.mean(vals))
+    assert s["test/mca/sd"] == pytest.approx(np.std(vals, ddof=1))
+    assert s["test/mca/n_folds"] == 5 and s["test/acc/n_folds"] == 3
+    half = 2.7764451 * np.std(vals, ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert s["test/mca/ci95_low"] == pytest.approx(np.mean(vals) - half, abs=1e-6)
+    assert s["test/mca/ci95_high"] == pytest.approx(np.mean(vals) + half, abs=1e-6)
+    rep = fold_summary({"m": vals * 2}, folds=5, repeats=2)  # corrected interval is wider
+    assert rep["m/ci95_high"] - rep["m/ci95_low"] > (s["test/mca/ci95_high"] - s["test/mca/ci95_low"]) * 0.9
+
+
+def test_paired_comparison_of_a_model_with_itself_reports_no_difference():
+    a = [0.7, 0.8, 0.65, 0.9, 0.75]
+    r = paired_comparison(a, a)
+    assert r["mean_diff"] == 0 and (r["ci95_low"], r["ci95_high"]) == (0.0, 0.0) and r["p_ttest"] == 1.0
+    correct = np.random.default_rng(0).random(50) < 0.7
+    m = mcnemar(correct, correct)
+    assert (m["a_only_correct"], m["b_only_correct"], m["p_mcnemar"]) == (0, 0, 1.0)
+
+
+def test_paired_comparison_detects_a_consistent_gain():
+    b = [0.7, 0.8, 0.65, 0.9, 0.75]
+    a = [x + 0.05 + 0.01 * i for i, x in enumerate(b)]
+    r = paired_comparison(a, b)
+    assert r["mean_diff"] == pytest.approx(0.07) and r["ci95_low"] > 0 and r["p_ttest"] < 0.01
+    from scipy import stats
+
+    assert r["p_ttest"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    ca = np.ones(40, bool)
+    cb = np.r_[np.ones(25, bool), np.zeros(15, bool)]
+    assert mcnemar(ca, cb)["p_mcnemar"] < 0.001
+
+
+class _FakeModel:
+    def __init__(self, prob, target, pred=None):
+        self.test_predictions = {"index": torch.arange(len(prob)), "prob": prob, "target": target}
+        if pred is not None:
+            self.test_predictions["pred"] = pred
+
+
+def test_run_intervals_from_model_predictions_and_report_format():
+    t, p, y, yp = _single(60)
+    prob = torch.tensor(p, dtype=torch.float32) * 0.7 + 0.1
+    records = [ImageRecord(f"/x/{i}.png", ("AC-1",), f"g{i // 3}", f"s{i}") for i in range(60)]
+    point = point_metrics(t, p)
+    metrics = {"test/mca": point["mca"], "test/acc": point["acc"], "test/loss": 0.5}
+    ci = run_intervals(_FakeModel(prob, torch.tensor(y)), records, metrics)
+    assert set(ci) == {"test/mca_ci95_low", "test/mca_ci95_high", "test/acc_ci95_low", "test/acc_ci95_high"}
+    assert ci["test/mca_ci95_low"] <= point["mca"] <= ci["test/mca_ci95_high"]
+    rows = summary_rows({**metrics, **ci})
+    assert rows[0].startswith("| `test/acc` | ") and "[" in rows[0] and len(rows) == 3
+    assert summary_rows({"test/mca": 0.8312, "test/mca_ci95_low": 0.781, "test/mca_ci95_high": 0.8805}) == [
+        "| `test/mca` | 0.83 [0.78, 0.88] |"
+    ]
+    # Multi-label: exact match and micro F1 get intervals too.
+    rng = np.random.default_rng(3)
+    tm = torch.tensor(rng.random((30, 4)) < 0.4).long()
+    pm = tm ^ torch.tensor(rng.random((30, 4)) < 0.1).long()
+    metrics = {"test/mca": 0.5, "test/exact_match": 0.5, "test/micro_f1": 0.5}
+    ci = run_intervals(_FakeModel(pm.float(), tm, pm), records[:30], metrics)
+    assert {"test/exact_match_ci95_low", "test/micro_f1_ci95_high", "test/mca_ci95_low"} <= set(ci)
