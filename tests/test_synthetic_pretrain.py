@@ -82,7 +82,6 @@ def test_ana_eval_scores_the_checkpoint_on_an_i3a_folder(pretrained, tmp_path):
         "eval",
         [
             f"ckpt_path={best}",
-            "data=synthetic_cells",
             f"data.root={other}",
             "split=all",
             "callbacks.rich_progress_bar=null",
