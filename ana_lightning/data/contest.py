@@ -104,7 +104,15 @@ def map_contest_label(tree: Taxonomy, contest: str, name: str) -> str:
     try:
         return table[_norm(name)]
     except KeyError:
-        raise LabelError(f"{name!r} is not a {CONTESTS.get(contest, contest)} class (known: {sorted(table)})") from None
+        pass
+    # not a contest name: an AC code or a level-2 group (ana-synth --cells --classes codes|level2)
+    if tree.is_code(name):
+        return tree.parse_code(name)
+    nodes = {_norm(n): n for n in tree.nodes(2)}
+    if _norm(name) in nodes:
+        return nodes[_norm(name)]
+    raise LabelError(f"{name!r} is not a {CONTESTS.get(contest, contest)} class (known: {sorted(table)}), "
+                     "nor an AC code or a level-2 group of the class tree") from None
 
 
 def contest_classes(tree: Taxonomy, contest: str) -> dict[str, str]:

@@ -493,6 +493,7 @@ class SyntheticDataModule(SingleLabelDataModule):
 
     The folder name encodes every rendering parameter, so a changed parameter renders a new set
     and an unchanged one is reused (an interrupted render resumes where it stopped).
+    ``difficulty``: ``easy`` (the first simulator) or ``hard`` (see :mod:`.synthetic_hard`).
     """
 
     def __init__(
@@ -503,6 +504,7 @@ class SyntheticDataModule(SingleLabelDataModule):
         render_seed: int = 0,
         dapi: bool = False,
         root: str | None = None,
+        difficulty: str = "easy",
         **kwargs,
     ):
         if root:
@@ -512,10 +514,13 @@ class SyntheticDataModule(SingleLabelDataModule):
             )
         codes = kwargs.get("classes")
         name = f"v1_n{n_per_class}_s{render_size}_seed{render_seed}{'_dapi' if dapi else ''}"
+        if difficulty != "easy":  # the easy set keeps its folder name (caches stay valid)
+            name += f"_{difficulty}"
         if codes:
             name += "_" + "-".join(Taxonomy.load(kwargs.get("tree")).subset(codes).codes)
         super().__init__(root=str(Path(cache_dir).expanduser() / name), **kwargs)
-        self.render = dict(n_per_class=n_per_class, size=render_size, seed=render_seed, dapi=dapi, codes=codes)
+        self.render = dict(n_per_class=n_per_class, size=render_size, seed=render_seed, dapi=dapi, codes=codes,
+                           difficulty=difficulty)
 
     def prepare_data(self) -> None:
         done = self.root / ".complete"
@@ -532,6 +537,7 @@ class SyntheticDataModule(SingleLabelDataModule):
             size=self.render["size"],
             seed=self.render["seed"],
             dapi=self.render["dapi"],
+            difficulty=self.render["difficulty"],
         )
         done.write_text("ok\n")
 

@@ -1208,14 +1208,20 @@ def _check_fmt(fmt: str) -> str:
 
 def generate_dataset(root: str | Path, codes: Sequence[str] | None = None, n_per_class: int = 60,
                      size: int = 256, seed: int = 0, dapi: bool = False, fmt: str = "png",
-                     progress: bool = True) -> Path:
+                     progress: bool = True, difficulty: str = "easy") -> Path:
     """Write ``<root>/<code>/<code>_<i:05d>.png`` for each code plus ``<root>/manifest.csv``
     (``path,label,seed,size,dapi``; paths relative to root, posix).
 
     Deterministic: image ``i`` of code ``c`` uses ``SeedSequence([seed, CODES.index(c), i])``, so the
     same arguments give byte-identical files regardless of which codes are selected. Existing files
-    are kept (resume); files are written atomically. Returns ``root``.
+    are kept (resume); files are written atomically. ``difficulty='hard'`` renders with
+    :func:`~.synthetic_hard.render_field_hard` (magnification, dim fields, blur, noise). Returns ``root``.
     """
+    from .synthetic_hard import DIFFICULTIES, render_field_hard
+
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    render = render_field_hard if difficulty == "hard" else render_field
     root = Path(root)
     fmt = _check_fmt(fmt)
     sel = CODES if codes is None else tuple(dict.fromkeys(_canon(c) for c in codes))
@@ -1231,7 +1237,7 @@ def generate_dataset(root: str | Path, codes: Sequence[str] | None = None, n_per
                 todo.append((rel, c, ci, i))
     with _progress(len(todo), f"synthetic -> {root}", progress) as advance:
         for rel, c, ci, i in todo:
-            img = render_field(c, _image_rng(seed, ci, i), size=size, dapi=dapi)
+            img = render(c, _image_rng(seed, ci, i), size=size, dapi=dapi)
             _atomic_write(root / rel, _encode(img, fmt))
             advance()
     _write_csv(root / "manifest.csv", ("path", "label", "seed", "size", "dapi"), rows)
@@ -1316,7 +1322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--dapi", action="store_true", help="add a blue DAPI nuclear counterstain")
     p.add_argument("--codes", default=None, help="comma-separated codes, e.g. AC-1,AC-4 (default: all 32)")
     p.add_argument("--format", dest="fmt", default="png", choices=["png", "jpg"])
+    p.add_argument("--difficulty", default="easy", choices=["easy", "hard"],
+                   help="hard: varied magnification, dim fields, blur and noise like real images (default: easy)")
     p.add_argument("--hospital", action="store_true", help="write the multi-label hospital layout instead")
+    p.add_argument("--cells", action="store_true",
+                   help="single-cell crops in the contest layout instead (options: ana-synth --cells --help)")
     p.add_argument("--n-images", type=int, default=300, help="images in the hospital layout (default: 300)")
     p.add_argument("--n-patients", type=int, default=60)
     p.add_argument("--max-patterns", type=int, default=3)
@@ -1331,7 +1341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             n = a.n_images
         else:
             root = generate_dataset(a.output, codes=codes, n_per_class=a.n_per_class, size=a.size, seed=a.seed,
-                                    dapi=a.dapi, fmt=a.fmt, progress=not a.no_progress)
+                                    dapi=a.dapi, fmt=a.fmt, progress=not a.no_progress, difficulty=a.difficulty)
             n = a.n_per_class * (len(codes) if codes else len(CODES))
     except ValueError as e:
         p.error(str(e))
