@@ -73,7 +73,7 @@ def test_parent_restricts_to_a_subtree_and_shares_the_split(every_code):
 
 
 def test_bad_level_and_parent_are_clear_errors(every_code):
-    with pytest.raises(ValueError, match="level must be 1, 2, 3 or all"):
+    with pytest.raises(ValueError, match="level must be 1, 2, 3, all or contest"):
         _dm(every_code, level=4)
     with pytest.raises(ValueError, match="'speckeld' is not a level-1 or level-2 node"):
         _dm(every_code, level=3, parent="speckeld")
