@@ -113,9 +113,43 @@ def _chart(predictor: Predictor, probs: np.ndarray, labels: tuple[str, ...]):
     })
 
 
-def analyse(predictor: Predictor, data: bytes | None, threshold: float | None = None, max_bytes: int | None = None
-            ) -> tuple[np.ndarray | None, str, Any, np.ndarray | None]:
-    """One upload → ``(preview, result Markdown, chart data, probabilities)``; a bad file gives a message."""
+def field_predictor(cfg, predictor: Predictor):
+    """A :class:`~ana_lightning.fields.verdicts.FieldPredictor` when ``predictor`` is a cell model (or a
+    field model whose training scale is known, or ``fields=true``): the app then segments an uploaded
+    field, classifies its cells (or tiles at the model's scale) and shows the overlay. ``None`` otherwise."""
+    from .fields.verdicts import FieldPredictor, field_mode
+
+    mode = field_mode(cfg, predictor)
+    if mode is None:
+        return None
+    kind, model_d, mask = mode
+    return FieldPredictor(predictor, kind, model_d, combine=cfg.get("combine", "mean_log"),
+                          min_cells=cfg.get("min_cells", 5), cell_mask=mask)
+
+
+def _analyse_field(fp, image: np.ndarray, threshold: float | None):
+    """A field through ``fp``: ``(overlay picture, probabilities or None, labels, note)``."""
+    from .fields.combine import INSUFFICIENT
+    from .fields.overlay import class_colours, draw_overlay
+    from .fields.scale import estimate_nucleus_diameter
+
+    scale = estimate_nucleus_diameter(image)
+    res, lab = fp.predict_field(image, scale, "upload", want_overlay_labels=True)
+    verdict = res.verdict
+    if res.probs is not None and verdict != (INSUFFICIENT,) and threshold is not None:
+        verdict = fp.p.decide(res.probs, threshold)
+    title = f"{';'.join(verdict)} ({res.n_used} {res.unit}, nucleus d={scale.diameter_px:.0f}px)"
+    pic = draw_overlay(image, lab[0], lab[1], class_colours(fp.names), title=title) if lab is not None else image
+    note = (f"Field read as **{res.n_used} {res.unit}** ({res.n_cells} cells segmented, {res.n_mitotic} mitotic, "
+            f"nucleus diameter {scale.diameter_px:.0f} px{'' if scale.reliable else ', unreliable estimate'}); "
+            "the picture shows every cell's contour coloured by its predicted class.")
+    return pic, res.probs, verdict, note
+
+
+def analyse(predictor: Predictor, data: bytes | None, threshold: float | None = None, max_bytes: int | None = None,
+            field=None) -> tuple[np.ndarray | None, str, Any, np.ndarray | None]:
+    """One upload → ``(preview, result Markdown, chart data, probabilities)``; a bad file gives a message.
+    With ``field`` (see :func:`field_predictor`) the preview is the field's cell overlay."""
     if data is None:
         return None, "", None, None
     try:
@@ -124,14 +158,23 @@ def analyse(predictor: Predictor, data: bytes | None, threshold: float | None = 
         image = decode_image(data, "upload")
     except BadImageError as e:
         return None, f"### Could not read this file\n{e.reason}", None, None
+    if field is not None:
+        try:
+            pic, probs, labels, note = _analyse_field(field, image, threshold)
+        except ValueError as e:  # no nucleus-like object: a blank or saturated image
+            return _preview(image), f"### Could not read this field\n{e}", None, None
+        if probs is None:
+            return _preview(pic), f"### {'; '.join(labels)}\n{note}", None, None
+        return _preview(pic), _result_markdown(predictor, probs, labels) + "\n\n" + note, \
+            _chart(predictor, probs, labels), probs
     pred = predictor.predict_image(image, "upload")
     probs = pred.probabilities
     labels = predictor.decide(probs, threshold) if threshold is not None else pred.labels
     return _preview(image), _result_markdown(predictor, probs, labels), _chart(predictor, probs, labels), probs
 
 
-def build_app(predictor: Predictor, max_file_size: str | int = "25mb"):
-    """The Gradio Blocks page for ``predictor`` (not launched)."""
+def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=None):
+    """The Gradio Blocks page for ``predictor`` (not launched); ``field``: see :func:`field_predictor`."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio as gr
@@ -175,7 +218,7 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb"):
 
         def on_upload(data, thr_value, slider_moved):
             t = thr_value if (multi and slider_moved) else None
-            return analyse(predictor, data, t, max_bytes)
+            return analyse(predictor, data, t, max_bytes, field)
 
         def on_threshold(probs, thr_value):
             if probs is None:
@@ -214,7 +257,7 @@ def run_app(cfg):
 
     setup_torch(cfg.get("torch_threads"))
     predictor = load_predictor(cfg, "ana-app")
-    demo = build_app(predictor, cfg.get("max_file_size", "25mb"))
+    demo = build_app(predictor, cfg.get("max_file_size", "25mb"), field_predictor(cfg, predictor))
     warn_if_exposed(str(cfg.server_name), int(cfg.server_port))
     log.info("serving %s on http://%s:%s (Ctrl+C to stop)", predictor.source, cfg.server_name, cfg.server_port)
     demo.launch(server_name=str(cfg.server_name), server_port=int(cfg.server_port), share=False,

@@ -371,3 +371,24 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
     torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"nucleus_diameter_px": 13}}, fields)
     assert training_scale(fields)["nucleus_diameter_px"] == 13.0
     assert training_scale(tmp_path / "model.onnx")["nucleus_diameter_px"] is None
+
+
+def test_app_shows_the_cell_overlay_of_a_field(trained_checkpoint, field_folder):
+    """ana-app with a cell model on a field: the preview is the overlay, the probabilities are the
+    field's combined cell probabilities (as ana-predict computes them)."""
+    from ana_lightning.app import analyse, field_predictor
+    from ana_lightning.predict import load_predictor
+
+    _, _, ckpt = trained_checkpoint
+    cfg = compose("app", [f"ckpt_path={ckpt}", "model_kind=cell", "min_cells=1", "combine=mean"])
+    predictor = load_predictor(cfg, "ana-app")
+    fp = field_predictor(cfg, predictor)
+    assert fp is not None and fp.kind == "cell"
+    path = field_folder / "patient1" / "f0.png"
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    preview, text, chart, probs = analyse(predictor, path.read_bytes(), field=fp)
+    res, _ = fp.predict_field(image, estimate_nucleus_diameter(image), "x", want_overlay_labels=True)
+    assert probs is not None and np.allclose(probs, res.probs)
+    assert preview.shape[1] > image.shape[1]  # the field plus the legend panel
+    assert f"{res.n_used} cells" in text and chart is not None
+    assert field_predictor(compose("app", [f"ckpt_path={ckpt}"]), predictor) is None  # a field model: whole image
