@@ -1112,6 +1112,14 @@ def _compose(f: _Field, sig: np.ndarray, negative: bool, dapi: bool) -> np.ndarr
     g = f.blur(g.astype(np.float32), sig_opt)
     # shot + read noise
     g = g + f.tex("noise") * (rng.uniform(0.006, 0.016) + rng.uniform(0.01, 0.03) * np.sqrt(np.maximum(g, 0)))
+    return _to_rgb(f, g, sig_opt, dapi)
+
+
+def _to_rgb(f, g: np.ndarray, sig_opt: float, dapi: bool) -> np.ndarray:
+    """The green signal ``g`` → an 8-bit RGB field: channel leak (a red or blue tint on some fields) and,
+    with ``dapi``, a blue nuclear counterstain blurred like the signal (``sig_opt``). Shared by the easy
+    and hard renderers (same random draws, in the same order)."""
+    rng = f.rng
     tint = rng.random()
     leak_r = rng.uniform(0.02, 0.12) if tint < 0.85 else rng.uniform(0.2, 0.45)
     leak_b = rng.uniform(0.02, 0.1) if tint < 0.93 else rng.uniform(0.15, 0.35)

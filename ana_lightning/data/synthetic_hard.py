@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .synthetic import _MITOSES, _RENDERERS, _canon, _Field, _to_u8, _u
+from .synthetic import _MITOSES, _RENDERERS, _canon, _Field, _to_rgb, _u
 
 __all__ = ["DIFFICULTIES", "render_field_hard"]
 
@@ -81,13 +81,4 @@ def _compose_hard(f: _Field, sig: np.ndarray, negative: bool, dapi: bool) -> np.
     g = f.blur(g.astype(np.float32), sig_opt)
     read, shot = rng.uniform(0.006, 0.035), rng.uniform(0.01, 0.06)
     g = g + f.tex("noise") * (read + shot * np.sqrt(np.maximum(g, 0)))
-    tint = rng.random()
-    leak_r = rng.uniform(0.02, 0.12) if tint < 0.85 else rng.uniform(0.2, 0.45)
-    leak_b = rng.uniform(0.02, 0.1) if tint < 0.93 else rng.uniform(0.15, 0.35)
-    r = g * leak_r + f.tex("noise") * 0.006
-    b = g * leak_b + f.tex("noise") * 0.006
-    if dapi:
-        d = f.nuc * f.lut(np.exp(rng.normal(0, 0.12, f.n)), f.nuc_lab) * (1 - 0.45 * f.nol)
-        d = d * (0.85 + 0.15 * f.tex("mid")) + 1.6 * f.plate
-        b = b + rng.uniform(0.35, 0.65) * f.blur(d, sig_opt + 0.4)
-    return cv2.merge([_to_u8(r), _to_u8(g), _to_u8(b)])
+    return _to_rgb(f, g, sig_opt, dapi)
