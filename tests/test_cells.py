@@ -137,12 +137,13 @@ def test_contest_level_targets(tmp_path, caplog):
         HEp2HierarchyDataModule(root=str(root), level="contest")
 
 
-@pytest.mark.parametrize("accelerator,epochs,width", [("cpu", 10, 24), ("gpu", 60, 64)])
-def test_experiment_is_sized_by_the_accelerator(tmp_path, accelerator, epochs, width):
+@pytest.mark.parametrize("accelerator,epochs,size", [("cpu", 10, 64), ("gpu", 60, 72)])
+def test_experiment_is_sized_by_the_accelerator(tmp_path, accelerator, epochs, size):
     cfg = compose(
         "train", ["experiment=i3a_cells", "data.root=/x", f"trainer={accelerator}"], output_dir=tmp_path
     )
-    assert cfg.trainer.max_epochs == epochs and cfg.model.backbone.width == width
+    assert cfg.trainer.max_epochs == epochs and cfg.data.image_size == size
+    assert cfg.model.backbone.name == "resnet10t" and "width" not in cfg.model.backbone
     assert (
         cfg.data.level == "contest"
         and cfg.data.grouping == "auto"
@@ -163,6 +164,7 @@ def test_recipe_trains_end_to_end(tmp_path):
             "trainer.max_epochs=1",
             "data.image_size=16",
             "data.group_min_size=5",
+            "model=cellnet",  # the compact CNN keeps this end-to-end run small
             "model.backbone.width=8",
             "model.backbone.cell_input.tta=true",
             "callbacks.rich_progress_bar=null",

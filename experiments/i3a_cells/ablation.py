@@ -54,7 +54,7 @@ ROWS: dict[str, list[str]] = {
     "mask_apply": ["data.mask=apply"],
     "mask_none": ["data.mask=none"],
     "no_class_weights": ["class_weighted_loss=false"],
-    "resnet10t": ["model.backbone.name=resnet10t", "~model.backbone.width"],
+    "cellnet": ["model=cellnet"],
     "plain": [
         "model.backbone.cell_input.normalize=false",
         "augmentation.batch.gain=null",
@@ -74,7 +74,7 @@ WHAT = {
     "mask_apply": "mask applied (zero outside) instead of a mask channel",
     "mask_none": "no mask",
     "no_class_weights": "− class-weighted loss",
-    "resnet10t": "timm resnet10t instead of cellnet",
+    "cellnet": "the compact CellNet (0.66 M params) instead of resnet10t",
     "plain": "plain: no normalisation, no jitter, flips + 90° only",
 }
 
