@@ -1047,6 +1047,33 @@ def _canon(code: str) -> str:
     return f"AC-{int(m.group(1))}"
 
 
+def _field_plan(code: str | Sequence[str], size: int, who: str) -> tuple[list[str], tuple[int, int] | None, int]:
+    """Checked inputs of a field renderer: the positive codes, the mitosis counts they need, the size."""
+    codes = [code] if isinstance(code, str) else list(code)
+    if not 1 <= len(codes) <= 3:
+        raise ValueError(f"{who} takes one code or a sequence of 1-3 codes")
+    codes = list(dict.fromkeys(_canon(c) for c in codes))
+    size = int(size)
+    if size < 32:
+        raise ValueError("size must be >= 32")
+    pos = [c for c in codes if c != "AC-0"]
+    mits = [_MITOSES[c] for c in pos if c in _MITOSES]
+    n_mit = (max(m[0] for m in mits), max(m[1] for m in mits)) if mits else None
+    return pos, n_mit, size
+
+
+def _pattern_signal(f: _Field, pos: Sequence[str]) -> np.ndarray:
+    """The summed signal of the patterns ``pos`` on field ``f`` (mixed: none may hide the others)."""
+    sig = f.canvas()
+    for c in pos:
+        s = _RENDERERS[c](f)
+        if len(pos) > 1:  # keep one saturating pattern from hiding the others
+            hi = float(np.percentile(s[::4, ::4], 99.0))
+            s = s * (_u(f, 0.75, 1.0) / max(hi, 1.0))
+        sig += s
+    return sig
+
+
 def render_field(code: str | Sequence[str], rng: np.random.Generator, size: int = 256,
                  dapi: bool = False, nucleus_diameter_px: float | None = None,
                  return_masks: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -1062,30 +1089,12 @@ def render_field(code: str | Sequence[str], rng: np.random.Generator, size: int 
     (int32 label maps, one label per cell, the same label for a cell and its nucleus; mitotic cells
     have no nucleus label) and ``masks["mitotic"]`` (bool per label, index 0 unused).
     """
-    codes = [code] if isinstance(code, str) else list(code)
-    if not 1 <= len(codes) <= 3:
-        raise ValueError("render_field takes one code or a sequence of 1-3 codes")
-    codes = list(dict.fromkeys(_canon(c) for c in codes))
-    size = int(size)
-    if size < 32:
-        raise ValueError("size must be >= 32")
-    pos = [c for c in codes if c != "AC-0"]
-    mits = [_MITOSES[c] for c in pos if c in _MITOSES]
-    n_mit = (max(m[0] for m in mits), max(m[1] for m in mits)) if mits else None
+    pos, n_mit, size = _field_plan(code, size, "render_field")
     scale = None if nucleus_diameter_px is None else float(nucleus_diameter_px) / _NUC_DIAMETER_REF
     if scale is not None and not 1.0 <= float(nucleus_diameter_px) <= size:
         raise ValueError(f"nucleus_diameter_px={nucleus_diameter_px} must lie between 1 and the field size {size}")
     f = _Field(rng, size, n_mit, need_telophase="AC-27" in pos or "AC-25" in pos, scale=scale)
-
-    sig = f.canvas()
-    for c in pos:
-        s = _RENDERERS[c](f)
-        if len(pos) > 1:
-            # keep one saturating pattern from hiding the others
-            hi = float(np.percentile(s[::4, ::4], 99.0))
-            s = s * (_u(f, 0.75, 1.0) / max(hi, 1.0))
-        sig += s
-    img = _compose(f, sig, negative=not pos, dapi=dapi)
+    img = _compose(f, _pattern_signal(f, pos), negative=not pos, dapi=dapi)
     if not return_masks:
         return img
     nuclei = f.nuc_lab.astype(np.int32)

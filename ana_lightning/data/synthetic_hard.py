@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .synthetic import _MITOSES, _RENDERERS, _canon, _Field, _to_rgb, _u
+from .synthetic import _Field, _field_plan, _pattern_signal, _to_rgb
 
 __all__ = ["DIFFICULTIES", "render_field_hard"]
 
@@ -38,29 +38,13 @@ def render_field_hard(
     code: str | Sequence[str], rng: np.random.Generator, size: int = 256, dapi: bool = False
 ) -> np.ndarray:
     """Like :func:`~.synthetic.render_field` (one code or 1-3 codes), with the harder acquisition."""
-    codes = [code] if isinstance(code, str) else list(code)
-    if not 1 <= len(codes) <= 3:
-        raise ValueError("render_field_hard takes one code or a sequence of 1-3 codes")
-    codes = list(dict.fromkeys(_canon(c) for c in codes))
-    size = int(size)
-    if size < 32:
-        raise ValueError("size must be >= 32")
+    pos, n_mit, size = _field_plan(code, size, "render_field_hard")
     mag = math.exp(rng.uniform(math.log(0.7), math.log(1.45)))
     src = max(32, int(round(size / mag)))
-    pos = [c for c in codes if c != "AC-0"]
-    mits = [_MITOSES[c] for c in pos if c in _MITOSES]
-    n_mit = (max(m[0] for m in mits), max(m[1] for m in mits)) if mits else None
     f = _Field(rng, src, n_mit, need_telophase="AC-27" in pos or "AC-25" in pos)
     f.gain = (f.gain * np.exp(rng.normal(0, 0.2, f.n))).astype(np.float32)  # wider cell-to-cell spread
     f._cache.clear()
-    sig = f.canvas()
-    for c in pos:
-        s = _RENDERERS[c](f)
-        if len(pos) > 1:
-            hi = float(np.percentile(s[::4, ::4], 99.0))
-            s = s * (_u(f, 0.75, 1.0) / max(hi, 1.0))
-        sig += s
-    img = _compose_hard(f, sig, negative=not pos, dapi=dapi)
+    img = _compose_hard(f, _pattern_signal(f, pos), negative=not pos, dapi=dapi)
     if src != size:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if src > size else cv2.INTER_LINEAR)
     return img
