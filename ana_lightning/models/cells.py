@@ -27,7 +27,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-__all__ = ["CellNet", "CellInput", "cell_normalize", "dihedral_views", "cellnet"]
+__all__ = ["CellNet", "CellInput", "cell_background", "cell_normalize", "dihedral_views", "cellnet"]
 
 MASK_MODES = ("apply", "channel", "none")
 
@@ -94,13 +94,40 @@ def cellnet(pretrained: bool = False, **kwargs: Any) -> CellNet:
     return CellNet(**kwargs)
 
 
+def cell_background(inten: torch.Tensor, m: torch.Tensor, mask: str = "channel") -> torch.Tensor:
+    """Each cell's background level (``N``) from its intensity ``inten`` (``N×H×W``) and mask ``m``.
+
+    With ``mask=channel`` the median of the pixels outside the mask (the slide around the cell); where
+    a crop has fewer than 16 outside pixels, and for ``apply``/``none`` (no outside pixels to read),
+    the 5th percentile inside the mask.
+    """
+    n = inten.shape[0]
+    flat = inten.reshape(n, -1)
+    inside = m.reshape(n, -1)
+    nan = torch.full_like(flat, float("nan"))
+
+    def low() -> torch.Tensor:
+        q = torch.nanquantile(torch.where(inside, flat, nan), 0.05, dim=1)
+        return torch.where(torch.isnan(q), flat.quantile(0.05, dim=1), q)
+
+    if mask != "channel":
+        return low()
+    outside = ~inside
+    enough = outside.sum(dim=1) >= 16
+    med = torch.where(outside, flat, nan).nanmedian(dim=1).values
+    return med if bool(enough.all()) else torch.where(enough, med, low())
+
+
 def cell_normalize(
-    x: torch.Tensor, mask: str = "channel", percentile: float = 99.0, clip: float = 4.0
+    x: torch.Tensor, mask: str = "channel", percentile: float = 99.0, clip: float = 4.0, background: bool = False
 ) -> torch.Tensor:
     """Divide each cell by the ``percentile`` of its intensity inside its mask (see the module doc).
 
     ``x``: ``N×3×H×W`` in ``[0, 1]``. Returns ``N×3×H×W``: ``(I, I, mask)`` for ``mask=channel``,
-    ``(I, I, I)`` otherwise, ``I`` clipped to ``[0, clip]``.
+    ``(I, I, I)`` otherwise, ``I`` clipped to ``[0, clip]``. With ``background`` each cell's
+    background level ``b`` (:func:`cell_background`) is subtracted first: ``I = (x - b) / (p - b)``,
+    so a specimen's glow around the cells (0.1–0.9 of the cell's brightest level on the I3A cells)
+    does not change the input either.
 
     >>> x = torch.rand(2, 3, 8, 8) * 0.1
     >>> torch.allclose(cell_normalize(x, "none"), cell_normalize(x * 5, "none"), atol=1e-5)
@@ -126,7 +153,12 @@ def cell_normalize(
     ordered = flat.sort(dim=1, descending=True).values
     k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
     scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
-    i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
+    if background:
+        b = cell_background(inten, m, mask).clamp(min=0).view(n, 1, 1)
+        b = torch.minimum(b, scale.view(n, 1, 1) - 1.0 / 255.0).clamp_min(0)
+        i = ((inten - b) / (scale.view(n, 1, 1) - b)).clamp(0, clip)
+    else:
+        i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
     third = m.to(x.dtype) if mask == "channel" else i
     return torch.stack([i, i, third], dim=1)
 
@@ -146,6 +178,8 @@ class CellInput(nn.Module):
         normalize: per-cell normalisation on (``false`` = the raw ``[0, 1]`` cell reaches the body).
         percentile: the intensity percentile inside the mask that becomes 1.
         tta: in eval mode, average the logits of the 8 dihedral views.
+        background: subtract each cell's background level before scaling (:func:`cell_normalize`);
+            off by default, so checkpoints trained without it load and predict as before.
     """
 
     def __init__(
@@ -155,6 +189,7 @@ class CellInput(nn.Module):
         normalize: bool = True,
         percentile: float = 99.0,
         tta: bool = False,
+        background: bool = False,
     ):
         super().__init__()
         if mask not in MASK_MODES:
@@ -166,12 +201,15 @@ class CellInput(nn.Module):
             float(percentile),
             bool(tta),
         )
+        self.background = bool(background)
         cfg = dict(getattr(body, "pretrained_cfg", {}) or {})
         self.pretrained_cfg = {**cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
         self.num_features = getattr(body, "num_features", None)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return cell_normalize(x, self.mask, self.percentile) if self.normalize else x
+        if not self.normalize:
+            return x
+        return cell_normalize(x, self.mask, self.percentile, background=self.background)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body.forward_features(self.prepare(x))
