@@ -94,28 +94,44 @@ def cellnet(pretrained: bool = False, **kwargs: Any) -> CellNet:
     return CellNet(**kwargs)
 
 
-def cell_background(inten: torch.Tensor, m: torch.Tensor, mask: str = "channel") -> torch.Tensor:
-    """Each cell's background level (``N``) from its intensity ``inten`` (``N×H×W``) and mask ``m``.
+def _levels(
+    inten: torch.Tensor, m: torch.Tensor, percentile: float, mask: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's ``percentile`` level inside the mask and its background level, from ONE sort.
 
-    With ``mask=channel`` the median of the pixels outside the mask (the slide around the cell); where
-    a crop has fewer than 16 outside pixels, and for ``apply``/``none`` (no outside pixels to read),
-    the 5th percentile inside the mask.
+    Pixels inside the mask are lifted by 2 (intensities are in ``[0, 1]``), so an ascending sort puts
+    the outside pixels first and the inside ones after them, each group in order. A cell without mask
+    pixels is all inside (as in :func:`cell_normalize`).
     """
     n = inten.shape[0]
     flat = inten.reshape(n, -1)
     inside = m.reshape(n, -1)
-    nan = torch.full_like(flat, float("nan"))
-
-    def low() -> torch.Tensor:
-        q = torch.nanquantile(torch.where(inside, flat, nan), 0.05, dim=1)
-        return torch.where(torch.isnan(q), flat.quantile(0.05, dim=1), q)
-
+    hw = flat.shape[1]
+    count = inside.sum(dim=1)
+    empty = count == 0
+    if bool(empty.any()):
+        inside = inside | empty[:, None]
+        count = inside.sum(dim=1)
+    ordered = (flat + 2.0 * inside.to(flat.dtype)).sort(dim=1).values
+    n_out = hw - count
+    k = (count.to(flat.dtype) * (1 - percentile / 100.0)).floor().long().clamp(max=hw - 1)
+    level = ordered.gather(1, (hw - 1 - k).clamp(min=0)[:, None]).squeeze(1) - 2.0
+    low = ordered.gather(1, (n_out + ((count - 1).to(flat.dtype) * 0.05).floor().long())[:, None]).squeeze(1) - 2.0
     if mask != "channel":
-        return low()
-    outside = ~inside
-    enough = outside.sum(dim=1) >= 16
-    med = torch.where(outside, flat, nan).nanmedian(dim=1).values
-    return med if bool(enough.all()) else torch.where(enough, med, low())
+        return level, low
+    med = ordered.gather(1, ((n_out - 1).clamp(min=0) // 2)[:, None]).squeeze(1)
+    return level, torch.where(n_out >= 16, med, low)
+
+
+def cell_background(inten: torch.Tensor, m: torch.Tensor, mask: str = "channel") -> torch.Tensor:
+    """Each cell's background level (``N``) from its intensity ``inten`` (``N×H×W``) and mask ``m``.
+
+    With ``mask=channel`` the median of the pixels outside the mask (the slide around the cell; the
+    lower median for an even count); where a crop has fewer than 16 outside pixels, and for
+    ``apply``/``none`` (no outside pixels to read), the 5th percentile inside the mask (the lower
+    value, no interpolation). A cell without mask pixels is all inside.
+    """
+    return _levels(inten, m, 99.0, mask)[1]
 
 
 def cell_normalize(
@@ -144,20 +160,21 @@ def cell_normalize(
     else:
         inten = x.amax(dim=1)
         m = inten > 0 if mask == "apply" else torch.ones_like(inten, dtype=torch.bool)
-    flat = torch.where(m, inten, torch.full_like(inten, -1.0)).reshape(n, -1)
-    count = m.reshape(n, -1).sum(dim=1)
-    empty = count == 0
-    if empty.any():  # no mask pixel: use the whole image
-        flat = torch.where(empty[:, None], inten.reshape(n, -1), flat)
-        count = torch.where(empty, torch.full_like(count, flat.shape[1]), count)
-    ordered = flat.sort(dim=1, descending=True).values
-    k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
-    scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
-    if background:
-        b = cell_background(inten, m, mask).clamp(min=0).view(n, 1, 1)
-        b = torch.minimum(b, scale.view(n, 1, 1) - 1.0 / 255.0).clamp_min(0)
-        i = ((inten - b) / (scale.view(n, 1, 1) - b)).clamp(0, clip)
+    if background:  # one sort gives both levels (the exact same scale as below)
+        level, b = _levels(inten, m, percentile, mask)
+        scale = level.clamp_min(1.0 / 255.0).view(n, 1, 1)
+        b = torch.minimum(b.clamp_min(0).view(n, 1, 1), scale - 1.0 / 255.0).clamp_min(0)
+        i = ((inten - b) / (scale - b)).clamp(0, clip)
     else:
+        flat = torch.where(m, inten, torch.full_like(inten, -1.0)).reshape(n, -1)
+        count = m.reshape(n, -1).sum(dim=1)
+        empty = count == 0
+        if empty.any():  # no mask pixel: use the whole image
+            flat = torch.where(empty[:, None], inten.reshape(n, -1), flat)
+            count = torch.where(empty, torch.full_like(count, flat.shape[1]), count)
+        ordered = flat.sort(dim=1, descending=True).values
+        k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
+        scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
         i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
     third = m.to(x.dtype) if mask == "channel" else i
     return torch.stack([i, i, third], dim=1)

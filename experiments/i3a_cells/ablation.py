@@ -43,6 +43,7 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data" / "i3a2014-task1" / "training"
 ROWS: dict[str, list[str]] = {
     "full": [],
     "no_cell_norm": ["model.backbone.cell_input.normalize=false"],
+    "no_background": ["model.backbone.cell_input.background=false"],
     "no_acquisition_jitter": [
         "augmentation.batch.gain=null",
         "augmentation.batch.gamma=0",
@@ -69,6 +70,7 @@ ROWS: dict[str, list[str]] = {
 WHAT = {
     "full": "the recipe (experiment=i3a_cells)",
     "no_cell_norm": "− per-cell intensity normalisation",
+    "no_background": "− background subtraction (cell scaled by its 99th percentile only)",
     "no_acquisition_jitter": "− gain/gamma/blur/noise/offset jitter",
     "dihedral_only": "− any-angle rotation and zoom (flips + 90° only)",
     "mask_apply": "mask applied (zero outside) instead of a mask channel",
