@@ -78,3 +78,17 @@ def test_second_split_keeps_test_and_swaps_validation_groups():
     assert set(after.loc[after["split"] == "train", "group"]) == {"A#1", "A#3", "B#0"}
     with pytest.raises(ValueError, match="no group column"):
         swap_validation(before.drop(columns="group"))
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
+def test_i3a_recipe_subtracts_the_background_at_both_sizes(tmp_path, accelerator):
+    from conftest import compose
+
+    cfg = compose(
+        "train", ["experiment=i3a_cells", "data.root=/x", f"trainer={accelerator}"], output_dir=tmp_path
+    )
+    assert cfg.model.backbone.cell_input.background is True
+    assert cfg.model.backbone.cell_input.normalize is True
+    # the other cell experiment keeps its own setting (no silent behaviour change)
+    other = compose("train", ["experiment=icpr2012_cells", "data.root=/x"], output_dir=tmp_path / "o")
+    assert other.model.backbone.cell_input.get("background", False) is False

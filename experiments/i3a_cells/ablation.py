@@ -51,6 +51,7 @@ ROWS: dict[str, list[str]] = {
         "augmentation.batch.noise=0",
         "augmentation.batch.offset=0",
     ],
+    "soft_jitter": ["augmentation.batch.blur=0", "augmentation.batch.gamma=0.2"],
     "dihedral_only": ["augmentation.batch.rotate=false", "augmentation.batch.scale=0"],
     "mask_apply": ["data.mask=apply"],
     "mask_none": ["data.mask=none"],
@@ -78,6 +79,8 @@ WHAT = {
     "no_class_weights": "− class-weighted loss",
     "cellnet": "the compact CellNet (0.66 M params) instead of resnet10t",
     "plain": "plain: no normalisation, no jitter, flips + 90° only",
+    "previous_recipe": "the previous default (resnet10t, no background subtraction)",
+    "soft_jitter": "− blur jitter, gamma jitter exp(±0.2) instead of exp(±0.4)",
 }
 
 
