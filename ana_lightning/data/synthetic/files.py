@@ -18,10 +18,12 @@ __all__ = ["image_rng", "encode", "encode_png", "atomic_write", "write_csv", "pr
 
 
 def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The generator of one image: ``SeedSequence([seed, stream, index])``."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream), int(index)]))
 
 
 def encode(img: np.ndarray, fmt: str) -> bytes:
+    """PNG or JPEG (quality 95) bytes of an RGB uint8 image."""
     bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     if fmt == "png":
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
@@ -33,6 +35,7 @@ def encode(img: np.ndarray, fmt: str) -> bytes:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -85,6 +88,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[Callable[[], 
 
 
 def check_fmt(fmt: str) -> str:
+    """``png`` or ``jpg`` (``jpeg`` and a leading dot accepted); anything else is a ValueError."""
     fmt = fmt.lower().lstrip(".")
     if fmt == "jpeg":
         fmt = "jpg"

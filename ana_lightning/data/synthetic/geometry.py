@@ -1,4 +1,7 @@
-"""Cell geometry of one simulated field: :class:`Field` lays out flat HEp-2 cells (polygonal, mostly
+"""Cell geometry of one simulated field.
+
+One class, :class:`Field`, kept whole (~430 lines): its layout, label maps, cached masks and drawing
+helpers all work on the same per-cell arrays and cache. It lays out flat HEp-2 cells (polygonal, mostly
 faint cytoplasm; an elliptical nucleus taking 30-50 % of the cell, with 1-4 nucleoli) of varied size,
 elongation and orientation, and a few mitotic cells (metaphase plates, some ana- and telophases); it
 draws their label maps once with OpenCV and offers the cached masks and the point/line helpers the
@@ -362,7 +365,17 @@ class Field:
         c = flat.reshape(self.H, self.W).astype(np.float32)
         return cv2.GaussianBlur(c, (0, 0), sig) * (TAU * sig * sig)
 
-    def in_ellipses(self, cx, cy, a, b, ang, counts, rmin: float = 0.0, rmax: float = 1.0):
+    def in_ellipses(
+        self,
+        cx: np.ndarray,
+        cy: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+        ang: np.ndarray,
+        counts: np.ndarray,
+        rmin: float = 0.0,
+        rmax: float = 1.0,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Uniform points inside ellipses; returns (x, y, owner)."""
         owner = np.repeat(np.arange(len(counts)), counts)
         u = self.rng.random(owner.size)
@@ -371,11 +384,13 @@ class Field:
         ux, uy = rotate(r * a[owner] * np.cos(t), r * b[owner] * np.sin(t), ang[owner])
         return cx[owner] + ux, cy[owner] + uy, owner
 
-    def in_nuclei(self, counts: np.ndarray, rmax: float = 0.92):
+    def in_nuclei(self, counts: np.ndarray, rmax: float = 0.92) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         counts = np.where(self.is_mitotic, 0, counts)
         return self.in_ellipses(self.nx, self.ny, self.a, self.b, self.theta, counts, 0.0, rmax)
 
-    def in_cytoplasm(self, counts: np.ndarray, rmin: float = 0.25, rmax: float = 0.95):
+    def in_cytoplasm(
+        self, counts: np.ndarray, rmin: float = 0.25, rmax: float = 0.95
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Points in the cytoplasm of interphase cells (outside the nucleus)."""
         counts = np.where(self.is_mitotic, 0, counts)
         x, y, o = self.in_ellipses(self.cx, self.cy, self.A, self.B, self.theta, counts * 2, rmin, rmax)
@@ -383,7 +398,9 @@ class Field:
         out = (dx / (self.a[o] * 1.08)) ** 2 + (dy / (self.b[o] * 1.08)) ** 2 > 1.0
         return x[out], y[out], o[out]
 
-    def on_rim(self, counts: np.ndarray, scale: float = 1.0, jitter: float = 0.0):
+    def on_rim(
+        self, counts: np.ndarray, scale: float = 1.0, jitter: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Points on the nuclear outline of interphase cells (spacing ~ even with jitter)."""
         counts = np.where(self.is_mitotic, 0, counts)
         o = np.repeat(np.arange(self.n), counts)
@@ -394,7 +411,9 @@ class Field:
         ux, uy = rotate(r * self.a[o] * np.cos(t), r * self.b[o] * np.sin(t), self.theta[o])
         return self.nx[o] + ux, self.ny[o] + uy, o
 
-    def in_chromatin(self, counts_per_mitosis: np.ndarray, rmax: float = 0.95):
+    def in_chromatin(
+        self, counts_per_mitosis: np.ndarray, rmax: float = 0.95
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Points inside the chromatin of each mitotic cell (counts indexed by mitosis j)."""
         per_ch = np.asarray(counts_per_mitosis)[self.ch_j] if len(self.ch_j) else np.zeros(0, int)
         nch = np.bincount(self.ch_j, minlength=len(self.mitotic)) if len(self.ch_j) else np.zeros(0, int)

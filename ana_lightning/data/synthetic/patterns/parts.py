@@ -123,7 +123,7 @@ def draw_nucleoli(f: Field, scale: float, value: np.ndarray | float = 1.0, thick
     return c
 
 
-def nucleolus_points(f: Field, lo: int, hi: int, spread: float):
+def nucleolus_points(f: Field, lo: int, hi: int, spread: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points clustered on the nucleoli: returns (x, y, owning cell)."""
     o = np.repeat(np.arange(f.nol_j.size), f.rng.integers(lo, hi + 1, f.nol_j.size))
     t = f.rng.uniform(0, TAU, o.size)
