@@ -113,7 +113,7 @@ def write_classification_report(
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    from .metrics import MCA_DEFINITION
+    from ..metrics import MCA_DEFINITION
 
     present = int((support > 0).sum())
     md = [f"# {stage.capitalize()} report", "", f"{int(support.sum())} images; {present} of the model's "
