@@ -173,7 +173,7 @@ class MultiHeadClassifier(ANAModule):
                 loss = loss + self.hparams.consistency_weight * F.kl_div(marg.log(), coarse, log_target=True, reduction="batchmean")
         return loss
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         t = self._targets(batch["target"])
         loss = self._loss(self.net.forward_levels(batch["image"]), t)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(t))

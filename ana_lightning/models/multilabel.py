@@ -199,24 +199,24 @@ class SigmoidEnsemble(ANAModule):
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         target = self._target(batch)
         z = self.net.member_logits(batch["image"])
         loss = torch.stack([self._loss(zm, target) for zm in z]).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(target))
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
         target = self._target(batch)
         logits = self(batch["image"])
         self.log(f"{stage}/loss", self._loss(logits, target), on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(target), sync_dist=True)
         self.collect(stage, index=batch["index"], prob=self.scaled(logits).sigmoid(), target=target)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def _log_scalars(self, stage: str, scalars: Mapping[str, float]) -> None:

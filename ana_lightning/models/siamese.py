@@ -252,7 +252,7 @@ class SiameseClassifier(ANAModule):
                 accs.append(((d < m.margin / 2).float() == same).float().mean())
         return torch.stack(losses).mean(), torch.stack(accs).mean()
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch["image"], batch["target"]
         if self.hparams.self_pairs:
             x = torch.cat([x, _dihedral_crop(x)])
@@ -262,7 +262,7 @@ class SiameseClassifier(ANAModule):
         self.log("train/pair_acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def _eval_step(self, batch, stage: str) -> torch.Tensor:
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch["image"], batch["target"]
         embs = self.net.embed(x)
         loss, acc = self._pair_loss(embs, y, hard=False)
@@ -279,7 +279,7 @@ class SiameseClassifier(ANAModule):
         super().on_validation_epoch_start()
         self._support_from_source()  # the current weights' embeddings of the training split, once
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def on_test_epoch_start(self) -> None:
@@ -287,7 +287,7 @@ class SiameseClassifier(ANAModule):
         if not self.net.has_support:
             self._support_from_source()
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         scores = self._eval_step(batch, "test")
         self.test_details.update(scores, batch["target"])
         self.collect("test", index=batch["index"], prob=self._calibrated(scores), target=batch["target"])

@@ -24,11 +24,11 @@ from .tables import summary_rows
 __all__ = ["write_multilabel_report", "plot_per_class_f1", "plot_off_by_n", "plot_pr_curves", "plot_error_cooccurrence"]
 
 
-def _np(x) -> np.ndarray:
+def _np(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _plt():
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +45,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
 
 
-def plot_per_class_f1(f1, support, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+def plot_per_class_f1(f1: Any, support: Any, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
     plt = _plt()
     f1, support = _np(f1), _np(support)
     k = len(class_names)
@@ -62,7 +62,7 @@ def plot_per_class_f1(f1, support, class_names: Sequence[str], path: str | Path,
     return Path(path)
 
 
-def plot_off_by_n(counts, path: str | Path, title: str = "") -> Path:
+def plot_off_by_n(counts: Any, path: str | Path, title: str = "") -> Path:
     plt = _plt()
     counts = _np(counts)
     last = max(int(np.flatnonzero(counts).max(initial=0)), 3)
@@ -78,7 +78,7 @@ def plot_off_by_n(counts, path: str | Path, title: str = "") -> Path:
     return Path(path)
 
 
-def plot_pr_curves(curves, ap, class_names: Sequence[str], path: str | Path) -> Path:
+def plot_pr_curves(curves: Sequence[tuple[Any, Any]], ap: Any, class_names: Sequence[str], path: str | Path) -> Path:
     plt = _plt()
     ap = _np(ap)
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -99,7 +99,7 @@ def plot_pr_curves(curves, ap, class_names: Sequence[str], path: str | Path) -> 
     return Path(path)
 
 
-def plot_error_cooccurrence(matrix, class_names: Sequence[str], path: str | Path) -> Path:
+def plot_error_cooccurrence(matrix: Any, class_names: Sequence[str], path: str | Path) -> Path:
     plt = _plt()
     m = _np(matrix)
     names = list(class_names) + ["none"]
