@@ -75,7 +75,7 @@ class MultiHeadClassifier(ANAModule):
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         image_size: int = 224,
-    ):
+    ) -> None:
         super().__init__(optimizer, scheduler, temperatures=3)  # one temperature per level (calibration)
         self.tree = Taxonomy.load(tree)
         self.class_names = [self.tree.parse_code(c) for c in self.hparams.class_names]
@@ -120,8 +120,8 @@ class MultiHeadClassifier(ANAModule):
                 "groups": [[g, cs] for g, cs in self.groups().items()], "routing": self.hparams.routing}
 
     def serving_metadata(self) -> dict[str, Any]:
-        return {"level1_names": self.level1_names, "level2_names": self.level2_names,
-                "groups": [[g, cs] for g, cs in self.groups().items()], "routing": self.hparams.routing}
+        """What prediction and export need to route: the same as the checkpoint's metadata."""
+        return self.checkpoint_metadata()
 
     @torch.no_grad()
     def predict_hierarchy(self, x: torch.Tensor) -> torch.Tensor:

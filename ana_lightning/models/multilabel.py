@@ -133,7 +133,7 @@ class SigmoidEnsemble(ANAModule):
         decision_rule: str = "global",
         threshold: float = 0.5,
         image_size: int = 224,
-    ):
+    ) -> None:
         super().__init__(optimizer, scheduler)
         if not self.class_names:
             raise ValueError("SigmoidEnsemble needs class_names (the datamodule provides them)")
