@@ -25,17 +25,20 @@ from ..utils import plain_hparams
 from .images import BadFile, load_image
 from .records import DatasetError, ImageRecord, read_single_label_folder
 from .splits import (
+    SPLIT_MANIFEST,
     SPLITS,
     NearDuplicateSet,
+    check_fold_settings,
     cv_split,
-    duplicate_sets,
-    load_manifest,
+    match_manifest,
     near_duplicate_sets,
+    read_stylized_set,
     save_manifest,
     shared_with_train,
     split_keeping_official,
     split_records,
     sweep_folds,
+    write_duplicates,
     write_near_duplicates,
 )
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -126,7 +129,7 @@ class RecordDataModule(L.LightningDataModule):
         folds_manifest: str | None = None,
     ):
         super().__init__()
-        _check_fold_settings(folds, fold, repeats, repeat, split_manifest)
+        check_fold_settings(folds, fold, repeats, repeat, split_manifest)
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
         plain_hparams(self)
         # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
@@ -206,8 +209,6 @@ class RecordDataModule(L.LightningDataModule):
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
         if self.hparams.get("extra_train"):
-            from ..style_transfer import read_stylized_set
-
             # Refuses a set whose content/style images are in val/test or not in this data at all.
             self.extra_train_records = read_stylized_set(
                 self.hparams.extra_train, self.splits, self.taxonomy, all_records=records,
@@ -349,31 +350,8 @@ class RecordDataModule(L.LightningDataModule):
         return self.tree
 
     def _splits_from_manifest(self, records: list[ImageRecord], manifest: str) -> dict[str, list[ImageRecord]]:
-        planned = load_manifest(manifest, root=self.root, taxonomy=self.manifest_label_parser(),
-                                check=not self.official_split)
-        by_path = {str(Path(r.path).resolve()): r for r in records}
-        out: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
-        problems = []
-        used = set()
-        for s, recs in planned.items():
-            for p in recs:
-                key = str(Path(p.path).resolve())
-                r = by_path.get(key)
-                if r is None:
-                    problems.append(BadFile(p.path, f"listed in {manifest} but not in the dataset"))
-                elif p.sha256 and r.sha256 and p.sha256 != r.sha256:
-                    problems.append(BadFile(p.path, f"content changed since {manifest} was written (sha256 differs)"))
-                elif p.codes != r.codes:
-                    problems.append(BadFile(p.path, f"label {r.codes} differs from {p.codes} in {manifest}"))
-                else:
-                    out[s].append(r)
-                    used.add(key)
-        if problems:
-            raise DatasetError(self.root, problems, "The split manifest does not match the data.")
-        extra = [r.path for k, r in by_path.items() if k not in used]
-        if extra:
-            log.warning("%d image(s) are not in %s and are left out, e.g. %s", len(extra), manifest, extra[0])
-        return out
+        """The split ``data.split_manifest`` gives the records (:func:`~.splits.match_manifest`)."""
+        return match_manifest(records, manifest, self.root, self.manifest_label_parser(), official=bool(self.official_split))
 
     def class_weights(self) -> list[float]:
         """Inverse-frequency weights ``n / (K · n_c)`` from the training split only."""
@@ -393,23 +371,16 @@ class RecordDataModule(L.LightningDataModule):
     def write_reports(self, out_dir: str | Path) -> None:
         """Split manifest, bad-file list and duplicate report into the run folder."""
         out_dir = Path(out_dir)
-        save_manifest(self.splits, out_dir / "split_manifest.csv", root=self.root)
+        save_manifest(self.splits, out_dir / SPLIT_MANIFEST, root=self.root)
         if self.bad_files:
             with open(out_dir / "bad_files.csv", "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["path", "reason"])
                 w.writerows([b.path, b.reason] for b in self.bad_files)
             log.warning("%d bad file(s) skipped: see %s", len(self.bad_files), out_dir / "bad_files.csv")
-        dups = duplicate_sets([r for s in SPLITS for r in self.splits[s]])
+        dups = write_duplicates(self.splits, out_dir / "duplicates.csv")
         if dups:
-            split_of = {r.path: s for s in SPLITS for r in self.splits[s]}
-            with open(out_dir / "duplicates.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["sha256", "path", "label", "split"])
-                for group in dups:
-                    for r in group:
-                        w.writerow([r.sha256, r.path, ";".join(r.codes), split_of[r.path]])
-            log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", len(dups))
+            log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", dups)
         if self.near_duplicates:
             write_near_duplicates(self.near_duplicates, self.splits, out_dir / "near_duplicates.csv")
 
@@ -448,23 +419,6 @@ class RecordDataModule(L.LightningDataModule):
         if aug is not None and trainer is not None and trainer.training and isinstance(batch, dict) and "image" in batch:
             batch["image"] = aug(batch["image"], mean=self.mean, std=self.std)
         return batch
-
-
-def _check_fold_settings(folds: int | None, fold: int | None, repeats: int, repeat: int, split_manifest: str | None) -> None:
-    """Clear errors for ``data.folds`` / ``data.fold`` / ``data.repeats`` / ``data.repeat``."""
-    if folds is None:
-        if fold is not None:
-            raise ValueError(f"data.fold={fold} needs data.folds=<k> (e.g. ana-train -m data.folds=5 'data.fold=range(5)')")
-        return
-    if int(folds) < 2:
-        raise ValueError(f"data.folds must be at least 2, got {folds}")
-    if fold is None or not 0 <= int(fold) < int(folds):
-        raise ValueError(f"data.folds={folds} needs data.fold in 0…{int(folds) - 1}, got {fold} "
-                         f"(a sweep over all folds: ana-train -m data.folds={folds} 'data.fold=range({folds})')")
-    if int(repeats) < 1 or not 0 <= int(repeat) < int(repeats):
-        raise ValueError(f"data.repeat must be in 0…data.repeats-1 and data.repeats >= 1, got repeat={repeat}, repeats={repeats}")
-    if split_manifest:
-        raise ValueError(f"data.folds={folds} makes its own splits: drop data.split_manifest={split_manifest}")
 
 
 class SingleLabelDataModule(RecordDataModule):
