@@ -202,6 +202,52 @@ class Taxonomy:
                 return self.level1[c]
         raise LabelError(f"{node!r} is not a code or level-2 node of the tree")
 
+    # ---------------------------------------------------------------- tree labels (a code or a node)
+    # A record of contest data may carry a level-1 / level-2 node instead of a code (``nucleolar``,
+    # ``cytoplasmic``): these say what such a label means at each level.
+    def parse_label(self, label: str) -> str:
+        """A tree label as the tree spells it: a code in canonical form, or a level-1/level-2 node.
+
+        >>> Taxonomy.load().parse_label("ac_5"), Taxonomy.load().parse_label("nucleolar")
+        ('AC-5', 'nucleolar')
+        """
+        if self.is_code(label):
+            return self.parse_code(label)
+        self.children(label)  # LabelError naming the label when it is not a node either
+        return label
+
+    def leaves(self, label: str) -> tuple[str, ...]:
+        """The AC codes under a tree label (the code itself for a code), natural order."""
+        return (self.parse_code(label),) if self.is_code(label) else self.children(label)
+
+    def resolve(self, label: str, level: int) -> str | None:
+        """The node of a tree label at ``level``, or None when the label does not determine it.
+
+        >>> tree = Taxonomy.load()
+        >>> tree.resolve("AC-5", 2), tree.resolve("nucleolar", 1), tree.resolve("nucleolar", 3)
+        ('speckled', 'nuclear', None)
+        """
+        nodes = {self.level_of(c, level) for c in self.leaves(label)}
+        return nodes.pop() if len(nodes) == 1 else None
+
+    def label_path(self, label: str) -> tuple[str | None, str | None, str | None]:
+        """``(level-1 node, level-2 node, leaf)`` of a tree label, None where it stops higher up."""
+        return (self.resolve(label, 1), self.resolve(label, 2), self.resolve(label, 3))
+
+    def leaves_by_group(self, level: int = 2) -> dict[str, tuple[str, ...]]:
+        """Each node of ``level`` (1 or 2) → its codes, both in tree order.
+
+        >>> Taxonomy.load().leaves_by_group(2)["nucleolar"]
+        ('AC-8', 'AC-9', 'AC-10')
+        """
+        if level not in (1, 2):
+            raise ValueError(f"leaves_by_group: level must be 1 or 2, got {level!r}")
+        out: dict[str, tuple[str, ...]] = {}
+        for c in self.codes:
+            node = self.level_of(c, level)
+            out[node] = (*out.get(node, ()), c)
+        return out
+
     def display_name(self, code: str) -> str:
         code = self.parse_code(code)
         return f"{code} {self.names[code]}"
