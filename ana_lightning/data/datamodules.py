@@ -2,7 +2,9 @@
 
 :class:`RecordDataModule` owns everything shared (split or reuse a manifest, class list, class
 weights, loaders, run-folder reports); a concrete datamodule only says how records are read and
-what the target is.
+what the target is. This file is over 400 lines on purpose: it is that one base class (whose split,
+manifest, fold and leakage decisions are calls into :mod:`.splits`) with the dataset it serves and
+the two thinnest layouts on it; cutting the class in parts would scatter one object's methods.
 """
 
 from __future__ import annotations
@@ -29,18 +31,19 @@ from .splits import (
     SPLITS,
     NearDuplicateSet,
     check_fold_settings,
-    cv_split,
+    check_split_sizes,
+    find_near_duplicates,
+    fold_split,
     match_manifest,
-    near_duplicate_sets,
     read_stylized_set,
     save_manifest,
-    shared_with_train,
     split_keeping_official,
     split_records,
-    sweep_folds,
+    warn_shared_with_train,
     write_duplicates,
     write_near_duplicates,
 )
+from .splits.manifest import LabelParser
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = ["RecordDataset", "RecordDataModule", "SingleLabelDataModule", "SyntheticDataModule"]
@@ -68,8 +71,8 @@ class RecordDataset(Dataset):
     workers and DDP ranks (:class:`~ana_lightning.data.cache.ImageCache`).
     """
 
-    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform, cache: bool | str = False,
-                 cache_dir: str | None = None):
+    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform: Callable[[np.ndarray], Any],
+                 cache: bool | str = False, cache_dir: str | None = None):
         self.records = list(records)
         self.targets = targets
         self.transform = transform
@@ -230,26 +233,8 @@ class RecordDataModule(L.LightningDataModule):
         return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
-        """Stop when one group (patient, folder, specimen) holds most images and a split is left empty
-        (e.g. ``data.group_level=auto`` taking the export's top folder as the only patient): a grouped
-        split cannot divide a group. Warn when a split is empty for another reason (too few images or
-        groups per class), or when one group holds most images."""
-        groups = Counter(r.group for r in records if r.group)
-        top = groups.most_common(1)[0] if groups else None
-        where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
-                 "check the grouping (data.group_level, or the group column of your labels CSV), e.g. "
-                 "data.group_level=none to split image by image if the images are independent."
-                 ) if top and top[1] > 0.5 * len(records) else ""
-        sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
-        empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
-        if empty:
-            msg = (f"the {' and '.join(empty)} split(s) are empty ({sizes}, data.split_fractions="
-                   f"{list(self.hparams.split_fractions)}).")
-            if where:
-                raise DatasetError(self.root, [BadFile(str(self.root), msg + where)])
-            log.warning("%s Too few images, groups or distinct files (copies share a split) per class to fill them.", msg)
-        elif where:
-            log.warning("split %s.%s", sizes, where)
+        """An empty split is an error when one group holds most images, else a warning (:func:`~.splits.check_split_sizes`)."""
+        check_split_sizes(records, splits, self.hparams.split_fractions, self.root)
 
     @property
     def together(self) -> list[list[str]]:
@@ -257,38 +242,17 @@ class RecordDataModule(L.LightningDataModule):
         return [[r.path for r in d.records] for d in self.near_duplicates]
 
     def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
-        """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
+        """Perceptual near-duplicates of the records (:func:`~.splits.find_near_duplicates`), unless
         ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
-        if self.hparams.get("near_duplicates", True):
-            from .cache import default_cache_dir
-
-            cache = self.hparams.get("image_cache_dir") or default_cache_dir()
-            self.near_duplicates = near_duplicate_sets(records, cache_dir=cache)
-        else:
-            self.near_duplicates = []
-        if self.near_duplicates:
-            log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
-                     "one split each: see near_duplicates.csv", len(self.near_duplicates))
-        conflicts = [d for d in self.near_duplicates if d.conflicting]
-        if conflicts:
-            shown = "; ".join(" = ".join(f"{r.path} ({';'.join(r.codes)})" for r in d.records) for d in conflicts[:5])
-            log.warning("the same image carries different labels in %d case(s) (it would be trained with both): %s%s. "
-                        "Fix the labels or remove the copies; all are listed in near_duplicates.csv "
-                        "(conflicting_labels=yes).", len(conflicts), shown, " …" if len(conflicts) > 5 else "")
+        enabled = self.hparams.get("near_duplicates", True)
+        self.near_duplicates = find_near_duplicates(records, self.hparams.get("image_cache_dir")) if enabled else []
         return self.near_duplicates
 
     def check_split_overlap(self) -> dict[str, int]:
-        """Count test images sharing a group (or identical bytes) with training; a WARNING when any do
-        (only a layout's official split or a hand-made manifest can do that), kept for :meth:`split_flags`."""
-        self.split_overlap = shared_with_train(self.splits, "test")
-        if self.split_overlap["images"] or self.split_overlap["identical"]:
-            log.warning(
-                "THE TEST SPLIT SHARES %d GROUP(S) (%d test image(s)) AND %d IDENTICAL IMAGE(S) WITH THE TRAINING "
-                "SPLIT (as %s gives them): test figures are optimistic for unseen %s; metrics.json flags this as "
-                "test/shared_groups_with_train", self.split_overlap["groups"], self.split_overlap["images"],
-                self.split_overlap["identical"], "the layout's official split" if self.official_split else "the split manifest",
-                "groups (specimens, fields, patients)",
-            )
+        """Count test images sharing a group (or identical bytes) with training, a WARNING when any
+        (:func:`~.splits.warn_shared_with_train`); kept for :meth:`split_flags`."""
+        given_by = "the layout's official split" if self.official_split else "the split manifest"
+        self.split_overlap = warn_shared_with_train(self.splits, given_by)
         return self.split_overlap
 
     def split_flags(self, stage: str = "test") -> dict[str, float]:
@@ -312,18 +276,11 @@ class RecordDataModule(L.LightningDataModule):
         return {c: c for c in self.class_names}
 
     def fold_split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
-        """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest
-        (made once per sweep, then reused exactly); validation carved from the other folds with the
-        share ``val / (train + val)`` of ``split_fractions``, never from the test fold."""
+        """Cross-validation job ``(repeat, fold)`` of this config (:func:`~.splits.fold_split`)."""
         hp = self.hparams
-        fold_of = sweep_folds(records, hp.get("folds_manifest"), hp.folds, hp.get("repeats", 1), seed=hp.seed,
-                              root=self.root, together=self.together)[hp.get("repeat", 0)]
-        fr = hp.split_fractions
-        val_fraction = fr[1] / (fr[0] + fr[1]) if fr[0] + fr[1] > 0 else 0.0
-        log.info("cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds", hp.fold, hp.folds,
-                 hp.get("repeat", 0), hp.get("repeats", 1), 100 * val_fraction)
-        return cv_split(records, fold_of, hp.fold, val_fraction, seed=[hp.seed, hp.get("repeat", 0), hp.fold],
-                        together=self.together)
+        return fold_split(records, hp.folds, hp.fold, hp.split_fractions, seed=hp.seed, repeats=hp.get("repeats", 1),
+                          repeat=hp.get("repeat", 0), folds_manifest=hp.get("folds_manifest"), root=self.root,
+                          together=self.together)
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
@@ -344,7 +301,7 @@ class RecordDataModule(L.LightningDataModule):
             self.datasets[split] = self.make_dataset(records, train=split == "train")
         return self.datasets[split]
 
-    def manifest_label_parser(self):
+    def manifest_label_parser(self) -> LabelParser:
         """What reads the labels of a split manifest back (anything with ``parse_code``): the tree.
         Datamodules whose records may carry tree nodes as labels (contest data) return their own."""
         return self.tree
@@ -385,20 +342,18 @@ class RecordDataModule(L.LightningDataModule):
             write_near_duplicates(self.near_duplicates, self.splits, out_dir / "near_duplicates.csv")
 
     # -------------------------------------------------------------- loaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader_kwargs(self) -> dict[str, Any]:
+        """Worker settings of every loader (``num_workers``, ``pin_memory``, ``persistent_workers``)."""
         nw = self.hparams.num_workers
+        return {"num_workers": nw, "pin_memory": self.hparams.pin_memory,
+                "persistent_workers": self.hparams.persistent_workers and nw > 0}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
         bs = self.hparams.batch_size
-        return DataLoader(
-            ds,
-            batch_size=bs,
-            shuffle=shuffle,
-            num_workers=nw,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=self.hparams.persistent_workers and nw > 0,
-            # A training batch of one image breaks batch norm: drop such a remainder (only that).
-            drop_last=shuffle and len(ds) > bs and len(ds) % bs == 1,
-        )
+        # A training batch of one image breaks batch norm: drop such a remainder (only that).
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle and len(ds) > bs and len(ds) % bs == 1,
+                          **self.loader_kwargs())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

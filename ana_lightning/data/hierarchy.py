@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .contest_labels import CONTESTS, _norm, contest_class_of, contest_classes
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
 from .images import BadFile
 from .masks import MASK_MODES, masked_loader
-from .readers import build_reader
+from .readers import Reader, build_reader
 from .records import DatasetError, ImageRecord
 from .splits import SPLITS, read_stylized_set
 from .transforms import build_transform
@@ -95,7 +95,8 @@ class TreeLabelParser:
 class LoaderRecordDataset(RecordDataset):
     """A :class:`RecordDataset` whose images come from ``loader(record)`` (e.g. a cell with its mask)."""
 
-    def __init__(self, records, targets, transform, loader: Callable[[ImageRecord], np.ndarray], cache: bool = False):
+    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform: Callable[[np.ndarray], Any],
+                 loader: Callable[[ImageRecord], np.ndarray], cache: bool = False):
         self.loader = loader
         super().__init__(records, targets, transform, cache=False)
         if cache and self.records:
@@ -115,7 +116,9 @@ class HEp2HierarchyDataModule(RecordDataModule):
             or ``contest`` (a contest reader's own class names, flat; ``classes.csv`` in the run folder
             ties each to its tree node).
         parent: a level-2 (or level-1) node: keep only its subtree (the level-3 models of the paper).
-        reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts).
+        reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts),
+            built from this config's ``csv`` / ``group_column`` / ``grouping`` / ``group_min_size``; or any
+            :class:`~.readers.Reader` given as a ``_target_`` config (see :mod:`.readers`).
         csv: the contest label CSV (default: the one CSV found under ``root``).
         mask: I3A masks: ``apply`` (zero outside the cell), ``channel`` (mask in the blue channel) or ``none``.
         group_column: contest CSV column holding the field / specimen (default: detected by name).
@@ -133,7 +136,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         root: str | None = None,
         level: int | str = 3,
         parent: str | None = None,
-        reader: str = "folder",
+        reader: str | Mapping[str, Any] | Reader = "folder",
         csv: str | None = None,
         mask: str = "apply",
         group_column: str | None = None,

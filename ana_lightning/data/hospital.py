@@ -71,11 +71,6 @@ class MultiLabelTargets:
         return match_manifest(records, manifest, self.root, self.tree, by_content=True)
 
 
-def _loader_kwargs(dm: RecordDataModule) -> dict[str, Any]:
-    nw = dm.hparams.num_workers
-    return {"num_workers": nw, "pin_memory": dm.hparams.pin_memory, "persistent_workers": dm.hparams.persistent_workers and nw > 0}
-
-
 def _replicas(dm: RecordDataModule) -> tuple[int, int]:
     trainer = getattr(dm, "trainer", None)
     if trainer is not None:
@@ -135,7 +130,7 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
         ds = self.dataset("train")
         world, rank = _replicas(self)
         sampler = ClassBalancedSampler(ds.targets, num_replicas=world, rank=rank, seed=self.hparams.seed)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=False, **_loader_kwargs(self))
+        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=False, **self.loader_kwargs())
 
 
 class MixedDataModule(MultiLabelTargets, RecordDataModule):
@@ -287,4 +282,4 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("train"), batch_size=self.hparams.batch_size, sampler=self.train_sampler(),
-                          drop_last=False, **_loader_kwargs(self))
+                          drop_last=False, **self.loader_kwargs())

@@ -154,9 +154,13 @@ def build_reader(reader: str | Mapping[str, Any] | Reader, **settings: Any) -> R
             raise ValueError(
                 f"data.reader: a reader config needs _target_ (a Reader class), got {dict(reader)!r}"
             )
+        from hydra.errors import InstantiationException
         from hydra.utils import instantiate
 
-        built = instantiate(reader)
+        try:
+            built = instantiate(reader)
+        except InstantiationException as e:
+            raise (e.__cause__ or e) from None  # the reader's own message (e.g. a bad grouping)
         if not isinstance(built, Reader):
             raise TypeError(
                 f"data.reader._target_={reader['_target_']} is not a Reader class (got {type(built).__name__})"

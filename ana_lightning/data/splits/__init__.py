@@ -15,7 +15,13 @@ Every name is importable from ``ana_lightning.data.splits`` as before the packag
 
 from __future__ import annotations
 
-from .checks import LeakageError, check_no_leakage, shared_with_train
+from .checks import (
+    LeakageError,
+    check_no_leakage,
+    check_split_sizes,
+    shared_with_train,
+    warn_shared_with_train,
+)
 from .duplicates import (
     _DIHEDRAL,
     NearDuplicateSet,
@@ -23,6 +29,7 @@ from .duplicates import (
     _dihedral_dct,
     _hash_cache,
     _hash_one,
+    find_near_duplicates,
     near_duplicate_sets,
     write_duplicates,
     write_near_duplicates,
@@ -33,6 +40,7 @@ from .folds import (
     check_fold_settings,
     cv_split,
     fold_records,
+    fold_split,
     load_folds_manifest,
     sweep_folds,
 )
@@ -53,6 +61,7 @@ __all__ = [
     "split_records",
     "duplicate_sets",
     "near_duplicate_sets",
+    "find_near_duplicates",
     "NearDuplicateSet",
     "write_near_duplicates",
     "write_duplicates",
@@ -67,12 +76,15 @@ __all__ = [
     "LeakageError",
     "split_keeping_official",
     "shared_with_train",
+    "warn_shared_with_train",
+    "check_split_sizes",
     "check_unseen",
     "seen_in_training",
     "STYLIZED_MANIFEST",
     "read_stylized_set",
     "fold_records",
     "cv_split",
+    "fold_split",
     "check_fold_settings",
     "FOLDS_MANIFEST",
     "FoldsManifestError",

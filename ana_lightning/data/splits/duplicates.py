@@ -20,7 +20,13 @@ import numpy as np
 from ..records import ImageRecord
 from .grouping import SPLITS, _UnionFind, duplicate_sets
 
-__all__ = ["NearDuplicateSet", "near_duplicate_sets", "write_near_duplicates", "write_duplicates"]
+__all__ = [
+    "NearDuplicateSet",
+    "near_duplicate_sets",
+    "find_near_duplicates",
+    "write_near_duplicates",
+    "write_duplicates",
+]
 
 log = logging.getLogger(__name__)
 
@@ -318,3 +324,35 @@ def write_duplicates(splits: dict[str, Sequence[ImageRecord]], path: str | Path)
                 for r in group:
                     w.writerow([r.sha256, r.path, ";".join(r.codes), split_of[r.path]])
     return len(dups)
+
+
+def find_near_duplicates(
+    records: Sequence[ImageRecord], cache_dir: str | Path | None = None
+) -> list[NearDuplicateSet]:
+    """:func:`near_duplicate_sets` of the records as a datamodule reports them: an INFO line when there
+    are any, and a loud WARNING when the same image carries different labels."""
+    if cache_dir is None:
+        from ..cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    found = near_duplicate_sets(records, cache_dir=cache_dir)
+    if found:
+        log.info(
+            "%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
+            "one split each: see near_duplicates.csv",
+            len(found),
+        )
+    conflicts = [d for d in found if d.conflicting]
+    if conflicts:
+        shown = "; ".join(
+            " = ".join(f"{r.path} ({';'.join(r.codes)})" for r in d.records) for d in conflicts[:5]
+        )
+        log.warning(
+            "the same image carries different labels in %d case(s) (it would be trained with both): %s%s. "
+            "Fix the labels or remove the copies; all are listed in near_duplicates.csv "
+            "(conflicting_labels=yes).",
+            len(conflicts),
+            shown,
+            " …" if len(conflicts) > 5 else "",
+        )
+    return found

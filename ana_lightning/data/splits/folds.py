@@ -9,6 +9,7 @@ the other folds.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from ..records import ImageRecord
 from .checks import check_no_leakage
 from .grouping import _assign_units, _units, split_records
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FOLDS_MANIFEST",
     "FoldsManifestError",
@@ -28,6 +31,7 @@ __all__ = [
     "sweep_folds",
     "load_folds_manifest",
     "check_fold_settings",
+    "fold_split",
 ]
 
 FOLDS_MANIFEST = "folds_manifest.csv"
@@ -248,3 +252,33 @@ def check_fold_settings(
         raise ValueError(
             f"data.folds={folds} makes its own splits: drop data.split_manifest={split_manifest}"
         )
+
+
+def fold_split(
+    records: Sequence[ImageRecord],
+    folds: int,
+    fold: int,
+    fractions: Sequence[float],
+    seed: int = 0,
+    repeats: int = 1,
+    repeat: int = 0,
+    folds_manifest: str | Path | None = None,
+    root: str | Path | None = None,
+    together: Sequence[Sequence[str]] = (),
+) -> dict[str, list[ImageRecord]]:
+    """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest (made
+    once per sweep by :func:`sweep_folds`, then reused exactly); validation carved from the other
+    folds with the share ``val / (train + val)`` of ``fractions``, never from the test fold."""
+    fold_of = sweep_folds(records, folds_manifest, folds, repeats, seed=seed, root=root, together=together)[
+        repeat
+    ]
+    val_fraction = fractions[1] / (fractions[0] + fractions[1]) if fractions[0] + fractions[1] > 0 else 0.0
+    log.info(
+        "cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds",
+        fold,
+        folds,
+        repeat,
+        repeats,
+        100 * val_fraction,
+    )
+    return cv_split(records, fold_of, fold, val_fraction, seed=[seed, repeat, fold], together=together)
