@@ -234,18 +234,18 @@ class Taxonomy:
         """``(level-1 node, level-2 node, leaf)`` of a tree label, None where it stops higher up."""
         return (self.resolve(label, 1), self.resolve(label, 2), self.resolve(label, 3))
 
-    def leaves_by_group(self, level: int = 2) -> dict[str, tuple[str, ...]]:
-        """Each node of ``level`` (1 or 2) → its codes, both in tree order.
+    def leaves_by_group(self, codes: Iterable[str] | None = None, level: int = 2) -> dict[str, list[str]]:
+        """Codes grouped by their node at ``level`` (1 or 2): ``{node: [codes]}``, nodes in order of
+        first appearance and codes in the order given (default: every code of the tree, natural order).
 
-        >>> Taxonomy.load().leaves_by_group(2)["nucleolar"]
-        ('AC-8', 'AC-9', 'AC-10')
+        >>> Taxonomy.load().leaves_by_group()["nucleolar"], Taxonomy.load().leaves_by_group(["AC-5", "AC-1", "AC-2"])
+        (['AC-8', 'AC-9', 'AC-10'], {'speckled': ['AC-5', 'AC-2'], 'homogeneous': ['AC-1']})
         """
         if level not in (1, 2):
             raise ValueError(f"leaves_by_group: level must be 1 or 2, got {level!r}")
-        out: dict[str, tuple[str, ...]] = {}
-        for c in self.codes:
-            node = self.level_of(c, level)
-            out[node] = (*out.get(node, ()), c)
+        out: dict[str, list[str]] = {}
+        for c in self.codes if codes is None else codes:
+            out.setdefault(self.level_of(c, level), []).append(c)
         return out
 
     def display_name(self, code: str) -> str:

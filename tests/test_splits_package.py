@@ -88,10 +88,11 @@ def test_tree_labels_are_read_by_the_taxonomy():
     assert TREE.leaves("nucleolar") == TREE.children("nucleolar") and TREE.leaves("AC-8") == ("AC-8",)
     assert TREE.label_path("nucleolar") == ("nuclear", "nucleolar", None)
     for level in (1, 2):
-        groups = TREE.leaves_by_group(level)
+        groups = TREE.leaves_by_group(level=level)
         assert list(groups) == list(TREE.nodes(level))
-        assert all(groups[g] == TREE.children(g) for g in groups)
+        assert all(tuple(groups[g]) == TREE.children(g) for g in groups)
         assert sorted((c for v in groups.values() for c in v), key=TREE.codes.index) == list(TREE.codes)
+    assert TREE.leaves_by_group(["AC-4", "AC-1", "AC-2"]) == {"speckled": ["AC-4", "AC-2"], "homogeneous": ["AC-1"]}
 
 
 def test_the_data_package_imports_no_job_module():
