@@ -92,3 +92,27 @@ def test_i3a_recipe_subtracts_the_background_at_both_sizes(tmp_path, accelerator
     # the other cell experiment keeps its own setting (no silent behaviour change)
     other = compose("train", ["experiment=icpr2012_cells", "data.root=/x"], output_dir=tmp_path / "o")
     assert other.model.backbone.cell_input.get("background", False) is False
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_reports_thresholds_best_and_data_share(tmp_path, monkeypatch, capsys):
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parent))
+    import time_to_accuracy
+    from test_i3a_grouping import write_specimens
+
+    names = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
+    root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in names for lv in (20, 45, 100)])
+    out = tmp_path / "tta.json"
+    argv = ["time_to_accuracy.py", "--root", str(root), "--epochs", "2", "--thresholds", "0.0,0.99"]
+    argv += ["--out", str(out), "data.image_size=16", "data.group_min_size=5", "model=cellnet"]
+    monkeypatch.setattr(sys, "argv", [*argv, "model.backbone.width=8", f"paths.log_dir={tmp_path}"])
+    time_to_accuracy.main()
+    text = capsys.readouterr().out
+    assert "| val MCA ≥ 0.00 | 1 |" in text and "| val MCA ≥ 0.99 | not reached |" in text
+    assert "best val MCA" in text and "s from the start" in text
+    res = json.loads(out.read_text())
+    assert 0 < res["data_share"] < 1 and res["best_val"]["epoch"] in (1, 2)
+    assert len(res["history"]) == 2
