@@ -27,7 +27,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-__all__ = ["CellNet", "CellInput", "cell_normalize", "dihedral_views", "cellnet"]
+__all__ = ["CellNet", "CellInput", "cell_background", "cell_normalize", "dihedral_views", "cellnet"]
 
 MASK_MODES = ("apply", "channel", "none")
 
@@ -94,13 +94,56 @@ def cellnet(pretrained: bool = False, **kwargs: Any) -> CellNet:
     return CellNet(**kwargs)
 
 
+def _levels(
+    inten: torch.Tensor, m: torch.Tensor, percentile: float, mask: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's ``percentile`` level inside the mask and its background level, from ONE sort.
+
+    Pixels inside the mask are lifted by 2 (intensities are in ``[0, 1]``), so an ascending sort puts
+    the outside pixels first and the inside ones after them, each group in order. A cell without mask
+    pixels is all inside (as in :func:`cell_normalize`).
+    """
+    n = inten.shape[0]
+    flat = inten.reshape(n, -1)
+    inside = m.reshape(n, -1)
+    hw = flat.shape[1]
+    count = inside.sum(dim=1)
+    empty = count == 0
+    if bool(empty.any()):
+        inside = inside | empty[:, None]
+        count = inside.sum(dim=1)
+    ordered = (flat + 2.0 * inside.to(flat.dtype)).sort(dim=1).values
+    n_out = hw - count
+    k = (count.to(flat.dtype) * (1 - percentile / 100.0)).floor().long().clamp(max=hw - 1)
+    level = ordered.gather(1, (hw - 1 - k).clamp(min=0)[:, None]).squeeze(1) - 2.0
+    low = ordered.gather(1, (n_out + ((count - 1).to(flat.dtype) * 0.05).floor().long())[:, None]).squeeze(1) - 2.0
+    if mask != "channel":
+        return level, low
+    med = ordered.gather(1, ((n_out - 1).clamp(min=0) // 2)[:, None]).squeeze(1)
+    return level, torch.where(n_out >= 16, med, low)
+
+
+def cell_background(inten: torch.Tensor, m: torch.Tensor, mask: str = "channel") -> torch.Tensor:
+    """Each cell's background level (``N``) from its intensity ``inten`` (``N×H×W``) and mask ``m``.
+
+    With ``mask=channel`` the median of the pixels outside the mask (the slide around the cell; the
+    lower median for an even count); where a crop has fewer than 16 outside pixels, and for
+    ``apply``/``none`` (no outside pixels to read), the 5th percentile inside the mask (the lower
+    value, no interpolation). A cell without mask pixels is all inside.
+    """
+    return _levels(inten, m, 99.0, mask)[1]
+
+
 def cell_normalize(
-    x: torch.Tensor, mask: str = "channel", percentile: float = 99.0, clip: float = 4.0
+    x: torch.Tensor, mask: str = "channel", percentile: float = 99.0, clip: float = 4.0, background: bool = False
 ) -> torch.Tensor:
     """Divide each cell by the ``percentile`` of its intensity inside its mask (see the module doc).
 
     ``x``: ``N×3×H×W`` in ``[0, 1]``. Returns ``N×3×H×W``: ``(I, I, mask)`` for ``mask=channel``,
-    ``(I, I, I)`` otherwise, ``I`` clipped to ``[0, clip]``.
+    ``(I, I, I)`` otherwise, ``I`` clipped to ``[0, clip]``. With ``background`` each cell's
+    background level ``b`` (:func:`cell_background`) is subtracted first: ``I = (x - b) / (p - b)``,
+    so a specimen's glow around the cells (0.1–0.9 of the cell's brightest level on the I3A cells)
+    does not change the input either.
 
     >>> x = torch.rand(2, 3, 8, 8) * 0.1
     >>> torch.allclose(cell_normalize(x, "none"), cell_normalize(x * 5, "none"), atol=1e-5)
@@ -117,16 +160,22 @@ def cell_normalize(
     else:
         inten = x.amax(dim=1)
         m = inten > 0 if mask == "apply" else torch.ones_like(inten, dtype=torch.bool)
-    flat = torch.where(m, inten, torch.full_like(inten, -1.0)).reshape(n, -1)
-    count = m.reshape(n, -1).sum(dim=1)
-    empty = count == 0
-    if empty.any():  # no mask pixel: use the whole image
-        flat = torch.where(empty[:, None], inten.reshape(n, -1), flat)
-        count = torch.where(empty, torch.full_like(count, flat.shape[1]), count)
-    ordered = flat.sort(dim=1, descending=True).values
-    k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
-    scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
-    i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
+    if background:  # one sort gives both levels (the exact same scale as below)
+        level, b = _levels(inten, m, percentile, mask)
+        scale = level.clamp_min(1.0 / 255.0).view(n, 1, 1)
+        b = torch.minimum(b.clamp_min(0).view(n, 1, 1), scale - 1.0 / 255.0).clamp_min(0)
+        i = ((inten - b) / (scale - b)).clamp(0, clip)
+    else:
+        flat = torch.where(m, inten, torch.full_like(inten, -1.0)).reshape(n, -1)
+        count = m.reshape(n, -1).sum(dim=1)
+        empty = count == 0
+        if empty.any():  # no mask pixel: use the whole image
+            flat = torch.where(empty[:, None], inten.reshape(n, -1), flat)
+            count = torch.where(empty, torch.full_like(count, flat.shape[1]), count)
+        ordered = flat.sort(dim=1, descending=True).values
+        k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
+        scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
+        i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
     third = m.to(x.dtype) if mask == "channel" else i
     return torch.stack([i, i, third], dim=1)
 
@@ -146,6 +195,8 @@ class CellInput(nn.Module):
         normalize: per-cell normalisation on (``false`` = the raw ``[0, 1]`` cell reaches the body).
         percentile: the intensity percentile inside the mask that becomes 1.
         tta: in eval mode, average the logits of the 8 dihedral views.
+        background: subtract each cell's background level before scaling (:func:`cell_normalize`);
+            off by default, so checkpoints trained without it load and predict as before.
     """
 
     def __init__(
@@ -155,6 +206,7 @@ class CellInput(nn.Module):
         normalize: bool = True,
         percentile: float = 99.0,
         tta: bool = False,
+        background: bool = False,
     ):
         super().__init__()
         if mask not in MASK_MODES:
@@ -166,12 +218,15 @@ class CellInput(nn.Module):
             float(percentile),
             bool(tta),
         )
+        self.background = bool(background)
         cfg = dict(getattr(body, "pretrained_cfg", {}) or {})
         self.pretrained_cfg = {**cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
         self.num_features = getattr(body, "num_features", None)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return cell_normalize(x, self.mask, self.percentile) if self.normalize else x
+        if not self.normalize:
+            return x
+        return cell_normalize(x, self.mask, self.percentile, background=self.background)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body.forward_features(self.prepare(x))

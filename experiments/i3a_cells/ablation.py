@@ -43,6 +43,7 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data" / "i3a2014-task1" / "training"
 ROWS: dict[str, list[str]] = {
     "full": [],
     "no_cell_norm": ["model.backbone.cell_input.normalize=false"],
+    "no_background": ["model.backbone.cell_input.background=false"],
     "no_acquisition_jitter": [
         "augmentation.batch.gain=null",
         "augmentation.batch.gamma=0",
@@ -50,6 +51,7 @@ ROWS: dict[str, list[str]] = {
         "augmentation.batch.noise=0",
         "augmentation.batch.offset=0",
     ],
+    "soft_jitter": ["augmentation.batch.blur=0", "augmentation.batch.gamma=0.2"],
     "dihedral_only": ["augmentation.batch.rotate=false", "augmentation.batch.scale=0"],
     "mask_apply": ["data.mask=apply"],
     "mask_none": ["data.mask=none"],
@@ -69,6 +71,7 @@ ROWS: dict[str, list[str]] = {
 WHAT = {
     "full": "the recipe (experiment=i3a_cells)",
     "no_cell_norm": "− per-cell intensity normalisation",
+    "no_background": "− background subtraction (cell scaled by its 99th percentile only)",
     "no_acquisition_jitter": "− gain/gamma/blur/noise/offset jitter",
     "dihedral_only": "− any-angle rotation and zoom (flips + 90° only)",
     "mask_apply": "mask applied (zero outside) instead of a mask channel",
@@ -76,6 +79,8 @@ WHAT = {
     "no_class_weights": "− class-weighted loss",
     "cellnet": "the compact CellNet (0.66 M params) instead of resnet10t",
     "plain": "plain: no normalisation, no jitter, flips + 90° only",
+    "previous_recipe": "the previous default (resnet10t, no background subtraction)",
+    "soft_jitter": "− blur jitter, gamma jitter exp(±0.2) instead of exp(±0.4)",
 }
 
 
