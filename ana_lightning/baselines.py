@@ -170,8 +170,9 @@ def feature_set(svm: Mapping[str, Any], image_size: int, trust_checkpoint: bool 
     built with ``hydra.utils.instantiate``; or one of the strings the config took before
     (``svm.features=texture`` with ``svm.size``; ``svm.features=cnn`` with ``svm.checkpoint`` /
     ``svm.backbone``), built into the same objects."""
-    from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
+
+    from .utils import build
 
     features = svm.get("features")
     if isinstance(features, str):
@@ -183,10 +184,10 @@ def feature_set(svm: Mapping[str, Any], image_size: int, trust_checkpoint: bool 
             backbone = svm.get("backbone")
             spec = {"checkpoint": svm.get("checkpoint"), "image_size": int(image_size), "trust_checkpoint": trust_checkpoint,
                     "backbone": OmegaConf.to_container(backbone) if isinstance(backbone, DictConfig) else backbone}
-        return instantiate({"_target_": LEGACY_FEATURES[features], **spec})
+        return build({"_target_": LEGACY_FEATURES[features], **spec})
     if not isinstance(features, Mapping | DictConfig) or "_target_" not in features:
         raise ValueError(f"svm.features must be a _target_ config (svm/features=texture|cnn) or texture|cnn, got {features!r}")
-    return instantiate(features, _convert_="all")
+    return build(features)
 
 
 def __getattr__(name: str) -> Any:
