@@ -37,7 +37,7 @@ from .predict import (
     use_support,
 )
 
-__all__ = ["FORMATS", "ExportError", "ExportResult", "ProbabilityModel", "export_model", "write_model_card", "run_export"]
+__all__ = ["FORMATS", "ExportError", "ExportResult", "ProbabilityModel", "export_model", "write_model_card"]
 
 log = logging.getLogger(__name__)
 
@@ -474,13 +474,10 @@ def write_model_card(path: str | Path, info: ModelInfo, ckpt_path: Path, model_p
     return path
 
 
-def run_export(cfg) -> ExportResult:
-    """The ``ana-export`` job."""
-    fmt = str(cfg.get("format", "onnx"))
-    output = cfg.get("output") or Path(cfg.paths.output_dir) / ("model" + FORMATS.get(fmt.lower(), ""))
-    result = export_model(cfg.get("ckpt_path"), format=fmt, output=output, opset_version=cfg.get("opset_version"),
-                          dynamo=cfg.get("dynamo", True), atol=cfg.get("atol", 1e-4),
-                          trust_checkpoint=bool(cfg.get("trust_checkpoint")), pipeline=cfg.get("pipeline"),
-                          support=cfg.get("support"))
-    log.info("wrote %s and %s (max abs difference to PyTorch %.2e)", result.model_path, result.card_path, result.max_abs_diff)
-    return result
+def __getattr__(name: str) -> Any:
+    """The ana-export job moved to :mod:`ana_lightning.jobs.export` (this old import path still works)."""
+    if name in ("run_export",):
+        import importlib
+
+        return getattr(importlib.import_module("ana_lightning.jobs.export"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,10 @@ from .distributed import (
     single_process_tester,
     sync_csv_logger,
 )
+from .jobs.common import build_datamodule, build_trainer
+from .jobs.common import finish_wandb as _finish_wandb
+from .jobs.common import instantiate_list as _instantiate_list  # noqa: F401 - the old private name
+from .jobs.common import log_report_images as _log_report_images
 from .reports import write_metrics_json
 from .stats import run_intervals
 from .utils import (
@@ -38,34 +42,6 @@ from .utils import (
 __all__ = ["train", "evaluate", "build_datamodule", "build_trainer"]
 
 log = logging.getLogger(__name__)
-
-
-def _instantiate_list(cfg: DictConfig | None) -> list[Any]:
-    if not cfg:
-        return []
-    out = []
-    for _, c in cfg.items():
-        if isinstance(c, DictConfig) and "_target_" in c:
-            out.append(instantiate(c))
-    return out
-
-
-def build_datamodule(cfg: DictConfig, **overrides):
-    """The configured datamodule with the augmentation policy of the run."""
-    augment = instantiate(cfg.augmentation.train) if cfg.get("augmentation") and cfg.augmentation.get("train") else None
-    if cfg.get("augmentation") and cfg.augmentation.get("batch") and "batch_augment" not in overrides:
-        overrides["batch_augment"] = instantiate(cfg.augmentation.batch)  # augmentation=gpu: on the device
-    if cfg.data.get("folds") and not cfg.data.get("folds_manifest") and "folds_manifest" not in overrides:
-        from .crossval import default_folds_manifest
-
-        overrides["folds_manifest"] = default_folds_manifest(cfg)  # one per sweep (folds_manifest.csv)
-    return instantiate(cfg.data, train_augment=augment, **overrides)
-
-
-def build_trainer(cfg: DictConfig, run_dir: Path, **overrides) -> L.Trainer:
-    callbacks = _instantiate_list(cfg.get("callbacks"))
-    loggers = _instantiate_list(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **overrides)
 
 
 def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str | None:
@@ -335,27 +311,6 @@ def _calibrate(cfg: DictConfig, trainer: L.Trainer, dm) -> dict[str, float]:
     return out
 
 
-def _log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
-    """Report plots go to W&B too when that logger is on."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    images = sorted(run_dir.glob("test_*.png"))
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger) and images:
-            for img in images:
-                lg.log_image(key=f"test/{img.stem.removeprefix('test_')}", images=[str(img)])
-
-
-def _finish_wandb() -> None:
-    """Each job ends its W&B run, so a Hydra multirun records one run per job."""
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is not None:
-        wandb.finish()
-
-
 def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], split: str,
                  near_duplicates: Sequence[Any] = ()) -> None:
     """Refuse to evaluate images that any of ``checkpoints`` trained on.
@@ -400,7 +355,7 @@ def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], spli
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
     if cfg.get("sweep_dir"):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
-        from .crossval import evaluate_sweep
+        from .jobs.crossval import evaluate_sweep
 
         return evaluate_sweep(cfg)
     ens = cfg.get("ensemble") or {}
@@ -434,7 +389,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cross:
         if members:
             raise ValueError("cross-dataset evaluation takes one checkpoint (ckpt_path), not an ensemble")
-        from .cross_dataset import evaluate_cross_dataset
+        from .jobs.cross_dataset import evaluate_cross_dataset
 
         return evaluate_cross_dataset(cfg, model, class_nodes, trained, run_dir)
     split = cfg.get("split", "auto")

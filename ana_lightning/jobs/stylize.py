@@ -56,7 +56,7 @@ def transfer_config(cfg: DictConfig) -> DictConfig:
 
 def stylize_job(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``ana-stylize`` job: training split of ``cfg.data`` → stylized set in ``cfg.output``."""
-    from ..pipeline import build_datamodule
+    from .common import build_datamodule
 
     if not cfg.get("output"):
         raise ValueError("ana-stylize needs output=<folder> (where the stylized set is written)")

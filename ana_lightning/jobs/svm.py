@@ -29,7 +29,7 @@ def svm_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ``cfg.svm``: ``features`` (a ``_target_`` config, ``conf/svm/features/*.yaml``; or the older
     ``texture`` / ``cnn`` strings with ``checkpoint``, ``backbone``, ``size``), ``C``, ``kernel``.
     """
-    from ..pipeline import build_datamodule
+    from .common import build_datamodule
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
