@@ -23,6 +23,11 @@ OLD_TO_NEW = {
     "ana_lightning.crossval.evaluate_sweep": "ana_lightning.jobs.crossval.evaluate_sweep",
     "ana_lightning.cross_dataset.evaluate_cross_dataset": "ana_lightning.jobs.cross_dataset.evaluate_cross_dataset",
     "ana_lightning.pretrain.train": "ana_lightning.jobs.pretrain.train",
+    "ana_lightning.pipeline.train": "ana_lightning.jobs.train.train",
+    "ana_lightning.pipeline.evaluate": "ana_lightning.jobs.evaluate.evaluate",
+    "ana_lightning.pipeline.check_unseen": "ana_lightning.jobs.evaluate.check_unseen",
+    "ana_lightning.hierarchy_jobs.train_level3": "ana_lightning.jobs.hierarchy.train_level3",
+    "ana_lightning.hierarchy_jobs.evaluate_hierarchy": "ana_lightning.jobs.hierarchy.evaluate_hierarchy",
     "ana_lightning.pipeline.build_datamodule": "ana_lightning.jobs.common.build_datamodule",
     "ana_lightning.pipeline.build_trainer": "ana_lightning.jobs.common.build_trainer",
 }

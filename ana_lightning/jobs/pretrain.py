@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..pipeline import train as train_job
 from ..pretrain import BACKBONE_FILE, export_backbone
+from .train import train as train_job
 
 __all__ = ["train"]
 

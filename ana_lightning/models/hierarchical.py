@@ -699,7 +699,7 @@ class MultiHeadClassifier(TemperatureMixin, L.LightningModule):
 
     def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:
         """Per-level confusion matrices and reports, and the predicted path of every test image."""
-        from ..hierarchy_jobs import write_hierarchy_report
+        from ..jobs.hierarchy import write_hierarchy_report
 
         names = (self.level1_names, self.level2_names, self.class_names)
         rows = sorted(self.test_rows)
