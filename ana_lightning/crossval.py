@@ -1,7 +1,12 @@
 """Cross-validation sweeps: where the folds manifest goes, and the summary of a finished sweep.
 
+One cohesive thing (~430 lines): the sweep summary, from reading the fold jobs through pooling their
+out-of-fold predictions to the tables and plots, all on the same rows. The jobs that run it
+(``ana-eval sweep_dir=…``, the Hydra callback :class:`~ana_lightning.jobs.crossval.CVSummaryCallback`)
+are in :mod:`ana_lightning.jobs.crossval`.
+
 ``ana-train -m data.folds=5 'data.fold=range(5)'`` runs one job per fold (see
-:func:`~ana_lightning.data.splits.sweep_folds`). When the multirun ends, :class:`CVSummaryCallback`
+:func:`~ana_lightning.data.splits.sweep_folds`). When the multirun ends, ``CVSummaryCallback``
 (a Hydra callback configured in ``conf/hydra/default.yaml``) calls :func:`summarize_sweep`, which
 writes into the sweep folder:
 

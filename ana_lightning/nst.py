@@ -1,5 +1,8 @@
 """Neural Style Transfer (Gatys et al. 2016), batched: the VGG-19 feature network and the optimiser.
 
+One cohesive thing (~440 lines): the feature network, the Gram/TV losses and the optimisation loop that
+uses them, with the settings that tie them together (:class:`StyleTransfer`).
+
 An image is optimised so that its deep VGG-19 features match a *content* image and the Gram matrices of
 its features (texture statistics) match a *style* image. Many content/style pairs are optimised together
 in one batch (each image's loss only depends on its own pixels, so with Adam a batch gives the same
