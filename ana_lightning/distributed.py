@@ -299,5 +299,5 @@ class SameHparamsOnAllRanks(L.Callback):
             raise RuntimeError(
                 f"the {trainer.world_size} DDP ranks hold different hyperparameters (digests {every}); "
                 "each rank must run the same job config. Under a Hydra sweep start DDP through "
-                "ana_lightning.pipeline (which pins the relaunch to the job) or through a SLURM launcher."
+                "ana_lightning.jobs.train (which pins the relaunch to the job) or through a SLURM launcher."
             )
