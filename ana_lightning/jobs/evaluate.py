@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from ..calibration import report_test_calibration
 from ..distributed import tester_for
-from ..reports import write_metrics_json
+from ..reports import write_metrics_json, write_test_report
 from ..stats import run_intervals
 from ..utils import load_checkpoint_model
 from .common import build_datamodule, build_trainer, finish_wandb, log_report_images
@@ -135,7 +135,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         split = "test" if "split_manifest" in overrides or manifest else "all"
     dm.set_normalization(model.hparams.mean, model.hparams.std)
     if callable(getattr(model, "prepare_evaluation", None)):  # e.g. tune an ensemble's thresholds on val, never on test
-        model.prepare_evaluation(dm, split)
+        val = dm.make_dataset(dm.splits["val"], train=False) if dm.splits.get("val") else None
+        model.prepare_evaluation(split, val=val, batch_size=int(cfg.data.batch_size))
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
     check_unseen(members or [str(cfg.ckpt_path)], records, split, dm.near_duplicates)
     dataset = dm.make_dataset(records, train=False)
@@ -154,7 +155,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
         metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
-        model.write_report(run_dir, records, metrics, stage="test")
+        write_test_report(model, run_dir, records, metrics, stage="test")
         which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())
         (run_dir / "evaluated.txt").write_text(f"checkpoint: {which}\nsplit: {split}\nimages: {len(records)}\n")
         log_report_images(trainer, run_dir)

@@ -11,10 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from ..baselines import _scores, feature_set, fit_predict_svm
+from ..metrics import confusion_matrix
 from ..reports import plot_confusion_matrix, write_metrics_json, write_predictions
 from ..stats import run_intervals
 
@@ -60,9 +62,7 @@ def svm_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         [r.path for r in test_records], onehot, target, dm.class_names, run_dir / "test_predictions.csv"
     )
     write_metrics_json(metrics, run_dir / "metrics.json")
-    from sklearn.metrics import confusion_matrix
-
-    cm = confusion_matrix(y_test, pred, labels=list(range(dm.num_classes)))
+    cm = confusion_matrix(y_test.tolist(), np.asarray(pred).tolist(), labels=list(range(dm.num_classes)))
     plot_confusion_matrix(
         cm,
         dm.class_names,

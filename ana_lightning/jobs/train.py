@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..calibration import calibrate_run, report_test_calibration
 from ..distributed import ddp_job, one_at_a_time, tester_for
-from ..reports import write_metrics_json
+from ..reports import write_metrics_json, write_test_report
 from ..stats import run_intervals
 from ..utils import checkpoint_safe_globals, load_checkpoint_model
 from .common import build_datamodule, build_trainer, finish_wandb, log_report_images
@@ -95,6 +95,8 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _check_model_fits_data(cfg, model_kwargs)
     model = instantiate(cfg.model, **model_kwargs)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
+    if callable(getattr(model, "set_support_source", None)):  # Siamese: validation scores against the training split
+        model.set_support_source(dm.make_dataset(dm.splits["train"], train=False), batch_size=dm.hparams.batch_size)
     if resume:
         check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir)
@@ -140,7 +142,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ())))
             metrics.update(test_metrics)
             write_metrics_json(test_metrics, run_dir / "metrics.json")
-            model.write_report(run_dir, dm.splits["test"], test_metrics, stage="test")
+            write_test_report(model, run_dir, dm.splits["test"], test_metrics, stage="test")
             log_report_images(trainer, run_dir)
             if ckpt:
                 (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
