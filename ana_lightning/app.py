@@ -21,9 +21,9 @@ import numpy as np
 
 from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from .export import DISCLAIMER, INTENDED_USE
-from .predict import Predictor, load_predictor
+from .predict import Predictor
 
-__all__ = ["build_app", "analyse", "run_app", "parse_size"]
+__all__ = ["build_app", "analyse", "parse_size"]
 
 log = logging.getLogger(__name__)
 
@@ -251,16 +251,10 @@ def warn_if_exposed(server_name: str, server_port: int) -> bool:
     return not local
 
 
-def run_app(cfg):
-    """The ``ana-app`` job: load the model and serve the page until interrupted."""
-    from .utils import setup_torch
+def __getattr__(name: str) -> Any:
+    """The ana-app job moved to :mod:`ana_lightning.jobs.app` (this old import path still works)."""
+    if name in ("run_app",):
+        import importlib
 
-    setup_torch(cfg.get("torch_threads"))
-    predictor = load_predictor(cfg, "ana-app")
-    demo = build_app(predictor, cfg.get("max_file_size", "25mb"), field_predictor(cfg, predictor))
-    warn_if_exposed(str(cfg.server_name), int(cfg.server_port))
-    log.info("serving %s on http://%s:%s (Ctrl+C to stop)", predictor.source, cfg.server_name, cfg.server_port)
-    demo.launch(server_name=str(cfg.server_name), server_port=int(cfg.server_port), share=False,
-                max_file_size=parse_size(cfg.get("max_file_size", "25mb")), inbrowser=False, show_error=False,
-                prevent_thread_lock=bool(cfg.get("prevent_thread_lock", False)))
-    return demo
+        return getattr(importlib.import_module("ana_lightning.jobs.app"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

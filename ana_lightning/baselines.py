@@ -6,14 +6,18 @@
 - :class:`FrozenCNNFeatures`: pooled features of a timm network (a trained checkpoint's, or a backbone
   config's), never updated.
 - :func:`make_svm`: ``StandardScaler`` → ``SVC`` (RBF, class-balanced), the classical HEp-2 baseline.
-- :func:`svm_job`: the job behind ``ana-train experiment=svm_baseline``: fit on the training split of
-  any datamodule, report accuracy and MCA on the test split like the CNN runs do.
+- :func:`feature_set`: the feature set a config names (a ``_target_`` config, or the older
+  ``svm.features=texture|cnn`` strings).
+
+Both feature sets answer ``extract(images) -> (N, D) array``. The job behind ``ana-train
+experiment=svm_baseline`` is :func:`ana_lightning.jobs.svm.svm_job` (``svm_job`` is still importable
+from here: a lazy re-export, so this module does not import the jobs).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["TextureFeatures", "FrozenCNNFeatures", "make_svm", "fit_predict_svm", "svm_job"]
+__all__ = ["TextureFeatures", "FrozenCNNFeatures", "feature_set", "make_svm", "fit_predict_svm"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ class TextureFeatures:
         hist_bins: bins of the intensity histogram.
     """
 
+    name = "texture"
     GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 
     def __init__(self, size: int = 128, lbp: Sequence[tuple[int, int]] = ((8, 1), (16, 2), (24, 3)),
@@ -76,10 +81,17 @@ class TextureFeatures:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             return np.stack(list(pool.map(one, images)))
 
+    def extract(self, images: Sequence[np.ndarray] | Sequence[str | Path]) -> np.ndarray:
+        """``(N, D)`` features of images or image paths (the interface the SVM job uses)."""
+        return self.transform(images)
+
 
 class FrozenCNNFeatures:
     """Pooled features of a frozen timm network: ``from_checkpoint`` (any ana-lightning checkpoint
-    with a timm ``net``/``encoder``) or a ``backbone`` config of :func:`create_backbone`."""
+    with a timm ``net``/``encoder``) or a ``backbone`` config of :func:`create_backbone`; from a config,
+    :meth:`build` (``conf/svm/features/cnn.yaml``)."""
+
+    name = "cnn"
 
     def __init__(self, network: torch.nn.Module, image_size: int, mean: Sequence[float], std: Sequence[float],
                  batch_size: int = 64):
@@ -90,6 +102,17 @@ class FrozenCNNFeatures:
             p.requires_grad_(False)
         self.transform = build_transform(image_size, None, mean, std)
         self.batch_size = batch_size
+
+    @classmethod
+    def build(cls, checkpoint: str | Path | None = None, backbone: Mapping[str, Any] | None = None,
+              image_size: int = 224, trust_checkpoint: bool = False) -> FrozenCNNFeatures:
+        """The features of ``checkpoint`` (a trained ana-lightning model, frozen) or, without one, of
+        ``backbone`` (a :func:`create_backbone` config) at ``image_size``: the keys of the CNN feature config."""
+        if checkpoint:
+            return cls.from_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+        if not backbone:
+            raise ValueError("svm.features: the CNN features need a checkpoint or a backbone config")
+        return cls.from_backbone(backbone, image_size=image_size)
 
     @classmethod
     def from_backbone(cls, backbone: Mapping[str, Any], image_size: int = 224) -> FrozenCNNFeatures:
@@ -127,8 +150,53 @@ class FrozenCNNFeatures:
             out.append(self._embed(torch.stack([self.transform(im) for im in chunk])).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    def __call__(self, images) -> np.ndarray:
+    def __call__(self, images: Sequence[np.ndarray] | Sequence[str | Path]) -> np.ndarray:
         return self.transform_images(images)
+
+    def extract(self, images: Sequence[np.ndarray] | Sequence[str | Path]) -> np.ndarray:
+        """``(N, D)`` features of images or image paths (the interface the SVM job uses)."""
+        return self.transform_images(images)
+
+
+#: The older ``svm.features`` strings and the ``_target_`` each stands for.
+LEGACY_FEATURES = {
+    "texture": "ana_lightning.baselines.TextureFeatures",
+    "cnn": "ana_lightning.baselines.FrozenCNNFeatures.build",
+}
+
+
+def feature_set(svm: Mapping[str, Any], image_size: int, trust_checkpoint: bool = False) -> TextureFeatures | FrozenCNNFeatures:
+    """The feature extractor ``svm.features`` names: a ``_target_`` config (``conf/svm/features/*.yaml``),
+    built with ``hydra.utils.instantiate``; or one of the strings the config took before
+    (``svm.features=texture`` with ``svm.size``; ``svm.features=cnn`` with ``svm.checkpoint`` /
+    ``svm.backbone``), built into the same objects."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from .utils import build
+
+    features = svm.get("features")
+    if isinstance(features, str):
+        if features not in LEGACY_FEATURES:
+            raise ValueError(f"svm.features must be texture or cnn (or a _target_ config), got {features!r}")
+        if features == "texture":
+            spec: dict[str, Any] = {"size": int(svm.get("size") or image_size)}
+        else:
+            backbone = svm.get("backbone")
+            spec = {"checkpoint": svm.get("checkpoint"), "image_size": int(image_size), "trust_checkpoint": trust_checkpoint,
+                    "backbone": OmegaConf.to_container(backbone) if isinstance(backbone, DictConfig) else backbone}
+        return build({"_target_": LEGACY_FEATURES[features], **spec})
+    if not isinstance(features, Mapping | DictConfig) or "_target_" not in features:
+        raise ValueError(f"svm.features must be a _target_ config (svm/features=texture|cnn) or texture|cnn, got {features!r}")
+    return build(features)
+
+
+def __getattr__(name: str) -> Any:
+    """``svm_job`` (the job of ``experiment=svm_baseline``) now lives in :mod:`ana_lightning.jobs.svm`."""
+    if name == "svm_job":
+        from .jobs.svm import svm_job
+
+        return svm_job
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_svm(C: float = 10.0, kernel: str = "rbf", gamma: str | float = "scale", seed: int = 0):
@@ -155,58 +223,3 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     labels = sorted(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist()))
     d = confusion_details(confusion_matrix(np.asarray(y_true).tolist(), np.asarray(y_pred).tolist(), labels))
     return {"acc": float(d["acc"]), "mca": float(d["mca"]), "macro_f1": float(d["macro_f1"])}
-
-
-def svm_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit the SVM baseline on the training split (+ val) of ``cfg.data`` and test it.
-
-    ``cfg.svm``: ``features`` (``texture`` or ``cnn``), ``checkpoint`` (CNN features of a trained model;
-    else ``backbone`` of :func:`create_backbone`, frozen at its initial/local weights), ``C``, ``kernel``.
-    """
-    from .pipeline import build_datamodule
-    from .reports import plot_confusion_matrix, write_metrics_json
-
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dm = build_datamodule(cfg, cache_images=False)
-    dm.prepare_data()
-    dm.setup("fit")
-    dm.write_reports(run_dir)
-    svm_cfg = cfg.svm
-    extractor: Callable
-    if svm_cfg.features == "texture":
-        extractor = TextureFeatures(size=int(svm_cfg.get("size") or cfg.data.image_size)).transform
-    elif svm_cfg.features == "cnn":
-        extractor = (FrozenCNNFeatures.from_checkpoint(svm_cfg.checkpoint, bool(cfg.get("trust_checkpoint"))) if svm_cfg.get("checkpoint")
-                     else FrozenCNNFeatures.from_backbone(dict(svm_cfg.backbone), int(cfg.data.image_size)))
-    else:
-        raise ValueError(f"svm.features must be texture or cnn, got {svm_cfg.features!r}")
-    fit_records = dm.splits["train"] + dm.splits["val"]  # no model selection here: val is training data
-    test_records = dm.splits["test"]
-    y_fit = dm.make_targets(fit_records).numpy()
-    y_test = dm.make_targets(test_records).numpy()
-    x_fit = extractor([r.path for r in fit_records])
-    x_test = extractor([r.path for r in test_records])
-    pred = fit_predict_svm(x_fit, y_fit, x_test, C=float(svm_cfg.C), kernel=str(svm_cfg.kernel))
-    metrics = {f"test/{k}": v for k, v in _scores(y_test, pred).items()}
-    # Per-image predictions (one-hot "probabilities") and bootstrap intervals, as for every other model:
-    # a cross-validation sweep pools them (oof_predictions.csv).
-    from types import SimpleNamespace
-
-    from .reports import write_predictions
-    from .stats import run_intervals
-
-    onehot = torch.nn.functional.one_hot(torch.as_tensor(pred, dtype=torch.long), dm.num_classes).float()
-    target = torch.as_tensor(y_test, dtype=torch.long)
-    fake = SimpleNamespace(test_predictions={"index": torch.arange(len(pred)), "prob": onehot, "target": target})
-    metrics.update(run_intervals(fake, test_records, metrics))
-    write_predictions([r.path for r in test_records], onehot, target, dm.class_names, run_dir / "test_predictions.csv")
-    write_metrics_json(metrics, run_dir / "metrics.json")
-    from .metrics import confusion_matrix
-
-    cm = confusion_matrix(y_test.tolist(), np.asarray(pred).tolist(), labels=list(range(dm.num_classes)))
-    plot_confusion_matrix(cm, dm.class_names, run_dir / "test_confusion_matrix.png",
-                          title=f"SVM ({svm_cfg.features}): MCA {metrics['test/mca']:.3f}")
-    log.info("SVM on %s features: %s", svm_cfg.features, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    print(", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    return metrics, {"datamodule": dm, "run_dir": run_dir, "prediction": pred}

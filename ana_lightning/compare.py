@@ -200,13 +200,13 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(md) + "\n"
 
 
-def compare_job(cfg: Any) -> dict[str, Any]:
-    """``ana-compare``: compare ``cfg.a`` with ``cfg.b``, write the result into the run folder and print it."""
-    metrics = list(cfg.metrics) if cfg.get("metrics") else None
-    out = compare_sweeps(cfg.a, cfg.b, metrics=metrics, out_dir=cfg.paths.output_dir)
-    print(markdown(out))
-    log.info("comparison written to %s", Path(cfg.paths.output_dir) / "compare.md")
-    return out
+def __getattr__(name: str) -> Any:
+    """The ana-compare job moved to :mod:`ana_lightning.jobs.compare` (this old import path still works)."""
+    if name in ("compare_job",):
+        import importlib
+
+        return getattr(importlib.import_module("ana_lightning.jobs.compare"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # python -m ana_lightning.compare <sweep A> <sweep B>

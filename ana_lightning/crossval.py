@@ -1,7 +1,12 @@
 """Cross-validation sweeps: where the folds manifest goes, and the summary of a finished sweep.
 
+One cohesive thing (~430 lines): the sweep summary, from reading the fold jobs through pooling their
+out-of-fold predictions to the tables and plots, all on the same rows. The jobs that run it
+(``ana-eval sweep_dir=…``, the Hydra callback :class:`~ana_lightning.jobs.crossval.CVSummaryCallback`)
+are in :mod:`ana_lightning.jobs.crossval`.
+
 ``ana-train -m data.folds=5 'data.fold=range(5)'`` runs one job per fold (see
-:func:`~ana_lightning.data.splits.sweep_folds`). When the multirun ends, :class:`CVSummaryCallback`
+:func:`~ana_lightning.data.splits.sweep_folds`). When the multirun ends, ``CVSummaryCallback``
 (a Hydra callback configured in ``conf/hydra/default.yaml``) calls :func:`summarize_sweep`, which
 writes into the sweep folder:
 
@@ -50,10 +55,8 @@ __all__ = [
     "summarize_sweep",
     "fold_jobs",
     "read_oof",
-    "CVSummaryCallback",
     "CVSummaryError",
     "sweep_manifest",
-    "evaluate_sweep",
 ]
 
 log = logging.getLogger(__name__)
@@ -428,81 +431,10 @@ def _markdown(
     return "\n".join(md) + "\n"
 
 
-def evaluate_sweep(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``ana-eval sweep_dir=<sweep>``: the summary again, from the saved predictions, into the eval run
-    folder; also into the sweep folder when it has none yet (a sweep stopped before its end, e.g. by a
-    failed fold job), never overwriting the sweep's own files."""
-    import shutil
+def __getattr__(name: str) -> Any:
+    """The sweep evaluation and the Hydra callback moved to :mod:`ana_lightning.jobs.crossval` (this old import path still works)."""
+    if name in ("evaluate_sweep", "CVSummaryCallback", "_log_wandb"):
+        import importlib
 
-    sweep, run_dir = Path(cfg.sweep_dir), Path(cfg.paths.output_dir)
-    summary = summarize_sweep(sweep, out_dir=run_dir)
-    if not (sweep / "cv_summary.json").exists():
-        for name in SUMMARY_FILES:
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, sweep / name)
-        log.info("the sweep had no summary: written into %s too", sweep)
-    print(f"cross-validation summary: {run_dir / 'cv_summary.md'}")
-    return summary, {"run_dir": run_dir, "sweep_dir": sweep}
-
-
-# ------------------------------------------------------------------------------------------ Hydra callback
-class CVSummaryCallback(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``): when a multirun whose jobs made a
-    ``folds_manifest.csv`` ends, write the cross-validation summary into the sweep folder and, when
-    the jobs logged to W&B, log it once as a run of the sweep's group."""
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        try:
-            sweep = Path(str(config.hydra.sweep.dir))
-        except Exception:  # noqa: BLE001 - a sweep folder that cannot be resolved: nothing to summarise
-            return
-        try:
-            if sweep_manifest(sweep) is None:
-                return  # not a cross-validation sweep
-            summary = summarize_sweep(sweep)
-        except CVSummaryError as e:
-            log.error("no cross-validation summary: %s", e)
-            return
-        print(f"cross-validation summary: {sweep / 'cv_summary.md'}")
-        try:
-            _log_wandb(sweep, summary)
-        except Exception as e:  # noqa: BLE001 - the summary files are written; W&B is a copy
-            log.warning("the cross-validation summary was not logged to W&B: %s", e)
-
-
-def _log_wandb(sweep: Path, summary: dict[str, Any]) -> None:
-    """One W&B run (job_type ``cv_summary``) in the fold jobs' group (read from a job's resolved
-    config, so it is the group they logged to), holding the summary and the pooled plot. Nothing
-    when the jobs did not log to W&B."""
-    jobs = fold_jobs(sweep)
-    if not jobs:
-        return
-    resolved = jobs[0]["dir"] / "config_resolved.yaml"
-    if not resolved.is_file():
-        return  # W&B settings are known from a job's resolved config only
-    job_cfg = yaml.safe_load(resolved.read_text()) or {}
-    wb = (job_cfg.get("logger") or {}).get("wandb")
-    if not wb:
-        return
-    try:
-        import wandb
-    except ImportError:
-        return
-    run = wandb.init(
-        project=wb.get("project"),
-        entity=wb.get("entity"),
-        group=wb.get("group"),
-        tags=wb.get("tags") or None,
-        job_type="cv_summary",
-        name=f"cv_summary-{sweep.name}",
-        dir=str(sweep),
-        mode="offline" if wb.get("offline") else None,
-        reinit=True,
-    )
-    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    run.summary.update(scalars)
-    run.log(scalars)
-    png = sweep / "oof_confusion_matrix.png"
-    if png.is_file():
-        run.log({"cv/oof_confusion_matrix": wandb.Image(str(png))})
-    run.finish()
+        return getattr(importlib.import_module("ana_lightning.jobs.crossval"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

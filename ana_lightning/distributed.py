@@ -21,7 +21,8 @@ import json
 import logging
 import os
 import sys
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -35,6 +36,8 @@ __all__ = [
     "sweep_group",
     "pin_ddp_relaunch_to_job",
     "release_ddp_job",
+    "ddp_job",
+    "tester_for",
     "requeue_checkpoint",
     "started_together",
     "one_at_a_time",
@@ -182,6 +185,17 @@ def release_ddp_job(before: dict[str, str | None] | None) -> None:
             os.environ[k] = v
 
 
+@contextmanager
+def ddp_job() -> Iterator[None]:
+    """The span of one training job: :func:`pin_ddp_relaunch_to_job` on entry, :func:`release_ddp_job`
+    on exit (a no-op outside a Hydra multirun)."""
+    before = pin_ddp_relaunch_to_job()
+    try:
+        yield
+    finally:
+        release_ddp_job(before)
+
+
 def requeue_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint to continue from when SLURM restarts a requeued (preempted) job in its folder.
 
@@ -235,6 +249,14 @@ def single_process_tester(trainer: L.Trainer) -> L.Trainer | None:
     )
 
 
+def tester_for(trainer: L.Trainer) -> L.Trainer:
+    """The Trainer to run ``test`` with after (or instead of) ``fit``: after a ``ddp_spawn`` fit a
+    one-device Trainer in this process (:func:`single_process_tester`), with the CSV columns the fit
+    workers wrote kept (:func:`sync_csv_logger`); otherwise ``trainer`` itself."""
+    sync_csv_logger(trainer)
+    return single_process_tester(trainer) or trainer
+
+
 def sync_csv_logger(trainer: L.Trainer) -> None:
     """Let a CSVLogger keep the columns that worker processes wrote (``ddp_spawn``).
 
@@ -277,5 +299,5 @@ class SameHparamsOnAllRanks(L.Callback):
             raise RuntimeError(
                 f"the {trainer.world_size} DDP ranks hold different hyperparameters (digests {every}); "
                 "each rank must run the same job config. Under a Hydra sweep start DDP through "
-                "ana_lightning.pipeline (which pins the relaunch to the job) or through a SLURM launcher."
+                "ana_lightning.jobs.train (which pins the relaunch to the job) or through a SLURM launcher."
             )

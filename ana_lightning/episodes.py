@@ -16,11 +16,9 @@ queries against its support embeddings:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +27,7 @@ from torch.nn import functional as F
 
 from .data.records import ImageRecord
 
-__all__ = ["Episode", "EpisodeResult", "sample_episode", "run_episodes", "mean_ci95", "evaluate_episodes",
-           "evaluate_episodes_job"]
+__all__ = ["Episode", "EpisodeResult", "sample_episode", "run_episodes", "mean_ci95", "evaluate_episodes"]
 
 log = logging.getLogger(__name__)
 
@@ -182,69 +179,10 @@ def unique_images(records: Sequence[ImageRecord], near_duplicates: Sequence[Any]
     return out, len(records) - len(out)
 
 
-def evaluate_episodes_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
-    """``ana-eval --config-name eval_episodes ckpt_path=<.ckpt>``: episodes over a dataset's classes
-    (novel classes welcome: the model's own class list is not imposed on the data)."""
-    from .pipeline import build_datamodule
-    from .reports import write_metrics_json
-    from .utils import load_checkpoint_model
+def __getattr__(name: str) -> Any:
+    """The episodic-evaluation job moved to :mod:`ana_lightning.jobs.episodes` (this old import path still works)."""
+    if name in ("evaluate_episodes_job",):
+        import importlib
 
-    if not cfg.get("ckpt_path"):
-        raise ValueError("episodic evaluation needs ckpt_path=<file.ckpt>")
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-    split = cfg.get("split", "auto")
-    overrides: dict[str, Any] = {"image_size": int(model.hparams.image_size)}
-    manifest = Path(cfg.ckpt_path).resolve().parent.parent / "split_manifest.csv"
-    if split in ("auto", "test", "val", "train") and not cfg.data.get("split_manifest") and manifest.is_file():
-        overrides["split_manifest"] = str(manifest)
-    dm = build_datamodule(cfg, **overrides)
-    dm.prepare_data()
-    try:
-        dm.setup("test")
-    except Exception as e:  # noqa: BLE001 - another dataset than the checkpoint's: no manifest applies
-        if "split_manifest" not in overrides:
-            raise
-        log.info("the training run's split manifest does not fit this data (%s)", str(e).splitlines()[0])
-        overrides.pop("split_manifest")
-        dm = build_datamodule(cfg, **overrides)
-        dm.prepare_data()
-        dm.setup("test")
-    dm.set_normalization(model.hparams.mean, model.hparams.std)
-    has_split = "split_manifest" in overrides or bool(cfg.data.get("split_manifest"))
-    if split == "auto":
-        seen = set(model.class_names) & set(dm.class_names)
-        if has_split:
-            split = "test"  # the run's test split: images the checkpoint never trained on
-        elif not seen:
-            split = "all"  # a novel-class folder: the checkpoint has seen none of these classes
-        else:
-            raise ValueError(
-                f"split=auto: {cfg.ckpt_path} was trained on {sorted(seen)}, which this data holds too, and no split "
-                f"manifest of its training run fits it ({manifest}), so episodes could draw images it trained on. "
-                "Pass data.split_manifest=<its run>/split_manifest.csv, a folder of novel classes, or split=all "
-                "if you know these images are unseen."
-            )
-    elif split in ("test", "val", "train") and not has_split:
-        raise FileNotFoundError(f"split={split} needs the training run's split manifest: none at {manifest}; "
-                                "pass data.split_manifest=<file> or split=all")
-    if split == "train":
-        log.warning("split=train: episodes from the images %s trained on measure memory, not few-shot accuracy",
-                    cfg.ckpt_path)
-    records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
-    records, dropped = unique_images(records, dm.near_duplicates)
-    if dropped:
-        log.info("%d duplicate image(s) left out so that no picture is support and query at once", dropped)
-    ep = cfg.episodes
-    result = evaluate_episodes(model, dm.make_dataset(records, train=False), int(ep.n_way), int(ep.k_shot),
-                               int(ep.n_query), int(ep.episodes), int(ep.seed), int(cfg.data.batch_size))
-    key = f"test/{result.n_way}way_{result.k_shot}shot"
-    metrics = {f"{key}_acc": result.accuracy, f"{key}_ci95": result.ci95}
-    write_metrics_json(metrics, run_dir / "metrics.json")
-    (run_dir / "episodes.json").write_text(json.dumps({**result.summary(), "checkpoint": str(cfg.ckpt_path),
-                                                       "split": split, "images": len(records),
-                                                       "classes": dm.class_names}, indent=2) + "\n")
-    print(f"{result.n_way}-way {result.k_shot}-shot ({result.n_query} queries/class, {result.episodes} episodes, "
-          f"{len(records)} images of {dm.num_classes} classes): accuracy {result.accuracy:.4f} ± {result.ci95:.4f} (95% CI)")
-    return metrics, {"result": result, "model": model, "datamodule": dm, "run_dir": run_dir}
+        return getattr(importlib.import_module("ana_lightning.jobs.episodes"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from .pipeline import train as train_job
 from .utils import load_checkpoint_model
 
-__all__ = ["train", "export_backbone", "BACKBONE_FILE"]
+__all__ = ["export_backbone", "BACKBONE_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +66,10 @@ def export_backbone(source: str | Path | nn.Module, out: str | Path) -> Path:
     return out
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """:func:`~.pipeline.train`, then ``<run folder>/backbone.pt`` from the best checkpoint."""
-    metrics, objs = train_job(cfg)
-    trainer, run_dir = objs["trainer"], Path(objs["run_dir"])
-    if trainer.is_global_zero and cfg.get("train", True):
-        best = (
-            getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-        )
-        out = export_backbone(best or objs["model"], run_dir / BACKBONE_FILE)
-        log.info(
-            "backbone weights (%s) written to %s: use model.backbone.weights=%s",
-            "best checkpoint" if best else "last weights",
-            out,
-            out,
-        )
-    return metrics, objs
+def __getattr__(name: str) -> Any:
+    """The synthetic-pretraining job moved to :mod:`ana_lightning.jobs.pretrain` (this old import path still works)."""
+    if name in ("train",):
+        import importlib
+
+        return getattr(importlib.import_module("ana_lightning.jobs.pretrain"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -266,3 +266,18 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
     with open_dict(cfg):
         del cfg.hydra
     return cfg
+
+
+def build(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(config, _convert_="all", **kwargs)``, but an error raised by the object's
+    constructor comes out as itself (its type and message, e.g. a missing weights file), not wrapped in
+    Hydra's ``InstantiationException``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(config, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, Exception):
+            raise e.__cause__ from None
+        raise

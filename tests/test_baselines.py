@@ -69,3 +69,22 @@ def test_svm_job_on_a_folder(tmp_path):
                             "svm.features=cnn", f"svm.backbone.name={TINY_BACKBONE}"], output_dir=tmp_path / "run_cnn")
     m, _ = svm_job(cnn)
     assert 0.0 <= m["test/mca"] <= 1.0
+
+
+def test_feature_sets_are_target_configs_and_the_older_strings_build_the_same(fields, tmp_path):
+    from ana_lightning.baselines import feature_set
+
+    images, _ = fields
+    base = ["experiment=svm_baseline", "data=single_label", f"data.root={tmp_path}", "data.image_size=48"]
+    new = compose("train", base, output_dir=tmp_path / "a").svm
+    old = compose("train", [*base, "svm.features=texture"], output_dir=tmp_path / "b").svm
+    a, b = feature_set(new, 48), feature_set(old, 48)
+    assert type(a) is type(b) is TextureFeatures and a.size == b.size == 48
+    assert np.array_equal(a.extract(images[:2]), b.extract(images[:2]))
+    cnn_new = compose("train", [*base, "svm/features=cnn", f"svm.features.backbone.name={TINY_BACKBONE}"],
+                      output_dir=tmp_path / "c").svm
+    cnn_old = compose("train", [*base, "svm.features=cnn", f"svm.backbone.name={TINY_BACKBONE}"], output_dir=tmp_path / "d").svm
+    x, y = feature_set(cnn_new, 48), feature_set(cnn_old, 48)
+    assert type(x) is type(y) is FrozenCNNFeatures and x.extract(images[:2]).shape == y.extract(images[:2]).shape
+    with pytest.raises(ValueError, match="svm.features must be texture or cnn"):
+        feature_set({"features": "hog"}, 48)

@@ -33,6 +33,13 @@ def test_wheel_contains_every_config(wheel_site):
     assert "ana_lightning/resources/icap_tree.yaml" in names
 
 
+def test_wheel_contains_every_package(wheel_site):
+    _, names = wheel_site
+    for init in (REPO / "ana_lightning").rglob("__init__.py"):
+        rel = init.relative_to(REPO).as_posix()
+        assert rel in names, f"{rel} is missing from the wheel: list its package in pyproject.toml [tool.setuptools]"
+
+
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_installed_commands_compose_from_another_directory(wheel_site, tmp_path, command):
     site, _ = wheel_site

@@ -135,8 +135,10 @@ def test_prediction_streams_one_batch_at_a_time(trained_checkpoint, input_folder
     _, _, ckpt = trained_checkpoint
     _, good, _ = input_folder
     reads = []
-    real = predict_mod.load_image
-    monkeypatch.setattr(predict_mod, "load_image", lambda p: reads.append(p) or real(p))
+    import ana_lightning.predict.predictor as predictor_mod  # where the Predictor reads images
+
+    real = predictor_mod.load_image
+    monkeypatch.setattr(predictor_mod, "load_image", lambda p: reads.append(p) or real(p))
     stream = Predictor.load(ckpt).predict_paths(good, batch_size=4)
     assert reads == []  # nothing is read before it is asked for
     first = next(stream)

@@ -343,3 +343,20 @@ def test_truncated_output_is_made_again_on_rerun(data, tmp_path):
     assert again.already_done == 2 and again.written == 1  # only the truncated one is redone
     load_image(cut)  # whole again
     assert {r["path"] for r in _rows(out)} == {str(p.relative_to(out)) for p in pngs}
+
+
+def test_nst_settings_are_a_target_config_and_the_top_level_keys_still_work(tmp_path):
+    from omegaconf import open_dict
+
+    from ana_lightning.jobs.stylize import transfer_config
+    from ana_lightning.utils import build
+
+    cfg = _stylize_cfg(tmp_path / "d", tmp_path / "o", tmp_path / "r", ["iterations=3", "device=cpu"])
+    assert cfg.transfer._target_ == "ana_lightning.nst.StyleTransfer"
+    via_block = build(transfer_config(cfg))
+    assert isinstance(via_block, StyleTransfer) and via_block.iterations == 3 and via_block.style_layers == ("relu1_1", "relu2_1")
+    direct = _stylize_cfg(tmp_path / "d", tmp_path / "o", tmp_path / "r", ["transfer.iterations=5", "device=cpu"])
+    assert build(transfer_config(direct)).iterations == 5  # the block's own key
+    with open_dict(cfg):
+        del cfg.transfer  # a config written before the transfer block: built from the top-level keys
+    assert build(transfer_config(cfg)).params() == via_block.params()

@@ -14,7 +14,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     from hydra.utils import get_method
 
-    get_method(cfg.get("job") or "ana_lightning.pipeline.evaluate")(cfg)
+    get_method(cfg.get("job") or "ana_lightning.jobs.evaluate.evaluate")(cfg)
 
 
 if __name__ == "__main__":

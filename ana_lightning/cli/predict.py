@@ -16,7 +16,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     from hydra.utils import get_method
 
-    summary = get_method(cfg.get("job") or "ana_lightning.predict.run_predict")(cfg)
+    summary = get_method(cfg.get("job") or "ana_lightning.jobs.predict.run_predict")(cfg)
     # 2 when some files could not be read (the run still predicted the others); 1 when it crashed.
     code = getattr(summary, "exit_code", 0)
     if code:

@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.utils import get_method
 
     try:
-        get_method(cfg.get("job") or "ana_lightning.style_transfer.stylize_job")(cfg)
+        get_method(cfg.get("job") or "ana_lightning.jobs.stylize.stylize_job")(cfg)
     except KeyboardInterrupt:
         # Images are written atomically and the manifest lists every finished one.
         print(f"\ninterrupted: finished images are kept in {cfg.output}; run the same command again to resume.")

@@ -133,7 +133,7 @@ def translate_legacy(args: Sequence[str]) -> list[str]:
 def _main(cfg: DictConfig) -> None:
     from hydra.utils import get_method
 
-    get_method(cfg.get("job") or "ana_lightning.data.synthetic.job.synth")(cfg)
+    get_method(cfg.get("job") or "ana_lightning.jobs.synth.synth")(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

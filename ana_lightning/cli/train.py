@@ -16,7 +16,7 @@ def main(cfg: DictConfig) -> float | None:
 
     # `job` names the function that runs this training job (a task with its own loop, such as the
     # per-group Siamese ensembles, names its own); it takes the config and returns (metrics, objects).
-    job = get_method(cfg.get("job") or "ana_lightning.pipeline.train")
+    job = get_method(cfg.get("job") or "ana_lightning.jobs.train.train")
     metrics, _ = job(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None  # what a Hydra sweeper (Optuna) optimises

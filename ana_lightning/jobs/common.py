@@ -1,0 +1,75 @@
+"""What every job builds from its config: the datamodule, the Trainer with its callbacks and loggers,
+and the end of a run (report plots to W&B, one W&B run per job). Everything here is
+``hydra.utils.instantiate`` on a config group, as in lightning-hydra-template's ``train.py``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+__all__ = ["instantiate_list", "build_datamodule", "build_trainer", "log_report_images", "finish_wandb"]
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    """The objects of a config group holding several ``_target_`` entries (``callbacks``, ``logger``);
+    entries set to null or without a ``_target_`` are skipped."""
+    if not cfg:
+        return []
+    out = []
+    for _, c in cfg.items():
+        if isinstance(c, DictConfig) and "_target_" in c:
+            out.append(instantiate(c))
+    return out
+
+
+def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule:
+    """The configured datamodule with the augmentation policy of the run."""
+    augment = (
+        instantiate(cfg.augmentation.train)
+        if cfg.get("augmentation") and cfg.augmentation.get("train")
+        else None
+    )
+    if cfg.get("augmentation") and cfg.augmentation.get("batch") and "batch_augment" not in overrides:
+        overrides["batch_augment"] = instantiate(cfg.augmentation.batch)  # augmentation=gpu: on the device
+    if cfg.data.get("folds") and not cfg.data.get("folds_manifest") and "folds_manifest" not in overrides:
+        from ..crossval import default_folds_manifest
+
+        overrides["folds_manifest"] = default_folds_manifest(cfg)  # one per sweep (folds_manifest.csv)
+    return instantiate(cfg.data, train_augment=augment, **overrides)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
+    """``cfg.trainer`` with the configured callbacks and loggers, writing into ``run_dir``."""
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    loggers = instantiate_list(cfg.get("logger"))
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **overrides
+    )
+
+
+def log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
+    """Report plots go to W&B too when that logger is on."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    images = sorted(run_dir.glob("test_*.png"))
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and images:
+            for img in images:
+                lg.log_image(key=f"test/{img.stem.removeprefix('test_')}", images=[str(img)])
+
+
+def finish_wandb() -> None:
+    """Each job ends its W&B run, so a Hydra multirun records one run per job."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()

@@ -1,0 +1,68 @@
+"""The ``ana-predict`` job (``conf/predict.yaml``): predict every image of ``input`` with a model file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..predict.io import _output_paths, list_inputs, load_predictor, write_predictions
+from ..predict.predictor import PredictSummary
+from ..utils import setup_torch
+
+__all__ = ["run_predict"]
+
+log = logging.getLogger(__name__)
+
+
+def run_predict(cfg: DictConfig) -> PredictSummary:
+    """The ``ana-predict`` job: predict every image of ``cfg.input`` with ``cfg.ckpt_path``."""
+    if not cfg.get("input"):
+        raise ValueError("ana-predict needs input=<image file or folder>")
+    setup_torch(cfg.get("torch_threads"))
+    predictor = load_predictor(cfg, "ana-predict")
+    files = list_inputs(cfg.input)
+    run_dir = Path(cfg.paths.output_dir)
+    csv_path, json_path = _output_paths(cfg.get("output"), run_dir)
+    existing = [str(q) for q in (csv_path, json_path) if q.exists()]
+    if existing and not cfg.get("overwrite", False):
+        raise FileExistsError(
+            f"output={cfg.get('output')}: {' and '.join(existing)} already exist(s); pass overwrite=true "
+            "to replace them, or choose another output=<file.csv or folder>"
+        )
+    from ..fields.verdicts import field_mode, run_field_predict
+
+    if (mode := field_mode(cfg, predictor)) is not None:  # whole fields: scale, tiles or cells, verdicts
+        return run_field_predict(cfg, predictor, files, run_dir, mode)
+    log.info(
+        "predicting %d image(s) with %s (%s, %s, %d classes) → %s",
+        len(files),
+        predictor.source,
+        predictor.backend_name,
+        predictor.task,
+        len(predictor.class_names),
+        csv_path,
+    )
+    stream = predictor.predict_paths(
+        files,
+        batch_size=cfg.get("batch_size", 32),
+        num_workers=cfg.get("num_workers", 0),
+        max_file_mb=cfg.get("max_file_mb", 512),
+        prefetch=bool(cfg.get("prefetch", False)),
+    )
+    if cfg.get("progress", True):
+        from rich.progress import track
+
+        stream = track(stream, total=len(files), description="predicting", transient=False)
+    summary = write_predictions(stream, predictor, csv_path, json_path)
+    if run_dir.is_dir() and csv_path.parent != run_dir:
+        (run_dir / "predicted.txt").write_text(f"predictions: {csv_path.resolve()}\n")
+    if run_dir.is_dir():
+        OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    msg = f"{summary.n_images - summary.n_failed}/{summary.n_images} image(s) predicted → {csv_path}"
+    if summary.n_failed:
+        log.error("%s; %d file(s) could not be read: see the 'error' column", msg, summary.n_failed)
+    else:
+        log.info(msg)
+    return summary

@@ -1,0 +1,165 @@
+"""The training job (``ana-train``, ``conf/train.yaml``): build everything from the config with
+``hydra.utils.instantiate`` (datamodule, model, trainer with callbacks and loggers), fit, calibrate,
+test the best checkpoint and write the run folder's reports. Returns the metrics (the one named by
+``optimized_metric`` is what a Hydra sweeper optimises) and the objects used.
+
+Resuming (``ckpt_path``, SLURM requeues, finished runs) is :mod:`ana_lightning.jobs.resume`; the
+DDP/SLURM plumbing (relaunch inside sweeps, ranks preparing data one at a time, testing after a
+``ddp_spawn`` fit) is :mod:`ana_lightning.distributed`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ..calibration import calibrate_run, report_test_calibration
+from ..distributed import ddp_job, one_at_a_time, tester_for
+from ..reports import write_metrics_json, write_test_report
+from ..stats import run_intervals
+from ..utils import checkpoint_safe_globals, load_checkpoint_model
+from .common import build_datamodule, build_trainer, finish_wandb, log_report_images
+from .resume import check_resume_fits, finished_run, mark_finished, read_metrics, resume_point
+from .resume import resume_step as resume_step_of
+
+__all__ = ["train"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    """Values torch would reject only after the run folder and split are written, named by their key."""
+    for key in ("model.optimizer.lr", "model.optimizer.weight_decay"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float)) and (value < 0 or (key.endswith(".lr") and value == 0)):
+            raise ValueError(f"{key}={value}: must be {'positive' if key.endswith('.lr') else 'zero or positive'}")
+
+
+def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> None:
+    """The data's model arguments (``pos_weight`` of multi-label data, ``class_weights`` of
+    single-label data) must be ones the configured model takes: otherwise say which model fits."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = cfg.model.get("_target_")
+    try:
+        params = inspect.signature(get_class(target)).parameters
+    except Exception:  # noqa: BLE001 - a factory function or an unusual target: let instantiate speak
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in model_kwargs if k not in params]
+    if not unknown:
+        return
+    data = cfg.data.get("_target_", "").rsplit(".", 1)[-1]
+    if "pos_weight" in unknown:
+        raise ValueError(f"the data ({data}) is multi-label, but the model ({target}) is a single-label softmax "
+                         "classifier: add model=sigmoid_ensemble (e.g. experiment=mixed_ensemble, or model=sigmoid_ensemble "
+                         "monitor=val/loss monitor_mode=min)")
+    raise ValueError(f"the data ({data}) gives the model {unknown}, which {target} does not take: choose a model= that "
+                     "fits this data")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train (and test with the best checkpoint); returns the metrics and the objects used."""
+    _check_settings(cfg)  # before anything is written
+    with ddp_job():  # in a multirun, DDP ranks 1..N-1 are started as this job, not the sweep
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume, run_dir = resume_point(cfg, run_dir)  # ckpt_path, or a SLURM requeue; maybe the interrupted run's folder
+    finished = finished_run(resume, run_dir, cfg) if resume else None
+    if finished is not None and ((run_dir / "metrics.json").is_file() or not cfg.get("test", True)):
+        return read_metrics(run_dir), {"cfg": cfg, "datamodule": None, "model": None, "trainer": None, "run_dir": run_dir}
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+
+    dm = build_datamodule(cfg)
+    with one_at_a_time(run_dir):  # ranks started together by SLURM/torchrun: one prepares, the others wait
+        dm.prepare_data()
+    dm.setup("fit")
+    model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
+    _check_model_fits_data(cfg, model_kwargs)
+    model = instantiate(cfg.model, **model_kwargs)
+    dm.set_normalization(model.hparams.mean, model.hparams.std)
+    if callable(getattr(model, "set_support_source", None)):  # Siamese: validation scores against the training split
+        model.set_support_source(dm.make_dataset(dm.splits["train"], train=False), batch_size=dm.hparams.batch_size)
+    if resume:
+        check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
+    trainer = build_trainer(cfg, run_dir)
+    resume_step = resume_step_of(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
+    for lg in trainer.loggers:  # the curve logged before the checkpoint stays in csv/metrics.csv
+        if resume_step is not None and callable(getattr(lg, "resume_from_step", None)):
+            lg.resume_from_step(resume_step)
+    if trainer.is_global_zero:
+        dm.write_reports(run_dir)
+        OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    cal: dict[str, float] = {}
+    if cfg.get("train", True) and finished is None:
+        trust = bool(cfg.get("trust_checkpoint"))
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=not trust if resume else None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        if not trainer.interrupted and trainer.is_global_zero:
+            mark_finished(trainer, run_dir)
+        cal = _calibrate(cfg, trainer, dm)  # fitted only when this call trained
+        metrics.update(cal)
+    if cfg.get("test", True):
+        ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+        if finished is not None:  # a finished run that was never tested: test its best checkpoint only
+            ckpt = str(next(iter(sorted((run_dir / "checkpoints").glob("best-*.ckpt"))), ""))
+        if not ckpt:
+            log.warning("no best checkpoint was saved; testing the current weights")
+        log.info("testing %s", ckpt or "current weights")
+        tester = tester_for(trainer)  # ddp_spawn: test in this process, where the reports are written
+        results = tester.test(model, datamodule=dm, ckpt_path=ckpt or None)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if trainer.is_global_zero:
+            test_metrics.update(report_test_calibration(model, dm, dm.splits["test"], run_dir))
+            test_metrics.update(cal)  # val/temperature, val/ece: how the served probabilities were calibrated
+        if callable(getattr(dm, "split_flags", None)):
+            test_metrics.update(dm.split_flags("test"))  # test images sharing a group with train (0 = clean)
+        metrics.update(test_metrics)
+        if trainer.is_global_zero:
+            # bootstrap 95% intervals, resampling groups / duplicates together as the split keeps them
+            test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ())))
+            metrics.update(test_metrics)
+            write_metrics_json(test_metrics, run_dir / "metrics.json")
+            write_test_report(model, run_dir, dm.splits["test"], test_metrics, stage="test")
+            log_report_images(trainer, run_dir)
+            if ckpt:
+                (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
+    for lg in trainer.loggers:
+        lg.finalize("success")
+    finish_wandb()
+    return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
+
+
+def _calibrate(cfg: DictConfig, trainer: L.Trainer, dm) -> dict[str, float]:
+    """Fit the temperature of the best checkpoint on the validation split and store it in that file
+    (``calibrate=false``: store none); rank 0 works, the others wait. See :mod:`ana_lightning.calibration`."""
+    cb = trainer.checkpoint_callback
+    best = cb.best_model_path if isinstance(cb, ModelCheckpoint) else ""
+    out: dict[str, float] = {}
+    if best and trainer.is_global_zero:
+        model = load_checkpoint_model(best, map_location=trainer.strategy.root_device)
+        out = calibrate_run(model, dm, best, cfg.paths.output_dir, enabled=bool(cfg.get("calibrate", True)))
+    trainer.strategy.barrier()
+    return out

@@ -1,0 +1,337 @@
+"""The Markdown model card written beside an exported model (``ana-export``): intended use, the model's
+classes and input, the training data and split, the test metrics with intervals, calibration, and
+the parity check of the export. Read from the run folder the checkpoint belongs to."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.images import sha256_file
+from .predict import ModelInfo, decision_rule
+
+__all__ = ["DISCLAIMER", "INTENDED_USE", "write_model_card"]
+
+DISCLAIMER = (
+    "This model is a **research and diagnostic aid**. Its output is a suggestion that must be confirmed by "
+    "an expert reading the slide (a trained immunofluorescence reader); it is not a medical device and "
+    "has not been validated for clinical decisions."
+)
+
+
+#: The model card's intended-use line, also shown by ana-app.
+INTENDED_USE = (
+    "Suggesting the ICAP anti-nuclear antibody pattern(s) of HEp-2 indirect immunofluorescence field images "
+    "(FITC, as in training), to support research and a trained reader's interpretation. Not for: deciding a "
+    "diagnosis or a treatment without an expert, cell crops or stains unlike the training data, patterns "
+    "outside the classes below (the model always answers with one of them)."
+)
+
+
+def _run_folder(ckpt_path: Path) -> Path | None:
+    """The training run folder of ``<run>/checkpoints/<file>.ckpt``."""
+    run = ckpt_path.resolve().parent.parent
+    if ckpt_path.resolve().parent.name == "checkpoints" and (run / "config_resolved.yaml").is_file():
+        return run
+    here = ckpt_path.resolve().parent  # a hierarchy bundle in its eval_hierarchy folder
+    return here if (here / "evaluated.txt").is_file() and (here / "config_resolved.yaml").is_file() else None
+
+
+def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
+    from omegaconf import OmegaConf
+
+    from .data.splits import SPLITS, load_manifest
+    from .taxonomy import Taxonomy
+
+    md = ["## Training data", ""]
+    if run is None:
+        return md + [
+            "Not available: the checkpoint is not inside its training run folder (no split manifest "
+            "or resolved config next to it).",
+            "",
+        ]
+    try:
+        data = OmegaConf.load(run / "config_resolved.yaml").get("data", {})
+        target = str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+        where = data.get("root") or data.get("cache_dir") or "?"
+        md.append(f"- Data module: `{target}`, from `{where}`")
+        if "Synthetic" in target:
+            md.append(
+                f"- **Synthetic** HEp-2 fields from the built-in simulator ({data.get('n_per_class')} per class, "
+                f"rendered at {data.get('render_size')} px): a model trained on them only has not seen a real slide."
+            )
+        md.append(
+            f"- Split: fractions {list(data.get('split_fractions', []))}, seed {data.get('seed')} "
+            "(stratified, grouped by patient where known, duplicates kept together)"
+        )
+    except Exception as e:  # noqa: BLE001 - the card is still useful without it
+        md.append(f"- (config_resolved.yaml unreadable: {e})")
+    manifest = run / "split_manifest.csv"
+    if manifest.is_file():
+        try:
+            splits = load_manifest(manifest, taxonomy=Taxonomy.load())
+        except Exception as e:  # noqa: BLE001
+            return md + [f"- (split manifest unreadable: {e})", ""]
+        counts = {s: Counter(c for r in splits[s] for c in r.codes) for s in SPLITS}
+        groups = {s: len({r.group for r in splits[s] if r.group}) for s in SPLITS}
+        md += ["", "| class | " + " | ".join(SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]
+        for c in info.class_names:
+            md.append(f"| {c} | " + " | ".join(str(counts[s][c]) for s in SPLITS) + " |")
+        md.append("| **images** | " + " | ".join(f"**{len(splits[s])}**" for s in SPLITS) + " |")
+        if any(groups.values()):
+            md.append("| groups (patients) | " + " | ".join(str(groups[s]) for s in SPLITS) + " |")
+    return md + [""]
+
+
+def _metrics_section(run: Path | None, ckpt_path: Path) -> list[str]:
+    import csv
+    import json
+
+    md = ["## Metrics on its test split", ""]
+    metrics_file = run / "metrics.json" if run else None
+    if metrics_file is None or not metrics_file.is_file():
+        return md + ["Not available (no metrics.json in the training run folder).", ""]
+    best = run / "best_checkpoint.txt"
+    if best.is_file() and Path(best.read_text().strip()).resolve() != ckpt_path.resolve():
+        md += [
+            f"> **Note:** these metrics belong to `{Path(best.read_text().strip()).name}`, the run's best checkpoint, "
+            f"not to the exported `{ckpt_path.name}`.",
+            "",
+        ]
+    metrics = json.loads(metrics_file.read_text())
+    md += ["| metric | value |", "|---|---|"]
+    md += [
+        f"| `{k}` | {v:.4f} |" if isinstance(v, int | float) else f"| `{k}` | {v} |"
+        for k, v in sorted(metrics.items())
+    ]
+    per_class = run / "test_per_class.csv"
+    if per_class.is_file():
+        with open(per_class, newline="") as f:
+            rows = list(csv.DictReader(f))
+        md += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        md += [
+            f"| {r['name']} | {float(r['precision']):.3f} | {float(r['recall']):.3f} | {float(r['f1']):.3f} | {r['support']} |"
+            for r in rows
+        ]
+        n = sum(int(r["support"]) for r in rows)
+        if n < 10 * max(1, len(rows)):
+            md += [
+                "",
+                f"Only {n} test images ({n / max(1, len(rows)):.1f} per class): these figures are very uncertain.",
+            ]
+    return md + [""]
+
+
+_HEADLINE = (
+    "test/mca",
+    "test/acc",
+    "test/macro_f1",
+    "test/micro_f1",
+    "test/exact_match",
+    "test/level1_mca",
+    "test/level2_mca",
+    "test/level3_mca",
+)
+
+
+def _run_metrics(run: Path | None, ckpt_path: Path) -> dict[str, Any]:
+    import json
+
+    for folder in (
+        run,
+        ckpt_path.resolve().parent,
+    ):  # a training run, or the eval_hierarchy folder of a bundle
+        if folder is not None and (folder / "metrics.json").is_file():
+            try:
+                return json.loads((folder / "metrics.json").read_text())
+            except ValueError:
+                return {}
+    return {}
+
+
+def _is_synthetic(run: Path | None) -> bool | None:
+    from omegaconf import OmegaConf
+
+    if run is None:
+        return None
+    try:
+        data = OmegaConf.load(run / "config_resolved.yaml").get("data", {})
+    except Exception:  # noqa: BLE001
+        return None
+    target = str(data.get("_target_", ""))
+    return "Synthetic" in target or (
+        "Hierarchy" in target and not data.get("root")
+    )  # hierarchy: root null = simulator
+
+
+def _real_data_section(run: Path | None, metrics: dict[str, Any]) -> list[str]:
+    """The run's headline test figures, said plainly to be on real or on synthetic images."""
+    md = ["## Real-data figures", ""]
+    synthetic = _is_synthetic(run)
+    figures = [(k, metrics[k]) for k in _HEADLINE if isinstance(metrics.get(k), int | float)]
+    if synthetic:
+        return md + [
+            "None: this run was trained and tested on **synthetic** fields only; its figures below say "
+            "nothing about real slides. Evaluate it on real images (`ana-eval`) before any use.",
+            "",
+        ]
+    if not figures:
+        return md + ["Not available (no test metrics in the run folder).", ""]
+    where = (
+        "real images of the run's own held-out test split" if synthetic is False else "the run's test split"
+    )
+    md += [f"On {where}:", "", "| metric | value |", "|---|---|"]
+    md += [f"| `{k}` | {float(v):.4f} |" for k, v in figures]
+    return md + [""]
+
+
+def _calibration_section(info: ModelInfo, metrics: dict[str, Any], run: Path | None) -> list[str]:
+    t = info.extra.get("temperature")
+    md = ["## Calibration", ""]
+    if isinstance(t, dict):
+        fitted = {k: v for k, v in t.items() if v}
+        md.append(
+            "Each model of the pipeline carries its own temperature, fitted on its validation split after training: "
+            + (
+                ", ".join(f"{k} {[round(float(x), 3) for x in v]}" for k, v in fitted.items())
+                or "none (uncalibrated)"
+            )
+            + "."
+        )
+    elif t:
+        md.append(
+            f"The probabilities are temperature-scaled (T = {[round(float(x), 3) for x in t]}), fitted on the "
+            "validation split after training; the argmax (and multi-label decisions, whose thresholds moved with "
+            "T) are those of the raw model."
+        )
+    else:
+        md.append(
+            "Not calibrated (trained with calibrate=false, or before calibration existed): the probabilities are "
+            "raw softmax/sigmoid outputs and may be over-confident."
+        )
+    if isinstance(metrics.get("test/ece"), int | float):
+        md += [
+            "",
+            "| expected calibration error (test split, 15 bins) | value |",
+            "|---|---|",
+            f"| uncalibrated | {float(metrics.get('test/ece_uncalibrated', float('nan'))):.4f} |",
+            f"| as served | {float(metrics['test/ece']):.4f} |",
+        ]
+        if run is not None and (run / "test_reliability_diagram.png").is_file():
+            md += ["", "Reliability diagram: `test_reliability_diagram.png` in the run folder."]
+    else:
+        md += ["", "Calibration error: not measured for this run (no `test/ece` in its metrics.json)."]
+    return md + [""]
+
+
+def write_model_card(
+    path: str | Path,
+    info: ModelInfo,
+    ckpt_path: Path,
+    model_path: Path,
+    fmt: str,
+    max_abs_diff: float,
+    batch_sizes: Sequence[int],
+    opset_version: int | None = None,
+) -> Path:
+    """The Markdown model card: classes, training data, test metrics, thresholds, intended use, disclaimer."""
+    from . import __version__ as version
+    from .taxonomy import Taxonomy
+
+    tree = Taxonomy.load()
+    run = _run_folder(ckpt_path)
+    title = info.class_path.rsplit(".", 1)[-1] + (
+        f" ({info.extra['backbone']})" if info.extra.get("backbone") else ""
+    )
+    md = [
+        f"# Model card: {title}, ANA pattern classifier",
+        "",
+        f"> {DISCLAIMER}",
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+        "## Model",
+        "",
+        f"- File: `{model_path.name}` ({fmt}{f', opset {opset_version}' if opset_version else ''}), sha256 `{sha256_file(model_path)}`",
+        f"- From checkpoint: `{ckpt_path.name}`, sha256 `{sha256_file(ckpt_path)}`",
+        f"- Trained as: `{info.class_path}`; task `{info.task}`",
+        f"- Exported: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} with ana-lightning {version}, "
+        f"torch {torch.__version__}",
+        f"- Input: RGB field image, any size, resized to {info.image_size}×{info.image_size} (area interpolation), "
+        f"scaled to [0, 1] and normalised with mean {list(info.mean)}, std {list(info.std)}; tensor `image` (N, 3, "
+        f"{info.image_size}, {info.image_size}), any batch size N",
+        f"- Output: `probabilities` (N, {len(decision_rule(info).output_names)}) in the order "
+        + (
+            "level-1 nodes, level-2 nodes, then the leaves below"
+            if info.task == "hierarchical"
+            else "of the classes below"
+        ),
+        f"- Parity with the PyTorch model: max abs difference {max_abs_diff:.2e} on random batches of "
+        f"{', '.join(map(str, batch_sizes))} images",
+        "",
+        "## Decision rule and thresholds",
+        "",
+    ]
+    if info.task == "multi_label":
+        thr = info.thresholds or (0.5,) * len(info.class_names)
+        md += [
+            "Every class whose probability reaches its threshold is predicted (none if no class does).",
+            "",
+            "| class | threshold |",
+            "|---|---|",
+            *[f"| {c} | {t:.3f} |" for c, t in zip(info.class_names, thr, strict=True)],
+        ]
+    elif info.task == "single_label":
+        md += ["Single-label: the most probable class is predicted (softmax; no threshold)."]
+    elif info.task == "hierarchical":
+        md += [
+            f"Hierarchical ({info.extra.get('routing')} routing over the ICAP tree): the outputs are the level-1, level-2 "
+            "and leaf probabilities side by side; the predicted path is always a path of the tree (leaf under its "
+            "level-2 node, under its level-1 node), with P(level 1), P(level 1)·P(level 2 | level 1) and the path "
+            "probability. A group without a level-3 model ends at level 2."
+        ]
+    else:
+        md += [f"Task `{info.task}`: see its decision rule in `ana_lightning.predict`."]
+        if info.thresholds:
+            md += [
+                "",
+                "Thresholds: "
+                + ", ".join(f"{c} {t:.3f}" for c, t in zip(info.class_names, info.thresholds, strict=True)),
+            ]
+    md += ["", "## Classes", "", "| index | code | pattern | level 1 | level 2 |", "|---|---|---|---|---|"]
+    for i, c in enumerate(info.class_names):
+        if tree.is_code(c):
+            md.append(
+                f"| {i} | {c} | {tree.names[tree.parse_code(c)]} | {tree.level_of(c, 1)} | {tree.level_of(c, 2)} |"
+            )
+        else:
+            md.append(f"| {i} | {c} | | | |")
+    md.append("")
+    metrics = _run_metrics(run, ckpt_path)
+    md += _real_data_section(run, metrics)
+    md += _calibration_section(info, metrics, run)
+    md += _training_data_section(run, info)
+    md += _metrics_section(run, ckpt_path)
+    md += [
+        "## Limitations",
+        "",
+        "- Patterns outside the class list, mixed patterns (for a single-label model), unusual magnification, "
+        "other substrates or stains, and out-of-focus or saturated fields get confident-looking wrong answers.",
+        "- Figures above come from the run's own held-out test split; they say little about another lab's slides.",
+        "",
+        "## How to use",
+        "",
+        f"`ana-predict ckpt_path={model_path.name} input=<image or folder>` or `ana-app ckpt_path={model_path.name}`; "
+        "the preprocessing above is read from the file.",
+        "",
+    ]
+    path = Path(path)
+    path.write_text("\n".join(md))
+    return path

@@ -1,0 +1,183 @@
+"""Files in and out of ``ana-predict``: the images of an input, the prediction CSV/JSON, the predictor a
+job's config names."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..data.images import is_file_entry, is_ignored, is_image_path
+from .loading import pipeline_args
+from .predictor import Prediction, Predictor, PredictSummary
+
+__all__ = ["list_inputs", "prediction_columns", "write_predictions", "load_predictor"]
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def list_inputs(input: str | Path) -> list[Path]:
+    """The image files of ``input``: one file, or every image file under a folder (recursively, sorted).
+
+    Hidden files and files without an image extension in a folder are left out (and counted in the log);
+    a single file is always tried, whatever its name.
+    """
+    p = Path(input).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_symlink() and not p.is_dir():
+        raise FileNotFoundError(f"input={input} is a broken or looping symlink")
+    if not p.is_dir():
+        raise FileNotFoundError(f"input={input} is neither an image file nor a folder")
+    files, other = [], []
+    for f in sorted(p.rglob("*")):  # dangling/looping symlinks are kept: reported as unreadable rows
+        if not is_file_entry(f) or any(is_ignored(part) for part in f.relative_to(p).parts):
+            continue
+        (files if is_image_path(f) else other).append(f)
+    if other:
+        log.info("%d file(s) without an image extension left out, e.g. %s", len(other), other[0])
+    if not files:
+        raise FileNotFoundError(f"input={input}: no image files (.jpg, .png, .bmp, .tif) in this folder")
+    return files
+
+
+def prediction_columns(class_names: Sequence[str]) -> list[str]:
+    """The CSV header: path, status, error, predicted label(s), top-3, hierarchy path, every probability."""
+    return [
+        "path",
+        "status",
+        "error",
+        "pred",
+        "confidence",
+        "top1",
+        "top1_prob",
+        "top2",
+        "top2_prob",
+        "top3",
+        "top3_prob",
+        "level1",
+        "level2",
+        "level3",
+        "level1_prob",
+        "level2_prob",
+        "level3_prob",
+        *[f"p_{c}" for c in class_names],
+    ]
+
+
+def _row(pred: Prediction, predictor: Predictor) -> tuple[dict[str, str], dict[str, Any]]:
+    names = predictor.class_names
+    if not pred.ok:
+        row = dict.fromkeys(prediction_columns(names), "")
+        row.update(path=pred.path, status="error", error=pred.error or "")
+        return row, {"path": pred.path, "status": "error", "error": pred.error}
+    probs = pred.probabilities
+    assert probs is not None
+    top = predictor.top_k(probs, 3)
+    trees = [predictor.path(probs, c) for c in pred.labels]  # [(node, p)] per level, per label
+    paths = [tuple(n for n, _ in t) for t in trees]
+    conf = [predictor.rule.confidence(probs, c) for c in pred.labels]
+    row = {
+        "path": pred.path,
+        "status": "ok",
+        "error": "",
+        "pred": ";".join(pred.labels),
+        "confidence": ";".join(f"{c:.6f}" for c in conf),
+    }
+    for j in range(3):
+        row[f"top{j + 1}"], row[f"top{j + 1}_prob"] = (
+            (top[j][0], f"{top[j][1]:.6f}") if j < len(top) else ("", "")
+        )
+    for lvl in range(3):
+        row[f"level{lvl + 1}"] = ";".join(p[lvl] for p in paths)
+        row[f"level{lvl + 1}_prob"] = ";".join("" if t[lvl][1] is None else f"{t[lvl][1]:.6f}" for t in trees)
+    row.update({f"p_{c}": f"{float(x):.6f}" for c, x in zip(names, probs, strict=True)})
+    js = {
+        "path": pred.path,
+        "status": "ok",
+        "labels": list(pred.labels),
+        "confidence": conf,
+        "top3": [{"label": c, "prob": p} for c, p in top],
+        "hierarchy": [
+            {
+                f"level{j + 1}{suffix}": (t[j][0] if suffix == "" else t[j][1])
+                for j in range(3)
+                for suffix in ("", "_prob")
+            }
+            for t in trees
+        ],
+        "probabilities": {c: float(x) for c, x in zip(names, probs, strict=True)},
+    }
+    return row, js
+
+
+def write_predictions(
+    predictions: Iterable[Prediction],
+    predictor: Predictor,
+    csv_path: str | Path,
+    json_path: str | Path | None = None,
+) -> PredictSummary:
+    """Write rows as they come (a CSV and a JSON document), so memory stays flat for any number of images."""
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    n = failed = 0
+    info = asdict(predictor.info)
+    header = {"model": {**info, "source": predictor.source, "backend": predictor.backend_name}}
+    jf = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in finally
+    try:
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=prediction_columns(predictor.class_names))
+            w.writeheader()
+            if jf:  # a JSON document written piece by piece: {"model": …, "predictions": [ … ], "summary": …}
+                jf.write(json.dumps(header, indent=1)[:-2] + ',\n "predictions": [\n')
+            for pred in predictions:
+                row, js = _row(pred, predictor)
+                w.writerow(row)
+                if jf:
+                    jf.write(("  " if n == 0 else ",\n  ") + json.dumps(js))
+                n += 1
+                failed += not pred.ok
+            if jf:
+                jf.write('\n ],\n "summary": ' + json.dumps({"images": n, "failed": failed}) + "\n}\n")
+    finally:
+        if jf:
+            jf.close()
+    return PredictSummary(n, failed, csv_path, Path(json_path) if json_path else None)
+
+
+def _output_paths(output: str | None, run_dir: Path) -> tuple[Path, Path]:
+    if not output:
+        return run_dir / "predictions.csv", run_dir / "predictions.json"
+    out = Path(output).expanduser()
+    if out.suffix.lower() in (".csv", ".json"):
+        return out.with_suffix(".csv"), out.with_suffix(".json")
+    return out / "predictions.csv", out / "predictions.json"
+
+
+def load_predictor(cfg, command: str = "ana-predict") -> Predictor:
+    """The :class:`Predictor` a job's config names: ``ckpt_path`` (a checkpoint, hierarchy bundle, ONNX or
+    TorchScript file; ``support`` for Siamese models) or ``pipeline.level1/level2/level3`` (or ``multihead``)."""
+    pipe = pipeline_args(cfg.get("pipeline"))
+    if pipe is not None and cfg.get("ckpt_path"):
+        raise ValueError(f"{command}: give either ckpt_path or pipeline.level1/level2/level3, not both")
+    if pipe is not None:
+        return Predictor.from_pipeline(
+            pipe, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint"))
+        )
+    if not cfg.get("ckpt_path"):
+        raise ValueError(
+            f"{command} needs ckpt_path=<file.ckpt | file.onnx | bundle.ckpt> "
+            "(or pipeline.level1=… pipeline.level2=… pipeline.level3=…)"
+        )
+    return Predictor.load(
+        cfg.ckpt_path,
+        device=cfg.get("device", "auto"),
+        trust_checkpoint=bool(cfg.get("trust_checkpoint")),
+        threads=cfg.get("torch_threads"),
+        support=cfg.get("support"),
+    )

@@ -1,0 +1,77 @@
+"""Jobs live in ana_lightning/jobs/; every config's ``job:`` resolves, and the old dotted paths still work."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_method
+
+CONF = Path(__file__).resolve().parents[1] / "conf"  # packaged as ana_lightning.conf
+
+# The dotted paths configs and users' scripts used before the jobs moved, and where each lives now.
+OLD_TO_NEW = {
+    "ana_lightning.predict.run_predict": "ana_lightning.jobs.predict.run_predict",
+    "ana_lightning.export.run_export": "ana_lightning.jobs.export.run_export",
+    "ana_lightning.app.run_app": "ana_lightning.jobs.app.run_app",
+    "ana_lightning.compare.compare_job": "ana_lightning.jobs.compare.compare_job",
+    "ana_lightning.baselines.svm_job": "ana_lightning.jobs.svm.svm_job",
+    "ana_lightning.episodes.evaluate_episodes_job": "ana_lightning.jobs.episodes.evaluate_episodes_job",
+    "ana_lightning.style_transfer.stylize_job": "ana_lightning.jobs.stylize.stylize_job",
+    "ana_lightning.crossval.CVSummaryCallback": "ana_lightning.jobs.crossval.CVSummaryCallback",
+    "ana_lightning.crossval.evaluate_sweep": "ana_lightning.jobs.crossval.evaluate_sweep",
+    "ana_lightning.cross_dataset.evaluate_cross_dataset": "ana_lightning.jobs.cross_dataset.evaluate_cross_dataset",
+    "ana_lightning.pretrain.train": "ana_lightning.jobs.pretrain.train",
+    "ana_lightning.pipeline.train": "ana_lightning.jobs.train.train",
+    "ana_lightning.pipeline.evaluate": "ana_lightning.jobs.evaluate.evaluate",
+    "ana_lightning.pipeline.check_unseen": "ana_lightning.jobs.evaluate.check_unseen",
+    "ana_lightning.hierarchy_jobs.train_level3": "ana_lightning.jobs.hierarchy.train_level3",
+    "ana_lightning.hierarchy_jobs.evaluate_hierarchy": "ana_lightning.jobs.hierarchy.evaluate_hierarchy",
+    "ana_lightning.data.synthetic.job.synth": "ana_lightning.jobs.synth.synth",
+    "ana_lightning.pipeline.build_datamodule": "ana_lightning.jobs.common.build_datamodule",
+    "ana_lightning.pipeline.build_trainer": "ana_lightning.jobs.common.build_trainer",
+}
+
+
+def _locate(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("old", sorted(OLD_TO_NEW))
+def test_old_dotted_paths_are_the_new_objects(old):
+    assert _locate(old) is _locate(OLD_TO_NEW[old])
+    if not old.endswith("Callback"):
+        assert get_method(old) is _locate(OLD_TO_NEW[old])  # what `job: <old path>` in a user's YAML does
+
+
+def test_unknown_names_still_raise_attribute_error():
+    import ana_lightning.baselines as b
+    import ana_lightning.predict as p
+
+    for mod in (b, p):
+        with pytest.raises(AttributeError, match="no_such_job"):
+            mod.no_such_job  # noqa: B018
+
+
+JOB_KEYS = {p.relative_to(CONF).as_posix(): line.split(":", 1)[1].split("#")[0].strip()
+            for p in sorted(CONF.rglob("*.yaml")) for line in p.read_text().splitlines() if line.startswith("job:")}
+
+
+def test_the_configs_name_jobs_in_their_new_home():
+    assert len(JOB_KEYS) >= 12 and all(v.startswith("ana_lightning.jobs.") for v in JOB_KEYS.values()), JOB_KEYS
+
+
+@pytest.mark.parametrize("yaml", sorted(JOB_KEYS))
+def test_every_job_key_of_the_configs_resolves(yaml):
+    assert callable(get_method(JOB_KEYS[yaml]))
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and lightning
+def test_importing_a_library_module_does_not_import_the_jobs():
+    code = ("import sys, ana_lightning.predict, ana_lightning.baselines, ana_lightning.style_transfer, "
+            "ana_lightning.crossval, ana_lightning.export, ana_lightning.cross_dataset; "
+            "print(sorted(m for m in sys.modules if m.startswith('ana_lightning.jobs.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
