@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from contest_fixtures import write_i3a2014_cells, write_icpr2012_contest
 from hydra._internal.utils import _locate
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from conftest import REPO, write_class_images
-from contest_fixtures import write_i3a2014_cells, write_icpr2012_contest
 
 CONF = REPO / "conf"
 TOP_LEVEL = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -48,8 +48,17 @@ FIXTURES = {
     "i3a2014": lambda root: write_i3a2014_cells(root, per_class=6, specimens_per_class=3),
 }
 # CPU sizes, applied to whichever of these keys the composed data node has
-CPU_DATA = {"image_size": 32, "batch_size": 4, "num_workers": 0, "n_per_class": 6, "render_size": 64,
-            "n_hospital": 24, "n_patients": 8, "cells_per_field": 3, "group_min_size": 2}
+CPU_DATA = {
+    "image_size": 32,
+    "batch_size": 4,
+    "num_workers": 0,
+    "n_per_class": 6,
+    "render_size": 64,
+    "n_hospital": 24,
+    "n_patients": 8,
+    "cells_per_field": 3,
+    "group_min_size": 2,
+}
 
 
 def compose_full(config_name: str, overrides: list[str], tmp: Path) -> DictConfig:
@@ -130,7 +139,9 @@ def build_datamodule(cfg: DictConfig, tmp: Path, **kwargs: Any) -> Any:
 def write_hospital(root: Path) -> Path:
     """``<patient>/<AC codes>/<images>``: four patients, single- and multi-pattern folders."""
     for p in range(4):
-        write_class_images(root / f"patient{p:02d}", {"AC-1": 2, "AC-1 + AC-4": 2, "AC-4": 2}, size=40, seed=p)
+        write_class_images(
+            root / f"patient{p:02d}", {"AC-1": 2, "AC-1 + AC-4": 2, "AC-4": 2}, size=40, seed=p
+        )
     return root
 
 
@@ -228,8 +239,10 @@ def test_group_option_composes_with_train_and_instantiates(group, option, tmp_pa
             assert y.shape == x.shape and torch.isfinite(y).all()
     elif group in ("trainer", "debug"):
         if needs_gpu(run.trainer):
-            pytest.skip(f"{group}={option} needs CUDA (accelerator={run.trainer.accelerator}): composed, resolved, "
-                        "targets imported; the Trainer is not built")
+            pytest.skip(
+                f"{group}={option} needs CUDA (accelerator={run.trainer.accelerator}): composed, resolved, "
+                "targets imported; the Trainer is not built"
+            )
         trainer = instantiate(run.trainer, logger=False, enable_checkpointing=False)
         for k in ("max_epochs", "num_nodes", "fast_dev_run"):
             if run.trainer.get(k) not in (None, False) and hasattr(trainer, k):
@@ -262,16 +275,33 @@ def check_search_space(cfg: DictConfig) -> None:
     for key, space in cfg.hydra.sweeper.params.items():
         if (CONF / key).is_dir():
             for choice in re.findall(r"[\w/.-]+", re.sub(r"^\s*choice\((.*)\)\s*$", r"\1", str(space))):
-                assert (CONF / key / f"{choice}.yaml").is_file(), f"hydra.sweeper.params.{key}: no conf/{key}/{choice}.yaml"
+                assert (CONF / key / f"{choice}.yaml").is_file(), (
+                    f"hydra.sweeper.params.{key}: no conf/{key}/{choice}.yaml"
+                )
         else:
-            assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", f"hydra.sweeper.params.{key}: no such key"
+            assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", (
+                f"hydra.sweeper.params.{key}: no such key"
+            )
 
 
 def test_the_matrix_finds_every_group():
     groups = {g for g, _ in GROUP_OPTIONS}
-    assert {"model", "data", "augmentation", "trainer", "logger", "callbacks", "debug", "paths", "hparams_search",
-            "hydra/launcher", "experiment"} <= groups
-    assert len(GROUP_OPTIONS) == len([p for p in CONF.rglob("*.yaml") if p.parent not in (CONF, CONF / "local")])
+    assert {
+        "model",
+        "data",
+        "augmentation",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "paths",
+        "hparams_search",
+        "hydra/launcher",
+        "experiment",
+    } <= groups
+    assert len(GROUP_OPTIONS) == len(
+        [p for p in CONF.rglob("*.yaml") if p.parent not in (CONF, CONF / "local")]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,8 +312,13 @@ def test_the_matrix_finds_every_group():
 def cpu_overrides(experiment: str, tmp: Path) -> list[str]:
     """CPU-sized overrides for an experiment, from the keys its composed data node has."""
     cfg = without_hydra(compose_full("train", [f"experiment={experiment}"], tmp))
-    out = [f"experiment={experiment}", "trainer.fast_dev_run=true", "callbacks.rich_progress_bar=null",
-           "+trainer.enable_model_summary=false", f"paths.data_dir={tmp / 'data'}"]
+    out = [
+        f"experiment={experiment}",
+        "trainer.fast_dev_run=true",
+        "callbacks.rich_progress_bar=null",
+        "+trainer.enable_model_summary=false",
+        f"paths.data_dir={tmp / 'data'}",
+    ]
     out += [f"data.{k}={v}" for k, v in CPU_DATA.items() if k in cfg.data]
     out += [f"data.{k}={v}" for k, v in fixture_roots(cfg, tmp).items()]
     return out
@@ -298,4 +333,9 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
     job = get_method(cfg.get("job") or "ana_lightning.pipeline.train")
     metrics, _ = job(cfg)
     assert metrics, f"experiment={experiment}: the job returned no metrics"
-    assert all(np.isfinite(v) for v in metrics.values() if isinstance(v, float)), metrics
+    # an undefined metric on a one-batch test split may be nan (e.g. at_least_3_correct with no 3-label image);
+    # the monitored metric and at least one test metric must be numbers
+    if cfg.get("monitor") in metrics:
+        assert np.isfinite(metrics[cfg.monitor]), (cfg.monitor, metrics)
+    if cfg.get("test", True):
+        assert any("test/" in k and np.isfinite(v) for k, v in metrics.items()), metrics
