@@ -149,14 +149,12 @@ def fit_predict_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, recall_score
+    """``acc``, ``mca`` and ``macro_f1`` by the house's one definition (:mod:`ana_lightning.metrics`)."""
+    from .metrics import confusion_details, confusion_matrix
 
-    labels = np.unique(y_true)
-    return {
-        "acc": float(accuracy_score(y_true, y_pred)),
-        "mca": float(recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-    }
+    labels = sorted(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist()))
+    d = confusion_details(confusion_matrix(np.asarray(y_true).tolist(), np.asarray(y_pred).tolist(), labels))
+    return {"acc": float(d["acc"]), "mca": float(d["mca"]), "macro_f1": float(d["macro_f1"])}
 
 
 def svm_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
@@ -204,9 +202,9 @@ def svm_job(cfg) -> tuple[dict[str, float], dict[str, Any]]:
     metrics.update(run_intervals(fake, test_records, metrics))
     write_predictions([r.path for r in test_records], onehot, target, dm.class_names, run_dir / "test_predictions.csv")
     write_metrics_json(metrics, run_dir / "metrics.json")
-    from sklearn.metrics import confusion_matrix
+    from .metrics import confusion_matrix
 
-    cm = confusion_matrix(y_test, pred, labels=list(range(dm.num_classes)))
+    cm = confusion_matrix(y_test.tolist(), np.asarray(pred).tolist(), labels=list(range(dm.num_classes)))
     plot_confusion_matrix(cm, dm.class_names, run_dir / "test_confusion_matrix.png",
                           title=f"SVM ({svm_cfg.features}): MCA {metrics['test/mca']:.3f}")
     log.info("SVM on %s features: %s", svm_cfg.features, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

@@ -10,10 +10,8 @@
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,79 +23,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .data.hierarchy import LEVELS, label_path
 from .metrics import MCA_DEFINITION
-from .models.hierarchical import PathPrediction
-from .reports import plot_confusion_matrix, write_classification_report, write_metrics_json
-from .taxonomy import Taxonomy
+from .reports import NO_LEAF, write_hierarchy_report, write_metrics_json  # noqa: F401 - NO_LEAF, the report: re-exported
 from .utils import CheckpointError
 
 __all__ = ["train_level3", "evaluate_hierarchy", "write_hierarchy_report", "group_slug", "NO_LEAF"]
 
 log = logging.getLogger(__name__)
 
-#: How a path that ends at level 2 (no level-3 model for that group) shows in reports.
-NO_LEAF = "(no leaf)"
-
-
 def group_slug(node: str) -> str:
     """A folder name for a tree node: ``'discrete nuclear dots'`` → ``'discrete_nuclear_dots'``."""
     return re.sub(r"[^A-Za-z0-9]+", "_", node).strip("_")
-
-
-# ================================================================================================ report
-def write_hierarchy_report(
-    out_dir: str | Path,
-    paths: Sequence[str],
-    truth: Sequence[tuple[str | None, str | None, str | None]],
-    pred: PathPrediction,
-    tree: Taxonomy,
-    stage: str = "test",
-    summary: dict[str, Any] | None = None,
-) -> dict[str, float]:
-    """Per-level accuracy and MCA (scikit-learn), confusion matrices, per-class reports and
-    ``{stage}_paths.csv`` (true and predicted path of every image). Returns the metrics
-    ``{stage}/level{1,2,3}_{acc,mca}``; a level is scored on the images whose label reaches it."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, recall_score
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predicted = (pred.level1, pred.level2, [p or NO_LEAF for p in pred.leaf])
-    metrics: dict[str, float] = {}
-    lines = [f"# {stage.capitalize()}: hierarchical pipeline", "", f"{MCA_DEFINITION}, level by level.", "",
-             "| level | images | accuracy | MCA |", "|---|---|---|---|"]
-    for j, lv in enumerate(LEVELS):
-        keep = [i for i, t in enumerate(truth) if t[j] is not None]
-        if not keep:
-            continue
-        y_true = [truth[i][j] for i in keep]
-        y_pred = [predicted[j][i] for i in keep]
-        present = set(y_true) | set(y_pred)
-        labels = [n for n in tree.nodes(lv) if n in present] + ([NO_LEAF] if NO_LEAF in present else [])
-        acc = float(np.mean([a == b for a, b in zip(y_true, y_pred, strict=True)]))
-        true_classes = [n for n in labels if n in set(y_true)]
-        mca = float(recall_score(y_true, y_pred, labels=true_classes, average="macro", zero_division=0))
-        metrics[f"{stage}/level{lv}_acc"], metrics[f"{stage}/level{lv}_mca"] = acc, mca
-        cm = confusion_matrix(y_true, y_pred, labels=labels)
-        p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-        name = f"{stage}_level{lv}"
-        plot_confusion_matrix(cm, labels, out_dir / f"{name}_confusion_matrix.png", title=f"level {lv}: MCA {mca:.3f}")
-        display = [tree.display_name(c) if tree.is_code(c) else c for c in labels]
-        write_classification_report({"confmat": cm, "precision": p, "recall": r, "f1": f1}, labels, out_dir,
-                                    summary={f"{stage}/level{lv}_acc": acc, f"{stage}/level{lv}_mca": mca},
-                                    display_names=display, stage=name)
-        lines.append(f"| {lv} | {len(keep)} | {acc:.4f} | {mca:.4f} |")
-    with open(out_dir / f"{stage}_paths.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "true_level1", "true_level2", "true_leaf", "pred_level1", "pred_level2", "pred_leaf", "path_score"])
-        for i, p in enumerate(paths):
-            t = ["" if v is None else v for v in truth[i]]
-            w.writerow([p, *t, pred.level1[i], pred.level2[i], pred.leaf[i] or "", f"{float(pred.score[i]):.5f}"])
-    if summary:
-        lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| `{k}` | {float(v):.4f} |" for k, v in sorted(summary.items()) if np.ndim(v) == 0]
-    lines += ["", *[f"![level {lv}]({stage}_level{lv}_confusion_matrix.png)" for lv in LEVELS
-                    if f"{stage}/level{lv}_acc" in metrics], ""]
-    (out_dir / f"{stage}_hierarchy_report.md").write_text("\n".join(lines))
-    return metrics
 
 
 # ================================================================================================ jobs

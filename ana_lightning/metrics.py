@@ -12,6 +12,7 @@ and ``average="macro"``.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -24,7 +25,7 @@ from torchmetrics.classification import (
 )
 
 __all__ = ["multiclass_metrics", "multiclass_per_class_metrics", "PresentClassMacro", "present_class_macro",
-           "MCA_DEFINITION"]
+           "MCA_DEFINITION", "confusion_matrix", "confusion_details"]
 
 #: How reports name the MCA they show.
 MCA_DEFINITION = ("MCA = mean recall over the classes present in the evaluated ground truth "
@@ -107,3 +108,46 @@ def multiclass_per_class_metrics(num_classes: int, **kwargs) -> MetricCollection
             "confmat": MulticlassConfusionMatrix(num_classes, **kwargs),
         }
     )
+
+
+def confusion_matrix(y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable]) -> torch.Tensor:
+    """``(K, K)`` counts (rows = true label, columns = predicted) over ``labels``, for labels that are
+    names rather than indices (hierarchy levels, where a path may end at level 2); pairs with a label
+    outside ``labels`` are not counted.
+
+    >>> confusion_matrix(["a", "a", "b"], ["a", "b", "b"], ["a", "b"]).tolist()
+    [[1, 1], [0, 1]]
+    """
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels for {len(y_pred)} predictions")
+    index = {c: i for i, c in enumerate(labels)}
+    pairs = [(index[t], index[p]) for t, p in zip(y_true, y_pred, strict=True) if t in index and p in index]
+    k = len(labels)
+    flat = torch.tensor([t * k + p for t, p in pairs], dtype=torch.long)
+    return torch.bincount(flat, minlength=k * k).reshape(k, k)
+
+
+def confusion_details(confmat: torch.Tensor) -> dict[str, torch.Tensor | float]:
+    """Everything a per-class report shows, from one confusion matrix: per-class ``precision``,
+    ``recall``, ``f1`` (0 where undefined), ``support``, the ``confmat`` itself, and the scalars
+    ``acc``, ``mca`` and ``macro_f1`` (over the classes present in the ground truth, as everywhere).
+
+    >>> d = confusion_details(torch.tensor([[1, 1], [0, 1]]))
+    >>> round(d["mca"], 2), round(d["acc"], 2), d["recall"].tolist()
+    (0.75, 0.67, [0.5, 1.0])
+    """
+    cm = torch.as_tensor(confmat).long()
+    tp = cm.diagonal()
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    tpd, fpd, fnd = tp.double(), fp.double(), fn.double()
+    total = int(cm.sum())
+    return {
+        "confmat": cm,
+        "precision": torch.where(tp + fp > 0, tpd / (tpd + fpd).clamp(min=1), torch.zeros_like(tpd)),
+        "recall": torch.where(tp + fn > 0, tpd / (tpd + fnd).clamp(min=1), torch.zeros_like(tpd)),
+        "f1": torch.where(2 * tp + fp + fn > 0, 2 * tpd / (2 * tpd + fpd + fnd).clamp(min=1), torch.zeros_like(tpd)),
+        "support": tp + fn,
+        "acc": float(tp.sum()) / total if total else math.nan,
+        "mca": present_class_macro(tp, fp, fn, "recall"),
+        "macro_f1": present_class_macro(tp, fp, fn, "f1"),
+    }

@@ -24,7 +24,7 @@ from .distributed import (
     single_process_tester,
     sync_csv_logger,
 )
-from .reports import write_metrics_json
+from .reports import write_metrics_json, write_test_report
 from .stats import run_intervals
 from .utils import (
     CheckpointError,
@@ -195,6 +195,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _check_model_fits_data(cfg, model_kwargs)
     model = instantiate(cfg.model, **model_kwargs)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
+    if callable(getattr(model, "set_support_source", None)):  # Siamese: validation scores against the training split
+        model.set_support_source(dm.make_dataset(dm.splits["train"], train=False), batch_size=dm.hparams.batch_size)
     if resume:
         _check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir)
@@ -241,7 +243,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ())))
             metrics.update(test_metrics)
             write_metrics_json(test_metrics, run_dir / "metrics.json")
-            model.write_report(run_dir, dm.splits["test"], test_metrics, stage="test")
+            write_test_report(model, run_dir, dm.splits["test"], test_metrics, stage="test")
             _log_report_images(trainer, run_dir)
             if ckpt:
                 (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
@@ -467,7 +469,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         split = "test" if "split_manifest" in overrides or manifest else "all"
     dm.set_normalization(model.hparams.mean, model.hparams.std)
     if callable(getattr(model, "prepare_evaluation", None)):  # e.g. tune an ensemble's thresholds on val, never on test
-        model.prepare_evaluation(dm, split)
+        val = dm.make_dataset(dm.splits["val"], train=False) if dm.splits.get("val") else None
+        model.prepare_evaluation(split, val=val, batch_size=int(cfg.data.batch_size))
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
     check_unseen(members or [str(cfg.ckpt_path)], records, split, dm.near_duplicates)
     dataset = dm.make_dataset(records, train=False)
@@ -486,7 +489,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
         metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
-        model.write_report(run_dir, records, metrics, stage="test")
+        write_test_report(model, run_dir, records, metrics, stage="test")
         which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())
         (run_dir / "evaluated.txt").write_text(f"checkpoint: {which}\nsplit: {split}\nimages: {len(records)}\n")
         _log_report_images(trainer, run_dir)

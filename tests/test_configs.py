@@ -23,8 +23,17 @@ def test_reference_experiments_match_the_reference_repository(tmp_path):
         assert cfg.model.backbone.pretrained is False
 
 
+@pytest.mark.parametrize("option", _options("generator"))
+def test_synth_generators_instantiate(option, tmp_path):
+    """ana-synth's writers (conf/generator/) compose and instantiate as partials: nothing is written."""
+    cfg = compose("synth", [f"generator={option}", f"generator.root={tmp_path / 'out'}"], output_dir=tmp_path)
+    write = instantiate(cfg.generator)
+    assert callable(write) and write.keywords["root"] == str(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_all_yaml_files_are_covered():
     groups = {p.parent.name for p in CONF.rglob("*.yaml")} - {"conf"}
     assert groups <= {"data", "model", "augmentation", "callbacks", "logger", "trainer", "paths", "hydra",
-                      "experiment", "debug", "hparams_search", "local", "launcher"}, groups
+                      "experiment", "debug", "hparams_search", "local", "launcher", "generator"}, groups
     assert Path(CONF / "train.yaml").exists()

@@ -27,7 +27,7 @@ def _rank_module(rank: int, buffers: dict[int, tuple[torch.Tensor, ...]]) -> Sof
     # What test_step did on this rank: per-batch metric updates, the padded duplicate included.
     m.test_metrics.update(prob, tgt)
     m.test_details.update(prob, tgt)
-    m._test_buffer.append((idx, prob, tgt))
+    m.collect("test", index=idx, prob=prob, target=tgt)
     calls = iter(range(3))
     m.all_gather = lambda t: torch.stack([buffers[0][(i := next(calls))], buffers[1][i]])  # noqa: ARG005
     return m
@@ -60,44 +60,40 @@ def test_padding_duplicates_do_not_count_twice():
     assert len(ranks[0].test_predictions["index"]) == n
 
 
-def test_multihead_padding_duplicates_do_not_count_twice(monkeypatch):
-    """The multi-head model gathers every rank's rows (the report had rank 0's only) and counts each once."""
-    import torch.distributed as dist
-
+def test_multihead_padding_duplicates_do_not_count_twice():
+    """The multi-head model gathers every rank's routed predictions and counts each image once."""
     from ana_lightning.models.hierarchical import MultiHeadClassifier
 
     leaves = ["AC-1", "AC-4", "AC-5"]
-
-    def module(rank: int) -> MultiHeadClassifier:
-        m = MultiHeadClassifier({"name": TINY_BACKBONE, "pretrained": False}, leaves, image_size=32)
-        m._trainer = _FakeTrainer(rank)
-        return m
-
-    ranks = [module(0), module(1)]
-    names = ranks[0].level1_names, ranks[0].level2_names, ranks[0].class_names
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 3, 7)
     guess = np.where(rng.random(7) < 0.6, truth, (truth + 1) % 3)
     guess[0] = (truth[0] + 1) % 3  # image 0 (the padded duplicate) is wrong
+    ref = MultiHeadClassifier({"name": TINY_BACKBONE, "pretrained": False}, leaves, image_size=32)
+    names = ref.level_names
 
-    def row(i: int):
-        path = [ranks[0].tree.level_of(leaves[guess[i]], lv) for lv in (1, 2)] + [leaves[guess[i]]]
-        t = tuple(names[lv].index(ranks[0].tree.level_of(leaves[truth[i]], lv + 1)) if lv < 2 else int(truth[i])
-                  for lv in range(3))
-        return (i, t, (*path, 0.9))
+    def levels(leaf: int) -> list[int]:
+        return [names[lv].index(ref.tree.level_of(leaves[leaf], lv + 1)) for lv in range(2)] + [leaf]
 
+    target = torch.tensor([levels(int(t)) for t in truth])
+    pred = torch.tensor([levels(int(g)) for g in guess])
     order = [[0, 2, 4, 6], [1, 3, 5, 0]]
-    for m, o in zip(ranks, order, strict=True):
-        m.test_rows = [row(i) for i in o]
-        m._refill_test_metrics(m.test_rows)  # what the steps logged: padded duplicate included
-    parts = [list(m.test_rows) for m in ranks]
+    buffers = {r: (torch.tensor(o), target[o], pred[o], torch.full((4,), 0.9)) for r, o in enumerate(order)}
+
+    def module(rank: int) -> MultiHeadClassifier:
+        m = MultiHeadClassifier({"name": TINY_BACKBONE, "pretrained": False}, leaves, image_size=32)
+        m._trainer = _FakeTrainer(rank)
+        idx, t, p, score = buffers[rank]
+        m._update_level_metrics("test", p, t)  # what the steps logged: padded duplicate included
+        m.collect("test", index=idx, target=t, pred=p, score=score)
+        calls = iter(range(4))
+        m.all_gather = lambda x: torch.stack([buffers[0][(i := next(calls))], buffers[1][i]])  # noqa: ARG005
+        m.finish_test = lambda: None  # logs test/mca (computed and cached before the states are merged here)
+        return m
+
+    ranks = [module(0), module(1)]
     for m in ranks:
-        m.log = lambda *a, **k: None
-        with monkeypatch.context() as mp:  # a process group of two, for the gather only
-            mp.setattr(dist, "is_initialized", lambda: True)
-            mp.setattr(dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), parts))
-            mp.setattr(m.metrics["test_3"]["mca"], "compute", lambda: torch.tensor(0.0))  # logged, not checked here
-            m.on_test_epoch_end()
+        m.on_test_epoch_end()
     for lv in (1, 2, 3):
         for (_, a), (_, b) in zip(ranks[0].metrics[f"test_{lv}"].items(), ranks[1].metrics[f"test_{lv}"].items(),
                                   strict=True):
@@ -105,4 +101,5 @@ def test_multihead_padding_duplicates_do_not_count_twice(monkeypatch):
     got = {k: float(v) for k, v in ranks[0].metrics["test_3"].compute().items()}
     assert got["test/level3_acc"] == pytest.approx(skm.accuracy_score(truth, guess))
     assert got["test/level3_mca"] == pytest.approx(skm.recall_score(truth, guess, labels=np.unique(truth), average="macro"))
-    assert [r[0] for r in ranks[0].test_rows] == list(range(7))  # every image once, from both ranks
+    assert got["test/level3_acc"] != pytest.approx(skm.accuracy_score(truth[[*order[0], *order[1]]], guess[[*order[0], *order[1]]]))
+    assert ranks[0].test_predictions["index"].tolist() == list(range(7))  # every image once, from both ranks

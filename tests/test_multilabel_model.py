@@ -185,12 +185,12 @@ def test_thresholds_tuned_on_validation_never_on_test(mixed_run):
     raw = load_checkpoint_model(best)
     temperature = raw.temperature.clone()
     raw.set_temperature(None)
-    prob, tgt = raw.predict_records(dm, dm.splits["val"])
+    prob, tgt = raw.predict_dataset(dm.make_dataset(dm.splits["val"], train=False))
     tuned = tune_thresholds(prob, tgt, 0.5)
     assert stored.is_calibrated
     torch.testing.assert_close(stored.thresholds, torch.sigmoid(torch.logit(tuned.double()) / temperature.double()).float())
     # the test decisions are those thresholds applied to the test probabilities
-    test_prob, _ = stored.predict_records(dm, dm.splits["test"])
+    test_prob, _ = stored.predict_dataset(dm.make_dataset(dm.splits["test"], train=False))
     assert model.test_predictions["index"].tolist() == list(range(len(test_prob)))
     assert torch.equal(model.test_predictions["pred"], decide(test_prob, stored.thresholds))
 
@@ -218,7 +218,7 @@ def test_eval_ensemble_of_checkpoints_tunes_on_val_only(mixed_run, tmp_path):
     m, eobjs = evaluate(compose("eval", over, output_dir=tmp_path / "ens"))
     model, dm = eobjs["model"], eobjs["datamodule"]
     assert eobjs["split"] == "test" and model.assembled_from == [best, last]
-    prob, tgt = model.predict_records(dm, dm.splits["val"])
+    prob, tgt = model.predict_dataset(dm.make_dataset(dm.splits["val"], train=False))
     assert torch.equal(model.thresholds.cpu(), tune_thresholds(prob, tgt, 0.5))
     assert "ensemble of 2 checkpoints" in (tmp_path / "ens" / "test_report.md").read_text()
     with pytest.raises(ValueError, match="part of the evaluated split=all"):

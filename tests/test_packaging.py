@@ -48,3 +48,16 @@ def test_installed_commands_compose_from_another_directory(wheel_site, tmp_path,
     assert "_target_: ana_lightning.data" in r.stdout
     if command == "train":
         assert "name: resnet50" in r.stdout
+
+
+def test_installed_synth_composes_and_has_the_simulator_package(wheel_site, tmp_path):
+    site, names = wheel_site
+    assert "ana_lightning/data/synthetic/patterns/nuclear.py" in names
+    code = (
+        "import sys, ana_lightning; assert ana_lightning.__file__.startswith(sys.argv[1]), ana_lightning.__file__; "
+        "from ana_lightning.cli.synth import main; main(['--cfg', 'job', 'generator=cells'])"
+    )
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "_target_: ana_lightning.data.synthetic.generate_cell_dataset" in r.stdout

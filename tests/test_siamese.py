@@ -102,6 +102,7 @@ def trained_siamese(two_class_synthetic, tmp_path_factory):
     dm.setup()
     model = _model(dm.class_names, dropout_rates=[0.1, 0.3], image_size=32)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
+    model.set_support_source(dm.make_dataset(dm.splits["train"], train=False), batch_size=4)  # what ana-train does
     out = tmp_path_factory.mktemp("siamese_run")
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out, monitor="val/loss", save_top_k=1)
     L.seed_everything(0, verbose=False)
@@ -142,6 +143,7 @@ def test_contrastive_and_prototype_variants_run(tmp_path):
     dm.setup()
     model = _model(dm.class_names, loss="contrastive", scoring="prototype", hard_negatives=True)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
+    model.set_support_source(dm.make_dataset(dm.splits["train"], train=False))
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)
     trainer.fit(model, datamodule=dm)

@@ -198,12 +198,13 @@ def test_generate_dataset_resumes(tmp_path, monkeypatch):
 
     calls = []
     real = synthetic.render_field
+    from ana_lightning.data.synthetic import writers  # where generate_dataset looks its renderer up
 
     def counting(code, rng, size=256, dapi=False):
         calls.append(code)
         return real(code, rng, size=size, dapi=dapi)
 
-    monkeypatch.setattr(synthetic, "render_field", counting)
+    monkeypatch.setattr(writers, "render_field", counting)
     generate_dataset(root, codes=["AC-3", "AC-7"], n_per_class=3, size=64, progress=False)
     assert calls == ["AC-7"]
     assert _digest(root) == before

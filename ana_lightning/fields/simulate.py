@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.synthetic import render_field
+from ..data.synthetic.compose import render_field
 
 __all__ = ["true_nucleus_diameter", "sim_field", "write_sim_fields", "read_sim_fields"]
 
@@ -36,7 +36,9 @@ def true_nucleus_diameter(nuclei: np.ndarray) -> float:
     return float(np.median(ds)) if ds else float("nan")
 
 
-def sim_field(code: str, diameter_px: float, seed: int, size: int = 384, dapi: bool = False):
+def sim_field(
+    code: str, diameter_px: float, seed: int, size: int = 384, dapi: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(image, masks)`` of one simulator field rendered at a nucleus diameter of ``diameter_px``."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(round(diameter_px * 10)), 77]))
     return render_field(code, rng, size=size, dapi=dapi, nucleus_diameter_px=diameter_px, return_masks=True)

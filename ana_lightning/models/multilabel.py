@@ -1,6 +1,6 @@
 """Multi-label sigmoid ensemble, decision rules, and ensembles assembled from checkpoints.
 
-- :class:`AverageEnsemble` — a plain ``nn.Module``: N member networks whose logits are averaged
+- :class:`AverageEnsemble` (in :mod:`~ana_lightning.models.networks`, re-exported) — a plain ``nn.Module``: N member networks whose logits are averaged
   (``combine="logits"``) or whose probabilities are averaged (``combine="probs"``, returned as the
   logit of the mean sigmoid, or the log of the mean softmax, so ``sigmoid``/``softmax`` of the
   output is the mean probability). Members expecting another input normalisation get the input
@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
 
-from ..calibration import TemperatureMixin
 from ..metrics_multilabel import as_multi_hot, multilabel_details, multilabel_scalar_metrics
-from ..utils import plain_hparams
 from .backbones import create_backbone, normalization
+from .base import ANAModule, OptimizerFactory, SchedulerFactory
+from .networks import AverageEnsemble
 
 __all__ = [
     "AverageEnsemble",
@@ -100,79 +100,8 @@ def tune_thresholds(
     return out
 
 
-# ---------------------------------------------------------------------------------- networks
-class AverageEnsemble(nn.Module):
-    """Plain ``nn.Module`` averaging N members that each map an image batch to ``(B, K)`` logits.
-
-    Args:
-        members: the member networks.
-        combine: ``logits`` (mean of logits) or ``probs`` (mean of probabilities).
-        activation: ``sigmoid`` (multi-label) or ``softmax`` (single-label): how ``probs`` are formed.
-        norms: per member, the ``(mean, std)`` it expects; ``input_norm`` is what the input carries.
-    """
-
-    def __init__(
-        self,
-        members: Sequence[nn.Module],
-        combine: str = "logits",
-        activation: str = "sigmoid",
-        norms: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
-        input_norm: tuple[Sequence[float], Sequence[float]] | None = None,
-    ):
-        super().__init__()
-        if combine not in ("logits", "probs"):
-            raise ValueError(f"combine must be 'logits' or 'probs', got {combine!r}")
-        if activation not in ("sigmoid", "softmax"):
-            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
-        self.combine, self.activation = combine, activation
-        self._renorm: list[bool] = []
-        for i in range(len(members)):
-            scale, shift = torch.ones(3), torch.zeros(3)
-            if norms is not None and input_norm is not None:
-                (m_in, s_in), (m_own, s_own) = input_norm, norms[i]
-                m_in, s_in, m_own, s_own = (torch.tensor(v, dtype=torch.float32) for v in (m_in, s_in, m_own, s_own))
-                scale, shift = s_in / s_own, (m_in - m_own) / s_own  # (x·s_in + m_in − m_own) / s_own
-            self.register_buffer(f"scale{i}", scale.view(1, 3, 1, 1), persistent=False)
-            self.register_buffer(f"shift{i}", shift.view(1, 3, 1, 1), persistent=False)
-            self._renorm.append(not (torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3))))
-
-    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(M, B, K)``: every member's logits."""
-        outs = []
-        for i, m in enumerate(self.members):
-            xi = x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}") if self._renorm[i] else x
-            outs.append(m(xi))
-        return torch.stack(outs)
-
-    def combine_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """Combine ``(M, B, K)`` member logits into ``(B, K)`` logits of the ensemble."""
-        if self.combine == "logits":
-            return z.mean(dim=0)
-        if self.activation == "sigmoid":  # logit(mean σ(z)) = log Σ σ(z) − log Σ σ(−z), computed stably
-            return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
-        return torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - math.log(z.shape[0])  # log(mean softmax)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.combine_logits(self.member_logits(x))
-
-
-def _configure_optimizers(module: L.LightningModule, optimizer_factory, scheduler_factory, interval: str):
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = optimizer_factory(params=params) if optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
-    if scheduler_factory is None:
-        return opt
-    sched = scheduler_factory(optimizer=opt)
-    cfg = {"scheduler": sched, "interval": interval}
-    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        cfg["monitor"] = "val/loss"
-    return {"optimizer": opt, "lr_scheduler": cfg}
-
-
 # ---------------------------------------------------------------------------------- LightningModule
-class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
+class SigmoidEnsemble(ANAModule):
     """Multi-label classification by an ensemble of timm backbones (``model=sigmoid_ensemble``).
 
     Args:
@@ -189,24 +118,24 @@ class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
     is a classifier by itself; validation / test loss and predictions use the combined output.
     """
 
+    task = "multi_label"
+    calibration_kind = "multilabel"  # one temperature, or one per class (ana_lightning.calibration)
+
     def __init__(
         self,
         class_names: Sequence[str],
         backbones: Sequence[Mapping[str, Any]] | None = None,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         pos_weight: Sequence[float] | None = None,
         combine: str = "logits",
         decision_rule: str = "global",
         threshold: float = 0.5,
         image_size: int = 224,
-    ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        plain_hparams(self)
-        class_names = list(self.hparams.class_names)
-        if not class_names:
+    ) -> None:
+        super().__init__(optimizer, scheduler)
+        if not self.class_names:
             raise ValueError("SigmoidEnsemble needs class_names (the datamodule provides them)")
         if decision_rule not in DECISION_RULES:
             raise ValueError(f"decision_rule must be one of {DECISION_RULES}, got {decision_rule!r}")
@@ -215,24 +144,15 @@ class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
         specs = [dict(b) for b in (self.hparams.backbones or DEFAULT_BACKBONES)]
         if not specs:
             raise ValueError("model.backbones is empty: give at least one backbone")
-        nets = [create_backbone(num_classes=len(class_names), **b) for b in specs]
-        # Weights now live in this module's state dict: a reload must not look for the files again.
-        self.hparams["backbones"] = [{**b, "pretrained": False, "weights": None} for b in specs]
+        nets = [create_backbone(num_classes=len(self.class_names), **b) for b in specs]
+        self.hparams["backbones"] = specs
+        self.freeze_backbone_hparams("backbones")
         norms = [normalization(n) for n in nets]
-        self.hparams["mean"], self.hparams["std"] = list(norms[0][0]), list(norms[0][1])
-        self.net: nn.Module = AverageEnsemble(nets, combine=combine, activation="sigmoid", norms=norms, input_norm=norms[0])
-        self.class_names = class_names
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        pw = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
-        if pw is not None and pw.numel() != len(class_names):
-            raise ValueError(f"pos_weight has {pw.numel()} values for {len(class_names)} classes")
-        self.register_buffer("pos_weight", pw, persistent=False)
-        self.register_buffer("thresholds", torch.full((len(class_names),), self._base_threshold()))
+        self.store_normalization(nets[0])
+        self.net = AverageEnsemble(nets, combine=combine, activation="sigmoid", norms=norms, input_norm=norms[0])
+        self.weight_buffer("pos_weight", pos_weight, "pos_weight")
+        self.register_buffer("thresholds", torch.full((len(self.class_names),), self._base_threshold()))
         self.assembled_from: list[str] | None = None
-        self._init_temperature()  # one, or one per class (ana_lightning.calibration)
-        self._buffers_by_stage: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
-        self.test_predictions: dict[str, torch.Tensor] = {}
         self.test_details_result: dict[str, Any] | None = None
 
     def _base_threshold(self) -> float:
@@ -247,31 +167,16 @@ class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
             self.hparams["threshold"] = float(threshold)
         self.thresholds.fill_(self._base_threshold())
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def checkpoint_metadata(self) -> dict[str, Any]:
         if self.assembled_from:
             raise RuntimeError("an ensemble assembled from checkpoints is not saved: keep its member checkpoints")
-        checkpoint["ana_lightning"] = {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "task": "multi_label",
-            "class_names": self.class_names,
-            "decision_rule": self.hparams.decision_rule,
-            "thresholds": [round(float(t), 6) for t in self.thresholds],
-        }
-        self._save_temperature(checkpoint)
+        return {"decision_rule": self.hparams.decision_rule, "thresholds": [round(float(t), 6) for t in self.thresholds]}
 
     # ------------------------------------------------------------------ inference
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    calibration_kind = "multilabel"
-
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated per-class probabilities (sigmoid of the logits over the temperature(s))."""
         return self.scaled(self(x)).sigmoid()
-
-    def calibration_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x)
 
     def calibration_targets(self, target: torch.Tensor) -> torch.Tensor:
         return as_multi_hot(target, len(self.class_names)).float()
@@ -294,46 +199,25 @@ class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         target = self._target(batch)
         z = self.net.member_logits(batch["image"])
         loss = torch.stack([self._loss(zm, target) for zm in z]).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(target))
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
         target = self._target(batch)
         logits = self(batch["image"])
         self.log(f"{stage}/loss", self._loss(logits, target), on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(target), sync_dist=True)
-        self._buffers_by_stage[stage].append((batch["index"].detach(), self.scaled(logits).sigmoid().detach(), target.detach()))
+        self.collect(stage, index=batch["index"], prob=self.scaled(logits).sigmoid(), target=target)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self._buffers_by_stage["val"].clear()
-
-    def on_test_epoch_start(self) -> None:
-        self._buffers_by_stage["test"].clear()
-
-    def _gathered(self, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        buf = self._buffers_by_stage[stage]
-        if not buf:
-            return None
-        idx, prob, tgt = (torch.cat(t) for t in zip(*buf, strict=True))
-        buf.clear()
-        if self.trainer.world_size > 1:
-            idx, prob, tgt = (self.all_gather(t).flatten(0, 1) for t in (idx, prob, tgt))
-        # A DistributedSampler pads ranks with repeated samples: keep each index once.
-        order = torch.argsort(idx, stable=True)
-        idx, prob, tgt = idx[order], prob[order], tgt[order]
-        keep = torch.ones_like(idx, dtype=torch.bool)
-        keep[1:] = idx[1:] != idx[:-1]
-        return idx[keep].cpu(), prob[keep].float().cpu(), tgt[keep].cpu()
 
     def _log_scalars(self, stage: str, scalars: Mapping[str, float]) -> None:
         for k, v in scalars.items():
@@ -341,49 +225,46 @@ class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
                      sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        got = self._gathered("val")
+        got = self.gathered("val")
         if got is None:
             return
-        _, prob, tgt = got
+        prob, tgt = got["prob"].float().cpu(), got["target"].cpu()
         if self.hparams.decision_rule == "per_class" and not self.trainer.sanity_checking:
             # Tuned on this epoch's validation predictions; the checkpoint of this epoch stores them.
             self.thresholds.copy_(tune_thresholds(prob, tgt, float(self.hparams.threshold)).to(self.thresholds))
         self._log_scalars("val", multilabel_scalar_metrics(prob, self.decide(prob), tgt))
 
-    def on_test_epoch_end(self) -> None:
-        got = self._gathered("test")
-        if got is None:
+    def finish_test(self) -> None:
+        if not self.test_predictions:
             return
-        idx, prob, tgt = got
+        prob, tgt = self.test_predictions["prob"], self.test_predictions["target"]
         preds = self.decide(prob)  # thresholds as they are: nothing is tuned on the test split
         self.test_details_result = multilabel_details(prob, preds, tgt)
-        self.test_predictions = {"index": idx, "prob": prob, "pred": preds, "target": tgt.long()}
+        self.test_predictions.update(pred=preds, target=tgt.long())
         self._log_scalars("test", self.test_details_result["scalars"])
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> Any:
         if self.assembled_from:
             raise RuntimeError("an ensemble assembled from checkpoints is for evaluation; train its members instead")
-        return _configure_optimizers(self, self.optimizer_factory, self.scheduler_factory, self.hparams.scheduler_interval)
+        return super().configure_optimizers()
 
     # ------------------------------------------------------------------ evaluation of checkpoints
     @torch.no_grad()
-    def predict_records(self, datamodule, records, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities and multi-hot targets of ``records`` (in order), outside a Trainer."""
-        ds = datamodule.make_dataset(records, train=False)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or datamodule.hparams.batch_size)
+    def predict_dataset(self, dataset: Dataset, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and multi-hot targets of every image of ``dataset`` (in order), outside a Trainer."""
         was_training = self.training
         self.eval()
         probs, tgts = [], []
-        for batch in loader:
+        for batch in DataLoader(dataset, batch_size=batch_size):
             probs.append(self.predict_proba(batch["image"].to(self.device)).cpu())
             tgts.append(as_multi_hot(batch["target"], len(self.class_names)).cpu())
         self.train(was_training)
         return torch.cat(probs), torch.cat(tgts)
 
-    def prepare_evaluation(self, datamodule, split: str) -> None:
-        """Called by ``ana-eval`` before testing ``split``. An assembled ensemble with
-        ``decision_rule=per_class`` tunes its thresholds here, on the validation split, which must
-        not be part of what is evaluated."""
+    def prepare_evaluation(self, split: str, val: Dataset | None = None, batch_size: int = 32) -> None:
+        """Called by ``ana-eval`` before testing ``split``, with the validation split's ``val`` dataset.
+        An assembled ensemble with ``decision_rule=per_class`` tunes its thresholds here, on the
+        validation split, which must not be part of what is evaluated."""
         if self.hparams.decision_rule != "per_class":
             return
         if not self.assembled_from:
@@ -396,33 +277,12 @@ class SigmoidEnsemble(TemperatureMixin, L.LightningModule):
                 f"decision_rule=per_class tunes thresholds on the validation split, which is part of the evaluated split={split}; "
                 "evaluate split=test (with the training run's split manifest) or use ensemble.decision_rule=global"
             )
-        val = datamodule.splits.get("val") or []
-        if not val:
+        if val is None or not len(val):
             raise ValueError("decision_rule=per_class needs a validation split to tune the thresholds on, and it is empty")
-        prob, tgt = self.predict_records(datamodule, val)
+        prob, tgt = self.predict_dataset(val, batch_size)
         self.thresholds.copy_(tune_thresholds(prob, tgt, float(self.hparams.threshold)).to(self.thresholds))
         log.info("per-class thresholds tuned on %d validation images: %s", len(val),
                  ", ".join(f"{c}={t:.2f}" for c, t in zip(self.class_names, self.thresholds.tolist(), strict=True)))
-
-    def write_report(self, out_dir, records, metrics, stage: str = "test") -> None:
-        """``{stage}_report.md``, per-class CSV, per-image predictions and the PNG plots of the last test."""
-        from ..reports_multilabel import write_multilabel_report
-
-        if not self.test_details_result or not self.test_predictions:
-            return
-        paths = [records[int(i)].path for i in self.test_predictions["index"]]
-        rule = self.hparams.decision_rule
-        note = {
-            "global": f"global threshold {float(self.hparams.threshold):g}",
-            "per_class": "per-class thresholds tuned on the validation split (maximum F1 per class)",
-            "reference_repo": f"the reference repository's rule: threshold {REFERENCE_REPO_THRESHOLD} with top-1 fallback",
-        }[rule]
-        if self.assembled_from:
-            note += f"; ensemble of {len(self.assembled_from)} checkpoints ({self.net.combine} averaged)"
-        write_multilabel_report(
-            out_dir, self.test_details_result, self.class_names, metrics, paths, self.test_predictions["prob"],
-            self.test_predictions["pred"], self.test_predictions["target"], self.thresholds.cpu(), note, stage=stage,
-        )
 
 
 # ---------------------------------------------------------------------------------- assembled ensembles

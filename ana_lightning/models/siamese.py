@@ -12,170 +12,31 @@
   ones of the batch. Validation and testing score images against the support set (by default the
   training split, re-embedded once per validation epoch and saved in the checkpoint, so a checkpoint
   alone can predict); :meth:`SiameseClassifier.set_support_folder` swaps in a folder of examples.
+
+The networks are plain ``nn.Module``\ s in :mod:`~ana_lightning.models.networks` (re-exported here).
+The training split to embed is handed to the model by the job (:meth:`SiameseClassifier.set_support_source`);
+the model never reads a datamodule.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..calibration import TemperatureMixin
 from ..metrics import multiclass_metrics, multiclass_per_class_metrics
-from ..utils import plain_hparams
-from .backbones import create_backbone, normalization
-from .classifier import SoftmaxClassifier
+from .base import ANAModule, OptimizerFactory, SchedulerFactory
+from .networks import LOSSES, SCORINGS, DistanceHead, SiameseEnsembleNet, SiameseNetwork, class_scores
 
-__all__ = ["SiameseNetwork", "SiameseEnsembleNet", "SiameseClassifier", "sample_pairs", "class_scores", "LOSSES", "SCORINGS"]
+__all__ = ["SiameseNetwork", "SiameseEnsembleNet", "SiameseClassifier", "DistanceHead", "sample_pairs", "class_scores",
+           "LOSSES", "SCORINGS"]
 
 log = logging.getLogger(__name__)
-
-LOSSES = ("bce", "contrastive")
-SCORINGS = ("mean", "prototype")
-
-
-def class_scores(sim: torch.Tensor, support_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean similarity per class: ``sim`` is ``(Q, S)``; classes without support images score 0."""
-    onehot = F.one_hot(support_labels, num_classes).to(sim.dtype)  # (S, k)
-    counts = onehot.sum(0).clamp(min=1)
-    return sim @ onehot / counts
-
-
-class DistanceHead(nn.Module):
-    """Koch et al. (2015) pair head: ``logit = b - Σ_i α_i |e1_i - e2_i|`` with learned ``α_i ≥ 0``
-    (softplus), so an image is always most similar to itself and similarity falls with distance
-    along every coordinate (Koch's ``w`` is unconstrained; constraining it gives the right behaviour
-    from the first step, which matters with a handful of images)."""
-
-    def __init__(self, dim: int, init_weight: float = 0.125, init_bias: float = 1.0):
-        super().__init__()
-        self.raw_weight = nn.Parameter(torch.full((dim,), math.log(math.expm1(init_weight))))
-        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
-
-    def forward(self, absdiff: torch.Tensor) -> torch.Tensor:
-        return (self.bias - absdiff @ F.softplus(self.raw_weight)).unsqueeze(-1)
-
-
-class SiameseNetwork(nn.Module):
-    """Embedding network + pair similarity + cached support set.
-
-    ``forward(x)`` returns ``(B, num_classes)`` scores in ``[0, 1]`` against the cached support set
-    (0 for a class with no support image; all 0 before :meth:`set_support`).
-    """
-
-    def __init__(
-        self,
-        backbone: Mapping[str, Any],
-        num_classes: int,
-        embed_dim: int = 128,
-        dropout: float = 0.2,
-        loss: str = "bce",
-        margin: float = 1.0,
-        scoring: str = "mean",
-    ):
-        super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-        self.encoder = create_backbone(num_classes=0, **dict(backbone))
-        self.projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.num_features, embed_dim))
-        self.head = DistanceHead(embed_dim)
-        self.num_classes, self.loss, self.margin, self.scoring = int(num_classes), loss, float(margin), scoring
-        self.register_buffer("support_embeddings", torch.zeros(0, embed_dim))
-        self.register_buffer("support_labels", torch.zeros(0, dtype=torch.long))
-        self._warned = False
-
-    # ------------------------------------------------------------ embeddings and similarities
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embeddings (distances lie in ``[0, 2]`` whatever the backbone's scale)."""
-        return F.normalize(self.projection(self.encoder(x)), dim=-1)
-
-    def pair_logits(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
-        """Koch head logits for aligned pairs ``(N, d), (N, d) → (N,)``."""
-        return self.head((e1 - e2).abs()).squeeze(-1)
-
-    def similarity(self, q: torch.Tensor, s: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-        """``(Q, S)`` similarities in ``[0, 1]``: the head's probability of "same class" (bce), or
-        ``exp(-distance / margin)`` (contrastive). Chunked over the support set (whose size is fixed, so
-        the graph exports with any batch size) to bound memory."""
-        if self.loss == "contrastive":
-            return torch.exp(-torch.cdist(q, s) / self.margin)
-        out = [torch.sigmoid(self.head((q[:, None, :] - sc[None, :, :]).abs()).squeeze(-1)) for sc in s.split(chunk)]
-        return torch.cat(out, 1) if out else q.new_zeros(len(q), 0)
-
-    def scores_against(self, q: torch.Tensor, s: torch.Tensor, s_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """``(Q, num_classes)`` scores of query embeddings against support embeddings."""
-        if self.scoring == "prototype":
-            onehot = F.one_hot(s_labels, num_classes).to(s.dtype)
-            protos = (onehot.T @ s) / onehot.sum(0).clamp(min=1)[:, None]
-            if self.loss == "contrastive":
-                protos = F.normalize(protos, dim=-1)
-            present = onehot.sum(0) > 0
-            return self.similarity(q, protos) * present.to(q.dtype)
-        return class_scores(self.similarity(q, s), s_labels, num_classes)
-
-    # ------------------------------------------------------------ support set
-    @property
-    def has_support(self) -> bool:
-        return len(self.support_labels) > 0
-
-    def set_support(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        """Cache the support set (embeddings from :meth:`embed`, class indices)."""
-        if len(embeddings) != len(labels):
-            raise ValueError(f"{len(embeddings)} support embeddings for {len(labels)} labels")
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"support labels must be class indices 0…{self.num_classes - 1}")
-        self.support_embeddings = embeddings.detach().to(self.support_embeddings)
-        self.support_labels = labels.detach().long().to(self.support_labels.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.has_support and not self._warned:
-            log.warning("Siamese network has no support set yet: every class scores 0 (set one with set_support)")
-            self._warned = True
-        return self.scores_against(self.embed(x), self.support_embeddings, self.support_labels, self.num_classes)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The support set's size is data, not architecture: take the checkpoint's.
-        for name in ("support_embeddings", "support_labels"):
-            if prefix + name in state_dict:
-                self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=self._buffers[name].device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-class SiameseEnsembleNet(nn.Module):
-    """Several Siamese networks (e.g. different dropout rates) whose class scores are averaged."""
-
-    def __init__(self, members: Sequence[SiameseNetwork]):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one network")
-        self.members = nn.ModuleList(members)
-
-    @property
-    def has_support(self) -> bool:
-        return all(m.has_support for m in self.members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(0)
-
-    def embed(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [m.embed(x) for m in self.members]
-
-    def scores_against(self, q: Sequence[torch.Tensor], s: Sequence[torch.Tensor], s_labels: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.stack([m.scores_against(qi, si, s_labels, k) for m, qi, si in zip(self.members, q, s, strict=True)]).mean(0)
-
-    def set_support(self, embeddings: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
-        for m, e in zip(self.members, embeddings, strict=True):
-            m.set_support(e, labels)
 
 
 def sample_pairs(
@@ -222,7 +83,8 @@ def _dihedral_crop(x: torch.Tensor, scale: tuple[float, float] = (0.5, 1.0)) -> 
     return torch.stack(out)
 
 
-class SiameseClassifier(TemperatureMixin, L.LightningModule):
+
+class SiameseClassifier(ANAModule):
     """A Siamese few-shot model, or an ensemble of them (one network per entry of ``dropout_rates``).
 
     Args:
@@ -240,6 +102,9 @@ class SiameseClassifier(TemperatureMixin, L.LightningModule):
         class_weights: accepted for interface compatibility and unused (pairs are balanced instead).
     """
 
+    task = "single_label"
+    hparams_ignore = ("class_weights",)
+
     def __init__(
         self,
         backbone: Mapping[str, Any],
@@ -251,49 +116,33 @@ class SiameseClassifier(TemperatureMixin, L.LightningModule):
         hard_negatives: bool = False,
         self_pairs: bool = True,
         scoring: str = "mean",
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         class_weights: Sequence[float] | None = None,
         image_size: int = 224,
-    ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "class_weights"])
-        plain_hparams(self)
-        backbone = dict(self.hparams.backbone)
-        self.class_names = list(self.hparams.class_names)
+    ) -> None:
+        super().__init__(optimizer, scheduler)  # on the log of the normalised scores (ana_lightning.calibration)
         k = len(self.class_names)
-        rates = list(self.hparams.dropout_rates)
-        members = [SiameseNetwork(backbone, k, embed_dim, float(r), loss, margin, scoring) for r in rates]
+        backbone = dict(self.hparams.backbone)
+        members = [SiameseNetwork(backbone, k, embed_dim, float(r), loss, margin, scoring) for r in self.hparams.dropout_rates]
         self.net = SiameseEnsembleNet(members)
-        self.hparams["backbone"] = {**backbone, "pretrained": False, "weights": None}
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        mean, std = normalization(members[0].encoder)
-        self.hparams["mean"], self.hparams["std"] = list(mean), list(std)
+        self.freeze_backbone_hparams()
+        self.store_normalization(members[0].encoder)
         if loss == "contrastive":
             from pytorch_metric_learning.losses import ContrastiveLoss
 
             self.contrastive = ContrastiveLoss(pos_margin=0.0, neg_margin=margin)
-        base = multiclass_metrics(k)
-        self.val_metrics = base.clone(prefix="val/")
-        self.test_metrics = base.clone(prefix="test/")
+        self.stage_metrics(multiclass_metrics(k), ("val", "test"))
         self.test_details = multiclass_per_class_metrics(k)
-        self.test_predictions: dict[str, torch.Tensor] = {}
-        self._test_buffer: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.test_details_result: dict[str, torch.Tensor] = {}
+        self.support_source: Dataset | None = None  # the training split, handed over by the job
+        self._support_batch_size = 64
         self._support_key: tuple | None = None
-        self._init_temperature()  # on the log of the normalised scores (ana_lightning.calibration)
         self.support_computations = 0  # how many times a support set was embedded (tests read it)
 
-    # The softmax classifier's test-time collection, reports and optimiser set-up work unchanged
-    # on this model's scores (they only use class_names, test_details, _test_buffer and the factories).
-    on_test_epoch_end = SoftmaxClassifier.on_test_epoch_end
-    write_report = SoftmaxClassifier.write_report
-    configure_optimizers = SoftmaxClassifier.configure_optimizers
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        SoftmaxClassifier.on_save_checkpoint(self, checkpoint)
-        checkpoint["ana_lightning"]["support_size"] = len(self.net.members[0].support_labels)
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {"support_size": len(self.net.members[0].support_labels)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores in ``[0, 1]`` against the cached support set (ensemble mean)."""
@@ -317,9 +166,6 @@ class SiameseClassifier(TemperatureMixin, L.LightningModule):
 
     def calibration_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self._normalised(self(x)).clamp(min=1e-12).log()
-
-    def calibration_targets(self, target: torch.Tensor) -> torch.Tensor:
-        return target
 
     @torch.no_grad()
     def embed_dataset(self, dataset: Dataset, batch_size: int = 64) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -370,15 +216,20 @@ class SiameseClassifier(TemperatureMixin, L.LightningModule):
         key = ("folder", tuple((r.path, r.sha256) for r in records))
         self.set_support_dataset(RecordDataset(records, targets, tf), key=key, batch_size=batch_size)
 
-    def _support_from_datamodule(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or not getattr(dm, "splits", None) or not dm.splits.get("train"):
+    def set_support_source(self, dataset: Dataset | None, batch_size: int = 64) -> None:
+        """The images validation and testing score against when no support set is cached: the training
+        split in evaluation transforms (:func:`ana_lightning.pipeline.train` hands it over), re-embedded
+        once per validation epoch with the current weights."""
+        self.support_source, self._support_batch_size = dataset, int(batch_size)
+
+    def _support_from_source(self) -> None:
+        if self.support_source is None:
             if not self.net.has_support:
-                raise RuntimeError("no support set: train with a datamodule, or call set_support_folder(<folder>)")
+                raise RuntimeError("no support set: hand the model its training split with set_support_source(<dataset>) "
+                                   "(ana-train does), or call set_support_folder(<folder>)")
             return
-        train = dm.splits["train"]
-        key = ("train", id(dm), len(train))
-        self.set_support_dataset(dm.make_dataset(train, train=False), key=key, batch_size=dm.hparams.batch_size)
+        key = ("source", id(self.support_source), len(self.support_source))
+        self.set_support_dataset(self.support_source, key=key, batch_size=self._support_batch_size)
 
     # ------------------------------------------------------------ training
     def _pair_loss(self, embs: Sequence[torch.Tensor], labels: torch.Tensor, hard: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,7 +252,7 @@ class SiameseClassifier(TemperatureMixin, L.LightningModule):
                 accs.append(((d < m.margin / 2).float() == same).float().mean())
         return torch.stack(losses).mean(), torch.stack(accs).mean()
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch["image"], batch["target"]
         if self.hparams.self_pairs:
             x = torch.cat([x, _dihedral_crop(x)])
@@ -411,7 +262,7 @@ class SiameseClassifier(TemperatureMixin, L.LightningModule):
         self.log("train/pair_acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def _eval_step(self, batch, stage: str) -> torch.Tensor:
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch["image"], batch["target"]
         embs = self.net.embed(x)
         loss, acc = self._pair_loss(embs, y, hard=False)
@@ -425,18 +276,18 @@ class SiameseClassifier(TemperatureMixin, L.LightningModule):
         return scores
 
     def on_validation_epoch_start(self) -> None:
-        self._support_from_datamodule()  # the current weights' embeddings of the training split, once
+        super().on_validation_epoch_start()
+        self._support_from_source()  # the current weights' embeddings of the training split, once
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def on_test_epoch_start(self) -> None:
-        self._test_buffer.clear()
-        self.test_details.reset()
+        super().on_test_epoch_start()
         if not self.net.has_support:
-            self._support_from_datamodule()
+            self._support_from_source()
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         scores = self._eval_step(batch, "test")
         self.test_details.update(scores, batch["target"])
-        self._test_buffer.append((batch["index"].detach(), self._calibrated(scores).detach(), batch["target"].detach()))
+        self.collect("test", index=batch["index"], prob=self._calibrated(scores), target=batch["target"])

@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ __all__ = ["write_metrics_json", "write_classification_report", "plot_confusion_
            "summary_rows"]
 
 
-def _plain(v):
+def _plain(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu()
         return v.item() if v.numel() == 1 else v.tolist()
@@ -113,7 +114,7 @@ def write_classification_report(
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    from .metrics import MCA_DEFINITION
+    from ..metrics import MCA_DEFINITION
 
     present = int((support > 0).sum())
     md = [f"# {stage.capitalize()} report", "", f"{int(support.sum())} images; {present} of the model's "

@@ -1,0 +1,88 @@
+"""The test report of a run folder, written from what the model computed during its test loop.
+
+:func:`write_test_report` is what ``ana-train`` and ``ana-eval`` call after testing: it reads the
+model's :attr:`~ana_lightning.models.base.ANAModule.test_predictions` (per image: ``index`` into the
+tested records, probabilities, targets, decisions) and ``test_details_result`` (per-class metrics
+computed once by torchmetrics / :mod:`ana_lightning.metrics`) and writes the files of the model's
+task. Nothing is recomputed with another library; models never write files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..taxonomy import Taxonomy
+from .hierarchy import write_hierarchy_report
+from .multilabel import write_multilabel_report
+from .tables import plot_confusion_matrix, write_classification_report, write_predictions
+
+__all__ = ["write_test_report", "decision_note"]
+
+def _display_names(class_names: Sequence[str]) -> list[str]:
+    tree = Taxonomy.load()
+    return [tree.display_name(c) if tree.is_code(c) else c for c in class_names]
+
+
+def decision_note(model: Any) -> str:
+    """How a multi-label model decided, in words, for its report."""
+    from ..models.multilabel import REFERENCE_REPO_THRESHOLD
+
+    hp = model.hparams
+    note = {
+        "global": f"global threshold {float(hp.threshold):g}",
+        "per_class": "per-class thresholds tuned on the validation split (maximum F1 per class)",
+        "reference_repo": f"the reference repository's rule: threshold {REFERENCE_REPO_THRESHOLD} with top-1 fallback",
+    }[hp.decision_rule]
+    if getattr(model, "assembled_from", None):
+        note += f"; ensemble of {len(model.assembled_from)} checkpoints ({model.net.combine} averaged)"
+    return note
+
+
+def write_test_report(model: Any, out_dir: str | Path, records: Sequence[Any], metrics: Mapping[str, Any],
+                      stage: str = "test") -> None:
+    """The report files of the model's last test run over ``records`` (the tested dataset, in loader order):
+
+    - single-label (softmax, Siamese): ``{stage}_confusion_matrix.png``, ``{stage}_per_class.csv``,
+      ``{stage}_report.md`` and ``{stage}_predictions.csv``;
+    - multi-label: :func:`~ana_lightning.reports.multilabel.write_multilabel_report`;
+    - hierarchical (multi-head): :func:`~ana_lightning.reports.hierarchy.write_hierarchy_report`.
+    """
+    out_dir = Path(out_dir)
+    task = getattr(model, "task", "single_label")
+    pred = getattr(model, "test_predictions", None) or {}
+    details = getattr(model, "test_details_result", None)
+    if task == "multi_label":
+        if details and pred:
+            write_multilabel_report(out_dir, details, model.class_names, metrics, [records[int(i)].path for i in pred["index"]],
+                                    pred["prob"], pred["pred"], pred["target"], model.thresholds.cpu(), decision_note(model),
+                                    stage=stage)
+        return
+    if task == "hierarchical":
+        if pred:
+            _write_multihead_report(model, out_dir, records, metrics, pred, stage)
+        return
+    names = list(model.class_names)
+    if details:
+        mca = metrics.get(f"{stage}/mca", float("nan"))
+        plot_confusion_matrix(details["confmat"], names, out_dir / f"{stage}_confusion_matrix.png", title=f"{stage}: MCA {mca:.3f}")
+        write_classification_report(details, names, out_dir, summary=metrics, display_names=_display_names(names), stage=stage)
+    if pred:
+        write_predictions([records[int(i)].path for i in pred["index"]], pred["prob"], pred["target"], names,
+                          out_dir / f"{stage}_predictions.csv")
+
+
+def _write_multihead_report(model: Any, out_dir: Path, records: Sequence[Any], metrics: Mapping[str, Any],
+                            pred: Mapping[str, torch.Tensor], stage: str) -> None:
+    from ..models.routing import PathPrediction
+
+    names = model.level_names
+    truth = [tuple(names[lv][v] if v >= 0 else None for lv, v in enumerate(t)) for t in pred["target"].tolist()]
+    rows = pred["pred"].tolist()
+    picked = [[names[lv][v] if v >= 0 else None for v in (r[lv] for r in rows)] for lv in range(3)]
+    path_pred = PathPrediction(picked[0], picked[1], picked[2], pred["score"])
+    write_hierarchy_report(out_dir, [records[int(i)].path for i in pred["index"]], truth, path_pred, model.tree, stage=stage,
+                           summary=metrics)
