@@ -3,7 +3,8 @@
 Every option of every config group (``conf/<group>/*.yaml``, ``conf/hydra/launcher/*.yaml``) and every
 top-level config is found by listing the folders, then:
 
-- **composes** (with ``train.yaml`` for group options), every value **resolves** (interpolations and
+- **composes** (a group option with the top-level config that lists the group, ``train.yaml`` for most;
+  ``generator`` with ``synth.yaml``), every value **resolves** (interpolations and
   resolvers), every ``_target_`` and ``job`` names something importable;
 - the group's node **instantiates** (models build and run a forward pass, datamodules are constructed
   on a fixture folder when they need one, augmentations transform a batch, trainers, callbacks,
@@ -214,7 +215,7 @@ def test_top_level_config_composes_resolves_and_targets_import(name, tmp_path):
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
-def test_group_option_composes_with_train_and_instantiates(group, option, tmp_path):
+def test_group_option_composes_and_instantiates(group, option, tmp_path):
     cfg = compose_option(group, option, tmp_path)
     resolve_all(cfg)
     check_targets(cfg)
@@ -283,16 +284,33 @@ def check_model_keys(cfg: DictConfig) -> None:
         raise AssertionError(f"model keys {sorted(keys)} do not fit {cfg.model._target_}: {e}") from e
 
 
+def home_config(group: str) -> str:
+    """The top-level config whose defaults list names ``group`` (``train`` first; e.g. ``generator`` is
+    ``synth``'s); ``train`` for a group none lists (hydra/launcher, svm/features, …)."""
+    import yaml
+
+    for name in ["train", *TOP_LEVEL]:
+        defaults = yaml.safe_load((CONF / f"{name}.yaml").read_text()).get("defaults") or []
+        listed = {
+            str(next(iter(d))).removeprefix("optional ").lstrip("/") for d in defaults if isinstance(d, dict)
+        }
+        if group in listed:
+            return name
+    return "train"
+
+
 def compose_option(group: str, option: str, tmp: Path) -> DictConfig:
-    """``train.yaml`` with ``group=option``; a group train.yaml does not list is appended (``+group=option``)."""
+    """The group's home config (:func:`home_config`) with ``group=option``; a group it does not list is
+    appended (``+group=option``)."""
     from hydra.errors import ConfigCompositionException
 
+    home = home_config(group)
     try:
-        return compose_full("train", [f"{group}={option}"], tmp)
+        return compose_full(home, [f"{group}={option}"], tmp)
     except ConfigCompositionException as e:
         if "+" not in str(e):  # Hydra suggests '+group=option' for a group outside the defaults list
             raise
-        return compose_full("train", [f"+{group}={option}"], tmp)
+        return compose_full(home, [f"+{group}={option}"], tmp)
 
 
 def instantiate_all(node: Any) -> list[Any]:

@@ -3,6 +3,9 @@ tested by tests/test_config_matrix.py, generated from the config folders."""
 
 from pathlib import Path
 
+import pytest
+from hydra.utils import instantiate
+
 from conftest import REPO, compose
 
 CONF = REPO / "conf"

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .predictor import FieldPredictor, FieldResult
+from .predictor import FieldPredictor, FieldResult, Predictor
 from .scale import NUCLEUS_DIAMETER_UM, ScaleEstimate, resolve_scale
 from .specimens import specimen_verdicts, write_specimens
 
 if TYPE_CHECKING:  # only for the annotations: fields uses predict at run time in run_field_predict alone
     from omegaconf import DictConfig
 
-    from ..predict import Predictor, PredictSummary
+    from ..predict import PredictSummary
 
 __all__ = ["run_field_predict", "field_columns"]
 

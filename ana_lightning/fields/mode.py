@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .predictor import Predictor
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-    from ..predict import Predictor
 
 __all__ = ["FIELD_KEYS", "training_scale", "field_mode"]
 

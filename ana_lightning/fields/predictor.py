@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,10 +15,22 @@ from .crops import cell_crops, tiles
 from .scale import ScaleEstimate
 from .segment import ClassicalSegmenter, build_segmenter, segment_field
 
-if TYPE_CHECKING:
-    from ..predict import Predictor
+__all__ = ["FieldResult", "FieldPredictor", "Predictor"]
 
-__all__ = ["FieldResult", "FieldPredictor"]
+
+class Predictor(Protocol):
+    """What the fields package uses of a model: :class:`ana_lightning.predict.Predictor` answers it
+    (a protocol here, so that ``fields`` does not import ``predict`` for its type hints)."""
+
+    class_names: Sequence[str]
+    task: str
+    info: Any  # ModelInfo: image_size, thresholds, extra
+    source: str
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor: ...
+    def predict_proba(self, batch: torch.Tensor) -> np.ndarray: ...
+    def decide(self, probs: np.ndarray) -> tuple[str, ...]: ...
+    def hierarchy(self, label: str) -> tuple[str, str]: ...
 
 
 @dataclass

@@ -8,15 +8,12 @@ import html
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .combine import INSUFFICIENT, combine_probs
-from .predictor import FieldResult
-
-if TYPE_CHECKING:
-    from ..predict import Predictor
+from .predictor import FieldResult, Predictor
 
 __all__ = ["specimen_verdicts", "write_specimens"]
 
