@@ -225,7 +225,7 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path):
         build_model(run)
     elif group == "data":
         dm = build_datamodule(run, tmp_path)
-        assert type(dm).__module__ + "." + type(dm).__name__ == run.data._target_
+        assert isinstance(dm, _locate(run.data._target_))
     elif group == "augmentation":
         node = run.augmentation
         assert node.get("train") or node.get("batch") or option == "none", f"augmentation={option} is empty"
