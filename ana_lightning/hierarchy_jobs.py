@@ -77,7 +77,8 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     """Route a dataset (or the training run's test split) through the pipeline of ``cfg.pipeline``."""
     from .data.contest import masked_loader
     from .data.images import load_image
-    from .pipeline import build_datamodule, check_unseen
+    from .data.splits import check_unseen, training_split_manifest
+    from .pipeline import build_datamodule
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,14 +93,9 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     first = _first_checkpoint(cfg.pipeline)
     if not cfg.data.get("root") and first is not None:
         overrides.update(_training_data(first, cfg.data))
-    if split in ("auto", "test", "val", "train") and not cfg.data.get("split_manifest"):
-        guess = first.resolve().parent.parent / "split_manifest.csv" if first else None
-        if guess is not None and guess.is_file():
-            overrides["split_manifest"] = str(guess)
-            log.info("using the training run's split manifest %s", guess)
-        elif split != "auto":
-            raise FileNotFoundError(f"split={split} needs the training run's split manifest: none at {guess}; "
-                                    "pass data.split_manifest=<file> or split=all")
+    found = training_split_manifest(first, split, cfg.data.get("split_manifest"))  # the run's own, beside the checkpoint
+    if found is not None:
+        overrides["split_manifest"] = str(found)
     dm = build_datamodule(cfg, **overrides)
     try:
         dm.setup("test")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .calibration import calibrate_run, report_test_calibration
+from .data.splits import (  # noqa: F401 - check_unseen: its old import path
+    check_unseen,
+    run_manifest,
+    seen_in_training,
+    training_split_manifest,
+)
 from .distributed import (
     global_rank,
     one_at_a_time,
@@ -358,47 +363,6 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def check_unseen(checkpoints: Sequence[str | Path], records: Sequence[Any], split: str,
-                 near_duplicates: Sequence[Any] = ()) -> None:
-    """Refuse to evaluate images that any of ``checkpoints`` trained on.
-
-    Each checkpoint's training split is read from the ``split_manifest.csv`` of its run folder and
-    compared by content (sha256, and the near-duplicate sets of the evaluated data), so an ensemble
-    member or pipeline level trained with another seed or split cannot score its own training
-    images. ``split=all`` / ``split=train`` asked for them: a warning instead of an error.
-    """
-    import csv
-
-    from .data.splits import LeakageError
-
-    picture = {r.sha256: f"near-duplicate set {k}" for k, d in enumerate(near_duplicates) for r in d.records if r.sha256}
-    evaluated = {picture.get(r.sha256, r.sha256): r.path for r in records if r.sha256}
-    problems, unchecked = [], []
-    for c in dict.fromkeys(str(c) for c in checkpoints):
-        manifest = Path(c).resolve().parent.parent / "split_manifest.csv"
-        if not manifest.is_file():
-            unchecked.append(c)
-            continue
-        with open(manifest, newline="") as f:
-            trained = {picture.get(row["sha256"], row["sha256"]) for row in csv.DictReader(f)
-                       if row.get("split") == "train" and row.get("sha256")}
-        seen = sorted(evaluated[p] for p in trained if p in evaluated)
-        if seen:
-            problems.append(f"{c} trained on {len(seen)} of the {len(records)} evaluated images (e.g. {seen[:3]}; "
-                            f"its split: {manifest})")
-    if unchecked:
-        log.warning("no split manifest beside %s: cannot check that the evaluated images were not in its training "
-                    "split", ", ".join(unchecked))
-    if not problems:
-        return
-    msg = "evaluated images overlap a checkpoint's training split:\n  " + "\n  ".join(problems)
-    if split in ("all", "train"):
-        log.warning("%s\nsplit=%s: scored anyway, but these numbers are not held-out results", msg, split)
-        return
-    raise LeakageError(msg + "\nEvaluate on images none of them trained on (e.g. ensemble members trained on the same "
-                       "split: same data.seed and data.split_fractions, or data.split_manifest=<one run's manifest>).")
-
-
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
     if cfg.get("sweep_dir"):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
@@ -442,15 +406,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
     manifest = cfg.data.get("split_manifest")
-    if split in ("auto", "test", "val", "train") and not manifest:
-        guess = Path(ckpt_ref).resolve().parent.parent / "split_manifest.csv"
-        if guess.is_file():
-            overrides["split_manifest"] = str(guess)
-            log.info("using the training run's split manifest %s", guess)
-        elif split != "auto":
-            raise FileNotFoundError(
-                f"split={split} needs the training run's split manifest: none at {guess}; pass data.split_manifest=<file> or split=all"
-            )
+    found = training_split_manifest(ckpt_ref, split, manifest)  # the run's own, beside the checkpoint
+    if found is not None:
+        overrides["split_manifest"] = str(found)
     dm = build_datamodule(cfg, **overrides)
     dm.prepare_data()
     try:
@@ -480,9 +438,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if split == "test" and callable(getattr(dm, "split_flags", None)):
         metrics.update(dm.split_flags("test"))
-    from .data.run_config import seen_in_training
-
-    seen = seen_in_training(records, Path(ckpt_ref).resolve().parent.parent / "split_manifest.csv")
+    seen = seen_in_training(records, run_manifest(ckpt_ref))
     if seen is not None:
         metrics["test/images_in_training_split"] = float(seen)
     if trainer.is_global_zero:

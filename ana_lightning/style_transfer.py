@@ -49,8 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.images import BadFile, load_image, sha256_file
-from .data.records import DatasetError, ImageRecord, scan_images
+from .data.images import load_image, sha256_file
+from .data.records import ImageRecord
+from .data.splits import STYLIZED_MANIFEST, read_stylized_set
 
 __all__ = [
     "VGG19_LAYERS",
@@ -70,7 +71,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The manifest of a stylized set, inside its output folder.
-MANIFEST = "manifest.csv"
+MANIFEST = STYLIZED_MANIFEST  # the set's manifest.csv (named in data.splits, which reads it back)
 #: Generation parameters of a stylized set, inside its output folder (a re-run must match them).
 PARAMS_FILE = "stylize_params.json"
 #: torchvision's file name for VGG19_Weights.IMAGENET1K_V1 (what torch.hub would have cached).
@@ -726,88 +727,8 @@ def _row(job: StyleJob, params: dict[str, Any], digest: str, loss: float) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- reading back
-def read_stylized_set(
-    folder: str | Path,
-    splits: dict[str, Sequence[ImageRecord]],
-    taxonomy=None,
-    all_records: Sequence[ImageRecord] | None = None,
-    on_bad_file: str = "error",
-) -> list[ImageRecord]:
-    """Records of a stylized set, checked against the current split (``data.extra_train``).
-
-    Refuses (:class:`~ana_lightning.data.splits.LeakageError`) a set any of whose content or style
-    images is in the val or test split, and (:class:`DatasetError`) one whose sources are not in the
-    training data at all, whose label differs from its content image's, or whose files are missing
-    or changed. Sources are matched by sha256 (so a moved dataset still matches), else by path.
-    """
-    from .data.records import resolve_bad_files
-    from .data.splits import LeakageError
-
-    folder = Path(folder).expanduser()
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        raise FileNotFoundError(f"data.extra_train={folder}: no {MANIFEST} there (make the set with ana-stylize output={folder})")
-    rows = _read_manifest_rows(manifest)
-    needed = {"path", "label", "content", "style"}
-    if rows and not needed <= set(rows[0]):
-        raise ValueError(f"{manifest} lacks column(s) {sorted(needed - set(rows[0]))}: not a stylized-set manifest")
-    split_of: dict[tuple[str, str], tuple[str, ImageRecord]] = {}
-    for s, recs in splits.items():
-        for r in recs:
-            split_of[("path", str(Path(r.path).resolve()))] = (s, r)
-            if r.sha256:
-                split_of.setdefault(("sha", r.sha256), (s, r))
-    for r in all_records or []:  # read, but in no split (e.g. left out of a split manifest)
-        split_of.setdefault(("path", str(Path(r.path).resolve())), ("none", r))
-        if r.sha256:
-            split_of.setdefault(("sha", r.sha256), ("none", r))
-
-    leaks: list[str] = []
-    problems: list[BadFile] = []
-    out: list[ImageRecord] = []
-    for line, row in enumerate(rows, start=2):
-        img = folder / row["path"]
-        codes = tuple(c for c in row["label"].split(";") if c)
-        if taxonomy is not None:
-            try:
-                codes = tuple(taxonomy.parse_code(c) for c in codes)
-            except ValueError as e:
-                problems.append(BadFile(str(img), f"{manifest} line {line}: {e}"))
-                continue
-        ok = True
-        for role in ("content", "style"):
-            sha = row.get(f"{role}_sha256") or ""
-            hit = split_of.get(("sha", sha)) if sha else None
-            hit = hit or split_of.get(("path", str(Path(row[role]).resolve())))
-            if hit is None:
-                problems.append(BadFile(str(img), f"its {role} image {row[role]} is not in the data"))
-                ok = False
-            elif hit[0] in ("val", "test"):
-                leaks.append(f"{img}: its {role} image {hit[1].path} is in the {hit[0]} split")
-                ok = False
-            elif hit[0] != "train":
-                problems.append(BadFile(str(img), f"its {role} image {hit[1].path} is in no split of this run"))
-                ok = False
-            elif tuple(hit[1].codes) != codes:
-                problems.append(BadFile(str(img), f"label {codes} differs from its {role} image's {tuple(hit[1].codes)}"))
-                ok = False
-        if ok:
-            out.append(ImageRecord(str(img), codes, row.get("group") or None, row.get("sha256") or ""))
-    if leaks:
-        raise LeakageError(
-            f"data.extra_train={folder} was made from images that this run holds out for validation/testing "
-            f"({len(leaks)} image(s)):\n  " + "\n  ".join(leaks[:20])
-            + "\nMake the stylized set from this run's training split: ana-stylize split_manifest=<run>/split_manifest.csv"
-        )
-    if problems:
-        raise DatasetError(folder, problems, "The stylized set does not match this run's data.")
-    good, bad = scan_images([Path(r.path) for r in out])
-    changed = [BadFile(r.path, "content changed since the manifest was written (sha256 differs)")
-               for r in out if r.path in good and r.sha256 and good[r.path][0] != r.sha256]
-    bad = list(bad) + changed
-    resolve_bad_files(folder, bad, on_bad_file)
-    skip = {b.path for b in bad}
-    return [r for r in out if r.path not in skip]
+# read_stylized_set (data.extra_train) checks a stylized set against a run's split: it lives with
+# the other leakage checks in ana_lightning.data.splits and is imported above under its old name.
 
 
 # ---------------------------------------------------------------------------------------------- job

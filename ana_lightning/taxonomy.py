@@ -202,6 +202,52 @@ class Taxonomy:
                 return self.level1[c]
         raise LabelError(f"{node!r} is not a code or level-2 node of the tree")
 
+    # ---------------------------------------------------------------- tree labels (a code or a node)
+    # A record of contest data may carry a level-1 / level-2 node instead of a code (``nucleolar``,
+    # ``cytoplasmic``): these say what such a label means at each level.
+    def parse_label(self, label: str) -> str:
+        """A tree label as the tree spells it: a code in canonical form, or a level-1/level-2 node.
+
+        >>> Taxonomy.load().parse_label("ac_5"), Taxonomy.load().parse_label("nucleolar")
+        ('AC-5', 'nucleolar')
+        """
+        if self.is_code(label):
+            return self.parse_code(label)
+        self.children(label)  # LabelError naming the label when it is not a node either
+        return label
+
+    def leaves(self, label: str) -> tuple[str, ...]:
+        """The AC codes under a tree label (the code itself for a code), natural order."""
+        return (self.parse_code(label),) if self.is_code(label) else self.children(label)
+
+    def resolve(self, label: str, level: int) -> str | None:
+        """The node of a tree label at ``level``, or None when the label does not determine it.
+
+        >>> tree = Taxonomy.load()
+        >>> tree.resolve("AC-5", 2), tree.resolve("nucleolar", 1), tree.resolve("nucleolar", 3)
+        ('speckled', 'nuclear', None)
+        """
+        nodes = {self.level_of(c, level) for c in self.leaves(label)}
+        return nodes.pop() if len(nodes) == 1 else None
+
+    def label_path(self, label: str) -> tuple[str | None, str | None, str | None]:
+        """``(level-1 node, level-2 node, leaf)`` of a tree label, None where it stops higher up."""
+        return (self.resolve(label, 1), self.resolve(label, 2), self.resolve(label, 3))
+
+    def leaves_by_group(self, codes: Iterable[str] | None = None, level: int = 2) -> dict[str, list[str]]:
+        """Codes grouped by their node at ``level`` (1 or 2): ``{node: [codes]}``, nodes in order of
+        first appearance and codes in the order given (default: every code of the tree, natural order).
+
+        >>> Taxonomy.load().leaves_by_group()["nucleolar"], Taxonomy.load().leaves_by_group(["AC-5", "AC-1", "AC-2"])
+        (['AC-8', 'AC-9', 'AC-10'], {'speckled': ['AC-5', 'AC-2'], 'homogeneous': ['AC-1']})
+        """
+        if level not in (1, 2):
+            raise ValueError(f"leaves_by_group: level must be 1 or 2, got {level!r}")
+        out: dict[str, list[str]] = {}
+        for c in self.codes if codes is None else codes:
+            out.setdefault(self.level_of(c, level), []).append(c)
+        return out
+
     def display_name(self, code: str) -> str:
         code = self.parse_code(code)
         return f"{code} {self.names[code]}"

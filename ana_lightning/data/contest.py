@@ -28,17 +28,22 @@ import csv
 import logging
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..taxonomy import LabelError, Taxonomy
-from .images import BadFile, is_ignored, is_image_path, load_image
+from .contest_labels import (
+    CONTESTS,
+    _norm,
+    contest_class_of,
+    contest_classes,
+    contest_label_map,
+    map_contest_label,
+)
+from .images import BadFile, is_ignored, is_image_path
+from .masks import MASK_MODES, apply_mask, masked_loader
 from .records import DatasetError, ImageRecord, resolve_bad_files, scan_images
-
-log = logging.getLogger(__name__)
+from .specimens import GROUPINGS, consecutive_id_groups, group_i3a_specimens
 
 __all__ = [
     "CONTESTS",
@@ -57,84 +62,17 @@ __all__ = [
     "consecutive_id_groups",
     "group_i3a_specimens",
 ]
+# The label maps (.contest_labels), masks (.masks) and I3A specimen groups (.specimens) have their
+# own modules; their names stay importable from here.
+_ = (_norm,)
 
 log = logging.getLogger(__name__)
 
-#: Reader name (``data.reader``) → key of ``public_datasets`` in the tree YAML.
-CONTESTS = {"icpr2012": "ICPR2012_MIVIA", "i3a2014": "I3A_ICPR2014_task1"}
-#: How an I3A mask is used: multiplied into the cell, put into the blue channel, or ignored.
-MASK_MODES = ("apply", "channel", "none")
 
 _ID_COLUMNS = ("id", "image id", "image_id", "imageid", "cell id", "cell")
 _LABEL_COLUMNS = ("pattern", "image class", "image_class", "class", "label")
 _GROUP_COLUMNS = ("specimen id", "specimen_id", "specimen", "image", "field", "slide", "patient", "group")
 _MASK_NAME = re.compile(r"[_\- ]?mask$", re.IGNORECASE)
-
-
-def _norm(name: str) -> str:
-    """``'Fine Speckled'``, ``'fine-speckled'`` and ``'fine_speckled'`` all become ``'fine_speckled'``."""
-    return re.sub(r"[\s_\-]+", "_", str(name).strip()).lower()
-
-
-def contest_label_map(tree: Taxonomy, contest: str) -> dict[str, str]:
-    """Normalised contest class name → tree label (an AC code or a level-1/level-2 node)."""
-    key = CONTESTS.get(contest, contest)
-    table = tree.public_datasets.get(key)
-    if not table:
-        raise ValueError(
-            f"the class tree {tree.source} has no public_datasets.{key} mapping (known: {sorted(tree.public_datasets)})"
-        )
-    out = {}
-    for name, target in table.items():
-        if tree.is_code(target):
-            target = tree.parse_code(target)
-        else:
-            tree.children(target)  # raises LabelError when the node is not in the tree
-        out[_norm(name)] = target
-    return out
-
-
-def map_contest_label(tree: Taxonomy, contest: str, name: str) -> str:
-    """The tree label of one contest class name (case, spaces, ``_`` and ``-`` do not matter).
-
-    >>> map_contest_label(Taxonomy.load(), "icpr2012", "Fine speckled"), map_contest_label(Taxonomy.load(), "icpr2012", "nucleolar")
-    ('AC-4', 'nucleolar')
-    """
-    table = contest_label_map(tree, contest)
-    try:
-        return table[_norm(name)]
-    except KeyError:
-        pass
-    # not a contest name: an AC code or a level-2 group (ana-synth --cells --classes codes|level2)
-    if tree.is_code(name):
-        return tree.parse_code(name)
-    nodes = {_norm(n): n for n in tree.nodes(2)}
-    if _norm(name) in nodes:
-        return nodes[_norm(name)]
-    raise LabelError(f"{name!r} is not a {CONTESTS.get(contest, contest)} class (known: {sorted(table)}), "
-                     "nor an AC code or a level-2 group of the class tree") from None
-
-
-def contest_classes(tree: Taxonomy, contest: str) -> dict[str, str]:
-    """The contest's class names as it spells them, in its own order → tree label.
-
-    >>> list(contest_classes(Taxonomy.load(), "icpr2012"))[:3]
-    ['homogeneous', 'fine_speckled', 'coarse_speckled']
-    """
-    key = CONTESTS.get(contest, contest)
-    mapped = contest_label_map(tree, contest)
-    return {str(name): mapped[_norm(name)] for name in tree.public_datasets[key]}
-
-
-def contest_class_of(tree: Taxonomy, contest: str) -> dict[str, str]:
-    """Tree label → the contest class name (the inverse of :func:`contest_classes`; one name per label)."""
-    out: dict[str, str] = {}
-    for name, label in contest_classes(tree, contest).items():
-        if label in out:
-            raise ValueError(f"{CONTESTS.get(contest, contest)}: {out[label]!r} and {name!r} both map to {label!r}, "
-                             "so the contest classes cannot be a flat target")
-        out[label] = name
-    return out
 
 
 @dataclass
@@ -460,182 +398,3 @@ def read_i3a2014(
             data.records, data.masks, "steps" if grouping == "auto" else grouping, group_min_size)
     log.info("i3a2014 groups: %s", data.grouping)
     return data
-
-
-def apply_mask(image: np.ndarray, mask: np.ndarray, mode: str = "apply") -> np.ndarray:
-    """Combine a cell image (``H×W×3 uint8``) with its mask (any image; non-zero = cell).
-
-    ``apply``: pixels outside the mask set to 0; ``channel``: red and green carry the cell, blue the
-    mask (255 inside); ``none``: the image unchanged.
-    """
-    if mode not in MASK_MODES:
-        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
-    if mode == "none":
-        return image
-    m = (mask if mask.ndim == 2 else mask.max(axis=2)) > 0
-    if m.shape != image.shape[:2]:
-        raise ValueError(f"mask of shape {m.shape} does not fit its image of shape {image.shape[:2]}")
-    if mode == "apply":
-        return image * m[:, :, None].astype(image.dtype)
-    out = image.copy()
-    out[:, :, 2] = m.astype(np.uint8) * 255
-    return out
-
-
-def masked_loader(masks: dict[str, str], mode: str):
-    """A ``record (or path) → H×W×3 uint8`` loader that applies each image's mask (see :func:`apply_mask`)."""
-
-    def load(record: ImageRecord | str) -> np.ndarray:
-        path = record.path if isinstance(record, ImageRecord) else str(record)
-        image = load_image(path)
-        mask_path = masks.get(path)
-        if mask_path is None or mode == "none":
-            return image
-        try:
-            return apply_mask(image, load_image(mask_path), mode)
-        except ValueError as e:
-            raise ValueError(f"{path} with mask {mask_path}: {e}") from None
-
-    return load
-
-
-# ---------------------------------------------------------------------------------------------- specimen groups
-#: How I3A cells are grouped when the CSV names no specimen (``data.grouping``).
-GROUPINGS = ("auto", "steps", "blocks", "none")
-
-
-def _numeric_id(path: str) -> int | None:
-    stem = Path(path).stem
-    return int(stem) if stem.isdigit() else None
-
-
-def _runs_to_min_size(runs: list[list[int]], level: list[float], min_size: int) -> list[list[int]]:
-    """Merge adjacent runs (lists of positions) until none has fewer than ``min_size`` cells.
-
-    Two small runs side by side are joined before a small run joins a big one (so groups stay near
-    ``min_size`` instead of snowballing), and among those the weakest step goes first: the pair whose
-    median log-intensities are closest (a weak step is the likeliest to lie inside one specimen)."""
-    runs = [list(r) for r in runs if r]
-    med = [float(np.median([level[i] for i in r])) for r in runs]
-    while len(runs) > 1:
-        pairs = [k for k in range(len(runs) - 1) if min(len(runs[k]), len(runs[k + 1])) < min_size]
-        if not pairs:
-            break
-        k = min(pairs, key=lambda k: (max(len(runs[k]), len(runs[k + 1])) >= min_size, abs(med[k] - med[k + 1]), k))
-        runs[k] = runs[k] + runs.pop(k + 1)
-        med.pop(k + 1)
-        med[k] = float(np.median([level[i] for i in runs[k]]))
-    return runs
-
-
-def consecutive_id_groups(
-    ids: list[int],
-    values: list[float] | None,
-    min_size: int = 250,
-    window: int = 20,
-    step: float = 0.12,
-) -> list[int]:
-    """Group index of each cell of *one class*, cells given in ID order (see :func:`group_i3a_specimens`).
-
-    A new run starts where the ID sequence has a gap (a missing block: another specimen) and, with
-    ``values`` (per-cell median intensity), where the median log-intensity of the ``window`` cells
-    before and after a position differs by more than ``step`` (``0.12`` ≈ a 13 % step) (the strongest
-    such step within ``window`` cells). Without ``values`` a run is cut into blocks of
-    ``min_size`` consecutive IDs. Runs are then merged until each has at least ``min_size`` cells
-    (a class smaller than ``min_size`` is one group).
-
-    >>> consecutive_id_groups(list(range(1, 9)) + list(range(20, 24)), [10.0] * 4 + [30.0] * 8, min_size=3, window=2)
-    [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
-    """
-    n = len(ids)
-    if n == 0:
-        return []
-    if values is not None and len(values) != n:
-        raise ValueError(f"{len(values)} intensities for {n} IDs")
-    cuts = {i for i in range(1, n) if ids[i] != ids[i - 1] + 1}
-    level = [0.0] * n if values is None else [float(np.log1p(max(v, 0.0))) for v in values]
-    if values is not None:
-        x = np.asarray(level)
-        score, sharp = np.zeros(n), np.zeros(n)
-        need = min(window, max(3, window // 4))  # cells on each side before a step is believed
-        for i in range(1, n):
-            lo, hi = x[max(0, i - window):i], x[i:i + window]
-            if min(len(lo), len(hi)) >= need:
-                score[i] = abs(float(np.median(lo)) - float(np.median(hi)))  # robust: is there a step?
-                sharp[i] = abs(float(lo.mean()) - float(hi.mean()))  # peaks exactly at the step: where?
-        taken: list[int] = []  # strongest steps first, at most one per window of cells
-        for i in sorted(np.flatnonzero(score > step), key=lambda i: (-score[i], -sharp[i], i)):
-            lo, hi = max(1, i - window // 2), min(n, i + window // 2 + 1)
-            i = lo + int(np.argmax(sharp[lo:hi]))
-            if all(abs(i - j) >= window for j in taken):
-                taken.append(i)
-        cuts.update(taken)
-    bounds = [0, *sorted(cuts), n]
-    runs = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    if values is None:  # fixed blocks of min_size consecutive IDs within each gap-free run
-        blocks = []
-        for r in runs:
-            k = max(1, len(r) // min_size)
-            blocks += [list(b) for b in np.array_split(r, k)]
-        runs = blocks
-    runs = _runs_to_min_size(runs, level, min_size)
-    out = [0] * n
-    for g, r in enumerate(sorted(runs, key=min)):
-        for i in r:
-            out[i] = g
-    return out
-
-
-def _cell_median(image_path: str, mask_path: str | None) -> float:
-    img = load_image(image_path).max(axis=2)
-    if mask_path is not None:
-        m = load_image(mask_path).max(axis=2) > 0
-        if m.shape == img.shape and m.any():
-            return float(np.median(img[m]))
-    return float(np.median(img))
-
-
-def group_i3a_specimens(
-    records: list[ImageRecord],
-    masks: dict[str, str] | None = None,
-    method: str = "steps",
-    min_size: int = 250,
-) -> tuple[list[ImageRecord], str]:
-    """Specimen groups for I3A cells whose CSV has no specimen column: ``(records, how)``.
-
-    Within each class, cells are ordered by their numeric ID (the contest numbers cells specimen by
-    specimen) and cut into runs of consecutive IDs (:func:`consecutive_id_groups`): ``steps`` cuts at
-    ID gaps and at steps of the per-cell median intensity inside the mask; ``blocks`` at ID gaps and
-    every ``min_size`` IDs. Runs are merged until each has at least ``min_size`` cells, but never
-    below a fifth of its class (so a small class such as Golgi keeps several groups and reaches every
-    split): blocks that small could cut a specimen in two, and a cut specimen leaks across splits.
-    Groups are named ``<label>#<k>`` (``AC-1#0``, …).
-    """
-    if method not in ("steps", "blocks"):
-        raise ValueError(f"grouping method must be 'steps' or 'blocks', got {method!r}")
-    no_id = [r.path for r in records if _numeric_id(r.path) is None]
-    if no_id:
-        raise ValueError(f"I3A grouping by consecutive IDs needs numeric file names; not numeric: {no_id[:3]}")
-    by_label: dict[str, list[ImageRecord]] = {}
-    for r in records:
-        by_label.setdefault(r.codes[0], []).append(r)
-    masks = masks or {}
-    new: dict[str, str] = {}
-    sizes: list[int] = []
-    for label, recs in by_label.items():
-        recs = sorted(recs, key=lambda r: _numeric_id(r.path))
-        ids = [_numeric_id(r.path) for r in recs]
-        values = None
-        if method == "steps":
-            with ThreadPoolExecutor(4) as pool:
-                values = list(pool.map(lambda r: _cell_median(r.path, masks.get(r.path)), recs))
-        floor = max(1, min(min_size, len(recs) // 5))
-        groups = consecutive_id_groups(ids, values, min_size=floor)
-        for r, g in zip(recs, groups, strict=True):
-            new[r.path] = f"{label}#{g}"
-        sizes += list(np.bincount(groups))
-    out = [replace(r, group=new[r.path]) for r in records]
-    how = (f"no specimen column: {len(sizes)} groups of consecutive IDs per class "
-           f"({'cut at ID gaps and median-intensity steps' if method == 'steps' else 'ID gaps and fixed blocks'}, "
-           f"merged to >= min({min_size}, class/5) cells; sizes {min(sizes)}-{max(sizes)}, median {int(np.median(sizes))})")
-    return out, how

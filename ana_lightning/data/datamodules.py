@@ -2,7 +2,9 @@
 
 :class:`RecordDataModule` owns everything shared (split or reuse a manifest, class list, class
 weights, loaders, run-folder reports); a concrete datamodule only says how records are read and
-what the target is.
+what the target is. This file is over 400 lines on purpose: it is that one base class (whose split,
+manifest, fold and leakage decisions are calls into :mod:`.splits`) with the dataset it serves and
+the two thinnest layouts on it; cutting the class in parts would scatter one object's methods.
 """
 
 from __future__ import annotations
@@ -25,19 +27,23 @@ from ..utils import plain_hparams
 from .images import BadFile, load_image
 from .records import DatasetError, ImageRecord, read_single_label_folder
 from .splits import (
+    SPLIT_MANIFEST,
     SPLITS,
     NearDuplicateSet,
-    cv_split,
-    duplicate_sets,
-    load_manifest,
-    near_duplicate_sets,
+    check_fold_settings,
+    check_split_sizes,
+    find_near_duplicates,
+    fold_split,
+    match_manifest,
+    read_stylized_set,
     save_manifest,
-    shared_with_train,
     split_keeping_official,
     split_records,
-    sweep_folds,
+    warn_shared_with_train,
+    write_duplicates,
     write_near_duplicates,
 )
+from .splits.manifest import LabelParser
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 __all__ = ["RecordDataset", "RecordDataModule", "SingleLabelDataModule", "SyntheticDataModule"]
@@ -65,8 +71,8 @@ class RecordDataset(Dataset):
     workers and DDP ranks (:class:`~ana_lightning.data.cache.ImageCache`).
     """
 
-    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform, cache: bool | str = False,
-                 cache_dir: str | None = None):
+    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform: Callable[[np.ndarray], Any],
+                 cache: bool | str = False, cache_dir: str | None = None):
         self.records = list(records)
         self.targets = targets
         self.transform = transform
@@ -126,7 +132,7 @@ class RecordDataModule(L.LightningDataModule):
         folds_manifest: str | None = None,
     ):
         super().__init__()
-        _check_fold_settings(folds, fold, repeats, repeat, split_manifest)
+        check_fold_settings(folds, fold, repeats, repeat, split_manifest)
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
         plain_hparams(self)
         # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
@@ -206,8 +212,6 @@ class RecordDataModule(L.LightningDataModule):
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
         if self.hparams.get("extra_train"):
-            from ..style_transfer import read_stylized_set
-
             # Refuses a set whose content/style images are in val/test or not in this data at all.
             self.extra_train_records = read_stylized_set(
                 self.hparams.extra_train, self.splits, self.taxonomy, all_records=records,
@@ -229,26 +233,8 @@ class RecordDataModule(L.LightningDataModule):
         return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
-        """Stop when one group (patient, folder, specimen) holds most images and a split is left empty
-        (e.g. ``data.group_level=auto`` taking the export's top folder as the only patient): a grouped
-        split cannot divide a group. Warn when a split is empty for another reason (too few images or
-        groups per class), or when one group holds most images."""
-        groups = Counter(r.group for r in records if r.group)
-        top = groups.most_common(1)[0] if groups else None
-        where = (f" One group, {top[0]!r}, holds {top[1]} of the {len(records)} images, and a group is never split: "
-                 "check the grouping (data.group_level, or the group column of your labels CSV), e.g. "
-                 "data.group_level=none to split image by image if the images are independent."
-                 ) if top and top[1] > 0.5 * len(records) else ""
-        sizes = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
-        empty = [s for s, f in zip(SPLITS, self.hparams.split_fractions, strict=True) if f > 0 and not splits[s]]
-        if empty:
-            msg = (f"the {' and '.join(empty)} split(s) are empty ({sizes}, data.split_fractions="
-                   f"{list(self.hparams.split_fractions)}).")
-            if where:
-                raise DatasetError(self.root, [BadFile(str(self.root), msg + where)])
-            log.warning("%s Too few images, groups or distinct files (copies share a split) per class to fill them.", msg)
-        elif where:
-            log.warning("split %s.%s", sizes, where)
+        """An empty split is an error when one group holds most images, else a warning (:func:`~.splits.check_split_sizes`)."""
+        check_split_sizes(records, splits, self.hparams.split_fractions, self.root)
 
     @property
     def together(self) -> list[list[str]]:
@@ -256,38 +242,17 @@ class RecordDataModule(L.LightningDataModule):
         return [[r.path for r in d.records] for d in self.near_duplicates]
 
     def find_near_duplicates(self, records: Sequence[ImageRecord]) -> list[NearDuplicateSet]:
-        """Perceptual near-duplicates of the records (:func:`near_duplicate_sets`), unless
+        """Perceptual near-duplicates of the records (:func:`~.splits.find_near_duplicates`), unless
         ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
-        if self.hparams.get("near_duplicates", True):
-            from .cache import default_cache_dir
-
-            cache = self.hparams.get("image_cache_dir") or default_cache_dir()
-            self.near_duplicates = near_duplicate_sets(records, cache_dir=cache)
-        else:
-            self.near_duplicates = []
-        if self.near_duplicates:
-            log.info("%d set(s) of near-duplicate images (same picture, other bytes or flipped/rotated) are kept in "
-                     "one split each: see near_duplicates.csv", len(self.near_duplicates))
-        conflicts = [d for d in self.near_duplicates if d.conflicting]
-        if conflicts:
-            shown = "; ".join(" = ".join(f"{r.path} ({';'.join(r.codes)})" for r in d.records) for d in conflicts[:5])
-            log.warning("the same image carries different labels in %d case(s) (it would be trained with both): %s%s. "
-                        "Fix the labels or remove the copies; all are listed in near_duplicates.csv "
-                        "(conflicting_labels=yes).", len(conflicts), shown, " …" if len(conflicts) > 5 else "")
+        enabled = self.hparams.get("near_duplicates", True)
+        self.near_duplicates = find_near_duplicates(records, self.hparams.get("image_cache_dir")) if enabled else []
         return self.near_duplicates
 
     def check_split_overlap(self) -> dict[str, int]:
-        """Count test images sharing a group (or identical bytes) with training; a WARNING when any do
-        (only a layout's official split or a hand-made manifest can do that), kept for :meth:`split_flags`."""
-        self.split_overlap = shared_with_train(self.splits, "test")
-        if self.split_overlap["images"] or self.split_overlap["identical"]:
-            log.warning(
-                "THE TEST SPLIT SHARES %d GROUP(S) (%d test image(s)) AND %d IDENTICAL IMAGE(S) WITH THE TRAINING "
-                "SPLIT (as %s gives them): test figures are optimistic for unseen %s; metrics.json flags this as "
-                "test/shared_groups_with_train", self.split_overlap["groups"], self.split_overlap["images"],
-                self.split_overlap["identical"], "the layout's official split" if self.official_split else "the split manifest",
-                "groups (specimens, fields, patients)",
-            )
+        """Count test images sharing a group (or identical bytes) with training, a WARNING when any
+        (:func:`~.splits.warn_shared_with_train`); kept for :meth:`split_flags`."""
+        given_by = "the layout's official split" if self.official_split else "the split manifest"
+        self.split_overlap = warn_shared_with_train(self.splits, given_by)
         return self.split_overlap
 
     def split_flags(self, stage: str = "test") -> dict[str, float]:
@@ -311,18 +276,11 @@ class RecordDataModule(L.LightningDataModule):
         return {c: c for c in self.class_names}
 
     def fold_split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
-        """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest
-        (made once per sweep, then reused exactly); validation carved from the other folds with the
-        share ``val / (train + val)`` of ``split_fractions``, never from the test fold."""
+        """Cross-validation job ``(repeat, fold)`` of this config (:func:`~.splits.fold_split`)."""
         hp = self.hparams
-        fold_of = sweep_folds(records, hp.get("folds_manifest"), hp.folds, hp.get("repeats", 1), seed=hp.seed,
-                              root=self.root, together=self.together)[hp.get("repeat", 0)]
-        fr = hp.split_fractions
-        val_fraction = fr[1] / (fr[0] + fr[1]) if fr[0] + fr[1] > 0 else 0.0
-        log.info("cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds", hp.fold, hp.folds,
-                 hp.get("repeat", 0), hp.get("repeats", 1), 100 * val_fraction)
-        return cv_split(records, fold_of, hp.fold, val_fraction, seed=[hp.seed, hp.get("repeat", 0), hp.fold],
-                        together=self.together)
+        return fold_split(records, hp.folds, hp.fold, hp.split_fractions, seed=hp.seed, repeats=hp.get("repeats", 1),
+                          repeat=hp.get("repeat", 0), folds_manifest=hp.get("folds_manifest"), root=self.root,
+                          together=self.together)
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
@@ -343,37 +301,14 @@ class RecordDataModule(L.LightningDataModule):
             self.datasets[split] = self.make_dataset(records, train=split == "train")
         return self.datasets[split]
 
-    def manifest_label_parser(self):
+    def manifest_label_parser(self) -> LabelParser:
         """What reads the labels of a split manifest back (anything with ``parse_code``): the tree.
         Datamodules whose records may carry tree nodes as labels (contest data) return their own."""
         return self.tree
 
     def _splits_from_manifest(self, records: list[ImageRecord], manifest: str) -> dict[str, list[ImageRecord]]:
-        planned = load_manifest(manifest, root=self.root, taxonomy=self.manifest_label_parser(),
-                                check=not self.official_split)
-        by_path = {str(Path(r.path).resolve()): r for r in records}
-        out: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
-        problems = []
-        used = set()
-        for s, recs in planned.items():
-            for p in recs:
-                key = str(Path(p.path).resolve())
-                r = by_path.get(key)
-                if r is None:
-                    problems.append(BadFile(p.path, f"listed in {manifest} but not in the dataset"))
-                elif p.sha256 and r.sha256 and p.sha256 != r.sha256:
-                    problems.append(BadFile(p.path, f"content changed since {manifest} was written (sha256 differs)"))
-                elif p.codes != r.codes:
-                    problems.append(BadFile(p.path, f"label {r.codes} differs from {p.codes} in {manifest}"))
-                else:
-                    out[s].append(r)
-                    used.add(key)
-        if problems:
-            raise DatasetError(self.root, problems, "The split manifest does not match the data.")
-        extra = [r.path for k, r in by_path.items() if k not in used]
-        if extra:
-            log.warning("%d image(s) are not in %s and are left out, e.g. %s", len(extra), manifest, extra[0])
-        return out
+        """The split ``data.split_manifest`` gives the records (:func:`~.splits.match_manifest`)."""
+        return match_manifest(records, manifest, self.root, self.manifest_label_parser(), official=bool(self.official_split))
 
     def class_weights(self) -> list[float]:
         """Inverse-frequency weights ``n / (K · n_c)`` from the training split only."""
@@ -393,41 +328,32 @@ class RecordDataModule(L.LightningDataModule):
     def write_reports(self, out_dir: str | Path) -> None:
         """Split manifest, bad-file list and duplicate report into the run folder."""
         out_dir = Path(out_dir)
-        save_manifest(self.splits, out_dir / "split_manifest.csv", root=self.root)
+        save_manifest(self.splits, out_dir / SPLIT_MANIFEST, root=self.root)
         if self.bad_files:
             with open(out_dir / "bad_files.csv", "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["path", "reason"])
                 w.writerows([b.path, b.reason] for b in self.bad_files)
             log.warning("%d bad file(s) skipped: see %s", len(self.bad_files), out_dir / "bad_files.csv")
-        dups = duplicate_sets([r for s in SPLITS for r in self.splits[s]])
+        dups = write_duplicates(self.splits, out_dir / "duplicates.csv")
         if dups:
-            split_of = {r.path: s for s in SPLITS for r in self.splits[s]}
-            with open(out_dir / "duplicates.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["sha256", "path", "label", "split"])
-                for group in dups:
-                    for r in group:
-                        w.writerow([r.sha256, r.path, ";".join(r.codes), split_of[r.path]])
-            log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", len(dups))
+            log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", dups)
         if self.near_duplicates:
             write_near_duplicates(self.near_duplicates, self.splits, out_dir / "near_duplicates.csv")
 
     # -------------------------------------------------------------- loaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader_kwargs(self) -> dict[str, Any]:
+        """Worker settings of every loader (``num_workers``, ``pin_memory``, ``persistent_workers``)."""
         nw = self.hparams.num_workers
+        return {"num_workers": nw, "pin_memory": self.hparams.pin_memory,
+                "persistent_workers": self.hparams.persistent_workers and nw > 0}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
         bs = self.hparams.batch_size
-        return DataLoader(
-            ds,
-            batch_size=bs,
-            shuffle=shuffle,
-            num_workers=nw,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=self.hparams.persistent_workers and nw > 0,
-            # A training batch of one image breaks batch norm: drop such a remainder (only that).
-            drop_last=shuffle and len(ds) > bs and len(ds) % bs == 1,
-        )
+        # A training batch of one image breaks batch norm: drop such a remainder (only that).
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle and len(ds) > bs and len(ds) % bs == 1,
+                          **self.loader_kwargs())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -448,23 +374,6 @@ class RecordDataModule(L.LightningDataModule):
         if aug is not None and trainer is not None and trainer.training and isinstance(batch, dict) and "image" in batch:
             batch["image"] = aug(batch["image"], mean=self.mean, std=self.std)
         return batch
-
-
-def _check_fold_settings(folds: int | None, fold: int | None, repeats: int, repeat: int, split_manifest: str | None) -> None:
-    """Clear errors for ``data.folds`` / ``data.fold`` / ``data.repeats`` / ``data.repeat``."""
-    if folds is None:
-        if fold is not None:
-            raise ValueError(f"data.fold={fold} needs data.folds=<k> (e.g. ana-train -m data.folds=5 'data.fold=range(5)')")
-        return
-    if int(folds) < 2:
-        raise ValueError(f"data.folds must be at least 2, got {folds}")
-    if fold is None or not 0 <= int(fold) < int(folds):
-        raise ValueError(f"data.folds={folds} needs data.fold in 0…{int(folds) - 1}, got {fold} "
-                         f"(a sweep over all folds: ana-train -m data.folds={folds} 'data.fold=range({folds})')")
-    if int(repeats) < 1 or not 0 <= int(repeat) < int(repeats):
-        raise ValueError(f"data.repeat must be in 0…data.repeats-1 and data.repeats >= 1, got repeat={repeat}, repeats={repeats}")
-    if split_manifest:
-        raise ValueError(f"data.folds={folds} makes its own splits: drop data.split_manifest={split_manifest}")
 
 
 class SingleLabelDataModule(RecordDataModule):

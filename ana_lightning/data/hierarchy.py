@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,20 +36,13 @@ import numpy as np
 import torch
 
 from ..taxonomy import LabelError, Taxonomy
-from .contest import (
-    CONTESTS,
-    MASK_MODES,
-    _norm,
-    contest_class_of,
-    contest_classes,
-    masked_loader,
-    read_i3a2014,
-    read_icpr2012,
-)
+from .contest_labels import CONTESTS, _norm, contest_class_of, contest_classes
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
 from .images import BadFile
-from .records import DatasetError, ImageRecord, read_single_label_folder
-from .splits import SPLITS
+from .masks import MASK_MODES, masked_loader
+from .readers import Reader, build_reader
+from .records import DatasetError, ImageRecord
+from .splits import SPLITS, read_stylized_set
 from .transforms import build_transform
 
 __all__ = [
@@ -65,47 +58,45 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEVELS = (1, 2, 3)
-READERS = ("folder", *CONTESTS)
 
 
+# The tree helpers live in the taxonomy (the one place that knows the tree); these names stay
+# importable from here for older imports.
 def leaves_of(tree: Taxonomy, label: str) -> tuple[str, ...]:
-    """The AC codes under a tree label (the code itself for a code)."""
-    return (tree.parse_code(label),) if tree.is_code(label) else tree.children(label)
+    """The AC codes under a tree label (:meth:`Taxonomy.leaves`)."""
+    return tree.leaves(label)
 
 
 def resolve_label(tree: Taxonomy, label: str, level: int) -> str | None:
-    """The node of ``label`` at ``level``, or None when the label does not determine it.
+    """The node of ``label`` at ``level``, or None (:meth:`Taxonomy.resolve`).
 
     >>> tree = Taxonomy.load()
     >>> resolve_label(tree, "AC-5", 2), resolve_label(tree, "nucleolar", 1), resolve_label(tree, "nucleolar", 3)
     ('speckled', 'nuclear', None)
     """
-    nodes = {tree.level_of(c, level) for c in leaves_of(tree, label)}
-    return nodes.pop() if len(nodes) == 1 else None
+    return tree.resolve(label, level)
 
 
 def label_path(tree: Taxonomy, label: str) -> tuple[str | None, str | None, str | None]:
-    """``(level-1 node, level-2 node, leaf)`` of a label, None where it stops higher up."""
-    return tuple(resolve_label(tree, label, lv) for lv in LEVELS)  # type: ignore[return-value]
+    """``(level-1 node, level-2 node, leaf)`` of a label (:meth:`Taxonomy.label_path`)."""
+    return tree.label_path(label)
 
 
 class TreeLabelParser:
-    """Reads manifest labels that may be AC codes or tree nodes (``parse_code`` like a taxonomy)."""
+    """Reads manifest labels that may be AC codes or tree nodes (:meth:`Taxonomy.parse_label`)."""
 
     def __init__(self, tree: Taxonomy):
         self.tree = tree
 
     def parse_code(self, label: str) -> str:
-        if self.tree.is_code(label):
-            return self.tree.parse_code(label)
-        self.tree.children(label)  # LabelError naming the label when it is not a node
-        return label
+        return self.tree.parse_label(label)
 
 
 class LoaderRecordDataset(RecordDataset):
     """A :class:`RecordDataset` whose images come from ``loader(record)`` (e.g. a cell with its mask)."""
 
-    def __init__(self, records, targets, transform, loader: Callable[[ImageRecord], np.ndarray], cache: bool = False):
+    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform: Callable[[np.ndarray], Any],
+                 loader: Callable[[ImageRecord], np.ndarray], cache: bool = False):
         self.loader = loader
         super().__init__(records, targets, transform, cache=False)
         if cache and self.records:
@@ -125,7 +116,9 @@ class HEp2HierarchyDataModule(RecordDataModule):
             or ``contest`` (a contest reader's own class names, flat; ``classes.csv`` in the run folder
             ties each to its tree node).
         parent: a level-2 (or level-1) node: keep only its subtree (the level-3 models of the paper).
-        reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts).
+        reader: ``folder`` (``<root>/<AC code>/<images>``), ``icpr2012`` or ``i3a2014`` (contest layouts),
+            built from this config's ``csv`` / ``group_column`` / ``grouping`` / ``group_min_size``; or any
+            :class:`~.readers.Reader` given as a ``_target_`` config (see :mod:`.readers`).
         csv: the contest label CSV (default: the one CSV found under ``root``).
         mask: I3A masks: ``apply`` (zero outside the cell), ``channel`` (mask in the blue channel) or ``none``.
         group_column: contest CSV column holding the field / specimen (default: detected by name).
@@ -143,7 +136,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         root: str | None = None,
         level: int | str = 3,
         parent: str | None = None,
-        reader: str = "folder",
+        reader: str | Mapping[str, Any] | Reader = "folder",
         csv: str | None = None,
         mask: str = "apply",
         group_column: str | None = None,
@@ -160,16 +153,22 @@ class HEp2HierarchyDataModule(RecordDataModule):
         self.level: int | str = level if level in ("all", "contest") else int(level)
         if self.level not in (*LEVELS, "all", "contest"):
             raise ValueError(f"data.level must be 1, 2, 3, all or contest, got {level!r}")
-        if self.level == "contest" and reader not in CONTESTS:
+        # data.reader: a registered name (built with this config's csv / group_column / grouping /
+        # group_min_size) or a Reader built from a _target_ config (see .readers).
+        self.layout_reader = build_reader(reader, csv=csv, group_column=group_column, grouping=grouping,
+                                          group_min_size=group_min_size)
+        if not isinstance(reader, str):  # kept as its config, so a checkpoint's data settings rebuild it
+            self.hparams["reader"] = self.layout_reader.config()
+        reader = self.layout_reader.name or type(self.layout_reader).__name__
+        contest = self.layout_reader.contest
+        if self.level == "contest" and contest is None:
             raise ValueError(f"data.level=contest (the contest's own classes) needs a contest reader "
                              f"({', '.join(CONTESTS)}), got data.reader={reader!r}")
         if self.level == "contest" and parent is not None:
             raise ValueError("data.level=contest takes no data.parent")
         # level=contest: the contest's class names (flat, its own order) → tree label, and back (one name per label)
-        self.contest_classes: dict[str, str] = contest_classes(self.tree, reader) if self.level == "contest" else {}
-        self._contest_of: dict[str, str] = contest_class_of(self.tree, reader) if self.level == "contest" else {}
-        if reader not in READERS:
-            raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
+        self.contest_classes: dict[str, str] = contest_classes(self.tree, contest) if self.level == "contest" else {}
+        self._contest_of: dict[str, str] = contest_class_of(self.tree, contest) if self.level == "contest" else {}
         if mask not in MASK_MODES:
             raise ValueError(f"data.mask must be one of {MASK_MODES}, got {mask!r}")
         self.parent = parent
@@ -240,13 +239,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self._synthetic.prepare_data()
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
-        if self.reader == "folder":
-            return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
-        fn = read_icpr2012 if self.reader == "icpr2012" else read_i3a2014
-        need = ("auto" if self.reader == "icpr2012" else True) if self.mask != "none" else False
-        extra = {"grouping": self.grouping_method, "group_min_size": self.group_min_size} if self.reader == "i3a2014" else {}
-        data = fn(self.root, self.tree, csv_path=self.csv, group_column=self.group_column,
-                  on_bad_file=self.hparams.on_bad_file, need_masks=need, **extra)
+        data = self.layout_reader.read(self.root, self.tree, on_bad_file=self.hparams.on_bad_file,
+                                       masks=self.mask != "none")
         self.masks = data.masks
         self.grouping = data.grouping
         self.official_split = data.official_split
@@ -264,11 +258,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
                                                                 "hierarchy datamodule takes single-label images")])
         if level == "contest":
             return self._contest_of.get(record.codes[0])
-        return resolve_label(self.tree, record.codes[0], level)
+        return self.tree.resolve(record.codes[0], level)
 
     def _selected(self, r: ImageRecord) -> bool:
         label = r.codes[0]
-        if self.parent is not None and not set(leaves_of(self.tree, label)) <= set(self.tree.children(self.parent)):
+        if self.parent is not None and not set(self.tree.leaves(label)) <= set(self.tree.children(self.parent)):
             return False
         if self.level == "all":
             return True
@@ -303,7 +297,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if dropped:
             log.info("level %s%s: %d image(s) left out (%s)", self.level, f", parent {self.parent!r}" if self.parent else "",
                      sum(dropped.values()), ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
-        leaves = {c for r in kept for c in leaves_of(self.tree, r.codes[0])}
+        leaves = {c for r in kept for c in self.tree.leaves(r.codes[0])}
         self.taxonomy = self.tree.subset(leaves)
         for lv in LEVELS:
             present = {self.resolve(r, lv) for r in kept} - {None}
@@ -327,8 +321,6 @@ class HEp2HierarchyDataModule(RecordDataModule):
                 log.warning("the %s split has no image of %s: too few groups per class for these split "
                             "fractions (see data.split_fractions, data.group_min_size)", s, ", ".join(missing))
         if self.hparams.get("extra_train"):
-            from ..style_transfer import read_stylized_set
-
             # Stylized training images (ana-stylize): refused when made from val/test images.
             extra = read_stylized_set(self.hparams.extra_train, self.all_splits, self.tree, all_records=records,
                                       on_bad_file=self.hparams.on_bad_file)
@@ -344,7 +336,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
                 w = csv.writer(f)
                 w.writerow(["class", "tree_label", "level1", "level2", "code"])
                 for c in self._class_names:
-                    w.writerow([c, self.contest_classes[c], *(x or "" for x in label_path(self.tree, self.contest_classes[c]))])
+                    w.writerow([c, self.contest_classes[c], *(x or "" for x in self.tree.label_path(self.contest_classes[c]))])
 
     @property
     def class_names(self) -> list[str]:

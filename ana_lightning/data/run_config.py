@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .splits import seen_in_training  # re-exported: the check lives with the other leakage checks
+
 __all__ = [
     "training_data_config",
     "command_line_data_overrides",
@@ -141,27 +143,3 @@ def eval_data_config(
         carried,
     )
     return OmegaConf.create(out)
-
-
-def seen_in_training(records, manifest: str | Path) -> int | None:
-    """How many of the evaluated ``records`` the model was trained on (same bytes as an image of the
-    training split in the run's ``split_manifest.csv``); a WARNING when any. None without a manifest."""
-    import csv
-
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        return None
-    with open(manifest, newline="") as f:
-        trained = {
-            row["sha256"] for row in csv.DictReader(f) if row.get("split") == "train" and row.get("sha256")
-        }
-    seen = sum(1 for r in records if r.sha256 and r.sha256 in trained)
-    if seen:
-        log.warning(
-            "%d OF THE %d EVALUATED IMAGES WERE IN THE MODEL'S TRAINING SPLIT (%s): these figures are not "
-            "held-out; metrics.json flags it as test/images_in_training_split",
-            seen,
-            len(records),
-            manifest,
-        )
-    return seen
