@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,12 @@ from conftest import REPO
 @pytest.fixture(autouse=True)
 def _run_folders_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("ANA_ROOT", str(tmp_path))  # Hydra's run folder (outputs/synth/runs/...) goes there
+    # an in-process Hydra run points the root logger at this test's captured stdout: put it back after
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -108,10 +108,7 @@ class MultiHeadClassifier(ANAModule):
 
     def groups(self) -> dict[str, list[str]]:
         """The leaves of this model under each level-2 node."""
-        groups: dict[str, list[str]] = {}
-        for c in self.class_names:
-            groups.setdefault(self.tree.level_of(c, 2), []).append(c)
-        return groups
+        return self.tree.leaves_by_group(self.class_names)
 
     _groups = groups  # the name callers used before
 

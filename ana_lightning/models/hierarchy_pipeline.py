@@ -104,11 +104,7 @@ class HierarchicalPipeline:
         self.level2 = _Member(level2) if level2 is not None else None
         self.level3 = {g: _Member(m) for g, m in (level3 or {}).items()}
         if self.multihead is not None:
-            mh = self.multihead.model
-            groups = {}
-            for c in mh.class_names:
-                groups.setdefault(self.tree.level_of(c, 2), []).append(c)
-            self.paths = TreePaths(self.tree, groups)
+            self.paths = TreePaths(self.tree, self.tree.leaves_by_group(self.multihead.model.class_names))
         else:
             for g in self.level3:
                 if g not in self.tree.nodes(2):
@@ -219,9 +215,7 @@ class HierarchicalPipeline:
         if self.multihead is not None:
             mh = self.multihead.model
             p1, p2, p3 = self.multihead(images, "predict_level_proba")
-            groups = {}
-            for j, c in enumerate(mh.class_names):
-                groups.setdefault(self.tree.level_of(c, 2), []).append(j)
+            groups = {g: [mh.class_names.index(c) for c in cs] for g, cs in self.tree.leaves_by_group(mh.class_names).items()}
             p3_by_group = {g: (p3[:, idx], [mh.class_names[j] for j in idx]) for g, idx in groups.items()}
             return route(self.paths, p1.cpu(), mh.level1_names, p2.cpu(), mh.level2_names,
                          {g: (p.cpu(), n) for g, (p, n) in p3_by_group.items()}, self.routing)
