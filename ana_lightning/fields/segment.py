@@ -13,14 +13,26 @@ installed (nothing is downloaded: a missing package or weight file is a clear er
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Segmentation", "segment_field", "measure_nuclei", "mitotic_flags", "BACKENDS"]
+from .channels import nucleus_channel
 
-BACKENDS = ("classical", "cellpose")
+__all__ = [
+    "Segmentation",
+    "segment_field",
+    "measure_nuclei",
+    "mitotic_flags",
+    "BACKENDS",
+    "SEGMENTERS",
+    "ClassicalSegmenter",
+    "CellposeSegmenter",
+    "build_segmenter",
+]
 
 
 @dataclass
@@ -250,27 +262,17 @@ def mitotic_flags(grey: np.ndarray, nuclei: np.ndarray, d: float) -> np.ndarray:
     return flags
 
 
-# ---------------------------------------------------------------------------------------------- entry
-def segment_field(
-    image: np.ndarray,
-    diameter_px: float | None = None,
-    backend: str = "classical",
-    cellpose_model: str = "nuclei",
-) -> Segmentation:
-    """Nuclei and cells of a field image (``H×W×3`` RGB uint8 or ``H×W`` grey).
+# ---------------------------------------------------------------------------------------------- segmenters
+class ClassicalSegmenter:
+    """Nuclei by the classical pipeline of this module (scikit-image, no weights).
 
-    ``diameter_px``: the nucleus diameter if known (else estimated from the image).
+    Config: ``segmenter: {_target_: ana_lightning.fields.segment.ClassicalSegmenter}`` (or ``classical``).
     """
-    from .scale import nucleus_channel
 
-    grey, channel = nucleus_channel(image)
-    signal = nucleus_channel(np.asarray(image)[..., 1] if np.ndim(image) == 3 else image)[0]
-    if backend == "cellpose":
-        nuclei = _cellpose_nuclei(image, diameter_px, cellpose_model)
-        if diameter_px is None:
-            diameter_px = float(np.median(_diameters(nuclei, False))) if nuclei.max() else 1.0
-        d, polarity = float(diameter_px), "bright"
-    elif backend == "classical":
+    def nuclei(
+        self, image: np.ndarray, grey: np.ndarray, diameter_px: float | None
+    ) -> tuple[np.ndarray, float, str]:
+        """``(nucleus labels, the nucleus diameter used, polarity)`` of a field."""
         polarity = ""
         if diameter_px is None:
             diameter_px, _, polarity = measure_nuclei(grey)
@@ -281,11 +283,87 @@ def segment_field(
             import cv2
 
             nuclei = cv2.resize(nuclei, grey.shape[::-1], interpolation=cv2.INTER_NEAREST)
-    else:
-        raise ValueError(f"segmentation backend={backend!r} is not one of {BACKENDS}")
+        return nuclei, d, polarity
+
+    def __call__(self, image: np.ndarray, diameter_px: float | None = None) -> Segmentation:
+        return segment_field(image, diameter_px, backend=self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CellposeSegmenter(ClassicalSegmenter):
+    """Nuclei by a Cellpose model (the ``cellpose`` package and its weights installed; nothing is
+    downloaded: a missing package or weight file is a clear error). Cells are grown as in the classical
+    pipeline.
+
+    Config: ``segmenter: {_target_: ana_lightning.fields.segment.CellposeSegmenter, model_type: nuclei}``
+    (or ``cellpose``).
+    """
+
+    def __init__(self, model_type: str = "nuclei"):
+        self.model_type = str(model_type)
+
+    def nuclei(
+        self, image: np.ndarray, grey: np.ndarray, diameter_px: float | None
+    ) -> tuple[np.ndarray, float, str]:
+        nuclei = _cellpose_nuclei(image, diameter_px, self.model_type)
+        if diameter_px is None:
+            diameter_px = float(np.median(_diameters(nuclei, False))) if nuclei.max() else 1.0
+        return nuclei, float(diameter_px), "bright"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_type={self.model_type!r})"
+
+
+#: The segmenters by the names ``segmenter=`` / ``backend=`` accept (a ``_target_`` config names any class
+#: with ``nuclei(image, grey, diameter_px)``, e.g. a subclass of :class:`ClassicalSegmenter`).
+SEGMENTERS: dict[str, type[ClassicalSegmenter]] = {
+    "classical": ClassicalSegmenter,
+    "cellpose": CellposeSegmenter,
+}
+BACKENDS = tuple(SEGMENTERS)
+
+
+def build_segmenter(spec: Any = "classical", cellpose_model: str = "nuclei") -> ClassicalSegmenter:
+    """A segmenter from a name (``classical``, ``cellpose``), a ``_target_`` mapping, or a segmenter object.
+
+    >>> build_segmenter("classical")
+    ClassicalSegmenter()
+    >>> build_segmenter({"_target_": "ana_lightning.fields.segment.CellposeSegmenter", "model_type": "cyto"})
+    CellposeSegmenter(model_type='cyto')
+    """
+    if hasattr(spec, "nuclei"):
+        return spec
+    if isinstance(spec, str):
+        if spec not in SEGMENTERS:
+            raise ValueError(f"segmentation backend={spec!r} is not one of {BACKENDS} (or a _target_ config)")
+        return SEGMENTERS[spec](cellpose_model) if spec == "cellpose" else SEGMENTERS[spec]()
+    if isinstance(spec, Mapping) and "_target_" in spec:
+        from hydra.utils import instantiate
+
+        return instantiate(spec)
+    raise ValueError(f"segmenter={spec!r}: give a name {BACKENDS} or a config with _target_")
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def segment_field(
+    image: np.ndarray,
+    diameter_px: float | None = None,
+    backend: str | ClassicalSegmenter | Mapping[str, Any] = "classical",
+    cellpose_model: str = "nuclei",
+) -> Segmentation:
+    """Nuclei and cells of a field image (``H×W×3`` RGB uint8 or ``H×W`` grey).
+
+    ``diameter_px``: the nucleus diameter if known (else estimated from the image). ``backend``: a
+    segmenter name (:data:`BACKENDS`), a ``_target_`` config or a segmenter (:func:`build_segmenter`).
+    """
+    segmenter = build_segmenter(backend, cellpose_model)
+    grey, channel = nucleus_channel(image)
+    signal = nucleus_channel(np.asarray(image)[..., 1] if np.ndim(image) == 3 else image)[0]
+    nuclei, d, polarity = segmenter.nuclei(image, grey, diameter_px)
     mitotic = mitotic_flags(grey, nuclei, d)
     cells = _cells(signal, nuclei, d, polarity)
-    h, w = nuclei.shape
     border = np.zeros(int(nuclei.max()) + 1, bool)
     for edge in (cells[0], cells[-1], cells[:, 0], cells[:, -1]):
         border[np.unique(edge)] = True
@@ -302,8 +380,6 @@ def _cellpose_nuclei(image: np.ndarray, diameter_px: float | None, model_type: s
             "(pip install cellpose, then place the weights in ~/.cellpose/models); "
             "or use the built-in backend=classical, which needs no weights"
         ) from None
-    from .scale import nucleus_channel
-
     grey, _ = nucleus_channel(image)
     try:
         model = models.CellposeModel(model_type=model_type, gpu=False)

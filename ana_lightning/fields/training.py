@@ -16,6 +16,7 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
+from ..data.transforms import ImageTransform
 from .crops import rescale
 from .scale import estimate_nucleus_diameter
 
@@ -40,7 +41,9 @@ def to_scale(
 class ScaledFieldTransform:
     """``transform`` applied to fields brought to ``nucleus_diameter_px`` (see the module docstring)."""
 
-    def __init__(self, transform, nucleus_diameter_px: float, fallback_diameter_px: float | None = None):
+    def __init__(
+        self, transform: ImageTransform, nucleus_diameter_px: float, fallback_diameter_px: float | None = None
+    ) -> None:
         if not float(nucleus_diameter_px) > 0:
             raise ValueError(
                 f"data.nucleus_diameter_px={nucleus_diameter_px} must be a positive number of pixels"

@@ -1,0 +1,247 @@
+"""The field part of ``ana-predict``: :func:`run_field_predict` groups the input fields, resolves each
+field's scale, predicts each field (:class:`~.predictor.FieldPredictor`), writes one CSV row per field
+(:func:`field_columns`), overlays, ``cells.csv`` and, with ``group_by``, the specimen report."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .predictor import FieldPredictor, FieldResult, Predictor
+from .scale import NUCLEUS_DIAMETER_UM, ScaleEstimate, resolve_scale
+from .specimens import specimen_verdicts, write_specimens
+
+if TYPE_CHECKING:  # only for the annotations: fields uses predict at run time in run_field_predict alone
+    from omegaconf import DictConfig
+
+    from ..predict import PredictSummary
+
+__all__ = ["run_field_predict", "field_columns"]
+
+log = logging.getLogger(__name__)
+
+
+def _groups(
+    files: Sequence[Path], input_root: Path, group_by: str | None, group_column: str
+) -> dict[Path, str]:
+    if not group_by:
+        return dict.fromkeys(files, "")
+    if str(group_by) == "folder":
+        out = {}
+        for f in files:
+            try:
+                rel = f.parent.relative_to(input_root)
+            except ValueError:
+                rel = Path(f.parent.name)
+            out[f] = rel.as_posix() if str(rel) != "." else input_root.name
+        return out
+    table = Path(str(group_by)).expanduser()
+    if not table.is_file():
+        raise FileNotFoundError(
+            f"group_by={group_by}: expected 'folder' or a CSV file with columns path,{group_column}"
+        )
+    with open(table, newline="") as fh:
+        rd = csv.DictReader(fh)
+        if not rd.fieldnames or "path" not in rd.fieldnames or group_column not in rd.fieldnames:
+            raise ValueError(
+                f"{table}: needs columns 'path' and '{group_column}' (group_column=…); has {rd.fieldnames}"
+            )
+        m = {r["path"].strip(): r[group_column].strip() for r in rd}
+    out = {}
+    for f in files:
+        rel = f.relative_to(input_root).as_posix() if input_root.is_dir() else f.name
+        g = m.get(rel, m.get(f.name, m.get(str(f))))
+        if g is None:
+            raise ValueError(f"{table}: no row for {rel} (rows give paths relative to input=, or file names)")
+        out[f] = g
+    return out
+
+
+def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, ScaleEstimate | str]:
+    """Every field's scale; an unreliable estimate is replaced by the median of the reliable ones of
+    the same group, else of the whole input."""
+    from ..data.images import BadImageError, load_image
+
+    out: dict[Path, ScaleEstimate | str] = {}
+    failed: dict[Path, str] = {}
+    for f in files:
+        try:
+            out[f] = resolve_scale(
+                load_image(f),
+                cfg.get("nucleus_diameter_px"),
+                cfg.get("pixel_size"),
+                cfg.get("nucleus_diameter_um") or NUCLEUS_DIAMETER_UM,
+            )
+        except BadImageError as e:
+            out[f] = e.reason
+        except ValueError as e:
+            failed[f] = str(e)
+            out[f] = ScaleEstimate(float("nan"), "estimated", reliable=False)
+    good = {f: s for f, s in out.items() if isinstance(s, ScaleEstimate) and s.reliable}
+    everyone = [s.diameter_px for s in good.values()]
+    for f, s in list(out.items()):
+        if isinstance(s, ScaleEstimate) and not s.reliable:
+            same = [g.diameter_px for h, g in good.items() if groups[h] == groups[f]]
+            pool = same or everyone
+            if pool:
+                out[f] = ScaleEstimate(
+                    float(np.median(pool)),
+                    "median of reliable estimates" + (" in group" if same else ""),
+                    s.channel,
+                    s.n_objects,
+                    s.polarity,
+                    False,
+                )
+            elif not math.isfinite(s.diameter_px):
+                out[f] = (
+                    f"no nucleus scale: {failed.get(f, 'no reliable estimate')}; give nucleus_diameter_px or pixel_size"
+                )
+    return out
+
+
+def field_columns(names: Sequence[str]) -> list[str]:
+    return [
+        "path",
+        "group",
+        "status",
+        "error",
+        "verdict",
+        "confidence",
+        "level1",
+        "level2",
+        "unit",
+        "n_used",
+        "n_cells",
+        "n_mitotic",
+        "nucleus_diameter_px",
+        "scale_source",
+        "scale_channel",
+        "scale_reliable",
+        "rescale_factor",
+        "overlay",
+        *[f"p_{c}" for c in names],
+    ]
+
+
+def run_field_predict(
+    cfg: DictConfig,
+    predictor: Predictor,
+    files: Sequence[Path],
+    run_dir: Path,
+    mode: tuple[str, float | None, str],
+) -> PredictSummary:
+    """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
+    from ..data.images import BadImageError, load_image
+    from ..predict import PredictSummary, _output_paths
+    from .overlay import class_colours, draw_overlay, save_png
+
+    kind, model_d, _ = mode
+    fp = FieldPredictor(
+        predictor,
+        kind,
+        model_d,
+        combine=cfg.get("combine", "mean_log"),
+        min_cells=cfg.get("min_cells", 5),
+        tile_overlap=cfg.get("tile_overlap", 0.25),
+        segmenter=cfg.get("segmenter", "classical"),
+        crop_from=cfg.get("crop_from", "nuclei"),
+        crop_margin=cfg.get("crop_margin", 0.1),
+        crop_grey=cfg.get("crop_grey", True),
+        cell_mask=mode[2],
+        use_border_cells=cfg.get("use_border_cells", False),
+        batch_size=cfg.get("batch_size", 64),
+    )
+    csv_path, _ = _output_paths(cfg.get("output"), run_dir)
+    out_dir = csv_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    input_root = Path(cfg.input).expanduser()
+    groups = _groups(files, input_root, cfg.get("group_by"), cfg.get("group_column", "specimen"))
+    log.info(
+        "field mode: %s model%s, combine=%s; estimating the scale of %d field(s)",
+        kind,
+        f" trained at nucleus diameter {model_d:g} px" if model_d else "",
+        fp.combine,
+        len(files),
+    )
+    scales = _scales(files, groups, cfg)
+    names = fp.names
+    colours = class_colours(names)
+    overlays = bool(cfg.get("overlays", False))
+    results: list[FieldResult] = []
+    cells_f = open(out_dir / "cells.csv", "w", newline="") if cfg.get("per_cell_csv") else None  # noqa: SIM115
+    cells_w = None
+    try:
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=field_columns(names))
+            w.writeheader()
+            for f in files:
+                s = scales[f]
+                res = FieldResult(str(f), group=groups[f])
+                try:
+                    if isinstance(s, str):
+                        raise BadImageError(f, s)
+                    image = load_image(f)
+                    res, lab = fp.predict_field(image, s, str(f), want_overlay_labels=overlays)
+                    res.group = groups[f]
+                    if overlays and lab is not None:
+                        title = f"{Path(f).name}: {';'.join(res.verdict)} ({res.n_used} {res.unit}, d={s.diameter_px:.0f}px)"
+                        pic = draw_overlay(image, lab[0], lab[1], colours, title=title)
+                        rel = Path(f).relative_to(input_root) if input_root.is_dir() else Path(Path(f).name)
+                        res.overlay = str(save_png(out_dir / "overlays" / rel.with_suffix(".png"), pic))
+                except BadImageError as e:
+                    res.status, res.error = "error", e.reason
+                results.append(res)
+                w.writerow(_field_row(res, predictor))
+                if cells_f is not None and res.cells:
+                    if cells_w is None:
+                        cells_w = csv.DictWriter(cells_f, fieldnames=list(res.cells[0]))
+                        cells_w.writeheader()
+                    cells_w.writerows(res.cells)
+    finally:
+        if cells_f is not None:
+            cells_f.close()
+    n_failed = sum(r.status != "ok" for r in results)
+    if cfg.get("group_by"):
+        rows = specimen_verdicts(
+            results, predictor, fp.combine, cfg.get("top_k", 3), cfg.get("pattern_min_prob", 0.25)
+        )
+        write_specimens(rows, names, out_dir)
+    log.info("%d/%d field(s) predicted → %s", len(results) - n_failed, len(results), csv_path)
+    return PredictSummary(len(results), n_failed, csv_path, None)
+
+
+def _field_row(r: FieldResult, predictor) -> dict[str, str]:
+    names = predictor.class_names
+    row = dict.fromkeys(field_columns(names), "")
+    row.update(path=r.path, group=r.group, status=r.status, error=r.error)
+    if r.scale is not None:
+        row.update(
+            nucleus_diameter_px=f"{r.scale.diameter_px:.2f}",
+            scale_source=r.scale.source,
+            scale_channel=r.scale.channel,
+            scale_reliable=str(int(r.scale.reliable)),
+        )
+    if r.status != "ok":
+        return row
+    row.update(
+        verdict=";".join(r.verdict),
+        unit=r.unit,
+        n_used=str(r.n_used),
+        n_cells=str(r.n_cells),
+        n_mitotic=str(r.n_mitotic),
+        rescale_factor=f"{r.factor:.4f}" if r.unit == "tiles" else "",
+        overlay=r.overlay,
+    )
+    if r.probs is not None:
+        row.update({f"p_{c}": f"{float(x):.6f}" for c, x in zip(names, r.probs, strict=True)})
+        if r.verdict and r.verdict[0] in names:
+            row["confidence"] = ";".join(f"{float(r.probs[names.index(v)]):.6f}" for v in r.verdict)
+            lv = [predictor.hierarchy(v) for v in r.verdict]
+            row["level1"], row["level2"] = ";".join(x[0] for x in lv), ";".join(x[1] for x in lv)
+    return row

@@ -1,0 +1,90 @@
+"""Does ``ana-predict`` read whole fields, and at what scale was the model trained?
+
+:func:`training_scale` reads what a checkpoint stores (nucleus diameter, field or cell model, cell mask);
+:func:`field_mode` decides from it and the ``ana-predict`` config whether to run field mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .predictor import Predictor
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+__all__ = ["FIELD_KEYS", "training_scale", "field_mode"]
+
+#: ana-predict keys that switch on field mode when given (fields=auto).
+FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_cell_csv")
+
+
+def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
+    """What a checkpoint says about the scale and input its model was trained on:
+    ``{"nucleus_diameter_px": float | None, "input_kind": "field" | "cell" | None}``.
+
+    Read from the datamodule hyperparameters Lightning stores in the checkpoint
+    (``data.nucleus_diameter_px``; ``data.input_kind``, or ``data.reader`` a contest cell layout →
+    ``cell``, with ``data.mask``, how its I3A cell masks were used, as ``cell_mask``), or
+    from the ``ana_lightning`` metadata (exported files carry it in :attr:`ModelInfo.extra`)."""
+    out: dict[str, Any] = {"nucleus_diameter_px": None, "input_kind": None, "cell_mask": "none"}
+    p = Path(str(ckpt_path or ""))
+    if not ckpt_path or p.suffix.lower() not in (".ckpt", ".pt", ".pth") or not p.is_file():
+        return out
+    try:  # never the trusting way: a checkpoint that needs it simply tells nothing here
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        return out
+    if not isinstance(ckpt, dict):
+        return out
+    dm = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    meta = dict(ckpt.get("ana_lightning") or {})
+    d = meta.get("nucleus_diameter_px", dm.get("nucleus_diameter_px"))
+    out["nucleus_diameter_px"] = float(d) if d else None
+    kind = meta.get("input_kind") or dm.get("input_kind")
+    if not kind and str(dm.get("reader", "")) in ("icpr2012", "i3a2014"):  # trained on contest cell crops
+        kind = "cell"
+    out["input_kind"] = kind
+    out["cell_mask"] = (
+        str(dm.get("mask") or "none") if kind == "cell" and dm.get("reader") == "i3a2014" else "none"
+    )
+    return out
+
+
+def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str] | None:
+    """``(model kind, model nucleus diameter, cell mask mode)`` when ana-predict should read fields,
+    else ``None``."""
+    fields = cfg.get("fields", "auto")
+    if fields is False or str(fields).lower() == "false":
+        return None
+    source = cfg.get("ckpt_path") or getattr(predictor, "source", "")
+    stored = training_scale(source)
+    extra = getattr(predictor.info, "extra", {}) or {}
+    model_d = (
+        cfg.get("model_nucleus_diameter_px")
+        or stored["nucleus_diameter_px"]
+        or extra.get("nucleus_diameter_px")
+    )
+    kind = cfg.get("model_kind", "auto")
+    if kind in (None, "auto"):
+        kind = stored["input_kind"] or extra.get("input_kind") or "field"
+    if kind not in ("field", "cell"):
+        raise ValueError(f"model_kind={kind!r} must be field, cell or auto")
+    asked = any(cfg.get(k) not in (None, False) for k in FIELD_KEYS)
+    on = fields is True or str(fields).lower() == "true" or model_d is not None or kind == "cell" or asked
+    if not on:
+        return None
+    if kind == "field" and model_d is None:
+        raise ValueError(
+            f"{source} does not store the nucleus diameter it was trained at (train with "
+            "data.nucleus_diameter_px=<px>), so fields cannot be brought to its scale: give "
+            "model_nucleus_diameter_px=<px> (e.g. 13 for a model trained on 256-px simulator fields resized to 128), "
+            "or fields=false to resize whole images as before"
+        )
+    mask = cfg.get("cell_mask", "auto")
+    if mask in (None, "auto"):
+        mask = stored["cell_mask"]
+    return kind, (float(model_d) if model_d else None), str(mask)

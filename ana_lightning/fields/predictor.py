@@ -1,0 +1,184 @@
+"""One field through a model: :class:`FieldPredictor` (tiles for a field model, segmented cells for a
+cell model) and its :class:`FieldResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .combine import INSUFFICIENT, METHODS, combine_probs
+from .crops import cell_crops, tiles
+from .scale import ScaleEstimate
+from .segment import ClassicalSegmenter, build_segmenter, segment_field
+
+__all__ = ["FieldResult", "FieldPredictor", "Predictor"]
+
+
+class Predictor(Protocol):
+    """What the fields package uses of a model: :class:`ana_lightning.predict.Predictor` answers it
+    (a protocol here, so that ``fields`` does not import ``predict`` for its type hints)."""
+
+    class_names: Sequence[str]
+    task: str
+    info: Any  # ModelInfo: image_size, thresholds, extra
+    source: str
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor: ...
+    def predict_proba(self, batch: torch.Tensor) -> np.ndarray: ...
+    def decide(self, probs: np.ndarray) -> tuple[str, ...]: ...
+    def hierarchy(self, label: str) -> tuple[str, str]: ...
+
+
+@dataclass
+class FieldResult:
+    path: str
+    status: str = "ok"
+    error: str = ""
+    verdict: tuple[str, ...] = ()
+    probs: np.ndarray | None = None
+    unit: str = ""  # "tiles" or "cells"
+    n_used: int = 0
+    n_cells: int = 0
+    n_mitotic: int = 0
+    scale: ScaleEstimate | None = None
+    factor: float = 1.0
+    group: str = ""
+    overlay: str = ""
+    cells: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "ok" and self.probs is not None and self.verdict != (INSUFFICIENT,)
+
+
+class FieldPredictor:
+    """A :class:`~ana_lightning.predict.Predictor` applied to whole fields (see the module docstring)."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        model_kind: str,
+        model_diameter_px: float | None,
+        combine: str = "mean_log",
+        min_cells: int = 5,
+        tile_overlap: float = 0.25,
+        segmenter: str | Mapping[str, Any] | ClassicalSegmenter = "classical",
+        crop_from: str = "nuclei",
+        crop_margin: float = 0.1,
+        crop_grey: bool = True,
+        cell_mask: str = "none",
+        use_border_cells: bool = False,
+        batch_size: int = 64,
+    ) -> None:
+        if combine not in METHODS:
+            raise ValueError(f"combine={combine!r} is not one of {METHODS}")
+        if model_kind == "field" and not model_diameter_px:
+            raise ValueError(
+                "a field model needs the nucleus diameter it was trained at (model_nucleus_diameter_px)"
+            )
+        self.p = predictor
+        self.kind = model_kind
+        self.model_d = model_diameter_px
+        self.combine = combine
+        self.min_cells = int(min_cells)
+        self.tile_overlap = float(tile_overlap)
+        self.segmenter = build_segmenter(segmenter)  # a name (classical, cellpose) or a _target_ config
+        self.crop_from, self.crop_margin, self.crop_grey = crop_from, float(crop_margin), bool(crop_grey)
+        self.cell_mask = cell_mask
+        self.use_border_cells = bool(use_border_cells)
+        self.batch_size = max(1, int(batch_size))
+        self.names = tuple(predictor.class_names)
+
+    def _probs(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.p.preprocess(x) for x in images[i : i + self.batch_size]])
+            out.append(np.asarray(self.p.predict_proba(batch), np.float64))
+        return np.concatenate(out) if out else np.zeros((0, len(self.names)))
+
+    def _combine(self, probs: np.ndarray) -> np.ndarray:
+        if self.combine == "vote":
+            votes = np.zeros(len(self.names))
+            for row in probs:
+                for lab in self.p.decide(row):
+                    votes[self.names.index(lab)] += 1
+            return votes / max(len(probs), 1)
+        if (
+            self.combine == "mean_log" and self.p.task == "multi_label"
+        ):  # independent sigmoids: no renormalising
+            return np.exp(np.log(np.clip(probs, 1e-6, 1.0)).mean(axis=0))
+        return combine_probs(probs, self.combine)
+
+    def predict_field(
+        self,
+        image: np.ndarray,
+        scale: ScaleEstimate,
+        path: str = "<field>",
+        want_overlay_labels: bool = False,
+    ) -> tuple[FieldResult, Any]:
+        """One decoded field → its result, and (for overlays) ``(labels, label→class)``."""
+        res = FieldResult(path, scale=scale)
+        seg = None
+        if self.kind == "field":
+            factor = float(self.model_d) / scale.diameter_px
+            ts = list(tiles(image, factor, self.p.info.image_size, self.tile_overlap))
+            probs = self._probs([t.image for t in ts])
+            res.unit, res.n_used, res.factor = "tiles", len(ts), factor
+            res.probs = self._combine(probs)
+            res.verdict = self.p.decide(res.probs)
+            if want_overlay_labels:
+                seg = segment_field(image, scale.diameter_px, backend=self.segmenter)
+                centres = np.array([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (t.box for t in ts)])
+                tile_cls = [self.names[int(np.argmax(p))] for p in probs]
+                lab_cls = {}
+                from scipy import ndimage as ndi
+
+                for i, (r, c) in enumerate(
+                    ndi.center_of_mass(seg.nuclei > 0, seg.nuclei, seg.labels), start=1
+                ):
+                    lab_cls[i] = tile_cls[int(np.argmin(np.hypot(centres[:, 0] - r, centres[:, 1] - c)))]
+                res.n_cells, res.n_mitotic = seg.n, int(seg.mitotic.sum())
+                return res, (seg.cells, lab_cls)
+            return res, None
+        seg = segment_field(image, scale.diameter_px, backend=self.segmenter)
+        crops = cell_crops(
+            image,
+            seg,
+            crop_from=self.crop_from,
+            margin=self.crop_margin,
+            grey=self.crop_grey,
+            mask_mode=self.cell_mask,
+        )
+        res.unit, res.n_cells, res.n_mitotic = "cells", seg.n, int(seg.mitotic.sum())
+        probs = self._probs([c.image for c in crops])
+        used = np.array(
+            [not c.mitotic and (self.use_border_cells or not c.touches_border) for c in crops], bool
+        )
+        res.n_used = int(used.sum())
+        lab_cls: dict[int, str | None] = {}
+        for c, p, u in zip(crops, probs, used, strict=True):
+            pred = self.p.decide(p)
+            lab_cls[c.label] = pred[0] if (u and pred) else None
+            r0, c0, r1, c1 = c.bbox
+            res.cells.append(
+                {
+                    "path": path,
+                    "cell": c.label,
+                    "row": (r0 + r1) // 2,
+                    "col": (c0 + c1) // 2,
+                    "area": c.area,
+                    "mitotic": int(c.mitotic),
+                    "border": int(c.touches_border),
+                    "used": int(u),
+                    "pred": ";".join(pred),
+                    **{f"p_{n}": f"{float(x):.6f}" for n, x in zip(self.names, p, strict=True)},
+                }
+            )
+        if res.n_used:
+            res.probs = self._combine(probs[used])
+        res.verdict = self.p.decide(res.probs) if res.n_used >= max(self.min_cells, 1) else (INSUFFICIENT,)
+        return res, (seg.cells, lab_cls)

@@ -1,0 +1,178 @@
+"""Specimen verdicts: the fields of one specimen combined (:func:`specimen_verdicts`) and written as
+``specimens.csv`` with a Markdown and an HTML report (:func:`write_specimens`)."""
+
+from __future__ import annotations
+
+import csv
+import html
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .combine import INSUFFICIENT, combine_probs
+from .predictor import FieldResult, Predictor
+
+__all__ = ["specimen_verdicts", "write_specimens"]
+
+
+def specimen_verdicts(
+    results: Sequence[FieldResult],
+    predictor: Predictor,
+    combine: str = "mean_log",
+    top_k: int = 3,
+    pattern_min_prob: float = 0.25,
+    negative: str = "AC-0",
+) -> list[dict[str, Any]]:
+    """One row per group of fields: combined probabilities, screening and the top-k patterns."""
+    names = tuple(predictor.class_names)
+    thr = predictor.info.thresholds
+    by: dict[str, list[FieldResult]] = defaultdict(list)
+    for r in results:
+        by[r.group].append(r)
+    rows = []
+    for g, rs in by.items():
+        ok = [r for r in rs if r.usable]
+        row: dict[str, Any] = {"specimen": g, "n_fields": len(rs), "n_fields_used": len(ok)}
+        if not ok:
+            row.update(screening=INSUFFICIENT, patterns="", verdict=INSUFFICIENT, probs=None, fields=rs)
+            rows.append(row)
+            continue
+        P = np.stack([r.probs for r in ok])
+        if combine == "vote":
+            probs = np.zeros(len(names))
+            for r in ok:
+                for lab in r.verdict:
+                    probs[names.index(lab)] += 1
+            probs /= len(ok)
+        elif combine == "mean_log" and predictor.task == "multi_label":
+            probs = np.exp(np.log(np.clip(P, 1e-6, 1.0)).mean(axis=0))
+        else:
+            probs = combine_probs(P, combine)
+        order = [int(i) for i in np.argsort(-probs, kind="stable")]
+        cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
+        pats = [names[i] for i in order if names[i] != negative and probs[i] >= cut[i]][: max(1, int(top_k))]
+        top = names[order[0]]
+        screening = (
+            "negative" if (top == negative and not (predictor.task == "multi_label" and pats)) else "positive"
+        )
+        if screening == "positive" and not pats:
+            pats = [next(names[i] for i in order if names[i] != negative)]
+        row.update(
+            screening=screening,
+            patterns=";".join(pats) if screening == "positive" else "",
+            verdict=top,
+            probs=probs,
+            fields=rs,
+        )
+        rows.append(row)
+    return rows
+
+
+def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_dir: Path) -> Path:
+    """``specimens.csv`` and the report (``specimens.md``, ``specimens.html``, ``thumbnails/``)."""
+    import cv2
+
+    from ..data.images import load_image
+
+    out_dir = Path(out_dir)
+    with open(out_dir / "specimens.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "specimen",
+                "screening",
+                "patterns",
+                "top1",
+                "n_fields",
+                "n_fields_used",
+                *[f"p_{c}" for c in names],
+            ]
+        )
+        for r in rows:
+            p = r["probs"]
+            w.writerow(
+                [
+                    r["specimen"],
+                    r["screening"],
+                    r["patterns"],
+                    r["verdict"],
+                    r["n_fields"],
+                    r["n_fields_used"],
+                    *([f"{float(x):.6f}" for x in p] if p is not None else [""] * len(names)),
+                ]
+            )
+    thumbs = out_dir / "thumbnails"
+    md = ["# Specimen report", "", "| specimen | screening | patterns | fields used |", "|---|---|---|---|"]
+    md += [
+        f"| {r['specimen']} | {r['screening']} | {r['patterns']} | {r['n_fields_used']}/{r['n_fields']} |"
+        for r in rows
+    ]
+    ht = [
+        "<!doctype html><meta charset='utf-8'><title>Specimen report</title>",
+        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:3px}table{border-collapse:collapse}"
+        "img{max-width:260px}</style><h1>Specimen report</h1>",
+    ]
+    for k, r in enumerate(rows):
+        md += [
+            "",
+            f"## {r['specimen']}",
+            "",
+            f"**Screening:** {r['screening']} · **patterns:** {r['patterns'] or '—'} · "
+            f"fields used: {r['n_fields_used']}/{r['n_fields']}",
+            "",
+        ]
+        ht.append(
+            f"<h2>{html.escape(r['specimen'])}</h2><p><b>Screening:</b> {html.escape(r['screening'])} · "
+            f"<b>patterns:</b> {html.escape(r['patterns'] or '—')} · fields used {r['n_fields_used']}/{r['n_fields']}</p>"
+        )
+        if r["probs"] is not None:
+            order = np.argsort(-r["probs"], kind="stable")[:5]
+            md += [
+                "| class | probability |",
+                "|---|---|",
+                *[f"| {names[i]} | {r['probs'][i]:.3f} |" for i in order],
+                "",
+            ]
+            ht.append(
+                "<table><tr><th>class</th><th>probability</th></tr>"
+                + "".join(
+                    f"<tr><td>{html.escape(names[i])}</td><td>{r['probs'][i]:.3f}</td></tr>" for i in order
+                )
+                + "</table>"
+            )
+        md += ["| field | verdict | used | thumbnail | overlay |", "|---|---|---|---|---|"]
+        ht.append(
+            "<table><tr><th>field</th><th>verdict</th><th>used</th><th>thumbnail</th><th>overlay</th></tr>"
+        )
+        for j, f in enumerate(r["fields"]):
+            tn = ""
+            try:
+                img = load_image(f.path)
+                h, w_ = img.shape[:2]
+                sc = 160 / max(h, w_)
+                t = cv2.resize(img, (max(1, int(w_ * sc)), max(1, int(h * sc))), interpolation=cv2.INTER_AREA)
+                thumbs.mkdir(parents=True, exist_ok=True)
+                tp = thumbs / f"{k:03d}_{j:03d}.png"
+                cv2.imwrite(str(tp), cv2.cvtColor(t, cv2.COLOR_RGB2BGR))
+                tn = tp.relative_to(out_dir).as_posix()
+            except Exception:  # noqa: BLE001 - a thumbnail is optional: an unreadable field is already in its row
+                pass
+            ov = Path(f.overlay).relative_to(out_dir).as_posix() if f.overlay else ""
+            verdict = ";".join(f.verdict) if f.status == "ok" else f"error: {f.error}"
+            used = f"{f.n_used} {f.unit}"
+            md.append(
+                f"| {Path(f.path).name} | {verdict} | {used} | {'![](' + tn + ')' if tn else ''} | "
+                f"{'![](' + ov + ')' if ov else ''} |"
+            )
+            ht.append(
+                f"<tr><td>{html.escape(Path(f.path).name)}</td><td>{html.escape(verdict)}</td><td>{used}</td>"
+                f"<td>{'<img src=' + chr(39) + tn + chr(39) + '>' if tn else ''}</td>"
+                f"<td>{'<img src=' + chr(39) + ov + chr(39) + '>' if ov else ''}</td></tr>"
+            )
+        ht.append("</table>")
+    (out_dir / "specimens.md").write_text("\n".join(md) + "\n")
+    (out_dir / "specimens.html").write_text("\n".join(ht) + "\n")
+    return out_dir / "specimens.csv"
