@@ -28,7 +28,6 @@ OLD_TO_NEW = {
     "ana_lightning.pipeline.check_unseen": "ana_lightning.jobs.evaluate.check_unseen",
     "ana_lightning.hierarchy_jobs.train_level3": "ana_lightning.jobs.hierarchy.train_level3",
     "ana_lightning.hierarchy_jobs.evaluate_hierarchy": "ana_lightning.jobs.hierarchy.evaluate_hierarchy",
-    "ana_lightning.data.synthetic.job.synth": "ana_lightning.jobs.synth.synth",
     "ana_lightning.pipeline.build_datamodule": "ana_lightning.jobs.common.build_datamodule",
     "ana_lightning.pipeline.build_trainer": "ana_lightning.jobs.common.build_trainer",
 }
