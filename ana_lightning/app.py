@@ -41,7 +41,9 @@ def parse_size(size: str | int) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*", str(size).lower())
     if not m:
         raise ValueError(f"max_file_size={size!r}: expected a size such as 25mb, 500kb or 1gb")
-    unit = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}[m.group(2)]
+    unit = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}[
+        m.group(2)
+    ]
     return int(float(m.group(1)) * unit)
 
 
@@ -50,7 +52,11 @@ def _preview(image: np.ndarray) -> np.ndarray:
 
     h, w = image.shape[:2]
     scale = PREVIEW_PX / max(h, w)
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
+    return (
+        cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else image
+    )
 
 
 def _default_threshold(predictor: Predictor) -> float:
@@ -69,8 +75,10 @@ def calibration_note(predictor: Predictor) -> str:
         missing = f"; not calibrated: {', '.join(k for k in t if not t[k])}" if len(fitted) < len(t) else ""
         return f"Probabilities **calibrated** on each model's validation split (temperature scaling: {part}{missing})."
     if not t:
-        return ("Probabilities are **not calibrated** (the run had calibrate=false, or predates calibration): "
-                "they may be over- or under-confident.")
+        return (
+            "Probabilities are **not calibrated** (the run had calibrate=false, or predates calibration): "
+            "they may be over- or under-confident."
+        )
     return f"Probabilities **calibrated** on the validation split (temperature scaling, T = {_t_text(t)})."
 
 
@@ -85,8 +93,10 @@ def _t_text(t) -> str:
 
 def _result_markdown(predictor: Predictor, probs: np.ndarray, labels: tuple[str, ...]) -> str:
     if not labels:
-        return ("### No pattern reaches the threshold\nNo class is predicted for this image (negative, or a pattern the "
-                f"model does not know).\n\n{calibration_note(predictor)}")
+        return (
+            "### No pattern reaches the threshold\nNo class is predicted for this image (negative, or a pattern the "
+            f"model does not know).\n\n{calibration_note(predictor)}"
+        )
     lines = ["### Predicted pattern" + ("s" if len(labels) > 1 else "")]
     for c in labels:
         path = predictor.path(probs, c)
@@ -94,10 +104,14 @@ def _result_markdown(predictor: Predictor, probs: np.ndarray, labels: tuple[str,
         if predictor.task == "hierarchical":
             lines.append(f"- **{predictor.display_name(c)}** — {trail}")
         else:
-            lines.append(f"- **{predictor.display_name(c)}** (p = {predictor.rule.confidence(probs, c):.3f}) — {trail}")
+            lines.append(
+                f"- **{predictor.display_name(c)}** (p = {predictor.rule.confidence(probs, c):.3f}) — {trail}"
+            )
     if predictor.task == "hierarchical":
-        lines.append("\nEach level's probability is that of the path down to it: P(level 1), P(level 1)·P(level 2 | level 1), "
-                     "P(level 1)·P(level 2 | level 1)·P(leaf | level 2).")
+        lines.append(
+            "\nEach level's probability is that of the path down to it: P(level 1), P(level 1)·P(level 2 | level 1), "
+            "P(level 1)·P(level 2 | level 1)·P(leaf | level 2)."
+        )
     lines.append("\n" + calibration_note(predictor))
     return "\n".join(lines)
 
@@ -106,11 +120,13 @@ def _chart(predictor: Predictor, probs: np.ndarray, labels: tuple[str, ...]):
     import pandas as pd
 
     bars = predictor.rule.chart(np.asarray(probs))
-    return pd.DataFrame({
-        "pattern": [n for n, _ in bars],
-        "probability": [p for _, p in bars],
-        "decision": ["predicted" if n in labels else "not predicted" for n, _ in bars],
-    })
+    return pd.DataFrame(
+        {
+            "pattern": [n for n, _ in bars],
+            "probability": [p for _, p in bars],
+            "decision": ["predicted" if n in labels else "not predicted" for n, _ in bars],
+        }
+    )
 
 
 def field_predictor(cfg, predictor: Predictor):
@@ -123,8 +139,14 @@ def field_predictor(cfg, predictor: Predictor):
     if mode is None:
         return None
     kind, model_d, mask = mode
-    return FieldPredictor(predictor, kind, model_d, combine=cfg.get("combine", "mean_log"),
-                          min_cells=cfg.get("min_cells", 5), cell_mask=mask)
+    return FieldPredictor(
+        predictor,
+        kind,
+        model_d,
+        combine=cfg.get("combine", "mean_log"),
+        min_cells=cfg.get("min_cells", 5),
+        cell_mask=mask,
+    )
 
 
 def _analyse_field(fp, image: np.ndarray, threshold: float | None):
@@ -139,22 +161,35 @@ def _analyse_field(fp, image: np.ndarray, threshold: float | None):
     if res.probs is not None and verdict != (INSUFFICIENT,) and threshold is not None:
         verdict = fp.p.decide(res.probs, threshold)
     title = f"{';'.join(verdict)} ({res.n_used} {res.unit}, nucleus d={scale.diameter_px:.0f}px)"
-    pic = draw_overlay(image, lab[0], lab[1], class_colours(fp.names), title=title) if lab is not None else image
-    note = (f"Field read as **{res.n_used} {res.unit}** ({res.n_cells} cells segmented, {res.n_mitotic} mitotic, "
-            f"nucleus diameter {scale.diameter_px:.0f} px{'' if scale.reliable else ', unreliable estimate'}); "
-            "the picture shows every cell's contour coloured by its predicted class.")
+    pic = (
+        draw_overlay(image, lab[0], lab[1], class_colours(fp.names), title=title)
+        if lab is not None
+        else image
+    )
+    note = (
+        f"Field read as **{res.n_used} {res.unit}** ({res.n_cells} cells segmented, {res.n_mitotic} mitotic, "
+        f"nucleus diameter {scale.diameter_px:.0f} px{'' if scale.reliable else ', unreliable estimate'}); "
+        "the picture shows every cell's contour coloured by its predicted class."
+    )
     return pic, res.probs, verdict, note
 
 
-def analyse(predictor: Predictor, data: bytes | None, threshold: float | None = None, max_bytes: int | None = None,
-            field=None) -> tuple[np.ndarray | None, str, Any, np.ndarray | None]:
+def analyse(
+    predictor: Predictor,
+    data: bytes | None,
+    threshold: float | None = None,
+    max_bytes: int | None = None,
+    field=None,
+) -> tuple[np.ndarray | None, str, Any, np.ndarray | None]:
     """One upload → ``(preview, result Markdown, chart data, probabilities)``; a bad file gives a message.
     With ``field`` (see :func:`field_predictor`) the preview is the field's cell overlay."""
     if data is None:
         return None, "", None, None
     try:
         if max_bytes is not None and len(data) > max_bytes:
-            raise BadImageError("upload", f"{len(data) / 2**20:.1f} MiB is over the limit of {max_bytes / 2**20:.0f} MiB")
+            raise BadImageError(
+                "upload", f"{len(data) / 2**20:.1f} MiB is over the limit of {max_bytes / 2**20:.0f} MiB"
+            )
         image = decode_image(data, "upload")
     except BadImageError as e:
         return None, f"### Could not read this file\n{e.reason}", None, None
@@ -165,12 +200,21 @@ def analyse(predictor: Predictor, data: bytes | None, threshold: float | None = 
             return _preview(image), f"### Could not read this field\n{e}", None, None
         if probs is None:
             return _preview(pic), f"### {'; '.join(labels)}\n{note}", None, None
-        return _preview(pic), _result_markdown(predictor, probs, labels) + "\n\n" + note, \
-            _chart(predictor, probs, labels), probs
+        return (
+            _preview(pic),
+            _result_markdown(predictor, probs, labels) + "\n\n" + note,
+            _chart(predictor, probs, labels),
+            probs,
+        )
     pred = predictor.predict_image(image, "upload")
     probs = pred.probabilities
     labels = predictor.decide(probs, threshold) if threshold is not None else pred.labels
-    return _preview(image), _result_markdown(predictor, probs, labels), _chart(predictor, probs, labels), probs
+    return (
+        _preview(image),
+        _result_markdown(predictor, probs, labels),
+        _chart(predictor, probs, labels),
+        probs,
+    )
 
 
 def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=None):
@@ -184,13 +228,17 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=Non
     max_bytes = parse_size(max_file_size)
     multi = predictor.task == "multi_label"
     k = len(predictor.class_names)
-    names = [n for n, _ in predictor.rule.chart(np.full(k, 1.0 / k))]  # the bars (hierarchical: one per path of the tree)
+    names = [
+        n for n, _ in predictor.rule.chart(np.full(k, 1.0 / k))
+    ]  # the bars (hierarchical: one per path of the tree)
     default_thr = _default_threshold(predictor)
     thr = predictor.info.thresholds
     per_class = bool(thr) and len(set(thr)) > 1
 
     # Uploads older than an hour are deleted from Gradio's cache (checked every 10 minutes).
-    with gr.Blocks(title="ana-lightning: ANA pattern", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+    with gr.Blocks(
+        title="ana-lightning: ANA pattern", analytics_enabled=False, delete_cache=(600, 3600)
+    ) as demo:
         gr.Markdown(
             f"# ANA pattern of a HEp-2 field\n"
             f"Model: `{Path(predictor.source).name}` ({predictor.task}, {len(predictor.class_names)} outputs, "
@@ -199,20 +247,43 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=Non
         )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Field image", file_types=sorted(IMAGE_EXTENSIONS), type="binary", elem_id="upload")
-                preview = gr.Image(label="The image as read", interactive=False, elem_id="preview", height=320)
+                upload = gr.File(
+                    label="Field image", file_types=sorted(IMAGE_EXTENSIONS), type="binary", elem_id="upload"
+                )
+                preview = gr.Image(
+                    label="The image as read", interactive=False, elem_id="preview", height=320
+                )
                 threshold = gr.Slider(
-                    0.0, 1.0, value=default_thr, step=0.01, visible=multi, elem_id="threshold",
+                    0.0,
+                    1.0,
+                    value=default_thr,
+                    step=0.01,
+                    visible=multi,
+                    elem_id="threshold",
                     label="Decision threshold",
-                    info=("The model's per-class thresholds apply until you move the slider; then one threshold for all."
-                          if per_class else f"The model's own threshold is {default_thr:.2f}."),
+                    info=(
+                        "The model's per-class thresholds apply until you move the slider; then one threshold for all."
+                        if per_class
+                        else f"The model's own threshold is {default_thr:.2f}."
+                    ),
                 )
             with gr.Column(scale=2):
                 result = gr.Markdown(elem_id="prediction")
-                chart = gr.BarPlot(x="pattern", y="probability", color="decision", sort=names, y_lim=[0, 1],
-                                   color_map={"predicted": "#d62728", "not predicted": "#1f77b4"},
-                                   title=("Probability of every path of the tree" if predictor.task == "hierarchical"
-                                          else "Probability of every pattern"), x_label_angle=-60, elem_id="probabilities")
+                chart = gr.BarPlot(
+                    x="pattern",
+                    y="probability",
+                    color="decision",
+                    sort=names,
+                    y_lim=[0, 1],
+                    color_map={"predicted": "#d62728", "not predicted": "#1f77b4"},
+                    title=(
+                        "Probability of every path of the tree"
+                        if predictor.task == "hierarchical"
+                        else "Probability of every pattern"
+                    ),
+                    x_label_angle=-60,
+                    elem_id="probabilities",
+                )
         probs_state = gr.State(None)
         moved = gr.State(False)
 
@@ -228,8 +299,13 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=Non
 
         upload.change(on_upload, [upload, threshold, moved], [preview, result, chart, probs_state])
         # Every move re-decides from the stored probabilities (no model run): cheap, so follow the drag.
-        threshold.input(on_threshold, [probs_state, threshold], [result, chart, moved], trigger_mode="always_last",
-                        show_progress="hidden")
+        threshold.input(
+            on_threshold,
+            [probs_state, threshold],
+            [result, chart, moved],
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
     return demo
 
 
@@ -245,7 +321,9 @@ def warn_if_exposed(server_name: str, server_port: int) -> bool:
         log.warning(
             "WARNING: server_name=%s exposes the app on %s:%d to %s, with NO authentication: anyone who can "
             "reach this computer can upload images and run the model. Use server_name=127.0.0.1 unless you mean it.",
-            server_name, "every network interface" if server_name in ("0.0.0.0", "::") else server_name, server_port,
+            server_name,
+            "every network interface" if server_name in ("0.0.0.0", "::") else server_name,
+            server_port,
             "every network this computer is on" if server_name in ("0.0.0.0", "::") else "that network",
         )
     return not local

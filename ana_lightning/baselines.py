@@ -45,8 +45,14 @@ class TextureFeatures:
     name = "texture"
     GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 
-    def __init__(self, size: int = 128, lbp: Sequence[tuple[int, int]] = ((8, 1), (16, 2), (24, 3)),
-                 glcm_distances: Sequence[int] = (1, 2, 4, 8), glcm_levels: int = 32, hist_bins: int = 16):
+    def __init__(
+        self,
+        size: int = 128,
+        lbp: Sequence[tuple[int, int]] = ((8, 1), (16, 2), (24, 3)),
+        glcm_distances: Sequence[int] = (1, 2, 4, 8),
+        glcm_levels: int = 32,
+        hist_bins: int = 16,
+    ):
         self.size, self.lbp, self.glcm_distances = int(size), [tuple(x) for x in lbp], list(glcm_distances)
         self.glcm_levels, self.hist_bins = int(glcm_levels), int(hist_bins)
 
@@ -64,8 +70,12 @@ class TextureFeatures:
             feats.append(hist)
         q = (g8.astype(np.int32) * self.glcm_levels // 256).astype(np.uint8)
         angles = [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
-        glcm = graycomatrix(q, self.glcm_distances, angles, levels=self.glcm_levels, symmetric=True, normed=True)
-        feats += [graycoprops(glcm, prop).mean(axis=1) for prop in self.GLCM_PROPS]  # per distance, over angles
+        glcm = graycomatrix(
+            q, self.glcm_distances, angles, levels=self.glcm_levels, symmetric=True, normed=True
+        )
+        feats += [
+            graycoprops(glcm, prop).mean(axis=1) for prop in self.GLCM_PROPS
+        ]  # per distance, over angles
         hist, _ = np.histogram(grey, bins=self.hist_bins, range=(0.0, 1.0))
         feats.append(hist / max(1, grey.size))
         feats.append(np.array([grey.mean(), grey.std(), *np.percentile(grey, [10, 50, 90, 99])]))
@@ -93,8 +103,14 @@ class FrozenCNNFeatures:
 
     name = "cnn"
 
-    def __init__(self, network: torch.nn.Module, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int = 64,
+    ):
         from .data.transforms import build_transform
 
         self.network = network.eval()
@@ -104,8 +120,13 @@ class FrozenCNNFeatures:
         self.batch_size = batch_size
 
     @classmethod
-    def build(cls, checkpoint: str | Path | None = None, backbone: Mapping[str, Any] | None = None,
-              image_size: int = 224, trust_checkpoint: bool = False) -> FrozenCNNFeatures:
+    def build(
+        cls,
+        checkpoint: str | Path | None = None,
+        backbone: Mapping[str, Any] | None = None,
+        image_size: int = 224,
+        trust_checkpoint: bool = False,
+    ) -> FrozenCNNFeatures:
         """The features of ``checkpoint`` (a trained ana-lightning model, frozen) or, without one, of
         ``backbone`` (a :func:`create_backbone` config) at ``image_size``: the keys of the CNN feature config."""
         if checkpoint:
@@ -146,7 +167,10 @@ class FrozenCNNFeatures:
 
         out = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [load_image(x) if isinstance(x, str | Path) else x for x in images[start:start + self.batch_size]]
+            chunk = [
+                load_image(x) if isinstance(x, str | Path) else x
+                for x in images[start : start + self.batch_size]
+            ]
             out.append(self._embed(torch.stack([self.transform(im) for im in chunk])).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -165,7 +189,9 @@ LEGACY_FEATURES = {
 }
 
 
-def feature_set(svm: Mapping[str, Any], image_size: int, trust_checkpoint: bool = False) -> TextureFeatures | FrozenCNNFeatures:
+def feature_set(
+    svm: Mapping[str, Any], image_size: int, trust_checkpoint: bool = False
+) -> TextureFeatures | FrozenCNNFeatures:
     """The feature extractor ``svm.features`` names: a ``_target_`` config (``conf/svm/features/*.yaml``),
     built with ``hydra.utils.instantiate``; or one of the strings the config took before
     (``svm.features=texture`` with ``svm.size``; ``svm.features=cnn`` with ``svm.checkpoint`` /
@@ -182,11 +208,19 @@ def feature_set(svm: Mapping[str, Any], image_size: int, trust_checkpoint: bool 
             spec: dict[str, Any] = {"size": int(svm.get("size") or image_size)}
         else:
             backbone = svm.get("backbone")
-            spec = {"checkpoint": svm.get("checkpoint"), "image_size": int(image_size), "trust_checkpoint": trust_checkpoint,
-                    "backbone": OmegaConf.to_container(backbone) if isinstance(backbone, DictConfig) else backbone}
+            spec = {
+                "checkpoint": svm.get("checkpoint"),
+                "image_size": int(image_size),
+                "trust_checkpoint": trust_checkpoint,
+                "backbone": OmegaConf.to_container(backbone)
+                if isinstance(backbone, DictConfig)
+                else backbone,
+            }
         return build({"_target_": LEGACY_FEATURES[features], **spec})
     if not isinstance(features, Mapping | DictConfig) or "_target_" not in features:
-        raise ValueError(f"svm.features must be a _target_ config (svm/features=texture|cnn) or texture|cnn, got {features!r}")
+        raise ValueError(
+            f"svm.features must be a _target_ config (svm/features=texture|cnn) or texture|cnn, got {features!r}"
+        )
     return build(features)
 
 
@@ -205,7 +239,9 @@ def make_svm(C: float = 10.0, kernel: str = "rbf", gamma: str | float = "scale",
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    return make_pipeline(StandardScaler(), SVC(C=C, kernel=kernel, gamma=gamma, class_weight="balanced", random_state=seed))
+    return make_pipeline(
+        StandardScaler(), SVC(C=C, kernel=kernel, gamma=gamma, class_weight="balanced", random_state=seed)
+    )
 
 
 def fit_predict_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, **svm_kwargs) -> np.ndarray:

@@ -243,9 +243,17 @@ def single_process_tester(trainer: L.Trainer) -> L.Trainer | None:
     if trainer.world_size < 2 or not isinstance(launcher, _MultiProcessingLauncher):
         return None
     return L.Trainer(
-        accelerator=trainer.accelerator, devices=1, num_nodes=1, precision=trainer.precision, logger=trainer.loggers or False,
-        callbacks=[], enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-        default_root_dir=trainer.default_root_dir, inference_mode=True,
+        accelerator=trainer.accelerator,
+        devices=1,
+        num_nodes=1,
+        precision=trainer.precision,
+        logger=trainer.loggers or False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        default_root_dir=trainer.default_root_dir,
+        inference_mode=True,
     )
 
 
@@ -293,8 +301,13 @@ class SameHparamsOnAllRanks(L.Callback):
             return
         mine = torch.tensor([_hparams_digest(pl_module)], dtype=torch.long)
         every = trainer.strategy.all_gather(mine.to(pl_module.device)).flatten().cpu().tolist()
-        log.info("rank %d of %d: hyperparameter digest %x (%s)", trainer.global_rank, trainer.world_size, every[trainer.global_rank],
-                 "the same on every rank" if len(set(every)) == 1 else "DIFFERENT across ranks")
+        log.info(
+            "rank %d of %d: hyperparameter digest %x (%s)",
+            trainer.global_rank,
+            trainer.world_size,
+            every[trainer.global_rank],
+            "the same on every rank" if len(set(every)) == 1 else "DIFFERENT across ranks",
+        )
         if len(set(every)) > 1:
             raise RuntimeError(
                 f"the {trainer.world_size} DDP ranks hold different hyperparameters (digests {every}); "

@@ -59,7 +59,9 @@ class EpisodeResult:
         return d
 
 
-def sample_episode(labels: np.ndarray, n_way: int, k_shot: int, n_query: int, rng: np.random.Generator) -> Episode:
+def sample_episode(
+    labels: np.ndarray, n_way: int, k_shot: int, n_query: int, rng: np.random.Generator
+) -> Episode:
     """Draw one episode from ``labels`` (one class index per image)."""
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
@@ -77,7 +79,13 @@ def sample_episode(labels: np.ndarray, n_way: int, k_shot: int, n_query: int, rn
         qry.append(idx[k_shot:])
         sup_y += [pos] * k_shot
         qry_y += [pos] * n_query
-    return Episode(tuple(int(c) for c in chosen), np.concatenate(sup), np.asarray(sup_y), np.concatenate(qry), np.asarray(qry_y))
+    return Episode(
+        tuple(int(c) for c in chosen),
+        np.concatenate(sup),
+        np.asarray(sup_y),
+        np.concatenate(qry),
+        np.asarray(qry_y),
+    )
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -127,14 +135,26 @@ def _features(model, dataset, batch_size: int = 64) -> tuple[list[torch.Tensor],
     feats, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = batch["image"].to(model.device)
-        f = encoder.forward_head(encoder.forward_features(x), pre_logits=True) if hasattr(encoder, "forward_head") else encoder(x)
+        f = (
+            encoder.forward_head(encoder.forward_features(x), pre_logits=True)
+            if hasattr(encoder, "forward_head")
+            else encoder(x)
+        )
         feats.append(f.cpu())
         labels.append(torch.as_tensor(batch["target"]))
     return [torch.cat(feats)], torch.cat(labels).numpy()
 
 
-def evaluate_episodes(model, dataset, n_way: int = 5, k_shot: int = 1, n_query: int = 5, episodes: int = 600,
-                      seed: int = 0, batch_size: int = 64) -> EpisodeResult:
+def evaluate_episodes(
+    model,
+    dataset,
+    n_way: int = 5,
+    k_shot: int = 1,
+    n_query: int = 5,
+    episodes: int = 600,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> EpisodeResult:
     """Episodic accuracy of a model's embedding on ``dataset`` (its targets give the classes)."""
     from .models.siamese import SiameseClassifier
 
@@ -144,7 +164,9 @@ def evaluate_episodes(model, dataset, n_way: int = 5, k_shot: int = 1, n_query: 
 
         def classify(s, s_y, q, n):
             with torch.no_grad():
-                scores = net.scores_against([e[q] for e in embs], [e[s] for e in embs], torch.as_tensor(s_y), n)
+                scores = net.scores_against(
+                    [e[q] for e in embs], [e[s] for e in embs], torch.as_tensor(s_y), n
+                )
             return scores.argmax(1).numpy()
     else:
         feats = F.normalize(embs[0], dim=-1)
@@ -157,7 +179,9 @@ def evaluate_episodes(model, dataset, n_way: int = 5, k_shot: int = 1, n_query: 
     return run_episodes(labels, classify, n_way, k_shot, n_query, episodes, seed)
 
 
-def unique_images(records: Sequence[ImageRecord], near_duplicates: Sequence[Any] = ()) -> tuple[list[ImageRecord], int]:
+def unique_images(
+    records: Sequence[ImageRecord], near_duplicates: Sequence[Any] = ()
+) -> tuple[list[ImageRecord], int]:
     """``records`` with each picture once: byte-identical files (sha256) and each near-duplicate set
     (:func:`~ana_lightning.data.splits.near_duplicate_sets`) keep their first record. Returns the
     kept records and how many were left out."""

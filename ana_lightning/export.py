@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
+
 class ExportError(RuntimeError):
     """An export that failed or does not reproduce the PyTorch model."""
 
@@ -71,27 +72,47 @@ class ProbabilityModel(nn.Module):
         return self.rule.model_outputs(self.model, image)
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, info: ModelInfo, opset_version: int | None,
-                 dynamo: bool) -> None:
+def _export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    info: ModelInfo,
+    opset_version: int | None,
+    dynamo: bool,
+) -> None:
     try:
         import onnx
     except ImportError:
-        raise ExportError("format=onnx needs onnx, onnxscript and onnxruntime: pip install 'ana-lightning[export]'") from None
+        raise ExportError(
+            "format=onnx needs onnx, onnxscript and onnxruntime: pip install 'ana-lightning[export]'"
+        ) from None
 
-    kwargs: dict = {"input_names": ["image"], "output_names": ["probabilities"], "opset_version": opset_version}
+    kwargs: dict = {
+        "input_names": ["image"],
+        "output_names": ["probabilities"],
+        "opset_version": opset_version,
+    }
     if dynamo:
-        kwargs.update(dynamo=True, external_data=False, verbose=False,
-                      dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=4096)}})
+        kwargs.update(
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=4096)}},
+        )
     else:
         kwargs.update(dynamo=False, dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
     try:
         with torch.no_grad(), _lightning_traceable(), _quiet_exporter():
             torch.onnx.export(module, (example,), str(path), **kwargs)
     except ModuleNotFoundError as e:
-        raise ExportError(f"ONNX export needs {e.name}: pip install onnx onnxscript (or pass dynamo=false)") from None
+        raise ExportError(
+            f"ONNX export needs {e.name}: pip install onnx onnxscript (or pass dynamo=false)"
+        ) from None
     except Exception as e:  # noqa: BLE001
         hint = " Try dynamo=false (the TorchScript-based exporter)." if dynamo else ""
-        raise ExportError(f"ONNX export of {info.class_path} failed: {type(e).__name__}: {str(e)[:500]}.{hint}") from None
+        raise ExportError(
+            f"ONNX export of {info.class_path} failed: {type(e).__name__}: {str(e)[:500]}.{hint}"
+        ) from None
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
@@ -137,12 +158,19 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, in
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
             traced = torch.jit.trace(module, (example,), check_trace=False)
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"TorchScript tracing of {info.class_path} failed: {type(e).__name__}: {str(e)[:500]}") from None
+        raise ExportError(
+            f"TorchScript tracing of {info.class_path} failed: {type(e).__name__}: {str(e)[:500]}"
+        ) from None
     traced.save(str(path), _extra_files={f"{METADATA_KEY}.json": info.to_json()})
 
 
-def check_parity(reference: nn.Module, exported: Predictor, image_size: int, batch_sizes: Sequence[int] = (1, 5),
-                 seed: int = 0) -> float:
+def check_parity(
+    reference: nn.Module,
+    exported: Predictor,
+    image_size: int,
+    batch_sizes: Sequence[int] = (1, 5),
+    seed: int = 0,
+) -> float:
     """Max abs difference of the exported model's probabilities vs PyTorch on the same random batches."""
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -152,15 +180,25 @@ def check_parity(reference: nn.Module, exported: Predictor, image_size: int, bat
             want = reference(x).float().numpy()
         got = exported.predict_proba(x.numpy())
         if got.shape != want.shape:
-            raise ExportError(f"exported model returned shape {got.shape} for a batch of {n}, PyTorch {want.shape}")
+            raise ExportError(
+                f"exported model returned shape {got.shape} for a batch of {n}, PyTorch {want.shape}"
+            )
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
 
 
-def export_model(ckpt_path: str | Path | None, format: str = "onnx", output: str | Path | None = None,
-                 opset_version: int | None = 18, dynamo: bool = True, atol: float = 1e-4,
-                 trust_checkpoint: bool = False, card: bool = True, pipeline: Mapping[str, Any] | None = None,
-                 support: str | Path | None = None) -> ExportResult:
+def export_model(
+    ckpt_path: str | Path | None,
+    format: str = "onnx",
+    output: str | Path | None = None,
+    opset_version: int | None = 18,
+    dynamo: bool = True,
+    atol: float = 1e-4,
+    trust_checkpoint: bool = False,
+    card: bool = True,
+    pipeline: Mapping[str, Any] | None = None,
+    support: str | Path | None = None,
+) -> ExportResult:
     """Export ``ckpt_path`` to ``format`` (``onnx`` | ``torchscript``) at ``output`` (a file, or a folder
     that gets ``model.onnx`` / ``model.torchscript.pt``), check it against PyTorch, and write its model
     card beside it (``model_card.md`` for ``model.onnx``).
@@ -181,8 +219,10 @@ def export_model(ckpt_path: str | Path | None, format: str = "onnx", output: str
     except OSError as e:
         raise ExportError(f"output={output}: cannot create the folder {out.parent}: {e.strerror}") from None
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ExportError(f"output={output}: {out.parent if not out.exists() else out} is not writable; "
-                          "choose another output=<file or folder>")
+        raise ExportError(
+            f"output={output}: {out.parent if not out.exists() else out} is not writable; "
+            "choose another output=<file or folder>"
+        )
 
     args = pipeline_args(pipeline)
     if args is not None:
@@ -192,7 +232,9 @@ def export_model(ckpt_path: str | Path | None, format: str = "onnx", output: str
         ckpt_path = model.pipeline.write_bundle(out.with_name(out.name.split(".")[0] + "_pipeline.ckpt"))
         log.info("wrote the pipeline's bundle %s", ckpt_path)
     elif not ckpt_path:
-        raise ValueError("ana-export needs ckpt_path=<file.ckpt | bundle.ckpt> (or pipeline.level1=… level2=… level3=…)")
+        raise ValueError(
+            "ana-export needs ckpt_path=<file.ckpt | bundle.ckpt> (or pipeline.level1=… level2=… level3=…)"
+        )
     else:
         ckpt_path = Path(ckpt_path).expanduser()
         model, meta = load_model(ckpt_path, map_location="cpu", trust_checkpoint=trust_checkpoint)
@@ -203,7 +245,14 @@ def export_model(ckpt_path: str | Path | None, format: str = "onnx", output: str
     rule = decision_rule(info)
     module = ProbabilityModel(model, rule).eval()
     example = torch.randn(2, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(1))
-    log.info("exporting %s (%s, %d classes, %d px) to %s", ckpt_path, info.task, len(info.class_names), info.image_size, out)
+    log.info(
+        "exporting %s (%s, %d classes, %d px) to %s",
+        ckpt_path,
+        info.task,
+        len(info.class_names),
+        info.image_size,
+        out,
+    )
     if fmt == "onnx":
         _export_onnx(module, example, out, info, opset_version, dynamo)
     else:
@@ -219,8 +268,16 @@ def export_model(ckpt_path: str | Path | None, format: str = "onnx", output: str
         raise ExportError(f"{out} differs from the PyTorch model by up to {diff:.3e} (> atol={atol})")
     card_path = out.with_name(out.name.split(".")[0] + "_card.md")
     if card:
-        write_model_card(card_path, info, ckpt_path, out, fmt, diff, batch_sizes,
-                         opset_version=opset_version if fmt == "onnx" else None)
+        write_model_card(
+            card_path,
+            info,
+            ckpt_path,
+            out,
+            fmt,
+            diff,
+            batch_sizes,
+            opset_version=opset_version if fmt == "onnx" else None,
+        )
     return ExportResult(out, card_path, diff, batch_sizes)
 
 

@@ -24,15 +24,26 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-__all__ = ["multiclass_metrics", "multiclass_per_class_metrics", "PresentClassMacro", "present_class_macro",
-           "MCA_DEFINITION", "confusion_matrix", "confusion_details"]
+__all__ = [
+    "multiclass_metrics",
+    "multiclass_per_class_metrics",
+    "PresentClassMacro",
+    "present_class_macro",
+    "MCA_DEFINITION",
+    "confusion_matrix",
+    "confusion_details",
+]
 
 #: How reports name the MCA they show.
-MCA_DEFINITION = ("MCA = mean recall over the classes present in the evaluated ground truth "
-                  "(the HEp-2 contests' mean class accuracy); macro-F1 is averaged over the same classes")
+MCA_DEFINITION = (
+    "MCA = mean recall over the classes present in the evaluated ground truth "
+    "(the HEp-2 contests' mean class accuracy); macro-F1 is averaged over the same classes"
+)
 
 
-def present_class_macro(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, metric: str = "recall") -> float:
+def present_class_macro(
+    tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, metric: str = "recall"
+) -> float:
     """Mean per-class ``recall`` or ``f1`` over the classes with at least one true example
     (``tp + fn > 0``); NaN when no class is present.
 
@@ -67,7 +78,9 @@ class PresentClassMacro(Metric):
             raise ValueError(f"metric must be recall or f1, got {metric!r}")
         self.num_classes, self.metric, self.multilabel = int(num_classes), metric, multilabel
         for name in ("tp", "fp", "fn"):
-            self.add_state(name, default=torch.zeros(self.num_classes, dtype=torch.long), dist_reduce_fx="sum")
+            self.add_state(
+                name, default=torch.zeros(self.num_classes, dtype=torch.long), dist_reduce_fx="sum"
+            )
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         k = self.num_classes
@@ -110,7 +123,9 @@ def multiclass_per_class_metrics(num_classes: int, **kwargs) -> MetricCollection
     )
 
 
-def confusion_matrix(y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable]) -> torch.Tensor:
+def confusion_matrix(
+    y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Sequence[Hashable]
+) -> torch.Tensor:
     """``(K, K)`` counts (rows = true label, columns = predicted) over ``labels``, for labels that are
     names rather than indices (hierarchy levels, where a path may end at level 2); pairs with a label
     outside ``labels`` are not counted.
@@ -145,7 +160,9 @@ def confusion_details(confmat: torch.Tensor) -> dict[str, torch.Tensor | float]:
         "confmat": cm,
         "precision": torch.where(tp + fp > 0, tpd / (tpd + fpd).clamp(min=1), torch.zeros_like(tpd)),
         "recall": torch.where(tp + fn > 0, tpd / (tpd + fnd).clamp(min=1), torch.zeros_like(tpd)),
-        "f1": torch.where(2 * tp + fp + fn > 0, 2 * tpd / (2 * tpd + fpd + fnd).clamp(min=1), torch.zeros_like(tpd)),
+        "f1": torch.where(
+            2 * tp + fp + fn > 0, 2 * tpd / (2 * tpd + fpd + fnd).clamp(min=1), torch.zeros_like(tpd)
+        ),
         "support": tp + fn,
         "acc": float(tp.sum()) / total if total else math.nan,
         "mca": present_class_macro(tp, fp, fn, "recall"),

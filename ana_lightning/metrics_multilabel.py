@@ -44,10 +44,28 @@ __all__ = [
 
 #: The scalar metrics of :func:`multilabel_scalar_metrics`, in report order.
 SCALAR_KEYS = (
-    "exact_match", "hamming_loss", "micro_f1", "macro_f1", "weighted_f1", "micro_precision", "micro_recall", "mca",
-    "macro_auroc", "mean_ap", "off_by_0", "off_by_1", "off_by_2", "off_by_3plus", "at_least_1_correct",
-    "at_least_2_correct", "at_least_3_correct", "at_least_1_correct_all", "at_least_2_correct_all",
-    "at_least_3_correct_all", "label_cardinality_true", "label_cardinality_pred",
+    "exact_match",
+    "hamming_loss",
+    "micro_f1",
+    "macro_f1",
+    "weighted_f1",
+    "micro_precision",
+    "micro_recall",
+    "mca",
+    "macro_auroc",
+    "mean_ap",
+    "off_by_0",
+    "off_by_1",
+    "off_by_2",
+    "off_by_3plus",
+    "at_least_1_correct",
+    "at_least_2_correct",
+    "at_least_3_correct",
+    "at_least_1_correct_all",
+    "at_least_2_correct_all",
+    "at_least_3_correct_all",
+    "label_cardinality_true",
+    "label_cardinality_pred",
 )
 
 
@@ -71,7 +89,9 @@ def off_by_n(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.bincount(errors_per_image(preds, target), minlength=k + 1)
 
 
-def at_least_n_correct(preds: torch.Tensor, target: torch.Tensor, n: int, over: str = "eligible") -> tuple[float, int]:
+def at_least_n_correct(
+    preds: torch.Tensor, target: torch.Tensor, n: int, over: str = "eligible"
+) -> tuple[float, int]:
     """The fraction of images whose prediction contains at least ``n`` of their true labels, and the
     number of images it is over.
 
@@ -93,7 +113,9 @@ def at_least_n_correct(preds: torch.Tensor, target: torch.Tensor, n: int, over: 
 def label_cardinality(labels: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Mean labels per image and the histogram of labels per image (index = number of labels)."""
     per = labels.long().sum(dim=1)
-    return float(per.float().mean()) if len(per) else math.nan, torch.bincount(per, minlength=labels.shape[1] + 1)
+    return float(per.float().mean()) if len(per) else math.nan, torch.bincount(
+        per, minlength=labels.shape[1] + 1
+    )
 
 
 def error_cooccurrence(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -133,7 +155,9 @@ def _nanmean(x: torch.Tensor) -> float:
     return float(x.mean()) if len(x) else math.nan
 
 
-def multilabel_scalar_metrics(probs: torch.Tensor, preds: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+def multilabel_scalar_metrics(
+    probs: torch.Tensor, preds: torch.Tensor, target: torch.Tensor
+) -> dict[str, float]:
     """The scalar metrics (:data:`SCALAR_KEYS`) of one evaluation."""
     probs, preds, target = probs.float().cpu(), preds.long().cpu(), target.long().cpu()
     k = target.shape[1]
@@ -153,7 +177,9 @@ def multilabel_scalar_metrics(probs: torch.Tensor, preds: torch.Tensor, target: 
     auroc, ap = _per_class_ranking(probs, target)
     out["macro_auroc"], out["mean_ap"] = _nanmean(auroc), _nanmean(ap)
     counts = off_by_n(preds, target).float() / max(len(target), 1)
-    out["off_by_0"], out["off_by_1"], out["off_by_2"] = (float(counts[i]) if i < len(counts) else 0.0 for i in range(3))
+    out["off_by_0"], out["off_by_1"], out["off_by_2"] = (
+        float(counts[i]) if i < len(counts) else 0.0 for i in range(3)
+    )
     out["off_by_3plus"] = float(counts[3:].sum())
     for n in (1, 2, 3):
         out[f"at_least_{n}_correct"] = at_least_n_correct(preds, target, n)[0]
@@ -175,8 +201,10 @@ def multilabel_details(probs: torch.Tensor, preds: torch.Tensor, target: torch.T
         curves = multilabel_precision_recall_curve(probs, target, k, thresholds=None)
     auroc, ap = _per_class_ranking(probs, target)
     most = int(target.sum(1).max()) if len(target) else 0
-    at_least = {n: (*at_least_n_correct(preds, target, n), at_least_n_correct(preds, target, n, over="all")[0])
-                for n in range(1, most + 1)}  # n: (over images with >= n labels, their number, over all images)
+    at_least = {
+        n: (*at_least_n_correct(preds, target, n), at_least_n_correct(preds, target, n, over="all")[0])
+        for n in range(1, most + 1)
+    }  # n: (over images with >= n labels, their number, over all images)
     return {
         "scalars": multilabel_scalar_metrics(probs, preds, target),
         "precision": precision,

@@ -10,4 +10,10 @@ from .reports.multilabel import (
     write_multilabel_report,
 )
 
-__all__ = ["write_multilabel_report", "plot_per_class_f1", "plot_off_by_n", "plot_pr_curves", "plot_error_cooccurrence"]
+__all__ = [
+    "write_multilabel_report",
+    "plot_per_class_f1",
+    "plot_off_by_n",
+    "plot_pr_curves",
+    "plot_error_cooccurrence",
+]

@@ -279,7 +279,9 @@ def run_intervals(
         true = np.eye(k, dtype=bool)[target.astype(int)]
         pred = np.eye(k, dtype=bool)[prob.argmax(1)]
     recs = [records[int(i)] for i in preds["index"]]
-    near = {p: f"near:{min(paths)}" for paths in together for p in paths}  # near-duplicate sets (data/splits.py)
+    near = {
+        p: f"near:{min(paths)}" for paths in together for p in paths
+    }  # near-duplicate sets (data/splits.py)
     clusters = [r.group or near.get(r.path) or r.sha256 or r.path for r in recs]
     ci = bootstrap_intervals(true, pred, keys, clusters=clusters, n_boot=n_boot, seed=seed)
     out = {}

@@ -73,6 +73,7 @@ MANIFEST = STYLIZED_MANIFEST  # the set's manifest.csv (named in data.splits, wh
 #: Generation parameters of a stylized set, inside its output folder (a re-run must match them).
 PARAMS_FILE = "stylize_params.json"
 
+
 # ---------------------------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class StyleJob:
@@ -99,7 +100,9 @@ def label_folder(codes: Sequence[str]) -> str:
     return "+".join(codes)
 
 
-def plan_jobs(records: Sequence[ImageRecord], n_per_image: int, seed: int = 0) -> tuple[list[StyleJob], list[str]]:
+def plan_jobs(
+    records: Sequence[ImageRecord], n_per_image: int, seed: int = 0
+) -> tuple[list[StyleJob], list[str]]:
     """Pair every record (content) with up to ``n_per_image`` different records of the same label (style).
 
     The plan depends only on the records and the seed, and the first ``k`` styles of a content image
@@ -114,6 +117,7 @@ def plan_jobs(records: Sequence[ImageRecord], n_per_image: int, seed: int = 0) -
     jobs: list[StyleJob] = []
     warnings: list[str] = []
     short = 0
+
     def key(r: ImageRecord) -> str:  # identity of an image: its bytes, else where it is
         return r.sha256 or str(Path(r.path).resolve())
 
@@ -123,7 +127,9 @@ def plan_jobs(records: Sequence[ImageRecord], n_per_image: int, seed: int = 0) -
             first.setdefault(key(r), r)
         unique = list(first.values())
         if len(unique) < 2:
-            warnings.append(f"{label_folder(codes)}: only one training image ({recs[0].path}), no style partner: skipped")
+            warnings.append(
+                f"{label_folder(codes)}: only one training image ({recs[0].path}), no style partner: skipped"
+            )
             continue
         for c in unique:
             partners = [s for s in unique if key(s) != key(c)]
@@ -182,9 +188,30 @@ def _verified_output(path: Path, row: dict[str, Any] | None) -> dict[str, Any] |
 
 
 _COLUMNS = (
-    "path", "label", "group", "sha256", "content", "style", "content_sha256", "style_sha256",
-    "index", "seed", "image_size", "iterations", "optimizer", "lr", "init", "content_layers", "style_layers",
-    "content_weight", "style_weight", "style_layer_weights", "tv_weight", "pooling", "weights", "final_loss",
+    "path",
+    "label",
+    "group",
+    "sha256",
+    "content",
+    "style",
+    "content_sha256",
+    "style_sha256",
+    "index",
+    "seed",
+    "image_size",
+    "iterations",
+    "optimizer",
+    "lr",
+    "init",
+    "content_layers",
+    "style_layers",
+    "content_weight",
+    "style_weight",
+    "style_layer_weights",
+    "tv_weight",
+    "pooling",
+    "weights",
+    "final_loss",
 )
 
 
@@ -263,8 +290,13 @@ def _progress(enabled: bool):
     )
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
     )
 
 
@@ -291,7 +323,9 @@ def stylize(
     it stopped; an output folder made with other parameters is refused.
     """
     if batch_size < 1 or image_size < 16:
-        raise ValueError(f"batch_size must be >= 1 and image_size >= 16, got {batch_size!r} and {image_size!r}")
+        raise ValueError(
+            f"batch_size must be >= 1 and image_size >= 16, got {batch_size!r} and {image_size!r}"
+        )
     out = Path(output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     params = {**transfer.params(), "image_size": int(image_size), "seed": int(seed)}
@@ -328,15 +362,32 @@ def stylize(
                 done.unlink()
             pending.append(job)
     if redo:
-        log.warning("%d existing output(s) are truncated, unreadable or differ from the manifest and are made again, "
-                    "e.g. %s", len(redo), redo[0])
+        log.warning(
+            "%d existing output(s) are truncated, unreadable or differ from the manifest and are made again, "
+            "e.g. %s",
+            len(redo),
+            redo[0],
+        )
     orphans = [p for p in previous if p not in {j.relpath for j in jobs}]
     if orphans:
-        log.warning("%d image(s) of an earlier plan in %s are not part of this one and are left out of the manifest, e.g. %s",
-                    len(orphans), out, orphans[0])
+        log.warning(
+            "%d image(s) of an earlier plan in %s are not part of this one and are left out of the manifest, e.g. %s",
+            len(orphans),
+            out,
+            orphans[0],
+        )
     done_before = len(rows)
-    log.info("stylize: %d image(s) planned, %d already done, %d to make (batch %d, %d iterations, %d px, %s, weights: %s)",
-             len(jobs), done_before, len(pending), batch_size, transfer.iterations, image_size, transfer.device, transfer.weights_source)
+    log.info(
+        "stylize: %d image(s) planned, %d already done, %d to make (batch %d, %d iterations, %d px, %s, weights: %s)",
+        len(jobs),
+        done_before,
+        len(pending),
+        batch_size,
+        transfer.iterations,
+        image_size,
+        transfer.device,
+        transfer.weights_source,
+    )
     cache = _ImageCache(int(image_size))
     start = time.perf_counter()
     written = 0
@@ -350,7 +401,9 @@ def stylize(
                 if bar is not None:
                     bar.reset(sub, total=transfer.iterations)
                 images, losses = transfer(
-                    content, style, [j.seed for j in batch],
+                    content,
+                    style,
+                    [j.seed for j in batch],
                     on_step=(lambda i: bar.update(sub, completed=i)) if bar is not None else None,
                 )
                 arrays = (images.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)

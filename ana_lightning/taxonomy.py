@@ -92,7 +92,9 @@ class Taxonomy:
             l1[code] = str(entry["level1"])
             l2[code] = str(entry["level2"])
         codes = tuple(sorted(names, key=natural_key))
-        public = {k: {str(a): str(b) for a, b in v.items()} for k, v in (data.get("public_datasets") or {}).items()}
+        public = {
+            k: {str(a): str(b) for a, b in v.items()} for k, v in (data.get("public_datasets") or {}).items()
+        }
         return cls(codes=codes, names=names, level1=l1, level2=l2, public_datasets=public, source=source)
 
     def subset(self, codes: Iterable[str]) -> Taxonomy:

@@ -51,7 +51,9 @@ class Trainer(L.Trainer):
     True
     """
 
-    def __init__(self, *, channels_last: bool = False, compile: bool | Mapping[str, Any] = False, **kwargs: Any):
+    def __init__(
+        self, *, channels_last: bool = False, compile: bool | Mapping[str, Any] = False, **kwargs: Any
+    ):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if channels_last or compile:
             callbacks.insert(0, SpeedSwitches(channels_last=channels_last, compile=compile))

@@ -15,8 +15,14 @@ import torch
 from omegaconf import OmegaConf
 
 __all__ = [
-    "register_resolvers", "unique_run_name", "load_checkpoint_model", "read_checkpoint", "safe_torch_load",
-    "CheckpointError", "UnsafeCheckpointError", "find_last_checkpoint",
+    "register_resolvers",
+    "unique_run_name",
+    "load_checkpoint_model",
+    "read_checkpoint",
+    "safe_torch_load",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "find_last_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,9 +54,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ana.run_name", unique_run_name, use_cache=True)
     from . import distributed  # scale-out resolvers: precision, per-rank log names, W&B sweep groups
 
-    for name, fn in (("ana.mixed_precision", distributed.mixed_precision), ("ana.rank_suffix", distributed.rank_suffix),
-                     ("ana.on_rank_zero", distributed.on_rank_zero), ("ana.sweep_group", distributed.sweep_group),
-                     ("ana.gpu_only", distributed.gpu_only), ("ana.tasks_per_node", distributed.tasks_per_node)):
+    for name, fn in (
+        ("ana.mixed_precision", distributed.mixed_precision),
+        ("ana.rank_suffix", distributed.rank_suffix),
+        ("ana.on_rank_zero", distributed.on_rank_zero),
+        ("ana.sweep_group", distributed.sweep_group),
+        ("ana.gpu_only", distributed.gpu_only),
+        ("ana.tasks_per_node", distributed.tasks_per_node),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -98,12 +109,36 @@ def checkpoint_safe_globals() -> list:
     from omegaconf.base import ContainerMetadata, Metadata
     from omegaconf.nodes import AnyNode, BooleanNode, BytesNode, FloatNode, IntegerNode, PathNode, StringNode
 
-    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, StringNode, IntegerNode, FloatNode,
-            BooleanNode, BytesNode, PathNode, typing.Any, collections.defaultdict, dict, list, tuple, set, int, float,
-            str, bool, bytes, argparse.Namespace]
+    return [
+        DictConfig,
+        ListConfig,
+        ContainerMetadata,
+        Metadata,
+        AnyNode,
+        StringNode,
+        IntegerNode,
+        FloatNode,
+        BooleanNode,
+        BytesNode,
+        PathNode,
+        typing.Any,
+        collections.defaultdict,
+        dict,
+        list,
+        tuple,
+        set,
+        int,
+        float,
+        str,
+        bool,
+        bytes,
+        argparse.Namespace,
+    ]
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False) -> Any:
+def safe_torch_load(
+    path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False
+) -> Any:
     """``torch.load`` that never runs code from the file unless ``trust_checkpoint`` says so.
 
     Loads with ``weights_only=True`` (plus :func:`checkpoint_safe_globals`). A file that needs anything else
@@ -133,8 +168,13 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu", 
                 "torch.load(weights_only=True); checkpoints it writes hold only tensors and plain values. "
                 f"If you trust where this file came from, rerun with {TRUST_FLAG}=true."
             ) from None
-        log.warning("%s=true: loading %s with full unpickling (it asks for %s); this runs any code inside it, "
-                    "so only do this for files you trust", TRUST_FLAG, path, ", ".join(wanted) or "unsupported globals")
+        log.warning(
+            "%s=true: loading %s with full unpickling (it asks for %s); this runs any code inside it, "
+            "so only do this for files you trust",
+            TRUST_FLAG,
+            path,
+            ", ".join(wanted) or "unsupported globals",
+        )
         try:
             return torch.load(path, map_location=map_location, weights_only=False)
         except Exception as e2:  # noqa: BLE001
@@ -151,7 +191,9 @@ def _unsafe_globals(path: Path, e: BaseException) -> list[str]:
     if zipfile.is_zipfile(path):
         try:
             safe = {f"{g.__module__}.{g.__qualname__}" for g in checkpoint_safe_globals()}
-            return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if g not in safe]
+            return [
+                g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if g not in safe
+            ]
         except Exception:  # noqa: BLE001 - fall back on torch's message
             pass
     return re.findall(r"(?:GLOBAL|global:?) ([\w.]+)", str(e))
@@ -186,13 +228,19 @@ def checkpoint_class(path: str | Path, ckpt: dict) -> type:
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise CheckpointError(f"{path} was trained as {meta['class_path']}, which cannot be imported here: {e}") from None
+        raise CheckpointError(
+            f"{path} was trained as {meta['class_path']}, which cannot be imported here: {e}"
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
-        raise CheckpointError(f"{path} names {meta['class_path']!r} as its model, which is not a LightningModule")
+        raise CheckpointError(
+            f"{path} names {meta['class_path']!r} as its model, which is not a LightningModule"
+        )
     return cls
 
 
-def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False):
+def load_checkpoint_model(
+    path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False
+):
     """Rebuild the LightningModule stored in an ana-lightning checkpoint, in eval mode.
 
     The one checkpoint loader of every command: the file is read with ``weights_only=True``
@@ -208,7 +256,9 @@ def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "
             with torch.serialization.safe_globals(checkpoint_safe_globals()):
                 model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
     except RuntimeError as e:  # state-dict mismatch: a checkpoint edited or written by another version
-        raise CheckpointError(f"{path}: its weights do not fit {cls.__name__}: {str(e).splitlines()[0][:300]}") from None
+        raise CheckpointError(
+            f"{path}: its weights do not fit {cls.__name__}: {str(e).splitlines()[0][:300]}"
+        ) from None
     model.eval()
     return model
 
@@ -223,8 +273,13 @@ def quote_non_ascii_overrides(args: list[str]) -> list[str]:
     out = []
     for a in args:
         key, eq, value = a.partition("=")
-        if (eq and not a.startswith("-") and not value.isascii() and value[:1] not in ("'", '"', "[", "{")
-                and "${" not in value):
+        if (
+            eq
+            and not a.startswith("-")
+            and not value.isascii()
+            and value[:1] not in ("'", '"', "[", "{")
+            and "${" not in value
+        ):
             quote = "'" if "'" not in value else '"' if '"' not in value else ""
             a = f"{key}={quote}{value}{quote}"
         out.append(a)

@@ -41,8 +41,10 @@ def main() -> None:
 
         img = render_field("AC-4", np.random.default_rng(0), size=args.size)
     img = build_transform(args.size).resize(img)
-    policies = {name: load_policy(name, **({"dapi_drop": args.dapi_drop} if name == "fluorescence" else {}))
-                for name in POLICIES}
+    policies = {
+        name: load_policy(name, **({"dapi_drop": args.dapi_drop} if name == "fluorescence" else {}))
+        for name in POLICIES
+    }
     Image.fromarray(policy_grid(img, policies, n_samples=args.n, seed=args.seed)).save(args.out)
     print(f"wrote {args.out}")
 

@@ -33,7 +33,7 @@ def _square(img: np.ndarray, tile: int) -> np.ndarray:
     h, w = img.shape[:2]
     s = min(h, w)
     y, x = (h - s) // 2, (w - s) // 2
-    return cv2.resize(img[y:y + s, x:x + s], (tile, tile), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img[y : y + s, x : x + s], (tile, tile), interpolation=cv2.INTER_AREA)
 
 
 def real_images(real_root: Path | None, code: str, n: int) -> list[np.ndarray]:
@@ -49,8 +49,16 @@ def real_images(real_root: Path | None, code: str, n: int) -> list[np.ndarray]:
     return out
 
 
-def build_sheet(codes, n_synth: int = 3, n_real: int = 2, tile: int = 160, per_row: int = 2,
-                seed: int = 0, real_root: Path | None = DEFAULT_REAL, dapi: bool = False) -> np.ndarray:
+def build_sheet(
+    codes,
+    n_synth: int = 3,
+    n_real: int = 2,
+    tile: int = 160,
+    per_row: int = 2,
+    seed: int = 0,
+    real_root: Path | None = DEFAULT_REAL,
+    dapi: bool = False,
+) -> np.ndarray:
     """Return the contact sheet as an RGB uint8 array."""
     if real_root is not None and not (Path(real_root) / "patterns").is_dir():
         real_root = None
@@ -68,13 +76,25 @@ def build_sheet(codes, n_synth: int = 3, n_real: int = 2, tile: int = 160, per_r
         for i in range(n_synth):
             rng = np.random.default_rng(np.random.SeedSequence([seed, ci, i]))
             img = render_field(code, rng, size=256, dapi=dapi)
-            sheet[y0 + CAPTION:y0 + CAPTION + tile, x0 + i * tile:x0 + (i + 1) * tile] = _square(img, tile)
+            sheet[y0 + CAPTION : y0 + CAPTION + tile, x0 + i * tile : x0 + (i + 1) * tile] = _square(
+                img, tile
+            )
         reals = real_images(real_root, code, n_real)
         xr = x0 + n_synth * tile + GAP
         for j, img in enumerate(reals):
-            sheet[y0 + CAPTION:y0 + CAPTION + tile, xr + j * tile:xr + (j + 1) * tile] = _square(img, tile)
-        cv2.putText(sheet, f"{code}  {LEVEL2[code]}  synthetic", (x0 + 2, y0 + 13), font, 0.42,
-                    (120, 255, 120), 1, cv2.LINE_AA)
+            sheet[y0 + CAPTION : y0 + CAPTION + tile, xr + j * tile : xr + (j + 1) * tile] = _square(
+                img, tile
+            )
+        cv2.putText(
+            sheet,
+            f"{code}  {LEVEL2[code]}  synthetic",
+            (x0 + 2, y0 + 13),
+            font,
+            0.42,
+            (120, 255, 120),
+            1,
+            cv2.LINE_AA,
+        )
         if n_real:
             label = "real" if reals else "real: none found"
             cv2.putText(sheet, label, (xr + 2, y0 + 13), font, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
@@ -83,7 +103,9 @@ def build_sheet(codes, n_synth: int = 3, n_real: int = 2, tile: int = 160, per_r
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("output", nargs="?", default="contact_sheet.png", help="PNG to write (default contact_sheet.png)")
+    p.add_argument(
+        "output", nargs="?", default="contact_sheet.png", help="PNG to write (default contact_sheet.png)"
+    )
     p.add_argument("--codes", default=None, help="comma-separated codes (default: all 32)")
     p.add_argument("--n-synth", type=int, default=3)
     p.add_argument("--n-real", type=int, default=2)
@@ -91,8 +113,11 @@ def main(argv=None) -> int:
     p.add_argument("--per-row", type=int, default=2, help="class blocks per row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dapi", action="store_true")
-    p.add_argument("--real-root", default=str(DEFAULT_REAL),
-                   help="folder holding patterns/ac-N/*.jpg; 'none' to leave the real column out")
+    p.add_argument(
+        "--real-root",
+        default=str(DEFAULT_REAL),
+        help="folder holding patterns/ac-N/*.jpg; 'none' to leave the real column out",
+    )
     a = p.parse_args(argv)
     codes = [c.strip().upper() for c in a.codes.split(",")] if a.codes else list(CODES)
     bad = [c for c in codes if c not in CODES]

@@ -7,11 +7,12 @@ import socket
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE
 
 from ana_lightning.app import analyse, build_app, parse_size
 from ana_lightning.models.classifier import SoftmaxClassifier
 from ana_lightning.predict import Predictor
+
+from conftest import TINY_BACKBONE
 
 
 def _free_port() -> int:
@@ -21,7 +22,9 @@ def _free_port() -> int:
 
 
 def test_parse_size():
-    assert parse_size("25mb") == 25 * 2**20 and parse_size("500kb") == 500 * 2**10 and parse_size(1234) == 1234
+    assert (
+        parse_size("25mb") == 25 * 2**20 and parse_size("500kb") == 500 * 2**10 and parse_size(1234) == 1234
+    )
     with pytest.raises(ValueError, match="max_file_size='lots'"):
         parse_size("lots")
 
@@ -38,8 +41,10 @@ def test_upload_gives_label_hierarchy_and_every_probability(trained_checkpoint):
     l1, l2, _ = predictor.hierarchy(label)
     assert predictor.display_name(label) in md
     # the ICAP path with a probability per level (sums of the classes under each node for a softmax model)
-    p1, p2 = (sum(p for c, p in zip(predictor.class_names, probs, strict=True) if predictor.hierarchy(c)[j] == node)
-              for j, node in ((0, l1), (1, l2)))
+    p1, p2 = (
+        sum(p for c, p in zip(predictor.class_names, probs, strict=True) if predictor.hierarchy(c)[j] == node)
+        for j, node in ((0, l1), (1, l2))
+    )
     assert f"{l1} (p = {p1:.3f}) › {l2} (p = {p2:.3f}) › {label} (p = {max(probs):.3f})" in md
     assert list(chart["pattern"]) == ["AC-1", "AC-2", "AC-10"]  # every class, in the model's order
     assert chart["probability"].sum() == pytest.approx(1.0, abs=1e-5)
@@ -53,7 +58,9 @@ def test_upload_gives_label_hierarchy_and_every_probability(trained_checkpoint):
 
 def test_threshold_slider_of_a_multi_label_model():
     torch.manual_seed(0)
-    model = SoftmaxClassifier(backbone={"name": TINY_BACKBONE}, class_names=["AC-1", "AC-4", "AC-5"], image_size=32).eval()
+    model = SoftmaxClassifier(
+        backbone={"name": TINY_BACKBONE}, class_names=["AC-1", "AC-4", "AC-5"], image_size=32
+    ).eval()
     model.predict_proba = lambda x: model(x).sigmoid()
     predictor = Predictor.from_model(model, {"task": "multi_label", "thresholds": [0.5, 0.5, 0.5]})
     import cv2
@@ -74,8 +81,14 @@ def test_page_refuses_oversized_uploads(trained_checkpoint):
     _, _, ckpt = trained_checkpoint
     demo = build_app(Predictor.load(ckpt), max_file_size="20kb")
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True,
-                max_file_size=parse_size("20kb"))
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        share=False,
+        quiet=True,
+        max_file_size=parse_size("20kb"),
+    )
     try:
         url = f"http://127.0.0.1:{port}/gradio_api/upload"
         small = httpx.post(url, files={"files": ("a.png", b"\x89PNG" + b"0" * 1000, "image/png")}, timeout=30)
@@ -88,10 +101,13 @@ def test_page_refuses_oversized_uploads(trained_checkpoint):
 
 @pytest.mark.parametrize("name", ["predict", "export", "app"])
 def test_configs_compose_and_name_their_job(name, tmp_path):
-    from conftest import compose
     from hydra.utils import get_method
 
-    cfg = compose(name, ["ckpt_path=model.ckpt"] + (["input=x"] if name == "predict" else []), output_dir=tmp_path)
+    from conftest import compose
+
+    cfg = compose(
+        name, ["ckpt_path=model.ckpt"] + (["input=x"] if name == "predict" else []), output_dir=tmp_path
+    )
     assert callable(get_method(cfg.job)) and cfg.task_name == name
     if name == "app":  # localhost only unless the user opens it
         assert cfg.server_name == "127.0.0.1" and parse_size(cfg.max_file_size) == 25 * 2**20

@@ -24,15 +24,27 @@ from ana_lightning.predict import Predictor
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _require_browser() -> None:
     if not CHROMIUM.is_file():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM}: `apt-get install chromium` (make test-browser does it)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is absent: pip install playwright "
-                        "(never `playwright install`: the test uses Debian's Chromium)")
+        pytest.skip(
+            f"Chromium is not installed at {CHROMIUM}: `apt-get install chromium` (make test-browser does it)"
+        )
+    pytest.importorskip(
+        "playwright.sync_api",
+        reason="the playwright Python package is absent: pip install playwright "
+        "(never `playwright install`: the test uses Debian's Chromium)",
+    )
 
 
 def _free_port() -> int:
@@ -50,8 +62,13 @@ def _ana_app(model: Path, cwd: Path) -> Iterator[str]:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     log_path = cwd / "app.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd + [f"ckpt_path={model}", f"server_port={port}", "max_file_size=5mb"], cwd=cwd,
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd + [f"ckpt_path={model}", f"server_port={port}", "max_file_size=5mb"],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}/"
         try:
             deadline = time.monotonic() + 180
@@ -93,7 +110,9 @@ def multi_label_app(tmp_path_factory):
     from ana_lightning.export import export_model
 
     cwd = tmp_path_factory.mktemp("app_multi")
-    model = export_model(write_multi_label_checkpoint(cwd / "multi.ckpt"), format="torchscript", output=cwd).model_path
+    model = export_model(
+        write_multi_label_checkpoint(cwd / "multi.ckpt"), format="torchscript", output=cwd
+    ).model_path
     with _ana_app(model, cwd) as url:
         yield url, model
 
@@ -115,8 +134,10 @@ def _upload(page, url: str, files) -> str:
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
     page.set_input_files("#upload input[type=file]", files)
-    page.wait_for_function("() => /Predicted|No pattern|Could not read/.test(document.querySelector('#prediction')?.innerText ?? '')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => /Predicted|No pattern|Could not read/.test(document.querySelector('#prediction')?.innerText ?? '')",
+        timeout=60_000,
+    )
     return page.inner_text("#prediction")
 
 
@@ -148,7 +169,6 @@ def test_a_broken_upload_is_reported_on_the_page(app_url, page, tmp_path):
     assert "Could not read this file" in text, text
 
 
-
 def test_threshold_slider_of_a_multi_label_model(multi_label_app, page, trained_checkpoint, tmp_path):
     url, model = multi_label_app
     predictor = Predictor.load(model)
@@ -161,9 +181,13 @@ def test_threshold_slider_of_a_multi_label_model(multi_label_app, page, trained_
     slider = page.locator("#threshold input[type=range]")
     for value, expect in (("0", "Predicted patterns"), ("1", "No pattern reaches the threshold")):
         slider.fill(value)
-        page.wait_for_function(f"() => document.querySelector('#prediction')?.innerText.includes({expect!r})", timeout=30_000)
+        page.wait_for_function(
+            f"() => document.querySelector('#prediction')?.innerText.includes({expect!r})", timeout=30_000
+        )
     slider.fill("0")
-    page.wait_for_function("() => document.querySelector('#prediction')?.innerText.includes('Predicted patterns')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelector('#prediction')?.innerText.includes('Predicted patterns')",
+        timeout=30_000,
+    )
     text = page.inner_text("#prediction")
     assert all(predictor.display_name(c) in text for c in predictor.class_names), text

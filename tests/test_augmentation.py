@@ -9,7 +9,6 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_DATA, REPO, compose, tiny_train_overrides
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -22,6 +21,8 @@ from ana_lightning.data.augment import (
     load_policy,
     policy_grid,
 )
+
+from conftest import REAL_DATA, REPO, compose, tiny_train_overrides
 
 POLICY_FILES = sorted(p.stem for p in (REPO / "conf" / "augmentation").glob("*.yaml"))
 FITC_TINT = np.array([0.55, 1.0, 0.15], np.float32)  # a yellow-green FITC colour (hue ≈ 96°)
@@ -75,7 +76,14 @@ def test_packaged_policies_are_the_documented_ones():
     with pytest.raises(ValueError, match="unknown augmentation policy 'nope'.*basic"):
         load_policy("nope")
     strong = {type(t).__name__ for t in load_policy("strong")}
-    assert {"Affine", "RandomBrightnessContrast", "RandomGamma", "GaussianBlur", "GaussNoise", "OneOf"} <= strong
+    assert {
+        "Affine",
+        "RandomBrightnessContrast",
+        "RandomGamma",
+        "GaussianBlur",
+        "GaussNoise",
+        "OneOf",
+    } <= strong
 
 
 def test_fluorescence_never_changes_hue():
@@ -96,10 +104,13 @@ def test_strong_does_change_hue_so_the_hue_test_can_fail():
     assert max(_hue_error(pipe(image=img)["image"], ref) for _ in range(40)) > 10.0
 
 
-@pytest.mark.parametrize("transform", [
-    SignalIntensity(gain_limit=(0.5, 1.6), contrast_limit=0.4, gamma_limit=(60, 150), p=1),
-    SignalNoise(scale_range=(0.05, 0.1), p=1),
-])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        SignalIntensity(gain_limit=(0.5, 1.6), contrast_limit=0.4, gamma_limit=(60, 150), p=1),
+        SignalNoise(scale_range=(0.05, 0.1), p=1),
+    ],
+)
 def test_signal_transforms_keep_every_pixels_hue(transform):
     """Pixel by pixel, on a multi-colour image (green signal, blue DAPI nuclei, mixtures)."""
     rng = np.random.default_rng(3)
@@ -117,7 +128,9 @@ def test_signal_transforms_keep_every_pixels_hue(transform):
 
 def test_signal_intensity_keeps_background_black_and_never_clips_one_channel():
     img = _field()
-    out = SignalIntensity(gain_limit=(2.0, 2.0), contrast_limit=0, gamma_limit=(100, 100), p=1)(image=img)["image"]
+    out = SignalIntensity(gain_limit=(2.0, 2.0), contrast_limit=0, gamma_limit=(100, 100), p=1)(image=img)[
+        "image"
+    ]
     assert (out[img.max(axis=2) == 0] == 0).all()
     bright = img.max(axis=2) > 200  # doubled: the green channel saturates, red follows it proportionally
     assert (out[bright][:, 1] == 255).all()
@@ -172,8 +185,11 @@ def test_grid_png_of_every_policy(tmp_path):
 def test_training_runs_with_the_fluorescence_policy(tiny_folder, tmp_path):
     from ana_lightning.pipeline import train
 
-    cfg = compose("train", tiny_train_overrides(tiny_folder) + ["debug=fdr", "augmentation=fluorescence"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder) + ["debug=fdr", "augmentation=fluorescence"],
+        output_dir=tmp_path / "run",
+    )
     metrics, objs = train(cfg)
     assert "test/mca" in metrics
     assert objs["datamodule"].dataset("train").transform.augment is not None

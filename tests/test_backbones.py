@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from ana_lightning.models.backbones import WeightsError, create_backbone, normalization
+
 from conftest import TINY_BACKBONE
 
 

@@ -56,17 +56,34 @@ def test_frozen_cnn_features(fields):
 def test_svm_job_on_a_folder(tmp_path):
     root = write_class_images(tmp_path / "d", {"AC-1": 8, "AC-2": 8, "AC-10": 8}, size=32)
     out = tmp_path / "run"
-    cfg = compose("train", ["experiment=svm_baseline", "data=single_label", f"data.root={root}", "data.image_size=32"],
-                  output_dir=out)
+    cfg = compose(
+        "train",
+        ["experiment=svm_baseline", "data=single_label", f"data.root={root}", "data.image_size=32"],
+        output_dir=out,
+    )
     metrics, objs = svm_job(cfg)
     saved = json.loads((out / "metrics.json").read_text())
-    assert {"test/acc", "test/mca", "test/macro_f1"} <= set(saved) and saved["test/mca"] == pytest.approx(metrics["test/mca"])
-    assert saved["test/mca_ci95_low"] <= saved["test/mca"] <= saved["test/mca_ci95_high"]  # bootstrap interval
+    assert {"test/acc", "test/mca", "test/macro_f1"} <= set(saved) and saved["test/mca"] == pytest.approx(
+        metrics["test/mca"]
+    )
+    assert (
+        saved["test/mca_ci95_low"] <= saved["test/mca"] <= saved["test/mca_ci95_high"]
+    )  # bootstrap interval
     assert (out / "test_predictions.csv").is_file()
     assert metrics["test/acc"] > 0.5  # the easy stripes of write_class_images
     assert (out / "test_confusion_matrix.png").exists() and (out / "split_manifest.csv").exists()
-    cnn = compose("train", ["experiment=svm_baseline", "data=single_label", f"data.root={root}", "data.image_size=32",
-                            "svm.features=cnn", f"svm.backbone.name={TINY_BACKBONE}"], output_dir=tmp_path / "run_cnn")
+    cnn = compose(
+        "train",
+        [
+            "experiment=svm_baseline",
+            "data=single_label",
+            f"data.root={root}",
+            "data.image_size=32",
+            "svm.features=cnn",
+            f"svm.backbone.name={TINY_BACKBONE}",
+        ],
+        output_dir=tmp_path / "run_cnn",
+    )
     m, _ = svm_job(cnn)
     assert 0.0 <= m["test/mca"] <= 1.0
 
@@ -81,10 +98,17 @@ def test_feature_sets_are_target_configs_and_the_older_strings_build_the_same(fi
     a, b = feature_set(new, 48), feature_set(old, 48)
     assert type(a) is type(b) is TextureFeatures and a.size == b.size == 48
     assert np.array_equal(a.extract(images[:2]), b.extract(images[:2]))
-    cnn_new = compose("train", [*base, "svm/features=cnn", f"svm.features.backbone.name={TINY_BACKBONE}"],
-                      output_dir=tmp_path / "c").svm
-    cnn_old = compose("train", [*base, "svm.features=cnn", f"svm.backbone.name={TINY_BACKBONE}"], output_dir=tmp_path / "d").svm
+    cnn_new = compose(
+        "train",
+        [*base, "svm/features=cnn", f"svm.features.backbone.name={TINY_BACKBONE}"],
+        output_dir=tmp_path / "c",
+    ).svm
+    cnn_old = compose(
+        "train", [*base, "svm.features=cnn", f"svm.backbone.name={TINY_BACKBONE}"], output_dir=tmp_path / "d"
+    ).svm
     x, y = feature_set(cnn_new, 48), feature_set(cnn_old, 48)
-    assert type(x) is type(y) is FrozenCNNFeatures and x.extract(images[:2]).shape == y.extract(images[:2]).shape
+    assert (
+        type(x) is type(y) is FrozenCNNFeatures and x.extract(images[:2]).shape == y.extract(images[:2]).shape
+    )
     with pytest.raises(ValueError, match="svm.features must be texture or cnn"):
         feature_set({"features": "hog"}, 48)

@@ -40,7 +40,9 @@ def test_intensity_stays_in_range_and_off_means_identity():
     m, s = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     raw = torch.rand(32, 3, 8, 8)
     x = (raw - m) / s
-    y = BatchAugment(flips=False, rot90=False, brightness=0.5, contrast=0.5, gamma=0.5, p_intensity=1.0)(x, MEAN, STD)
+    y = BatchAugment(flips=False, rot90=False, brightness=0.5, contrast=0.5, gamma=0.5, p_intensity=1.0)(
+        x, MEAN, STD
+    )
     back = y * s + m
     assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5
     assert not torch.allclose(y, x)
@@ -68,9 +70,17 @@ def test_datamodule_augments_training_batches_only(tmp_path):
 
 
 def test_augmentation_gpu_config_trains(tiny_folder, tmp_path):
-    cfg = compose("train", tiny_train_overrides(tiny_folder) + ["debug=fdr", "augmentation=gpu", "data.cache_images=mmap",
-                                                                f"data.image_cache_dir={tmp_path / 'cache'}"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder)
+        + [
+            "debug=fdr",
+            "augmentation=gpu",
+            "data.cache_images=mmap",
+            f"data.image_cache_dir={tmp_path / 'cache'}",
+        ],
+        output_dir=tmp_path / "run",
+    )
     metrics, objs = train(cfg)
     assert isinstance(objs["datamodule"].batch_augment, BatchAugment)
     assert objs["datamodule"].train_augment is None and "test/mca" in metrics

@@ -70,7 +70,9 @@ def test_decoded_once_then_reused_and_rebuilt_when_stale(tmp_path):
     # Another size, or changed content (another digest), is another cache.
     other = ImageCache.build(paths, 16, build_transform(16).resize, cache_dir=tmp_path / "c", loader=loader)
     assert other.path != first.path and loader.calls == 2 * len(paths)
-    changed = ImageCache.build(paths, 24, tf.resize, digests=["x"] * len(paths), cache_dir=tmp_path / "c", loader=loader)
+    changed = ImageCache.build(
+        paths, 24, tf.resize, digests=["x"] * len(paths), cache_dir=tmp_path / "c", loader=loader
+    )
     assert changed.path != first.path
     # A damaged cache file is rebuilt, not read.
     first.path.write_bytes(b"not an array")
@@ -89,7 +91,9 @@ def test_bad_image_names_the_file_and_leaves_no_cache(tmp_path):
 
 
 def _build_in_process(paths, cache_dir, log, queue):
-    cache = ImageCache.build(paths, 20, build_transform(20).resize, cache_dir=cache_dir, loader=_CountingLoader(log))
+    cache = ImageCache.build(
+        paths, 20, build_transform(20).resize, cache_dir=cache_dir, loader=_CountingLoader(log)
+    )
     queue.put((str(cache.path), int(cache.array.astype(np.int64).sum())))
 
 
@@ -112,8 +116,14 @@ def test_processes_building_at_once_decode_once(tmp_path):
 
 def test_datamodule_mmap_cache_with_workers(tmp_path, monkeypatch):
     root = write_class_images(tmp_path / "d", {"AC-1": 6, "AC-2": 6})
-    dm = SingleLabelDataModule(root=str(root), image_size=32, batch_size=4, cache_images="mmap",
-                               image_cache_dir=str(tmp_path / "cache"), num_workers=2)
+    dm = SingleLabelDataModule(
+        root=str(root),
+        image_size=32,
+        batch_size=4,
+        cache_images="mmap",
+        image_cache_dir=str(tmp_path / "cache"),
+        num_workers=2,
+    )
     dm.setup()
     ds = dm.dataset("val")
     assert isinstance(ds._cache, ImageCache)

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_BACKBONE, compose, tiny_train_overrides, write_class_images
 
 from ana_lightning.calibration import (
     calibrate_run,
@@ -20,6 +19,8 @@ from ana_lightning.calibration import (
 from ana_lightning.models.classifier import SoftmaxClassifier
 from ana_lightning.models.multilabel import SigmoidEnsemble
 from ana_lightning.predict import Predictor
+
+from conftest import TINY_BACKBONE, compose, tiny_train_overrides, write_class_images
 
 
 def _overconfident(n: int, k: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

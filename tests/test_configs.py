@@ -37,6 +37,21 @@ def test_synth_generators_instantiate(option, tmp_path):
 
 def test_all_yaml_files_are_covered():
     groups = {p.parent.name for p in CONF.rglob("*.yaml")} - {"conf"}
-    assert groups <= {"data", "model", "augmentation", "callbacks", "logger", "trainer", "paths", "hydra",
-                      "experiment", "debug", "hparams_search", "local", "launcher", "generator", "features"}, groups
+    assert groups <= {
+        "data",
+        "model",
+        "augmentation",
+        "callbacks",
+        "logger",
+        "trainer",
+        "paths",
+        "hydra",
+        "experiment",
+        "debug",
+        "hparams_search",
+        "local",
+        "launcher",
+        "generator",
+        "features",
+    }, groups
     assert Path(CONF / "train.yaml").exists()

@@ -22,7 +22,9 @@ def test_confusion_details_match_scikit_learn(seed):
     present = np.unique(y)
     assert d["acc"] == pytest.approx(skm.accuracy_score(y, p))
     assert d["mca"] == pytest.approx(skm.recall_score(y, p, labels=present, average="macro", zero_division=0))
-    assert d["macro_f1"] == pytest.approx(skm.f1_score(y, p, labels=present, average="macro", zero_division=0))
+    assert d["macro_f1"] == pytest.approx(
+        skm.f1_score(y, p, labels=present, average="macro", zero_division=0)
+    )
     assert np.array_equal(d["confmat"].numpy(), skm.confusion_matrix(y, p, labels=labels))
     prec, rec, f1, _ = skm.precision_recall_fscore_support(y, p, labels=labels, zero_division=0)
     for got, want in ((d["precision"], prec), (d["recall"], rec), (d["f1"], f1)):
@@ -32,7 +34,10 @@ def test_confusion_details_match_scikit_learn(seed):
 
 def test_confusion_matrix_counts_names_and_refuses_unequal_lengths():
     assert confusion_matrix(["x", "y", "x"], ["x", "x", "(no leaf)"], ["x", "y", "(no leaf)"]).tolist() == [
-        [1, 0, 1], [1, 0, 0], [0, 0, 0]]
+        [1, 0, 1],
+        [1, 0, 0],
+        [0, 0, 0],
+    ]
     with pytest.raises(ValueError, match="2 true labels for 1 predictions"):
         confusion_matrix(["x", "y"], ["x"], ["x", "y"])
     assert torch.isnan(torch.tensor(confusion_details(torch.zeros(2, 2, dtype=torch.long))["mca"]))

@@ -29,7 +29,13 @@ CLASSES = ["AC-1", "AC-2", "AC-4"]
 
 
 def _fake_sweep(
-    root: Path, sweep: Path, folds: int = 4, repeats: int = 1, acc: float = 0.7, seed: int = 0, fold_seed: int = 0
+    root: Path,
+    sweep: Path,
+    folds: int = 4,
+    repeats: int = 1,
+    acc: float = 0.7,
+    seed: int = 0,
+    fold_seed: int = 0,
 ) -> dict:
     """A sweep folder as ana-train leaves it: folds manifest, and per job config_resolved.yaml,
     metrics.json, split_manifest.csv and test_predictions.csv (random predictions)."""
@@ -217,12 +223,18 @@ def test_three_fold_multirun_through_the_console_command(tmp_path):
         assert f["test/mca_ci95_low"] <= f["test/mca"] <= f["test/mca_ci95_high"]
         assert f["test/acc_ci95_low"] <= f["test/acc"] <= f["test/acc_ci95_high"]
     assert " [" in (sweep / "0" / "test_report.md").read_text()
-    for k, f in enumerate(fold_metrics):  # one MCA definition: the logged metric = the one on the saved predictions
+    for k, f in enumerate(
+        fold_metrics
+    ):  # one MCA definition: the logged metric = the one on the saved predictions
         with open(sweep / str(k) / "test_predictions.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         classes = ["AC-1", "AC-2", "AC-4"]
-        m = point_metrics(label_matrix([r["true"] for r in rows], classes), label_matrix([r["pred"] for r in rows], classes))
-        assert m["mca"] == pytest.approx(f["test/mca"], abs=1e-6) and m["acc"] == pytest.approx(f["test/acc"], abs=1e-6)
+        m = point_metrics(
+            label_matrix([r["true"] for r in rows], classes), label_matrix([r["pred"] for r in rows], classes)
+        )
+        assert m["mca"] == pytest.approx(f["test/mca"], abs=1e-6) and m["acc"] == pytest.approx(
+            f["test/acc"], abs=1e-6
+        )
     with open(sweep / "oof_predictions.csv", newline="") as f:
         oof = list(csv.DictReader(f))
     assert sorted(r["path"] for r in oof) == sorted(
@@ -278,9 +290,13 @@ def test_eval_on_a_sweep_without_summary_writes_it_and_never_overwrites(tmp_path
     cfg = OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval1")}})
     s, _ = evaluate_sweep(cfg)
     assert json.loads((tmp_path / "eval1" / "cv_summary.json").read_text()) == s
-    assert json.loads((sweep / "cv_summary.json").read_text()) == s and (sweep / "oof_predictions.csv").is_file()
+    assert (
+        json.loads((sweep / "cv_summary.json").read_text()) == s and (sweep / "oof_predictions.csv").is_file()
+    )
     (sweep / "cv_summary.md").write_text("the user's notes")
-    evaluate_sweep(OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval2")}}))
+    evaluate_sweep(
+        OmegaConf.create({"sweep_dir": str(sweep), "paths": {"output_dir": str(tmp_path / "eval2")}})
+    )
     assert (sweep / "cv_summary.md").read_text() == "the user's notes"
     assert (tmp_path / "eval2" / "cv_summary.md").read_text() != "the user's notes"
 
@@ -292,12 +308,21 @@ def test_multilabel_sweep_summary(tmp_path):
         with open(sweep / job / "test_predictions.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         with open(sweep / job / "test_predictions.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["path", "true", "pred", "n_errors", *[f"p_{c}" for c in CLASSES]])
+            w = csv.DictWriter(
+                f, fieldnames=["path", "true", "pred", "n_errors", *[f"p_{c}" for c in CLASSES]]
+            )
             w.writeheader()
             for i, r in enumerate(rows):
                 pred = r["pred"] + (";AC-5" if i % 2 and r["pred"] != "AC-5" else "") if i % 3 else ""
-                w.writerow({"path": r["path"], "true": r["true"], "pred": pred.replace("AC-5", "AC-4"), "n_errors": 0,
-                            **{f"p_{c}": 0.5 for c in CLASSES}})
+                w.writerow(
+                    {
+                        "path": r["path"],
+                        "true": r["true"],
+                        "pred": pred.replace("AC-5", "AC-4"),
+                        "n_errors": 0,
+                        **{f"p_{c}": 0.5 for c in CLASSES},
+                    }
+                )
     s = summarize_sweep(sweep, n_boot=100)
     assert s["oof/multilabel"] is True
     assert {"oof/exact_match", "oof/micro_f1", "oof/mca", "oof/hamming_loss"} <= set(s)

@@ -6,6 +6,7 @@ import torch
 
 from ana_lightning.data.datamodules import SingleLabelDataModule
 from ana_lightning.data.records import DatasetError
+
 from conftest import write_class_images
 
 
@@ -24,7 +25,9 @@ def test_natural_class_order_and_targets(tmp_path):
     for i in range(len(ds)):
         item = ds[i]
         code = dm.class_names[int(item["target"])]
-        assert f"/{code.lower().replace('-', '')}" in ds.records[i].path.lower().replace("-", "").replace("_", "")
+        assert f"/{code.lower().replace('-', '')}" in ds.records[i].path.lower().replace("-", "").replace(
+            "_", ""
+        )
         assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[1:] == (3, 32, 32)

@@ -24,22 +24,36 @@ from conftest import compose, tiny_train_overrides
 
 def test_ddp_spawn_trains_and_writes_one_folder(tiny_folder, tmp_path):
     run = tmp_path / "outputs" / "train" / "runs" / "job"
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=2) + ["trainer=ddp_cpu", "trainer.devices=2"], output_dir=run)
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=2) + ["trainer=ddp_cpu", "trainer.devices=2"],
+        output_dir=run,
+    )
     metrics, objs = train(cfg)
     trainer = objs["trainer"]
     assert trainer.world_size == 2 and trainer.strategy.__class__.__name__ == "DDPStrategy"
     # Everything of the job is in its one folder; nothing per rank, nothing beside it.
     assert [p.name for p in (tmp_path / "outputs" / "train" / "runs").iterdir()] == ["job"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "tiny"]
-    for name in ("config_resolved.yaml", "split_manifest.csv", "metrics.json", "test_report.md", "test_predictions.csv",
-                 "checkpoints/last.ckpt", "csv/metrics.csv"):
+    for name in (
+        "config_resolved.yaml",
+        "split_manifest.csv",
+        "metrics.json",
+        "test_report.md",
+        "test_predictions.csv",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+    ):
         assert (run / name).is_file(), name
     assert not list(run.rglob("*rank1*")) and not (run / "lightning_logs").exists()
     # Both ranks trained on disjoint halves: every epoch took ceil(n_train / 2 / batch) steps.
     n_train = len(objs["datamodule"].splits["train"])
     per_rank = (n_train + 1) // 2
     steps_per_epoch = (per_rank + 7) // 8
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2 * steps_per_epoch
+    assert (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+        == 2 * steps_per_epoch
+    )
     # The test predictions cover every test image once (DistributedSampler padding removed).
     rows = (run / "test_predictions.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(objs["datamodule"].splits["test"])
@@ -54,8 +68,12 @@ def test_other_ranks_write_nothing(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     run = tmp_path / "run"
     # No checkpoint callbacks: rank 0, which would write the best checkpoint that all ranks test, is not here.
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + ["logger=many_loggers", "~logger.wandb", "callbacks=none",
-                                                                         "+trainer.enable_checkpointing=false"], output_dir=run)
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=1)
+        + ["logger=many_loggers", "~logger.wandb", "callbacks=none", "+trainer.enable_checkpointing=false"],
+        output_dir=run,
+    )
     metrics, _ = train(cfg)
     assert "test/mca" in metrics  # it did train and test
     written = [p for p in run.rglob("*") if p.is_file()]
@@ -102,12 +120,16 @@ class _SamplerProbe(L.LightningModule):
         targets = torch.tensor([1] * 10 + [0] * 90)
         # num_replicas / rank left to the samplers: they read the process group Lightning set up.
         self.samplers = {
-            "mixed": MixedRatioSampler(range(N_SINGLE), range(N_SINGLE, N_SINGLE + N_HOSP), BATCH, 0.6, seed=3),
+            "mixed": MixedRatioSampler(
+                range(N_SINGLE), range(N_SINGLE, N_SINGLE + N_HOSP), BATCH, 0.6, seed=3
+            ),
             "balanced": ClassBalancedSampler(targets, seed=3),
         }
         return {
             "mixed": DataLoader(ds, batch_size=BATCH, sampler=self.samplers["mixed"]),
-            "balanced": DataLoader(TensorDataset(torch.arange(100)), batch_size=BATCH, sampler=self.samplers["balanced"]),
+            "balanced": DataLoader(
+                TensorDataset(torch.arange(100)), batch_size=BATCH, sampler=self.samplers["balanced"]
+            ),
         }
 
     def training_step(self, batch, batch_idx):
@@ -121,16 +143,31 @@ class _SamplerProbe(L.LightningModule):
     def on_train_end(self):
         loaders = self.trainer.train_dataloader
         untouched = {k: loaders[k].sampler is self.samplers[k] for k in self.samplers}
-        out = {"rank": self.global_rank, "epochs": self.current_epoch, "seen": self.seen, "untouched": untouched,
-               "epoch_of": {k: s.epoch for k, s in self.samplers.items()}}
+        out = {
+            "rank": self.global_rank,
+            "epochs": self.current_epoch,
+            "seen": self.seen,
+            "untouched": untouched,
+            "epoch_of": {k: s.epoch for k, s in self.samplers.items()},
+        }
         Path(self.out_dir, f"rank{self.global_rank}.json").write_text(json.dumps(out))
 
 
 def test_our_samplers_survive_lightning_ddp(tmp_path):
     from ana_lightning.data import samplers  # the project's own module: an import error must fail, not skip
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=True, default_root_dir=str(tmp_path))
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=True,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(_SamplerProbe(str(tmp_path)))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
@@ -144,14 +181,18 @@ def test_our_samplers_survive_lightning_ddp(tmp_path):
     for e in range(2):
         hosp = []
         for r in ranks:
-            for b in r["seen"]["mixed"][e * per_epoch:(e + 1) * per_epoch]:
-                assert sum(i < N_SINGLE for i in b) == n_single  # the ratio holds in every batch of every rank
+            for b in r["seen"]["mixed"][e * per_epoch : (e + 1) * per_epoch]:
+                assert (
+                    sum(i < N_SINGLE for i in b) == n_single
+                )  # the ratio holds in every batch of every rank
                 hosp.append([i for i in b if i >= N_SINGLE])
         flat = [i for b in hosp for i in b]
         assert sorted(flat) == list(range(N_SINGLE, N_SINGLE + N_HOSP))  # disjoint shards covering the epoch
     # Balanced: the shards are this rank's slice of the one global draw (disjoint positions), not copies.
     for r in ranks:
-        ref = samplers.ClassBalancedSampler(torch.tensor([1] * 10 + [0] * 90), num_replicas=2, rank=r["rank"], seed=3)
+        ref = samplers.ClassBalancedSampler(
+            torch.tensor([1] * 10 + [0] * 90), num_replicas=2, rank=r["rank"], seed=3
+        )
         ref.set_epoch(1)
         last_epoch = [i for b in r["seen"]["balanced"][per_epoch:] for i in b]
         assert last_epoch == list(ref)
@@ -166,14 +207,34 @@ def test_slurm_tasks_agree_on_one_job_folder(tiny_folder, tmp_path):
     job = "4242"
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "ANA_ROOT": str(tmp_path), "SLURM_JOB_ID": job, "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2",
-               "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
-               "SLURM_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1"}
+        env = {
+            **os.environ,
+            "ANA_ROOT": str(tmp_path),
+            "SLURM_JOB_ID": job,
+            "SLURM_JOB_NAME": "train",
+            "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "2",
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank),
+            "SLURM_NODEID": "0",
+            "SLURM_NODELIST": "localhost",
+            "SLURM_JOB_NUM_NODES": "1",
+        }
         for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
             env.pop(k, None)
-        cmd = [sys.executable, "-m", "ana_lightning.cli.train", *tiny_train_overrides(tiny_folder, epochs=1),
-               "trainer=ddp_cpu", "trainer.strategy=ddp"]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "ana_lightning.cli.train",
+            *tiny_train_overrides(tiny_folder, epochs=1),
+            "trainer=ddp_cpu",
+            "trainer.strategy=ddp",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())

@@ -95,11 +95,16 @@ def test_multihead_padding_duplicates_do_not_count_twice():
     for m in ranks:
         m.on_test_epoch_end()
     for lv in (1, 2, 3):
-        for (_, a), (_, b) in zip(ranks[0].metrics[f"test_{lv}"].items(), ranks[1].metrics[f"test_{lv}"].items(),
-                                  strict=True):
+        for (_, a), (_, b) in zip(
+            ranks[0].metrics[f"test_{lv}"].items(), ranks[1].metrics[f"test_{lv}"].items(), strict=True
+        ):
             a.merge_state(b)
     got = {k: float(v) for k, v in ranks[0].metrics["test_3"].compute().items()}
     assert got["test/level3_acc"] == pytest.approx(skm.accuracy_score(truth, guess))
-    assert got["test/level3_mca"] == pytest.approx(skm.recall_score(truth, guess, labels=np.unique(truth), average="macro"))
-    assert got["test/level3_acc"] != pytest.approx(skm.accuracy_score(truth[[*order[0], *order[1]]], guess[[*order[0], *order[1]]]))
+    assert got["test/level3_mca"] == pytest.approx(
+        skm.recall_score(truth, guess, labels=np.unique(truth), average="macro")
+    )
+    assert got["test/level3_acc"] != pytest.approx(
+        skm.accuracy_score(truth[[*order[0], *order[1]]], guess[[*order[0], *order[1]]])
+    )
     assert ranks[0].test_predictions["index"].tolist() == list(range(7))  # every image once, from both ranks

@@ -112,12 +112,18 @@ def test_one_group_holding_everything_stops_naming_the_key(tmp_path):
     from ana_lightning.data.hospital import HospitalDataModule
     from ana_lightning.data.records import DatasetError
 
-    root = _hospital(tmp_path / "export", {"site1/AC-1": 20, "site1/AC-4": 20})  # group_level=auto: 'site1' for all
+    root = _hospital(
+        tmp_path / "export", {"site1/AC-1": 20, "site1/AC-4": 20}
+    )  # group_level=auto: 'site1' for all
     dm = HospitalDataModule(hospital_root=str(root), image_size=32, cache_images=False, near_duplicates=False)
-    with pytest.raises(DatasetError, match=r"val and test split\(s\) are empty \(train 40, val 0, test 0.*'site1'.*data.group_level"):
+    with pytest.raises(
+        DatasetError,
+        match=r"val and test split\(s\) are empty \(train 40, val 0, test 0.*'site1'.*data.group_level",
+    ):
         dm.setup()
-    dm = HospitalDataModule(hospital_root=str(root), image_size=32, cache_images=False, near_duplicates=False,
-                            group_level="none")
+    dm = HospitalDataModule(
+        hospital_root=str(root), image_size=32, cache_images=False, near_duplicates=False, group_level="none"
+    )
     dm.setup()  # split image by image, as the message suggests
     assert all(dm.splits[s] for s in ("train", "val", "test"))
 
@@ -127,8 +133,13 @@ def test_a_dominant_group_is_a_warning(tmp_path, caplog):
 
     layout = {"p0/AC-1": 16, "p0/AC-4": 16, **{f"p{i}/AC-{1 if i % 2 else 4}": 2 for i in range(1, 15)}}
     root = _hospital(tmp_path / "export", layout)
-    dm = HospitalDataModule(hospital_root=str(root), image_size=32, cache_images=False, near_duplicates=False,
-                            split_fractions=[0.5, 0.25, 0.25])
+    dm = HospitalDataModule(
+        hospital_root=str(root),
+        image_size=32,
+        cache_images=False,
+        near_duplicates=False,
+        split_fractions=[0.5, 0.25, 0.25],
+    )
     with caplog.at_level(logging.WARNING):
         dm.setup()
     assert "One group, 'p0', holds 32 of the 60 images" in caplog.text
@@ -138,8 +149,16 @@ def test_episodes_use_each_picture_once():
     from ana_lightning.data.splits import NearDuplicateSet
     from ana_lightning.episodes import unique_images
 
-    recs = [ImageRecord(p, ("AC-1",), sha256=h) for p, h in
-            [("a.png", "1"), ("a_copy.png", "1"), ("b.png", "2"), ("b_flipped.png", "3"), ("c.png", "4")]]
+    recs = [
+        ImageRecord(p, ("AC-1",), sha256=h)
+        for p, h in [
+            ("a.png", "1"),
+            ("a_copy.png", "1"),
+            ("b.png", "2"),
+            ("b_flipped.png", "3"),
+            ("c.png", "4"),
+        ]
+    ]
     near = [NearDuplicateSet((recs[2], recs[3]), ("identity", "flip_lr"), (0, 0))]
     kept, dropped = unique_images(recs, near)
     assert [r.path for r in kept] == ["a.png", "b.png", "c.png"] and dropped == 2

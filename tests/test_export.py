@@ -11,7 +11,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, compose
 
 from ana_lightning.data.images import load_image
 from ana_lightning.data.splits import load_manifest
@@ -19,6 +18,8 @@ from ana_lightning.export import export_model, run_export
 from ana_lightning.models.classifier import SoftmaxClassifier
 from ana_lightning.predict import Predictor, run_predict
 from ana_lightning.taxonomy import Taxonomy
+
+from conftest import TINY_BACKBONE, compose
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,13 @@ def test_ana_predict_runs_the_onnx_file_like_the_checkpoint(trained_checkpoint, 
     root, _, ckpt = trained_checkpoint
     rows = {}
     for name, model in (("ckpt", ckpt), ("onnx", onnx_export.model_path)):
-        s = run_predict(compose("predict", [f"ckpt_path={model}", f"input={root}", "progress=false"], output_dir=tmp_path / name))
+        s = run_predict(
+            compose(
+                "predict",
+                [f"ckpt_path={model}", f"input={root}", "progress=false"],
+                output_dir=tmp_path / name,
+            )
+        )
         with open(s.csv_path, newline="") as f:
             rows[name] = list(csv.DictReader(f))
     assert len(rows["onnx"]) == len(rows["ckpt"]) == 36
@@ -120,15 +127,20 @@ class SigmoidToy(SoftmaxClassifier):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["ana_lightning"].update(task="multi_label", thresholds=self.THRESHOLDS, decision_rule="per_class")
+        checkpoint["ana_lightning"].update(
+            task="multi_label", thresholds=self.THRESHOLDS, decision_rule="per_class"
+        )
 
 
 def write_multi_label_checkpoint(path: Path) -> Path:
     """An untrained :class:`SigmoidToy` saved as a checkpoint (also used by the browser test)."""
     torch.manual_seed(0)
     model = SigmoidToy(backbone={"name": TINY_BACKBONE}, class_names=["AC-1", "AC-4", "AC-5"], image_size=32)
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": L.__version__}
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
     model.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)
     return path

@@ -37,12 +37,24 @@ class Pace(L.Callback):
 
 def _cmd(data: Path, *extra: str) -> list[str]:
     over = [o for o in tiny_train_overrides(data, epochs=EPOCHS) if not o.startswith("data.batch_size")]
-    return [sys.executable, "-m", "ana_lightning.cli.train", *over, f"data.batch_size={BATCH}",
-            "callbacks.last_step_checkpoint.every_n_train_steps=2", "callbacks.early_stopping=null", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ana_lightning.cli.train",
+        *over,
+        f"data.batch_size={BATCH}",
+        "callbacks.last_step_checkpoint.every_n_train_steps=2",
+        "callbacks.early_stopping=null",
+        *extra,
+    ]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "ANA_ROOT": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "ANA_ROOT": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def _curve(run: Path) -> list[dict[str, str]]:
@@ -69,10 +81,18 @@ def _train_steps_per_epoch(run: Path) -> int:
 
 
 def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
-    data = write_class_images(tmp_path / "data", {"AC-1": 12, "AC-2": 12, "AC-4": 12})  # 24 training images: 6 full batches
+    data = write_class_images(
+        tmp_path / "data", {"AC-1": 12, "AC-2": 12, "AC-4": 12}
+    )  # 24 training images: 6 full batches
     marker = tmp_path / "step.txt"
-    proc = subprocess.Popen(_cmd(data, "+callbacks.pace._target_=test_fault.Pace", f"+callbacks.pace.marker={marker}"),
-                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(data, "+callbacks.pace._target_=test_fault.Pace", f"+callbacks.pace.marker={marker}"),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     runs_root = tmp_path / "outputs" / "train" / "runs"
     kill_at, deadline = None, time.monotonic() + 300
     try:
@@ -98,8 +118,14 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     assert any(r.get("val/mca") for r in before)  # epoch 0's curve was written before the kill
 
     # Start it again with the same command and ckpt_path=last: it continues in the killed run's folder.
-    done = subprocess.run(_cmd(data, "ckpt_path=last"), cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        _cmd(data, "ckpt_path=last"),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == EPOCHS * per_epoch  # every optimizer step, none twice, none lost
@@ -158,13 +184,19 @@ def test_resuming_a_finished_run_keeps_its_curves(one_epoch_run, tiny_folder, ca
     assert "is finished (1 epochs" in caplog.text and "nothing to resume" in caplog.text
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step
     rows = _curve(run)
-    assert _filled(rows, drop="test/mca") == _filled(_curve_bytes(curve), drop="test/mca")  # the curve, untouched
+    assert _filled(rows, drop="test/mca") == _filled(
+        _curve_bytes(curve), drop="test/mca"
+    )  # the curve, untouched
     assert sum(1 for r in rows if r.get("test/mca")) == 1 and (run / "metrics.json").is_file()
     after_test = (run / "csv" / "metrics.csv").read_bytes()
     metrics, objs = train(cfg)  # tested already: nothing at all, the same metrics
     assert objs["trainer"] is None and metrics["test/mca"] >= 0
     assert (run / "csv" / "metrics.csv").read_bytes() == after_test
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=3) + ["ckpt_path=last", "test=false"], output_dir=run)
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=3) + ["ckpt_path=last", "test=false"],
+        output_dir=run,
+    )
     train(cfg)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3 * step
     assert_every_epoch_once(run, 3)
@@ -185,7 +217,11 @@ def test_truncated_checkpoint_resume_is_a_clear_error(one_epoch_run, tiny_folder
     data = (run / "checkpoints" / "last.ckpt").read_bytes()
     bad = tmp_path / "cut.ckpt"
     bad.write_bytes(data[: len(data) // 2])
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=2) + [f"ckpt_path={bad}"], output_dir=tmp_path / "r2")
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=2) + [f"ckpt_path={bad}"],
+        output_dir=tmp_path / "r2",
+    )
     with pytest.raises(CheckpointError, match=r"ckpt_path=.*cut\.ckpt.*truncated"):
         train(cfg)
     # ckpt_path=last finding a cut last.ckpt says so too.
@@ -200,8 +236,20 @@ def test_truncated_checkpoint_through_the_console_command(one_epoch_run, tiny_fo
     bad = tmp_path / "cut.ckpt"
     bad.write_bytes(data[: len(data) // 2])
     # The message, not a traceback from inside torch.
-    proc = subprocess.run([sys.executable, "-m", "ana_lightning.cli.train", *tiny_train_overrides(tiny_folder), f"ckpt_path={bad}"],
-                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ana_lightning.cli.train",
+            *tiny_train_overrides(tiny_folder),
+            f"ckpt_path={bad}",
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "CheckpointError" in proc.stderr and "cut.ckpt" in proc.stderr and "truncated" in proc.stderr
     assert "torch/serialization.py" not in proc.stderr

@@ -365,7 +365,9 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
     from ana_lightning.fields.verdicts import training_scale
 
     cells = tmp_path / "cells.ckpt"
-    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"reader": "i3a2014", "mask": "apply"}}, cells)
+    torch.save(
+        {"state_dict": {}, "datamodule_hyper_parameters": {"reader": "i3a2014", "mask": "apply"}}, cells
+    )
     assert training_scale(cells) == {"nucleus_diameter_px": None, "input_kind": "cell", "cell_mask": "apply"}
     fields = tmp_path / "fields.ckpt"
     torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"nucleus_diameter_px": 13}}, fields)
@@ -391,4 +393,6 @@ def test_app_shows_the_cell_overlay_of_a_field(trained_checkpoint, field_folder)
     assert probs is not None and np.allclose(probs, res.probs)
     assert preview.shape[1] > image.shape[1]  # the field plus the legend panel
     assert f"{res.n_used} cells" in text and chart is not None
-    assert field_predictor(compose("app", [f"ckpt_path={ckpt}"]), predictor) is None  # a field model: whole image
+    assert (
+        field_predictor(compose("app", [f"ckpt_path={ckpt}"]), predictor) is None
+    )  # a field model: whole image

@@ -219,17 +219,32 @@ def _fold_tests(make, k: int) -> list[list]:
 def test_hospital_folds_are_grouped_by_patient_and_multilabel(tmp_path):
     from ana_lightning.data.hospital import HospitalDataModule
 
-    folders = {f"patient{p:02d}/{lab}": 2 for p, lab in enumerate(["AC-1 AC-4", "AC-1", "AC-4", "AC-5", "AC-1 AC-5", "AC-4"] * 3)}
+    folders = {
+        f"patient{p:02d}/{lab}": 2
+        for p, lab in enumerate(["AC-1 AC-4", "AC-1", "AC-4", "AC-5", "AC-1 AC-5", "AC-4"] * 3)
+    }
     root = write_class_images(tmp_path / "hosp", folders, size=16)
     manifest = tmp_path / "sweep" / "folds_manifest.csv"
-    tests = _fold_tests(lambda f: HospitalDataModule(hospital_root=str(root), image_size=16, folds=3, fold=f,
-                                                      folds_manifest=str(manifest), cache_images=False), 3)
+    tests = _fold_tests(
+        lambda f: HospitalDataModule(
+            hospital_root=str(root),
+            image_size=16,
+            folds=3,
+            fold=f,
+            folds_manifest=str(manifest),
+            cache_images=False,
+        ),
+        3,
+    )
     assert sum(len(t) for t in tests) == 36
     patients = [{r.group for r in t} for t in tests]
     assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
     for code in ("AC-1", "AC-4", "AC-5"):
         per_fold = [sum(code in r.codes for r in t) for t in tests]
-        assert max(per_fold) - min(per_fold) <= 2, (code, per_fold)  # whole patients of 2 images move together
+        assert max(per_fold) - min(per_fold) <= 2, (
+            code,
+            per_fold,
+        )  # whole patients of 2 images move together
 
 
 def test_mixed_and_hierarchy_datamodules_take_folds(tmp_path):
@@ -237,13 +252,40 @@ def test_mixed_and_hierarchy_datamodules_take_folds(tmp_path):
     from ana_lightning.data.hospital import MixedDataModule
 
     single = write_class_images(tmp_path / "single", {"AC-1": 6, "AC-4": 6, "AC-5": 6}, size=16)
-    hosp = write_class_images(tmp_path / "hosp", {f"patient{p}/{lab}": 2 for p, lab in enumerate(["AC-1 AC-4", "AC-5", "AC-4"] * 2)},
-                              size=16, seed=1)
-    tests = _fold_tests(lambda f: MixedDataModule(single_root=str(single), hospital_root=str(hosp), image_size=16, batch_size=4,
-                                                  folds=3, fold=f, folds_manifest=str(tmp_path / "m1.csv"), cache_images=False), 3)
+    hosp = write_class_images(
+        tmp_path / "hosp",
+        {f"patient{p}/{lab}": 2 for p, lab in enumerate(["AC-1 AC-4", "AC-5", "AC-4"] * 2)},
+        size=16,
+        seed=1,
+    )
+    tests = _fold_tests(
+        lambda f: MixedDataModule(
+            single_root=str(single),
+            hospital_root=str(hosp),
+            image_size=16,
+            batch_size=4,
+            folds=3,
+            fold=f,
+            folds_manifest=str(tmp_path / "m1.csv"),
+            cache_images=False,
+        ),
+        3,
+    )
     assert sum(len(t) for t in tests) == 30
-    tests = _fold_tests(lambda f: HEp2HierarchyDataModule(root=str(single), level=2, image_size=16, folds=3, fold=f, repeats=2,
-                                                          repeat=1, folds_manifest=str(tmp_path / "m2.csv"), cache_images=False), 3)
+    tests = _fold_tests(
+        lambda f: HEp2HierarchyDataModule(
+            root=str(single),
+            level=2,
+            image_size=16,
+            folds=3,
+            fold=f,
+            repeats=2,
+            repeat=1,
+            folds_manifest=str(tmp_path / "m2.csv"),
+            cache_images=False,
+        ),
+        3,
+    )
     assert sum(len(t) for t in tests) == 18
     rows = load_folds_manifest(tmp_path / "m2.csv")
     assert {r["repeat"] for r in rows} == {"0", "1"}
@@ -255,8 +297,15 @@ def test_near_duplicates_never_split_across_folds(near_dup_folder, tmp_path, see
     root, sets = near_dup_folder
     fold_of = {}
     for k in range(3):
-        dm = SingleLabelDataModule(root=str(root), image_size=16, cache_images=False, seed=seed, folds=3, fold=k,
-                                   folds_manifest=str(tmp_path / f"m{seed}.csv"))
+        dm = SingleLabelDataModule(
+            root=str(root),
+            image_size=16,
+            cache_images=False,
+            seed=seed,
+            folds=3,
+            fold=k,
+            folds_manifest=str(tmp_path / f"m{seed}.csv"),
+        )
         dm.setup()
         fold_of.update({r.path: k for r in dm.splits["test"]})
         split_of = {r.path: s for s, recs in dm.splits.items() for r in recs}

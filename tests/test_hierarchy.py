@@ -104,8 +104,16 @@ def test_classes_select_nodes_of_the_level(every_code):
 
 
 def test_synthetic_default_renders_once_and_targets(tmp_path):
-    dm = HEp2HierarchyDataModule(level=2, parent="nuclear", cache_dir=str(tmp_path), n_per_class=3, render_size=64,
-                                 image_size=32, batch_size=8, classes=None)
+    dm = HEp2HierarchyDataModule(
+        level=2,
+        parent="nuclear",
+        cache_dir=str(tmp_path),
+        n_per_class=3,
+        render_size=64,
+        image_size=32,
+        batch_size=8,
+        classes=None,
+    )
     dm.setup()
     assert dm.root.parent == tmp_path and (dm.root / ".complete").exists()
     assert set(dm.class_names) <= set(Taxonomy.load().nodes(2)) and "fibrillar" not in dm.class_names

@@ -69,7 +69,11 @@ def test_icpr2012_reader(tmp_path, header):
     data = read_icpr2012(root, Taxonomy.load())
     assert len(data.records) == 24 and data.bad == []
     by_id = {Path(r.path).stem: r for r in data.records}
-    assert by_id["1"].codes == ("AC-1",) and by_id["13"].codes == ("nucleolar",) and by_id["21"].codes == ("cytoplasmic",)
+    assert (
+        by_id["1"].codes == ("AC-1",)
+        and by_id["13"].codes == ("nucleolar",)
+        and by_id["21"].codes == ("cytoplasmic",)
+    )
     if header:  # the field column groups the cells of one field
         assert by_id["1"].group == "field0" and by_id["2"].group == "field1"
     assert all(r.sha256 for r in data.records)
@@ -117,7 +121,14 @@ def test_apply_mask_modes():
 @pytest.mark.parametrize("mask", ["apply", "channel"])
 def test_i3a_in_the_hierarchy_datamodule(tmp_path, mask):
     root = write_i3a2014(tmp_path / "i3a")
-    kw = dict(root=str(root), reader="i3a2014", mask=mask, image_size=24, batch_size=64, split_fractions=(0.5, 0.25, 0.25))
+    kw = dict(
+        root=str(root),
+        reader="i3a2014",
+        mask=mask,
+        image_size=24,
+        batch_size=64,
+        split_fractions=(0.5, 0.25, 0.25),
+    )
     dm1 = HEp2HierarchyDataModule(level=1, **kw)
     dm1.setup()
     assert dm1.class_names == ["nuclear", "cytoplasmic"]  # Golgi (AC-22) is cytoplasmic
@@ -138,15 +149,26 @@ def test_i3a_in_the_hierarchy_datamodule(tmp_path, mask):
 
 def test_contest_manifest_round_trip_with_node_labels(tmp_path):
     root = write_icpr2012(tmp_path / "mivia")
-    dm = HEp2HierarchyDataModule(root=str(root), reader="icpr2012", level=1, image_size=24, cache_images=False)
+    dm = HEp2HierarchyDataModule(
+        root=str(root), reader="icpr2012", level=1, image_size=24, cache_images=False
+    )
     dm.setup()
     run = tmp_path / "run"
     run.mkdir()
     dm.write_reports(run)
     text = (run / "split_manifest.csv").read_text()
     assert "cytoplasmic" in text and "nucleolar" in text
-    again = HEp2HierarchyDataModule(root=str(root), reader="icpr2012", level=2, image_size=24, cache_images=False,
-                                    split_manifest=str(run / "split_manifest.csv"), seed=123)
+    again = HEp2HierarchyDataModule(
+        root=str(root),
+        reader="icpr2012",
+        level=2,
+        image_size=24,
+        cache_images=False,
+        split_manifest=str(run / "split_manifest.csv"),
+        seed=123,
+    )
     again.setup()
     for s in ("train", "val", "test"):
-        assert {r.path for r in again.splits[s]} == {r.path for r in dm.splits[s] if r.codes != ("cytoplasmic",)}
+        assert {r.path for r in again.splits[s]} == {
+            r.path for r in dm.splits[s] if r.codes != ("cytoplasmic",)
+        }

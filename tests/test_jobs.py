@@ -54,12 +54,18 @@ def test_unknown_names_still_raise_attribute_error():
             mod.no_such_job  # noqa: B018
 
 
-JOB_KEYS = {p.relative_to(CONF).as_posix(): line.split(":", 1)[1].split("#")[0].strip()
-            for p in sorted(CONF.rglob("*.yaml")) for line in p.read_text().splitlines() if line.startswith("job:")}
+JOB_KEYS = {
+    p.relative_to(CONF).as_posix(): line.split(":", 1)[1].split("#")[0].strip()
+    for p in sorted(CONF.rglob("*.yaml"))
+    for line in p.read_text().splitlines()
+    if line.startswith("job:")
+}
 
 
 def test_the_configs_name_jobs_in_their_new_home():
-    assert len(JOB_KEYS) >= 12 and all(v.startswith("ana_lightning.jobs.") for v in JOB_KEYS.values()), JOB_KEYS
+    assert len(JOB_KEYS) >= 12 and all(v.startswith("ana_lightning.jobs.") for v in JOB_KEYS.values()), (
+        JOB_KEYS
+    )
 
 
 @pytest.mark.parametrize("yaml", sorted(JOB_KEYS))
@@ -69,8 +75,12 @@ def test_every_job_key_of_the_configs_resolves(yaml):
 
 @pytest.mark.slow  # a fresh interpreter importing torch and lightning
 def test_importing_a_library_module_does_not_import_the_jobs():
-    code = ("import sys, ana_lightning.predict, ana_lightning.baselines, ana_lightning.style_transfer, "
-            "ana_lightning.crossval, ana_lightning.export, ana_lightning.cross_dataset; "
-            "print(sorted(m for m in sys.modules if m.startswith('ana_lightning.jobs.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = (
+        "import sys, ana_lightning.predict, ana_lightning.baselines, ana_lightning.style_transfer, "
+        "ana_lightning.crossval, ana_lightning.export, ana_lightning.cross_dataset; "
+        "print(sorted(m for m in sys.modules if m.startswith('ana_lightning.jobs.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"

@@ -3,6 +3,7 @@
 import os
 
 from ana_lightning.pipeline import train
+
 from conftest import compose, tiny_train_overrides
 
 
@@ -10,8 +11,11 @@ def test_wandb_offline_run(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
     run = tmp_path / "run"
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + ["logger=wandb", "logger.wandb.project=ana-test"],
-                  output_dir=run)
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=1) + ["logger=wandb", "logger.wandb.project=ana-test"],
+        output_dir=run,
+    )
     train(cfg)
     import wandb
 
@@ -27,7 +31,11 @@ def test_wandb_offline_run(tiny_folder, tmp_path, monkeypatch):
 
 def test_tensorboard_and_csv(tiny_folder, tmp_path):
     run = tmp_path / "run"
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + ["logger=many_loggers", "~logger.wandb"], output_dir=run)
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=1) + ["logger=many_loggers", "~logger.wandb"],
+        output_dir=run,
+    )
     train(cfg)
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert "val/mca" in (run / "csv" / "metrics.csv").read_text()

@@ -23,9 +23,29 @@ def low_data():
 
 
 def _tiny(tmp_path, *extra):
-    return ["--groups", "discrete nuclear dots", "--repeats", "1", "--steps", "2", "--batch-size", "4",
-            "--backbone", TINY_BACKBONE, "--image-size", "32", "--render-size", "64", "--n-test", "2",
-            "--synthetic-root", str(tmp_path / "synth"), "--out", str(tmp_path / "out"), *extra]
+    return [
+        "--groups",
+        "discrete nuclear dots",
+        "--repeats",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--backbone",
+        TINY_BACKBONE,
+        "--image-size",
+        "32",
+        "--render-size",
+        "64",
+        "--n-test",
+        "2",
+        "--synthetic-root",
+        str(tmp_path / "synth"),
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
 
 
 def test_low_data_study_runs_end_to_end_on_synthetic_fields(low_data, tmp_path):
@@ -56,14 +76,18 @@ def test_paired_differences_between_methods(low_data):
     line_b = next(x for x in table if "| b |" in x)
     line_c = next(x for x in table if "| c |" in x)
     assert "| 6 | +0.100 | [+0.100, +0.100] |" in line_b
-    assert line_c.endswith("| 6 | +0.000 | [+0.000, +0.000] | 1 |")  # a method against its copy: no difference
+    assert line_c.endswith(
+        "| 6 | +0.000 | [+0.000, +0.000] | 1 |"
+    )  # a method against its copy: no difference
 
 
 def test_draws_keep_train_and_test_apart(low_data, tmp_path):
     from ana_lightning.data.records import ImageRecord
 
     cfg = low_data.StudyConfig(n_test=3)
-    by_class = {c: [ImageRecord(f"/{c}/{i}.png", (c,), sha256=f"{c}{i}") for i in range(8)] for c in ("AC-6", "AC-7")}
+    by_class = {
+        c: [ImageRecord(f"/{c}/{i}.png", (c,), sha256=f"{c}{i}") for i in range(8)] for c in ("AC-6", "AC-7")
+    }
     tests = set()
     for rep in range(3):
         train, test = low_data._draws(cfg, "synthetic", by_class, 5, rep)
@@ -80,8 +104,21 @@ def test_draws_keep_train_and_test_apart(low_data, tmp_path):
 @pytest.mark.realdata
 @pytest.mark.skipif(not (REAL_DATA / "patterns").is_dir(), reason=f"{REAL_DATA} is absent")
 def test_low_data_study_on_the_real_images(low_data, tmp_path):
-    res = low_data.main(_tiny(tmp_path, "--datasets", "real", "--k", "1", "5", "--real-root", str(REAL_DATA / "patterns"),
-                              "--methods", "svm_texture", "softmax_cnn"))
+    res = low_data.main(
+        _tiny(
+            tmp_path,
+            "--datasets",
+            "real",
+            "--k",
+            "1",
+            "5",
+            "--real-root",
+            str(REAL_DATA / "patterns"),
+            "--methods",
+            "svm_texture",
+            "softmax_cnn",
+        )
+    )
     by_k = {r["k"]: r for r in res["rows"] if r["method"] == "svm_texture"}
     assert by_k[1]["mca"] is not None and by_k[1]["n_train"] == 2
     # AC-7's two byte-identical files count once: 4 unique AC-7 images, so K=5 cannot be tested
@@ -94,11 +131,27 @@ def test_low_data_study_runs_on_i3a_cells(low_data, tmp_path):
     from contest_fixtures import write_i3a2014_cells
 
     root = write_i3a2014_cells(tmp_path / "i3a", per_class=6, specimens_per_class=3)
-    args = _tiny(tmp_path, "--datasets", "i3a", "--k", "1", "2", "--i3a-root", str(root), "--n-test-cells", "2",
-                 "--methods", "svm_texture", "--repeats", "2")  # the CNN methods: the synthetic test above
+    args = _tiny(
+        tmp_path,
+        "--datasets",
+        "i3a",
+        "--k",
+        "1",
+        "2",
+        "--i3a-root",
+        str(root),
+        "--n-test-cells",
+        "2",
+        "--methods",
+        "svm_texture",
+        "--repeats",
+        "2",
+    )  # the CNN methods: the synthetic test above
     res = low_data.main(args)
     rows = res["rows"]
-    assert {(r["k"], r["repeat"], r["method"]) for r in rows} == {(k, rep, "svm_texture") for k in (1, 2) for rep in (0, 1)}
+    assert {(r["k"], r["repeat"], r["method"]) for r in rows} == {
+        (k, rep, "svm_texture") for k in (1, 2) for rep in (0, 1)
+    }
     assert all(r["group"] == "i3a6" and r["n_train"] == 6 * r["k"] and r["n_test"] == 12 for r in rows)
     assert "| i3a | 1 |" in res["table"]
 
@@ -114,7 +167,9 @@ def test_i3a_split_holds_out_whole_specimens(low_data, tmp_path):
     assert not {r.group for v in pool.values() for r in v} & {r.group for r in test}
     assert len(pool) == 6 and len(test) == 12
     copies = low_data._normalised_copies(test, {}, tmp_path / "cache")
-    assert [c.group for c in copies] == [r.group for r in test] and all(Path(c.path).is_file() for c in copies)
+    assert [c.group for c in copies] == [r.group for r in test] and all(
+        Path(c.path).is_file() for c in copies
+    )
 
 
 def test_per_cell_normalisation(low_data):
@@ -131,8 +186,11 @@ def test_per_cell_normalisation(low_data):
 
 
 def test_summary_sd_is_the_sample_sd_over_repeats(low_data):
-    rows = [dict(dataset="d", group=g, k=1, repeat=rep, method="m", mca=v)
-            for rep, vals in enumerate([(0.2, 0.4), (0.6, 0.6), (0.9, 0.7)]) for g, v in zip("ab", vals, strict=True)]
+    rows = [
+        dict(dataset="d", group=g, k=1, repeat=rep, method="m", mca=v)
+        for rep, vals in enumerate([(0.2, 0.4), (0.6, 0.6), (0.9, 0.7)])
+        for g, v in zip("ab", vals, strict=True)
+    ]
     (line,) = low_data.summarize(rows, ["m"])
     per_repeat = [0.3, 0.6, 0.8]
     assert line["m"][0] == pytest.approx(sum(per_repeat) / 3)

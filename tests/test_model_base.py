@@ -21,9 +21,15 @@ from conftest import TINY_BACKBONE, compose, tiny_train_overrides
 class LinearProbe(ANAModule):
     """A new LightningModule, written against the base: only what differs."""
 
-    def __init__(self, backbone: Mapping[str, Any], class_names: Sequence[str], optimizer: OptimizerFactory | None = None,
-                 scheduler: SchedulerFactory | None = None, class_weights: Sequence[float] | None = None,
-                 image_size: int = 224) -> None:
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        class_names: Sequence[str],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        class_weights: Sequence[float] | None = None,
+        image_size: int = 224,
+    ) -> None:
         super().__init__(optimizer, scheduler)
         self.net = create_backbone(num_classes=len(self.class_names), **dict(self.hparams.backbone))
         self.freeze_backbone_hparams()
@@ -59,9 +65,16 @@ def test_a_new_model_trains_and_reports_through_ana_train(tiny_folder, tmp_path)
     from ana_lightning.pipeline import train
 
     run = tmp_path / "runs" / "probe"
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=1) + [
-        "model._target_=test_model_base.LinearProbe", "~model.label_smoothing", "~model.scheduler_interval",
-    ], output_dir=run)
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=1)
+        + [
+            "model._target_=test_model_base.LinearProbe",
+            "~model.label_smoothing",
+            "~model.scheduler_interval",
+        ],
+        output_dir=run,
+    )
     metrics, objs = train(cfg)
     model = objs["model"]
     assert isinstance(model, LinearProbe) and "test/mca" in metrics
@@ -74,7 +87,12 @@ def test_a_new_model_trains_and_reports_through_ana_train(tiny_folder, tmp_path)
     assert isinstance(loaded, LinearProbe) and loaded.class_names == model.class_names
     meta = torch.load(best, weights_only=True)["ana_lightning"]
     assert meta["class_path"] == "test_model_base.LinearProbe" and meta["task"] == "single_label"
-    assert loaded.hparams.backbone == {"name": TINY_BACKBONE, "pretrained": False, "weights": None, "drop_rate": 0.0}
+    assert loaded.hparams.backbone == {
+        "name": TINY_BACKBONE,
+        "pretrained": False,
+        "weights": None,
+        "drop_rate": 0.0,
+    }
 
 
 def test_training_without_an_optimizer_names_the_fix():
@@ -86,9 +104,13 @@ def test_training_without_an_optimizer_names_the_fix():
 def test_the_optimizer_and_scheduler_come_from_the_partial_configs():
     import functools
 
-    model = LinearProbe({"name": TINY_BACKBONE}, ["AC-1", "AC-2"], image_size=32,
-                        optimizer=functools.partial(torch.optim.SGD, lr=0.5),
-                        scheduler=functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau))
+    model = LinearProbe(
+        {"name": TINY_BACKBONE},
+        ["AC-1", "AC-2"],
+        image_size=32,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.5),
+        scheduler=functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau),
+    )
     got = model.configure_optimizers()
     assert isinstance(got["optimizer"], torch.optim.SGD) and got["optimizer"].defaults["lr"] == 0.5
     assert got["lr_scheduler"]["monitor"] == "val/loss" and got["lr_scheduler"]["interval"] == "epoch"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_class_images
 
 from ana_lightning.data.hospital import (
     HospitalDataModule,
@@ -19,6 +18,8 @@ from ana_lightning.data.records import DatasetError
 from ana_lightning.data.splits import SPLITS, check_no_leakage, split_records
 from ana_lightning.taxonomy import Taxonomy
 
+from conftest import write_class_images
+
 TREE = Taxonomy.load()
 
 
@@ -27,15 +28,19 @@ def _by_name(records):
 
 
 def test_grammar_valid_names_and_other_levels(tmp_path):
-    root = write_class_images(tmp_path / "hosp", {
-        "patient01/AC-1 AC-4": 2,
-        "patient01/AC-1+AC-4": 1,
-        "patient02/ac-29_ac-3": 2,
-        "patient03/AC-1, AC-5": 2,
-        "patient04/AC-2 & AC-3;AC-5": 1,
-        "AC-4/patient12": 2,            # a patient sub-folder below the label: AC-4, never AC-12
-        "AC-6/patient12/slide3": 1,
-    }, size=24)
+    root = write_class_images(
+        tmp_path / "hosp",
+        {
+            "patient01/AC-1 AC-4": 2,
+            "patient01/AC-1+AC-4": 1,
+            "patient02/ac-29_ac-3": 2,
+            "patient03/AC-1, AC-5": 2,
+            "patient04/AC-2 & AC-3;AC-5": 1,
+            "AC-4/patient12": 2,  # a patient sub-folder below the label: AC-4, never AC-12
+            "AC-6/patient12/slide3": 1,
+        },
+        size=24,
+    )
     (root / "README.txt").write_text("export notes")  # next to the label folders: ignored
     recs, bad = read_hospital_folder(root, TREE)
     assert bad == []
@@ -60,12 +65,16 @@ def test_grammar_valid_names_and_other_levels(tmp_path):
 
 
 def test_grammar_invalid_tokens_listed_or_ignored(tmp_path, caplog):
-    root = write_class_images(tmp_path / "hosp", {
-        "patient01/AC-4 1:160": 2,   # a titer
-        "patient02/AC-1 positive": 1,
-        "patient03/AC-1 4": 1,       # a bare number is never a class
-        "patient04/AC-2": 2,
-    }, size=24)
+    root = write_class_images(
+        tmp_path / "hosp",
+        {
+            "patient01/AC-4 1:160": 2,  # a titer
+            "patient02/AC-1 positive": 1,
+            "patient03/AC-1 4": 1,  # a bare number is never a class
+            "patient04/AC-2": 2,
+        },
+        size=24,
+    )
     with pytest.raises(DatasetError) as e:
         read_hospital_folder(root, TREE)
     msg = str(e.value)
@@ -97,15 +106,25 @@ def test_unlabelled_and_bad_files(tmp_path):
 def test_labels_csv(tmp_path):
     root = write_class_images(tmp_path / "imgs", {"a": 3}, size=24)
     files = sorted((root / "a").glob("*.png"))
-    rows = [["path", "labels", "group"], [f"a/{files[0].name}", "AC-1;AC-4", "p1"], [f"a/{files[1].name}", "AC-4 1:160", "p2"],
-            [f"a/{files[2].name}", "ac-29_ac-3", ""]]
+    rows = [
+        ["path", "labels", "group"],
+        [f"a/{files[0].name}", "AC-1;AC-4", "p1"],
+        [f"a/{files[1].name}", "AC-4 1:160", "p2"],
+        [f"a/{files[2].name}", "ac-29_ac-3", ""],
+    ]
     with open(root / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     with pytest.raises(DatasetError, match=r"line 3.*1:160"):
         read_labels_csv(root / "labels.csv", TREE)
     recs, _ = read_labels_csv(root / "labels.csv", TREE, strict=False)
-    assert [(r.codes, r.group) for r in recs] == [(("AC-1", "AC-4"), "p1"), (("AC-4",), "p2"), (("AC-3", "AC-29"), None)]
-    dm = HospitalDataModule(labels_csv=str(root / "labels.csv"), strict=False, image_size=16, split_fractions=[1, 0, 0])
+    assert [(r.codes, r.group) for r in recs] == [
+        (("AC-1", "AC-4"), "p1"),
+        (("AC-4",), "p2"),
+        (("AC-3", "AC-29"), None),
+    ]
+    dm = HospitalDataModule(
+        labels_csv=str(root / "labels.csv"), strict=False, image_size=16, split_fractions=[1, 0, 0]
+    )
     dm.setup()
     assert dm.class_names == ["AC-1", "AC-3", "AC-4", "AC-29"]
 
@@ -113,7 +132,9 @@ def test_labels_csv(tmp_path):
 def _synthetic_hospital(root: Path, n=60, patients=12, codes=("AC-1", "AC-3", "AC-5", "AC-8")) -> Path:
     from ana_lightning.data.synthetic import generate_hospital_dataset
 
-    return generate_hospital_dataset(root, n_images=n, codes=list(codes), n_patients=patients, size=32, seed=1, progress=False)
+    return generate_hospital_dataset(
+        root, n_images=n, codes=list(codes), n_patients=patients, size=32, seed=1, progress=False
+    )
 
 
 def test_grouped_stratified_split_without_leakage(tmp_path):
@@ -146,9 +167,14 @@ def test_hospital_datamodule_targets_and_pos_weight(tmp_path):
     ds = dm.dataset("train")
     for i in range(len(ds)):
         t = ds[i]["target"]
-        assert t.dtype == torch.float32 and t.tolist() == [float(c in ds.records[i].codes) for c in dm.class_names]
+        assert t.dtype == torch.float32 and t.tolist() == [
+            float(c in ds.records[i].codes) for c in dm.class_names
+        ]
     train = dm.splits["train"]
-    want = [(len(train) - sum(c in r.codes for r in train)) / sum(c in r.codes for r in train) for c in dm.class_names]
+    want = [
+        (len(train) - sum(c in r.codes for r in train)) / sum(c in r.codes for r in train)
+        for c in dm.class_names
+    ]
     kw = dm.model_kwargs()
     assert kw["pos_weight"] == pytest.approx(want) and "class_weights" not in kw
     assert dm.model_kwargs(loss_weights=False)["pos_weight"] is None
@@ -161,8 +187,17 @@ def test_hospital_datamodule_targets_and_pos_weight(tmp_path):
 @pytest.fixture(scope="module")
 def mixed_dm(tmp_path_factory):
     base = tmp_path_factory.mktemp("mixed")
-    dm = MixedDataModule(cache_dir=str(base / "cache"), synthetic_codes=["AC-1", "AC-3", "AC-5", "AC-8"], n_per_class=10,
-                         n_hospital=60, n_patients=12, render_size=32, image_size=16, batch_size=8, mix_ratio=0.5)
+    dm = MixedDataModule(
+        cache_dir=str(base / "cache"),
+        synthetic_codes=["AC-1", "AC-3", "AC-5", "AC-8"],
+        n_per_class=10,
+        n_hospital=60,
+        n_patients=12,
+        render_size=32,
+        image_size=16,
+        batch_size=8,
+        mix_ratio=0.5,
+    )
     dm.setup()
     return dm, base
 
@@ -184,15 +219,31 @@ def test_mixed_split_holds_both_sources(mixed_dm):
 def test_mixed_manifest_selects_the_hospital_test_split(mixed_dm, tmp_path):
     dm, _ = mixed_dm
     dm.write_reports(tmp_path)
-    again = MixedDataModule(cache_dir=dm.single_root.parent, synthetic_codes=dm.synthetic_codes, n_per_class=10, n_hospital=60,
-                            n_patients=12, render_size=32, image_size=16, split_manifest=str(tmp_path / "split_manifest.csv"))
+    again = MixedDataModule(
+        cache_dir=dm.single_root.parent,
+        synthetic_codes=dm.synthetic_codes,
+        n_per_class=10,
+        n_hospital=60,
+        n_patients=12,
+        render_size=32,
+        image_size=16,
+        split_manifest=str(tmp_path / "split_manifest.csv"),
+    )
     again.setup()
-    assert {s: [r.path for r in v] for s, v in again.splits.items()} == {s: [r.path for r in v] for s, v in dm.splits.items()}
+    assert {s: [r.path for r in v] for s, v in again.splits.items()} == {
+        s: [r.path for r in v] for s, v in dm.splits.items()
+    }
     # data=hospital on the mixed run's manifest: the hospital images of each split, matched by content
-    hdm = HospitalDataModule(hospital_root=str(dm.hospital_root), image_size=16, split_manifest=str(tmp_path / "split_manifest.csv"))
+    hdm = HospitalDataModule(
+        hospital_root=str(dm.hospital_root),
+        image_size=16,
+        split_manifest=str(tmp_path / "split_manifest.csv"),
+    )
     hdm.setup()
     for s in SPLITS:
-        assert sorted(r.sha256 for r in hdm.splits[s]) == sorted(r.sha256 for r in dm.splits[s] if r.path in dm._hospital_paths)
+        assert sorted(r.sha256 for r in hdm.splits[s]) == sorted(
+            r.sha256 for r in dm.splits[s] if r.path in dm._hospital_paths
+        )
 
 
 def test_mixed_rejects_a_ratio_without_hospital_images(tmp_path):
@@ -208,7 +259,9 @@ def test_mixed_duplicates_across_sources_share_a_split(tmp_path):
     copied = sorted(hosp.rglob("*.png"))[:3]
     for i, src in enumerate(copied):  # the same bytes filed as single-label images too
         shutil.copy(src, single / "AC-1" / f"from_hospital_{i}.png")
-    dm = MixedDataModule(single_root=str(single), hospital_root=str(hosp), strict=False, image_size=16, batch_size=8)
+    dm = MixedDataModule(
+        single_root=str(single), hospital_root=str(hosp), strict=False, image_size=16, batch_size=8
+    )
     dm.setup()
     where = {r.path: s for s in SPLITS for r in dm.splits[s]}
     for i, src in enumerate(copied):

@@ -42,16 +42,23 @@ def test_scalars_equal_sklearn(seed, absent):
     assert m["exact_match"] == pytest.approx(skm.accuracy_score(target, preds))
     assert m["hamming_loss"] == pytest.approx(skm.hamming_loss(target, preds))
     for avg in ("micro", "weighted"):
-        assert m[f"{avg}_f1"] == pytest.approx(skm.f1_score(target, preds, average=avg, zero_division=0), abs=1e-6)
-    assert m["macro_f1"] == pytest.approx(skm.f1_score(target, preds, labels=present, average="macro", zero_division=0))
+        assert m[f"{avg}_f1"] == pytest.approx(
+            skm.f1_score(target, preds, average=avg, zero_division=0), abs=1e-6
+        )
+    assert m["macro_f1"] == pytest.approx(
+        skm.f1_score(target, preds, labels=present, average="macro", zero_division=0)
+    )
     assert m["micro_precision"] == pytest.approx(skm.precision_score(target, preds, average="micro"))
     assert m["micro_recall"] == pytest.approx(skm.recall_score(target, preds, average="micro"))
     assert m["mca"] == pytest.approx(skm.recall_score(target, preds, labels=present, average="macro"))
     if absent is not None:  # the all-classes average would differ: the absent class does not count
         assert m["mca"] != pytest.approx(skm.recall_score(target, preds, average="macro", zero_division=0))
-    assert m["macro_auroc"] == pytest.approx(skm.roc_auc_score(target[:, present], probs[:, present], average="macro"), abs=1e-5)
+    assert m["macro_auroc"] == pytest.approx(
+        skm.roc_auc_score(target[:, present], probs[:, present], average="macro"), abs=1e-5
+    )
     assert m["mean_ap"] == pytest.approx(
-        skm.average_precision_score(target[:, present], probs[:, present], average="macro"), abs=1e-5)
+        skm.average_precision_score(target[:, present], probs[:, present], average="macro"), abs=1e-5
+    )
     assert m["label_cardinality_true"] == pytest.approx(target.sum(1).mean())
     assert m["label_cardinality_pred"] == pytest.approx(preds.sum(1).mean())
 
@@ -65,7 +72,9 @@ def test_per_class_details_equal_sklearn():
     np.testing.assert_allclose(d["f1"].numpy(), f, atol=1e-6)
     np.testing.assert_array_equal(d["support"].numpy(), s)
     np.testing.assert_allclose(d["auroc"].numpy(), skm.roc_auc_score(target, probs, average=None), atol=1e-5)
-    np.testing.assert_allclose(d["ap"].numpy(), skm.average_precision_score(target, probs, average=None), atol=1e-5)
+    np.testing.assert_allclose(
+        d["ap"].numpy(), skm.average_precision_score(target, probs, average=None), atol=1e-5
+    )
     for i in range(target.shape[1]):  # the PR curves are scikit-learn's curves
         prec, rec, _ = skm.precision_recall_curve(target[:, i], probs[:, i])
         cp, cr = d["pr_curves"][i]
@@ -78,7 +87,9 @@ def test_own_counts_equal_sklearn_samplewise_confusion():
     mcm = skm.multilabel_confusion_matrix(target, preds, samplewise=True)  # per image [[tn, fp], [fn, tp]]
     fp, fn, tpos = mcm[:, 0, 1], mcm[:, 1, 0], mcm[:, 1, 1]
     np.testing.assert_array_equal(errors_per_image(tpred, tt).numpy(), fp + fn)
-    np.testing.assert_array_equal(off_by_n(tpred, tt).numpy(), np.bincount(fp + fn, minlength=target.shape[1] + 1))
+    np.testing.assert_array_equal(
+        off_by_n(tpred, tt).numpy(), np.bincount(fp + fn, minlength=target.shape[1] + 1)
+    )
     assert off_by_n(tpred, tt)[0] / len(target) == pytest.approx(skm.accuracy_score(target, preds))
     assert (fp + fn).mean() / target.shape[1] == pytest.approx(skm.hamming_loss(target, preds))
     for n in (1, 2, 3):
@@ -92,7 +103,8 @@ def test_own_counts_equal_sklearn_samplewise_confusion():
     m = multilabel_scalar_metrics(tp, tpred, tt)
     counts = np.bincount(fp + fn, minlength=10) / len(target)
     assert [m["off_by_0"], m["off_by_1"], m["off_by_2"], m["off_by_3plus"]] == pytest.approx(
-        [counts[0], counts[1], counts[2], counts[3:].sum()])
+        [counts[0], counts[1], counts[2], counts[3:].sum()]
+    )
 
 
 def test_error_cooccurrence_by_brute_force():

@@ -13,5 +13,7 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
 
     monkeypatch.setenv("ANA_NOTEBOOK_DIR", str(tmp_path))
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     assert (tmp_path / "eval" / "test_confusion_matrix.png").exists()

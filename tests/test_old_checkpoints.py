@@ -124,7 +124,9 @@ def _old_state_dict(kind: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     sd: dict[str, torch.Tensor] = {}
     for prefix, k in spec["timm"]:
-        sd.update({prefix + n: v for n, v in timm.create_model("test_resnet", num_classes=k).state_dict().items()})
+        sd.update(
+            {prefix + n: v for n, v in timm.create_model("test_resnet", num_classes=k).state_dict().items()}
+        )
     for key, shape, dtype in spec["extra"]:
         if dtype == "int64":
             sd[key] = torch.arange(shape[0]) % len(spec["hparams"]["class_names"])
@@ -140,9 +142,18 @@ def old_checkpoint(request, tmp_path):
     kind = request.param
     spec = LAYOUTS[kind]
     path = tmp_path / f"{kind}.ckpt"
-    torch.save({"state_dict": _old_state_dict(kind), "hyper_parameters": copy.deepcopy(spec["hparams"]),
-                "ana_lightning": copy.deepcopy(spec["meta"]), "hparams_name": "kwargs",
-                "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 1}, path)
+    torch.save(
+        {
+            "state_dict": _old_state_dict(kind),
+            "hyper_parameters": copy.deepcopy(spec["hparams"]),
+            "ana_lightning": copy.deepcopy(spec["meta"]),
+            "hparams_name": "kwargs",
+            "pytorch-lightning_version": "2.6.0",
+            "epoch": 0,
+            "global_step": 1,
+        },
+        path,
+    )
     return kind, path
 
 

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,21 @@ from conftest import REPO
 def wheel_site(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO), "-w", str(out)],
-        check=True, capture_output=True, cwd=out,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(REPO),
+            "-w",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=out,
     )
     whl = next(out.glob("ana_lightning-*.whl"))
     site = out / "site"
@@ -37,7 +49,9 @@ def test_wheel_contains_every_package(wheel_site):
     _, names = wheel_site
     for init in (REPO / "ana_lightning").rglob("__init__.py"):
         rel = init.relative_to(REPO).as_posix()
-        assert rel in names, f"{rel} is missing from the wheel: list its package in pyproject.toml [tool.setuptools]"
+        assert rel in names, (
+            f"{rel} is missing from the wheel: list its package in pyproject.toml [tool.setuptools]"
+        )
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
@@ -50,7 +64,9 @@ def test_installed_commands_compose_from_another_directory(wheel_site, tmp_path,
         f"from ana_lightning.cli.{command} import main; main()"
     )
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "_target_: ana_lightning.data" in r.stdout
     if command == "train":
@@ -65,6 +81,8 @@ def test_installed_synth_composes_and_has_the_simulator_package(wheel_site, tmp_
         "from ana_lightning.cli.synth import main; main(['--cfg', 'job', 'generator=cells'])"
     )
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "_target_: ana_lightning.data.synthetic.generate_cell_dataset" in r.stdout

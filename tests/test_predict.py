@@ -32,11 +32,22 @@ from conftest import TINY_BACKBONE, compose
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A few hundred bytes claiming ``width × height`` pixels: a decompression bomb's header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -60,8 +71,12 @@ def input_folder(trained_checkpoint, tmp_path_factory) -> tuple[Path, list[Path]
     _png_header_only(inp / "bomb.png", 40_000, 40_000)
     (inp / "README.txt").write_text("ignored: no image extension\n")
     (inp / ".hidden.png").write_bytes(data)
-    bad = {"truncated.png": "truncated", "not_an_image.png": "not an image", "empty.jpg": "empty",
-           "bomb.png": "pixels"}
+    bad = {
+        "truncated.png": "truncated",
+        "not_an_image.png": "not an image",
+        "empty.jpg": "empty",
+        "bomb.png": "pixels",
+    }
     return inp, good, bad
 
 
@@ -83,8 +98,11 @@ def test_list_inputs_takes_image_files_only(input_folder):
 def test_ana_predict_csv_json_and_bad_files(trained_checkpoint, input_folder, tmp_path):
     _, _, ckpt = trained_checkpoint
     inp, good, bad = input_folder
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={inp}", "progress=false", "batch_size=8"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={inp}", "progress=false", "batch_size=8"],
+        output_dir=tmp_path / "run",
+    )
     summary = run_predict(cfg)
     assert (summary.n_images, summary.n_failed, summary.exit_code) == (len(good) + len(bad), len(bad), 2)
     assert summary.csv_path == tmp_path / "run" / "predictions.csv"
@@ -106,7 +124,11 @@ def test_ana_predict_csv_json_and_bad_files(trained_checkpoint, input_folder, tm
         assert r["pred"] == r["top1"] == classes[int(p.argmax())]
         assert float(r["top1_prob"]) >= float(r["top2_prob"]) >= float(r["top3_prob"])
         assert {r["top1"], r["top2"], r["top3"]} == set(classes)
-        assert (r["level1"], r["level2"], r["level3"]) == (tree.level_of(r["pred"], 1), tree.level_of(r["pred"], 2), r["pred"])
+        assert (r["level1"], r["level2"], r["level3"]) == (
+            tree.level_of(r["pred"], 1),
+            tree.level_of(r["pred"], 2),
+            r["pred"],
+        )
 
     doc = json.loads(summary.json_path.read_text())  # streamed piece by piece, still one valid document
     assert doc["summary"] == {"images": len(rows), "failed": len(bad)}
@@ -151,14 +173,21 @@ def test_output_option_and_console_exit_status(trained_checkpoint, input_folder,
     _, _, ckpt = trained_checkpoint
     inp, good, _ = input_folder
     exe = [sys.executable, "-m", "ana_lightning.cli.predict"]
-    r = subprocess.run(exe + [f"ckpt_path={ckpt}", f"input={inp}", f"output={tmp_path / 'out' / 'mine.csv'}", "progress=false"],
-                       cwd=tmp_path, capture_output=True, text=True)
+    r = subprocess.run(
+        exe
+        + [f"ckpt_path={ckpt}", f"input={inp}", f"output={tmp_path / 'out' / 'mine.csv'}", "progress=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2, r.stderr[-2000:]  # some files could not be read
     assert (tmp_path / "out" / "mine.csv").is_file() and (tmp_path / "out" / "mine.json").is_file()
     assert "could not be read" in r.stdout + r.stderr
     assert not list((tmp_path / "outputs" / "predict" / "runs").glob("*/predictions.csv"))  # output= was used
     # Every file readable: exit status 0 (the console command exits with summary.exit_code).
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"input={good[0]}", "progress=false"], output_dir=tmp_path / "run")
+    cfg = compose(
+        "predict", [f"ckpt_path={ckpt}", f"input={good[0]}", "progress=false"], output_dir=tmp_path / "run"
+    )
     summary = run_predict(cfg)
     assert (summary.n_images, summary.n_failed, summary.exit_code) == (1, 0, 0)
 
@@ -212,7 +241,9 @@ def test_weights_only_loading(trained_checkpoint, tmp_path, caplog):
     data["legacy_args"] = _Pickled(0.1)
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save(data, unsafe)
-    with pytest.raises(CheckpointError, match=r"unsafe\.ckpt was NOT loaded.*_Pickled.*trust_checkpoint=true"):
+    with pytest.raises(
+        CheckpointError, match=r"unsafe\.ckpt was NOT loaded.*_Pickled.*trust_checkpoint=true"
+    ):
         Predictor.load(unsafe)
     with caplog.at_level("WARNING"):
         p = Predictor.load(unsafe, trust_checkpoint=True)  # the explicit opt-in: loads, loudly
@@ -223,13 +254,20 @@ def test_weights_only_loading(trained_checkpoint, tmp_path, caplog):
 # ------------------------------------------------------------------------------------- tasks
 def _toy_model(k: int = 4) -> SoftmaxClassifier:
     torch.manual_seed(0)
-    return SoftmaxClassifier(backbone={"name": TINY_BACKBONE}, class_names=[f"AC-{i}" for i in (1, 4, 5, 8)][:k],
-                             image_size=32).eval()
+    return SoftmaxClassifier(
+        backbone={"name": TINY_BACKBONE}, class_names=[f"AC-{i}" for i in (1, 4, 5, 8)][:k], image_size=32
+    ).eval()
 
 
 def test_multi_label_rule_uses_the_stored_thresholds():
-    info = ModelInfo(task="multi_label", class_names=("AC-1", "AC-4", "AC-5"), image_size=32, mean=(0.5,) * 3,
-                     std=(0.5,) * 3, thresholds=(0.3, 0.6, 0.5))
+    info = ModelInfo(
+        task="multi_label",
+        class_names=("AC-1", "AC-4", "AC-5"),
+        image_size=32,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        thresholds=(0.3, 0.6, 0.5),
+    )
     rule = predict_mod.decision_rule(info)
     probs = np.array([0.35, 0.55, 0.9])
     assert rule.decide(probs) == [2, 0]  # most probable first; AC-4 misses its own 0.6
@@ -249,8 +287,11 @@ def test_predictor_follows_the_checkpoint_task():
     multi = Predictor.from_model(model, {"task": "multi_label", "thresholds": [0.5, 0.5, 0.5, 0.99]})
     probs = multi.predict_proba(x)
     assert probs.shape == (3, 4) and not np.allclose(probs.sum(1), 1)
-    expected = tuple(c for c, p in sorted(zip(multi.class_names, probs[0], strict=True), key=lambda t: -t[1])
-                     if p >= (0.99 if c == "AC-8" else 0.5))
+    expected = tuple(
+        c
+        for c, p in sorted(zip(multi.class_names, probs[0], strict=True), key=lambda t: -t[1])
+        if p >= (0.99 if c == "AC-8" else 0.5)
+    )
     assert multi.decide(probs[0]) == expected
     with pytest.raises(CheckpointError, match="'segmentation'.*register a DecisionRule"):
         Predictor.from_model(model, {"task": "segmentation"})
@@ -259,12 +300,21 @@ def test_predictor_follows_the_checkpoint_task():
 def test_sigmoid_ensemble_contract():
     """The multi-label model of this project stores what the predictor needs (an import error fails here)."""
     from ana_lightning.models import multilabel
-    model = multilabel.SigmoidEnsemble(class_names=["AC-1", "AC-4", "AC-5"], backbones=[{"name": TINY_BACKBONE}],
-                                       decision_rule="reference_repo", image_size=32).eval()
+
+    model = multilabel.SigmoidEnsemble(
+        class_names=["AC-1", "AC-4", "AC-5"],
+        backbones=[{"name": TINY_BACKBONE}],
+        decision_rule="reference_repo",
+        image_size=32,
+    ).eval()
     meta: dict = {}
     model.on_save_checkpoint(meta)
     p = Predictor.from_model(model, meta["ana_lightning"])
-    assert p.task == "multi_label" and p.info.thresholds == (0.3, 0.3, 0.3) and p.info.decision_rule == "reference_repo"
+    assert (
+        p.task == "multi_label"
+        and p.info.thresholds == (0.3, 0.3, 0.3)
+        and p.info.decision_rule == "reference_repo"
+    )
     image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     pred = p.predict_image(image)
     want = model.decide(model.predict_proba(p.preprocess(image)[None]))[0]

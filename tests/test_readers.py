@@ -125,4 +125,8 @@ def test_a_reader_config_on_the_command_line(tmp_path):
     dm = instantiate(cfg.data)
     assert isinstance(dm.layout_reader, I3A2014Reader) and dm.layout_reader.grouping == "blocks"
     dm.setup()
-    assert dm.reader == "i3a2014" and "specimen column" in dm.grouping and sum(map(len, dm.splits.values())) == 24
+    assert (
+        dm.reader == "i3a2014"
+        and "specimen column" in dm.grouping
+        and sum(map(len, dm.splits.values())) == 24
+    )

@@ -6,6 +6,7 @@ from ana_lightning.data.datamodules import SingleLabelDataModule
 from ana_lightning.data.records import read_single_label_folder
 from ana_lightning.data.splits import split_records
 from ana_lightning.taxonomy import Taxonomy
+
 from conftest import REAL_DATA
 
 pytestmark = [

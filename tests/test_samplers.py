@@ -65,7 +65,9 @@ def test_order_depends_on_epoch_and_seed_only():
 
 
 def test_two_ranks_disjoint_equal_and_exact():
-    ranks = [MixedRatioSampler(SINGLE, HOSP, batch_size=6, mix_ratio=0.5, num_replicas=2, rank=r) for r in (0, 1)]
+    ranks = [
+        MixedRatioSampler(SINGLE, HOSP, batch_size=6, mix_ratio=0.5, num_replicas=2, rank=r) for r in (0, 1)
+    ]
     for r in ranks:
         r.set_epoch(2)
     per_rank = [_batches(r, 6) for r in ranks]
@@ -133,9 +135,16 @@ class _Recorder(L.LightningModule):
 
     def on_train_epoch_end(self):
         loader = self.trainer.train_dataloader
-        out = {"rank": self.global_rank, "world": self.trainer.world_size, "epoch": self.current_epoch,
-               "sampler": type(loader.sampler).__name__, "batches": self.seen}
-        Path(self.out_dir, f"rank{self.global_rank}_epoch{self.current_epoch}.json").write_text(json.dumps(out))
+        out = {
+            "rank": self.global_rank,
+            "world": self.trainer.world_size,
+            "epoch": self.current_epoch,
+            "sampler": type(loader.sampler).__name__,
+            "batches": self.seen,
+        }
+        Path(self.out_dir, f"rank{self.global_rank}_epoch{self.current_epoch}.json").write_text(
+            json.dumps(out)
+        )
         self.seen = []
 
     def configure_optimizers(self):
@@ -147,8 +156,18 @@ def tiny_mixed(tmp_path_factory):
     from ana_lightning.data.hospital import MixedDataModule
 
     base = tmp_path_factory.mktemp("mixed_sampler")
-    dm = MixedDataModule(cache_dir=str(base / "cache"), synthetic_codes=["AC-1", "AC-3", "AC-5"], n_per_class=8, n_hospital=70,
-                         n_patients=14, render_size=32, image_size=8, batch_size=6, mix_ratio=0.5, split_fractions=[0.8, 0.1, 0.1])
+    dm = MixedDataModule(
+        cache_dir=str(base / "cache"),
+        synthetic_codes=["AC-1", "AC-3", "AC-5"],
+        n_per_class=8,
+        n_hospital=70,
+        n_patients=14,
+        render_size=32,
+        image_size=8,
+        batch_size=6,
+        mix_ratio=0.5,
+        split_fractions=[0.8, 0.1, 0.1],
+    )
     dm.setup()
     ds = dm.dataset("train")
     single = {i for i, r in enumerate(ds.records) if r.path not in dm._hospital_paths}
@@ -161,7 +180,9 @@ def _check_runs(out: Path, single: set[int], n_hosp: int, world: int, epochs: in
         steps = {len(run["batches"]) for run in runs}
         assert len(steps) == 1, "every rank runs the same number of steps"
         for run in runs:
-            assert run["sampler"] == "MixedRatioSampler" and run["world"] == world  # not replaced by Lightning
+            assert (
+                run["sampler"] == "MixedRatioSampler" and run["world"] == world
+            )  # not replaced by Lightning
             assert all(len(b) == 6 and sum(i in single for i in b) == 3 for b in run["batches"])
         hosp = [[i for b in run["batches"] for i in b if i not in single] for run in runs]
         assert len(set().union(*map(set, hosp))) == n_hosp  # the epoch covers the hospital training set
@@ -171,8 +192,16 @@ def _check_runs(out: Path, single: set[int], n_hosp: int, world: int, epochs: in
 
 def test_lightning_keeps_the_sampler_one_process(tiny_mixed, tmp_path):
     dm, single, n_hosp = tiny_mixed
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(_Recorder(str(tmp_path), dm.num_classes), datamodule=dm)
     _check_runs(tmp_path, single, n_hosp, world=1, epochs=2)
 
@@ -180,8 +209,17 @@ def test_lightning_keeps_the_sampler_one_process(tiny_mixed, tmp_path):
 def test_lightning_keeps_the_sampler_under_ddp_spawn(tiny_mixed, tmp_path):
     """2 CPU ranks (gloo), Lightning's default use_distributed_sampler=True: the ratio holds per rank."""
     dm, single, n_hosp = tiny_mixed
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", use_distributed_sampler=True,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        use_distributed_sampler=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(_Recorder(str(tmp_path), dm.num_classes), datamodule=dm)
     _check_runs(tmp_path, single, n_hosp, world=2, epochs=2)

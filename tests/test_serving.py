@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, compose, write_class_images
 
 from ana_lightning.app import analyse, build_app, calibration_note
 from ana_lightning.export import export_model
@@ -21,6 +20,8 @@ from ana_lightning.models.siamese import SiameseClassifier
 from ana_lightning.predict import ModelInfo, Predictor, decision_rule, run_predict
 from ana_lightning.taxonomy import Taxonomy
 from ana_lightning.utils import CheckpointError
+
+from conftest import TINY_BACKBONE, compose, write_class_images
 
 SIZE = 32
 LEAVES = ["AC-1", "AC-2", "AC-3", "AC-4", "AC-5", "AC-8", "AC-9", "AC-15", "AC-16"]

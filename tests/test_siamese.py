@@ -20,8 +20,12 @@ from conftest import TINY_BACKBONE, write_class_images
 
 def _model(classes, **kw):
     kw.setdefault("image_size", 32)
-    return SiameseClassifier(backbone={"name": TINY_BACKBONE}, class_names=classes,
-                             optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3), **kw)
+    return SiameseClassifier(
+        backbone={"name": TINY_BACKBONE},
+        class_names=classes,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        **kw,
+    )
 
 
 def _dataset(model, root):
@@ -38,7 +42,9 @@ def test_pairs_are_balanced_and_correct():
     i, j, same = sample_pairs(labels, generator=torch.Generator().manual_seed(0))
     assert (i < j).all()
     pos = same.bool()
-    assert int(pos.sum()) == 3 + 1 + 3 and int((~pos).sum()) == int(pos.sum())  # every positive, as many negatives
+    assert int(pos.sum()) == 3 + 1 + 3 and int((~pos).sum()) == int(
+        pos.sum()
+    )  # every positive, as many negatives
     assert torch.equal(labels[i] == labels[j], pos)
     assert len({(a, b) for a, b in zip(i.tolist(), j.tolist(), strict=True)}) == len(i)  # no pair twice
     # hard negatives: the most similar different-class pairs
@@ -98,16 +104,27 @@ def two_class_synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_siamese(two_class_synthetic, tmp_path_factory):
-    dm = SingleLabelDataModule(root=str(two_class_synthetic), image_size=32, batch_size=4, split_fractions=(0.6, 0.1, 0.3))
+    dm = SingleLabelDataModule(
+        root=str(two_class_synthetic), image_size=32, batch_size=4, split_fractions=(0.6, 0.1, 0.3)
+    )
     dm.setup()
     model = _model(dm.class_names, dropout_rates=[0.1, 0.3], image_size=32)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
-    model.set_support_source(dm.make_dataset(dm.splits["train"], train=False), batch_size=4)  # what ana-train does
+    model.set_support_source(
+        dm.make_dataset(dm.splits["train"], train=False), batch_size=4
+    )  # what ana-train does
     out = tmp_path_factory.mktemp("siamese_run")
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out, monitor="val/loss", save_top_k=1)
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ckpt], default_root_dir=str(out), num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ckpt],
+        default_root_dir=str(out),
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=dm)
     result = trainer.test(model, datamodule=dm, verbose=False)[0]
     return dm, model, result, Path(ckpt.best_model_path)
@@ -144,8 +161,13 @@ def test_contrastive_and_prototype_variants_run(tmp_path):
     model = _model(dm.class_names, loss="contrastive", scoring="prototype", hard_negatives=True)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
     model.set_support_source(dm.make_dataset(dm.splits["train"], train=False))
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(model, datamodule=dm)
     m = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert np.isfinite(m["test/loss"])
@@ -154,7 +176,9 @@ def test_contrastive_and_prototype_variants_run(tmp_path):
 
     pred = model.test_predictions["prob"].argmax(1).numpy()
     y = model.test_predictions["target"].numpy()
-    assert m["test/mca"] == pytest.approx(recall_score(y, pred, labels=np.unique(y), average="macro"), abs=1e-6)
+    assert m["test/mca"] == pytest.approx(
+        recall_score(y, pred, labels=np.unique(y), average="macro"), abs=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------- episodes
@@ -174,7 +198,9 @@ def test_episode_support_and_query_never_overlap():
 
 def test_episode_accuracy_and_confidence_interval():
     labels = np.repeat(np.arange(6), 10)
-    oracle = run_episodes(labels, lambda s, sy, q, n: np.repeat(np.arange(n), 5), n_way=4, k_shot=1, n_query=5, episodes=50)
+    oracle = run_episodes(
+        labels, lambda s, sy, q, n: np.repeat(np.arange(n), 5), n_way=4, k_shot=1, n_query=5, episodes=50
+    )
     assert oracle.accuracy == 1.0 and oracle.ci95 == 0.0 and oracle.episodes == 50
     rng = np.random.default_rng(0)
     guess = run_episodes(labels, lambda s, sy, q, n: rng.integers(0, n, len(q)), n_way=4, episodes=600)
@@ -191,7 +217,9 @@ def test_episodic_evaluation_of_a_trained_siamese(trained_siamese):
     assert res.accuracy - res.ci95 > 0.5  # better than chance (0.5) beyond its 95% interval
 
 
-def test_episodes_job_for_siamese_and_softmax_checkpoints(trained_siamese, two_class_synthetic, trained_checkpoint, tmp_path):
+def test_episodes_job_for_siamese_and_softmax_checkpoints(
+    trained_siamese, two_class_synthetic, trained_checkpoint, tmp_path
+):
     import json
 
     from ana_lightning.episodes import evaluate_episodes_job
@@ -206,16 +234,29 @@ def test_episodes_job_for_siamese_and_softmax_checkpoints(trained_siamese, two_c
     with pytest.raises(ValueError, match="split=auto.*could draw images it trained on"):
         evaluate_episodes_job(compose("eval_episodes", data + episodes, output_dir=tmp_path / "refused"))
     dm.write_reports(tmp_path)  # its split manifest: episodes come from its test split
-    cfg = compose("eval_episodes", [*data, f"data.split_manifest={tmp_path / 'split_manifest.csv'}", *episodes],
-                  output_dir=tmp_path / "s")
+    cfg = compose(
+        "eval_episodes",
+        [*data, f"data.split_manifest={tmp_path / 'split_manifest.csv'}", *episodes],
+        output_dir=tmp_path / "s",
+    )
     metrics, objs = evaluate_episodes_job(cfg)
     assert set(metrics) == {"test/2way_1shot_acc", "test/2way_1shot_ci95"} and objs["result"].episodes == 60
     saved = json.loads((tmp_path / "s" / "episodes.json").read_text())
     assert saved["split"] == "test" and saved["images"] == len(dm.splits["test"])
     assert saved["accuracy"] == pytest.approx(metrics["test/2way_1shot_acc"])
     root, _, softmax_best = trained_checkpoint  # a softmax CNN: scored by nearest class mean of its features
-    cfg = compose("eval_episodes", ["data=single_label", f"data.root={root}", f"ckpt_path={softmax_best}",
-                                    "episodes.n_way=3", "episodes.n_query=1", "episodes.episodes=30"], output_dir=tmp_path / "c")
+    cfg = compose(
+        "eval_episodes",
+        [
+            "data=single_label",
+            f"data.root={root}",
+            f"ckpt_path={softmax_best}",
+            "episodes.n_way=3",
+            "episodes.n_query=1",
+            "episodes.episodes=30",
+        ],
+        output_dir=tmp_path / "c",
+    )
     metrics, objs = evaluate_episodes_job(cfg)  # its run folder's manifest: its test split
     assert json.loads((tmp_path / "c" / "episodes.json").read_text())["split"] == "test"
     assert metrics["test/3way_1shot_acc"] - metrics["test/3way_1shot_ci95"] > 1 / 3  # beats chance

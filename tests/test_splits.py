@@ -11,11 +11,14 @@ from ana_lightning.data.splits import (
     split_records,
 )
 from ana_lightning.taxonomy import Taxonomy
+
 from conftest import write_class_images
 
 
 def _records(n_per_class=20, classes=("AC-1", "AC-2", "AC-3")):
-    return [ImageRecord(f"/d/{c}/{i}.png", (c,), None, f"{c}-{i}") for c in classes for i in range(n_per_class)]
+    return [
+        ImageRecord(f"/d/{c}/{i}.png", (c,), None, f"{c}-{i}") for c in classes for i in range(n_per_class)
+    ]
 
 
 def test_deterministic_and_disjoint():

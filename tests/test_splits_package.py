@@ -92,7 +92,10 @@ def test_tree_labels_are_read_by_the_taxonomy():
         assert list(groups) == list(TREE.nodes(level))
         assert all(tuple(groups[g]) == TREE.children(g) for g in groups)
         assert sorted((c for v in groups.values() for c in v), key=TREE.codes.index) == list(TREE.codes)
-    assert TREE.leaves_by_group(["AC-4", "AC-1", "AC-2"]) == {"speckled": ["AC-4", "AC-2"], "homogeneous": ["AC-1"]}
+    assert TREE.leaves_by_group(["AC-4", "AC-1", "AC-2"]) == {
+        "speckled": ["AC-4", "AC-2"],
+        "homogeneous": ["AC-1"],
+    }
 
 
 def test_the_data_package_imports_no_job_module():

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose, tiny_train_overrides, write_class_images
 
 from ana_lightning.data.images import load_image
 from ana_lightning.data.splits import LeakageError
@@ -27,14 +26,27 @@ from ana_lightning.style_transfer import (
     stylize_job,
 )
 
+from conftest import compose, tiny_train_overrides, write_class_images
+
 # Shallow layers and tiny images keep most tests to a second or two on a CPU.
-FAST = ["content_layers=[relu2_1]", "style_layers=[relu1_1,relu2_1]", "image_size=32", "iterations=2",
-        "allow_random_weights=true", "progress=false"]
+FAST = [
+    "content_layers=[relu2_1]",
+    "style_layers=[relu1_1,relu2_1]",
+    "image_size=32",
+    "iterations=2",
+    "allow_random_weights=true",
+    "progress=false",
+]
 
 
 def _fast_transfer(**kw) -> StyleTransfer:
-    args = dict(content_layers=["relu2_1"], style_layers=["relu1_1", "relu2_1"], iterations=2,
-                allow_random_weights=True, device="cpu")
+    args = dict(
+        content_layers=["relu2_1"],
+        style_layers=["relu1_1", "relu2_1"],
+        iterations=2,
+        allow_random_weights=True,
+        device="cpu",
+    )
     return StyleTransfer(**{**args, **kw})
 
 
@@ -56,17 +68,31 @@ def data(tmp_path) -> Path:
 
 
 def _stylize_cfg(root: Path, out: Path, run: Path, extra: list[str] | None = None):
-    return compose("stylize", [f"data.root={root}", f"output={out}", "n_per_image=2", *FAST, *(extra or [])],
-                   output_dir=run)
+    return compose(
+        "stylize",
+        [f"data.root={root}", f"output={out}", "n_per_image=2", *FAST, *(extra or [])],
+        output_dir=run,
+    )
 
 
 def test_two_iterations_at_64px_with_random_weights(tmp_path, no_weights):
     """The default layers (up to relu5_1), 64×64, 2 iterations, on the CPU: a usable labelled set."""
     root = write_class_images(tmp_path / "data", {"AC-1": 3, "AC-2": 3}, size=48)
     out = tmp_path / "styl"
-    cfg = compose("stylize", [f"data.root={root}", f"output={out}", "n_per_image=1", "iterations=2",
-                              "image_size=64", "batch_size=8", "allow_random_weights=true", "progress=false"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        "stylize",
+        [
+            f"data.root={root}",
+            f"output={out}",
+            "n_per_image=1",
+            "iterations=2",
+            "image_size=64",
+            "batch_size=8",
+            "allow_random_weights=true",
+            "progress=false",
+        ],
+        output_dir=tmp_path / "run",
+    )
     summary, objs = stylize_job(cfg)
     rows = _rows(out)
     assert summary["written"] == len(rows) == summary["planned"] > 0
@@ -119,7 +145,9 @@ def test_interrupted_run_resumes_without_duplicates(data, tmp_path, monkeypatch)
     from ana_lightning.taxonomy import Taxonomy
 
     records, _ = read_single_label_folder(data, Taxonomy.load())
-    records = [r for r in records if r.codes == ("AC-1",)][:3] + [r for r in records if r.codes == ("AC-2",)][:3]
+    records = [r for r in records if r.codes == ("AC-1",)][:3] + [r for r in records if r.codes == ("AC-2",)][
+        :3
+    ]
     out = tmp_path / "styl"
     real_fsync, calls = os.fsync, []
 
@@ -139,12 +167,16 @@ def test_interrupted_run_resumes_without_duplicates(data, tmp_path, monkeypatch)
     assert {r["path"] for r in _rows(out)} == {str(p.relative_to(out)) for p in files}
     before = {p: p.read_bytes() for p in files}
 
-    summary = stylize(records, out, _fast_transfer(), n_per_image=2, image_size=32, batch_size=3, progress=False)
+    summary = stylize(
+        records, out, _fast_transfer(), n_per_image=2, image_size=32, batch_size=3, progress=False
+    )
     rows = _rows(out)
     assert summary.already_done == 4 and summary.written == summary.planned - 4 == len(rows) - 4
     assert len({r["path"] for r in rows}) == len(rows) == len(list(out.rglob("*.png"))) == 2 * len(records)
     assert all(p.read_bytes() == b for p, b in before.items())  # finished images were not redone
-    again = stylize(records, out, _fast_transfer(), n_per_image=2, image_size=32, batch_size=3, progress=False)
+    again = stylize(
+        records, out, _fast_transfer(), n_per_image=2, image_size=32, batch_size=3, progress=False
+    )
     assert again.written == 0 and len(_rows(out)) == len(rows)
 
 
@@ -208,7 +240,9 @@ def test_weights_from_the_hub_cache_or_a_local_file(no_weights, tmp_path):
 
     local = tmp_path / "vgg.safetensors"
     save_file({"0.weight": state["features.0.weight"] * 2, "0.bias": state["features.0.bias"]}, str(local))
-    assert torch.equal(VGGFeatures(["relu1_1"], weights=str(local)).body[0].weight, 2 * state["features.0.weight"])
+    assert torch.equal(
+        VGGFeatures(["relu1_1"], weights=str(local)).body[0].weight, 2 * state["features.0.weight"]
+    )
     with pytest.raises(ValueError, match=r"lacks features\.2\.weight"):
         VGGFeatures(["relu1_2"], weights=str(local))
 
@@ -224,14 +258,18 @@ def test_bad_settings_are_named():
 def test_plan_is_deterministic_and_extends_with_n_per_image():
     from ana_lightning.data.records import ImageRecord
 
-    recs = [ImageRecord(f"/d/AC-{c}/{i}.png", (f"AC-{c}",), sha256=f"{c}{i}") for c in (1, 2) for i in range(5)]
+    recs = [
+        ImageRecord(f"/d/AC-{c}/{i}.png", (f"AC-{c}",), sha256=f"{c}{i}") for c in (1, 2) for i in range(5)
+    ]
     recs.append(ImageRecord("/d/AC-3/only.png", ("AC-3",), sha256="x"))
     recs.append(ImageRecord("/d/AC-1/copy.png", ("AC-1",), sha256="10"))  # a byte-identical copy of AC-1/0
     jobs, warnings = plan_jobs(recs, 2, seed=0)
     assert jobs == plan_jobs(list(reversed(recs)), 2, seed=0)[0]
     assert any("AC-3" in w for w in warnings) and all(j.content.codes != ("AC-3",) for j in jobs)
     assert all(j.content.sha256 != j.style.sha256 for j in jobs)
-    assert "/d/AC-1/copy.png" not in {p for j in jobs for p in (j.content.path, j.style.path)}  # copies count once
+    assert "/d/AC-1/copy.png" not in {
+        p for j in jobs for p in (j.content.path, j.style.path)
+    }  # copies count once
     more = {j.relpath: j for j in plan_jobs(recs, 3, seed=0)[0]}
     assert all(j.relpath in more and more[j.relpath].style == j.style for j in jobs)
     assert [j.style for j in plan_jobs(recs, 2, seed=1)[0]] != [j.style for j in jobs]
@@ -244,13 +282,18 @@ def test_extra_train_adds_to_the_training_split_only(data, tmp_path):
     out = tmp_path / "styl"
     stylize_job(_stylize_cfg(data, out, tmp_path / "srun"))
     n_extra = len(_rows(out))
-    cfg = compose("train", tiny_train_overrides(data) + ["debug=fdr", f"data.extra_train={out}"],
-                  output_dir=tmp_path / "run")
+    cfg = compose(
+        "train",
+        tiny_train_overrides(data) + ["debug=fdr", f"data.extra_train={out}"],
+        output_dir=tmp_path / "run",
+    )
     metrics, objs = train(cfg)
     dm = objs["datamodule"]
     assert len(dm.extra_train_records) == n_extra
     assert len(dm.dataset("train")) == len(dm.splits["train"]) + n_extra
-    assert len(dm.dataset("val")) == len(dm.splits["val"]) and len(dm.dataset("test")) == len(dm.splits["test"])
+    assert len(dm.dataset("val")) == len(dm.splits["val"]) and len(dm.dataset("test")) == len(
+        dm.splits["test"]
+    )
     assert all(str(out) not in r.path for s in dm.splits.values() for r in s)
     manifest = (tmp_path / "run" / "split_manifest.csv").read_text()
     assert "__00_" not in manifest and "test/mca" in metrics  # the split manifest lists real images only
@@ -280,7 +323,9 @@ def test_stylized_set_from_other_data_is_refused(data, tmp_path):
     records, _ = read_single_label_folder(other, Taxonomy.load())
     out = tmp_path / "foreign"
     stylize(records, out, _fast_transfer(), n_per_image=1, image_size=32, progress=False)
-    cfg = compose("train", tiny_train_overrides(data) + [f"data.extra_train={out}"], output_dir=tmp_path / "run")
+    cfg = compose(
+        "train", tiny_train_overrides(data) + [f"data.extra_train={out}"], output_dir=tmp_path / "run"
+    )
     with pytest.raises(DatasetError, match="is not in the data"):
         build_datamodule(cfg).setup()
     with pytest.raises(FileNotFoundError, match="no manifest.csv"):
@@ -297,7 +342,9 @@ def test_tampered_label_is_refused(data, tmp_path):
     header, first = text[0], text[1].split(",")
     first[header.split(",").index("label")] = "AC-2" if first[1] != "AC-2" else "AC-1"
     (out / MANIFEST).write_text("\n".join([header, ",".join(first), *text[2:]]) + "\n")
-    cfg = compose("train", tiny_train_overrides(data) + [f"data.extra_train={out}"], output_dir=tmp_path / "run")
+    cfg = compose(
+        "train", tiny_train_overrides(data) + [f"data.extra_train={out}"], output_dir=tmp_path / "run"
+    )
     with pytest.raises(DatasetError, match="differs from its content image"):
         build_datamodule(cfg).setup()
 
@@ -305,8 +352,17 @@ def test_tampered_label_is_refused(data, tmp_path):
 def test_console_command(data, tmp_path):
     out = tmp_path / "styl"
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "th")}
-    cmd = [sys.executable, "-m", "ana_lightning.cli.stylize", f"data.root={data}", f"output={out}", "n_per_image=1",
-           *FAST, "progress=true", f"paths.log_dir={tmp_path / 'logs'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ana_lightning.cli.stylize",
+        f"data.root={data}",
+        f"output={out}",
+        "n_per_image=1",
+        *FAST,
+        "progress=true",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "stylizing" in res.stdout + res.stderr  # the progress bar
@@ -329,7 +385,9 @@ def test_truncated_output_is_made_again_on_rerun(data, tmp_path):
     records, _ = read_single_label_folder(data, Taxonomy.load())
     records = [r for r in records if r.codes == ("AC-1",)][:3]
     out = tmp_path / "styl"
-    first = stylize(records, out, _fast_transfer(), n_per_image=1, image_size=32, batch_size=3, progress=False)
+    first = stylize(
+        records, out, _fast_transfer(), n_per_image=1, image_size=32, batch_size=3, progress=False
+    )
     pngs = sorted(out.rglob("*.png"))
     assert first.written == len(pngs) == 3
     cut, unlisted = pngs[0], pngs[1]
@@ -339,7 +397,9 @@ def test_truncated_output_is_made_again_on_rerun(data, tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    again = stylize(records, out, _fast_transfer(), n_per_image=1, image_size=32, batch_size=3, progress=False)
+    again = stylize(
+        records, out, _fast_transfer(), n_per_image=1, image_size=32, batch_size=3, progress=False
+    )
     assert again.already_done == 2 and again.written == 1  # only the truncated one is redone
     load_image(cut)  # whole again
     assert {r["path"] for r in _rows(out)} == {str(p.relative_to(out)) for p in pngs}
@@ -354,8 +414,14 @@ def test_nst_settings_are_a_target_config_and_the_top_level_keys_still_work(tmp_
     cfg = _stylize_cfg(tmp_path / "d", tmp_path / "o", tmp_path / "r", ["iterations=3", "device=cpu"])
     assert cfg.transfer._target_ == "ana_lightning.nst.StyleTransfer"
     via_block = build(transfer_config(cfg))
-    assert isinstance(via_block, StyleTransfer) and via_block.iterations == 3 and via_block.style_layers == ("relu1_1", "relu2_1")
-    direct = _stylize_cfg(tmp_path / "d", tmp_path / "o", tmp_path / "r", ["transfer.iterations=5", "device=cpu"])
+    assert (
+        isinstance(via_block, StyleTransfer)
+        and via_block.iterations == 3
+        and via_block.style_layers == ("relu1_1", "relu2_1")
+    )
+    direct = _stylize_cfg(
+        tmp_path / "d", tmp_path / "o", tmp_path / "r", ["transfer.iterations=5", "device=cpu"]
+    )
     assert build(transfer_config(direct)).iterations == 5  # the block's own key
     with open_dict(cfg):
         del cfg.transfer  # a config written before the transfer block: built from the top-level keys

@@ -20,15 +20,30 @@ ANA_TRAIN = shutil.which("ana-train", path=str(Path(sys.executable).parent)) or 
 
 
 def _tiny(root: Path) -> list[str]:
-    return ["data=single_label", f"data.root={root}", "data.image_size=32", "data.batch_size=8",
-            f"model.backbone.name={TINY_BACKBONE}", "trainer.max_epochs=1", "callbacks.rich_progress_bar=null",
-            "+trainer.enable_model_summary=false"]
+    return [
+        "data=single_label",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        f"model.backbone.name={TINY_BACKBONE}",
+        "trainer.max_epochs=1",
+        "callbacks.rich_progress_bar=null",
+        "+trainer.enable_model_summary=false",
+    ]
 
 
 def _run(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ANA_ROOT": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.run([ANA_TRAIN, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "ANA_ROOT": str(tmp_path),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+    proc = subprocess.run(
+        [ANA_TRAIN, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -71,9 +86,22 @@ def test_grid_multirun_one_folder_and_one_wandb_run_per_job(data, tmp_path):
 def test_optuna_sweep_under_ddp_samples_once_per_job(data, tmp_path):
     """Two Optuna trials, each a 2-process DDP job (ranks started by Lightning as new processes):
     every rank of a trial holds the trial's hyperparameters, in the trial's one folder."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the cluster extra (hydra-optuna-sweeper) is not installed")
-    _run(["hparams_search=optuna_mca", "hydra.sweeper.n_trials=2", "~hydra.sweeper.params.augmentation",
-          "trainer=ddp_cpu", "trainer.strategy=ddp", "trainer.devices=2", *_tiny(data)], tmp_path)
+    pytest.importorskip(
+        "hydra_plugins.hydra_optuna_sweeper",
+        reason="the cluster extra (hydra-optuna-sweeper) is not installed",
+    )
+    _run(
+        [
+            "hparams_search=optuna_mca",
+            "hydra.sweeper.n_trials=2",
+            "~hydra.sweeper.params.augmentation",
+            "trainer=ddp_cpu",
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            *_tiny(data),
+        ],
+        tmp_path,
+    )
     sweep = _sweep_dir(tmp_path)
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -82,8 +110,15 @@ def test_optuna_sweep_under_ddp_samples_once_per_job(data, tmp_path):
     for job in jobs:
         logs = {p.name: p.read_text() for p in job.glob("train*.log")}
         assert set(logs) == {"train.log", "train.rank1.log"}  # both ranks logged into the job folder
-        digests = [re.search(r"rank (\d) of 2: hyperparameter digest (\w+) \(the same on every rank\)", t) for t in logs.values()]
-        assert all(digests) and len({d.group(2) for d in digests}) == 1 and {d.group(1) for d in digests} == {"0", "1"}
+        digests = [
+            re.search(r"rank (\d) of 2: hyperparameter digest (\w+) \(the same on every rank\)", t)
+            for t in logs.values()
+        ]
+        assert (
+            all(digests)
+            and len({d.group(2) for d in digests}) == 1
+            and {d.group(1) for d in digests} == {"0", "1"}
+        )
         cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
         lrs.append(cfg["model"]["optimizer"]["lr"])
         scores.append(_last_val_mca(job))
@@ -94,8 +129,14 @@ def test_optuna_sweep_under_ddp_samples_once_per_job(data, tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_the_jobs(data, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed")
-    _run(["-m", "hydra/launcher=submitit_local", *_tiny(data), "model.optimizer.lr=0.01,0.02", "test=false"], tmp_path)
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher",
+        reason="the cluster extra (hydra-submitit-launcher) is not installed",
+    )
+    _run(
+        ["-m", "hydra/launcher=submitit_local", *_tiny(data), "model.optimizer.lr=0.01,0.02", "test=false"],
+        tmp_path,
+    )
     sweep = _sweep_dir(tmp_path)
     assert (sweep / ".submitit").is_dir()
     for job in ("0", "1"):
@@ -116,23 +157,34 @@ def _with_hydra(overrides: list[str]):
 
 
 def test_launcher_and_search_configs_compose():
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the cluster extra (hydra-optuna-sweeper) is not installed")
+    pytest.importorskip(
+        "hydra_plugins.hydra_optuna_sweeper",
+        reason="the cluster extra (hydra-optuna-sweeper) is not installed",
+    )
     cfg = _with_hydra(["hydra/launcher=submitit_slurm", "trainer=multinode", "hparams_search=optuna_mca"])
     launcher, trainer = cfg.hydra.launcher, cfg.trainer
     assert launcher.nodes == trainer.num_nodes == 2
     assert launcher.tasks_per_node == launcher.gpus_per_node == trainer.devices  # one task per GPU
-    assert launcher.additional_parameters.signal == f"USR1@{launcher.signal_delay_s}" and launcher.additional_parameters.requeue
+    assert (
+        launcher.additional_parameters.signal == f"USR1@{launcher.signal_delay_s}"
+        and launcher.additional_parameters.requeue
+    )
     assert trainer.plugins[0].auto_requeue is True
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/mca"
     local = _with_hydra(["hydra/launcher=submitit_local"]).hydra.launcher
     assert local.tasks_per_node == 1 and local._target_.endswith("LocalLauncher")
 
 
-@pytest.mark.parametrize("trainer", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "trainer").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "trainer", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "trainer").glob("*.yaml"))
+)
 def test_slurm_launcher_resolves_for_every_trainer(trainer):
     """hydra/launcher=submitit_slurm with any trainer and no launcher overrides: nodes and tasks follow
     the trainer; GPUs, CPUs and memory are asked for by GPU trainers only."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed")
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher",
+        reason="the cluster extra (hydra-submitit-launcher) is not installed",
+    )
     from omegaconf import OmegaConf
 
     cfg = _with_hydra(["hydra/launcher=submitit_slurm", f"trainer={trainer}"])
@@ -142,21 +194,30 @@ def test_slurm_launcher_resolves_for_every_trainer(trainer):
     assert launcher["tasks_per_node"] == (devices if isinstance(devices, int) else 1)
     gpu = cfg.trainer.accelerator == "gpu"
     assert (launcher["gpus_per_node"], launcher["cpus_per_task"], launcher["mem_gb"]) == (
-        (launcher["tasks_per_node"], 8, 64) if gpu else (None, None, None))
+        (launcher["tasks_per_node"], 8, 64) if gpu else (None, None, None)
+    )
     assert launcher["_target_"] == "hydra_plugins.ana_lightning_launcher.SlurmLauncher"
 
 
 def test_squeue_watcher_reads_states_and_ends_vanished_jobs():
     """Without SLURM accounting the launcher follows jobs with squeue: listed states are kept (requeued
     and pending jobs are unfinished), a registered job that squeue no longer lists has ended."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed")
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher",
+        reason="the cluster extra (hydra-submitit-launcher) is not installed",
+    )
     from hydra_plugins.ana_lightning_launcher import _squeue_watcher
 
     watcher = _squeue_watcher()(delay_s=60)
     for job in ("7_0", "7_1", "8", "9"):
         watcher.register_job(job)
     info = watcher.read_info("7_0|RUNNING|vm\n7_1|PENDING|\n8|CONFIGURING|vm\n")
-    assert {k: v["State"] for k, v in info.items()} == {"7_0": "RUNNING", "7_1": "PENDING", "8": "RUNNING", "9": "COMPLETED"}
+    assert {k: v["State"] for k, v in info.items()} == {
+        "7_0": "RUNNING",
+        "7_1": "PENDING",
+        "8": "RUNNING",
+        "9": "COMPLETED",
+    }
     watcher._info_dict.update(info)
     assert [watcher.is_done(j, mode="cache") for j in ("7_0", "7_1", "8", "9")] == [False, False, False, True]
     assert watcher._make_command()[0] == "squeue"

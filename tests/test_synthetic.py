@@ -85,6 +85,7 @@ def test_dapi_adds_blue_nuclei():
 def test_mixed_field_shows_every_pattern():
     """A mixed field shares its cells with the single-pattern renders of the same seed: it is bright
     both where the nuclear pattern alone is bright and where the cytoplasmic pattern alone is."""
+
     def green(code):
         return render_field(code, _rng(9), 128)[..., 1].astype(np.float32)
 
@@ -181,8 +182,9 @@ def test_generate_dataset_layout_manifest_and_determinism(tmp_path):
 
 
 def test_generate_dataset_subset_gives_same_files(tmp_path):
-    full = generate_dataset(tmp_path / "full", codes=["AC-2", "AC-5", "AC-9"], n_per_class=2, size=64,
-                            progress=False)
+    full = generate_dataset(
+        tmp_path / "full", codes=["AC-2", "AC-5", "AC-9"], n_per_class=2, size=64, progress=False
+    )
     sub = generate_dataset(tmp_path / "sub", codes=["AC-9"], n_per_class=2, size=64, progress=False)
     df, ds = _digest(full), _digest(sub)
     for i in range(2):
@@ -212,8 +214,9 @@ def test_generate_dataset_resumes(tmp_path, monkeypatch):
 
 
 def test_generate_dataset_jpg_and_dapi(tmp_path):
-    root = generate_dataset(tmp_path / "j", codes=["AC-18"], n_per_class=1, size=64, dapi=True, fmt="jpg",
-                            progress=False)
+    root = generate_dataset(
+        tmp_path / "j", codes=["AC-18"], n_per_class=1, size=64, dapi=True, fmt="jpg", progress=False
+    )
     rows = _read_csv(root / "manifest.csv")
     assert rows[0]["path"] == "AC-18/AC-18_00000.jpg" and rows[0]["dapi"] == "1"
     assert (root / rows[0]["path"]).is_file()
@@ -232,8 +235,9 @@ def _parse_label_dir(name: str) -> list[str]:
 
 
 def test_hospital_layout(tmp_path):
-    root = generate_hospital_dataset(tmp_path / "h", n_images=40, n_patients=8, size=64, seed=2,
-                                     progress=False)
+    root = generate_hospital_dataset(
+        tmp_path / "h", n_images=40, n_patients=8, size=64, seed=2, progress=False
+    )
     rows = _read_csv(root / "manifest.csv")
     assert list(rows[0].keys()) == ["path", "labels", "group"]
     assert len(rows) == 40
@@ -252,25 +256,45 @@ def test_hospital_layout(tmp_path):
     assert all(1 <= len(v) <= 3 for v in combos_per_patient.values())
     assert sum(len(codes.split(";")) > 1 for codes in (r["labels"] for r in rows)) > 0
 
-    again = generate_hospital_dataset(tmp_path / "h2", n_images=40, n_patients=8, size=64, seed=2,
-                                      progress=False)
+    again = generate_hospital_dataset(
+        tmp_path / "h2", n_images=40, n_patients=8, size=64, seed=2, progress=False
+    )
     assert _digest(root) == _digest(again)
 
 
 def test_hospital_respects_codes_and_max_patterns(tmp_path):
-    root = generate_hospital_dataset(tmp_path / "h", n_images=12, codes=["AC-1", "AC-4", "AC-21"],
-                                     max_patterns=2, n_patients=4, size=48, progress=False)
+    root = generate_hospital_dataset(
+        tmp_path / "h",
+        n_images=12,
+        codes=["AC-1", "AC-4", "AC-21"],
+        max_patterns=2,
+        n_patients=4,
+        size=48,
+        progress=False,
+    )
     for r in _read_csv(root / "manifest.csv"):
         labels = r["labels"].split(";")
         assert set(labels) <= {"AC-1", "AC-4", "AC-21"} and 1 <= len(labels) <= 2
 
 
 def test_cli(tmp_path, capsys):
-    synthetic.main(["--output", str(tmp_path / "cli"), "--n-per-class", "1", "--size", "48",
-                    "--codes", "AC-0,AC-31", "--no-progress"])
+    synthetic.main(
+        [
+            "--output",
+            str(tmp_path / "cli"),
+            "--n-per-class",
+            "1",
+            "--size",
+            "48",
+            "--codes",
+            "AC-0,AC-31",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert "2 images" in out and str(tmp_path / "cli") in out
     assert (tmp_path / "cli" / "AC-31" / "AC-31_00000.png").is_file()
-    synthetic.main(["--output", str(tmp_path / "hosp"), "--hospital", "--n-images", "3", "--size", "48",
-                    "--no-progress"])
+    synthetic.main(
+        ["--output", str(tmp_path / "hosp"), "--hospital", "--n-images", "3", "--size", "48", "--no-progress"]
+    )
     assert len(_read_csv(tmp_path / "hosp" / "manifest.csv")) == 3

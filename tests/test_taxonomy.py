@@ -50,7 +50,9 @@ def test_levels_match_reference_tree():
     else:  # the packaged copy is the reference when ../shared is absent
         from importlib import resources
 
-        ref = yaml.safe_load(resources.files("ana_lightning.resources").joinpath("icap_tree.yaml").read_text())
+        ref = yaml.safe_load(
+            resources.files("ana_lightning.resources").joinpath("icap_tree.yaml").read_text()
+        )
     for entry in ref["codes"]:
         assert tax.level_of(entry["code"], 1) == entry["level1"]
         assert tax.level_of(entry["code"], 2) == entry["level2"]

@@ -24,7 +24,9 @@ def test_fast_dev_run(tiny_folder, tmp_path):
     pred = objs["model"].test_predictions
     y, p = pred["target"].numpy(), pred["prob"].argmax(1).numpy()
     assert len(y) == min(8, len(objs["datamodule"].splits["test"]))  # one batch (data.batch_size=8)
-    assert metrics["test/mca"] == pytest.approx(recall_score(y, p, labels=sorted(set(y)), average="macro"), abs=1e-6)
+    assert metrics["test/mca"] == pytest.approx(
+        recall_score(y, p, labels=sorted(set(y)), average="macro"), abs=1e-6
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +36,25 @@ def trained_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("trained")
     root = write_class_images(base / "data", {"AC-1": 12, "ac-2": 12, "AC10": 12})
     run = base / "runs" / "r1"
-    cfg = compose("train", tiny_train_overrides(root, epochs=10) + ["callbacks.early_stopping=null"], output_dir=run)
+    cfg = compose(
+        "train", tiny_train_overrides(root, epochs=10) + ["callbacks.early_stopping=null"], output_dir=run
+    )
     metrics, _ = train(cfg)
     return root, run, metrics
 
 
 def test_run_folder_outputs(trained_run):
     root, run, metrics = trained_run
-    for name in ("config_resolved.yaml", "split_manifest.csv", "metrics.json", "test_confusion_matrix.png",
-                 "test_per_class.csv", "test_report.md", "test_predictions.csv", "checkpoints/last.ckpt"):
+    for name in (
+        "config_resolved.yaml",
+        "split_manifest.csv",
+        "metrics.json",
+        "test_confusion_matrix.png",
+        "test_per_class.csv",
+        "test_report.md",
+        "test_predictions.csv",
+        "checkpoints/last.ckpt",
+    ):
         assert (run / name).exists(), name
     saved = json.loads((run / "metrics.json").read_text())
     assert {"test/mca", "test/acc", "test/macro_f1", "test/loss"} <= set(saved)
@@ -68,14 +80,26 @@ def test_load_from_checkpoint_alone(trained_run):
 def test_eval_reproduces_test_metrics(trained_run, tmp_path):
     root, run, metrics = trained_run
     best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
-    cfg = compose("eval", ["data=single_label", f"data.root={root}", f"ckpt_path={best}", "callbacks.rich_progress_bar=null"],
-                  output_dir=tmp_path / "eval")
+    cfg = compose(
+        "eval",
+        ["data=single_label", f"data.root={root}", f"ckpt_path={best}", "callbacks.rich_progress_bar=null"],
+        output_dir=tmp_path / "eval",
+    )
     m, objs = evaluate(cfg)
     assert objs["split"] == "test"
     assert m["test/mca"] == pytest.approx(metrics["test/mca"], abs=1e-6)
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "test_report.md").exists()
-    cfg = compose("eval", ["data=single_label", f"data.root={root}", f"ckpt_path={best}", "split=all",
-                           "callbacks.rich_progress_bar=null"], output_dir=tmp_path / "eval_all")
+    cfg = compose(
+        "eval",
+        [
+            "data=single_label",
+            f"data.root={root}",
+            f"ckpt_path={best}",
+            "split=all",
+            "callbacks.rich_progress_bar=null",
+        ],
+        output_dir=tmp_path / "eval_all",
+    )
     _, objs = evaluate(cfg)
     assert len(objs["datamodule"].splits["test"]) < 36
     rows = (tmp_path / "eval_all" / "test_predictions.csv").read_text().strip().splitlines()
@@ -107,17 +131,31 @@ def test_best_checkpoint_is_the_best_epoch_not_the_last(tiny_folder, tmp_path):
 
     from ana_lightning.pipeline import build_datamodule
 
-    cfg = compose("train", tiny_train_overrides(tiny_folder, epochs=4) + ["monitor=val/mca_scripted",
-                  "callbacks.early_stopping=null", "model.optimizer.lr=0.05"], output_dir=tmp_path / "run")
+    cfg = compose(
+        "train",
+        tiny_train_overrides(tiny_folder, epochs=4)
+        + ["monitor=val/mca_scripted", "callbacks.early_stopping=null", "model.optimizer.lr=0.05"],
+        output_dir=tmp_path / "run",
+    )
     dm = build_datamodule(cfg)
     dm.setup()
-    model = _Scripted(backbone=dict(cfg.model.backbone), class_names=dm.class_names, image_size=32,
-                      optimizer=instantiate(cfg.model.optimizer))
+    model = _Scripted(
+        backbone=dict(cfg.model.backbone),
+        class_names=dm.class_names,
+        image_size=32,
+        optimizer=instantiate(cfg.model.optimizer),
+    )
     recorder = _ScriptedMetric()
     ckpt_cb = instantiate(cfg.callbacks.model_checkpoint)
     last_cb = instantiate(cfg.callbacks.last_checkpoint)
-    trainer = L.Trainer(max_epochs=4, callbacks=[ckpt_cb, last_cb, recorder], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[ckpt_cb, last_cb, recorder],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, datamodule=dm)
     assert Path(ckpt_cb.best_model_path).name == "best-epoch001.ckpt"
     best = torch.load(ckpt_cb.best_model_path, weights_only=False)["state_dict"]

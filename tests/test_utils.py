@@ -6,7 +6,10 @@ from ana_lightning.utils import unique_run_name
 
 def _names(n: int, env: dict | None = None) -> list[str]:
     code = "from ana_lightning.utils import unique_run_name; print(unique_run_name())"
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(n)
+    ]
     return [p.communicate()[0].strip() for p in procs]
 
 

@@ -18,7 +18,9 @@ def main(cfg: DictConfig) -> None:
         get_method(cfg.get("job") or "ana_lightning.jobs.stylize.stylize_job")(cfg)
     except KeyboardInterrupt:
         # Images are written atomically and the manifest lists every finished one.
-        print(f"\ninterrupted: finished images are kept in {cfg.output}; run the same command again to resume.")
+        print(
+            f"\ninterrupted: finished images are kept in {cfg.output}; run the same command again to resume."
+        )
         raise SystemExit(130) from None
 
 

@@ -123,7 +123,9 @@ class SignalIntensity(A.ImageOnlyTransform):
             "gamma": self.py_random.uniform(*self.gamma_limit) / 100.0,
         }
 
-    def apply(self, img: np.ndarray, gain: float = 1.0, contrast: float = 1.0, gamma: float = 1.0, **params: Any) -> np.ndarray:
+    def apply(
+        self, img: np.ndarray, gain: float = 1.0, contrast: float = 1.0, gamma: float = 1.0, **params: Any
+    ) -> np.ndarray:
         v = _intensity(img)
         if img.dtype == np.uint8:  # one factor per grey level: a 256-entry table, then one gather
             levels = np.arange(256, dtype=np.float64)
@@ -135,7 +137,9 @@ class SignalIntensity(A.ImageOnlyTransform):
         return _apply_factor(img, _factor_from_intensity(vv, new, 1.0))
 
     @staticmethod
-    def _curve(levels: np.ndarray, counts: np.ndarray, top: float, gain: float, contrast: float, gamma: float) -> np.ndarray:
+    def _curve(
+        levels: np.ndarray, counts: np.ndarray, top: float, gain: float, contrast: float, gamma: float
+    ) -> np.ndarray:
         """New intensity of each level (``counts``: how many pixels have it, for the signal's mean)."""
         new = top * np.power(levels / top, gamma)
         signal = new > 0.1 * top  # the stained structures, not the dark background
@@ -204,7 +208,9 @@ class DropChannel(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
         if img.ndim != 3 or not 0 <= self.channel < img.shape[2]:
-            raise ValueError(f"DropChannel: channel {self.channel} does not exist in an image of shape {img.shape}")
+            raise ValueError(
+                f"DropChannel: channel {self.channel} does not exist in an image of shape {img.shape}"
+            )
         out = img.copy()
         out[..., self.channel] = self.fill
         return out
@@ -254,9 +260,13 @@ def policy_grid(
     for r, (name, transforms) in enumerate(policies.items()):
         pipe = A.Compose(list(transforms), seed=seed + r) if transforms else None
         tiles = [image] + [pipe(image=image)["image"] if pipe else image for _ in range(n_samples)]
-        tiles = [cv2.resize(t, (w, h), interpolation=cv2.INTER_AREA) if t.shape[:2] != (h, w) else t for t in tiles]
+        tiles = [
+            cv2.resize(t, (w, h), interpolation=cv2.INTER_AREA) if t.shape[:2] != (h, w) else t for t in tiles
+        ]
         label = np.zeros((h, label_width, 3), np.uint8)
-        cv2.putText(label, name, (6, h // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            label, name, (6, h // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+        )
         sep = np.full((h, 2, 3), 255, np.uint8)
         rows.append(np.concatenate([label, *[x for t in tiles for x in (sep, t)]], axis=1))
         rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.uint8))

@@ -78,11 +78,15 @@ class BatchAugment:
         self.p_intensity = float(p_intensity)
 
     def __repr__(self) -> str:
-        return (f"BatchAugment(flips={self.flips}, rot90={self.rot90}, brightness={self.brightness}, "
-                f"contrast={self.contrast}, gamma={self.gamma}, p_intensity={self.p_intensity})")
+        return (
+            f"BatchAugment(flips={self.flips}, rot90={self.rot90}, brightness={self.brightness}, "
+            f"contrast={self.contrast}, gamma={self.gamma}, p_intensity={self.p_intensity})"
+        )
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)
+    ) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"BatchAugment expects N×C×H×W images, got shape {tuple(x.shape)}")
         n = x.shape[0]

@@ -121,7 +121,9 @@ class ImageCache:
 
     def _write(self, paths: list[str], resize, loader, threads: int) -> None:
         shape = (len(paths), self.image_size, self.image_size, 3)
-        log.info("decoding %d images once into the cache %s (%.1f MB)", len(paths), self.path, np.prod(shape) / 1e6)
+        log.info(
+            "decoding %d images once into the cache %s (%.1f MB)", len(paths), self.path, np.prod(shape) / 1e6
+        )
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -129,7 +131,9 @@ class ImageCache:
             def one(arr: np.ndarray, i: int) -> None:
                 img = resize(loader(paths[i]))
                 if img.shape != shape[1:] or img.dtype != np.uint8:
-                    raise ValueError(f"{paths[i]}: resize gave {img.shape} {img.dtype}, expected {shape[1:]} uint8")
+                    raise ValueError(
+                        f"{paths[i]}: resize gave {img.shape} {img.dtype}, expected {shape[1:]} uint8"
+                    )
                 arr[i] = img
 
             with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -140,7 +144,9 @@ class ImageCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.path.with_suffix(".json").write_text(json.dumps({"image_size": self.image_size, "paths": paths}, indent=0))
+        self.path.with_suffix(".json").write_text(
+            json.dumps({"image_size": self.image_size, "paths": paths}, indent=0)
+        )
 
     # ------------------------------------------------------------------ reading
     @property

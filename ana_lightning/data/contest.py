@@ -105,8 +105,13 @@ def _find_csv(root: Path, csv_path: str | Path | None) -> Path:
         return preferred[0]
     raise DatasetError(
         root,
-        [BadFile(str(root), f"{'no' if not found else len(found)} CSV file(s) found "
-                            f"({', '.join(p.name for p in found[:5])}); set data.csv=<the label CSV>")],
+        [
+            BadFile(
+                str(root),
+                f"{'no' if not found else len(found)} CSV file(s) found "
+                f"({', '.join(p.name for p in found[:5])}); set data.csv=<the label CSV>",
+            )
+        ],
     )
 
 
@@ -138,8 +143,15 @@ def _read_rows(path: Path, group_column: str | None) -> list[tuple[int, str, str
     out = []
     for n, row in enumerate(body, start=first_line):
         if len(row) <= max(id_col, lab_col):
-            raise DatasetError(path, [BadFile(f"{path}:{n}", f"expected at least {max(id_col, lab_col) + 1} columns, got {row}")])
-        group = row[grp_col].strip() if grp_col is not None and grp_col < len(row) and row[grp_col].strip() else None
+            raise DatasetError(
+                path,
+                [BadFile(f"{path}:{n}", f"expected at least {max(id_col, lab_col) + 1} columns, got {row}")],
+            )
+        group = (
+            row[grp_col].strip()
+            if grp_col is not None and grp_col < len(row) and row[grp_col].strip()
+            else None
+        )
         out.append((n, row[id_col].strip(), row[lab_col].strip(), group))
     return out
 
@@ -185,7 +197,9 @@ def _read_contest(
 ) -> ContestData:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist (set data.root to the {contest} folder)")
+        raise FileNotFoundError(
+            f"dataset folder {root} does not exist (set data.root to the {contest} folder)"
+        )
     table_path = _find_csv(root, csv_path)
     rows = _read_rows(table_path, group_column)
     images, masks = _index_files(root)
@@ -207,7 +221,9 @@ def _read_contest(
             bad.append(BadFile(where, f"no image file for ID {image_id!r} under {root}"))
             continue
         if len(images[key]) > 1:
-            bad.append(BadFile(where, f"ID {image_id!r} matches several files: {[str(p) for p in images[key]]}"))
+            bad.append(
+                BadFile(where, f"ID {image_id!r} matches several files: {[str(p) for p in images[key]]}")
+            )
             continue
         if key in seen:
             bad.append(BadFile(where, f"ID {image_id!r} is listed twice (first on line {seen[key]})"))
@@ -217,8 +233,13 @@ def _read_contest(
         if need_masks:
             mkey = next((k for k in _id_keys(image_id) if k in masks), None)
             if mkey is None:
-                bad.append(BadFile(str(path), "no mask file (expected <ID>_Mask.<ext> or masks/<ID>.<ext>); "
-                                              "set data.mask=none to use the cell without its mask"))
+                bad.append(
+                    BadFile(
+                        str(path),
+                        "no mask file (expected <ID>_Mask.<ext> or masks/<ID>.<ext>); "
+                        "set data.mask=none to use the cell without its mask",
+                    )
+                )
                 continue
             mask_of[str(path)] = str(masks[mkey][0])
         cands.append((path, label, group))
@@ -243,7 +264,10 @@ def _read_contest(
 
 
 #: The ICPR 2012 contest layout: set folder → (split, label CSV, intensity CSV).
-ICPR2012_SETS = {"training": ("train", "gt_training.csv", "training.csv"), "test": ("test", "gt_test.csv", "test.csv")}
+ICPR2012_SETS = {
+    "training": ("train", "gt_training.csv", "training.csv"),
+    "test": ("test", "gt_test.csv", "test.csv"),
+}
 ICPR2012_INTENSITIES = ("positive", "intermediate")
 
 
@@ -289,7 +313,9 @@ def _read_icpr2012_contest(
     intensity: dict[str, str] = {}
     id_of: dict[str, tuple[str, str]] = {}  # path -> (set folder, ID key)
     for folder, (split, gt, info) in ICPR2012_SETS.items():
-        data = _read_contest(root / folder, tree, "icpr2012", root / folder / gt, None, "skip", check_images, need_masks)
+        data = _read_contest(
+            root / folder, tree, "icpr2012", root / folder / gt, None, "skip", check_images, need_masks
+        )
         bad += data.bad
         masks.update(data.masks)
         for r in data.records:
@@ -302,7 +328,12 @@ def _read_icpr2012_contest(
             for n, row in _read_semicolon_table(info_path, ("id", "intensity")):
                 value = row["intensity"].lower()
                 if value not in ICPR2012_INTENSITIES:
-                    bad.append(BadFile(f"{info_path}:{n}", f"intensity {row['intensity']!r} is not one of {ICPR2012_INTENSITIES}"))
+                    bad.append(
+                        BadFile(
+                            f"{info_path}:{n}",
+                            f"intensity {row['intensity']!r} is not one of {ICPR2012_INTENSITIES}",
+                        )
+                    )
                 elif _id_key(row["id"]) in by_id:
                     intensity[by_id[_id_key(row["id"])]] = value
     cells_csv = root / "cells.csv"
@@ -317,7 +348,12 @@ def _read_icpr2012_contest(
         for r in records:
             hit = field_of.get(id_of[r.path])
             if hit is None:
-                bad.append(BadFile(r.path, f"not listed in {cells_csv} (Set {id_of[r.path][0]!r}, ID {id_of[r.path][1]!r})"))
+                bad.append(
+                    BadFile(
+                        r.path,
+                        f"not listed in {cells_csv} (Set {id_of[r.path][0]!r}, ID {id_of[r.path][1]!r})",
+                    )
+                )
                 continue
             image, cls, n = hit
             try:
@@ -326,20 +362,34 @@ def _read_icpr2012_contest(
                 bad.append(BadFile(f"{cells_csv}:{n}", str(e)))
                 continue
             if label != r.codes[0]:
-                bad.append(BadFile(f"{cells_csv}:{n}", f"Cell_class {cls!r} contradicts the label of {r.path} ({r.codes[0]})"))
+                bad.append(
+                    BadFile(
+                        f"{cells_csv}:{n}",
+                        f"Cell_class {cls!r} contradicts the label of {r.path} ({r.codes[0]})",
+                    )
+                )
                 continue
             grouped.append(ImageRecord(r.path, r.codes, f"image {image}", r.sha256, r.size))
         records = grouped
     else:
-        log.info("%s: no cells.csv, so the validation split is carved from training/ by cell, not by field image", root)
+        log.info(
+            "%s: no cells.csv, so the validation split is carved from training/ by cell, not by field image",
+            root,
+        )
     resolve_bad_files(root, bad, on_bad_file)
     if not records:
         raise DatasetError(root, bad or [BadFile(str(root), "no usable cells")])
     kept = {r.path for r in records}
-    grouping = (f"field image of cells.csv ({len({r.group for r in records})} fields)" if cells_csv.is_file()
-                else "none: no cells.csv, so validation is carved from training/ by cell")
+    grouping = (
+        f"field image of cells.csv ({len({r.group for r in records})} fields)"
+        if cells_csv.is_file()
+        else "none: no cells.csv, so validation is carved from training/ by cell"
+    )
     return ContestData(
-        sorted(records, key=lambda r: r.path), bad, {k: v for k, v in masks.items() if k in kept}, grouping=grouping,
+        sorted(records, key=lambda r: r.path),
+        bad,
+        {k: v for k, v in masks.items() if k in kept},
+        grouping=grouping,
         official_split={k: v for k, v in official.items() if k in kept},
         intensity={k: v for k, v in intensity.items() if k in kept},
     )
@@ -360,7 +410,9 @@ def read_icpr2012(
     root = Path(root).expanduser()
     if csv_path is None and group_column is None and is_icpr2012_contest_layout(root):
         return _read_icpr2012_contest(root, tree, on_bad_file, check_images, need_masks)
-    return _read_contest(root, tree, "icpr2012", csv_path, group_column, on_bad_file, check_images, need_masks)
+    return _read_contest(
+        root, tree, "icpr2012", csv_path, group_column, on_bad_file, check_images, need_masks
+    )
 
 
 def read_i3a2014(
@@ -391,10 +443,13 @@ def read_i3a2014(
         if grouping in ("steps", "blocks"):
             log.warning("i3a2014: the CSV names specimens; data.grouping=%s is not used", grouping)
     elif grouping == "none":
-        data.grouping = "none: cells are not grouped, so a split by cell puts cells of one specimen in several splits"
+        data.grouping = (
+            "none: cells are not grouped, so a split by cell puts cells of one specimen in several splits"
+        )
         log.warning("i3a2014: %s", data.grouping)
     else:
         data.records, data.grouping = group_i3a_specimens(
-            data.records, data.masks, "steps" if grouping == "auto" else grouping, group_min_size)
+            data.records, data.masks, "steps" if grouping == "auto" else grouping, group_min_size
+        )
     log.info("i3a2014 groups: %s", data.grouping)
     return data

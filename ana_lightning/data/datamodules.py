@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 def plain_dict(mapping: Any) -> dict[str, Any]:
     """A mapping of config values as plain Python (tuples → lists), loadable by ``torch.load(weights_only=True)``."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
@@ -71,8 +72,14 @@ class RecordDataset(Dataset):
     workers and DDP ranks (:class:`~ana_lightning.data.cache.ImageCache`).
     """
 
-    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform: Callable[[np.ndarray], Any],
-                 cache: bool | str = False, cache_dir: str | None = None):
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        targets: torch.Tensor,
+        transform: Callable[[np.ndarray], Any],
+        cache: bool | str = False,
+        cache_dir: str | None = None,
+    ):
         self.records = list(records)
         self.targets = targets
         self.transform = transform
@@ -80,9 +87,14 @@ class RecordDataset(Dataset):
         if cache == "mmap" and self.records:
             from .cache import ImageCache
 
-            self._cache = ImageCache.build([r.path for r in self.records], transform.image_size, transform.resize,
-                                           digests=[r.sha256 for r in self.records], cache_dir=cache_dir,
-                                           resize_name=getattr(transform, "resize_name", "area"))
+            self._cache = ImageCache.build(
+                [r.path for r in self.records],
+                transform.image_size,
+                transform.resize,
+                digests=[r.sha256 for r in self.records],
+                cache_dir=cache_dir,
+                resize_name=getattr(transform, "resize_name", "area"),
+            )
         elif cache and self.records:
             with ThreadPoolExecutor(4) as pool:
                 self._cache = list(pool.map(lambda r: transform.resize(load_image(r.path)), self.records))
@@ -198,7 +210,12 @@ class RecordDataModule(L.LightningDataModule):
             if outside:
                 raise DatasetError(
                     self.root,
-                    [BadFile(str(self.root), f"images of {', '.join(outside)}, not in data.classes={self.taxonomy.codes}")],
+                    [
+                        BadFile(
+                            str(self.root),
+                            f"images of {', '.join(outside)}, not in data.classes={self.taxonomy.codes}",
+                        )
+                    ],
                 )
         else:
             self.taxonomy = self.tree.subset(present)  # classes present, in natural order
@@ -214,11 +231,17 @@ class RecordDataModule(L.LightningDataModule):
         if self.hparams.get("extra_train"):
             # Refuses a set whose content/style images are in val/test or not in this data at all.
             self.extra_train_records = read_stylized_set(
-                self.hparams.extra_train, self.splits, self.taxonomy, all_records=records,
+                self.hparams.extra_train,
+                self.splits,
+                self.taxonomy,
+                all_records=records,
                 on_bad_file=self.hparams.on_bad_file,
             )
-            log.info("extra_train: %d stylized image(s) from %s added to the training split",
-                     len(self.extra_train_records), self.hparams.extra_train)
+            log.info(
+                "extra_train: %d stylized image(s) from %s added to the training split",
+                len(self.extra_train_records),
+                self.hparams.extra_train,
+            )
 
     def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
@@ -228,9 +251,16 @@ class RecordDataModule(L.LightningDataModule):
         if self.hparams.get("folds"):
             return self.fold_split(records)
         if self.official_split:  # the layout's own split: test kept as given, validation carved from train
-            return split_keeping_official(records, self.official_split, self.hparams.split_fractions,
-                                          seed=self.hparams.seed, together=self.together)
-        return split_records(records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together)
+            return split_keeping_official(
+                records,
+                self.official_split,
+                self.hparams.split_fractions,
+                seed=self.hparams.seed,
+                together=self.together,
+            )
+        return split_records(
+            records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together
+        )
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
         """An empty split is an error when one group holds most images, else a warning (:func:`~.splits.check_split_sizes`)."""
@@ -245,7 +275,9 @@ class RecordDataModule(L.LightningDataModule):
         """Perceptual near-duplicates of the records (:func:`~.splits.find_near_duplicates`), unless
         ``data.near_duplicates=false``; the same image under different labels is a loud warning."""
         enabled = self.hparams.get("near_duplicates", True)
-        self.near_duplicates = find_near_duplicates(records, self.hparams.get("image_cache_dir")) if enabled else []
+        self.near_duplicates = (
+            find_near_duplicates(records, self.hparams.get("image_cache_dir")) if enabled else []
+        )
         return self.near_duplicates
 
     def check_split_overlap(self) -> dict[str, int]:
@@ -258,14 +290,19 @@ class RecordDataModule(L.LightningDataModule):
     def split_flags(self, stage: str = "test") -> dict[str, float]:
         """``{stage}/shared_groups_with_train`` (and the image counts) for metrics.json: 0 = a clean split."""
         o = self.split_overlap or {"groups": 0, "images": 0, "identical": 0}
-        return {f"{stage}/shared_groups_with_train": float(o["groups"]),
-                f"{stage}/images_in_train_groups": float(o["images"]),
-                f"{stage}/identical_to_train": float(o["identical"])}
+        return {
+            f"{stage}/shared_groups_with_train": float(o["groups"]),
+            f"{stage}/images_in_train_groups": float(o["images"]),
+            f"{stage}/identical_to_train": float(o["identical"]),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint (Lightning does it): the data settings of the run, so ``ana-eval``
         rebuilds the same reader, target, masks, image size and normalisation without a config."""
-        config = {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **plain_dict(self.hparams)}
+        config = {
+            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
+            **plain_dict(self.hparams),
+        }
         return {"ana_data": config, "class_nodes": self.class_nodes() if self.splits else {}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -278,19 +315,37 @@ class RecordDataModule(L.LightningDataModule):
     def fold_split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         """Cross-validation job ``(repeat, fold)`` of this config (:func:`~.splits.fold_split`)."""
         hp = self.hparams
-        return fold_split(records, hp.folds, hp.fold, hp.split_fractions, seed=hp.seed, repeats=hp.get("repeats", 1),
-                          repeat=hp.get("repeat", 0), folds_manifest=hp.get("folds_manifest"), root=self.root,
-                          together=self.together)
+        return fold_split(
+            records,
+            hp.folds,
+            hp.fold,
+            hp.split_fractions,
+            seed=hp.seed,
+            repeats=hp.get("repeats", 1),
+            repeat=hp.get("repeat", 0),
+            folds_manifest=hp.get("folds_manifest"),
+            root=self.root,
+            together=self.together,
+        )
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         """A dataset over any records with this module's targets and transforms (augmented if ``train``)."""
-        tf = build_transform(self.hparams.image_size, self.train_augment if train else None, self.mean, self.std)
-        if self.hparams.get("nucleus_diameter_px"):  # fields brought to one scale (ana_lightning.fields.training)
+        tf = build_transform(
+            self.hparams.image_size, self.train_augment if train else None, self.mean, self.std
+        )
+        if self.hparams.get(
+            "nucleus_diameter_px"
+        ):  # fields brought to one scale (ana_lightning.fields.training)
             from ..fields.training import ScaledFieldTransform
 
             tf = ScaledFieldTransform(tf, self.hparams.nucleus_diameter_px)
-        return RecordDataset(records, self.make_targets(records), tf, cache=self.hparams.cache_images,
-                             cache_dir=self.hparams.get("image_cache_dir"))
+        return RecordDataset(
+            records,
+            self.make_targets(records),
+            tf,
+            cache=self.hparams.cache_images,
+            cache_dir=self.hparams.get("image_cache_dir"),
+        )
 
     def dataset(self, split: str) -> RecordDataset:
         """The dataset of a split, built (and its images cached) on first use."""
@@ -306,9 +361,13 @@ class RecordDataModule(L.LightningDataModule):
         Datamodules whose records may carry tree nodes as labels (contest data) return their own."""
         return self.tree
 
-    def _splits_from_manifest(self, records: list[ImageRecord], manifest: str) -> dict[str, list[ImageRecord]]:
+    def _splits_from_manifest(
+        self, records: list[ImageRecord], manifest: str
+    ) -> dict[str, list[ImageRecord]]:
         """The split ``data.split_manifest`` gives the records (:func:`~.splits.match_manifest`)."""
-        return match_manifest(records, manifest, self.root, self.manifest_label_parser(), official=bool(self.official_split))
+        return match_manifest(
+            records, manifest, self.root, self.manifest_label_parser(), official=bool(self.official_split)
+        )
 
     def class_weights(self) -> list[float]:
         """Inverse-frequency weights ``n / (K · n_c)`` from the training split only."""
@@ -345,15 +404,23 @@ class RecordDataModule(L.LightningDataModule):
     def loader_kwargs(self) -> dict[str, Any]:
         """Worker settings of every loader (``num_workers``, ``pin_memory``, ``persistent_workers``)."""
         nw = self.hparams.num_workers
-        return {"num_workers": nw, "pin_memory": self.hparams.pin_memory,
-                "persistent_workers": self.hparams.persistent_workers and nw > 0}
+        return {
+            "num_workers": nw,
+            "pin_memory": self.hparams.pin_memory,
+            "persistent_workers": self.hparams.persistent_workers and nw > 0,
+        }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
         bs = self.hparams.batch_size
         # A training batch of one image breaks batch norm: drop such a remainder (only that).
-        return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle and len(ds) > bs and len(ds) % bs == 1,
-                          **self.loader_kwargs())
+        return DataLoader(
+            ds,
+            batch_size=bs,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) > bs and len(ds) % bs == 1,
+            **self.loader_kwargs(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -371,7 +438,13 @@ class RecordDataModule(L.LightningDataModule):
         """GPU-side augmentation of training batches (``augmentation=gpu``), after the move to the device."""
         aug = self.batch_augment
         trainer = self.trainer
-        if aug is not None and trainer is not None and trainer.training and isinstance(batch, dict) and "image" in batch:
+        if (
+            aug is not None
+            and trainer is not None
+            and trainer.training
+            and isinstance(batch, dict)
+            and "image" in batch
+        ):
             batch["image"] = aug(batch["image"], mean=self.mean, std=self.std)
         return batch
 
@@ -386,7 +459,9 @@ class SingleLabelDataModule(RecordDataModule):
     def __init__(self, root: str, **kwargs):
         super().__init__(**kwargs)
         if not root:
-            raise ValueError("data.root is not set: give the folder of <AC code>/<images> (data.root=/path/to/images)")
+            raise ValueError(
+                "data.root is not set: give the folder of <AC code>/<images> (data.root=/path/to/images)"
+            )
         self._root = Path(root).expanduser()
 
     @property
@@ -428,8 +503,14 @@ class SyntheticDataModule(SingleLabelDataModule):
         if codes:
             name += "_" + "-".join(Taxonomy.load(kwargs.get("tree")).subset(codes).codes)
         super().__init__(root=str(Path(cache_dir).expanduser() / name), **kwargs)
-        self.render = dict(n_per_class=n_per_class, size=render_size, seed=render_seed, dapi=dapi, codes=codes,
-                           difficulty=difficulty)
+        self.render = dict(
+            n_per_class=n_per_class,
+            size=render_size,
+            seed=render_seed,
+            dapi=dapi,
+            codes=codes,
+            difficulty=difficulty,
+        )
 
     def prepare_data(self) -> None:
         done = self.root / ".complete"

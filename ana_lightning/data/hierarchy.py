@@ -95,8 +95,14 @@ class TreeLabelParser:
 class LoaderRecordDataset(RecordDataset):
     """A :class:`RecordDataset` whose images come from ``loader(record)`` (e.g. a cell with its mask)."""
 
-    def __init__(self, records: Sequence[ImageRecord], targets: torch.Tensor, transform: Callable[[np.ndarray], Any],
-                 loader: Callable[[ImageRecord], np.ndarray], cache: bool = False):
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        targets: torch.Tensor,
+        transform: Callable[[np.ndarray], Any],
+        loader: Callable[[ImageRecord], np.ndarray],
+        cache: bool = False,
+    ):
         self.loader = loader
         super().__init__(records, targets, transform, cache=False)
         if cache and self.records:
@@ -155,20 +161,27 @@ class HEp2HierarchyDataModule(RecordDataModule):
             raise ValueError(f"data.level must be 1, 2, 3, all or contest, got {level!r}")
         # data.reader: a registered name (built with this config's csv / group_column / grouping /
         # group_min_size) or a Reader built from a _target_ config (see .readers).
-        self.layout_reader = build_reader(reader, csv=csv, group_column=group_column, grouping=grouping,
-                                          group_min_size=group_min_size)
+        self.layout_reader = build_reader(
+            reader, csv=csv, group_column=group_column, grouping=grouping, group_min_size=group_min_size
+        )
         if not isinstance(reader, str):  # kept as its config, so a checkpoint's data settings rebuild it
             self.hparams["reader"] = self.layout_reader.config()
         reader = self.layout_reader.name or type(self.layout_reader).__name__
         contest = self.layout_reader.contest
         if self.level == "contest" and contest is None:
-            raise ValueError(f"data.level=contest (the contest's own classes) needs a contest reader "
-                             f"({', '.join(CONTESTS)}), got data.reader={reader!r}")
+            raise ValueError(
+                f"data.level=contest (the contest's own classes) needs a contest reader "
+                f"({', '.join(CONTESTS)}), got data.reader={reader!r}"
+            )
         if self.level == "contest" and parent is not None:
             raise ValueError("data.level=contest takes no data.parent")
         # level=contest: the contest's class names (flat, its own order) → tree label, and back (one name per label)
-        self.contest_classes: dict[str, str] = contest_classes(self.tree, contest) if self.level == "contest" else {}
-        self._contest_of: dict[str, str] = contest_class_of(self.tree, contest) if self.level == "contest" else {}
+        self.contest_classes: dict[str, str] = (
+            contest_classes(self.tree, contest) if self.level == "contest" else {}
+        )
+        self._contest_of: dict[str, str] = (
+            contest_class_of(self.tree, contest) if self.level == "contest" else {}
+        )
         if mask not in MASK_MODES:
             raise ValueError(f"data.mask must be one of {MASK_MODES}, got {mask!r}")
         self.parent = parent
@@ -190,8 +203,14 @@ class HEp2HierarchyDataModule(RecordDataModule):
             # Always the whole tree (classes/parent only select): every level, group and evaluation of
             # one setting then reads the same files, so their split manifests fit each other.
             self._synthetic = SyntheticDataModule(
-                cache_dir=cache_dir, n_per_class=n_per_class, render_size=render_size, render_seed=render_seed,
-                dapi=dapi, classes=None, tree=self.hparams.tree, image_size=self.hparams.image_size,
+                cache_dir=cache_dir,
+                n_per_class=n_per_class,
+                render_size=render_size,
+                render_seed=render_seed,
+                dapi=dapi,
+                classes=None,
+                tree=self.hparams.tree,
+                image_size=self.hparams.image_size,
             )
             self._root = self._synthetic.root
 
@@ -206,24 +225,32 @@ class HEp2HierarchyDataModule(RecordDataModule):
             ) from None
         target = 3 if self.level == "all" else self.level
         if len({self.tree.level_of(c, target) for c in leaves}) < 2:
-            raise ValueError(f"data.parent={parent!r} has a single level-{target} class: nothing to classify below it")
+            raise ValueError(
+                f"data.parent={parent!r} has a single level-{target} class: nothing to classify below it"
+            )
 
     def _canon(self, name: str) -> str:
         """A class name of this level, checked against the tree (or the contest's class list)."""
         if self.level == "contest":
             found = next((c for c in self.contest_classes if _norm(c) == _norm(name)), None)
             if found is None:
-                raise LabelError(f"{name!r} is not a {self.reader} class (classes: {list(self.contest_classes)})")
+                raise LabelError(
+                    f"{name!r} is not a {self.reader} class (classes: {list(self.contest_classes)})"
+                )
             return found
         lv = 3 if self.level == "all" else self.level
         if lv == 3:
             if not self.tree.is_code(name):
                 at = [k for k in (1, 2) if name in self.tree.nodes(k)]
                 if at:  # e.g. ana-eval of a level-1 checkpoint without data.level=1
-                    raise LabelError(f"class {name!r} is a level-{at[-1]} node, not an AC code: set data.level={at[-1]}")
+                    raise LabelError(
+                        f"class {name!r} is a level-{at[-1]} node, not an AC code: set data.level={at[-1]}"
+                    )
             return self.tree.parse_code(name)
         if name not in self.tree.nodes(lv):
-            raise LabelError(f"{name!r} is not a level-{lv} node of the tree (nodes: {list(self.tree.nodes(lv))})")
+            raise LabelError(
+                f"{name!r} is not a level-{lv} node of the tree (nodes: {list(self.tree.nodes(lv))})"
+            )
         return name
 
     # -------------------------------------------------------------- reading
@@ -239,14 +266,18 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self._synthetic.prepare_data()
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
-        data = self.layout_reader.read(self.root, self.tree, on_bad_file=self.hparams.on_bad_file,
-                                       masks=self.mask != "none")
+        data = self.layout_reader.read(
+            self.root, self.tree, on_bad_file=self.hparams.on_bad_file, masks=self.mask != "none"
+        )
         self.masks = data.masks
         self.grouping = data.grouping
         self.official_split = data.official_split
         if self.official_split:
-            log.info("%s: the layout's own split is kept (%s); validation is carved from its training set",
-                     self.root, ", ".join(f"{k}: {v}" for k, v in sorted(Counter(self.official_split.values()).items())))
+            log.info(
+                "%s: the layout's own split is kept (%s); validation is carved from its training set",
+                self.root,
+                ", ".join(f"{k}: {v}" for k, v in sorted(Counter(self.official_split.values()).items())),
+            )
         return data.records, data.bad
 
     # -------------------------------------------------------------- labels
@@ -254,20 +285,32 @@ class HEp2HierarchyDataModule(RecordDataModule):
         """The node of a record at ``level`` (None when its label stops higher up); at
         ``level="contest"`` its contest class name."""
         if len(record.codes) != 1:
-            raise DatasetError(self.root, [BadFile(record.path, f"{len(record.codes)} labels {record.codes}: the "
-                                                                "hierarchy datamodule takes single-label images")])
+            raise DatasetError(
+                self.root,
+                [
+                    BadFile(
+                        record.path,
+                        f"{len(record.codes)} labels {record.codes}: the "
+                        "hierarchy datamodule takes single-label images",
+                    )
+                ],
+            )
         if level == "contest":
             return self._contest_of.get(record.codes[0])
         return self.tree.resolve(record.codes[0], level)
 
     def _selected(self, r: ImageRecord) -> bool:
         label = r.codes[0]
-        if self.parent is not None and not set(self.tree.leaves(label)) <= set(self.tree.children(self.parent)):
+        if self.parent is not None and not set(self.tree.leaves(label)) <= set(
+            self.tree.children(self.parent)
+        ):
             return False
         if self.level == "all":
             return True
         if self.level == "contest":
-            return label in self._contest_of and (not self.requested_classes or self._contest_of[label] in self._requested)
+            return label in self._contest_of and (
+                not self.requested_classes or self._contest_of[label] in self._requested
+            )
         node = self.resolve(r, self.level)
         if node is None:
             return False
@@ -291,12 +334,25 @@ class HEp2HierarchyDataModule(RecordDataModule):
         self.check_split_overlap()
         kept = [r for s in SPLITS for r in self.splits[s]]
         if not kept:
-            raise DatasetError(self.root, [BadFile(str(self.root), f"no image has a level-{self.level} label"
-                                                                   f"{f' under {self.parent!r}' if self.parent else ''}")])
+            raise DatasetError(
+                self.root,
+                [
+                    BadFile(
+                        str(self.root),
+                        f"no image has a level-{self.level} label"
+                        f"{f' under {self.parent!r}' if self.parent else ''}",
+                    )
+                ],
+            )
         dropped = Counter(r.codes[0] for r in records) - Counter(r.codes[0] for r in kept)
         if dropped:
-            log.info("level %s%s: %d image(s) left out (%s)", self.level, f", parent {self.parent!r}" if self.parent else "",
-                     sum(dropped.values()), ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
+            log.info(
+                "level %s%s: %d image(s) left out (%s)",
+                self.level,
+                f", parent {self.parent!r}" if self.parent else "",
+                sum(dropped.values()),
+                ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())),
+            )
         leaves = {c for r in kept for c in self.tree.leaves(r.codes[0])}
         self.taxonomy = self.tree.subset(leaves)
         for lv in LEVELS:
@@ -308,24 +364,45 @@ class HEp2HierarchyDataModule(RecordDataModule):
             present = {self.resolve(r, "contest") for r in kept}
             wanted = self._requested if self.requested_classes else present
             self._class_names = [c for c in self.contest_classes if c in wanted]
-            log.info("contest classes → tree: %s", ", ".join(f"{c} → {self.contest_classes[c]}" for c in self._class_names))
+            log.info(
+                "contest classes → tree: %s",
+                ", ".join(f"{c} → {self.contest_classes[c]}" for c in self._class_names),
+            )
         elif self.requested_classes:
             self._class_names = [n for n in self.tree.nodes(self.level) if n in self._requested]
         else:
             self._class_names = self.level_names[self.level]
         for s in SPLITS:
             log.info("%s: %d images", s, len(self.splits[s]))
-            missing = [c for c in self._class_names if self.splits[s] and not any(
-                self.resolve(r, self.level) == c for r in self.splits[s])] if self.level not in ("all",) else []
+            missing = (
+                [
+                    c
+                    for c in self._class_names
+                    if self.splits[s] and not any(self.resolve(r, self.level) == c for r in self.splits[s])
+                ]
+                if self.level not in ("all",)
+                else []
+            )
             if missing:  # its MCA then averages over fewer classes (or counts the absent ones as 0)
-                log.warning("the %s split has no image of %s: too few groups per class for these split "
-                            "fractions (see data.split_fractions, data.group_min_size)", s, ", ".join(missing))
+                log.warning(
+                    "the %s split has no image of %s: too few groups per class for these split "
+                    "fractions (see data.split_fractions, data.group_min_size)",
+                    s,
+                    ", ".join(missing),
+                )
         if self.hparams.get("extra_train"):
             # Stylized training images (ana-stylize): refused when made from val/test images.
-            extra = read_stylized_set(self.hparams.extra_train, self.all_splits, self.tree, all_records=records,
-                                      on_bad_file=self.hparams.on_bad_file)
+            extra = read_stylized_set(
+                self.hparams.extra_train,
+                self.all_splits,
+                self.tree,
+                all_records=records,
+                on_bad_file=self.hparams.on_bad_file,
+            )
             self.extra_train_records = [r for r in extra if self._selected(r)]
-            log.info("extra_train: %d stylized image(s) added to the training split", len(self.extra_train_records))
+            log.info(
+                "extra_train: %d stylized image(s) added to the training split", len(self.extra_train_records)
+            )
 
     def write_reports(self, out_dir: str | Path) -> None:
         super().write_reports(out_dir)
@@ -336,7 +413,13 @@ class HEp2HierarchyDataModule(RecordDataModule):
                 w = csv.writer(f)
                 w.writerow(["class", "tree_label", "level1", "level2", "code"])
                 for c in self._class_names:
-                    w.writerow([c, self.contest_classes[c], *(x or "" for x in self.tree.label_path(self.contest_classes[c]))])
+                    w.writerow(
+                        [
+                            c,
+                            self.contest_classes[c],
+                            *(x or "" for x in self.tree.label_path(self.contest_classes[c])),
+                        ]
+                    )
 
     @property
     def class_names(self) -> list[str]:
@@ -359,7 +442,9 @@ class HEp2HierarchyDataModule(RecordDataModule):
             return self.level_targets(records)
         names = self.class_names
         if self.level == "contest":
-            return torch.tensor([names.index(self._contest_of[r.codes[0]]) for r in records], dtype=torch.long)
+            return torch.tensor(
+                [names.index(self._contest_of[r.codes[0]]) for r in records], dtype=torch.long
+            )
         return torch.tensor([names.index(self.resolve(r, self.level)) for r in records], dtype=torch.long)
 
     def class_nodes(self) -> dict[str, str]:
@@ -371,9 +456,16 @@ class HEp2HierarchyDataModule(RecordDataModule):
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
         if not self.masks or self.mask == "none":
             return super().make_dataset(records, train)
-        tf = build_transform(self.hparams.image_size, self.train_augment if train else None, self.mean, self.std)
-        return LoaderRecordDataset(records, self.make_targets(records), tf, masked_loader(self.masks, self.mask),
-                                   cache=self.hparams.cache_images)
+        tf = build_transform(
+            self.hparams.image_size, self.train_augment if train else None, self.mean, self.std
+        )
+        return LoaderRecordDataset(
+            records,
+            self.make_targets(records),
+            tf,
+            masked_loader(self.masks, self.mask),
+            cache=self.hparams.cache_images,
+        )
 
     def class_weights(self) -> list[float]:
         """Inverse-frequency weights of this level's classes, from the training split only."""

@@ -66,7 +66,9 @@ class MultiLabelTargets:
             "pos_weight": self.pos_weight() if loss_weights else None,
         }
 
-    def _splits_from_manifest(self, records: list[ImageRecord], manifest: str) -> dict[str, list[ImageRecord]]:
+    def _splits_from_manifest(
+        self, records: list[ImageRecord], manifest: str
+    ) -> dict[str, list[ImageRecord]]:
         """Rows matched by path, else by content (:func:`~.splits.match_manifest` with ``by_content``)."""
         return match_manifest(records, manifest, self.root, self.tree, by_content=True)
 
@@ -102,7 +104,9 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
     ):
         super().__init__(**kwargs)
         if root and hospital_root and Path(root).expanduser() != Path(hospital_root).expanduser():
-            raise ValueError(f"data.root={root} and data.hospital_root={hospital_root} differ: give one of them")
+            raise ValueError(
+                f"data.root={root} and data.hospital_root={hospital_root} differ: give one of them"
+            )
         hospital_root = hospital_root or root
         if not hospital_root and not labels_csv:
             raise ValueError(
@@ -122,7 +126,9 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
         return self._root if self._root is not None else Path(self.labels_csv).expanduser().parent
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
-        return _read_hospital(self._root, self.labels_csv, self.tree, self.strict, self.group_level, self.hparams.on_bad_file)
+        return _read_hospital(
+            self._root, self.labels_csv, self.tree, self.strict, self.group_level, self.hparams.on_bad_file
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.sampler != "balanced":
@@ -130,7 +136,9 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
         ds = self.dataset("train")
         world, rank = _replicas(self)
         sampler = ClassBalancedSampler(ds.targets, num_replicas=world, rank=rank, seed=self.hparams.seed)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=False, **self.loader_kwargs())
+        return DataLoader(
+            ds, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=False, **self.loader_kwargs()
+        )
 
 
 class MixedDataModule(MultiLabelTargets, RecordDataModule):
@@ -192,20 +200,37 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
         # Same folder name as data=synthetic, so the two share their renders.
         self.render_single = single_root is None
         self.render_hospital = hospital_root is None and not labels_csv
-        self.single_root = Path(single_root).expanduser() if single_root else cache / f"v1_n{n_per_class}_s{render_size}_seed{render_seed}{suffix}"
+        self.single_root = (
+            Path(single_root).expanduser()
+            if single_root
+            else cache / f"v1_n{n_per_class}_s{render_size}_seed{render_seed}{suffix}"
+        )
         if hospital_root:
             self.hospital_root: Path | None = Path(hospital_root).expanduser()
         elif labels_csv:
             self.hospital_root = None
         else:
-            self.hospital_root = cache / f"hospital_v1_n{n_hospital}_p{n_patients}_k{max_patterns}_s{render_size}_seed{render_seed}{suffix}"
-        self.render = dict(n_per_class=n_per_class, n_hospital=n_hospital, n_patients=n_patients, max_patterns=max_patterns,
-                           size=render_size, seed=render_seed)
+            self.hospital_root = (
+                cache
+                / f"hospital_v1_n{n_hospital}_p{n_patients}_k{max_patterns}_s{render_size}_seed{render_seed}{suffix}"
+            )
+        self.render = dict(
+            n_per_class=n_per_class,
+            n_hospital=n_hospital,
+            n_patients=n_patients,
+            max_patterns=max_patterns,
+            size=render_size,
+            seed=render_seed,
+        )
         self._hospital_paths: set[str] = set()
 
     @property
     def root(self) -> Path:
-        hosp = self.hospital_root if self.hospital_root is not None else Path(self.labels_csv).expanduser().parent
+        hosp = (
+            self.hospital_root
+            if self.hospital_root is not None
+            else Path(self.labels_csv).expanduser().parent
+        )
         return Path(os.path.commonpath([str(self.single_root.resolve()), str(hosp.resolve())]))
 
     # ------------------------------------------------------------------ synthetic sources
@@ -214,15 +239,29 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
 
         if self.render_single and not (self.single_root / ".complete").exists():
             log.info("rendering synthetic single-label fields into %s (once)", self.single_root)
-            generate_dataset(self.single_root, codes=self.synthetic_codes, n_per_class=self.render["n_per_class"],
-                             size=self.render["size"], seed=self.render["seed"])
+            generate_dataset(
+                self.single_root,
+                codes=self.synthetic_codes,
+                n_per_class=self.render["n_per_class"],
+                size=self.render["size"],
+                seed=self.render["seed"],
+            )
             (self.single_root / ".complete").write_text("ok\n")
         if self.render_hospital and not (self.hospital_root / ".complete").exists():
-            log.info("rendering synthetic hospital fields (1-%d patterns each) into %s (once)", self.render["max_patterns"],
-                     self.hospital_root)
-            generate_hospital_dataset(self.hospital_root, n_images=self.render["n_hospital"], codes=self.synthetic_codes,
-                                      max_patterns=self.render["max_patterns"], n_patients=self.render["n_patients"],
-                                      size=self.render["size"], seed=self.render["seed"])
+            log.info(
+                "rendering synthetic hospital fields (1-%d patterns each) into %s (once)",
+                self.render["max_patterns"],
+                self.hospital_root,
+            )
+            generate_hospital_dataset(
+                self.hospital_root,
+                n_images=self.render["n_hospital"],
+                codes=self.synthetic_codes,
+                max_patterns=self.render["max_patterns"],
+                n_patients=self.render["n_patients"],
+                size=self.render["size"],
+                seed=self.render["seed"],
+            )
             (self.hospital_root / ".complete").write_text("ok\n")
 
     def setup(self, stage: str | None = None) -> None:
@@ -234,12 +273,25 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
 
     # ------------------------------------------------------------------ records and splits
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
-        single, bad_s = read_single_label_folder(self.single_root, self.tree, on_bad_file=self.hparams.on_bad_file)
-        hosp, bad_h = _read_hospital(self.hospital_root, self.labels_csv, self.tree, self.strict, self.group_level,
-                                     self.hparams.on_bad_file)
+        single, bad_s = read_single_label_folder(
+            self.single_root, self.tree, on_bad_file=self.hparams.on_bad_file
+        )
+        hosp, bad_h = _read_hospital(
+            self.hospital_root,
+            self.labels_csv,
+            self.tree,
+            self.strict,
+            self.group_level,
+            self.hparams.on_bad_file,
+        )
         self._hospital_paths = {r.path for r in hosp}
-        log.info("mixed data: %d single-label images (%s), %d hospital images (%s)", len(single), self.single_root,
-                 len(hosp), self.hospital_root or self.labels_csv)
+        log.info(
+            "mixed data: %d single-label images (%s), %d hospital images (%s)",
+            len(single),
+            self.single_root,
+            len(hosp),
+            self.hospital_root or self.labels_csv,
+        )
         return single + hosp, bad_s + bad_h
 
     def split(self, records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
@@ -260,10 +312,15 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
             return split_of_sha.get(r.sha256) if r.sha256 in split_of_sha else split_of_path.get(r.path)
 
         forced = [r for r in single if hosp_split(r)]  # also in the hospital set: keep them together
-        rest = (split_records([r for r in single if not hosp_split(r)], fr, seed=seed, together=self.together)
-                if len(forced) < len(single) else {})
+        rest = (
+            split_records([r for r in single if not hosp_split(r)], fr, seed=seed, together=self.together)
+            if len(forced) < len(single)
+            else {}
+        )
         for s in SPLITS:
-            out[s] = sorted(out[s] + rest.get(s, []) + [r for r in forced if hosp_split(r) == s], key=lambda r: r.path)
+            out[s] = sorted(
+                out[s] + rest.get(s, []) + [r for r in forced if hosp_split(r) == s], key=lambda r: r.path
+            )
         check_no_leakage(out)
         return out
 
@@ -275,11 +332,30 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
         single = [i for i, r in enumerate(ds.records) if r.path not in self._hospital_paths]
         hosp = [i for i, r in enumerate(ds.records) if r.path in self._hospital_paths]
         if not hosp:
-            raise DatasetError(self.root, [BadFile(str(self.hospital_root or self.labels_csv), "no hospital image in the training split")])
+            raise DatasetError(
+                self.root,
+                [
+                    BadFile(
+                        str(self.hospital_root or self.labels_csv), "no hospital image in the training split"
+                    )
+                ],
+            )
         world, rank = _replicas(self)
-        return MixedRatioSampler(single, hosp, self.hparams.batch_size, self.mix_ratio, num_replicas=world, rank=rank,
-                                 seed=self.hparams.seed)
+        return MixedRatioSampler(
+            single,
+            hosp,
+            self.hparams.batch_size,
+            self.mix_ratio,
+            num_replicas=world,
+            rank=rank,
+            seed=self.hparams.seed,
+        )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("train"), batch_size=self.hparams.batch_size, sampler=self.train_sampler(),
-                          drop_last=False, **self.loader_kwargs())
+        return DataLoader(
+            self.dataset("train"),
+            batch_size=self.hparams.batch_size,
+            sampler=self.train_sampler(),
+            drop_last=False,
+            **self.loader_kwargs(),
+        )

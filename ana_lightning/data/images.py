@@ -108,7 +108,9 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise BadImageError(path, f"{img.width}×{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
+                    raise BadImageError(
+                        path, f"{img.width}×{img.height} pixels exceeds the limit of {MAX_PIXELS:,}"
+                    )
                 img.load()
                 if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                     img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")

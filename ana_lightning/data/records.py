@@ -92,8 +92,11 @@ def resolve_bad_files(root: str | Path, bad: Sequence[BadFile], on_bad_file: str
         raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
     if bad and on_bad_file == "error":
         raise DatasetError(
-            root, bad, hint or "Fix or remove these files, or set data.on_bad_file=skip to skip them "
-            "(they are then listed in bad_files.csv in the run folder)."
+            root,
+            bad,
+            hint
+            or "Fix or remove these files, or set data.on_bad_file=skip to skip them "
+            "(they are then listed in bad_files.csv in the run folder).",
         )
 
 
@@ -113,12 +116,16 @@ def read_single_label_folder(
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist (set data.root to a folder of <AC code>/<images>)")
+        raise FileNotFoundError(
+            f"dataset folder {root} does not exist (set data.root to a folder of <AC code>/<images>)"
+        )
     bad: list[BadFile] = []
     candidates: list[tuple[Path, str]] = []
     class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not is_ignored(d)), key=lambda d: d.name)
     if not class_dirs:
-        raise DatasetError(root, [BadFile(str(root), "no class sub-folders (expected <root>/<AC code>/<images>)")])
+        raise DatasetError(
+            root, [BadFile(str(root), "no class sub-folders (expected <root>/<AC code>/<images>)")]
+        )
     for d in class_dirs:
         try:
             code = taxonomy.parse_code(d.name)
@@ -127,7 +134,11 @@ def read_single_label_folder(
             continue
         files = sorted(p for p in d.rglob("*") if is_file_entry(p) and not is_ignored(p))
         images = [p for p in files if is_image_path(p)]
-        bad += [BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})") for p in files if not is_image_path(p)]
+        bad += [
+            BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})")
+            for p in files
+            if not is_image_path(p)
+        ]
         if not images:
             bad.append(BadFile(str(d), "empty class folder (no images)"))
         candidates += [(p, code) for p in images]

@@ -35,7 +35,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Keys that belong to one dataset folder: reset to null when the folder or the reader changes.
-SOURCE_KEYS = ("csv", "group_column", "split_manifest", "extra_train", "classes", "folds", "fold", "folds_manifest")
+SOURCE_KEYS = (
+    "csv",
+    "group_column",
+    "split_manifest",
+    "extra_train",
+    "classes",
+    "folds",
+    "fold",
+    "folds_manifest",
+)
 #: Keys never carried into a different datamodule class (they name what is read, not how).
 _NOT_CARRIED = (
     "_target_",
@@ -109,7 +118,11 @@ def eval_data_config(
             for k in SOURCE_KEYS:
                 if k in out and k not in typed:
                     out[k] = None
-        for k in ("folds", "fold", "folds_manifest"):  # a cross-validation run: its split_manifest.csv holds its split
+        for k in (
+            "folds",
+            "fold",
+            "folds_manifest",
+        ):  # a cross-validation run: its split_manifest.csv holds its split
             if k in out and k not in typed:
                 out[k] = None
         out.update(

@@ -106,10 +106,14 @@ class MixedRatioSampler(DistributedSampler):
         if len(self.hospital) == 0:
             raise ValueError("MixedRatioSampler needs at least one hospital sample")
         if self.n_single > 0 and len(self.single) == 0:
-            raise ValueError(f"mix_ratio={mix_ratio} asks for {self.n_single} single-label samples per batch, but there are none")
+            raise ValueError(
+                f"mix_ratio={mix_ratio} asks for {self.n_single} single-label samples per batch, but there are none"
+            )
         num_replicas, rank = resolve_replicas(num_replicas, rank)
         n = int(max(self.single.max(initial=-1), self.hospital.max(initial=-1))) + 1
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        super().__init__(
+            range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
         self.num_batches = math.ceil(len(self.hospital) / (self.n_hospital * self.num_replicas))
         self.num_samples = self.num_batches * self.batch_size
         self.total_size = self.num_samples * self.num_replicas
@@ -126,7 +130,10 @@ class MixedRatioSampler(DistributedSampler):
         s = len(self.single)
         start = self.epoch * need  # the stream continues across epochs
         first, last = start // s, (start + need - 1) // s
-        passes = [self.single[np.random.default_rng([self.seed, 1, j]).permutation(s)] for j in range(first, last + 1)]
+        passes = [
+            self.single[np.random.default_rng([self.seed, 1, j]).permutation(s)]
+            for j in range(first, last + 1)
+        ]
         stream = np.concatenate(passes)
         off = start - first * s
         return stream[off : off + need]
@@ -188,7 +195,9 @@ class ClassBalancedSampler(DistributedSampler):
         inv = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
         self.weights = (t * inv).max(dim=1).values.double()
         num_replicas, rank = resolve_replicas(num_replicas, rank)
-        super().__init__(range(len(t)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        super().__init__(
+            range(len(t)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
         total = int(num_samples) if num_samples is not None else len(t)
         if total < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples!r}")

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
-    if cfg.get("sweep_dir"):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
+    if cfg.get(
+        "sweep_dir"
+    ):  # ana-eval sweep_dir=<cross-validation sweep>: the summary again, from saved predictions
         from .crossval import evaluate_sweep
 
         return evaluate_sweep(cfg)
@@ -42,9 +44,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if members:  # separately trained checkpoints averaged into one model (multi-label or single-label)
         from ..models.multilabel import ensemble_from_checkpoints
 
-        model = ensemble_from_checkpoints(members, combine=ens.get("combine", "probs"),
-                                          decision_rule=ens.get("decision_rule"), threshold=ens.get("threshold", 0.5),
-                                          trust_checkpoint=trust)
+        model = ensemble_from_checkpoints(
+            members,
+            combine=ens.get("combine", "probs"),
+            decision_rule=ens.get("decision_rule"),
+            threshold=ens.get("threshold", 0.5),
+            trust_checkpoint=trust,
+        )
     else:
         model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=trust)
     ckpt_ref = members[0] if members else str(cfg.ckpt_path)  # whose run folder holds the split manifest
@@ -65,7 +71,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
         return evaluate_cross_dataset(cfg, model, class_nodes, trained, run_dir)
     split = cfg.get("split", "auto")
-    overrides: dict[str, Any] = {"classes": list(model.class_names), "image_size": int(model.hparams.image_size)}
+    overrides: dict[str, Any] = {
+        "classes": list(model.class_names),
+        "image_size": int(model.hparams.image_size),
+    }
     manifest = cfg.data.get("split_manifest")
     found = training_split_manifest(ckpt_ref, split, manifest)  # the run's own, beside the checkpoint
     if found is not None:
@@ -76,7 +85,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         dm.setup("test")
     except Exception as e:  # noqa: BLE001
         if "split_manifest" in overrides and split == "auto":
-            log.warning("the training run's split manifest does not fit this data (%s); evaluating all images", str(e).splitlines()[0])
+            log.warning(
+                "the training run's split manifest does not fit this data (%s); evaluating all images",
+                str(e).splitlines()[0],
+            )
             overrides.pop("split_manifest")
             dm = build_datamodule(cfg, **overrides)
             dm.prepare_data()
@@ -87,13 +99,19 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if split == "auto":
         split = "test" if "split_manifest" in overrides or manifest else "all"
     dm.set_normalization(model.hparams.mean, model.hparams.std)
-    if callable(getattr(model, "prepare_evaluation", None)):  # e.g. tune an ensemble's thresholds on val, never on test
+    if callable(
+        getattr(model, "prepare_evaluation", None)
+    ):  # e.g. tune an ensemble's thresholds on val, never on test
         val = dm.make_dataset(dm.splits["val"], train=False) if dm.splits.get("val") else None
         model.prepare_evaluation(split, val=val, batch_size=int(cfg.data.batch_size))
-    records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    records = (
+        [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    )
     check_unseen(members or [str(cfg.ckpt_path)], records, split, dm.near_duplicates)
     dataset = dm.make_dataset(records, train=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers
+    )
     trainer = build_trainer(cfg, run_dir)
     results = tester_for(trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -104,13 +122,26 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics["test/images_in_training_split"] = float(seen)
     if trainer.is_global_zero:
         metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
-        metrics.update(run_intervals(model, records, metrics, together=getattr(dm, "together", ())))  # bootstrap 95% CIs
+        metrics.update(
+            run_intervals(model, records, metrics, together=getattr(dm, "together", ()))
+        )  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
         write_test_report(model, run_dir, records, metrics, stage="test")
-        which = ", ".join(str(Path(m).resolve()) for m in members) if members else str(Path(cfg.ckpt_path).resolve())
-        (run_dir / "evaluated.txt").write_text(f"checkpoint: {which}\nsplit: {split}\nimages: {len(records)}\n")
+        which = (
+            ", ".join(str(Path(m).resolve()) for m in members)
+            if members
+            else str(Path(cfg.ckpt_path).resolve())
+        )
+        (run_dir / "evaluated.txt").write_text(
+            f"checkpoint: {which}\nsplit: {split}\nimages: {len(records)}\n"
+        )
         log_report_images(trainer, run_dir)
-    log.info("evaluated %s on %d images (%s): %s", members or cfg.ckpt_path, len(records), split,
-             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" in k and k.count("/") == 1))
+    log.info(
+        "evaluated %s on %d images (%s): %s",
+        members or cfg.ckpt_path,
+        len(records),
+        split,
+        ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" in k and k.count("/") == 1),
+    )
     finish_wandb()
     return metrics, {"model": model, "datamodule": dm, "run_dir": run_dir, "split": split}

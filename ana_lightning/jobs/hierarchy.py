@@ -30,6 +30,7 @@ __all__ = ["train_level3", "evaluate_hierarchy", "write_hierarchy_report", "grou
 
 log = logging.getLogger(__name__)
 
+
 def group_slug(node: str) -> str:
     """A folder name for a tree node: ``'discrete nuclear dots'`` → ``'discrete_nuclear_dots'``."""
     return re.sub(r"[^A-Za-z0-9]+", "_", node).strip("_")
@@ -52,12 +53,29 @@ def _all_checkpoints(pipe_cfg: DictConfig) -> list[Path]:
     out = [resolve_checkpoint(pipe_cfg[k]) for k in ("level1", "level2", "multihead") if pipe_cfg.get(k)]
     level3 = pipe_cfg.get("level3")
     if level3:
-        out += list(_level3_checkpoints(OmegaConf.to_container(level3) if isinstance(level3, DictConfig) else level3).values())
+        out += list(
+            _level3_checkpoints(
+                OmegaConf.to_container(level3) if isinstance(level3, DictConfig) else level3
+            ).values()
+        )
     return out
 
 
-_DATA_SOURCE_KEYS = ("root", "reader", "csv", "mask", "group_column", "cache_dir", "n_per_class", "render_size",
-                     "render_seed", "dapi", "tree", "split_fractions", "seed")
+_DATA_SOURCE_KEYS = (
+    "root",
+    "reader",
+    "csv",
+    "mask",
+    "group_column",
+    "cache_dir",
+    "n_per_class",
+    "render_size",
+    "render_seed",
+    "dapi",
+    "tree",
+    "split_fractions",
+    "seed",
+)
 
 
 def _training_data(ckpt: Path, data_cfg: DictConfig) -> dict[str, Any]:
@@ -68,8 +86,11 @@ def _training_data(ckpt: Path, data_cfg: DictConfig) -> dict[str, Any]:
     trained = OmegaConf.load(saved).get("data") or {}
     out = {k: trained[k] for k in _DATA_SOURCE_KEYS if k in trained and k in data_cfg}
     if out:
-        log.info("data.root not given: evaluating on the data of %s (%s)", saved.parent,
-                 out.get("root") or f"synthetic, {out.get('n_per_class')} per class")
+        log.info(
+            "data.root not given: evaluating on the data of %s (%s)",
+            saved.parent,
+            out.get("root") or f"synthetic, {out.get('n_per_class')} per class",
+        )
     return out
 
 
@@ -84,7 +105,9 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         pipe = instantiate(cfg.pipeline)
-    except InstantiationException as e:  # a refused or unreadable checkpoint: its own message, naming the file
+    except (
+        InstantiationException
+    ) as e:  # a refused or unreadable checkpoint: its own message, naming the file
         if isinstance(e.__cause__, CheckpointError):
             raise e.__cause__ from None
         raise
@@ -93,7 +116,9 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     first = _first_checkpoint(cfg.pipeline)
     if not cfg.data.get("root") and first is not None:
         overrides.update(_training_data(first, cfg.data))
-    found = training_split_manifest(first, split, cfg.data.get("split_manifest"))  # the run's own, beside the checkpoint
+    found = training_split_manifest(
+        first, split, cfg.data.get("split_manifest")
+    )  # the run's own, beside the checkpoint
     if found is not None:
         overrides["split_manifest"] = str(found)
     dm = build_datamodule(cfg, **overrides)
@@ -102,15 +127,22 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     except Exception as e:  # noqa: BLE001
         if "split_manifest" not in overrides or split != "auto":
             raise
-        log.warning("the training run's split manifest does not fit this data (%s); evaluating all images", str(e).splitlines()[0])
+        log.warning(
+            "the training run's split manifest does not fit this data (%s); evaluating all images",
+            str(e).splitlines()[0],
+        )
         overrides.pop("split_manifest")
         dm = build_datamodule(cfg, **overrides)
         dm.setup("test")
         split = "all"
     if split == "auto":
         split = "test" if "split_manifest" in overrides or cfg.data.get("split_manifest") else "all"
-    records = [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
-    check_unseen(_all_checkpoints(cfg.pipeline), records, split, dm.near_duplicates)  # every level, not only the first
+    records = (
+        [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
+    )
+    check_unseen(
+        _all_checkpoints(cfg.pipeline), records, split, dm.near_duplicates
+    )  # every level, not only the first
     truth = [label_path(pipe.tree, r.codes[0]) for r in records]
     loader = masked_loader(dm.masks, dm.mask) if dm.masks else load_image
     pred = pipe.predict_paths([r.path for r in records], batch_size=int(cfg.data.batch_size), loader=loader)
@@ -121,15 +153,30 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
         bundle = pipe.write_bundle(run_dir / "pipeline.ckpt")
         saved = copy.deepcopy(cfg)
         with open_dict(saved):
-            saved.data.update({k: v for k, v in overrides.items() if k in saved.data and k != "split_manifest"})
+            saved.data.update(
+                {k: v for k, v in overrides.items() if k in saved.data and k != "split_manifest"}
+            )
         OmegaConf.save(saved, run_dir / "config_resolved.yaml", resolve=True)
         log.info("pipeline bundle: %s (ana-predict ckpt_path=%s input=…)", bundle, bundle)
-    (run_dir / "evaluated.txt").write_text(yaml.safe_dump({"pipeline": pipe.describe(), "split": split, "images": len(records)}))
-    table = "\n".join(f"  level {lv}: accuracy {metrics[f'test/level{lv}_acc']:.4f}  MCA {metrics[f'test/level{lv}_mca']:.4f}"
-                      for lv in LEVELS if f"test/level{lv}_acc" in metrics)
-    print(f"hierarchical pipeline ({pipe.routing} routing) on {len(records)} images ({split}):\n{table}\n"
-          f"report: {run_dir / 'test_hierarchy_report.md'}")
-    return metrics, {"pipeline": pipe, "datamodule": dm, "run_dir": run_dir, "split": split, "prediction": pred}
+    (run_dir / "evaluated.txt").write_text(
+        yaml.safe_dump({"pipeline": pipe.describe(), "split": split, "images": len(records)})
+    )
+    table = "\n".join(
+        f"  level {lv}: accuracy {metrics[f'test/level{lv}_acc']:.4f}  MCA {metrics[f'test/level{lv}_mca']:.4f}"
+        for lv in LEVELS
+        if f"test/level{lv}_acc" in metrics
+    )
+    print(
+        f"hierarchical pipeline ({pipe.routing} routing) on {len(records)} images ({split}):\n{table}\n"
+        f"report: {run_dir / 'test_hierarchy_report.md'}"
+    )
+    return metrics, {
+        "pipeline": pipe,
+        "datamodule": dm,
+        "run_dir": run_dir,
+        "split": split,
+        "prediction": pred,
+    }
 
 
 def train_level3(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -139,8 +186,10 @@ def train_level3(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     from .train import train
 
     if cfg.get("ckpt_path"):
-        raise ValueError("ckpt_path is not supported by the per-group level-3 job: train a group again with "
-                         "ana-train experiment=paper_level3 groups='[<group>]'")
+        raise ValueError(
+            "ckpt_path is not supported by the per-group level-3 job: train a group again with "
+            "ana-train experiment=paper_level3 groups='[<group>]'"
+        )
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dm = build_datamodule(cfg, level=3, parent=None, cache_images=False)
@@ -153,8 +202,10 @@ def train_level3(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     wanted = list(cfg.get("groups") or [g for g, cs in leaves_by_group.items() if len(cs) >= 2])
     for g in wanted:
         if len(leaves_by_group.get(g, [])) < 2:
-            raise ValueError(f"groups: {g!r} has {len(leaves_by_group.get(g, []))} leaf class(es) in the data "
-                             f"(groups with two or more: {[h for h, cs in leaves_by_group.items() if len(cs) >= 2]})")
+            raise ValueError(
+                f"groups: {g!r} has {len(leaves_by_group.get(g, []))} leaf class(es) in the data "
+                f"(groups with two or more: {[h for h, cs in leaves_by_group.items() if len(cs) >= 2]})"
+            )
     OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
     index: dict[str, str] = {}
     metrics: dict[str, float] = {}
@@ -171,7 +222,11 @@ def train_level3(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         best = sub / "best_checkpoint.txt"
         if best.is_file():
             ckpt = Path(best.read_text().strip())
-            index[g] = str(ckpt.relative_to(run_dir.resolve())) if ckpt.is_relative_to(run_dir.resolve()) else str(ckpt)
+            index[g] = (
+                str(ckpt.relative_to(run_dir.resolve()))
+                if ckpt.is_relative_to(run_dir.resolve())
+                else str(ckpt)
+            )
         for key in ("test/acc", "test/mca"):
             if key in m:
                 metrics[f"{key.split('/')[0]}/{group_slug(g)}/{key.split('/')[1]}"] = m[key]
@@ -182,10 +237,21 @@ def train_level3(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics["test/mca_mean_over_groups"] = float(np.mean(mcas))
     (run_dir / "level3_models.yaml").write_text(yaml.safe_dump(index, sort_keys=False))
     write_metrics_json(metrics, run_dir / "metrics.json")
-    md = ["# Level 3: one model per level-2 group", "", "| group | classes | test accuracy | test MCA |", "|---|---|---|---|"]
+    md = [
+        "# Level 3: one model per level-2 group",
+        "",
+        "| group | classes | test accuracy | test MCA |",
+        "|---|---|---|---|",
+    ]
     md += [f"| {g} | {', '.join(cs)} | {a:.4f} | {m:.4f} |" for g, cs, a, m in rows]
-    md += ["", f"Mean of the groups' MCAs (`test/mca_mean_over_groups`; not the MCA over all leaves): "
-           f"{metrics.get('test/mca_mean_over_groups', float('nan')):.4f}", "", f"{MCA_DEFINITION}.", ""]
+    md += [
+        "",
+        f"Mean of the groups' MCAs (`test/mca_mean_over_groups`; not the MCA over all leaves): "
+        f"{metrics.get('test/mca_mean_over_groups', float('nan')):.4f}",
+        "",
+        f"{MCA_DEFINITION}.",
+        "",
+    ]
     (run_dir / "level3_report.md").write_text("\n".join(md))
     print("\n".join(md))
     return metrics, {"run_dir": run_dir, "groups": index, "cfg": cfg}

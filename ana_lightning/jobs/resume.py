@@ -14,7 +14,15 @@ from omegaconf import DictConfig, open_dict
 from ..distributed import global_rank, requeue_checkpoint
 from ..utils import CheckpointError, UnsafeCheckpointError, find_last_checkpoint, read_checkpoint
 
-__all__ = ["FINISHED", "resume_point", "check_resume_fits", "mark_finished", "finished_run", "resume_step", "read_metrics"]
+__all__ = [
+    "FINISHED",
+    "resume_point",
+    "check_resume_fits",
+    "mark_finished",
+    "finished_run",
+    "resume_step",
+    "read_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +40,9 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, Path]:
         # Continue in the interrupted run's folder: its best checkpoint, logs and reports stay together.
         old = Path(resume).parent.parent
         if global_rank() == 0:
-            (run_dir / "resumed_into.txt").write_text(f"this job resumed {resume}; its outputs are in {old}\n")
+            (run_dir / "resumed_into.txt").write_text(
+                f"this job resumed {resume}; its outputs are in {old}\n"
+            )
         log.info("resuming the run in %s", old)
         with open_dict(cfg):
             cfg.paths.output_dir = str(old)
@@ -80,7 +90,11 @@ def check_resume_fits(path: str, model: L.LightningModule, trust_checkpoint: boo
     own = model.state_dict()
     missing = [k for k in own if k not in saved]
     extra = [k for k in saved if k not in own]
-    shapes = [k for k in own if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        k
+        for k in own
+        if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(own[k].shape)
+    ]
     if not (missing or extra or shapes):
         return
     hp = ckpt.get("hyper_parameters") or {}
@@ -91,7 +105,8 @@ def check_resume_fits(path: str, model: L.LightningModule, trust_checkpoint: boo
             differ.append(f"{key}: checkpoint {a!r}, this config {b!r}")
     detail = "; ".join(differ) or (
         f"{len(missing)} weights missing from it (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}), "
-        f"{len(shapes)} of another shape (e.g. {shapes[:2]})")
+        f"{len(shapes)} of another shape (e.g. {shapes[:2]})"
+    )
     raise CheckpointError(
         f"ckpt_path: {path} was trained with another model than this config builds ({detail}). Resume with the "
         "model settings of that run (its config_resolved.yaml), or start afresh without ckpt_path."
@@ -113,7 +128,9 @@ def mark_finished(trainer: L.Trainer, run_dir: Path) -> None:
     last = run_dir / "checkpoints" / "last.ckpt"
     from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
-    spawned = trainer.world_size > 1 and isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    spawned = trainer.world_size > 1 and isinstance(
+        getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher
+    )
     if spawned and last.is_file():  # ddp_spawn: the loop state stayed in the workers
         ckpt = read_checkpoint(last)
         epochs, step = int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("global_step", 0))
@@ -136,14 +153,21 @@ def finished_run(resume: str, run_dir: Path, cfg: DictConfig) -> dict | None:
     max_steps = cfg.trainer.get("max_steps")
     more_epochs = max_epochs in (None, -1) or int(max_epochs) > record["epochs"]
     more_steps = max_steps in (None, -1) or int(max_steps) > record["global_step"]
-    stopped_early = record["stopped_by"] == "early_stopping" and bool((cfg.get("callbacks") or {}).get("early_stopping"))
+    stopped_early = record["stopped_by"] == "early_stopping" and bool(
+        (cfg.get("callbacks") or {}).get("early_stopping")
+    )
     if more_epochs and more_steps and not stopped_early:
         return None
     log.warning(
         "the run in %s is finished (%d epochs, %d optimizer steps, stopped by %s): nothing to resume; its curves stay in "
-        "%s. To train on, raise trainer.max_epochs / trainer.max_steps%s.", run_dir, record["epochs"], record["global_step"],
-        record["stopped_by"], run_dir / "csv" / "metrics.csv",
-        " and switch early stopping off (callbacks.early_stopping=null)" if stopped_early else "")
+        "%s. To train on, raise trainer.max_epochs / trainer.max_steps%s.",
+        run_dir,
+        record["epochs"],
+        record["global_step"],
+        record["stopped_by"],
+        run_dir / "csv" / "metrics.csv",
+        " and switch early stopping off (callbacks.early_stopping=null)" if stopped_early else "",
+    )
     return record
 
 
@@ -153,7 +177,10 @@ def resume_step(resume: str | None, run_dir: Path, trust_checkpoint: bool = Fals
     if resume is None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if p.stem.rsplit("_", 1)[-1].isdigit() else -1)
+        hpc = sorted(
+            run_dir.glob("hpc_ckpt_*.ckpt"),
+            key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if p.stem.rsplit("_", 1)[-1].isdigit() else -1,
+        )
         if not hpc or not SLURMEnvironment.detect():
             return None
         resume = str(hpc[-1])

@@ -39,7 +39,9 @@ def _check_settings(cfg: DictConfig) -> None:
     for key in ("model.optimizer.lr", "model.optimizer.weight_decay"):
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and (value < 0 or (key.endswith(".lr") and value == 0)):
-            raise ValueError(f"{key}={value}: must be {'positive' if key.endswith('.lr') else 'zero or positive'}")
+            raise ValueError(
+                f"{key}={value}: must be {'positive' if key.endswith('.lr') else 'zero or positive'}"
+            )
 
 
 def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> None:
@@ -61,11 +63,15 @@ def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> Non
         return
     data = cfg.data.get("_target_", "").rsplit(".", 1)[-1]
     if "pos_weight" in unknown:
-        raise ValueError(f"the data ({data}) is multi-label, but the model ({target}) is a single-label softmax "
-                         "classifier: add model=sigmoid_ensemble (e.g. experiment=mixed_ensemble, or model=sigmoid_ensemble "
-                         "monitor=val/loss monitor_mode=min)")
-    raise ValueError(f"the data ({data}) gives the model {unknown}, which {target} does not take: choose a model= that "
-                     "fits this data")
+        raise ValueError(
+            f"the data ({data}) is multi-label, but the model ({target}) is a single-label softmax "
+            "classifier: add model=sigmoid_ensemble (e.g. experiment=mixed_ensemble, or model=sigmoid_ensemble "
+            "monitor=val/loss monitor_mode=min)"
+        )
+    raise ValueError(
+        f"the data ({data}) gives the model {unknown}, which {target} does not take: choose a model= that "
+        "fits this data"
+    )
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -78,10 +84,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume, run_dir = resume_point(cfg, run_dir)  # ckpt_path, or a SLURM requeue; maybe the interrupted run's folder
+    resume, run_dir = resume_point(
+        cfg, run_dir
+    )  # ckpt_path, or a SLURM requeue; maybe the interrupted run's folder
     finished = finished_run(resume, run_dir, cfg) if resume else None
     if finished is not None and ((run_dir / "metrics.json").is_file() or not cfg.get("test", True)):
-        return read_metrics(run_dir), {"cfg": cfg, "datamodule": None, "model": None, "trainer": None, "run_dir": run_dir}
+        return read_metrics(run_dir), {
+            "cfg": cfg,
+            "datamodule": None,
+            "model": None,
+            "trainer": None,
+            "run_dir": run_dir,
+        }
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -95,12 +109,18 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _check_model_fits_data(cfg, model_kwargs)
     model = instantiate(cfg.model, **model_kwargs)
     dm.set_normalization(model.hparams.mean, model.hparams.std)
-    if callable(getattr(model, "set_support_source", None)):  # Siamese: validation scores against the training split
-        model.set_support_source(dm.make_dataset(dm.splits["train"], train=False), batch_size=dm.hparams.batch_size)
+    if callable(
+        getattr(model, "set_support_source", None)
+    ):  # Siamese: validation scores against the training split
+        model.set_support_source(
+            dm.make_dataset(dm.splits["train"], train=False), batch_size=dm.hparams.batch_size
+        )
     if resume:
         check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir)
-    resume_step = resume_step_of(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
+    resume_step = (
+        resume_step_of(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
+    )
     for lg in trainer.loggers:  # the curve logged before the checkpoint stays in csv/metrics.csv
         if resume_step is not None and callable(getattr(lg, "resume_from_step", None)):
             lg.resume_from_step(resume_step)
@@ -122,7 +142,11 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         cal = _calibrate(cfg, trainer, dm)  # fitted only when this call trained
         metrics.update(cal)
     if cfg.get("test", True):
-        ckpt = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+        ckpt = (
+            trainer.checkpoint_callback.best_model_path
+            if isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+            else ""
+        )
         if finished is not None:  # a finished run that was never tested: test its best checkpoint only
             ckpt = str(next(iter(sorted((run_dir / "checkpoints").glob("best-*.ckpt"))), ""))
         if not ckpt:
@@ -139,7 +163,9 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update(test_metrics)
         if trainer.is_global_zero:
             # bootstrap 95% intervals, resampling groups / duplicates together as the split keeps them
-            test_metrics.update(run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ())))
+            test_metrics.update(
+                run_intervals(model, dm.splits["test"], test_metrics, together=getattr(dm, "together", ()))
+            )
             metrics.update(test_metrics)
             write_metrics_json(test_metrics, run_dir / "metrics.json")
             write_test_report(model, run_dir, dm.splits["test"], test_metrics, stage="test")

@@ -74,7 +74,13 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
         )
     missing = sorted(set(own) - set(fitting))
     model.load_state_dict(fitting, strict=False)
-    log.info("loaded %d/%d tensors from %s (re-initialised: %s)", len(fitting), len(own), path, skipped or missing[:5] or "none")
+    log.info(
+        "loaded %d/%d tensors from %s (re-initialised: %s)",
+        len(fitting),
+        len(own),
+        path,
+        skipped or missing[:5] or "none",
+    )
 
 
 def create_backbone(
@@ -98,7 +104,12 @@ def create_backbone(
     """
     try:
         model = timm.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate, in_chans=in_chans, **kwargs
+            name,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            in_chans=in_chans,
+            **kwargs,
         )
     except RuntimeError as e:
         if "Unknown model" in str(e):

@@ -101,7 +101,9 @@ class ANAModule(TemperatureMixin, L.LightningModule):
             raise ValueError(f"{what} has {w.numel()} values for {len(self.class_names)} classes")
         self.register_buffer(name, w, persistent=False)
 
-    def stage_metrics(self, metrics: MetricCollection, stages: Sequence[str] = ("train", "val", "test")) -> None:
+    def stage_metrics(
+        self, metrics: MetricCollection, stages: Sequence[str] = ("train", "val", "test")
+    ) -> None:
         """``{stage}_metrics``: a clone of ``metrics`` per stage, logged as ``{stage}/{metric}``."""
         for stage in stages:
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
@@ -193,7 +195,9 @@ class ANAModule(TemperatureMixin, L.LightningModule):
                 # Each rank feeds a disjoint share of the de-duplicated predictions to its metrics, so
                 # their cross-rank sum counts every test image exactly once.
                 self.refill_test_metrics({k: v[self.global_rank :: world] for k, v in got.items()})
-            self.test_predictions = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in got.items()}
+            self.test_predictions = {
+                k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in got.items()
+            }
         self.finish_test()
 
     def refill_test_metrics(self, share: Mapping[str, torch.Tensor]) -> None:

@@ -116,7 +116,10 @@ def _levels(
     n_out = hw - count
     k = (count.to(flat.dtype) * (1 - percentile / 100.0)).floor().long().clamp(max=hw - 1)
     level = ordered.gather(1, (hw - 1 - k).clamp(min=0)[:, None]).squeeze(1) - 2.0
-    low = ordered.gather(1, (n_out + ((count - 1).to(flat.dtype) * 0.05).floor().long())[:, None]).squeeze(1) - 2.0
+    low = (
+        ordered.gather(1, (n_out + ((count - 1).to(flat.dtype) * 0.05).floor().long())[:, None]).squeeze(1)
+        - 2.0
+    )
     if mask != "channel":
         return level, low
     med = ordered.gather(1, ((n_out - 1).clamp(min=0) // 2)[:, None]).squeeze(1)
@@ -135,7 +138,11 @@ def cell_background(inten: torch.Tensor, m: torch.Tensor, mask: str = "channel")
 
 
 def cell_normalize(
-    x: torch.Tensor, mask: str = "channel", percentile: float = 99.0, clip: float = 4.0, background: bool = False
+    x: torch.Tensor,
+    mask: str = "channel",
+    percentile: float = 99.0,
+    clip: float = 4.0,
+    background: bool = False,
 ) -> torch.Tensor:
     """Divide each cell by the ``percentile`` of its intensity inside its mask (see the module doc).
 

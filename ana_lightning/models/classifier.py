@@ -50,7 +50,9 @@ class SoftmaxClassifier(ANAModule):
         image_size: int = 224,
     ) -> None:
         super().__init__(optimizer, scheduler)
-        self.net: nn.Module = create_backbone(num_classes=len(self.class_names), **dict(self.hparams.backbone))
+        self.net: nn.Module = create_backbone(
+            num_classes=len(self.class_names), **dict(self.hparams.backbone)
+        )
         self.freeze_backbone_hparams()
         self.store_normalization(self.net)
         self.weight_buffer("class_weight", class_weights, "class_weights")
@@ -70,14 +72,23 @@ class SoftmaxClassifier(ANAModule):
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
         target = batch["target"]
-        loss = F.cross_entropy(logits, target, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(
+            logits, target, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
+        )
         on_step = stage == "train"
         # No host-device sync in a training step (each costs a fast GPU ~5-10% of its step time):
         # the training loss is not shown in the progress bar (that is an .item() per step), and the
         # training metrics get the epoch's predictions at once in on_train_epoch_end (torchmetrics'
         # per-batch update waits for the GPU); same values. experiments/benchmarks/throughput.py.
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=not on_step, batch_size=len(target),
-                 sync_dist=not on_step)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=not on_step,
+            batch_size=len(target),
+            sync_dist=not on_step,
+        )
         if on_step:
             self._train_buffer.append((logits.detach().argmax(-1), target.detach()))
         else:
@@ -106,4 +117,6 @@ class SoftmaxClassifier(ANAModule):
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         _, logits = self._step(batch, "test")
         self.test_details.update(logits, batch["target"])
-        self.collect("test", index=batch["index"], prob=self.scaled(logits).softmax(-1), target=batch["target"])
+        self.collect(
+            "test", index=batch["index"], prob=self.scaled(logits).softmax(-1), target=batch["target"]
+        )

@@ -32,8 +32,19 @@ from .hierarchy_pipeline import (
 from .networks import MultiHeadNet
 from .routing import ROUTINGS, PathPrediction, TreePaths, path_scores, route
 
-__all__ = ["ROUTINGS", "TreePaths", "PathPrediction", "route", "path_scores", "HierarchicalPipeline", "HierarchyNet",
-           "MultiHeadNet", "MultiHeadClassifier", "resolve_checkpoint", "BUNDLE_KIND"]
+__all__ = [
+    "ROUTINGS",
+    "TreePaths",
+    "PathPrediction",
+    "route",
+    "path_scores",
+    "HierarchicalPipeline",
+    "HierarchyNet",
+    "MultiHeadNet",
+    "MultiHeadClassifier",
+    "resolve_checkpoint",
+    "BUNDLE_KIND",
+]
 
 LEVEL_NAMES = ("level1", "level2", "leaf")
 
@@ -79,8 +90,16 @@ class MultiHeadClassifier(ANAModule):
         super().__init__(optimizer, scheduler, temperatures=3)  # one temperature per level (calibration)
         self.tree = Taxonomy.load(tree)
         self.class_names = [self.tree.parse_code(c) for c in self.hparams.class_names]
-        self.level1_names = list(level1_names) if level1_names else list(dict.fromkeys(self.tree.level_of(c, 1) for c in self.class_names))
-        self.level2_names = list(level2_names) if level2_names else list(dict.fromkeys(self.tree.level_of(c, 2) for c in self.class_names))
+        self.level1_names = (
+            list(level1_names)
+            if level1_names
+            else list(dict.fromkeys(self.tree.level_of(c, 1) for c in self.class_names))
+        )
+        self.level2_names = (
+            list(level2_names)
+            if level2_names
+            else list(dict.fromkeys(self.tree.level_of(c, 2) for c in self.class_names))
+        )
         self.hparams["level1_names"], self.hparams["level2_names"] = self.level1_names, self.level2_names
         sizes = (len(self.level1_names), len(self.level2_names), len(self.class_names))
         self.net = MultiHeadNet(dict(self.hparams.backbone), sizes)
@@ -96,10 +115,15 @@ class MultiHeadClassifier(ANAModule):
         self.register_buffer("member2", m2, persistent=False)
         self.weight_buffer("class_weight", class_weights, "class_weights")
         self.paths = TreePaths(self.tree, self.groups())
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{lv}": multiclass_metrics(max(k, 2)).clone(prefix=f"{stage}/level{lv}_")  # torchmetrics needs ≥ 2
-            for stage in ("val", "test") for lv, k in zip((1, 2, 3), sizes, strict=True)
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{lv}": multiclass_metrics(max(k, 2)).clone(
+                    prefix=f"{stage}/level{lv}_"
+                )  # torchmetrics needs ≥ 2
+                for stage in ("val", "test")
+                for lv, k in zip((1, 2, 3), sizes, strict=True)
+            }
+        )
 
     @property
     def level_names(self) -> tuple[list[str], list[str], list[str]]:
@@ -113,8 +137,12 @@ class MultiHeadClassifier(ANAModule):
     _groups = groups  # the name callers used before
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        return {"level1_names": self.level1_names, "level2_names": self.level2_names,
-                "groups": [[g, cs] for g, cs in self.groups().items()], "routing": self.hparams.routing}
+        return {
+            "level1_names": self.level1_names,
+            "level2_names": self.level2_names,
+            "groups": [[g, cs] for g, cs in self.groups().items()],
+            "routing": self.hparams.routing,
+        }
 
     def serving_metadata(self) -> dict[str, Any]:
         """What prediction and export need to route: the same as the checkpoint's metadata."""
@@ -146,7 +174,9 @@ class MultiHeadClassifier(ANAModule):
         p1, p2, p3 = (p.detach().float().cpu() for p in probs)
         groups = {g: [self.class_names.index(c) for c in cs] for g, cs in self.groups().items()}
         p3g = {g: (p3[:, idx], [self.class_names[j] for j in idx]) for g, idx in groups.items()}
-        return route(self.paths, p1, self.level1_names, p2, self.level2_names, p3g, routing or self.hparams.routing)
+        return route(
+            self.paths, p1, self.level1_names, p2, self.level2_names, p3g, routing or self.hparams.routing
+        )
 
     # ------------------------------------------------------------ training
     def _targets(self, target: torch.Tensor) -> torch.Tensor:
@@ -167,7 +197,9 @@ class MultiHeadClassifier(ANAModule):
                 covered = member.sum(0) > 0  # nodes with at least one leaf among this model's classes
                 marg = (p3 @ member)[:, covered].clamp(min=1e-8)
                 coarse = z[:, covered].log_softmax(-1)
-                loss = loss + self.hparams.consistency_weight * F.kl_div(marg.log(), coarse, log_target=True, reduction="batchmean")
+                loss = loss + self.hparams.consistency_weight * F.kl_div(
+                    marg.log(), coarse, log_target=True, reduction="batchmean"
+                )
         return loss
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -176,16 +208,23 @@ class MultiHeadClassifier(ANAModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(t))
         return loss
 
-    def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _eval_step(
+        self, batch: Mapping[str, torch.Tensor], stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Level targets ``(B, 3)``, routed predictions as head indices ``(B, 3)`` (-1: not a class of
         that head) and the path scores ``(B,)``; updates and logs the stage's metrics."""
         t = self._targets(batch["target"])
         logits = self.net.forward_levels(batch["image"])
         loss = self._loss(logits, t)
         routed = self.route([self.scaled(z, i).softmax(-1) for i, z in enumerate(logits)])
-        pred = torch.tensor([[nm.index(v) if v in nm else -1 for v in col]
-                             for col, nm in zip((routed.level1, routed.level2, routed.leaf), self.level_names, strict=True)],
-                            dtype=torch.long, device=t.device).T.reshape(len(t), 3)
+        pred = torch.tensor(
+            [
+                [nm.index(v) if v in nm else -1 for v in col]
+                for col, nm in zip((routed.level1, routed.level2, routed.leaf), self.level_names, strict=True)
+            ],
+            dtype=torch.long,
+            device=t.device,
+        ).T.reshape(len(t), 3)
         self._update_level_metrics(stage, pred, t)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(t), sync_dist=True)
         for lv in (1, 2, 3):

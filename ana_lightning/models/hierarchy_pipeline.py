@@ -43,7 +43,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = sorted((p / "checkpoints").glob("best-*.ckpt"))
         if len(found) == 1:
             return found[0]
-        raise FileNotFoundError(f"run folder {p} has {len(found)} best-*.ckpt files and no best_checkpoint.txt: give the checkpoint file")
+        raise FileNotFoundError(
+            f"run folder {p} has {len(found)} best-*.ckpt files and no best_checkpoint.txt: give the checkpoint file"
+        )
     raise FileNotFoundError(f"checkpoint {p} does not exist")
 
 
@@ -55,7 +57,9 @@ def _level3_checkpoints(level3: str | Path | Mapping[str, str] | None) -> dict[s
     folder = Path(level3).expanduser()
     index = folder / "level3_models.yaml"
     if not index.is_file():
-        raise FileNotFoundError(f"{folder} is not a level-3 run folder (no level3_models.yaml); give a mapping group: checkpoint")
+        raise FileNotFoundError(
+            f"{folder} is not a level-3 run folder (no level3_models.yaml); give a mapping group: checkpoint"
+        )
     table = yaml.safe_load(index.read_text()) or {}
     return {str(g): resolve_checkpoint(c if Path(c).is_absolute() else folder / c) for g, c in table.items()}
 
@@ -96,7 +100,9 @@ class HierarchicalPipeline:
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         if multihead is None and (level1 is None or level2 is None):
-            raise ValueError("a hierarchical pipeline needs level1 and level2 models (and level3 models), or a multihead model")
+            raise ValueError(
+                "a hierarchical pipeline needs level1 and level2 models (and level3 models), or a multihead model"
+            )
         self.tree = tree or Taxonomy.load()
         self.routing = routing
         self.multihead = _Member(multihead) if multihead is not None else None
@@ -125,13 +131,21 @@ class HierarchicalPipeline:
         from ..utils import load_checkpoint_model
 
         def load(p):
-            return load_checkpoint_model(resolve_checkpoint(p), trust_checkpoint=trust_checkpoint) if p else None
+            return (
+                load_checkpoint_model(resolve_checkpoint(p), trust_checkpoint=trust_checkpoint) if p else None
+            )
 
         level3_files = _level3_checkpoints(level3)
-        level3_models = {g: load_checkpoint_model(c, trust_checkpoint=trust_checkpoint) for g, c in level3_files.items()}
+        level3_models = {
+            g: load_checkpoint_model(c, trust_checkpoint=trust_checkpoint) for g, c in level3_files.items()
+        }
         pipe = cls(load(level1), load(level2), level3_models, load(multihead), routing, Taxonomy.load(tree))
         pipe.trust_checkpoint = trust_checkpoint
-        pipe.sources = {k: resolve_checkpoint(v) for k, v in (("level1", level1), ("level2", level2), ("multihead", multihead)) if v}
+        pipe.sources = {
+            k: resolve_checkpoint(v)
+            for k, v in (("level1", level1), ("level2", level2), ("multihead", multihead))
+            if v
+        }
         pipe.sources.update({f"level3/{g}": c for g, c in level3_files.items()})
         return pipe
 
@@ -150,9 +164,14 @@ class HierarchicalPipeline:
             ckpt = safe_torch_load(src, trust_checkpoint=getattr(self, "trust_checkpoint", False))
             members[key] = {k: v for k, v in ckpt.items() if k in _BUNDLE_KEYS}
         bundle = {
-            "ana_lightning": {"class_path": PIPELINE_CLASS_PATH, "kind": BUNDLE_KIND, "task": "hierarchical",
-                              "routing": self.routing, "tree": self.tree.source if hasattr(self.tree, "source") else None,
-                              "sources": {k: str(v) for k, v in sources.items()}},
+            "ana_lightning": {
+                "class_path": PIPELINE_CLASS_PATH,
+                "kind": BUNDLE_KIND,
+                "task": "hierarchical",
+                "routing": self.routing,
+                "tree": self.tree.source if hasattr(self.tree, "source") else None,
+                "sources": {k: str(v) for k, v in sources.items()},
+            },
             "members": members,
         }
         path = Path(path)
@@ -175,7 +194,9 @@ class HierarchicalPipeline:
         meta = bundle.get("ana_lightning") or {}
         members = bundle.get("members")
         if meta.get("kind") != BUNDLE_KIND or not isinstance(members, Mapping):
-            raise CheckpointError(f"{source} is not a hierarchy bundle written by ana-eval --config-name eval_hierarchy")
+            raise CheckpointError(
+                f"{source} is not a hierarchy bundle written by ana-eval --config-name eval_hierarchy"
+            )
         models: dict[str, nn.Module] = {}
         for key, ckpt in members.items():
             class_path = str((ckpt.get("ana_lightning") or {}).get("class_path", ""))
@@ -183,16 +204,28 @@ class HierarchicalPipeline:
             try:
                 model_cls = getattr(importlib.import_module(module_name), cls_name)
             except (ImportError, AttributeError, ValueError) as e:
-                raise CheckpointError(f"{source}: member {key!r} was trained as {class_path!r}, which cannot be imported: {e}") from None
+                raise CheckpointError(
+                    f"{source}: member {key!r} was trained as {class_path!r}, which cannot be imported: {e}"
+                ) from None
             buf = io.BytesIO()
             torch.save(dict(ckpt), buf)
             buf.seek(0)
             if not (isinstance(model_cls, type) and issubclass(model_cls, L.LightningModule)):
-                raise CheckpointError(f"{source}: member {key!r} names {class_path!r}, which is not a LightningModule")
+                raise CheckpointError(
+                    f"{source}: member {key!r} names {class_path!r}, which is not a LightningModule"
+                )
             with torch.serialization.safe_globals(checkpoint_safe_globals()):
-                models[key] = model_cls.load_from_checkpoint(buf, map_location="cpu", weights_only=True).eval()
+                models[key] = model_cls.load_from_checkpoint(
+                    buf, map_location="cpu", weights_only=True
+                ).eval()
         level3 = {k.split("/", 1)[1]: m for k, m in models.items() if k.startswith("level3/")}
-        pipe = cls(models.get("level1"), models.get("level2"), level3, models.get("multihead"), str(meta.get("routing", "hard")))
+        pipe = cls(
+            models.get("level1"),
+            models.get("level2"),
+            level3,
+            models.get("multihead"),
+            str(meta.get("routing", "hard")),
+        )
         pipe.sources = dict(meta.get("sources") or {})
         return pipe
 
@@ -215,38 +248,62 @@ class HierarchicalPipeline:
         if self.multihead is not None:
             mh = self.multihead.model
             p1, p2, p3 = self.multihead(images, "predict_level_proba")
-            groups = {g: [mh.class_names.index(c) for c in cs] for g, cs in self.tree.leaves_by_group(mh.class_names).items()}
+            groups = {
+                g: [mh.class_names.index(c) for c in cs]
+                for g, cs in self.tree.leaves_by_group(mh.class_names).items()
+            }
             p3_by_group = {g: (p3[:, idx], [mh.class_names[j] for j in idx]) for g, idx in groups.items()}
-            return route(self.paths, p1.cpu(), mh.level1_names, p2.cpu(), mh.level2_names,
-                         {g: (p.cpu(), n) for g, (p, n) in p3_by_group.items()}, self.routing)
+            return route(
+                self.paths,
+                p1.cpu(),
+                mh.level1_names,
+                p2.cpu(),
+                mh.level2_names,
+                {g: (p.cpu(), n) for g, (p, n) in p3_by_group.items()},
+                self.routing,
+            )
         p1 = self.level1(images).cpu()
         p2 = self.level2(images).cpu()
         p3 = {g: (m(images).cpu(), m.model.class_names) for g, m in self.level3.items()}
-        return route(self.paths, p1, self.level1.model.class_names, p2, self.level2.model.class_names, p3, self.routing)
+        return route(
+            self.paths, p1, self.level1.model.class_names, p2, self.level2.model.class_names, p3, self.routing
+        )
 
-    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32,
-                      loader: Callable[[str], np.ndarray] | None = None,
-                      progress: Callable[[int], None] | None = None) -> PathPrediction:
+    def predict_paths(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = 32,
+        loader: Callable[[str], np.ndarray] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> PathPrediction:
         """Route image files (read with ``loader``, default :func:`~ana_lightning.data.images.load_image`)."""
         from ..data.images import load_image
 
         loader = loader or load_image
         parts = []
         for start in range(0, len(paths), batch_size):
-            chunk = [loader(str(p)) for p in paths[start:start + batch_size]]
+            chunk = [loader(str(p)) for p in paths[start : start + batch_size]]
             parts.append(self.predict_images(chunk))
             if progress:
                 progress(len(chunk))
         if not parts:
             return PathPrediction([], [], [], torch.zeros(0))
         return PathPrediction(
-            level1=[x for p in parts for x in p.level1], level2=[x for p in parts for x in p.level2],
-            leaf=[x for p in parts for x in p.leaf], score=torch.cat([p.score for p in parts]),
+            level1=[x for p in parts for x in p.level1],
+            level2=[x for p in parts for x in p.level2],
+            leaf=[x for p in parts for x in p.leaf],
+            score=torch.cat([p.score for p in parts]),
         )
 
 
 BUNDLE_KIND = "hierarchy_bundle"
-_BUNDLE_KEYS = ("state_dict", "hyper_parameters", "ana_lightning", "pytorch-lightning_version", "hparams_name")
+_BUNDLE_KEYS = (
+    "state_dict",
+    "hyper_parameters",
+    "ana_lightning",
+    "pytorch-lightning_version",
+    "hparams_name",
+)
 
 
 def _slug(node: str) -> str:
@@ -288,8 +345,12 @@ class HierarchyNet(nn.Module):
             self.register_buffer(f"scale_{key}", (std_in / std).view(1, 3, 1, 1), persistent=False)
             self.register_buffer(f"shift_{key}", ((mean_in - mean) / std).view(1, 3, 1, 1), persistent=False)
             if int(m.hparams.image_size) != self.hparams["image_size"]:
-                log.warning("%s was trained at %d px, the pipeline's input is %d px: its input is resized", key,
-                            int(m.hparams.image_size), self.hparams["image_size"])
+                log.warning(
+                    "%s was trained at %d px, the pipeline's input is %d px: its input is resized",
+                    key,
+                    int(m.hparams.image_size),
+                    self.hparams["image_size"],
+                )
 
     def _input(self, key: str, x: torch.Tensor) -> torch.Tensor:
         x = x * getattr(self, f"scale_{key}") + getattr(self, f"shift_{key}")
@@ -310,8 +371,16 @@ class HierarchyNet(nn.Module):
 
     def serving_metadata(self) -> dict[str, Any]:
         temps = {k: m.hparams.get("temperature") for k, m in self.members.items()}
-        return {"class_path": PIPELINE_CLASS_PATH, "task": "hierarchical", "class_names": self.class_names,
-                "level1_names": self.level1_names, "level2_names": self.level2_names,
-                "groups": [[g, cs] for g, cs in self.groups.items()],  # a list: JSON metadata sorts dict keys
-                "routing": self.routing, "temperature": temps,
-                "members": {k: f"{type(m).__name__} ({len(m.class_names)} classes)" for k, m in self.members.items()}}
+        return {
+            "class_path": PIPELINE_CLASS_PATH,
+            "task": "hierarchical",
+            "class_names": self.class_names,
+            "level1_names": self.level1_names,
+            "level2_names": self.level2_names,
+            "groups": [[g, cs] for g, cs in self.groups.items()],  # a list: JSON metadata sorts dict keys
+            "routing": self.routing,
+            "temperature": temps,
+            "members": {
+                k: f"{type(m).__name__} ({len(m.class_names)} classes)" for k, m in self.members.items()
+            },
+        }

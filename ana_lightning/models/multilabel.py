@@ -57,7 +57,9 @@ DEFAULT_BACKBONES: tuple[dict[str, Any], ...] = (
 
 
 # ---------------------------------------------------------------------------------- decisions
-def decide(probs: torch.Tensor, thresholds: torch.Tensor | float, top1_fallback: bool = False) -> torch.Tensor:
+def decide(
+    probs: torch.Tensor, thresholds: torch.Tensor | float, top1_fallback: bool = False
+) -> torch.Tensor:
     """0/1 predictions: ``probs >= thresholds`` (a number or one per class); with ``top1_fallback``
     an image where no class reaches its threshold gets its most probable class.
 
@@ -91,7 +93,9 @@ def tune_thresholds(
     tp = (pred & t).sum(1).float()
     fp = (pred & ~t).sum(1).float()
     fn = (~pred & t).sum(1).float()
-    f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))  # (G, K)
+    f1 = torch.where(
+        2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp)
+    )  # (G, K)
     best = f1.max(dim=0, keepdim=True).values
     closeness = -(grid.view(-1, 1) - default).abs().expand_as(f1)
     score = torch.where(torch.isclose(f1, best), closeness, torch.full_like(f1, -math.inf))
@@ -149,14 +153,20 @@ class SigmoidEnsemble(ANAModule):
         self.freeze_backbone_hparams("backbones")
         norms = [normalization(n) for n in nets]
         self.store_normalization(nets[0])
-        self.net = AverageEnsemble(nets, combine=combine, activation="sigmoid", norms=norms, input_norm=norms[0])
+        self.net = AverageEnsemble(
+            nets, combine=combine, activation="sigmoid", norms=norms, input_norm=norms[0]
+        )
         self.weight_buffer("pos_weight", pos_weight, "pos_weight")
         self.register_buffer("thresholds", torch.full((len(self.class_names),), self._base_threshold()))
         self.assembled_from: list[str] | None = None
         self.test_details_result: dict[str, Any] | None = None
 
     def _base_threshold(self) -> float:
-        return REFERENCE_REPO_THRESHOLD if self.hparams.decision_rule == "reference_repo" else float(self.hparams.threshold)
+        return (
+            REFERENCE_REPO_THRESHOLD
+            if self.hparams.decision_rule == "reference_repo"
+            else float(self.hparams.threshold)
+        )
 
     def set_decision_rule(self, decision_rule: str, threshold: float | None = None) -> None:
         """Switch the rule (resets per-class thresholds to the global value until tuned again)."""
@@ -169,8 +179,13 @@ class SigmoidEnsemble(ANAModule):
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         if self.assembled_from:
-            raise RuntimeError("an ensemble assembled from checkpoints is not saved: keep its member checkpoints")
-        return {"decision_rule": self.hparams.decision_rule, "thresholds": [round(float(t), 6) for t in self.thresholds]}
+            raise RuntimeError(
+                "an ensemble assembled from checkpoints is not saved: keep its member checkpoints"
+            )
+        return {
+            "decision_rule": self.hparams.decision_rule,
+            "thresholds": [round(float(t), 6) for t in self.thresholds],
+        }
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -209,8 +224,15 @@ class SigmoidEnsemble(ANAModule):
     def _eval_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
         target = self._target(batch)
         logits = self(batch["image"])
-        self.log(f"{stage}/loss", self._loss(logits, target), on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(target), sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            self._loss(logits, target),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(target),
+            sync_dist=True,
+        )
         self.collect(stage, index=batch["index"], prob=self.scaled(logits).sigmoid(), target=target)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
@@ -221,8 +243,14 @@ class SigmoidEnsemble(ANAModule):
 
     def _log_scalars(self, stage: str, scalars: Mapping[str, float]) -> None:
         for k, v in scalars.items():
-            self.log(f"{stage}/{k}", float(v), on_step=False, on_epoch=True, prog_bar=k in ("micro_f1", "exact_match"),
-                     sync_dist=True)
+            self.log(
+                f"{stage}/{k}",
+                float(v),
+                on_step=False,
+                on_epoch=True,
+                prog_bar=k in ("micro_f1", "exact_match"),
+                sync_dist=True,
+            )
 
     def on_validation_epoch_end(self) -> None:
         got = self.gathered("val")
@@ -231,7 +259,9 @@ class SigmoidEnsemble(ANAModule):
         prob, tgt = got["prob"].float().cpu(), got["target"].cpu()
         if self.hparams.decision_rule == "per_class" and not self.trainer.sanity_checking:
             # Tuned on this epoch's validation predictions; the checkpoint of this epoch stores them.
-            self.thresholds.copy_(tune_thresholds(prob, tgt, float(self.hparams.threshold)).to(self.thresholds))
+            self.thresholds.copy_(
+                tune_thresholds(prob, tgt, float(self.hparams.threshold)).to(self.thresholds)
+            )
         self._log_scalars("val", multilabel_scalar_metrics(prob, self.decide(prob), tgt))
 
     def finish_test(self) -> None:
@@ -245,7 +275,9 @@ class SigmoidEnsemble(ANAModule):
 
     def configure_optimizers(self) -> Any:
         if self.assembled_from:
-            raise RuntimeError("an ensemble assembled from checkpoints is for evaluation; train its members instead")
+            raise RuntimeError(
+                "an ensemble assembled from checkpoints is for evaluation; train its members instead"
+            )
         return super().configure_optimizers()
 
     # ------------------------------------------------------------------ evaluation of checkpoints
@@ -269,8 +301,11 @@ class SigmoidEnsemble(ANAModule):
             return
         if not self.assembled_from:
             if split in ("val", "all"):
-                log.warning("per-class thresholds were tuned on the training run's validation split, which is part of the "
-                            "evaluated split=%s: these metrics are optimistic", split)
+                log.warning(
+                    "per-class thresholds were tuned on the training run's validation split, which is part of the "
+                    "evaluated split=%s: these metrics are optimistic",
+                    split,
+                )
             return
         if split in ("val", "all"):
             raise ValueError(
@@ -278,11 +313,18 @@ class SigmoidEnsemble(ANAModule):
                 "evaluate split=test (with the training run's split manifest) or use ensemble.decision_rule=global"
             )
         if val is None or not len(val):
-            raise ValueError("decision_rule=per_class needs a validation split to tune the thresholds on, and it is empty")
+            raise ValueError(
+                "decision_rule=per_class needs a validation split to tune the thresholds on, and it is empty"
+            )
         prob, tgt = self.predict_dataset(val, batch_size)
         self.thresholds.copy_(tune_thresholds(prob, tgt, float(self.hparams.threshold)).to(self.thresholds))
-        log.info("per-class thresholds tuned on %d validation images: %s", len(val),
-                 ", ".join(f"{c}={t:.2f}" for c, t in zip(self.class_names, self.thresholds.tolist(), strict=True)))
+        log.info(
+            "per-class thresholds tuned on %d validation images: %s",
+            len(val),
+            ", ".join(
+                f"{c}={t:.2f}" for c, t in zip(self.class_names, self.thresholds.tolist(), strict=True)
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------- assembled ensembles
@@ -324,23 +366,39 @@ def ensemble_from_checkpoints(
         raise CheckpointError(f"cannot ensemble checkpoints of different tasks: {tasks}")
     task = tasks[paths[0]]
     if task not in ("single_label", "multi_label"):
-        raise CheckpointError(f"{paths[0]}: checkpoints of task {task!r} cannot be averaged (single_label or multi_label only)")
-    members = [load_checkpoint_model(p, map_location=map_location, trust_checkpoint=trust_checkpoint) for p in paths]
+        raise CheckpointError(
+            f"{paths[0]}: checkpoints of task {task!r} cannot be averaged (single_label or multi_label only)"
+        )
+    members = [
+        load_checkpoint_model(p, map_location=map_location, trust_checkpoint=trust_checkpoint) for p in paths
+    ]
     ref = list(members[0].class_names)
     for p, m in zip(paths[1:], members[1:], strict=True):
         if list(m.class_names) != ref:
-            raise CheckpointError(f"{p} predicts classes {list(m.class_names)}, but {paths[0]} predicts {ref}: members must share classes")
+            raise CheckpointError(
+                f"{p} predicts classes {list(m.class_names)}, but {paths[0]} predicts {ref}: members must share classes"
+            )
     sizes = {int(m.hparams.image_size) for m in members}
     if len(sizes) > 1:
-        log.warning("ensemble members were trained at different image sizes %s; evaluating at %d", sorted(sizes),
-                    int(members[0].hparams.image_size))
+        log.warning(
+            "ensemble members were trained at different image sizes %s; evaluating at %d",
+            sorted(sizes),
+            int(members[0].hparams.image_size),
+        )
     if len(paths) == 1:
         log.warning("an ensemble of one checkpoint is that checkpoint")
     norms = [(tuple(m.hparams.mean), tuple(m.hparams.std)) for m in members]
     nets = [m.net for m in members]
-    shell = load_checkpoint_model(paths[0], map_location=map_location, trust_checkpoint=trust_checkpoint)  # a fresh copy: the task's training/eval logic
-    shell.net = AverageEnsemble(nets, combine=combine, activation="softmax" if task == "single_label" else "sigmoid",
-                                norms=norms, input_norm=norms[0])
+    shell = load_checkpoint_model(
+        paths[0], map_location=map_location, trust_checkpoint=trust_checkpoint
+    )  # a fresh copy: the task's training/eval logic
+    shell.net = AverageEnsemble(
+        nets,
+        combine=combine,
+        activation="softmax" if task == "single_label" else "sigmoid",
+        norms=norms,
+        input_norm=norms[0],
+    )
     shell.hparams["ensemble_members"] = paths
     shell.hparams["ensemble_combine"] = combine
     shell.set_temperature(None)  # the members' temperatures do not apply to their average
@@ -348,6 +406,8 @@ def ensemble_from_checkpoints(
         shell.assembled_from = paths
         shell.set_decision_rule(decision_rule or "global", threshold)
     elif decision_rule not in (None, "argmax"):
-        raise ValueError(f"single-label checkpoints predict the most probable class; decision_rule={decision_rule!r} does not apply")
+        raise ValueError(
+            f"single-label checkpoints predict the most probable class; decision_rule={decision_rule!r} does not apply"
+        )
     shell.eval()
     return shell

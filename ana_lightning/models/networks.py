@@ -22,8 +22,16 @@ from torch.nn import functional as F
 
 from .backbones import create_backbone
 
-__all__ = ["AverageEnsemble", "DistanceHead", "SiameseNetwork", "SiameseEnsembleNet", "MultiHeadNet", "class_scores",
-           "LOSSES", "SCORINGS"]
+__all__ = [
+    "AverageEnsemble",
+    "DistanceHead",
+    "SiameseNetwork",
+    "SiameseEnsembleNet",
+    "MultiHeadNet",
+    "class_scores",
+    "LOSSES",
+    "SCORINGS",
+]
 
 log = logging.getLogger("ana_lightning.models.siamese")  # the logger its warnings always used
 
@@ -60,11 +68,15 @@ class AverageEnsemble(nn.Module):
             scale, shift = torch.ones(3), torch.zeros(3)
             if norms is not None and input_norm is not None:
                 (m_in, s_in), (m_own, s_own) = input_norm, norms[i]
-                m_in, s_in, m_own, s_own = (torch.tensor(v, dtype=torch.float32) for v in (m_in, s_in, m_own, s_own))
+                m_in, s_in, m_own, s_own = (
+                    torch.tensor(v, dtype=torch.float32) for v in (m_in, s_in, m_own, s_own)
+                )
                 scale, shift = s_in / s_own, (m_in - m_own) / s_own  # (x·s_in + m_in − m_own) / s_own
             self.register_buffer(f"scale{i}", scale.view(1, 3, 1, 1), persistent=False)
             self.register_buffer(f"shift{i}", shift.view(1, 3, 1, 1), persistent=False)
-            self._renorm.append(not (torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3))))
+            self._renorm.append(
+                not (torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3)))
+            )
 
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(M, B, K)``: every member's logits."""
@@ -84,7 +96,6 @@ class AverageEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine_logits(self.member_logits(x))
-
 
 
 # ---------------------------------------------------------------------------------- Siamese
@@ -139,7 +150,12 @@ class SiameseNetwork(nn.Module):
         self.encoder = create_backbone(num_classes=0, **dict(backbone))
         self.projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.num_features, embed_dim))
         self.head = DistanceHead(embed_dim)
-        self.num_classes, self.loss, self.margin, self.scoring = int(num_classes), loss, float(margin), scoring
+        self.num_classes, self.loss, self.margin, self.scoring = (
+            int(num_classes),
+            loss,
+            float(margin),
+            scoring,
+        )
         self.register_buffer("support_embeddings", torch.zeros(0, embed_dim))
         self.register_buffer("support_labels", torch.zeros(0, dtype=torch.long))
         self._warned = False
@@ -159,10 +175,15 @@ class SiameseNetwork(nn.Module):
         the graph exports with any batch size) to bound memory."""
         if self.loss == "contrastive":
             return torch.exp(-torch.cdist(q, s) / self.margin)
-        out = [torch.sigmoid(self.head((q[:, None, :] - sc[None, :, :]).abs()).squeeze(-1)) for sc in s.split(chunk)]
+        out = [
+            torch.sigmoid(self.head((q[:, None, :] - sc[None, :, :]).abs()).squeeze(-1))
+            for sc in s.split(chunk)
+        ]
         return torch.cat(out, 1) if out else q.new_zeros(len(q), 0)
 
-    def scores_against(self, q: torch.Tensor, s: torch.Tensor, s_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def scores_against(
+        self, q: torch.Tensor, s: torch.Tensor, s_labels: torch.Tensor, num_classes: int
+    ) -> torch.Tensor:
         """``(Q, num_classes)`` scores of query embeddings against support embeddings."""
         if self.scoring == "prototype":
             onehot = F.one_hot(s_labels, num_classes).to(s.dtype)
@@ -189,15 +210,21 @@ class SiameseNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.has_support and not self._warned:
-            log.warning("Siamese network has no support set yet: every class scores 0 (set one with set_support)")
+            log.warning(
+                "Siamese network has no support set yet: every class scores 0 (set one with set_support)"
+            )
             self._warned = True
-        return self.scores_against(self.embed(x), self.support_embeddings, self.support_labels, self.num_classes)
+        return self.scores_against(
+            self.embed(x), self.support_embeddings, self.support_labels, self.num_classes
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The support set's size is data, not architecture: take the checkpoint's.
         for name in ("support_embeddings", "support_labels"):
             if prefix + name in state_dict:
-                self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=self._buffers[name].device)
+                self._buffers[name] = torch.empty_like(
+                    state_dict[prefix + name], device=self._buffers[name].device
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -220,13 +247,16 @@ class SiameseEnsembleNet(nn.Module):
     def embed(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [m.embed(x) for m in self.members]
 
-    def scores_against(self, q: Sequence[torch.Tensor], s: Sequence[torch.Tensor], s_labels: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.stack([m.scores_against(qi, si, s_labels, k) for m, qi, si in zip(self.members, q, s, strict=True)]).mean(0)
+    def scores_against(
+        self, q: Sequence[torch.Tensor], s: Sequence[torch.Tensor], s_labels: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        return torch.stack(
+            [m.scores_against(qi, si, s_labels, k) for m, qi, si in zip(self.members, q, s, strict=True)]
+        ).mean(0)
 
     def set_support(self, embeddings: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
         for m, e in zip(self.members, embeddings, strict=True):
             m.set_support(e, labels)
-
 
 
 # ---------------------------------------------------------------------------------- multi-head
@@ -236,7 +266,9 @@ class MultiHeadNet(nn.Module):
 
     def __init__(self, backbone: Mapping[str, Any], sizes: Sequence[int]):
         super().__init__()
-        self.encoder = create_backbone(num_classes=0, **dict(backbone))  # timm applies backbone.drop_rate to the features
+        self.encoder = create_backbone(
+            num_classes=0, **dict(backbone)
+        )  # timm applies backbone.drop_rate to the features
         self.heads = nn.ModuleList(nn.Linear(self.encoder.num_features, int(k)) for k in sizes)
 
     def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -39,7 +39,9 @@ class PathPrediction:
     leaf: list[str | None]
     score: torch.Tensor
     level1_prob: torch.Tensor | None = None  # P(level-1 node)
-    level2_prob: torch.Tensor | None = None  # P(level-1 node) · P(level-2 node | level-1 node); score is the leaf's
+    level2_prob: torch.Tensor | None = (
+        None  # P(level-1 node) · P(level-2 node | level-1 node); score is the leaf's
+    )
 
     def __len__(self) -> int:
         return len(self.level1)
@@ -66,13 +68,17 @@ class TreePaths:
             elif g in level3_classes:
                 unknown = sorted(set(level3_classes[g]) - set(leaves))
                 if unknown:
-                    raise ValueError(f"the level-3 model of {g!r} names {unknown}, which are not leaves of {g!r}")
+                    raise ValueError(
+                        f"the level-3 model of {g!r} names {unknown}, which are not leaves of {g!r}"
+                    )
                 self.paths += [(l1, g, c) for c in level3_classes[g]]
             else:
                 self.paths.append((l1, g, None))
         self.level1 = list(tree.nodes(1))
         self.level2 = list(tree.nodes(2))
-        self.l2_siblings = {g: [h for h in self.level2 if tree.parent(h) == tree.parent(g)] for g in self.level2}
+        self.l2_siblings = {
+            g: [h for h in self.level2 if tree.parent(h) == tree.parent(g)] for g in self.level2
+        }
 
 
 def _gather(p: torch.Tensor, names: Sequence[str], wanted: Sequence[str]) -> torch.Tensor:
@@ -120,8 +126,12 @@ def route(
     picked = [paths.paths[int(b)] for b in best]
     rows = torch.arange(n)
     return PathPrediction(
-        level1=[p[0] for p in picked], level2=[p[1] for p in picked], leaf=[p[2] for p in picked],
-        score=score[rows, best], level1_prob=s1[rows, best], level2_prob=(s1 * s2)[rows, best],
+        level1=[p[0] for p in picked],
+        level2=[p[1] for p in picked],
+        leaf=[p[2] for p in picked],
+        score=score[rows, best],
+        level1_prob=s1[rows, best],
+        level2_prob=(s1 * s2)[rows, best],
     )
 
 
@@ -149,7 +159,10 @@ def path_scores(
             total = P2[:, [l2_index[h] for h in sibs]].sum(1)
             cond2[:, j] = torch.where(total > 0, P2[:, j] / total.clamp(min=1e-12), torch.zeros_like(total))
     cols1, cols2, cols3 = [], [], []
-    p3_cond = {g: (pr.float() / pr.float().sum(1, keepdim=True).clamp(min=1e-12), list(nm)) for g, (pr, nm) in p3.items()}
+    p3_cond = {
+        g: (pr.float() / pr.float().sum(1, keepdim=True).clamp(min=1e-12), list(nm))
+        for g, (pr, nm) in p3.items()
+    }
     for l1, g, leaf in paths.paths:
         cols1.append(P1[:, l1_index[l1]])
         cols2.append(cond2[:, l2_index[g]])

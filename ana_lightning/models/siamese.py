@@ -33,8 +33,16 @@ from ..metrics import multiclass_metrics, multiclass_per_class_metrics
 from .base import ANAModule, OptimizerFactory, SchedulerFactory
 from .networks import LOSSES, SCORINGS, DistanceHead, SiameseEnsembleNet, SiameseNetwork, class_scores
 
-__all__ = ["SiameseNetwork", "SiameseEnsembleNet", "SiameseClassifier", "DistanceHead", "sample_pairs", "class_scores",
-           "LOSSES", "SCORINGS"]
+__all__ = [
+    "SiameseNetwork",
+    "SiameseEnsembleNet",
+    "SiameseClassifier",
+    "DistanceHead",
+    "sample_pairs",
+    "class_scores",
+    "LOSSES",
+    "SCORINGS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +91,6 @@ def _dihedral_crop(x: torch.Tensor, scale: tuple[float, float] = (0.5, 1.0)) -> 
     return torch.stack(out)
 
 
-
 class SiameseClassifier(ANAModule):
     """A Siamese few-shot model, or an ensemble of them (one network per entry of ``dropout_rates``).
 
@@ -122,10 +129,15 @@ class SiameseClassifier(ANAModule):
         class_weights: Sequence[float] | None = None,
         image_size: int = 224,
     ) -> None:
-        super().__init__(optimizer, scheduler)  # on the log of the normalised scores (ana_lightning.calibration)
+        super().__init__(
+            optimizer, scheduler
+        )  # on the log of the normalised scores (ana_lightning.calibration)
         k = len(self.class_names)
         backbone = dict(self.hparams.backbone)
-        members = [SiameseNetwork(backbone, k, embed_dim, float(r), loss, margin, scoring) for r in self.hparams.dropout_rates]
+        members = [
+            SiameseNetwork(backbone, k, embed_dim, float(r), loss, margin, scoring)
+            for r in self.hparams.dropout_rates
+        ]
         self.net = SiameseEnsembleNet(members)
         self.freeze_backbone_hparams()
         self.store_normalization(members[0].encoder)
@@ -168,7 +180,9 @@ class SiameseClassifier(ANAModule):
         return self._normalised(self(x)).clamp(min=1e-12).log()
 
     @torch.no_grad()
-    def embed_dataset(self, dataset: Dataset, batch_size: int = 64) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def embed_dataset(
+        self, dataset: Dataset, batch_size: int = 64
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Embeddings (one tensor per network) and targets of every image of ``dataset`` (eval mode)."""
         was_training = self.training
         self.eval()
@@ -195,7 +209,9 @@ class SiameseClassifier(ANAModule):
         self._support_key = full_key
         missing = sorted(set(range(len(self.class_names))) - set(labels.tolist()))
         if missing:
-            log.warning("support set has no image of %s: they score 0", [self.class_names[i] for i in missing])
+            log.warning(
+                "support set has no image of %s: they score 0", [self.class_names[i] for i in missing]
+            )
 
     def set_support_folder(self, folder: str | Path, batch_size: int = 64) -> None:
         """Use a folder of ``<AC code>/<images>`` as the support set (its classes must be this model's)."""
@@ -209,8 +225,16 @@ class SiameseClassifier(ANAModule):
         if extra:
             from ..data.images import BadFile
 
-            raise DatasetError(folder, [BadFile(str(folder), f"support images of {extra}, which this model does not "
-                                                             f"classify (its classes: {self.class_names})")])
+            raise DatasetError(
+                folder,
+                [
+                    BadFile(
+                        str(folder),
+                        f"support images of {extra}, which this model does not "
+                        f"classify (its classes: {self.class_names})",
+                    )
+                ],
+            )
         tf = build_transform(self.hparams.image_size, None, self.hparams.mean, self.hparams.std)
         targets = torch.tensor([self.class_names.index(r.label) for r in records])
         key = ("folder", tuple((r.path, r.sha256) for r in records))
@@ -225,14 +249,18 @@ class SiameseClassifier(ANAModule):
     def _support_from_source(self) -> None:
         if self.support_source is None:
             if not self.net.has_support:
-                raise RuntimeError("no support set: hand the model its training split with set_support_source(<dataset>) "
-                                   "(ana-train does), or call set_support_folder(<folder>)")
+                raise RuntimeError(
+                    "no support set: hand the model its training split with set_support_source(<dataset>) "
+                    "(ana-train does), or call set_support_folder(<folder>)"
+                )
             return
         key = ("source", id(self.support_source), len(self.support_source))
         self.set_support_dataset(self.support_source, key=key, batch_size=self._support_batch_size)
 
     # ------------------------------------------------------------ training
-    def _pair_loss(self, embs: Sequence[torch.Tensor], labels: torch.Tensor, hard: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair_loss(
+        self, embs: Sequence[torch.Tensor], labels: torch.Tensor, hard: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean pair loss over the networks and the fraction of pairs each gets right."""
         losses, accs = [], []
         for m, e in zip(self.net.members, embs, strict=True):
@@ -266,8 +294,12 @@ class SiameseClassifier(ANAModule):
         x, y = batch["image"], batch["target"]
         embs = self.net.embed(x)
         loss, acc = self._pair_loss(embs, y, hard=False)
-        scores = torch.stack([m.scores_against(e, m.support_embeddings, m.support_labels, m.num_classes)
-                              for m, e in zip(self.net.members, embs, strict=True)]).mean(0)
+        scores = torch.stack(
+            [
+                m.scores_against(e, m.support_embeddings, m.support_labels, m.num_classes)
+                for m, e in zip(self.net.members, embs, strict=True)
+            ]
+        ).mean(0)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(scores, y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)

@@ -41,7 +41,11 @@ def hierarchy_level_details(truth: Truth, pred: PathPrediction, tree: Taxonomy) 
         labels = [n for n in tree.nodes(lv) if n in present] + ([NO_LEAF] if NO_LEAF in present else [])
         d = confusion_details(confusion_matrix(y_true, y_pred, labels))
         # numpy arrays: a level with one class gives 1x1 / length-1 tables, which must stay tables
-        out[lv] = {"labels": labels, "n": len(keep), **{k: v.numpy() if hasattr(v, "numpy") else v for k, v in d.items()}}
+        out[lv] = {
+            "labels": labels,
+            "n": len(keep),
+            **{k: v.numpy() if hasattr(v, "numpy") else v for k, v in d.items()},
+        }
     return out
 
 
@@ -61,23 +65,50 @@ def write_hierarchy_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     details = hierarchy_level_details(truth, pred, tree)
     metrics: dict[str, float] = {}
-    lines = [f"# {stage.capitalize()}: hierarchical pipeline", "", f"{MCA_DEFINITION}, level by level.", "",
-             "| level | images | accuracy | MCA |", "|---|---|---|---|"]
+    lines = [
+        f"# {stage.capitalize()}: hierarchical pipeline",
+        "",
+        f"{MCA_DEFINITION}, level by level.",
+        "",
+        "| level | images | accuracy | MCA |",
+        "|---|---|---|---|",
+    ]
     for lv, d in details.items():
         acc, mca, labels = d["acc"], d["mca"], d["labels"]
         metrics[f"{stage}/level{lv}_acc"], metrics[f"{stage}/level{lv}_mca"] = acc, mca
         name = f"{stage}_level{lv}"
-        plot_confusion_matrix(d["confmat"], labels, out_dir / f"{name}_confusion_matrix.png", title=f"level {lv}: MCA {mca:.3f}")
+        plot_confusion_matrix(
+            d["confmat"], labels, out_dir / f"{name}_confusion_matrix.png", title=f"level {lv}: MCA {mca:.3f}"
+        )
         display = [tree.display_name(c) if tree.is_code(c) else c for c in labels]
-        write_classification_report(d, labels, out_dir, summary={f"{stage}/level{lv}_acc": acc, f"{stage}/level{lv}_mca": mca},
-                                    display_names=display, stage=name)
+        write_classification_report(
+            d,
+            labels,
+            out_dir,
+            summary={f"{stage}/level{lv}_acc": acc, f"{stage}/level{lv}_mca": mca},
+            display_names=display,
+            stage=name,
+        )
         lines.append(f"| {lv} | {d['n']} | {acc:.4f} | {mca:.4f} |")
     with open(out_dir / f"{stage}_paths.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "true_level1", "true_level2", "true_leaf", "pred_level1", "pred_level2", "pred_leaf", "path_score"])
+        w.writerow(
+            [
+                "path",
+                "true_level1",
+                "true_level2",
+                "true_leaf",
+                "pred_level1",
+                "pred_level2",
+                "pred_leaf",
+                "path_score",
+            ]
+        )
         for i, p in enumerate(paths):
             t = ["" if v is None else v for v in truth[i]]
-            w.writerow([p, *t, pred.level1[i], pred.level2[i], pred.leaf[i] or "", f"{float(pred.score[i]):.5f}"])
+            w.writerow(
+                [p, *t, pred.level1[i], pred.level2[i], pred.leaf[i] or "", f"{float(pred.score[i]):.5f}"]
+            )
     if summary:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| `{k}` | {float(v):.4f} |" for k, v in sorted(summary.items()) if np.ndim(v) == 0]

@@ -22,6 +22,7 @@ from .tables import plot_confusion_matrix, write_classification_report, write_pr
 
 __all__ = ["write_test_report", "decision_note"]
 
+
 def _display_names(class_names: Sequence[str]) -> list[str]:
     tree = Taxonomy.load()
     return [tree.display_name(c) if tree.is_code(c) else c for c in class_names]
@@ -42,8 +43,9 @@ def decision_note(model: Any) -> str:
     return note
 
 
-def write_test_report(model: Any, out_dir: str | Path, records: Sequence[Any], metrics: Mapping[str, Any],
-                      stage: str = "test") -> None:
+def write_test_report(
+    model: Any, out_dir: str | Path, records: Sequence[Any], metrics: Mapping[str, Any], stage: str = "test"
+) -> None:
     """The report files of the model's last test run over ``records`` (the tested dataset, in loader order):
 
     - single-label (softmax, Siamese): ``{stage}_confusion_matrix.png``, ``{stage}_per_class.csv``,
@@ -57,9 +59,19 @@ def write_test_report(model: Any, out_dir: str | Path, records: Sequence[Any], m
     details = getattr(model, "test_details_result", None)
     if task == "multi_label":
         if details and pred:
-            write_multilabel_report(out_dir, details, model.class_names, metrics, [records[int(i)].path for i in pred["index"]],
-                                    pred["prob"], pred["pred"], pred["target"], model.thresholds.cpu(), decision_note(model),
-                                    stage=stage)
+            write_multilabel_report(
+                out_dir,
+                details,
+                model.class_names,
+                metrics,
+                [records[int(i)].path for i in pred["index"]],
+                pred["prob"],
+                pred["pred"],
+                pred["target"],
+                model.thresholds.cpu(),
+                decision_note(model),
+                stage=stage,
+            )
         return
     if task == "hierarchical":
         if pred:
@@ -68,21 +80,48 @@ def write_test_report(model: Any, out_dir: str | Path, records: Sequence[Any], m
     names = list(model.class_names)
     if details:
         mca = metrics.get(f"{stage}/mca", float("nan"))
-        plot_confusion_matrix(details["confmat"], names, out_dir / f"{stage}_confusion_matrix.png", title=f"{stage}: MCA {mca:.3f}")
-        write_classification_report(details, names, out_dir, summary=metrics, display_names=_display_names(names), stage=stage)
+        plot_confusion_matrix(
+            details["confmat"],
+            names,
+            out_dir / f"{stage}_confusion_matrix.png",
+            title=f"{stage}: MCA {mca:.3f}",
+        )
+        write_classification_report(
+            details, names, out_dir, summary=metrics, display_names=_display_names(names), stage=stage
+        )
     if pred:
-        write_predictions([records[int(i)].path for i in pred["index"]], pred["prob"], pred["target"], names,
-                          out_dir / f"{stage}_predictions.csv")
+        write_predictions(
+            [records[int(i)].path for i in pred["index"]],
+            pred["prob"],
+            pred["target"],
+            names,
+            out_dir / f"{stage}_predictions.csv",
+        )
 
 
-def _write_multihead_report(model: Any, out_dir: Path, records: Sequence[Any], metrics: Mapping[str, Any],
-                            pred: Mapping[str, torch.Tensor], stage: str) -> None:
+def _write_multihead_report(
+    model: Any,
+    out_dir: Path,
+    records: Sequence[Any],
+    metrics: Mapping[str, Any],
+    pred: Mapping[str, torch.Tensor],
+    stage: str,
+) -> None:
     from ..models.routing import PathPrediction
 
     names = model.level_names
-    truth = [tuple(names[lv][v] if v >= 0 else None for lv, v in enumerate(t)) for t in pred["target"].tolist()]
+    truth = [
+        tuple(names[lv][v] if v >= 0 else None for lv, v in enumerate(t)) for t in pred["target"].tolist()
+    ]
     rows = pred["pred"].tolist()
     picked = [[names[lv][v] if v >= 0 else None for v in (r[lv] for r in rows)] for lv in range(3)]
     path_pred = PathPrediction(picked[0], picked[1], picked[2], pred["score"])
-    write_hierarchy_report(out_dir, [records[int(i)].path for i in pred["index"]], truth, path_pred, model.tree, stage=stage,
-                           summary=metrics)
+    write_hierarchy_report(
+        out_dir,
+        [records[int(i)].path for i in pred["index"]],
+        truth,
+        path_pred,
+        model.tree,
+        stage=stage,
+        summary=metrics,
+    )

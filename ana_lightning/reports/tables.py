@@ -12,8 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["write_metrics_json", "write_classification_report", "plot_confusion_matrix", "write_predictions",
-           "summary_rows"]
+__all__ = [
+    "write_metrics_json",
+    "write_classification_report",
+    "plot_confusion_matrix",
+    "write_predictions",
+    "summary_rows",
+]
 
 
 def _plain(v: Any) -> Any:
@@ -36,7 +41,9 @@ def write_metrics_json(metrics: Mapping[str, object], path: str | Path) -> Path:
     return path
 
 
-def summary_rows(summary: Mapping[str, object], keys: Sequence[str] | None = None, digits: int = 4) -> list[str]:
+def summary_rows(
+    summary: Mapping[str, object], keys: Sequence[str] | None = None, digits: int = 4
+) -> list[str]:
     """Markdown rows ``| `key` | value |`` of the scalar metrics; a metric with a bootstrap interval
     (``<key>_ci95_low`` / ``_ci95_high``) shows as ``0.83 [0.78, 0.88]`` and its bounds get no row."""
     scalars = {k: _plain(v) for k, v in summary.items() if np.ndim(_plain(v)) == 0}
@@ -51,7 +58,9 @@ def summary_rows(summary: Mapping[str, object], keys: Sequence[str] | None = Non
     return rows
 
 
-def plot_confusion_matrix(confmat: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+def plot_confusion_matrix(
+    confmat: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
     """Row-normalised confusion matrix (rows = true class), with counts in the cells when small."""
     import matplotlib
 
@@ -75,8 +84,15 @@ def plot_confusion_matrix(confmat: torch.Tensor | np.ndarray, class_names: Seque
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6 if k > 16 else 8,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6 if k > 16 else 8,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
     path = Path(path)
@@ -117,8 +133,13 @@ def write_classification_report(
     from ..metrics import MCA_DEFINITION
 
     present = int((support > 0).sum())
-    md = [f"# {stage.capitalize()} report", "", f"{int(support.sum())} images; {present} of the model's "
-          f"{len(class_names)} classes are present in the ground truth. {MCA_DEFINITION}.", ""]
+    md = [
+        f"# {stage.capitalize()} report",
+        "",
+        f"{int(support.sum())} images; {present} of the model's "
+        f"{len(class_names)} classes are present in the ground truth. {MCA_DEFINITION}.",
+        "",
+    ]
     if summary:
         md += ["| metric | value |", "|---|---|"]
         md += summary_rows(summary)
@@ -135,7 +156,11 @@ def write_classification_report(
 
 
 def write_predictions(
-    paths: Sequence[str], prob: torch.Tensor, target: torch.Tensor | None, class_names: Sequence[str], path: str | Path
+    paths: Sequence[str],
+    prob: torch.Tensor,
+    target: torch.Tensor | None,
+    class_names: Sequence[str],
+    path: str | Path,
 ) -> Path:
     """One row per image: path, true label, predicted label, confidence, every class's probability."""
     prob = prob.detach().cpu().float()
@@ -145,5 +170,13 @@ def write_predictions(
         w.writerow(["path", "true", "pred", "confidence", *[f"p_{c}" for c in class_names]])
         for i, p in enumerate(paths):
             true = class_names[int(target[i])] if target is not None else ""
-            w.writerow([p, true, class_names[int(pred[i])], f"{float(prob[i, pred[i]]):.4f}", *[f"{x:.5f}" for x in prob[i].tolist()]])
+            w.writerow(
+                [
+                    p,
+                    true,
+                    class_names[int(pred[i])],
+                    f"{float(prob[i, pred[i]]):.4f}",
+                    *[f"{x:.5f}" for x in prob[i].tolist()],
+                ]
+            )
     return Path(path)

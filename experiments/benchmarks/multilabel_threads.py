@@ -24,8 +24,11 @@ from ana_lightning.models.multilabel import SigmoidEnsemble
 def step_time(threads: int, steps: int, batch: int, size: int) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = SigmoidEnsemble(class_names=[f"AC-{i}" for i in range(6)],
-                            backbones=[{"name": "test_resnet"}, {"name": "test_efficientnet"}], image_size=size)
+    model = SigmoidEnsemble(
+        class_names=[f"AC-{i}" for i in range(6)],
+        backbones=[{"name": "test_resnet"}, {"name": "test_efficientnet"}],
+        image_size=size,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size)
     y = (torch.rand(batch, 6) < 0.25).float()

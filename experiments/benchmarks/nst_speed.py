@@ -32,7 +32,9 @@ def _images(n: int, size: int, seed: int) -> torch.Tensor:
     """Smooth random RGB fields in [0, 1] (speed does not depend on what they show)."""
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(n, 3, max(size // 8, 2), max(size // 8, 2), generator=g)
-    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return torch.nn.functional.interpolate(
+        low, size=(size, size), mode="bilinear", align_corners=False
+    ).clamp(0, 1)
 
 
 def _sync(device: torch.device) -> None:
@@ -57,13 +59,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-size", type=int, default=None, help="default: 256 on CUDA, 128 on CPU")
     ap.add_argument("--iterations", type=int, default=None, help="default: 50 on CUDA, 5 on CPU")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (median); default 3 on CUDA, 1 on CPU")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats (median); default 3 on CUDA, 1 on CPU"
+    )
     ap.add_argument("--weights", default=None, help="a VGG-19 state dict (default: random weights)")
     ap.add_argument("--no-amp", action="store_true", help="float32 only on CUDA")
     args = ap.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cuda = device.type == "cuda"
     size = args.image_size or (256 if cuda else 128)
     iters = args.iterations or (50 if cuda else 5)
@@ -72,14 +79,21 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True
 
     def make(amp: bool) -> StyleTransfer:
-        return StyleTransfer(iterations=iters, weights=args.weights, allow_random_weights=args.weights is None,
-                             device=str(device), amp=amp)
+        return StyleTransfer(
+            iterations=iters,
+            weights=args.weights,
+            allow_random_weights=args.weights is None,
+            device=str(device),
+            amp=amp,
+        )
 
     nst = make(amp=not args.no_amp)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     precision = str(nst.amp_dtype).removeprefix("torch.") if nst.amp_dtype else "float32"
-    print(f"# NST speed: {name}, {size}x{size} px, {iters} Adam iterations, precision {precision}, "
-          f"layers {nst.content_layers + nst.style_layers}, weights {nst.weights_source}, torch {torch.__version__}")
+    print(
+        f"# NST speed: {name}, {size}x{size} px, {iters} Adam iterations, precision {precision}, "
+        f"layers {nst.content_layers + nst.style_layers}, weights {nst.weights_source}, torch {torch.__version__}"
+    )
 
     bmax = max(args.batch_sizes)
     content, style = _images(bmax, size, 1), _images(bmax, size, 2)
@@ -91,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for b in args.batch_sizes:
-        t_seq, seq_out = _timed(lambda b=b: [nst(content[i : i + 1], style[i : i + 1]) for i in range(b)], device, repeats)
+        t_seq, seq_out = _timed(
+            lambda b=b: [nst(content[i : i + 1], style[i : i + 1]) for i in range(b)], device, repeats
+        )
         t_bat, bat_out = _timed(lambda b=b: nst(content[:b], style[:b]), device, repeats)
         seq_loss = torch.tensor([losses[0] for _, losses in seq_out])
         bat_loss = torch.tensor(bat_out[1])
@@ -99,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((b, b / t_seq, b / t_bat, t_seq / t_bat, diff))
 
     print()
-    print("| batch | one at a time (img/s) | batched (img/s) | batched / one at a time | max rel. loss diff |")
+    print(
+        "| batch | one at a time (img/s) | batched (img/s) | batched / one at a time | max rel. loss diff |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for b, seq, bat, ratio, diff in rows:
         print(f"| {b} | {seq:.3f} | {bat:.3f} | {ratio:.2f}x | {diff:.1e} |")

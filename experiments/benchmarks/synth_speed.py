@@ -60,8 +60,10 @@ def main(argv=None) -> int:
     for code in CODES:
         groups[LEVEL2[code]].append(code)
 
-    print(f"Synthetic field rendering, {a.size}x{a.size}{' + DAPI' if a.dapi else ''}, "
-          f"{a.n} fields per code, cv2.setNumThreads(1), OpenCV {cv2.__version__}")
+    print(
+        f"Synthetic field rendering, {a.size}x{a.size}{' + DAPI' if a.dapi else ''}, "
+        f"{a.n} fields per code, cv2.setNumThreads(1), OpenCV {cv2.__version__}"
+    )
     hdr = f"{'level-2 group':<30} {'codes':<22} {'images':>6} {'img/s (CPU)':>12} {'img/s (wall)':>13}"
     print(hdr)
     print("-" * len(hdr))

@@ -62,7 +62,10 @@ def _pool(batch: int, size: int, classes: int, pin: bool, k: int = 4) -> list[di
     g = torch.Generator().manual_seed(0)
     out = []
     for _ in range(k):
-        b = {"image": torch.randn(batch, 3, size, size, generator=g), "target": torch.randint(0, classes, (batch,), generator=g)}
+        b = {
+            "image": torch.randn(batch, 3, size, size, generator=g),
+            "target": torch.randint(0, classes, (batch,), generator=g),
+        }
         out.append({key: v.pin_memory() if pin else v for key, v in b.items()})
     return out
 
@@ -90,8 +93,13 @@ class _Clock(L.Callback):
 def _classifier(backbone: str, classes: int, size: int):
     from ana_lightning.models.classifier import SoftmaxClassifier
 
-    return SoftmaxClassifier(backbone={"name": backbone}, class_names=[f"AC-{i}" for i in range(classes)], image_size=size,
-                             optimizer=partial(torch.optim.AdamW, lr=1e-4), scheduler=None)
+    return SoftmaxClassifier(
+        backbone={"name": backbone},
+        class_names=[f"AC-{i}" for i in range(classes)],
+        image_size=size,
+        optimizer=partial(torch.optim.AdamW, lr=1e-4),
+        scheduler=None,
+    )
 
 
 def _framework(args, device, precision, channels_last, compile_, loader, warmup, steps) -> float:
@@ -100,10 +108,23 @@ def _framework(args, device, precision, channels_last, compile_, loader, warmup,
     torch.manual_seed(0)
     model = _classifier(args.backbone, args.classes, args.size)
     clock = _Clock(warmup, steps)
-    trainer = Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=warmup + steps, max_epochs=1,
-                      limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
-                      channels_last=channels_last, compile=compile_, default_root_dir=tempfile.mkdtemp())
+    trainer = Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        channels_last=channels_last,
+        compile=compile_,
+        default_root_dir=tempfile.mkdtemp(),
+    )
     trainer.fit(model, train_dataloaders=loader)
     return args.batch * steps / clock.seconds
 
@@ -152,7 +173,9 @@ def _median(xs: list[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------------ sections
-def framework_vs_plain(args, device: torch.device, precision: str, variants: list[tuple[bool, bool]], title: str) -> None:
+def framework_vs_plain(
+    args, device: torch.device, precision: str, variants: list[tuple[bool, bool]], title: str
+) -> None:
     """Alternating rounds of the framework and the plain loop for each (channels_last, compile) variant."""
     pool = _pool(args.batch, args.size, args.classes, pin=device.type == "cuda")
     rows, base = [], None
@@ -168,7 +191,18 @@ def framework_vs_plain(args, device: torch.device, precision: str, variants: lis
         base = base or p
         name = ("channels_last" if channels_last else "NCHW") + (" + compile" if compile_ else "")
         rows.append([name, f"{p:,.0f}", f"{f:,.0f}", f"{f / p:.3f}", f"{p / base:.2f}", str(rounds)])
-    _table(title, ["variant", "plain loop img/s", "framework img/s", "framework / plain", "plain / first row", "rounds"], rows)
+    _table(
+        title,
+        [
+            "variant",
+            "plain loop img/s",
+            "framework img/s",
+            "framework / plain",
+            "plain / first row",
+            "rounds",
+        ],
+        rows,
+    )
 
 
 def loader_throughput(args) -> None:
@@ -189,9 +223,17 @@ def loader_throughput(args) -> None:
         node = OmegaConf.load(policy) if policy else OmegaConf.create({"train": None})
         train = instantiate(node.train) if node.get("train") else None
         batch_aug = instantiate(node.batch) if node.get("batch") else None
-        dm = SingleLabelDataModule(root=str(root), image_size=args.loader_size, batch_size=args.loader_batch,
-                                   num_workers=args.workers, cache_images=cache, image_cache_dir=cache_dir,
-                                   train_augment=train, batch_augment=batch_aug, persistent_workers=args.workers > 0)
+        dm = SingleLabelDataModule(
+            root=str(root),
+            image_size=args.loader_size,
+            batch_size=args.loader_batch,
+            num_workers=args.workers,
+            cache_images=cache,
+            image_cache_dir=cache_dir,
+            train_augment=train,
+            batch_augment=batch_aug,
+            persistent_workers=args.workers > 0,
+        )
         dm.setup()
         t0 = time.perf_counter()
         dm.dataset("train")  # decode (and cache) happens here
@@ -210,16 +252,23 @@ def loader_throughput(args) -> None:
 
     rows = []
     base, _ = rate(False, None)
-    for cache, label in ((False, "none (decode every time)"), (True, "memory (in process)"), ("mmap", "mmap (shared file)")):
+    for cache, label in (
+        (False, "none (decode every time)"),
+        (True, "memory (in process)"),
+        ("mmap", "mmap (shared file)"),
+    ):
         r, build = rate(cache, None)
         rows.append([f"cache {label}", "none", f"{r:,.0f}", f"{r / base:.2f}", f"{build:.2f}"])
     for p in policies:
         r, build = rate("mmap", p)
         rows.append(["cache mmap", p.stem, f"{r:,.0f}", f"{r / base:.2f}", f"{build:.2f}"])
     n = len(list(root.rglob("*.*")))
-    _table(f"Data loader, {args.loader_size} px, batch {args.loader_batch}, {args.workers} worker(s), {n} files in {root.name}/ "
-           f"(gpu policy: its batch augmentation run on the CPU here)",
-           ["cache", "augmentation", "img/s", "vs no cache, no aug", "dataset build s"], rows)
+    _table(
+        f"Data loader, {args.loader_size} px, batch {args.loader_batch}, {args.workers} worker(s), {n} files in {root.name}/ "
+        f"(gpu policy: its batch augmentation run on the CPU here)",
+        ["cache", "augmentation", "img/s", "vs no cache, no aug", "dataset build s"],
+        rows,
+    )
 
 
 def batch_augment_on_gpu(args) -> None:
@@ -228,7 +277,10 @@ def batch_augment_on_gpu(args) -> None:
 
     x = torch.randn(args.batch, 3, args.size, args.size, device="cuda")
     rows = []
-    for name, aug in (("flips + rot90", BatchAugment()), ("flips + rot90 + intensity", BatchAugment(brightness=0.2, contrast=0.2, gamma=0.2))):
+    for name, aug in (
+        ("flips + rot90", BatchAugment()),
+        ("flips + rot90 + intensity", BatchAugment(brightness=0.2, contrast=0.2, gamma=0.2)),
+    ):
         for _ in range(3):
             aug(x, mean=(0.5,) * 3, std=(0.25,) * 3)
         times = []
@@ -240,7 +292,11 @@ def batch_augment_on_gpu(args) -> None:
             times.append(time.perf_counter() - t0)
         t = _median(times)
         rows.append([name, f"{t * 1e3:.2f}", f"{args.batch / t:,.0f}"])
-    _table(f"BatchAugment on the GPU, batch {args.batch}×3×{args.size}×{args.size} fp32", ["ops", "ms per batch", "img/s"], rows)
+    _table(
+        f"BatchAugment on the GPU, batch {args.batch}×3×{args.size}×{args.size} fp32",
+        ["ops", "ms per batch", "img/s"],
+        rows,
+    )
 
 
 def _write_fields(root: Path, args) -> Path:
@@ -266,10 +322,22 @@ def _ddp_worker_fit(args, world: int, out: str) -> None:
     loader = DataLoader(_Batches(pool, args.warmup + args.steps + 1), batch_size=None)
     clock = _Clock(args.warmup, args.steps, out)
     strategy = "ddp_spawn" if world > 1 else "auto"
-    trainer = Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=args.warmup + args.steps, max_epochs=1,
-                      limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
-                      use_distributed_sampler=False, default_root_dir=tempfile.mkdtemp())
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy=strategy,
+        max_steps=args.warmup + args.steps,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        use_distributed_sampler=False,
+        default_root_dir=tempfile.mkdtemp(),
+    )
     trainer.fit(model, train_dataloaders=loader)
 
 
@@ -290,8 +358,11 @@ def ddp_cpu_scaling(args) -> None:
         base = base or r
         rows.append([str(world), str(threads), f"{r:,.1f}", f"{r / base:.2f}"])
     torch.set_num_threads(cores)
-    _table(f"DDP on CPU processes (gloo), {args.backbone} {args.size} px, batch {args.batch} per process, {cores} cores",
-           ["processes", "threads each", "total img/s", "vs 1 process, all cores"], rows)
+    _table(
+        f"DDP on CPU processes (gloo), {args.backbone} {args.size} px, batch {args.batch} per process, {cores} cores",
+        ["processes", "threads each", "total img/s", "vs 1 process, all cores"],
+        rows,
+    )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -306,8 +377,12 @@ def main() -> None:
     ap.add_argument("--compile-warmup", type=int, default=5, help="extra warm-up steps for compiled variants")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--data", default=None, help="an <AC code>/<images> folder for the loader section; 'synthetic': "
-                    "1024×768 JPEG fields written for the run (default: the real ICAP images when present)")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="an <AC code>/<images> folder for the loader section; 'synthetic': "
+        "1024×768 JPEG fields written for the run (default: the real ICAP images when present)",
+    )
     ap.add_argument("--loader-size", type=int, default=224)
     ap.add_argument("--loader-batch", type=int, default=32)
     ap.add_argument("--loader-epochs", type=int, default=2)
@@ -316,34 +391,69 @@ def main() -> None:
     ap.add_argument("--gpu-batch", type=int, default=128)
     ap.add_argument("--gpu-steps", type=int, default=20)
     ap.add_argument("--gpu-compile", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--cpu-variants", default="eager", help="comma list of eager, channels_last, compile for the step section")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the CPU step section (1: least disturbed by load)")
+    ap.add_argument(
+        "--cpu-variants",
+        default="eager",
+        help="comma list of eager, channels_last, compile for the step section",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the CPU step section (1: least disturbed by load)",
+    )
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    print(f"torch {torch.__version__}, lightning {L.__version__}, {os.cpu_count()} CPU cores"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
+    print(
+        f"torch {torch.__version__}, lightning {L.__version__}, {os.cpu_count()} CPU cores"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+    )
 
     if "step" in sections:
         names = args.cpu_variants.split(",")
-        variants = [v for n, v in (("eager", (False, False)), ("channels_last", (True, False)), ("compile", (False, True)))
-                    if n in names]
+        variants = [
+            v
+            for n, v in (
+                ("eager", (False, False)),
+                ("channels_last", (True, False)),
+                ("compile", (False, True)),
+            )
+            if n in names
+        ]
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
-        framework_vs_plain(args, torch.device("cpu"), "32-true", variants,
-                           f"Training step on the CPU: {args.backbone} {args.size} px, batch {args.batch}, fp32, "
-                           f"{args.threads} thread(s)")
+        framework_vs_plain(
+            args,
+            torch.device("cpu"),
+            "32-true",
+            variants,
+            f"Training step on the CPU: {args.backbone} {args.size} px, batch {args.batch}, fp32, "
+            f"{args.threads} thread(s)",
+        )
         torch.set_num_threads(threads)
     if "loader" in sections:
         loader_throughput(args)
     if "ddp" in sections:
         ddp_cpu_scaling(args)
     if "gpu" in sections and torch.cuda.is_available():
-        gpu = argparse.Namespace(**{**vars(args), "backbone": args.gpu_backbone, "size": 224, "batch": args.gpu_batch,
-                                    "steps": args.gpu_steps})
+        gpu = argparse.Namespace(
+            **{
+                **vars(args),
+                "backbone": args.gpu_backbone,
+                "size": 224,
+                "batch": args.gpu_batch,
+                "steps": args.gpu_steps,
+            }
+        )
         precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         variants = [(False, False), (True, False)] + ([(True, True)] if args.gpu_compile else [])
-        framework_vs_plain(gpu, torch.device("cuda"), precision, variants,
-                           f"GPU training step: {args.gpu_backbone} 224 px, batch {args.gpu_batch}, {precision}")
+        framework_vs_plain(
+            gpu,
+            torch.device("cuda"),
+            precision,
+            variants,
+            f"GPU training step: {args.gpu_backbone} 224 px, batch {args.gpu_batch}, {precision}",
+        )
         batch_augment_on_gpu(gpu)
     elif "gpu" in sections:
         print("\n(gpu section skipped: no CUDA device)")

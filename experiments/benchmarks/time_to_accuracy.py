@@ -203,8 +203,11 @@ def main() -> None:
                     "load_after": os.getloadavg(),
                     "reached": {f"{s}>={t}": v for (s, t), v in reached.items()},
                     "best_val": best,
-                    "data_share": (clock.parts.get("decode once", 0.0)
-                                   + clock.parts.get("batch data (index, convert, augment)", 0.0)) / total,
+                    "data_share": (
+                        clock.parts.get("decode once", 0.0)
+                        + clock.parts.get("batch data (index, convert, augment)", 0.0)
+                    )
+                    / total,
                 },
                 indent=1,
             )

@@ -67,21 +67,23 @@ class StudyConfig:
     groups: Sequence[str] = DEFAULT_GROUPS
     methods: Sequence[str] = METHODS
     repeats: int = 5
-    n_test: int = 10               # synthetic: held-out fields per code
+    n_test: int = 10  # synthetic: held-out fields per code
     backbone: str = "resnet10t"
-    weights: str | None = None     # local pretrained weights for the backbone (none by default)
+    weights: str | None = None  # local pretrained weights for the backbone (none by default)
     image_size: int = 64
-    texture_size: int | None = None  # grey size of the SVM's texture features (None = image_size: what the CNNs see)
+    texture_size: int | None = (
+        None  # grey size of the SVM's texture features (None = image_size: what the CNNs see)
+    )
     render_size: int = 128
-    steps: int = 40                # optimisation steps per network, whatever K is
+    steps: int = 40  # optimisation steps per network, whatever K is
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
     synthetic_root: str = str(REPO / "data" / "low_data_synthetic")
     real_root: str = str(REAL_ROOT)
     i3a_root: str = str(I3A_ROOT)
-    n_test_cells: int = 100        # i3a: held-out cells per class, all from specimens never drawn for training
-    test_groups: float = 0.3       # i3a: fraction of each class's specimens held out for testing
+    n_test_cells: int = 100  # i3a: held-out cells per class, all from specimens never drawn for training
+    test_groups: float = 0.3  # i3a: fraction of each class's specimens held out for testing
     out: str = str(Path(__file__).resolve().parent / "results")
     threads: int | None = None
 
@@ -97,7 +99,9 @@ def _records(cfg: StudyConfig, dataset: str, codes: Sequence[str]):
 
         n = max(cfg.ks) + cfg.n_test
         root = Path(cfg.synthetic_root) / f"n{n}_s{cfg.render_size}_seed{cfg.seed}"
-        generate_dataset(root, codes=list(codes), n_per_class=n, size=cfg.render_size, seed=cfg.seed, progress=False)
+        generate_dataset(
+            root, codes=list(codes), n_per_class=n, size=cfg.render_size, seed=cfg.seed, progress=False
+        )
         folder = root
     else:
         folder = Path(cfg.real_root)
@@ -131,7 +135,9 @@ def normalise_cell(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     255
     """
     grey = image.max(axis=2).astype(np.float32) if image.ndim == 3 else image.astype(np.float32)
-    inside = (mask.max(axis=2) if mask is not None and mask.ndim == 3 else mask) > 0 if mask is not None else None
+    inside = (
+        (mask.max(axis=2) if mask is not None and mask.ndim == 3 else mask) > 0 if mask is not None else None
+    )
     if inside is not None and inside.shape == grey.shape and inside.any():
         grey = grey * inside
         top = float(np.percentile(grey[inside], 99))
@@ -153,7 +159,9 @@ def _normalised_copies(records, masks: dict[str, str], cache: Path):
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for r in records:
-        dst = cache / (f"{r.sha256[:24]}.png" if r.sha256 else f"{Path(r.path).parent.name}_{Path(r.path).stem}.png")
+        dst = cache / (
+            f"{r.sha256[:24]}.png" if r.sha256 else f"{Path(r.path).parent.name}_{Path(r.path).stem}.png"
+        )
         if not dst.is_file():
             mask = load_image(masks[r.path]) if r.path in masks else None
             tmp = dst.with_suffix(".tmp.png")
@@ -191,7 +199,10 @@ def _draws(cfg: StudyConfig, dataset: str, by_class: dict[str, list], k: int, re
     for ci, recs in enumerate(by_class.values()):
         order = [recs[i] for i in np.random.default_rng([cfg.seed, 99, ci]).permutation(len(recs))]
         if dataset == "synthetic":
-            held, pool = order[: cfg.n_test], order[cfg.n_test:]  # the test set is the same for every K and repeat
+            held, pool = (
+                order[: cfg.n_test],
+                order[cfg.n_test :],
+            )  # the test set is the same for every K and repeat
         else:
             held, pool = None, order
         if len(pool) < k + (0 if held else 1):
@@ -220,9 +231,18 @@ def _fit(model, dataset, cfg: StudyConfig) -> None:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=min(cfg.batch_size, len(dataset)), shuffle=True, drop_last=True)
-    trainer = L.Trainer(max_steps=cfg.steps, max_epochs=-1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_steps=cfg.steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, train_dataloaders=loader)
@@ -234,7 +254,9 @@ def _predict(model, dataset) -> np.ndarray:
 
     model.eval()
     with torch.no_grad():
-        return torch.cat([model.predict_proba(b["image"]).argmax(1) for b in DataLoader(dataset, batch_size=64)]).numpy()
+        return torch.cat(
+            [model.predict_proba(b["image"]).argmax(1) for b in DataLoader(dataset, batch_size=64)]
+        ).numpy()
 
 
 def _backbone(cfg: StudyConfig) -> dict:
@@ -262,16 +284,21 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
         out[name] = {**_scores(y_test, pred), "seconds": time.perf_counter() - t}
 
     if "siamese_ensemble" in cfg.methods:
+
         def siamese():
             L.seed_everything(seed, workers=False, verbose=False)
-            m = SiameseClassifier(_backbone(cfg), classes, dropout_rates=[0.2, 0.5], image_size=cfg.image_size, optimizer=opt)
+            m = SiameseClassifier(
+                _backbone(cfg), classes, dropout_rates=[0.2, 0.5], image_size=cfg.image_size, optimizer=opt
+            )
             mean, std = m.hparams.mean, m.hparams.std
             _fit(m, _dataset(train, classes, cfg.image_size, mean, std, augment=True), cfg)
             test_ds = _dataset(test, classes, cfg.image_size, mean, std, augment=False)
             m.set_support_dataset(_dataset(train, classes, cfg.image_size, mean, std, augment=False))
             return _predict(m, test_ds)
+
         timed("siamese_ensemble", siamese)
     if "softmax_cnn" in cfg.methods or "svm_cnn" in cfg.methods:
+
         def cnn():
             nonlocal softmax
             L.seed_everything(seed, workers=False, verbose=False)
@@ -279,17 +306,25 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
             mean, std = softmax.hparams.mean, softmax.hparams.std
             _fit(softmax, _dataset(train, classes, cfg.image_size, mean, std, augment=True), cfg)
             return _predict(softmax, _dataset(test, classes, cfg.image_size, mean, std, augment=False))
+
         timed("softmax_cnn", cnn)
         if "softmax_cnn" not in cfg.methods:
             out.pop("softmax_cnn")
     if "svm_texture" in cfg.methods:
         feats = TextureFeatures(size=cfg.texture_size or cfg.image_size)
-        timed("svm_texture", lambda: fit_predict_svm(feats.transform([r.path for r in train]), y_train,
-                                                     feats.transform([r.path for r in test])))
+        timed(
+            "svm_texture",
+            lambda: fit_predict_svm(
+                feats.transform([r.path for r in train]), y_train, feats.transform([r.path for r in test])
+            ),
+        )
     if "svm_cnn" in cfg.methods and softmax is not None:
         hp = softmax.hparams
         frozen = FrozenCNNFeatures(softmax.net, cfg.image_size, hp.mean, hp.std)
-        timed("svm_cnn", lambda: fit_predict_svm(frozen([r.path for r in train]), y_train, frozen([r.path for r in test])))
+        timed(
+            "svm_cnn",
+            lambda: fit_predict_svm(frozen([r.path for r in train]), y_train, frozen([r.path for r in test])),
+        )
     return out
 
 
@@ -321,28 +356,64 @@ def run_study(cfg: StudyConfig) -> list[dict]:
             records, masks, grouping = _i3a_records(cfg)
             pool, test = _i3a_split(cfg, records)
             # derived copies of the real cells stay outside the repository (never committed, never published)
-            cache = Path(os.environ.get("ANA_CACHE_DIR") or tempfile.gettempdir()) / "ana-lightning-low-data-i3a"
+            cache = (
+                Path(os.environ.get("ANA_CACHE_DIR") or tempfile.gettempdir()) / "ana-lightning-low-data-i3a"
+            )
             test = _normalised_copies(test, masks, cache)
             pool = {c: _normalised_copies(v, masks, cache) for c, v in pool.items()}
             classes = list(pool)
-            print(f"[i3a] {len(records)} cells; groups: {grouping}; training pool "
-                  f"{sum(map(len, pool.values()))} cells of {len({r.group for v in pool.values() for r in v})} specimens, "
-                  f"test {len(test)} cells of {len({r.group for r in test})} other specimens", flush=True)
+            print(
+                f"[i3a] {len(records)} cells; groups: {grouping}; training pool "
+                f"{sum(map(len, pool.values()))} cells of {len({r.group for v in pool.values() for r in v})} specimens, "
+                f"test {len(test)} cells of {len({r.group for r in test})} other specimens",
+                flush=True,
+            )
             for k in cfg.ks:
                 for rep in range(cfg.repeats):
                     rng = np.random.default_rng([cfg.seed, k, rep, 23])
                     if any(len(v) < k for v in pool.values()):
-                        rows += [dict(dataset=dataset, group=I3A_GROUP, k=k, repeat=rep, method=m, acc=None, mca=None,
-                                      n_train=None, n_test=None, seconds=None) for m in cfg.methods]
+                        rows += [
+                            dict(
+                                dataset=dataset,
+                                group=I3A_GROUP,
+                                k=k,
+                                repeat=rep,
+                                method=m,
+                                acc=None,
+                                mca=None,
+                                n_train=None,
+                                n_test=None,
+                                seconds=None,
+                            )
+                            for m in cfg.methods
+                        ]
                         continue
-                    train = [v[i] for v in pool.values() for i in sorted(rng.choice(len(v), size=k, replace=False))]
+                    train = [
+                        v[i] for v in pool.values() for i in sorted(rng.choice(len(v), size=k, replace=False))
+                    ]
                     t0 = time.perf_counter()
                     res = run_cell(cfg, classes, train, test, seed=cfg.seed * 1000 + rep)
                     for m, r in res.items():
-                        rows.append(dict(dataset=dataset, group=I3A_GROUP, k=k, repeat=rep, method=m, acc=r["acc"],
-                                         mca=r["mca"], n_train=len(train), n_test=len(test), seconds=r["seconds"]))
-                    print(f"[i3a] K={k} rep {rep}: " + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
-                          + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+                        rows.append(
+                            dict(
+                                dataset=dataset,
+                                group=I3A_GROUP,
+                                k=k,
+                                repeat=rep,
+                                method=m,
+                                acc=r["acc"],
+                                mca=r["mca"],
+                                n_train=len(train),
+                                n_test=len(test),
+                                seconds=r["seconds"],
+                            )
+                        )
+                    print(
+                        f"[i3a] K={k} rep {rep}: "
+                        + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
+                        + f" ({time.perf_counter() - t0:.0f} s)",
+                        flush=True,
+                    )
             continue
         records = _records(cfg, dataset, codes)
         for g in cfg.groups:
@@ -352,17 +423,46 @@ def run_study(cfg: StudyConfig) -> list[dict]:
                 for rep in range(cfg.repeats):
                     draw = _draws(cfg, dataset, by_class, k, rep)
                     if draw is None:
-                        rows += [dict(dataset=dataset, group=g, k=k, repeat=rep, method=m, acc=None, mca=None,
-                                      n_train=None, n_test=None, seconds=None) for m in cfg.methods]
+                        rows += [
+                            dict(
+                                dataset=dataset,
+                                group=g,
+                                k=k,
+                                repeat=rep,
+                                method=m,
+                                acc=None,
+                                mca=None,
+                                n_train=None,
+                                n_test=None,
+                                seconds=None,
+                            )
+                            for m in cfg.methods
+                        ]
                         continue
                     train, test = draw
                     t0 = time.perf_counter()
                     res = run_cell(cfg, classes, train, test, seed=cfg.seed * 1000 + rep)
                     for m, r in res.items():
-                        rows.append(dict(dataset=dataset, group=g, k=k, repeat=rep, method=m, acc=r["acc"], mca=r["mca"],
-                                         n_train=len(train), n_test=len(test), seconds=r["seconds"]))
-                    print(f"[{dataset}] {g} K={k} rep {rep}: " + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
-                          + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+                        rows.append(
+                            dict(
+                                dataset=dataset,
+                                group=g,
+                                k=k,
+                                repeat=rep,
+                                method=m,
+                                acc=r["acc"],
+                                mca=r["mca"],
+                                n_train=len(train),
+                                n_test=len(test),
+                                seconds=r["seconds"],
+                            )
+                        )
+                    print(
+                        f"[{dataset}] {g} K={k} rep {rep}: "
+                        + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
+                        + f" ({time.perf_counter() - t0:.0f} s)",
+                        flush=True,
+                    )
     return rows
 
 
@@ -374,7 +474,11 @@ def summarize(rows: list[dict], methods: Sequence[str]) -> list[dict]:
         for k in sorted({r["k"] for r in rows if r["dataset"] == dataset}):
             line = {"dataset": dataset, "k": k}
             for m in methods:
-                sel = [r for r in rows if r["dataset"] == dataset and r["k"] == k and r["method"] == m and r["mca"] is not None]
+                sel = [
+                    r
+                    for r in rows
+                    if r["dataset"] == dataset and r["k"] == k and r["method"] == m and r["mca"] is not None
+                ]
                 if not sel:
                     line[m] = None
                     continue
@@ -412,22 +516,32 @@ def paired_differences(rows: list[dict], methods: Sequence[str], reference: str 
 
     if reference not in methods:
         reference = methods[0]
-    lines = [f"| dataset | K / class | {reference} vs | cells | mean difference | 95% CI | p (paired t) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| dataset | K / class | {reference} vs | cells | mean difference | 95% CI | p (paired t) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         for k in sorted({r["k"] for r in rows if r["dataset"] == dataset}):
-            cell = {(r["group"], r["repeat"], r["method"]): r["mca"] for r in rows
-                    if r["dataset"] == dataset and r["k"] == k and r["mca"] is not None}
+            cell = {
+                (r["group"], r["repeat"], r["method"]): r["mca"]
+                for r in rows
+                if r["dataset"] == dataset and r["k"] == k and r["mca"] is not None
+            }
             for m in methods:
                 if m == reference:
                     continue
-                keys = sorted({(g, rep) for g, rep, mm in cell if mm == reference} & {(g, rep) for g, rep, mm in cell if mm == m})
+                keys = sorted(
+                    {(g, rep) for g, rep, mm in cell if mm == reference}
+                    & {(g, rep) for g, rep, mm in cell if mm == m}
+                )
                 if not keys:
                     continue
                 c = paired_comparison([cell[(*x, reference)] for x in keys], [cell[(*x, m)] for x in keys])
                 ci = "n/a" if len(keys) < 2 else f"[{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]"
                 p_val = "n/a" if len(keys) < 2 else f"{c['p_ttest']:.3g}"
-                lines.append(f"| {dataset} | {k} | {m} | {len(keys)} | {c['mean_diff']:+.3f} | {ci} | {p_val} |")
+                lines.append(
+                    f"| {dataset} | {k} | {m} | {len(keys)} | {c['mean_diff']:+.3f} | {ci} | {p_val} |"
+                )
     return "\n".join(lines)
 
 
@@ -443,7 +557,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--backbone", default=d.backbone)
     p.add_argument("--weights", default=None)
     p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--texture-size", type=int, default=None, help="texture features' image size (default: --image-size)")
+    p.add_argument(
+        "--texture-size", type=int, default=None, help="texture features' image size (default: --image-size)"
+    )
     p.add_argument("--render-size", type=int, default=d.render_size)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -452,20 +568,44 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--synthetic-root", default=d.synthetic_root)
     p.add_argument("--real-root", default=d.real_root)
     p.add_argument("--i3a-root", default=d.i3a_root)
-    p.add_argument("--n-test-cells", type=int, default=d.n_test_cells, help="i3a: held-out test cells per class")
-    p.add_argument("--test-groups", type=float, default=d.test_groups, help="i3a: fraction of specimens held out")
+    p.add_argument(
+        "--n-test-cells", type=int, default=d.n_test_cells, help="i3a: held-out test cells per class"
+    )
+    p.add_argument(
+        "--test-groups", type=float, default=d.test_groups, help="i3a: fraction of specimens held out"
+    )
     p.add_argument("--out", default=d.out)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="tiny settings: one group, K=1,3, one repeat, 10 steps")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny settings: one group, K=1,3, one repeat, 10 steps"
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.groups, a.ks, a.repeats, a.steps, a.n_test = a.groups[:1], [1, 3], 1, 10, 4
-    cfg = StudyConfig(datasets=a.datasets, ks=a.ks, groups=a.groups, methods=a.methods, repeats=a.repeats, n_test=a.n_test,
-                      backbone=a.backbone, weights=a.weights, image_size=a.image_size, texture_size=a.texture_size,
-                      render_size=a.render_size,
-                      steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, synthetic_root=a.synthetic_root,
-                      real_root=a.real_root, i3a_root=a.i3a_root, n_test_cells=a.n_test_cells,
-                      test_groups=a.test_groups, out=a.out, threads=a.threads)
+    cfg = StudyConfig(
+        datasets=a.datasets,
+        ks=a.ks,
+        groups=a.groups,
+        methods=a.methods,
+        repeats=a.repeats,
+        n_test=a.n_test,
+        backbone=a.backbone,
+        weights=a.weights,
+        image_size=a.image_size,
+        texture_size=a.texture_size,
+        render_size=a.render_size,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        synthetic_root=a.synthetic_root,
+        real_root=a.real_root,
+        i3a_root=a.i3a_root,
+        n_test_cells=a.n_test_cells,
+        test_groups=a.test_groups,
+        out=a.out,
+        threads=a.threads,
+    )
     t0 = time.perf_counter()
     rows = run_study(cfg)
     summary = summarize(rows, cfg.methods)
@@ -479,8 +619,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (out / "table.md").write_text(table + "\n")
     paired = paired_differences(rows, cfg.methods)  # "A beats B" with its evidence
     (out / "paired.md").write_text(paired + "\n")
-    (out / "config.json").write_text(json.dumps({**asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
-    print("\nMean class accuracy (MCA) on held-out images, mean ± std over repeats (each repeat averaged over groups):\n")
+    (out / "config.json").write_text(
+        json.dumps({**asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n"
+    )
+    print(
+        "\nMean class accuracy (MCA) on held-out images, mean ± std over repeats (each repeat averaged over groups):\n"
+    )
     print(table)
     print("\nPaired differences of MCA (same training and test images per group and repeat):\n")
     print(paired)
