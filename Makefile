@@ -55,7 +55,7 @@ augment-grid: $(STAMP)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-browser: $(STAMP)
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m browser tests/test_app_browser.py $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m browser tests/serving/test_app_browser.py $(ARGS)
 
 bench-predict: $(STAMP)
 	$(TEST_ENV) $(BIN)/python experiments/benchmarks/predict.py $(ARGS)
@@ -64,7 +64,7 @@ bench-throughput: $(STAMP)
 	$(TEST_ENV) $(BIN)/python experiments/benchmarks/throughput.py $(ARGS)
 
 test-dist: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow or not slow" tests/test_ddp.py tests/test_sweeps.py tests/test_fault.py tests/test_cache.py $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow or not slow" tests/jobs/test_ddp.py tests/config/test_sweeps.py tests/jobs/test_fault.py tests/data/test_cache.py $(ARGS)
 
 # Jobs through a real SLURM: starts munged, slurmctld and slurmd on this machine (one node, config in a
 # temporary folder), runs the tests marked `cluster`, stops the daemons. Skips where not root / no apt.
@@ -87,6 +87,7 @@ paper: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ana_lightning tests experiments
+	$(BIN)/ruff format --check ana_lightning tests experiments
 
 format: $(STAMP)
 	$(BIN)/ruff format ana_lightning tests experiments

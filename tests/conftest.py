@@ -96,3 +96,25 @@ def trained_checkpoint(tmp_path_factory) -> tuple[Path, Path, Path]:
     train(compose("train", tiny_train_overrides(root, epochs=4), output_dir=run))
     best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
     return root, run, best
+
+
+def _drop_closed_log_handlers() -> None:
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if getattr(getattr(h, "stream", None), "closed", False):
+                lg.removeHandler(h)
+
+
+@pytest.fixture(autouse=True)
+def _no_handlers_on_closed_streams():
+    """An in-process Hydra run leaves logging handlers on the stream pytest captured for that test; once
+    pytest closes it, every later log line fails ("I/O operation on closed file") — and a W&B run started
+    then can lose its records. Drop such handlers around every test."""
+    _drop_closed_log_handlers()
+    yield
+    _drop_closed_log_handlers()

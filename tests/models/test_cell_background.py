@@ -10,7 +10,7 @@ import torch
 from ana_lightning.models.backbones import create_backbone
 from ana_lightning.models.cells import CellInput, cell_background, cell_normalize
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "i3a_cells"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
 from second_split import swap_validation  # noqa: E402
 
 
@@ -98,8 +98,8 @@ def test_i3a_recipe_subtracts_the_background_at_both_sizes(tmp_path, accelerator
 def test_time_to_accuracy_reports_thresholds_best_and_data_share(tmp_path, monkeypatch, capsys):
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"))
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import time_to_accuracy
     from test_i3a_grouping import write_specimens
 

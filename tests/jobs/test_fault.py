@@ -19,7 +19,8 @@ from ana_lightning.utils import CheckpointError, load_checkpoint_model
 
 from conftest import compose, tiny_train_overrides, write_class_images
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # this module: callbacks named by _target_ below
+TESTS = HERE.parent  # the tests folder (conftest, fixtures)
 BATCH, EPOCHS = 4, 3
 
 
@@ -53,7 +54,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
         "ANA_ROOT": str(tmp_path),
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
 
 

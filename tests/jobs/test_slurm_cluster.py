@@ -28,7 +28,8 @@ from conftest import TINY_BACKBONE, write_class_images
 
 pytestmark = pytest.mark.cluster
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # this module: callbacks named by _target_ below
+TESTS = HERE.parent  # the tests folder (conftest, fixtures)
 BIN = Path(sys.executable).parent
 ANA_TRAIN = shutil.which("ana-train", path=str(BIN)) or "ana-train"
 PARTITION = os.environ.get("ANA_SLURM_PARTITION", "debug")
@@ -76,7 +77,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
         "NO_ALBUMENTATIONS_UPDATE": "1",
         "WANDB_MODE": "offline",
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
 
 

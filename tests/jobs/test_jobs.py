@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import get_method
 
-CONF = Path(__file__).resolve().parents[1] / "conf"  # packaged as ana_lightning.conf
+CONF = Path(__file__).resolve().parents[2] / "conf"  # packaged as ana_lightning.conf
 
 # The dotted paths configs and users' scripts used before the jobs moved, and where each lives now.
 OLD_TO_NEW = {

@@ -17,7 +17,7 @@ from ana_lightning.fields.segment import (
     segment_field,
 )
 
-FIELDS = Path(__file__).resolve().parents[1] / "ana_lightning" / "fields"
+FIELDS = Path(__file__).resolve().parents[2] / "ana_lightning" / "fields"
 
 
 def _field() -> np.ndarray:

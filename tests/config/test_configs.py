@@ -1,5 +1,5 @@
 """Hand-written checks of config values. That every YAML in conf/ composes, resolves and instantiates is
-tested by tests/test_config_matrix.py, generated from the config folders."""
+tested by tests/config/test_config_matrix.py, generated from the config folders."""
 
 from pathlib import Path
 

@@ -20,7 +20,7 @@ from ana_lightning.fields.simulate import read_sim_fields, sim_field, true_nucle
 from conftest import compose
 
 REFERENCE = (
-    Path(os.environ.get("ANA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+    Path(os.environ.get("ANA_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared"))
     / "data"
     / "ana-pattern-quest"
 )
@@ -101,7 +101,7 @@ def _f1(pred: np.ndarray, true: np.ndarray, ignore: np.ndarray) -> float:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "fseg", Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "field_segmentation.py"
+        "fseg", Path(__file__).resolve().parents[2] / "experiments" / "benchmarks" / "field_segmentation.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

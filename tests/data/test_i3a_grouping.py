@@ -12,7 +12,7 @@ from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
 from ana_lightning.data.splits import split_records
 from ana_lightning.taxonomy import Taxonomy
 
-I3A_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "i3a2014-task1" / "training"
+I3A_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "i3a2014-task1" / "training"
 
 
 def write_specimens(

@@ -176,7 +176,7 @@ def test_launcher_and_search_configs_compose():
 
 
 @pytest.mark.parametrize(
-    "trainer", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "trainer").glob("*.yaml"))
+    "trainer", sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "trainer").glob("*.yaml"))
 )
 def test_slurm_launcher_resolves_for_every_trainer(trainer):
     """hydra/launcher=submitit_slurm with any trainer and no launcher overrides: nodes and tasks follow

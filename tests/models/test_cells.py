@@ -14,7 +14,7 @@ from ana_lightning.models.cells import CellInput, cell_normalize, dihedral_views
 
 from conftest import compose
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_i3a_grouping import write_specimens  # noqa: E402
 
 I3A = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
@@ -179,7 +179,7 @@ def test_recipe_trains_end_to_end(tmp_path):
     assert "Golgi" not in manifest.splitlines()[0] and "AC-22#" in manifest
     assert np.isfinite(metrics["test/loss"])
     # the ablation script's shifted evaluation reproduces the run's own test MCA on unshifted cells
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "i3a_cells"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
     from ablation import evaluate_shifts
 
     ckpt = (run / "best_checkpoint.txt").read_text().strip()
