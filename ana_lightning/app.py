@@ -15,13 +15,16 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from .export import DISCLAIMER, INTENDED_USE
 from .predict import Predictor
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 __all__ = ["build_app", "analyse", "parse_size"]
 
@@ -217,7 +220,7 @@ def analyse(
     )
 
 
-def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=None):
+def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=None) -> gr.Blocks:
     """The Gradio Blocks page for ``predictor`` (not launched); ``field``: see :func:`field_predictor`."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:

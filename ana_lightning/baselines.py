@@ -20,11 +20,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 __all__ = ["TextureFeatures", "FrozenCNNFeatures", "feature_set", "make_svm", "fit_predict_svm"]
 
@@ -233,7 +236,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_svm(C: float = 10.0, kernel: str = "rbf", gamma: str | float = "scale", seed: int = 0):
+def make_svm(C: float = 10.0, kernel: str = "rbf", gamma: str | float = "scale", seed: int = 0) -> Pipeline:
     """``StandardScaler`` → ``SVC`` with class-balanced weights."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

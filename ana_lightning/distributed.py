@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -73,7 +74,7 @@ def mixed_precision() -> str:
     return "bf16-mixed"
 
 
-def gpu_only(accelerator: str | None, value):
+def gpu_only(accelerator: str | None, value: Any) -> Any | None:
     """``value`` for a GPU trainer, None for any other: the SLURM launcher asks for GPUs, CPUs and
     memory only where ``trainer.accelerator`` is a GPU (``${ana.gpu_only:${trainer.accelerator},8}``).
 

@@ -9,10 +9,13 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
+
+if TYPE_CHECKING:
+    import lightning as L
 
 __all__ = [
     "register_resolvers",
@@ -240,7 +243,7 @@ def checkpoint_class(path: str | Path, ckpt: dict) -> type:
 
 def load_checkpoint_model(
     path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False
-):
+) -> L.LightningModule:
     """Rebuild the LightningModule stored in an ana-lightning checkpoint, in eval mode.
 
     The one checkpoint loader of every command: the file is read with ``weights_only=True``

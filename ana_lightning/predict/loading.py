@@ -79,7 +79,7 @@ def load_pipeline(
     tree: str | None = None,
     map_location: str | torch.device = "cpu",
     trust_checkpoint: bool = False,
-):
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``(module, metadata)`` of a hierarchical pipeline given as checkpoints or run folders (the keys of
     ``pipeline`` in ``conf/eval_hierarchy.yaml``): what :class:`Predictor` and ``ana-export`` use."""
     from ..models.hierarchical import HierarchicalPipeline

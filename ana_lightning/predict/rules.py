@@ -11,13 +11,16 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..taxonomy import Taxonomy
 from ..utils import CheckpointError
+
+if TYPE_CHECKING:
+    from ..models.hierarchical import PathPrediction
 
 __all__ = [
     "METADATA_KEY",
@@ -330,7 +333,7 @@ class HierarchicalRule(DecisionRule):
             start += len(cs)
         return p[:, :a], p[:, a:b], p3
 
-    def route(self, probs: np.ndarray):
+    def route(self, probs: np.ndarray) -> PathPrediction:
         """The routed :class:`~ana_lightning.models.hierarchical.PathPrediction` of ``(N, outputs)`` or ``(outputs,)``."""
         from ..models.hierarchical import route
 
