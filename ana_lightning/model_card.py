@@ -45,7 +45,7 @@ def _run_folder(ckpt_path: Path) -> Path | None:
 def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
     from omegaconf import OmegaConf
 
-    from .data.splits import SPLITS, load_manifest
+    from .data.splits import SPLIT_MANIFEST, SPLITS, load_manifest
     from .taxonomy import Taxonomy
 
     md = ["## Training data", ""]
@@ -71,7 +71,7 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
         )
     except Exception as e:  # noqa: BLE001 - the card is still useful without it
         md.append(f"- (config_resolved.yaml unreadable: {e})")
-    manifest = run / "split_manifest.csv"
+    manifest = run / SPLIT_MANIFEST
     if manifest.is_file():
         try:
             splits = load_manifest(manifest, taxonomy=Taxonomy.load())

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """``ana-eval --config-name eval_episodes ckpt_path=<.ckpt>``: episodes over a dataset's classes
     (novel classes welcome: the model's own class list is not imposed on the data)."""
+    from ..data.splits import run_manifest
     from ..reports import write_metrics_json
     from ..utils import load_checkpoint_model
     from .common import build_datamodule
@@ -31,7 +32,7 @@ def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, 
     model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"image_size": int(model.hparams.image_size)}
-    manifest = Path(cfg.ckpt_path).resolve().parent.parent / "split_manifest.csv"
+    manifest = run_manifest(cfg.ckpt_path)
     if (
         split in ("auto", "test", "val", "train")
         and not cfg.data.get("split_manifest")

@@ -196,9 +196,7 @@ def train_level3(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     dm.prepare_data()
     dm.setup("fit")
     tree = dm.tree
-    leaves_by_group: dict[str, list[str]] = {}
-    for c in dm.class_names:
-        leaves_by_group.setdefault(tree.level_of(c, 2), []).append(c)
+    leaves_by_group = tree.leaves_by_group(dm.class_names)
     wanted = list(cfg.get("groups") or [g for g, cs in leaves_by_group.items() if len(cs) >= 2])
     for g in wanted:
         if len(leaves_by_group.get(g, [])) < 2:

@@ -300,9 +300,7 @@ class HierarchicalRule(DecisionRule):
         if (
             not groups
         ):  # multi-head checkpoints written before the groups were stored: every leaf's level-2 node
-            groups = {}
-            for c in info.class_names:
-                groups.setdefault(self.tree.level_of(c, 2), []).append(c)
+            groups = self.tree.leaves_by_group(info.class_names)
         pairs = (
             groups.items() if isinstance(groups, Mapping) else groups
         )  # [[group, [leaves]], …] keeps the column order
