@@ -242,18 +242,35 @@ def checkpoint_class(path: str | Path, ckpt: dict) -> type:
 
 
 def load_checkpoint_model(
-    path: str | Path, map_location: str | torch.device = "cpu", trust_checkpoint: bool = False
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
+    checkpoint: dict | None = None,
 ) -> L.LightningModule:
     """Rebuild the LightningModule stored in an ana-lightning checkpoint, in eval mode.
 
     The one checkpoint loader of every command: the file is read with ``weights_only=True``
     (:func:`safe_torch_load`); one that could run code is refused unless ``trust_checkpoint=True``.
+    A caller that has already read the file (to look at its metadata) passes the dict as
+    ``checkpoint``, and the file is not read again: the model is built from that dict the way
+    ``load_from_checkpoint`` builds it (Lightning's checkpoint migration, then its hyperparameters and
+    state dict).
     """
-    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    ckpt = checkpoint if checkpoint is not None else read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     cls = checkpoint_class(path, ckpt)
-    del ckpt
     try:
-        if trust_checkpoint:
+        from lightning.pytorch.core.saving import _load_state
+        from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+    except ImportError:  # a Lightning without these helpers: let it read the file itself
+        _load_state = None
+    try:
+        if _load_state is not None:
+            ckpt = _pl_migrate_checkpoint(dict(ckpt), checkpoint_path=Path(path))
+            ckpt.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+            model = _load_state(cls, ckpt).to(map_location)
+        elif trust_checkpoint:
             model = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=False)
         else:
             with torch.serialization.safe_globals(checkpoint_safe_globals()):

@@ -209,3 +209,28 @@ def test_app_warns_loudly_on_every_interface(caplog):
         assert not warn_if_exposed("127.0.0.1", 7860)
         assert not warn_if_exposed("localhost", 7860)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_load_model_reads_the_file_once_and_matches_lightnings_loader(trained_checkpoint, monkeypatch):
+    from ana_lightning.utils import checkpoint_class
+    from ana_lightning.predict import load_model
+
+    _, _, best = trained_checkpoint
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    model, meta = load_model(best)
+    assert reads == [str(best)], f"the checkpoint was read {len(reads)} times: {reads}"
+    monkeypatch.setattr(torch, "load", real_load)
+    assert not model.training and meta["class_path"].endswith(type(model).__name__)
+    cls = checkpoint_class(best, torch.load(best, weights_only=True))
+    ref = cls.load_from_checkpoint(str(best), map_location="cpu", weights_only=True)
+    mine, theirs = model.state_dict(), ref.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert model.hparams == ref.hparams

@@ -47,10 +47,11 @@ def load_model(
         return _bundle_model(ckpt, path, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    meta = ckpt.get("ana_lightning")
-    del ckpt
-    model = load_checkpoint_model(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
-    return model, dict(meta or {})
+    meta = dict(ckpt.get("ana_lightning") or {})
+    model = load_checkpoint_model(
+        path, map_location=map_location, trust_checkpoint=trust_checkpoint, checkpoint=ckpt
+    )
+    return model, meta
 
 
 def _is_bundle(ckpt: Any) -> bool:
