@@ -247,8 +247,20 @@ class RecordDataModule(L.LightningDataModule):
         """Train/val/test split of freshly read records (:func:`split_records`). A datamodule that
         reads several sources may split each one on its own (still with :func:`split_records`).
         With ``folds`` set it is the cross-validation split of :meth:`fold_split`; a layout's official
-        split (``official_split``) is kept as given."""
+        split (``official_split``) is kept as given: cross-validation then folds only the records the
+        layout does not hold out as test, so its official test cells stay out of every fold."""
         if self.hparams.get("folds"):
+            held = [r for r in records if self.official_split.get(r.path) == "test"]
+            if held:
+                log.warning(
+                    "cross-validation over the layout's training records only (%d of %d): its official "
+                    "test split (%d images) is left out of every fold and never seen; drop data.folds "
+                    "to score it",
+                    len(records) - len(held),
+                    len(records),
+                    len(held),
+                )
+                records = [r for r in records if self.official_split.get(r.path) != "test"]
             return self.fold_split(records)
         if self.official_split:  # the layout's own split: test kept as given, validation carved from train
             return split_keeping_official(

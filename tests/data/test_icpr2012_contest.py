@@ -171,3 +171,21 @@ def test_fast_dev_run_of_the_experiment(tmp_path):
     assert objs["datamodule"].official_split and "test/mca" in metrics
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["test/shared_groups_with_train"] == 0.0
+
+
+def test_cross_validation_folds_only_the_training_folder(tmp_path, caplog):
+    root = write_icpr2012_contest(tmp_path / "icpr", train_per_class=6)
+    official_test = sorted(str(p) for p in (root / "test").glob("0??.png"))
+    seen: set[str] = set()
+    tested: set[str] = set()
+    with caplog.at_level(logging.WARNING):
+        for k in range(2):
+            dm = _dm(root, folds=2, fold=k, folds_manifest=str(tmp_path / "folds.csv"))
+            dm.setup()
+            paths = {s: {r.path for r in dm.splits[s]} for s in ("train", "val", "test")}
+            assert all(Path(p).parent.name == "training" for s in paths.values() for p in s)
+            seen |= paths["train"] | paths["val"] | paths["test"]
+            tested |= paths["test"]
+    assert not seen & set(official_test) and official_test
+    assert tested == {str(p) for p in (root / "training").glob("0??.png")}  # every training cell tested once
+    assert "official test split" in caplog.text and "left out of every fold" in caplog.text
