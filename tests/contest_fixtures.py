@@ -8,6 +8,9 @@
     <root>/test/…, gt_test.csv, test.csv         the same for the official test set
     <root>/cells.csv                             ICPR2012Contest_Cell_ID;Set;Image;Intensity;Original_cell_ID;
                                                  Cell_class;Cell_width;Cell_height
+
+:func:`write_specimens` writes the I3A 2014 Task-1 layout (``00001.png`` + ``00001_Mask.png``,
+``gt_training.csv``), one brightness per specimen of consecutive IDs.
 """
 
 from __future__ import annotations
@@ -119,5 +122,31 @@ def write_i3a2014_cells(root: Path, per_class: int = 6, specimens_per_class: int
             Image.fromarray(img[..., 1], mode="L").save(root / f"{i:05d}.png")
             Image.fromarray(mask, mode="L").save(root / f"{i:05d}_Mask.png")
             lines.append(f"{i},{name},{k * specimens_per_class + j % specimens_per_class}")
+    (root / "gt_training.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_specimens(
+    root: Path,
+    specimens: list[tuple[str, int, int]],
+    gap_after: int | None = None,
+    specimen_column: bool = False,
+) -> Path:
+    """I3A layout; each ``(class, n_cells, level)`` is one specimen of consecutive IDs at one brightness."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    lines = ["Image ID,Image class" + (",Specimen ID" if specimen_column else "")]
+    mask = np.zeros((12, 12), np.uint8)
+    mask[2:10, 2:10] = 255
+    i = 0
+    for s, (name, n, level) in enumerate(specimens):
+        if gap_after is not None and s == gap_after:
+            i += 40  # a block of IDs kept aside: a missing specimen
+        for _ in range(n):
+            i += 1
+            cell = np.clip(rng.normal(level, level * 0.08, (12, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(cell).save(root / f"{i:05d}.png")
+            Image.fromarray(mask).save(root / f"{i:05d}_Mask.png")
+            lines.append(f"{i:05d},{name}" + (f",spec{s}" if specimen_column else ""))
     (root / "gt_training.csv").write_text("\n".join(lines) + "\n")
     return root

@@ -212,8 +212,8 @@ def test_app_warns_loudly_on_every_interface(caplog):
 
 
 def test_load_model_reads_the_file_once_and_matches_lightnings_loader(trained_checkpoint, monkeypatch):
-    from ana_lightning.utils import checkpoint_class
     from ana_lightning.predict import load_model
+    from ana_lightning.utils import checkpoint_class
 
     _, _, best = trained_checkpoint
     reads = []

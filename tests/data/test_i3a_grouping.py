@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from contest_fixtures import write_specimens
 
 from ana_lightning.data.contest import consecutive_id_groups, read_i3a2014
 from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
@@ -13,32 +13,6 @@ from ana_lightning.data.splits import split_records
 from ana_lightning.taxonomy import Taxonomy
 
 I3A_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "i3a2014-task1" / "training"
-
-
-def write_specimens(
-    root: Path,
-    specimens: list[tuple[str, int, int]],
-    gap_after: int | None = None,
-    specimen_column: bool = False,
-) -> Path:
-    """I3A layout; each ``(class, n_cells, level)`` is one specimen of consecutive IDs at one brightness."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    lines = ["Image ID,Image class" + (",Specimen ID" if specimen_column else "")]
-    mask = np.zeros((12, 12), np.uint8)
-    mask[2:10, 2:10] = 255
-    i = 0
-    for s, (name, n, level) in enumerate(specimens):
-        if gap_after is not None and s == gap_after:
-            i += 40  # a block of IDs kept aside: a missing specimen
-        for _ in range(n):
-            i += 1
-            cell = np.clip(rng.normal(level, level * 0.08, (12, 12)), 0, 255).astype(np.uint8)
-            Image.fromarray(cell).save(root / f"{i:05d}.png")
-            Image.fromarray(mask).save(root / f"{i:05d}_Mask.png")
-            lines.append(f"{i:05d},{name}" + (f",spec{s}" if specimen_column else ""))
-    (root / "gt_training.csv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def _runs(records):

@@ -101,7 +101,7 @@ def test_time_to_accuracy_reports_thresholds_best_and_data_share(tmp_path, monke
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "benchmarks"))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import time_to_accuracy
-    from test_i3a_grouping import write_specimens
+    from contest_fixtures import write_specimens
 
     names = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
     root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in names for lv in (20, 45, 100)])
