@@ -115,12 +115,12 @@ def _shift(name: str):
 SHIFTS = ["none", "bright_x0.3", "bright_x4", "gamma_0.5", "gamma_2", "blur_1.5", "rgb_green"]
 
 
-def _test_cells(run_dir: Path, root: Path) -> tuple[list[str], list[str]]:
-    """Test-split paths of a run (its split manifest) and their contest class names (its classes.csv)."""
+def _test_cells(run_dir: Path, root: Path, split: str = "test") -> tuple[list[str], list[str]]:
+    """``split`` paths of a run (its split manifest) and their contest class names (its classes.csv)."""
     node_to_class = {r["tree_label"]: r["class"] for r in csv.DictReader(open(run_dir / "classes.csv"))}
     paths, labels = [], []
     for r in csv.DictReader(open(run_dir / "split_manifest.csv")):
-        if r["split"] == "test":
+        if r["split"] == split:
             p = Path(r["path"])
             paths.append(str(p if p.is_absolute() else root / p))
             labels.append(node_to_class[r["label"]])
@@ -128,9 +128,9 @@ def _test_cells(run_dir: Path, root: Path) -> tuple[list[str], list[str]]:
 
 
 def evaluate_shifts(
-    ckpt: str, run_dir: Path, root: Path, tta: bool = False, shifts=SHIFTS
+    ckpt: str, run_dir: Path, root: Path, tta: bool = False, shifts=SHIFTS, split: str = "test"
 ) -> dict[str, float]:
-    """MCA of a checkpoint on its run's test cells under each shift."""
+    """MCA of a checkpoint on its run's ``split`` cells (test, or val to choose a recipe) under each shift."""
     from ana_lightning.data.contest import apply_mask
     from ana_lightning.data.images import load_image
     from ana_lightning.data.transforms import build_transform
@@ -145,7 +145,7 @@ def evaluate_shifts(
     cfg = json.loads(json.dumps(__import__("yaml").safe_load(open(run_dir / "config_resolved.yaml"))))
     mask_mode = cfg["data"]["mask"]
     tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
-    paths, labels = _test_cells(run_dir, root)
+    paths, labels = _test_cells(run_dir, root, split)
     names = list(model.class_names)
     y = np.array([names.index(c) for c in labels])
     raw = [(load_image(p), load_image(p[: -len(Path(p).suffix)] + "_Mask" + Path(p).suffix)) for p in paths]
@@ -192,8 +192,12 @@ def train_row(
     return run
 
 
-def append(out: Path, row: dict) -> None:
-    f = out / "results.csv"
+def _suffix(split: str) -> str:
+    return "" if split == "test" else f"_{split}"
+
+
+def append(out: Path, row: dict, split: str = "test") -> None:
+    f = out / f"results{_suffix(split)}.csv"
     new = not f.exists()
     with open(f, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(row))
@@ -202,13 +206,13 @@ def append(out: Path, row: dict) -> None:
         w.writerow(row)
 
 
-def write_table(out: Path) -> str:
-    f = out / "results.csv"
+def write_table(out: Path, split: str = "test") -> str:
+    f = out / f"results{_suffix(split)}.csv"
     if not f.exists():
         return "(no results yet)"
     rows = list(csv.DictReader(open(f)))
     lines = [
-        "| row | what | epochs | grouped test MCA | "
+        f"| row | what | epochs | grouped {split} MCA | "
         + " | ".join(s for s in SHIFTS[1:])
         + " | worst shift | train wall / CPU min (load) |",
         "|---|---|---|---|" + "---|" * (len(SHIFTS) - 1) + "---|---|",
@@ -222,7 +226,7 @@ def write_table(out: Path) -> str:
             + f" | {f'{min(shifted):.3f}' if shifted else '–'} | {r['timing']} |"
         )
     text = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(text)
+    (out / f"table{_suffix(split)}.md").write_text(text)
     return text
 
 
@@ -246,12 +250,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--table", action="store_true", help="only rewrite table.md from results.csv")
     ap.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="cells scored (val: to choose between recipes without touching the test cells; "
+        "written to results_val.csv / table_val.md)",
+    )
+    ap.add_argument(
         "overrides", nargs="*", help="extra ana-train overrides for every row (e.g. torch_threads=1)"
     )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.table:
-        print(write_table(args.out))
+        print(write_table(args.out, args.split))
         return
     if not args.root.is_dir():
         sys.exit(f"{args.root} does not exist: pass --root <I3A training folder>")
@@ -273,7 +284,7 @@ def main() -> None:
         for label, tta in variants:
             shifts = [s for s in args.tta_shifts.split(",") if s] if tta else SHIFTS
             res = {s: "" for s in SHIFTS} | evaluate_shifts(
-                ckpt, run, args.root.resolve(), tta=tta, shifts=shifts
+                ckpt, run, args.root.resolve(), tta=tta, shifts=shifts, split=args.split
             )
             what = WHAT.get(name, name) + (" + dihedral TTA (8 views)" if tta else "")
             append(
@@ -286,9 +297,10 @@ def main() -> None:
                     "timing": tim,
                     "run": str(run),
                 },
+                args.split,
             )
             print(label, {k: round(v, 3) for k, v in res.items() if v != ""}, flush=True)
-    print(write_table(args.out))
+    print(write_table(args.out, args.split))
 
 
 if __name__ == "__main__":

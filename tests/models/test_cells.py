@@ -15,7 +15,7 @@ from ana_lightning.models.cells import CellInput, cell_normalize, dihedral_views
 from conftest import compose
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_i3a_grouping import write_specimens  # noqa: E402
+from contest_fixtures import write_specimens  # noqa: E402
 
 I3A = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -186,3 +186,12 @@ def test_recipe_trains_end_to_end(tmp_path):
     shifted = evaluate_shifts(ckpt, run, root, shifts=["none", "bright_x4", "rgb_green"])
     assert shifted["none"] == pytest.approx(metrics["test/mca"], abs=1e-6)
     assert set(shifted) == {"none", "bright_x4", "rgb_green"}
+    # --split val scores the validation cells (to choose a recipe without the test cells)
+    from ablation import _test_cells
+
+    val_paths, _ = _test_cells(run, root, "val")
+    test_paths, _ = _test_cells(run, root, "test")
+    assert val_paths and not set(val_paths) & set(test_paths)
+    assert len(val_paths) == manifest.count(",val,")
+    on_val = evaluate_shifts(ckpt, run, root, shifts=["none"], split="val")
+    assert 0.0 <= on_val["none"] <= 1.0
