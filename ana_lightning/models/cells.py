@@ -27,7 +27,15 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-__all__ = ["CellNet", "CellInput", "cell_background", "cell_normalize", "dihedral_views", "cellnet"]
+__all__ = [
+    "CellNet",
+    "CellInput",
+    "cell_background",
+    "cell_equalize",
+    "cell_normalize",
+    "dihedral_views",
+    "cellnet",
+]
 
 MASK_MODES = ("apply", "channel", "none")
 
@@ -137,12 +145,41 @@ def cell_background(inten: torch.Tensor, m: torch.Tensor, mask: str = "channel")
     return _levels(inten, m, 99.0, mask)[1]
 
 
+def cell_equalize(inten: torch.Tensor, m: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Each pixel's rank among its cell's mask pixels: the fraction of them at or below its intensity.
+
+    ``inten`` is ``N×H×W`` in ``[0, 1]``, ``m`` the boolean mask (a cell without mask pixels ranks
+    against all of them). Intensities are read on ``levels`` grey levels (the 8 bits of the cells), so
+    the rank comes from one histogram per cell rather than a sort. The result lies in ``[0, 1]`` and
+    does not change under any increasing map of the grey levels that keeps them apart — gain, gamma, a
+    background offset — so the shape of a specimen's intensity curve cannot be learnt either. Ties
+    share the highest rank, so an 8-bit cell's flat dark floor does not become a ramp.
+
+    >>> x = torch.randint(0, 128, (2, 8, 8)) / 255.0
+    >>> m = torch.ones(2, 8, 8, dtype=torch.bool)
+    >>> torch.equal(cell_equalize(x, m), cell_equalize(x * 2, m))
+    True
+    """
+    n = inten.shape[0]
+    top = levels - 1
+    bins = (inten.reshape(n, -1) * top).round().long().clamp(0, top)
+    inside = m.reshape(n, -1)
+    empty = ~inside.any(dim=1)
+    if bool(empty.any()):
+        inside = inside | empty[:, None]
+    hist = torch.zeros(n, levels, dtype=inten.dtype, device=inten.device)
+    hist.scatter_add_(1, bins, inside.to(inten.dtype))
+    cdf = hist.cumsum(dim=1) / hist.sum(dim=1, keepdim=True)
+    return cdf.gather(1, bins).view_as(inten)
+
+
 def cell_normalize(
     x: torch.Tensor,
     mask: str = "channel",
     percentile: float = 99.0,
     clip: float = 4.0,
     background: bool = False,
+    equalize: bool = False,
 ) -> torch.Tensor:
     """Divide each cell by the ``percentile`` of its intensity inside its mask (see the module doc).
 
@@ -150,7 +187,9 @@ def cell_normalize(
     ``(I, I, I)`` otherwise, ``I`` clipped to ``[0, clip]``. With ``background`` each cell's
     background level ``b`` (:func:`cell_background`) is subtracted first: ``I = (x - b) / (p - b)``,
     so a specimen's glow around the cells (0.1–0.9 of the cell's brightest level on the I3A cells)
-    does not change the input either.
+    does not change the input either. With ``equalize`` the second channel is the cell's rank image
+    (:func:`cell_equalize`) instead of a copy of ``I``: invariant to gamma and to any other increasing
+    intensity map, where ``I`` is invariant to gain only.
 
     >>> x = torch.rand(2, 3, 8, 8) * 0.1
     >>> torch.allclose(cell_normalize(x, "none"), cell_normalize(x * 5, "none"), atol=1e-5)
@@ -183,8 +222,9 @@ def cell_normalize(
         k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
         scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
         i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
+    second = cell_equalize(inten, m) if equalize else i
     third = m.to(x.dtype) if mask == "channel" else i
-    return torch.stack([i, i, third], dim=1)
+    return torch.stack([i, second, third], dim=1)
 
 
 def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -204,6 +244,8 @@ class CellInput(nn.Module):
         tta: in eval mode, average the logits of the 8 dihedral views.
         background: subtract each cell's background level before scaling (:func:`cell_normalize`);
             off by default, so checkpoints trained without it load and predict as before.
+        equalize: the second input channel is the cell's rank image (:func:`cell_equalize`);
+            off by default, for the same reason.
     """
 
     def __init__(
@@ -214,6 +256,7 @@ class CellInput(nn.Module):
         percentile: float = 99.0,
         tta: bool = False,
         background: bool = False,
+        equalize: bool = False,
     ):
         super().__init__()
         if mask not in MASK_MODES:
@@ -226,6 +269,7 @@ class CellInput(nn.Module):
             bool(tta),
         )
         self.background = bool(background)
+        self.equalize = bool(equalize)
         cfg = dict(getattr(body, "pretrained_cfg", {}) or {})
         self.pretrained_cfg = {**cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
         self.num_features = getattr(body, "num_features", None)
@@ -233,7 +277,9 @@ class CellInput(nn.Module):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if not self.normalize:
             return x
-        return cell_normalize(x, self.mask, self.percentile, background=self.background)
+        return cell_normalize(
+            x, self.mask, self.percentile, background=self.background, equalize=self.equalize
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body.forward_features(self.prepare(x))
