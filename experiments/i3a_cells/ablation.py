@@ -192,6 +192,19 @@ def train_row(
     return run
 
 
+def best_checkpoint(run: Path) -> str:
+    """The checkpoint a run tested (``best_checkpoint.txt``), or its one ``best-epoch*.ckpt`` when it
+    was trained with ``test=false``."""
+    if (run / "best_checkpoint.txt").is_file():
+        return (run / "best_checkpoint.txt").read_text().strip()
+    found = sorted((run / "checkpoints").glob("best-epoch*.ckpt"))
+    if len(found) != 1:
+        sys.exit(
+            f"{run}: no best_checkpoint.txt and {len(found)} best-epoch*.ckpt files: cannot tell which to score"
+        )
+    return str(found[0])
+
+
 def _suffix(split: str) -> str:
     return "" if split == "test" else f"_{split}"
 
@@ -221,7 +234,9 @@ def write_table(out: Path, split: str = "test") -> str:
         vals = [float(r[s]) if r[s] != "" else None for s in SHIFTS]
         shifted = [v for v in vals[1:] if v is not None]
         lines.append(
-            f"| {r['row']} | {r['what']} | {r['epochs']} | **{vals[0]:.3f}** | "
+            f"| {r['row']} | {r['what']} | {r['epochs']} | "
+            + ("–" if vals[0] is None else f"**{vals[0]:.3f}**")
+            + " | "
             + " | ".join("–" if v is None else f"{v:.3f}" for v in vals[1:])
             + f" | {f'{min(shifted):.3f}' if shifted else '–'} | {r['timing']} |"
         )
@@ -272,7 +287,7 @@ def main() -> None:
             if name not in ROWS:
                 sys.exit(f"unknown row {name!r} (known: {', '.join(ROWS)})")
             run = train_row(name, ROWS[name], args.epochs, args.out, args.root.resolve(), args.overrides)
-        ckpt = (run / "best_checkpoint.txt").read_text().strip()
+        ckpt = best_checkpoint(run)
         timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
         cfg = __import__("yaml").safe_load(open(run / "config_resolved.yaml"))
         tim = (

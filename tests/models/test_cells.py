@@ -195,3 +195,20 @@ def test_recipe_trains_end_to_end(tmp_path):
     assert len(val_paths) == manifest.count(",val,")
     on_val = evaluate_shifts(ckpt, run, root, shifts=["none"], split="val")
     assert 0.0 <= on_val["none"] <= 1.0
+
+
+def test_ablation_finds_the_checkpoint_of_a_run_trained_without_test(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from ablation import best_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "checkpoints" / "best-epoch007.ckpt").write_bytes(b"")
+    assert best_checkpoint(run) == str(run / "checkpoints" / "best-epoch007.ckpt")
+    (run / "best_checkpoint.txt").write_text("/elsewhere/best-epoch003.ckpt\n")
+    assert best_checkpoint(run) == "/elsewhere/best-epoch003.ckpt"  # what the run tested wins
+    (run / "best_checkpoint.txt").unlink()
+    (run / "checkpoints" / "best-epoch009.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="2 best-epoch"):
+        best_checkpoint(run)
