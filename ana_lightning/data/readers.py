@@ -34,7 +34,15 @@ from ..taxonomy import Taxonomy
 from .contest import GROUPINGS, ContestData, read_i3a2014, read_icpr2012
 from .records import read_single_label_folder
 
-__all__ = ["Reader", "FolderReader", "ICPR2012Reader", "I3A2014Reader", "READERS", "build_reader"]
+__all__ = [
+    "Reader",
+    "FolderReader",
+    "ICPR2012Reader",
+    "I3A2014Reader",
+    "READERS",
+    "build_reader",
+    "reader_class",
+]
 
 
 class Reader:
@@ -173,3 +181,29 @@ def build_reader(reader: str | Mapping[str, Any] | Reader, **settings: Any) -> R
         )
     takes = set(inspect.signature(cls.__init__).parameters) - {"self"}
     return cls(**{k: v for k, v in settings.items() if k in takes})
+
+
+def reader_class(reader: Any) -> type[Reader] | None:
+    """The :class:`Reader` class a ``data.reader`` setting names (a registered name, a config with
+    ``_target_``, or a reader), without building it; ``None`` when it names none that can be imported
+    here (a checkpoint from elsewhere).
+
+    >>> reader_class({"_target_": "ana_lightning.data.readers.I3A2014Reader", "grouping": "blocks"}).contest
+    'i3a2014'
+    >>> reader_class("folder").contest is None
+    True
+    """
+    if isinstance(reader, Reader):
+        return type(reader)
+    if isinstance(reader, Mapping) or hasattr(reader, "keys"):
+        target = reader.get("_target_") if hasattr(reader, "get") else None
+        if not target:
+            return None
+        try:
+            from hydra.utils import get_class
+
+            cls = get_class(str(target))
+        except Exception:  # noqa: BLE001 - not importable here: the caller decides what that means
+            return None
+        return cls if isinstance(cls, type) and issubclass(cls, Reader) else None
+    return READERS.get(str(reader)) if reader else None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.readers import reader_class
 from .predictor import Predictor
 
 if TYPE_CHECKING:
@@ -45,12 +46,12 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     d = meta.get("nucleus_diameter_px", dm.get("nucleus_diameter_px"))
     out["nucleus_diameter_px"] = float(d) if d else None
     kind = meta.get("input_kind") or dm.get("input_kind")
-    if not kind and str(dm.get("reader", "")) in ("icpr2012", "i3a2014"):  # trained on contest cell crops
+    # a contest cell layout (by name or as a _target_ reader config) means a model of cell crops
+    contest = getattr(reader_class(dm.get("reader")), "contest", None)
+    if not kind and contest is not None:
         kind = "cell"
     out["input_kind"] = kind
-    out["cell_mask"] = (
-        str(dm.get("mask") or "none") if kind == "cell" and dm.get("reader") == "i3a2014" else "none"
-    )
+    out["cell_mask"] = str(dm.get("mask") or "none") if kind == "cell" and contest == "i3a2014" else "none"
     return out
 
 

@@ -369,6 +369,23 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
         {"state_dict": {}, "datamodule_hyper_parameters": {"reader": "i3a2014", "mask": "apply"}}, cells
     )
     assert training_scale(cells) == {"nucleus_diameter_px": None, "input_kind": "cell", "cell_mask": "apply"}
+    # the same reader given as a _target_ config (data.reader: {_target_: …I3A2014Reader, …})
+    target = tmp_path / "target.ckpt"
+    reader = {"_target_": "ana_lightning.data.readers.I3A2014Reader", "grouping": "blocks"}
+    torch.save(
+        {"state_dict": {}, "datamodule_hyper_parameters": {"reader": reader, "mask": "channel"}}, target
+    )
+    assert training_scale(target) == {
+        "nucleus_diameter_px": None,
+        "input_kind": "cell",
+        "cell_mask": "channel",
+    }
+    # a reader class that cannot be imported here tells nothing (not an error)
+    gone = tmp_path / "gone.ckpt"
+    torch.save(
+        {"state_dict": {}, "datamodule_hyper_parameters": {"reader": {"_target_": "nowhere.Reader"}}}, gone
+    )
+    assert training_scale(gone)["input_kind"] is None
     fields = tmp_path / "fields.ckpt"
     torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"nucleus_diameter_px": 13}}, fields)
     assert training_scale(fields)["nucleus_diameter_px"] == 13.0
