@@ -45,13 +45,10 @@ def load_model(
         raise
     if _is_bundle(ckpt):  # the level-1/2/3 pipeline in one file (ana-eval --config-name eval_hierarchy)
         return _bundle_model(ckpt, path, map_location)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    meta = dict(ckpt.get("ana_lightning") or {})
-    model = load_checkpoint_model(
+    model = load_checkpoint_model(  # checks that it is a Lightning checkpoint
         path, map_location=map_location, trust_checkpoint=trust_checkpoint, checkpoint=ckpt
     )
-    return model, meta
+    return model, dict(ckpt.get("ana_lightning") or {})
 
 
 def _is_bundle(ckpt: Any) -> bool:

@@ -329,6 +329,54 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
 
 
 # ============================================================================================ study
+def _skipped_rows(cfg: StudyConfig, dataset: str, group: str, k: int, rep: int) -> list[dict]:
+    """Empty result rows (one per method) for a draw that could not be made (too few cells)."""
+    return [
+        dict(
+            dataset=dataset,
+            group=group,
+            k=k,
+            repeat=rep,
+            method=m,
+            acc=None,
+            mca=None,
+            n_train=None,
+            n_test=None,
+            seconds=None,
+        )
+        for m in cfg.methods
+    ]
+
+
+def _run_rows(
+    cfg: StudyConfig, dataset: str, group: str, classes, train, test, k: int, rep: int, label: str
+) -> list[dict]:
+    """Every method on one draw (:func:`run_cell`), a progress line, and one result row per method."""
+    t0 = time.perf_counter()
+    res = run_cell(cfg, classes, train, test, seed=cfg.seed * 1000 + rep)
+    print(
+        f"{label} K={k} rep {rep}: "
+        + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
+        + f" ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
+    return [
+        dict(
+            dataset=dataset,
+            group=group,
+            k=k,
+            repeat=rep,
+            method=m,
+            acc=r["acc"],
+            mca=r["mca"],
+            n_train=len(train),
+            n_test=len(test),
+            seconds=r["seconds"],
+        )
+        for m, r in res.items()
+    ]
+
+
 def run_study(cfg: StudyConfig) -> list[dict]:
     """All datasets × groups × K × repeats; one row per (dataset, group, K, repeat, method)."""
     import torch
@@ -372,48 +420,12 @@ def run_study(cfg: StudyConfig) -> list[dict]:
                 for rep in range(cfg.repeats):
                     rng = np.random.default_rng([cfg.seed, k, rep, 23])
                     if any(len(v) < k for v in pool.values()):
-                        rows += [
-                            dict(
-                                dataset=dataset,
-                                group=I3A_GROUP,
-                                k=k,
-                                repeat=rep,
-                                method=m,
-                                acc=None,
-                                mca=None,
-                                n_train=None,
-                                n_test=None,
-                                seconds=None,
-                            )
-                            for m in cfg.methods
-                        ]
+                        rows += _skipped_rows(cfg, dataset, I3A_GROUP, k, rep)
                         continue
                     train = [
                         v[i] for v in pool.values() for i in sorted(rng.choice(len(v), size=k, replace=False))
                     ]
-                    t0 = time.perf_counter()
-                    res = run_cell(cfg, classes, train, test, seed=cfg.seed * 1000 + rep)
-                    for m, r in res.items():
-                        rows.append(
-                            dict(
-                                dataset=dataset,
-                                group=I3A_GROUP,
-                                k=k,
-                                repeat=rep,
-                                method=m,
-                                acc=r["acc"],
-                                mca=r["mca"],
-                                n_train=len(train),
-                                n_test=len(test),
-                                seconds=r["seconds"],
-                            )
-                        )
-                    print(
-                        f"[i3a] K={k} rep {rep}: "
-                        + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
-                        + f" ({time.perf_counter() - t0:.0f} s)",
-                        flush=True,
-                    )
+                    rows += _run_rows(cfg, dataset, I3A_GROUP, classes, train, test, k, rep, "[i3a]")
             continue
         records = _records(cfg, dataset, codes)
         for g in cfg.groups:
@@ -423,46 +435,10 @@ def run_study(cfg: StudyConfig) -> list[dict]:
                 for rep in range(cfg.repeats):
                     draw = _draws(cfg, dataset, by_class, k, rep)
                     if draw is None:
-                        rows += [
-                            dict(
-                                dataset=dataset,
-                                group=g,
-                                k=k,
-                                repeat=rep,
-                                method=m,
-                                acc=None,
-                                mca=None,
-                                n_train=None,
-                                n_test=None,
-                                seconds=None,
-                            )
-                            for m in cfg.methods
-                        ]
+                        rows += _skipped_rows(cfg, dataset, g, k, rep)
                         continue
                     train, test = draw
-                    t0 = time.perf_counter()
-                    res = run_cell(cfg, classes, train, test, seed=cfg.seed * 1000 + rep)
-                    for m, r in res.items():
-                        rows.append(
-                            dict(
-                                dataset=dataset,
-                                group=g,
-                                k=k,
-                                repeat=rep,
-                                method=m,
-                                acc=r["acc"],
-                                mca=r["mca"],
-                                n_train=len(train),
-                                n_test=len(test),
-                                seconds=r["seconds"],
-                            )
-                        )
-                    print(
-                        f"[{dataset}] {g} K={k} rep {rep}: "
-                        + ", ".join(f"{m} {r['mca']:.3f}" for m, r in res.items())
-                        + f" ({time.perf_counter() - t0:.0f} s)",
-                        flush=True,
-                    )
+                    rows += _run_rows(cfg, dataset, g, classes, train, test, k, rep, f"[{dataset}] {g}")
     return rows
 
 
