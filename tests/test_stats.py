@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from ana_lightning.data.records import ImageRecord
 from ana_lightning.reports import summary_rows
+from ana_lightning.reports.tables import MAX_GROUP_ROWS, write_group_report
 from ana_lightning.stats import (
     bootstrap_intervals,
     fold_summary,
@@ -146,3 +148,26 @@ def test_run_intervals_from_model_predictions_and_report_format():
     metrics = {"test/mca": 0.5, "test/exact_match": 0.5, "test/micro_f1": 0.5}
     ci = run_intervals(_FakeModel(pm.float(), tm, pm), records[:30], metrics)
     assert {"test/exact_match_ci95_low", "test/micro_f1_ci95_high", "test/mca_ci95_low"} <= set(ci)
+
+
+def test_group_report_names_the_groups_a_model_misreads(tmp_path):
+    names = ["Homogeneous", "Speckled", "Centromere"]
+    groups = ["h1"] * 4 + ["c1"] * 4 + [None] * 2
+    target = torch.tensor([0, 0, 0, 0, 2, 2, 2, 2, 1, 1])
+    pred = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 1, 1])  # the whole centromere specimen read as speckled
+    path = write_group_report(groups, target, pred, names, tmp_path)
+    rows = {r["group"]: r for r in csv.DictReader(open(path))}
+    assert set(rows) == {"h1", "c1"}  # images without a group are left out
+    assert rows["c1"]["true"] == "Centromere" and float(rows["c1"]["accuracy"]) == 0.25
+    assert rows["c1"]["most_predicted"] == "Speckled" and float(rows["c1"]["most_predicted_share"]) == 0.75
+    assert float(rows["h1"]["accuracy"]) == 0.75 and rows["h1"]["images"] == "4"
+    md = (tmp_path / "test_report.md").read_text()
+    assert "| c1 | Centromere | 4 | 0.250 | Speckled (0.75) |" in md
+    assert write_group_report([None] * 3, target[:3], pred[:3], names, tmp_path / "none") is None
+    many = [f"g{i:03d}" for i in range(MAX_GROUP_ROWS + 5)]
+    t = torch.zeros(len(many), dtype=torch.long)
+    p = torch.tensor([0] * 5 + [1] * MAX_GROUP_ROWS)
+    write_group_report(many, t, p, names, tmp_path, stage="val")
+    md = (tmp_path / "val_report.md").read_text()
+    assert "| g000 |" not in md and "| g044 |" in md and f"The {MAX_GROUP_ROWS} least accurate" in md
+    assert len(list(csv.DictReader(open(tmp_path / "val_per_group.csv")))) == MAX_GROUP_ROWS + 5

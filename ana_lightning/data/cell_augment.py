@@ -7,7 +7,11 @@ whatever device the batch is on, one random draw per cell. Two families:
   microscope's magnification);
 - **acquisition** — what another lab's images differ by: camera gain (``gain``: brightness ×0.3…×4,
   applied in 8-bit units so that dim cells lose grey levels and bright ones saturate, as they do in a
-  real camera), gamma, optical blur, sensor noise, a background offset.
+  real camera), gamma, optical blur, sensor noise, a background offset, and **haze** (``haze``): a
+  widely blurred copy of the cell blended in, as out-of-focus and scattered light lay a diffuse glow
+  over and around the cell and lower the contrast of its fine structure. On the I3A cells whole
+  specimens differ this way (a centromere specimen with dots on a bright diffuse plateau reads as
+  speckled to a model that never saw haze on a centromere cell; ``experiments/i3a_cells/README.md``).
 
 With per-cell normalisation in the network (:class:`~ana_lightning.models.cells.CellInput`) the gain
 mostly cancels; what remains (quantisation, saturation, gamma, blur, noise) is what a model must learn
@@ -30,7 +34,7 @@ __all__ = ["CellAugment", "gaussian_blur"]
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image of ``N×C×H×W`` with its own Gaussian ``sigma`` (``N``; 0 = unchanged)."""
     n, c, h, w = x.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    radius = min(max(1, int(math.ceil(3 * float(sigma.max())))), h - 1, w - 1)  # reflect padding < size
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     s = sigma.to(x.dtype).clamp_min(1e-3).view(n, 1)
     k = torch.exp(-(t.view(1, -1) ** 2) / (2 * s**2))
@@ -56,6 +60,10 @@ class CellAugment:
         p_blur: probability of a blur.
         noise: largest Gaussian noise sd, relative to the cell's brightest pixels.
         offset: largest background offset added, relative to the cell's brightest pixels.
+        haze: largest weight ``w`` of the blurred copy: ``(1 - w) * cell + w * blur(cell, haze_sigma)``,
+            ``w`` drawn uniformly from ``[0, haze]``; 0 = off.
+        p_haze: probability of haze.
+        haze_sigma: ``(low, high)`` blur sigma of the hazy copy in pixels, drawn uniformly.
         mask: ``channel`` when the blue channel carries the mask (left unchanged), else ``apply``/``none``.
 
     >>> aug = CellAugment()
@@ -76,6 +84,9 @@ class CellAugment:
         noise: float = 0.03,
         offset: float = 0.05,
         mask: str = "channel",
+        haze: float = 0.0,
+        p_haze: float = 0.5,
+        haze_sigma: Sequence[float] = (2.0, 6.0),
     ):
         if gain is not None and (len(gain) != 2 or not 0 < gain[0] <= gain[1]):
             raise ValueError(f"CellAugment: gain must be (low, high) with 0 < low <= high, got {gain}")
@@ -91,12 +102,21 @@ class CellAugment:
             float(blur),
             float(p_blur),
         )
+        if not 0 <= haze <= 1:
+            raise ValueError(f"CellAugment: haze={haze} must be in [0, 1] (the hazy copy's largest weight)")
+        if len(haze_sigma) != 2 or not 0 < haze_sigma[0] <= haze_sigma[1]:
+            raise ValueError(
+                f"CellAugment: haze_sigma must be (low, high) with 0 < low <= high, got {haze_sigma}"
+            )
         self.noise, self.offset, self.mask = float(noise), float(offset), mask
+        self.haze, self.p_haze = float(haze), float(p_haze)
+        self.haze_sigma = (float(haze_sigma[0]), float(haze_sigma[1]))
 
     def __repr__(self) -> str:
         return (
             f"CellAugment(rotate={self.rotate}, flips={self.flips}, scale={self.scale}, gain={self.gain}, "
-            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}, offset={self.offset}, mask={self.mask!r})"
+            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}, offset={self.offset}, haze={self.haze}, "
+            f"mask={self.mask!r})"
         )
 
     @torch.no_grad()
@@ -167,6 +187,13 @@ class CellAugment:
         def pick(p: float) -> torch.Tensor:
             return (torch.rand(n, device=dev) < p).view(n, 1, 1, 1)
 
+        if self.haze > 0 and self.p_haze > 0:
+            # before the optics blur and the camera: the glow is in the light that reaches the sensor
+            w = self._u(n, 0, self.haze, c) * pick(self.p_haze).view(n).to(dt)
+            if float(w.max()) > 0:
+                hazy = gaussian_blur(c, self._u(n, *self.haze_sigma, c))
+                w = w.view(n, 1, 1, 1)
+                c = (1 - w) * c + w * hazy
         if self.blur > 0 and self.p_blur > 0:
             sigma = self._u(n, 0, self.blur, c) * pick(self.p_blur).view(n).to(dt)
             if float(sigma.max()) > 0.05:

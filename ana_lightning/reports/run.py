@@ -18,7 +18,12 @@ import torch
 from ..taxonomy import Taxonomy
 from .hierarchy import write_hierarchy_report
 from .multilabel import write_multilabel_report
-from .tables import plot_confusion_matrix, write_classification_report, write_predictions
+from .tables import (
+    plot_confusion_matrix,
+    write_classification_report,
+    write_group_report,
+    write_predictions,
+)
 
 __all__ = ["write_test_report", "decision_note"]
 
@@ -49,7 +54,8 @@ def write_test_report(
     """The report files of the model's last test run over ``records`` (the tested dataset, in loader order):
 
     - single-label (softmax, Siamese): ``{stage}_confusion_matrix.png``, ``{stage}_per_class.csv``,
-      ``{stage}_report.md`` and ``{stage}_predictions.csv``;
+      ``{stage}_report.md`` and ``{stage}_predictions.csv``; with grouped records (specimen, slide,
+      patient) also ``{stage}_per_group.csv`` and a per-group table in the report;
     - multi-label: :func:`~ana_lightning.reports.multilabel.write_multilabel_report`;
     - hierarchical (multi-head): :func:`~ana_lightning.reports.hierarchy.write_hierarchy_report`.
     """
@@ -90,13 +96,23 @@ def write_test_report(
             details, names, out_dir, summary=metrics, display_names=_display_names(names), stage=stage
         )
     if pred:
+        tested = [records[int(i)] for i in pred["index"]]
         write_predictions(
-            [records[int(i)].path for i in pred["index"]],
+            [r.path for r in tested],
             pred["prob"],
             pred["target"],
             names,
             out_dir / f"{stage}_predictions.csv",
         )
+        if details and pred.get("target") is not None:
+            write_group_report(
+                [getattr(r, "group", None) for r in tested],
+                pred["target"],
+                pred["prob"].argmax(-1),
+                names,
+                out_dir,
+                stage=stage,
+            )
 
 
 def _write_multihead_report(

@@ -18,6 +18,7 @@ __all__ = [
     "plot_confusion_matrix",
     "write_predictions",
     "summary_rows",
+    "write_group_report",
 ]
 
 
@@ -180,3 +181,76 @@ def write_predictions(
                 ]
             )
     return Path(path)
+
+
+#: The most groups :func:`write_group_report` lists in a Markdown report.
+MAX_GROUP_ROWS = 40
+
+
+def write_group_report(
+    groups: Sequence[str | None],
+    target: torch.Tensor,
+    pred: torch.Tensor,
+    class_names: Sequence[str],
+    out_dir: str | Path,
+    stage: str = "test",
+) -> Path | None:
+    """Accuracy per group (specimen, slide, patient) as ``{stage}_per_group.csv``, and the same table
+    appended to ``{stage}_report.md``: on real cells a model's errors come by whole specimens (one
+    specimen read as another class), which a per-class table hides. Each row: the group, its true
+    class(es), its images, their accuracy and the most frequent prediction with its share. The report
+    shows at most ``MAX_GROUP_ROWS`` groups (the least accurate; the CSV has all). Nothing is written
+    when fewer than two images have a group. Returns the CSV path or None."""
+    keep = [i for i, g in enumerate(groups) if g not in (None, "")]
+    if len(keep) < 2:
+        return None
+    t = [int(v) for v in _plain(target)]
+    p = [int(v) for v in _plain(pred)]
+    by: dict[str, list[int]] = {}
+    for i in keep:
+        by.setdefault(str(groups[i]), []).append(i)
+    rows = []
+    for g, idx in sorted(by.items()):
+        truth = sorted({class_names[t[i]] for i in idx})
+        counts = np.bincount([p[i] for i in idx], minlength=len(class_names))
+        top = int(counts.argmax())
+        rows.append(
+            {
+                "group": g,
+                "true": "+".join(truth),
+                "images": len(idx),
+                "accuracy": float(np.mean([p[i] == t[i] for i in idx])),
+                "most_predicted": class_names[top],
+                "most_predicted_share": float(counts[top] / len(idx)),
+            }
+        )
+    out_dir = Path(out_dir)
+    csv_path = out_dir / f"{stage}_per_group.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    shown = rows
+    note = ""
+    if len(rows) > MAX_GROUP_ROWS:
+        shown = sorted(rows, key=lambda r: r["accuracy"])[:MAX_GROUP_ROWS]
+        note = f" The {MAX_GROUP_ROWS} least accurate are shown; `{csv_path.name}` has all."
+    md = [
+        "",
+        "## Per group",
+        "",
+        f"{len(rows)} groups (the split's grouping: specimen, slide or patient). Errors that come by whole "
+        f"groups are a shift between groups, not noise.{note}",
+        "",
+        "| group | true class | images | accuracy | most predicted (share) |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['group']} | {r['true']} | {r['images']} | {r['accuracy']:.3f} | "
+        f"{r['most_predicted']} ({r['most_predicted_share']:.2f}) |"
+        for r in shown
+    ]
+    md_path = out_dir / f"{stage}_report.md"
+    with open(md_path, "a") as f:
+        f.write("\n".join(md) + "\n")
+    return csv_path

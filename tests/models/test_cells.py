@@ -101,6 +101,28 @@ def test_gaussian_blur_per_image():
     assert torch.allclose(y.sum((1, 2, 3)), torch.ones(2), atol=1e-4)
 
 
+def test_haze_lays_a_glow_over_the_cell_and_keeps_the_mask():
+    torch.manual_seed(0)
+    x = torch.zeros(4, 3, 48, 48)
+    x[:, :2, 12:36:4, 12:36:4] = 0.8  # a centromere-like cell: bright dots on a dark nucleus
+    x[:, 2, 10:38, 10:38] = 1
+    still = dict(rotate=False, flips=False, scale=0, gain=None, gamma=0, blur=0, noise=0, offset=0)
+    y = CellAugment(**still, haze=0.8, p_haze=1.0, haze_sigma=(3.0, 3.0))(x)
+    assert torch.equal(y[:, 2], x[:, 2])  # the mask channel is never hazed
+    dots = x[:, 0] > 0
+    gap = (x[:, 2] > 0) & ~dots
+    assert (y[:, 0][gap].reshape(4, -1).mean(1) > 0.001).all()  # glow between the dots
+    assert (y[:, 0][dots].reshape(4, -1).mean(1) < 0.8).all()  # the dots lose contrast
+    assert torch.allclose(y[:, 0].sum((1, 2)), x[:, 0].sum((1, 2)), rtol=0.02)  # light is spread, not made
+    weights = 1 - y[:, 0][dots].reshape(4, -1).mean(1) / 0.8  # one weight per cell, drawn in [0, 0.8]
+    assert weights.std() > 0.01 and (weights < 0.8).all()
+    assert torch.equal(CellAugment(**still, haze=0.0)(x), x)  # off by default: the recipe before it
+    with pytest.raises(ValueError, match="haze=1.5"):
+        CellAugment(haze=1.5)
+    with pytest.raises(ValueError, match="haze_sigma"):
+        CellAugment(haze=0.5, haze_sigma=(4.0, 2.0))
+
+
 def test_contest_level_targets(tmp_path, caplog):
     root = write_specimens(tmp_path / "i3a", [(c, 12, lv) for c in I3A for lv in (20, 45, 100)])
     dm = HEp2HierarchyDataModule(
@@ -178,6 +200,20 @@ def test_recipe_trains_end_to_end(tmp_path):
     manifest = (run / "split_manifest.csv").read_text()
     assert "Golgi" not in manifest.splitlines()[0] and "AC-22#" in manifest
     assert np.isfinite(metrics["test/loss"])
+    # the report reads per specimen group: the test split's groups, each cell once, accuracies that
+    # agree with the per-cell predictions
+    import csv
+
+    test_groups = {
+        r["group"] for r in csv.DictReader(open(run / "split_manifest.csv")) if r["split"] == "test"
+    }
+    per_group = list(csv.DictReader(open(run / "test_per_group.csv")))
+    assert {r["group"] for r in per_group} == test_groups
+    preds = list(csv.DictReader(open(run / "test_predictions.csv")))
+    assert sum(int(r["images"]) for r in per_group) == len(preds)
+    overall = sum(float(r["accuracy"]) * int(r["images"]) for r in per_group) / len(preds)
+    assert overall == pytest.approx(np.mean([r["true"] == r["pred"] for r in preds]), abs=1e-9)
+    assert "## Per group" in (run / "test_report.md").read_text()
     # the ablation script's shifted evaluation reproduces the run's own test MCA on unshifted cells
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
     from ablation import evaluate_shifts
