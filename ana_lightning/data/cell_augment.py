@@ -9,9 +9,10 @@ whatever device the batch is on, one random draw per cell. Two families:
   applied in 8-bit units so that dim cells lose grey levels and bright ones saturate, as they do in a
   real camera), gamma, optical blur, sensor noise, a background offset, and **haze** (``haze``): a
   widely blurred copy of the cell blended in, as out-of-focus and scattered light lay a diffuse glow
-  over and around the cell and lower the contrast of its fine structure. On the I3A cells whole
-  specimens differ this way (a centromere specimen with dots on a bright diffuse plateau reads as
-  speckled to a model that never saw haze on a centromere cell; ``experiments/i3a_cells/README.md``).
+  over and around the cell and lower the contrast of its fine structure. Off in ``augmentation=cells``:
+  screened against a centromere specimen that the recipe reads as speckled (dots on a bright diffuse
+  plateau), it did not change that specimen and lowered validation MCA (0.729 vs 0.744;
+  ``experiments/i3a_cells/README.md``, round 4). Kept for images hazier than the I3A cells.
 
 With per-cell normalisation in the network (:class:`~ana_lightning.models.cells.CellInput`) the gain
 mostly cancels; what remains (quantisation, saturation, gamma, blur, noise) is what a model must learn
