@@ -242,6 +242,14 @@ def test_recipe_trains_end_to_end(tmp_path):
     assert len(val_paths) == manifest.count(",val,")
     on_val = evaluate_shifts(ckpt, run, root, shifts=["none"], split="val")
     assert 0.0 <= on_val["none"] <= 1.0
+    # groups.py: per-group accuracy and the runs' mean; a run averaged with itself is itself
+    from groups import group_table
+
+    mcas, rows = group_table([run, run], root, "val")
+    assert mcas["mean"] == pytest.approx(on_val["none"]) and mcas["run 1"] == mcas["run 2"] == mcas["mean"]
+    val_groups = {r["group"] for r in csv.DictReader(open(run / "split_manifest.csv")) if r["split"] == "val"}
+    assert {r["group"] for r in rows} == val_groups
+    assert sum(r["cells"] for r in rows) == len(val_paths)
 
 
 def test_ablation_finds_the_checkpoint_of_a_run_trained_without_test(tmp_path):
