@@ -12,7 +12,9 @@ whatever device the batch is on, one random draw per cell. Two families:
   over and around the cell and lower the contrast of its fine structure. Off in ``augmentation=cells``:
   screened against a centromere specimen that the recipe reads as speckled (dots on a bright diffuse
   plateau), it did not change that specimen and lowered validation MCA (0.729 vs 0.744;
-  ``experiments/i3a_cells/README.md``, round 4). Kept for images hazier than the I3A cells.
+  ``experiments/i3a_cells/README.md``, round 4). Kept for images hazier than the I3A cells. And a
+  **plateau** (``plateau``): a smooth diffuse level added over the cell's mask, as nonspecific
+  nucleoplasmic staining lays one under the pattern (centromere dots on a bright plateau).
 
 With per-cell normalisation in the network (:class:`~ana_lightning.models.cells.CellInput`) the gain
 mostly cancels; what remains (quantisation, saturation, gamma, blur, noise) is what a model must learn
@@ -65,6 +67,10 @@ class CellAugment:
             ``w`` drawn uniformly from ``[0, haze]``; 0 = off.
         p_haze: probability of haze.
         haze_sigma: ``(low, high)`` blur sigma of the hazy copy in pixels, drawn uniformly.
+        plateau: largest diffuse level added over the mask (softened by a 2 px blur), relative to the
+            cell's brightest pixels, drawn uniformly from ``[0, plateau]``; 0 = off. Needs a mask
+            (``channel``/``apply``).
+        p_plateau: probability of a plateau.
         mask: ``channel`` when the blue channel carries the mask (left unchanged), else ``apply``/``none``.
 
     >>> aug = CellAugment()
@@ -88,6 +94,8 @@ class CellAugment:
         haze: float = 0.0,
         p_haze: float = 0.5,
         haze_sigma: Sequence[float] = (2.0, 6.0),
+        plateau: float = 0.0,
+        p_plateau: float = 0.5,
     ):
         if gain is not None and (len(gain) != 2 or not 0 < gain[0] <= gain[1]):
             raise ValueError(f"CellAugment: gain must be (low, high) with 0 < low <= high, got {gain}")
@@ -109,14 +117,17 @@ class CellAugment:
             raise ValueError(
                 f"CellAugment: haze_sigma must be (low, high) with 0 < low <= high, got {haze_sigma}"
             )
+        if plateau < 0:
+            raise ValueError(f"CellAugment: plateau={plateau} must be >= 0")
         self.noise, self.offset, self.mask = float(noise), float(offset), mask
+        self.plateau, self.p_plateau = float(plateau), float(p_plateau)
         self.haze, self.p_haze = float(haze), float(p_haze)
         self.haze_sigma = (float(haze_sigma[0]), float(haze_sigma[1]))
 
     def __repr__(self) -> str:
         return (
             f"CellAugment(rotate={self.rotate}, flips={self.flips}, scale={self.scale}, gain={self.gain}, "
-            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}, offset={self.offset}, haze={self.haze}, "
+            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}, offset={self.offset}, haze={self.haze}, plateau={self.plateau}, "
             f"mask={self.mask!r})"
         )
 
@@ -195,6 +206,11 @@ class CellAugment:
                 hazy = gaussian_blur(c, self._u(n, *self.haze_sigma, c))
                 w = w.view(n, 1, 1, 1)
                 c = (1 - w) * c + w * hazy
+        if self.plateau > 0 and self.p_plateau > 0 and self.mask != "none":
+            w = self._u(n, 0, self.plateau, c) * pick(self.p_plateau).view(n).to(dt)
+            if float(w.max()) > 0:
+                soft = gaussian_blur(inside, torch.full((n,), 2.0, device=dev, dtype=dt))
+                c = c + w.view(n, 1, 1, 1) * ref * soft
         if self.blur > 0 and self.p_blur > 0:
             sigma = self._u(n, 0, self.blur, c) * pick(self.p_blur).view(n).to(dt)
             if float(sigma.max()) > 0.05:

@@ -175,6 +175,23 @@ def test_experiment_is_sized_by_the_accelerator(tmp_path, accelerator, epochs, s
     assert cfg.augmentation.batch.haze == 0.0  # tried, not adopted (experiments/i3a_cells/README.md)
 
 
+def test_plateau_lifts_the_nucleus_between_the_dots_and_nothing_outside():
+    torch.manual_seed(0)
+    x = torch.zeros(4, 3, 48, 48)
+    x[:, :2, 12:36:4, 12:36:4] = 0.8  # bright dots on a dark nucleus
+    x[:, 2, 10:38, 10:38] = 1
+    still = dict(rotate=False, flips=False, scale=0, gain=None, gamma=0, blur=0, noise=0, offset=0)
+    y = CellAugment(**still, plateau=0.5, p_plateau=1.0)(x)
+    assert torch.equal(y[:, 2], x[:, 2])
+    gap = (x[:, 2] > 0) & (x[:, 0] == 0)
+    lift = y[:, 0][gap].reshape(4, -1).median(1).values
+    assert (lift > 0).all() and (lift <= 0.5 * 0.8 + 1e-6).all() and lift.std() > 0.01  # one level per cell
+    assert y[:, 0, :4, :4].abs().max() < 1e-4  # far outside the mask: unchanged
+    assert torch.equal(CellAugment(**still, plateau=0.5, mask="none")(x), x)  # no mask, no plateau
+    with pytest.raises(ValueError, match="plateau=-1"):
+        CellAugment(plateau=-1)
+
+
 def test_haze_is_a_config_key(tmp_path):
     from hydra.utils import instantiate
 
@@ -183,6 +200,7 @@ def test_haze_is_a_config_key(tmp_path):
     )
     aug = instantiate(cfg.augmentation.batch)
     assert aug.haze == 0.6 and aug.haze_sigma == (2.0, 6.0) and "haze=0.6" in repr(aug)
+    assert aug.plateau == 0.0 and aug.p_plateau == 0.5
 
 
 def test_recipe_trains_end_to_end(tmp_path):
