@@ -67,6 +67,8 @@ ROWS: dict[str, list[str]] = {
         "augmentation.batch.rotate=false",
         "augmentation.batch.scale=0",
     ],
+    "haze": ["augmentation.batch.haze=0.8"],
+    "plateau": ["augmentation.batch.plateau=0.6"],
 }
 WHAT = {
     "full": "the recipe (experiment=i3a_cells)",
@@ -81,6 +83,8 @@ WHAT = {
     "plain": "plain: no normalisation, no jitter, flips + 90° only",
     "previous_recipe": "the previous default (resnet10t, no background subtraction)",
     "soft_jitter": "− blur jitter, gamma jitter exp(±0.2) instead of exp(±0.4)",
+    "haze": "+ haze jitter (a blurred copy blended in, weight ≤ 0.8)",
+    "plateau": "+ plateau jitter (a diffuse level over the mask, ≤ 0.6 of the cell's peak)",
 }
 
 

@@ -285,3 +285,17 @@ def test_ablation_finds_the_checkpoint_of_a_run_trained_without_test(tmp_path):
     (run / "checkpoints" / "best-epoch009.ckpt").write_bytes(b"")
     with pytest.raises(SystemExit, match="2 best-epoch"):
         best_checkpoint(run)
+
+
+def test_the_augmentation_rows_of_the_ablation_compose(tmp_path):
+    from hydra.utils import instantiate
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from ablation import ROWS, WHAT
+
+    assert set(ROWS) <= set(WHAT)  # every row has its description for the table
+    for name, key, value in [("plateau", "plateau", 0.6), ("haze", "haze", 0.8)]:
+        cfg = compose(
+            "train", ["experiment=i3a_cells", "data.root=/x", *ROWS[name]], output_dir=tmp_path / name
+        )
+        assert getattr(instantiate(cfg.augmentation.batch), key) == value
