@@ -14,7 +14,9 @@ whatever device the batch is on, one random draw per cell. Two families:
   plateau), it did not change that specimen and lowered validation MCA (0.729 vs 0.744;
   ``experiments/i3a_cells/README.md``, round 4). Kept for images hazier than the I3A cells. And a
   **plateau** (``plateau``): a smooth diffuse level added over the cell's mask, as nonspecific
-  nucleoplasmic staining lays one under the pattern (centromere dots on a bright plateau).
+  nucleoplasmic staining lays one under the pattern (centromere dots on a bright plateau). Also off:
+  it fixed half of that specimen but cost others, and over 7 grouped validation splits it lost
+  (3 wins, mean −0.018; its grouped CV test MCA equals the recipe's).
 
 With per-cell normalisation in the network (:class:`~ana_lightning.models.cells.CellInput`) the gain
 mostly cancels; what remains (quantisation, saturation, gamma, blur, noise) is what a model must learn
