@@ -299,3 +299,36 @@ def test_the_augmentation_rows_of_the_ablation_compose(tmp_path):
             "train", ["experiment=i3a_cells", "data.root=/x", *ROWS[name]], output_dir=tmp_path / name
         )
         assert getattr(instantiate(cfg.augmentation.batch), key) == value
+
+
+def test_a_model_for_a_lab_trains_on_every_specimen_but_a_validation_share(tmp_path):
+    """After the CV figure is measured, the model to hand over: no test split, the best val epoch kept."""
+    import csv
+    import json
+
+    from ana_lightning.pipeline import train
+
+    root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
+    overrides = [
+        "experiment=i3a_cells",
+        f"data.root={root}",
+        "trainer.max_epochs=1",
+        "data.image_size=16",
+        "data.group_min_size=5",
+        "model=cellnet",
+        "model.backbone.width=8",
+        "callbacks.rich_progress_bar=null",
+        "data.split_fractions=[0.8,0.2,0.0]",
+        "test=false",
+    ]
+    metrics, _ = train(compose("train", overrides, output_dir=tmp_path / "run"))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "split_manifest.csv")))
+    assert {r["split"] for r in rows} == {"train", "val"} and len(rows) == 6 * 8 * 3
+    train_groups = {r["group"] for r in rows if r["split"] == "train"}
+    assert not train_groups & {r["group"] for r in rows if r["split"] == "val"}
+    assert "val/mca" in metrics and not any(k.startswith("test/") for k in metrics)
+    assert sorted((tmp_path / "run" / "checkpoints").glob("best-epoch*.ckpt"))
+    if (tmp_path / "run" / "metrics.json").is_file():
+        assert not any(
+            k.startswith("test/") for k in json.loads((tmp_path / "run" / "metrics.json").read_text())
+        )
