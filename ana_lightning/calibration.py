@@ -7,7 +7,11 @@ multi-label decision thresholds are moved with the temperature (``σ(logit(t) / 
 model predicts are unchanged too. Only the probabilities move, towards the observed frequencies.
 
 - single-label softmax and Siamese models: one temperature (Siamese: on the log of the normalised
-  support-set scores);
+  support-set scores). When the validation images come in groups (specimens, slides, patients), the
+  temperature must also **carry across groups**: fitted on the other groups, it has to lower each
+  group's NLL overall (cross-validation over the groups, :func:`carries_across_groups`). Otherwise the
+  model stays uncalibrated (``T = 1``) and the run says so (on the real I3A cells a temperature fitted
+  on the other validation specimens often raised a specimen's NLL: ``experiments/i3a_cells/README.md``);
 - multi-label sigmoid ensembles: one temperature, or one per class when that gives a lower held-out
   NLL in a two-fold split of the validation set (:func:`choose_scope`, measured in every run and logged);
 - multi-head hierarchical models: one temperature per level.
@@ -41,6 +45,7 @@ __all__ = [
     "TemperatureMixin",
     "fit_temperature",
     "choose_scope",
+    "carries_across_groups",
     "expected_calibration_error",
     "plot_reliability_diagram",
     "collect_logits",
@@ -199,6 +204,39 @@ def choose_scope(logits: torch.Tensor, target: torch.Tensor, seed: int = 0) -> t
     return ("per_class" if scores["per_class"] < scores["global"] else "global"), scores
 
 
+def carries_across_groups(
+    logits: torch.Tensor, target: torch.Tensor, groups: Sequence[Any], folds: int = 10, seed: int = 0
+) -> dict[str, float] | None:
+    """Does one temperature fitted on some validation groups help the others? Cross-validation over the
+    groups: each group (with more than ``folds`` groups, each of ``folds`` sets of groups dealt after a
+    seeded shuffle) is scored at the temperature fitted on all the others. Returns the held-out mean NLL
+    ``fitted`` and ``uncalibrated`` (at ``T = 1``) over all grouped images, or None with fewer than two
+    groups (images without a group are left out).
+
+    >>> z = torch.tensor([[3.0, 0.0]] * 4 + [[0.0, 3.0]] * 4)
+    >>> y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])
+    >>> r = carries_across_groups(z, y, ["a", "a", "b", "b", "c", "c", "d", "d"])
+    >>> r["fitted"] < r["uncalibrated"]  # the same over-confidence everywhere: it carries
+    True
+    """
+    names = sorted({str(g) for g in groups if g not in (None, "")})
+    if len(names) < 2:
+        return None
+    k = min(int(folds), len(names))
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    fold_of = {names[i]: n % k for n, i in enumerate(order)}
+    fold = torch.tensor([fold_of.get(str(g), -1) if g not in (None, "") else -1 for g in groups])
+    z, y = logits.detach().double().cpu(), target.detach().cpu().long()
+    fitted = uncalibrated = 0.0
+    for f in range(k):
+        fit_idx, score_idx = (fold >= 0) & (fold != f), fold == f
+        t = fit_temperature(z[fit_idx], y[fit_idx]).double()
+        fitted += float(F.cross_entropy(z[score_idx] / t, y[score_idx], ignore_index=-1, reduction="sum"))
+        uncalibrated += float(F.cross_entropy(z[score_idx], y[score_idx], ignore_index=-1, reduction="sum"))
+    n = max(1, int((y[fold >= 0] >= 0).sum()))
+    return {"fitted": fitted / n, "uncalibrated": uncalibrated / n}
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 def expected_calibration_error(
     probs: torch.Tensor, target: torch.Tensor, multilabel: bool = False, n_bins: int = N_BINS
@@ -317,7 +355,9 @@ def _levels(
     return [(logits[0], target)]
 
 
-def _fit(model, logits: list[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+def _fit(
+    model, logits: list[torch.Tensor], target: torch.Tensor, groups: Sequence[Any] | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
     kind = model.calibration_kind
     multilabel = kind == "multilabel"
     info: dict[str, Any] = {}
@@ -329,6 +369,13 @@ def _fit(model, logits: list[torch.Tensor], target: torch.Tensor) -> tuple[torch
         return fit_temperature(logits[0], target, multilabel=True, per_class=scope == "per_class"), info
     ts = [fit_temperature(z, y) for z, y in _levels(logits, target, kind)]
     info["scope"] = "per_level" if kind == "hierarchical" else "global"
+    if kind == "multiclass" and groups is not None:
+        held = carries_across_groups(logits[0], target, groups)
+        if held is not None:
+            info["across_groups"] = held
+            if held["fitted"] >= held["uncalibrated"]:
+                info["scope"] = "none: did not carry across validation groups"
+                return torch.ones(1), info
     return torch.cat(ts), info
 
 
@@ -390,10 +437,11 @@ def calibrate_run(
         datamodule.make_dataset(val, train=False), batch_size=batch_size or datamodule.hparams.batch_size
     )
     model.set_temperature(None)
-    logits, target = collect_logits(model, loader)
-    t, info = _fit(model, logits, target)
+    logits, target = collect_logits(model, loader)  # the loader keeps the records' order
+    t, info = _fit(model, logits, target, [getattr(r, "group", None) for r in val])
     old_thr = model.thresholds.clone() if model.calibration_kind == "multilabel" else None
-    model.set_temperature(t)
+    carried = not str(info.get("scope", "")).startswith("none")
+    model.set_temperature(t if carried else None)
     extra: dict[str, Any] = {}
     state: dict[str, torch.Tensor] = {}
     if old_thr is not None:  # same decisions: σ(z/T) ≥ σ(logit(t)/T) ⇔ σ(z) ≥ t
@@ -402,9 +450,21 @@ def calibrate_run(
         extra["thresholds"] = [round(float(v), 6) for v in new_thr]
         state["thresholds"] = new_thr
     if ckpt_path:
-        store_temperature(ckpt_path, t.tolist(), extra, state)
+        store_temperature(ckpt_path, t.tolist() if carried else None, extra, state)
     metrics, _, _ = calibration_metrics(model, logits, target, "val", t)
     metrics["val/temperature"] = float(t.log().mean().exp())  # geometric mean when there are several
+    if "across_groups" in info:
+        held = info["across_groups"]
+        metrics["val/heldout_group_nll"] = held["fitted"]
+        metrics["val/heldout_group_nll_uncalibrated"] = held["uncalibrated"]
+        if info["scope"].startswith("none"):
+            log.warning(
+                "calibration: a temperature fitted on the other validation groups did not lower a group's "
+                "NLL overall (%.4f vs %.4f uncalibrated, cross-validated over the groups): the model stays "
+                "uncalibrated (T = 1), as its confidence would not carry to unseen groups",
+                held["fitted"],
+                held["uncalibrated"],
+            )
     log.info(
         "temperature fitted on %d validation images (%s): %s; val ECE %.4f → %.4f",
         len(val),

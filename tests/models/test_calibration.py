@@ -196,3 +196,43 @@ def test_training_run_reports_ece_and_reliability_diagram_and_calibrate_false_tu
             assert Predictor.load(best).info.extra["temperature"] == t
         else:
             assert t is None and metrics["test/ece"] == metrics["test/ece_uncalibrated"]
+
+
+def _grouped_dm(scales: dict[str, float], n: int = 1000) -> _DM:
+    """Validation images in groups whose logits are inflated (or shrunk) by each group's own factor."""
+    xs, ys, records = [], [], []
+    for i, (group, scale) in enumerate(scales.items()):
+        z, y = _overconfident(n, 3, scale, seed=10 + i)
+        x = torch.zeros(n, 3, 4, 4)
+        x.view(n, -1)[:, :3] = z
+        xs.append(x)
+        ys.append(y)
+        records += [SimpleNamespace(group=group)] * n
+    dm = _DM({"val": (torch.cat(xs), torch.cat(ys))})
+    dm.splits["val"] = records
+    return dm
+
+
+@pytest.mark.parametrize(
+    "scales,carried",
+    [
+        ({"specimen-1": 4.0, "specimen-2": 4.0}, True),  # the same over-confidence in every group
+        ({"specimen-1": 4.0, "specimen-2": 0.25}, False),  # one group over-, the other under-confident
+    ],
+)
+def test_a_temperature_is_kept_only_when_it_carries_across_validation_groups(
+    tmp_path, scales, carried, caplog
+):
+    model = SoftmaxClassifier(
+        backbone={"name": TINY_BACKBONE}, class_names=["AC-1", "AC-2", "AC-4"], image_size=4
+    )
+    model.net = _LinearNet(3, 1.0)
+    with caplog.at_level("WARNING"):
+        val = calibrate_run(model, _grouped_dm(scales), None, tmp_path)
+    helped = val["val/heldout_group_nll"] < val["val/heldout_group_nll_uncalibrated"]
+    assert helped == carried
+    if carried:
+        assert 3.0 < val["val/temperature"] < 5.0 and model.hparams.temperature is not None
+    else:
+        assert val["val/temperature"] == 1.0 and model.hparams.temperature is None
+        assert val["val/ece"] == val["val/ece_uncalibrated"] and "did not lower a group's NLL" in caplog.text

@@ -268,6 +268,16 @@ def test_recipe_trains_end_to_end(tmp_path):
     val_groups = {r["group"] for r in csv.DictReader(open(run / "split_manifest.csv")) if r["split"] == "val"}
     assert {r["group"] for r in rows} == val_groups
     assert sum(r["cells"] for r in rows) == len(val_paths)
+    # the temperature was kept only if it carried across the validation specimens; calibration_check.py
+    # repeats that check from the run folder and agrees with the run
+    from calibration_check import check
+
+    assert "val/heldout_group_nll" in metrics
+    carried = metrics["val/heldout_group_nll"] < metrics["val/heldout_group_nll_uncalibrated"]
+    assert (metrics["val/temperature"] != 1.0) <= carried  # no temperature unless it carried
+    again = check(run, root)
+    assert again["carries"] == carried
+    assert again["heldout"] == pytest.approx(metrics["val/heldout_group_nll"], rel=1e-3, abs=1e-4)
 
 
 def test_ablation_finds_the_checkpoint_of_a_run_trained_without_test(tmp_path):
