@@ -374,7 +374,7 @@ def _fit(
         if held is not None:
             info["across_groups"] = held
             if held["fitted"] >= held["uncalibrated"]:
-                info["scope"] = "none: did not carry across validation groups"
+                info.update(scope="none: did not carry across validation groups", carried=False)
                 return torch.ones(1), info
     return torch.cat(ts), info
 
@@ -440,7 +440,7 @@ def calibrate_run(
     logits, target = collect_logits(model, loader)  # the loader keeps the records' order
     t, info = _fit(model, logits, target, [getattr(r, "group", None) for r in val])
     old_thr = model.thresholds.clone() if model.calibration_kind == "multilabel" else None
-    carried = not str(info.get("scope", "")).startswith("none")
+    carried = info.get("carried", True)
     model.set_temperature(t if carried else None)
     extra: dict[str, Any] = {}
     state: dict[str, torch.Tensor] = {}
@@ -457,7 +457,7 @@ def calibrate_run(
         held = info["across_groups"]
         metrics["val/heldout_group_nll"] = held["fitted"]
         metrics["val/heldout_group_nll_uncalibrated"] = held["uncalibrated"]
-        if info["scope"].startswith("none"):
+        if not carried:
             log.warning(
                 "calibration: a temperature fitted on the other validation groups did not lower a group's "
                 "NLL overall (%.4f vs %.4f uncalibrated, cross-validated over the groups): the model stays "

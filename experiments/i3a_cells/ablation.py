@@ -119,25 +119,58 @@ def _shift(name: str):
 SHIFTS = ["none", "bright_x0.3", "bright_x4", "gamma_0.5", "gamma_2", "blur_1.5", "rgb_green"]
 
 
-def _test_cells(run_dir: Path, root: Path, split: str = "test") -> tuple[list[str], list[str]]:
-    """``split`` paths of a run (its split manifest) and their contest class names (its classes.csv)."""
+def split_cells(run_dir: Path, root: Path, split: str = "test") -> tuple[list[str], list[str], list[str]]:
+    """``split`` paths of a run (its split manifest), their contest class names (its classes.csv) and
+    their specimen groups (the manifest's ``group`` column)."""
     node_to_class = {r["tree_label"]: r["class"] for r in csv.DictReader(open(run_dir / "classes.csv"))}
-    paths, labels = [], []
+    paths, labels, groups = [], [], []
     for r in csv.DictReader(open(run_dir / "split_manifest.csv")):
         if r["split"] == split:
             p = Path(r["path"])
             paths.append(str(p if p.is_absolute() else root / p))
             labels.append(node_to_class[r["label"]])
-    return paths, labels
+            groups.append(r.get("group") or "")
+    return paths, labels, groups
+
+
+def _test_cells(run_dir: Path, root: Path, split: str = "test") -> tuple[list[str], list[str]]:
+    """``split`` paths of a run and their contest class names (:func:`split_cells` without the groups)."""
+    return split_cells(run_dir, root, split)[:2]
+
+
+def read_cells(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each cell image with its ``_Mask`` image (the contest layout)."""
+    from ana_lightning.data.images import load_image
+
+    return [(load_image(p), load_image(p[: -len(Path(p).suffix)] + "_Mask" + Path(p).suffix)) for p in paths]
+
+
+def model_input(model, run_dir: Path, raw, shift=lambda im: im) -> torch.Tensor:
+    """The batch ``model`` sees for ``raw`` cells (:func:`read_cells`), each changed by ``shift`` first,
+    prepared with the run's ``data.mask`` and the model's image size and normalisation."""
+    from ana_lightning.data.contest import apply_mask
+    from ana_lightning.data.transforms import build_transform
+
+    mask_mode = __import__("yaml").safe_load(open(run_dir / "config_resolved.yaml"))["data"]["mask"]
+    tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
+    return torch.stack([tf(apply_mask(shift(im), m, mask_mode)) for im, m in raw])
+
+
+def batched(model, x: torch.Tensor, size: int = 256) -> torch.Tensor:
+    """``model``'s outputs (logits) for ``x``, in batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + size]) for i in range(0, len(x), size)])
+
+
+def mca(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Mean recall over the classes present in ``y`` (the contests' MCA)."""
+    return float(np.mean([np.mean(pred[y == k] == k) for k in range(n_classes) if np.any(y == k)]))
 
 
 def evaluate_shifts(
     ckpt: str, run_dir: Path, root: Path, tta: bool = False, shifts=SHIFTS, split: str = "test"
 ) -> dict[str, float]:
     """MCA of a checkpoint on its run's ``split`` cells (test, or val to choose a recipe) under each shift."""
-    from ana_lightning.data.contest import apply_mask
-    from ana_lightning.data.images import load_image
-    from ana_lightning.data.transforms import build_transform
     from ana_lightning.utils import load_checkpoint_model
 
     model = load_checkpoint_model(ckpt)
@@ -146,20 +179,14 @@ def evaluate_shifts(
         net.tta = bool(tta)
     elif tta:
         raise ValueError(f"{ckpt}: the network has no CellInput, so no TTA switch")
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load(open(run_dir / "config_resolved.yaml"))))
-    mask_mode = cfg["data"]["mask"]
-    tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
     paths, labels = _test_cells(run_dir, root, split)
     names = list(model.class_names)
     y = np.array([names.index(c) for c in labels])
-    raw = [(load_image(p), load_image(p[: -len(Path(p).suffix)] + "_Mask" + Path(p).suffix)) for p in paths]
+    raw = read_cells(paths)
     out = {}
     for s in shifts:
-        fn = _shift(s)
-        x = torch.stack([tf(apply_mask(fn(im), m, mask_mode)) for im, m in raw])
-        with torch.no_grad():
-            pred = torch.cat([model(x[i : i + 256]).argmax(-1) for i in range(0, len(x), 256)]).numpy()
-        out[s] = float(np.mean([np.mean(pred[y == k] == k) for k in range(len(names)) if np.any(y == k)]))
+        pred = batched(model, model_input(model, run_dir, raw, _shift(s))).argmax(-1).numpy()
+        out[s] = mca(y, pred, len(names))
     return out
 
 

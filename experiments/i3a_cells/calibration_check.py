@@ -13,9 +13,7 @@ temperature; the table also shows the run's test ECE with and without the temper
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,13 +29,9 @@ from groups import run_probabilities  # noqa: E402
 def check(run: Path, root: Path) -> dict[str, float | bool | None]:
     from ana_lightning.calibration import carries_across_groups, fit_temperature
 
-    paths, labels, prob, names = run_probabilities(run, root, "val")
+    _, labels, prob, names, groups = run_probabilities(run, root, "val")
     z = torch.tensor(np.log(np.clip(prob, 1e-12, 1.0)))  # log-softmax: the logits up to a per-row shift
     y = torch.tensor([names.index(c) for c in labels])
-    by_path = {
-        r["path"]: r["group"] for r in csv.DictReader(open(run / "split_manifest.csv")) if r["split"] == "val"
-    }
-    groups = [by_path.get(p, by_path.get(os.path.relpath(p, root))) for p in paths]
     held = carries_across_groups(z, y, groups)
     out: dict[str, float | bool | None] = {"temperature": float(fit_temperature(z, y))}
     if held:

@@ -14,7 +14,6 @@ already fixed. A run's own ``test_report.md`` has the per-group table of its tes
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections import Counter
@@ -24,49 +23,34 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ablation import DEFAULT_ROOT, _test_cells, best_checkpoint  # noqa: E402
+from ablation import DEFAULT_ROOT, batched, best_checkpoint, mca, model_input, read_cells, split_cells  # noqa: E402
 
 
 def run_probabilities(
     run: Path, root: Path, split: str
-) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+) -> tuple[list[str], list[str], np.ndarray, list[str], list[str]]:
     """``split`` cell paths of a run, their class names, the run's best checkpoint's probabilities
-    (``N×classes``, the model's class order) and that order."""
-    import yaml
-
-    from ana_lightning.data.contest import apply_mask
-    from ana_lightning.data.images import load_image
-    from ana_lightning.data.transforms import build_transform
+    (``N×classes``, the model's class order, uncalibrated), that order, and the cells' specimen groups."""
     from ana_lightning.utils import load_checkpoint_model
 
     model = load_checkpoint_model(best_checkpoint(run))
     model.eval()
-    mode = yaml.safe_load(open(run / "config_resolved.yaml"))["data"]["mask"]
-    tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
-    paths, labels = _test_cells(run, root, split)
+    paths, labels, groups = split_cells(run, root, split)
     if not paths:
         raise SystemExit(f"{run}: its split_manifest.csv has no {split} cells")
-    x = torch.stack(
-        [
-            tf(apply_mask(load_image(p), load_image(str(Path(p).with_suffix("")) + "_Mask.png"), mode))
-            for p in paths
-        ]
-    )
-    with torch.no_grad():
-        prob = torch.cat([model(x[i : i + 256]).softmax(-1) for i in range(0, len(x), 256)]).numpy()
-    return paths, labels, prob, list(model.class_names)
+    prob = batched(model, model_input(model, run, read_cells(paths))).softmax(-1).numpy()
+    return paths, labels, prob, list(model.class_names), groups
 
 
 def group_table(runs: list[Path], root: Path, split: str = "val") -> tuple[dict[str, float], list[dict]]:
     """MCA per run (keys ``run 1``, ``run 2``, … in the order given) and of the runs' mean
     probabilities (``mean``), and one row per specimen group with the same keys."""
-    probs, names, paths, labels = [], None, None, None
+    probs, names, paths, labels, groups = [], None, None, None, None
     for run in runs:
-        p_paths, p_labels, prob, p_names = run_probabilities(run, root, split)
+        p_paths, p_labels, prob, p_names, groups = run_probabilities(run, root, split)
         if paths is not None and (p_paths != paths or p_names != names):
             raise SystemExit(f"{run}: its {split} cells or classes differ from {runs[0]}'s (another split?)")
         paths, labels, names = p_paths, p_labels, p_names
@@ -74,15 +58,7 @@ def group_table(runs: list[Path], root: Path, split: str = "val") -> tuple[dict[
     y = np.array([names.index(c) for c in labels])
     preds = [p.argmax(1) for p in probs] + [np.mean(probs, 0).argmax(1)]
     keys = [f"run {i + 1}" for i in range(len(runs))] + ["mean"]
-
-    def mca(pred: np.ndarray) -> float:
-        return float(np.mean([np.mean(pred[y == k] == k) for k in range(len(names)) if np.any(y == k)]))
-
-    by_path = {}
-    for r in csv.DictReader(open(runs[0] / "split_manifest.csv")):
-        if r["split"] == split:
-            by_path[str(r["path"])] = r["group"]
-    groups = np.array([by_path.get(p, by_path.get(os.path.relpath(p, root), "")) for p in paths])
+    groups = np.array(groups)
     rows = []
     for g in sorted(set(groups)):
         s = groups == g
@@ -96,7 +72,7 @@ def group_table(runs: list[Path], root: Path, split: str = "val") -> tuple[dict[
                 "mean_predicts": f"{common[0]} ({common[1] / s.sum():.2f})",
             }
         )
-    return {k: mca(p) for k, p in zip(keys, preds, strict=True)}, rows
+    return {k: mca(y, p, len(names)) for k, p in zip(keys, preds, strict=True)}, rows
 
 
 def main() -> None:

@@ -329,23 +329,15 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
 
 
 # ============================================================================================ study
+def _row(dataset: str, group: str, k: int, rep: int, method: str, **result) -> dict:
+    """One result row; ``result`` (acc, mca, n_train, n_test, seconds) is None where no draw was made."""
+    empty = dict.fromkeys(("acc", "mca", "n_train", "n_test", "seconds"))
+    return dict(dataset=dataset, group=group, k=k, repeat=rep, method=method, **(empty | result))
+
+
 def _skipped_rows(cfg: StudyConfig, dataset: str, group: str, k: int, rep: int) -> list[dict]:
     """Empty result rows (one per method) for a draw that could not be made (too few cells)."""
-    return [
-        dict(
-            dataset=dataset,
-            group=group,
-            k=k,
-            repeat=rep,
-            method=m,
-            acc=None,
-            mca=None,
-            n_train=None,
-            n_test=None,
-            seconds=None,
-        )
-        for m in cfg.methods
-    ]
+    return [_row(dataset, group, k, rep, m) for m in cfg.methods]
 
 
 def _run_rows(
@@ -360,19 +352,9 @@ def _run_rows(
         + f" ({time.perf_counter() - t0:.0f} s)",
         flush=True,
     )
+    sizes = dict(n_train=len(train), n_test=len(test))
     return [
-        dict(
-            dataset=dataset,
-            group=group,
-            k=k,
-            repeat=rep,
-            method=m,
-            acc=r["acc"],
-            mca=r["mca"],
-            n_train=len(train),
-            n_test=len(test),
-            seconds=r["seconds"],
-        )
+        _row(dataset, group, k, rep, m, acc=r["acc"], mca=r["mca"], seconds=r["seconds"], **sizes)
         for m, r in res.items()
     ]
 
