@@ -34,6 +34,10 @@ class SoftmaxClassifier(ANAModule):
         class_weights: per-class CE weights computed on the training split, or None.
         label_smoothing: cross-entropy label smoothing.
         image_size: input size the model was trained at (stored for prediction).
+        mixup: ``alpha`` of mixup in training (0 = off): each training batch is blended with a shuffled
+            copy of itself, ``λ ~ Beta(alpha, alpha)``, and the loss is the same blend of the two targets'
+            losses. A network with a ``prepare`` step (:class:`~ana_lightning.models.cells.CellInput`)
+            is blended after it, so cells are mixed after their per-cell normalisation.
     """
 
     task = "single_label"
@@ -48,8 +52,11 @@ class SoftmaxClassifier(ANAModule):
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         image_size: int = 224,
+        mixup: float = 0.0,
     ) -> None:
         super().__init__(optimizer, scheduler)
+        if not mixup >= 0.0:
+            raise ValueError(f"model.mixup is the Beta alpha of mixup, >= 0 (0 = off); got {mixup!r}")
         self.net: nn.Module = create_backbone(
             num_classes=len(self.class_names), **dict(self.hparams.backbone)
         )
@@ -69,12 +76,30 @@ class SoftmaxClassifier(ANAModule):
         return self.scaled(self(x)).softmax(dim=-1)
 
     # ------------------------------------------------------------------ training
-    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["image"])
-        target = batch["target"]
-        loss = F.cross_entropy(
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
             logits, target, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
         )
+
+    def _mixup_step(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the mixed batch and the mixed loss (see ``mixup`` in the class docstring)."""
+        alpha = float(self.hparams.mixup)
+        prepare = getattr(self.net, "prepare", None)
+        body = self.net.body if prepare is not None else self.net
+        if prepare is not None:
+            x = prepare(x)
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(x), device=x.device)
+        logits = body(lam * x + (1.0 - lam) * x[perm])
+        return logits, lam * self._ce(logits, target) + (1.0 - lam) * self._ce(logits, target[perm])
+
+    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        target = batch["target"]
+        if stage == "train" and self.hparams.get("mixup", 0.0) > 0:
+            logits, loss = self._mixup_step(batch["image"], target)
+        else:
+            logits = self(batch["image"])
+            loss = self._ce(logits, target)
         on_step = stage == "train"
         # No host-device sync in a training step (each costs a fast GPU ~5-10% of its step time):
         # the training loss is not shown in the progress bar (that is an .item() per step), and the

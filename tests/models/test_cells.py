@@ -342,3 +342,36 @@ def test_a_model_for_a_lab_trains_on_every_specimen_but_a_validation_share(tmp_p
         assert not any(
             k.startswith("test/") for k in json.loads((tmp_path / "run" / "metrics.json").read_text())
         )
+
+
+def test_mixup_blends_cells_after_their_normalisation_and_blends_the_two_losses():
+    from torch.nn import functional as F
+
+    from ana_lightning.models.classifier import SoftmaxClassifier
+
+    cell_input = {"mask": "channel", "background": True}
+    backbone = {"name": "cellnet", "width": 8, "cell_input": cell_input}
+    model = SoftmaxClassifier(backbone=backbone, class_names=I3A, image_size=32, mixup=0.4)
+    plain = SoftmaxClassifier(backbone=backbone, class_names=I3A, image_size=32)
+    plain.load_state_dict(model.state_dict())
+    x = _cells(n=6)
+    x[:3, :2] *= 8  # bright and dim cells: blended raw, the dim ones would vanish
+    target = torch.tensor([0, 1, 2, 3, 4, 5])
+    batch = {"image": x, "target": target}
+    model.train()
+    torch.manual_seed(3)
+    loss = model.training_step(batch, 0)
+    torch.manual_seed(3)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(6)
+    prepared = model.net.prepare(x)
+    logits = model.net.body(lam * prepared + (1 - lam) * prepared[perm])
+    want = lam * F.cross_entropy(logits, target) + (1 - lam) * F.cross_entropy(logits, target[perm])
+    assert 0 < lam < 1 and not torch.equal(perm, torch.arange(6))
+    assert torch.allclose(loss, want, atol=1e-5)
+    assert not torch.allclose(loss, plain.training_step(batch, 0), atol=1e-3)
+    model.eval()  # validation is never mixed
+    with torch.no_grad():
+        assert torch.allclose(model._step(batch, "val")[1], model(x), atol=1e-6)
+    with pytest.raises(ValueError, match="model.mixup"):
+        SoftmaxClassifier(backbone=backbone, class_names=I3A, image_size=32, mixup=-1)
