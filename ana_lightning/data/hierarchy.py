@@ -29,6 +29,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,13 @@ class HEp2HierarchyDataModule(RecordDataModule):
             of a fifth of its cells).
         cache_dir, n_per_class, render_size, render_seed, dapi: the synthetic fields (``root=null``).
         classes: the classes of ``level`` to keep (AC codes at level 3, node names at levels 1 and 2).
+        synthetic_train: synthetic cells added to the **training split only** (never validation or
+            test), e.g. ``{n_per_class: 400}``; null = none. Keys: ``n_per_class``, ``cells_per_field``
+            (cells cut from one rendered field, i.e. one synthetic specimen), ``intermediate_fraction``,
+            ``color``, ``render_seed``, ``class_set`` (see
+            :func:`~ana_lightning.data.synthetic.writers.generate_cell_dataset`) and ``cache_dir``
+            (rendered once there and reused). Read with the ``i3a2014`` reader; cells whose class is
+            not a class of this run are left out.
     """
 
     def __init__(
@@ -153,9 +161,11 @@ class HEp2HierarchyDataModule(RecordDataModule):
         render_size: int = 256,
         render_seed: int = 0,
         dapi: bool = False,
+        synthetic_train: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.synthetic_train = self._synthetic_settings(synthetic_train)
         self.level: int | str = level if level in ("all", "contest") else int(level)
         if self.level not in (*LEVELS, "all", "contest"):
             raise ValueError(f"data.level must be 1, 2, 3, all or contest, got {level!r}")
@@ -215,6 +225,69 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self._root = self._synthetic.root
 
     # -------------------------------------------------------------- checks
+    SYNTHETIC_KEYS = (
+        "n_per_class",
+        "cells_per_field",
+        "intermediate_fraction",
+        "color",
+        "render_seed",
+        "class_set",
+        "cache_dir",
+    )
+
+    @classmethod
+    def _synthetic_settings(cls, given: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """``data.synthetic_train`` checked and completed with the defaults (None when off)."""
+        if not given:
+            return None
+        if not isinstance(given, Mapping):
+            raise ValueError(
+                f"data.synthetic_train must be a mapping such as {{n_per_class: 400}} or null, got {given!r}"
+            )
+        unknown = sorted(set(given) - set(cls.SYNTHETIC_KEYS))
+        if unknown:
+            raise ValueError(
+                f"data.synthetic_train: unknown key(s) {unknown} (known: {list(cls.SYNTHETIC_KEYS)})"
+            )
+        out = {
+            "n_per_class": 400,
+            "cells_per_field": 8,
+            "intermediate_fraction": 0.5,
+            "color": "grey",
+            "render_seed": 0,
+            "class_set": "i3a",
+            "cache_dir": "data/synthetic_cells",
+            **{k: v for k, v in given.items() if v is not None},
+        }
+        if int(out["n_per_class"]) < 1:
+            raise ValueError(f"data.synthetic_train.n_per_class must be >= 1, got {out['n_per_class']!r}")
+        return out
+
+    def _synthetic_folder(self) -> Path:
+        from .synthetic.datamodule import rendered_cells_folder
+
+        return rendered_cells_folder(**self.synthetic_train)
+
+    def _synthetic_train_records(self) -> list[ImageRecord]:
+        """The synthetic training cells of ``data.synthetic_train`` (rendered by :meth:`prepare_data`)."""
+        folder = self._synthetic_folder()
+        data = build_reader("i3a2014").read(folder, self.tree, on_bad_file="error", masks=self.mask != "none")
+        self.masks.update(data.masks)
+        # Groups named apart from the real data's, so no report mistakes a synthetic specimen for a real one.
+        kept = [replace(r, group=f"synthetic:{r.group}") for r in data.records if self._selected(r)]
+        if not kept:
+            raise ValueError(
+                f"data.synthetic_train: none of the {len(data.records)} synthetic cells in {folder} has a class "
+                f"of this run ({', '.join(self.class_names)}); set data.synthetic_train.class_set"
+            )
+        log.info(
+            "synthetic_train: %d synthetic cells of %d specimens from %s added to the training split only",
+            len(kept),
+            len({r.group for r in kept}),
+            folder,
+        )
+        return kept
+
     def _check_parent(self, parent: str) -> None:
         try:
             leaves = self.tree.children(parent)
@@ -264,6 +337,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
     def prepare_data(self) -> None:
         if self._synthetic is not None:
             self._synthetic.prepare_data()
+        if self.synthetic_train:
+            from .synthetic.datamodule import render_cells_once
+
+            render = {k: v for k, v in self.synthetic_train.items() if k != "cache_dir"}
+            render["classes"], render["seed"] = render.pop("class_set"), render.pop("render_seed")
+            render_cells_once(self._synthetic_folder(), **render)
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
         data = self.layout_reader.read(
@@ -403,6 +482,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
             log.info(
                 "extra_train: %d stylized image(s) added to the training split", len(self.extra_train_records)
             )
+        if self.synthetic_train:
+            self.extra_train_records = [*self.extra_train_records, *self._synthetic_train_records()]
 
     def write_reports(self, out_dir: str | Path) -> None:
         super().write_reports(out_dir)
@@ -468,8 +549,9 @@ class HEp2HierarchyDataModule(RecordDataModule):
         )
 
     def class_weights(self) -> list[float]:
-        """Inverse-frequency weights of this level's classes, from the training split only."""
-        t = self.make_targets(self.splits["train"])
+        """Inverse-frequency weights of this level's classes, from the training images only (the
+        training split and what ``extra_train`` / ``synthetic_train`` add to it)."""
+        t = self.make_targets(self.splits["train"] + self.extra_train_records)
         t = t[:, 2] if t.ndim == 2 else t
         counts = Counter(int(i) for i in t if i >= 0)
         n, k = sum(counts.values()), self.num_classes

@@ -60,6 +60,7 @@ _NOT_CARRIED = (
     "dapi",
     "hospital_root",
     "hospital_csv",
+    "synthetic_train",
 )
 
 
@@ -122,7 +123,8 @@ def eval_data_config(
             "folds",
             "fold",
             "folds_manifest",
-        ):  # a cross-validation run: its split_manifest.csv holds its split
+            "synthetic_train",
+        ):  # a cross-validation run: its split_manifest.csv holds its split; synthetic cells only train
             if k in out and k not in typed:
                 out[k] = None
         out.update(

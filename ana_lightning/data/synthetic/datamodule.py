@@ -11,7 +11,7 @@ from ..hierarchy import HEp2HierarchyDataModule
 from .cells import CLASS_SETS, COLORS
 from .writers import generate_cell_dataset
 
-__all__ = ["SyntheticCellDataModule"]
+__all__ = ["SyntheticCellDataModule", "rendered_cells_folder", "render_cells_once"]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,17 @@ class SyntheticCellDataModule(HEp2HierarchyDataModule):
             raise ValueError(f"data.color must be one of {COLORS}, got {color!r}")
         self.render = None
         if not root:
-            name = (
-                f"cells{_STYLE_VERSION}_{class_set}_n{n_per_class}_f{cells_per_field}"
-                f"_i{intermediate_fraction:g}_{color}_seed{render_seed}"
+            root = str(
+                rendered_cells_folder(
+                    cache_dir,
+                    class_set,
+                    n_per_class,
+                    cells_per_field,
+                    intermediate_fraction,
+                    color,
+                    render_seed,
+                )
             )
-            root = str(Path(cache_dir).expanduser() / name)
             self.render = dict(
                 classes=class_set,
                 n_per_class=n_per_class,
@@ -65,11 +71,37 @@ class SyntheticCellDataModule(HEp2HierarchyDataModule):
         super().__init__(root=root, reader=reader, **kwargs)
 
     def prepare_data(self) -> None:
-        if self.render is None or (self.root / ".complete").exists():
-            return
-        log.info("rendering synthetic cells into %s (once; cached for later runs)", self.root)
-        generate_cell_dataset(self.root, progress=False, **self.render)
-        (self.root / ".complete").write_text("ok\n")
+        if self.render is not None:
+            render_cells_once(self.root, **self.render)
+
+
+def rendered_cells_folder(
+    cache_dir: str | Path,
+    class_set: str = "i3a",
+    n_per_class: int = 300,
+    cells_per_field: int = 8,
+    intermediate_fraction: float = 0.5,
+    color: str = "grey",
+    render_seed: int = 0,
+) -> Path:
+    """Where a set of synthetic cells with these settings lives in ``cache_dir`` (the name encodes
+    every rendering argument and the renderer's version, so a cached set is never reused wrongly)."""
+    name = (
+        f"cells{_STYLE_VERSION}_{class_set}_n{n_per_class}_f{cells_per_field}"
+        f"_i{intermediate_fraction:g}_{color}_seed{render_seed}"
+    )
+    return Path(cache_dir).expanduser() / name
+
+
+def render_cells_once(folder: str | Path, **render) -> Path:
+    """Render synthetic cells into ``folder`` (:func:`generate_cell_dataset` arguments) unless a
+    complete set is already there; ``.complete`` marks a finished set (an interrupted one is resumed)."""
+    folder = Path(folder)
+    if not (folder / ".complete").exists():
+        log.info("rendering synthetic cells into %s (once; cached for later runs)", folder)
+        generate_cell_dataset(folder, progress=False, **render)
+        (folder / ".complete").write_text("ok\n")
+    return folder
 
 
 #: Bumped when the renderer's output changes, so cached sets are not reused across versions.
