@@ -57,6 +57,8 @@ class SoftmaxClassifier(ANAModule):
         super().__init__(optimizer, scheduler)
         if not mixup >= 0.0:
             raise ValueError(f"model.mixup is the Beta alpha of mixup, >= 0 (0 = off); got {mixup!r}")
+        if not mixup:  # off: not stored, so the checkpoint keeps the layout older code reads
+            self.hparams.pop("mixup", None)
         self.net: nn.Module = create_backbone(
             num_classes=len(self.class_names), **dict(self.hparams.backbone)
         )

@@ -373,5 +373,7 @@ def test_mixup_blends_cells_after_their_normalisation_and_blends_the_two_losses(
     model.eval()  # validation is never mixed
     with torch.no_grad():
         assert torch.allclose(model._step(batch, "val")[1], model(x), atol=1e-6)
+    # stored only when on: a checkpoint trained without mixup keeps the layout older code reads
+    assert model.hparams.mixup == 0.4 and "mixup" not in plain.hparams
     with pytest.raises(ValueError, match="model.mixup"):
         SoftmaxClassifier(backbone=backbone, class_names=I3A, image_size=32, mixup=-1)
