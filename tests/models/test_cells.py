@@ -203,7 +203,7 @@ def test_haze_is_a_config_key(tmp_path):
     assert aug.plateau == 0.0 and aug.p_plateau == 0.5
 
 
-def test_recipe_trains_end_to_end(tmp_path):
+def test_recipe_trains_end_to_end(tmp_path, capsys):
     from ana_lightning.pipeline import train
 
     root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
@@ -278,6 +278,15 @@ def test_recipe_trains_end_to_end(tmp_path):
     again = check(run, root)
     assert again["carries"] == carried
     assert again["heldout"] == pytest.approx(metrics["val/heldout_group_nll"], rel=1e-3, abs=1e-4)
+    # texture_check.py: both checks run from the run folder, on its validation cells, and print their tables
+    from texture_check import curve, fusion
+
+    cache = tmp_path / "texture.npz"
+    fusion([run], root, cache)
+    curve([run], root, cache, repeats=1, seed=0)
+    printed = capsys.readouterr().out
+    assert "| **mean of 1** |" in printed and "| 1 | " in printed
+    assert len(np.load(cache)["keys"]) == manifest.count(",train,") + manifest.count(",val,")
 
 
 def test_ablation_finds_the_checkpoint_of_a_run_trained_without_test(tmp_path):
@@ -377,3 +386,23 @@ def test_mixup_blends_cells_after_their_normalisation_and_blends_the_two_losses(
     assert model.hparams.mixup == 0.4 and "mixup" not in plain.hparams
     with pytest.raises(ValueError, match="model.mixup"):
         SoftmaxClassifier(backbone=backbone, class_names=I3A, image_size=32, mixup=-1)
+
+
+def test_the_texture_descriptor_sees_the_cell_as_the_network_does():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from texture_check import cell_texture
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    mask = ((yy - 24) ** 2 + (xx - 24) ** 2 < 18**2).astype(np.uint8) * 255
+    cell = (10 + 30 * rng.random((48, 48)) * (mask > 0)).astype(np.uint8)  # dim, speckled, on a dark slide
+    f = cell_texture(cell, mask)
+    assert f.shape == (106,) and np.isfinite(f).all()
+    brighter = cell_texture(cell.astype(np.uint16) * 4, mask)  # another camera's gain, no saturation
+    assert np.allclose(f, brighter, atol=0.02)
+    green = np.stack([np.zeros_like(cell), cell, np.zeros_like(cell)], axis=2)  # RGB with the signal in green
+    assert np.allclose(f, cell_texture(green, np.stack([mask] * 3, axis=2)), atol=1e-6)
+    flat = cell_texture(np.where(mask > 0, 30, 10).astype(np.uint8), mask)
+    assert not np.allclose(f, flat, atol=0.02)  # texture, not only the outline
+    with pytest.raises(ValueError, match="too small"):
+        cell_texture(cell, np.zeros_like(mask))
