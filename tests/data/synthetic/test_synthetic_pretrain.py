@@ -40,7 +40,7 @@ def pretrained(tmp_path_factory):
     base = tmp_path_factory.mktemp("pretrain")
     run = base / "runs" / "r1"
     cfg = compose("train", _overrides(base / "cache"), output_dir=run)
-    assert cfg.job == "ana_lightning.pretrain.train"
+    assert cfg.job == "ana_lightning.jobs.pretrain.train"
     metrics, objs = train(cfg)
     return base, run, metrics, objs
 
