@@ -99,3 +99,21 @@ def test_evaluation_never_reads_synthetic_cells():
     cfg = OmegaConf.create({"_target_": "x.HEp2", "root": "/real", "synthetic_train": None, "batch_size": 8})
     out = eval_data_config(cfg, trained, group_chosen=False, explicit=set())
     assert out.synthetic_train is None and out.root == "/real"
+
+
+def test_cross_validation_folds_the_real_cells_and_adds_the_synthetic_ones_to_each_training_split(real):
+    base, root = real
+    settings = {"n_per_class": 4, "cells_per_field": 2, "cache_dir": str(base / "cache")}
+    real_paths = None
+    tested = []
+    for fold in range(3):
+        dm = _dm(root, folds=3, fold=fold, synthetic_train=settings)
+        dm.setup()
+        assert len(dm.extra_train_records) == 24
+        paths = {r.path for s in ("train", "val", "test") for r in dm.splits[s]}
+        real_paths = real_paths or paths
+        assert paths == real_paths and not any(
+            "synthetic" in (r.group or "") for s in dm.splits.values() for r in s
+        )
+        tested += [r.path for r in dm.splits["test"]]
+    assert sorted(tested) == sorted(real_paths)  # every real cell tested once, no synthetic cell ever
