@@ -150,3 +150,20 @@ def write_specimens(
             lines.append(f"{i:05d},{name}" + (f",spec{s}" if specimen_column else ""))
     (root / "gt_training.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def i3a_contest_datamodule(root: Path, **overrides):
+    """The datamodule of the cell tests on a :func:`write_specimens` folder: the six contest classes,
+    the mask in the blue channel, 16 px, groups of ≥ 10 cells in three equal splits."""
+    from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
+
+    settings = dict(
+        root=str(root),
+        reader="i3a2014",
+        level="contest",
+        mask="channel",
+        image_size=16,
+        group_min_size=10,
+        split_fractions=(0.34, 0.33, 0.33),
+    )
+    return HEp2HierarchyDataModule(**{**settings, **overrides})

@@ -25,6 +25,7 @@ folder of ``<AC code>/<images>`` (``reader=folder``), or a contest layout (``rea
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -225,42 +226,25 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self._root = self._synthetic.root
 
     # -------------------------------------------------------------- checks
-    SYNTHETIC_KEYS = (
-        "n_per_class",
-        "cells_per_field",
-        "intermediate_fraction",
-        "color",
-        "render_seed",
-        "class_set",
-        "cache_dir",
-    )
-
-    @classmethod
-    def _synthetic_settings(cls, given: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        """``data.synthetic_train`` checked and completed with the defaults (None when off)."""
+    @staticmethod
+    def _synthetic_settings(given: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """``data.synthetic_train`` checked (by :func:`~.synthetic.datamodule.rendered_cells_folder`, which
+        takes the same keys) and completed with its defaults; None when off."""
         if not given:
             return None
         if not isinstance(given, Mapping):
             raise ValueError(
                 f"data.synthetic_train must be a mapping such as {{n_per_class: 400}} or null, got {given!r}"
             )
-        unknown = sorted(set(given) - set(cls.SYNTHETIC_KEYS))
+        from .synthetic.datamodule import rendered_cells_folder
+
+        known = [k for k in inspect.signature(rendered_cells_folder).parameters if k != "what"]
+        unknown = sorted(set(given) - set(known))
         if unknown:
-            raise ValueError(
-                f"data.synthetic_train: unknown key(s) {unknown} (known: {list(cls.SYNTHETIC_KEYS)})"
-            )
-        out = {
-            "n_per_class": 400,
-            "cells_per_field": 8,
-            "intermediate_fraction": 0.5,
-            "color": "grey",
-            "render_seed": 0,
-            "class_set": "i3a",
-            "cache_dir": "data/synthetic_cells",
-            **{k: v for k, v in given.items() if v is not None},
-        }
-        if int(out["n_per_class"]) < 1:
-            raise ValueError(f"data.synthetic_train.n_per_class must be >= 1, got {out['n_per_class']!r}")
+            raise ValueError(f"data.synthetic_train: unknown key(s) {unknown} (known: {known})")
+        out = {"n_per_class": 400, "cache_dir": "data/synthetic_cells"}
+        out.update({k: v for k, v in given.items() if v is not None})
+        rendered_cells_folder(**out, what="data.synthetic_train")  # checks the values now, not at render time
         return out
 
     def _synthetic_folder(self) -> Path:
@@ -340,9 +324,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.synthetic_train:
             from .synthetic.datamodule import render_cells_once
 
-            render = {k: v for k, v in self.synthetic_train.items() if k != "cache_dir"}
-            render["classes"], render["seed"] = render.pop("class_set"), render.pop("render_seed")
-            render_cells_once(self._synthetic_folder(), **render)
+            render_cells_once(**self.synthetic_train)
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
         data = self.layout_reader.read(

@@ -86,10 +86,9 @@ class SoftmaxClassifier(ANAModule):
     def _mixup_step(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the mixed batch and the mixed loss (see ``mixup`` in the class docstring)."""
         alpha = float(self.hparams.mixup)
-        prepare = getattr(self.net, "prepare", None)
-        body = self.net.body if prepare is not None else self.net
-        if prepare is not None:
-            x = prepare(x)
+        body = self.net
+        if hasattr(self.net, "prepare"):  # CellInput: mix the normalised cells, then its body
+            x, body = self.net.prepare(x), self.net.body
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
         perm = torch.randperm(len(x), device=x.device)
         logits = body(lam * x + (1.0 - lam) * x[perm])

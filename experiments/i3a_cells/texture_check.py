@@ -127,8 +127,9 @@ def svm(probability: bool = False):
 
 
 def _split(run: Path, root: Path, split: str, cache: Path | None):
+    """Descriptors, class names and specimen groups of a run's ``split`` cells."""
     paths, labels, groups = split_cells(run, root, split)
-    return descriptors(paths, cache), labels, np.array(groups), paths
+    return descriptors(paths, cache), labels, np.array(groups)
 
 
 def fusion(runs: list[Path], root: Path, cache: Path | None) -> None:
@@ -138,10 +139,9 @@ def fusion(runs: list[Path], root: Path, cache: Path | None) -> None:
     print("|---|---|---|" + "---|" * (len(WEIGHTS) - 2))
     rows = []
     for run in runs:
-        xt, lt, _, _ = _split(run, root, "train", cache)
-        xv, lv, _, pv = _split(run, root, "val", cache)
-        paths, labels, prob, order, _ = run_probabilities(run, root, "val")
-        assert paths == pv and labels == lv, run
+        xt, lt, _ = _split(run, root, "train", cache)
+        paths, lv, prob, order, _ = run_probabilities(run, root, "val")  # the run's validation cells
+        xv = descriptors(paths, cache)
         y = np.array([order.index(c) for c in lv])
         ps = svm(True).fit(xt, np.array([order.index(c) for c in lt])).predict_proba(xv)
         scores = [
@@ -166,8 +166,8 @@ def curve(runs: list[Path], root: Path, cache: Path | None, repeats: int, seed: 
     rng = np.random.default_rng(seed)
     scores: dict[int, list[float]] = {}
     for run in runs:
-        xt, lt, gt, _ = _split(run, root, "train", cache)
-        xv, lv, _, _ = _split(run, root, "val", cache)
+        xt, lt, gt = _split(run, root, "train", cache)
+        xv, lv, _ = _split(run, root, "val", cache)
         classes = sorted(set(lt))
         yt, yv = np.array([classes.index(c) for c in lt]), np.array([classes.index(c) for c in lv])
         per_class = {c: sorted(set(gt[yt == k])) for k, c in enumerate(classes)}

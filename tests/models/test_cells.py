@@ -15,7 +15,7 @@ from ana_lightning.models.cells import CellInput, cell_normalize, dihedral_views
 from conftest import compose
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from contest_fixtures import write_specimens  # noqa: E402
+from contest_fixtures import i3a_contest_datamodule, write_specimens  # noqa: E402
 
 I3A = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -125,15 +125,7 @@ def test_haze_lays_a_glow_over_the_cell_and_keeps_the_mask():
 
 def test_contest_level_targets(tmp_path, caplog):
     root = write_specimens(tmp_path / "i3a", [(c, 12, lv) for c in I3A for lv in (20, 45, 100)])
-    dm = HEp2HierarchyDataModule(
-        root=str(root),
-        reader="i3a2014",
-        level="contest",
-        mask="channel",
-        image_size=16,
-        group_min_size=10,
-        split_fractions=(0.34, 0.33, 0.33),
-    )
+    dm = i3a_contest_datamodule(root)
     dm.setup()
     assert dm.class_names == I3A
     t = dm.make_targets(dm.splits["train"])
@@ -144,14 +136,7 @@ def test_contest_level_targets(tmp_path, caplog):
         rows[2] == "Speckled,speckled,nuclear,speckled,"
         and rows[6] == "Golgi,AC-22,cytoplasmic,polar/Golgi-like,AC-22"
     )
-    lonely = HEp2HierarchyDataModule(
-        root=str(root),
-        reader="i3a2014",
-        level="contest",
-        image_size=16,
-        group_min_size=30,
-        split_fractions=(0.34, 0.33, 0.33),
-    )
+    lonely = i3a_contest_datamodule(root, mask="apply", group_min_size=30)
     with caplog.at_level("WARNING"):
         lonely.setup()  # one group per class: two of the three splits lack each class
     assert "split has no image of" in caplog.text

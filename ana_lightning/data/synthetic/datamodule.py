@@ -43,36 +43,23 @@ class SyntheticCellDataModule(HEp2HierarchyDataModule):
         reader: str = "i3a2014",
         **kwargs,
     ):
-        if class_set not in CLASS_SETS:
-            raise ValueError(f"data.class_set must be one of {CLASS_SETS}, got {class_set!r}")
-        if color not in COLORS:
-            raise ValueError(f"data.color must be one of {COLORS}, got {color!r}")
-        self.render = None
-        if not root:
-            root = str(
-                rendered_cells_folder(
-                    cache_dir,
-                    class_set,
-                    n_per_class,
-                    cells_per_field,
-                    intermediate_fraction,
-                    color,
-                    render_seed,
-                )
-            )
-            self.render = dict(
-                classes=class_set,
-                n_per_class=n_per_class,
-                cells_per_field=cells_per_field,
-                intermediate_fraction=intermediate_fraction,
-                color=color,
-                seed=render_seed,
-            )
+        settings = dict(
+            cache_dir=cache_dir,
+            class_set=class_set,
+            n_per_class=n_per_class,
+            cells_per_field=cells_per_field,
+            intermediate_fraction=intermediate_fraction,
+            color=color,
+            render_seed=render_seed,
+        )
+        rendered = rendered_cells_folder(**settings, what="data")  # checks the settings either way
+        self.render = None if root else settings
+        root = root or str(rendered)
         super().__init__(root=root, reader=reader, **kwargs)
 
     def prepare_data(self) -> None:
         if self.render is not None:
-            render_cells_once(self.root, **self.render)
+            render_cells_once(**self.render)
 
 
 def rendered_cells_folder(
@@ -83,9 +70,18 @@ def rendered_cells_folder(
     intermediate_fraction: float = 0.5,
     color: str = "grey",
     render_seed: int = 0,
+    what: str = "synthetic cells",
 ) -> Path:
     """Where a set of synthetic cells with these settings lives in ``cache_dir`` (the name encodes
-    every rendering argument and the renderer's version, so a cached set is never reused wrongly)."""
+    every rendering argument and the renderer's version, so a cached set is never reused wrongly).
+    The settings are checked here; ``what`` names them in the error (e.g. ``data.synthetic_train``)."""
+    if class_set not in CLASS_SETS:
+        raise ValueError(f"{what}.class_set must be one of {CLASS_SETS}, got {class_set!r}")
+    if color not in COLORS:
+        raise ValueError(f"{what}.color must be one of {COLORS}, got {color!r}")
+    for key, value in (("n_per_class", n_per_class), ("cells_per_field", cells_per_field)):
+        if int(value) < 1:
+            raise ValueError(f"{what}.{key} must be >= 1, got {value!r}")
     name = (
         f"cells{_STYLE_VERSION}_{class_set}_n{n_per_class}_f{cells_per_field}"
         f"_i{intermediate_fraction:g}_{color}_seed{render_seed}"
@@ -93,12 +89,15 @@ def rendered_cells_folder(
     return Path(cache_dir).expanduser() / name
 
 
-def render_cells_once(folder: str | Path, **render) -> Path:
-    """Render synthetic cells into ``folder`` (:func:`generate_cell_dataset` arguments) unless a
-    complete set is already there; ``.complete`` marks a finished set (an interrupted one is resumed)."""
-    folder = Path(folder)
+def render_cells_once(cache_dir: str | Path, **settings) -> Path:
+    """The folder of :func:`rendered_cells_folder` (same arguments), rendered with
+    :func:`generate_cell_dataset` unless a complete set is already there; ``.complete`` marks a
+    finished set (an interrupted one is resumed)."""
+    folder = rendered_cells_folder(cache_dir, **settings)
     if not (folder / ".complete").exists():
         log.info("rendering synthetic cells into %s (once; cached for later runs)", folder)
+        names = {"class_set": "classes", "render_seed": "seed"}  # generate_cell_dataset's names
+        render = {names.get(k, k): v for k, v in settings.items() if k != "what"}
         generate_cell_dataset(folder, progress=False, **render)
         (folder / ".complete").write_text("ok\n")
     return folder

@@ -9,26 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
 from ana_lightning.data.run_config import eval_data_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from contest_fixtures import write_specimens  # noqa: E402
+from contest_fixtures import i3a_contest_datamodule, write_specimens  # noqa: E402
 
 I3A = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
-
-
-def _dm(root: Path, **kw) -> HEp2HierarchyDataModule:
-    return HEp2HierarchyDataModule(
-        root=str(root),
-        reader="i3a2014",
-        level="contest",
-        mask="channel",
-        image_size=16,
-        group_min_size=10,
-        split_fractions=(0.34, 0.33, 0.33),
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +25,12 @@ def real(tmp_path_factory):
 
 def test_synthetic_cells_join_the_training_split_only(real, tmp_path):
     base, root = real
-    plain = _dm(root)
+    plain = i3a_contest_datamodule(root)
     plain.setup()
     cache = base / "cache"
-    dm = _dm(root, synthetic_train={"n_per_class": 4, "cells_per_field": 2, "cache_dir": str(cache)})
+    dm = i3a_contest_datamodule(
+        root, synthetic_train={"n_per_class": 4, "cells_per_field": 2, "cache_dir": str(cache)}
+    )
     dm.setup()
     synthetic = dm.extra_train_records
     assert len(synthetic) == 24 and all(r.group.startswith("synthetic:") for r in synthetic)
@@ -68,7 +56,7 @@ def test_synthetic_cells_join_the_training_split_only(real, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "split_manifest.csv")))
     assert len(rows) == sum(len(dm.splits[s]) for s in ("train", "val", "test"))
     assert not any("synthetic" in (r.get("group") or "") for r in rows)
-    again = _dm(
+    again = i3a_contest_datamodule(
         root,
         synthetic_train={"n_per_class": 4, "cells_per_field": 2, "cache_dir": str(cache)},
         split_manifest=str(tmp_path / "split_manifest.csv"),
@@ -80,11 +68,11 @@ def test_synthetic_cells_join_the_training_split_only(real, tmp_path):
 def test_bad_synthetic_settings_are_named(real):
     _, root = real
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['n_cells'\]"):
-        _dm(root, synthetic_train={"n_cells": 4})
+        i3a_contest_datamodule(root, synthetic_train={"n_cells": 4})
     with pytest.raises(ValueError, match="n_per_class must be >= 1"):
-        _dm(root, synthetic_train={"n_per_class": 0})
+        i3a_contest_datamodule(root, synthetic_train={"n_per_class": 0})
     with pytest.raises(ValueError, match="must be a mapping"):
-        _dm(root, synthetic_train=400)
+        i3a_contest_datamodule(root, synthetic_train=400)
 
 
 def test_evaluation_never_reads_synthetic_cells():
@@ -107,7 +95,7 @@ def test_cross_validation_folds_the_real_cells_and_adds_the_synthetic_ones_to_ea
     real_paths = None
     tested = []
     for fold in range(3):
-        dm = _dm(root, folds=3, fold=fold, synthetic_train=settings)
+        dm = i3a_contest_datamodule(root, folds=3, fold=fold, synthetic_train=settings)
         dm.setup()
         assert len(dm.extra_train_records) == 24
         paths = {r.path for s in ("train", "val", "test") for r in dm.splits[s]}
