@@ -30,6 +30,7 @@ from torch import nn
 __all__ = [
     "CellNet",
     "CellInput",
+    "MixStyle",
     "cell_background",
     "cell_equalize",
     "cell_normalize",
@@ -233,6 +234,41 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views + [v.flip(-1) for v in views]
 
 
+class MixStyle(nn.Module):
+    """Mixes the feature statistics of cells in a training batch (Zhou et al., ICLR 2021, "MixStyle").
+
+    Each feature map is normalised by its own channel means and standard deviations and rescaled by a
+    blend of its statistics and those of another cell of the batch (weight ``Beta(alpha, alpha)``), with
+    probability ``p`` per batch. The statistics carry a specimen's "style" (haze, a diffuse plateau,
+    stain texture); mixing them across the batch, which holds cells of many specimens, asks the network
+    to read the pattern under another specimen's style. Identity in eval mode; no parameters, so a
+    checkpoint's weights are the same with or without it.
+    """
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"mixstyle: p is a probability in [0, 1], got {p!r}")
+        if not alpha > 0.0:
+            raise ValueError(f"mixstyle: alpha is the Beta parameter, > 0, got {alpha!r}")
+        self.p, self.alpha, self.eps = float(p), float(alpha), float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] < 2 or torch.rand(()) >= self.p:
+            return x
+        mu = x.mean(dim=(2, 3), keepdim=True).detach()
+        sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((x.shape[0], 1, 1, 1)).to(x)
+        perm = torch.randperm(x.shape[0], device=x.device)
+        mu_mix = lam * mu + (1 - lam) * mu[perm]
+        sig_mix = lam * sig + (1 - lam) * sig[perm]
+        return (x - mu) / sig * sig_mix + mu_mix
+
+    def hook(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        """A forward hook that mixes a module's output (a bound method: copies and pickles follow the module)."""
+        return self(output)
+
+
 class CellInput(nn.Module):
     """A backbone behind per-cell intensity normalisation, with optional dihedral TTA.
 
@@ -246,6 +282,9 @@ class CellInput(nn.Module):
             off by default, so checkpoints trained without it load and predict as before.
         equalize: the second input channel is the cell's rank image (:func:`cell_equalize`);
             off by default, for the same reason.
+        mixstyle: ``{p, alpha, layers}``: :class:`MixStyle` on the outputs of the body's modules named in
+            ``layers`` (default ``[layer1, layer2]``, the first two stages of a timm ResNet), in
+            training only; ``None`` = off.
     """
 
     def __init__(
@@ -257,6 +296,7 @@ class CellInput(nn.Module):
         tta: bool = False,
         background: bool = False,
         equalize: bool = False,
+        mixstyle: dict[str, Any] | None = None,
     ):
         super().__init__()
         if mask not in MASK_MODES:
@@ -270,9 +310,26 @@ class CellInput(nn.Module):
         )
         self.background = bool(background)
         self.equalize = bool(equalize)
+        if mixstyle:
+            self._hook_mixstyle(dict(mixstyle))
         cfg = dict(getattr(body, "pretrained_cfg", {}) or {})
         self.pretrained_cfg = {**cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
         self.num_features = getattr(body, "num_features", None)
+
+    def _hook_mixstyle(self, settings: dict[str, Any]) -> None:
+        layers = list(settings.pop("layers", ["layer1", "layer2"]))
+        unknown = set(settings) - {"p", "alpha"}
+        if unknown:
+            raise ValueError(f"mixstyle: unknown keys {sorted(unknown)}; it takes p, alpha and layers")
+        self.mixstyle = MixStyle(**settings)
+        modules = dict(self.body.named_modules())
+        for name in layers:
+            if not name or name not in modules:
+                stages = [n for n, _ in self.body.named_children()]
+                raise ValueError(
+                    f"mixstyle: the backbone has no module {name!r}; its top-level modules are {stages}"
+                )
+            modules[name].register_forward_hook(self.mixstyle.hook)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if not self.normalize:

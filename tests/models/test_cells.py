@@ -10,7 +10,7 @@ import torch
 from ana_lightning.data.cell_augment import CellAugment, gaussian_blur
 from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
 from ana_lightning.models.backbones import create_backbone, normalization
-from ana_lightning.models.cells import CellInput, cell_normalize, dihedral_views
+from ana_lightning.models.cells import CellInput, MixStyle, cell_normalize, dihedral_views
 
 from conftest import compose
 
@@ -60,6 +60,43 @@ def test_cell_input_tta_is_invariant_and_eval_only():
     net.train()
     assert net(x).shape == (2, 6)
     assert create_backbone("cellnet", num_classes=0, width=8)(x).shape == (2, 64)
+
+
+def test_mixstyle_swaps_feature_statistics_in_training_only():
+    torch.manual_seed(0)
+    mix = MixStyle(p=1.0, alpha=0.1)
+    x = torch.randn(6, 4, 5, 5) * torch.arange(1, 7.0).view(6, 1, 1, 1) + torch.arange(6.0).view(6, 1, 1, 1)
+    y = mix(x)
+    mu, sig = x.mean((2, 3)), x.std((2, 3), correction=0)
+    # each output map keeps its own normalised content, with statistics blended from the batch:
+    z = (x - mu[..., None, None]) / sig[..., None, None]
+    y_mu, y_sig = y.mean((2, 3)), y.std((2, 3), correction=0)
+    assert torch.allclose((y - y_mu[..., None, None]) / y_sig[..., None, None], z, atol=1e-4)
+    assert not torch.allclose(y_mu, mu, atol=1e-3)  # some cell took another's statistics
+    assert y_mu.min() >= mu.min() - 1e-4 and y_mu.max() <= mu.max() + 1e-4  # blends, never beyond the batch
+    assert torch.equal(MixStyle(p=0.0)(x), x)
+    assert torch.equal(mix.eval()(x), x)
+    for bad in ({"p": 1.5}, {"alpha": 0.0}):
+        with pytest.raises(ValueError, match="mixstyle"):
+            MixStyle(**bad)
+
+    # in the network: hooked on the named stages, the same weights, identity at evaluation
+    kw = {"mask": "channel", "mixstyle": {"p": 1.0, "alpha": 0.1, "layers": ["features.0"]}}
+    net = create_backbone("cellnet", num_classes=6, width=8, cell_input=kw)
+    plain = create_backbone("cellnet", num_classes=6, width=8, cell_input={"mask": "channel"})
+    plain.load_state_dict(net.state_dict())
+    cells = _cells(4)
+    net.eval(), plain.eval()
+    copy = __import__("copy").deepcopy(net)  # a copy (EMA, SWA) mixes by its own mode
+    with torch.no_grad():
+        assert torch.equal(net(cells), plain(cells))
+        assert torch.equal(copy.eval()(cells), plain(cells))
+        net.train(), plain.train()
+        assert not torch.allclose(net(cells), plain(cells))
+    with pytest.raises(ValueError, match="no module 'layer1'.*features"):
+        create_backbone("cellnet", num_classes=6, width=8, cell_input={"mixstyle": {"p": 0.5}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        create_backbone("cellnet", num_classes=6, width=8, cell_input={"mixstyle": {"beta": 1}})
 
 
 def test_cell_augment_moves_the_mask_with_the_cell_and_keeps_it_binary():
