@@ -33,6 +33,7 @@ __all__ = [
     "MixStyle",
     "cell_background",
     "cell_equalize",
+    "cell_tophat",
     "cell_normalize",
     "dihedral_views",
     "cellnet",
@@ -174,6 +175,26 @@ def cell_equalize(inten: torch.Tensor, m: torch.Tensor, levels: int = 256) -> to
     return cdf.gather(1, bins).view_as(inten)
 
 
+def cell_tophat(i: torch.Tensor, radius: int) -> torch.Tensor:
+    """The white top-hat of ``N×H×W`` images: ``i`` minus its grey opening by a ``(2r+1)²`` square.
+
+    What is left are the structures narrower than the square (centromere dots, speckles, Golgi
+    granules) without the smooth level they sit on, so dots on a diffuse nucleoplasmic plateau look
+    like dots on a dark nucleus.
+
+    >>> i = torch.zeros(1, 9, 9); i[0, 4, 4] = 1.0; i += 0.5
+    >>> cell_tophat(i, 1)[0, 4, 4].item(), cell_tophat(i, 1)[0, 0, 0].item()
+    (1.0, 0.0)
+    """
+    if int(radius) < 1:
+        raise ValueError(f"cell_tophat: radius must be >= 1 pixel, got {radius!r}")
+    k = 2 * int(radius) + 1
+    x = i[:, None]
+    eroded = -nn.functional.max_pool2d(-x, k, stride=1, padding=k // 2)
+    opened = nn.functional.max_pool2d(eroded, k, stride=1, padding=k // 2)
+    return (x - opened)[:, 0]
+
+
 def cell_normalize(
     x: torch.Tensor,
     mask: str = "channel",
@@ -181,6 +202,7 @@ def cell_normalize(
     clip: float = 4.0,
     background: bool = False,
     equalize: bool = False,
+    tophat: int = 0,
 ) -> torch.Tensor:
     """Divide each cell by the ``percentile`` of its intensity inside its mask (see the module doc).
 
@@ -190,7 +212,9 @@ def cell_normalize(
     so a specimen's glow around the cells (0.1–0.9 of the cell's brightest level on the I3A cells)
     does not change the input either. With ``equalize`` the second channel is the cell's rank image
     (:func:`cell_equalize`) instead of a copy of ``I``: invariant to gamma and to any other increasing
-    intensity map, where ``I`` is invariant to gain only.
+    intensity map, where ``I`` is invariant to gain only. With ``tophat`` (a radius in pixels) the second
+    channel is the white top-hat of ``I`` (:func:`cell_tophat`): the dots and fibres narrower than
+    ``2·tophat + 1`` pixels with the smooth level under them removed.
 
     >>> x = torch.rand(2, 3, 8, 8) * 0.1
     >>> torch.allclose(cell_normalize(x, "none"), cell_normalize(x * 5, "none"), atol=1e-5)
@@ -223,7 +247,9 @@ def cell_normalize(
         k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
         scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
         i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
-    second = cell_equalize(inten, m) if equalize else i
+    if equalize and tophat:
+        raise ValueError("cell_normalize: equalize and tophat both claim the second channel; choose one")
+    second = cell_equalize(inten, m) if equalize else cell_tophat(i, tophat) if tophat else i
     third = m.to(x.dtype) if mask == "channel" else i
     return torch.stack([i, second, third], dim=1)
 
@@ -282,6 +308,8 @@ class CellInput(nn.Module):
             off by default, so checkpoints trained without it load and predict as before.
         equalize: the second input channel is the cell's rank image (:func:`cell_equalize`);
             off by default, for the same reason.
+        tophat: the second input channel is the white top-hat of radius ``tophat`` pixels
+            (:func:`cell_tophat`); 0 = off.
         mixstyle: ``{p, alpha, layers}``: :class:`MixStyle` on the outputs of the body's modules named in
             ``layers`` (default ``[layer1, layer2]``, the first two stages of a timm ResNet), in
             training only; ``None`` = off.
@@ -297,6 +325,7 @@ class CellInput(nn.Module):
         background: bool = False,
         equalize: bool = False,
         mixstyle: dict[str, Any] | None = None,
+        tophat: int = 0,
     ):
         super().__init__()
         if mask not in MASK_MODES:
@@ -310,6 +339,11 @@ class CellInput(nn.Module):
         )
         self.background = bool(background)
         self.equalize = bool(equalize)
+        self.tophat = int(tophat)
+        if self.tophat < 0 or (self.tophat and self.equalize):
+            raise ValueError(
+                f"cell input: tophat={tophat!r} must be >= 0 and cannot be combined with equalize"
+            )
         if mixstyle:
             self._hook_mixstyle(dict(mixstyle))
         cfg = dict(getattr(body, "pretrained_cfg", {}) or {})
@@ -335,7 +369,12 @@ class CellInput(nn.Module):
         if not self.normalize:
             return x
         return cell_normalize(
-            x, self.mask, self.percentile, background=self.background, equalize=self.equalize
+            x,
+            self.mask,
+            self.percentile,
+            background=self.background,
+            equalize=self.equalize,
+            tophat=self.tophat,
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,18 @@
 """The cell recipe: per-cell normalisation, batched cell augmentation, the compact CNN, contest targets."""
 
+import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ana_lightning.data.cell_augment import CellAugment, gaussian_blur
 from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
 from ana_lightning.models.backbones import create_backbone, normalization
-from ana_lightning.models.cells import CellInput, MixStyle, cell_normalize, dihedral_views
+from ana_lightning.models.cells import CellInput, MixStyle, cell_normalize, cell_tophat, dihedral_views
 
 from conftest import compose
 
@@ -60,6 +62,33 @@ def test_cell_input_tta_is_invariant_and_eval_only():
     net.train()
     assert net(x).shape == (2, 6)
     assert create_backbone("cellnet", num_classes=0, width=8)(x).shape == (2, 64)
+
+
+def test_tophat_keeps_the_dots_and_drops_the_plateau_under_them():
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    nucleus = ((yy - 16) ** 2 + (xx - 16) ** 2 < 12**2).float()
+    dots = torch.zeros(32, 32)
+    for r, c in [(10, 10), (16, 20), (22, 13)]:
+        dots[r - 1 : r + 2, c - 1 : c + 2] = 1.0  # 3×3 dots
+    on_dark = 0.1 * nucleus + dots * nucleus
+    on_plateau = 0.8 * nucleus + dots * nucleus  # the same dots on a bright diffuse plateau
+    a, b = cell_tophat(torch.stack([on_dark, on_plateau]), 2)
+    assert torch.allclose(a, b, atol=1e-6)  # the plateau is gone
+    assert torch.allclose(a, dots * nucleus, atol=1e-6)  # and the dots are whole
+    assert float(cell_tophat((0.5 * nucleus)[None], 2).max()) == 0.0  # a nucleus without dots: nothing left
+    with pytest.raises(ValueError, match="radius"):
+        cell_tophat(on_dark[None], 0)
+
+    x = _cells(2)
+    y = cell_normalize(x, "channel", tophat=2)
+    assert torch.equal(y[:, 0], cell_normalize(x, "channel")[:, 0]) and torch.equal(y[:, 2], x[:, 2] > 0.5)
+    assert torch.allclose(y[:, 1], cell_tophat(y[:, 0], 2))
+    with pytest.raises(ValueError, match="choose one"):
+        cell_normalize(x, "channel", equalize=True, tophat=2)
+    net = create_backbone("cellnet", num_classes=6, width=8, cell_input={"mask": "channel", "tophat": 2})
+    assert torch.allclose(net.prepare(x), y)
+    with pytest.raises(ValueError, match="tophat"):
+        create_backbone("cellnet", num_classes=6, width=8, cell_input={"tophat": 2, "equalize": True})
 
 
 def test_mixstyle_swaps_feature_statistics_in_training_only():
@@ -428,3 +457,47 @@ def test_the_texture_descriptor_sees_the_cell_as_the_network_does():
     assert not np.allclose(f, flat, atol=0.02)  # texture, not only the outline
     with pytest.raises(ValueError, match="too small"):
         cell_texture(cell, np.zeros_like(mask))
+
+
+@pytest.mark.realdata
+def test_field_cells_cuts_reference_fields_and_adds_them_to_training_only(tmp_path):
+    # experiments/i3a_cells/field_cells.py (round 6): cells cut from labelled fields join a run's training split
+    from conftest import REAL_DATA
+
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"{REAL_DATA} is absent")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from field_cells import combine, cut
+
+    fields = tmp_path / "fields"
+    for code in ("ac-1", "ac-3"):
+        (fields / code).mkdir(parents=True)
+        first = sorted((REAL_DATA / "patterns" / code).glob("*.jpg"))[0]
+        (fields / code / first.name).symlink_to(first)
+        (fields / code / f"copy-{first.name}").symlink_to(first)  # a byte-identical field is cut once
+    per_class = cut(fields, tmp_path / "cells", skip=["Golgi"])
+    rows = list(csv.DictReader(open(tmp_path / "cells" / "gt_training.csv")))
+    assert set(per_class) == {"Homogeneous", "Centromere"} and sum(per_class.values()) == len(rows) >= 10
+    assert {r["Specimen ID"].split("/")[0] for r in rows} == {"ac-1", "ac-3"}
+    assert len({r["Specimen ID"] for r in rows}) == 2
+    cell = np.array(Image.open(tmp_path / "cells" / f"{rows[0]['Image ID']}.png"))
+    mask = np.array(Image.open(tmp_path / "cells" / f"{rows[0]['Image ID']}_Mask.png"))
+    assert cell.ndim == 2 and cell.dtype == np.uint8 and mask.shape == cell.shape
+    assert set(np.unique(mask)) <= {0, 255} and mask.any()
+    with pytest.raises(SystemExit, match="not empty"):
+        cut(fields, tmp_path / "cells", skip=[])
+
+    # combine: the real cells keep their run's split, every cut cell is a training row
+    real = write_specimens(tmp_path / "i3a", [(c, 12, lv) for c in I3A for lv in (20, 45, 100)])
+    run = i3a_contest_datamodule(real)
+    run.setup()
+    run.write_reports(tmp_path / "run")
+    manifest = combine(tmp_path / "cells", real, tmp_path / "run" / "split_manifest.csv", tmp_path / "both")
+    dm = i3a_contest_datamodule(tmp_path / "both", split_manifest=str(manifest))
+    dm.setup()
+    for s in ("val", "test"):
+        assert sorted(Path(r.path).name for r in dm.splits[s]) == sorted(
+            Path(r.path).name for r in run.splits[s]
+        )
+    added = [r for r in dm.splits["train"] if r.group.startswith("fields:")]
+    assert len(added) == len(rows) and len(dm.splits["train"]) == len(run.splits["train"]) + len(rows)
