@@ -40,19 +40,11 @@ CLASSES = {
     "NuMem": ("ac-11", "ac-12"),
     "Golgi": ("ac-22",),
 }
-#: the contest class → its tree node, as `classes.csv` of an `experiment=i3a_cells` run says
-NODE = {
-    "Homogeneous": "AC-1",
-    "Speckled": "speckled",
-    "Nucleolar": "nucleolar",
-    "Centromere": "AC-3",
-    "NuMem": "nuclear envelope",
-    "Golgi": "AC-22",
-}
 COLUMNS = ["Image ID", "Image class", "Specimen ID"]
 
 
 def cut(fields: Path, out: Path, skip: list[str], pattern: str = "*.*", min_side: int = 12) -> dict[str, int]:
+    from ana_lightning.data.images import decode_image
     from ana_lightning.fields.crops import cell_crops
     from ana_lightning.fields.segment import segment_field
 
@@ -66,12 +58,15 @@ def cut(fields: Path, out: Path, skip: list[str], pattern: str = "*.*", min_side
         if cls in skip:
             continue
         for code in codes:
-            for f in sorted((fields / code).glob(pattern)):
+            found = sorted((fields / code).glob(pattern))
+            if not found:
+                print(f"{cls:12s} {code}: no field matches {fields / code / pattern}", flush=True)
+            for f in found:
                 raw = f.read_bytes()
                 if raw in seen:
                     continue
                 seen.add(raw)
-                rgb = np.array(Image.open(f).convert("RGB"))
+                rgb = decode_image(raw, f)  # H×W×3 uint8; a broken file raises an error that names it
                 seg = segment_field(rgb)
                 green = np.repeat(rgb[..., 1:2], 3, axis=2)
                 n = 0
@@ -96,6 +91,10 @@ def cut(fields: Path, out: Path, skip: list[str], pattern: str = "*.*", min_side
 def combine(cells: Path, real: Path, manifest: Path, out: Path) -> Path:
     import pandas as pd
 
+    from ana_lightning.data.contest_labels import contest_classes
+    from ana_lightning.taxonomy import Taxonomy
+
+    node = contest_classes(Taxonomy.load(), "i3a2014")  # contest class → tree label, as the manifest names it
     csvs = sorted(real.glob("*.csv"))
     if len(csvs) != 1:
         raise SystemExit(f"combine: {real} should hold one label CSV, found {[p.name for p in csvs]}")
@@ -114,6 +113,10 @@ def combine(cells: Path, real: Path, manifest: Path, out: Path) -> Path:
         link(real / f"{i}.png", f"{i}.png")
         link(real / f"{i}_Mask.png", f"{i}_Mask.png")
         # the run's groups as the specimen column, so the combined folder groups the real cells the same way
+        if f"{i}.png" not in group:
+            raise SystemExit(
+                f"combine: {manifest} has no row for {i}.png of {csvs[0]}: a manifest of a run on {real}?"
+            )
         rows.append({"Image ID": i, "Image class": r["Image class"], "Specimen ID": group[f"{i}.png"]})
     for r in csv.DictReader(open(cells / "gt_training.csv", newline="")):
         i = f"9{int(r['Image ID']):05d}"
@@ -123,7 +126,7 @@ def combine(cells: Path, real: Path, manifest: Path, out: Path) -> Path:
         rows.append({"Image ID": i, "Image class": r["Image class"], "Specimen ID": g})
         sha = hashlib.sha256((cells / f"{r['Image ID']}.png").read_bytes()).hexdigest()
         extra.append(
-            {"path": f"{i}.png", "label": NODE[r["Image class"]], "split": "train", "sha256": sha, "group": g}
+            {"path": f"{i}.png", "label": node[r["Image class"]], "split": "train", "sha256": sha, "group": g}
         )
     pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "gt_training.csv", index=False)
     pd.concat([m, pd.DataFrame(extra)]).to_csv(out / "split_manifest.csv", index=False)

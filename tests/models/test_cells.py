@@ -469,6 +469,8 @@ def test_field_cells_cuts_reference_fields_and_adds_them_to_training_only(tmp_pa
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
     from field_cells import combine, cut
 
+    from ana_lightning.data.images import BadImageError
+
     fields = tmp_path / "fields"
     for code in ("ac-1", "ac-3"):
         (fields / code).mkdir(parents=True)
@@ -486,6 +488,10 @@ def test_field_cells_cuts_reference_fields_and_adds_them_to_training_only(tmp_pa
     assert set(np.unique(mask)) <= {0, 255} and mask.any()
     with pytest.raises(SystemExit, match="not empty"):
         cut(fields, tmp_path / "cells", skip=[])
+    (tmp_path / "broken" / "ac-1").mkdir(parents=True)
+    (tmp_path / "broken" / "ac-1" / "field.jpg").write_bytes(b"not a JPEG")
+    with pytest.raises(BadImageError, match="field.jpg"):
+        cut(tmp_path / "broken", tmp_path / "cells2", skip=[])
 
     # combine: the real cells keep their run's split, every cut cell is a training row
     real = write_specimens(tmp_path / "i3a", [(c, 12, lv) for c in I3A for lv in (20, 45, 100)])
@@ -493,6 +499,10 @@ def test_field_cells_cuts_reference_fields_and_adds_them_to_training_only(tmp_pa
     run.setup()
     run.write_reports(tmp_path / "run")
     manifest = combine(tmp_path / "cells", real, tmp_path / "run" / "split_manifest.csv", tmp_path / "both")
+    partial = tmp_path / "partial.csv"  # a manifest that does not cover the real folder (another run's)
+    partial.write_text("".join(open(tmp_path / "run" / "split_manifest.csv").readlines()[:10]))
+    with pytest.raises(SystemExit, match="no row for"):
+        combine(tmp_path / "cells", real, partial, tmp_path / "again")
     dm = i3a_contest_datamodule(tmp_path / "both", split_manifest=str(manifest))
     dm.setup()
     for s in ("val", "test"):
