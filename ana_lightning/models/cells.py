@@ -118,10 +118,9 @@ def _levels(
     inside = m.reshape(n, -1)
     hw = flat.shape[1]
     count = inside.sum(dim=1)
-    empty = count == 0
-    if bool(empty.any()):
-        inside = inside | empty[:, None]
-        count = inside.sum(dim=1)
+    empty = count == 0  # no branch on the data, so torch.export / ONNX can trace it
+    inside = inside | empty[:, None]
+    count = torch.where(empty, torch.full_like(count, hw), count)
     ordered = (flat + 2.0 * inside.to(flat.dtype)).sort(dim=1).values
     n_out = hw - count
     k = (count.to(flat.dtype) * (1 - percentile / 100.0)).floor().long().clamp(max=hw - 1)
@@ -167,8 +166,7 @@ def cell_equalize(inten: torch.Tensor, m: torch.Tensor, levels: int = 256) -> to
     bins = (inten.reshape(n, -1) * top).round().long().clamp(0, top)
     inside = m.reshape(n, -1)
     empty = ~inside.any(dim=1)
-    if bool(empty.any()):
-        inside = inside | empty[:, None]
+    inside = inside | empty[:, None]
     hist = torch.zeros(n, levels, dtype=inten.dtype, device=inten.device)
     hist.scatter_add_(1, bins, inside.to(inten.dtype))
     cdf = hist.cumsum(dim=1) / hist.sum(dim=1, keepdim=True)
@@ -235,18 +233,18 @@ def cell_normalize(
         level, b = _levels(inten, m, percentile, mask)
         scale = level.clamp_min(1.0 / 255.0).view(n, 1, 1)
         b = torch.minimum(b.clamp_min(0).view(n, 1, 1), scale - 1.0 / 255.0).clamp_min(0)
-        i = ((inten - b) / (scale - b)).clamp(0, clip)
+        i = ((inten - b) / (scale - b)).clamp(0.0, float(clip))
     else:
         flat = torch.where(m, inten, torch.full_like(inten, -1.0)).reshape(n, -1)
         count = m.reshape(n, -1).sum(dim=1)
         empty = count == 0
-        if empty.any():  # no mask pixel: use the whole image
-            flat = torch.where(empty[:, None], inten.reshape(n, -1), flat)
-            count = torch.where(empty, torch.full_like(count, flat.shape[1]), count)
+        # no mask pixel: use the whole image (no branch on the data, so torch.export / ONNX can trace it)
+        flat = torch.where(empty[:, None], inten.reshape(n, -1), flat)
+        count = torch.where(empty, torch.full_like(count, flat.shape[1]), count)
         ordered = flat.sort(dim=1, descending=True).values
         k = ((count.to(x.dtype) * (1 - percentile / 100.0)).floor().long()).clamp(max=flat.shape[1] - 1)
         scale = ordered.gather(1, k[:, None]).clamp_min(1.0 / 255.0)
-        i = (inten / scale.view(n, 1, 1)).clamp(0, clip)
+        i = (inten / scale.view(n, 1, 1)).clamp(0.0, float(clip))
     if equalize and tophat:
         raise ValueError("cell_normalize: equalize and tophat both claim the second channel; choose one")
     second = cell_equalize(inten, m) if equalize else cell_tophat(i, tophat) if tophat else i

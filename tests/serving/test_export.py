@@ -156,3 +156,37 @@ def test_multi_label_export_keeps_its_thresholds(tmp_path):
     for c, t in zip(["AC-1", "AC-4", "AC-5"], SigmoidToy.THRESHOLDS, strict=True):
         assert f"| {c} | {t:.3f} |" in text
     assert "Training data" in text and "Not available" in text  # no run folder around this checkpoint
+
+
+def test_the_cell_recipe_model_exports_to_onnx(tmp_path):
+    # experiment=i3a_cells's network (CellInput: per-cell normalisation with background subtraction, and the
+    # round-6 options) through the default exporter (torch.export): no branch on the data may stop the trace
+    torch.manual_seed(0)
+    cell_input = {
+        "mask": "channel",
+        "background": True,
+        "tophat": 2,
+        "mixstyle": {"p": 0.5, "layers": ["features.0"]},
+    }
+    model = SoftmaxClassifier(
+        backbone={"name": "cellnet", "width": 8, "cell_input": cell_input},
+        class_names=["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"],
+        image_size=32,
+    )
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    model.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "cell.ckpt")
+    result = export_model(tmp_path / "cell.ckpt", format="onnx", output=tmp_path / "cell.onnx", card=False)
+    assert result.max_abs_diff < 1e-4
+    # cells as the datamodule gives them: [0, 1] intensity, the mask in blue; one cell without mask pixels
+    cells = torch.rand(4, 3, 32, 32) * 0.2
+    cells[:, 2] = 0.0
+    cells[:3, 2, 8:24, 8:24] = 1.0
+    with torch.inference_mode():
+        want = model.eval()(cells).softmax(-1).numpy()
+    got = Predictor.load(result.model_path).predict_proba(cells.numpy())
+    assert np.abs(got - want).max() < 1e-4
