@@ -338,6 +338,19 @@ def test_recipe_trains_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| **mean of 1** |" in printed and "| 1 | " in printed
     assert len(np.load(cache)["keys"]) == manifest.count(",train,") + manifest.count(",val,")
+    # lowres_check.py: ×1 is the run's own validation MCA; a coarser camera is a row per factor
+    from ablation import best_checkpoint, evaluate_shifts
+    from lowres_check import check as lowres_check
+    from lowres_check import lowres
+
+    rows = lowres_check(run, root, "val", [1.0, 0.5])
+    want = evaluate_shifts(best_checkpoint(run), run, root, shifts=["none"], split="val")["none"]
+    assert [r["factor"] for r in rows] == [1.0, 0.5] and rows[0]["mca"] == pytest.approx(want)
+    assert "| ×0.5 |" in capsys.readouterr().out
+    board = (np.indices((16, 16)).sum(0) % 2 * 255).astype(np.uint8)[..., None].repeat(3, 2)
+    assert np.array_equal(lowres(1.0)(board), board) and lowres(0.5)(board).std() < 0.1 * board.std()
+    with pytest.raises(ValueError, match="factor"):
+        lowres(0.0)
 
 
 def test_ablation_finds_the_checkpoint_of_a_run_trained_without_test(tmp_path):
