@@ -167,10 +167,11 @@ def mca(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean([np.mean(pred[y == k] == k) for k in range(n_classes) if np.any(y == k)]))
 
 
-def evaluate_shifts(
-    ckpt: str, run_dir: Path, root: Path, tta: bool = False, shifts=SHIFTS, split: str = "test"
-) -> dict[str, float]:
-    """MCA of a checkpoint on its run's ``split`` cells (test, or val to choose a recipe) under each shift."""
+def shifted_predictions(
+    ckpt: str, run_dir: Path, root: Path, shifts: dict, split: str = "test", tta: bool = False
+) -> tuple[np.ndarray, list[str], dict]:
+    """A checkpoint's predicted classes on its run's ``split`` cells under each shift (``{name: image → image}``):
+    ``(true class indices, class names, {name: predicted indices})``."""
     from ana_lightning.utils import load_checkpoint_model
 
     model = load_checkpoint_model(ckpt)
@@ -183,11 +184,22 @@ def evaluate_shifts(
     names = list(model.class_names)
     y = np.array([names.index(c) for c in labels])
     raw = read_cells(paths)
-    out = {}
-    for s in shifts:
-        pred = batched(model, model_input(model, run_dir, raw, _shift(s))).argmax(-1).numpy()
-        out[s] = mca(y, pred, len(names))
-    return out
+    return (
+        y,
+        names,
+        {
+            s: batched(model, model_input(model, run_dir, raw, f)).argmax(-1).numpy()
+            for s, f in shifts.items()
+        },
+    )
+
+
+def evaluate_shifts(
+    ckpt: str, run_dir: Path, root: Path, tta: bool = False, shifts=SHIFTS, split: str = "test"
+) -> dict[str, float]:
+    """MCA of a checkpoint on its run's ``split`` cells (test, or val to choose a recipe) under each shift."""
+    y, names, pred = shifted_predictions(ckpt, run_dir, root, {s: _shift(s) for s in shifts}, split, tta)
+    return {s: mca(y, p, len(names)) for s, p in pred.items()}
 
 
 def train_row(

@@ -37,19 +37,13 @@ def lowres(factor: float):
 
 
 def check(run: Path, root: Path, split: str, factors: list[float]) -> list[dict]:
-    from ana_lightning.utils import load_checkpoint_model
-
-    model = load_checkpoint_model(A.best_checkpoint(run))
-    model.eval()
-    paths, labels, _ = A.split_cells(run, root, split)
-    raw = A.read_cells(paths)
-    names = list(model.class_names)
-    y = np.array([names.index(c) for c in labels])
+    y, names, pred = A.shifted_predictions(
+        A.best_checkpoint(run), run, root, {f: lowres(f) for f in factors}, split
+    )
     rows = []
-    for f in factors:
-        pred = A.batched(model, A.model_input(model, run, raw, lowres(f))).argmax(-1).numpy()
-        recall = {n: float(np.mean(pred[y == k] == k)) for k, n in enumerate(names) if (y == k).any()}
-        rows.append({"factor": f, "mca": A.mca(y, pred, len(names)), **recall})
+    for f, p in pred.items():
+        recall = {n: float(np.mean(p[y == k] == k)) for k, n in enumerate(names) if (y == k).any()}
+        rows.append({"factor": f, "mca": A.mca(y, p, len(names)), **recall})
     classes = [n for n in names if n in rows[0]]
     print(f"| factor | MCA ({split}) | " + " | ".join(classes) + " |")
     print("|---|---|" + "---|" * len(classes))

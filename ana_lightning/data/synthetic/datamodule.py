@@ -97,7 +97,7 @@ def render_cells_once(cache_dir: str | Path, **settings) -> Path:
     if not (folder / ".complete").exists():
         log.info("rendering synthetic cells into %s (once; cached for later runs)", folder)
         names = {"class_set": "classes", "render_seed": "seed"}  # generate_cell_dataset's names
-        render = {names.get(k, k): v for k, v in settings.items() if k != "what"}
+        render = {names.get(k, k): v for k, v in settings.items()}
         generate_cell_dataset(folder, progress=False, **render)
         (folder / ".complete").write_text("ok\n")
     return folder
