@@ -78,6 +78,12 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
         except Exception as e:  # noqa: BLE001
             return md + [f"- (split manifest unreadable: {e})", ""]
         counts = {s: Counter(c for r in splits[s] for c in r.codes) for s in SPLITS}
+        if not splits["val"]:
+            md.append(
+                "- **No validation split**: the weights are the last epoch of a fixed schedule, trained on every "
+                "group the manifest gives to training (a refit once the recipe was chosen on validation splits); "
+                "no epoch selection and no temperature calibration"
+            )
         groups = {s: len({r.group for r in splits[s] if r.group}) for s in SPLITS}
         md += ["", "| class | " + " | ".join(SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]
         for c in info.class_names:

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..calibration import calibrate_run, report_test_calibration
 from ..distributed import ddp_job, one_at_a_time, tester_for
@@ -74,6 +74,52 @@ def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> Non
     )
 
 
+# With no validation split the trainer runs no validation loop (nothing to select an epoch on).
+_NO_VALIDATION_TRAINER = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+
+
+def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
+    """The config of a run with an empty validation split (``data.split_fractions=[0.8,0,0.2]``, or a
+    split manifest without ``val`` rows): train the fixed schedule and keep the last epoch. Callbacks
+    that watch a validation metric change: a monitored ``ModelCheckpoint`` keeps the latest epoch as
+    ``final-epochNNN.ckpt`` (what gets tested, exported and named in ``best_checkpoint.txt``), early
+    stopping is dropped. A scheduler that needs a validation metric is an error naming the key."""
+    sched = str(OmegaConf.select(cfg, "model.scheduler._target_", default="") or "")
+    if sched.endswith("ReduceLROnPlateau"):
+        raise ValueError(
+            f"the validation split is empty ({sizes}) but model.scheduler={sched} steps on val/loss: "
+            "give the validation split a share (data.split_fractions) or use a schedule of fixed length "
+            "(e.g. the cosine one of conf/model/*.yaml)"
+        )
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        callbacks = cfg.get("callbacks") or {}
+        for name in list(callbacks):
+            cb = callbacks[name]
+            if not isinstance(cb, DictConfig) or cb.get("monitor") is None:
+                continue
+            if str(cb.get("_target_", "")).endswith("ModelCheckpoint"):
+                cb.monitor = None
+                cb.filename = "final-epoch{epoch:03d}"
+                cb.save_top_k = 1
+                # unused without a monitor, but part of the callback's state key, which must differ from
+                # the unmonitored last_checkpoint's (mode "min") for Lightning to keep both
+                cb.mode = "max"
+            else:  # early stopping and anything else that reads a validation metric
+                callbacks.pop(name)
+    if str(cfg.get("optimized_metric") or "").startswith("val/"):
+        log.warning("optimized_metric=%s is a validation metric, and this run has none", cfg.optimized_metric)
+    log.warning(
+        "the validation split is empty (%s): a fixed schedule of %s epochs, the last one kept "
+        "(checkpoints/final-epochNNN.ckpt) with no epoch selection, early stopping or temperature "
+        "calibration. This is how the model to ship is refit on every labelled group once the recipe has "
+        "been chosen on validation splits.",
+        ", ".join(f"{k} {v}" for k, v in sizes.items()),
+        OmegaConf.select(cfg, "trainer.max_epochs", default="?"),
+    )
+    return cfg
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (and test with the best checkpoint); returns the metrics and the objects used."""
     _check_settings(cfg)  # before anything is written
@@ -105,6 +151,9 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     with one_at_a_time(run_dir):  # ranks started together by SLURM/torchrun: one prepares, the others wait
         dm.prepare_data()
     dm.setup("fit")
+    validates = bool(dm.splits.get("val"))
+    if not validates:
+        cfg = _without_validation(cfg, {k: len(v) for k, v in dm.splits.items()})
     model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
     _check_model_fits_data(cfg, model_kwargs)
     model = instantiate(cfg.model, **model_kwargs)
@@ -117,7 +166,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         )
     if resume:
         check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, **({} if validates else _NO_VALIDATION_TRAINER))
     resume_step = (
         resume_step_of(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
     )
@@ -139,16 +188,25 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         if not trainer.interrupted and trainer.is_global_zero:
             mark_finished(trainer, run_dir)
-        cal = _calibrate(cfg, trainer, dm)  # fitted only when this call trained
+        cal = _calibrate(cfg, trainer, dm) if validates else {}  # fitted only when this call trained
         metrics.update(cal)
-    if cfg.get("test", True):
-        ckpt = (
-            trainer.checkpoint_callback.best_model_path
-            if isinstance(trainer.checkpoint_callback, ModelCheckpoint)
-            else ""
+    ckpt = (
+        trainer.checkpoint_callback.best_model_path
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+        else ""
+    )
+    if finished is not None:  # a finished run that was never tested: test its best (final) checkpoint only
+        kept = sorted((run_dir / "checkpoints").glob("best-*.ckpt" if validates else "final-*.ckpt"))
+        ckpt = str(kept[-1]) if kept else ""
+    if cfg.get("test", True) and not dm.splits.get("test"):
+        log.warning(
+            "the test split is empty (data.split_fractions=%s): nothing to test; the run's model is %s",
+            list(OmegaConf.select(cfg, "data.split_fractions", default=[]) or []),
+            ckpt or "the current weights (no checkpoint was saved)",
         )
-        if finished is not None:  # a finished run that was never tested: test its best checkpoint only
-            ckpt = str(next(iter(sorted((run_dir / "checkpoints").glob("best-*.ckpt"))), ""))
+        if ckpt and trainer.is_global_zero:
+            (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
+    elif cfg.get("test", True):
         if not ckpt:
             log.warning("no best checkpoint was saved; testing the current weights")
         log.info("testing %s", ckpt or "current weights")

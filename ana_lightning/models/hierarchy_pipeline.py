@@ -31,7 +31,8 @@ PIPELINE_CLASS_PATH = "ana_lightning.models.hierarchical.HierarchicalPipeline"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its ``best_checkpoint.txt``, else its one ``checkpoints/best-*.ckpt``)."""
+    """A checkpoint file, or a run folder (its ``best_checkpoint.txt``, else its one ``checkpoints/best-*.ckpt``,
+    or ``final-*.ckpt`` for a run without a validation split)."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
@@ -40,11 +41,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if note.is_file():
             best = Path(note.read_text().strip())
             return best if best.is_absolute() else p / best
-        found = sorted((p / "checkpoints").glob("best-*.ckpt"))
+        found = sorted((p / "checkpoints").glob("best-*.ckpt")) or sorted(
+            (p / "checkpoints").glob("final-*.ckpt")
+        )
         if len(found) == 1:
             return found[0]
         raise FileNotFoundError(
-            f"run folder {p} has {len(found)} best-*.ckpt files and no best_checkpoint.txt: give the checkpoint file"
+            f"run folder {p} has {len(found)} best-*.ckpt (or final-*.ckpt) files and no best_checkpoint.txt: "
+            "give the checkpoint file"
         )
     raise FileNotFoundError(f"checkpoint {p} does not exist")
 

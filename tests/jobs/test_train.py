@@ -190,3 +190,54 @@ def test_truncated_checkpoint_is_a_clear_error(trained_run, tmp_path):
     bad.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="bad.ckpt"):
         load_checkpoint_model(bad)
+
+
+def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_path):
+    """data.split_fractions=[0.8,0,0.2]: the refit of a chosen recipe on every labelled group. No
+    validation loop, no early stopping or epoch selection: the last epoch is kept, tested and named."""
+    run = tmp_path / "run"
+    overrides = tiny_train_overrides(tiny_folder, epochs=3) + ["data.split_fractions=[0.8,0,0.2]"]
+    metrics, objs = train(compose("train", overrides, output_dir=run))
+    dm, trainer = objs["datamodule"], objs["trainer"]
+    assert not dm.splits["val"] and dm.splits["test"]
+    assert not any("early" in type(cb).__name__.lower() for cb in trainer.callbacks)
+    assert not any(k.startswith("val/") for k in trainer.callback_metrics)  # no validation loop ran
+    kept = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in kept] == ["final-epoch002.ckpt", "last.ckpt"]
+    final = torch.load(kept[0], weights_only=False)
+    assert final["epoch"] == 2 and torch.equal(
+        next(iter(final["state_dict"].values())),
+        next(iter(torch.load(kept[1], weights_only=False)["state_dict"].values())),
+    )
+    assert Path((run / "best_checkpoint.txt").read_text().strip()) == kept[0].resolve()
+    assert "test/mca" in metrics and "val/temperature" not in metrics
+    assert "final-epoch" in (run / "config_resolved.yaml").read_text()
+    from ana_lightning.export import export_model
+
+    card = export_model(
+        kept[0], format="torchscript", output=tmp_path / "m.torchscript.pt"
+    ).card_path.read_text()
+    assert "**No validation split**" in card and "belong to" not in card
+    # a resumed finished run tests the same final checkpoint, not a best-*.ckpt it never wrote
+    (run / "metrics.json").unlink()
+    again, _ = train(
+        compose("train", overrides + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], output_dir=run)
+    )
+    assert again["test/mca"] == pytest.approx(metrics["test/mca"])
+
+
+def test_a_run_without_test_split_names_the_model_it_trained(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    overrides = tiny_train_overrides(tiny_folder, epochs=2) + ["data.split_fractions=[1,0,0]"]
+    metrics, _ = train(compose("train", overrides, output_dir=run))
+    assert not any(k.startswith("test/") for k in metrics) and not (run / "metrics.json").exists()
+    assert Path((run / "best_checkpoint.txt").read_text().strip()).name == "final-epoch001.ckpt"
+
+
+def test_a_plateau_schedule_without_validation_split_is_a_clear_error(tiny_folder, tmp_path):
+    overrides = tiny_train_overrides(tiny_folder) + [
+        "data.split_fractions=[0.8,0,0.2]",
+        "model.scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+    ]
+    with pytest.raises(ValueError, match="ReduceLROnPlateau.*data.split_fractions"):
+        train(compose("train", overrides, output_dir=tmp_path / "run"))
