@@ -243,3 +243,19 @@ def test_ana_eval_of_one_level3_group_checkpoint(paper_runs, tmp_path):
     m, objs = evaluate(cfg)
     assert objs["split"] == "test" and objs["datamodule"].class_names == ["AC-2", "AC-4", "AC-5", "AC-29"]
     assert m["test/mca"] == pytest.approx(metrics["test/speckled/mca"], abs=1e-6)
+
+
+def test_a_run_folder_resolves_to_its_one_best_or_final_checkpoint(tmp_path):
+    from ana_lightning.models.hierarchical import resolve_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="0 best-"):
+        resolve_checkpoint(tmp_path / "run")
+    (ckpts / "final-epoch009.ckpt").write_bytes(b"x")  # a run without a validation split
+    assert resolve_checkpoint(tmp_path / "run") == ckpts / "final-epoch009.ckpt"
+    (ckpts / "best-epoch004.ckpt").write_bytes(b"x")
+    assert resolve_checkpoint(tmp_path / "run") == ckpts / "best-epoch004.ckpt"
+    (tmp_path / "run" / "best_checkpoint.txt").write_text(str(ckpts / "final-epoch009.ckpt") + "\n")
+    assert resolve_checkpoint(tmp_path / "run") == ckpts / "final-epoch009.ckpt"
