@@ -10,6 +10,7 @@ DDP/SLURM plumbing (relaunch inside sweeps, ranks preparing data one at a time, 
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,8 @@ def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
             "give the validation split a share (data.split_fractions) or use a schedule of fixed length "
             "(e.g. the cosine one of conf/model/*.yaml)"
         )
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
+    dropped = []
     with open_dict(cfg):
         callbacks = cfg.get("callbacks") or {}
         for name in list(callbacks):
@@ -107,15 +109,17 @@ def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
                 cb.mode = "max"
             else:  # early stopping and anything else that reads a validation metric
                 callbacks.pop(name)
+                dropped.append(f"callbacks.{name}")
     if str(cfg.get("optimized_metric") or "").startswith("val/"):
         log.warning("optimized_metric=%s is a validation metric, and this run has none", cfg.optimized_metric)
     log.warning(
         "the validation split is empty (%s): a fixed schedule of %s epochs, the last one kept "
         "(checkpoints/final-epochNNN.ckpt) with no epoch selection, early stopping or temperature "
-        "calibration. This is how the model to ship is refit on every labelled group once the recipe has "
+        "calibration%s. This is how the model to ship is refit on every labelled group once the recipe has "
         "been chosen on validation splits.",
         ", ".join(f"{k} {v}" for k, v in sizes.items()),
         OmegaConf.select(cfg, "trainer.max_epochs", default="?"),
+        f" (left out: {', '.join(dropped)})" if dropped else "",
     )
     return cfg
 

@@ -192,7 +192,7 @@ def test_truncated_checkpoint_is_a_clear_error(trained_run, tmp_path):
         load_checkpoint_model(bad)
 
 
-def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_path):
+def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_path, caplog):
     """data.split_fractions=[0.8,0,0.2]: the refit of a chosen recipe on every labelled group. No
     validation loop, no early stopping or epoch selection: the last epoch is kept, tested and named."""
     run = tmp_path / "run"
@@ -201,6 +201,9 @@ def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_pa
     dm, trainer = objs["datamodule"], objs["trainer"]
     assert not dm.splits["val"] and dm.splits["test"]
     assert not any("early" in type(cb).__name__.lower() for cb in trainer.callbacks)
+    assert (
+        "the validation split is empty" in caplog.text and "left out: callbacks.early_stopping" in caplog.text
+    )
     assert not any(k.startswith("val/") for k in trainer.callback_metrics)  # no validation loop ran
     kept = sorted((run / "checkpoints").glob("*.ckpt"))
     assert [p.name for p in kept] == ["final-epoch002.ckpt", "last.ckpt"]
