@@ -42,6 +42,32 @@ def _run_folder(ckpt_path: Path) -> Path | None:
     return here if (here / "evaluated.txt").is_file() and (here / "config_resolved.yaml").is_file() else None
 
 
+def _class_namer(run: Path, tree) -> Any:
+    """Manifest label -> the model's class name: through the run's ``classes.csv`` (``tree_label`` ->
+    ``class``, e.g. ``speckled`` -> ``Speckled`` for the contest classes), else the label's canonical AC code."""
+    import csv
+
+    names: dict[str, str] = {}
+    table = run / "classes.csv"
+    if table.is_file():
+        with open(table, newline="") as f:
+            names = {
+                r["tree_label"]: r["class"]
+                for r in csv.DictReader(f)
+                if r.get("tree_label") and r.get("class")
+            }
+
+    def name(label: str) -> str:
+        if label in names:
+            return names[label]
+        try:
+            return tree.parse_code(label)
+        except ValueError:
+            return label
+
+    return name
+
+
 def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
     from omegaconf import OmegaConf
 
@@ -73,11 +99,12 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
         md.append(f"- (config_resolved.yaml unreadable: {e})")
     manifest = run / SPLIT_MANIFEST
     if manifest.is_file():
-        try:
-            splits = load_manifest(manifest, taxonomy=Taxonomy.load())
+        try:  # raw labels: a contest-level run's manifest holds tree nodes ("speckled"), not only AC codes
+            splits = load_manifest(manifest, check=False)
         except Exception as e:  # noqa: BLE001
             return md + [f"- (split manifest unreadable: {e})", ""]
-        counts = {s: Counter(c for r in splits[s] for c in r.codes) for s in SPLITS}
+        name = _class_namer(run, Taxonomy.load())
+        counts = {s: Counter(name(c) for r in splits[s] for c in r.codes) for s in SPLITS}
         if not splits["val"]:
             md.append(
                 "- **No validation split**: the weights are the last epoch of a fixed schedule, trained on every "
@@ -217,7 +244,8 @@ def _calibration_section(info: ModelInfo, metrics: dict[str, Any], run: Path | N
         )
     else:
         md.append(
-            "Not calibrated (trained with calibrate=false, or before calibration existed): the probabilities are "
+            "Not calibrated (trained with calibrate=false or without a validation split, its fitted temperature did "
+            "not carry across validation groups, or it was trained before calibration existed): the probabilities are "
             "raw softmax/sigmoid outputs and may be over-confident."
         )
     if isinstance(metrics.get("test/ece"), int | float):

@@ -309,3 +309,29 @@ def test_model_card_of_a_synthetic_run_says_it_has_no_real_data_figure(tmp_path)
     )
     text = "\n".join(_real_data_section(tmp_path, {"test/mca": 0.9}))
     assert "None" in text and "synthetic" in text and "0.9" not in text
+
+
+def test_model_card_counts_a_contest_level_runs_classes(tmp_path):
+    """A contest-level run's manifest labels are tree nodes ("speckled"), which are not AC codes: the card
+    maps them to the model's classes through classes.csv (it said "split manifest unreadable" before)."""
+    from types import SimpleNamespace
+
+    from ana_lightning.model_card import _training_data_section
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config_resolved.yaml").write_text(
+        "data:\n  _target_: x.HEp2HierarchyDataModule\n  split_fractions: [1, 0, 0]\n"
+    )
+    (run / "classes.csv").write_text(
+        "class,tree_label,level1,level2,code\nHomogeneous,AC-1,nuclear,homogeneous,AC-1\nSpeckled,speckled,nuclear,speckled,\n"
+    )
+    rows = [("a.png", "AC-1", "g1"), ("b.png", "speckled", "g2"), ("c.png", "speckled", "g3")]
+    (run / "split_manifest.csv").write_text(
+        "path,label,split,sha256,group\n"
+        + "".join(f"{p},{lab},train,{i},{g}\n" for i, (p, lab, g) in enumerate(rows))
+    )
+    card = "\n".join(_training_data_section(run, SimpleNamespace(class_names=["Homogeneous", "Speckled"])))
+    assert "unreadable" not in card
+    assert "| Homogeneous | 1 | 0 | 0 |" in card and "| Speckled | 2 | 0 | 0 |" in card
+    assert "| groups (patients) | 3 | 0 | 0 |" in card and "**No validation split**" in card
