@@ -47,7 +47,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if len(found) == 1:
             return found[0]
         raise FileNotFoundError(
-            f"run folder {p} has {len(found)} best-*.ckpt (or final-*.ckpt) files and no best_checkpoint.txt: "
+            f"run folder {p} has {len(found)} best-epoch*.ckpt (or final-epoch*.ckpt) files and no best_checkpoint.txt: "
             "give the checkpoint file"
         )
     raise FileNotFoundError(f"checkpoint {p} does not exist")

@@ -236,16 +236,14 @@ def train_row(
 
 
 def best_checkpoint(run: Path) -> str:
-    """The checkpoint a run tested (``best_checkpoint.txt``), or its one ``best-epoch*.ckpt`` when it
-    was trained with ``test=false``."""
-    if (run / "best_checkpoint.txt").is_file():
-        return (run / "best_checkpoint.txt").read_text().strip()
-    found = sorted((run / "checkpoints").glob("best-epoch*.ckpt"))
-    if len(found) != 1:
-        sys.exit(
-            f"{run}: no best_checkpoint.txt and {len(found)} best-epoch*.ckpt files: cannot tell which to score"
-        )
-    return str(found[0])
+    """The checkpoint a run tested (``best_checkpoint.txt``), or its one ``best-epoch*.ckpt`` (``final-epoch*.ckpt``
+    without a validation split) when it was trained with ``test=false``: the project's run-folder lookup."""
+    from ana_lightning.models.hierarchical import resolve_checkpoint
+
+    try:
+        return str(resolve_checkpoint(run))
+    except FileNotFoundError as e:
+        sys.exit(f"{run}: cannot tell which checkpoint to score: {e}")
 
 
 def _suffix(split: str) -> str:
