@@ -163,6 +163,7 @@ def test_group_report_names_the_groups_a_model_misreads(tmp_path):
     assert float(rows["h1"]["accuracy"]) == 0.75 and rows["h1"]["images"] == "4"
     md = (tmp_path / "test_report.md").read_text()
     assert "| c1 | Centromere | 4 | 0.250 | Speckled (0.75) |" in md
+    assert "By majority vote of its images, **1 of 2** single-class groups" in md  # h1 right, c1 wrong
     assert write_group_report([None] * 3, target[:3], pred[:3], names, tmp_path / "none") is None
     many = [f"g{i:03d}" for i in range(MAX_GROUP_ROWS + 5)]
     t = torch.zeros(len(many), dtype=torch.long)

@@ -199,7 +199,7 @@ def write_group_report(
     appended to ``{stage}_report.md``: on real cells a model's errors come by whole specimens (one
     specimen read as another class), which a per-class table hides. Each row: the group, its true
     class(es), its images, their accuracy and the most frequent prediction with its share. The report
-    shows at most ``MAX_GROUP_ROWS`` groups (the least accurate; the CSV has all). Nothing is written
+    also says how many single-class groups a majority vote of their images reads right, and shows at most ``MAX_GROUP_ROWS`` groups (the least accurate; the CSV has all). Nothing is written
     when fewer than two images have a group. Returns the CSV path or None."""
     keep = [i for i, g in enumerate(groups) if g not in (None, "")]
     if len(keep) < 2:
@@ -235,12 +235,20 @@ def write_group_report(
     if len(rows) > MAX_GROUP_ROWS:
         shown = sorted(rows, key=lambda r: r["accuracy"])[:MAX_GROUP_ROWS]
         note = f" The {MAX_GROUP_ROWS} least accurate are shown; `{csv_path.name}` has all."
+    single = [r for r in rows if "+" not in r["true"]]
+    verdict = ""
+    if single:  # what a lab reads off a specimen: the class most of its images are given
+        right = sum(r["most_predicted"] == r["true"] for r in single)
+        verdict = (
+            f" By majority vote of its images, **{right} of {len(single)}** single-class groups are read as "
+            f"their own class."
+        )
     md = [
         "",
         "## Per group",
         "",
         f"{len(rows)} groups (the split's grouping: specimen, slide or patient). Errors that come by whole "
-        f"groups are a shift between groups, not noise.{note}",
+        f"groups are a shift between groups, not noise.{verdict}{note}",
         "",
         "| group | true class | images | accuracy | most predicted (share) |",
         "|---|---|---|---|---|",
