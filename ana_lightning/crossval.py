@@ -28,7 +28,7 @@ import csv
 import json
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,9 @@ def summarize_sweep(
         classes = [c[2:] for c in header if c.startswith("p_")]
         summary.update(_oof_metrics(oof, classes, repeats, group_of, n_boot))
         if not summary.get("oof/multilabel"):
+            named = {r["path"]: r["group"] for r in manifest if r["group"]}
+            summary.update(_group_majority(oof, repeats, named))
+        if not summary.get("oof/multilabel"):
             _plot_pooled_confusion(oof, classes, out_dir / "oof_confusion_matrix.png", summary)
         else:  # multi-label: no confusion matrix; the pooled per-class F1 instead
             _plot_pooled_f1(oof, classes, out_dir / "oof_per_class_f1.png", summary)
@@ -321,6 +324,38 @@ def _oof_metrics(
     for k, v in per_rep.items():
         out[f"oof/{k}"] = float(np.mean(v))
     out["oof/n_images"] = int((reps == 0).sum())
+    return out
+
+
+def _majority(votes: Counter) -> str | None:
+    """The class with strictly the most votes; None on a tie (no verdict)."""
+    top = votes.most_common(2)
+    return top[0][0] if len(top) == 1 or top[0][1] > top[1][1] else None
+
+
+def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str, str]) -> dict[str, Any]:
+    """The specimen verdict a lab reads off a well: the share of named single-class groups whose most
+    frequent out-of-fold prediction is their class (strictly: a tie is no verdict) (``oof/group_majority_acc``, mean over repeats), and
+    how many groups (``oof/n_groups``) and how many read right in repeat 0 (``oof/groups_right``).
+    Empty when the folds manifest names no groups (each image its own: the figure would be accuracy)."""
+    shares, out = [], {}
+    for rep in range(repeats):
+        votes: dict[str, Counter] = defaultdict(Counter)
+        truth: dict[str, set[str]] = defaultdict(set)
+        for r in oof:
+            g = group_of.get(r["path"])
+            if g and r["repeat"] == str(rep):
+                votes[g][r["pred"]] += 1
+                truth[g].add(r["true"])
+        single = [g for g in votes if len(truth[g]) == 1]
+        if not single:
+            continue
+        right = sum(_majority(votes[g]) in truth[g] for g in single)
+        shares.append(right / len(single))
+        if rep == 0:
+            out.update({"oof/n_groups": len(single), "oof/groups_right": right})
+    if shares:
+        out["oof/group_majority_acc"] = float(np.mean(shares))
     return out
 
 
@@ -417,6 +452,13 @@ def _markdown(
             md.append(
                 f"| `oof/{m}` | {_fmt(s[f'oof/{m}'])} | {f'[{_fmt(lo)}, {_fmt(hi)}]' if lo is not None else ''} |"
             )
+        if s.get("oof/group_majority_acc") is not None:
+            md += [
+                "",
+                f"**By group** (when groups are specimens, the verdict a lab reads off a well): {s.get('oof/groups_right')} of "
+                f"{s.get('oof/n_groups')} groups are read as their class by the majority of their images "
+                f"(repeat 0); `oof/group_majority_acc` {_fmt(s['oof/group_majority_acc'])}.",
+            ]
         if not s.get("oof/multilabel"):
             md += ["", "![pooled confusion matrix](oof_confusion_matrix.png)"]
         else:

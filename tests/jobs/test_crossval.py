@@ -115,6 +115,34 @@ def test_summary_mean_sd_and_oof_every_image_once(tmp_path):
     assert (sweep / "oof_confusion_matrix.png").stat().st_size > 1000
     md = (sweep / "cv_summary.md").read_text()
     assert "| `test/mca` |" in md and "## Per fold" in md and "oof_confusion_matrix.png" in md
+    # by group: only the named groups (AC-4's p0…p3) count; a group is right when its class wins outright
+    group = {
+        Path(r.path).relative_to(tmp_path / "data").as_posix(): r.group for r in made["records"] if r.group
+    }
+    assert {r["path"] for r in oof} >= set(group)  # the pooled predictions name images as the manifest does
+    votes = {g: Counter(r["pred"] for r in oof if group.get(r["path"]) == g) for g in set(group.values())}
+    right = sum(v["AC-4"] > max([n for c, n in v.items() if c != "AC-4"], default=0) for v in votes.values())
+    assert s["oof/n_groups"] == 4 and s["oof/groups_right"] == right
+    assert s["oof/group_majority_acc"] == pytest.approx(right / 4)
+    assert f"{right} of 4 groups are read as their class" in md
+
+
+def test_summary_by_group_needs_named_groups_and_calls_a_tie_no_verdict(tmp_path):
+    from ana_lightning.crossval import _group_majority
+
+    oof = [
+        {"repeat": "0", "path": p, "true": t, "pred": q}
+        for p, t, q in [
+            ("a1", "X", "X"),
+            ("a2", "X", "Y"),
+            ("b1", "Y", "Y"),
+            ("b2", "Y", "Y"),
+            ("c1", "X", "X"),
+        ]
+    ]
+    out = _group_majority(oof, 1, {"a1": "A", "a2": "A", "b1": "B", "b2": "B", "c1": "C"})
+    assert out == {"oof/n_groups": 3, "oof/groups_right": 2, "oof/group_majority_acc": pytest.approx(2 / 3)}
+    assert _group_majority(oof, 1, {}) == {}  # no named groups: no figure
 
 
 def test_summary_with_repeats_and_a_missing_fold(tmp_path):
