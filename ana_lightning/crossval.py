@@ -335,9 +335,9 @@ def _majority(votes: Counter) -> str | None:
 
 def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str, str]) -> dict[str, Any]:
     """The specimen verdict a lab reads off a well: the share of named single-class groups whose most
-    frequent out-of-fold prediction is their class (strictly: a tie is no verdict) (``oof/group_majority_acc``, mean over repeats), and
-    how many groups (``oof/n_groups``) and how many read right in repeat 0 (``oof/groups_right``).
-    Empty when the folds manifest names no groups (each image its own: the figure would be accuracy)."""
+    frequent out-of-fold prediction is their class, strictly (a tie is no verdict), as
+    ``oof/group_majority_acc`` (mean over repeats), with ``oof/n_groups`` and ``oof/groups_right`` of
+    repeat 0. Empty when the folds manifest names no groups (each image its own: that would be accuracy)."""
     shares, out = [], {}
     for rep in range(repeats):
         votes: dict[str, Counter] = defaultdict(Counter)
@@ -455,9 +455,10 @@ def _markdown(
         if s.get("oof/group_majority_acc") is not None:
             md += [
                 "",
-                f"**By group** (when groups are specimens, the verdict a lab reads off a well): {s.get('oof/groups_right')} of "
-                f"{s.get('oof/n_groups')} groups are read as their class by the majority of their images "
-                f"(repeat 0); `oof/group_majority_acc` {_fmt(s['oof/group_majority_acc'])}.",
+                "**By group** (when groups are specimens, the verdict a lab reads off a well): "
+                f"{s.get('oof/groups_right')} of {s.get('oof/n_groups')} groups are read as their class by "
+                f"the majority of their images (repeat 0); `oof/group_majority_acc` "
+                f"{_fmt(s['oof/group_majority_acc'])}.",
             ]
         if not s.get("oof/multilabel"):
             md += ["", "![pooled confusion matrix](oof_confusion_matrix.png)"]

@@ -164,6 +164,10 @@ def test_group_report_names_the_groups_a_model_misreads(tmp_path):
     md = (tmp_path / "test_report.md").read_text()
     assert "| c1 | Centromere | 4 | 0.250 | Speckled (0.75) |" in md
     assert "By majority vote of its images, **1 of 2** single-class groups" in md  # h1 right, c1 wrong
+    tie = torch.tensor([0, 0, 1, 1])  # two votes each: no verdict
+    (tmp_path / "tie").mkdir()
+    write_group_report(["t1"] * 4, torch.zeros(4, dtype=torch.long), tie, names, tmp_path / "tie")
+    assert "**0 of 1**" in (tmp_path / "tie" / "test_report.md").read_text()
     assert write_group_report([None] * 3, target[:3], pred[:3], names, tmp_path / "none") is None
     many = [f"g{i:03d}" for i in range(MAX_GROUP_ROWS + 5)]
     t = torch.zeros(len(many), dtype=torch.long)

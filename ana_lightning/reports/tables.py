@@ -199,8 +199,9 @@ def write_group_report(
     appended to ``{stage}_report.md``: on real cells a model's errors come by whole specimens (one
     specimen read as another class), which a per-class table hides. Each row: the group, its true
     class(es), its images, their accuracy and the most frequent prediction with its share. The report
-    also says how many single-class groups a majority vote of their images reads right, and shows at most ``MAX_GROUP_ROWS`` groups (the least accurate; the CSV has all). Nothing is written
-    when fewer than two images have a group. Returns the CSV path or None."""
+    also says how many single-class groups a majority vote of their images reads right (a tie is no
+    verdict), and shows at most ``MAX_GROUP_ROWS`` groups (the least accurate; the CSV has all).
+    Nothing is written when fewer than two images have a group. Returns the CSV path or None."""
     keep = [i for i, g in enumerate(groups) if g not in (None, "")]
     if len(keep) < 2:
         return None
@@ -209,11 +210,13 @@ def write_group_report(
     by: dict[str, list[int]] = {}
     for i in keep:
         by.setdefault(str(groups[i]), []).append(i)
-    rows = []
+    rows, verdicts = [], []
     for g, idx in sorted(by.items()):
         truth = sorted({class_names[t[i]] for i in idx})
         counts = np.bincount([p[i] for i in idx], minlength=len(class_names))
         top = int(counts.argmax())
+        if len(truth) == 1:  # read right when its class wins outright (a tie is no verdict)
+            verdicts.append(class_names[top] == truth[0] and int((counts == counts[top]).sum()) == 1)
         rows.append(
             {
                 "group": g,
@@ -235,13 +238,11 @@ def write_group_report(
     if len(rows) > MAX_GROUP_ROWS:
         shown = sorted(rows, key=lambda r: r["accuracy"])[:MAX_GROUP_ROWS]
         note = f" The {MAX_GROUP_ROWS} least accurate are shown; `{csv_path.name}` has all."
-    single = [r for r in rows if "+" not in r["true"]]
     verdict = ""
-    if single:  # what a lab reads off a specimen: the class most of its images are given
-        right = sum(r["most_predicted"] == r["true"] for r in single)
+    if verdicts:  # what a lab reads off a specimen: the class most of its images are given
         verdict = (
-            f" By majority vote of its images, **{right} of {len(single)}** single-class groups are read as "
-            f"their own class."
+            f" By majority vote of its images, **{sum(verdicts)} of {len(verdicts)}** single-class groups are "
+            f"read as their own class."
         )
     md = [
         "",
