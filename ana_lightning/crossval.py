@@ -42,6 +42,7 @@ from .stats import (
     bootstrap_intervals,
     fold_summary,
     label_matrix,
+    majority_vote,
     point_metrics,
 )
 
@@ -272,7 +273,6 @@ def summarize_sweep(
         if not summary.get("oof/multilabel"):
             named = {r["path"]: r["group"] for r in manifest if r["group"]}
             summary.update(_group_majority(oof, repeats, named))
-        if not summary.get("oof/multilabel"):
             _plot_pooled_confusion(oof, classes, out_dir / "oof_confusion_matrix.png", summary)
         else:  # multi-label: no confusion matrix; the pooled per-class F1 instead
             _plot_pooled_f1(oof, classes, out_dir / "oof_per_class_f1.png", summary)
@@ -327,12 +327,6 @@ def _oof_metrics(
     return out
 
 
-def _majority(votes: Counter) -> str | None:
-    """The class with strictly the most votes; None on a tie (no verdict)."""
-    top = votes.most_common(2)
-    return top[0][0] if len(top) == 1 or top[0][1] > top[1][1] else None
-
-
 def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str, str]) -> dict[str, Any]:
     """The specimen verdict a lab reads off a well: the share of named single-class groups whose most
     frequent out-of-fold prediction is their class, strictly (a tie is no verdict), as
@@ -350,7 +344,7 @@ def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str,
         single = [g for g in votes if len(truth[g]) == 1]
         if not single:
             continue
-        right = sum(_majority(votes[g]) in truth[g] for g in single)
+        right = sum(majority_vote(votes[g]) in truth[g] for g in single)
         shares.append(right / len(single))
         if rep == 0:
             out.update({"oof/n_groups": len(single), "oof/groups_right": right})

@@ -45,17 +45,9 @@ def _run_folder(ckpt_path: Path) -> Path | None:
 def _class_namer(run: Path, tree) -> Any:
     """Manifest label -> the model's class name: through the run's ``classes.csv`` (``tree_label`` ->
     ``class``, e.g. ``speckled`` -> ``Speckled`` for the contest classes), else the label's canonical AC code."""
-    import csv
+    from .data.hierarchy import read_contest_classes
 
-    names: dict[str, str] = {}
-    table = run / "classes.csv"
-    if table.is_file():
-        with open(table, newline="") as f:
-            names = {
-                r["tree_label"]: r["class"]
-                for r in csv.DictReader(f)
-                if r.get("tree_label") and r.get("class")
-            }
+    names = read_contest_classes(run)
 
     def name(label: str) -> str:
         if label in names:

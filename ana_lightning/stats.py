@@ -30,6 +30,7 @@ __all__ = [
     "fold_summary",
     "paired_comparison",
     "mcnemar",
+    "majority_vote",
     "SINGLE_LABEL_KEYS",
     "MULTI_LABEL_KEYS",
     "CI_KEYS",
@@ -233,6 +234,18 @@ def paired_comparison(
     else:
         out.update(t=math.nan, p_ttest=math.nan, p_wilcoxon=math.nan)
     return out
+
+
+def majority_vote(votes: Mapping[str, int]) -> str | None:
+    """The label with strictly the most votes; None on a tie (no verdict) or no votes.
+
+    >>> majority_vote({"AC-1": 3, "AC-4": 1}), majority_vote({"AC-1": 2, "AC-4": 2})
+    ('AC-1', None)
+    """
+    ranked = sorted(((n, k) for k, n in votes.items() if n > 0), reverse=True)
+    if not ranked or (len(ranked) > 1 and ranked[0][0] == ranked[1][0]):
+        return None
+    return ranked[0][1]
 
 
 def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float | int]:

@@ -49,6 +49,8 @@ from .transforms import build_transform
 
 __all__ = [
     "LEVELS",
+    "CLASSES_TABLE",
+    "read_contest_classes",
     "leaves_of",
     "resolve_label",
     "label_path",
@@ -60,6 +62,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEVELS = (1, 2, 3)
+#: A contest-level run's table of its classes and their ICAP tree nodes (written by ``write_reports``).
+CLASSES_TABLE = "classes.csv"
+
+
+def read_contest_classes(run_dir: str | Path) -> dict[str, str]:
+    """A contest-level run's ``classes.csv`` as ``{tree label: contest class}`` (e.g. ``speckled`` ->
+    ``Speckled``); empty when the run has none (an AC-code target)."""
+    table = Path(run_dir) / CLASSES_TABLE
+    if not table.is_file():
+        return {}
+    with open(table, newline="") as f:
+        return {
+            r["tree_label"]: r["class"] for r in csv.DictReader(f) if r.get("tree_label") and r.get("class")
+        }
 
 
 # The tree helpers live in the taxonomy (the one place that knows the tree); these names stay
@@ -472,7 +488,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if self.grouping:  # the manifest's group column holds the groups; this says where they came from
             (Path(out_dir) / "grouping.txt").write_text(f"reader: {self.reader}\ngrouping: {self.grouping}\n")
         if self.level == "contest" and self._class_names:  # each contest class and its place in the ICAP tree
-            with open(Path(out_dir) / "classes.csv", "w", newline="") as f:
+            with open(Path(out_dir) / CLASSES_TABLE, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["class", "tree_label", "level1", "level2", "code"])
                 for c in self._class_names:

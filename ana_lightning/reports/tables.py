@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..stats import majority_vote
+
 __all__ = [
     "write_metrics_json",
     "write_classification_report",
@@ -216,7 +218,7 @@ def write_group_report(
         counts = np.bincount([p[i] for i in idx], minlength=len(class_names))
         top = int(counts.argmax())
         if len(truth) == 1:  # read right when its class wins outright (a tie is no verdict)
-            verdicts.append(class_names[top] == truth[0] and int((counts == counts[top]).sum()) == 1)
+            verdicts.append(majority_vote(dict(zip(class_names, counts.tolist(), strict=True))) == truth[0])
         rows.append(
             {
                 "group": g,

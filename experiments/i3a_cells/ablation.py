@@ -122,7 +122,11 @@ SHIFTS = ["none", "bright_x0.3", "bright_x4", "gamma_0.5", "gamma_2", "blur_1.5"
 def split_cells(run_dir: Path, root: Path, split: str = "test") -> tuple[list[str], list[str], list[str]]:
     """``split`` paths of a run (its split manifest), their contest class names (its classes.csv) and
     their specimen groups (the manifest's ``group`` column)."""
-    node_to_class = {r["tree_label"]: r["class"] for r in csv.DictReader(open(run_dir / "classes.csv"))}
+    from ana_lightning.data.hierarchy import read_contest_classes
+
+    node_to_class = read_contest_classes(run_dir)
+    if not node_to_class:
+        sys.exit(f"{run_dir}: no classes.csv (not a contest-level run such as experiment=i3a_cells)")
     paths, labels, groups = [], [], []
     for r in csv.DictReader(open(run_dir / "split_manifest.csv")):
         if r["split"] == split:

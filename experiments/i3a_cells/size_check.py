@@ -30,15 +30,12 @@ from ablation import DEFAULT_ROOT  # noqa: E402
 def _relative(path: str, root: Path) -> str:
     """A predictions path (absolute, relative to the working folder, or to ``root``) as a manifest path."""
     p = Path(path)
-    for base in (root, root.resolve()):
+    for a, b in ((p, root), (p.resolve(), root.resolve())):
         try:
-            return p.relative_to(base).as_posix()
+            return a.relative_to(b).as_posix()
         except ValueError:
             pass
-    try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return p.as_posix()
+    return p.as_posix()
 
 
 def read_predictions(folder: Path, root: Path) -> list[dict]:
@@ -73,16 +70,16 @@ def read_predictions(folder: Path, root: Path) -> list[dict]:
 
 
 def cell_size(root: Path, rel: str) -> tuple[int, float]:
-    """The crop's longer side and the diameter of a disc of the mask's area, in pixels."""
+    """The crop's longer side and the diameter of a disc of the mask's area, in pixels, both read off the
+    mask (a mask has its crop's size: the project refuses one that does not fit)."""
     from ana_lightning.data.images import load_image
 
     p = root / rel
-    image = load_image(str(p))
     mask_path = p.with_name(p.stem + "_Mask" + p.suffix)
     if not mask_path.is_file():
         raise SystemExit(f"{mask_path}: no mask for {p} (size_check reads the contest layout, <ID>_Mask.png)")
-    area = int((load_image(str(mask_path)).max(axis=-1) > 0).sum())
-    return max(image.shape[:2]), 2.0 * np.sqrt(area / np.pi)
+    mask = load_image(str(mask_path)).max(axis=-1) > 0
+    return max(mask.shape), 2.0 * np.sqrt(int(mask.sum()) / np.pi)
 
 
 def size_table(rows: list[dict], sizes: list[tuple[int, float]]) -> dict:
