@@ -141,7 +141,7 @@ def field_predictor(cfg, predictor: Predictor):
     mode = field_mode(cfg, predictor)
     if mode is None:
         return None
-    kind, model_d, mask = mode
+    kind, model_d, mask, crop_fraction = mode
     return FieldPredictor(
         predictor,
         kind,
@@ -149,6 +149,7 @@ def field_predictor(cfg, predictor: Predictor):
         combine=cfg.get("combine", "mean_log"),
         min_cells=cfg.get("min_cells", 5),
         cell_mask=mask,
+        crop_fraction=crop_fraction,
     )
 
 

@@ -18,6 +18,12 @@ whatever device the batch is on, one random draw per cell. Two families:
   it fixed half of that specimen but cost others, and over 7 grouped validation splits it lost
   (3 wins, mean −0.018; its grouped CV test MCA equals the recipe's).
 
+And one of **framing** (``tight``): a dataset that crops each cell to its mask's bounding box keeps
+nothing of the slide around it; re-framed by ``data.crop_fraction`` (:func:`~.masks.recrop`), such a
+cell shows a flat background outside its box. With probability ``tight`` a training cell is shown that
+way: every pixel outside its mask's box set to the median of the pixels inside the box but outside the
+mask (the crop's darkest value when fewer than 16). Needs ``mask=channel``.
+
 With per-cell normalisation in the network (:class:`~ana_lightning.models.cells.CellInput`) the gain
 mostly cancels; what remains (quantisation, saturation, gamma, blur, noise) is what a model must learn
 to ignore. Images arrive normalised with ``mean``/``std`` and leave the same way; with
@@ -73,6 +79,7 @@ class CellAugment:
             cell's brightest pixels, drawn uniformly from ``[0, plateau]``; 0 = off. Needs a mask
             (``channel``/``apply``).
         p_plateau: probability of a plateau.
+        tight: probability that a cell is shown as a tight crop re-framed (see the module doc); 0 = off.
         mask: ``channel`` when the blue channel carries the mask (left unchanged), else ``apply``/``none``.
 
     >>> aug = CellAugment()
@@ -98,6 +105,7 @@ class CellAugment:
         haze_sigma: Sequence[float] = (2.0, 6.0),
         plateau: float = 0.0,
         p_plateau: float = 0.5,
+        tight: float = 0.0,
     ):
         if gain is not None and (len(gain) != 2 or not 0 < gain[0] <= gain[1]):
             raise ValueError(f"CellAugment: gain must be (low, high) with 0 < low <= high, got {gain}")
@@ -121,6 +129,13 @@ class CellAugment:
             )
         if plateau < 0:
             raise ValueError(f"CellAugment: plateau={plateau} must be >= 0")
+        if not 0 <= tight <= 1:
+            raise ValueError(f"CellAugment: tight={tight} must be a probability in [0, 1]")
+        if tight > 0 and mask != "channel":
+            raise ValueError(
+                f"CellAugment: tight={tight} needs the mask in the blue channel (mask=channel), got {mask!r}"
+            )
+        self.tight = float(tight)
         self.noise, self.offset, self.mask = float(noise), float(offset), mask
         self.plateau, self.p_plateau = float(plateau), float(p_plateau)
         self.haze, self.p_haze = float(haze), float(p_haze)
@@ -129,7 +144,7 @@ class CellAugment:
     def __repr__(self) -> str:
         return (
             f"CellAugment(rotate={self.rotate}, flips={self.flips}, scale={self.scale}, gain={self.gain}, "
-            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}, offset={self.offset}, haze={self.haze}, plateau={self.plateau}, "
+            f"gamma={self.gamma}, blur={self.blur}, noise={self.noise}, offset={self.offset}, haze={self.haze}, plateau={self.plateau}, tight={self.tight}, "
             f"mask={self.mask!r})"
         )
 
@@ -146,12 +161,40 @@ class CellAugment:
         m = torch.as_tensor(mean, device=dev, dtype=dt).view(1, -1, 1, 1)
         s = torch.as_tensor(std, device=dev, dtype=dt).view(1, -1, 1, 1)
         y = (x * s + m).clamp(0, 1)
+        if self.tight > 0:
+            y = self._tight(y)
         y = self._geometry(y)
         cells = 2 if self.mask == "channel" else 3
         y = torch.cat(
             [self._acquisition(y[:, :cells], y[:, 2:3] if cells == 2 else None), y[:, cells:]], dim=1
         )
         return (y - m) / s
+
+    def _tight(self, y: torch.Tensor) -> torch.Tensor:
+        """Cells drawn with probability ``tight`` lose what lies outside their mask's bounding box (filled
+        with the box's background, the median of its pixels outside the mask), as a tight crop would."""
+        n, _, h, w = y.shape
+        inside = y[:, 2] > 0.5
+        rows, cols = inside.any(2), inside.any(1)  # N×H, N×W
+        r = torch.arange(h, device=y.device)
+        c = torch.arange(w, device=y.device)
+        r0 = torch.where(rows, r, h).amin(1)
+        r1 = torch.where(rows, r, -1).amax(1)
+        c0 = torch.where(cols, c, w).amin(1)
+        c1 = torch.where(cols, c, -1).amax(1)
+        box = ((r.view(1, -1, 1) >= r0.view(n, 1, 1)) & (r.view(1, -1, 1) <= r1.view(n, 1, 1))) & (
+            (c.view(1, 1, -1) >= c0.view(n, 1, 1)) & (c.view(1, 1, -1) <= c1.view(n, 1, 1))
+        )
+        ring = (box & ~inside).unsqueeze(1).expand(-1, 2, -1, -1)  # the box's background, per cell
+        cells = y[:, :2]
+        fill = cells.masked_fill(~ring, float("nan")).reshape(n, 2, -1).nanmedian(dim=2).values
+        few = ring[:, 0].reshape(n, -1).sum(1) < 16
+        fill = torch.where(few.view(n, 1), cells.reshape(n, 2, -1).amin(2), fill)
+        chosen = (torch.rand(n, device=y.device) < self.tight) & rows.any(1)
+        outside = (~box & chosen.view(n, 1, 1)).unsqueeze(1)
+        out = y.clone()
+        out[:, :2] = torch.where(outside, fill.view(n, 2, 1, 1).to(y.dtype), cells)
+        return out
 
     def _u(self, n: int, lo: float, hi: float, ref: torch.Tensor) -> torch.Tensor:
         return torch.rand(n, device=ref.device, dtype=ref.dtype) * (hi - lo) + lo

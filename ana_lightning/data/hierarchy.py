@@ -41,7 +41,7 @@ from ..taxonomy import LabelError, Taxonomy
 from .contest_labels import CONTESTS, _norm, contest_class_of, contest_classes
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
 from .images import BadFile
-from .masks import MASK_MODES, masked_loader
+from .masks import MASK_MODES, check_crop_fraction, masked_loader
 from .readers import Reader, build_reader
 from .records import DatasetError, ImageRecord
 from .splits import SPLITS, read_stylized_set
@@ -145,6 +145,10 @@ class HEp2HierarchyDataModule(RecordDataModule):
             :class:`~.readers.Reader` given as a ``_target_`` config (see :mod:`.readers`).
         csv: the contest label CSV (default: the one CSV found under ``root``).
         mask: I3A masks: ``apply`` (zero outside the cell), ``channel`` (mask in the blue channel) or ``none``.
+        crop_fraction: re-cut every cell that has a mask so the mask's bounding box spans this fraction
+            of the (square) crop side before resizing (see :func:`~.masks.recrop`): one framing for
+            cells of any dataset or cutter (I3A's own crops are ~0.70, tight boxes 1.0); null = the
+            crops as given. ``ana-eval`` and ``ana-predict`` re-cut the same way.
         group_column: contest CSV column holding the field / specimen (default: detected by name).
         grouping: I3A cells without a specimen column: ``auto``/``steps`` (runs of consecutive IDs cut
             at intensity steps), ``blocks`` (blocks of consecutive IDs) or ``none`` (see
@@ -170,6 +174,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         reader: str | Mapping[str, Any] | Reader = "folder",
         csv: str | None = None,
         mask: str = "apply",
+        crop_fraction: float | None = None,
         group_column: str | None = None,
         grouping: str = "auto",
         group_min_size: int = 250,
@@ -215,6 +220,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         if parent is not None:
             self._check_parent(parent)
         self.reader, self.csv, self.mask, self.group_column = reader, csv, mask, group_column
+        self.crop_fraction = check_crop_fraction(crop_fraction)
         self.grouping_method, self.group_min_size = grouping, int(group_min_size)
         self.grouping = ""  # how the records were grouped, once read
         self.masks: dict[str, str] = {}
@@ -271,7 +277,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
     def _synthetic_train_records(self) -> list[ImageRecord]:
         """The synthetic training cells of ``data.synthetic_train`` (rendered by :meth:`prepare_data`)."""
         folder = self._synthetic_folder()
-        data = build_reader("i3a2014").read(folder, self.tree, on_bad_file="error", masks=self.mask != "none")
+        data = build_reader("i3a2014").read(folder, self.tree, on_bad_file="error", masks=self.uses_masks)
         self.masks.update(data.masks)
         # Groups named apart from the real data's, so no report mistakes a synthetic specimen for a real one.
         kept = [replace(r, group=f"synthetic:{r.group}") for r in data.records if self._selected(r)]
@@ -344,7 +350,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
         data = self.layout_reader.read(
-            self.root, self.tree, on_bad_file=self.hparams.on_bad_file, masks=self.mask != "none"
+            self.root, self.tree, on_bad_file=self.hparams.on_bad_file, masks=self.uses_masks
         )
         self.masks = data.masks
         self.grouping = data.grouping
@@ -533,7 +539,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         return {c: c for c in self.class_names}
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:
-        if not self.masks or self.mask == "none":
+        if not self.masks or not self.uses_masks:
             return super().make_dataset(records, train)
         tf = build_transform(
             self.hparams.image_size, self.train_augment if train else None, self.mean, self.std
@@ -542,9 +548,14 @@ class HEp2HierarchyDataModule(RecordDataModule):
             records,
             self.make_targets(records),
             tf,
-            masked_loader(self.masks, self.mask),
+            masked_loader(self.masks, self.mask, self.crop_fraction),
             cache=self.hparams.cache_images,
         )
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether the cells' masks are read: to combine with the cell (``mask``) or to re-cut it."""
+        return self.mask != "none" or self.crop_fraction is not None
 
     def class_weights(self) -> list[float]:
         """Inverse-frequency weights of this level's classes, from the training images only (the

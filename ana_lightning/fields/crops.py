@@ -49,11 +49,18 @@ def cell_crops(
     margin: float = 0.1,
     grey: bool = True,
     mask_mode: str = "none",
+    fraction: float | None = None,
 ) -> list[CellCrop]:
     """One crop per segmented cell (label order). ``margin``: fraction of the box size added around it.
     ``mask_mode``: how a contest-trained model saw its cell masks (``none``, ``apply``: zero outside the
-    cell, ``channel``: the mask in the blue channel; :func:`ana_lightning.data.contest.apply_mask`)."""
+    cell, ``channel``: the mask in the blue channel; :func:`ana_lightning.data.contest.apply_mask`).
+    ``fraction``: instead of ``margin``, a square crop in which the cell's box spans this share of the
+    side (a model trained with ``data.crop_fraction``; :func:`ana_lightning.data.masks.recrop`, which
+    fills what lies past the field's edge with the background)."""
     from ..data.contest import apply_mask
+    from ..data.masks import check_crop_fraction, recrop
+
+    fraction = check_crop_fraction(fraction)
 
     if crop_from not in ("nuclei", "cells"):
         raise ValueError(f"crop_from={crop_from!r} must be 'nuclei' or 'cells'")
@@ -65,10 +72,14 @@ def cell_crops(
         if sl is None:
             continue
         r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        m = int(round(margin * max(r1 - r0, c1 - c0)))
+        big = max(r1 - r0, c1 - c0)
+        m = int(round(margin * big)) if fraction is None else int(math.ceil(big * (1 / fraction - 1) / 2)) + 2
         R0, R1, C0, C1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
         mask = lab[R0:R1, C0:C1] == i
-        crop = apply_mask(img[R0:R1, C0:C1].copy(), mask, mask_mode)
+        crop = img[R0:R1, C0:C1].copy()
+        if fraction is not None:
+            crop, mask = recrop(crop, mask, fraction)
+        crop = apply_mask(crop, mask, mask_mode)
         out.append(
             CellCrop(
                 i,

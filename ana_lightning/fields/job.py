@@ -134,14 +134,14 @@ def run_field_predict(
     predictor: Predictor,
     files: Sequence[Path],
     run_dir: Path,
-    mode: tuple[str, float | None, str],
+    mode: tuple[str, float | None, str, float | None],
 ) -> PredictSummary:
     """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
     from ..data.images import BadImageError, load_image
     from ..predict import PredictSummary, _output_paths
     from .overlay import class_colours, draw_overlay, save_png
 
-    kind, model_d, _ = mode
+    kind, model_d, mask, crop_fraction = mode
     fp = FieldPredictor(
         predictor,
         kind,
@@ -153,7 +153,8 @@ def run_field_predict(
         crop_from=cfg.get("crop_from", "nuclei"),
         crop_margin=cfg.get("crop_margin", 0.1),
         crop_grey=cfg.get("crop_grey", True),
-        cell_mask=mode[2],
+        cell_mask=mask,
+        crop_fraction=crop_fraction,
         use_border_cells=cfg.get("use_border_cells", False),
         batch_size=cfg.get("batch_size", 64),
     )

@@ -29,9 +29,15 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
 
     Read from the datamodule hyperparameters Lightning stores in the checkpoint
     (``data.nucleus_diameter_px``; ``data.input_kind``, or ``data.reader`` a contest cell layout →
-    ``cell``, with ``data.mask``, how its I3A cell masks were used, as ``cell_mask``), or
+    ``cell``, with ``data.mask``, how its I3A cell masks were used, as ``cell_mask``, and
+    ``data.crop_fraction``, how its cells were framed around their masks, as ``crop_fraction``), or
     from the ``ana_lightning`` metadata (exported files carry it in :attr:`ModelInfo.extra`)."""
-    out: dict[str, Any] = {"nucleus_diameter_px": None, "input_kind": None, "cell_mask": "none"}
+    out: dict[str, Any] = {
+        "nucleus_diameter_px": None,
+        "input_kind": None,
+        "cell_mask": "none",
+        "crop_fraction": None,
+    }
     p = Path(str(ckpt_path or ""))
     if not ckpt_path or p.suffix.lower() not in (".ckpt", ".pt", ".pth") or not p.is_file():
         return out
@@ -52,12 +58,15 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
         kind = "cell"
     out["input_kind"] = kind
     out["cell_mask"] = str(dm.get("mask") or "none") if kind == "cell" and contest == "i3a2014" else "none"
+    frac = meta.get("crop_fraction", dm.get("crop_fraction"))
+    out["crop_fraction"] = float(frac) if kind == "cell" and frac else None
     return out
 
 
-def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str] | None:
-    """``(model kind, model nucleus diameter, cell mask mode)`` when ana-predict should read fields,
-    else ``None``."""
+def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None] | None:
+    """``(model kind, model nucleus diameter, cell mask mode, cell crop fraction)`` when ana-predict
+    should read fields, else ``None``. The crop fraction is the model's ``data.crop_fraction`` (cells
+    re-cut so their mask's box spans that share of the crop) unless ``crop_fraction`` is given."""
     fields = cfg.get("fields", "auto")
     if fields is False or str(fields).lower() == "false":
         return None
@@ -88,4 +97,7 @@ def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None
     mask = cfg.get("cell_mask", "auto")
     if mask in (None, "auto"):
         mask = stored["cell_mask"]
-    return kind, (float(model_d) if model_d else None), str(mask)
+    frac = cfg.get("crop_fraction", "auto")  # null: the crop_margin cut, whatever the model was trained on
+    if frac == "auto":
+        frac = stored["crop_fraction"] or extra.get("crop_fraction")
+    return kind, (float(model_d) if model_d else None), str(mask), (float(frac) if frac else None)

@@ -71,6 +71,7 @@ class FieldPredictor:
         crop_margin: float = 0.1,
         crop_grey: bool = True,
         cell_mask: str = "none",
+        crop_fraction: float | None = None,
         use_border_cells: bool = False,
         batch_size: int = 64,
     ) -> None:
@@ -89,6 +90,7 @@ class FieldPredictor:
         self.segmenter = build_segmenter(segmenter)  # a name (classical, cellpose) or a _target_ config
         self.crop_from, self.crop_margin, self.crop_grey = crop_from, float(crop_margin), bool(crop_grey)
         self.cell_mask = cell_mask
+        self.crop_fraction = crop_fraction
         self.use_border_cells = bool(use_border_cells)
         self.batch_size = max(1, int(batch_size))
         self.names = tuple(predictor.class_names)
@@ -152,6 +154,7 @@ class FieldPredictor:
             margin=self.crop_margin,
             grey=self.crop_grey,
             mask_mode=self.cell_mask,
+            fraction=self.crop_fraction,
         )
         res.unit, res.n_cells, res.n_mitotic = "cells", seg.n, int(seg.mitotic.sum())
         probs = self._probs([c.image for c in crops])

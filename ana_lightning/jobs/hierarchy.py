@@ -144,7 +144,7 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
         _all_checkpoints(cfg.pipeline), records, split, dm.near_duplicates
     )  # every level, not only the first
     truth = [label_path(pipe.tree, r.codes[0]) for r in records]
-    loader = masked_loader(dm.masks, dm.mask) if dm.masks else load_image
+    loader = masked_loader(dm.masks, dm.mask, dm.crop_fraction) if dm.masks else load_image
     pred = pipe.predict_paths([r.path for r in records], batch_size=int(cfg.data.batch_size), loader=loader)
     metrics = write_hierarchy_report(run_dir, [r.path for r in records], truth, pred, pipe.tree, stage="test")
     write_metrics_json(metrics, run_dir / "metrics.json")

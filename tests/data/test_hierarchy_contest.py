@@ -118,6 +118,55 @@ def test_apply_mask_modes():
         apply_mask(img, np.zeros((3, 3), np.uint8))
 
 
+def test_recrop_frames_the_mask_box_at_the_given_share():
+    from ana_lightning.data.masks import recrop
+
+    img = np.full((60, 80), 10, np.uint8)
+    img[30:50, 20:60] = 200  # the cell: a 20×40 box, off centre
+    mask = (img > 100).astype(np.uint8) * 255
+    out, m = recrop(img, mask, 0.5)  # square of side 40 / 0.5 = 80, centred on the box
+    assert out.shape == m.shape == (80, 80)
+    rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+    assert (cols[0], cols[-1] + 1) == (20, 60) and (rows[0], rows[-1] + 1) == (30, 50)  # box centred
+    assert (m > 0).sum() == (mask > 0).sum() and (out[m > 0] == 200).all()
+    assert out[0, 0] == 10  # past the image's top edge: filled with the background (median outside)
+    tight, tm = recrop(img, mask, 1.0)
+    assert tight.shape == (40, 40) and (tm > 0).sum() == 800
+    rgb, _ = recrop(np.dstack([img] * 3), np.dstack([mask] * 3), 0.7)
+    assert rgb.shape == (57, 57, 3)
+    with pytest.raises(ValueError, match="empty"):
+        recrop(img, np.zeros_like(mask), 0.7)
+    with pytest.raises(ValueError, match="does not fit"):
+        recrop(img, mask[:10], 0.7)
+
+
+def test_crop_fraction_reframes_every_cell_in_the_datamodule(tmp_path):
+    """data.crop_fraction: the loader re-cuts each cell around its mask (masks are read even with
+    data.mask=none), so a tight crop and a loose crop of one cell reach the network alike."""
+    root = write_i3a2014(tmp_path / "i3a")  # 24×24 cells, mask box rows 4:20, cols 6:18 (16 × 12)
+    kw = dict(
+        root=str(root), reader="i3a2014", level="contest", image_size=24, split_fractions=(0.5, 0.25, 0.25)
+    )
+    dm = HEp2HierarchyDataModule(mask="none", crop_fraction=0.5, **kw)
+    dm.setup()
+    ds = dm.dataset("train")
+    raw = ds.loader(ds.records[0])
+    assert raw.shape[:2] == (32, 32)  # 16 / 0.5, before the resize to image_size
+    assert HEp2HierarchyDataModule(mask="none", **kw).uses_masks is False
+    with pytest.raises(ValueError, match="crop_fraction"):
+        HEp2HierarchyDataModule(mask="channel", crop_fraction=0, **kw)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        HEp2HierarchyDataModule(mask="channel", crop_fraction="tight", **kw)
+    # a cell whose mask file is empty: the error names the cell and its mask
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(root / "00001_Mask.png")
+    dm = HEp2HierarchyDataModule(mask="channel", crop_fraction=0.7, **kw)
+    with pytest.raises(ValueError, match="00001.png with mask .*00001_Mask.png: the mask is empty"):
+        dm.setup()
+        for split in ("train", "val", "test"):
+            ds = dm.dataset(split)
+            [ds.loader(r) for r in ds.records]
+
+
 @pytest.mark.parametrize("mask", ["apply", "channel"])
 def test_i3a_in_the_hierarchy_datamodule(tmp_path, mask):
     root = write_i3a2014(tmp_path / "i3a")

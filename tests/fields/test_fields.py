@@ -319,7 +319,12 @@ def test_training_scale_is_stored_and_used(tmp_path):
         )
     )
     ckpt = next((run / "checkpoints").glob("best-epoch*.ckpt"))
-    assert training_scale(ckpt) == {"nucleus_diameter_px": 8.0, "input_kind": None, "cell_mask": "none"}
+    assert training_scale(ckpt) == {
+        "nucleus_diameter_px": 8.0,
+        "input_kind": None,
+        "cell_mask": "none",
+        "crop_fraction": None,
+    }
     cfg = compose(
         "predict", [f"ckpt_path={ckpt}", f"input={root}", "progress=false"], output_dir=tmp_path / "p"
     )
@@ -348,6 +353,27 @@ def test_reference_fields_scale_and_segmentation():
         assert seg.n >= 10, (f, seg.n)
 
 
+def test_cell_crops_framed_as_the_model_was_trained():
+    """A model trained with data.crop_fraction gets square field crops in which the cell's box spans that
+    share of the side, also for cells at the field's edge (filled past it); without it, the margin cut."""
+    img, _ = sim_field("AC-1", 24, seed=3, size=160)
+    seg = segment_field(img, 24)
+    framed = cell_crops(img, seg, fraction=0.5)
+    plain = cell_crops(img, seg, margin=0.1)
+    assert len(framed) == len(plain) == seg.n > 3
+    edge = 0
+    for f, p in zip(framed, plain, strict=True):
+        h, w = f.image.shape[:2]
+        rows, cols = np.nonzero(f.mask.any(axis=1))[0], np.nonzero(f.mask.any(axis=0))[0]
+        box = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+        assert h == w == round(box / 0.5) and f.mask.sum() == p.mask.sum() == f.area
+        r0, c0, r1, c1 = f.bbox
+        edge += r0 == 0 or c0 == 0 or r1 == img.shape[0] or c1 == img.shape[1]
+    assert edge > 0  # the test covers cells whose square reaches past the field
+    with pytest.raises(ValueError, match="crop_fraction"):
+        cell_crops(img, seg, fraction=1.5)
+
+
 def test_cell_crops_follow_the_models_mask_mode():
     img, _ = sim_field("AC-1", 24, seed=2, size=160)
     seg = segment_field(img, 24)
@@ -368,7 +394,12 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
     torch.save(
         {"state_dict": {}, "datamodule_hyper_parameters": {"reader": "i3a2014", "mask": "apply"}}, cells
     )
-    assert training_scale(cells) == {"nucleus_diameter_px": None, "input_kind": "cell", "cell_mask": "apply"}
+    assert training_scale(cells) == {
+        "nucleus_diameter_px": None,
+        "input_kind": "cell",
+        "cell_mask": "apply",
+        "crop_fraction": None,
+    }
     # the same reader given as a _target_ config (data.reader: {_target_: …I3A2014Reader, …})
     target = tmp_path / "target.ckpt"
     reader = {"_target_": "ana_lightning.data.readers.I3A2014Reader", "grouping": "blocks"}
@@ -379,7 +410,12 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
         "nucleus_diameter_px": None,
         "input_kind": "cell",
         "cell_mask": "channel",
+        "crop_fraction": None,
     }
+    framed = tmp_path / "framed.ckpt"
+    dm = {"reader": "i3a2014", "mask": "channel", "crop_fraction": 0.7}
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": dm}, framed)
+    assert training_scale(framed)["crop_fraction"] == 0.7
     # a reader class that cannot be imported here tells nothing (not an error)
     gone = tmp_path / "gone.ckpt"
     torch.save(

@@ -243,6 +243,38 @@ def test_plateau_lifts_the_nucleus_between_the_dots_and_nothing_outside():
         CellAugment(plateau=-1)
 
 
+def test_tight_shows_a_cell_as_a_tight_crop_reframed():
+    """augmentation.batch.tight: outside the mask's box, the box's own background (median of its pixels
+    outside the mask); inside the box, the cell unchanged; the mask unchanged; p = 0 leaves the batch alone."""
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 40, 40) * 0.2 + 0.1  # the slide around the cell, with neighbours' texture
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    disc = ((yy - 18) ** 2 + (xx - 21) ** 2 <= 100).float()  # radius 10: box rows 8..28, cols 11..31
+    x[:, 2] = disc
+    x[:, :2] += disc * 0.5
+    still = dict(rotate=False, flips=False, scale=0, gain=None, gamma=0, blur=0, noise=0, offset=0)
+    y = CellAugment(**still, tight=1.0)(x)
+    assert torch.equal(y[:, 2], x[:, 2])
+    assert torch.equal(y[:, :, 8:29, 11:32], x[:, :, 8:29, 11:32])  # the box: unchanged
+    ring = torch.zeros(40, 40, dtype=torch.bool)
+    ring[8:29, 11:32] = True
+    ring &= disc == 0
+    for i in range(6):
+        for ch in range(2):
+            fill = x[i, ch][ring].median()
+            outside = torch.ones(40, 40, dtype=torch.bool)
+            outside[8:29, 11:32] = False
+            assert torch.allclose(y[i, ch][outside], fill.expand(int(outside.sum())), atol=1e-6)
+    assert torch.equal(CellAugment(**still, tight=0.0)(x), x)
+    many = CellAugment(**still, tight=0.5)(x.repeat(50, 1, 1, 1))  # one draw per cell
+    share = sum(not torch.equal(many[i], x[i % 6]) for i in range(300)) / 300
+    assert 0.35 < share < 0.65
+    with pytest.raises(ValueError, match="tight=1.5"):
+        CellAugment(tight=1.5)
+    with pytest.raises(ValueError, match="mask=channel"):
+        CellAugment(tight=0.3, mask="apply")
+
+
 def test_haze_is_a_config_key(tmp_path):
     from hydra.utils import instantiate
 
@@ -251,7 +283,7 @@ def test_haze_is_a_config_key(tmp_path):
     )
     aug = instantiate(cfg.augmentation.batch)
     assert aug.haze == 0.6 and aug.haze_sigma == (2.0, 6.0) and "haze=0.6" in repr(aug)
-    assert aug.plateau == 0.0 and aug.p_plateau == 0.5
+    assert aug.plateau == 0.0 and aug.p_plateau == 0.5 and aug.tight == 0.0
 
 
 def test_recipe_trains_end_to_end(tmp_path, capsys):
