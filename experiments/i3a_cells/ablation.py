@@ -151,13 +151,23 @@ def read_cells(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def model_input(model, run_dir: Path, raw, shift=lambda im: im) -> torch.Tensor:
     """The batch ``model`` sees for ``raw`` cells (:func:`read_cells`), each changed by ``shift`` first,
-    prepared with the run's ``data.mask`` and the model's image size and normalisation."""
+    prepared with the run's ``data.mask`` and ``data.crop_fraction`` (the cell re-cut around its mask)
+    and the model's image size and normalisation."""
     from ana_lightning.data.contest import apply_mask
+    from ana_lightning.data.masks import recrop
     from ana_lightning.data.transforms import build_transform
 
-    mask_mode = __import__("yaml").safe_load(open(run_dir / "config_resolved.yaml"))["data"]["mask"]
+    data = __import__("yaml").safe_load(open(run_dir / "config_resolved.yaml"))["data"]
+    mask_mode, frac = data["mask"], data.get("crop_fraction")
     tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
-    return torch.stack([tf(apply_mask(shift(im), m, mask_mode)) for im, m in raw])
+
+    def one(im, m):
+        im = shift(im)
+        if frac:
+            im, m = recrop(im, m, float(frac))
+        return tf(apply_mask(im, m, mask_mode))
+
+    return torch.stack([one(im, m) for im, m in raw])
 
 
 def batched(model, x: torch.Tensor, size: int = 256) -> torch.Tensor:

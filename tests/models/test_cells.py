@@ -385,6 +385,62 @@ def test_recipe_trains_end_to_end(tmp_path, capsys):
         lowres(0.0)
 
 
+def test_a_framed_run_is_read_the_way_it_trained(tmp_path, capsys):
+    """data.crop_fraction + augmentation.batch.tight train end to end; the checkpoint says how its cells
+    were framed (ana-predict re-cuts field cells the same way); the experiment scripts prepare cells as
+    the run's datamodule does; framing_check.py pairs CVs fold by fold."""
+    import os
+
+    from ana_lightning.fields.verdicts import training_scale
+    from ana_lightning.pipeline import train
+    from ana_lightning.utils import load_checkpoint_model
+
+    root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
+    cfg = compose(
+        "train",
+        [
+            "experiment=i3a_cells",
+            f"data.root={root}",
+            "trainer.max_epochs=1",
+            "data.image_size=16",
+            "data.group_min_size=5",
+            "data.crop_fraction=0.5",  # the fixture's 8-px masks in 12-px cells: re-cut to 16 px, filled past the edge
+            "augmentation.batch.tight=0.5",
+            "model=cellnet",
+            "model.backbone.width=8",
+            "callbacks.rich_progress_bar=null",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    metrics, objs = train(cfg)
+    run = tmp_path / "run"
+    ckpt = (run / "best_checkpoint.txt").read_text().strip()
+    assert training_scale(ckpt)["crop_fraction"] == 0.5
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    import ablation as A
+
+    ds = objs["datamodule"].dataset("test")
+    want = {r.path: ds[i]["image"] for i, r in enumerate(ds.records)}
+    paths, _ = A._test_cells(run, root, "test")
+    got = A.model_input(load_checkpoint_model(ckpt), run, A.read_cells(paths))
+    assert len(paths) == len(want) > 0
+    for p, x in zip(paths, got, strict=True):
+        assert torch.allclose(x, want[str(Path(p))], atol=1e-6), p
+    assert A.evaluate_shifts(ckpt, run, root, shifts=["none"])["none"] == pytest.approx(
+        metrics["test/mca"], abs=1e-6
+    )
+    from framing_check import check, tables
+
+    for cv in ("a", "b"):
+        (tmp_path / cv).mkdir()
+        for k in (0, 1):
+            os.symlink(run, tmp_path / cv / str(k))
+    res = check([tmp_path / "a", tmp_path / "b"], root, "val", [0.6, 1.0])
+    text = tables(res, "val")
+    assert set(res[tmp_path / "a"][0]["mca"]) == {"as given", "0.6", "1"}
+    assert "| b | 1 | " in text and "+0.000 [+0.000, +0.000] | 0 of 2 |" in text
+
+
 def test_ablation_finds_the_checkpoint_of_a_run_trained_without_test(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
     from ablation import best_checkpoint
