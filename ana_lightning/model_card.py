@@ -255,6 +255,30 @@ def _calibration_section(info: ModelInfo, metrics: dict[str, Any], run: Path | N
     return md + [""]
 
 
+def _cell_input(ckpt_path: Path) -> list[str]:
+    """For a model of single cells: how each cell must be cut and combined with its mask, as in training."""
+    from .fields.mode import training_scale
+
+    scale = training_scale(ckpt_path)
+    if scale["input_kind"] != "cell":
+        return []
+    mask = {
+        "channel": "its mask in the blue channel (255 inside the cell, 0 outside), the cell's grey level in red and green",
+        "apply": "the pixels outside its mask set to 0",
+    }.get(scale["cell_mask"], "its mask not used")
+    frac = scale["crop_fraction"]
+    cut = (
+        f"cut as a square in which the mask's bounding box spans {frac:g} of the side, centred on the box, "
+        "filled with the background level past the image (`data.crop_fraction`; `ana_lightning.data.masks.recrop`)"
+        if frac
+        else "cut as the training cells were (no re-framing: `data.crop_fraction` unset)"
+    )
+    return [
+        f"- Cell crops, not fields: one segmented cell per image, {cut}, with {mask}. `ana-predict` and "
+        "`ana-app` cut a field's cells that way; other software must do the same"
+    ]
+
+
 def write_model_card(
     path: str | Path,
     info: ModelInfo,
@@ -293,6 +317,7 @@ def write_model_card(
         f"- Input: RGB field image, any size, resized to {info.image_size}×{info.image_size} (area interpolation), "
         f"scaled to [0, 1] and normalised with mean {list(info.mean)}, std {list(info.std)}; tensor `image` (N, 3, "
         f"{info.image_size}, {info.image_size}), any batch size N",
+        *_cell_input(ckpt_path),
         f"- Output: `probabilities` (N, {len(decision_rule(info).output_names)}) in the order "
         + (
             "level-1 nodes, level-2 nodes, then the leaves below"

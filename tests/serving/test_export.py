@@ -179,9 +179,12 @@ def test_the_cell_recipe_model_exports_to_onnx(tmp_path):
         "pytorch-lightning_version": L.__version__,
     }
     model.on_save_checkpoint(ckpt)
+    ckpt["datamodule_hyper_parameters"] = {"reader": "i3a2014", "mask": "channel", "crop_fraction": 0.7}
     torch.save(ckpt, tmp_path / "cell.ckpt")
-    result = export_model(tmp_path / "cell.ckpt", format="onnx", output=tmp_path / "cell.onnx", card=False)
+    result = export_model(tmp_path / "cell.ckpt", format="onnx", output=tmp_path / "cell.onnx")
     assert result.max_abs_diff < 1e-4
+    card = result.card_path.read_text()  # a lab with the ONNX file learns how to cut its cells
+    assert "mask's bounding box spans 0.7 of the side" in card and "mask in the blue channel" in card
     # cells as the datamodule gives them: [0, 1] intensity, the mask in blue; one cell without mask pixels
     cells = torch.rand(4, 3, 32, 32) * 0.2
     cells[:, 2] = 0.0
