@@ -283,7 +283,7 @@ def test_haze_is_a_config_key(tmp_path):
     )
     aug = instantiate(cfg.augmentation.batch)
     assert aug.haze == 0.6 and aug.haze_sigma == (2.0, 6.0) and "haze=0.6" in repr(aug)
-    assert aug.plateau == 0.0 and aug.p_plateau == 0.5 and aug.tight == 0.0
+    assert aug.plateau == 0.0 and aug.p_plateau == 0.5 and aug.tight == 0.3  # the recipe's (round 9)
 
 
 def test_recipe_trains_end_to_end(tmp_path, capsys):
