@@ -4,6 +4,7 @@
     python experiments/i3a_cells/field_cells.py combine outputs/field_cells ../shared/data/i3a2014-task1/training \\
         outputs/<run>/split_manifest.csv outputs/combined
     ana-train experiment=i3a_cells data.root=outputs/combined data.split_manifest=outputs/combined/split_manifest.csv
+    python experiments/i3a_cells/field_cells.py reframe outputs/field_cells outputs/field_cells_tight --fraction 1.0
 
 ``cut`` segments every field of a folder ``<root>/<ac-N>/<images>`` with the project's field segmentation
 (:func:`~ana_lightning.fields.segment.segment_field`) and writes one crop per interphase cell that does not
@@ -17,6 +18,11 @@ fields are cut once.
 and a copy of a run's split manifest in which every cut cell is a **training** row: the real cells keep
 their split, so the validation and test specimens are the run's own. Groups of the cut cells are named
 ``fields:<field>``.
+
+``reframe`` (round 9) writes a copy of an I3A-layout folder in which every cell and its mask are re-cut so
+the mask's box spans ``--fraction`` of a square crop (:func:`ana_lightning.data.masks.recrop`; 1.0 = a
+tight crop, as some datasets cut their cells), with the same label CSV: the same cells as another dataset
+would frame them.
 """
 
 from __future__ import annotations
@@ -134,6 +140,38 @@ def combine(cells: Path, real: Path, manifest: Path, out: Path) -> Path:
     return out / "split_manifest.csv"
 
 
+def reframe(cells: Path, out: Path, fraction: float) -> int:
+    """Every ``<ID>.png`` + ``<ID>_Mask.png`` of ``cells`` re-cut to ``fraction`` into ``out`` (CSV files copied)."""
+    import shutil
+
+    from ana_lightning.data.images import load_image
+    from ana_lightning.data.masks import check_crop_fraction, recrop
+
+    fraction = check_crop_fraction(fraction)
+    if fraction is None:
+        raise SystemExit("reframe: --fraction is required")
+    images = sorted(p for p in cells.glob("*.png") if not p.name.endswith("_Mask.png"))
+    if not images:
+        raise SystemExit(f"{cells}: no <ID>.png cell images (not an I3A-layout folder?)")
+    out.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        m = image.with_name(image.stem + "_Mask.png")
+        if not m.is_file():
+            raise SystemExit(f"{image}: no mask {m.name} beside it, so it cannot be re-cut")
+        try:
+            im, mk = recrop(load_image(image), load_image(m), fraction)
+        except ValueError as e:
+            raise SystemExit(f"{image} with mask {m}: {e}") from None
+        Image.fromarray(im[..., 0] if im.ndim == 3 and (im == im[..., :1]).all() else im).save(
+            out / image.name
+        )
+        Image.fromarray(mk if mk.ndim == 2 else mk.max(axis=2)).save(out / m.name)
+    for f in cells.glob("*.csv"):
+        shutil.copy(f, out / f.name)
+    print(f"{len(images)} cells re-cut so the mask's box spans {fraction:g} of the crop: {out}")
+    return len(images)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -151,9 +189,19 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("real", type=Path)
     b.add_argument("manifest", type=Path)
     b.add_argument("out", type=Path)
+    r = sub.add_parser(
+        "reframe", help="a copy of an I3A-layout folder with every cell re-cut to another framing"
+    )
+    r.add_argument("cells", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument(
+        "--fraction", type=float, required=True, help="the share of the crop side the mask's box spans"
+    )
     a = ap.parse_args(argv)
     if a.cmd == "cut":
         cut(a.fields, a.out, a.skip, a.pattern)
+    elif a.cmd == "reframe":
+        reframe(a.cells, a.out, a.fraction)
     else:
         combine(a.cells, a.real, a.manifest, a.out)
 

@@ -612,3 +612,30 @@ def test_field_cells_cuts_reference_fields_and_adds_them_to_training_only(tmp_pa
         )
     added = [r for r in dm.splits["train"] if r.group.startswith("fields:")]
     assert len(added) == len(rows) and len(dm.splits["train"]) == len(run.splits["train"]) + len(rows)
+
+
+def test_field_cells_reframe_writes_the_same_cells_cut_tight(tmp_path):
+    # field_cells.py reframe (round 9): the same folder, every cell re-cut so its mask's box spans the fraction
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from field_cells import reframe
+
+    from ana_lightning.data.contest import read_i3a2014
+    from ana_lightning.taxonomy import Taxonomy
+
+    cells = write_specimens(tmp_path / "i3a", [(c, 3, 60) for c in I3A])  # 12-px cells, 8-px mask boxes
+    assert reframe(cells, tmp_path / "tight", 1.0) == 18
+    for name in ("00001", "00018"):
+        cell = np.array(Image.open(tmp_path / "tight" / f"{name}.png"))
+        mask = np.array(Image.open(tmp_path / "tight" / f"{name}_Mask.png"))
+        assert cell.shape == mask.shape == (8, 8) and cell.ndim == 2 and (mask == 255).all()
+        assert np.array_equal(cell, np.array(Image.open(cells / f"{name}.png"))[2:10, 2:10])
+    assert (tmp_path / "tight" / "gt_training.csv").read_text() == (cells / "gt_training.csv").read_text()
+    assert len(read_i3a2014(tmp_path / "tight", Taxonomy.load()).records) == 18
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(cells / "00003_Mask.png")
+    with pytest.raises(SystemExit, match="00003.png with mask .*00003_Mask.png: the mask is empty"):
+        reframe(cells, tmp_path / "again", 1.0)
+    (cells / "00002_Mask.png").unlink()  # a cell without its mask is not silently left out
+    with pytest.raises(SystemExit, match="00002.png: no mask 00002_Mask.png"):
+        reframe(cells, tmp_path / "again2", 1.0)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        reframe(cells, tmp_path / "again", 1.2)
