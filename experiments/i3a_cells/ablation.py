@@ -44,6 +44,7 @@ ROWS: dict[str, list[str]] = {
     "full": [],
     "no_cell_norm": ["model.backbone.cell_input.normalize=false"],
     "no_background": ["model.backbone.cell_input.background=false"],
+    "no_framing": ["data.crop_fraction=null", "augmentation.batch.tight=0"],  # the recipe before round 9
     "no_acquisition_jitter": [
         "augmentation.batch.gain=null",
         "augmentation.batch.gamma=0",
@@ -74,6 +75,7 @@ WHAT = {
     "full": "the recipe (experiment=i3a_cells)",
     "no_cell_norm": "− per-cell intensity normalisation",
     "no_background": "− background subtraction (cell scaled by its 99th percentile only)",
+    "no_framing": "− one framing (cells as cut, no tight-crop augmentation: the recipe before round 9)",
     "no_acquisition_jitter": "− gain/gamma/blur/noise/offset jitter",
     "dihedral_only": "− any-angle rotation and zoom (flips + 90° only)",
     "mask_apply": "mask applied (zero outside) instead of a mask channel",

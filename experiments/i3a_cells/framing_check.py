@@ -113,13 +113,13 @@ def tables(res: dict, split: str) -> str:
     classes = list(next(iter(first.values()))["recall"][tight])
     lines += [
         "",
-        f"Recall per class, framing {tight}, mean over folds",
+        f"Recall per class, framing {tight}, mean over the folds whose cells hold the class",
         "",
         "| CV | " + " | ".join(classes) + " |",
         "|---|" + "---|" * len(classes),
     ]
     for cv in cvs:
-        rec = [np.mean([res[cv][k]["recall"][tight].get(c, np.nan) for k in res[cv]]) for c in classes]
+        rec = [np.nanmean([res[cv][k]["recall"][tight].get(c, np.nan) for k in res[cv]]) for c in classes]
         lines.append(f"| {cv.name} | " + " | ".join(f"{r:.2f}" for r in rec) + " |")
     return "\n".join(lines) + "\n"
 

@@ -470,6 +470,10 @@ def test_the_augmentation_rows_of_the_ablation_compose(tmp_path):
             "train", ["experiment=i3a_cells", "data.root=/x", *ROWS[name]], output_dir=tmp_path / name
         )
         assert getattr(instantiate(cfg.augmentation.batch), key) == value
+    before = compose(
+        "train", ["experiment=i3a_cells", "data.root=/x", *ROWS["no_framing"]], output_dir=tmp_path / "nf"
+    )
+    assert before.data.crop_fraction is None and instantiate(before.augmentation.batch).tight == 0
 
 
 def test_a_model_for_a_lab_trains_on_every_specimen_but_a_validation_share(tmp_path):
