@@ -85,16 +85,15 @@ def tables(evals: dict[str, dict[int | None, dict]], base: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from report_out import emit
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", type=Path, help="the folder of ana-eval run folders (<name><fold>)")
     ap.add_argument("--base", default="recipe", help="the name the others are paired against")
     ap.add_argument("--out", type=Path, default=None, help="also write the tables to this Markdown file")
     args = ap.parse_args(argv)
     text = tables(read_evals(args.folder), args.base)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ def tables(res: dict, split: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from report_out import emit
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "cvs", type=Path, nargs="+", help="CV sweep folders; later ones are paired with the first"
@@ -139,10 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         if not 0 < f <= 1:
             raise SystemExit(f"--framings: {f} is not in (0, 1]")
     text = tables(check(args.cvs, args.root, args.split, framings), args.split)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ def markdown(table: dict, source: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from report_out import emit
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", type=Path, help="a CV sweep folder (oof_predictions.csv) or a run folder")
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the cells' folder (the runs' data.root)")
@@ -159,10 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         tqdm = lambda x, **_: x  # noqa: E731
     sizes = [cell_size(args.root, r["path"]) for r in tqdm(rows, desc="masks", unit="cell")]
     text = markdown(size_table(rows, sizes), args.folder.as_posix())
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -286,25 +286,23 @@ def test_haze_is_a_config_key(tmp_path):
     assert aug.plateau == 0.0 and aug.p_plateau == 0.5 and aug.tight == 0.3  # the recipe's (round 9)
 
 
+def _tiny_recipe(tmp_path: Path, *overrides: str):
+    """``(cells folder, config)``: experiment=i3a_cells for 1 epoch on 16-px fixture cells with a small CellNet."""
+    root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
+    base = ["experiment=i3a_cells", f"data.root={root}", "trainer.max_epochs=1", "data.image_size=16"]
+    small = [
+        "data.group_min_size=5",
+        "model=cellnet",
+        "model.backbone.width=8",
+        "callbacks.rich_progress_bar=null",
+    ]
+    return root, compose("train", [*base, *small, *overrides], output_dir=tmp_path / "run")
+
+
 def test_recipe_trains_end_to_end(tmp_path, capsys):
     from ana_lightning.pipeline import train
 
-    root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
-    cfg = compose(
-        "train",
-        [
-            "experiment=i3a_cells",
-            f"data.root={root}",
-            "trainer.max_epochs=1",
-            "data.image_size=16",
-            "data.group_min_size=5",
-            "model=cellnet",  # the compact CNN keeps this end-to-end run small
-            "model.backbone.width=8",
-            "model.backbone.cell_input.tta=true",
-            "callbacks.rich_progress_bar=null",
-        ],
-        output_dir=tmp_path / "run",
-    )
+    root, cfg = _tiny_recipe(tmp_path, "model.backbone.cell_input.tta=true")
     metrics, objs = train(cfg)
     assert 0.0 <= metrics["test/mca"] <= 1.0
     run = tmp_path / "run"
@@ -395,23 +393,8 @@ def test_a_framed_run_is_read_the_way_it_trained(tmp_path, capsys):
     from ana_lightning.pipeline import train
     from ana_lightning.utils import load_checkpoint_model
 
-    root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
-    cfg = compose(
-        "train",
-        [
-            "experiment=i3a_cells",
-            f"data.root={root}",
-            "trainer.max_epochs=1",
-            "data.image_size=16",
-            "data.group_min_size=5",
-            "data.crop_fraction=0.5",  # the fixture's 8-px masks in 12-px cells: re-cut to 16 px, filled past the edge
-            "augmentation.batch.tight=0.5",
-            "model=cellnet",
-            "model.backbone.width=8",
-            "callbacks.rich_progress_bar=null",
-        ],
-        output_dir=tmp_path / "run",
-    )
+    # the fixture's 8-px masks in 12-px cells: re-cut to 16 px, filled past the edge
+    root, cfg = _tiny_recipe(tmp_path, "data.crop_fraction=0.5", "augmentation.batch.tight=0.5")
     metrics, objs = train(cfg)
     run = tmp_path / "run"
     ckpt = (run / "best_checkpoint.txt").read_text().strip()
