@@ -374,6 +374,45 @@ def test_cell_crops_framed_as_the_model_was_trained():
         cell_crops(img, seg, fraction=1.5)
 
 
+def test_field_predictor_cuts_cells_at_the_models_framing():
+    """A cell model trained with data.crop_fraction: the field predictor hands it square crops at that
+    framing (field_mode's fourth value); without it, the margin cut as before."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ana_lightning.fields.predictor import FieldPredictor
+
+    seen: list[tuple[int, int]] = []
+
+    class Stub:
+        class_names, task, source = ("a", "b"), "single_label", "stub"
+        info = SimpleNamespace(image_size=16, thresholds=None, extra={})
+
+        def preprocess(self, image):
+            seen.append(image.shape[:2])
+            return torch.zeros(3, 16, 16)
+
+        def predict_proba(self, batch):
+            return np.tile([0.7, 0.3], (len(batch), 1))
+
+        def decide(self, probs):
+            return ("a",)
+
+    img, _ = sim_field("AC-1", 24, seed=3, size=160)
+    est = estimate_nucleus_diameter(img)
+    framed = FieldPredictor(Stub(), "cell", None, cell_mask="channel", crop_fraction=0.5)
+    res, _ = framed.predict_field(img, est)
+    assert res.n_cells == len(seen) > 3 and all(h == w for h, w in seen)
+    want = [c.image.shape[:2] for c in cell_crops(img, segment_field(img, est.diameter_px), fraction=0.5)]
+    assert seen == want
+    seen.clear()
+    FieldPredictor(Stub(), "cell", None, cell_mask="channel").predict_field(img, est)
+    assert seen == [
+        c.image.shape[:2] for c in cell_crops(img, segment_field(img, est.diameter_px), margin=0.1)
+    ]
+
+
 def test_cell_crops_follow_the_models_mask_mode():
     img, _ = sim_field("AC-1", 24, seed=2, size=160)
     seg = segment_field(img, 24)
