@@ -30,7 +30,8 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     Read from the datamodule hyperparameters Lightning stores in the checkpoint
     (``data.nucleus_diameter_px``; ``data.input_kind``, or ``data.reader`` a contest cell layout →
     ``cell``, with ``data.mask``, how its I3A cell masks were used, as ``cell_mask``, and
-    ``data.crop_fraction``, how its cells were framed around their masks, as ``crop_fraction``), or
+    ``data.crop_fraction``, how its cells were framed around their masks, as ``crop_fraction``; from the
+    checkpoint only), or
     from the ``ana_lightning`` metadata (exported files carry it in :attr:`ModelInfo.extra`)."""
     out: dict[str, Any] = {
         "nucleus_diameter_px": None,
@@ -58,7 +59,7 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
         kind = "cell"
     out["input_kind"] = kind
     out["cell_mask"] = str(dm.get("mask") or "none") if kind == "cell" and contest == "i3a2014" else "none"
-    frac = meta.get("crop_fraction", dm.get("crop_fraction"))
+    frac = dm.get("crop_fraction")
     out["crop_fraction"] = float(frac) if kind == "cell" and frac else None
     return out
 
@@ -99,5 +100,5 @@ def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None
         mask = stored["cell_mask"]
     frac = cfg.get("crop_fraction", "auto")  # null: the crop_margin cut, whatever the model was trained on
     if frac == "auto":
-        frac = stored["crop_fraction"] or extra.get("crop_fraction")
+        frac = stored["crop_fraction"]
     return kind, (float(model_d) if model_d else None), str(mask), (float(frac) if frac else None)

@@ -27,14 +27,6 @@ sys.path.insert(0, str(HERE))
 import ablation as A  # noqa: E402
 
 
-def fold_runs(cv: Path) -> list[Path]:
-    """The fold run folders of a CV sweep (``0``, ``1``, …), each with a checkpoint."""
-    runs = sorted((p for p in cv.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name))
-    if not runs:
-        raise SystemExit(f"{cv}: no fold folders (0, 1, …) in it - is it a CV sweep folder?")
-    return runs
-
-
 def framed_predictions(
     run: Path, root: Path, split: str, framings: list[float]
 ) -> tuple[np.ndarray, list[str], dict]:
@@ -57,12 +49,18 @@ def framed_predictions(
 
 def check(cvs: list[Path], root: Path, split: str, framings: list[float]) -> dict:
     """``{cv: {fold: {"mca": {framing: MCA}, "recall": {framing: {class: recall}}}}}``."""
+    from ana_lightning.crossval import fold_jobs
+
     out: dict = {}
     for cv in cvs:
         out[cv] = {}
-        for run in fold_runs(cv):
+        jobs = fold_jobs(cv)
+        if not jobs:
+            raise SystemExit(f"{cv}: no fold jobs in it - is it a CV sweep folder?")
+        for job in jobs:
+            run = job["dir"]
             y, names, pred = framed_predictions(run, root, split, framings)
-            out[cv][int(run.name)] = {
+            out[cv][job["fold"]] = {
                 "mca": {k: A.mca(y, p, len(names)) for k, p in pred.items()},
                 "recall": {
                     k: {n: float(np.mean(p[y == i] == i)) for i, n in enumerate(names) if (y == i).any()}
@@ -70,7 +68,7 @@ def check(cvs: list[Path], root: Path, split: str, framings: list[float]) -> dic
                 },
             }
             print(
-                cv, run.name, {k: round(v, 3) for k, v in out[cv][int(run.name)]["mca"].items()}, flush=True
+                cv, job["fold"], {k: round(v, 3) for k, v in out[cv][job["fold"]]["mca"].items()}, flush=True
             )
     return out
 

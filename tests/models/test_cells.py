@@ -412,12 +412,19 @@ def test_a_framed_run_is_read_the_way_it_trained(tmp_path, capsys):
     assert A.evaluate_shifts(ckpt, run, root, shifts=["none"])["none"] == pytest.approx(
         metrics["test/mca"], abs=1e-6
     )
+    import yaml
     from framing_check import check, tables
 
-    for cv in ("a", "b"):
-        (tmp_path / cv).mkdir()
+    for cv in ("a", "b"):  # two 2-fold "sweeps" whose fold jobs are this run, each saying which fold it is
         for k in (0, 1):
-            os.symlink(run, tmp_path / cv / str(k))
+            job = tmp_path / cv / str(k)
+            job.mkdir(parents=True)
+            for item in run.iterdir():
+                if item.name != "config_resolved.yaml":
+                    os.symlink(item, job / item.name)
+            saved = yaml.safe_load((run / "config_resolved.yaml").read_text())
+            saved["data"].update(folds=2, fold=k)
+            (job / "config_resolved.yaml").write_text(yaml.safe_dump(saved))
     res = check([tmp_path / "a", tmp_path / "b"], root, "val", [0.6, 1.0])
     text = tables(res, "val")
     assert set(res[tmp_path / "a"][0]["mca"]) == {"as given", "0.6", "1"}
