@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fields.mode import export_scale
 from .model_card import (  # noqa: F401 - _real_data_section: its old import path
     DISCLAIMER,
     INTENDED_USE,
@@ -242,6 +243,9 @@ def export_model(
     ckpt_path = Path(ckpt_path)
     model = model.float().eval()
     info = ModelInfo.from_model(model, meta)
+    # how its inputs are prepared (cell or field model, nucleus scale, cell mask, framing), so the
+    # exported file reads a lab's fields as its checkpoint does (ana-predict, ana-app: fields.mode)
+    info = replace(info, extra={**info.extra, **export_scale(ckpt_path)})
     rule = decision_rule(info)
     module = ProbabilityModel(model, rule).eval()
     example = torch.randn(2, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(1))

@@ -353,6 +353,14 @@ class HEp2HierarchyDataModule(RecordDataModule):
             self.root, self.tree, on_bad_file=self.hparams.on_bad_file, masks=self.uses_masks
         )
         self.masks = data.masks
+        if self.uses_masks and not self.masks and data.records and self.layout_reader.contest:
+            log.warning(
+                "%s: no cell masks found, so data.mask=%s and data.crop_fraction=%s have no effect: the cells "
+                "are used as cut (masks: <ID>_mask.png beside each cell)",
+                self.root,
+                self.mask,
+                self.crop_fraction,
+            )
         self.grouping = data.grouping
         self.official_split = data.official_split
         if self.official_split:
@@ -556,6 +564,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
     def uses_masks(self) -> bool:
         """Whether the cells' masks are read: to combine with the cell (``mask``) or to re-cut it."""
         return self.mask != "none" or self.crop_fraction is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's data settings (see the base class), and ``cell_masks``: whether its cells came
+        with masks that were used. An ICPR 2012 folder has them only sometimes, so a checkpoint must
+        say it for ``ana-predict`` to hand the model its cells as in training (fields.mode.training_scale)."""
+        return {**super().state_dict(), "cell_masks": bool(self.masks) and self.uses_masks}
 
     def class_weights(self) -> list[float]:
         """Inverse-frequency weights of this level's classes, from the training images only (the

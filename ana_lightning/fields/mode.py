@@ -17,7 +17,7 @@ from .predictor import Predictor
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["FIELD_KEYS", "training_scale", "field_mode"]
+__all__ = ["FIELD_KEYS", "training_scale", "export_scale", "field_mode"]
 
 #: ana-predict keys that switch on field mode when given (fields=auto).
 FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_cell_csv")
@@ -25,14 +25,18 @@ FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_
 
 def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     """What a checkpoint says about the scale and input its model was trained on:
-    ``{"nucleus_diameter_px": float | None, "input_kind": "field" | "cell" | None}``.
+    ``{"nucleus_diameter_px": float | None, "input_kind": "field" | "cell" | None,
+    "cell_mask": "apply" | "channel" | "none", "crop_fraction": float | None}``.
 
     Read from the datamodule hyperparameters Lightning stores in the checkpoint
     (``data.nucleus_diameter_px``; ``data.input_kind``, or ``data.reader`` a contest cell layout →
-    ``cell``, with ``data.mask``, how its I3A cell masks were used, as ``cell_mask``, and
-    ``data.crop_fraction``, how its cells were framed around their masks, as ``crop_fraction``; from the
-    checkpoint only), or
-    from the ``ana_lightning`` metadata (exported files carry it in :attr:`ModelInfo.extra`)."""
+    ``cell``, with ``data.mask``, how its cell masks were used, as ``cell_mask``, and
+    ``data.crop_fraction``, how its cells were framed around their masks, as ``crop_fraction``). An
+    ICPR 2012 layout has masks only sometimes: the datamodule's saved state says whether the run's
+    cells had them (``cell_masks``); without them (or a checkpoint from before that was saved) neither
+    the mask nor the framing was used. Anything else (an exported file) gives the defaults here:
+    :func:`export_scale` writes these keys into the exported metadata, and :func:`field_mode` reads
+    them from there."""
     out: dict[str, Any] = {
         "nucleus_diameter_px": None,
         "input_kind": None,
@@ -49,6 +53,9 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         return out
     dm = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    state = next(
+        (v for v in ckpt.values() if isinstance(v, dict) and isinstance(v.get("ana_data"), dict)), {}
+    )
     meta = dict(ckpt.get("ana_lightning") or {})
     d = meta.get("nucleus_diameter_px", dm.get("nucleus_diameter_px"))
     out["nucleus_diameter_px"] = float(d) if d else None
@@ -58,10 +65,22 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     if not kind and contest is not None:
         kind = "cell"
     out["input_kind"] = kind
-    out["cell_mask"] = str(dm.get("mask") or "none") if kind == "cell" and contest == "i3a2014" else "none"
+    # whether the run's cells came with masks; older checkpoints do not say: I3A cells always do
+    masked = kind == "cell" and (bool(state["cell_masks"]) if "cell_masks" in state else contest == "i3a2014")
+    out["cell_mask"] = str(dm.get("mask") or "none") if masked else "none"
     frac = dm.get("crop_fraction")
-    out["crop_fraction"] = float(frac) if kind == "cell" and frac else None
+    out["crop_fraction"] = float(frac) if masked and frac else None
     return out
+
+
+def export_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
+    """The :func:`training_scale` keys an exported file must carry so that ``ana-predict`` and
+    ``ana-app`` read fields with it as with its checkpoint (cell or field model, nucleus scale, cell
+    mask, framing); ``{}`` when the checkpoint says nothing of them."""
+    scale = training_scale(ckpt_path)
+    if scale["input_kind"] is None and scale["nucleus_diameter_px"] is None:
+        return {}
+    return scale
 
 
 def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None] | None:
@@ -95,10 +114,12 @@ def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None
             "model_nucleus_diameter_px=<px> (e.g. 13 for a model trained on 256-px simulator fields resized to 128), "
             "or fields=false to resize whole images as before"
         )
+    # a checkpoint says it; an exported file carries what its checkpoint said (export_scale)
+    exported = stored["input_kind"] is None and stored["nucleus_diameter_px"] is None
     mask = cfg.get("cell_mask", "auto")
     if mask in (None, "auto"):
-        mask = stored["cell_mask"]
+        mask = (extra.get("cell_mask") if exported else None) or stored["cell_mask"]
     frac = cfg.get("crop_fraction", "auto")  # null: the crop_margin cut, whatever the model was trained on
     if frac == "auto":
-        frac = stored["crop_fraction"]
+        frac = extra.get("crop_fraction") if exported else stored["crop_fraction"]
     return kind, (float(model_d) if model_d else None), str(mask), (float(frac) if frac else None)

@@ -189,3 +189,38 @@ def test_cross_validation_folds_only_the_training_folder(tmp_path, caplog):
     assert not seen & set(official_test) and official_test
     assert tested == {str(p) for p in (root / "training").glob("0??.png")}  # every training cell tested once
     assert "official test split" in caplog.text and "left out of every fold" in caplog.text
+
+
+@pytest.mark.parametrize("with_masks", [True, False])
+def test_the_checkpoint_says_whether_the_cells_had_masks(tmp_path, caplog, with_masks):
+    """An ICPR 2012 folder has masks only sometimes. A run whose cells had them stores that, so
+    ana-predict hands the model its cells as in training (mask channel, framing); a folder without them
+    says loudly that data.mask / data.crop_fraction do nothing, and the checkpoint says neither was used."""
+    import torch
+
+    from ana_lightning.fields.mode import training_scale
+
+    root = write_icpr2012_contest(tmp_path / "icpr", extreme_sizes=False)
+    if not with_masks:
+        for m in root.rglob("*_mask.png"):
+            m.unlink()
+    dm = _dm(root, mask="channel", crop_fraction=0.7)
+    with caplog.at_level(logging.WARNING):
+        dm.setup()
+    assert ("no cell masks found" in caplog.text) is not with_masks
+    state = dm.state_dict()
+    assert state["cell_masks"] is with_masks
+    ckpt = tmp_path / "m.ckpt"
+    torch.save(
+        {"datamodule_hyper_parameters": dict(dm.hparams), type(dm).__qualname__: state, "state_dict": {}},
+        ckpt,
+    )
+    scale = training_scale(ckpt)
+    assert scale["input_kind"] == "cell"
+    assert (scale["cell_mask"], scale["crop_fraction"]) == (
+        ("channel", 0.7) if with_masks else ("none", None)
+    )
+    # a checkpoint from before the datamodule said it: an ICPR model is read without its masks, as before
+    del state["cell_masks"]
+    torch.save({"datamodule_hyper_parameters": dict(dm.hparams), "DM": state}, ckpt)
+    assert (training_scale(ckpt)["cell_mask"], training_scale(ckpt)["crop_fraction"]) == ("none", None)

@@ -633,3 +633,50 @@ def test_field_cells_reframe_writes_the_same_cells_cut_tight(tmp_path):
         reframe(cells, tmp_path / "again2", 1.0)
     with pytest.raises(ValueError, match="crop_fraction"):
         reframe(cells, tmp_path / "again", 1.2)
+
+
+def test_an_exported_cell_model_reads_fields_as_its_checkpoint(tmp_path):
+    """The file handed to a lab (ana-export) carries how its cells are prepared: ana-predict with
+    model.onnx cuts a field's cells at the run's framing, with their mask channel, and gives what the
+    checkpoint gives. Before, the exported file said nothing of it and whole fields were resized into
+    the cell model."""
+    import cv2
+
+    from ana_lightning.export import export_model
+    from ana_lightning.fields.mode import field_mode
+    from ana_lightning.fields.simulate import sim_field
+    from ana_lightning.pipeline import train
+    from ana_lightning.predict import Predictor, run_predict
+
+    _, cfg = _tiny_recipe(tmp_path, "data.crop_fraction=0.5")
+    train(cfg)
+    ckpt = (tmp_path / "run" / "best_checkpoint.txt").read_text().strip()
+    onnx = export_model(ckpt, "onnx", tmp_path / "export").model_path
+    extra = Predictor.load(onnx, device="cpu").info.extra
+    assert (extra["input_kind"], extra["cell_mask"], extra["crop_fraction"]) == ("cell", "channel", 0.5)
+    fields = tmp_path / "fields" / "patient1"
+    fields.mkdir(parents=True)
+    for i, code in enumerate(("AC-1", "AC-3")):
+        img, _ = sim_field(code, 20, seed=i, size=160)
+        cv2.imwrite(str(fields / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    rows = {}
+    for name, model in (("ckpt", ckpt), ("onnx", onnx)):
+        pcfg = compose(
+            "predict",
+            [f"ckpt_path={model}", f"input={fields.parent}", "progress=false", "per_cell_csv=true"],
+            output_dir=tmp_path / name,
+        )
+        assert field_mode(pcfg, Predictor.load(model, device="cpu")) == ("cell", None, "channel", 0.5)
+        run_predict(pcfg)
+        with open(tmp_path / name / "cells.csv", newline="") as f:
+            rows[name] = list(csv.DictReader(f))
+    assert len(rows["onnx"]) == len(rows["ckpt"]) > 3
+    for a, b in zip(rows["ckpt"], rows["onnx"], strict=True):
+        assert a["pred"] == b["pred"]
+        probs = [k for k in a if k.startswith("p_")]
+        assert probs and all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-4) for k in probs)
+    # a user's explicit choice still wins over what the file carries
+    pcfg = compose(
+        "predict", [f"ckpt_path={onnx}", "crop_fraction=null", "cell_mask=apply"], output_dir=tmp_path / "x"
+    )
+    assert field_mode(pcfg, Predictor.load(onnx, device="cpu")) == ("cell", None, "apply", None)
