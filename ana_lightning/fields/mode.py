@@ -17,7 +17,7 @@ from .predictor import Predictor
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["FIELD_KEYS", "training_scale", "export_scale", "field_mode"]
+__all__ = ["FIELD_KEYS", "training_scale", "export_scale", "model_input", "field_mode"]
 
 #: ana-predict keys that switch on field mode when given (fields=auto).
 FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_cell_csv")
@@ -83,13 +83,12 @@ def export_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     return scale
 
 
-def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None] | None:
-    """``(model kind, model nucleus diameter, cell mask mode, cell crop fraction)`` when ana-predict
-    should read fields, else ``None``. The crop fraction is the model's ``data.crop_fraction`` (cells
+def model_input(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None]:
+    """``(model kind, model nucleus diameter, cell mask mode, cell crop fraction)`` of the model, from
+    the ana-predict config where it says (``model_kind``, ``model_nucleus_diameter_px``, ``cell_mask``,
+    ``crop_fraction``), else from the checkpoint (:func:`training_scale`) or what an exported file
+    carries (:func:`export_scale`). The crop fraction is the model's ``data.crop_fraction`` (cells
     re-cut so their mask's box spans that share of the crop) unless ``crop_fraction`` is given."""
-    fields = cfg.get("fields", "auto")
-    if fields is False or str(fields).lower() == "false":
-        return None
     source = cfg.get("ckpt_path") or getattr(predictor, "source", "")
     stored = training_scale(source)
     extra = getattr(predictor.info, "extra", {}) or {}
@@ -103,17 +102,6 @@ def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None
         kind = stored["input_kind"] or extra.get("input_kind") or "field"
     if kind not in ("field", "cell"):
         raise ValueError(f"model_kind={kind!r} must be field, cell or auto")
-    asked = any(cfg.get(k) not in (None, False) for k in FIELD_KEYS)
-    on = fields is True or str(fields).lower() == "true" or model_d is not None or kind == "cell" or asked
-    if not on:
-        return None
-    if kind == "field" and model_d is None:
-        raise ValueError(
-            f"{source} does not store the nucleus diameter it was trained at (train with "
-            "data.nucleus_diameter_px=<px>), so fields cannot be brought to its scale: give "
-            "model_nucleus_diameter_px=<px> (e.g. 13 for a model trained on 256-px simulator fields resized to 128), "
-            "or fields=false to resize whole images as before"
-        )
     # a checkpoint says it; an exported file carries what its checkpoint said (export_scale)
     exported = stored["input_kind"] is None and stored["nucleus_diameter_px"] is None
     mask = cfg.get("cell_mask", "auto")
@@ -123,3 +111,25 @@ def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None
     if frac == "auto":
         frac = extra.get("crop_fraction") if exported else stored["crop_fraction"]
     return kind, (float(model_d) if model_d else None), str(mask), (float(frac) if frac else None)
+
+
+def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None] | None:
+    """:func:`model_input` when ana-predict should read fields, else ``None``: ``fields=true``, a model
+    that stores its nucleus scale, a cell model, or a field option given (``FIELD_KEYS``)."""
+    fields = cfg.get("fields", "auto")
+    if fields is False or str(fields).lower() == "false":
+        return None
+    kind, model_d, mask, frac = model_input(cfg, predictor)
+    asked = any(cfg.get(k) not in (None, False) for k in FIELD_KEYS)
+    on = fields is True or str(fields).lower() == "true" or model_d is not None or kind == "cell" or asked
+    if not on:
+        return None
+    if kind == "field" and model_d is None:
+        source = cfg.get("ckpt_path") or getattr(predictor, "source", "")
+        raise ValueError(
+            f"{source} does not store the nucleus diameter it was trained at (train with "
+            "data.nucleus_diameter_px=<px>), so fields cannot be brought to its scale: give "
+            "model_nucleus_diameter_px=<px> (e.g. 13 for a model trained on 256-px simulator fields resized to 128), "
+            "or fields=false to resize whole images as before"
+        )
+    return kind, model_d, mask, frac

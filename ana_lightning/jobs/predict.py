@@ -31,10 +31,27 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
             f"output={cfg.get('output')}: {' and '.join(existing)} already exist(s); pass overwrite=true "
             "to replace them, or choose another output=<file.csv or folder>"
         )
-    from ..fields.verdicts import field_mode, run_field_predict
+    from ..fields.job import run_field_predict
+    from ..fields.mode import field_mode, model_input
 
-    if (mode := field_mode(cfg, predictor)) is not None:  # whole fields: scale, tiles or cells, verdicts
-        return run_field_predict(cfg, predictor, files, run_dir, mode)
+    loader = None
+    kind, _, mask_mode, crop_fraction = model_input(cfg, predictor)
+    fields = str(cfg.get("fields", "auto")).lower()
+    if kind == "cell" and fields != "true":  # cell crops with their masks: one cell per image, as in training
+        from ..predict.cells import cell_loader, mask_use, pair_masks
+
+        cells, masks, problems = pair_masks(files)
+        if masks or fields == "false":
+            files, loader = cells, cell_loader(masks, mask_mode, crop_fraction, problems)
+            log.info(
+                "cell crops: %d cell(s), %d with a mask beside it; each read as one cell, %s "
+                "(fields=true reads them as fields)",
+                len(cells),
+                len(masks),
+                mask_use(mask_mode, crop_fraction),
+            )
+    if loader is None and (mode := field_mode(cfg, predictor)) is not None:
+        return run_field_predict(cfg, predictor, files, run_dir, mode)  # whole fields: scale, tiles or cells
     log.info(
         "predicting %d image(s) with %s (%s, %s, %d classes) → %s",
         len(files),
@@ -50,6 +67,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
         num_workers=cfg.get("num_workers", 0),
         max_file_mb=cfg.get("max_file_mb", 512),
         prefetch=bool(cfg.get("prefetch", False)),
+        loader=loader,
     )
     if cfg.get("progress", True):
         from rich.progress import track

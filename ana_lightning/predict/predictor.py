@@ -95,10 +95,17 @@ class _PathDataset(Dataset):
     whose parallel ops (a ``torch.stack`` per batch) cost tens of milliseconds on a loaded machine
     (experiments/benchmarks/predict.py, "collate"); the PyTorch backend wraps the batch without a copy."""
 
-    def __init__(self, paths: Sequence[str | Path], transform, max_bytes: int | None):
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        transform,
+        max_bytes: int | None,
+        loader: Callable[[str], np.ndarray] | None = None,
+    ):
         self.paths = [str(p) for p in paths]
         self.transform = transform
         self.max_bytes = max_bytes
+        self.loader = loader or load_image
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -107,7 +114,7 @@ class _PathDataset(Dataset):
         path = self.paths[i]
         try:
             _check_size(path, self.max_bytes)
-            return i, _to_array(self.transform, load_image(path)), None
+            return i, _to_array(self.transform, self.loader(path)), None
         except BadImageError as e:
             return i, None, e.reason
 
@@ -307,8 +314,12 @@ class Predictor:
         num_workers: int = 0,
         max_file_mb: float | None = 512,
         prefetch: bool = False,
+        loader: Callable[[str], np.ndarray] | None = None,
     ) -> Iterator[Prediction]:
         """Stream predictions for files, in their order, one batch in memory at a time (two with ``prefetch``).
+
+        ``loader``: ``path → H×W×3 uint8`` (default: the file as it is; cell crops: :func:`.cells.cell_loader`);
+        a :class:`BadImageError` it raises becomes that file's error row.
 
         ``num_workers=0``: the files are read in this process; with ``prefetch`` a background thread reads,
         decodes and resizes the next batch while the model runs on this one (decoding, resizing and both
@@ -316,7 +327,7 @@ class Predictor:
         2-core machine (experiments/benchmarks/predict.py), hence off by default. ``num_workers > 0``: a ``DataLoader`` with that many worker processes.
         """
         max_bytes = int(max_file_mb * 2**20) if max_file_mb else None
-        dataset = _PathDataset(paths, self.transform, max_bytes)
+        dataset = _PathDataset(paths, self.transform, max_bytes, loader)
         bs = max(1, int(batch_size))
         if int(num_workers) > 0:
             batches: Iterable = DataLoader(

@@ -635,23 +635,33 @@ def test_field_cells_reframe_writes_the_same_cells_cut_tight(tmp_path):
         reframe(cells, tmp_path / "again", 1.2)
 
 
-def test_an_exported_cell_model_reads_fields_as_its_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def framed_model(tmp_path_factory):
+    """``(cells folder, run folder, checkpoint, its ONNX export)``: the tiny recipe trained with
+    data.crop_fraction=0.5 (mask in the blue channel), exported as a lab would get it."""
+    from ana_lightning.export import export_model
+    from ana_lightning.pipeline import train
+
+    tmp = tmp_path_factory.mktemp("framed")
+    root, cfg = _tiny_recipe(tmp, "data.crop_fraction=0.5")
+    train(cfg)
+    ckpt = (tmp / "run" / "best_checkpoint.txt").read_text().strip()
+    onnx = export_model(ckpt, "onnx", tmp / "export").model_path
+    return root, tmp / "run", ckpt, onnx
+
+
+def test_an_exported_cell_model_reads_fields_as_its_checkpoint(framed_model, tmp_path):
     """The file handed to a lab (ana-export) carries how its cells are prepared: ana-predict with
     model.onnx cuts a field's cells at the run's framing, with their mask channel, and gives what the
     checkpoint gives. Before, the exported file said nothing of it and whole fields were resized into
     the cell model."""
     import cv2
 
-    from ana_lightning.export import export_model
     from ana_lightning.fields.mode import field_mode
     from ana_lightning.fields.simulate import sim_field
-    from ana_lightning.pipeline import train
     from ana_lightning.predict import Predictor, run_predict
 
-    _, cfg = _tiny_recipe(tmp_path, "data.crop_fraction=0.5")
-    train(cfg)
-    ckpt = (tmp_path / "run" / "best_checkpoint.txt").read_text().strip()
-    onnx = export_model(ckpt, "onnx", tmp_path / "export").model_path
+    _, _, ckpt, onnx = framed_model
     extra = Predictor.load(onnx, device="cpu").info.extra
     assert (extra["input_kind"], extra["cell_mask"], extra["crop_fraction"]) == ("cell", "channel", 0.5)
     fields = tmp_path / "fields" / "patient1"
@@ -680,3 +690,107 @@ def test_an_exported_cell_model_reads_fields_as_its_checkpoint(tmp_path):
         "predict", [f"ckpt_path={onnx}", "crop_fraction=null", "cell_mask=apply"], output_dir=tmp_path / "x"
     )
     assert field_mode(pcfg, Predictor.load(onnx, device="cpu")) == ("cell", None, "apply", None)
+
+
+def test_ana_predict_reads_cell_crops_as_the_run_read_its_cells(framed_model, tmp_path, caplog):
+    """A folder of cut cells with their masks (the I3A layout): ana-predict classifies each crop as
+    one cell, re-cut and masked as in training, with the probabilities the run's own datamodule and
+    model give; mask files are not predicted. Before, every crop was read as a field (segmented again,
+    "insufficient cells") and every mask file predicted as an image. A cell that cannot be prepared as
+    in training is an error row that says why; the others are still predicted."""
+    import logging
+    import shutil
+
+    from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
+    from ana_lightning.predict import run_predict
+    from ana_lightning.utils import load_checkpoint_model
+
+    root, run, ckpt, onnx = framed_model
+    cells = sorted(p for p in root.glob("*.png") if "mask" not in p.name.lower())
+    want = {}
+    model = load_checkpoint_model(ckpt).eval()
+    dm = HEp2HierarchyDataModule(
+        **{**_run_data_settings(ckpt), "split_manifest": str(run / "split_manifest.csv")}
+    )
+    dm.setup()
+    ds = dm.dataset("test")
+    batch = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    for r, probs in zip(ds.records, model.predict_proba(batch).numpy(), strict=True):
+        want[r.path] = probs
+    for name, source in (("ckpt", ckpt), ("onnx", onnx)):
+        with caplog.at_level(logging.INFO):
+            run_predict(
+                compose(
+                    "predict",
+                    [f"ckpt_path={source}", f"input={root}", "progress=false"],
+                    output_dir=tmp_path / name,
+                )
+            )
+        assert f"cell crops: {len(cells)} cell(s), {len(cells)} with a mask" in caplog.text
+        rows = _csv_rows(tmp_path / name / "predictions.csv")
+        assert [r["path"] for r in rows] == [str(p) for p in cells]  # no mask file among them
+        assert all(r["status"] == "ok" for r in rows)
+        names = [c for c in rows[0] if c.startswith("p_")]
+        for r in rows:
+            if r["path"] in want:
+                got = np.array([float(r[c]) for c in names])
+                assert got == pytest.approx(want[r["path"]], abs=1e-4), r["path"]
+        assert sum(r["path"] in want for r in rows) == len(ds) > 0
+    # bad cells: one without its mask, one with an empty mask, one with two masks; the rest predicted
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    (bad / "00001_Mask.png").unlink()
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(bad / "00002_Mask.png")
+    masks = bad / "masks"
+    masks.mkdir()
+    shutil.copy(bad / "00003_Mask.png", masks / "00003.png")
+    run_predict(
+        compose("predict", [f"ckpt_path={ckpt}", f"input={bad}", "progress=false"], output_dir=tmp_path / "b")
+    )
+    rows = {Path(r["path"]).name: r for r in _csv_rows(tmp_path / "b" / "predictions.csv")}
+    assert (
+        "no mask beside this cell" in rows["00001.png"]["error"]
+        and "cell_mask=none" in rows["00001.png"]["error"]
+    )
+    assert "00002_Mask.png" in rows["00002.png"]["error"] and "empty" in rows["00002.png"]["error"]
+    assert "2 masks match this cell" in rows["00003.png"]["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == len(cells) - 3
+    # fields=true reads them as fields, as before; without masks and with fields=false each needs its mask
+    nomask = tmp_path / "nomask"
+    nomask.mkdir()
+    shutil.copy(cells[0], nomask / cells[0].name)
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={nomask}", "progress=false", "fields=false"],
+        output_dir=tmp_path / "n",
+    )
+    run_predict(cfg)
+    (row,) = _csv_rows(tmp_path / "n" / "predictions.csv")
+    assert row["status"] == "error" and "no mask beside this cell" in row["error"]
+    cfg = compose(
+        "predict",
+        [
+            f"ckpt_path={ckpt}",
+            f"input={nomask}",
+            "progress=false",
+            "fields=false",
+            "cell_mask=none",
+            "crop_fraction=null",
+        ],
+        output_dir=tmp_path / "n2",
+    )
+    run_predict(cfg)
+    assert _csv_rows(tmp_path / "n2" / "predictions.csv")[0]["status"] == "ok"
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _run_data_settings(ckpt: str) -> dict:
+    """The datamodule settings a checkpoint stores (what ana-eval rebuilds from)."""
+    from ana_lightning.data.run_config import training_data_config
+
+    data, _ = training_data_config(ckpt)
+    return {k: v for k, v in data.items() if k != "_target_"}

@@ -1,0 +1,122 @@
+"""Cell crops as ``ana-predict`` input: one cell per image, each with its mask beside it.
+
+A lab or a contest often has its cells already cut (the I3A / ICPR contest layouts, or another tool's
+segmentation): ``<ID>.png`` with ``<ID>_mask.png`` (or ``_Mask``, ``-mask``; or the same name in a
+``mask``/``masks`` folder beside the cells). A cell model reads each such crop as one cell, prepared as
+in training: re-cut around its mask at the model's framing (``data.crop_fraction``,
+:func:`~ana_lightning.data.masks.recrop`) and combined with the mask as the model's ``data.mask`` says
+(:func:`~ana_lightning.data.masks.apply_mask`). Read as fields instead, every crop would be segmented
+again and the mask files predicted as images.
+
+:func:`pair_masks` finds each cell's mask; :func:`cell_loader` prepares a cell, and a cell that cannot
+be prepared (no mask where the model needs one, an empty or misfitting mask, an unreadable mask file)
+becomes an error row naming the file, never a silent guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..data.contest import _MASK_NAME as _MASK_SUFFIX  # the contest readers' mask names
+from ..data.contest import _is_mask
+from ..data.images import BadImageError, load_image
+from ..data.masks import apply_mask, check_crop_fraction, recrop
+
+__all__ = ["pair_masks", "cell_loader", "mask_use"]
+
+_MASK_DIRS = ("mask", "masks")
+
+
+def _keys(folder: Path, stem: str) -> list[tuple[str, str]]:
+    """A cell's keys: its folder and its name (``00012`` also as ``12``), case-insensitive."""
+    s = stem.lower()
+    names = [s] + ([str(int(s))] if s.isdigit() and str(int(s)) != s else [])
+    return [(str(folder), n) for n in names]
+
+
+def pair_masks(files: Sequence[str | Path]) -> tuple[list[Path], dict[str, str], dict[str, str]]:
+    """``(cell images, cell path → its mask's path, cell path → why it has no mask)`` of image files.
+
+    Mask files are taken out of the cells. A mask pairs with the cell of the same name in its folder
+    (``<name>_mask.<ext>``), or in the folder above a ``mask``/``masks`` folder. A cell with two
+    candidate masks gets none, and the reason is kept (so its row says why)."""
+    paths = [Path(f) for f in files]
+    by_key: dict[tuple[str, str], list[Path]] = {}
+    cells: list[Path] = []
+    for p in paths:
+        if not _is_mask(p):
+            cells.append(p)
+            continue
+        if p.parent.name.lower() in _MASK_DIRS and not _MASK_SUFFIX.search(p.stem):
+            folder, stem = p.parent.parent, p.stem
+        else:
+            folder, stem = p.parent, _MASK_SUFFIX.sub("", p.stem)
+        for k in _keys(folder, stem):
+            by_key.setdefault(k, []).append(p)
+    masks: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for c in cells:
+        found = sorted({m for k in _keys(c.parent, c.stem) for m in by_key.get(k, [])})
+        if len(found) == 1:
+            masks[str(c)] = str(found[0])
+        elif len(found) > 1:
+            problems[str(c)] = (
+                f"{len(found)} masks match this cell ({', '.join(str(m) for m in found)}): keep one"
+            )
+    return cells, masks, problems
+
+
+def mask_use(mask_mode: str, crop_fraction: float | None) -> str:
+    """How a cell model reads each cell's mask, in words (for logs and error messages)."""
+    parts = []
+    if crop_fraction is not None:
+        parts.append(f"re-cut so its mask's box spans {crop_fraction:g} of the crop (data.crop_fraction)")
+    if mask_mode == "channel":
+        parts.append("its mask in the blue channel (data.mask=channel)")
+    elif mask_mode == "apply":
+        parts.append("everything outside its mask set to 0 (data.mask=apply)")
+    return " and ".join(parts) or "without its mask"
+
+
+def cell_loader(
+    masks: Mapping[str, str],
+    mask_mode: str,
+    crop_fraction: float | None,
+    problems: Mapping[str, str] | None = None,
+) -> Callable[[str | Path], np.ndarray]:
+    """A ``path → H×W×3 uint8`` loader of cell crops, prepared as a model trained with ``data.mask``
+    = ``mask_mode`` and ``data.crop_fraction`` = ``crop_fraction`` read its training cells. Raises
+    :class:`BadImageError` naming the cell (and its mask) when the cell cannot be prepared that way
+    (``problems``: cells known to be unpreparable, e.g. with two masks, and why)."""
+    crop_fraction = check_crop_fraction(crop_fraction)
+    need = mask_mode != "none" or crop_fraction is not None
+    how = mask_use(mask_mode, crop_fraction)
+
+    def load(path: str | Path) -> np.ndarray:
+        image = load_image(path)
+        mask_path = masks.get(str(path))
+        if not need:
+            return image
+        if str(path) in (problems or {}):
+            raise BadImageError(path, problems[str(path)])
+        if mask_path is None:
+            raise BadImageError(
+                path,
+                f"no mask beside this cell (<name>_mask.png, or masks/<name>.png): the model reads each cell {how}; "
+                "give its mask, or cell_mask=none crop_fraction=null to read it without (not as in training)",
+            )
+        try:
+            mask = load_image(mask_path)
+        except BadImageError as e:
+            raise BadImageError(path, f"its mask {mask_path}: {e.reason}") from None
+        try:
+            if crop_fraction is not None:
+                image, mask = recrop(image, mask, crop_fraction)
+            return apply_mask(image, mask, mask_mode)
+        except ValueError as e:
+            raise BadImageError(path, f"its mask {mask_path}: {e}") from None
+
+    return load
