@@ -40,31 +40,36 @@ def _keys(folder: Path, stem: str) -> list[tuple[str, str]]:
 def pair_masks(files: Sequence[str | Path]) -> tuple[list[Path], dict[str, str], dict[str, str]]:
     """``(cell images, cell path → its mask's path, cell path → why it has no mask)`` of image files.
 
-    Mask files are taken out of the cells. A mask pairs with the cell of the same name in its folder
-    (``<name>_mask.<ext>``), or in the folder above a ``mask``/``masks`` folder. A cell with two
+    Mask files are taken out of the cells. A mask pairs with the cell of the same name (``00012`` also
+    as ``12``) in its folder (``<name>_mask.<ext>``); a mask in a ``mask``/``masks`` folder pairs with
+    the cell of its name beside that folder or in a folder beside it (``images/``). A cell with two
     candidate masks gets none, and the reason is kept (so its row says why)."""
-    paths = [Path(f) for f in files]
-    by_key: dict[tuple[str, str], list[Path]] = {}
+    beside: dict[tuple[str, str], list[Path]] = {}  # <name>_mask.<ext> in the cell's folder
+    in_dir: dict[tuple[str, str], list[Path]] = {}  # masks/<name>.<ext>, keyed by the folder holding masks/
     cells: list[Path] = []
-    for p in paths:
+    for p in (Path(f) for f in files):
         if not _is_mask(p):
             cells.append(p)
             continue
-        if p.parent.name.lower() in _MASK_DIRS and not _MASK_SUFFIX.search(p.stem):
-            folder, stem = p.parent.parent, p.stem
+        stem = _MASK_SUFFIX.sub("", p.stem) or p.stem
+        if p.parent.name.lower() in _MASK_DIRS:
+            index, folder = in_dir, p.parent.parent
         else:
-            folder, stem = p.parent, _MASK_SUFFIX.sub("", p.stem)
+            index, folder = beside, p.parent
         for k in _keys(folder, stem):
-            by_key.setdefault(k, []).append(p)
+            index.setdefault(k, []).append(p)
     masks: dict[str, str] = {}
     problems: dict[str, str] = {}
     for c in cells:
-        found = sorted({m for k in _keys(c.parent, c.stem) for m in by_key.get(k, [])})
+        keys = _keys(c.parent, c.stem)
+        found = {m for k in keys for m in beside.get(k, []) + in_dir.get(k, [])}
+        if not found:  # cells in images/, masks in masks/ beside it
+            found = {m for k in _keys(c.parent.parent, c.stem) for m in in_dir.get(k, [])}
         if len(found) == 1:
-            masks[str(c)] = str(found[0])
+            masks[str(c)] = str(found.pop())
         elif len(found) > 1:
             problems[str(c)] = (
-                f"{len(found)} masks match this cell ({', '.join(str(m) for m in found)}): keep one"
+                f"{len(found)} masks match this cell ({', '.join(sorted(str(m) for m in found))}): keep one"
             )
     return cells, masks, problems
 

@@ -794,3 +794,42 @@ def _run_data_settings(ckpt: str) -> dict:
 
     data, _ = training_data_config(ckpt)
     return {k: v for k, v in data.items() if k != "_target_"}
+
+
+def test_cell_crops_find_their_masks_in_every_contest_naming(tmp_path):
+    from ana_lightning.predict.cells import pair_masks
+
+    names = [
+        "a/00012.png",
+        "a/00012_Mask.png",  # I3A
+        "a/7.png",
+        "a/007-mask.tif",  # another separator, zero-padded
+        "b/001.png",
+        "b/masks/001.png",  # a masks folder beside the cells
+        "c/images/5.png",
+        "c/masks/5_mask.png",  # cells in images/, masks in masks/
+        "d/9.png",  # no mask
+        "e/3.png",
+        "e/3_mask.png",
+        "e/mask/3.png",  # two masks
+    ]
+    cells, masks, problems = pair_masks([tmp_path / n for n in names])
+    rel = {str(Path(k).relative_to(tmp_path)): str(Path(v).relative_to(tmp_path)) for k, v in masks.items()}
+    assert [str(c.relative_to(tmp_path)) for c in cells] == [
+        "a/00012.png",
+        "a/7.png",
+        "b/001.png",
+        "c/images/5.png",
+        "d/9.png",
+        "e/3.png",
+    ]
+    assert rel == {
+        "a/00012.png": "a/00012_Mask.png",
+        "a/7.png": "a/007-mask.tif",
+        "b/001.png": "b/masks/001.png",
+        "c/images/5.png": "c/masks/5_mask.png",
+    }
+    assert (
+        list(problems) == [str(tmp_path / "e/3.png")]
+        and "2 masks match" in problems[str(tmp_path / "e/3.png")]
+    )
