@@ -736,6 +736,13 @@ def test_ana_predict_reads_cell_crops_as_the_run_read_its_cells(framed_model, tm
                 got = np.array([float(r[c]) for c in names])
                 assert got == pytest.approx(want[r["path"]], abs=1e-4), r["path"]
         assert sum(r["path"] in want for r in rows) == len(ds) > 0
+        # predict_check.py scores those rows on the run's test cells: the run's own test MCA
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+        from predict_check import check
+
+        res = check(run, tmp_path / name, "test", root)
+        assert res["scored"] == res["cells"] == len(ds) and res["errors"] == 0
+        assert res["mca"] == pytest.approx(res["run_mca"], abs=1e-6)
     # bad cells: one without its mask, one with an empty mask, one with two masks; the rest predicted
     bad = tmp_path / "bad"
     shutil.copytree(root, bad)
