@@ -202,6 +202,18 @@ def _unsafe_globals(path: Path, e: BaseException) -> list[str]:
     return re.findall(r"(?:GLOBAL|global:?) ([\w.]+)", str(e))
 
 
+def _exported_model(path: Path) -> bool:
+    """An ONNX file, or a TorchScript file carrying ana-lightning's metadata (what ana-export writes)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    from .predict.loading import _is_torchscript
+
+    try:
+        return path.is_file() and _is_torchscript(path)
+    except OSError:
+        return False
+
+
 def _unreadable(path: Path, e: BaseException) -> CheckpointError:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     said = [ln for ln in lines if "Unsupported" in ln or "error:" in ln.lower()] or lines[:1]
@@ -213,7 +225,15 @@ def _unreadable(path: Path, e: BaseException) -> CheckpointError:
 
 
 def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
-    """The checkpoint dict, loaded by :func:`safe_torch_load`; a clear error when it is not one."""
+    """The checkpoint dict, loaded by :func:`safe_torch_load`; a clear error when it is not one (an
+    exported model is named as such: what it can and cannot be used for)."""
+    if _exported_model(Path(path).expanduser()):
+        raise CheckpointError(
+            f"{path} is a model exported by ana-export, not a training checkpoint: this command needs the run's "
+            ".ckpt (its run folder's best_checkpoint.txt names it). The exported file serves ana-predict and "
+            "ana-app; to score it on labelled cells: ana-predict ckpt_path=<it> input=<cells folder>, then "
+            "python experiments/i3a_cells/predict_check.py <run> <ana-predict run>"
+        )
     ckpt = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")

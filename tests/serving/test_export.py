@@ -103,6 +103,15 @@ def test_torchscript_export(trained_checkpoint, tmp_path):
     assert ts.backend_name == "torchscript" and ts.info == ref.info
     x = _batch(ref, root)
     assert np.abs(ts.predict_proba(x) - ref.predict_proba(x)).max() <= 1e-5
+    # an exported file where a training checkpoint is needed (ana-eval, ana-export) is named as such
+    from ana_lightning.utils import CheckpointError, read_checkpoint
+
+    for exported in (result.model_path, result.model_path.with_suffix(".onnx")):
+        if exported.suffix == ".onnx":
+            exported.write_bytes(b"not read: the name says it")
+        with pytest.raises(CheckpointError, match="exported by ana-export, not a training checkpoint"):
+            read_checkpoint(exported)
+    assert read_checkpoint(ckpt)["state_dict"]
 
 
 def test_bad_export_requests(trained_checkpoint, tmp_path):
