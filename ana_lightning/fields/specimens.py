@@ -71,8 +71,19 @@ def specimen_verdicts(
     return rows
 
 
-def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_dir: Path) -> Path:
-    """``specimens.csv`` and the report (``specimens.md``, ``specimens.html``, ``thumbnails/``)."""
+def write_specimens(
+    rows: Sequence[dict[str, Any]],
+    names: Sequence[str],
+    out_dir: Path,
+    unit: str = "field",
+    max_listed: int | None = None,
+) -> Path:
+    """``specimens.csv`` and the report (``specimens.md``, ``specimens.html``, ``thumbnails/``).
+
+    ``unit``: what a specimen's images are, ``field`` or ``cell`` (cut cells: the columns are then
+    ``n_cells``/``n_cells_used``); ``max_listed``: at most this many images listed per specimen
+    (with thumbnails) in the report, the rest counted."""
+    u = f"{unit}s"
     import cv2
 
     from ..data.images import load_image
@@ -86,8 +97,8 @@ def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_di
                 "screening",
                 "patterns",
                 "top1",
-                "n_fields",
-                "n_fields_used",
+                f"n_{u}",
+                f"n_{u}_used",
                 *[f"p_{c}" for c in names],
             ]
         )
@@ -105,7 +116,7 @@ def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_di
                 ]
             )
     thumbs = out_dir / "thumbnails"
-    md = ["# Specimen report", "", "| specimen | screening | patterns | fields used |", "|---|---|---|---|"]
+    md = ["# Specimen report", "", f"| specimen | screening | patterns | {u} used |", "|---|---|---|---|"]
     md += [
         f"| {r['specimen']} | {r['screening']} | {r['patterns']} | {r['n_fields_used']}/{r['n_fields']} |"
         for r in rows
@@ -121,12 +132,12 @@ def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_di
             f"## {r['specimen']}",
             "",
             f"**Screening:** {r['screening']} · **patterns:** {r['patterns'] or '—'} · "
-            f"fields used: {r['n_fields_used']}/{r['n_fields']}",
+            f"{u} used: {r['n_fields_used']}/{r['n_fields']}",
             "",
         ]
         ht.append(
             f"<h2>{html.escape(r['specimen'])}</h2><p><b>Screening:</b> {html.escape(r['screening'])} · "
-            f"<b>patterns:</b> {html.escape(r['patterns'] or '—')} · fields used {r['n_fields_used']}/{r['n_fields']}</p>"
+            f"<b>patterns:</b> {html.escape(r['patterns'] or '—')} · {u} used {r['n_fields_used']}/{r['n_fields']}</p>"
         )
         if r["probs"] is not None:
             order = np.argsort(-r["probs"], kind="stable")[:5]
@@ -143,11 +154,12 @@ def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_di
                 )
                 + "</table>"
             )
-        md += ["| field | verdict | used | thumbnail | overlay |", "|---|---|---|---|---|"]
+        md += [f"| {unit} | verdict | used | thumbnail | overlay |", "|---|---|---|---|---|"]
         ht.append(
-            "<table><tr><th>field</th><th>verdict</th><th>used</th><th>thumbnail</th><th>overlay</th></tr>"
+            f"<table><tr><th>{unit}</th><th>verdict</th><th>used</th><th>thumbnail</th><th>overlay</th></tr>"
         )
-        for j, f in enumerate(r["fields"]):
+        listed = r["fields"] if max_listed is None else r["fields"][:max_listed]
+        for j, f in enumerate(listed):
             tn = ""
             try:
                 img = load_image(f.path)
@@ -173,6 +185,10 @@ def write_specimens(rows: Sequence[dict[str, Any]], names: Sequence[str], out_di
                 f"<td>{'<img src=' + chr(39) + ov + chr(39) + '>' if ov else ''}</td></tr>"
             )
         ht.append("</table>")
+        if len(listed) < len(r["fields"]):
+            more = f"… and {len(r['fields']) - len(listed)} more {u} (predictions.csv)"
+            md += ["", more]
+            ht.append(f"<p>{html.escape(more)}</p>")
     (out_dir / "specimens.md").write_text("\n".join(md) + "\n")
     (out_dir / "specimens.html").write_text("\n".join(ht) + "\n")
     return out_dir / "specimens.csv"

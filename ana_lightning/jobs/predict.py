@@ -32,7 +32,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
             "to replace them, or choose another output=<file.csv or folder>"
         )
     from ..fields.job import run_field_predict
-    from ..fields.mode import field_mode, model_input
+    from ..fields.mode import FIELD_KEYS, field_mode, model_input
 
     loader = None
     kind, _, mask_mode, crop_fraction = model_input(cfg, predictor)
@@ -50,6 +50,9 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
                 len(masks),
                 mask_use(mask_mode, crop_fraction),
             )
+            unused = [k for k in FIELD_KEYS if k != "group_by" and cfg.get(k) not in (None, False)]
+            if unused:
+                log.warning("cell crops: %s apply to fields and are not used here", ", ".join(unused))
     if loader is None and (mode := field_mode(cfg, predictor)) is not None:
         return run_field_predict(cfg, predictor, files, run_dir, mode)  # whole fields: scale, tiles or cells
     log.info(
@@ -73,7 +76,15 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
         from rich.progress import track
 
         stream = track(stream, total=len(files), description="predicting", transient=False)
+    kept: list = []
+    if loader is not None and cfg.get("group_by"):  # cut cells: specimen verdicts from their cells
+        stream = _keeping(stream, kept)
     summary = write_predictions(stream, predictor, csv_path, json_path)
+    if kept:
+        from ..predict.cells import cell_specimens
+
+        written = cell_specimens(kept, Path(cfg.input).expanduser(), cfg, predictor, csv_path.parent)
+        log.info("specimens (group_by=%s): %s", cfg.get("group_by"), written)
     if run_dir.is_dir() and csv_path.parent != run_dir:
         (run_dir / "predicted.txt").write_text(f"predictions: {csv_path.resolve()}\n")
     if run_dir.is_dir():
@@ -84,3 +95,10 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     else:
         log.info(msg)
     return summary
+
+
+def _keeping(stream, into: list):
+    """The stream unchanged, each item also appended to ``into``."""
+    for item in stream:
+        into.append(item)
+        yield item

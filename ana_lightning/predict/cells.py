@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from ..data.contest import _is_mask
 from ..data.images import BadImageError, load_image
 from ..data.masks import apply_mask, check_crop_fraction, recrop
 
-__all__ = ["pair_masks", "cell_loader", "mask_use"]
+__all__ = ["pair_masks", "cell_loader", "mask_use", "cell_specimens"]
 
 _MASK_DIRS = ("mask", "masks")
 
@@ -125,3 +126,49 @@ def cell_loader(
             raise BadImageError(path, f"its mask {mask_path}: {e}") from None
 
     return load
+
+
+def cell_specimens(
+    predictions: Sequence[Any],
+    input_root: Path,
+    cfg: Mapping[str, Any],
+    predictor: Any,
+    out_dir: Path,
+) -> Path:
+    """``group_by`` for cut cells: each specimen's cells combined into one verdict, as a lab reads a
+    well (``combine``: ``mean_log`` of the cell probabilities, or ``vote``, the share of cells per
+    class), written as ``specimens.csv`` (``n_cells``, ``n_cells_used``) with the report. A specimen with
+    fewer than ``min_cells`` predicted cells is ``insufficient cells``."""
+    from ..fields.combine import INSUFFICIENT
+    from ..fields.job import _groups
+    from ..fields.predictor import FieldResult
+    from ..fields.specimens import specimen_verdicts, write_specimens
+
+    paths = [Path(p.path) for p in predictions]
+    groups = _groups(paths, input_root, cfg.get("group_by"), cfg.get("group_column", "specimen"))
+    results = [
+        FieldResult(
+            p.path,
+            status="ok" if p.ok else "error",
+            error=p.error or "",
+            verdict=tuple(p.labels),
+            probs=p.probabilities,
+            unit="cells",
+            n_used=int(p.ok),
+            n_cells=1,
+            group=groups[path],
+        )
+        for p, path in zip(predictions, paths, strict=True)
+    ]
+    rows = specimen_verdicts(
+        results,
+        predictor,
+        cfg.get("combine", "mean_log"),
+        cfg.get("top_k", 3),
+        cfg.get("pattern_min_prob", 0.25),
+    )
+    min_cells = int(cfg.get("min_cells", 5))
+    for r in rows:
+        if r["n_fields_used"] < min_cells:
+            r.update(screening=INSUFFICIENT, patterns="", verdict=INSUFFICIENT, probs=None)
+    return write_specimens(rows, predictor.class_names, out_dir, unit="cell", max_listed=24)

@@ -790,6 +790,47 @@ def test_ana_predict_reads_cell_crops_as_the_run_read_its_cells(framed_model, tm
     assert _csv_rows(tmp_path / "n2" / "predictions.csv")[0]["status"] == "ok"
 
 
+def test_cut_cells_get_specimen_verdicts(framed_model, tmp_path, caplog):
+    """group_by with cut cells: one verdict per specimen from its cells (as a lab reads a well), in
+    specimens.csv with n_cells columns; combine=vote gives each class's share of the specimen's cells."""
+    import logging
+
+    from ana_lightning.predict import run_predict
+
+    root, run, ckpt, _ = framed_model
+    manifest = run / "split_manifest.csv"
+    over = [
+        f"ckpt_path={ckpt}",
+        f"input={root}",
+        "progress=false",
+        f"group_by={manifest}",
+        "group_column=group",
+    ]
+    with caplog.at_level(logging.WARNING):
+        run_predict(
+            compose(
+                "predict", [*over, "combine=vote", "min_cells=2", "overlays=true"], output_dir=tmp_path / "v"
+            )
+        )
+    assert "overlays apply to fields and are not used here" in caplog.text
+    cells = _csv_rows(tmp_path / "v" / "predictions.csv")
+    specimens = _csv_rows(tmp_path / "v" / "specimens.csv")
+    group = {str(root / r["path"]): r["group"] for r in _csv_rows(manifest)}
+    assert {s["specimen"] for s in specimens} == set(group.values())
+    assert sum(int(s["n_cells"]) for s in specimens) == len(cells) == len(group)
+    names = [c[2:] for c in cells[0] if c.startswith("p_")]
+    for s in specimens:
+        preds = [c["pred"] for c in cells if group[c["path"]] == s["specimen"]]
+        assert int(s["n_cells_used"]) == len(preds)
+        for n in names:
+            assert float(s[f"p_{n}"]) == pytest.approx(preds.count(n) / len(preds), abs=1e-6)
+        assert s["top1"] in names
+    assert "cells used" in (tmp_path / "v" / "specimens.md").read_text()
+    # fewer predicted cells than min_cells: no verdict
+    run_predict(compose("predict", [*over, "min_cells=1000"], output_dir=tmp_path / "m"))
+    assert {s["top1"] for s in _csv_rows(tmp_path / "m" / "specimens.csv")} == {"insufficient cells"}
+
+
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
