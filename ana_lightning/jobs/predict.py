@@ -38,9 +38,16 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     kind, _, mask_mode, crop_fraction = model_input(cfg, predictor)
     fields = str(cfg.get("fields", "auto")).lower()
     if kind == "cell" and fields != "true":  # cell crops with their masks: one cell per image, as in training
-        from ..predict.cells import cell_loader, mask_use, pair_masks
+        from ..predict.cells import cell_loader, look_like_cut_cells, mask_use, pair_masks
 
         cells, masks, problems = pair_masks(files)
+        if masks and fields != "false" and not look_like_cut_cells(masks):
+            log.info(
+                "the %d mask file(s) beside the images hold many objects each: the images are read as fields, "
+                "the masks left out",
+                len(files) - len(cells),
+            )
+            files, masks = cells, {}
         if masks or fields == "false":
             files, loader = cells, cell_loader(masks, mask_mode, crop_fraction, problems)
             log.info(

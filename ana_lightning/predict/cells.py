@@ -26,7 +26,7 @@ from ..data.contest import _is_mask
 from ..data.images import BadImageError, load_image
 from ..data.masks import apply_mask, check_crop_fraction, recrop
 
-__all__ = ["pair_masks", "cell_loader", "mask_use", "cell_specimens"]
+__all__ = ["pair_masks", "look_like_cut_cells", "cell_loader", "mask_use", "cell_specimens"]
 
 _MASK_DIRS = ("mask", "masks")
 
@@ -73,6 +73,23 @@ def pair_masks(files: Sequence[str | Path]) -> tuple[list[Path], dict[str, str],
                 f"{len(found)} masks match this cell ({', '.join(sorted(str(m) for m in found))}): keep one"
             )
     return cells, masks, problems
+
+
+def look_like_cut_cells(masks: Mapping[str, str], sample: int = 5) -> bool:
+    """Whether the paired masks are those of cut cells: one object each (the median over up to
+    ``sample`` of them has at most 2 connected regions). A field's mask (many nuclei, or a label
+    image) has many, and its images are read as fields. Unreadable masks are left to the cells' rows."""
+    import cv2
+
+    counts = []
+    for mask_path in sorted(masks.values())[:sample]:
+        try:
+            m = load_image(mask_path)
+        except BadImageError:
+            continue
+        n, _ = cv2.connectedComponents((m.max(axis=2) > 0).astype(np.uint8), connectivity=8)
+        counts.append(n - 1)
+    return not counts or float(np.median(counts)) <= 2
 
 
 def mask_use(mask_mode: str, crop_fraction: float | None) -> str:

@@ -881,3 +881,37 @@ def test_cell_crops_find_their_masks_in_every_contest_naming(tmp_path):
         list(problems) == [str(tmp_path / "e/3.png")]
         and "2 masks match" in problems[str(tmp_path / "e/3.png")]
     )
+
+
+def test_fields_with_label_masks_beside_them_are_still_read_as_fields(framed_model, tmp_path, caplog):
+    """A lab's fields may come with their own segmentation (<field>_mask.png, many nuclei): with a cell
+    model they stay fields (segmented and combined), and the mask files are not predicted."""
+    import logging
+
+    import cv2
+
+    from ana_lightning.fields.simulate import sim_field
+    from ana_lightning.predict import run_predict
+    from ana_lightning.predict.cells import look_like_cut_cells
+
+    _, _, ckpt, _ = framed_model
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for i, code in enumerate(("AC-1", "AC-3")):
+        img, m = sim_field(code, 20, seed=i, size=160)
+        cv2.imwrite(str(folder / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / f"f{i}_mask.png"), ((m["nuclei"] > 0) * 255).astype(np.uint8))
+    assert not look_like_cut_cells({str(folder / "f0.png"): str(folder / "f0_mask.png")})
+    with caplog.at_level(logging.INFO):
+        run_predict(
+            compose(
+                "predict",
+                [f"ckpt_path={ckpt}", f"input={folder}", "progress=false"],
+                output_dir=tmp_path / "r",
+            )
+        )
+    assert "read as fields, the masks left out" in caplog.text
+    rows = _csv_rows(tmp_path / "r" / "predictions.csv")
+    assert [Path(r["path"]).name for r in rows] == ["f0.png", "f1.png"] and all(
+        r["unit"] == "cells" for r in rows
+    )
