@@ -113,13 +113,18 @@ def model_input(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | Non
     return kind, (float(model_d) if model_d else None), str(mask), (float(frac) if frac else None)
 
 
-def field_mode(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None] | None:
+def field_mode(
+    cfg: DictConfig,
+    predictor: Predictor,
+    inputs: tuple[str, float | None, str, float | None] | None = None,
+) -> tuple[str, float | None, str, float | None] | None:
     """:func:`model_input` when ana-predict should read fields, else ``None``: ``fields=true``, a model
-    that stores its nucleus scale, a cell model, or a field option given (``FIELD_KEYS``)."""
+    that stores its nucleus scale, a cell model, or a field option given (``FIELD_KEYS``). ``inputs``:
+    :func:`model_input` already read (it reads the checkpoint)."""
     fields = cfg.get("fields", "auto")
     if fields is False or str(fields).lower() == "false":
         return None
-    kind, model_d, mask, frac = model_input(cfg, predictor)
+    kind, model_d, mask, frac = inputs if inputs is not None else model_input(cfg, predictor)
     asked = any(cfg.get(k) not in (None, False) for k in FIELD_KEYS)
     on = fields is True or str(fields).lower() == "true" or model_d is not None or kind == "cell" or asked
     if not on:

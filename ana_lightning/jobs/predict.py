@@ -35,7 +35,8 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     from ..fields.mode import FIELD_KEYS, field_mode, model_input
 
     loader = None
-    kind, _, mask_mode, crop_fraction = model_input(cfg, predictor)
+    inputs = model_input(cfg, predictor)
+    kind, _, mask_mode, crop_fraction = inputs
     fields = str(cfg.get("fields", "auto")).lower()
     if kind == "cell" and fields != "true":  # cell crops with their masks: one cell per image, as in training
         from ..predict.cells import cell_loader, look_like_cut_cells, mask_use, pair_masks
@@ -60,7 +61,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
             unused = [k for k in FIELD_KEYS if k != "group_by" and cfg.get(k) not in (None, False)]
             if unused:
                 log.warning("cell crops: %s apply to fields and are not used here", ", ".join(unused))
-    if loader is None and (mode := field_mode(cfg, predictor)) is not None:
+    if loader is None and (mode := field_mode(cfg, predictor, inputs)) is not None:
         return run_field_predict(cfg, predictor, files, run_dir, mode)  # whole fields: scale, tiles or cells
     log.info(
         "predicting %d image(s) with %s (%s, %s, %d classes) → %s",

@@ -4,8 +4,8 @@ A lab or a contest often has its cells already cut (the I3A / ICPR contest layou
 segmentation): ``<ID>.png`` with ``<ID>_mask.png`` (or ``_Mask``, ``-mask``; or the same name in a
 ``mask``/``masks`` folder beside the cells). A cell model reads each such crop as one cell, prepared as
 in training: re-cut around its mask at the model's framing (``data.crop_fraction``,
-:func:`~ana_lightning.data.masks.recrop`) and combined with the mask as the model's ``data.mask`` says
-(:func:`~ana_lightning.data.masks.apply_mask`). Read as fields instead, every crop would be segmented
+:func:`~ana_lightning.data.masks.recrop`) and combined with the mask as the model's ``data.mask`` says,
+by the loader the datamodule reads its cells with (:func:`~ana_lightning.data.masks.masked_loader`). Read as fields instead, every crop would be segmented
 again and the mask files predicted as images.
 
 :func:`pair_masks` finds each cell's mask; :func:`cell_loader` prepares a cell, and a cell that cannot
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from ..data.contest import _MASK_NAME as _MASK_SUFFIX  # the contest readers' mask names
-from ..data.contest import _is_mask
+from ..data.contest import _id_keys, _is_mask
 from ..data.images import BadImageError, load_image
-from ..data.masks import apply_mask, check_crop_fraction, recrop
+from ..data.masks import check_crop_fraction, masked_loader
 
 __all__ = ["pair_masks", "look_like_cut_cells", "cell_loader", "mask_use", "cell_specimens"]
 
@@ -32,10 +32,8 @@ _MASK_DIRS = ("mask", "masks")
 
 
 def _keys(folder: Path, stem: str) -> list[tuple[str, str]]:
-    """A cell's keys: its folder and its name (``00012`` also as ``12``), case-insensitive."""
-    s = stem.lower()
-    names = [s] + ([str(int(s))] if s.isdigit() and str(int(s)) != s else [])
-    return [(str(folder), n) for n in names]
+    """A cell's keys: its folder and its name as the contest readers match it (``00012`` also as ``12``)."""
+    return [(str(folder), n) for n in _id_keys(stem)]
 
 
 def pair_masks(files: Sequence[str | Path]) -> tuple[list[Path], dict[str, str], dict[str, str]]:
@@ -114,33 +112,25 @@ def cell_loader(
     = ``mask_mode`` and ``data.crop_fraction`` = ``crop_fraction`` read its training cells. Raises
     :class:`BadImageError` naming the cell (and its mask) when the cell cannot be prepared that way
     (``problems``: cells known to be unpreparable, e.g. with two masks, and why)."""
-    crop_fraction = check_crop_fraction(crop_fraction)
+    inner = masked_loader(masks, mask_mode, crop_fraction)  # what the datamodule reads its cells with
     need = mask_mode != "none" or crop_fraction is not None
-    how = mask_use(mask_mode, crop_fraction)
+    how = mask_use(mask_mode, check_crop_fraction(crop_fraction))
 
     def load(path: str | Path) -> np.ndarray:
-        image = load_image(path)
-        mask_path = masks.get(str(path))
-        if not need:
-            return image
-        if str(path) in (problems or {}):
+        if need and str(path) in (problems or {}):
             raise BadImageError(path, problems[str(path)])
-        if mask_path is None:
+        if need and str(path) not in masks:
             raise BadImageError(
                 path,
                 f"no mask beside this cell (<name>_mask.png, or masks/<name>.png): the model reads each cell {how}; "
                 "give its mask, or cell_mask=none crop_fraction=null to read it without (not as in training)",
             )
         try:
-            mask = load_image(mask_path)
-        except BadImageError as e:
-            raise BadImageError(path, f"its mask {mask_path}: {e.reason}") from None
-        try:
-            if crop_fraction is not None:
-                image, mask = recrop(image, mask, crop_fraction)
-            return apply_mask(image, mask, mask_mode)
-        except ValueError as e:
-            raise BadImageError(path, f"its mask {mask_path}: {e}") from None
+            return inner(str(path))
+        except BadImageError:  # the cell's own file
+            raise
+        except ValueError as e:  # its mask: unreadable, empty or misfitting (the message names both files)
+            raise BadImageError(path, str(e)) from None
 
     return load
 
