@@ -34,6 +34,7 @@ __all__ = [
     "shared_classes",
     "score_cross_dataset",
     "write_cross_dataset_report",
+    "cross_dataset_report_lines",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,23 +172,19 @@ def score_cross_dataset(
     return metrics, details
 
 
-def write_cross_dataset_report(
-    out_dir: str | Path,
+def cross_dataset_report_lines(
     metrics: Mapping[str, float],
     details: Mapping[str, Any],
-    paths: Sequence[str],
-    truth: Sequence[str],
     model_nodes: Mapping[str, str],
     data_names: Mapping[str, str],
     source: Mapping[str, str],
     min_level: int,
-) -> Path:
-    """``cross_dataset_report.md`` (what was scored, how the rest was predicted) and ``test_predictions.csv``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    title: str = "Cross-dataset evaluation through the ICAP tree",
+) -> list[str]:
+    """The markdown of :func:`write_cross_dataset_report`: metrics, scored classes, the rest."""
     dn = lambda d: f"{data_names.get(d, d)} ({d})" if data_names.get(d, d) != d else d  # noqa: E731
     lines = [
-        "# Cross-dataset evaluation through the ICAP tree",
+        f"# {title}",
         "",
         f"Model trained on {source.get('trained', '?')}; evaluated on {source.get('evaluated', '?')}.",
         "",
@@ -199,7 +196,9 @@ def write_cross_dataset_report(
         "|---|---|",
     ]
     lines += [
-        f"| `{k}` | {v:.4f} |" if not k.endswith(("images", "classes")) else f"| `{k}` | {int(v)} |"
+        f"| `{k}` | {v:.4f} |"
+        if not k.endswith(("images", "classes", "no_verdict", "mixed"))
+        else f"| `{k}` | {int(v)} |"
         for k, v in metrics.items()
     ]
     lines += [
@@ -233,6 +232,24 @@ def write_cross_dataset_report(
         "Model classes and their tree labels: " + ", ".join(f"{c} → {n}" for c, n in model_nodes.items()),
         "",
     ]
+    return lines
+
+
+def write_cross_dataset_report(
+    out_dir: str | Path,
+    metrics: Mapping[str, float],
+    details: Mapping[str, Any],
+    paths: Sequence[str],
+    truth: Sequence[str],
+    model_nodes: Mapping[str, str],
+    data_names: Mapping[str, str],
+    source: Mapping[str, str],
+    min_level: int,
+) -> Path:
+    """``cross_dataset_report.md`` (what was scored, how the rest was predicted) and ``test_predictions.csv``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = cross_dataset_report_lines(metrics, details, model_nodes, data_names, source, min_level)
     report = out_dir / "cross_dataset_report.md"
     report.write_text("\n".join(lines))
     with open(out_dir / "test_predictions.csv", "w", newline="") as f:

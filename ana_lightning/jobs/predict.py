@@ -61,8 +61,14 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
             unused = [k for k in FIELD_KEYS if k != "group_by" and cfg.get(k) not in (None, False)]
             if unused:
                 log.warning("cell crops: %s apply to fields and are not used here", ", ".join(unused))
+    truth_of = _truth(cfg, predictor, files)  # known labels, read (and checked) before predicting
     if loader is None and (mode := field_mode(cfg, predictor, inputs)) is not None:
-        return run_field_predict(cfg, predictor, files, run_dir, mode)  # whole fields: scale, tiles or cells
+        summary = run_field_predict(
+            cfg, predictor, files, run_dir, mode
+        )  # whole fields: scale, tiles or cells
+        if truth_of:
+            _score(cfg, predictor, files, truth_of, summary.csv_path)
+        return summary
     log.info(
         "predicting %d image(s) with %s (%s, %s, %d classes) → %s",
         len(files),
@@ -93,6 +99,8 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
 
         written = cell_specimens(kept, Path(cfg.input).expanduser(), cfg, predictor, csv_path.parent)
         log.info("specimens (group_by=%s): %s", cfg.get("group_by"), written)
+    if truth_of:
+        _score(cfg, predictor, files, truth_of, csv_path)
     if run_dir.is_dir() and csv_path.parent != run_dir:
         (run_dir / "predicted.txt").write_text(f"predictions: {csv_path.resolve()}\n")
     if run_dir.is_dir():
@@ -103,6 +111,51 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     else:
         log.info(msg)
     return summary
+
+
+def _truth(cfg: DictConfig, predictor, files) -> dict[str, str]:
+    """``truth=``: each image's known label as a tree label (``{}`` without ``truth``)."""
+    if not cfg.get("truth"):
+        return {}
+    if predictor.task != "single_label":
+        raise ValueError(
+            f"truth= scores single-label models; this one is {predictor.task!r} "
+            "(score multi-label models with ana-eval on a labelled folder)"
+        )
+    from ..predict.truth import model_class_nodes, read_truth
+
+    nodes = model_class_nodes(predictor, cfg.get("ckpt_path"))
+    return read_truth(
+        files, Path(cfg.input).expanduser(), str(cfg.truth), str(cfg.get("truth_column") or "label"), nodes
+    )
+
+
+def _score(cfg: DictConfig, predictor, files, truth_of: dict[str, str], csv_path: Path) -> None:
+    from ..fields.job import _groups
+    from ..predict.truth import model_class_nodes, score_truth
+
+    groups = None
+    if cfg.get("group_by"):
+        by = _groups(files, Path(cfg.input).expanduser(), cfg.group_by, cfg.get("group_column", "specimen"))
+        groups = {str(Path(f).resolve()): g for f, g in by.items()}
+    m = score_truth(
+        csv_path,
+        truth_of,
+        predictor.class_names,
+        model_class_nodes(predictor, cfg.get("ckpt_path")),
+        int(cfg.get("truth_min_level", 2)),
+        groups,
+        source=str(predictor.source),
+    )
+    shown = [k for k in ("truth/mca", "truth/acc", "specimen/mca", "specimen/acc") if k in m]
+    log.info(
+        "truth=%s: %s over %d scored image(s) (%d without a verdict) → %s",
+        cfg.truth,
+        ", ".join(f"{k}={m[k]:.4f}" for k in shown),
+        int(m["truth/scored_images"]),
+        int(m["truth/no_verdict"]),
+        csv_path.parent / "truth_report.md",
+    )
 
 
 def _keeping(stream, into: list):

@@ -915,3 +915,132 @@ def test_fields_with_label_masks_beside_them_are_still_read_as_fields(framed_mod
     assert [Path(r["path"]).name for r in rows] == ["f0.png", "f1.png"] and all(
         r["unit"] == "cells" for r in rows
     )
+
+
+def test_truth_scores_a_handed_model_on_the_labels_a_lab_knows(framed_model, tmp_path):
+    """ana-predict truth=…: the lab's own labelled cells score the handed model (checkpoint or
+    model.onnx alike) through the ICAP tree; each figure is recomputed here from predictions.csv and
+    the labels, and with group_by from specimens.csv."""
+    import json
+    import shutil
+
+    from ana_lightning.predict import run_predict
+
+    root, run, ckpt, onnx = framed_model
+    gt = {r["Image ID"]: r["Image class"] for r in _csv_rows(root / "gt_training.csv")}
+    manifest = run / "split_manifest.csv"
+    group = {str(root / r["path"]): r["group"] for r in _csv_rows(manifest)}
+    got = {}
+    for name, source in (("ckpt", ckpt), ("onnx", onnx)):
+        over = [f"ckpt_path={source}", f"input={root}", "progress=false", "truth=i3a2014"]
+        over += [f"group_by={manifest}", "group_column=group", "combine=vote", "min_cells=1"]
+        run_predict(compose("predict", over, output_dir=tmp_path / name))
+        m = json.loads((tmp_path / name / "truth_metrics.json").read_text())
+        rows = _csv_rows(tmp_path / name / "predictions.csv")
+        truth = [gt[Path(r["path"]).stem] for r in rows]
+        right = [r["pred"] == t for r, t in zip(rows, truth, strict=True)]
+        assert m["truth/acc"] == pytest.approx(np.mean(right))
+        recall = [np.mean([ok for ok, t in zip(right, truth, strict=True) if t == c]) for c in I3A]
+        assert m["truth/mca"] == pytest.approx(np.mean(recall))
+        assert m["truth/mca_ci95_low"] <= m["truth/mca"] <= m["truth/mca_ci95_high"]
+        assert (m["truth/scored_images"], m["truth/scored_classes"], m["truth/no_verdict"]) == (
+            len(rows),
+            6,
+            0,
+        )
+        specimens = _csv_rows(tmp_path / name / "specimens.csv")
+        cls = {group[r["path"]]: t for r, t in zip(rows, truth, strict=True)}
+        s_right = [s["top1"] == cls[s["specimen"]] for s in specimens]
+        assert m["specimen/acc"] == pytest.approx(np.mean(s_right))
+        assert m["specimen/scored_images"] == len(specimens)
+        scored = _csv_rows(tmp_path / name / "truth_predictions.csv")
+        assert [int(r["right"]) for r in scored] == [int(x) for x in right]
+        report = (tmp_path / name / "truth_report.md").read_text()
+        assert "# Image verdicts against the known labels" in report and "# Specimen verdicts" in report
+        got[name] = m
+    assert got["onnx"] == pytest.approx(got["ckpt"], abs=1e-9)
+    # labels from folders: AC codes (any case), tree nodes or model class names; ac-4 and ac-5 are both
+    # right for Speckled (they meet on the speckled node), and a folder the model has no class for is
+    # listed, not scored
+    folders = {
+        "Homogeneous": "ac-1",
+        "Speckled": "AC-5",
+        "Nucleolar": "nucleolar",
+        "Centromere": "centromere",
+    }
+    folders |= {"NuMem": "AC-12", "Golgi": "Golgi"}
+    lab = tmp_path / "lab"
+    for i, (stem, c) in enumerate(sorted(gt.items())):
+        dest = lab / ("ac-4" if c == "Speckled" and i % 2 else folders[c])
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (f"{stem}.png", f"{stem}_Mask.png"):
+            shutil.copy(root / f, dest / f)
+    extra = lab / "ac-19"
+    extra.mkdir()
+    for f in ("00001.png", "00001_Mask.png"):
+        shutil.copy(root / f, extra / f)
+    over = [f"ckpt_path={onnx}", f"input={lab}", "progress=false", "truth=folder"]
+    run_predict(compose("predict", over, output_dir=tmp_path / "lab"))
+    m = json.loads((tmp_path / "lab" / "truth_metrics.json").read_text())
+    rows = [r for r in _csv_rows(tmp_path / "lab" / "predictions.csv") if "ac-19" not in r["path"]]
+    right = [r["pred"] == gt[Path(r["path"]).stem] for r in rows]
+    assert m["truth/acc"] == pytest.approx(np.mean(right)) and m["truth/scored_images"] == len(rows)
+    assert m["truth/images"] == len(rows) + 1
+    assert "| AC-19 | 1 |" in (tmp_path / "lab" / "truth_report.md").read_text()
+
+
+def test_truth_refuses_labels_it_cannot_read_before_predicting(framed_model, tmp_path):
+    """Bad known labels are named (the value and where it came from), and no image is predicted."""
+    from ana_lightning.predict import run_predict
+    from ana_lightning.taxonomy import LabelError
+
+    root, _, ckpt, _ = framed_model
+    cells = sorted(p.name for p in root.glob("*.png") if "mask" not in p.name.lower())
+    table = tmp_path / "labels.csv"
+    table.write_text(
+        "path,label\n" + "".join(f"{c},Centromere\n" for c in cells[1:]) + f"{cells[0]},AC-99x\n"
+    )
+    over = [f"ckpt_path={ckpt}", f"input={root}", "progress=false", f"truth={table}"]
+    with pytest.raises(LabelError, match=rf"'AC-99x' \({table}, row {cells[0]}\)"):
+        run_predict(compose("predict", over, output_dir=tmp_path / "a"))
+    assert not (tmp_path / "a" / "predictions.csv").exists()
+    table.write_text("path,label\n" + "".join(f"{c},Centromere\n" for c in cells[1:]))
+    with pytest.raises(ValueError, match=rf"no known label for 1 of {len(cells)} image\(s\): .*{cells[0]}"):
+        run_predict(compose("predict", over, output_dir=tmp_path / "b"))
+    with pytest.raises(ValueError, match="needs columns 'path' and 'class'"):
+        run_predict(compose("predict", [*over, "truth_column=class"], output_dir=tmp_path / "c"))
+    with pytest.raises(FileNotFoundError, match="truth=nowhere.csv: expected one of folder, i3a2014"):
+        run_predict(compose("predict", [*over[:-1], "truth=nowhere.csv"], output_dir=tmp_path / "d"))
+
+
+def test_truth_scores_only_verdicts_and_counts_the_rest():
+    """score_truth's rules on a written predictions.csv: a row without a verdict is counted and wrong
+    in mca_all only; a label the model has no class for is not scored; a model class the labels
+    lack counts as wrong."""
+    import tempfile
+
+    from ana_lightning.predict.truth import score_truth
+
+    rows = [  # (path, verdict, p_Homogeneous, p_Speckled, p_Golgi, known label)
+        ("a", "Homogeneous", 0.8, 0.1, 0.1, "AC-1"),
+        ("b", "Speckled", 0.2, 0.7, 0.1, "AC-1"),
+        ("c", "insufficient cells", 0.5, 0.4, 0.1, "AC-1"),
+        ("d", "Speckled", 0.1, 0.8, 0.1, "AC-4"),
+        ("e", "Golgi", 0.1, 0.3, 0.6, "AC-5"),
+        ("f", "Speckled", 0.1, 0.8, 0.1, "AC-19"),
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "predictions.csv"
+        lines = ["path,status,verdict,p_Homogeneous,p_Speckled,p_Golgi"]
+        lines += [f"{p},ok,{v},{a},{b},{c}" for p, v, a, b, c, _ in rows]
+        out.write_text("\n".join(lines) + "\n")
+        truth = {str(Path(p).resolve()): t for p, *_, t in rows}
+        nodes = {"Homogeneous": "AC-1", "Speckled": "speckled", "Golgi": "AC-22"}
+        m = score_truth(out, truth, ["Homogeneous", "Speckled", "Golgi"], nodes)
+        report = (Path(d) / "truth_report.md").read_text()
+    assert m["truth/scored_images"] == 4 and m["truth/no_verdict"] == 1 and m["truth/images"] == 6
+    assert m["truth/acc"] == pytest.approx(2 / 4)  # a, d right; b, e wrong
+    assert m["truth/mca"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert m["truth/mca_all"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert m["truth/acc_shared_outputs"] == pytest.approx(3 / 4)  # e: Speckled among the shared outputs
+    assert "| AC-19 | 1 | Speckled 1 |" in report and "insufficient cells 1" in report
