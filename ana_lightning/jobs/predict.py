@@ -132,7 +132,7 @@ def _truth(cfg: DictConfig, predictor, files) -> dict[str, str]:
 
 def _score(cfg: DictConfig, predictor, files, truth_of: dict[str, str], csv_path: Path) -> None:
     from ..fields.job import _groups
-    from ..predict.truth import model_class_nodes, score_truth
+    from ..predict.truth import model_class_nodes, score_truth, truth_names
 
     groups = None
     if cfg.get("group_by"):
@@ -146,6 +146,7 @@ def _score(cfg: DictConfig, predictor, files, truth_of: dict[str, str], csv_path
         int(cfg.get("truth_min_level", 2)),
         groups,
         source=str(predictor.source),
+        data_names=truth_names(cfg.truth),
     )
     shown = [k for k in ("truth/mca", "truth/acc", "specimen/mca", "specimen/acc") if k in m]
     log.info(

@@ -31,7 +31,7 @@ import numpy as np
 from ..cross_dataset import cross_dataset_report_lines, score_cross_dataset
 from ..taxonomy import LabelError, Taxonomy
 
-__all__ = ["SOURCES", "model_class_nodes", "read_truth", "score_truth"]
+__all__ = ["SOURCES", "model_class_nodes", "read_truth", "score_truth", "truth_names"]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,15 @@ def read_truth(
     return out
 
 
+def truth_names(truth: str) -> dict[str, str]:
+    """Tree label → the contest's class name for ``truth=i3a2014`` / ``icpr2012`` (the report shows both)."""
+    if str(truth) not in ("i3a2014", "icpr2012"):
+        return {}
+    from ..data.contest_labels import contest_class_of
+
+    return contest_class_of(Taxonomy.load(), str(truth))
+
+
 def _rows(csv_path: Path, classes: Sequence[str], key: str, decision: str) -> list[dict[str, Any]]:
     with open(csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -235,6 +244,7 @@ def score_truth(
     min_level: int = 2,
     groups: Mapping[str, str] | None = None,
     source: str = "",
+    data_names: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Score ``predictions.csv`` (and ``specimens.csv`` beside it when ``groups`` is given: ``{resolved
     path: specimen}``) against ``truth_of`` (:func:`read_truth`); write the report and metrics beside it."""
@@ -278,7 +288,7 @@ def score_truth(
             {k: v for k, v in m.items() if k.startswith(f"{prefix}/")},
             d,
             nodes,
-            {},
+            dict(data_names or {}),
             {"trained": source or "the model", "evaluated": f"the known labels, one verdict per {name}"},
             min_level,
             title=f"{name.capitalize()} verdicts against the known labels",
