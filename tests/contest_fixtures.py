@@ -30,6 +30,18 @@ ICPR2012_CLASSES = (
 )
 
 
+#: The ICPR 2012 contest classes and the ICAP tree labels they map to (fine and coarse speckled at their
+#: leaves, nucleolar at its level-2 node, cytoplasmatic at its level-1 node).
+ICPR2012_NODES = {
+    "homogeneous": "AC-1",
+    "fine_speckled": "AC-4",
+    "coarse_speckled": "AC-5",
+    "nucleolar": "nucleolar",
+    "centromere": "AC-3",
+    "cytoplasmatic": "cytoplasmic",
+}
+
+
 def _icpr_cell(
     rng: np.random.Generator, k: int, h: int, w: int, bright: float
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from contest_fixtures import ICPR2012_CLASSES, write_icpr2012_contest
+from contest_fixtures import ICPR2012_CLASSES, ICPR2012_NODES, write_icpr2012_contest
 from PIL import Image
 
 from ana_lightning.data.contest import contest_classes, is_icpr2012_contest_layout, read_icpr2012
@@ -80,14 +80,7 @@ def test_contest_target_and_official_test_split(tmp_path):
     dm = _dm(root)
     dm.setup()
     assert dm.class_names == list(ICPR2012_CLASSES)
-    assert dm.class_nodes() == {
-        "homogeneous": "AC-1",
-        "fine_speckled": "AC-4",
-        "coarse_speckled": "AC-5",
-        "nucleolar": "nucleolar",
-        "centromere": "AC-3",
-        "cytoplasmatic": "cytoplasmic",
-    }
+    assert dm.class_nodes() == ICPR2012_NODES
     # the official test folder, whole and alone; validation carved from training/, by field image
     assert sorted(Path(r.path).name for r in dm.splits["test"]) == sorted(
         p.name for p in (root / "test").glob("0??.png")
@@ -224,3 +217,24 @@ def test_the_checkpoint_says_whether_the_cells_had_masks(tmp_path, caplog, with_
     del state["cell_masks"]
     torch.save({"datamodule_hyper_parameters": dict(dm.hparams), "DM": state}, ckpt)
     assert (training_scale(ckpt)["cell_mask"], training_scale(ckpt)["crop_fraction"]) == ("none", None)
+
+
+def test_truth_reads_the_icpr2012_contest_labels(tmp_path):
+    """truth=icpr2012 on the contest layout: every cell of training/ and test/ gets its gt_*.csv class as
+    a tree label (fine and coarse speckled at their leaves, cytoplasmatic at its level-1 node)."""
+    from ana_lightning.data.contest import _is_mask
+    from ana_lightning.predict.io import list_inputs
+    from ana_lightning.predict.truth import read_truth
+
+    root = write_icpr2012_contest(tmp_path / "icpr", train_per_class=2, test_per_class=1, extreme_sizes=False)
+    files = [f for f in list_inputs(root) if not _is_mask(f)]
+    nodes = {"Homogeneous": "AC-1", "Speckled": "speckled", "Golgi": "AC-22"}
+    got = read_truth(files, root, "icpr2012", "label", nodes)
+    want = {}
+    for folder, gt in (("training", "gt_training.csv"), ("test", "gt_test.csv")):
+        for line in (root / folder / gt).read_text().splitlines()[1:]:
+            cell_id, pattern = line.split(";")
+            want[cell_id] = pattern
+    assert len(got) == len(files) == len(want)
+    for f in files:
+        assert got[str(f.resolve())] == ICPR2012_NODES[want[f.stem].lower()], f

@@ -1044,35 +1044,3 @@ def test_truth_scores_only_verdicts_and_counts_the_rest():
     assert m["truth/mca_all"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["truth/acc_shared_outputs"] == pytest.approx(3 / 4)  # e: Speckled among the shared outputs
     assert "| AC-19 | 1 | Speckled 1 |" in report and "insufficient cells 1" in report
-
-
-def test_truth_reads_the_icpr2012_contest_labels(tmp_path):
-    """truth=icpr2012 on the contest layout: every cell of training/ and test/ gets its gt_*.csv class as
-    a tree label (fine and coarse speckled at their leaves, cytoplasmatic at its level-1 node), and an
-    I3A model's contest classes meet them on the tree."""
-    from ana_lightning.data.contest import _is_mask
-    from ana_lightning.predict.io import list_inputs
-    from ana_lightning.predict.truth import read_truth
-
-    from contest_fixtures import write_icpr2012_contest
-
-    root = write_icpr2012_contest(tmp_path / "icpr", train_per_class=2, test_per_class=1, extreme_sizes=False)
-    files = [f for f in list_inputs(root) if not _is_mask(f)]
-    nodes = {"Homogeneous": "AC-1", "Speckled": "speckled", "Golgi": "AC-22"}
-    got = read_truth(files, root, "icpr2012", "label", nodes)
-    want = {}
-    for folder, gt in (("training", "gt_training.csv"), ("test", "gt_test.csv")):
-        for line in (root / folder / gt).read_text().splitlines()[1:]:
-            cell_id, pattern = line.split(";")
-            want[cell_id] = pattern
-    assert len(got) == len(files) == len(want)
-    table = {
-        "homogeneous": "AC-1",
-        "fine_speckled": "AC-4",
-        "coarse_speckled": "AC-5",
-        "nucleolar": "nucleolar",
-        "centromere": "AC-3",
-        "cytoplasmatic": "cytoplasmic",
-    }
-    for f in files:
-        assert got[str(f.resolve())] == table[want[f.stem].lower()], f
