@@ -140,6 +140,36 @@ def test_ana_predict_csv_json_and_bad_files(trained_checkpoint, input_folder, tm
     assert first_ok["probabilities"]["AC-10"] == pytest.approx(float(row["p_AC-10"]), abs=1e-6)
 
 
+def test_truth_from_folders_scores_whole_images_and_rows_without_a_verdict(trained_checkpoint, tmp_path):
+    """truth=folder with a model of AC-code classes on plain images: the score is recomputed from
+    predictions.csv and the folder names (AC10 and ac-2 spelled as the user did), and an unreadable
+    image of a scored class counts in truth/no_verdict and as wrong in truth/mca_all."""
+    import shutil
+
+    root, _, ckpt = trained_checkpoint
+    inp = tmp_path / "in"
+    shutil.copytree(root, inp)
+    (inp / "AC10" / "broken.png").write_bytes(b"not a png")
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={ckpt}", f"input={inp}", "progress=false", "truth=folder"],
+        output_dir=tmp_path / "r",
+    )
+    run_predict(cfg)
+    m = json.loads((tmp_path / "r" / "truth_metrics.json").read_text())
+    _, rows = _read_csv(tmp_path / "r" / "predictions.csv")
+    code = {"AC-1": "AC-1", "ac-2": "AC-2", "AC10": "AC-10"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    truth = [code[Path(r["path"]).parent.name] for r in ok]
+    right = [r["pred"] == t for r, t in zip(ok, truth, strict=True)]
+    assert m["truth/acc"] == pytest.approx(np.mean(right)) and m["truth/scored_images"] == len(ok)
+    recall = {c: [x for x, t in zip(right, truth, strict=True) if t == c] for c in code.values()}
+    assert m["truth/mca"] == pytest.approx(np.mean([np.mean(v) for v in recall.values()]))
+    assert m["truth/no_verdict"] == 1 and m["truth/images"] == len(ok) + 1
+    recall["AC-10"].append(False)
+    assert m["truth/mca_all"] == pytest.approx(np.mean([np.mean(v) for v in recall.values()]))
+
+
 def test_predictions_match_the_training_runs_test_split(trained_checkpoint):
     """Same preprocessing as training/evaluation, read from the checkpoint: the probabilities that the
     training run wrote for its test images are reproduced."""
