@@ -231,8 +231,8 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
         raise CheckpointError(
             f"{path} is a model exported by ana-export, not a training checkpoint: this command needs the run's "
             ".ckpt (its run folder's best_checkpoint.txt names it). The exported file serves ana-predict and "
-            "ana-app; to score it on labelled cells: ana-predict ckpt_path=<it> input=<cells folder>, then "
-            "python experiments/i3a_cells/predict_check.py <run> <ana-predict run>"
+            "ana-app; to score it on labelled images: ana-predict ckpt_path=<it> input=<folder> "
+            "truth=folder|i3a2014|icpr2012|<labels.csv> (truth_report.md)"
         )
     ckpt = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
