@@ -107,18 +107,26 @@ def score_cross_dataset(
     truth: Sequence[str],
     tree: Taxonomy,
     min_level: int = 2,
+    data_labels: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics over the images of shared classes (``test/acc``, ``test/mca``; ``*_shared_outputs``: the
-    argmax taken over the shared classes' outputs only) and the details the report needs."""
+    argmax taken over the shared classes' outputs only) and the details the report needs.
+
+    ``data_labels``: the labels the shared classes are found from (default: ``truth``), e.g. every
+    label of a folder when only some of its images are scored. A model class without a tree label in
+    ``model_nodes`` has no counterpart: predicting it is wrong. No image at all gives NaN metrics."""
     model_classes = list(model_classes)
-    shared = shared_classes({c: model_nodes[c] for c in model_classes}, truth, tree, min_level)
+    labels = list(truth) if data_labels is None else list(data_labels)
+    on_tree = {c: model_nodes[c] for c in model_classes if c in model_nodes}
+    shared = shared_classes(on_tree, labels, tree, min_level)
     if not shared:
         raise ValueError(
-            f"the model's classes {dict(model_nodes)} and the data's labels {sorted(set(truth))} share no "
+            f"the model's classes {dict(model_nodes)} and the data's labels {sorted(set(labels))} share no "
             f"tree node at level {min_level} or finer: nothing can be scored"
         )
     of_label = {d: i for i, s in enumerate(shared) for d in s.data_labels}
-    pred = [model_classes[i] for i in np.asarray(probs).argmax(1)]
+    probs = np.asarray(probs, dtype=float).reshape(len(truth), len(model_classes))
+    pred = [model_classes[i] for i in probs.argmax(1)]
     keep = [i for i, t in enumerate(truth) if t in of_label]
     cols = [model_classes.index(c) for s in shared for c in s.model_classes]
     restricted = np.full(np.asarray(probs).shape, -np.inf)
@@ -148,10 +156,11 @@ def score_cross_dataset(
         )
     correct = [pred[i] in shared[of_label[truth[i]]].model_classes for i in keep]
     correct_sh = [pred_shared[i] in shared[of_label[truth[i]]].model_classes for i in keep]
-    metrics["test/acc"] = float(np.mean(correct))
-    metrics["test/mca"] = float(np.mean(recalls["all"]))
-    metrics["test/acc_shared_outputs"] = float(np.mean(correct_sh))
-    metrics["test/mca_shared_outputs"] = float(np.mean(recalls["shared"]))
+    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
+    metrics["test/acc"] = mean(correct)
+    metrics["test/mca"] = mean(recalls["all"])
+    metrics["test/acc_shared_outputs"] = mean(correct_sh)
+    metrics["test/mca_shared_outputs"] = mean(recalls["shared"])
     metrics["test/scored_images"] = float(len(keep))
     metrics["test/scored_classes"] = float(len(recalls["all"]))
     unscored = {
@@ -181,12 +190,17 @@ def cross_dataset_report_lines(
     min_level: int,
     title: str = "Cross-dataset evaluation through the ICAP tree",
 ) -> list[str]:
-    """The markdown of :func:`write_cross_dataset_report`: metrics, scored classes, the rest."""
+    """The markdown of :func:`write_cross_dataset_report`: metrics, scored classes, the rest.
+    ``source``: ``trained`` and ``evaluated`` (what the model was trained on, what it was scored on), or
+    ``line``, the sentence said instead."""
     dn = lambda d: f"{data_names.get(d, d)} ({d})" if data_names.get(d, d) != d else d  # noqa: E731
+    said = source.get("line") or (
+        f"Model trained on {source.get('trained', '?')}; evaluated on {source.get('evaluated', '?')}."
+    )
     lines = [
         f"# {title}",
         "",
-        f"Model trained on {source.get('trained', '?')}; evaluated on {source.get('evaluated', '?')}.",
+        said,
         "",
         f"A model class and a data class are scored together when they fall on the same tree node at level "
         f"{min_level} or finer (the finer of the levels both reach). Only images of scored classes are scored; "
@@ -226,7 +240,10 @@ def cross_dataset_report_lines(
     else:
         lines.append("None: every image was scored.")
     lines += ["", "## Model classes without a counterpart in the data", ""]
-    lines.append(", ".join(f"{c} ({model_nodes[c]})" for c in details["unmatched_model_classes"]) or "None.")
+    lines.append(
+        ", ".join(f"{c} ({model_nodes.get(c, 'no tree label')})" for c in details["unmatched_model_classes"])
+        or "None."
+    )
     lines += [
         "",
         "Model classes and their tree labels: " + ", ".join(f"{c} → {n}" for c, n in model_nodes.items()),

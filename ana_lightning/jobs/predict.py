@@ -67,7 +67,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
             cfg, predictor, files, run_dir, mode
         )  # whole fields: scale, tiles or cells
         if truth_of:
-            _score(cfg, predictor, files, truth_of, summary.csv_path)
+            _score(cfg, predictor, files, truth_of, summary.csv_path, specimens=bool(cfg.get("group_by")))
         return summary
     log.info(
         "predicting %d image(s) with %s (%s, %s, %d classes) → %s",
@@ -100,7 +100,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
         written = cell_specimens(kept, Path(cfg.input).expanduser(), cfg, predictor, csv_path.parent)
         log.info("specimens (group_by=%s): %s", cfg.get("group_by"), written)
     if truth_of:
-        _score(cfg, predictor, files, truth_of, csv_path)
+        _score(cfg, predictor, files, truth_of, csv_path, specimens=bool(kept))
     if run_dir.is_dir() and csv_path.parent != run_dir:
         (run_dir / "predicted.txt").write_text(f"predictions: {csv_path.resolve()}\n")
     if run_dir.is_dir():
@@ -114,7 +114,8 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
 
 
 def _truth(cfg: DictConfig, predictor, files) -> dict[str, str]:
-    """``truth=``: each image's known label as a tree label (``{}`` without ``truth``)."""
+    """``truth=``: each image's known label as a tree label (``{}`` without ``truth``), read and checked
+    against the model's classes before anything is predicted."""
     if not cfg.get("truth"):
         return {}
     if predictor.task != "single_label":
@@ -122,22 +123,27 @@ def _truth(cfg: DictConfig, predictor, files) -> dict[str, str]:
             f"truth= scores single-label models; this one is {predictor.task!r} "
             "(score multi-label models with ana-eval on a labelled folder)"
         )
-    from ..predict.truth import model_class_nodes, read_truth
+    from ..predict.truth import check_shared, model_class_nodes, read_truth
 
     nodes = model_class_nodes(predictor, cfg.get("ckpt_path"))
-    return read_truth(
+    truth_of = read_truth(
         files, Path(cfg.input).expanduser(), str(cfg.truth), str(cfg.get("truth_column") or "label"), nodes
     )
+    check_shared(truth_of, predictor.class_names, nodes, int(cfg.get("truth_min_level", 2)))
+    return truth_of
 
 
-def _score(cfg: DictConfig, predictor, files, truth_of: dict[str, str], csv_path: Path) -> None:
+def _score(
+    cfg: DictConfig, predictor, files, truth_of: dict[str, str], csv_path: Path, specimens: bool
+) -> None:
+    """Score the written predictions against ``truth_of`` (:func:`ana_lightning.predict.truth.score_truth`)."""
     from ..fields.job import _groups
     from ..predict.truth import model_class_nodes, score_truth, truth_names
 
     groups = None
     if cfg.get("group_by"):
         by = _groups(files, Path(cfg.input).expanduser(), cfg.group_by, cfg.get("group_column", "specimen"))
-        groups = {str(Path(f).resolve()): g for f, g in by.items()}
+        groups = {str(f): g for f, g in by.items()}
     m = score_truth(
         csv_path,
         truth_of,
@@ -147,10 +153,11 @@ def _score(cfg: DictConfig, predictor, files, truth_of: dict[str, str], csv_path
         groups,
         source=str(predictor.source),
         data_names=truth_names(cfg.truth),
+        specimens=specimens,
     )
     shown = [k for k in ("truth/mca", "truth/acc", "specimen/mca", "specimen/acc") if k in m]
     log.info(
-        "truth=%s: %s over %d scored image(s) (%d without a verdict) → %s",
+        "truth=%s: %s over %d scored image(s) (%d of scored classes without a verdict) → %s",
         cfg.truth,
         ", ".join(f"{k}={m[k]:.4f}" for k in shown),
         int(m["truth/scored_images"]),

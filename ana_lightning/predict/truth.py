@@ -9,10 +9,12 @@ a contest's label CSV beside the cells (``truth=i3a2014`` / ``truth=icpr2012``),
 and a model class are one scored class when they meet on a tree node at level ``truth_min_level`` or
 finer, so folders named ``ac-4`` and ``ac-5`` are both right when a contest model says ``Speckled``.
 
-Written beside ``predictions.csv``: ``truth_report.md`` (metrics with a bootstrap interval, recall per
-scored class, what the model said for the rest), ``truth_metrics.json`` (``truth/…`` keys; with
-``group_by`` also ``specimen/…``) and ``truth_predictions.csv``. A row without a verdict (unreadable,
-``insufficient cells``) is counted, not scored, and ``truth/mca_all`` counts it as wrong.
+The labels are read, and checked to share a tree node with the model's classes, before anything is
+predicted. Written beside ``predictions.csv``: ``truth_report.md`` (metrics with a bootstrap interval,
+recall per scored class, what the model said for every other label), ``truth_metrics.json`` (``truth/…``
+keys; with ``group_by``, when specimens were written, also ``specimen/…``) and ``truth_predictions.csv``.
+An image without a verdict (unreadable, ``insufficient cells``) is counted, not scored:
+``truth/no_verdict`` counts those of scored classes and ``truth/mca_all`` counts them as wrong.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import csv
 import json
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cross_dataset import cross_dataset_report_lines, score_cross_dataset
+from ..cross_dataset import cross_dataset_report_lines, score_cross_dataset, shared_classes
 from ..taxonomy import LabelError, Taxonomy
 
-__all__ = ["SOURCES", "model_class_nodes", "read_truth", "score_truth", "truth_names"]
+__all__ = ["SOURCES", "check_shared", "model_class_nodes", "read_truth", "score_truth", "truth_names"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,19 @@ log = logging.getLogger(__name__)
 SOURCES = ("folder", "i3a2014", "icpr2012")
 
 
+def _tree_label(tree: Taxonomy, label: str) -> str | None:
+    for spelling in (label.strip(), label.strip().lower()):
+        try:
+            return tree.parse_label(spelling)
+        except LabelError:
+            continue
+    return None
+
+
 def model_class_nodes(predictor: Any, ckpt_path: str | None) -> dict[str, str]:
     """Each model class's ICAP tree label: what an exported file carries (``class_nodes``), else what
-    the checkpoint's datamodule stored, else the class name itself when it is a tree label."""
+    the checkpoint's datamodule stored, else the class name itself when it is a tree label. A class
+    with none is left out: predicting it is then wrong (:func:`check_shared` names it)."""
     nodes = dict((getattr(predictor.info, "extra", {}) or {}).get("class_nodes") or {})
     if not nodes and ckpt_path and Path(str(ckpt_path)).suffix.lower() == ".ckpt":
         from ..data.run_config import training_data_config
@@ -53,11 +66,9 @@ def model_class_nodes(predictor: Any, ckpt_path: str | None) -> dict[str, str]:
     tree = Taxonomy.load()
     out = {}
     for c in predictor.class_names:
-        label = nodes.get(c, c)
-        try:
-            out[c] = tree.parse_label(label)
-        except LabelError:
-            continue
+        label = _tree_label(tree, str(nodes.get(c, c)))
+        if label is not None:
+            out[c] = label
     if not out:
         raise ValueError(
             f"truth=: the model's classes {list(predictor.class_names)} name no ICAP tree label and the model "
@@ -66,16 +77,36 @@ def model_class_nodes(predictor: Any, ckpt_path: str | None) -> dict[str, str]:
     return out
 
 
+def check_shared(
+    truth_of: Mapping[str, str], classes: Sequence[str], nodes: Mapping[str, str], min_level: int
+) -> None:
+    """Before predicting: the known labels must meet at least one model class on the tree; model classes
+    without a tree label are named (predicting them counts as wrong)."""
+    tree = Taxonomy.load()
+    labels = sorted(set(truth_of.values()))
+    if not shared_classes(dict(nodes), labels, tree, min_level):
+        raise ValueError(
+            f"truth=: the known labels ({', '.join(labels)}) and the model's classes "
+            f"({', '.join(f'{c} → {n}' for c, n in nodes.items())}) share no ICAP tree node at level {min_level} "
+            "or finer: nothing could be scored (truth_min_level=1 compares the level-1 nodes)"
+        )
+    lacking = [c for c in classes if c not in nodes]
+    if lacking:
+        log.warning(
+            "truth=: model class(es) %s have no ICAP tree label: an image read as one of them counts as wrong",
+            ", ".join(lacking),
+        )
+
+
 def _parse(label: str, tree: Taxonomy, nodes: Mapping[str, str]) -> str:
     """A known label as a tree label: a model class name (any case), an AC code or tree node, or a
     contest class name (I3A 2014, ICPR 2012)."""
     by_name = {c.lower(): n for c, n in nodes.items()}
     if label.strip().lower() in by_name:
         return by_name[label.strip().lower()]
-    try:
-        return tree.parse_label(label.strip())
-    except LabelError:
-        pass
+    found = _tree_label(tree, label)
+    if found is not None:
+        return found
     from ..data.contest_labels import map_contest_label
 
     for contest in ("i3a2014", "icpr2012"):
@@ -83,10 +114,74 @@ def _parse(label: str, tree: Taxonomy, nodes: Mapping[str, str]) -> str:
             return map_contest_label(tree, contest, label)
         except LabelError:
             continue
-    raise LabelError(
-        f"{label!r} is neither one of the model's classes ({', '.join(nodes)}), an AC code or ICAP tree node, "
-        "nor a contest class name"
-    )
+    raise LabelError(label)
+
+
+def _folder_labels(
+    files: Sequence[Path], input_root: Path, tree: Taxonomy, nodes: Mapping[str, str]
+) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Each image's nearest folder (up to ``input`` itself) whose name is a label: ``ac-3/specimen12/f.png``
+    is AC-3. ``(raw labels, where)``; an image under no such folder gets its parent's name, to be refused."""
+    raw, where = {}, {}
+    top = input_root.resolve() if input_root.is_dir() else input_root.resolve().parent
+    for f in files:
+        folder = f.parent
+        while True:
+            try:
+                _parse(folder.name, tree, nodes)
+                raw[f], where[f] = folder.name, f"folder {folder}"
+                break
+            except LabelError:
+                if folder.resolve() == top or folder.parent == folder:
+                    raw[f], where[f] = f.parent.name, f"folder {f.parent}"
+                    break
+                folder = folder.parent
+    return raw, where
+
+
+def _norm(p: str) -> str:
+    return os.path.normpath(p.strip().replace("\\", "/")).replace("\\", "/")
+
+
+def _csv_labels(
+    files: Sequence[Path], input_root: Path, table: Path, column: str
+) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Labels from ``path,<column>`` rows: a row's path is matched relative to ``input``, as an absolute
+    or working-directory path, or by file name when only one row has that name."""
+    with open(table, newline="", encoding="utf-8-sig") as fh:
+        rd = csv.reader(fh)
+        header = [h.strip() for h in next(rd, [])]
+        if "path" not in header or column not in header:
+            raise ValueError(f"{table}: needs columns 'path' and '{column}' (truth_column=…); has {header}")
+        ip, il = header.index("path"), header.index(column)
+        by_key: dict[str, tuple[str, int]] = {}
+        by_name: dict[str, list[tuple[str, int]]] = {}
+        base = input_root if input_root.is_dir() else input_root.parent
+        for n, row in enumerate(rd, start=2):
+            if not any(c.strip() for c in row):
+                continue
+            p = row[ip].strip() if ip < len(row) else ""
+            lab = row[il].strip() if il < len(row) else ""
+            if not p:
+                raise ValueError(f"{table}:{n}: the row has no path")
+            key = _norm(p)
+            for k in {key, str((base / key).resolve()), str(Path(key).resolve())}:
+                if k in by_key and by_key[k][0] != lab:
+                    raise ValueError(
+                        f"{table}:{n}: {p} is listed twice with different labels "
+                        f"({by_key[k][0]!r} on line {by_key[k][1]}, {lab!r} here)"
+                    )
+                by_key[k] = (lab, n)
+            by_name.setdefault(Path(key).name, []).append((lab, n))
+    raw, where = {}, {}
+    for f in files:
+        rel = _norm(f.relative_to(input_root).as_posix()) if input_root.is_dir() else f.name
+        hit = by_key.get(rel) or by_key.get(str(f.resolve())) or by_key.get(_norm(str(f)))
+        if hit is None and len(by_name.get(f.name, ())) == 1:
+            hit = by_name[f.name][0]
+        if hit is not None and hit[0]:
+            raw[f], where[f] = hit[0], f"{table}:{hit[1]}"
+    return raw, where
 
 
 def read_truth(
@@ -96,46 +191,41 @@ def read_truth(
     truth_column: str,
     nodes: Mapping[str, str],
 ) -> dict[str, str]:
-    """``{resolved path: tree label}`` for every file. Raises naming the files or rows that have no
-    readable label, before anything is predicted."""
+    """``{str(image path) as predictions.csv writes it: tree label}`` for every file. Raises naming the
+    images or rows that have no readable label, before anything is predicted."""
     tree = Taxonomy.load()
     source = str(truth)
-    raw: dict[Path, str] = {}
-    where: dict[Path, str] = {}
+    unread: list[str] = []
     if source == "folder":
-        for f in files:
-            raw[f], where[f] = f.parent.name, f"folder {f.parent}"
+        raw, where = _folder_labels(files, input_root, tree, nodes)
     elif source in ("i3a2014", "icpr2012"):
         from ..data.contest import _read_contest, read_icpr2012
+        from ..data.records import DatasetError
 
         root = input_root if input_root.is_dir() else input_root.parent
-        if source == "icpr2012":
-            data = read_icpr2012(root, tree, on_bad_file="skip", check_images=False, need_masks=False)
-        else:
-            data = _read_contest(root, tree, source, None, None, "skip", False, False)
+        try:
+            if source == "icpr2012":
+                data = read_icpr2012(root, tree, on_bad_file="skip", check_images=False, need_masks=False)
+            else:
+                data = _read_contest(root, tree, source, None, None, "skip", False, False)
+        except DatasetError as e:
+            raise ValueError(
+                f"truth={source}: {e}\n(ana-predict reads the contest's one label CSV in input=; "
+                f"otherwise give truth=<file.csv> with columns path,{truth_column})"
+            ) from None
         known = {Path(r.path).resolve(): r.codes[0] for r in data.records}
+        raw, where = {}, {}
         for f in files:
             if f.resolve() in known:
                 raw[f], where[f] = known[f.resolve()], f"the {source} label CSV"
+        unread = [f"{b.path}: {b.reason}" for b in data.bad if "no image file" not in b.reason]
     else:
         table = Path(source).expanduser()
         if not table.is_file():
             raise FileNotFoundError(
                 f"truth={truth}: expected one of {', '.join(SOURCES)} or a CSV file with columns path,{truth_column}"
             )
-        with open(table, newline="", encoding="utf-8-sig") as fh:
-            rd = csv.DictReader(fh)
-            if not rd.fieldnames or "path" not in rd.fieldnames or truth_column not in rd.fieldnames:
-                raise ValueError(
-                    f"{table}: needs columns 'path' and '{truth_column}' (truth_column=…); has {rd.fieldnames}"
-                )
-            rows = {r["path"].strip(): (r[truth_column] or "").strip() for r in rd}
-        for f in files:
-            rel = f.relative_to(input_root).as_posix() if input_root.is_dir() else f.name
-            for key in (rel, f.name, str(f)):
-                if rows.get(key):
-                    raw[f], where[f] = rows[key], f"{table}, row {key}"
-                    break
+        raw, where = _csv_labels(files, input_root, table, truth_column)
     missing = [f for f in files if f not in raw]
     if missing:
         shown = ", ".join(str(f) for f in missing[:5]) + (
@@ -143,13 +233,14 @@ def read_truth(
         )
         raise ValueError(
             f"truth={truth}: no known label for {len(missing)} of {len(files)} image(s): {shown}"
-            + ("" if source == "folder" else " (rows give paths relative to input=, or file names)")
+            + ("" if source in SOURCES else " (rows give paths relative to input=, or file names)")
+            + (f"; label CSV rows not read: {'; '.join(unread[:3])}" if unread else "")
         )
     out: dict[str, str] = {}
     bad: dict[str, list[str]] = {}
     for f, label in raw.items():
         try:
-            out[str(f.resolve())] = _parse(label, tree, nodes)
+            out[str(f)] = _parse(label, tree, nodes)
         except LabelError:
             bad.setdefault(label, []).append(where[f])
     if bad:
@@ -177,12 +268,12 @@ def _rows(csv_path: Path, classes: Sequence[str], key: str, decision: str) -> li
         rows = list(csv.DictReader(fh))
     out = []
     for r in rows:
-        probs = [r.get(f"p_{c}", "") for c in classes]
+        probs = [r.get(f"p_{c}") or "" for c in classes]
         ok = r.get("status", "ok") == "ok" and r.get(decision, "") in classes and all(probs)
         out.append(
             {
                 "key": r[key],
-                "decision": r.get(decision, "") if ok else (r.get(decision) or r.get("error") or "error"),
+                "decision": r.get(decision, "") if ok else (r.get(decision) or r.get("status") or "error"),
                 "probs": np.asarray([float(p) for p in probs]) if ok else None,
             }
         )
@@ -198,42 +289,53 @@ def _score(
     min_level: int,
     clusters: Sequence[str] | None,
     prefix: str,
-) -> tuple[dict[str, float], dict[str, Any], list[int]]:
-    """``score_cross_dataset`` on the rows with a verdict, with coverage and a bootstrap interval of MCA."""
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """``score_cross_dataset`` on the rows with a verdict (the scored classes found from every row's
+    label), the rows without one counted, and a bootstrap interval of MCA."""
     from ..stats import bootstrap_intervals, label_matrix
 
     decided = [i for i, r in enumerate(rows) if r["probs"] is not None]
-    if not decided:
-        raise ValueError(f"truth=: no {prefix} has a verdict, nothing can be scored")
-    probs = np.stack([rows[i]["probs"] for i in decided])
+    probs = np.stack([rows[i]["probs"] for i in decided]) if decided else np.zeros((0, len(classes)))
     # the written decision, exactly: its column made the largest (a single-label verdict is the argmax)
-    probs = probs + np.asarray([[c == rows[i]["decision"] for c in classes] for i in decided], float)
+    probs = probs + np.asarray([[c == rows[i]["decision"] for c in classes] for i in decided], float).reshape(
+        probs.shape
+    )
     t = [truth[i] for i in decided]
-    metrics, details = score_cross_dataset(probs, list(classes), dict(nodes), t, tree, min_level)
+    metrics, details = score_cross_dataset(
+        probs, list(classes), dict(nodes), t, tree, min_level, data_labels=truth
+    )
     metrics = {k.replace("test/", f"{prefix}/"): v for k, v in metrics.items()}
-    of = {d: s.node for s in details["shared"] for d in s.data_labels}
-    node_of = {c: s.node for s in details["shared"] for c in s.model_classes}
+    shared = details["shared"]
+    of = {d: s for s in shared for d in s.data_labels}
+    node_of = {c: s.node for s in shared for c in s.model_classes}
     scored = [k for k, lab in enumerate(t) if lab in of]
-    true_n = [of[t[k]] for k in scored]
+    true_n = [of[t[k]].node for k in scored]
     pred_n = [node_of.get(details["pred"][k], "other") for k in scored]
     names = list(dict.fromkeys(true_n + pred_n))
     cl = [clusters[decided[k]] for k in scored] if clusters is not None else None
-    ci = bootstrap_intervals(
-        label_matrix(true_n, names), label_matrix(pred_n, names), ["mca", "acc"], clusters=cl
-    )
+    ci = bootstrap_intervals(label_matrix(true_n, names), label_matrix(pred_n, names), ["mca"], clusters=cl)
     metrics[f"{prefix}/mca_ci95_low"], metrics[f"{prefix}/mca_ci95_high"] = ci["mca"]
-    # rows of scored classes without a verdict: counted, and wrong in mca_all
-    no_verdict = [i for i, r in enumerate(rows) if r["probs"] is None and truth[i] in of]
-    metrics[f"{prefix}/no_verdict"] = float(len(no_verdict))
+    # rows without a verdict: in the report under their label; wrong in mca_all when their class is scored
+    no_verdict = [i for i, r in enumerate(rows) if r["probs"] is None]
+    pcs = {pc["node"]: pc for pc in details["per_class"]}
+    for i in no_verdict:
+        reason = f"no verdict: {rows[i]['decision']}"
+        if truth[i] in of:
+            pcs[of[truth[i]].node]["predicted"][reason] += 1
+            pcs[of[truth[i]].node]["images"] += 1
+        else:
+            details["unscored"].setdefault(truth[i], Counter())[reason] += 1
+    metrics[f"{prefix}/no_verdict"] = float(sum(truth[i] in of for i in no_verdict))
     recalls = []
-    for s in details["shared"]:
-        n_right = sum(details["pred"][k] in s.model_classes for k in scored if of[t[k]] == s.node)
-        n_all = sum(of[t[k]] == s.node for k in scored) + sum(of[truth[i]] == s.node for i in no_verdict)
+    for s in shared:
+        n_right = sum(details["pred"][k] in s.model_classes for k in scored if of[t[k]] is s)
+        n_all = sum(of[t[k]] is s for k in scored) + sum(of.get(truth[i]) is s for i in no_verdict)
         if n_all:
             recalls.append(n_right / n_all)
     metrics[f"{prefix}/mca_all"] = float(np.mean(recalls)) if recalls else math.nan
-    details["no_verdict"] = Counter(rows[i]["decision"] for i in no_verdict)
-    return metrics, details, decided
+    details["no_verdict"] = Counter(rows[i]["decision"] for i in no_verdict if truth[i] in of)
+    details["of"] = of
+    return metrics, details
 
 
 def score_truth(
@@ -245,27 +347,28 @@ def score_truth(
     groups: Mapping[str, str] | None = None,
     source: str = "",
     data_names: Mapping[str, str] | None = None,
+    specimens: bool = False,
 ) -> dict[str, float]:
-    """Score ``predictions.csv`` (and ``specimens.csv`` beside it when ``groups`` is given: ``{resolved
-    path: specimen}``) against ``truth_of`` (:func:`read_truth`); write the report and metrics beside it."""
+    """Score ``predictions.csv`` against ``truth_of`` (:func:`read_truth`) and write the report and
+    metrics beside it. ``groups`` (``{image path: specimen}``, from ``group_by``) makes the interval a
+    bootstrap over specimens; ``specimens``: this run wrote ``specimens.csv``, which is scored too."""
     tree = Taxonomy.load()
     out_dir = Path(csv_path).parent
     with open(csv_path, newline="") as fh:
         header = next(csv.reader(fh), [])
     decision = "verdict" if "verdict" in header else "pred"
     rows = _rows(Path(csv_path), classes, "path", decision)
-    paths = [str(Path(r["key"]).resolve()) for r in rows]
-    truth = [truth_of[p] for p in paths]
+    truth = [truth_of[r["key"]] for r in rows]
     unit = "field" if decision == "verdict" else "image"
-    clusters = [groups[p] for p in paths] if groups else None
-    metrics, details, _ = _score(rows, truth, classes, nodes, tree, min_level, clusters, "truth")
+    clusters = [groups[r["key"]] for r in rows] if groups else None
+    metrics, details = _score(rows, truth, classes, nodes, tree, min_level, clusters, "truth")
     metrics["truth/images"] = float(len(rows))
     sections = [(unit, "truth", metrics, details)]
     spec_file = out_dir / "specimens.csv"
-    if groups and spec_file.is_file():
+    if specimens and groups and spec_file.is_file():
         labels: dict[str, set[str]] = {}
-        for p, t in zip(paths, truth, strict=True):
-            labels.setdefault(groups[p], set()).add(t)
+        for r, t in zip(rows, truth, strict=True):
+            labels.setdefault(groups[r["key"]], set()).add(t)
         srows = _rows(spec_file, classes, "specimen", "top1")
         mixed = sorted(s["key"] for s in srows if len(labels.get(s["key"], ())) != 1)
         if mixed:
@@ -275,9 +378,12 @@ def score_truth(
                 ", ".join(mixed[:10]),
             )
         srows = [s for s in srows if s["key"] not in mixed]
-        if srows:
-            struth = [next(iter(labels[s["key"]])) for s in srows]
-            sm, sd, _ = _score(srows, struth, classes, nodes, tree, min_level, None, "specimen")
+        struth = [next(iter(labels[s["key"]])) for s in srows]
+        try:
+            sm, sd = _score(srows, struth, classes, nodes, tree, min_level, None, "specimen")
+        except ValueError as e:  # no specimen of a scored class: the image figures stand alone
+            log.warning("truth=: specimens not scored (%s)", e)
+        else:
             sm["specimen/mixed"] = float(len(mixed))
             metrics.update(sm)
             sections.append(("specimen", "specimen", sm, sd))
@@ -289,21 +395,24 @@ def score_truth(
             d,
             nodes,
             dict(data_names or {}),
-            {"trained": source or "the model", "evaluated": f"the known labels, one verdict per {name}"},
+            {
+                "line": f"Model {source or '(unnamed)'}, one verdict per {name}, scored against the known labels."
+            },
             min_level,
             title=f"{name.capitalize()} verdicts against the known labels",
         )
-        if d["no_verdict"]:
+        n_none = int(m[f"{prefix}/no_verdict"])
+        if n_none:
             lines.append(
-                f"{int(m[f'{prefix}/no_verdict'])} {name}(s) of scored classes had no verdict "
-                f"({', '.join(f'{k} {n}' for k, n in d['no_verdict'].most_common())}): not in `acc`/`mca`, "
-                "counted as wrong in `mca_all`.\n"
+                f"{n_none} {name}(s) of scored classes had no verdict "
+                f"({', '.join(f'{k} {n}' for k, n in d['no_verdict'].most_common())}): counted under 'images' and "
+                "'predicted as', not in `acc`/`mca` or the recall column, and wrong in `mca_all`.\n"
             )
         parts.append("\n".join(lines))
     parts.append(
         "Intervals (`mca_ci95_low`/`high`): percentile bootstrap, "
         + (
-            f"whole specimens (`group_by`) drawn together for the {unit}s."
+            f"whole specimens (`group_by`) drawn together for the {unit}s; specimens one by one."
             if groups
             else f"{unit}s drawn one by one; cells or fields of one specimen are not independent, "
             "so give `group_by` for an interval over specimens."
@@ -311,13 +420,11 @@ def score_truth(
         + "\n"
     )
     (out_dir / "truth_report.md").write_text("\n".join(parts))
+    of = details["of"]
     with open(out_dir / "truth_predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "true_label", "scored", "verdict", "right"])
-        scored_labels = {lab for s in details["shared"] for lab in s.data_labels}
-        of = {lab: s.model_classes for s in details["shared"] for lab in s.data_labels}
         for r, t in zip(rows, truth, strict=True):
-            decided = r["probs"] is not None
-            right = int(decided and r["decision"] in of.get(t, ())) if t in scored_labels else ""
-            w.writerow([r["key"], t, int(t in scored_labels), r["decision"], right])
+            right = "" if t not in of or r["probs"] is None else int(r["decision"] in of[t].model_classes)
+            w.writerow([r["key"], t, int(t in of), r["decision"], right])
     return metrics

@@ -959,8 +959,8 @@ def test_truth_scores_a_handed_model_on_the_labels_a_lab_knows(framed_model, tmp
         assert "# Image verdicts against the known labels" in report and "# Specimen verdicts" in report
         got[name] = m
     assert got["onnx"] == pytest.approx(got["ckpt"], abs=1e-9)
-    # labels from folders: AC codes (any case), tree nodes or model class names; ac-4 and ac-5 are both
-    # right for Speckled (they meet on the speckled node), and a folder the model has no class for is
+    # labels from folders (the nearest one named as a label): AC codes (any case), tree nodes or model
+    # class names; ac-4 and ac-5 are both right for Speckled (they meet on the speckled node), and a folder the model has no class for is
     # listed, not scored
     folders = {
         "Homogeneous": "ac-1",
@@ -971,7 +971,7 @@ def test_truth_scores_a_handed_model_on_the_labels_a_lab_knows(framed_model, tmp
     folders |= {"NuMem": "AC-12", "Golgi": "Golgi"}
     lab = tmp_path / "lab"
     for i, (stem, c) in enumerate(sorted(gt.items())):
-        dest = lab / ("ac-4" if c == "Speckled" and i % 2 else folders[c])
+        dest = lab / ("ac-4" if c == "Speckled" and i % 2 else folders[c]) / f"slide{i % 3}"  # label: nearest
         dest.mkdir(parents=True, exist_ok=True)
         for f in (f"{stem}.png", f"{stem}_Mask.png"):
             shutil.copy(root / f, dest / f)
@@ -1001,9 +1001,16 @@ def test_truth_refuses_labels_it_cannot_read_before_predicting(framed_model, tmp
         "path,label\n" + "".join(f"{c},Centromere\n" for c in cells[1:]) + f"{cells[0]},AC-99x\n"
     )
     over = [f"ckpt_path={ckpt}", f"input={root}", "progress=false", f"truth={table}"]
-    with pytest.raises(LabelError, match=rf"'AC-99x' \({table}, row {cells[0]}\)"):
+    with pytest.raises(LabelError, match=rf"'AC-99x' \({table}:{len(cells) + 1}\)"):
         run_predict(compose("predict", over, output_dir=tmp_path / "a"))
     assert not (tmp_path / "a" / "predictions.csv").exists()
+    table.write_text("path,label\n" + "".join(f"{c},AC-19\n" for c in cells))  # no model class on its node
+    with pytest.raises(ValueError, match="share no ICAP tree node at level 2"):
+        run_predict(compose("predict", over, output_dir=tmp_path / "e"))
+    assert not (tmp_path / "e" / "predictions.csv").exists()
+    table.write_text(f"path,label\n{cells[0]},AC-3\n./{cells[0]},AC-1\n")
+    with pytest.raises(ValueError, match=rf"{table}:3: \./{cells[0]} is listed twice with different labels"):
+        run_predict(compose("predict", over, output_dir=tmp_path / "f"))
     table.write_text("path,label\n" + "".join(f"{c},Centromere\n" for c in cells[1:]))
     with pytest.raises(ValueError, match=rf"no known label for 1 of {len(cells)} image\(s\): .*{cells[0]}"):
         run_predict(compose("predict", over, output_dir=tmp_path / "b"))
@@ -1013,34 +1020,42 @@ def test_truth_refuses_labels_it_cannot_read_before_predicting(framed_model, tmp
         run_predict(compose("predict", [*over[:-1], "truth=nowhere.csv"], output_dir=tmp_path / "d"))
 
 
-def test_truth_scores_only_verdicts_and_counts_the_rest():
+def test_truth_scores_only_verdicts_and_counts_the_rest(tmp_path):
     """score_truth's rules on a written predictions.csv: a row without a verdict is counted and wrong
-    in mca_all only; a label the model has no class for is not scored; a model class the labels
-    lack counts as wrong."""
-    import tempfile
-
+    in mca_all only, also when its class has no row with a verdict; a label the model has no class for
+    is listed with what it said (or that it gave no verdict), not scored; a model class without a tree
+    label, or that the labels lack, counts as wrong."""
     from ana_lightning.predict.truth import score_truth
 
-    rows = [  # (path, verdict, p_Homogeneous, p_Speckled, p_Golgi, known label)
-        ("a", "Homogeneous", 0.8, 0.1, 0.1, "AC-1"),
-        ("b", "Speckled", 0.2, 0.7, 0.1, "AC-1"),
-        ("c", "insufficient cells", 0.5, 0.4, 0.1, "AC-1"),
-        ("d", "Speckled", 0.1, 0.8, 0.1, "AC-4"),
-        ("e", "Golgi", 0.1, 0.3, 0.6, "AC-5"),
-        ("f", "Speckled", 0.1, 0.8, 0.1, "AC-19"),
+    classes = ["Homogeneous", "Speckled", "Golgi", "Centromere"]
+    rows = [  # path, verdict, probabilities in the order of classes, known label
+        ("a", "Homogeneous", (0.7, 0.1, 0.1, 0.1), "AC-1"),  # right
+        ("b", "Speckled", (0.2, 0.6, 0.1, 0.1), "AC-1"),  # wrong
+        ("c", "insufficient cells", (0.4, 0.3, 0.2, 0.1), "AC-1"),  # no verdict, a scored class
+        ("d", "Speckled", (0.1, 0.7, 0.1, 0.1), "AC-4"),  # right: AC-4 is on the speckled node
+        ("e", "Golgi", (0.1, 0.2, 0.6, 0.1), "AC-5"),  # wrong
+        ("i", "Centromere", (0.1, 0.3, 0.1, 0.5), "AC-4"),  # wrong; right among the shared outputs
+        ("f", "Speckled", (0.1, 0.7, 0.1, 0.1), "AC-19"),  # no model class on its node: not scored
+        ("g", "insufficient cells", (0.3, 0.3, 0.2, 0.2), "AC-11"),  # not scored, no verdict
+        ("h", "insufficient cells", (0.3, 0.3, 0.2, 0.2), "AC-22"),  # Golgi's only row: no verdict
     ]
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "predictions.csv"
-        lines = ["path,status,verdict,p_Homogeneous,p_Speckled,p_Golgi"]
-        lines += [f"{p},ok,{v},{a},{b},{c}" for p, v, a, b, c, _ in rows]
-        out.write_text("\n".join(lines) + "\n")
-        truth = {str(Path(p).resolve()): t for p, *_, t in rows}
-        nodes = {"Homogeneous": "AC-1", "Speckled": "speckled", "Golgi": "AC-22"}
-        m = score_truth(out, truth, ["Homogeneous", "Speckled", "Golgi"], nodes)
-        report = (Path(d) / "truth_report.md").read_text()
-    assert m["truth/scored_images"] == 4 and m["truth/no_verdict"] == 1 and m["truth/images"] == 6
-    assert m["truth/acc"] == pytest.approx(2 / 4)  # a, d right; b, e wrong
-    assert m["truth/mca"] == pytest.approx((1 / 2 + 1 / 2) / 2)
-    assert m["truth/mca_all"] == pytest.approx((1 / 3 + 1 / 2) / 2)
-    assert m["truth/acc_shared_outputs"] == pytest.approx(3 / 4)  # e: Speckled among the shared outputs
-    assert "| AC-19 | 1 | Speckled 1 |" in report and "insufficient cells 1" in report
+    out = tmp_path / "predictions.csv"
+    lines = ["path,status,verdict," + ",".join(f"p_{c}" for c in classes)]
+    lines += [f"{p},ok,{v}," + ",".join(map(str, pr)) for p, v, pr, _ in rows]
+    out.write_text("\n".join(lines) + "\n")
+    truth = {p: t for p, *_, t in rows}
+    nodes = {"Homogeneous": "AC-1", "Speckled": "speckled", "Golgi": "AC-22"}  # Centromere: no tree label
+    m = score_truth(out, truth, classes, nodes)
+    report = (tmp_path / "truth_report.md").read_text()
+    assert (m["truth/scored_images"], m["truth/scored_classes"], m["truth/no_verdict"]) == (5, 2, 2)
+    assert m["truth/images"] == 9
+    assert m["truth/acc"] == pytest.approx(2 / 5)  # a, d
+    assert m["truth/mca"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert m["truth/mca_all"] == pytest.approx((1 / 3 + 1 / 3 + 0) / 3)  # Golgi's one field had no verdict
+    assert m["truth/acc_shared_outputs"] == pytest.approx(3 / 5)  # i: Speckled among the shared outputs
+    assert "| AC-19 | 1 | Speckled 1 |" in report
+    assert "| AC-11 | 1 | no verdict: insufficient cells 1 |" in report
+    assert "Centromere (no tree label)" in report
+    written = {r["path"]: r for r in _csv_rows(tmp_path / "truth_predictions.csv")}
+    assert [written[p]["right"] for p in "abcdeifgh"] == ["1", "0", "", "1", "0", "0", "", "", ""]
+    assert [written[p]["scored"] for p in "abcdeifgh"] == ["1"] * 6 + ["0", "0", "1"]
