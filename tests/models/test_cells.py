@@ -1059,3 +1059,10 @@ def test_truth_scores_only_verdicts_and_counts_the_rest(tmp_path):
     written = {r["path"]: r for r in _csv_rows(tmp_path / "truth_predictions.csv")}
     assert [written[p]["right"] for p in "abcdeifgh"] == ["1", "0", "", "1", "0", "0", "", "", ""]
     assert [written[p]["scored"] for p in "abcdeifgh"] == ["1"] * 6 + ["0", "0", "1"]
+    # nothing with a verdict: the figures are NaN and the rows still counted, nothing raised after predicting
+    lines = ["path,status,verdict," + ",".join(f"p_{c}" for c in classes)]
+    lines += [f"{p},ok,insufficient cells,0.25,0.25,0.25,0.25" for p, *_ in rows]
+    out.write_text("\n".join(lines) + "\n")
+    m = score_truth(out, truth, classes, nodes)
+    assert np.isnan(m["truth/mca"]) and m["truth/scored_images"] == 0
+    assert m["truth/no_verdict"] == 7 and m["truth/mca_all"] == 0.0
