@@ -98,15 +98,30 @@ def check_shared(
         )
 
 
+def _spelling(text: str) -> str:
+    """``'Smooth_nuclear-envelope '`` → ``'smooth nuclear envelope'``: case, ``_``, ``-``, ``/`` and extra spaces ignored."""
+    return " ".join(text.replace("_", " ").replace("-", " ").replace("/", " ").lower().split())
+
+
 def _parse(label: str, tree: Taxonomy, nodes: Mapping[str, str]) -> str:
-    """A known label as a tree label: a model class name (any case), an AC code or tree node, or a
-    contest class name (I3A 2014, ICPR 2012)."""
-    by_name = {c.lower(): n for c, n in nodes.items()}
-    if label.strip().lower() in by_name:
-        return by_name[label.strip().lower()]
+    """A known label as a tree label: a model class name, an AC code, a tree node or an ICAP pattern name
+    (``Smooth nuclear envelope``; case, ``_``, ``-`` and ``/`` ignored), or a contest class name (I3A 2014,
+    ICPR 2012).
+
+    >>> tree = Taxonomy.load()
+    >>> [_parse(x, tree, {"NuMem": "nuclear envelope"}) for x in ("numem", "ac_11", "Nuclear_envelope", "centromere")]
+    ['nuclear envelope', 'AC-11', 'nuclear envelope', 'centromere']
+    """
+    by_name = {_spelling(c): n for c, n in nodes.items()}
+    if _spelling(label) in by_name:
+        return by_name[_spelling(label)]
     found = _tree_label(tree, label)
     if found is not None:
         return found
+    named = {_spelling(n): n for lv in (1, 2) for n in tree.nodes(lv)}
+    named |= {_spelling(name): code for code, name in tree.names.items()}
+    if _spelling(label) in named:
+        return named[_spelling(label)]
     from ..data.contest_labels import map_contest_label
 
     for contest in ("i3a2014", "icpr2012"):

@@ -959,8 +959,8 @@ def test_truth_scores_a_handed_model_on_the_labels_a_lab_knows(framed_model, tmp
         assert "# Image verdicts against the known labels" in report and "# Specimen verdicts" in report
         got[name] = m
     assert got["onnx"] == pytest.approx(got["ckpt"], abs=1e-9)
-    # labels from folders (the nearest one named as a label): AC codes (any case), tree nodes or model
-    # class names; ac-4 and ac-5 are both right for Speckled (they meet on the speckled node), and a folder the model has no class for is
+    # labels from folders (the nearest one named as a label): AC codes (any case), tree nodes, ICAP
+    # pattern names or model class names; ac-4 and ac-5 are both right for Speckled (they meet on the speckled node), and a folder the model has no class for is
     # listed, not scored
     folders = {
         "Homogeneous": "ac-1",
@@ -968,7 +968,7 @@ def test_truth_scores_a_handed_model_on_the_labels_a_lab_knows(framed_model, tmp
         "Nucleolar": "nucleolar",
         "Centromere": "centromere",
     }
-    folders |= {"NuMem": "AC-12", "Golgi": "Golgi"}
+    folders |= {"NuMem": "Smooth_nuclear-envelope", "Golgi": "Polar/Golgi-like".replace("/", " ")}
     lab = tmp_path / "lab"
     for i, (stem, c) in enumerate(sorted(gt.items())):
         dest = lab / ("ac-4" if c == "Speckled" and i % 2 else folders[c]) / f"slide{i % 3}"  # label: nearest
