@@ -11,7 +11,8 @@ finer, so folders named ``ac-4`` and ``ac-5`` are both right when a contest mode
 
 The labels are read, and checked to share a tree node with the model's classes, before anything is
 predicted. Written beside ``predictions.csv``: ``truth_report.md`` (metrics with a bootstrap interval,
-recall per scored class, what the model said for every other label), ``truth_metrics.json`` (``truth/…``
+recall per scored class, what the model said for every other label), ``truth_confusion.png``/``.csv``
+(known label against verdict, with a "no verdict" column), ``truth_metrics.json`` (``truth/…``
 keys; with ``group_by``, when specimens were written, also ``specimen/…``) and ``truth_predictions.csv``.
 An image without a verdict (unreadable, ``insufficient cells``) is counted, not scored:
 ``truth/no_verdict`` counts those of scored classes and ``truth/mca_all`` counts them as wrong.
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..cross_dataset import cross_dataset_report_lines, score_cross_dataset, shared_classes
-from ..taxonomy import LabelError, Taxonomy
+from ..taxonomy import LabelError, Taxonomy, natural_key
 
 __all__ = ["SOURCES", "check_shared", "model_class_nodes", "read_truth", "score_truth", "truth_names"]
 
@@ -353,6 +354,41 @@ def _score(
     return metrics, details
 
 
+def _confusion_figure(
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    truth: Sequence[str],
+    classes: Sequence[str],
+    details: Mapping[str, Any],
+    data_names: Mapping[str, str],
+    unit: str,
+) -> Path:
+    """``truth_confusion.png`` and ``.csv``: a row per scored class (its tree node) and then per other label,
+    a column per model class and one for "no verdict"; counts (the figure shaded by the share of the row)."""
+    from ..reports import plot_confusion_matrix
+
+    of = details["of"]
+    scored = [s.node for s in details["shared"]]
+    others = sorted({t for t in truth if t not in of}, key=natural_key)
+    row_of = {**{d: s.node for d, s in of.items()}, **{t: t for t in others}}
+    names = scored + others
+    cols = [*classes, "no verdict"]
+    cm = np.zeros((len(names), len(cols)), dtype=int)
+    for r, t in zip(rows, truth, strict=True):
+        j = classes.index(r["decision"]) if r["probs"] is not None else len(classes)
+        cm[names.index(row_of[t]), j] += 1
+    shown = [f"{data_names[n]} ({n})" if data_names.get(n, n) != n else n for n in names]
+    shown = [f"{n} (not scored)" if names[i] in others else n for i, n in enumerate(shown)]
+    with open(path.with_suffix(".csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["known label", "scored", *cols])
+        for i, n in enumerate(names):
+            w.writerow([n, int(n not in others), *cm[i].tolist()])
+    return plot_confusion_matrix(
+        cm, shown, path, title=f"{len(rows)} {unit}s: known label vs verdict", col_names=cols
+    )
+
+
 def score_truth(
     csv_path: Path,
     truth_of: Mapping[str, str],
@@ -434,6 +470,10 @@ def score_truth(
         )
         + "\n"
     )
+    figure = _confusion_figure(
+        out_dir / "truth_confusion.png", rows, truth, classes, details, data_names or {}, unit
+    )
+    parts.insert(1, f"![known label against the verdict, one row per label]({figure.name})\n")
     (out_dir / "truth_report.md").write_text("\n".join(parts))
     of = details["of"]
     with open(out_dir / "truth_predictions.csv", "w", newline="") as fh:

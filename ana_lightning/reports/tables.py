@@ -62,30 +62,37 @@ def summary_rows(
 
 
 def plot_confusion_matrix(
-    confmat: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | Path, title: str = ""
+    confmat: torch.Tensor | np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    col_names: Sequence[str] | None = None,
 ) -> Path:
-    """Row-normalised confusion matrix (rows = true class), with counts in the cells when small."""
+    """Row-normalised confusion matrix (rows = true class), with counts in the cells when small.
+    ``col_names``: the predicted side's names when they differ from the rows' (a rectangular matrix)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cm = np.asarray(_plain(confmat), dtype=float)
-    k = len(class_names)
+    cols = list(class_names if col_names is None else col_names)
+    k, m = len(class_names), len(cols)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     size = max(5.0, 0.32 * k + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), class_names, rotation=90, fontsize=7 if k > 16 else 9)
+    width = size + 1 if col_names is None else max(5.0, 0.45 * m + 4.5)
+    fig, ax = plt.subplots(figsize=(width, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="equal" if col_names is None else "auto")
+    ax.set_xticks(range(m), cols, rotation=90, fontsize=7 if m > 16 else 9)
     ax.set_yticks(range(k), class_names, fontsize=7 if k > 16 else 9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:
         ax.set_title(title)
-    if k <= 40:
+    if max(k, m) <= 40:
         for i in range(k):
-            for j in range(k):
+            for j in range(m):
                 if cm[i, j]:
                     ax.text(
                         j,

@@ -1059,6 +1059,12 @@ def test_truth_scores_only_verdicts_and_counts_the_rest(tmp_path):
     written = {r["path"]: r for r in _csv_rows(tmp_path / "truth_predictions.csv")}
     assert [written[p]["right"] for p in "abcdeifgh"] == ["1", "0", "", "1", "0", "0", "", "", ""]
     assert [written[p]["scored"] for p in "abcdeifgh"] == ["1"] * 6 + ["0", "0", "1"]
+    confusion = {r["known label"]: r for r in _csv_rows(tmp_path / "truth_confusion.csv")}
+    assert list(confusion) == ["AC-1", "speckled", "AC-22", "AC-11", "AC-19"]  # scored first, then the rest
+    assert [int(confusion["speckled"][c]) for c in [*classes, "no verdict"]] == [0, 1, 1, 1, 0]
+    assert [int(confusion["AC-1"][c]) for c in [*classes, "no verdict"]] == [1, 1, 0, 0, 1]
+    assert (confusion["AC-11"]["no verdict"], confusion["AC-11"]["scored"]) == ("1", "0")
+    assert "![known label against the verdict" in report and (tmp_path / "truth_confusion.png").is_file()
     # nothing with a verdict: the figures are NaN and the rows still counted, nothing raised after predicting
     lines = ["path,status,verdict," + ",".join(f"p_{c}" for c in classes)]
     lines += [f"{p},ok,insufficient cells,0.25,0.25,0.25,0.25" for p, *_ in rows]
