@@ -19,8 +19,9 @@ CONTESTS = {"icpr2012": "ICPR2012_MIVIA", "i3a2014": "I3A_ICPR2014_task1"}
 
 
 def _norm(name: str) -> str:
-    """``'Fine Speckled'``, ``'fine-speckled'`` and ``'fine_speckled'`` all become ``'fine_speckled'``."""
-    return re.sub(r"[\s_\-]+", "_", str(name).strip()).lower()
+    """``'Fine Speckled'``, ``'fine-speckled'`` and ``'fine_speckled'`` all become ``'fine_speckled'``
+    (``/`` too: ``'Polar/Golgi-like'`` is ``'polar_golgi_like'``)."""
+    return re.sub(r"[\s_\-/]+", "_", str(name).strip()).lower()
 
 
 def contest_label_map(tree: Taxonomy, contest: str) -> dict[str, str]:

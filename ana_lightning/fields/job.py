@@ -46,21 +46,15 @@ def _groups(
         raise FileNotFoundError(
             f"group_by={group_by}: expected 'folder' or a CSV file with columns path,{group_column}"
         )
-    with open(table, newline="") as fh:
-        rd = csv.DictReader(fh)
-        if not rd.fieldnames or "path" not in rd.fieldnames or group_column not in rd.fieldnames:
-            raise ValueError(
-                f"{table}: needs columns 'path' and '{group_column}' (group_column=…); has {rd.fieldnames}"
-            )
-        m = {r["path"].strip(): r[group_column].strip() for r in rd}
-    out = {}
-    for f in files:
+    from ..predict.io import path_table
+
+    found = path_table(files, input_root, table, group_column, "group_column", "specimens")
+    missing = [f for f in files if f not in found]
+    if missing:
+        f = missing[0]
         rel = f.relative_to(input_root).as_posix() if input_root.is_dir() else f.name
-        g = m.get(rel, m.get(f.name, m.get(str(f))))
-        if g is None:
-            raise ValueError(f"{table}: no row for {rel} (rows give paths relative to input=, or file names)")
-        out[f] = g
-    return out
+        raise ValueError(f"{table}: no row for {rel} (rows give paths relative to input=, or file names)")
+    return {f: found[f][0] for f in files}
 
 
 def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, ScaleEstimate | str]:

@@ -61,13 +61,13 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
             unused = [k for k in FIELD_KEYS if k != "group_by" and cfg.get(k) not in (None, False)]
             if unused:
                 log.warning("cell crops: %s apply to fields and are not used here", ", ".join(unused))
-    truth_of = _truth(cfg, predictor, files)  # known labels, read (and checked) before predicting
+    truth = _truth(cfg, predictor, files)  # known labels, read (and checked) before predicting
     if loader is None and (mode := field_mode(cfg, predictor, inputs)) is not None:
         summary = run_field_predict(
             cfg, predictor, files, run_dir, mode
         )  # whole fields: scale, tiles or cells
-        if truth_of:
-            _score(cfg, predictor, files, truth_of, summary.csv_path, specimens=bool(cfg.get("group_by")))
+        if truth[0]:
+            _score(cfg, predictor, files, truth, summary.csv_path, specimens=bool(cfg.get("group_by")))
         return summary
     log.info(
         "predicting %d image(s) with %s (%s, %s, %d classes) → %s",
@@ -99,8 +99,8 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
 
         written = cell_specimens(kept, Path(cfg.input).expanduser(), cfg, predictor, csv_path.parent)
         log.info("specimens (group_by=%s): %s", cfg.get("group_by"), written)
-    if truth_of:
-        _score(cfg, predictor, files, truth_of, csv_path, specimens=bool(kept))
+    if truth[0]:
+        _score(cfg, predictor, files, truth, csv_path, specimens=bool(kept))
     if run_dir.is_dir() and csv_path.parent != run_dir:
         (run_dir / "predicted.txt").write_text(f"predictions: {csv_path.resolve()}\n")
     if run_dir.is_dir():
@@ -113,11 +113,11 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     return summary
 
 
-def _truth(cfg: DictConfig, predictor, files) -> dict[str, str]:
-    """``truth=``: each image's known label as a tree label (``{}`` without ``truth``), read and checked
-    against the model's classes before anything is predicted."""
+def _truth(cfg: DictConfig, predictor, files) -> tuple[dict[str, str], dict[str, str]]:
+    """``truth=``: ``(each image's known label as a tree label, each model class's tree label)``, read and
+    checked against each other before anything is predicted (``({}, {})`` without ``truth``)."""
     if not cfg.get("truth"):
-        return {}
+        return {}, {}
     if predictor.task != "single_label":
         raise ValueError(
             f"truth= scores single-label models; this one is {predictor.task!r} "
@@ -130,25 +130,31 @@ def _truth(cfg: DictConfig, predictor, files) -> dict[str, str]:
         files, Path(cfg.input).expanduser(), str(cfg.truth), str(cfg.get("truth_column") or "label"), nodes
     )
     check_shared(truth_of, predictor.class_names, nodes, int(cfg.get("truth_min_level", 2)))
-    return truth_of
+    return truth_of, nodes
 
 
 def _score(
-    cfg: DictConfig, predictor, files, truth_of: dict[str, str], csv_path: Path, specimens: bool
+    cfg: DictConfig,
+    predictor,
+    files,
+    truth: tuple[dict[str, str], dict[str, str]],
+    csv_path: Path,
+    specimens: bool,
 ) -> None:
-    """Score the written predictions against ``truth_of`` (:func:`ana_lightning.predict.truth.score_truth`)."""
+    """Score the written predictions against ``truth`` (:func:`_truth`; :func:`ana_lightning.predict.truth.score_truth`)."""
     from ..fields.job import _groups
-    from ..predict.truth import model_class_nodes, score_truth, truth_names
+    from ..predict.truth import score_truth, truth_names
 
     groups = None
     if cfg.get("group_by"):
         by = _groups(files, Path(cfg.input).expanduser(), cfg.group_by, cfg.get("group_column", "specimen"))
         groups = {str(f): g for f, g in by.items()}
+    truth_of, nodes = truth
     m = score_truth(
         csv_path,
         truth_of,
         predictor.class_names,
-        model_class_nodes(predictor, cfg.get("ckpt_path")),
+        nodes,
         int(cfg.get("truth_min_level", 2)),
         groups,
         source=str(predictor.source),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..data.images import is_file_entry, is_ignored, is_image_path
 from .loading import pipeline_args
 from .predictor import Prediction, Predictor, PredictSummary
 
-__all__ = ["list_inputs", "prediction_columns", "write_predictions", "load_predictor"]
+__all__ = ["list_inputs", "path_table", "prediction_columns", "write_predictions", "load_predictor"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,55 @@ def list_inputs(input: str | Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"input={input}: no image files (.jpg, .png, .bmp, .tif) in this folder")
     return files
+
+
+def _clean(p: str) -> str:
+    return os.path.normpath(p.strip().replace("\\", "/")).replace("\\", "/")
+
+
+def path_table(
+    files: Sequence[Path], input_root: Path, table: Path, column: str, option: str, what: str = "values"
+) -> dict[Path, tuple[str, int]]:
+    """``{file: (value, CSV line)}`` from a CSV with columns ``path`` and ``column`` (``group_by``'s
+    specimens, ``truth``'s labels). A row's path matches relative to ``input``, as an absolute or
+    working-directory path (``./`` and ``\\`` allowed), or by file name when only one row has that
+    name; a path listed twice with two values is refused. Files without a row are left out for the
+    caller to name (an empty value is returned as it is). ``option``: the config key that names ``column``,
+    and ``what`` the values are, for errors."""
+    with open(table, newline="", encoding="utf-8-sig") as fh:
+        rd = csv.reader(fh)
+        header = [h.strip() for h in next(rd, [])]
+        if "path" not in header or column not in header:
+            raise ValueError(f"{table}: needs columns 'path' and '{column}' ({option}=…); has {header}")
+        ip, iv = header.index("path"), header.index(column)
+        by_key: dict[str, tuple[str, int]] = {}
+        by_name: dict[str, list[tuple[str, int]]] = {}
+        base = input_root if input_root.is_dir() else input_root.parent
+        for n, row in enumerate(rd, start=2):
+            if not any(c.strip() for c in row):
+                continue
+            p = row[ip].strip() if ip < len(row) else ""
+            value = row[iv].strip() if iv < len(row) else ""
+            if not p:
+                raise ValueError(f"{table}:{n}: the row has no path")
+            key = _clean(p)
+            for k in {key, str((base / key).resolve()), str(Path(key).resolve())}:
+                if k in by_key and by_key[k][0] != value:
+                    raise ValueError(
+                        f"{table}:{n}: {p} is listed twice with different {what} "
+                        f"({by_key[k][0]!r} on line {by_key[k][1]}, {value!r} here)"
+                    )
+                by_key[k] = (value, n)
+            by_name.setdefault(Path(key).name, []).append((value, n))
+    out = {}
+    for f in files:
+        rel = _clean(f.relative_to(input_root).as_posix()) if input_root.is_dir() else f.name
+        hit = by_key.get(rel) or by_key.get(str(f.resolve())) or by_key.get(_clean(str(f)))
+        if hit is None and len(by_name.get(f.name, ())) == 1:
+            hit = by_name[f.name][0]
+        if hit is not None:
+            out[f] = hit
+    return out
 
 
 def prediction_columns(class_names: Sequence[str]) -> list[str]:

@@ -24,7 +24,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,12 +43,15 @@ SOURCES = ("folder", "i3a2014", "icpr2012")
 
 
 def _tree_label(tree: Taxonomy, label: str) -> str | None:
-    for spelling in (label.strip(), label.strip().lower()):
-        try:
-            return tree.parse_label(spelling)
-        except LabelError:
-            continue
-    return None
+    """An AC code, a tree node or an ICAP pattern name as the tree spells it (case, spaces, ``_``, ``-`` and
+    ``/`` do not matter; a node before a pattern name of the same spelling), or None."""
+    from ..data.contest_labels import _norm
+
+    if tree.is_code(label):
+        return tree.parse_code(label)
+    named = {_norm(name): code for code, name in tree.names.items()}
+    named |= {_norm(n): n for lv in (1, 2) for n in tree.nodes(lv)}
+    return named.get(_norm(label))
 
 
 def model_class_nodes(predictor: Any, ckpt_path: str | None) -> dict[str, str]:
@@ -99,32 +101,21 @@ def check_shared(
         )
 
 
-def _spelling(text: str) -> str:
-    """``'Smooth_nuclear-envelope '`` → ``'smooth nuclear envelope'``: case, ``_``, ``-``, ``/`` and extra spaces ignored."""
-    return " ".join(text.replace("_", " ").replace("-", " ").replace("/", " ").lower().split())
-
-
 def _parse(label: str, tree: Taxonomy, nodes: Mapping[str, str]) -> str:
     """A known label as a tree label: a model class name, an AC code, a tree node or an ICAP pattern name
-    (``Smooth nuclear envelope``; case, ``_``, ``-`` and ``/`` ignored), or a contest class name (I3A 2014,
-    ICPR 2012).
+    (``Smooth nuclear envelope``; case, spaces, ``_``, ``-`` and ``/`` ignored), or a contest class name
+    (I3A 2014, ICPR 2012).
 
     >>> tree = Taxonomy.load()
     >>> [_parse(x, tree, {"NuMem": "nuclear envelope"}) for x in ("numem", "ac_11", "Nuclear_envelope", "centromere")]
     ['nuclear envelope', 'AC-11', 'nuclear envelope', 'centromere']
     """
-    by_name = {_spelling(c): n for c, n in nodes.items()}
-    if _spelling(label) in by_name:
-        return by_name[_spelling(label)]
-    found = _tree_label(tree, label)
+    from ..data.contest_labels import _norm, map_contest_label
+
+    by_name = {_norm(c): n for c, n in nodes.items()}
+    found = by_name.get(_norm(label)) or _tree_label(tree, label)
     if found is not None:
         return found
-    named = {_spelling(n): n for lv in (1, 2) for n in tree.nodes(lv)}
-    named |= {_spelling(name): code for code, name in tree.names.items()}
-    if _spelling(label) in named:
-        return named[_spelling(label)]
-    from ..data.contest_labels import map_contest_label
-
     for contest in ("i3a2014", "icpr2012"):
         try:
             return map_contest_label(tree, contest, label)
@@ -133,9 +124,24 @@ def _parse(label: str, tree: Taxonomy, nodes: Mapping[str, str]) -> str:
     raise LabelError(label)
 
 
-def _folder_labels(
-    files: Sequence[Path], input_root: Path, tree: Taxonomy, nodes: Mapping[str, str]
-) -> tuple[dict[Path, str], dict[Path, str]]:
+def _parser(tree: Taxonomy, nodes: Mapping[str, str]):
+    """:func:`_parse`, once per distinct spelling (a folder of 10,000 cells has a handful of labels)."""
+    done: dict[str, str | LabelError] = {}
+
+    def parse(label: str) -> str:
+        if label not in done:
+            try:
+                done[label] = _parse(label, tree, nodes)
+            except LabelError as e:
+                done[label] = e
+        if isinstance(done[label], LabelError):
+            raise done[label]
+        return done[label]
+
+    return parse
+
+
+def _folder_labels(files: Sequence[Path], input_root: Path, parse) -> tuple[dict[Path, str], dict[Path, str]]:
     """Each image's nearest folder (up to ``input`` itself) whose name is a label: ``ac-3/specimen12/f.png``
     is AC-3. ``(raw labels, where)``; an image under no such folder gets its parent's name, to be refused."""
     raw, where = {}, {}
@@ -144,7 +150,7 @@ def _folder_labels(
         folder = f.parent
         while True:
             try:
-                _parse(folder.name, tree, nodes)
+                parse(folder.name)
                 raw[f], where[f] = folder.name, f"folder {folder}"
                 break
             except LabelError:
@@ -152,51 +158,6 @@ def _folder_labels(
                     raw[f], where[f] = f.parent.name, f"folder {f.parent}"
                     break
                 folder = folder.parent
-    return raw, where
-
-
-def _norm(p: str) -> str:
-    return os.path.normpath(p.strip().replace("\\", "/")).replace("\\", "/")
-
-
-def _csv_labels(
-    files: Sequence[Path], input_root: Path, table: Path, column: str
-) -> tuple[dict[Path, str], dict[Path, str]]:
-    """Labels from ``path,<column>`` rows: a row's path is matched relative to ``input``, as an absolute
-    or working-directory path, or by file name when only one row has that name."""
-    with open(table, newline="", encoding="utf-8-sig") as fh:
-        rd = csv.reader(fh)
-        header = [h.strip() for h in next(rd, [])]
-        if "path" not in header or column not in header:
-            raise ValueError(f"{table}: needs columns 'path' and '{column}' (truth_column=…); has {header}")
-        ip, il = header.index("path"), header.index(column)
-        by_key: dict[str, tuple[str, int]] = {}
-        by_name: dict[str, list[tuple[str, int]]] = {}
-        base = input_root if input_root.is_dir() else input_root.parent
-        for n, row in enumerate(rd, start=2):
-            if not any(c.strip() for c in row):
-                continue
-            p = row[ip].strip() if ip < len(row) else ""
-            lab = row[il].strip() if il < len(row) else ""
-            if not p:
-                raise ValueError(f"{table}:{n}: the row has no path")
-            key = _norm(p)
-            for k in {key, str((base / key).resolve()), str(Path(key).resolve())}:
-                if k in by_key and by_key[k][0] != lab:
-                    raise ValueError(
-                        f"{table}:{n}: {p} is listed twice with different labels "
-                        f"({by_key[k][0]!r} on line {by_key[k][1]}, {lab!r} here)"
-                    )
-                by_key[k] = (lab, n)
-            by_name.setdefault(Path(key).name, []).append((lab, n))
-    raw, where = {}, {}
-    for f in files:
-        rel = _norm(f.relative_to(input_root).as_posix()) if input_root.is_dir() else f.name
-        hit = by_key.get(rel) or by_key.get(str(f.resolve())) or by_key.get(_norm(str(f)))
-        if hit is None and len(by_name.get(f.name, ())) == 1:
-            hit = by_name[f.name][0]
-        if hit is not None and hit[0]:
-            raw[f], where[f] = hit[0], f"{table}:{hit[1]}"
     return raw, where
 
 
@@ -210,10 +171,11 @@ def read_truth(
     """``{str(image path) as predictions.csv writes it: tree label}`` for every file. Raises naming the
     images or rows that have no readable label, before anything is predicted."""
     tree = Taxonomy.load()
+    parse = _parser(tree, nodes)
     source = str(truth)
     unread: list[str] = []
     if source == "folder":
-        raw, where = _folder_labels(files, input_root, tree, nodes)
+        raw, where = _folder_labels(files, input_root, parse)
     elif source in ("i3a2014", "icpr2012"):
         from ..data.contest import _read_contest, read_icpr2012
         from ..data.records import DatasetError
@@ -241,7 +203,11 @@ def read_truth(
             raise FileNotFoundError(
                 f"truth={truth}: expected one of {', '.join(SOURCES)} or a CSV file with columns path,{truth_column}"
             )
-        raw, where = _csv_labels(files, input_root, table, truth_column)
+        from .io import path_table
+
+        rows = path_table(files, input_root, table, truth_column, "truth_column", "labels")
+        raw = {f: value for f, (value, _) in rows.items() if value}
+        where = {f: f"{table}:{line}" for f, (_, line) in rows.items()}
     missing = [f for f in files if f not in raw]
     if missing:
         shown = ", ".join(str(f) for f in missing[:5]) + (
@@ -256,7 +222,7 @@ def read_truth(
     bad: dict[str, list[str]] = {}
     for f, label in raw.items():
         try:
-            out[str(f)] = _parse(label, tree, nodes)
+            out[str(f)] = parse(label)
         except LabelError:
             bad.setdefault(label, []).append(where[f])
     if bad:
