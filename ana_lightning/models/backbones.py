@@ -8,6 +8,7 @@ already in the timm / Hugging Face cache (``HF_HUB_OFFLINE=1`` keeps it from rea
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ def create_backbone(
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ValueError(f"unknown timm backbone {name!r}; see timm.list_models()") from None
+        raise
+    except TypeError as e:  # a key of another network's config (e.g. cellnet's width on a resnet)
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if bad and bad.group(1) in kwargs:
+            raise ValueError(
+                f"model.backbone.{bad.group(1)}={kwargs[bad.group(1)]!r} is not an argument of the timm "
+                f"backbone {name!r}: drop it with the override '~model.backbone.{bad.group(1)}'"
+            ) from None
         raise
     except Exception as e:  # noqa: BLE001
         if pretrained:

@@ -15,13 +15,16 @@ Speckled → fine_speckled, Nucleolar → nucleolar, Centromere → centromere, 
 NuMem → coarse_speckled (**a stand-in name**: ICPR 2012 has no nuclear-envelope class; the task is still
 six-way). Images are written under ``out`` (never into the repository)::
 
-    python experiments/i3a_cells/icpr_proxy.py outputs/<run>/split_manifest.csv outputs/icpr_proxy/d0 --root <I3A training folder> --seed 0
-    ana-train experiment=icpr2012_cells data.root=outputs/icpr_proxy/d0
+    python experiments/i3a_cells/icpr_proxy.py build outputs/<run>/split_manifest.csv outputs/icpr_proxy/d0 --root <I3A training folder> --seed 0
+    ana-train experiment=icpr2012_cells data.root=outputs/icpr_proxy/d0 hydra.run.dir=outputs/icpr_proxy/runs/R0-d0
+    python experiments/i3a_cells/icpr_proxy.py table outputs/icpr_proxy/runs   # test/mca per draw and arm, paired
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +104,10 @@ def write(rows: pd.DataFrame, out: Path, root: Path) -> None:
         raise FileExistsError(f"{out} exists and is not empty: choose a new folder")
     cells = ["ICPR2012Contest_Cell_ID;Set;Image;Intensity;Original_cell_ID;Cell_class;Cell_width;Cell_height"]
     next_id = 1
-    for folder, gt_name, info_name in (("training", "gt_training.csv", "training.csv"), ("test", "gt_test.csv", "test.csv")):
+    for folder, gt_name, info_name in (
+        ("training", "gt_training.csv", "training.csv"),
+        ("test", "gt_test.csv", "test.csv"),
+    ):
         d = out / folder
         d.mkdir(parents=True)
         gt, info = ["ID;pattern"], ["ID;intensity;width;height"]
@@ -126,19 +132,73 @@ def write(rows: pd.DataFrame, out: Path, root: Path) -> None:
     rows.to_csv(out / "proxy_sources.csv", index=False)
 
 
+def table(runs: Path, base: str = "R0") -> str:
+    """A markdown table of ``test/mca`` per draw and arm from ``runs/<arm>-d<k>/metrics.json``, with each
+    arm's paired difference from ``base`` (mean ± SD over draws, ddof=1, and the draws it is higher in)."""
+    got: dict[str, dict[int, float]] = {}
+    for f in sorted(runs.glob("*-d*/metrics.json")):
+        arm, d = f.parent.name.rsplit("-d", 1)
+        mca = json.loads(f.read_text()).get("test/mca")
+        if mca is None:
+            raise ValueError(f"{f}: no test/mca (did the run finish its test?)")
+        got.setdefault(arm, {})[int(d)] = float(mca)
+    if base not in got:
+        raise ValueError(f"no runs of the base arm {base!r} under {runs} (found {sorted(got)})")
+    draws = sorted(set.intersection(*(set(v) for v in got.values())))
+    arms = [base] + sorted(a for a in got if a != base)
+    lines = [
+        "| draw | " + " | ".join(arms) + " | " + " | ".join(f"{a} − {base}" for a in arms[1:]) + " |",
+        "|---" * (1 + 2 * len(arms) - 1) + "|",
+    ]
+    for d in draws:
+        vals = [got[a][d] for a in arms]
+        diffs = [got[a][d] - got[base][d] for a in arms[1:]]
+        lines.append(f"| {d} | " + " | ".join(f"{v:.3f}" for v in vals + diffs) + " |")
+    mean = [np.mean([got[a][d] for d in draws]) for a in arms]
+    sd = [np.std([got[a][d] for d in draws], ddof=1) if len(draws) > 1 else float("nan") for a in arms]
+    dif = [np.array([got[a][d] - got[base][d] for d in draws]) for a in arms[1:]]
+    lines.append(
+        "| mean ± SD | "
+        + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd, strict=True))
+        + " | "
+        + " | ".join(
+            f"{x.mean():+.3f} ± {x.std(ddof=1) if len(x) > 1 else float('nan'):.3f} (higher in {(x > 0).sum()} of {len(x)})"
+            for x in dif
+        )
+        + " |"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("manifest", type=Path, help="a grouped run's split_manifest.csv (paths, labels, groups)")
-    ap.add_argument("out", type=Path, help="the contest folder to write (new or empty)")
-    ap.add_argument("--root", type=Path, required=True, help="the run's data.root (the manifest's paths are relative to it)")
-    ap.add_argument("--seed", type=int, default=0, help="which groups go to training and which cells are drawn")
-    ap.add_argument("--splits", default="train,val", help="the manifest's splits to draw groups from")
-    ap.add_argument("--train-fields", type=int, default=2, help="training groups (fields) per class")
-    ap.add_argument("--cells", type=int, default=60, help="cells drawn from each group")
-    args = ap.parse_args()
-    rows = draw(
-        pd.read_csv(args.manifest), args.splits.split(","), args.train_fields, args.cells, args.seed
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write one proxy contest folder")
+    b.add_argument("manifest", type=Path, help="a grouped run's split_manifest.csv (paths, labels, groups)")
+    b.add_argument("out", type=Path, help="the contest folder to write (new or empty)")
+    b.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="the run's data.root (the manifest's paths are relative to it)",
     )
+    b.add_argument(
+        "--seed", type=int, default=0, help="which groups go to training and which cells are drawn"
+    )
+    b.add_argument("--splits", default="train,val", help="the manifest's splits to draw groups from")
+    b.add_argument("--train-fields", type=int, default=2, help="training groups (fields) per class")
+    b.add_argument("--cells", type=int, default=60, help="cells drawn from each group")
+    t = sub.add_parser("table", help="test/mca per draw and arm of runs named <arm>-d<draw>")
+    t.add_argument("runs", type=Path, help="folder of run folders <arm>-d<draw> (each with metrics.json)")
+    t.add_argument("--base", default="R0", help="the arm the others are paired against")
+    argv = sys.argv[1:]
+    if argv and argv[0] not in ("build", "table", "-h", "--help"):
+        argv = ["build", *argv]  # build is the default command
+    args = ap.parse_args(argv)
+    if args.command == "table":
+        print(table(args.runs, args.base))
+        return
+    rows = draw(pd.read_csv(args.manifest), args.splits.split(","), args.train_fields, args.cells, args.seed)
     write(rows, args.out, args.root)
     summary = rows.groupby(["set", "i3a_class"]).agg(cells=("path", "size"), fields=("field", "nunique"))
     print(summary.to_string())

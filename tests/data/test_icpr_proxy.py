@@ -1,0 +1,91 @@
+"""experiments/i3a_cells/icpr_proxy.py: I3A cells written in the ICPR 2012 contest layout, read back by
+the project's own ICPR 2012 reader; and its table of paired test MCAs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from contest_fixtures import I3A_CLASSES, write_specimens
+from PIL import Image
+
+from ana_lightning.data.contest import read_icpr2012
+from ana_lightning.taxonomy import Taxonomy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+from icpr_proxy import I3A_OF_NODE, ICPR_NAME, draw, table, write  # noqa: E402
+
+NODE_OF = {v: k for k, v in I3A_OF_NODE.items()}
+
+
+@pytest.fixture
+def i3a(tmp_path):
+    """Four specimens of 5 cells per class (a brightness each) and a grouped manifest: the first three
+    specimens of a class in train/val, the fourth in test."""
+    specimens = [(c, 5, 30 + 10 * s) for c in I3A_CLASSES for s in range(4)]
+    root = write_specimens(tmp_path / "i3a", specimens)
+    rows = []
+    for i in range(len(specimens) * 5):
+        c, s = I3A_CLASSES[i // 20], (i % 20) // 5
+        split = ("train", "val", "train", "test")[s]
+        rows.append({"path": f"{i + 1:05d}.png", "label": NODE_OF[c], "split": split, "group": f"{c}#{s}"})
+    return root, pd.DataFrame(rows)
+
+
+def test_the_proxy_is_an_icpr2012_contest_folder(tmp_path, i3a):
+    root, manifest = i3a
+    rows = draw(manifest, ["train", "val"], train_fields=2, cells=4, seed=3)
+    assert set(rows["group"]).isdisjoint(
+        manifest.loc[manifest["split"] == "test", "group"]
+    )  # test groups untouched
+    per = rows.groupby(["i3a_class", "set"])["group"].nunique().unstack()
+    assert (per["training"] == 2).all() and (per["test"] == 1).all()
+    assert not set(rows.loc[rows["set"] == "training", "group"]) & set(
+        rows.loc[rows["set"] == "test", "group"]
+    )
+    assert (rows.groupby("group").size() == 4).all()
+
+    out = tmp_path / "proxy"
+    write(rows, out, root)
+    data = read_icpr2012(out, Taxonomy.load())
+    assert data.bad == [] and len(data.records) == len(rows) == 6 * 3 * 4
+    split_of = data.official_split
+    assert sum(s == "train" for s in split_of.values()) == 6 * 2 * 4
+    fields = {r.group for r in data.records}
+    assert len(fields) == 18  # one field per specimen group
+    train_fields = {r.group for r in data.records if split_of[r.path] == "train"}
+    assert not train_fields & {r.group for r in data.records if split_of[r.path] == "test"}
+    # every cell is the I3A cell it came from: grey in green, its mask, its class under the ICPR name
+    gt = dict(line.split(";") for line in (out / "training" / "gt_training.csv").read_text().splitlines()[1:])
+    first = rows[rows["set"] == "training"].iloc[0]
+    rgb = np.asarray(Image.open(out / "training" / "0001.png"))
+    src = np.asarray(Image.open(root / first["path"]))
+    assert rgb.shape == (*src.shape, 3) and (rgb[..., 1] == src).all() and not rgb[..., [0, 2]].any()
+    src_mask = np.asarray(Image.open(root / first["path"].replace(".png", "_Mask.png"))) > 0
+    assert ((np.asarray(Image.open(out / "training" / "0001_mask.png")) > 0) == src_mask).all()
+    assert gt["0001"] == ICPR_NAME[first["i3a_class"]]
+    with pytest.raises(FileExistsError, match="proxy"):
+        write(rows, out, root)
+
+
+def test_too_few_groups_is_named(i3a):
+    _, manifest = i3a
+    with pytest.raises(ValueError, match=r"class Homogeneous: 3 group\(s\).*need 3 for training"):
+        draw(manifest, ["train", "val"], train_fields=3, cells=4, seed=0)
+
+
+def test_table_pairs_the_arms_by_draw(tmp_path):
+    for arm, vals in {"R0": [0.5, 0.6, 0.7], "R1": [0.6, 0.55, 0.9]}.items():
+        for d, v in enumerate(vals):
+            (tmp_path / f"{arm}-d{d}").mkdir()
+            (tmp_path / f"{arm}-d{d}" / "metrics.json").write_text(json.dumps({"test/mca": v}))
+    md = table(tmp_path)
+    assert "| 1 | 0.600 | 0.550 | -0.050 |" in md
+    diffs = np.array([0.1, -0.05, 0.2])
+    assert f"{diffs.mean():+.3f} ± {diffs.std(ddof=1):.3f} (higher in 2 of 3)" in md
+    with pytest.raises(ValueError, match="base arm 'R9'"):
+        table(tmp_path, base="R9")
