@@ -15,7 +15,7 @@ from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
 from ana_lightning.data.records import DatasetError
 from ana_lightning.taxonomy import Taxonomy
 
-from conftest import compose
+from conftest import TINY_BACKBONE, compose
 
 
 def test_fixture_is_the_contest_layout(tmp_path):
@@ -154,7 +154,7 @@ def test_fast_dev_run_of_the_experiment(tmp_path):
             f"data.root={root}",
             "debug=fdr",
             "data.image_size=32",
-            "model.backbone.width=8",
+            f"model.backbone.name={TINY_BACKBONE}",
             "callbacks.rich_progress_bar=null",
         ],
         output_dir=tmp_path / "run",

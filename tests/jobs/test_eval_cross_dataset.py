@@ -83,7 +83,7 @@ def icpr_model(tmp_path_factory):
     train(
         compose(
             "train",
-            ["experiment=icpr2012_cells", f"data.root={root}", "model.backbone.width=8", *FAST],
+            ["experiment=icpr2012_cells", f"data.root={root}", f"model.backbone.name={TINY_BACKBONE}", *FAST],
             output_dir=run,
         )
     )

@@ -89,9 +89,15 @@ def test_i3a_recipe_subtracts_the_background_at_both_sizes(tmp_path, accelerator
     )
     assert cfg.model.backbone.cell_input.background is True
     assert cfg.model.backbone.cell_input.normalize is True
-    # the other cell experiment keeps its own setting (no silent behaviour change)
-    other = compose("train", ["experiment=icpr2012_cells", "data.root=/x"], output_dir=tmp_path / "o")
-    assert other.model.backbone.cell_input.get("background", False) is False
+    # the ICPR 2012 contest recipe too, with the same network (round 12)
+    other = compose(
+        "train",
+        ["experiment=icpr2012_cells", "data.root=/x", f"trainer={accelerator}"],
+        output_dir=tmp_path / "o",
+    )
+    assert other.model.backbone.cell_input.background is True
+    assert other.model.backbone.name == cfg.model.backbone.name == "resnet10t"
+    assert "width" not in other.model.backbone
 
 
 @pytest.mark.slow
