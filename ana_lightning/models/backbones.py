@@ -119,10 +119,12 @@ def create_backbone(
     except TypeError as e:  # a key of another network's config (e.g. cellnet's width on a resnet)
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if bad and bad.group(1) in kwargs:
+            key = bad.group(1)
             raise ValueError(
-                f"model.backbone.{bad.group(1)}={kwargs[bad.group(1)]!r} is not an argument of the timm "
-                f"backbone {name!r}: drop it with the override '~model.backbone.{bad.group(1)}'"
-            ) from None
+                f"backbone key {key}={kwargs[key]!r} was rejected by the timm backbone {name!r} ({e}); "
+                f"it is likely a key of another network's config: drop it, e.g. with the override "
+                f"'~model.backbone.{key}'"
+            ) from e
         raise
     except Exception as e:  # noqa: BLE001
         if pretrained:

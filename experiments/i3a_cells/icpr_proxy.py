@@ -13,23 +13,31 @@ to draw from (default ``train,val``: a run's test specimens stay untouched). The
 their place under ICPR 2012 names (the reader accepts only those): Homogeneous → homogeneous,
 Speckled → fine_speckled, Nucleolar → nucleolar, Centromere → centromere, Golgi → cytoplasmatic and
 NuMem → coarse_speckled (**a stand-in name**: ICPR 2012 has no nuclear-envelope class; the task is still
-six-way). Images are written under ``out`` (never into the repository)::
+six-way). ``cells.csv``'s ``Intensity`` is ``positive`` for every cell and ``Original_cell_ID`` runs per set, not
+per field; nothing reads either. Images are written under ``out`` (never into the repository)::
 
     python experiments/i3a_cells/icpr_proxy.py build outputs/<run>/split_manifest.csv outputs/icpr_proxy/d0 --root <I3A training folder> --seed 0
     ana-train experiment=icpr2012_cells data.root=outputs/icpr_proxy/d0 hydra.run.dir=outputs/icpr_proxy/runs/R0-d0
     python experiments/i3a_cells/icpr_proxy.py table outputs/icpr_proxy/runs   # test/mca per draw and arm, paired
+    python experiments/i3a_cells/icpr_proxy.py table outputs/icpr_proxy/runs --per-class   # mean recall per class
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from ana_lightning.data.contest import read_i3a2014
+from ana_lightning.stats import paired_comparison
+from ana_lightning.taxonomy import Taxonomy
 
 #: I3A contest class → the ICPR 2012 name it is written under (NuMem: a stand-in, see the docstring).
 ICPR_NAME = {
@@ -51,12 +59,16 @@ I3A_OF_NODE = {
 }
 
 
-def mask_path(path: Path) -> Path:
-    """The I3A mask beside a cell (``00001.png`` → ``00001_Mask.png``)."""
-    p = path.with_name(f"{path.stem}_Mask{path.suffix}")
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: no mask {p.name} beside it")
-    return p
+def i3a_masks(root: Path) -> dict[str, str]:
+    """Each I3A cell's mask (``str(root / cell) → mask path``), paired by the project's own I3A reader."""
+    contest_log = logging.getLogger("ana_lightning.data.contest")
+    level = contest_log.level
+    contest_log.setLevel(logging.ERROR)  # grouping="none" warns about leaks; no split is made here
+    try:
+        data = read_i3a2014(root, Taxonomy.load(), check_images=False, grouping="none")
+    finally:
+        contest_log.setLevel(level)
+    return data.masks
 
 
 def draw(manifest: pd.DataFrame, splits: list[str], train_fields: int, cells: int, seed: int) -> pd.DataFrame:
@@ -81,7 +93,9 @@ def draw(manifest: pd.DataFrame, splits: list[str], train_fields: int, cells: in
         order = rng.permutation(len(groups))
         for rank, gi in enumerate(order):
             g = groups[gi]
-            rows = pool[pool["group"] == g]
+            rows = pool[(pool["group"] == g) & (pool["label"] == label)]
+            if (pool["group"] == g).sum() != len(rows):
+                raise ValueError(f"group {g!r} holds cells of several labels: not a specimen group")
             take = rows.iloc[np.sort(rng.choice(len(rows), min(cells, len(rows)), replace=False))]
             field += 1
             for p in take["path"]:
@@ -102,6 +116,7 @@ def write(rows: pd.DataFrame, out: Path, root: Path) -> None:
     contest layout under ``out``."""
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: choose a new folder")
+    masks = i3a_masks(root)
     cells = ["ICPR2012Contest_Cell_ID;Set;Image;Intensity;Original_cell_ID;Cell_class;Cell_width;Cell_height"]
     next_id = 1
     for folder, gt_name, info_name in (
@@ -117,9 +132,11 @@ def write(rows: pd.DataFrame, out: Path, root: Path) -> None:
             grey = np.asarray(Image.open(src).convert("L"))
             rgb = np.zeros((*grey.shape, 3), np.uint8)
             rgb[..., 1] = grey  # the signal in green, as the contest's FITC cells
-            Image.fromarray(rgb, mode="RGB").save(d / f"{cid}.png")
-            m = np.asarray(Image.open(mask_path(src)).convert("L"))
-            Image.fromarray(((m > 0) * 255).astype(np.uint8), mode="L").save(d / f"{cid}_mask.png")
+            Image.fromarray(rgb).save(d / f"{cid}.png")
+            if str(src) not in masks:
+                raise FileNotFoundError(f"{src}: not a cell with a mask in the I3A folder {root}")
+            m = np.asarray(Image.open(masks[str(src)]).convert("L"))
+            Image.fromarray(((m > 0) * 255).astype(np.uint8)).save(d / f"{cid}_mask.png")
             h, w = grey.shape
             name = ICPR_NAME[r.i3a_class]
             gt.append(f"{cid};{name}")
@@ -133,40 +150,64 @@ def write(rows: pd.DataFrame, out: Path, root: Path) -> None:
 
 
 def table(runs: Path, base: str = "R0") -> str:
-    """A markdown table of ``test/mca`` per draw and arm from ``runs/<arm>-d<k>/metrics.json``, with each
-    arm's paired difference from ``base`` (mean ± SD over draws, ddof=1, and the draws it is higher in)."""
+    """A markdown table of ``test/mca`` per draw and arm from ``runs/<arm>-d<k>/metrics.json``, and each
+    arm's paired difference from ``base`` over the draws every arm has (mean ± SD, ddof=1; t-interval and
+    paired t-test p from :func:`ana_lightning.stats.paired_comparison`; the draws it is higher in). Folders
+    not named ``<arm>-d<k>``, and draws some arm lacks, are left out and named in a note under the table."""
     got: dict[str, dict[int, float]] = {}
-    for f in sorted(runs.glob("*-d*/metrics.json")):
-        arm, d = f.parent.name.rsplit("-d", 1)
+    notes = []
+    for f in sorted(runs.glob("*/metrics.json")):
+        m = re.fullmatch(r"(.+)-d(\d+)", f.parent.name)
+        if not m:
+            notes.append(f"{f.parent.name}: not named <arm>-d<draw>, left out")
+            continue
         mca = json.loads(f.read_text()).get("test/mca")
         if mca is None:
             raise ValueError(f"{f}: no test/mca (did the run finish its test?)")
-        got.setdefault(arm, {})[int(d)] = float(mca)
+        got.setdefault(m.group(1), {})[int(m.group(2))] = float(mca)
     if base not in got:
         raise ValueError(f"no runs of the base arm {base!r} under {runs} (found {sorted(got)})")
     draws = sorted(set.intersection(*(set(v) for v in got.values())))
+    for arm, vals in sorted(got.items()):
+        if set(vals) - set(draws):
+            notes.append(f"{arm}: draw(s) {sorted(set(vals) - set(draws))} left out (not run by every arm)")
     arms = [base] + sorted(a for a in got if a != base)
     lines = [
         "| draw | " + " | ".join(arms) + " | " + " | ".join(f"{a} − {base}" for a in arms[1:]) + " |",
-        "|---" * (1 + 2 * len(arms) - 1) + "|",
+        "|---" * (2 * len(arms)) + "|",
     ]
     for d in draws:
         vals = [got[a][d] for a in arms]
         diffs = [got[a][d] - got[base][d] for a in arms[1:]]
         lines.append(f"| {d} | " + " | ".join(f"{v:.3f}" for v in vals + diffs) + " |")
-    mean = [np.mean([got[a][d] for d in draws]) for a in arms]
-    sd = [np.std([got[a][d] for d in draws], ddof=1) if len(draws) > 1 else float("nan") for a in arms]
-    dif = [np.array([got[a][d] - got[base][d] for d in draws]) for a in arms[1:]]
-    lines.append(
-        "| mean ± SD | "
-        + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd, strict=True))
-        + " | "
-        + " | ".join(
-            f"{x.mean():+.3f} ± {x.std(ddof=1) if len(x) > 1 else float('nan'):.3f} (higher in {(x > 0).sum()} of {len(x)})"
-            for x in dif
+    cells = []
+    for a in arms:
+        v = np.array([got[a][d] for d in draws])
+        cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else float('nan'):.3f}")
+    for a in arms[1:]:
+        c = paired_comparison([got[a][d] for d in draws], [got[base][d] for d in draws])
+        higher = sum(got[a][d] > got[base][d] for d in draws)
+        cells.append(
+            f"{c['mean_diff']:+.3f} ± {c['sd_diff']:.3f} [{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}], "
+            f"p = {c['p_ttest']:.3g}, higher in {higher} of {len(draws)}"
         )
-        + " |"
-    )
+    lines.append("| mean ± SD | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {n}" for n in notes] if notes else []
+    return "\n".join(lines)
+
+
+def per_class(runs: Path) -> str:
+    """Mean test recall per class and arm over the draws, from each run's ``test_per_class.csv``."""
+    frames = []
+    for f in sorted(runs.glob("*/test_per_class.csv")):
+        m = re.fullmatch(r"(.+)-d(\d+)", f.parent.name)
+        if m:
+            frames.append(pd.read_csv(f).assign(arm=m.group(1)))
+    if not frames:
+        raise ValueError(f"no <arm>-d<draw>/test_per_class.csv under {runs}")
+    recall = pd.concat(frames).pivot_table(index="class", columns="arm", values="recall", aggfunc="mean")
+    lines = ["| class | " + " | ".join(recall.columns) + " |", "|---" * (1 + len(recall.columns)) + "|"]
+    lines += [f"| {c} | " + " | ".join(f"{v:.3f}" for v in r) + " |" for c, r in recall.iterrows()]
     return "\n".join(lines)
 
 
@@ -191,12 +232,13 @@ def main() -> None:
     t = sub.add_parser("table", help="test/mca per draw and arm of runs named <arm>-d<draw>")
     t.add_argument("runs", type=Path, help="folder of run folders <arm>-d<draw> (each with metrics.json)")
     t.add_argument("--base", default="R0", help="the arm the others are paired against")
+    t.add_argument("--per-class", action="store_true", help="mean test recall per class and arm instead")
     argv = sys.argv[1:]
     if argv and argv[0] not in ("build", "table", "-h", "--help"):
         argv = ["build", *argv]  # build is the default command
     args = ap.parse_args(argv)
     if args.command == "table":
-        print(table(args.runs, args.base))
+        print(per_class(args.runs) if args.per_class else table(args.runs, args.base))
         return
     rows = draw(pd.read_csv(args.manifest), args.splits.split(","), args.train_fields, args.cells, args.seed)
     write(rows, args.out, args.root)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from contest_fixtures import I3A_CLASSES, write_specimens
 from PIL import Image
+from scipy import stats
 
 from ana_lightning.data.contest import read_icpr2012
 from ana_lightning.taxonomy import Taxonomy
@@ -76,16 +77,28 @@ def test_too_few_groups_is_named(i3a):
     _, manifest = i3a
     with pytest.raises(ValueError, match=r"class Homogeneous: 3 group\(s\).*need 3 for training"):
         draw(manifest, ["train", "val"], train_fields=3, cells=4, seed=0)
+    mixed = manifest.copy()
+    mixed.loc[0, "group"] = "Speckled#0"  # a Homogeneous cell in a Speckled group
+    with pytest.raises(ValueError, match="group 'Speckled#0' holds cells of several labels"):
+        draw(mixed, ["train", "val"], train_fields=2, cells=4, seed=0)
 
 
 def test_table_pairs_the_arms_by_draw(tmp_path):
-    for arm, vals in {"R0": [0.5, 0.6, 0.7], "R1": [0.6, 0.55, 0.9]}.items():
+    for arm, vals in {"R0": [0.5, 0.6, 0.7], "R1": [0.6, 0.55, 0.9, 0.99]}.items():
         for d, v in enumerate(vals):
             (tmp_path / f"{arm}-d{d}").mkdir()
             (tmp_path / f"{arm}-d{d}" / "metrics.json").write_text(json.dumps({"test/mca": v}))
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "metrics.json").write_text(json.dumps({"test/mca": 0.1}))
     md = table(tmp_path)
     assert "| 1 | 0.600 | 0.550 | -0.050 |" in md
-    diffs = np.array([0.1, -0.05, 0.2])
-    assert f"{diffs.mean():+.3f} ± {diffs.std(ddof=1):.3f} (higher in 2 of 3)" in md
+    assert "|---|---|---|---|" in md.splitlines()[1] and md.splitlines()[1].count("|") == 5
+    diffs = np.array([0.1, -0.05, 0.2])  # draw 3 only R1 has: left out and named
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert (
+        f"{diffs.mean():+.3f} ± {diffs.std(ddof=1):.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}], "
+        f"p = {stats.ttest_rel([0.6, 0.55, 0.9], [0.5, 0.6, 0.7]).pvalue:.3g}, higher in 2 of 3"
+    ) in md
+    assert "R1: draw(s) [3] left out" in md and "smoke: not named" in md
     with pytest.raises(ValueError, match="base arm 'R9'"):
         table(tmp_path, base="R9")

@@ -57,6 +57,9 @@ def test_unknown_backbone_is_named():
 
 def test_a_key_of_another_network_is_named():
     """cellnet's ``width`` on a resnet (experiment=icpr2012_cells model=cell_resnet10t) is named, with the fix."""
-    with pytest.raises(ValueError, match=r"model\.backbone\.width=24 .*'resnet10t'.*~model\.backbone\.width"):
+    with pytest.raises(
+        ValueError,
+        match=r"backbone key width=24 was rejected by the timm backbone 'resnet10t'.*~model\.backbone\.width",
+    ):
         create_backbone("resnet10t", num_classes=2, width=24)
     assert create_backbone("cellnet", num_classes=2, width=8)(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
