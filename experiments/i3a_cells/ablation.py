@@ -144,11 +144,21 @@ def _test_cells(run_dir: Path, root: Path, split: str = "test") -> tuple[list[st
     return split_cells(run_dir, root, split)[:2]
 
 
+def mask_of(path: str) -> str:
+    """The mask beside a contest cell: ``<ID>_Mask.png`` (I3A) or ``<ID>_mask.png`` (ICPR 2012)."""
+    p = Path(path)
+    for suffix in ("_Mask", "_mask"):
+        m = p.with_name(p.stem + suffix + p.suffix)
+        if m.is_file():
+            return str(m)
+    raise FileNotFoundError(f"{path}: no {p.stem}_Mask{p.suffix} or {p.stem}_mask{p.suffix} beside it")
+
+
 def read_cells(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each cell image with its ``_Mask`` image (the contest layout)."""
+    """Each cell image with its mask (the contest layouts, :func:`mask_of`)."""
     from ana_lightning.data.images import load_image
 
-    return [(load_image(p), load_image(p[: -len(Path(p).suffix)] + "_Mask" + Path(p).suffix)) for p in paths]
+    return [(load_image(p), load_image(mask_of(p))) for p in paths]
 
 
 def model_input(model, run_dir: Path, raw, shift=lambda im: im) -> torch.Tensor:

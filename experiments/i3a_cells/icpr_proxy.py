@@ -20,6 +20,7 @@ per field; nothing reads either. Images are written under ``out`` (never into th
     ana-train experiment=icpr2012_cells data.root=outputs/icpr_proxy/d0 hydra.run.dir=outputs/icpr_proxy/runs/R0-d0
     python experiments/i3a_cells/icpr_proxy.py table outputs/icpr_proxy/runs   # test/mca per draw and arm, paired
     python experiments/i3a_cells/icpr_proxy.py table outputs/icpr_proxy/runs --per-class   # mean recall per class
+    python experiments/i3a_cells/icpr_proxy.py table outputs/icpr_proxy/runs --shifts      # under another lab's shifts
 """
 
 from __future__ import annotations
@@ -211,6 +212,40 @@ def per_class(runs: Path) -> str:
     return "\n".join(lines)
 
 
+def shifts(runs: Path) -> str:
+    """Each run's tested checkpoint on its own test cells shifted the way another lab's would be
+    (``ablation.py``'s shifts: brightness ×0.3 and ×4, gamma 0.5 and 2, blur σ 1.5 px, grey as RGB green):
+    test MCA per arm and shift, mean ± SD over the draws, and the worst shift."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ablation import SHIFTS, best_checkpoint, evaluate_shifts
+
+    got: dict[str, list[dict[str, float]]] = {}
+    for run in sorted(p.parent for p in runs.glob("*/split_manifest.csv")):
+        m = re.fullmatch(r"(.+)-d(\d+)", run.name)
+        if not m:
+            continue
+        root = Path(yaml.safe_load((run / "config_resolved.yaml").read_text())["data"]["root"])
+        got.setdefault(m.group(1), []).append(evaluate_shifts(best_checkpoint(run), run, root))
+    if not got:
+        raise ValueError(f"no <arm>-d<draw> run folders under {runs}")
+    lines = [
+        "| arm (draws) | " + " | ".join(SHIFTS) + " | worst shift |",
+        "|---" * (len(SHIFTS) + 2) + "|",
+    ]
+    for arm, rows in sorted(got.items()):
+        v = {sh: np.array([r[sh] for r in rows]) for sh in SHIFTS}
+        sd = {sh: x.std(ddof=1) if len(x) > 1 else float("nan") for sh, x in v.items()}
+        worst = min(SHIFTS[1:], key=lambda sh: v[sh].mean())
+        lines.append(
+            f"| {arm} ({len(rows)}) | "
+            + " | ".join(f"{v[sh].mean():.3f} ± {sd[sh]:.3f}" for sh in SHIFTS)
+            + f" | {worst} {v[worst].mean():.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -233,12 +268,20 @@ def main() -> None:
     t.add_argument("runs", type=Path, help="folder of run folders <arm>-d<draw> (each with metrics.json)")
     t.add_argument("--base", default="R0", help="the arm the others are paired against")
     t.add_argument("--per-class", action="store_true", help="mean test recall per class and arm instead")
+    t.add_argument(
+        "--shifts",
+        action="store_true",
+        help="test MCA under another lab's shifts instead (re-scores the runs)",
+    )
     argv = sys.argv[1:]
     if argv and argv[0] not in ("build", "table", "-h", "--help"):
         argv = ["build", *argv]  # build is the default command
     args = ap.parse_args(argv)
     if args.command == "table":
-        print(per_class(args.runs) if args.per_class else table(args.runs, args.base))
+        if args.shifts:
+            print(shifts(args.runs))
+        else:
+            print(per_class(args.runs) if args.per_class else table(args.runs, args.base))
         return
     rows = draw(pd.read_csv(args.manifest), args.splits.split(","), args.train_fields, args.cells, args.seed)
     write(rows, args.out, args.root)

@@ -102,3 +102,32 @@ def test_table_pairs_the_arms_by_draw(tmp_path):
     assert "R1: draw(s) [3] left out" in md and "smoke: not named" in md
     with pytest.raises(ValueError, match="base arm 'R9'"):
         table(tmp_path, base="R9")
+
+
+def test_shifts_rescore_each_run_as_it_tested(tmp_path):
+    """The ``shifts`` table reads an ICPR 2012 run's test cells (``_mask`` masks) with its own framing; the
+    unshifted column is the run's own test MCA."""
+    from contest_fixtures import write_icpr2012_contest
+    from icpr_proxy import shifts
+
+    from ana_lightning.pipeline import train
+
+    from conftest import TINY_BACKBONE, compose
+
+    root = write_icpr2012_contest(tmp_path / "icpr", train_per_class=4, test_per_class=3, extreme_sizes=False)
+    run = tmp_path / "runs" / "R0-d0"
+    overrides = [
+        "experiment=icpr2012_cells",
+        f"data.root={root}",
+        f"model.backbone.name={TINY_BACKBONE}",
+        "data.image_size=32",
+        "trainer.max_epochs=2",
+        "callbacks.rich_progress_bar=null",
+        "+trainer.enable_model_summary=false",
+    ]
+    train(compose("train", overrides, output_dir=run))
+    md = shifts(tmp_path / "runs")
+    row = next(line for line in md.splitlines() if line.startswith("| R0 (1) |"))
+    none = float(row.split("|")[2].split("±")[0])
+    assert none == pytest.approx(json.loads((run / "metrics.json").read_text())["test/mca"], abs=5e-4)
+    assert "bright_x0.3" in md.splitlines()[0] and "worst shift" in md.splitlines()[0]
