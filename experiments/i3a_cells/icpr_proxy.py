@@ -72,9 +72,12 @@ def i3a_masks(root: Path) -> dict[str, str]:
     return data.masks
 
 
-def draw(manifest: pd.DataFrame, splits: list[str], train_fields: int, cells: int, seed: int) -> pd.DataFrame:
-    """Rows ``path, i3a_class, set, field`` of the proxy: per class ``train_fields`` groups to training,
-    the rest to test, ``cells`` cells drawn from each group (all when it has fewer)."""
+def draw(
+    manifest: pd.DataFrame, splits: list[str], train_fields: int, cells: int, seed: int, at_most: bool = False
+) -> pd.DataFrame:
+    """Rows ``path, i3a_class, set, field`` of the proxy: per class ``train_fields`` groups to training
+    (with ``at_most``, fewer for a class that would otherwise keep no test group), the rest to test,
+    ``cells`` cells drawn from each group (all when it has fewer)."""
     if "group" not in manifest.columns:
         raise ValueError("the manifest has no group column: it was not written by a grouped split")
     unknown = sorted(set(manifest["label"]) - set(I3A_OF_NODE))
@@ -86,7 +89,8 @@ def draw(manifest: pd.DataFrame, splits: list[str], train_fields: int, cells: in
     field = 0
     for label in sorted(I3A_OF_NODE, key=lambda n: list(ICPR_NAME).index(I3A_OF_NODE[n])):
         groups = sorted(pool.loc[pool["label"] == label, "group"].unique())
-        if len(groups) < train_fields + 1:
+        n_train = min(train_fields, len(groups) - 1) if at_most else train_fields
+        if len(groups) < n_train + 1 or n_train < 1:
             raise ValueError(
                 f"class {I3A_OF_NODE[label]}: {len(groups)} group(s) in splits {splits}, "
                 f"need {train_fields} for training and at least 1 for test"
@@ -104,7 +108,7 @@ def draw(manifest: pd.DataFrame, splits: list[str], train_fields: int, cells: in
                     {
                         "path": p,
                         "i3a_class": I3A_OF_NODE[label],
-                        "set": "training" if rank < train_fields else "test",
+                        "set": "training" if rank < n_train else "test",
                         "field": field,
                         "group": g,
                     }
@@ -264,6 +268,11 @@ def main() -> None:
     b.add_argument("--splits", default="train,val", help="the manifest's splits to draw groups from")
     b.add_argument("--train-fields", type=int, default=2, help="training groups (fields) per class")
     b.add_argument("--cells", type=int, default=60, help="cells drawn from each group")
+    b.add_argument(
+        "--at-most",
+        action="store_true",
+        help="--train-fields is a maximum: a class with fewer groups keeps one for test",
+    )
     t = sub.add_parser("table", help="test/mca per draw and arm of runs named <arm>-d<draw>")
     t.add_argument("runs", type=Path, help="folder of run folders <arm>-d<draw> (each with metrics.json)")
     t.add_argument("--base", default="R0", help="the arm the others are paired against")
@@ -283,7 +292,14 @@ def main() -> None:
         else:
             print(per_class(args.runs) if args.per_class else table(args.runs, args.base))
         return
-    rows = draw(pd.read_csv(args.manifest), args.splits.split(","), args.train_fields, args.cells, args.seed)
+    rows = draw(
+        pd.read_csv(args.manifest),
+        args.splits.split(","),
+        args.train_fields,
+        args.cells,
+        args.seed,
+        args.at_most,
+    )
     write(rows, args.out, args.root)
     summary = rows.groupby(["set", "i3a_class"]).agg(cells=("path", "size"), fields=("field", "nunique"))
     print(summary.to_string())
