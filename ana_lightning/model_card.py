@@ -73,8 +73,11 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
             "or resolved config next to it).",
             "",
         ]
+    keep = "best"
     try:
-        data = OmegaConf.load(run / "config_resolved.yaml").get("data", {})
+        resolved = OmegaConf.load(run / "config_resolved.yaml")
+        keep = str(resolved.get("keep_epoch") or "best")
+        data = resolved.get("data", {})
         target = str(data.get("_target_", "?")).rsplit(".", 1)[-1]
         where = data.get("root") or data.get("cache_dir") or "?"
         md.append(f"- Data module: `{target}`, from `{where}`")
@@ -102,6 +105,11 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
                 "- **No validation split**: the weights are the last epoch of a fixed schedule, trained on every "
                 "group the manifest gives to training (a refit once the recipe was chosen on validation splits); "
                 "no epoch selection and no temperature calibration"
+            )
+        elif keep == "last":
+            md.append(
+                "- **Last epoch kept** (`keep_epoch=last`): the weights are the last epoch of a fixed schedule; "
+                "the validation split was scored every epoch and calibrated it, but did not pick the epoch"
             )
         groups = {s: len({r.group for r in splits[s] if r.group}) for s in SPLITS}
         md += ["", "| class | " + " | ".join(SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 def _check_settings(cfg: DictConfig) -> None:
     """Values torch would reject only after the run folder and split are written, named by their key."""
+    if str(cfg.get("keep_epoch") or "best") not in KEEP_EPOCH:
+        raise ValueError(f"keep_epoch={cfg.get('keep_epoch')!r}: must be one of {KEEP_EPOCH}")
     for key in ("model.optimizer.lr", "model.optimizer.weight_decay"):
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and (value < 0 or (key.endswith(".lr") and value == 0)):
@@ -79,6 +81,30 @@ def _check_model_fits_data(cfg: DictConfig, model_kwargs: dict[str, Any]) -> Non
 _NO_VALIDATION_TRAINER = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
 
 
+KEEP_EPOCH = ("best", "last")
+
+
+def _keeping_last_epoch(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose monitored ``ModelCheckpoint`` keeps the latest epoch as
+    ``final-epochNNN.ckpt`` (what gets tested, exported and named in ``best_checkpoint.txt``) instead of
+    the best one by the monitored metric."""
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
+    with open_dict(cfg):
+        for cb in (cfg.get("callbacks") or {}).values():
+            if (
+                isinstance(cb, DictConfig)
+                and cb.get("monitor") is not None
+                and str(cb.get("_target_", "")).endswith("ModelCheckpoint")
+            ):
+                cb.monitor = None
+                cb.filename = "final-epoch{epoch:03d}"
+                cb.save_top_k = 1
+                # unused without a monitor, but part of the callback's state key, which must differ from
+                # the unmonitored last_checkpoint's (mode "min") for Lightning to keep both
+                cb.mode = "max"
+    return cfg
+
+
 def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
     """The config of a run with an empty validation split (``data.split_fractions=[0.8,0,0.2]``, or a
     split manifest without ``val`` rows): train the fixed schedule and keep the last epoch. Callbacks
@@ -92,23 +118,14 @@ def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
             "give the validation split a share (data.split_fractions) or use a schedule of fixed length "
             "(e.g. the cosine one of conf/model/*.yaml)"
         )
-    cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
+    cfg = _keeping_last_epoch(cfg)
     dropped = []
     with open_dict(cfg):
         callbacks = cfg.get("callbacks") or {}
         for name in list(callbacks):
             cb = callbacks[name]
-            if not isinstance(cb, DictConfig) or cb.get("monitor") is None:
-                continue
-            if str(cb.get("_target_", "")).endswith("ModelCheckpoint"):
-                cb.monitor = None
-                cb.filename = "final-epoch{epoch:03d}"
-                cb.save_top_k = 1
-                # unused without a monitor, but part of the callback's state key, which must differ from
-                # the unmonitored last_checkpoint's (mode "min") for Lightning to keep both
-                cb.mode = "max"
-            else:  # early stopping and anything else that reads a validation metric
-                callbacks.pop(name)
+            if isinstance(cb, DictConfig) and cb.get("monitor") is not None:
+                callbacks.pop(name)  # early stopping and anything else that reads a validation metric
                 dropped.append(f"callbacks.{name}")
     if str(cfg.get("optimized_metric") or "").startswith("val/"):
         log.warning("optimized_metric=%s is a validation metric, and this run has none", cfg.optimized_metric)
@@ -156,8 +173,16 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         dm.prepare_data()
     dm.setup("fit")
     validates = bool(dm.splits.get("val"))
+    keep = str(cfg.get("keep_epoch") or "best")
     if not validates:
         cfg = _without_validation(cfg, {k: len(v) for k, v in dm.splits.items()})
+    elif keep == "last":
+        cfg = _keeping_last_epoch(cfg)
+        log.info(
+            "keep_epoch=last: the last epoch is kept, tested and exported (checkpoints/final-epochNNN.ckpt); "
+            "the validation split is still scored every epoch and calibrates the kept epoch"
+        )
+    selects = validates and keep == "best"  # the kept checkpoint is the best validation epoch
     model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
     _check_model_fits_data(cfg, model_kwargs)
     model = instantiate(cfg.model, **model_kwargs)
@@ -200,7 +225,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         else ""
     )
     if finished is not None:  # a finished run that was never tested: test its best (final) checkpoint only
-        kept = sorted((run_dir / "checkpoints").glob("best-*.ckpt" if validates else "final-*.ckpt"))
+        kept = sorted((run_dir / "checkpoints").glob("best-*.ckpt" if selects else "final-*.ckpt"))
         ckpt = str(kept[-1]) if kept else ""
     if cfg.get("test", True) and not dm.splits.get("test"):
         log.warning(

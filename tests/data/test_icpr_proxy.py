@@ -77,6 +77,9 @@ def test_too_few_groups_is_named(i3a):
     _, manifest = i3a
     with pytest.raises(ValueError, match=r"class Homogeneous: 3 group\(s\).*need 3 for training"):
         draw(manifest, ["train", "val"], train_fields=3, cells=4, seed=0)
+    capped = draw(manifest, ["train", "val"], train_fields=3, cells=4, seed=0, at_most=True)
+    per = capped.groupby(["i3a_class", "set"])["group"].nunique().unstack()
+    assert (per["training"] == 2).all() and (per["test"] == 1).all()  # 3 groups: one kept for test
     mixed = manifest.copy()
     mixed.loc[0, "group"] = "Speckled#0"  # a Homogeneous cell in a Speckled group
     with pytest.raises(ValueError, match="group 'Speckled#0' holds cells of several labels"):

@@ -87,7 +87,7 @@ def icpr_model(tmp_path_factory):
             output_dir=run,
         )
     )
-    return root, next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    return root, Path((run / "best_checkpoint.txt").read_text().strip())  # the kept (last) epoch
 
 
 def test_eval_reuses_the_training_runs_data_settings(icpr_model, tmp_path):

@@ -229,6 +229,40 @@ def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_pa
     assert again["test/mca"] == pytest.approx(metrics["test/mca"])
 
 
+def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, tmp_path):
+    """keep_epoch=last (experiment=icpr2012_cells, round 12): with a validation split, the last epoch is
+    kept, tested, named and exported; validation is still scored every epoch and calibrates it."""
+    run = tmp_path / "run"
+    overrides = tiny_train_overrides(tiny_folder, epochs=3) + ["keep_epoch=last"]
+    metrics, objs = train(compose("train", overrides, output_dir=run))
+    assert objs["datamodule"].splits["val"] and "val/mca" in metrics
+    kept = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in kept] == ["final-epoch002.ckpt", "last.ckpt"]
+    assert torch.load(kept[0], weights_only=False)["epoch"] == 2
+    assert Path((run / "best_checkpoint.txt").read_text().strip()) == kept[0].resolve()
+    assert (
+        "test/mca" in metrics and "val/temperature" in metrics
+    )  # calibrated on validation, as the best would be
+    from ana_lightning.export import export_model
+
+    card = export_model(
+        kept[0], format="torchscript", output=tmp_path / "m.torchscript.pt"
+    ).card_path.read_text()
+    assert "**Last epoch kept**" in card and "No validation split" not in card
+    # a resumed finished run tests the same final checkpoint
+    (run / "metrics.json").unlink()
+    again, _ = train(
+        compose("train", overrides + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], output_dir=run)
+    )
+    assert again["test/mca"] == pytest.approx(metrics["test/mca"])
+    with pytest.raises(ValueError, match="keep_epoch='newest'"):
+        train(
+            compose(
+                "train", tiny_train_overrides(tiny_folder) + ["keep_epoch=newest"], output_dir=tmp_path / "x"
+            )
+        )
+
+
 def test_a_run_without_test_split_names_the_model_it_trained(tiny_folder, tmp_path):
     run = tmp_path / "run"
     overrides = tiny_train_overrides(tiny_folder, epochs=2) + ["data.split_fractions=[1,0,0]"]

@@ -98,6 +98,9 @@ def test_i3a_recipe_subtracts_the_background_at_both_sizes(tmp_path, accelerator
     assert other.model.backbone.cell_input.background is True
     assert other.model.backbone.name == cfg.model.backbone.name == "resnet10t"
     assert "width" not in other.model.backbone
+    assert (
+        other.keep_epoch == "last" and cfg.keep_epoch == "best"
+    )  # round 12: the contest's partial validation
 
 
 @pytest.mark.slow
