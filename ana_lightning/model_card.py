@@ -109,7 +109,8 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
         elif keep == "last":
             md.append(
                 "- **Last epoch kept** (`keep_epoch=last`): the weights are the last epoch of a fixed schedule; "
-                "the validation split was scored every epoch and calibrated it, but did not pick the epoch"
+                "the validation split was scored every epoch and used for temperature calibration, not to pick "
+                "the epoch"
             )
         groups = {s: len({r.group for r in splits[s] if r.group}) for s in SPLITS}
         md += ["", "| class | " + " | ".join(SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]

@@ -84,25 +84,30 @@ _NO_VALIDATION_TRAINER = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
 KEEP_EPOCH = ("best", "last")
 
 
-def _keeping_last_epoch(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` whose monitored ``ModelCheckpoint`` keeps the latest epoch as
-    ``final-epochNNN.ckpt`` (what gets tested, exported and named in ``best_checkpoint.txt``) instead of
-    the best one by the monitored metric."""
+def _keeping_last_epoch(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
+    """A copy of ``cfg`` that trains the fixed schedule and keeps its last epoch: the monitored
+    ``ModelCheckpoint`` keeps the latest epoch as ``final-epochNNN.ckpt`` (what gets tested, exported and
+    named in ``best_checkpoint.txt``), and early stopping (any other callback that reads a validation
+    metric) is dropped, so "the last epoch" is the schedule's. Also returns the dropped callbacks' keys."""
     cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
+    dropped = []
     with open_dict(cfg):
-        for cb in (cfg.get("callbacks") or {}).values():
-            if (
-                isinstance(cb, DictConfig)
-                and cb.get("monitor") is not None
-                and str(cb.get("_target_", "")).endswith("ModelCheckpoint")
-            ):
+        callbacks = cfg.get("callbacks") or {}
+        for name in list(callbacks):
+            cb = callbacks[name]
+            if not isinstance(cb, DictConfig) or cb.get("monitor") is None:
+                continue
+            if str(cb.get("_target_", "")).endswith("ModelCheckpoint"):
                 cb.monitor = None
                 cb.filename = "final-epoch{epoch:03d}"
                 cb.save_top_k = 1
                 # unused without a monitor, but part of the callback's state key, which must differ from
                 # the unmonitored last_checkpoint's (mode "min") for Lightning to keep both
                 cb.mode = "max"
-    return cfg
+            else:
+                callbacks.pop(name)
+                dropped.append(f"callbacks.{name}")
+    return cfg, dropped
 
 
 def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
@@ -118,15 +123,7 @@ def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
             "give the validation split a share (data.split_fractions) or use a schedule of fixed length "
             "(e.g. the cosine one of conf/model/*.yaml)"
         )
-    cfg = _keeping_last_epoch(cfg)
-    dropped = []
-    with open_dict(cfg):
-        callbacks = cfg.get("callbacks") or {}
-        for name in list(callbacks):
-            cb = callbacks[name]
-            if isinstance(cb, DictConfig) and cb.get("monitor") is not None:
-                callbacks.pop(name)  # early stopping and anything else that reads a validation metric
-                dropped.append(f"callbacks.{name}")
+    cfg, dropped = _keeping_last_epoch(cfg)
     if str(cfg.get("optimized_metric") or "").startswith("val/"):
         log.warning("optimized_metric=%s is a validation metric, and this run has none", cfg.optimized_metric)
     log.warning(
@@ -177,10 +174,12 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if not validates:
         cfg = _without_validation(cfg, {k: len(v) for k, v in dm.splits.items()})
     elif keep == "last":
-        cfg = _keeping_last_epoch(cfg)
+        cfg, dropped = _keeping_last_epoch(cfg)
         log.info(
-            "keep_epoch=last: the last epoch is kept, tested and exported (checkpoints/final-epochNNN.ckpt); "
-            "the validation split is still scored every epoch and calibrates the kept epoch"
+            "keep_epoch=last: the fixed schedule's last epoch is kept, tested and exported "
+            "(checkpoints/final-epochNNN.ckpt); the validation split is still scored every epoch and used "
+            "for temperature calibration, not to pick the epoch%s",
+            f" (left out: {', '.join(dropped)})" if dropped else "",
         )
     selects = validates and keep == "best"  # the kept checkpoint is the best validation epoch
     model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
@@ -224,9 +223,16 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if isinstance(trainer.checkpoint_callback, ModelCheckpoint)
         else ""
     )
-    if finished is not None:  # a finished run that was never tested: test its best (final) checkpoint only
-        kept = sorted((run_dir / "checkpoints").glob("best-*.ckpt" if selects else "final-*.ckpt"))
-        ckpt = str(kept[-1]) if kept else ""
+    if finished is not None:  # a finished run that was never tested: test the checkpoint it kept
+        first, other = ("best-*.ckpt", "final-*.ckpt") if selects else ("final-*.ckpt", "best-*.ckpt")
+        # the other kind too: a run trained under another keep_epoch (or before the key existed)
+        kept = sorted((run_dir / "checkpoints").glob(first)) or sorted((run_dir / "checkpoints").glob(other))
+        if not kept:
+            raise FileNotFoundError(
+                f"{run_dir}: a finished run without a kept checkpoint (checkpoints/best-*.ckpt or final-*.ckpt) "
+                "to test; run ana-eval on the checkpoint you want scored"
+            )
+        ckpt = str(kept[-1])
     if cfg.get("test", True) and not dm.splits.get("test"):
         log.warning(
             "the test split is empty (data.split_fractions=%s): nothing to test; the run's model is %s",

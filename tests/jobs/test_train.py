@@ -227,6 +227,7 @@ def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_pa
         compose("train", overrides + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], output_dir=run)
     )
     assert again["test/mca"] == pytest.approx(metrics["test/mca"])
+    assert again["test/loss"] == pytest.approx(metrics["test/loss"])  # the same weights, not untrained ones
 
 
 def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, tmp_path):
@@ -236,6 +237,8 @@ def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, t
     overrides = tiny_train_overrides(tiny_folder, epochs=3) + ["keep_epoch=last"]
     metrics, objs = train(compose("train", overrides, output_dir=run))
     assert objs["datamodule"].splits["val"] and "val/mca" in metrics
+    # the fixed schedule's last epoch: early stopping would cut it at "best + patience"
+    assert not any("early" in type(cb).__name__.lower() for cb in objs["trainer"].callbacks)
     kept = sorted((run / "checkpoints").glob("*.ckpt"))
     assert [p.name for p in kept] == ["final-epoch002.ckpt", "last.ckpt"]
     assert torch.load(kept[0], weights_only=False)["epoch"] == 2
@@ -255,12 +258,24 @@ def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, t
         compose("train", overrides + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], output_dir=run)
     )
     assert again["test/mca"] == pytest.approx(metrics["test/mca"])
+    assert again["test/loss"] == pytest.approx(metrics["test/loss"])  # the same weights, not untrained ones
     with pytest.raises(ValueError, match="keep_epoch='newest'"):
         train(
             compose(
                 "train", tiny_train_overrides(tiny_folder) + ["keep_epoch=newest"], output_dir=tmp_path / "x"
             )
         )
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+    # a finished run kept under the other setting is re-tested on the checkpoint it kept, not on fresh weights
+    (run / "metrics.json").unlink()
+    best_run, _ = train(
+        compose(
+            "train",
+            overrides[:-1] + ["keep_epoch=best", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
+            output_dir=run,
+        )
+    )
+    assert best_run["test/loss"] == pytest.approx(metrics["test/loss"])
 
 
 def test_a_run_without_test_split_names_the_model_it_trained(tiny_folder, tmp_path):
