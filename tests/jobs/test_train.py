@@ -192,6 +192,23 @@ def test_truncated_checkpoint_is_a_clear_error(trained_run, tmp_path):
         load_checkpoint_model(bad)
 
 
+def _card_and_retest(run: Path, kept: Path, overrides: list[str], metrics: dict, tmp_path: Path) -> str:
+    """The model card exported from the run's kept checkpoint; then the finished run is resumed without its
+    metrics.json and must test that same checkpoint (not a best-*.ckpt it never wrote, nor fresh weights)."""
+    from ana_lightning.export import export_model
+
+    card = export_model(
+        kept, format="torchscript", output=tmp_path / "m.torchscript.pt"
+    ).card_path.read_text()
+    (run / "metrics.json").unlink()
+    again, _ = train(
+        compose("train", overrides + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], output_dir=run)
+    )
+    assert again["test/mca"] == pytest.approx(metrics["test/mca"])
+    assert again["test/loss"] == pytest.approx(metrics["test/loss"])  # the same weights, not untrained ones
+    return card
+
+
 def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_path, caplog):
     """data.split_fractions=[0.8,0,0.2]: the refit of a chosen recipe on every labelled group. No
     validation loop, no early stopping or epoch selection: the last epoch is kept, tested and named."""
@@ -215,19 +232,8 @@ def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_pa
     assert Path((run / "best_checkpoint.txt").read_text().strip()) == kept[0].resolve()
     assert "test/mca" in metrics and "val/temperature" not in metrics
     assert "final-epoch" in (run / "config_resolved.yaml").read_text()
-    from ana_lightning.export import export_model
-
-    card = export_model(
-        kept[0], format="torchscript", output=tmp_path / "m.torchscript.pt"
-    ).card_path.read_text()
+    card = _card_and_retest(run, kept[0], overrides, metrics, tmp_path)
     assert "**No validation split**" in card and "belong to" not in card
-    # a resumed finished run tests the same final checkpoint, not a best-*.ckpt it never wrote
-    (run / "metrics.json").unlink()
-    again, _ = train(
-        compose("train", overrides + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], output_dir=run)
-    )
-    assert again["test/mca"] == pytest.approx(metrics["test/mca"])
-    assert again["test/loss"] == pytest.approx(metrics["test/loss"])  # the same weights, not untrained ones
 
 
 def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, tmp_path):
@@ -246,19 +252,8 @@ def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, t
     assert (
         "test/mca" in metrics and "val/temperature" in metrics
     )  # calibrated on validation, as the best would be
-    from ana_lightning.export import export_model
-
-    card = export_model(
-        kept[0], format="torchscript", output=tmp_path / "m.torchscript.pt"
-    ).card_path.read_text()
+    card = _card_and_retest(run, kept[0], overrides, metrics, tmp_path)
     assert "**Last epoch kept**" in card and "No validation split" not in card
-    # a resumed finished run tests the same final checkpoint
-    (run / "metrics.json").unlink()
-    again, _ = train(
-        compose("train", overrides + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], output_dir=run)
-    )
-    assert again["test/mca"] == pytest.approx(metrics["test/mca"])
-    assert again["test/loss"] == pytest.approx(metrics["test/loss"])  # the same weights, not untrained ones
     with pytest.raises(ValueError, match="keep_epoch='newest'"):
         train(
             compose(
