@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 
 def _check_settings(cfg: DictConfig) -> None:
     """Values torch would reject only after the run folder and split are written, named by their key."""
-    if str(cfg.get("keep_epoch") or "best") not in KEEP_EPOCH:
-        raise ValueError(f"keep_epoch={cfg.get('keep_epoch')!r}: must be one of {KEEP_EPOCH}")
+    _keep_epoch(cfg)
     for key in ("model.optimizer.lr", "model.optimizer.weight_decay"):
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and (value < 0 or (key.endswith(".lr") and value == 0)):
@@ -82,6 +81,14 @@ _NO_VALIDATION_TRAINER = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
 
 
 KEEP_EPOCH = ("best", "last")
+
+
+def _keep_epoch(cfg: DictConfig) -> str:
+    """``keep_epoch`` (``best`` when unset), refused by name when it is neither ``best`` nor ``last``."""
+    keep = str(cfg.get("keep_epoch") or "best")
+    if keep not in KEEP_EPOCH:
+        raise ValueError(f"keep_epoch={cfg.get('keep_epoch')!r}: must be one of {KEEP_EPOCH}")
+    return keep
 
 
 def _keeping_last_epoch(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
@@ -170,7 +177,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         dm.prepare_data()
     dm.setup("fit")
     validates = bool(dm.splits.get("val"))
-    keep = str(cfg.get("keep_epoch") or "best")
+    keep = _keep_epoch(cfg)
     if not validates:
         cfg = _without_validation(cfg, {k: len(v) for k, v in dm.splits.items()})
     elif keep == "last":
@@ -181,7 +188,6 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             "for temperature calibration, not to pick the epoch%s",
             f" (left out: {', '.join(dropped)})" if dropped else "",
         )
-    selects = validates and keep == "best"  # the kept checkpoint is the best validation epoch
     model_kwargs = dm.model_kwargs(loss_weights=cfg.get("class_weighted_loss", True))
     _check_model_fits_data(cfg, model_kwargs)
     model = instantiate(cfg.model, **model_kwargs)
@@ -224,15 +230,10 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         else ""
     )
     if finished is not None:  # a finished run that was never tested: test the checkpoint it kept
-        first, other = ("best-*.ckpt", "final-*.ckpt") if selects else ("final-*.ckpt", "best-*.ckpt")
-        # the other kind too: a run trained under another keep_epoch (or before the key existed)
-        kept = sorted((run_dir / "checkpoints").glob(first)) or sorted((run_dir / "checkpoints").glob(other))
-        if not kept:
-            raise FileNotFoundError(
-                f"{run_dir}: a finished run without a kept checkpoint (checkpoints/best-*.ckpt or final-*.ckpt) "
-                "to test; run ana-eval on the checkpoint you want scored"
-            )
-        ckpt = str(kept[-1])
+        from ..models.hierarchy_pipeline import resolve_checkpoint
+
+        # best-* or final-*, whichever it kept (whatever keep_epoch says now); an error when it kept none
+        ckpt = str(resolve_checkpoint(run_dir))
     if cfg.get("test", True) and not dm.splits.get("test"):
         log.warning(
             "the test split is empty (data.split_fractions=%s): nothing to test; the run's model is %s",

@@ -144,20 +144,30 @@ def _parser(tree: Taxonomy, nodes: Mapping[str, str]):
 def _folder_labels(files: Sequence[Path], input_root: Path, parse) -> tuple[dict[Path, str], dict[Path, str]]:
     """Each image's nearest folder (up to ``input`` itself) whose name is a label: ``ac-3/specimen12/f.png``
     is AC-3. ``(raw labels, where)``; an image under no such folder gets its parent's name, to be refused."""
-    raw, where = {}, {}
     top = input_root.resolve() if input_root.is_dir() else input_root.resolve().parent
-    for f in files:
-        folder = f.parent
-        while True:
-            try:
-                parse(folder.name)
-                raw[f], where[f] = folder.name, f"folder {folder}"
-                break
-            except LabelError:
-                if folder.resolve() == top or folder.parent == folder:
-                    raw[f], where[f] = f.parent.name, f"folder {f.parent}"
+    labelled: dict[
+        Path, Path
+    ] = {}  # an image's folder → its nearest folder named as a label (once per folder)
+
+    def nearest(parent: Path) -> Path:
+        if parent not in labelled:
+            folder = parent
+            while True:
+                try:
+                    parse(folder.name)
                     break
-                folder = folder.parent
+                except LabelError:
+                    if folder.resolve() == top or folder.parent == folder:
+                        folder = parent  # none: its own name, to be refused by name
+                        break
+                    folder = folder.parent
+            labelled[parent] = folder
+        return labelled[parent]
+
+    raw, where = {}, {}
+    for f in files:
+        folder = nearest(f.parent)
+        raw[f], where[f] = folder.name, f"folder {folder}"
     return raw, where
 
 

@@ -26,10 +26,12 @@ per field; nothing reads either. Images are written under ``out`` (never into th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ import pandas as pd
 from PIL import Image
 
 from ana_lightning.data.contest import read_i3a2014
+from ana_lightning.data.contest_labels import contest_class_of
 from ana_lightning.stats import paired_comparison
 from ana_lightning.taxonomy import Taxonomy
 
@@ -49,15 +52,12 @@ ICPR_NAME = {
     "Golgi": "cytoplasmatic",
     "NuMem": "coarse_speckled",
 }
-#: the manifest's labels (ICAP nodes of the I3A classes) → the I3A class
-I3A_OF_NODE = {
-    "AC-1": "Homogeneous",
-    "speckled": "Speckled",
-    "nucleolar": "Nucleolar",
-    "AC-3": "Centromere",
-    "AC-22": "Golgi",
-    "nuclear envelope": "NuMem",
-}
+
+
+@functools.cache
+def i3a_of_node() -> dict[str, str]:
+    """The manifest's labels (the I3A contest classes' ICAP nodes, from the tree's contest table) → I3A class."""
+    return contest_class_of(Taxonomy.load(), "i3a2014")
 
 
 def i3a_masks(root: Path) -> dict[str, str]:
@@ -80,19 +80,20 @@ def draw(
     ``cells`` cells drawn from each group (all when it has fewer)."""
     if "group" not in manifest.columns:
         raise ValueError("the manifest has no group column: it was not written by a grouped split")
-    unknown = sorted(set(manifest["label"]) - set(I3A_OF_NODE))
+    of_node = i3a_of_node()
+    unknown = sorted(set(manifest["label"]) - set(of_node))
     if unknown:
-        raise ValueError(f"labels {unknown} are not the I3A contest classes' nodes {sorted(I3A_OF_NODE)}")
+        raise ValueError(f"labels {unknown} are not the I3A contest classes' nodes {sorted(of_node)}")
     rng = np.random.default_rng(seed)
     pool = manifest[manifest["split"].isin(splits)]
     out = []
     field = 0
-    for label in sorted(I3A_OF_NODE, key=lambda n: list(ICPR_NAME).index(I3A_OF_NODE[n])):
+    for label in sorted(of_node, key=lambda n: list(ICPR_NAME).index(of_node[n])):
         groups = sorted(pool.loc[pool["label"] == label, "group"].unique())
         n_train = min(train_fields, len(groups) - 1) if at_most else train_fields
         if len(groups) < n_train + 1 or n_train < 1:
             raise ValueError(
-                f"class {I3A_OF_NODE[label]}: {len(groups)} group(s) in splits {splits}, "
+                f"class {of_node[label]}: {len(groups)} group(s) in splits {splits}, "
                 f"need {train_fields} for training and at least 1 for test"
             )
         order = rng.permutation(len(groups))
@@ -107,7 +108,7 @@ def draw(
                 out.append(
                     {
                         "path": p,
-                        "i3a_class": I3A_OF_NODE[label],
+                        "i3a_class": of_node[label],
                         "set": "training" if rank < n_train else "test",
                         "field": field,
                         "group": g,
@@ -154,22 +155,39 @@ def write(rows: pd.DataFrame, out: Path, root: Path) -> None:
     rows.to_csv(out / "proxy_sources.csv", index=False)
 
 
+def _arm_runs(runs: Path, marker: str) -> tuple[dict[str, dict[int, Path]], list[str]]:
+    """Run folders ``<arm>-d<draw>`` under ``runs`` that hold ``marker`` (a file name):
+    ``({arm: {draw: folder}}, notes on the folders left out for their name)``."""
+    got: dict[str, dict[int, Path]] = {}
+    notes = []
+    for f in sorted(runs.glob(f"*/{marker}")):
+        m = re.fullmatch(r"(.+)-d(\d+)", f.parent.name)
+        if m:
+            got.setdefault(m.group(1), {})[int(m.group(2))] = f.parent
+        else:
+            notes.append(f"{f.parent.name}: not named <arm>-d<draw>, left out")
+    return got, notes
+
+
+def _mean_sd(v: Sequence[float]) -> str:
+    """``mean ± SD`` (ddof=1; nan for one value)."""
+    x = np.asarray(v, float)
+    return f"{x.mean():.3f} ± {x.std(ddof=1) if len(x) > 1 else float('nan'):.3f}"
+
+
 def table(runs: Path, base: str = "R0") -> str:
     """A markdown table of ``test/mca`` per draw and arm from ``runs/<arm>-d<k>/metrics.json``, and each
     arm's paired difference from ``base`` over the draws every arm has (mean ± SD, ddof=1; t-interval and
     paired t-test p from :func:`ana_lightning.stats.paired_comparison`; the draws it is higher in). Folders
     not named ``<arm>-d<k>``, and draws some arm lacks, are left out and named in a note under the table."""
+    folders, notes = _arm_runs(runs, "metrics.json")
     got: dict[str, dict[int, float]] = {}
-    notes = []
-    for f in sorted(runs.glob("*/metrics.json")):
-        m = re.fullmatch(r"(.+)-d(\d+)", f.parent.name)
-        if not m:
-            notes.append(f"{f.parent.name}: not named <arm>-d<draw>, left out")
-            continue
-        mca = json.loads(f.read_text()).get("test/mca")
-        if mca is None:
-            raise ValueError(f"{f}: no test/mca (did the run finish its test?)")
-        got.setdefault(m.group(1), {})[int(m.group(2))] = float(mca)
+    for arm, by_draw in folders.items():
+        for d, run in by_draw.items():
+            mca = json.loads((run / "metrics.json").read_text()).get("test/mca")
+            if mca is None:
+                raise ValueError(f"{run / 'metrics.json'}: no test/mca (did the run finish its test?)")
+            got.setdefault(arm, {})[d] = float(mca)
     if base not in got:
         raise ValueError(f"no runs of the base arm {base!r} under {runs} (found {sorted(got)})")
     draws = sorted(set.intersection(*(set(v) for v in got.values())))
@@ -185,10 +203,7 @@ def table(runs: Path, base: str = "R0") -> str:
         vals = [got[a][d] for a in arms]
         diffs = [got[a][d] - got[base][d] for a in arms[1:]]
         lines.append(f"| {d} | " + " | ".join(f"{v:.3f}" for v in vals + diffs) + " |")
-    cells = []
-    for a in arms:
-        v = np.array([got[a][d] for d in draws])
-        cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else float('nan'):.3f}")
+    cells = [_mean_sd([got[a][d] for d in draws]) for a in arms]
     for a in arms[1:]:
         c = paired_comparison([got[a][d] for d in draws], [got[base][d] for d in draws])
         higher = sum(got[a][d] > got[base][d] for d in draws)
@@ -203,11 +218,12 @@ def table(runs: Path, base: str = "R0") -> str:
 
 def per_class(runs: Path) -> str:
     """Mean test recall per class and arm over the draws, from each run's ``test_per_class.csv``."""
-    frames = []
-    for f in sorted(runs.glob("*/test_per_class.csv")):
-        m = re.fullmatch(r"(.+)-d(\d+)", f.parent.name)
-        if m:
-            frames.append(pd.read_csv(f).assign(arm=m.group(1)))
+    folders, _ = _arm_runs(runs, "test_per_class.csv")
+    frames = [
+        pd.read_csv(run / "test_per_class.csv").assign(arm=arm)
+        for arm, by_draw in folders.items()
+        for run in by_draw.values()
+    ]
     if not frames:
         raise ValueError(f"no <arm>-d<draw>/test_per_class.csv under {runs}")
     recall = pd.concat(frames).pivot_table(index="class", columns="arm", values="recall", aggfunc="mean")
@@ -225,27 +241,24 @@ def shifts(runs: Path) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from ablation import SHIFTS, best_checkpoint, evaluate_shifts
 
-    got: dict[str, list[dict[str, float]]] = {}
-    for run in sorted(p.parent for p in runs.glob("*/split_manifest.csv")):
-        m = re.fullmatch(r"(.+)-d(\d+)", run.name)
-        if not m:
-            continue
-        root = Path(yaml.safe_load((run / "config_resolved.yaml").read_text())["data"]["root"])
-        got.setdefault(m.group(1), []).append(evaluate_shifts(best_checkpoint(run), run, root))
-    if not got:
+    folders, _ = _arm_runs(runs, "split_manifest.csv")
+    if not folders:
         raise ValueError(f"no <arm>-d<draw> run folders under {runs}")
+    got: dict[str, list[dict[str, float]]] = {}
+    for arm, by_draw in sorted(folders.items()):
+        for _, run in sorted(by_draw.items()):
+            root = Path(yaml.safe_load((run / "config_resolved.yaml").read_text())["data"]["root"])
+            got.setdefault(arm, []).append(evaluate_shifts(best_checkpoint(run), run, root))
     lines = [
         "| arm (draws) | " + " | ".join(SHIFTS) + " | worst shift |",
         "|---" * (len(SHIFTS) + 2) + "|",
     ]
-    for arm, rows in sorted(got.items()):
-        v = {sh: np.array([r[sh] for r in rows]) for sh in SHIFTS}
-        sd = {sh: x.std(ddof=1) if len(x) > 1 else float("nan") for sh, x in v.items()}
-        worst = min(SHIFTS[1:], key=lambda sh: v[sh].mean())
+    for arm, rows in got.items():
+        worst = min(SHIFTS[1:], key=lambda sh: np.mean([r[sh] for r in rows]))
         lines.append(
             f"| {arm} ({len(rows)}) | "
-            + " | ".join(f"{v[sh].mean():.3f} ± {sd[sh]:.3f}" for sh in SHIFTS)
-            + f" | {worst} {v[worst].mean():.3f} |"
+            + " | ".join(_mean_sd([r[sh] for r in rows]) for sh in SHIFTS)
+            + f" | {worst} {np.mean([r[worst] for r in rows]):.3f} |"
         )
     return "\n".join(lines)
 

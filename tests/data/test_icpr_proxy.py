@@ -18,22 +18,21 @@ from ana_lightning.data.contest import read_icpr2012
 from ana_lightning.taxonomy import Taxonomy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
-from icpr_proxy import I3A_OF_NODE, ICPR_NAME, draw, table, write  # noqa: E402
-
-NODE_OF = {v: k for k, v in I3A_OF_NODE.items()}
+from icpr_proxy import ICPR_NAME, draw, i3a_of_node, table, write  # noqa: E402
 
 
 @pytest.fixture
 def i3a(tmp_path):
     """Four specimens of 5 cells per class (a brightness each) and a grouped manifest: the first three
     specimens of a class in train/val, the fourth in test."""
+    node_of = {v: k for k, v in i3a_of_node().items()}
     specimens = [(c, 5, 30 + 10 * s) for c in I3A_CLASSES for s in range(4)]
     root = write_specimens(tmp_path / "i3a", specimens)
     rows = []
     for i in range(len(specimens) * 5):
         c, s = I3A_CLASSES[i // 20], (i % 20) // 5
         split = ("train", "val", "train", "test")[s]
-        rows.append({"path": f"{i + 1:05d}.png", "label": NODE_OF[c], "split": split, "group": f"{c}#{s}"})
+        rows.append({"path": f"{i + 1:05d}.png", "label": node_of[c], "split": split, "group": f"{c}#{s}"})
     return root, pd.DataFrame(rows)
 
 
