@@ -57,9 +57,7 @@ class CellNet(nn.Module):
     torch.Size([2, 6])
     """
 
-    def __init__(
-        self, num_classes: int = 1000, in_chans: int = 3, width: int = 24, drop_rate: float = 0.0, **_: Any
-    ):
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, width: int = 24, drop_rate: float = 0.0):
         super().__init__()
         w = int(width)
         layers: list[nn.Module] = []
@@ -99,8 +97,10 @@ def cellnet(pretrained: bool = False, **kwargs: Any) -> CellNet:
     """timm entry point (no pretrained weights exist: use ``weights=<file>`` for your own)."""
     if pretrained:
         raise RuntimeError("cellnet has no published weights: set pretrained=false (or weights=<local file>)")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's own, passed to every model
+        kwargs.pop(key, None)
+    # any other key reaches CellNet, which rejects what it does not take (e.g. a resnet's depth), and
+    # create_backbone names it: a key silently ignored would train another network than the config says
     return CellNet(**kwargs)
 
 

@@ -63,3 +63,8 @@ def test_a_key_of_another_network_is_named():
     ):
         create_backbone("resnet10t", num_classes=2, width=24)
     assert create_backbone("cellnet", num_classes=2, width=8)(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    # and the other way round: cellnet takes no resnet key either (it used to ignore any key silently)
+    with pytest.raises(
+        ValueError, match=r"backbone key stem_width=32 was rejected.*'cellnet'.*~model\.backbone\.stem_width"
+    ):
+        create_backbone("cellnet", num_classes=2, width=8, stem_width=32)
