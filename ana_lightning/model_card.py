@@ -73,10 +73,10 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
             "or resolved config next to it).",
             "",
         ]
-    keep = "best"
+    last_kept = False  # keep_epoch=last (best when unset or unreadable)
     try:
         resolved = OmegaConf.load(run / "config_resolved.yaml")
-        keep = str(resolved.get("keep_epoch") or "best")
+        last_kept = resolved.get("keep_epoch") == "last"
         data = resolved.get("data", {})
         target = str(data.get("_target_", "?")).rsplit(".", 1)[-1]
         where = data.get("root") or data.get("cache_dir") or "?"
@@ -106,7 +106,7 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
                 "group the manifest gives to training (a refit once the recipe was chosen on validation splits); "
                 "no epoch selection and no temperature calibration"
             )
-        elif keep == "last":
+        elif last_kept:
             md.append(
                 "- **Last epoch kept** (`keep_epoch=last`): the weights are the last epoch of a fixed schedule; "
                 "the validation split was scored every epoch and used for temperature calibration, not to pick "

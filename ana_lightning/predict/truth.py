@@ -21,6 +21,7 @@ An image without a verdict (unreadable, ``insufficient cells``) is counted, not 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -145,24 +146,19 @@ def _folder_labels(files: Sequence[Path], input_root: Path, parse) -> tuple[dict
     """Each image's nearest folder (up to ``input`` itself) whose name is a label: ``ac-3/specimen12/f.png``
     is AC-3. ``(raw labels, where)``; an image under no such folder gets its parent's name, to be refused."""
     top = input_root.resolve() if input_root.is_dir() else input_root.resolve().parent
-    labelled: dict[
-        Path, Path
-    ] = {}  # an image's folder → its nearest folder named as a label (once per folder)
 
+    @functools.cache  # once per folder, not per image
     def nearest(parent: Path) -> Path:
-        if parent not in labelled:
-            folder = parent
-            while True:
-                try:
-                    parse(folder.name)
-                    break
-                except LabelError:
-                    if folder.resolve() == top or folder.parent == folder:
-                        folder = parent  # none: its own name, to be refused by name
-                        break
-                    folder = folder.parent
-            labelled[parent] = folder
-        return labelled[parent]
+        """``parent`` or its nearest ancestor (up to ``top``) named as a label; else ``parent`` itself."""
+        folder = parent
+        while True:
+            try:
+                parse(folder.name)
+                return folder
+            except LabelError:
+                if folder.resolve() == top or folder.parent == folder:
+                    return parent  # none: its own name, to be refused by name
+                folder = folder.parent
 
     raw, where = {}, {}
     for f in files:

@@ -249,9 +249,8 @@ def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, t
     assert [p.name for p in kept] == ["final-epoch002.ckpt", "last.ckpt"]
     assert torch.load(kept[0], weights_only=False)["epoch"] == 2
     assert Path((run / "best_checkpoint.txt").read_text().strip()) == kept[0].resolve()
-    assert (
-        "test/mca" in metrics and "val/temperature" in metrics
-    )  # calibrated on validation, as the best would be
+    # calibrated on validation, as the best epoch would be
+    assert "test/mca" in metrics and "val/temperature" in metrics
     card = _card_and_retest(run, kept[0], overrides, metrics, tmp_path)
     assert "**Last epoch kept**" in card and "No validation split" not in card
     with pytest.raises(ValueError, match="keep_epoch='newest'"):

@@ -98,9 +98,8 @@ def test_i3a_recipe_subtracts_the_background_at_both_sizes(tmp_path, accelerator
     assert other.model.backbone.cell_input.background is True
     assert other.model.backbone.name == cfg.model.backbone.name == "resnet10t"
     assert "width" not in other.model.backbone
-    assert (
-        other.keep_epoch == "last" and cfg.keep_epoch == "best"
-    )  # round 12: the contest's partial validation
+    # round 12: the contest's partial validation split
+    assert other.keep_epoch == "last" and cfg.keep_epoch == "best"
 
 
 @pytest.mark.slow
