@@ -94,7 +94,7 @@ def draw(
         if len(groups) < n_train + 1 or n_train < 1:
             raise ValueError(
                 f"class {of_node[label]}: {len(groups)} group(s) in splits {splits}, "
-                f"need {train_fields} for training and at least 1 for test"
+                f"need {'at least 1' if at_most else train_fields} for training and at least 1 for test"
             )
         order = rng.permutation(len(groups))
         for rank, gi in enumerate(order):
