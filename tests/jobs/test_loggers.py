@@ -20,6 +20,9 @@ def test_wandb_offline_run(tiny_folder, tmp_path, monkeypatch):
     import wandb
 
     assert wandb.run is None, "the job must finish its W&B run (multirun would otherwise log one run)"
+    # finish() hands the records to W&B's service process, which may still be writing the offline file
+    # when it returns (CI once read a header-only file); teardown waits for it, as the process exit would
+    wandb.teardown()
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, os.listdir(run)
     records = list(runs[0].glob("*.wandb"))
