@@ -26,6 +26,7 @@ from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
 from .images import BadFile, load_image
 from .records import DatasetError, ImageRecord, read_single_label_folder
+from .samplers import ClassBalancedSampler, resolve_replicas
 from .splits import (
     SPLIT_MANIFEST,
     SPLITS,
@@ -49,6 +50,15 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 __all__ = ["RecordDataset", "RecordDataModule", "SingleLabelDataModule", "SyntheticDataModule"]
 
 log = logging.getLogger(__name__)
+
+# data.sampler: how training images are drawn (all but null draw with replacement, DDP-aware)
+SAMPLERS = {
+    None: "shuffle",
+    "none": "shuffle",
+    "balanced": "every class drawn equally often",
+    "groups": "every group (specimen, patient, field) equally often within its class; class shares as in the data",
+    "balanced_groups": "every class equally often, and every group equally often within its class",
+}
 
 
 def plain_dict(mapping: Any) -> dict[str, Any]:
@@ -142,9 +152,15 @@ class RecordDataModule(L.LightningDataModule):
         repeats: int = 1,
         repeat: int = 0,
         folds_manifest: str | None = None,
+        sampler: str | None = None,
     ):
         super().__init__()
         check_fold_settings(folds, fold, repeats, repeat, split_manifest)
+        if sampler not in SAMPLERS:
+            raise ValueError(
+                f"data.sampler={sampler!r} is not one of null (shuffle), "
+                + ", ".join(f"{k} ({v})" for k, v in SAMPLERS.items() if k)
+            )
         self.save_hyperparameters(logger=False, ignore=["train_augment", "batch_augment"])
         plain_hparams(self)
         # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
@@ -390,6 +406,12 @@ class RecordDataModule(L.LightningDataModule):
     def model_kwargs(self, loss_weights: bool = True) -> dict[str, Any]:
         """What a model built for this data needs to know: classes, input size, loss weights
         (from the training split only). Multi-label datamodules return ``pos_weight`` instead."""
+        if loss_weights and self.hparams.get("sampler") in ("balanced", "balanced_groups"):
+            log.warning(
+                "class_weighted_loss=true with data.sampler=%s weighs the classes twice (the draws are "
+                "already class-balanced): set class_weighted_loss=false unless that is meant",
+                self.hparams.sampler,
+            )
         return {
             "class_names": self.class_names,
             "image_size": self.hparams.image_size,
@@ -435,7 +457,27 @@ class RecordDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        kind = self.hparams.get("sampler")
+        if not kind:
+            return self._loader("train", shuffle=True)
+        ds = self.dataset("train")
+        trainer = getattr(self, "trainer", None)
+        world, rank = (
+            (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else resolve_replicas()
+        )
+        sampler = ClassBalancedSampler(
+            ds.targets,
+            num_replicas=world,
+            rank=rank,
+            seed=self.hparams.seed,
+            groups=[r.group for r in ds.records] if kind in ("groups", "balanced_groups") else None,
+            equal_classes=kind in ("balanced", "balanced_groups"),
+        )
+        bs, n = self.hparams.batch_size, len(sampler)
+        # as for the shuffled loader: a last training batch of one image breaks batch norm
+        return DataLoader(
+            ds, batch_size=bs, sampler=sampler, drop_last=n > bs and n % bs == 1, **self.loader_kwargs()
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

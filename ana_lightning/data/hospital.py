@@ -19,7 +19,7 @@ from .datamodules import RecordDataModule
 from .hospital_records import _parse_group_level, _read_hospital, read_hospital_folder, read_labels_csv
 from .images import BadFile
 from .records import DatasetError, ImageRecord, read_single_label_folder
-from .samplers import ClassBalancedSampler, MixedRatioSampler, resolve_replicas
+from .samplers import MixedRatioSampler, resolve_replicas
 from .splits import SPLITS, check_no_leakage, match_manifest, split_records
 
 __all__ = [
@@ -89,7 +89,8 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
             ``hospital_root`` when given, else to the CSV's folder).
         strict: tokens in label names that are not AC codes are an error (``false``: ignored, logged).
         group_level: the split group: ``auto``, ``none`` or a folder depth (see :func:`read_hospital_folder`).
-        sampler: ``null`` (shuffle) or ``balanced`` (:class:`ClassBalancedSampler`, DDP-aware).
+
+    ``sampler`` (``balanced``: classes drawn equally often, DDP-aware) is :class:`RecordDataModule`'s.
     """
 
     def __init__(
@@ -98,7 +99,6 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
         labels_csv: str | None = None,
         strict: bool = True,
         group_level: str | int | None = "auto",
-        sampler: str | None = None,
         root: str | None = None,
         **kwargs,
     ):
@@ -113,13 +113,10 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
                 "data.hospital_root is not set: give the folder of labelled sub-folders (data.hospital_root=/path/to/export) "
                 "or a CSV (data.labels_csv=<file with path,labels,group>)"
             )
-        if sampler not in (None, "none", "balanced"):
-            raise ValueError(f"data.sampler must be null or 'balanced', got {sampler!r}")
         self._root = Path(hospital_root).expanduser() if hospital_root else None
         self.labels_csv = labels_csv
         self.strict = bool(strict)
         self.group_level = _parse_group_level(group_level)
-        self.sampler = None if sampler in (None, "none") else sampler
 
     @property
     def root(self) -> Path:
@@ -128,16 +125,6 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
         return _read_hospital(
             self._root, self.labels_csv, self.tree, self.strict, self.group_level, self.hparams.on_bad_file
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        if self.sampler != "balanced":
-            return super().train_dataloader()
-        ds = self.dataset("train")
-        world, rank = _replicas(self)
-        sampler = ClassBalancedSampler(ds.targets, num_replicas=world, rank=rank, seed=self.hparams.seed)
-        return DataLoader(
-            ds, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=False, **self.loader_kwargs()
         )
 
 
@@ -186,6 +173,11 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
             raise ValueError(
                 f"data=mixed reads data.single_root and data.hospital_root; data.root={root} is not used "
                 "(for one folder use data=single_label or data=hospital)"
+            )
+        if self.hparams.get("sampler") not in (None, "none"):
+            raise ValueError(
+                f"data=mixed draws its batches by data.mix_ratio; data.sampler={self.hparams.sampler} "
+                "cannot be used with it (leave it null)"
             )
         # Fails early, with the values named, if the ratio leaves no hospital image in a batch.
         MixedRatioSampler(range(1), range(1, 2), self.hparams.batch_size, mix_ratio, num_replicas=1, rank=0)

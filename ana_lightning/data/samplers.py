@@ -24,7 +24,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["MixedRatioSampler", "ClassBalancedSampler", "single_per_batch", "resolve_replicas"]
+__all__ = [
+    "MixedRatioSampler",
+    "ClassBalancedSampler",
+    "balance_weights",
+    "single_per_batch",
+    "resolve_replicas",
+]
 
 
 def resolve_replicas(num_replicas: int | None = None, rank: int | None = None) -> tuple[int, int]:
@@ -39,6 +45,35 @@ def resolve_replicas(num_replicas: int | None = None, rank: int | None = None) -
     if num_replicas < 1 or not 0 <= rank < num_replicas:
         raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
     return int(num_replicas), int(rank)
+
+
+def balance_weights(
+    targets: torch.Tensor, groups: Sequence | None = None, equal_classes: bool = True
+) -> torch.Tensor:
+    """Draw weights of multi-hot ``targets`` ``(N, K)``: a sample's weight is the largest, over its
+    classes ``c``, of ``share_c / G_c / n_cg``, where ``share_c`` is ``1`` (``equal_classes``) or the
+    class's count ``n_c``, ``G_c`` the number of groups holding ``c`` and ``n_cg`` the samples of ``c``
+    in the sample's group (without ``groups``: ``G_c = 1``, ``n_cg = n_c``). Unnormalised, float64.
+    """
+    t = (torch.as_tensor(targets) > 0).double()
+    n = len(t)
+    if groups is None:
+        gid = torch.zeros(n, dtype=torch.long)
+    else:
+        groups = list(groups)
+        if len(groups) != n:
+            raise ValueError(f"groups must name the group of each of the {n} samples, got {len(groups)}")
+        # a sample without a group is a group of its own
+        keys = [("group", g) if g is not None else ("sample", i) for i, g in enumerate(groups)]
+        index = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+        gid = torch.tensor([index[k] for k in keys], dtype=torch.long)
+    per_group = torch.zeros(int(gid.max()) + 1, t.shape[1], dtype=torch.float64).index_add_(0, gid, t)
+    n_c = per_group.sum(0)  # samples per class
+    g_c = (per_group > 0).sum(0).double()  # groups holding each class
+    share = torch.ones_like(n_c) if equal_classes else n_c
+    n_cg = per_group[gid]  # (N, K): samples of each class in the sample's group
+    w = torch.where(t > 0, share / g_c.clamp(min=1) / n_cg.clamp(min=1), torch.zeros_like(t))
+    return w.max(dim=1).values
 
 
 def single_per_batch(mix_ratio: float, batch_size: int) -> int:
@@ -166,13 +201,24 @@ class ClassBalancedSampler(DistributedSampler):
     ``seed + epoch`` (identical on every rank) and rank ``r`` takes every ``world_size``-th draw
     starting at ``r``: the shards are disjoint slices of one draw and have equal lengths.
 
+    With ``groups`` (the specimen, patient or field of every sample) each class's share is split
+    equally between the groups that hold it, so a specimen of 500 cells is drawn as often as one of
+    130 cells of the same class. ``equal_classes=False`` keeps the classes' shares as in the data
+    (only the groups are balanced); a sample whose group is ``None`` is a group of its own.
+
     Args:
         targets: class indices ``(N,)`` or a multi-hot matrix ``(N, K)``.
         num_samples: draws per epoch over all ranks (default ``N``).
         num_replicas, rank, seed: as for :class:`MixedRatioSampler`.
+        groups: ``N`` group names (or ``None`` entries), or ``None``: no group balance.
+        equal_classes: every class drawn equally often (``True``) or as often as in the data.
 
     >>> s = ClassBalancedSampler(torch.tensor([0] * 90 + [1] * 10), num_samples=1000)
     >>> rare = sum(i >= 90 for i in s); 400 < rare < 600  # class 1 is 10 % of the data, ~50 % of the draws
+    True
+    >>> g = ["a"] * 80 + ["b"] * 20  # one class, two specimens of 80 and 20
+    >>> s = ClassBalancedSampler(torch.zeros(100, dtype=torch.long), 1000, groups=g, equal_classes=False)
+    >>> small = sum(i >= 80 for i in s); 400 < small < 600  # specimen b: 20 % of the cells, ~50 % of the draws
     True
     """
 
@@ -183,6 +229,8 @@ class ClassBalancedSampler(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
+        groups: Sequence | None = None,
+        equal_classes: bool = True,
     ):
         t = torch.as_tensor(np.asarray(targets))
         if t.ndim == 1:
@@ -191,9 +239,7 @@ class ClassBalancedSampler(DistributedSampler):
             raise ValueError(f"targets must be a non-empty (N,) or (N, K) array, got shape {tuple(t.shape)}")
         t = (t > 0).float()
         t = torch.cat([t, (t.sum(1, keepdim=True) == 0).float()], dim=1)  # "no label" as a class of its own
-        counts = t.sum(0)
-        inv = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
-        self.weights = (t * inv).max(dim=1).values.double()
+        self.weights = balance_weights(t, groups, equal_classes)
         num_replicas, rank = resolve_replicas(num_replicas, rank)
         super().__init__(
             range(len(t)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False

@@ -223,3 +223,77 @@ def test_lightning_keeps_the_sampler_under_ddp_spawn(tiny_mixed, tmp_path):
     )
     trainer.fit(_Recorder(str(tmp_path), dm.num_classes), datamodule=dm)
     _check_runs(tmp_path, single, n_hosp, world=2, epochs=2)
+
+
+# ---------------------------------------------------------------------------- group balance
+def test_group_balance_weights():
+    from ana_lightning.data.samplers import balance_weights
+
+    # class 0: specimens a (60 samples) and b (20); class 1: specimen c (20) and 10 samples without a group
+    t = torch.zeros(110, 2)
+    t[:80, 0] = 1
+    t[80:, 1] = 1
+    groups = ["a"] * 60 + ["b"] * 20 + ["c"] * 20 + [None] * 10
+    share = {}
+    for equal in (True, False):
+        w = balance_weights(t, groups, equal_classes=equal)
+        p = w / w.sum()
+        share[equal] = {"a": p[:60].sum(), "b": p[60:80].sum(), "c": p[80:100].sum(), "none": p[100:].sum()}
+        assert torch.allclose(p[:60], p[0].expand(60)) and torch.allclose(p[60:80], p[60].expand(20))
+    # classes equal: 1/2 each; class 0 split between its 2 specimens, class 1 between c and 10 one-sample groups
+    assert share[True]["a"] == pytest.approx(0.25) and share[True]["b"] == pytest.approx(0.25)
+    assert share[True]["c"] == pytest.approx(0.5 / 11) and share[True]["none"] == pytest.approx(0.5 * 10 / 11)
+    # class shares as in the data (80 : 30), specimens equal within each class
+    assert share[False]["a"] == pytest.approx(40 / 110) and share[False]["b"] == pytest.approx(40 / 110)
+    # without groups: classes equal is the old class balance (1 / n_c), and otherwise every sample alike
+    assert torch.allclose(balance_weights(t), torch.where(t[:, 0] > 0, 1 / 80, 1 / 30).double())
+    assert torch.allclose(balance_weights(t, equal_classes=False), torch.ones(110, dtype=torch.float64))
+    with pytest.raises(ValueError, match="group of each of the 110 samples, got 3"):
+        balance_weights(t, ["a", "b", "c"])
+
+
+def test_datamodule_sampler_draws_specimens_equally(tmp_path):
+    """data.sampler=groups on I3A cells: a specimen of 40 cells is drawn as often as one of 10 of its class."""
+    from contest_fixtures import i3a_contest_datamodule, write_specimens
+
+    specs = [("homogeneous", 40, 40), ("homogeneous", 10, 90), ("speckled", 20, 60), ("speckled", 20, 120)]
+    specs += [(c, 6, level) for c in ("homogeneous", "speckled") for level in (70, 100)]  # val, test
+    root = write_specimens(tmp_path / "i3a", specs, specimen_column=True)
+    first = i3a_contest_datamodule(root)
+    first.setup()
+    first.write_reports(tmp_path / "run")
+    manifest = (tmp_path / "run" / "split_manifest.csv").read_text().splitlines()
+    split_of = {"spec4": "val", "spec5": "test", "spec6": "val", "spec7": "test"}  # spec0-3 train
+    rows = [manifest[0]]
+    for line in manifest[1:]:
+        fields = line.split(",")
+        fields[2] = split_of.get(fields[4], "train")
+        rows.append(",".join(fields))
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    dm = i3a_contest_datamodule(
+        root, split_manifest=str(tmp_path / "split.csv"), sampler="groups", batch_size=8, seed=3
+    )
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, ClassBalancedSampler)
+    ds = loader.dataset
+    groups = [r.group for r in ds.records]
+    assert len(set(groups)) == 4
+    draws = Counter()
+    for epoch in range(40):
+        loader.sampler.set_epoch(epoch)
+        draws.update(groups[i] for i in loader.sampler)
+    by_class: dict[str, list[int]] = {}
+    for g, n in draws.items():
+        by_class.setdefault(next(r.label for r in ds.records if r.group == g), []).append(n)
+    for counts in by_class.values():  # within a class the specimens are drawn alike, whatever their size
+        assert len(counts) == 2 and abs(counts[0] - counts[1]) < 0.15 * sum(counts), draws
+    with pytest.raises(ValueError, match="data.sampler='specimens' is not one of null.*balanced_groups"):
+        i3a_contest_datamodule(root, sampler="specimens")
+
+
+def test_mixed_data_refuses_another_sampler(tmp_path):
+    from ana_lightning.data.hospital import MixedDataModule
+
+    with pytest.raises(ValueError, match="draws its batches by data.mix_ratio; data.sampler=balanced"):
+        MixedDataModule(sampler="balanced", cache_dir=str(tmp_path))
