@@ -215,6 +215,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     metrics: dict[str, float] = {}
     cal: dict[str, float] = {}
+    best: dict[str, float] = {}
     if cfg.get("train", True) and finished is None:
         trust = bool(cfg.get("trust_checkpoint"))
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
@@ -224,6 +225,8 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             mark_finished(trainer, run_dir)
         cal = _calibrate(cfg, trainer, dm) if validates else {}  # fitted only when this call trained
         metrics.update(cal)
+        best = _best_validation(trainer)
+        metrics.update(best)
     ckpt = (
         trainer.checkpoint_callback.best_model_path
         if isinstance(trainer.checkpoint_callback, ModelCheckpoint)
@@ -252,6 +255,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if trainer.is_global_zero:
             test_metrics.update(report_test_calibration(model, dm, dm.splits["test"], run_dir))
             test_metrics.update(cal)  # val/temperature, val/ece: how the served probabilities were calibrated
+            test_metrics.update(best)  # e.g. val/mca_best: what a choice made on validation compares
         if callable(getattr(dm, "split_flags", None)):
             test_metrics.update(dm.split_flags("test"))  # test images sharing a group with train (0 = clean)
         metrics.update(test_metrics)
@@ -270,6 +274,18 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         lg.finalize("success")
     finish_wandb()
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
+
+
+def _best_validation(trainer: L.Trainer) -> dict[str, float]:
+    """``<monitor>_best`` (e.g. ``val/mca_best``): the best value of each monitored validation metric
+    over the epochs, the score of the ``best-*`` checkpoint. It goes into ``metrics.json``, so a choice
+    made on validation compares sweeps with ``ana-compare 'metrics=[val/mca_best]'``."""
+    out = {}
+    for cb in trainer.checkpoint_callbacks:
+        score = getattr(cb, "best_model_score", None)
+        if getattr(cb, "monitor", None) and score is not None and torch.isfinite(score):
+            out[f"{cb.monitor}_best"] = float(score)
+    return out
 
 
 def _calibrate(cfg: DictConfig, trainer: L.Trainer, dm) -> dict[str, float]:

@@ -1,6 +1,10 @@
 """Loggers: W&B offline writes a local run with the metrics; TensorBoard and CSV write their files."""
 
+import csv
+import json
 import os
+
+import pytest
 
 from ana_lightning.pipeline import train
 
@@ -36,9 +40,14 @@ def test_tensorboard_and_csv(tiny_folder, tmp_path):
     run = tmp_path / "run"
     cfg = compose(
         "train",
-        tiny_train_overrides(tiny_folder, epochs=1) + ["logger=many_loggers", "~logger.wandb"],
+        tiny_train_overrides(tiny_folder, epochs=2) + ["logger=many_loggers", "~logger.wandb"],
         output_dir=run,
     )
     train(cfg)
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
-    assert "val/mca" in (run / "csv" / "metrics.csv").read_text()
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        curve = [float(r["val/mca"]) for r in csv.DictReader(f) if r.get("val/mca")]
+    assert len(curve) == 2
+    # metrics.json holds the best validation score beside the test figures (what ana-compare reads)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["val/mca_best"] == pytest.approx(max(curve), abs=1e-6)
