@@ -1,0 +1,131 @@
+"""Does dihedral test-time augmentation help the fold models of a cross-validation sweep?
+
+    python experiments/i3a_cells/tta_check.py outputs/cv_base                  # validation cells: to choose
+    python experiments/i3a_cells/tta_check.py outputs/cv_base --split test     # test cells: once chosen
+    python experiments/i3a_cells/tta_check.py outputs/<run> [outputs/<run2> ...] --out table.md
+
+Each run's kept checkpoint (``best_checkpoint.txt``, else its ``best-``/``final-`` checkpoint) reads its
+own ``--split`` cells twice: as trained (``model.backbone.cell_input.tta`` off) and with the mean logits
+of the 8 flips / 90° rotations (on). No training. The table pairs the two by run (fold): MCA without and
+with TTA, their difference, the mean difference with its 95 % t-interval, in how many folds TTA is higher,
+and the inference time per cell both ways on this machine. On ``val`` it also lists the run's own logged
+best validation MCA, which the figure without TTA must equal (the same cells, the same checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from ablation import DEFAULT_ROOT, batched, best_checkpoint, mca, model_input, read_cells, split_cells  # noqa: E402
+
+
+def run_dirs(paths: list[Path]) -> list[Path]:
+    """Run folders: a sweep folder stands for its numbered job folders (0, 1, …), in order."""
+    runs = []
+    for p in paths:
+        jobs = sorted((d for d in p.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+        runs += jobs if (p / "multirun.yaml").is_file() or (p / "folds_manifest.csv").is_file() else [p]
+    if not runs:
+        sys.exit(f"no run folders in {', '.join(map(str, paths))}")
+    return runs
+
+
+def logged_best_val(run: Path) -> float | None:
+    """The best ``val/mca`` the run logged (``csv/**/metrics.csv``), or None without a CSV log."""
+    logs = sorted(run.glob("csv/**/metrics.csv"))
+    if not logs:
+        return None
+    with open(logs[-1], newline="") as f:
+        vals = [float(r["val/mca"]) for r in csv.DictReader(f) if r.get("val/mca")]
+    return max(vals) if vals else None
+
+
+def check_run(run: Path, root: Path, split: str) -> dict:
+    """MCA of ``run``'s kept checkpoint on its ``split`` cells without and with TTA, and seconds per cell."""
+    from ana_lightning.utils import load_checkpoint_model
+
+    model = load_checkpoint_model(best_checkpoint(run))
+    model.eval()
+    net = model.net
+    if not hasattr(net, "tta"):
+        sys.exit(f"{run}: the network has no CellInput, so no TTA switch (not a cell recipe run)")
+    paths, labels, _ = split_cells(run, root, split)
+    if not paths:
+        sys.exit(f"{run}: its split_manifest.csv has no {split} cells")
+    names = list(model.class_names)
+    y = np.array([names.index(c) for c in labels])
+    x = model_input(model, run, read_cells(paths))
+    row: dict = {"run": str(run), "cells": len(y)}
+    for tta in (False, True):
+        net.tta = tta
+        t0 = time.perf_counter()
+        pred = batched(model, x).argmax(-1).numpy()
+        key = "tta" if tta else "plain"
+        row[key] = mca(y, pred, len(names))
+        row[f"{key}_ms_per_cell"] = 1000 * (time.perf_counter() - t0) / len(y)
+    row["logged_best_val"] = logged_best_val(run) if split == "val" else None
+    return row
+
+
+def table(rows: list[dict], split: str) -> str:
+    from scipy import stats
+
+    d = np.array([r["tta"] - r["plain"] for r in rows])
+    lines = [
+        f"Dihedral TTA (8 views) on each run's {split} cells, paired by run",
+        "",
+        "| run | cells | MCA, as trained | MCA, TTA | TTA − as trained |"
+        + (" logged best val MCA |" if split == "val" else ""),
+        "|---|---|---|---|---|" + ("---|" if split == "val" else ""),
+    ]
+    for r in rows:
+        logged = r["logged_best_val"]
+        lines.append(
+            f"| {Path(r['run']).parent.name}/{Path(r['run']).name} | {r['cells']} | {r['plain']:.3f} | {r['tta']:.3f} "
+            f"| {r['tta'] - r['plain']:+.3f} |"
+            + ((f" {logged:.3f} |" if logged is not None else " – |") if split == "val" else "")
+        )
+    plain, tta = np.mean([r["plain"] for r in rows]), np.mean([r["tta"] for r in rows])
+    if len(d) > 1:
+        h = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        interval = f" [{d.mean() - h:+.3f}, {d.mean() + h:+.3f}]"
+    else:
+        interval = ""
+    lines.append(
+        f"| **mean** | | {plain:.3f} | {tta:.3f} | **{d.mean():+.3f}**{interval}; higher in {(d > 0).sum()} of {len(d)} |"
+        + (" |" if split == "val" else "")
+    )
+    ms_plain = np.mean([r["plain_ms_per_cell"] for r in rows])
+    ms_tta = np.mean([r["tta_ms_per_cell"] for r in rows])
+    lines += ["", f"Inference on this machine: {ms_plain:.2f} ms per cell as trained, {ms_tta:.2f} ms with TTA."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+", help="run folders, or sweep folders (their numbered jobs)")
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the cells' folder (the runs' data.root)")
+    ap.add_argument("--split", default="val", choices=["val", "test"], help="choose on val; test once chosen")
+    ap.add_argument("--out", type=Path, help="also write the table to this file")
+    args = ap.parse_args()
+    rows = [check_run(run, args.root, args.split) for run in run_dirs(args.runs)]
+    text = table(rows, args.split)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
