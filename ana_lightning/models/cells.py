@@ -301,7 +301,10 @@ class CellInput(nn.Module):
         mask: how the dataset delivers the mask: ``channel`` | ``apply`` | ``none``.
         normalize: per-cell normalisation on (``false`` = the raw ``[0, 1]`` cell reaches the body).
         percentile: the intensity percentile inside the mask that becomes 1.
-        tta: in eval mode, average the logits of the 8 dihedral views.
+        tta: in eval mode, average the logits of the 8 dihedral views. The validation passes inside
+            training (which pick the kept epoch) read the plain view: the module sets ``tta_paused``
+            for them (:meth:`~ana_lightning.models.base.ANAModule.on_validation_start`); testing,
+            ``ana-eval``, prediction and export average the 8 views.
         background: subtract each cell's background level before scaling (:func:`cell_normalize`);
             off by default, so checkpoints trained without it load and predict as before.
         equalize: the second input channel is the cell's rank image (:func:`cell_equalize`);
@@ -335,6 +338,7 @@ class CellInput(nn.Module):
             float(percentile),
             bool(tta),
         )
+        self.tta_paused = False  # set by the LightningModule during training's validation passes
         self.background = bool(background)
         self.equalize = bool(equalize)
         self.tophat = int(tophat)
@@ -383,7 +387,7 @@ class CellInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prepare(x)
-        if self.tta and not self.training and x.shape[-1] == x.shape[-2]:
+        if self.tta and not self.tta_paused and not self.training and x.shape[-1] == x.shape[-2]:
             return torch.stack([self.body(v) for v in dihedral_views(x)]).mean(0)
         return self.body(x)
 

@@ -299,6 +299,39 @@ def _tiny_recipe(tmp_path: Path, *overrides: str):
     return root, compose("train", [*base, *small, *overrides], output_dir=tmp_path / "run")
 
 
+def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypatch):
+    """cell_input.tta: the validation passes inside fit (they pick the kept epoch) read one view;
+    testing averages the 8 dihedral views."""
+    from ana_lightning.models import cells
+    from ana_lightning.models.classifier import SoftmaxClassifier
+    from ana_lightning.pipeline import train
+
+    calls = {"n": 0}
+    real = cells.dihedral_views
+
+    def counting(x):
+        calls["n"] += 1
+        return real(x)
+
+    monkeypatch.setattr(cells, "dihedral_views", counting)
+    steps = []
+    for stage in ("validation_step", "test_step"):
+
+        def wrapped(self, batch, batch_idx, _orig=getattr(SoftmaxClassifier, stage), _stage=stage):
+            before = calls["n"]
+            out = _orig(self, batch, batch_idx)
+            steps.append((_stage, self.trainer.state.fn == "fit", calls["n"] - before))
+            return out
+
+        monkeypatch.setattr(SoftmaxClassifier, stage, wrapped)
+    _, cfg = _tiny_recipe(tmp_path, "model.backbone.cell_input.tta=true")
+    train(cfg)
+    in_fit = [n for s, fitting, n in steps if s == "validation_step" and fitting]
+    tested = [n for s, _, n in steps if s == "test_step"]
+    assert in_fit and all(n == 0 for n in in_fit), steps
+    assert tested and all(n == 1 for n in tested), steps
+
+
 def test_recipe_trains_end_to_end(tmp_path, capsys):
     from ana_lightning.pipeline import train
 
