@@ -109,7 +109,10 @@ def table(rows: list[dict], split: str) -> str:
     )
     ms_plain = np.mean([r["plain_ms_per_cell"] for r in rows])
     ms_tta = np.mean([r["tta_ms_per_cell"] for r in rows])
-    lines += ["", f"Inference on this machine: {ms_plain:.2f} ms per cell as trained, {ms_tta:.2f} ms with TTA."]
+    lines += [
+        "",
+        f"Inference on this machine: {ms_plain:.2f} ms per cell as trained, {ms_tta:.2f} ms with TTA.",
+    ]
     return "\n".join(lines) + "\n"
 
 

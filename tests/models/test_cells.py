@@ -315,15 +315,20 @@ def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypa
 
     monkeypatch.setattr(cells, "dihedral_views", counting)
     steps = []
-    for stage in ("validation_step", "test_step"):
 
-        def wrapped(self, batch, batch_idx, _orig=getattr(SoftmaxClassifier, stage), _stage=stage):
+    def counted(stage):
+        original = getattr(SoftmaxClassifier, stage)
+
+        def wrapped(self, batch, batch_idx):
             before = calls["n"]
-            out = _orig(self, batch, batch_idx)
-            steps.append((_stage, self.trainer.state.fn == "fit", calls["n"] - before))
+            out = original(self, batch, batch_idx)
+            steps.append((stage, self.trainer.state.fn == "fit", calls["n"] - before))
             return out
 
-        monkeypatch.setattr(SoftmaxClassifier, stage, wrapped)
+        return wrapped
+
+    for stage in ("validation_step", "test_step"):
+        monkeypatch.setattr(SoftmaxClassifier, stage, counted(stage))
     _, cfg = _tiny_recipe(tmp_path, "model.backbone.cell_input.tta=true")
     train(cfg)
     in_fit = [n for s, fitting, n in steps if s == "validation_step" and fitting]
