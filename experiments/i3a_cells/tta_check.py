@@ -5,17 +5,20 @@
     python experiments/i3a_cells/tta_check.py outputs/<run> [outputs/<run2> ...] --out table.md
 
 Each run's kept checkpoint (``best_checkpoint.txt``, else its ``best-``/``final-`` checkpoint) reads its
-own ``--split`` cells twice: as trained (``model.backbone.cell_input.tta`` off) and with the mean logits
+own ``--split`` cells twice: one view (``model.backbone.cell_input.tta`` off) and with the mean logits
 of the 8 flips / 90° rotations (on). No training. The table pairs the two by run (fold): MCA without and
 with TTA, their difference, the mean difference with its 95 % t-interval, in how many folds TTA is higher,
-and the inference time per cell both ways on this machine. On ``val`` it also lists the run's own logged
-best validation MCA, which the figure without TTA must equal (the same cells, the same checkpoint).
+and the inference time per cell both ways on this machine. It also lists the run's own figure for those
+cells (its best logged ``val/mca``, or ``test/mca`` from ``metrics.json``), which the figure without TTA must
+equal when the run evaluated one view (the same cells, the same checkpoint). The cells are read from
+each run's own ``data.root`` unless ``--root`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 import time
@@ -42,14 +45,28 @@ def run_dirs(paths: list[Path]) -> list[Path]:
     return runs
 
 
-def logged_best_val(run: Path) -> float | None:
-    """The best ``val/mca`` the run logged (``csv/**/metrics.csv``), or None without a CSV log."""
+def logged(run: Path, split: str) -> float | None:
+    """What the run itself logged for these cells: on ``val`` its best ``val/mca`` (``csv/**/metrics.csv``),
+    on ``test`` its ``test/mca`` (``metrics.json``); None when it has no such record."""
+    if split == "test":
+        path = run / "metrics.json"
+        return json.loads(path.read_text()).get("test/mca") if path.is_file() else None
     logs = sorted(run.glob("csv/**/metrics.csv"))
     if not logs:
         return None
     with open(logs[-1], newline="") as f:
         vals = [float(r["val/mca"]) for r in csv.DictReader(f) if r.get("val/mca")]
     return max(vals) if vals else None
+
+
+def run_root(run: Path) -> Path:
+    """The cells' folder a run trained on: its resolved ``data.root`` (relative to where it ran, here)."""
+    import yaml
+
+    root = (yaml.safe_load(open(run / "config_resolved.yaml")).get("data") or {}).get("root")
+    if not root:
+        sys.exit(f"{run}: its config_resolved.yaml names no data.root; give --root")
+    return Path(root)
 
 
 def check_run(run: Path, root: Path, split: str) -> dict:
@@ -75,7 +92,7 @@ def check_run(run: Path, root: Path, split: str) -> dict:
         key = "tta" if tta else "plain"
         row[key] = mca(y, pred, len(names))
         row[f"{key}_ms_per_cell"] = 1000 * (time.perf_counter() - t0) / len(y)
-    row["logged_best_val"] = logged_best_val(run) if split == "val" else None
+    row["logged"] = logged(run, split)
     return row
 
 
@@ -86,16 +103,14 @@ def table(rows: list[dict], split: str) -> str:
     lines = [
         f"Dihedral TTA (8 views) on each run's {split} cells, paired by run",
         "",
-        "| run | cells | MCA, as trained | MCA, TTA | TTA − as trained |"
-        + (" logged best val MCA |" if split == "val" else ""),
-        "|---|---|---|---|---|" + ("---|" if split == "val" else ""),
+        "| run | cells | MCA, one view | MCA, TTA | TTA − one view | the run's own figure |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        logged = r["logged_best_val"]
+        own = r["logged"]
         lines.append(
             f"| {Path(r['run']).parent.name}/{Path(r['run']).name} | {r['cells']} | {r['plain']:.3f} | {r['tta']:.3f} "
-            f"| {r['tta'] - r['plain']:+.3f} |"
-            + ((f" {logged:.3f} |" if logged is not None else " – |") if split == "val" else "")
+            f"| {r['tta'] - r['plain']:+.3f} |" + (f" {own:.3f} |" if own is not None else " – |")
         )
     plain, tta = np.mean([r["plain"] for r in rows]), np.mean([r["tta"] for r in rows])
     if len(d) > 1:
@@ -104,14 +119,13 @@ def table(rows: list[dict], split: str) -> str:
     else:
         interval = ""
     lines.append(
-        f"| **mean** | | {plain:.3f} | {tta:.3f} | **{d.mean():+.3f}**{interval}; higher in {(d > 0).sum()} of {len(d)} |"
-        + (" |" if split == "val" else "")
+        f"| **mean** | | {plain:.3f} | {tta:.3f} | **{d.mean():+.3f}**{interval}; higher in {(d > 0).sum()} of {len(d)} | |"
     )
     ms_plain = np.mean([r["plain_ms_per_cell"] for r in rows])
     ms_tta = np.mean([r["tta_ms_per_cell"] for r in rows])
     lines += [
         "",
-        f"Inference on this machine: {ms_plain:.2f} ms per cell as trained, {ms_tta:.2f} ms with TTA.",
+        f"Inference on this machine: {ms_plain:.2f} ms per cell with one view, {ms_tta:.2f} ms with TTA.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -119,11 +133,15 @@ def table(rows: list[dict], split: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path, nargs="+", help="run folders, or sweep folders (their numbered jobs)")
-    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the cells' folder (the runs' data.root)")
+    ap.add_argument(
+        "--root",
+        type=Path,
+        help=f"the cells' folder (default: each run's own data.root; else {DEFAULT_ROOT})",
+    )
     ap.add_argument("--split", default="val", choices=["val", "test"], help="choose on val; test once chosen")
     ap.add_argument("--out", type=Path, help="also write the table to this file")
     args = ap.parse_args()
-    rows = [check_run(run, args.root, args.split) for run in run_dirs(args.runs)]
+    rows = [check_run(run, args.root or run_root(run), args.split) for run in run_dirs(args.runs)]
     text = table(rows, args.split)
     print(text)
     if args.out:

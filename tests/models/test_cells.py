@@ -329,12 +329,22 @@ def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypa
 
     for stage in ("validation_step", "test_step"):
         monkeypatch.setattr(SoftmaxClassifier, stage, counted(stage))
-    _, cfg = _tiny_recipe(tmp_path, "model.backbone.cell_input.tta=true")
-    train(cfg)
+    root, cfg = _tiny_recipe(tmp_path, "model.backbone.cell_input.tta=true")
+    metrics, _ = train(cfg)
     in_fit = [n for s, fitting, n in steps if s == "validation_step" and fitting]
     tested = [n for s, _, n in steps if s == "test_step"]
     assert in_fit and all(n == 0 for n in in_fit), steps
     assert tested and all(n == 1 for n in tested), steps
+    # tta_check.py reads the run's kept model on its test cells both ways; the TTA figure is the run's own
+    monkeypatch.undo()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from tta_check import check_run
+
+    row = check_run(tmp_path / "run", root, "test")
+    assert (
+        row["tta"] == pytest.approx(metrics["test/mca"], abs=1e-6) == pytest.approx(row["logged"], abs=1e-6)
+    )
+    assert row["cells"] > 0 and 0.0 <= row["plain"] <= 1.0
 
 
 def test_recipe_trains_end_to_end(tmp_path, capsys):
