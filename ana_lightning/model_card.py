@@ -282,10 +282,26 @@ def _cell_input(ckpt_path: Path) -> list[str]:
         if frac
         else "cut as the training cells were (no re-framing: `data.crop_fraction` unset)"
     )
-    return [
+    lines = [
         f"- Cell crops, not fields: one segmented cell per image, {cut}, with {mask}. `ana-predict` and "
         "`ana-app` cut a field's cells that way; other software must do the same"
     ]
+    if _cell_tta(ckpt_path):
+        lines.append(
+            "- The model reads each cell in its 8 flips and 90° rotations and averages the logits itself "
+            "(dihedral test-time augmentation, `model.backbone.cell_input.tta`): pass each cell once"
+        )
+    return lines
+
+
+def _cell_tta(ckpt_path: Path) -> bool:
+    """Whether the checkpoint's cell network averages the 8 dihedral views at evaluation."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        cell_input = ckpt["hyper_parameters"]["backbone"]["cell_input"]
+        return bool(cell_input.get("tta"))
+    except Exception:  # noqa: BLE001 - a checkpoint that does not say: no line
+        return False
 
 
 def write_model_card(

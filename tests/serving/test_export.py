@@ -198,6 +198,7 @@ def test_the_cell_recipe_model_exports_to_onnx(tmp_path):
     assert result.max_abs_diff < 1e-4
     card = result.card_path.read_text()  # a lab with the ONNX file learns how to cut its cells
     assert "mask's bounding box spans 0.7 of the side" in card and "mask in the blue channel" in card
+    assert "8 flips and 90° rotations and averages the logits itself" in card  # a lab must not do TTA twice
     # cells as the datamodule gives them: [0, 1] intensity, the mask in blue; one cell without mask pixels
     cells = torch.rand(4, 3, 32, 32) * 0.2
     cells[:, 2] = 0.0
