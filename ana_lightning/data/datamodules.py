@@ -456,15 +456,19 @@ class RecordDataModule(L.LightningDataModule):
             **self.loader_kwargs(),
         )
 
+    def replicas(self) -> tuple[int, int]:
+        """World size and rank for a sampler that shards itself: the trainer's, else torch.distributed's."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.world_size), int(trainer.global_rank)
+        return resolve_replicas()
+
     def train_dataloader(self) -> DataLoader:
         kind = self.hparams.get("sampler")
         if not kind:
             return self._loader("train", shuffle=True)
         ds = self.dataset("train")
-        trainer = getattr(self, "trainer", None)
-        world, rank = (
-            (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else resolve_replicas()
-        )
+        world, rank = self.replicas()
         sampler = ClassBalancedSampler(
             ds.targets,
             num_replicas=world,

@@ -19,7 +19,7 @@ from .datamodules import RecordDataModule
 from .hospital_records import _parse_group_level, _read_hospital, read_hospital_folder, read_labels_csv
 from .images import BadFile
 from .records import DatasetError, ImageRecord, read_single_label_folder
-from .samplers import MixedRatioSampler, resolve_replicas
+from .samplers import MixedRatioSampler
 from .splits import SPLITS, check_no_leakage, match_manifest, split_records
 
 __all__ = [
@@ -71,13 +71,6 @@ class MultiLabelTargets:
     ) -> dict[str, list[ImageRecord]]:
         """Rows matched by path, else by content (:func:`~.splits.match_manifest` with ``by_content``)."""
         return match_manifest(records, manifest, self.root, self.tree, by_content=True)
-
-
-def _replicas(dm: RecordDataModule) -> tuple[int, int]:
-    trainer = getattr(dm, "trainer", None)
-    if trainer is not None:
-        return int(trainer.world_size), int(trainer.global_rank)
-    return resolve_replicas()
 
 
 class HospitalDataModule(MultiLabelTargets, RecordDataModule):
@@ -332,7 +325,7 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
                     )
                 ],
             )
-        world, rank = _replicas(self)
+        world, rank = self.replicas()
         return MixedRatioSampler(
             single,
             hosp,
