@@ -166,6 +166,7 @@ class RecordDataModule(L.LightningDataModule):
         # augmentation=gpu: flips / 90° rotations / intensity on the device, per training batch
         # (on_after_batch_transfer), so the loader only serves cached, normalised images.
         self.batch_augment = batch_augment
+        self.sampler = None if sampler in (None, "none") else sampler  # data.sampler, "none" read as null
         self.tree = Taxonomy.load(tree)
         self.requested_classes = list(classes) if classes else None
         self.train_augment = train_augment
@@ -406,11 +407,11 @@ class RecordDataModule(L.LightningDataModule):
     def model_kwargs(self, loss_weights: bool = True) -> dict[str, Any]:
         """What a model built for this data needs to know: classes, input size, loss weights
         (from the training split only). Multi-label datamodules return ``pos_weight`` instead."""
-        if loss_weights and self.hparams.get("sampler") in ("balanced", "balanced_groups"):
+        if loss_weights and self.sampler in ("balanced", "balanced_groups"):
             log.warning(
                 "class_weighted_loss=true with data.sampler=%s weighs the classes twice (the draws are "
                 "already class-balanced): set class_weighted_loss=false unless that is meant",
-                self.hparams.sampler,
+                self.sampler,
             )
         return {
             "class_names": self.class_names,
@@ -464,8 +465,8 @@ class RecordDataModule(L.LightningDataModule):
         return resolve_replicas()
 
     def train_dataloader(self) -> DataLoader:
-        kind = self.hparams.get("sampler")
-        if not kind:
+        kind = self.sampler
+        if kind is None:
             return self._loader("train", shuffle=True)
         ds = self.dataset("train")
         world, rank = self.replicas()

@@ -167,9 +167,9 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
                 f"data=mixed reads data.single_root and data.hospital_root; data.root={root} is not used "
                 "(for one folder use data=single_label or data=hospital)"
             )
-        if self.hparams.get("sampler") not in (None, "none"):
+        if self.sampler is not None:
             raise ValueError(
-                f"data=mixed draws its batches by data.mix_ratio; data.sampler={self.hparams.sampler} "
+                f"data=mixed draws its batches by data.mix_ratio; data.sampler={self.sampler} "
                 "cannot be used with it (leave it null)"
             )
         # Fails early, with the values named, if the ratio leaves no hospital image in a batch.

@@ -288,6 +288,11 @@ def test_datamodule_sampler_draws_specimens_equally(tmp_path):
         by_class.setdefault(next(r.label for r in ds.records if r.group == g), []).append(n)
     for counts in by_class.values():  # within a class the specimens are drawn alike, whatever their size
         assert len(counts) == 2 and abs(counts[0] - counts[1]) < 0.15 * sum(counts), draws
+    # "none" is null: the plain shuffled loader, not draws with replacement
+    plain = i3a_contest_datamodule(
+        root, split_manifest=str(tmp_path / "split.csv"), sampler="none", batch_size=8
+    )
+    assert isinstance(plain.train_dataloader().sampler, torch.utils.data.RandomSampler)
     with pytest.raises(ValueError, match="data.sampler='specimens' is not one of null.*balanced_groups"):
         i3a_contest_datamodule(root, sampler="specimens")
 
