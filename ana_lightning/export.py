@@ -165,6 +165,14 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, in
     traced.save(str(path), _extra_files={f"{METADATA_KEY}.json": info.to_json()})
 
 
+def _cell_tta(model: nn.Module) -> dict[str, Any]:
+    """``{"cell_tta": True}`` when the model's cell input averages the 8 dihedral views at evaluation
+    (``model.backbone.cell_input.tta``): the exported graph does it, so callers pass each cell once."""
+    from .models.cells import CellInput
+
+    return {"cell_tta": True} if any(isinstance(m, CellInput) and m.tta for m in model.modules()) else {}
+
+
 def _class_nodes(ckpt_path: Path) -> dict[str, Any]:
     """``{"class_nodes": {class: ICAP tree label}}`` when the run stored them (contest classes such as
     ``Speckled`` are tree nodes, not AC codes), so ``ana-predict truth=`` scores the exported file as
@@ -258,7 +266,9 @@ def export_model(
     info = ModelInfo.from_model(model, meta)
     # how its inputs are prepared (cell or field model, nucleus scale, cell mask, framing), so the
     # exported file reads a lab's fields as its checkpoint does (ana-predict, ana-app: fields.mode)
-    info = replace(info, extra={**info.extra, **export_scale(ckpt_path), **_class_nodes(ckpt_path)})
+    info = replace(
+        info, extra={**info.extra, **export_scale(ckpt_path), **_class_nodes(ckpt_path), **_cell_tta(model)}
+    )
     rule = decision_rule(info)
     module = ProbabilityModel(model, rule).eval()
     example = torch.randn(2, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(1))

@@ -264,8 +264,9 @@ def _calibration_section(info: ModelInfo, metrics: dict[str, Any], run: Path | N
     return md + [""]
 
 
-def _cell_input(ckpt_path: Path) -> list[str]:
-    """For a model of single cells: how each cell must be cut and combined with its mask, as in training."""
+def _cell_input(ckpt_path: Path, info: ModelInfo) -> list[str]:
+    """For a model of single cells: how each cell must be cut and combined with its mask, as in training,
+    and whether the model averages the dihedral views itself (``info.extra["cell_tta"]``, set by the export)."""
     from .fields.mode import training_scale
 
     scale = training_scale(ckpt_path)
@@ -286,22 +287,12 @@ def _cell_input(ckpt_path: Path) -> list[str]:
         f"- Cell crops, not fields: one segmented cell per image, {cut}, with {mask}. `ana-predict` and "
         "`ana-app` cut a field's cells that way; other software must do the same"
     ]
-    if _cell_tta(ckpt_path):
+    if info.extra.get("cell_tta"):
         lines.append(
             "- The model reads each cell in its 8 flips and 90° rotations and averages the logits itself "
             "(dihedral test-time augmentation, `model.backbone.cell_input.tta`): pass each cell once"
         )
     return lines
-
-
-def _cell_tta(ckpt_path: Path) -> bool:
-    """Whether the checkpoint's cell network averages the 8 dihedral views at evaluation."""
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        cell_input = ckpt["hyper_parameters"]["backbone"]["cell_input"]
-        return bool(cell_input.get("tta"))
-    except Exception:  # noqa: BLE001 - a checkpoint that does not say: no line
-        return False
 
 
 def write_model_card(
@@ -342,7 +333,7 @@ def write_model_card(
         f"- Input: RGB field image, any size, resized to {info.image_size}×{info.image_size} (area interpolation), "
         f"scaled to [0, 1] and normalised with mean {list(info.mean)}, std {list(info.std)}; tensor `image` (N, 3, "
         f"{info.image_size}, {info.image_size}), any batch size N",
-        *_cell_input(ckpt_path),
+        *_cell_input(ckpt_path, info),
         f"- Output: `probabilities` (N, {len(decision_rule(info).output_names)}) in the order "
         + (
             "level-1 nodes, level-2 nodes, then the leaves below"

@@ -178,19 +178,19 @@ class ANAModule(TemperatureMixin, L.LightningModule):
         keep[1:] = out["index"][1:] != out["index"][:-1]
         return {k: v[keep] for k, v in out.items()}
 
+    def _pause_tta(self, paused: bool) -> None:
+        for m in self.modules():
+            if hasattr(m, "tta_paused"):  # CellInput
+                m.tta_paused = paused
+
     def on_validation_start(self) -> None:
         # Dihedral TTA (cell_input.tta) is for evaluation: the validation passes inside training, which
         # pick the kept epoch, read the plain view (as the TTA default was measured, round 14), at an
         # eighth of the cost. trainer.validate, test, ana-eval, prediction and export use TTA.
-        fitting = self.trainer.state.fn == "fit"
-        for m in self.modules():
-            if hasattr(m, "tta_paused"):
-                m.tta_paused = fitting
+        self._pause_tta(self.trainer.state.fn == "fit")
 
     def on_validation_end(self) -> None:
-        for m in self.modules():
-            if hasattr(m, "tta_paused"):
-                m.tta_paused = False
+        self._pause_tta(False)
 
     def on_validation_epoch_start(self) -> None:
         self._collected.pop("val", None)

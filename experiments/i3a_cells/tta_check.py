@@ -35,13 +35,12 @@ from ablation import DEFAULT_ROOT, batched, best_checkpoint, mca, model_input, r
 
 
 def run_dirs(paths: list[Path]) -> list[Path]:
-    """Run folders: a sweep folder stands for its numbered job folders (0, 1, …), in order."""
+    """Run folders: a cross-validation sweep folder stands for its fold jobs (in repeat, fold order)."""
+    from ana_lightning.crossval import fold_jobs
+
     runs = []
     for p in paths:
-        jobs = sorted((d for d in p.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
-        runs += jobs if (p / "multirun.yaml").is_file() or (p / "folds_manifest.csv").is_file() else [p]
-    if not runs:
-        sys.exit(f"no run folders in {', '.join(map(str, paths))}")
+        runs += [j["dir"] for j in fold_jobs(p)] or [p]
     return runs
 
 
