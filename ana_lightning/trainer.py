@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from .distributed import SameHparamsOnAllRanks
+from .models.cells import TTAAtEvaluationOnly
 
 __all__ = ["Trainer", "SpeedSwitches"]
 
@@ -45,7 +46,9 @@ class SpeedSwitches(L.Callback):
 class Trainer(L.Trainer):
     """:class:`lightning.pytorch.Trainer` plus ``channels_last`` and ``compile`` (see
     :class:`SpeedSwitches`). Every DDP run also checks that all ranks hold the same
-    hyperparameters (:class:`~ana_lightning.distributed.SameHparamsOnAllRanks`).
+    hyperparameters (:class:`~ana_lightning.distributed.SameHparamsOnAllRanks`), and a model with a
+    :class:`~ana_lightning.models.cells.CellInput` validates inside ``fit`` without its dihedral TTA
+    (:class:`~ana_lightning.models.cells.TTAAtEvaluationOnly`), whatever LightningModule holds it.
 
     >>> Trainer(accelerator="cpu", channels_last=True, logger=False).callbacks[0].channels_last
     True
@@ -58,6 +61,8 @@ class Trainer(L.Trainer):
         if channels_last or compile:
             callbacks.insert(0, SpeedSwitches(channels_last=channels_last, compile=compile))
         callbacks.append(SameHparamsOnAllRanks())
+        if not any(isinstance(c, TTAAtEvaluationOnly) for c in callbacks):
+            callbacks.append(TTAAtEvaluationOnly())
         self.channels_last = bool(channels_last)
         self.compile = compile
         super().__init__(callbacks=callbacks, **kwargs)

@@ -178,19 +178,15 @@ class ANAModule(TemperatureMixin, L.LightningModule):
         keep[1:] = out["index"][1:] != out["index"][:-1]
         return {k: v[keep] for k, v in out.items()}
 
-    def _pause_tta(self, paused: bool) -> None:
-        for m in self.modules():
-            if hasattr(m, "tta_paused"):  # CellInput
-                m.tta_paused = paused
+    def configure_callbacks(self):
+        # Dihedral TTA at evaluation only (models/cells.py). The project's Trainer adds the callback itself;
+        # this covers a plain Lightning Trainer (returning it to a Trainer that has one logs an override notice).
+        from .cells import TTAAtEvaluationOnly
 
-    def on_validation_start(self) -> None:
-        # Dihedral TTA (cell_input.tta) is for evaluation: the validation passes inside training, which
-        # pick the kept epoch, read the plain view (as the TTA default was measured, round 14), at an
-        # eighth of the cost. trainer.validate, test, ana-eval, prediction and export use TTA.
-        self._pause_tta(self.trainer.state.fn == "fit")
-
-    def on_validation_end(self) -> None:
-        self._pause_tta(False)
+        trainer = self._trainer
+        if trainer is not None and any(isinstance(c, TTAAtEvaluationOnly) for c in trainer.callbacks):
+            return []
+        return [TTAAtEvaluationOnly()]
 
     def on_validation_epoch_start(self) -> None:
         self._collected.pop("val", None)

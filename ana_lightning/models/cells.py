@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
 from timm.models import register_model
 from torch import nn
@@ -30,6 +31,8 @@ from torch import nn
 __all__ = [
     "CellNet",
     "CellInput",
+    "TTAAtEvaluationOnly",
+    "pause_tta",
     "MixStyle",
     "cell_background",
     "cell_equalize",
@@ -293,6 +296,31 @@ class MixStyle(nn.Module):
         return self(output)
 
 
+def pause_tta(module: nn.Module, paused: bool) -> None:
+    """Set ``tta_paused`` on every :class:`CellInput` inside ``module`` (no-op without one)."""
+    for m in module.modules():
+        if isinstance(m, CellInput):
+            m.tta_paused = paused
+
+
+class TTAAtEvaluationOnly(L.Callback):
+    """Dihedral TTA (``cell_input.tta``) is for evaluation: the validation passes inside ``fit``, which
+    pick the kept epoch, read the plain view (as the TTA default was measured, round 14), at an eighth
+    of the cost. ``trainer.validate``, ``trainer.test``, ``ana-eval``, prediction and export use TTA.
+
+    Works for any LightningModule that holds a :class:`CellInput`: the project's
+    :class:`~ana_lightning.trainer.Trainer` adds it to every run, and
+    :class:`~ana_lightning.models.base.ANAModule` returns it from ``configure_callbacks`` for runs on a
+    plain Lightning Trainer (Lightning keeps one callback of a type).
+    """
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pause_tta(pl_module, trainer.state.fn == "fit")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pause_tta(pl_module, False)
+
+
 class CellInput(nn.Module):
     """A backbone behind per-cell intensity normalisation, with optional dihedral TTA.
 
@@ -302,8 +330,8 @@ class CellInput(nn.Module):
         normalize: per-cell normalisation on (``false`` = the raw ``[0, 1]`` cell reaches the body).
         percentile: the intensity percentile inside the mask that becomes 1.
         tta: in eval mode, average the logits of the 8 dihedral views. The validation passes inside
-            training (which pick the kept epoch) read the plain view: the module sets ``tta_paused``
-            for them (:meth:`~ana_lightning.models.base.ANAModule.on_validation_start`); testing,
+            training (which pick the kept epoch) read the plain view: :class:`TTAAtEvaluationOnly` sets
+            ``tta_paused`` for them (the project's Trainer and every ``ANAModule`` add it); testing,
             ``ana-eval``, prediction and export average the 8 views.
         background: subtract each cell's background level before scaling (:func:`cell_normalize`);
             off by default, so checkpoints trained without it load and predict as before.
@@ -338,7 +366,7 @@ class CellInput(nn.Module):
             float(percentile),
             bool(tta),
         )
-        self.tta_paused = False  # set by the LightningModule during training's validation passes
+        self.tta_paused = False  # set by TTAAtEvaluationOnly during training's validation passes
         self.background = bool(background)
         self.equalize = bool(equalize)
         self.tophat = int(tophat)

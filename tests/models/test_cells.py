@@ -347,6 +347,64 @@ def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypa
     assert row["cells"] > 0 and 0.0 <= row["plain"] <= 1.0
 
 
+def test_tta_pause_covers_any_lightning_module_on_the_project_trainer(monkeypatch):
+    """A user's own LightningModule holding a CellInput (not an ANAModule) validates inside fit with one
+    view and with 8 in trainer.validate, because the project's Trainer adds TTAAtEvaluationOnly."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ana_lightning.models import cells
+    from ana_lightning.trainer import Trainer
+
+    calls = {"n": 0}
+    real = cells.dihedral_views
+
+    def counting(x):
+        calls["n"] += 1
+        return real(x)
+
+    monkeypatch.setattr(cells, "dihedral_views", counting)
+    seen = []
+
+    class Own(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = create_backbone(
+                "cellnet", num_classes=2, width=8, cell_input={"mask": "channel", "tta": True}
+            )
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch, _):
+            before = calls["n"]
+            self.net(batch[0])
+            seen.append((self.trainer.state.fn, calls["n"] - before))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = DataLoader(TensorDataset(_cells(4), torch.tensor([0, 1, 0, 1])), batch_size=2)
+    kw = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    model = Own()
+    Trainer(max_epochs=1, num_sanity_val_steps=0, **kw).fit(model, data, data)
+    Trainer(**kw).validate(model, data)
+    fit_views = [n for fn, n in seen if fn == "fit"]
+    validate_views = [n for fn, n in seen if fn == "validate"]
+    assert fit_views == [0, 0] and validate_views == [1, 1], seen
+    assert not model.net.tta_paused  # cleared after the fit's validation
+    # without the project's Trainer nothing pauses it: the callback is what does it
+    seen.clear()
+    L.Trainer(max_epochs=1, num_sanity_val_steps=0, **kw).fit(Own(), data, data)
+    assert [n for _, n in seen] == [1, 1], seen
+    # the project's modules bring the callback themselves, for a plain Lightning Trainer
+    from ana_lightning.models.classifier import SoftmaxClassifier
+
+    own = SoftmaxClassifier(backbone={"name": "cellnet", "width": 8}, class_names=I3A, image_size=32)
+    assert [type(c) for c in own.configure_callbacks()] == [cells.TTAAtEvaluationOnly]
+
+
 def test_recipe_trains_end_to_end(tmp_path, capsys):
     from ana_lightning.pipeline import train
 
