@@ -404,15 +404,20 @@ class RecordDataModule(L.LightningDataModule):
         n, k = sum(counts.values()), self.num_classes
         return [n / (k * counts[c]) if counts[c] else 0.0 for c in self.class_names]
 
+    def warn_double_weighting(self, loss_weights: bool, loss: str) -> None:
+        """A warning when a class-balanced sampler and a class-weighted ``loss`` both correct the class shares."""
+        if loss_weights and self.sampler in ("balanced", "balanced_groups"):
+            log.warning(
+                "class_weighted_loss=true (%s) with data.sampler=%s weighs the classes twice (the draws are "
+                "already class-balanced): set class_weighted_loss=false unless that is meant",
+                loss,
+                self.sampler,
+            )
+
     def model_kwargs(self, loss_weights: bool = True) -> dict[str, Any]:
         """What a model built for this data needs to know: classes, input size, loss weights
         (from the training split only). Multi-label datamodules return ``pos_weight`` instead."""
-        if loss_weights and self.sampler in ("balanced", "balanced_groups"):
-            log.warning(
-                "class_weighted_loss=true with data.sampler=%s weighs the classes twice (the draws are "
-                "already class-balanced): set class_weighted_loss=false unless that is meant",
-                self.sampler,
-            )
+        self.warn_double_weighting(loss_weights, "inverse-frequency class weights")
         return {
             "class_names": self.class_names,
             "image_size": self.hparams.image_size,

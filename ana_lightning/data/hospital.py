@@ -60,6 +60,7 @@ class MultiLabelTargets:
         return [float((n - pos[c]) / pos[c]) if pos[c] else 1.0 for c in self.class_names]
 
     def model_kwargs(self, loss_weights: bool = True) -> dict[str, Any]:
+        self.warn_double_weighting(loss_weights, "BCE pos_weight")
         return {
             "class_names": self.class_names,
             "image_size": self.hparams.image_size,

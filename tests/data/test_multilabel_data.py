@@ -184,6 +184,19 @@ def test_hospital_datamodule_targets_and_pos_weight(tmp_path):
         HospitalDataModule()
 
 
+def test_hospital_balanced_draws_with_pos_weight_warn_of_double_weighting(tmp_path, caplog):
+    root = _synthetic_hospital(tmp_path / "hosp")
+    dm = HospitalDataModule(hospital_root=str(root), image_size=16, batch_size=4, sampler="balanced")
+    dm.setup()
+    with caplog.at_level(logging.WARNING):
+        dm.model_kwargs(loss_weights=False)
+    assert "twice" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        kw = dm.model_kwargs()
+    assert "BCE pos_weight) with data.sampler=balanced weighs the classes twice" in caplog.text
+    assert kw["pos_weight"] is not None  # a warning, not a change: the user may mean it
+
+
 @pytest.fixture(scope="module")
 def mixed_dm(tmp_path_factory):
     base = tmp_path_factory.mktemp("mixed")

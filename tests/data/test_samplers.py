@@ -1,6 +1,7 @@
 """Samplers: the exact per-batch mix (one process and 2 DDP ranks), class balance, and Lightning leaving them alone."""
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -295,6 +296,21 @@ def test_datamodule_sampler_draws_specimens_equally(tmp_path):
     assert isinstance(plain.train_dataloader().sampler, torch.utils.data.RandomSampler)
     with pytest.raises(ValueError, match="data.sampler='specimens' is not one of null.*balanced_groups"):
         i3a_contest_datamodule(root, sampler="specimens")
+
+
+def test_class_balanced_draws_with_class_weights_warn_of_double_weighting(tmp_path, caplog):
+    from contest_fixtures import i3a_contest_datamodule, write_specimens
+
+    specs = [(c, 6, level) for c in ("homogeneous", "speckled") for level in (40, 70, 100, 130, 160)]
+    root = write_specimens(tmp_path / "i3a", specs, specimen_column=True)
+    for sampler, warned in (("groups", False), ("balanced_groups", True), ("balanced", True)):
+        dm = i3a_contest_datamodule(root, sampler=sampler)
+        dm.setup()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            kw = dm.model_kwargs()
+        assert ("inverse-frequency class weights) with data.sampler=" in caplog.text) is warned, sampler
+        assert kw["class_weights"] is not None
 
 
 def test_mixed_data_refuses_another_sampler(tmp_path):
