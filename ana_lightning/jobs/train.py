@@ -201,6 +201,8 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if resume:
         check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir, **({} if validates else _NO_VALIDATION_TRAINER))
+    if validates and keep == "last" and cfg.get("monitor"):  # no checkpoint tracks the best epoch then
+        trainer.callbacks.append(BestOfMonitor(str(cfg.monitor), str(cfg.get("monitor_mode") or "max")))
     resume_step = (
         resume_step_of(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
     )
@@ -276,15 +278,48 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer, "run_dir": run_dir}
 
 
+class BestOfMonitor(L.Callback):
+    """The best value of ``monitor`` over the validation passes inside ``fit`` (sanity checks aside), for runs
+    whose checkpoint does not track it (``keep_epoch=last``). Its state is saved in checkpoints, so a
+    resumed run remembers the epochs before the crash."""
+
+    def __init__(self, monitor: str, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"monitor_mode must be max or min, got {mode!r}")
+        self.monitor, self.mode, self.best = monitor, mode, None
+
+    @property
+    def state_key(self) -> str:
+        return f"BestOfMonitor{{{self.monitor!r}}}"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or value is None or not torch.isfinite(value):
+            return
+        v = float(value)
+        if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
+            self.best = v
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+
+
 def _best_validation(trainer: L.Trainer) -> dict[str, float]:
     """``<monitor>_best`` (e.g. ``val/mca_best``): the best value of each monitored validation metric
-    over the epochs, the score of the ``best-*`` checkpoint. It goes into ``metrics.json``, so a choice
-    made on validation compares sweeps with ``ana-compare 'metrics=[val/mca_best]'``."""
+    over the epochs, the score of the ``best-*`` checkpoint (with ``keep_epoch=last``: of the best epoch,
+    which is not the kept one). It goes into ``metrics.json``, so a choice made on validation compares
+    sweeps with ``ana-compare 'metrics=[val/mca_best]'``."""
     out = {}
     for cb in trainer.checkpoint_callbacks:
         score = getattr(cb, "best_model_score", None)
         if getattr(cb, "monitor", None) and score is not None and torch.isfinite(score):
             out[f"{cb.monitor}_best"] = float(score)
+    for cb in trainer.callbacks:
+        if isinstance(cb, BestOfMonitor) and cb.best is not None:
+            out.setdefault(f"{cb.monitor}_best", cb.best)
     return out
 
 

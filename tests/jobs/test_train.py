@@ -1,5 +1,6 @@
 """End-to-end training on tiny folders: outputs, checkpoints, resume, evaluation."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -240,9 +241,15 @@ def test_keep_epoch_last_keeps_the_last_epoch_and_still_validates(tiny_folder, t
     """keep_epoch=last (experiment=icpr2012_cells, round 12): with a validation split, the last epoch is
     kept, tested, named and exported; validation is still scored every epoch and calibrates it."""
     run = tmp_path / "run"
-    overrides = tiny_train_overrides(tiny_folder, epochs=3) + ["keep_epoch=last"]
+    overrides = tiny_train_overrides(tiny_folder, epochs=3) + ["keep_epoch=last", "logger=csv"]
     metrics, objs = train(compose("train", overrides, output_dir=run))
     assert objs["datamodule"].splits["val"] and "val/mca" in metrics
+    # metrics.json still holds the best validation score over the epochs (ana-compare 'metrics=[val/mca_best]')
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        curve = [float(r["val/mca"]) for r in csv.DictReader(f) if r.get("val/mca")]
+    assert len(curve) == 3
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["val/mca_best"] == pytest.approx(max(curve), abs=1e-6)
     # the fixed schedule's last epoch: early stopping would cut it at "best + patience"
     assert not any("early" in type(cb).__name__.lower() for cb in objs["trainer"].callbacks)
     kept = sorted((run / "checkpoints").glob("*.ckpt"))
