@@ -61,6 +61,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
             unused = [k for k in FIELD_KEYS if k != "group_by" and cfg.get(k) not in (None, False)]
             if unused:
                 log.warning("cell crops: %s apply to fields and are not used here", ", ".join(unused))
+    files = _select_split(cfg, files)
     truth = _truth(cfg, predictor, files)  # known labels, read (and checked) before predicting
     if loader is None and (mode := field_mode(cfg, predictor, inputs)) is not None:
         summary = run_field_predict(
@@ -111,6 +112,55 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     else:
         log.info(msg)
     return summary
+
+
+def _select_split(cfg: DictConfig, files: list[Path]) -> list[Path]:
+    """``split_manifest=<run>/split_manifest.csv split=test``: only the images that the manifest puts in
+    that split (a run's test cells scored by its exported model, as the run scored them). Rows match
+    as ``group_by`` and ``truth`` CSV rows do (paths relative to ``input=``, or file names)."""
+    manifest, split = cfg.get("split_manifest"), cfg.get("split")
+    if not manifest and not split:
+        return files
+    if not (manifest and split):
+        raise ValueError(
+            f"split={split!r} and split_manifest={manifest!r}: give both (a run's split_manifest.csv and one of "
+            "its splits, e.g. split_manifest=outputs/<run>/split_manifest.csv split=test), or neither"
+        )
+    import csv
+
+    from ..predict.io import path_table
+
+    table = Path(str(manifest)).expanduser()
+    if not table.is_file():
+        raise FileNotFoundError(f"split_manifest={manifest}: no such file")
+    with open(table, newline="", encoding="utf-8-sig") as fh:
+        listed = [
+            r.get("path", "") for r in csv.DictReader(fh) if (r.get("split") or "").strip() == str(split)
+        ]
+    if not listed:
+        raise ValueError(f"split_manifest={manifest}: no row has split={split!r}")
+    rows = path_table(files, Path(cfg.input).expanduser(), table, "split", "split_manifest", "splits")
+    kept = [f for f in files if rows.get(f, ("",))[0] == str(split)]
+    if not kept:
+        raise ValueError(
+            f"split_manifest={manifest}: none of its {len(listed)} split={split!r} rows (e.g. {listed[0]}) is an "
+            f"image of input={cfg.input}; give the folder the run read (its data.root)"
+        )
+    if len(kept) < len(listed):
+        missing = len(listed) - len(kept)
+        log.warning(
+            "split_manifest=%s: %d of its %d split=%s row(s) have no image in input=%s; scoring the %d that do",
+            manifest,
+            missing,
+            len(listed),
+            split,
+            cfg.input,
+            len(kept),
+        )
+    log.info(
+        "split=%s: %d of %d image(s) of input= (split_manifest=%s)", split, len(kept), len(files), manifest
+    )
+    return kept
 
 
 def _truth(cfg: DictConfig, predictor, files) -> tuple[dict[str, str], dict[str, str]]:

@@ -1023,6 +1023,50 @@ def test_fields_with_label_masks_beside_them_are_still_read_as_fields(framed_mod
     )
 
 
+def test_predict_scores_one_split_of_a_run(framed_model, tmp_path):
+    """split_manifest=<run>/split_manifest.csv split=test: the handed model reads exactly the run's test
+    cells of the folder, and truth= gives the run's own test MCA."""
+    import json
+
+    from ana_lightning.predict import run_predict
+
+    root, run, ckpt, _ = framed_model
+    manifest = run / "split_manifest.csv"
+    test = sorted(r["path"] for r in _csv_rows(manifest) if r["split"] == "test")
+    over = [f"ckpt_path={ckpt}", f"input={root}", "progress=false", "truth=i3a2014"]
+    run_predict(
+        compose("predict", [*over, f"split_manifest={manifest}", "split=test"], output_dir=tmp_path / "t")
+    )
+    rows = _csv_rows(tmp_path / "t" / "predictions.csv")
+    assert sorted(Path(r["path"]).name for r in rows) == test
+    m = json.loads((tmp_path / "t" / "truth_metrics.json").read_text())
+    logged = json.loads((run / "metrics.json").read_text())
+    assert m["truth/mca"] == pytest.approx(logged["test/mca"], abs=1e-6)
+    with pytest.raises(ValueError, match="give both"):
+        run_predict(compose("predict", [*over, "split=test"], output_dir=tmp_path / "x"))
+    with pytest.raises(ValueError, match="no row has split='tset'"):
+        run_predict(
+            compose("predict", [*over, f"split_manifest={manifest}", "split=tset"], output_dir=tmp_path / "y")
+        )
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes((root / "00001.png").read_bytes())
+    with pytest.raises(ValueError, match="is an image of input="):
+        run_predict(
+            compose(
+                "predict",
+                [
+                    f"ckpt_path={ckpt}",
+                    f"input={other}",
+                    "progress=false",
+                    f"split_manifest={manifest}",
+                    "split=test",
+                ],
+                output_dir=tmp_path / "z",
+            )
+        )
+
+
 def test_truth_scores_a_handed_model_on_the_labels_a_lab_knows(framed_model, tmp_path):
     """ana-predict truth=…: the lab's own labelled cells score the handed model (checkpoint or
     model.onnx alike) through the ICAP tree; each figure is recomputed here from predictions.csv and
