@@ -1,7 +1,9 @@
-"""``ana-app``: a local Gradio page to try a model on one field image.
+"""``ana-app``: a local Gradio page to try a model on field images.
 
 Upload an image → a bar chart of every pattern's probability, the predicted pattern(s) with their
 ICAP hierarchy path (level 1 › level 2 › code) and, for multi-label models, a threshold slider.
+Upload several fields of one specimen at once → each field's verdict and the specimen's, from the
+fields' probabilities combined as ``ana-predict group_by=…`` combines them (:func:`analyse_many`).
 
 Safety: the page listens on localhost unless told otherwise, never creates a public share link,
 refuses uploads over ``max_file_size``, and reads the upload's *bytes* with the project's image
@@ -26,11 +28,12 @@ from .predict import Predictor
 if TYPE_CHECKING:
     import gradio as gr
 
-__all__ = ["build_app", "analyse", "parse_size"]
+__all__ = ["build_app", "analyse", "analyse_many", "parse_size", "MAX_FIELDS"]
 
 log = logging.getLogger(__name__)
 
 PREVIEW_PX = 512  # longest side of the preview shown on the page
+MAX_FIELDS = 24  # fields of one specimen per upload (each is segmented and classified on this CPU)
 
 
 def parse_size(size: str | int) -> int:
@@ -221,8 +224,106 @@ def analyse(
     )
 
 
-def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=None) -> gr.Blocks:
-    """The Gradio Blocks page for ``predictor`` (not launched); ``field``: see :func:`field_predictor`."""
+def _combined(predictor: Predictor, probs: list[np.ndarray], combine: str) -> np.ndarray:
+    """The specimen's probabilities from its fields', as ``ana-predict group_by=`` combines fields
+    (:func:`~ana_lightning.fields.specimens.specimen_verdicts`). A hierarchical pipeline's outputs (each
+    level's probabilities side by side) are averaged, which keeps every level a distribution."""
+    P = np.stack([np.asarray(p, np.float64) for p in probs])
+    if predictor.task == "hierarchical":
+        return P.mean(axis=0)
+    from .fields.predictor import FieldResult
+    from .fields.specimens import specimen_verdicts
+
+    fields = [
+        FieldResult(path=str(i), verdict=tuple(predictor.decide(p)), probs=p, group="upload")
+        for i, p in enumerate(P)
+    ]
+    return np.asarray(specimen_verdicts(fields, predictor, combine=combine)[0]["probs"], np.float64)
+
+
+def _many_markdown(predictor: Predictor, state: dict[str, Any], threshold: float | None) -> tuple[str, Any]:
+    """The specimen's verdict and a table of its fields' (``state`` from :func:`analyse_many`)."""
+    decide = (lambda p: predictor.decide(p, threshold)) if threshold is not None else predictor.decide
+    rows = ["| field | verdict | p | read as |", "|---|---|---|---|"]
+    for name, probs, note in state["fields"]:
+        if probs is None:
+            rows.append(f"| {name} | no verdict | – | {note} |")
+            continue
+        labels = decide(probs)
+        shown = ", ".join(predictor.display_name(c) for c in labels) or "none reaches the threshold"
+        conf = max((predictor.rule.confidence(probs, c) for c in labels), default=float(np.max(probs)))
+        rows.append(f"| {name} | {shown} | {conf:.3f} | {note} |")
+    n_used = sum(p is not None for _, p, _ in state["fields"])
+    head = (
+        f"## Specimen: {n_used} of {len(state['fields'])} fields combined ({state['combine']})\n"
+        "The fields are read as the fields of one specimen: each field's probabilities, then the specimen's "
+        "from them (as `ana-predict group_by=` does).\n\n"
+    )
+    if state["probs"] is None:
+        return head + "### No field could be read\n\n" + "\n".join(rows), None
+    probs = state["probs"]
+    labels = decide(probs)
+    return (
+        head + _result_markdown(predictor, probs, labels) + "\n\n#### Each field\n" + "\n".join(rows),
+        _chart(predictor, probs, labels),
+    )
+
+
+def analyse_many(
+    predictor: Predictor,
+    uploads: list[bytes] | None,
+    threshold: float | None = None,
+    max_bytes: int | None = None,
+    field=None,
+    combine: str | None = None,
+) -> tuple[list[tuple[np.ndarray, str]], str, Any, dict[str, Any] | None]:
+    """Several uploads, the fields of one specimen → ``(gallery of (picture, caption), result Markdown,
+    chart data, state)``. One upload reads as :func:`analyse`; a file that cannot be read is a row of the
+    table, not an error. ``state`` holds each field's probabilities and the specimen's, so the threshold
+    slider re-decides without running the model again."""
+    uploads = [u for u in (uploads or []) if u is not None]
+    if not uploads:
+        return [], "", None, None
+    if len(uploads) > MAX_FIELDS:
+        return (
+            [],
+            f"### Too many files\n{len(uploads)} files were uploaded; up to {MAX_FIELDS} fields of one "
+            "specimen are read at once (use `ana-predict input=<folder> group_by=folder` for more).",
+            None,
+            None,
+        )
+    combine = combine or getattr(field, "combine", None) or "mean_log"
+    if len(uploads) == 1:
+        pic, md, chart, probs = analyse(predictor, uploads[0], threshold, max_bytes, field)
+        state = None if probs is None else {"probs": probs, "fields": None, "combine": combine}
+        return ([(pic, "Field 1")] if pic is not None else []), md, chart, state
+    gallery, fields = [], []
+    for i, data in enumerate(uploads, start=1):
+        name = f"Field {i}"
+        pic, md, _, probs = analyse(predictor, data, None, max_bytes, field)
+        lines = [ln for ln in md.splitlines() if ln.strip() and not ln.startswith("#")]
+        note = (lines[0] if lines else "") if probs is None else ""
+        if probs is not None and field is not None:  # "Field read as **N cells** (…)"
+            note = next((ln.split(";")[0] for ln in lines if ln.startswith("Field read as")), "")
+        fields.append((name, probs, note.replace("|", "/")))
+        if pic is not None:
+            verdict = ", ".join(predictor.decide(probs)) if probs is not None else "no verdict"
+            gallery.append((pic, f"{name}: {verdict}"))
+    used = [p for _, p, _ in fields if p is not None]
+    state = {
+        "probs": _combined(predictor, used, combine) if used else None,
+        "fields": fields,
+        "combine": combine,
+    }
+    md, chart = _many_markdown(predictor, state, threshold)
+    return gallery, md, chart, state
+
+
+def build_app(
+    predictor: Predictor, max_file_size: str | int = "25mb", field=None, combine: str = "mean_log"
+) -> gr.Blocks:
+    """The Gradio Blocks page for ``predictor`` (not launched); ``field``: see :func:`field_predictor`;
+    ``combine``: how several uploaded fields make the specimen's verdict (:func:`analyse_many`)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio as gr
@@ -246,16 +347,21 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=Non
         gr.Markdown(
             f"# ANA pattern of a HEp-2 field\n"
             f"Model: `{Path(predictor.source).name}` ({predictor.task}, {len(predictor.class_names)} outputs, "
-            f"{predictor.backend_name}). Upload one immunofluorescence field image (up to {max_bytes / 2**20:.0f} MiB).\n\n"
+            f"{predictor.backend_name}). Upload one immunofluorescence field image (up to {max_bytes / 2**20:.0f} MiB "
+            f"each), or up to {MAX_FIELDS} fields of one specimen at once for the specimen's verdict.\n\n"
             f"**Intended use:** {INTENDED_USE}\n\n{calibration_note(predictor)}\n\n> {DISCLAIMER}"
         )
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="Field image", file_types=sorted(IMAGE_EXTENSIONS), type="binary", elem_id="upload"
+                    label="Field image(s): one, or several fields of one specimen",
+                    file_types=sorted(IMAGE_EXTENSIONS),
+                    file_count="multiple",
+                    type="binary",
+                    elem_id="upload",
                 )
-                preview = gr.Image(
-                    label="The image as read", interactive=False, elem_id="preview", height=320
+                preview = gr.Gallery(
+                    label="The images as read", interactive=False, elem_id="preview", height=320, columns=3
                 )
                 threshold = gr.Slider(
                     0.0,
@@ -288,24 +394,28 @@ def build_app(predictor: Predictor, max_file_size: str | int = "25mb", field=Non
                     x_label_angle=-60,
                     elem_id="probabilities",
                 )
-        probs_state = gr.State(None)
+        upload_state = gr.State(None)
         moved = gr.State(False)
 
         def on_upload(data, thr_value, slider_moved):
             t = thr_value if (multi and slider_moved) else None
-            return analyse(predictor, data, t, max_bytes, field)
+            return analyse_many(predictor, data, t, max_bytes, field, combine)
 
-        def on_threshold(probs, thr_value):
-            if probs is None:
+        def on_threshold(state, thr_value):
+            if state is None:
                 return gr.skip(), gr.skip(), True
+            if state["fields"] is not None:  # several fields: the specimen and each field re-decided
+                md, chart = _many_markdown(predictor, state, thr_value)
+                return md, chart, True
+            probs = state["probs"]
             labels = predictor.decide(probs, thr_value)
             return _result_markdown(predictor, probs, labels), _chart(predictor, probs, labels), True
 
-        upload.change(on_upload, [upload, threshold, moved], [preview, result, chart, probs_state])
+        upload.change(on_upload, [upload, threshold, moved], [preview, result, chart, upload_state])
         # Every move re-decides from the stored probabilities (no model run): cheap, so follow the drag.
         threshold.input(
             on_threshold,
-            [probs_state, threshold],
+            [upload_state, threshold],
             [result, chart, moved],
             trigger_mode="always_last",
             show_progress="hidden",

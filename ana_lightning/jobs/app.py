@@ -21,7 +21,12 @@ def run_app(cfg: DictConfig) -> Any:
 
     setup_torch(cfg.get("torch_threads"))
     predictor = load_predictor(cfg, "ana-app")
-    demo = build_app(predictor, cfg.get("max_file_size", "25mb"), field_predictor(cfg, predictor))
+    demo = build_app(
+        predictor,
+        cfg.get("max_file_size", "25mb"),
+        field_predictor(cfg, predictor),
+        combine=str(cfg.get("combine") or "mean_log"),
+    )
     warn_if_exposed(str(cfg.server_name), int(cfg.server_port))
     log.info(
         "serving %s on http://%s:%s (Ctrl+C to stop)", predictor.source, cfg.server_name, cfg.server_port

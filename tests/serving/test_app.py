@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ana_lightning.app import analyse, build_app, parse_size
+from ana_lightning.app import MAX_FIELDS, analyse, analyse_many, build_app, parse_size
 from ana_lightning.models.classifier import SoftmaxClassifier
 from ana_lightning.predict import Predictor
 
@@ -56,6 +56,45 @@ def test_upload_gives_label_hierarchy_and_every_probability(trained_checkpoint):
     assert "over the limit" in md
 
 
+def test_several_fields_of_one_specimen_give_each_fields_verdict_and_the_specimens(trained_checkpoint):
+    """ana-app with several uploads: a row per field (an unreadable file is a row, not an error) and the
+    specimen's probabilities, the normalised geometric mean of the readable fields' (ana-predict's
+    group_by combine=mean_log)."""
+    root, _, ckpt = trained_checkpoint
+    predictor = Predictor.load(ckpt)
+    images = sorted(root.rglob("*.png"))[:2]
+    want = [p.probabilities for p in predictor.predict_paths(images)]
+    broken = b"GIF89a this is not really an image"
+    gallery, md, chart, state = analyse_many(
+        predictor, [images[0].read_bytes(), broken, images[1].read_bytes()]
+    )
+    z = np.log(np.clip(np.stack(want), 1e-6, 1.0)).mean(axis=0)
+    combined = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    np.testing.assert_allclose(state["probs"], combined, atol=1e-6)
+    np.testing.assert_allclose(chart["probability"], combined, atol=1e-6)
+    top = predictor.class_names[int(np.argmax(combined))]
+    assert "## Specimen: 2 of 3 fields combined (mean_log)" in md
+    assert f"**{predictor.display_name(top)}** (p = {combined.max():.3f})" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("| Field ")]
+    assert [ln.split(" | ")[0] for ln in table] == ["| Field 1", "| Field 2", "| Field 3"]
+    assert "no verdict" in table[1] and "Could not read" not in table[1] and "image" in table[1].lower()
+    for row, p in zip((table[0], table[2]), want, strict=True):
+        assert f"{predictor.display_name(predictor.class_names[int(np.argmax(p))])} | {p.max():.3f}" in row
+    assert [c for _, c in gallery] == [
+        f"Field {i}: {predictor.class_names[int(np.argmax(p))]}" for i, p in zip((1, 3), want, strict=True)
+    ]
+    # one upload reads as before
+    one = analyse_many(predictor, [images[0].read_bytes()])
+    single = analyse(predictor, images[0].read_bytes())
+    assert one[1] == single[1] and one[3]["fields"] is None
+    np.testing.assert_allclose(one[3]["probs"], single[3])
+    _, md, chart, state = analyse_many(predictor, [broken, broken])
+    assert "No field could be read" in md and chart is None and state["probs"] is None
+    _, md, _, state = analyse_many(predictor, [broken] * (MAX_FIELDS + 1))
+    assert md.startswith("### Too many files") and state is None
+    assert analyse_many(predictor, None) == ([], "", None, None)
+
+
 def test_threshold_slider_of_a_multi_label_model():
     torch.manual_seed(0)
     model = SoftmaxClassifier(
@@ -74,6 +113,12 @@ def test_threshold_slider_of_a_multi_label_model():
     mid = float(np.sort(probs)[1])  # between the two smaller probabilities: exactly two classes pass
     _, md, chart, _ = analyse(predictor, data, threshold=mid)
     assert (chart["decision"] == "predicted").sum() == 2
+    # two fields of one specimen: the slider re-decides the specimen and each field (geometric mean, no renormalising)
+    _, md2, chart2, state = analyse_many(predictor, [data, data], threshold=1.0)
+    np.testing.assert_allclose(state["probs"], probs, atol=1e-6)
+    assert set(chart2["decision"]) == {"not predicted"} and md2.count("none reaches the threshold") == 2
+    _, md2, chart2, _ = analyse_many(predictor, [data, data], threshold=0.0)
+    assert set(chart2["decision"]) == {"predicted"} and "none reaches" not in md2
 
 
 def test_page_refuses_oversized_uploads(trained_checkpoint):
@@ -97,6 +142,27 @@ def test_page_refuses_oversized_uploads(trained_checkpoint):
         assert big.status_code == 413, big.text
     finally:
         demo.close()
+
+
+def test_served_page_reads_several_fields_of_one_specimen(trained_checkpoint, tmp_path):
+    """The launched page (its upload event, as a browser sends it) takes several files at once."""
+    client_mod = pytest.importorskip("gradio_client")
+    root, _, ckpt = trained_checkpoint
+    predictor = Predictor.load(ckpt)
+    images = sorted(root.rglob("*.png"))[:3]
+    demo = build_app(predictor)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
+    try:
+        client = client_mod.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        gallery, md, _ = client.predict(
+            [client_mod.handle_file(str(p)) for p in images], 0.5, False, api_name="/on_upload"
+        )
+    finally:
+        demo.close()
+    _, want, _, _ = analyse_many(predictor, [p.read_bytes() for p in images])
+    assert md == want and "## Specimen: 3 of 3 fields combined" in md
+    assert len(gallery) == 3
 
 
 @pytest.mark.parametrize("name", ["predict", "export", "app"])
