@@ -224,23 +224,6 @@ def analyse(
     )
 
 
-def _combined(predictor: Predictor, probs: list[np.ndarray], combine: str) -> np.ndarray:
-    """The specimen's probabilities from its fields', as ``ana-predict group_by=`` combines fields
-    (:func:`~ana_lightning.fields.specimens.specimen_verdicts`). A hierarchical pipeline's outputs (each
-    level's probabilities side by side) are averaged, which keeps every level a distribution."""
-    P = np.stack([np.asarray(p, np.float64) for p in probs])
-    if predictor.task == "hierarchical":
-        return P.mean(axis=0)
-    from .fields.predictor import FieldResult
-    from .fields.specimens import specimen_verdicts
-
-    fields = [
-        FieldResult(path=str(i), verdict=tuple(predictor.decide(p)), probs=p, group="upload")
-        for i, p in enumerate(P)
-    ]
-    return np.asarray(specimen_verdicts(fields, predictor, combine=combine)[0]["probs"], np.float64)
-
-
 def _many_markdown(predictor: Predictor, state: dict[str, Any], threshold: float | None) -> tuple[str, Any]:
     """The specimen's verdict and a table of its fields' (``state`` from :func:`analyse_many`)."""
     decide = (lambda p: predictor.decide(p, threshold)) if threshold is not None else predictor.decide
@@ -310,11 +293,8 @@ def analyse_many(
             verdict = ", ".join(predictor.decide(probs)) if probs is not None else "no verdict"
             gallery.append((pic, f"{name}: {verdict}"))
     used = [p for _, p, _ in fields if p is not None]
-    state = {
-        "probs": _combined(predictor, used, combine) if used else None,
-        "fields": fields,
-        "combine": combine,
-    }
+    combined = predictor.rule.combine(np.stack(used), combine) if used else None  # as ana-predict group_by=
+    state = {"probs": combined, "fields": fields, "combine": combine}
     md, chart = _many_markdown(predictor, state, threshold)
     return gallery, md, chart, state
 

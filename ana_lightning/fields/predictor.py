@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .combine import INSUFFICIENT, METHODS, combine_probs
+from .combine import INSUFFICIENT, METHODS
 from .crops import cell_crops, tiles
 from .scale import ScaleEstimate
 from .segment import ClassicalSegmenter, build_segmenter, segment_field
@@ -31,6 +31,8 @@ class Predictor(Protocol):
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray: ...
     def decide(self, probs: np.ndarray) -> tuple[str, ...]: ...
     def hierarchy(self, label: str) -> tuple[str, str]: ...
+    @property
+    def rule(self) -> Any: ...  # DecisionRule: combine(probs, method) makes one output of many units
 
 
 @dataclass
@@ -103,17 +105,9 @@ class FieldPredictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.names)))
 
     def _combine(self, probs: np.ndarray) -> np.ndarray:
-        if self.combine == "vote":
-            votes = np.zeros(len(self.names))
-            for row in probs:
-                for lab in self.p.decide(row):
-                    votes[self.names.index(lab)] += 1
-            return votes / max(len(probs), 1)
-        if (
-            self.combine == "mean_log" and self.p.task == "multi_label"
-        ):  # independent sigmoids: no renormalising
-            return np.exp(np.log(np.clip(probs, 1e-6, 1.0)).mean(axis=0))
-        return combine_probs(probs, self.combine)
+        return self.p.rule.combine(
+            probs, self.combine
+        )  # multi-label and hierarchical outputs have their own way
 
     def predict_field(
         self,

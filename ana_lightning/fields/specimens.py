@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .combine import INSUFFICIENT, combine_probs
+from .combine import INSUFFICIENT
 from .predictor import FieldResult, Predictor
 
 __all__ = ["specimen_verdicts", "write_specimens"]
@@ -40,17 +40,7 @@ def specimen_verdicts(
             row.update(screening=INSUFFICIENT, patterns="", verdict=INSUFFICIENT, probs=None, fields=rs)
             rows.append(row)
             continue
-        P = np.stack([r.probs for r in ok])
-        if combine == "vote":
-            probs = np.zeros(len(names))
-            for r in ok:
-                for lab in r.verdict:
-                    probs[names.index(lab)] += 1
-            probs /= len(ok)
-        elif combine == "mean_log" and predictor.task == "multi_label":
-            probs = np.exp(np.log(np.clip(P, 1e-6, 1.0)).mean(axis=0))
-        else:
-            probs = combine_probs(P, combine)
+        probs = predictor.rule.combine(np.stack([r.probs for r in ok]), combine)
         order = [int(i) for i in np.argsort(-probs, kind="stable")]
         cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
         pats = [names[i] for i in order if names[i] != negative and probs[i] >= cut[i]][: max(1, int(top_k))]

@@ -195,6 +195,20 @@ class DecisionRule:
         """Indices of the predicted outputs, most probable first."""
         raise NotImplementedError
 
+    def combine(self, probs: np.ndarray, method: str = "mean_log") -> np.ndarray:
+        """``(N, outputs)`` of many units (the cells or tiles of a field, the fields of a specimen) →
+        ``(outputs,)`` by ``method`` (:mod:`ana_lightning.fields.combine`); ``vote``: the share of units
+        whose decision (:meth:`decide`) names each output."""
+        from ..fields.combine import combine_probs
+
+        p = np.asarray(probs, np.float64)
+        if method != "vote":
+            return combine_probs(p, method)
+        votes = np.zeros(p.shape[1])
+        for row in p:
+            votes[self.decide(row)] += 1
+        return votes / max(len(p), 1)
+
     def top_k(self, probs: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         order = np.argsort(-np.asarray(probs), kind="stable")[:k]
         return [(self.output_names[i], float(probs[i])) for i in order]
@@ -268,6 +282,13 @@ class MultiLabelRule(DecisionRule):
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
 
+    def combine(self, probs: np.ndarray, method: str = "mean_log") -> np.ndarray:
+        """As :meth:`DecisionRule.combine`, but ``mean_log`` is the geometric mean of each class's sigmoid,
+        not renormalised: the classes are independent."""
+        if method == "mean_log":
+            return np.exp(np.log(np.clip(np.asarray(probs, np.float64), 1e-6, 1.0)).mean(axis=0))
+        return super().combine(probs, method)
+
     def decide(self, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> list[int]:
         thr = self.thresholds if thresholds is None else np.asarray(_per_class(thresholds, len(probs)))
         hits = np.flatnonzero(probs >= thr)
@@ -330,6 +351,30 @@ class HierarchicalRule(DecisionRule):
             p3[g] = (p[:, start : start + len(cs)], cs)
             start += len(cs)
         return p[:, :a], p[:, a:b], p3
+
+    def combine(self, probs: np.ndarray, method: str = "mean_log") -> np.ndarray:
+        """As :meth:`DecisionRule.combine`, block by block: the level-1 probabilities, the level-2 ones and the
+        leaves are combined on their own (``vote``: each unit's most probable output of the block), so every
+        block that is a distribution stays one and the combined outputs route over the tree like a unit's.
+        The leaves are one block when they are one distribution (a multi-head model's leaf head), else one
+        block per group (a pipeline's level-3 models); a group no model decides (all zeros) stays zeros."""
+        from ..fields.combine import combine_probs
+
+        p = np.asarray(probs, np.float64)
+        a, b = len(self.names1), len(self.names1) + len(self.names2)
+        sizes = [len(cs) for cs in self.groups.values()]
+        if b + sum(sizes) != p.shape[1]:
+            raise ValueError(f"hierarchical outputs: expected {b + sum(sizes)} columns, got {p.shape[1]}")
+        cuts = [0, a, b]
+        if not np.allclose(p[:, b:].sum(axis=1), 1.0, atol=1e-3):
+            for n in sizes[:-1]:
+                cuts.append(cuts[-1] + n)
+        cuts.append(p.shape[1])
+        parts = []
+        for i, j in zip(cuts[:-1], cuts[1:], strict=True):
+            block = p[:, i:j]
+            parts.append(np.zeros(j - i) if not block.any() else combine_probs(block, method))
+        return np.concatenate(parts)
 
     def route(self, probs: np.ndarray) -> PathPrediction:
         """The routed :class:`~ana_lightning.models.hierarchical.PathPrediction` of ``(N, outputs)`` or ``(outputs,)``."""

@@ -382,6 +382,7 @@ def test_field_predictor_cuts_cells_at_the_models_framing():
     import torch
 
     from ana_lightning.fields.predictor import FieldPredictor
+    from ana_lightning.predict.rules import ModelInfo, SingleLabelRule
 
     seen: list[tuple[int, int]] = []
 
@@ -398,6 +399,10 @@ def test_field_predictor_cuts_cells_at_the_models_framing():
 
         def decide(self, probs):
             return ("a",)
+
+        rule = SingleLabelRule(
+            ModelInfo(task="single_label", class_names=("a", "b"), image_size=16, mean=(0,) * 3, std=(1,) * 3)
+        )
 
     img, _ = sim_field("AC-1", 24, seed=3, size=160)
     est = estimate_nucleus_diameter(img)

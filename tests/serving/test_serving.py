@@ -183,6 +183,38 @@ def test_pipeline_bundle_equals_the_pipeline_of_checkpoints(zoo):
     np.testing.assert_allclose(a.predict_proba(x), b.predict_proba(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["mean_log", "mean", "vote"])
+@pytest.mark.parametrize("kind", ["multihead", "pipeline"])
+def test_a_hierarchical_model_combines_many_units_level_by_level(zoo, kind, method):
+    """The cells of a field (or fields of a specimen) read by a hierarchical model: each level's
+    probabilities are combined on their own, the leaves as the distribution(s) they are (one leaf head,
+    or one level-3 model per group), so the field routes like a cell. Before, the whole vector was
+    combined at once: mean_log mixed the levels' scales, and vote gave the levels no votes at all."""
+    from ana_lightning.fields.combine import combine_probs
+
+    p = _predictor(zoo, kind)
+    rule = p.rule
+    x = np.random.default_rng(0).standard_normal((12, 3, SIZE, SIZE)).astype(np.float32)
+    units = p.predict_proba(x)
+    got = rule.combine(units, method)
+    a, b = len(rule.names1), len(rule.names1) + len(rule.names2)
+    blocks = [(0, a), (a, b)]
+    if kind == "multihead":  # one softmax over every leaf
+        blocks.append((b, units.shape[1]))
+    else:  # one level-3 model per group
+        for cs in rule.groups.values():
+            blocks.append((blocks[-1][1], blocks[-1][1] + len(cs)))
+    for i, j in blocks:
+        assert units[:, i:j].sum(axis=1) == pytest.approx(np.ones(len(units)), abs=1e-4)
+        assert got[i:j].sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(got[i:j], combine_probs(units[:, i:j], method))
+    from ana_lightning.fields.predictor import FieldPredictor
+
+    field = FieldPredictor(p, "cell", None, combine=method, min_cells=1)
+    for u in units[:4]:  # identical cells: the field reads as that cell (vote: before, the first node)
+        assert p.decide(field._combine(np.repeat(u[None], 3, axis=0))) == p.decide(u)
+
+
 def test_calibrated_models_serve_their_temperature(zoo):
     p = Predictor.load(zoo["sigmoid"], device="cpu")
     assert p.temperature == pytest.approx([1.5, 2.0, 0.8, 1.0])
