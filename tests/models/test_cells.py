@@ -299,12 +299,10 @@ def _tiny_recipe(tmp_path: Path, *overrides: str):
     return root, compose("train", [*base, *small, *overrides], output_dir=tmp_path / "run")
 
 
-def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypatch):
-    """cell_input.tta: the validation passes inside fit (they pick the kept epoch) read one view;
-    testing averages the 8 dihedral views."""
+@pytest.fixture
+def tta_calls(monkeypatch) -> dict[str, int]:
+    """``{"n": …}``: how many times CellInput has run its dihedral TTA (``dihedral_views``) so far."""
     from ana_lightning.models import cells
-    from ana_lightning.models.classifier import SoftmaxClassifier
-    from ana_lightning.pipeline import train
 
     calls = {"n": 0}
     real = cells.dihedral_views
@@ -314,6 +312,16 @@ def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypa
         return real(x)
 
     monkeypatch.setattr(cells, "dihedral_views", counting)
+    return calls
+
+
+def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypatch, tta_calls):
+    """cell_input.tta: the validation passes inside fit (they pick the kept epoch) read one view;
+    testing averages the 8 dihedral views."""
+    from ana_lightning.models.classifier import SoftmaxClassifier
+    from ana_lightning.pipeline import train
+
+    calls = tta_calls
     steps = []
 
     def counted(stage):
@@ -347,7 +355,7 @@ def test_tta_reads_the_plain_view_only_in_training_validation(tmp_path, monkeypa
     assert row["cells"] > 0 and 0.0 <= row["plain"] <= 1.0
 
 
-def test_tta_pause_covers_any_lightning_module_on_the_project_trainer(monkeypatch):
+def test_tta_pause_covers_any_lightning_module_on_the_project_trainer(tta_calls):
     """A user's own LightningModule holding a CellInput (not an ANAModule) validates inside fit with one
     view and with 8 in trainer.validate, because the project's Trainer adds TTAAtEvaluationOnly."""
     import lightning as L
@@ -356,14 +364,7 @@ def test_tta_pause_covers_any_lightning_module_on_the_project_trainer(monkeypatc
     from ana_lightning.models import cells
     from ana_lightning.trainer import Trainer
 
-    calls = {"n": 0}
-    real = cells.dihedral_views
-
-    def counting(x):
-        calls["n"] += 1
-        return real(x)
-
-    monkeypatch.setattr(cells, "dihedral_views", counting)
+    calls = tta_calls
     seen = []
 
     class Own(L.LightningModule):
