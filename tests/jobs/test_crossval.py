@@ -356,3 +356,44 @@ def test_multilabel_sweep_summary(tmp_path):
     assert {"oof/exact_match", "oof/micro_f1", "oof/mca", "oof/hamming_loss"} <= set(s)
     assert s["oof/exact_match_ci95_low"] <= s["oof/exact_match"] <= s["oof/exact_match_ci95_high"]
     assert (sweep / "oof_per_class_f1.png").is_file() and not (sweep / "oof_confusion_matrix.png").exists()
+
+
+def test_val_compare_pairs_two_sweeps_by_fold_on_their_best_validation(tmp_path):
+    """experiments/i3a_cells/val_compare.py: each fold's best val MCA (metrics.json's val/mca_best, or the
+    CSV curve of an older run), paired by fold; sweeps of other folds are refused."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from val_compare import compare
+
+    def sweep(name: str, best: list[float], json_best: bool, val_of=lambda k: k) -> Path:
+        for k, b in enumerate(best):
+            job = tmp_path / name / str(k)
+            (job / "csv").mkdir(parents=True)
+            (job / "config_resolved.yaml").write_text(yaml.safe_dump({"data": {"folds": 3, "fold": k}}))
+            (job / "split_manifest.csv").write_text(
+                f"path,label,split,sha256,group\nv{val_of(k)}.png,AC-1,val,x,g\nt{k}.png,AC-1,test,y,h\n"
+            )
+            curve = [b - 0.1, b, b - 0.05]  # the best at epoch 1
+            (job / "csv" / "metrics.csv").write_text(
+                "epoch,val/mca\n" + "".join(f"{e},{v}\n" for e, v in enumerate(curve))
+            )
+            (job / "metrics.json").write_text(
+                json.dumps({"test/mca": 0.5, **({"val/mca_best": b} if json_best else {})})
+            )
+        return tmp_path / name
+
+    a = sweep("cand", [0.70, 0.80, 0.75], json_best=True)
+    b = sweep("base", [0.60, 0.82, 0.70], json_best=False)
+    text = compare(a, b)
+    assert (
+        "| 0 | 0.600 (1) | 0.700 (1) | +0.100 |" in text and "| 1 | 0.820 (1) | 0.800 (1) | -0.020 |" in text
+    )
+    d = [0.10, -0.02, 0.05]
+    assert f"**{np.mean(d):+.3f}**" in text and "higher in 2 of 3" in text
+    other = sweep("other", [0.7, 0.7, 0.7], json_best=True, val_of=lambda k: k + 1)
+    with pytest.raises(SystemExit, match="validate on different cells"):
+        compare(other, b)
+    (a / "0" / "metrics.json").write_text(json.dumps({"val/mca_best": 0.9}))
+    with pytest.raises(SystemExit, match="its CSV curve's best is 0.7"):
+        compare(a, b)
