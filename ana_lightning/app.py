@@ -23,6 +23,7 @@ import numpy as np
 
 from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from .export import DISCLAIMER, INTENDED_USE
+from .fields.combine import INSUFFICIENT
 from .predict import Predictor
 
 if TYPE_CHECKING:
@@ -205,7 +206,9 @@ def analyse(
             pic, probs, labels, note = _analyse_field(field, image, threshold)
         except ValueError as e:  # no nucleus-like object: a blank or saturated image
             return _preview(image), f"### Could not read this field\n{e}", None, None
-        if probs is None:
+        if (
+            probs is None or INSUFFICIENT in labels
+        ):  # too few usable cells: no verdict (left out of a specimen)
             return _preview(pic), f"### {'; '.join(labels)}\n{note}", None, None
         return (
             _preview(pic),

@@ -41,15 +41,25 @@ def specimen_verdicts(
             rows.append(row)
             continue
         probs = predictor.rule.combine(np.stack([r.probs for r in ok]), combine)
-        order = [int(i) for i in np.argsort(-probs, kind="stable")]
-        cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
-        pats = [names[i] for i in order if names[i] != negative and probs[i] >= cut[i]][: max(1, int(top_k))]
-        top = names[order[0]]
-        screening = (
-            "negative" if (top == negative and not (predictor.task == "multi_label" and pats)) else "positive"
-        )
-        if screening == "positive" and not pats:
-            pats = [next(names[i] for i in order if names[i] != negative)]
+        if (
+            predictor.task == "hierarchical"
+        ):  # outputs are levels side by side: the verdict is the routed path
+            top, pats = _hierarchical_patterns(predictor, probs, top_k, pattern_min_prob, negative)
+            screening = "negative" if top == negative else "positive"
+        else:
+            order = [int(i) for i in np.argsort(-probs, kind="stable")]
+            cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
+            pats = [names[i] for i in order if names[i] != negative and probs[i] >= cut[i]][
+                : max(1, int(top_k))
+            ]
+            top = names[order[0]]
+            screening = (
+                "negative"
+                if (top == negative and not (predictor.task == "multi_label" and pats))
+                else "positive"
+            )
+            if screening == "positive" and not pats:
+                pats = [next(names[i] for i in order if names[i] != negative)]
         row.update(
             screening=screening,
             patterns=";".join(pats) if screening == "positive" else "",
@@ -59,6 +69,19 @@ def specimen_verdicts(
         )
         rows.append(row)
     return rows
+
+
+def _hierarchical_patterns(
+    predictor: Predictor, probs: np.ndarray, top_k: int, min_prob: float, negative: str
+) -> tuple[str, list[str]]:
+    """A hierarchical model's specimen verdict (the routed leaf, or level-2 node) and its patterns: the
+    verdict first, then the next most probable paths of the tree reaching ``min_prob``."""
+    top = predictor.decide(probs)[0]
+    paths = [
+        n for n, p in predictor.rule.top_k(probs, max(1, int(top_k)) + 1) if n != negative and p >= min_prob
+    ]
+    pats = ([top] if top != negative else []) + [n for n in paths if n != top]
+    return top, pats[: max(1, int(top_k))]
 
 
 def write_specimens(

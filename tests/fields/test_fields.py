@@ -493,3 +493,14 @@ def test_app_shows_the_cell_overlay_of_a_field(trained_checkpoint, field_folder)
     assert (
         field_predictor(compose("app", [f"ckpt_path={ckpt}"]), predictor) is None
     )  # a field model: whole image
+    # too few usable cells: no verdict, a row of a several-fields upload and left out of the specimen (it
+    # crashed the page before: the label "insufficient cells" is no class)
+    from ana_lightning.app import analyse_many
+
+    strict = field_predictor(
+        compose("app", [f"ckpt_path={ckpt}", "model_kind=cell", f"min_cells={res.n_used + 1}"]), predictor
+    )
+    _, text, chart, probs = analyse(predictor, path.read_bytes(), field=strict)
+    assert text.startswith("### insufficient cells") and probs is None and chart is None
+    _, text, _, state = analyse_many(predictor, [path.read_bytes(), path.read_bytes()], field=strict)
+    assert "No field could be read" in text and state["probs"] is None and text.count("| no verdict |") == 2

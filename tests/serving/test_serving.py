@@ -213,6 +213,14 @@ def test_a_hierarchical_model_combines_many_units_level_by_level(zoo, kind, meth
     field = FieldPredictor(p, "cell", None, combine=method, min_cells=1)
     for u in units[:4]:  # identical cells: the field reads as that cell (vote: before, the first node)
         assert p.decide(field._combine(np.repeat(u[None], 3, axis=0))) == p.decide(u)
+    # a specimen of such fields: its verdict is the routed path of the combined outputs, not the largest output
+    from ana_lightning.fields.predictor import FieldResult
+    from ana_lightning.fields.specimens import specimen_verdicts
+
+    fields = [FieldResult(path=str(i), verdict=p.decide(u), probs=u, group="s") for i, u in enumerate(units)]
+    (row,) = specimen_verdicts(fields, p, combine=method)
+    assert row["verdict"] == p.decide(got)[0] and row["patterns"].split(";")[0] == row["verdict"]
+    assert not any(n.startswith("level") for n in row["patterns"].split(";")), row["patterns"]
 
 
 def test_calibrated_models_serve_their_temperature(zoo):
