@@ -293,7 +293,11 @@ def analyse_many(
             note = next((ln.split(";")[0] for ln in lines if ln.startswith("Field read as")), "")
         fields.append((name, probs, note.replace("|", "/")))
         if pic is not None:
-            verdict = ", ".join(predictor.decide(probs)) if probs is not None else "no verdict"
+            verdict = (
+                ", ".join(predictor.display_name(c) for c in predictor.decide(probs)) or "no pattern"
+                if probs is not None
+                else "no verdict"
+            )
             gallery.append((pic, f"{name}: {verdict}"))
     used = [p for _, p, _ in fields if p is not None]
     combined = predictor.rule.combine(np.stack(used), combine) if used else None  # as ana-predict group_by=

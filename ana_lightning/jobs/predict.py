@@ -117,7 +117,9 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
 def _select_split(cfg: DictConfig, files: list[Path]) -> list[Path]:
     """``split_manifest=<run>/split_manifest.csv split=test``: only the images that the manifest puts in
     that split (a run's test cells scored by its exported model, as the run scored them). Rows match
-    as ``group_by`` and ``truth`` CSV rows do (paths relative to ``input=``, or file names)."""
+    as ``group_by`` and ``truth`` CSV rows do (paths relative to ``input=``, or file names); when the
+    manifest has a ``sha256`` column (a run's does), every kept image must have those bytes, so a folder
+    that only numbers its files the same way is refused."""
     manifest, split = cfg.get("split_manifest"), cfg.get("split")
     if not manifest and not split:
         return files
@@ -128,30 +130,50 @@ def _select_split(cfg: DictConfig, files: list[Path]) -> list[Path]:
         )
     import csv
 
+    from ..data.images import sha256_file
     from ..predict.io import path_table
 
     table = Path(str(manifest)).expanduser()
     if not table.is_file():
         raise FileNotFoundError(f"split_manifest={manifest}: no such file")
     with open(table, newline="", encoding="utf-8-sig") as fh:
-        listed = [
-            r.get("path", "") for r in csv.DictReader(fh) if (r.get("split") or "").strip() == str(split)
-        ]
+        reader = csv.DictReader(fh)
+        if "split" not in (reader.fieldnames or []) or "path" not in (reader.fieldnames or []):
+            raise ValueError(
+                f"split_manifest={manifest}: needs columns 'path' and 'split' (a run's split_manifest.csv); "
+                f"has {reader.fieldnames}"
+            )
+        rows = list(reader)
+    listed = [r for r in rows if (r.get("split") or "").strip() == str(split)]
     if not listed:
-        raise ValueError(f"split_manifest={manifest}: no row has split={split!r}")
-    rows = path_table(files, Path(cfg.input).expanduser(), table, "split", "split_manifest", "splits")
-    kept = [f for f in files if rows.get(f, ("",))[0] == str(split)]
+        have = sorted({(r.get("split") or "").strip() for r in rows} - {""})
+        raise ValueError(
+            f"split_manifest={manifest}: no row has split={split!r} (its splits: {', '.join(have)})"
+        )
+    matched = path_table(files, Path(cfg.input).expanduser(), table, "split", "split_manifest", "splits")
+    kept = [f for f in files if matched.get(f, ("",))[0] == str(split)]
     if not kept:
         raise ValueError(
-            f"split_manifest={manifest}: none of its {len(listed)} split={split!r} rows (e.g. {listed[0]}) is an "
-            f"image of input={cfg.input}; give the folder the run read (its data.root)"
+            f"split_manifest={manifest}: none of its {len(listed)} split={split!r} rows (e.g. {listed[0]['path']}) "
+            f"is an image of input={cfg.input}; give the folder the run read (its data.root)"
+        )
+    digests = (
+        path_table(kept, Path(cfg.input).expanduser(), table, "sha256", "split_manifest", "sha256 values")
+        if ("sha256" in rows[0])
+        else {}
+    )
+    wrong = [f for f in kept if digests.get(f, ("",))[0] and digests[f][0] != sha256_file(f)]
+    if wrong:
+        raise ValueError(
+            f"split_manifest={manifest}: {len(wrong)} of the {len(kept)} image(s) of input={cfg.input} matched to its "
+            f"split={split!r} rows differ from the files the run read (sha256), e.g. {wrong[0]}: give the folder the "
+            "run read (its data.root)"
         )
     if len(kept) < len(listed):
-        missing = len(listed) - len(kept)
         log.warning(
             "split_manifest=%s: %d of its %d split=%s row(s) have no image in input=%s; scoring the %d that do",
             manifest,
-            missing,
+            len(listed) - len(kept),
             len(listed),
             split,
             cfg.input,

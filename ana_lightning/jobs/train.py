@@ -202,7 +202,14 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         check_resume_fits(resume, model, bool(cfg.get("trust_checkpoint")))
     trainer = build_trainer(cfg, run_dir, **({} if validates else _NO_VALIDATION_TRAINER))
     if validates and keep == "last" and cfg.get("monitor"):  # no checkpoint tracks the best epoch then
-        trainer.callbacks.append(BestOfMonitor(str(cfg.monitor), str(cfg.get("monitor_mode") or "max")))
+        # before the checkpoint callbacks, so a checkpoint saved at the end of a validation holds its result
+        first_ckpt = next(
+            (i for i, c in enumerate(trainer.callbacks) if isinstance(c, ModelCheckpoint)), None
+        )
+        trainer.callbacks.insert(
+            len(trainer.callbacks) if first_ckpt is None else first_ckpt,
+            BestOfMonitor(str(cfg.monitor), str(cfg.get("monitor_mode") or "max")),
+        )
     resume_step = (
         resume_step_of(resume, run_dir, bool(cfg.get("trust_checkpoint"))) if cfg.get("train", True) else None
     )

@@ -320,6 +320,13 @@ class TTAAtEvaluationOnly(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pause_tta(pl_module, False)
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        pause_tta(
+            pl_module, False
+        )  # a fit stopped inside a validation pass (Ctrl-C): later tests still use TTA
+
 
 class CellInput(nn.Module):
     """A backbone behind per-cell intensity normalisation, with optional dihedral TTA.

@@ -36,13 +36,17 @@ def best_val(run: Path) -> tuple[float, int | None]:
         raise SystemExit(
             f"{run}: neither metrics.json's val/mca_best nor a csv/**/metrics.csv curve of val/mca"
         )
-    best = max(curve) if curve else (float(saved), None)
+    best = (
+        max(curve, key=lambda t: (t[0], -t[1])) if curve else (float(saved), None)
+    )  # ties: the first epoch, as ModelCheckpoint keeps
     if saved is not None and curve and abs(best[0] - float(saved)) > 1e-6:
         raise SystemExit(f"{run}: metrics.json says val/mca_best {saved}, its CSV curve's best is {best[0]}")
     return (float(saved) if saved is not None else best[0]), best[1]
 
 
 def val_cells(run: Path) -> set[str]:
+    if not (run / "split_manifest.csv").is_file():
+        raise SystemExit(f"{run}: no split_manifest.csv (is it a fold job of ana-train?)")
     with open(run / "split_manifest.csv", newline="") as f:
         return {r["path"] for r in csv.DictReader(f) if r["split"] == "val"}
 
@@ -52,6 +56,7 @@ def compare(a: Path, b: Path) -> str:
     if not ja or set(ja) != set(jb):
         raise SystemExit(f"{a} and {b} hold different folds: {sorted(ja)} vs {sorted(jb)}")
     rows, va, vb = [], [], []
+    repeats = any(r for r, _ in ja)  # repeated CV: "repeat/fold"
     for key in sorted(ja):
         if val_cells(ja[key]) != val_cells(jb[key]):
             raise SystemExit(f"fold {key}: {ja[key]} and {jb[key]} validate on different cells")
@@ -59,12 +64,14 @@ def compare(a: Path, b: Path) -> str:
         va.append(x)
         vb.append(y)
         ep = lambda e: "" if e is None else f" ({e})"  # noqa: E731
-        rows.append(f"| {key[1]} | {y:.3f}{ep(ey)} | {x:.3f}{ep(ex)} | {x - y:+.3f} |")
+        fold = f"{key[0]}/{key[1]}" if repeats else str(key[1])
+        rows.append(f"| {fold} | {y:.3f}{ep(ey)} | {x:.3f}{ep(ex)} | {x - y:+.3f} |")
     c = paired_comparison(va, vb)
     higher = sum(x > y for x, y in zip(va, vb, strict=True))
     return "\n".join(
         [
-            f"| fold | {b.name} best val MCA (epoch) | {a.name} best val MCA (epoch) | {a.name} − {b.name} |",
+            f"| {'repeat/fold' if repeats else 'fold'} | {b.name} best val MCA (epoch) | {a.name} best val MCA (epoch) "
+            f"| {a.name} − {b.name} |",
             "|---|---|---|---|",
             *rows,
             f"| **mean** | {c['mean_b']:.3f} | {c['mean_a']:.3f} | **{c['mean_diff']:+.3f}** "

@@ -294,3 +294,38 @@ def test_a_plateau_schedule_without_validation_split_is_a_clear_error(tiny_folde
     ]
     with pytest.raises(ValueError, match="ReduceLROnPlateau.*data.split_fractions"):
         train(compose("train", overrides, output_dir=tmp_path / "run"))
+
+
+def test_best_of_monitor_tracks_the_best_validation_of_fit_only():
+    """keep_epoch=last: BestOfMonitor gives val/mca_best, the best of fit's validation passes (not the
+    sanity check, not trainer.validate), and carries it through a resume (its state)."""
+    from types import SimpleNamespace
+
+    from ana_lightning.jobs.train import BestOfMonitor
+
+    def passes(cb, values, fn="fit", sanity=False):
+        for v in values:
+            t = SimpleNamespace(
+                callback_metrics={"val/mca": torch.tensor(v)},
+                sanity_checking=sanity,
+                state=SimpleNamespace(fn=fn),
+            )
+            cb.on_validation_end(t, None)
+
+    cb = BestOfMonitor("val/mca", "max")
+    passes(cb, [0.99], sanity=True)  # the sanity check's score is not an epoch's
+    passes(cb, [0.5, 0.8, 0.6, float("nan")])  # not monotone: the best is not the last
+    passes(cb, [0.95], fn="validate")  # trainer.validate after fit (the temperature check)
+    assert cb.best == pytest.approx(0.8)
+    resumed = BestOfMonitor("val/mca", "max")
+    resumed.load_state_dict(cb.state_dict())
+    passes(resumed, [0.7])
+    assert resumed.best == pytest.approx(0.8) and resumed.state_key == cb.state_key
+    low = BestOfMonitor("val/mca", "min")
+    passes(low, [0.5, 0.3, 0.4])
+    assert low.best == pytest.approx(0.3)
+    other = BestOfMonitor("val/loss", "min")
+    passes(other, [0.5])
+    assert other.best is None  # it watches val/loss, which these passes did not log
+    with pytest.raises(ValueError, match="monitor_mode must be max or min, got 'up'"):
+        BestOfMonitor("val/mca", "up")

@@ -395,6 +395,10 @@ def test_tta_pause_covers_any_lightning_module_on_the_project_trainer(tta_calls)
     validate_views = [n for fn, n in seen if fn == "validate"]
     assert fit_views == [0, 0] and validate_views == [1, 1], seen
     assert not model.net.tta_paused  # cleared after the fit's validation
+    stop = cells.TTAAtEvaluationOnly()  # and after a fit stopped inside a validation pass
+    cells.pause_tta(model, True)
+    stop.on_exception(None, model, KeyboardInterrupt())
+    assert not model.net.tta_paused
     # without the project's Trainer nothing pauses it: the callback is what does it
     seen.clear()
     L.Trainer(max_epochs=1, num_sanity_val_steps=0, **kw).fit(Own(), data, data)
@@ -1045,9 +1049,25 @@ def test_predict_scores_one_split_of_a_run(framed_model, tmp_path):
     assert m["truth/mca"] == pytest.approx(logged["test/mca"], abs=1e-6)
     with pytest.raises(ValueError, match="give both"):
         run_predict(compose("predict", [*over, "split=test"], output_dir=tmp_path / "x"))
-    with pytest.raises(ValueError, match="no row has split='tset'"):
+    with pytest.raises(ValueError, match=r"no row has split='tset' \(its splits: test, train, val\)"):
         run_predict(
             compose("predict", [*over, f"split_manifest={manifest}", "split=tset"], output_dir=tmp_path / "y")
+        )
+    # a folder that numbers its files the same way is not the run's folder: the manifest's sha256 says so
+    train = next(r["path"] for r in _csv_rows(manifest) if r["split"] == "train")
+    same_names = tmp_path / "same_names"
+    same_names.mkdir()
+    (same_names / test[0]).write_bytes((root / train).read_bytes())
+    with pytest.raises(
+        ValueError, match=f"differ from the files the run read \\(sha256\\), e.g. .*{test[0]}"
+    ):
+        run_predict(
+            compose(
+                "predict",
+                [f"ckpt_path={ckpt}", f"input={same_names}", "progress=false"]
+                + [f"split_manifest={manifest}", "split=test"],
+                output_dir=tmp_path / "v",
+            )
         )
     other = tmp_path / "other"
     other.mkdir()

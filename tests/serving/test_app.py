@@ -81,7 +81,8 @@ def test_several_fields_of_one_specimen_give_each_fields_verdict_and_the_specime
     for row, p in zip((table[0], table[2]), want, strict=True):
         assert f"{predictor.display_name(predictor.class_names[int(np.argmax(p))])} | {p.max():.3f}" in row
     assert [c for _, c in gallery] == [
-        f"Field {i}: {predictor.class_names[int(np.argmax(p))]}" for i, p in zip((1, 3), want, strict=True)
+        f"Field {i}: {predictor.display_name(predictor.class_names[int(np.argmax(p))])}"
+        for i, p in zip((1, 3), want, strict=True)
     ]
     # one upload reads as before
     one = analyse_many(predictor, [images[0].read_bytes()])
