@@ -34,7 +34,7 @@ __all__ = ["build_app", "analyse", "analyse_many", "parse_size", "MAX_FIELDS"]
 log = logging.getLogger(__name__)
 
 PREVIEW_PX = 512  # longest side of the preview shown on the page
-MAX_FIELDS = 24  # fields of one specimen per upload (each is segmented and classified on this CPU)
+MAX_FIELDS = 24  # default: fields of one specimen per upload (each is segmented and classified on the CPU)
 
 
 def parse_size(size: str | int) -> int:
@@ -262,6 +262,7 @@ def analyse_many(
     max_bytes: int | None = None,
     field=None,
     combine: str | None = None,
+    max_fields: int = MAX_FIELDS,
 ) -> tuple[list[tuple[np.ndarray, str]], str, Any, dict[str, Any] | None]:
     """Several uploads, the fields of one specimen → ``(gallery of (picture, caption), result Markdown,
     chart data, state)``. One upload reads as :func:`analyse`; a file that cannot be read is a row of the
@@ -270,10 +271,10 @@ def analyse_many(
     uploads = [u for u in (uploads or []) if u is not None]
     if not uploads:
         return [], "", None, None
-    if len(uploads) > MAX_FIELDS:
+    if len(uploads) > max_fields:
         return (
             [],
-            f"### Too many files\n{len(uploads)} files were uploaded; up to {MAX_FIELDS} fields of one "
+            f"### Too many files\n{len(uploads)} files were uploaded; up to {max_fields} fields of one "
             "specimen are read at once (use `ana-predict input=<folder> group_by=folder` for more).",
             None,
             None,
@@ -307,10 +308,17 @@ def analyse_many(
 
 
 def build_app(
-    predictor: Predictor, max_file_size: str | int = "25mb", field=None, combine: str = "mean_log"
+    predictor: Predictor,
+    max_file_size: str | int = "25mb",
+    field=None,
+    combine: str = "mean_log",
+    max_fields: int = MAX_FIELDS,
 ) -> gr.Blocks:
     """The Gradio Blocks page for ``predictor`` (not launched); ``field``: see :func:`field_predictor`;
-    ``combine``: how several uploaded fields make the specimen's verdict (:func:`analyse_many`)."""
+    ``combine``: how several uploaded fields make the specimen's verdict, ``max_fields`` how many one upload
+    may hold (:func:`analyse_many`)."""
+    if int(max_fields) < 1:
+        raise ValueError(f"max_fields={max_fields!r}: at least 1 field per upload")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio as gr
@@ -335,7 +343,7 @@ def build_app(
             f"# ANA pattern of a HEp-2 field\n"
             f"Model: `{Path(predictor.source).name}` ({predictor.task}, {len(predictor.class_names)} outputs, "
             f"{predictor.backend_name}). Upload one immunofluorescence field image (up to {max_bytes / 2**20:.0f} MiB "
-            f"each), or up to {MAX_FIELDS} fields of one specimen at once for the specimen's verdict.\n\n"
+            f"each), or up to {max_fields} fields of one specimen at once for the specimen's verdict.\n\n"
             f"**Intended use:** {INTENDED_USE}\n\n{calibration_note(predictor)}\n\n> {DISCLAIMER}"
         )
         with gr.Row():
@@ -386,7 +394,7 @@ def build_app(
 
         def on_upload(data, thr_value, slider_moved):
             t = thr_value if (multi and slider_moved) else None
-            return analyse_many(predictor, data, t, max_bytes, field, combine)
+            return analyse_many(predictor, data, t, max_bytes, field, combine, int(max_fields))
 
         def on_threshold(state, thr_value):
             if state is None:

@@ -26,6 +26,7 @@ def run_app(cfg: DictConfig) -> Any:
         cfg.get("max_file_size", "25mb"),
         field_predictor(cfg, predictor),
         combine=str(cfg.get("combine") or "mean_log"),
+        max_fields=int(cfg.get("max_fields", 24)),
     )
     warn_if_exposed(str(cfg.server_name), int(cfg.server_port))
     log.info(

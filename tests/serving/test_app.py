@@ -93,6 +93,11 @@ def test_several_fields_of_one_specimen_give_each_fields_verdict_and_the_specime
     assert "No field could be read" in md and chart is None and state["probs"] is None
     _, md, _, state = analyse_many(predictor, [broken] * (MAX_FIELDS + 1))
     assert md.startswith("### Too many files") and state is None
+    assert f"{MAX_FIELDS + 1} files were uploaded; up to {MAX_FIELDS} fields" in md
+    _, md, _, _ = analyse_many(predictor, [broken] * 3, max_fields=2)
+    assert md.startswith("### Too many files") and "up to 2 fields" in md
+    with pytest.raises(ValueError, match="max_fields=0"):
+        build_app(predictor, max_fields=0)
     assert analyse_many(predictor, None) == ([], "", None, None)
 
 
