@@ -235,8 +235,9 @@ def _field_row(r: FieldResult, predictor) -> dict[str, str]:
     )
     if r.probs is not None:
         row.update({f"p_{c}": f"{float(x):.6f}" for c, x in zip(names, r.probs, strict=True)})
-        if r.verdict and r.verdict[0] in names:
-            row["confidence"] = ";".join(f"{float(r.probs[names.index(v)]):.6f}" for v in r.verdict)
+        # a hierarchical verdict is a routed path (a leaf or a level-2 node), scored by the rule, not a column
+        if r.verdict and (r.verdict[0] in names or (predictor.task == "hierarchical" and r.usable)):
+            row["confidence"] = ";".join(f"{predictor.rule.confidence(r.probs, v):.6f}" for v in r.verdict)
             lv = [predictor.hierarchy(v) for v in r.verdict]
             row["level1"], row["level2"] = ";".join(x[0] for x in lv), ";".join(x[1] for x in lv)
     return row

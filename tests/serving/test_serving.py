@@ -17,7 +17,7 @@ from ana_lightning.models.classifier import SoftmaxClassifier
 from ana_lightning.models.hierarchical import HierarchicalPipeline, MultiHeadClassifier
 from ana_lightning.models.multilabel import SigmoidEnsemble
 from ana_lightning.models.siamese import SiameseClassifier
-from ana_lightning.predict import ModelInfo, Predictor, decision_rule, run_predict
+from ana_lightning.predict import ModelInfo, Predictor, decision_rule, load_predictor, run_predict
 from ana_lightning.taxonomy import Taxonomy
 from ana_lightning.utils import CheckpointError
 
@@ -221,6 +221,60 @@ def test_a_hierarchical_model_combines_many_units_level_by_level(zoo, kind, meth
     (row,) = specimen_verdicts(fields, p, combine=method)
     assert row["verdict"] == p.decide(got)[0] and row["patterns"].split(";")[0] == row["verdict"]
     assert not any(n.startswith("level") for n in row["patterns"].split(";")), row["patterns"]
+
+
+@pytest.mark.parametrize("combine", ["vote", "mean_log"])
+def test_a_pipeline_reads_fields_and_specimens_as_paths_of_the_tree(zoo, tmp_path, combine):
+    """ana-predict with a level-1/2/3 pipeline on whole fields, grouped by specimen: each field's verdict and
+    each specimen's are routed paths of the combined outputs (levels combined on their own), with the
+    path's probability and its level-1 / level-2 nodes."""
+    import cv2
+
+    from ana_lightning.fields.simulate import sim_field
+
+    folder = tmp_path / "fields"
+    for s, seed in (("spec1", 0), ("spec2", 10)):
+        (folder / s).mkdir(parents=True)
+        for i in range(2):
+            img, _ = sim_field("AC-1", 20, seed=seed + i, size=160)
+            cv2.imwrite(str(folder / s / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    overrides = [
+        f"input={folder}",
+        f"pipeline.level1={zoo['level1']}",
+        f"pipeline.level2={zoo['level2']}",
+        f"+pipeline.level3.speckled={zoo['level3']['speckled']}",
+        f"+pipeline.level3.nucleolar={zoo['level3']['nucleolar']}",
+        "progress=false",
+        "device=cpu",
+        "fields=true",
+        "model_nucleus_diameter_px=13",
+        "group_by=folder",
+        f"combine={combine}",
+    ]
+    cfg = compose("predict", overrides, output_dir=tmp_path / "run")
+    summary = run_predict(cfg)
+    assert summary.n_images == 4 and summary.n_failed == 0
+    p = load_predictor(cfg, "ana-predict")  # the pipeline as ana-predict built it (its routing: hard)
+    tree = Taxonomy.load()
+    with open(summary.csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    a, b = len(p.rule.names1), len(p.rule.names1) + len(p.rule.names2)
+    for r in rows:
+        probs = np.array([float(r[f"p_{c}"]) for c in p.class_names])
+        assert probs[:a].sum() == pytest.approx(1.0, abs=1e-4) and probs[a:b].sum() == pytest.approx(
+            1.0, abs=1e-4
+        )
+        assert r["verdict"] == p.decide(probs)[0]
+        assert (r["level1"], r["level2"]) == p.hierarchy(r["verdict"])[:2] and r["level1"] == tree.parent(
+            r["level2"]
+        )
+        assert float(r["confidence"]) == pytest.approx(p.rule.confidence(probs, r["verdict"]), abs=1e-5)
+    with open(summary.csv_path.parent / "specimens.csv", newline="") as f:
+        specimens = {s["specimen"]: s for s in csv.DictReader(f)}
+    assert set(specimens) == {"spec1", "spec2"}
+    for s in specimens.values():
+        probs = np.array([float(s[f"p_{c}"]) for c in p.class_names])
+        assert s["top1"] == p.decide(probs)[0] == s["patterns"].split(";")[0]
 
 
 def test_calibrated_models_serve_their_temperature(zoo):
