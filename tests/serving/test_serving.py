@@ -97,6 +97,18 @@ def zoo(tmp_path_factory) -> dict:
 KINDS = ["softmax", "sigmoid", "siamese", "siamese_folder", "multihead", "bundle", "pipeline"]
 
 
+def _pipeline_keys(zoo: dict) -> list[str]:
+    """ana-predict overrides for the zoo's level-1/2/3 pipeline (level 3 for speckled and nucleolar), on the CPU."""
+    return [
+        f"pipeline.level1={zoo['level1']}",
+        f"pipeline.level2={zoo['level2']}",
+        f"+pipeline.level3.speckled={zoo['level3']['speckled']}",
+        f"+pipeline.level3.nucleolar={zoo['level3']['nucleolar']}",
+        "progress=false",
+        "device=cpu",
+    ]
+
+
 def _predictor(zoo: dict, kind: str) -> Predictor:
     if kind == "pipeline":
         return Predictor.from_pipeline(zoo["pipeline"], device="cpu")
@@ -240,12 +252,7 @@ def test_a_pipeline_reads_fields_and_specimens_as_paths_of_the_tree(zoo, tmp_pat
             cv2.imwrite(str(folder / s / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     overrides = [
         f"input={folder}",
-        f"pipeline.level1={zoo['level1']}",
-        f"pipeline.level2={zoo['level2']}",
-        f"+pipeline.level3.speckled={zoo['level3']['speckled']}",
-        f"+pipeline.level3.nucleolar={zoo['level3']['nucleolar']}",
-        "progress=false",
-        "device=cpu",
+        *_pipeline_keys(zoo),
         "fields=true",
         "model_nucleus_diameter_px=13",
         "group_by=folder",
@@ -325,15 +332,7 @@ def test_torchscript_export_of_a_pipeline(zoo, tmp_path):
 
 
 def test_ana_predict_with_pipeline_keys_writes_the_path_with_probabilities(zoo, tmp_path):
-    overrides = [
-        f"input={zoo['images'][0].parent.parent}",
-        f"pipeline.level1={zoo['level1']}",
-        f"pipeline.level2={zoo['level2']}",
-        f"+pipeline.level3.speckled={zoo['level3']['speckled']}",
-        f"+pipeline.level3.nucleolar={zoo['level3']['nucleolar']}",
-        "progress=false",
-        "device=cpu",
-    ]
+    overrides = [f"input={zoo['images'][0].parent.parent}", *_pipeline_keys(zoo)]
     cfg = compose("predict", overrides, output_dir=tmp_path / "run")
     summary = run_predict(cfg)
     assert summary.n_images == len(zoo["images"]) and summary.n_failed == 0
