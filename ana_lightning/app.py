@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -159,7 +159,6 @@ def field_predictor(cfg, predictor: Predictor):
 
 def _analyse_field(fp, image: np.ndarray, threshold: float | None):
     """A field through ``fp``: ``(overlay picture, probabilities or None, labels, note)``."""
-    from .fields.combine import INSUFFICIENT
     from .fields.overlay import class_colours, draw_overlay
     from .fields.scale import estimate_nucleus_diameter
 
@@ -182,6 +181,41 @@ def _analyse_field(fp, image: np.ndarray, threshold: float | None):
     return pic, res.probs, verdict, note
 
 
+class _Upload(NamedTuple):
+    """One upload read by the model: what :func:`analyse` renders and :func:`analyse_many` tabulates."""
+
+    picture: np.ndarray | None  # the preview (a field's cell overlay), None when the file could not be read
+    probs: np.ndarray | None  # None: no verdict
+    labels: tuple[str, ...]
+    heading: str  # no verdict: why, as a heading ("Could not read this file", "insufficient cells", …)
+    note: str  # no verdict: the reason; a field: how it was read (cells, nucleus size)
+
+
+def _read_upload(
+    predictor: Predictor, data: bytes, threshold: float | None, max_bytes: int | None, field
+) -> _Upload:
+    try:
+        if max_bytes is not None and len(data) > max_bytes:
+            raise BadImageError(
+                "upload", f"{len(data) / 2**20:.1f} MiB is over the limit of {max_bytes / 2**20:.0f} MiB"
+            )
+        image = decode_image(data, "upload")
+    except BadImageError as e:
+        return _Upload(None, None, (), "Could not read this file", e.reason)
+    if field is not None:
+        try:
+            pic, probs, labels, note = _analyse_field(field, image, threshold)
+        except ValueError as e:  # no nucleus-like object: a blank or saturated image
+            return _Upload(_preview(image), None, (), "Could not read this field", str(e))
+        # too few usable cells: no verdict (and left out of a specimen)
+        if probs is None or INSUFFICIENT in labels:
+            return _Upload(_preview(pic), None, tuple(labels), "; ".join(labels), note)
+        return _Upload(_preview(pic), probs, tuple(labels), "", note)
+    pred = predictor.predict_image(image, "upload")
+    labels = predictor.decide(pred.probabilities, threshold) if threshold is not None else pred.labels
+    return _Upload(_preview(image), pred.probabilities, tuple(labels), "", "")
+
+
 def analyse(
     predictor: Predictor,
     data: bytes | None,
@@ -193,38 +227,11 @@ def analyse(
     With ``field`` (see :func:`field_predictor`) the preview is the field's cell overlay."""
     if data is None:
         return None, "", None, None
-    try:
-        if max_bytes is not None and len(data) > max_bytes:
-            raise BadImageError(
-                "upload", f"{len(data) / 2**20:.1f} MiB is over the limit of {max_bytes / 2**20:.0f} MiB"
-            )
-        image = decode_image(data, "upload")
-    except BadImageError as e:
-        return None, f"### Could not read this file\n{e.reason}", None, None
-    if field is not None:
-        try:
-            pic, probs, labels, note = _analyse_field(field, image, threshold)
-        except ValueError as e:  # no nucleus-like object: a blank or saturated image
-            return _preview(image), f"### Could not read this field\n{e}", None, None
-        if (
-            probs is None or INSUFFICIENT in labels
-        ):  # too few usable cells: no verdict (left out of a specimen)
-            return _preview(pic), f"### {'; '.join(labels)}\n{note}", None, None
-        return (
-            _preview(pic),
-            _result_markdown(predictor, probs, labels) + "\n\n" + note,
-            _chart(predictor, probs, labels),
-            probs,
-        )
-    pred = predictor.predict_image(image, "upload")
-    probs = pred.probabilities
-    labels = predictor.decide(probs, threshold) if threshold is not None else pred.labels
-    return (
-        _preview(image),
-        _result_markdown(predictor, probs, labels),
-        _chart(predictor, probs, labels),
-        probs,
-    )
+    u = _read_upload(predictor, data, threshold, max_bytes, field)
+    if u.probs is None:
+        return u.picture, f"### {u.heading}\n{u.note}", None, None
+    md = _result_markdown(predictor, u.probs, u.labels) + (f"\n\n{u.note}" if u.note else "")
+    return u.picture, md, _chart(predictor, u.probs, u.labels), u.probs
 
 
 def _many_markdown(predictor: Predictor, state: dict[str, Any], threshold: float | None) -> tuple[str, Any]:
@@ -287,11 +294,10 @@ def analyse_many(
     gallery, fields = [], []
     for i, data in enumerate(uploads, start=1):
         name = f"Field {i}"
-        pic, md, _, probs = analyse(predictor, data, None, max_bytes, field)
-        lines = [ln for ln in md.splitlines() if ln.strip() and not ln.startswith("#")]
-        note = (lines[0] if lines else "") if probs is None else ""
-        if probs is not None and field is not None:  # "Field read as **N cells** (…)"
-            note = next((ln.split(";")[0] for ln in lines if ln.startswith("Field read as")), "")
+        u = _read_upload(predictor, data, None, max_bytes, field)
+        pic, probs = u.picture, u.probs
+        # the table's "read as": why there is no verdict, or how a field was read ("Field read as **N cells** (…)")
+        note = u.note if probs is None else u.note.split(";")[0]
         fields.append((name, probs, note.replace("|", "/")))
         if pic is not None:
             verdict = (
