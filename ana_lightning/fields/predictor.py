@@ -105,9 +105,8 @@ class FieldPredictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.names)))
 
     def _combine(self, probs: np.ndarray) -> np.ndarray:
-        return self.p.rule.combine(
-            probs, self.combine
-        )  # multi-label and hierarchical outputs have their own way
+        # the decision rule's way: multi-label outputs are not renormalised, hierarchical ones combine level by level
+        return self.p.rule.combine(probs, self.combine)
 
     def predict_field(
         self,

@@ -41,9 +41,8 @@ def specimen_verdicts(
             rows.append(row)
             continue
         probs = predictor.rule.combine(np.stack([r.probs for r in ok]), combine)
-        if (
-            predictor.task == "hierarchical"
-        ):  # outputs are levels side by side: the verdict is the routed path
+        # a hierarchical model's outputs are its levels side by side: the verdict is the routed path
+        if predictor.task == "hierarchical":
             top, pats = _hierarchical_patterns(predictor, probs, top_k, pattern_min_prob, negative)
             screening = "negative" if top == negative else "positive"
         else:

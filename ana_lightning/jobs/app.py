@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..app import build_app, field_predictor, parse_size, warn_if_exposed
+from ..app import MAX_FIELDS, build_app, field_predictor, parse_size, warn_if_exposed
 from ..predict import load_predictor
 
 __all__ = ["run_app"]
@@ -26,7 +26,7 @@ def run_app(cfg: DictConfig) -> Any:
         cfg.get("max_file_size", "25mb"),
         field_predictor(cfg, predictor),
         combine=str(cfg.get("combine") or "mean_log"),
-        max_fields=int(cfg.get("max_fields", 24)),
+        max_fields=int(cfg.get("max_fields", MAX_FIELDS)),
     )
     warn_if_exposed(str(cfg.server_name), int(cfg.server_port))
     log.info(

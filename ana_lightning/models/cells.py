@@ -323,9 +323,8 @@ class TTAAtEvaluationOnly(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        pause_tta(
-            pl_module, False
-        )  # a fit stopped inside a validation pass (Ctrl-C): later tests still use TTA
+        # a fit stopped inside a validation pass (Ctrl-C): what runs after it (tests, ana-eval) still uses TTA
+        pause_tta(pl_module, False)
 
 
 class CellInput(nn.Module):

@@ -17,7 +17,6 @@ each run's own ``data.root`` unless ``--root`` says otherwise.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from ablation import DEFAULT_ROOT, batched, best_checkpoint, mca, model_input, read_cells, split_cells  # noqa: E402
+from val_compare import best_val  # noqa: E402
 
 
 def run_dirs(paths: list[Path]) -> list[Path]:
@@ -45,17 +45,14 @@ def run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def logged(run: Path, split: str) -> float | None:
-    """What the run itself logged for these cells: on ``val`` its best ``val/mca`` (``csv/**/metrics.csv``),
+    """What the run itself logged for these cells: on ``val`` its best ``val/mca`` (``val_compare.best_val``:
+    ``metrics.json``'s ``val/mca_best`` or the ``csv/**/metrics.csv`` curve),
     on ``test`` its ``test/mca`` (``metrics.json``); None when it has no such record."""
     if split == "test":
         path = run / "metrics.json"
         return json.loads(path.read_text()).get("test/mca") if path.is_file() else None
-    logs = sorted(run.glob("csv/**/metrics.csv"))
-    if not logs:
-        return None
-    with open(logs[-1], newline="") as f:
-        vals = [float(r["val/mca"]) for r in csv.DictReader(f) if r.get("val/mca")]
-    return max(vals) if vals else None
+    best = best_val(run, required=False)
+    return None if best is None else best[0]
 
 
 def run_root(run: Path) -> Path:

@@ -22,8 +22,9 @@ from ana_lightning.crossval import fold_jobs
 from ana_lightning.stats import paired_comparison
 
 
-def best_val(run: Path) -> tuple[float, int | None]:
-    """``(best val MCA, 0-based epoch or None)`` of one run folder."""
+def best_val(run: Path, required: bool = True) -> tuple[float, int | None] | None:
+    """``(best val MCA, 0-based epoch or None)`` of one run folder; without any record of it, an error
+    (``required``) or None."""
     curve: list[tuple[float, int]] = []
     for log in sorted(run.glob("csv/**/metrics.csv")):
         with open(log, newline="") as f:
@@ -33,6 +34,8 @@ def best_val(run: Path) -> tuple[float, int | None]:
     metrics = run / "metrics.json"
     saved = json.loads(metrics.read_text()).get("val/mca_best") if metrics.is_file() else None
     if saved is None and not curve:
+        if not required:
+            return None
         raise SystemExit(
             f"{run}: neither metrics.json's val/mca_best nor a csv/**/metrics.csv curve of val/mca"
         )
