@@ -190,10 +190,22 @@ def _truth(cfg: DictConfig, predictor, files) -> tuple[dict[str, str], dict[str,
     checked against each other before anything is predicted (``({}, {})`` without ``truth``)."""
     if not cfg.get("truth"):
         return {}, {}
+    if predictor.task == "multi_label":  # label sets of AC codes (predict.truth_multilabel)
+        from ..predict.truth_multilabel import read_truth_sets
+
+        sets = read_truth_sets(
+            files,
+            Path(cfg.input).expanduser(),
+            str(cfg.truth),
+            str(cfg.get("truth_column") or "label"),
+            predictor.class_names,
+            strict=bool(cfg.get("truth_strict", True)),
+        )
+        return sets, {}
     if predictor.task != "single_label":
         raise ValueError(
-            f"truth= scores single-label models; this one is {predictor.task!r} "
-            "(score multi-label models with ana-eval on a labelled folder)"
+            f"truth= scores single- and multi-label models; this one is {predictor.task!r} "
+            "(score a hierarchical model with ana-eval on a labelled folder)"
         )
     from ..predict.truth import check_shared, model_class_nodes, read_truth
 
@@ -222,6 +234,31 @@ def _score(
         by = _groups(files, Path(cfg.input).expanduser(), cfg.group_by, cfg.get("group_column", "specimen"))
         groups = {str(f): g for f, g in by.items()}
     truth_of, nodes = truth
+    if predictor.task == "multi_label":
+        from ..predict.truth_multilabel import score_truth_multilabel
+
+        m = score_truth_multilabel(
+            csv_path,
+            truth_of,
+            predictor.class_names,
+            predictor.rule.thresholds,
+            groups,
+            source=str(predictor.source),
+            specimens=specimens,
+        )
+        shown = [
+            k for k in ("truth/exact_match", "truth/micro_f1", "truth/mca", "specimen/exact_match") if k in m
+        ]
+        log.info(
+            "truth=%s: %s over %d scored image(s) (%d without a verdict, %d only of codes the model has no class for) → %s",
+            cfg.truth,
+            ", ".join(f"{k}={m[k]:.4f}" for k in shown),
+            int(m["truth/scored_images"]),
+            int(m["truth/no_verdict"]),
+            int(m["truth/unscored_images"]),
+            csv_path.parent / "truth_report.md",
+        )
+        return
     m = score_truth(
         csv_path,
         truth_of,
