@@ -4,7 +4,9 @@ A hospital handed a multi-label model (the sigmoid ensemble of ``experiment=mult
 checkpoint or the ``model.onnx`` of ``ana-export``) checks it on its own labelled images before relying
 on it. The known labels are sets of AC codes, in the grammar of a hospital folder
 (:mod:`ana_lightning.data.hospital_records`): each image's nearest folder whose name holds AC codes
-(``truth=folder``: ``patient012/AC-1 + AC-4/img.png`` is {AC-1, AC-4}), or a CSV of its own
+(``truth=folder``: ``patient012/AC-1 + AC-4/img.png`` is {AC-1, AC-4}; as for single-label models the
+search goes up to and including ``input=`` itself, so ``input=export/AC-5`` labels every image below it
+AC-5, which the hospital reader would refuse), or a CSV of its own
 (``truth=<file.csv>``, columns ``path`` and ``truth_column``, e.g. ``AC-1;AC-4``). A label folder or
 value with a token that is not an AC code of the tree (a titer, a word) is an error naming it, unless
 ``truth_strict=false`` ignores such tokens with a warning.
@@ -47,15 +49,15 @@ _CONTESTS = ("i3a2014", "icpr2012")
 
 
 def _codes(
-    tree: Taxonomy, label: str, strict: bool, where: str, ignored: dict[str, set[str]]
+    tree: Taxonomy, label: str, strict: bool, where: str, ignored: dict[str, set[str]], problems: list[str]
 ) -> tuple[str, ...]:
-    """The AC codes of one label (hospital grammar). Other tokens: an error (``strict``) or noted in ``ignored``."""
+    """The AC codes of one label (hospital grammar). Other tokens: a problem (``strict``, raised by the
+    caller with every other one) or noted in ``ignored``."""
     codes, other = tree.split_codes(label)
     if other:
         if strict:
-            raise LabelError(
-                f"{where}: {label!r}: {', '.join(map(repr, other))} is not an AC code of the tree "
-                "(rename it, or pass truth_strict=false to ignore such tokens, e.g. a titer 1:160)"
+            problems.append(
+                f"{where}: {label!r}: {', '.join(map(repr, other))} is not an AC code of the tree"
             )
         ignored.setdefault(label, set()).update(other)
     return codes
@@ -81,8 +83,10 @@ def read_truth_sets(
         )
     tree = Taxonomy.load()
     ignored: dict[str, set[str]] = {}
+    problems: list[str] = []
     out: dict[str, tuple[str, ...]] = {}
     missing: list[Path] = []
+    empty: list[str] = []
     if source == "folder":
         top = input_root.resolve() if input_root.is_dir() else input_root.resolve().parent
 
@@ -91,7 +95,7 @@ def read_truth_sets(
             folder = parent
             while True:
                 if tree.split_codes(folder.name)[0]:
-                    return _codes(tree, folder.name, strict, f"folder {folder}", ignored)
+                    return _codes(tree, folder.name, strict, f"folder {folder}", ignored, problems)
                 if folder.resolve() == top or folder.parent == folder:
                     return None
                 folder = folder.parent
@@ -113,23 +117,44 @@ def read_truth_sets(
 
         rows = path_table(files, input_root, table, truth_column, "truth_column", "label sets")
         for f in files:
-            value, line = rows.get(f, ("", 0))
-            if not value:
+            if f not in rows:
                 missing.append(f)
                 continue
-            codes = _codes(tree, value, strict, f"{table}:{line}", ignored)
+            value, line = rows[f]
+            codes = _codes(tree, value, strict, f"{table}:{line}", ignored, problems) if value else ()
             if not codes:
-                raise LabelError(f"{table}:{line}: {value!r} names no AC code")
+                empty.append(
+                    f"{table}:{line}: {value!r} names no AC code"
+                    if value
+                    else f"{table}:{line}: no label set"
+                )
+                continue
             out[str(f)] = codes
+    if problems or empty:
+        listed = problems + empty
+        raise LabelError(
+            f"truth={truth}: {len(listed)} label set(s) that cannot be read: "
+            + "; ".join(listed[:10])
+            + (f"; and {len(listed) - 10} more" if len(listed) > 10 else "")
+            + (
+                " (rename them, or pass truth_strict=false to ignore such tokens, e.g. a titer 1:160)"
+                if problems
+                else ""
+            )
+        )
     if missing:
         shown = ", ".join(str(f) for f in missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
-        where = "no folder up to input= names an AC code" if source == "folder" else f"no row of {source}"
+        where = (
+            "no folder up to input= names an AC code"
+            if source == "folder"
+            else f"no row of {source}; rows give paths relative to input=, or file names"
+        )
         raise ValueError(
             f"truth={truth}: no known label set for {len(missing)} of {len(files)} image(s) ({where}): {shown}"
         )
-    if ignored:
+    if ignored and not strict:
         log.warning(
             "truth=%s: tokens that are not AC codes ignored (truth_strict=false): %s",
             truth,
@@ -151,14 +176,16 @@ def _rows(csv_path: Path, classes: Sequence[str], key: str, decision: str) -> li
     out = []
     for r in rows:
         probs = [r.get(f"p_{c}") or "" for c in classes]
-        ok = r.get("status", "ok") == "ok" and all(probs)
         said = r.get(decision) or ""
+        labels = {x for x in said.split(";") if x}
+        # a decision that is not a set of the model's classes ("insufficient cells") is no verdict
+        ok = r.get("status", "ok") == "ok" and all(probs) and labels <= set(classes)
         out.append(
             {
                 "key": r[key],
-                "labels": {x for x in said.split(";") if x},
+                "labels": labels,
                 "probs": np.asarray([float(p) for p in probs]) if ok else None,
-                "said": said if ok else (r.get("error") or r.get("status") or "error"),
+                "said": said if ok else (said or r.get("error") or r.get("status") or "error"),
             }
         )
     return out
@@ -229,7 +256,7 @@ def _specimen_truth(
     """Each specimen's known set (the one all its images share) and the specimens whose images differ."""
     sets: dict[str, set[tuple[str, ...]]] = {}
     for r, t in zip(rows, truth, strict=True):
-        sets.setdefault(groups[r["key"]], set()).add(tuple(sorted(t)))
+        sets.setdefault(groups[r["key"]], set()).add(tuple(t))  # as read: in the tree's order
     mixed = sorted(g for g, s in sets.items() if len(s) != 1)
     return {g: next(iter(s)) for g, s in sets.items() if len(s) == 1}, mixed
 
@@ -241,7 +268,9 @@ def _specimen_rows(spec_file: Path, classes: Sequence[str], negative: str) -> li
     with open(spec_file, newline="") as fh:
         screening = {r["specimen"]: r.get("screening", "") for r in csv.DictReader(fh)}
     for r in rows:
-        if screening.get(r["key"]) == "negative" and negative in classes:
+        if r["probs"] is None:  # no usable field: say why (specimens.csv has no status column)
+            r["said"] = screening.get(r["key"]) or r["said"]
+        elif screening.get(r["key"]) == "negative" and negative in classes:
             r["labels"] = {negative}
     return rows
 
@@ -358,8 +387,10 @@ def score_truth_multilabel(
                 "## Specimens (`group_by`)",
                 "",
                 f"{int(sm['specimen/scored_images'])} specimen(s) scored, each against the label set its images "
-                f"share ({len(mixed)} with images of different sets left out); the verdict is the `patterns` of "
-                "`specimens.csv`.",
+                f"share ({len(mixed)} with images of different sets left out). The verdict is the `patterns` of "
+                "`specimens.csv`: the classes of the combined probabilities at the model's thresholds, at most "
+                "`top_k`, and the most probable pattern when none reaches its threshold; a specimen screened "
+                f"negative says {negative} when the model has that class, else nothing.",
                 "",
                 "| metric | value |",
                 "|---|---|",

@@ -153,3 +153,79 @@ def test_truth_scores_the_specimens_of_a_multi_label_model(multi_ckpt, hospital,
     for key, want in _expected(pairs).items():
         assert m[f"specimen/{key}"] == pytest.approx(want, abs=1e-6), key
     assert "## Specimens (`group_by`)" in (tmp_path / "r" / "truth_report.md").read_text()
+
+
+def _write(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_score_truth_multilabel_on_written_verdicts(tmp_path):
+    """Handwritten field verdicts with varied sets: "insufficient cells" and an unreadable field are no
+    verdict, a field known only by AC-29 is listed, one with AC-29 besides AC-5 is scored on AC-5, an empty
+    set is a wrong answer; specimens: a mixed one left out, a negative one says AC-0, one without fields."""
+    from ana_lightning.predict.truth_multilabel import score_truth_multilabel
+
+    classes = ["AC-0", "AC-1", "AC-4", "AC-5"]
+    p = ["0.1", "0.9", "0.8", "0.2"]
+    fields = [  # path, status, verdict, probabilities, known set, specimen
+        ("a.png", "ok", "AC-1;AC-4", p, ("AC-1", "AC-4"), "S1"),
+        ("b.png", "ok", "AC-1", p, ("AC-1", "AC-4"), "S1"),
+        ("c.png", "ok", "AC-5", p, ("AC-5", "AC-29"), "S2"),
+        ("g.png", "ok", "", p, ("AC-5",), "S2"),
+        ("d.png", "ok", "insufficient cells", p, ("AC-0",), "S3"),
+        ("h.png", "ok", "AC-0", p, ("AC-0",), "S3"),
+        ("e.png", "error", "", [""] * 4, ("AC-1",), "S4"),
+        ("f.png", "ok", "AC-4", p, ("AC-29",), "S5"),
+    ]
+    pred = _write(
+        tmp_path / "predictions.csv",
+        ["path", "group", "status", "error", "verdict", *[f"p_{c}" for c in classes]],
+        [[f, g, s, "truncated" if s == "error" else "", v, *ps] for f, s, v, ps, _, g in fields],
+    )
+    _write(
+        tmp_path / "specimens.csv",
+        [
+            "specimen",
+            "screening",
+            "patterns",
+            "top1",
+            "n_fields",
+            "n_fields_used",
+            *[f"p_{c}" for c in classes],
+        ],
+        [
+            ["S1", "positive", "AC-1;AC-4", "AC-1", "2", "2", *p],
+            ["S2", "positive", "AC-5", "AC-5", "2", "2", *p],
+            ["S3", "negative", "", "AC-0", "2", "1", *p],
+            ["S4", "insufficient cells", "", "insufficient cells", "1", "0", "", "", "", ""],
+            ["S5", "positive", "AC-4", "AC-4", "1", "1", *p],
+        ],
+    )
+    truth = {f: known for f, *_, known, _ in fields}
+    groups = {f: g for f, *_, g in fields}
+    m = score_truth_multilabel(pred, truth, classes, [0.5] * 4, groups, specimens=True)
+    # scored: a (exact), b (misses AC-4), c (exact on AC-5), g (misses AC-5), h (exact)
+    assert m["truth/scored_images"] == 5 and m["truth/images"] == 8
+    assert m["truth/no_verdict"] == 2 and m["truth/unscored_images"] == 1 and m["truth/partly_outside"] == 1
+    assert m["truth/exact_match"] == pytest.approx(3 / 5)
+    assert m["truth/hamming_loss"] == pytest.approx(2 / 20)
+    assert m["truth/micro_f1"] == pytest.approx(2 * 5 / (2 * 5 + 0 + 2))  # tp 5, fp 0, fn 2
+    assert m["truth/mca"] == pytest.approx(np.mean([1, 1, 0.5, 0.5]))  # AC-0, AC-1, AC-4, AC-5
+    written = _rows(tmp_path / "truth_predictions.csv")
+    assert [(r["path"], r["true"], r["pred"]) for r in written] == [
+        ("a.png", "AC-1;AC-4", "AC-1;AC-4"),
+        ("b.png", "AC-1;AC-4", "AC-1"),
+        ("c.png", "AC-5", "AC-5"),
+        ("g.png", "AC-5", ""),
+        ("h.png", "AC-0", "AC-0"),
+    ]
+    # specimens: S1 and S3 (negative, so AC-0) right; S2 mixed; S4 no usable field; S5 only AC-29
+    assert m["specimen/scored_images"] == 2 and m["specimen/exact_match"] == 1.0
+    assert m["specimen/mixed"] == 1 and m["specimen/no_verdict"] == 1 and m["specimen/unscored_images"] == 1
+    report = (tmp_path / "truth_report.md").read_text()
+    assert "insufficient cells: 1" in report and "| AC-29 | AC-4 | 1 |" in report
+    assert json.loads((tmp_path / "truth_metrics.json").read_text())["truth/at_least_3_correct"] is None
