@@ -399,6 +399,17 @@ def write_model_card(
         "the preprocessing above is read from the file.",
         "",
     ]
+    if info.task in ("single_label", "multi_label"):
+        labelled = (
+            "folders named by their AC codes, e.g. `AC-1 + AC-4/`"
+            if info.task == "multi_label"
+            else "folders named by class, e.g. `ac-3/`"
+        )
+        md += [
+            "Before relying on it, score it on images whose labels your lab already knows: "
+            f"`ana-predict ckpt_path={model_path.name} input=<{labelled}> truth=folder` writes `truth_report.md`.",
+            "",
+        ]
     path = Path(path)
     path.write_text("\n".join(md))
     return path

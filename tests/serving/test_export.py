@@ -93,6 +93,10 @@ def test_model_card_lists_the_right_classes_and_the_run(trained_checkpoint, onnx
         counts = [sum(c in r.codes for r in splits[s]) for s in ("train", "val", "test")]
         assert f"| {c} | {' | '.join(map(str, counts))} |" in text
     assert f"max abs difference {onnx_export.max_abs_diff:.2e}" in text
+    assert (
+        f"ckpt_path={onnx_export.model_path.name} input=<folders named by class, e.g. `ac-3/`> truth=folder"
+        in text
+    )
 
 
 def test_torchscript_export(trained_checkpoint, tmp_path):
@@ -168,6 +172,7 @@ def test_multi_label_export_keeps_its_thresholds(tmp_path):
     for c, t in zip(["AC-1", "AC-4", "AC-5"], SigmoidToy.THRESHOLDS, strict=True):
         assert f"| {c} | {t:.3f} |" in text
     assert "Training data" in text and "Not available" in text  # no run folder around this checkpoint
+    assert "e.g. `AC-1 + AC-4/`> truth=folder" in text  # how a hospital checks it on its own label sets
 
 
 def test_the_cell_recipe_model_exports_to_onnx(tmp_path):
@@ -207,3 +212,18 @@ def test_the_cell_recipe_model_exports_to_onnx(tmp_path):
         want = model.eval()(cells).softmax(-1).numpy()
     got = Predictor.load(result.model_path).predict_proba(cells.numpy())
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_export_never_replaces_a_model_silently(trained_checkpoint, tmp_path):
+    """output= naming an existing model file (or its card) is refused unless overwrite=true."""
+    _, _, ckpt = trained_checkpoint
+    args = [f"ckpt_path={ckpt}", "format=torchscript", f"output={tmp_path / 'lab' / 'm.torchscript.pt'}"]
+    first = run_export(compose("export", args, output_dir=tmp_path / "r1"))
+    before = first.model_path.read_bytes()
+    with pytest.raises(
+        FileExistsError, match=r"m\.torchscript\.pt and .*m_card\.md already exist.*overwrite=true"
+    ):
+        run_export(compose("export", args, output_dir=tmp_path / "r2"))
+    assert first.model_path.read_bytes() == before
+    again = run_export(compose("export", [*args, "overwrite=true"], output_dir=tmp_path / "r3"))
+    assert again.model_path == first.model_path and again.card_path.is_file()
