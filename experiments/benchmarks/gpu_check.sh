@@ -1,0 +1,59 @@
+#!/bin/bash
+# The GPU checks of issue 12 in one script, for a machine with one CUDA GPU (prepared; not yet run on one):
+#   1. experiments/benchmarks/time_to_accuracy.py --device cuda (the whole set on the GPU), alone on the machine;
+#   2. `ana-train experiment=i3a_cells trainer=gpu` over the grouped 5-fold CV, the five folds at once on the one GPU
+#      (each job is small), on the folds of a CPU sweep when FOLDS=<sweep>/folds_manifest.csv is given, so that
+#      experiments/i3a_cells/val_compare.py can pair them with it;
+#   3. the config matrix's trainer/debug options build their Trainer (tests skipped without CUDA).
+#
+#   bash experiments/benchmarks/gpu_check.sh <I3A training folder> [out folder]
+#   FOLDS=outputs/cv_base/folds_manifest.csv bash experiments/benchmarks/gpu_check.sh ../shared/data/i3a2014-task1/training
+#
+# Time limits (seconds, env): T_TTA (170), T_CV (300, per fold job), T_PYTEST (45; 0 skips it). DEV/TR switch the
+# device and trainer (cpu/cpu runs the same steps as a smoke test). Where the project is not installed, its package
+# and conf/ are copied to /tmp/pkg; wheels in .whl/ (an offline machine) are installed to /tmp/site first.
+set -u
+ROOT=$(realpath "${1:?usage: gpu_check.sh <I3A training folder> [out folder]}")
+OUT=$(realpath -m "${2:-${OUT:-outputs/gpu_check}}"); mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
+T0=$(date +%s); log(){ echo "[$(( $(date +%s)-T0 ))s] $*"; }
+PY=${PY:-python3}; DEV=${DEV:-cuda}; TR=${TR:-gpu}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! $PY -c "import ana_lightning.conf" 2>/dev/null; then
+  rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r ana_lightning hydra_plugins /tmp/pkg/ && cp -r conf /tmp/pkg/ana_lightning/conf
+  export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+$PY -c "import torch, lightning, timm, ana_lightning.jobs.train as t; print('torch', torch.__version__, 'lightning', lightning.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" || exit 5
+
+log "1. time to accuracy, --device $DEV (nothing else running)"
+timeout "${T_TTA:-170}" $PY experiments/benchmarks/time_to_accuracy.py --root "$ROOT" --device "$DEV" \
+  --out "$OUT/time_to_accuracy_$DEV.json" ${EXTRA_TTA:-} > "$OUT/time_to_accuracy_$DEV.log" 2>&1
+log "   exit $?"; tail -n 22 "$OUT/time_to_accuracy_$DEV.log"
+
+log "2. ana-train experiment=i3a_cells trainer=$TR, grouped 5-fold CV, the folds at once"
+CV="$OUT/cv_$TR"; rm -rf "$CV"; mkdir -p "$CV"
+FOLDS_ARG=(); [ -n "${FOLDS:-}" ] && FOLDS_ARG=("data.folds_manifest=$(realpath "$FOLDS")")
+for k in 0 1 2 3 4; do
+  OMP_NUM_THREADS=3 timeout "${T_CV:-300}" $PY -m ana_lightning.cli.train experiment=i3a_cells trainer="$TR" \
+    data.root="$ROOT" data.folds=5 data.fold=$k "${FOLDS_ARG[@]}" hydra.run.dir="$CV/$k" ${EXTRA_CV:-} \
+    > "$CV/fold$k.log" 2>&1 &
+done
+wait
+log "   done"
+for k in 0 1 2 3 4; do
+  echo "--- fold $k"; tail -n 3 "$CV/fold$k.log"
+  $PY -c "import json; m=json.load(open('$CV/$k/metrics.json')); print({x: round(m[x], 4) for x in ('val/mca_best', 'test/mca', 'test/acc') if x in m})" 2>/dev/null
+done
+tar czf "$OUT/cv_$TR.tar.gz" --exclude='*.ckpt' -C "$OUT" "cv_$TR"
+
+if [ "${T_PYTEST:-45}" != 0 ]; then
+  log "3. config matrix: the trainer/debug options build their Trainer here"
+  timeout "${T_PYTEST:-45}" $PY -m pytest -q -p no:cacheprovider tests/config/test_config_matrix.py -k "trainer or debug" \
+    > "$OUT/pytest_trainer.log" 2>&1
+  log "   exit $?"; tail -n 6 "$OUT/pytest_trainer.log"
+fi
+log "end"
