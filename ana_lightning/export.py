@@ -209,6 +209,19 @@ def check_parity(
     return worst
 
 
+def export_paths(output: str | Path | None, format: str = "onnx") -> tuple[Path, Path]:
+    """Where :func:`export_model` writes: ``(the model file, its model card)``. ``output`` is a file, or a
+    folder (or a name without a suffix) that gets ``model.onnx`` / ``model.torchscript.pt``; the card is
+    ``<stem>_card.md`` beside the file (``model_card.md`` for ``model.onnx``)."""
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"format={format!r}: choose one of {sorted(FORMATS)}")
+    out = Path(output).expanduser() if output else Path("model" + FORMATS[fmt])
+    if out.is_dir() or not out.suffix:
+        out = out / ("model" + FORMATS[fmt])
+    return out, out.with_name(out.name.split(".")[0] + "_card.md")
+
+
 def export_model(
     ckpt_path: str | Path | None,
     format: str = "onnx",
@@ -231,11 +244,7 @@ def export_model(
     model is exported as one file whose output is the level-1, level-2 and leaf probabilities side by side.
     """
     fmt = str(format).lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"format={format!r}: choose one of {sorted(FORMATS)}")
-    out = Path(output).expanduser() if output else Path("model" + FORMATS[fmt])
-    if out.is_dir() or not out.suffix:
-        out = out / ("model" + FORMATS[fmt])
+    out, card_path = export_paths(output, fmt)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -293,7 +302,6 @@ def export_model(
     log.info("parity with PyTorch: max abs difference %.2e over batch sizes %s", diff, batch_sizes)
     if not diff <= atol:
         raise ExportError(f"{out} differs from the PyTorch model by up to {diff:.3e} (> atol={atol})")
-    card_path = out.with_name(out.name.split(".")[0] + "_card.md")
     if card:
         write_model_card(
             card_path,

@@ -61,11 +61,15 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
     """Every field's scale; an unreliable estimate is replaced by the median of the reliable ones of
     the same group, else of the whole input."""
     from ..data.images import BadImageError, load_image
+    from ..predict.predictor import _check_size
 
+    max_mb = cfg.get("max_file_mb", 512)
+    max_bytes = int(float(max_mb) * 2**20) if max_mb else None
     out: dict[Path, ScaleEstimate | str] = {}
     failed: dict[Path, str] = {}
     for f in files:
         try:
+            _check_size(f, max_bytes)  # an oversized file is an error row, never decoded (as in image mode)
             out[f] = resolve_scale(
                 load_image(f),
                 cfg.get("nucleus_diameter_px"),

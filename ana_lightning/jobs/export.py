@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..export import FORMATS, ExportResult, export_model
+from ..export import FORMATS, ExportResult, export_model, export_paths
 
 __all__ = ["run_export"]
 
@@ -19,6 +19,12 @@ def run_export(cfg: DictConfig) -> ExportResult:
     """The ``ana-export`` job."""
     fmt = str(cfg.get("format", "onnx"))
     output = cfg.get("output") or Path(cfg.paths.output_dir) / ("model" + FORMATS.get(fmt.lower(), ""))
+    existing = [str(q) for q in export_paths(output, fmt) if q.exists()]
+    if existing and not cfg.get("overwrite", False):  # never replace a handed model (or its card) silently
+        raise FileExistsError(
+            f"output={cfg.get('output')}: {' and '.join(existing)} already exist(s); pass overwrite=true "
+            "to replace them, or choose another output=<file or folder>"
+        )
     result = export_model(
         cfg.get("ckpt_path"),
         format=fmt,

@@ -69,6 +69,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
         )  # whole fields: scale, tiles or cells
         if truth[0]:
             _score(cfg, predictor, files, truth, summary.csv_path, specimens=bool(cfg.get("group_by")))
+        _record_run(cfg, run_dir, summary.csv_path)
         return summary
     log.info(
         "predicting %d image(s) with %s (%s, %s, %d classes) → %s",
@@ -102,16 +103,22 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
         log.info("specimens (group_by=%s): %s", cfg.get("group_by"), written)
     if truth[0]:
         _score(cfg, predictor, files, truth, csv_path, specimens=bool(kept))
-    if run_dir.is_dir() and csv_path.parent != run_dir:
-        (run_dir / "predicted.txt").write_text(f"predictions: {csv_path.resolve()}\n")
-    if run_dir.is_dir():
-        OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    _record_run(cfg, run_dir, csv_path)
     msg = f"{summary.n_images - summary.n_failed}/{summary.n_images} image(s) predicted → {csv_path}"
     if summary.n_failed:
         log.error("%s; %d file(s) could not be read: see the 'error' column", msg, summary.n_failed)
     else:
         log.info(msg)
     return summary
+
+
+def _record_run(cfg: DictConfig, run_dir: Path, csv_path: Path) -> None:
+    """The job's run folder records what it ran (``config_resolved.yaml``) and, when the predictions went
+    elsewhere (``output=``), where they are (``predicted.txt``)."""
+    if run_dir.is_dir() and csv_path.parent.resolve() != run_dir.resolve():
+        (run_dir / "predicted.txt").write_text(f"predictions: {csv_path.resolve()}\n")
+    if run_dir.is_dir():
+        OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
 
 
 def _select_split(cfg: DictConfig, files: list[Path]) -> list[Path]:

@@ -234,6 +234,34 @@ def test_ana_predict_field_model_tiles_specimens_and_report(trained_checkpoint, 
     md = (tmp_path / "run" / "specimens.md").read_text()
     assert "patient1" in md and "thumbnails/" in md and "overlays/" in md
     assert (tmp_path / "run" / "specimens.html").read_text().count("<img") >= 8
+    assert (
+        tmp_path / "run" / "config_resolved.yaml"
+    ).is_file()  # the run folder records the job, as in image mode
+
+
+def test_field_mode_reports_oversized_files_without_reading_them(trained_checkpoint, field_folder, tmp_path):
+    """max_file_mb holds in field mode too: a file over it is an error row naming the limit, the others are read."""
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    sizes = sorted(f.stat().st_size for f in field_folder.rglob("*.png") if f.name != "broken.png")
+    limit = (sizes[0] + sizes[-1]) / 2 / 2**20  # between the smallest and the largest field
+    cfg = compose(
+        "predict",
+        [
+            f"ckpt_path={ckpt}",
+            f"input={field_folder}",
+            "progress=false",
+            "model_nucleus_diameter_px=6",
+            f"max_file_mb={limit}",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    rows = _rows(run_predict(cfg).csv_path)
+    over = [r for r in rows if Path(r["path"]).stat().st_size > limit * 2**20]
+    assert over and all(r["status"] == "error" and "max_file_mb" in r["error"] for r in over)
+    rest = [r for r in rows if r not in over and "broken" not in r["path"]]
+    assert rest and all(r["status"] == "ok" for r in rest)
 
 
 def test_ana_predict_cell_model_per_cell_csv_and_insufficient_cells(
