@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..taxonomy import Taxonomy
-from .images import BadFile, is_ignored, is_image_path
+from .images import BadFile, is_ignored, is_image_path, read_before
 from .records import DatasetError, ImageRecord, resolve_bad_files, scan_images
 
 __all__ = ["read_hospital_folder", "read_labels_csv"]
@@ -137,7 +137,11 @@ def read_hospital_folder(
         return resolved[parts]
 
     candidates: list[tuple[Path, tuple[str, ...], str | None]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # symlinked folders too, each once
+        if read_before(dirpath, seen_dirs):
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
         here = Path(dirpath)
         parts = here.relative_to(root).parts
@@ -233,44 +237,55 @@ def read_labels_csv(
     ignored: dict[str, tuple[str, ...]] = {}
     candidates: list[tuple[Path, tuple[str, ...], str | None]] = []
     seen: dict[str, int] = {}
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        label_col = "labels" if "labels" in cols else "label" if "label" in cols else None
-        if "path" not in cols or label_col is None:
-            raise ValueError(
-                f"labels CSV {csv_path} needs the columns path,labels[,group]; it has {sorted(cols)}"
-            )
-        for line, row in enumerate(reader, start=2):
-            where = f"{csv_path}, line {line}"
-            raw = (row.get("path") or "").strip()
-            if not raw:
-                problems.append(BadFile(where, "empty path"))
-                continue
-            p = Path(raw).expanduser()
-            p = p if p.is_absolute() else base / p
-            if str(p) in seen:
-                problems.append(BadFile(where, f"{raw} is listed twice (first on line {seen[str(p)]})"))
-                continue
-            seen[str(p)] = line
-            codes, other = taxonomy.split_codes(row.get(label_col) or "")
-            if other and strict:
-                problems.append(
-                    BadFile(
-                        where,
-                        f"labels {row.get(label_col)!r}: {', '.join(map(repr, other))} is not an AC code",
-                    )
+    try:
+        rows = list(_csv_rows(csv_path))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"labels CSV {csv_path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as 'CSV UTF-8'"
+        ) from None
+    fieldnames = [c.strip() for c in rows[0]] if rows else []
+    cols = set(fieldnames)
+    label_col = "labels" if "labels" in cols else "label" if "label" in cols else None
+    if "path" not in cols or label_col is None:
+        raise ValueError(
+            f"labels CSV {csv_path} needs the columns path,labels[,group]; it has {sorted(cols)}"
+        )
+    for line, values in enumerate(rows[1:], start=2):
+        if not any(v.strip() for v in values):
+            continue
+        row = dict(zip(fieldnames, values, strict=False))
+        where = f"{csv_path}, line {line}"
+        raw = (row.get("path") or "").strip().replace("\\", "/")  # a path as Windows writes it
+        if not raw:
+            problems.append(BadFile(where, "empty path"))
+            continue
+        p = Path(raw).expanduser()
+        p = p if p.is_absolute() else base / p
+        if str(p) in seen:
+            problems.append(BadFile(where, f"{raw} is listed twice (first on line {seen[str(p)]})"))
+            continue
+        seen[str(p)] = line
+        codes, other = taxonomy.split_codes(row.get(label_col) or "")
+        if other and strict:
+            problems.append(
+                BadFile(
+                    where,
+                    f"labels {row.get(label_col)!r}: {', '.join(map(repr, other))} is not an AC code",
                 )
-                continue
-            if other:
-                ignored[row.get(label_col) or ""] = other
-            if not codes:
-                problems.append(BadFile(where, f"labels {row.get(label_col)!r} name no AC code of the tree"))
-                continue
-            if not p.is_file():
-                bad.append(BadFile(str(p), f"listed on line {line} of {csv_path.name} but missing"))
-                continue
-            candidates.append((p, codes, (row.get("group") or "").strip() or None))
+            )
+            continue
+        if other:
+            ignored[row.get(label_col) or ""] = other
+        if not codes:
+            problems.append(BadFile(where, f"labels {row.get(label_col)!r} name no AC code of the tree"))
+            continue
+        if not p.is_file():
+            what = (
+                "a folder" if p.is_dir() else "a broken or looping symlink" if p.is_symlink() else "missing"
+            )
+            bad.append(BadFile(str(p), f"listed on line {line} of {csv_path.name} but {what}"))
+            continue
+        candidates.append((p, codes, (row.get("group") or "").strip() or None))
     if problems:
         raise DatasetError(
             csv_path,
@@ -280,6 +295,12 @@ def read_labels_csv(
     return _finish(
         csv_path, candidates, bad, ignored, check_images, progress, on_bad_file, "no usable images"
     )
+
+
+def _csv_rows(path: Path):
+    """The rows of a CSV file (UTF-8, with or without Excel's byte-order mark)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        yield from csv.reader(f)
 
 
 def _finish(

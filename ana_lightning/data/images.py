@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "walk_files",
+    "read_before",
     "IMAGE_EXTENSIONS",
     "BadImageError",
     "BadFile",
@@ -34,12 +40,13 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 # Files that file managers and microscopes leave behind; never images, never errors.
-IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx"})
 
 # A truncated file must fail loudly, not be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Fluorescence fields are at most a few tens of megapixels; anything far larger is a decompression bomb.
 MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # one limit and one message (PIL's own default, 89 M, would refuse first)
 
 
 class BadImageError(ValueError):
@@ -74,18 +81,89 @@ def is_ignored(path: str | Path) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
+def read_before(dirpath: str | Path, seen: set[str]) -> bool:
+    """For a walk that follows symlinked folders (``os.walk(followlinks=True)``): True, with a warning naming
+    it, when ``dirpath`` leads to a folder already listed (``seen``, updated here) or to a folder above it,
+    so a link back up the tree neither loops nor lists its images again under another label."""
+    real = os.path.realpath(dirpath)
+    above = os.path.realpath(os.path.dirname(os.path.abspath(dirpath)))
+    if real in seen or (real != above and os.path.commonpath([real, above]) == real):
+        log.warning(
+            "%s: a symlinked folder already listed, or above it (a link loop, or two links to one folder), "
+            "is not read again",
+            dirpath,
+        )
+        return True
+    seen.add(real)
+    return False
+
+
+def walk_files(root: str | Path) -> list[Path]:
+    """Every file entry under the folder ``root``, recursively and sorted: files, and symlinks that do not
+    lead to a folder (dangling or looping ones too, to be reported as unreadable rather than vanish).
+
+    Symlinked folders are followed (a lab's export often links its slides in), each real folder once: a
+    link back up the tree, or a second link to a folder already listed, is skipped with a warning naming
+    it. Hidden and system folders (``.thumbs``, ``__MACOSX``) are not entered; hidden files are returned
+    for the caller to leave out (:func:`is_ignored`)."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        if read_before(dirpath, seen):
+            dirnames[:] = []
+            continue
+        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
+        out += [Path(dirpath) / name for name in filenames]
+    return sorted(p for p in out if is_file_entry(p))
+
+
+_LOW_BIT_DEPTH_WARNED = False
+
+
+def _warn_low_bit_depth(top: int, path: str | Path) -> None:
+    """Once per process: a 16-bit image that uses only a 12-bit (or smaller) range is read, like every
+    16-bit image, as a share of 65535, so it arrives dim and with few grey levels. It is not rescaled
+    per image (that would make dim fields, negatives among them, as bright as positive ones)."""
+    global _LOW_BIT_DEPTH_WARNED
+    if 0 < top < 4096 and not _LOW_BIT_DEPTH_WARNED:
+        _LOW_BIT_DEPTH_WARNED = True
+        log.warning(
+            "%s: a 16-bit image whose brightest pixel is %d of 65535 (12-bit camera data?) is read at 1/16 of the "
+            "8-bit range, with %d grey levels; if the camera's images are all like it, export them as 8-bit "
+            "(or scaled to the 16-bit range) before training or predicting (shown once)",
+            path,
+            top,
+            top // 257 + 1,
+        )
+
+
 def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    if not arr.dtype.isnative:  # big-endian 16-bit TIFF (ImageJ / Fiji's default)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
+        _warn_low_bit_depth(int(arr.max(initial=0)), path)
         arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif arr.dtype in (np.int32, np.uint32, np.int16):
         # PIL's mode "I" holds 16-bit data in int32 ("I;16" TIFFs often arrive this way).
         top = 65535.0 if arr.max(initial=0) <= 65535 else float(np.iinfo(arr.dtype).max)
+        if top == 65535.0:
+            _warn_low_bit_depth(int(arr.max(initial=0)), path)
         arr = (np.clip(arr.astype(np.float64), 0, None) / top * 255.0 + 0.5).astype(np.uint8)
-    elif arr.dtype in (np.float32, np.float64):
-        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
-        arr = (np.clip(arr / top, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+    elif arr.dtype in (np.float16, np.float32, np.float64):
+        if not np.isfinite(arr).all():
+            raise BadImageError(path, "floating-point image with NaN or infinite values")
+        hi = float(arr.max(initial=0))
+        if hi > 65535.0:
+            raise BadImageError(
+                path,
+                f"floating-point image with values up to {hi:g}: not a 0–1, 8-bit or 16-bit range; "
+                "export it as an 8- or 16-bit image",
+            )
+        # 0–1 (normalised), 0–255 (8-bit values), else raw 16-bit counts, read as 16-bit integers are
+        top = 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0
+        arr = (np.clip(arr.astype(np.float64) / top, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise BadImageError(path, f"unsupported pixel type {arr.dtype}")
     if arr.ndim == 2:
@@ -110,6 +188,13 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImageError(
                         path, f"{img.width}×{img.height} pixels exceeds the limit of {MAX_PIXELS:,}"
+                    )
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1 and img.format == "TIFF":  # a stack (e.g. DAPI + FITC pages)
+                    raise BadImageError(
+                        path,
+                        f"a {img.format} of {frames} pages (channels or a stack): one image per file is read, so "
+                        "save the field as one RGB (or grey) image, e.g. FITC green with DAPI blue",
                     )
                 img.load()
                 if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV", "1"):

@@ -18,10 +18,10 @@ from .images import (
     BadFile,
     BadImageError,
     format_bad_files,
-    is_file_entry,
     is_ignored,
     is_image_path,
     read_and_hash,
+    walk_files,
 )
 
 __all__ = ["ImageRecord", "DatasetError", "read_single_label_folder", "scan_images", "resolve_bad_files"]
@@ -132,7 +132,7 @@ def read_single_label_folder(
         except LabelError as e:
             bad.append(BadFile(str(d), f"folder name is not a class code: {e}"))
             continue
-        files = sorted(p for p in d.rglob("*") if is_file_entry(p) and not is_ignored(p))
+        files = [p for p in walk_files(d) if not is_ignored(p)]  # symlinked folders followed, once each
         images = [p for p in files if is_image_path(p)]
         bad += [
             BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})")

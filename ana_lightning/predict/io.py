@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..data.images import is_file_entry, is_ignored, is_image_path
+from ..data.images import is_ignored, is_image_path, walk_files
 from .loading import pipeline_args
 from .predictor import Prediction, Predictor, PredictSummary
 
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 def list_inputs(input: str | Path) -> list[Path]:
     """The image files of ``input``: one file, or every image file under a folder (recursively, sorted).
 
-    Hidden files and files without an image extension in a folder are left out (and counted in the log);
-    a single file is always tried, whatever its name.
+    Hidden files and files without an image extension in a folder are left out (and counted in the log),
+    hidden and system folders (``.thumbs``, ``__MACOSX``) are not entered, symlinked folders are followed
+    (:func:`~ana_lightning.data.images.walk_files`); a single file is always tried, whatever its name.
     """
     p = Path(input).expanduser()
     if p.is_file():
@@ -35,13 +36,17 @@ def list_inputs(input: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input={input} is a broken or looping symlink")
     if not p.is_dir():
         raise FileNotFoundError(f"input={input} is neither an image file nor a folder")
-    files, other = [], []
-    for f in sorted(p.rglob("*")):  # dangling/looping symlinks are kept: reported as unreadable rows
-        if not is_file_entry(f) or any(is_ignored(part) for part in f.relative_to(p).parts):
+    files, other, hidden = [], [], []
+    # symlinked folders followed, once each; dangling/looping symlinks kept: reported as unreadable rows
+    for f in walk_files(p):
+        if is_ignored(f):
+            hidden.append(f)
             continue
         (files if is_image_path(f) else other).append(f)
     if other:
         log.info("%d file(s) without an image extension left out, e.g. %s", len(other), other[0])
+    if hidden:
+        log.info("%d hidden or system file(s) left out, e.g. %s", len(hidden), hidden[0])
     if not files:
         raise FileNotFoundError(f"input={input}: no image files (.jpg, .png, .bmp, .tif) in this folder")
     return files

@@ -121,10 +121,14 @@ def _hash_one(record: ImageRecord) -> tuple[np.ndarray, np.ndarray, tuple[int, i
 
 
 def _same_picture(a: np.ndarray, b: np.ndarray, min_corr: float) -> bool:
-    """Two thumbnails of one picture: correlation of the grey levels (brightness-independent)."""
-    a, b = a - a.mean(), b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return den > 0 and float((a * b).sum()) / den >= min_corr if den else bool(np.array_equal(a, b))
+    """Two thumbnails of one picture: correlation of the grey levels (brightness-independent). A flat
+    thumbnail (a blank or saturated field) has no picture to correlate: it matches only the same flat level,
+    so a black and a white field are not one picture."""
+    ca, cb = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((ca * ca).sum() * (cb * cb).sum()))
+    if den == 0:
+        return bool(np.array_equal(a, b))
+    return float((ca * cb).sum()) / den >= min_corr
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:

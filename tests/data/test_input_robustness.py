@@ -1,0 +1,136 @@
+"""What a lab's own folders hold: microscope TIFF variants, symlinked folders, Excel CSVs, blank fields."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ana_lightning.data import images as images_mod
+from ana_lightning.data.images import BadImageError, load_image, walk_files
+from ana_lightning.taxonomy import Taxonomy
+
+
+def _png(path, seed: int = 0, size: int = 24):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_big_endian_16_bit_tiff_reads_as_little_endian(tmp_path):
+    """ImageJ / Fiji writes big-endian 16-bit TIFFs; they read exactly as the little-endian file does."""
+    a = (np.arange(20 * 16, dtype=np.uint32).reshape(20, 16) * 200).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "le.tif")
+    Image.frombytes("I;16B", (16, 20), a.astype(">u2").tobytes()).save(tmp_path / "be.tif")
+    with Image.open(tmp_path / "be.tif") as im:
+        assert not np.asarray(im).dtype.isnative  # the file really is big-endian as PIL hands it over
+    assert np.array_equal(load_image(tmp_path / "be.tif"), load_image(tmp_path / "le.tif"))
+
+
+def test_float_images_are_read_by_their_range_or_refused(tmp_path):
+    counts = np.linspace(0, 3000, 64, dtype=np.float32).reshape(8, 8)  # raw camera counts as float
+    Image.fromarray(counts, "F").save(tmp_path / "counts.tif")
+    img = load_image(tmp_path / "counts.tif")
+    assert (
+        img.max() == round(3000 / 65535 * 255) and (img == 255).sum() == 0
+    )  # as 16-bit counts, not saturated
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(unit, "F").save(tmp_path / "unit.tif")
+    assert load_image(tmp_path / "unit.tif").max() == 255
+    Image.fromarray(counts * 100, "F").save(tmp_path / "huge.tif")
+    with pytest.raises(BadImageError, match=r"huge\.tif: floating-point image with values up to 300000"):
+        load_image(tmp_path / "huge.tif")
+    nan = counts.copy()
+    nan[0, 0] = np.nan
+    Image.fromarray(nan, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(BadImageError, match="NaN"):
+        load_image(tmp_path / "nan.tif")
+
+
+def test_a_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
+    dapi, fitc = (Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (200, 30))
+    dapi.save(tmp_path / "stack.tif", save_all=True, append_images=[fitc])
+    with pytest.raises(BadImageError, match=r"stack\.tif: a TIFF of 2 pages"):
+        load_image(tmp_path / "stack.tif")
+
+
+def test_twelve_bit_data_in_16_bit_files_is_warned_about_once(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(images_mod, "_LOW_BIT_DEPTH_WARNED", False)
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 4000 + i, np.uint16)).save(tmp_path / f"c{i}.tif")
+    with caplog.at_level(logging.WARNING, logger="ana_lightning.data.images"):
+        assert load_image(tmp_path / "c0.tif").max() == round(4000 / 257)  # not rescaled per image
+        load_image(tmp_path / "c1.tif")
+    warned = [r.getMessage() for r in caplog.records if "12-bit" in r.getMessage()]
+    assert len(warned) == 1 and "c0.tif" in warned[0] and "4000 of 65535" in warned[0]
+
+
+def _linked_tree(tmp_path):
+    """A store of 3 images linked into a dataset, plus a link back up the tree (a loop)."""
+    for i in range(3):
+        _png(tmp_path / "store" / f"s{i}.png", seed=i + 10)
+    return tmp_path / "store"
+
+
+def test_symlinked_folders_are_read_by_every_reader(tmp_path, caplog):
+    from ana_lightning.data.hospital_records import read_hospital_folder
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.predict.io import list_inputs
+
+    store = _linked_tree(tmp_path)
+    ds = tmp_path / "ds"
+    _png(ds / "AC-1" / "a.png", 1)
+    _png(ds / "AC-2" / "b.png", 2)
+    os.symlink(store, ds / "AC-1" / "more")
+    os.symlink(ds, ds / "AC-2" / "loop")  # back up the tree: read once, not forever
+    hosp = tmp_path / "hosp"
+    _png(hosp / "p1" / "AC-1" / "a.png", 3)
+    os.symlink(store, hosp / "p1" / "AC-4")
+    tree = Taxonomy.load()
+    with caplog.at_level(logging.WARNING):
+        recs, bad = read_single_label_folder(ds, tree)
+        assert sorted(r.codes[0] for r in recs) == ["AC-1"] * 4 + ["AC-2"] and not bad
+        recs, bad = read_hospital_folder(hosp, tree)
+        assert sorted(r.codes for r in recs) == [("AC-1",)] + [("AC-4",)] * 3 and not bad
+        assert len(list_inputs(ds)) == 5
+    assert any("loop" in r.getMessage() and "not read again" in r.getMessage() for r in caplog.records)
+
+
+def test_hidden_and_system_folders_are_not_entered(tmp_path):
+    from ana_lightning.data.records import read_single_label_folder
+
+    ds = tmp_path / "ds"
+    _png(ds / "AC-1" / "a.png", 1)
+    _png(ds / "AC-1" / ".thumbs" / "a_small.png", 2)  # a viewer's thumbnails: not training images
+    _png(ds / "AC-2" / "b.png", 3)
+    _png(ds / "__MACOSX" / "AC-1" / "._a.png", 4)  # what unzipping a macOS archive leaves
+    recs, bad = read_single_label_folder(ds, Taxonomy.load())
+    assert sorted(os.path.basename(r.path) for r in recs) == ["a.png", "b.png"] and not bad
+    assert [p.name for p in walk_files(ds)] == ["a.png", "b.png"]
+
+
+def test_labels_csv_from_excel(tmp_path):
+    """Excel's 'CSV UTF-8' (a byte-order mark) and Windows paths read; another encoding is a clear error."""
+    from ana_lightning.data.hospital_records import read_labels_csv
+
+    _png(tmp_path / "patiënt 1" / "a.png")
+    (tmp_path / "bom.csv").write_bytes("path,labels\r\npatiënt 1\\a.png,AC-1;AC-4\r\n".encode("utf-8-sig"))
+    recs, bad = read_labels_csv(tmp_path / "bom.csv", Taxonomy.load())
+    assert [r.codes for r in recs] == [("AC-1", "AC-4")] and not bad
+    (tmp_path / "cp1252.csv").write_bytes("path,labels\r\npatiënt 1/a.png,AC-1\r\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"cp1252\.csv: not UTF-8 text.*CSV UTF-8"):
+        read_labels_csv(tmp_path / "cp1252.csv", Taxonomy.load())
+
+
+def test_blank_fields_of_different_levels_are_not_one_picture():
+    from ana_lightning.data.splits.duplicates import _same_picture
+
+    black, white, grey = (np.full((32, 32), v, np.float32) for v in (0, 255, 128))
+    assert not _same_picture(black, white, 0.95) and not _same_picture(black, grey, 0.95)
+    assert _same_picture(black, black.copy(), 0.95)
+    texture = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    assert _same_picture(texture, texture * 0.5 + 10, 0.95) and not _same_picture(texture, black, 0.95)
