@@ -137,6 +137,7 @@ def read_hospital_folder(
         return resolved[parts]
 
     candidates: list[tuple[Path, tuple[str, ...], str | None]] = []
+    label_dirs: list[tuple[str, ...]] = []  # folders named by AC codes, to name the empty ones
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # symlinked folders too, each once
         if read_before(dirpath, seen_dirs):
@@ -145,6 +146,8 @@ def read_hospital_folder(
         dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
         here = Path(dirpath)
         parts = here.relative_to(root).parts
+        if parts and taxonomy.split_codes(parts[-1])[0]:
+            label_dirs.append(parts)
         for name in sorted(filenames):
             p = here / name
             if is_ignored(p):
@@ -161,6 +164,13 @@ def read_hospital_folder(
                 unlabelled.setdefault(parts, []).append(p)
                 continue
             candidates.append((p, res[0], res[1]))
+    rel = [q.relative_to(root).parts for q, _, _ in candidates]
+    holding = {r[:k] for r in rel for k in range(1, len(r))}  # every folder above an image
+    bad += [  # as the single-label reader reports an empty class folder
+        BadFile(str(root.joinpath(*parts)), "empty label folder (no images)")
+        for parts in label_dirs
+        if parts not in holding
+    ]
     for parts, files in unlabelled.items():  # one line per folder, not per image
         outside = [
             t for part in parts for t in taxonomy.split_codes(part)[1] if _LOOKS_LIKE_CODE.fullmatch(t)

@@ -94,6 +94,10 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
         stream = track(stream, total=len(files), description="predicting", transient=False)
     kept: list = []
     if loader is not None and cfg.get("group_by"):  # cut cells: specimen verdicts from their cells
+        from ..fields.job import _groups
+
+        # every cell's specimen is read (a missing row named) before anything is predicted
+        _groups(files, Path(cfg.input).expanduser(), cfg.group_by, cfg.get("group_column", "specimen"))
         stream = _keeping(stream, kept)
     summary = write_predictions(stream, predictor, csv_path, json_path)
     if kept:

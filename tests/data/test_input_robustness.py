@@ -134,3 +134,16 @@ def test_blank_fields_of_different_levels_are_not_one_picture():
     assert _same_picture(black, black.copy(), 0.95)
     texture = np.random.default_rng(0).random((32, 32)).astype(np.float32)
     assert _same_picture(texture, texture * 0.5 + 10, 0.95) and not _same_picture(texture, black, 0.95)
+
+
+def test_an_empty_label_folder_of_a_hospital_export_is_reported(tmp_path):
+    from ana_lightning.data.hospital_records import read_hospital_folder
+    from ana_lightning.data.records import DatasetError
+
+    _png(tmp_path / "p1" / "AC-1" / "slide1" / "a.png")
+    _png(tmp_path / "p2" / "AC-4" / "b.png")
+    (tmp_path / "p3" / "AC-5").mkdir(parents=True)  # exported, but no image in it
+    with pytest.raises(DatasetError, match=r"p3/AC-5: empty label folder \(no images\)"):
+        read_hospital_folder(tmp_path, Taxonomy.load())
+    recs, bad = read_hospital_folder(tmp_path, Taxonomy.load(), on_bad_file="skip")
+    assert len(recs) == 2 and [b.reason for b in bad] == ["empty label folder (no images)"]

@@ -940,6 +940,15 @@ def test_cut_cells_get_specimen_verdicts(framed_model, tmp_path, caplog):
     # fewer predicted cells than min_cells: no verdict
     run_predict(compose("predict", [*over, "min_cells=1000"], output_dir=tmp_path / "m"))
     assert {s["top1"] for s in _csv_rows(tmp_path / "m" / "specimens.csv")} == {"insufficient cells"}
+    # a cell without a specimen row is named before anything is predicted
+    rows = manifest.read_text().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(rows[:1] + rows[2:]) + "\n")
+    gone = _csv_rows(manifest)[0]["path"]
+    over[3] = f"group_by={short}"
+    with pytest.raises(ValueError, match=f"short.csv: no row for {gone}"):
+        run_predict(compose("predict", over, output_dir=tmp_path / "x"))
+    assert not (tmp_path / "x" / "predictions.csv").exists()
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
