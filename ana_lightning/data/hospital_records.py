@@ -19,7 +19,6 @@ A CSV (``path,labels[,group]``) is the alternative input; ``labels`` follows the
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from ..taxonomy import Taxonomy
 from .images import BadFile, is_ignored, is_image_path, read_before
-from .records import DatasetError, ImageRecord, resolve_bad_files, scan_images
+from .records import DatasetError, ImageRecord, read_csv_rows, resolve_bad_files, scan_images
 
 __all__ = ["read_hospital_folder", "read_labels_csv"]
 
@@ -140,7 +139,7 @@ def read_hospital_folder(
     label_dirs: list[tuple[str, ...]] = []  # folders named by AC codes, to name the empty ones
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # symlinked folders too, each once
-        if read_before(dirpath, seen_dirs):
+        if dirpath != str(root) and read_before(dirpath, seen_dirs, root):
             dirnames[:] = []
             continue
         dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
@@ -247,12 +246,7 @@ def read_labels_csv(
     ignored: dict[str, tuple[str, ...]] = {}
     candidates: list[tuple[Path, tuple[str, ...], str | None]] = []
     seen: dict[str, int] = {}
-    try:
-        rows = list(_csv_rows(csv_path))
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"labels CSV {csv_path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as 'CSV UTF-8'"
-        ) from None
+    rows = read_csv_rows(csv_path, "labels CSV")
     fieldnames = [c.strip() for c in rows[0]] if rows else []
     cols = set(fieldnames)
     label_col = "labels" if "labels" in cols else "label" if "label" in cols else None
@@ -305,12 +299,6 @@ def read_labels_csv(
     return _finish(
         csv_path, candidates, bad, ignored, check_images, progress, on_bad_file, "no usable images"
     )
-
-
-def _csv_rows(path: Path):
-    """The rows of a CSV file (UTF-8, with or without Excel's byte-order mark)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        yield from csv.reader(f)
 
 
 def _finish(

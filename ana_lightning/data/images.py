@@ -81,35 +81,58 @@ def is_ignored(path: str | Path) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
-def read_before(dirpath: str | Path, seen: set[str]) -> bool:
-    """For a walk that follows symlinked folders (``os.walk(followlinks=True)``): True, with a warning naming
-    it, when ``dirpath`` leads to a folder already listed (``seen``, updated here) or to a folder above it,
-    so a link back up the tree neither loops nor lists its images again under another label."""
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or below it (both real paths)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def read_before(dirpath: str | Path, seen: set[str], dataset: str | Path) -> bool:
+    """For a walk of the folder ``dataset`` that follows symlinked folders (``os.walk(followlinks=True)``):
+    True, with a warning naming it, when the symlinked folder ``dirpath`` is not to be entered:
+
+    - it leads inside ``dataset`` (that folder is read under its own path and label, never again under the
+      link's), or to a folder above ``dataset`` (a loop);
+    - it leads to a folder already read (``seen``: real paths, updated here), e.g. a second link to one
+      folder outside the dataset.
+
+    A folder that is not a link is always read, the walk's root included; a link leading outside the
+    dataset is read once, as if its folder were there."""
     real = os.path.realpath(dirpath)
-    above = os.path.realpath(os.path.dirname(os.path.abspath(dirpath)))
-    if real in seen or (real != above and os.path.commonpath([real, above]) == real):
-        log.warning(
-            "%s: a symlinked folder already listed, or above it (a link loop, or two links to one folder), "
-            "is not read again",
-            dirpath,
+    if os.path.islink(dirpath):
+        top = os.path.realpath(dataset)
+        why = (
+            "leads inside the dataset, where that folder is read under its own path"
+            if _inside(real, top)
+            else "leads to a folder above the dataset (a loop)"
+            if _inside(top, real)
+            else "leads to a folder already read through another link"
+            if real in seen
+            else ""
         )
+        if why:
+            log.warning("%s: a symlinked folder that %s (%s): not read here", dirpath, why, real)
+            return True
+    elif real in seen:
         return True
     seen.add(real)
     return False
 
 
-def walk_files(root: str | Path) -> list[Path]:
+def walk_files(
+    root: str | Path, dataset: str | Path | None = None, seen: set[str] | None = None
+) -> list[Path]:
     """Every file entry under the folder ``root``, recursively and sorted: files, and symlinks that do not
     lead to a folder (dangling or looping ones too, to be reported as unreadable rather than vanish).
 
-    Symlinked folders are followed (a lab's export often links its slides in), each real folder once: a
-    link back up the tree, or a second link to a folder already listed, is skipped with a warning naming
-    it. Hidden and system folders (``.thumbs``, ``__MACOSX``) are not entered; hidden files are returned
-    for the caller to leave out (:func:`is_ignored`)."""
+    Symlinked folders are followed when they lead outside the dataset (a lab's export often links its
+    slides in), each such folder once (:func:`read_before`); ``dataset`` is the whole dataset's folder
+    (default ``root``), and ``seen`` is shared by the walks of one dataset (a reader walking class folder by
+    class folder). Hidden and system folders (``.thumbs``, ``__MACOSX``) are not entered; hidden files are
+    returned for the caller to leave out (:func:`is_ignored`)."""
     out: list[Path] = []
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        if read_before(dirpath, seen):
+        if dirpath != str(root) and read_before(dirpath, seen, dataset or root):
             dirnames[:] = []
             continue
         dirnames[:] = [d for d in dirnames if not is_ignored(d)]
@@ -128,9 +151,9 @@ def _warn_low_bit_depth(top: int, path: str | Path) -> None:
     if 0 < top < 4096 and not _LOW_BIT_DEPTH_WARNED:
         _LOW_BIT_DEPTH_WARNED = True
         log.warning(
-            "%s: a 16-bit image whose brightest pixel is %d of 65535 (12-bit camera data?) is read at 1/16 of the "
-            "8-bit range, with %d grey levels; if the camera's images are all like it, export them as 8-bit "
-            "(or scaled to the 16-bit range) before training or predicting (shown once)",
+            "%s: a 16-bit (or floating-point counts) image whose brightest pixel is %d of 65535 (12-bit camera "
+            "data?) is read at under 1/16 of the 8-bit range, with %d grey levels; if the camera's images are all "
+            "like it, export them as 8-bit (or scaled to the 16-bit range) before training or predicting (shown once)",
             path,
             top,
             top // 257 + 1,
@@ -161,8 +184,10 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
                 f"floating-point image with values up to {hi:g}: not a 0–1, 8-bit or 16-bit range; "
                 "export it as an 8- or 16-bit image",
             )
-        # 0–1 (normalised), 0–255 (8-bit values), else raw 16-bit counts, read as 16-bit integers are
-        top = 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0
+        # 0–1 (normalised), else raw counts read as 16-bit integers are (never per image: one scale)
+        top = 1.0 if hi <= 1.0 else 65535.0
+        if top > 1.0:
+            _warn_low_bit_depth(int(hi), path)
         arr = (np.clip(arr.astype(np.float64) / top, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise BadImageError(path, f"unsupported pixel type {arr.dtype}")
@@ -179,18 +204,33 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _full_pages(img: Image.Image) -> int:
+    """A TIFF's full-resolution pages: a reduced-resolution page (a preview or pyramid level: NewSubfileType
+    bit 0, or another size) does not count. Leaves ``img`` on its first page."""
+    n = getattr(img, "n_frames", 1)
+    if n <= 1:
+        return 1
+    size, full = img.size, 0
+    for i in range(n):
+        img.seek(i)
+        full += not (int(img.tag_v2.get(254, 0)) & 1) and img.size == size
+    img.seek(0)
+    return full
+
+
 def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes into ``H×W×3 uint8``; raises :class:`BadImageError`."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # the check below names the limit; PIL's own error (at twice it) is still caught
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImageError(
                         path, f"{img.width}×{img.height} pixels exceeds the limit of {MAX_PIXELS:,}"
                     )
-                frames = getattr(img, "n_frames", 1)
-                if frames > 1 and img.format == "TIFF":  # a stack (e.g. DAPI + FITC pages)
+                frames = _full_pages(img) if img.format == "TIFF" else 1
+                if frames > 1:  # a stack (e.g. DAPI + FITC pages)
                     raise BadImageError(
                         path,
                         f"a {img.format} of {frames} pages (channels or a stack): one image per file is read, so "
@@ -202,8 +242,6 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
                 arr = np.asarray(img)
     except BadImageError:
         raise
-    except Image.DecompressionBombWarning as e:
-        raise BadImageError(path, f"too many pixels (decompression-bomb limit): {e}") from None
     except Image.DecompressionBombError as e:
         raise BadImageError(path, f"too many pixels (decompression-bomb limit): {e}") from None
     except Image.UnidentifiedImageError:

@@ -24,7 +24,28 @@ from .images import (
     walk_files,
 )
 
-__all__ = ["ImageRecord", "DatasetError", "read_single_label_folder", "scan_images", "resolve_bad_files"]
+__all__ = [
+    "ImageRecord",
+    "DatasetError",
+    "read_csv_rows",
+    "read_single_label_folder",
+    "scan_images",
+    "resolve_bad_files",
+]
+
+
+def read_csv_rows(path: str | Path, what: str = "CSV") -> list[list[str]]:
+    """Every row of a user's CSV file (header first): UTF-8, with or without the byte-order mark that
+    Excel's 'CSV UTF-8' writes. Another encoding is a ValueError naming the file (``what`` says which)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{what} {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as 'CSV UTF-8'"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -126,13 +147,15 @@ def read_single_label_folder(
         raise DatasetError(
             root, [BadFile(str(root), "no class sub-folders (expected <root>/<AC code>/<images>)")]
         )
+    linked: set[str] = set()
     for d in class_dirs:
         try:
             code = taxonomy.parse_code(d.name)
         except LabelError as e:
             bad.append(BadFile(str(d), f"folder name is not a class code: {e}"))
             continue
-        files = [p for p in walk_files(d) if not is_ignored(p)]  # symlinked folders followed, once each
+        # symlinked folders leading outside the dataset followed, each once over all classes
+        files = [p for p in walk_files(d, dataset=root, seen=linked) if not is_ignored(p)]
         images = [p for p in files if is_image_path(p)]
         bad += [
             BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})")

@@ -65,31 +65,32 @@ def path_table(
     name; a path listed twice with two values is refused. Files without a row are left out for the
     caller to name (an empty value is returned as it is). ``option``: the config key that names ``column``,
     and ``what`` the values are, for errors."""
-    with open(table, newline="", encoding="utf-8-sig") as fh:
-        rd = csv.reader(fh)
-        header = [h.strip() for h in next(rd, [])]
-        if "path" not in header or column not in header:
-            raise ValueError(f"{table}: needs columns 'path' and '{column}' ({option}=…); has {header}")
-        ip, iv = header.index("path"), header.index(column)
-        by_key: dict[str, tuple[str, int]] = {}
-        by_name: dict[str, list[tuple[str, int]]] = {}
-        base = input_root if input_root.is_dir() else input_root.parent
-        for n, row in enumerate(rd, start=2):
-            if not any(c.strip() for c in row):
-                continue
-            p = row[ip].strip() if ip < len(row) else ""
-            value = row[iv].strip() if iv < len(row) else ""
-            if not p:
-                raise ValueError(f"{table}:{n}: the row has no path")
-            key = _clean(p)
-            for k in {key, str((base / key).resolve()), str(Path(key).resolve())}:
-                if k in by_key and by_key[k][0] != value:
-                    raise ValueError(
-                        f"{table}:{n}: {p} is listed twice with different {what} "
-                        f"({by_key[k][0]!r} on line {by_key[k][1]}, {value!r} here)"
-                    )
-                by_key[k] = (value, n)
-            by_name.setdefault(Path(key).name, []).append((value, n))
+    from ..data.records import read_csv_rows
+
+    rd = iter(read_csv_rows(table, f"{option}:"))
+    header = [h.strip() for h in next(rd, [])]
+    if "path" not in header or column not in header:
+        raise ValueError(f"{table}: needs columns 'path' and '{column}' ({option}=…); has {header}")
+    ip, iv = header.index("path"), header.index(column)
+    by_key: dict[str, tuple[str, int]] = {}
+    by_name: dict[str, list[tuple[str, int]]] = {}
+    base = input_root if input_root.is_dir() else input_root.parent
+    for n, row in enumerate(rd, start=2):
+        if not any(c.strip() for c in row):
+            continue
+        p = row[ip].strip() if ip < len(row) else ""
+        value = row[iv].strip() if iv < len(row) else ""
+        if not p:
+            raise ValueError(f"{table}:{n}: the row has no path")
+        key = _clean(p)
+        for k in {key, str((base / key).resolve()), str(Path(key).resolve())}:
+            if k in by_key and by_key[k][0] != value:
+                raise ValueError(
+                    f"{table}:{n}: {p} is listed twice with different {what} "
+                    f"({by_key[k][0]!r} on line {by_key[k][1]}, {value!r} here)"
+                )
+            by_key[k] = (value, n)
+        by_name.setdefault(Path(key).name, []).append((value, n))
     out = {}
     for f in files:
         rel = _clean(f.relative_to(input_root).as_posix()) if input_root.is_dir() else f.name

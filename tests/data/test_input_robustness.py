@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,12 @@ def test_float_images_are_read_by_their_range_or_refused(tmp_path):
     assert (
         img.max() == round(3000 / 65535 * 255) and (img == 255).sum() == 0
     )  # as 16-bit counts, not saturated
+    # one scale for every float image above 1, as for 16-bit integers: a dim field stays dim
+    Image.fromarray(counts / 15, "F").save(tmp_path / "dim.tif")
+    Image.fromarray((counts / 15).round().astype(np.uint16)).save(tmp_path / "dim16.tif")
+    assert (
+        np.abs(load_image(tmp_path / "dim.tif").astype(int) - load_image(tmp_path / "dim16.tif")).max() <= 1
+    )
     unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     Image.fromarray(unit, "F").save(tmp_path / "unit.tif")
     assert load_image(tmp_path / "unit.tif").max() == 255
@@ -56,6 +63,13 @@ def test_a_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
     dapi.save(tmp_path / "stack.tif", save_all=True, append_images=[fitc])
     with pytest.raises(BadImageError, match=r"stack\.tif: a TIFF of 2 pages"):
         load_image(tmp_path / "stack.tif")
+
+
+def test_a_tiff_with_a_reduced_resolution_preview_is_one_image(tmp_path):
+    full = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8))
+    preview = full.resize((8, 8))
+    full.save(tmp_path / "with_preview.tif", save_all=True, append_images=[preview])
+    assert load_image(tmp_path / "with_preview.tif").shape == (32, 32, 3)
 
 
 def test_twelve_bit_data_in_16_bit_files_is_warned_about_once(tmp_path, caplog, monkeypatch):
@@ -97,7 +111,51 @@ def test_symlinked_folders_are_read_by_every_reader(tmp_path, caplog):
         recs, bad = read_hospital_folder(hosp, tree)
         assert sorted(r.codes for r in recs) == [("AC-1",)] + [("AC-4",)] * 3 and not bad
         assert len(list_inputs(ds)) == 5
-    assert any("loop" in r.getMessage() and "not read again" in r.getMessage() for r in caplog.records)
+    assert any("AC-2/loop" in r.getMessage() and "not read here" in r.getMessage() for r in caplog.records)
+
+
+def test_a_link_inside_the_dataset_never_relabels_or_doubles_images(tmp_path, caplog):
+    """A link to a folder of the same dataset is not followed: that folder is read under its own path and
+    label. A second link to one outside folder, and a link above the dataset, are not followed either."""
+    from ana_lightning.data.hospital_records import read_hospital_folder
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.predict.io import list_inputs
+
+    store = _linked_tree(tmp_path)
+    hosp = tmp_path / "hosp"
+    _png(hosp / "p0" / "AC-1" / "a.png", 1)
+    _png(hosp / "p1" / "AC-4" / "b.png", 2)
+    os.symlink(hosp / "p1" / "AC-4", hosp / "p0" / "AC-1" / "alias")  # walked first, but inside the dataset
+    os.symlink(store, hosp / "p0" / "AC-1" / "slides")
+    os.symlink(store, hosp / "p1" / "AC-4" / "slides")  # the same outside folder again
+    os.symlink(tmp_path, hosp / "p1" / "up")  # above the dataset
+    tree = Taxonomy.load()
+    with caplog.at_level(logging.WARNING):
+        recs, bad = read_hospital_folder(hosp, tree)
+    got = sorted((Path(r.path).relative_to(hosp).as_posix(), r.codes) for r in recs)
+    assert got[:2] == [("p0/AC-1/a.png", ("AC-1",)), ("p0/AC-1/slides/s0.png", ("AC-1",))]
+    assert ("p1/AC-4/b.png", ("AC-4",)) in got and len(got) == 5 and not bad  # a, 3 slides once, b
+    said = caplog.text
+    assert (
+        "inside the dataset" in said
+        and "already read through another link" in said
+        and "above the dataset" in said
+    )
+    ds = tmp_path / "ds"
+    _png(ds / "AC-1" / "a.png", 3)
+    _png(ds / "AC-2" / "b.png", 4)
+    os.symlink(ds / "AC-2", ds / "AC-1" / "alias")
+    recs, _ = read_single_label_folder(ds, tree)
+    assert sorted((os.path.basename(r.path), r.codes[0]) for r in recs) == [
+        ("a.png", "AC-1"),
+        ("b.png", "AC-2"),
+    ]
+    assert len(list_inputs(ds)) == 2
+    # the input folder may itself be a link, even to a folder above it
+    (tmp_path / "anc" / "deep").mkdir(parents=True)
+    _png(tmp_path / "anc" / "x.png", 5)
+    os.symlink(tmp_path / "anc", tmp_path / "anc" / "deep" / "ds")
+    assert [p.name for p in list_inputs(tmp_path / "anc" / "deep" / "ds")] == ["x.png"]
 
 
 def test_hidden_and_system_folders_are_not_entered(tmp_path):
@@ -147,3 +205,17 @@ def test_an_empty_label_folder_of_a_hospital_export_is_reported(tmp_path):
         read_hospital_folder(tmp_path, Taxonomy.load())
     recs, bad = read_hospital_folder(tmp_path, Taxonomy.load(), on_bad_file="skip")
     assert len(recs) == 2 and [b.reason for b in bad] == ["empty label folder (no images)"]
+
+
+def test_every_users_csv_names_itself_when_it_is_not_utf8(tmp_path):
+    """group_by= and truth= tables are read like the labels CSV: Excel's BOM fine, another encoding named."""
+    from ana_lightning.predict.io import path_table
+
+    img = _png(tmp_path / "in" / "é.png")
+    (tmp_path / "bom.csv").write_bytes("path,specimen\r\né.png,S1\r\n".encode("utf-8-sig"))
+    assert (
+        path_table([img], tmp_path / "in", tmp_path / "bom.csv", "specimen", "group_column")[img][0] == "S1"
+    )
+    (tmp_path / "cp.csv").write_bytes("path,specimen\r\né.png,S1\r\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"group_column: .*cp\.csv: not UTF-8 text"):
+        path_table([img], tmp_path / "in", tmp_path / "cp.csv", "specimen", "group_column")
