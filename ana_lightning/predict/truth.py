@@ -251,12 +251,16 @@ def truth_names(truth: str) -> dict[str, str]:
     return contest_class_of(Taxonomy.load(), str(truth))
 
 
-def _rows(csv_path: Path, classes: Sequence[str], key: str, decision: str) -> list[dict[str, Any]]:
+def written_rows(csv_path: Path, classes: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
+    """The rows of a written ``predictions.csv`` / ``specimens.csv``, each with its ``p_<class>`` values
+    (``""`` where a row has none), in ``classes``' order."""
     with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        return [(r, [r.get(f"p_{c}") or "" for c in classes]) for r in csv.DictReader(fh)]
+
+
+def _rows(csv_path: Path, classes: Sequence[str], key: str, decision: str) -> list[dict[str, Any]]:
     out = []
-    for r in rows:
-        probs = [r.get(f"p_{c}") or "" for c in classes]
+    for r, probs in written_rows(csv_path, classes):
         ok = r.get("status", "ok") == "ok" and r.get(decision, "") in classes and all(probs)
         out.append(
             {

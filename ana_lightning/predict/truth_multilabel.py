@@ -171,11 +171,10 @@ def read_truth_sets(
 
 def _rows(csv_path: Path, classes: Sequence[str], key: str, decision: str) -> list[dict[str, Any]]:
     """``{"key", "labels" (the written decision, a set), "probs" (None without a verdict), "said"}`` per row."""
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    from .truth import written_rows
+
     out = []
-    for r in rows:
-        probs = [r.get(f"p_{c}") or "" for c in classes]
+    for r, probs in written_rows(csv_path, classes):
         said = r.get(decision) or ""
         labels = {x for x in said.split(";") if x}
         # a decision that is not a set of the model's classes ("insufficient cells") is no verdict
