@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
+from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image, exposure_problem
 from .export import DISCLAIMER, INTENDED_USE
 from .fields.combine import INSUFFICIENT
 from .predict import Predictor
@@ -202,18 +202,25 @@ def _read_upload(
         image = decode_image(data, "upload")
     except BadImageError as e:
         return _Upload(None, None, (), "Could not read this file", e.reason)
+    exposure = exposure_problem(image)  # read anyway; the note says why the verdict may be off
     if field is not None:
         try:
             pic, probs, labels, note = _analyse_field(field, image, threshold)
         except ValueError as e:  # no nucleus-like object: a blank or saturated image
-            return _Upload(_preview(image), None, (), "Could not read this field", str(e))
+            return _Upload(_preview(image), None, (), "Could not read this field", _join(str(e), exposure))
         # too few usable cells: no verdict (and left out of a specimen)
         if probs is None or INSUFFICIENT in labels:
-            return _Upload(_preview(pic), None, tuple(labels), "; ".join(labels), note)
-        return _Upload(_preview(pic), probs, tuple(labels), "", note)
+            return _Upload(_preview(pic), None, tuple(labels), "; ".join(labels), _join(note, exposure))
+        return _Upload(_preview(pic), probs, tuple(labels), "", _join(note, exposure))
     pred = predictor.predict_image(image, "upload")
     labels = predictor.decide(pred.probabilities, threshold) if threshold is not None else pred.labels
-    return _Upload(_preview(image), pred.probabilities, tuple(labels), "", "")
+    return _Upload(_preview(image), pred.probabilities, tuple(labels), "", _join("", exposure))
+
+
+def _join(note: str, exposure: str) -> str:
+    """A field's note with the exposure warning, if any, after it."""
+    warning = f"**Warning: {exposure}.**" if exposure else ""
+    return " ".join(x for x in (note, warning) if x)
 
 
 def analyse(

@@ -25,6 +25,8 @@ from PIL import Image, ImageFile
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "exposure_problem",
+    "saturated_share",
     "walk_files",
     "read_before",
     "IMAGE_EXTENSIONS",
@@ -138,6 +140,29 @@ def walk_files(
         dirnames[:] = [d for d in dirnames if not is_ignored(d)]
         out += [Path(dirpath) / name for name in filenames]
     return sorted(p for p in out if is_file_entry(p))
+
+
+#: Above this share of saturated pixels a field is called overexposed (the 155 ICAP reference fields: at most 0.12 %).
+SATURATED_SHARE = 0.05
+
+
+def saturated_share(image: np.ndarray) -> float:
+    """The share of an ``H×W×3 uint8`` image's pixels that are saturated (255 in their brightest channel)."""
+    image = np.asarray(image)
+    return float((image.max(axis=-1) >= 255).mean()) if image.size else 0.0
+
+
+def exposure_problem(image: np.ndarray, max_share: float = SATURATED_SHARE) -> str:
+    """``""``, or why an ``H×W×3 uint8`` image is a poor acquisition to read a pattern from: overexposed,
+    when more than ``max_share`` of its pixels are saturated (:func:`saturated_share`), so the texture that
+    tells the patterns apart is clipped. The image is still read; the caller shows the note."""
+    share = saturated_share(image)
+    if share > max_share:
+        return (
+            f"overexposed: {share:.0%} of its pixels are saturated, so the pattern's texture is clipped and the "
+            "verdict may be unreliable (acquire it with a shorter exposure or lower gain)"
+        )
+    return ""
 
 
 _LOW_BIT_DEPTH_WARNED = False

@@ -135,7 +135,7 @@ def run_field_predict(
     mode: tuple[str, float | None, str, float | None],
 ) -> PredictSummary:
     """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
-    from ..data.images import BadImageError, load_image
+    from ..data.images import SATURATED_SHARE, BadImageError, load_image, saturated_share
     from ..predict import PredictSummary, _output_paths
     from .overlay import class_colours, draw_overlay, save_png
 
@@ -173,6 +173,7 @@ def run_field_predict(
     colours = class_colours(names)
     overlays = bool(cfg.get("overlays", False))
     results: list[FieldResult] = []
+    overexposed: list[str] = []
     cells_f = open(out_dir / "cells.csv", "w", newline="") if cfg.get("per_cell_csv") else None  # noqa: SIM115
     cells_w = None
     try:
@@ -186,6 +187,8 @@ def run_field_predict(
                     if isinstance(s, str):
                         raise BadImageError(f, s)
                     image = load_image(f)
+                    if (share := saturated_share(image)) > SATURATED_SHARE:
+                        overexposed.append(f"{f} ({share:.0%} saturated)")
                     res, lab = fp.predict_field(image, s, str(f), want_overlay_labels=overlays)
                     res.group = groups[f]
                     if overlays and lab is not None:
@@ -205,6 +208,15 @@ def run_field_predict(
     finally:
         if cells_f is not None:
             cells_f.close()
+    if overexposed:
+        log.warning(
+            "%d field(s) overexposed (over %.0f %% of their pixels saturated: the pattern's texture is clipped, so "
+            "their verdicts may be unreliable): %s",
+            len(overexposed),
+            100 * SATURATED_SHARE,
+            "; ".join(overexposed[:5])
+            + (f"; and {len(overexposed) - 5} more" if len(overexposed) > 5 else ""),
+        )
     n_failed = sum(r.status != "ok" for r in results)
     if cfg.get("group_by"):
         rows = specimen_verdicts(

@@ -532,3 +532,26 @@ def test_app_shows_the_cell_overlay_of_a_field(trained_checkpoint, field_folder)
     assert text.startswith("### insufficient cells") and probs is None and chart is None
     _, text, _, state = analyse_many(predictor, [path.read_bytes(), path.read_bytes()], field=strict)
     assert "No field could be read" in text and state["probs"] is None and text.count("| no verdict |") == 2
+
+
+def test_field_mode_warns_about_overexposed_fields(trained_checkpoint, field_folder, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    inp = tmp_path / "in"
+    shutil.copytree(field_folder / "patient1", inp)
+    img = cv2.imread(str(inp / "f0.png"))
+    img[: img.shape[0] // 2] = 255
+    cv2.imwrite(str(inp / "f0.png"), img)
+    args = [f"ckpt_path={ckpt}", f"input={inp}", "progress=false", "model_nucleus_diameter_px=6"]
+    with caplog.at_level(logging.WARNING, logger="ana_lightning.fields.job"):
+        run_predict(compose("predict", args, output_dir=tmp_path / "run"))
+    (said,) = [r.getMessage() for r in caplog.records if "overexposed" in r.getMessage()]
+    share = (
+        cv2.imread(str(inp / "f0.png")).max(axis=2) >= 255
+    ).mean()  # the half clipped, and what already was
+    assert said.startswith("1 field(s) overexposed") and f"f0.png ({share:.0%} saturated)" in said
+    assert "f1.png" not in said

@@ -183,3 +183,24 @@ def test_configs_compose_and_name_their_job(name, tmp_path):
     assert callable(get_method(cfg.job)) and cfg.task_name == name
     if name == "app":  # localhost only unless the user opens it
         assert cfg.server_name == "127.0.0.1" and parse_size(cfg.max_file_size) == 25 * 2**20
+
+
+def test_an_overexposed_upload_is_read_with_a_warning(trained_checkpoint):
+    """A field with many saturated pixels still gets its verdict, and a note that it may be unreliable;
+    a normal one gets no such note."""
+    import io
+
+    from PIL import Image
+
+    root, _, ckpt = trained_checkpoint
+    predictor = Predictor.load(ckpt)
+    image = sorted(root.rglob("*.png"))[0]
+    _, md, _, probs = analyse(predictor, image.read_bytes())
+    assert "overexposed" not in md
+    arr = np.asarray(Image.open(image).convert("RGB")).copy()
+    arr[: arr.shape[0] // 3] = 255  # a third of the field clipped
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    _, md, chart, probs = analyse(predictor, buf.getvalue())
+    assert probs is not None and chart is not None  # still read
+    assert "**Warning: overexposed: 33% of its pixels are saturated" in md
