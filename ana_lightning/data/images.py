@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "exposure_problem",
     "saturated_share",
+    "warn_overexposed",
     "walk_files",
     "read_before",
     "IMAGE_EXTENSIONS",
@@ -163,6 +164,19 @@ def exposure_problem(image: np.ndarray, max_share: float = SATURATED_SHARE) -> s
             "verdict may be unreliable (acquire it with a shorter exposure or lower gain)"
         )
     return ""
+
+
+def warn_overexposed(listed: list[str], unit: str = "image") -> None:
+    """One warning naming the ``unit``\ s (``"path (37% saturated)"``) read although overexposed."""
+    if listed:
+        log.warning(
+            "%d %s(s) overexposed (over %.0f %% of their pixels saturated: the pattern's texture is clipped, so "
+            "their verdicts may be unreliable): %s",
+            len(listed),
+            unit,
+            100 * SATURATED_SHARE,
+            "; ".join(listed[:5]) + (f"; and {len(listed) - 5} more" if len(listed) > 5 else ""),
+        )
 
 
 _LOW_BIT_DEPTH_WARNED = False

@@ -135,7 +135,7 @@ def run_field_predict(
     mode: tuple[str, float | None, str, float | None],
 ) -> PredictSummary:
     """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
-    from ..data.images import SATURATED_SHARE, BadImageError, load_image, saturated_share
+    from ..data.images import SATURATED_SHARE, BadImageError, load_image, saturated_share, warn_overexposed
     from ..predict import PredictSummary, _output_paths
     from .overlay import class_colours, draw_overlay, save_png
 
@@ -208,15 +208,7 @@ def run_field_predict(
     finally:
         if cells_f is not None:
             cells_f.close()
-    if overexposed:
-        log.warning(
-            "%d field(s) overexposed (over %.0f %% of their pixels saturated: the pattern's texture is clipped, so "
-            "their verdicts may be unreliable): %s",
-            len(overexposed),
-            100 * SATURATED_SHARE,
-            "; ".join(overexposed[:5])
-            + (f"; and {len(overexposed) - 5} more" if len(overexposed) > 5 else ""),
-        )
+    warn_overexposed(overexposed, "field")
     n_failed = sum(r.status != "ok" for r in results)
     if cfg.get("group_by"):
         rows = specimen_verdicts(

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.images import BadImageError, decode_image, load_image
+from ..data.images import BadImageError, decode_image, load_image, saturated_share
 from ..data.transforms import build_transform
 from ..taxonomy import Taxonomy
 from ..utils import CheckpointError
@@ -68,6 +68,9 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (K,)
     labels: tuple[str, ...] = ()
     error: str | None = None
+    saturated: float | None = (
+        None  # share of saturated pixels (whole images read as they are; None otherwise)
+    )
 
     @property
     def ok(self) -> bool:
@@ -114,9 +117,12 @@ class _PathDataset(Dataset):
         path = self.paths[i]
         try:
             _check_size(path, self.max_bytes)
-            return i, _to_array(self.transform, self.loader(path)), None
+            image = self.loader(path)
+            # overexposure is a whole image's: a cell loader's crop carries its mask as a 255 channel
+            share = saturated_share(image) if self.loader is load_image else None
+            return i, _to_array(self.transform, image), None, share
         except BadImageError as e:
-            return i, None, e.reason
+            return i, None, e.reason, None
 
 
 def _to_array(transform, image: np.ndarray) -> np.ndarray:
@@ -157,11 +163,12 @@ def _prefetched(read: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[A
 
 
 def _collate(items):
-    idx = [i for i, _, _ in items]
-    good = [(i, x) for i, x, _ in items if x is not None]
-    errors = {i: err for i, _, err in items if err is not None}
+    idx = [i for i, _, _, _ in items]
+    good = [(i, x) for i, x, _, _ in items if x is not None]
+    errors = {i: err for i, _, err, _ in items if err is not None}
+    shares = {i: s for i, _, _, s in items if s is not None}
     batch = np.stack([x for _, x in good]) if good else None
-    return idx, [i for i, _ in good], batch, errors
+    return idx, [i for i, _ in good], batch, errors, shares
 
 
 # ---------------------------------------------------------------------------------------------- predictor
@@ -338,14 +345,14 @@ class Predictor:
             read = lambda r: _collate([dataset[i] for i in r])  # noqa: E731
             batches = _prefetched(read, chunks) if prefetch else map(read, chunks)
         names = [str(p) for p in paths]
-        for idx, good, batch, errors in batches:
+        for idx, good, batch, errors, shares in batches:
             probs = self.predict_proba(batch) if batch is not None else np.empty((0, len(self.class_names)))
             by_index = dict(zip(good, probs, strict=True))
             for i in idx:
                 if i in errors:
                     yield Prediction(names[i], error=errors[i])
                 else:
-                    yield Prediction(names[i], by_index[i], self.decide(by_index[i]))
+                    yield Prediction(names[i], by_index[i], self.decide(by_index[i]), saturated=shares.get(i))
 
     # -------------------------------------------------------------- presentation
     def hierarchy(self, label: str) -> tuple[str, str, str]:

@@ -924,6 +924,7 @@ def test_cut_cells_get_specimen_verdicts(framed_model, tmp_path, caplog):
             )
         )
     assert "overlays apply to fields and are not used here" in caplog.text
+    assert "overexposed" not in caplog.text  # a cut cell's mask channel (255) is not overexposure
     cells = _csv_rows(tmp_path / "v" / "predictions.csv")
     specimens = _csv_rows(tmp_path / "v" / "specimens.csv")
     group = {str(root / r["path"]): r["group"] for r in _csv_rows(manifest)}

@@ -349,3 +349,28 @@ def test_sigmoid_ensemble_contract():
     pred = p.predict_image(image)
     want = model.decide(model.predict_proba(p.preprocess(image)[None]))[0]
     assert set(pred.labels) == {c for c, v in zip(p.class_names, want.tolist(), strict=True) if v}
+
+
+def test_whole_images_that_are_overexposed_are_named_in_one_warning(trained_checkpoint, tmp_path, caplog):
+    """Image mode: every image is predicted; the overexposed one (a third of it clipped) is named once."""
+    import logging
+    import shutil
+
+    from PIL import Image
+
+    root, _, ckpt = trained_checkpoint
+    inp = tmp_path / "in"
+    shutil.copytree(root / "AC-1", inp)
+    first = sorted(inp.glob("*.png"))[0]
+    arr = np.asarray(Image.open(first).convert("RGB")).copy()
+    arr[: arr.shape[0] // 3] = 255
+    Image.fromarray(arr).save(first)
+    share = (arr.max(axis=2) >= 255).mean()
+    cfg = compose(
+        "predict", [f"ckpt_path={ckpt}", f"input={inp}", "progress=false"], output_dir=tmp_path / "r"
+    )
+    with caplog.at_level(logging.WARNING, logger="ana_lightning.data.images"):
+        summary = run_predict(cfg)
+    assert summary.n_failed == 0 and summary.n_images == len(list(inp.glob("*.png")))
+    (said,) = [r.getMessage() for r in caplog.records if "overexposed" in r.getMessage()]
+    assert said.startswith("1 image(s) overexposed") and f"{first} ({share:.0%} saturated)" in said
