@@ -20,13 +20,12 @@ A CSV (``path,labels[,group]``) is the alternative input; ``labels`` follows the
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..taxonomy import Taxonomy
-from .images import BadFile, is_ignored, is_image_path, read_before
+from .images import BadFile, is_ignored, is_image_path, walk_folders
 from .records import DatasetError, ImageRecord, read_csv_rows, resolve_bad_files, scan_images
 
 __all__ = ["read_hospital_folder", "read_labels_csv"]
@@ -137,12 +136,7 @@ def read_hospital_folder(
 
     candidates: list[tuple[Path, tuple[str, ...], str | None]] = []
     label_dirs: list[tuple[str, ...]] = []  # folders named by AC codes, to name the empty ones
-    seen_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # symlinked folders too, each once
-        if dirpath != str(root) and read_before(dirpath, seen_dirs, root):
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
+    for dirpath, _, filenames in walk_folders(root):  # symlinked folders leading outside too, each once
         here = Path(dirpath)
         parts = here.relative_to(root).parts
         if parts and taxonomy.split_codes(parts[-1])[0]:

@@ -29,7 +29,7 @@ __all__ = [
     "saturated_share",
     "warn_overexposed",
     "walk_files",
-    "read_before",
+    "walk_folders",
     "IMAGE_EXTENSIONS",
     "BadImageError",
     "BadFile",
@@ -121,6 +121,21 @@ def read_before(dirpath: str | Path, seen: set[str], dataset: str | Path) -> boo
     return False
 
 
+def walk_folders(root: str | Path, dataset: str | Path | None = None, seen: set[str] | None = None):
+    """``os.walk(root)`` as the dataset readers walk: ``(dirpath, dirnames, filenames)`` with symlinked
+    folders followed when they lead outside the dataset, each such folder once (:func:`read_before`), and
+    hidden and system folders (``.thumbs``, ``__MACOSX``) not entered; ``dirnames`` sorted (a caller may
+    prune it further). ``dataset`` is the whole dataset's folder (default ``root``); ``seen`` is shared by
+    the walks of one dataset (a reader walking class folder by class folder)."""
+    seen = set() if seen is None else seen
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        if dirpath != str(root) and read_before(dirpath, seen, dataset or root):
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
+        yield dirpath, dirnames, filenames
+
+
 def walk_files(
     root: str | Path, dataset: str | Path | None = None, seen: set[str] | None = None
 ) -> list[Path]:
@@ -131,15 +146,8 @@ def walk_files(
     slides in), each such folder once (:func:`read_before`); ``dataset`` is the whole dataset's folder
     (default ``root``), and ``seen`` is shared by the walks of one dataset (a reader walking class folder by
     class folder). Hidden and system folders (``.thumbs``, ``__MACOSX``) are not entered; hidden files are
-    returned for the caller to leave out (:func:`is_ignored`)."""
-    out: list[Path] = []
-    seen = set() if seen is None else seen
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        if dirpath != str(root) and read_before(dirpath, seen, dataset or root):
-            dirnames[:] = []
-            continue
-        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
-        out += [Path(dirpath) / name for name in filenames]
+    returned for the caller to leave out (:func:`is_ignored`). The walk is :func:`walk_folders`'."""
+    out = [Path(d) / name for d, _, names in walk_folders(root, dataset, seen) for name in names]
     return sorted(p for p in out if is_file_entry(p))
 
 
@@ -171,8 +179,10 @@ def exposure_problem(image: np.ndarray, max_share: float = SATURATED_SHARE) -> s
     return ""
 
 
-def warn_overexposed(listed: list[str], unit: str = "image") -> None:
-    """One warning naming the ``unit``\ s (``"path (37% saturated)"``) read although overexposed."""
+def warn_overexposed(shares: Iterable[tuple[str, float]], unit: str = "image") -> None:
+    """One warning naming the images (``unit``: what they are, image or field) read although overexposed:
+    those of ``(path, saturated_share)`` over :data:`SATURATED_SHARE`, as ``path (37% saturated)``."""
+    listed = [f"{path} ({share:.0%} saturated)" for path, share in shares if share > SATURATED_SHARE]
     if listed:
         log.warning(
             "%d %s(s) overexposed (over %.0f %% of their pixels saturated: the pattern's texture is clipped, so "

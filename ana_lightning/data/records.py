@@ -7,6 +7,7 @@ targets, datasets and reports all work on records, so a new layout is one reader
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +38,6 @@ __all__ = [
 def read_csv_rows(path: str | Path, what: str = "CSV") -> list[list[str]]:
     """Every row of a user's CSV file (header first): UTF-8, with or without the byte-order mark that
     Excel's 'CSV UTF-8' writes. Another encoding is a ValueError naming the file (``what`` says which)."""
-    import csv
-
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             return list(csv.reader(f))

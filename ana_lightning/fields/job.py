@@ -61,10 +61,9 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
     """Every field's scale; an unreliable estimate is replaced by the median of the reliable ones of
     the same group, else of the whole input."""
     from ..data.images import BadImageError, load_image
-    from ..predict.predictor import _check_size
+    from ..predict.predictor import _check_size, max_bytes_of
 
-    max_mb = cfg.get("max_file_mb", 512)
-    max_bytes = int(float(max_mb) * 2**20) if max_mb else None
+    max_bytes = max_bytes_of(cfg.get("max_file_mb", 512))
     out: dict[Path, ScaleEstimate | str] = {}
     failed: dict[Path, str] = {}
     for f in files:
@@ -135,7 +134,7 @@ def run_field_predict(
     mode: tuple[str, float | None, str, float | None],
 ) -> PredictSummary:
     """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
-    from ..data.images import SATURATED_SHARE, BadImageError, load_image, saturated_share, warn_overexposed
+    from ..data.images import BadImageError, load_image, saturated_share, warn_overexposed
     from ..predict import PredictSummary, _output_paths
     from .overlay import class_colours, draw_overlay, save_png
 
@@ -173,7 +172,7 @@ def run_field_predict(
     colours = class_colours(names)
     overlays = bool(cfg.get("overlays", False))
     results: list[FieldResult] = []
-    overexposed: list[str] = []
+    shares: list[tuple[str, float]] = []  # each field's saturated pixels, for one warning
     cells_f = open(out_dir / "cells.csv", "w", newline="") if cfg.get("per_cell_csv") else None  # noqa: SIM115
     cells_w = None
     try:
@@ -187,8 +186,7 @@ def run_field_predict(
                     if isinstance(s, str):
                         raise BadImageError(f, s)
                     image = load_image(f)
-                    if (share := saturated_share(image)) > SATURATED_SHARE:
-                        overexposed.append(f"{f} ({share:.0%} saturated)")
+                    shares.append((str(f), saturated_share(image)))
                     res, lab = fp.predict_field(image, s, str(f), want_overlay_labels=overlays)
                     res.group = groups[f]
                     if overlays and lab is not None:
@@ -208,7 +206,7 @@ def run_field_predict(
     finally:
         if cells_f is not None:
             cells_f.close()
-    warn_overexposed(overexposed, "field")
+    warn_overexposed(shares, "field")
     n_failed = sum(r.status != "ok" for r in results)
     if cfg.get("group_by"):
         rows = specimen_verdicts(

@@ -93,17 +93,20 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
 
         stream = track(stream, total=len(files), description="predicting", transient=False)
     kept: list = []
+    cell_groups: dict[Path, str] = {}
     if loader is not None and cfg.get("group_by"):  # cut cells: specimen verdicts from their cells
         from ..fields.job import _groups
 
         # every cell's specimen is read (a missing row named) before anything is predicted
-        _groups(files, Path(cfg.input).expanduser(), cfg.group_by, cfg.get("group_column", "specimen"))
+        cell_groups = _groups(
+            files, Path(cfg.input).expanduser(), cfg.group_by, cfg.get("group_column", "specimen")
+        )
         stream = _keeping(stream, kept)
     summary = write_predictions(stream, predictor, csv_path, json_path)
     if kept:
         from ..predict.cells import cell_specimens
 
-        written = cell_specimens(kept, Path(cfg.input).expanduser(), cfg, predictor, csv_path.parent)
+        written = cell_specimens(kept, cell_groups, cfg, predictor, csv_path.parent)
         log.info("specimens (group_by=%s): %s", cfg.get("group_by"), written)
     if truth[0]:
         _score(cfg, predictor, files, truth, csv_path, specimens=bool(kept))

@@ -137,22 +137,21 @@ def cell_loader(
 
 def cell_specimens(
     predictions: Sequence[Any],
-    input_root: Path,
+    groups: Mapping[Path, str],
     cfg: Mapping[str, Any],
     predictor: Any,
     out_dir: Path,
 ) -> Path:
     """``group_by`` for cut cells: each specimen's cells combined into one verdict, as a lab reads a
     well (``combine``: ``mean_log`` of the cell probabilities, or ``vote``, the share of cells per
-    class), written as ``specimens.csv`` (``n_cells``, ``n_cells_used``) with the report. A specimen with
-    fewer than ``min_cells`` predicted cells is ``insufficient cells``."""
+    class), written as ``specimens.csv`` (``n_cells``, ``n_cells_used``) with the report. ``groups``:
+    each cell file's specimen (``fields.job._groups``, read before predicting). A specimen with fewer
+    than ``min_cells`` predicted cells is ``insufficient cells``."""
     from ..fields.combine import INSUFFICIENT
-    from ..fields.job import _groups
     from ..fields.predictor import FieldResult
     from ..fields.specimens import specimen_verdicts, write_specimens
 
     paths = [Path(p.path) for p in predictions]
-    groups = _groups(paths, input_root, cfg.get("group_by"), cfg.get("group_column", "specimen"))
     results = [
         FieldResult(
             p.path,

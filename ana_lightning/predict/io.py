@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..data.images import SATURATED_SHARE, is_ignored, is_image_path, walk_files, warn_overexposed
+from ..data.images import is_ignored, is_image_path, walk_files, warn_overexposed
 from .loading import pipeline_args
 from .predictor import Prediction, Predictor, PredictSummary
 
@@ -182,7 +182,7 @@ def write_predictions(
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     n = failed = 0
-    overexposed: list[str] = []
+    shares: list[tuple[str, float]] = []  # each whole image's saturated pixels, for one warning
     info = asdict(predictor.info)
     header = {"model": {**info, "source": predictor.source, "backend": predictor.backend_name}}
     jf = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in finally
@@ -199,14 +199,14 @@ def write_predictions(
                     jf.write(("  " if n == 0 else ",\n  ") + json.dumps(js))
                 n += 1
                 failed += not pred.ok
-                if pred.saturated is not None and pred.saturated > SATURATED_SHARE:
-                    overexposed.append(f"{pred.path} ({pred.saturated:.0%} saturated)")
+                if pred.saturated is not None:
+                    shares.append((pred.path, pred.saturated))
             if jf:
                 jf.write('\n ],\n "summary": ' + json.dumps({"images": n, "failed": failed}) + "\n}\n")
     finally:
         if jf:
             jf.close()
-    warn_overexposed(overexposed, "image")
+    warn_overexposed(shares, "image")
     return PredictSummary(n, failed, csv_path, Path(json_path) if json_path else None)
 
 

@@ -68,9 +68,8 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (K,)
     labels: tuple[str, ...] = ()
     error: str | None = None
-    saturated: float | None = (
-        None  # share of saturated pixels (whole images read as they are; None otherwise)
-    )
+    # share of saturated pixels (whole images read as they are; None otherwise)
+    saturated: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -131,6 +130,11 @@ def _to_array(transform, image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(
         transform.normalize(image=transform.resize(image))["image"].transpose(2, 0, 1), dtype=np.float32
     )
+
+
+def max_bytes_of(max_file_mb: float | None) -> int | None:
+    """``max_file_mb`` (the config key) in bytes; None (or 0) for no limit."""
+    return int(float(max_file_mb) * 2**20) if max_file_mb else None
 
 
 def _check_size(path: str | Path, max_bytes: int | None) -> None:
@@ -333,8 +337,7 @@ class Predictor:
         backends release the GIL): it pays when a core is free, and measured no gain on a fully loaded
         2-core machine (experiments/benchmarks/predict.py), hence off by default. ``num_workers > 0``: a ``DataLoader`` with that many worker processes.
         """
-        max_bytes = int(max_file_mb * 2**20) if max_file_mb else None
-        dataset = _PathDataset(paths, self.transform, max_bytes, loader)
+        dataset = _PathDataset(paths, self.transform, max_bytes_of(max_file_mb), loader)
         bs = max(1, int(batch_size))
         if int(num_workers) > 0:
             batches: Iterable = DataLoader(

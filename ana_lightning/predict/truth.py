@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,26 +145,38 @@ def _parser(tree: Taxonomy, nodes: Mapping[str, str]):
 def _folder_labels(files: Sequence[Path], input_root: Path, parse) -> tuple[dict[Path, str], dict[Path, str]]:
     """Each image's nearest folder (up to ``input`` itself) whose name is a label: ``ac-3/specimen12/f.png``
     is AC-3. ``(raw labels, where)``; an image under no such folder gets its parent's name, to be refused."""
-    top = input_root.resolve() if input_root.is_dir() else input_root.resolve().parent
 
-    @functools.cache  # once per folder, not per image
-    def nearest(parent: Path) -> Path:
-        """``parent`` or its nearest ancestor (up to ``top``) named as a label; else ``parent`` itself."""
-        folder = parent
-        while True:
-            try:
-                parse(folder.name)
-                return folder
-            except LabelError:
-                if folder.resolve() == top or folder.parent == folder:
-                    return parent  # none: its own name, to be refused by name
-                folder = folder.parent
+    def is_label(name: str) -> bool:
+        try:
+            parse(name)
+        except LabelError:
+            return False
+        return True
 
+    nearest = label_folders(input_root, is_label)
     raw, where = {}, {}
     for f in files:
-        folder = nearest(f.parent)
+        folder = nearest(f.parent) or f.parent  # none: its own name, to be refused by name
         raw[f], where[f] = folder.name, f"folder {folder}"
     return raw, where
+
+
+def label_folders(input_root: Path, is_label: Callable[[str], bool]) -> Callable[[Path], Path | None]:
+    """``truth=folder``'s rule: ``nearest(parent)`` is ``parent`` or its nearest ancestor, up to and
+    including ``input=`` itself, whose name ``is_label``; None when there is none. Cached per folder (a
+    folder of 10,000 cells has a handful)."""
+    top = input_root.resolve() if input_root.is_dir() else input_root.resolve().parent
+
+    @functools.cache
+    def nearest(parent: Path) -> Path | None:
+        folder = parent
+        while not is_label(folder.name):
+            if folder.resolve() == top or folder.parent == folder:
+                return None
+            folder = folder.parent
+        return folder
+
+    return nearest
 
 
 def read_truth(

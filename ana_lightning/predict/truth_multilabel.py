@@ -29,7 +29,6 @@ its images share, its verdict the ``patterns`` of ``specimens.csv``).
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 from collections import Counter
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..taxonomy import LabelError, Taxonomy
+from .truth import written_rows
 
 __all__ = ["read_truth_sets", "score_truth_multilabel"]
 
@@ -88,24 +88,18 @@ def read_truth_sets(
     missing: list[Path] = []
     empty: list[str] = []
     if source == "folder":
-        top = input_root.resolve() if input_root.is_dir() else input_root.resolve().parent
+        from .truth import label_folders
 
-        @functools.cache  # once per folder, not per image
-        def nearest(parent: Path) -> tuple[str, ...] | None:
-            folder = parent
-            while True:
-                if tree.split_codes(folder.name)[0]:
-                    return _codes(tree, folder.name, strict, f"folder {folder}", ignored, problems)
-                if folder.resolve() == top or folder.parent == folder:
-                    return None
-                folder = folder.parent
-
+        nearest = label_folders(input_root, lambda name: bool(tree.split_codes(name)[0]))
+        codes_of = functools.cache(  # once per folder: its problems are listed once
+            lambda folder: _codes(tree, folder.name, strict, f"folder {folder}", ignored, problems)
+        )
         for f in files:
-            codes = nearest(f.parent)
-            if codes is None:
+            folder = nearest(f.parent)
+            if folder is None:
                 missing.append(f)
             else:
-                out[str(f)] = codes
+                out[str(f)] = codes_of(folder)
     else:
         table = Path(source).expanduser()
         if not table.is_file():
@@ -169,12 +163,13 @@ def read_truth_sets(
     return out
 
 
-def _rows(csv_path: Path, classes: Sequence[str], key: str, decision: str) -> list[dict[str, Any]]:
-    """``{"key", "labels" (the written decision, a set), "probs" (None without a verdict), "said"}`` per row."""
-    from .truth import written_rows
-
+def _rows(
+    written: Sequence[tuple[dict[str, str], list[str]]], classes: Sequence[str], key: str, decision: str
+) -> list[dict[str, Any]]:
+    """``{"key", "labels" (the written decision, a set), "probs" (None without a verdict), "said"}`` per
+    row of a written CSV (:func:`~.truth.written_rows`)."""
     out = []
-    for r, probs in written_rows(csv_path, classes):
+    for r, probs in written:
         said = r.get(decision) or ""
         labels = {x for x in said.split(";") if x}
         # a decision that is not a set of the model's classes ("insufficient cells") is no verdict
@@ -263,9 +258,9 @@ def _specimen_truth(
 def _specimen_rows(spec_file: Path, classes: Sequence[str], negative: str) -> list[dict[str, Any]]:
     """``specimens.csv`` as scoring rows: the verdict is its ``patterns`` (a screened-negative specimen
     says the negative class when the model has one, else nothing)."""
-    rows = _rows(spec_file, classes, "specimen", "patterns")
-    with open(spec_file, newline="") as fh:
-        screening = {r["specimen"]: r.get("screening", "") for r in csv.DictReader(fh)}
+    written = written_rows(spec_file, classes)
+    rows = _rows(written, classes, "specimen", "patterns")
+    screening = {r["specimen"]: r.get("screening", "") for r, _ in written}
     for r in rows:
         if r["probs"] is None:  # no usable field: say why (specimens.csv has no status column)
             r["said"] = screening.get(r["key"]) or r["said"]
@@ -326,11 +321,10 @@ def score_truth_multilabel(
     from ..reports.tables import write_metrics_json
 
     out_dir = Path(csv_path).parent
-    with open(csv_path, newline="") as fh:
-        header = next(csv.reader(fh), [])
-    decision = "verdict" if "verdict" in header else "pred"
+    written = written_rows(Path(csv_path), classes)
+    decision = "verdict" if written and "verdict" in written[0][0] else "pred"  # field mode, or whole images
     unit = "field" if decision == "verdict" else "image"
-    rows = _rows(Path(csv_path), classes, "path", decision)
+    rows = _rows(written, classes, "path", decision)
     truth = [truth_of[r["key"]] for r in rows]
     clusters = [groups[r["key"]] for r in rows] if groups else None
     metrics, details = _score(rows, truth, classes, clusters, "truth")

@@ -199,20 +199,18 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _tile_args(ckpt, folder) -> list[str]:
+    """ana-predict keys for the fixture's field model read in tiles at a 6 px nucleus."""
+    return [f"ckpt_path={ckpt}", f"input={folder}", "progress=false", "model_nucleus_diameter_px=6"]
+
+
 def test_ana_predict_field_model_tiles_specimens_and_report(trained_checkpoint, field_folder, tmp_path):
     from ana_lightning.predict import run_predict
 
     _, _, ckpt = trained_checkpoint
     cfg = compose(
         "predict",
-        [
-            f"ckpt_path={ckpt}",
-            f"input={field_folder}",
-            "progress=false",
-            "model_nucleus_diameter_px=6",
-            "overlays=true",
-            "group_by=folder",
-        ],
+        [*_tile_args(ckpt, field_folder), "overlays=true", "group_by=folder"],
         output_dir=tmp_path / "run",
     )
     summary = run_predict(cfg)
@@ -247,15 +245,7 @@ def test_field_mode_reports_oversized_files_without_reading_them(trained_checkpo
     sizes = sorted(f.stat().st_size for f in field_folder.rglob("*.png") if f.name != "broken.png")
     limit = (sizes[0] + sizes[-1]) / 2 / 2**20  # between the smallest and the largest field
     cfg = compose(
-        "predict",
-        [
-            f"ckpt_path={ckpt}",
-            f"input={field_folder}",
-            "progress=false",
-            "model_nucleus_diameter_px=6",
-            f"max_file_mb={limit}",
-        ],
-        output_dir=tmp_path / "run",
+        "predict", [*_tile_args(ckpt, field_folder), f"max_file_mb={limit}"], output_dir=tmp_path / "run"
     )
     rows = _rows(run_predict(cfg).csv_path)
     over = [r for r in rows if Path(r["path"]).stat().st_size > limit * 2**20]
@@ -546,9 +536,8 @@ def test_field_mode_warns_about_overexposed_fields(trained_checkpoint, field_fol
     img = cv2.imread(str(inp / "f0.png"))
     img[: img.shape[0] // 2] = 255
     cv2.imwrite(str(inp / "f0.png"), img)
-    args = [f"ckpt_path={ckpt}", f"input={inp}", "progress=false", "model_nucleus_diameter_px=6"]
-    with caplog.at_level(logging.WARNING, logger="ana_lightning.fields.job"):
-        run_predict(compose("predict", args, output_dir=tmp_path / "run"))
+    with caplog.at_level(logging.WARNING, logger="ana_lightning.data.images"):
+        run_predict(compose("predict", _tile_args(ckpt, inp), output_dir=tmp_path / "run"))
     (said,) = [r.getMessage() for r in caplog.records if "overexposed" in r.getMessage()]
     share = (
         cv2.imread(str(inp / "f0.png")).max(axis=2) >= 255
