@@ -84,7 +84,7 @@ def is_ignored(path: str | Path) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
-def _inside(path: str, folder: str) -> bool:
+def is_within(path: str, folder: str) -> bool:
     """``path`` is ``folder`` or below it (both real paths)."""
     return os.path.commonpath([path, folder]) == folder
 
@@ -105,9 +105,9 @@ def read_before(dirpath: str | Path, seen: set[str], dataset: str | Path) -> boo
         top = os.path.realpath(dataset)
         why = (
             "leads inside the dataset, where that folder is read under its own path"
-            if _inside(real, top)
+            if is_within(real, top)
             else "leads to a folder above the dataset (a loop)"
-            if _inside(top, real)
+            if is_within(top, real)
             else "leads to a folder already read through another link"
             if real in seen
             else ""

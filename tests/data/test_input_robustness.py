@@ -158,6 +158,31 @@ def test_a_link_inside_the_dataset_never_relabels_or_doubles_images(tmp_path, ca
     assert [p.name for p in list_inputs(tmp_path / "anc" / "deep" / "ds")] == ["x.png"]
 
 
+def test_a_class_folder_that_links_to_another_class_is_refused_not_read_twice(tmp_path):
+    """A class folder that is a link to another class folder (or two class folders linked to one outside
+    folder) would read each image under two labels: named as a bad folder, never read twice."""
+    from ana_lightning.data.records import DatasetError, read_single_label_folder
+
+    store = _linked_tree(tmp_path)
+    ds = tmp_path / "ds"
+    _png(ds / "AC-1" / "a.png", 1)
+    _png(ds / "AC-2" / "b.png", 2)
+    os.symlink(ds / "AC-1", ds / "AC-5")  # "the same cells are AC-5 too"
+    os.symlink(store, ds / "AC-3")  # a link leading outside, alone: read
+    tree = Taxonomy.load()
+    with pytest.raises(DatasetError, match=r"AC-5: a symlink to .*AC-1, inside the dataset"):
+        read_single_label_folder(ds, tree)
+    recs, bad = read_single_label_folder(ds, tree, on_bad_file="skip")
+    assert sorted(r.codes[0] for r in recs) == ["AC-1", "AC-2", "AC-3", "AC-3", "AC-3"]
+    assert [Path(b.path).name for b in bad] == ["AC-5"]
+    os.unlink(ds / "AC-5")
+    os.symlink(store / ".", ds / "AC-4")  # a second class linked to the same outside images
+    recs, bad = read_single_label_folder(ds, tree, on_bad_file="skip")
+    assert sorted(r.codes[0] for r in recs) == ["AC-1", "AC-2"]
+    assert sorted(Path(b.path).name for b in bad) == ["AC-3", "AC-4"]
+    assert all("images of class folder(s)" in b.reason for b in bad)
+
+
 def test_hidden_and_system_folders_are_not_entered(tmp_path):
     from ana_lightning.data.records import read_single_label_folder
 
