@@ -295,6 +295,20 @@ def _cell_input(ckpt_path: Path, info: ModelInfo) -> list[str]:
     return lines
 
 
+def _bit_depth(info: ModelInfo) -> list[str]:
+    """The camera bit depth its training files with more than 8 bits were read at (``data.bit_depth``)."""
+    depth = info.extra.get("bit_depth")
+    if not depth:
+        return []
+    top = 2 ** int(depth) - 1
+    return [
+        f"- Trained on {depth}-bit camera data (`data.bit_depth={depth}`): a file with more than 8 bits per pixel "
+        f"is read with 0-{top} as the full range (value × 255 / {top}), not as a share of 65535. `ana-predict` and "
+        "`ana-app` do so by default (`bit_depth=auto`); other software must do the same, and files of another "
+        "camera need their own `bit_depth=`"
+    ]
+
+
 def write_model_card(
     path: str | Path,
     info: ModelInfo,
@@ -334,6 +348,7 @@ def write_model_card(
         f"scaled to [0, 1] and normalised with mean {list(info.mean)}, std {list(info.std)}; tensor `image` (N, 3, "
         f"{info.image_size}, {info.image_size}), any batch size N",
         *_cell_input(ckpt_path, info),
+        *_bit_depth(info),
         f"- Output: `probabilities` (N, {len(decision_rule(info).output_names)}) in the order "
         + (
             "level-1 nodes, level-2 nodes, then the leaves below"

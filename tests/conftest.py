@@ -111,6 +111,17 @@ def _drop_closed_log_handlers() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _bit_depth_unset():
+    """``data.bit_depth`` / ``ana-predict bit_depth=`` hold for the whole process once set (an environment
+    variable, for loader workers): every test starts and ends with files read at their own range."""
+    from ana_lightning.data.images import set_bit_depth
+
+    set_bit_depth(None)
+    yield
+    set_bit_depth(None)
+
+
+@pytest.fixture(autouse=True)
 def _no_handlers_on_closed_streams():
     """An in-process Hydra run leaves logging handlers on the stream pytest captured for that test; once
     pytest closes it, every later log line fails ("I/O operation on closed file") — and a W&B run started

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
-from .images import BadFile, load_image
+from .images import BadFile, check_bit_depth, load_image, set_bit_depth
 from .records import DatasetError, ImageRecord, read_single_label_folder
 from .samplers import ClassBalancedSampler, resolve_replicas
 from .splits import (
@@ -153,9 +153,13 @@ class RecordDataModule(L.LightningDataModule):
         repeat: int = 0,
         folds_manifest: str | None = None,
         sampler: str | None = None,
+        bit_depth: int | None = None,
     ):
         super().__init__()
         check_fold_settings(folds, fold, repeats, repeat, split_manifest)
+        # data.bit_depth: the camera's bit depth for files stored with more than 8 bits (12: 0-4095 is the full
+        # range); every image this process (and its loader workers) reads from now on is read so
+        set_bit_depth(check_bit_depth(bit_depth, "data.bit_depth"))
         if sampler not in SAMPLERS:
             raise ValueError(
                 f"data.sampler={sampler!r} is not one of null (shuffle), "
@@ -217,6 +221,9 @@ class RecordDataModule(L.LightningDataModule):
             self.datasets.clear()
 
     def setup(self, stage: str | None = None) -> None:
+        set_bit_depth(
+            self.hparams.get("bit_depth")
+        )  # again here: a spawned DDP rank unpickles, not __init__s
         if self.splits:
             return
         records, self.bad_files = self.read_records()

@@ -4,7 +4,9 @@ Every image becomes an ``H×W×3`` ``uint8`` RGB array, whatever it was on disk:
 
 - 8-bit RGB / grey / palette / RGBA (alpha dropped) JPEG, PNG, BMP, TIFF;
 - 16-bit (and 32-bit integer) grey or RGB, scaled by the *type's* full range (``/257`` for 16 bit),
-  never by the image's own maximum, so a faint negative stays faint;
+  or by the camera's range when the bit depth is set (:func:`set_bit_depth`: ``data.bit_depth``,
+  ``ana-predict bit_depth=``; 12 reads 0–4095 as 0–255), never by the image's own maximum, so a faint
+  negative stays faint;
 - truncated or unreadable files raise :class:`BadImageError` naming the path and the reason.
 """
 
@@ -39,6 +41,9 @@ __all__ = [
     "read_and_hash",
     "sha256_file",
     "format_bad_files",
+    "set_bit_depth",
+    "bit_depth",
+    "check_bit_depth",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -194,6 +199,64 @@ def warn_overexposed(shares: Iterable[tuple[str, float]], unit: str = "image") -
         )
 
 
+#: Where the bit depth set by :func:`set_bit_depth` lives: an environment variable, so DataLoader workers and
+#: processes started by spawn (DDP, macOS) read images as the process that set it does.
+BIT_DEPTH_ENV = "ANA_BIT_DEPTH"
+
+
+def check_bit_depth(value, key: str = "bit_depth") -> int | None:
+    """``value`` as a camera bit depth: null, or an integer from 9 to 16; anything else is an error naming ``key``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+        return None
+    try:
+        depth = int(value)
+        ok = depth == float(value) and 9 <= depth <= 16
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{key}={value!r}: the camera's bit depth for images stored with more than 8 bits per pixel is "
+            "an integer from 9 to 16 (12 for a 12-bit camera saved as 16-bit TIFF), or null for the file's "
+            "own range (16-bit files read as a share of 65535); 8-bit files are read as they are either way"
+        )
+    return depth
+
+
+def set_bit_depth(value) -> int | None:
+    """Read every image with more than 8 bits per pixel as ``value``-bit camera data from now on, in this
+    process and the processes it starts: ``12`` maps 0–4095 to 0–255 (a 12-bit camera saved as 16-bit
+    TIFF), a pixel above 4095 is an error naming the file; ``None`` (the default) reads the file's own range
+    (``/257`` for 16 bit). 8-bit files are unaffected. Returns the depth set."""
+    depth = check_bit_depth(value)
+    if depth is None:
+        os.environ.pop(BIT_DEPTH_ENV, None)
+    else:
+        os.environ[BIT_DEPTH_ENV] = str(depth)
+    return depth
+
+
+def bit_depth() -> int | None:
+    """The bit depth set by :func:`set_bit_depth` (``None``: the file's own range)."""
+    return check_bit_depth(os.environ.get(BIT_DEPTH_ENV), BIT_DEPTH_ENV)
+
+
+def _counts_top(top: float, path: str | Path) -> float:
+    """The value that becomes 255 for integer (or floating-point counts) data whose brightest pixel is
+    ``top``: the set bit depth's, else 65535 (with the once-per-process low-bit-depth warning)."""
+    depth = bit_depth()
+    if depth is None:
+        _warn_low_bit_depth(int(top), path)
+        return 65535.0
+    full = float(2**depth - 1)
+    if top > full:
+        raise BadImageError(
+            path,
+            f"a pixel value of {top:g} is above the {depth}-bit range (0–{full:g}) that bit_depth={depth} reads: "
+            "set bit_depth (data.bit_depth in training) to the camera's bit depth, or null for the file's own range",
+        )
+    return full
+
+
 _LOW_BIT_DEPTH_WARNED = False
 
 
@@ -207,10 +270,11 @@ def _warn_low_bit_depth(top: int, path: str | Path) -> None:
         log.warning(
             "%s: a 16-bit (or floating-point counts) image whose brightest pixel is %d of 65535 (12-bit camera "
             "data?) is read at under 1/16 of the 8-bit range, with %d grey levels; if the camera's images are all "
-            "like it, export them as 8-bit (or scaled to the 16-bit range) before training or predicting (shown once)",
+            "like it, set its bit depth (data.bit_depth=12 to train or evaluate, bit_depth=12 for ana-predict "
+            "and ana-app) to read 0-4095 as the full range (shown once)",
             path,
             top,
-            top // 257 + 1,
+            int(top / 257 + 0.5) + 1,
         )
 
 
@@ -220,13 +284,15 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
-        _warn_low_bit_depth(int(arr.max(initial=0)), path)
-        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        top = _counts_top(int(arr.max(initial=0)), path)
+        if top == 65535.0:
+            arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        else:
+            arr = (arr.astype(np.float32) * (255.0 / top) + 0.5).astype(np.uint8)
     elif arr.dtype in (np.int32, np.uint32, np.int16):
         # PIL's mode "I" holds 16-bit data in int32 ("I;16" TIFFs often arrive this way).
-        top = 65535.0 if arr.max(initial=0) <= 65535 else float(np.iinfo(arr.dtype).max)
-        if top == 65535.0:
-            _warn_low_bit_depth(int(arr.max(initial=0)), path)
+        hi = int(arr.max(initial=0))
+        top = _counts_top(hi, path) if hi <= 65535 or bit_depth() else float(np.iinfo(arr.dtype).max)
         arr = (np.clip(arr.astype(np.float64), 0, None) / top * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(arr).all():
@@ -239,9 +305,7 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
                 "export it as an 8- or 16-bit image",
             )
         # 0–1 (normalised), else raw counts read as 16-bit integers are (never per image: one scale)
-        top = 1.0 if hi <= 1.0 else 65535.0
-        if top > 1.0:
-            _warn_low_bit_depth(int(hi), path)
+        top = 1.0 if hi <= 1.0 else _counts_top(hi, path)
         arr = (np.clip(arr.astype(np.float64) / top, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise BadImageError(path, f"unsupported pixel type {arr.dtype}")

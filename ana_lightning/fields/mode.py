@@ -6,18 +6,30 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.images import check_bit_depth, set_bit_depth
 from ..data.readers import reader_class
 from .predictor import Predictor
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["FIELD_KEYS", "training_scale", "export_scale", "model_input", "field_mode"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FIELD_KEYS",
+    "training_scale",
+    "export_scale",
+    "model_input",
+    "model_bit_depth",
+    "use_bit_depth",
+    "field_mode",
+]
 
 #: ana-predict keys that switch on field mode when given (fields=auto).
 FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_cell_csv")
@@ -26,7 +38,8 @@ FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_
 def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     """What a checkpoint says about the scale and input its model was trained on:
     ``{"nucleus_diameter_px": float | None, "input_kind": "field" | "cell" | None,
-    "cell_mask": "apply" | "channel" | "none", "crop_fraction": float | None}``.
+    "cell_mask": "apply" | "channel" | "none", "crop_fraction": float | None, "bit_depth": int | None}``
+    (``bit_depth``: ``data.bit_depth``, the camera bit depth its files with more than 8 bits were read at).
 
     Read from the datamodule hyperparameters Lightning stores in the checkpoint
     (``data.nucleus_diameter_px``; ``data.input_kind``, or ``data.reader`` a contest cell layout →
@@ -42,6 +55,7 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
         "input_kind": None,
         "cell_mask": "none",
         "crop_fraction": None,
+        "bit_depth": None,
     }
     p = Path(str(ckpt_path or ""))
     if not ckpt_path or p.suffix.lower() not in (".ckpt", ".pt", ".pth") or not p.is_file():
@@ -70,6 +84,10 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     out["cell_mask"] = str(dm.get("mask") or "none") if masked else "none"
     frac = dm.get("crop_fraction")
     out["crop_fraction"] = float(frac) if masked and frac else None
+    try:
+        out["bit_depth"] = check_bit_depth(dm.get("bit_depth"), "data.bit_depth")
+    except ValueError:  # not a depth this version reads: nothing said
+        out["bit_depth"] = None
     return out
 
 
@@ -78,9 +96,41 @@ def export_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     ``ana-app`` read fields with it as with its checkpoint (cell or field model, nucleus scale, cell
     mask, framing); ``{}`` when the checkpoint says nothing of them."""
     scale = training_scale(ckpt_path)
+    depth = {"bit_depth": scale.pop("bit_depth")} if scale["bit_depth"] else {}
     if scale["input_kind"] is None and scale["nucleus_diameter_px"] is None:
-        return {}
-    return scale
+        return depth
+    return {**scale, **depth}
+
+
+def model_bit_depth(cfg: DictConfig, predictor: Predictor) -> int | None:
+    """The bit depth ana-predict / ana-app read files with more than 8 bits at: the config's ``bit_depth``
+    when it is a number (or null), else (``auto``) the model's ``data.bit_depth`` as its checkpoint stores it
+    or its exported file carries it (:func:`export_scale`); ``None`` = the file's own range."""
+    asked = cfg.get("bit_depth", "auto")
+    if str(asked).lower() != "auto":
+        return check_bit_depth(asked, "bit_depth")
+    source = cfg.get("ckpt_path") or getattr(predictor, "source", "")
+    extra = getattr(predictor.info, "extra", {}) or {}
+    stored = training_scale(source)["bit_depth"] or extra.get("bit_depth")
+    return check_bit_depth(stored, "the model's data.bit_depth")
+
+
+def use_bit_depth(cfg: DictConfig, predictor: Predictor) -> int | None:
+    """Read every file from now on at :func:`model_bit_depth` (``images.set_bit_depth``) and say so when set."""
+    depth = set_bit_depth(model_bit_depth(cfg, predictor))
+    if depth:
+        why = (
+            "bit_depth"
+            if str(cfg.get("bit_depth", "auto")).lower() != "auto"
+            else "the model's data.bit_depth"
+        )
+        log.info(
+            "files with more than 8 bits per pixel are read as %d-bit camera data: 0-%d is the full range (%s)",
+            depth,
+            2**depth - 1,
+            why,
+        )
+    return depth
 
 
 def model_input(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None]:

@@ -21,6 +21,11 @@ def run_app(cfg: DictConfig) -> Any:
 
     setup_torch(cfg.get("torch_threads"))
     predictor = load_predictor(cfg, "ana-app")
+    from ..fields.mode import use_bit_depth
+
+    use_bit_depth(
+        cfg, predictor
+    )  # uploads with more than 8 bits: bit_depth, auto = the model's data.bit_depth
     demo = build_app(
         predictor,
         cfg.get("max_file_size", "25mb"),

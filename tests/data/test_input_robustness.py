@@ -83,6 +83,73 @@ def test_twelve_bit_data_in_16_bit_files_is_warned_about_once(tmp_path, caplog, 
     assert len(warned) == 1 and "c0.tif" in warned[0] and "4000 of 65535" in warned[0]
 
 
+def test_a_camera_bit_depth_reads_12_bit_files_at_full_range(tmp_path, caplog, monkeypatch):
+    """bit_depth=12: 0-4095 is the full range (16x the grey levels of /257); a pixel above it names the file;
+    8-bit files are unchanged; null (the default) reads the file's own range, with the hint to set it."""
+    from ana_lightning.data.images import bit_depth, check_bit_depth, set_bit_depth
+
+    monkeypatch.setattr(images_mod, "_LOW_BIT_DEPTH_WARNED", False)
+    ramp = np.linspace(0, 4095, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    Image.fromarray(ramp).save(tmp_path / "cam12.tif")
+    Image.fromarray((ramp.astype(np.float32) * 255 / 4095 + 0.5).astype(np.uint8)).save(tmp_path / "as8.png")
+    Image.fromarray(ramp.astype(np.float32), "F").save(tmp_path / "counts.tif")  # raw counts as float
+    with caplog.at_level(logging.WARNING, logger="ana_lightning.data.images"):
+        own = load_image(tmp_path / "cam12.tif")
+    assert own.max() == 16 and len(np.unique(own)) == 17  # /257: 17 grey levels
+    assert "data.bit_depth=12" in caplog.text and "bit_depth=12 for ana-predict" in caplog.text
+    assert set_bit_depth(12) == 12 and bit_depth() == 12
+    full = load_image(tmp_path / "cam12.tif")
+    assert np.array_equal(full, load_image(tmp_path / "as8.png")) and len(np.unique(full)) == 256
+    assert np.array_equal(load_image(tmp_path / "counts.tif"), full)
+    assert np.array_equal(
+        load_image(tmp_path / "as8.png")[..., 0],
+        (ramp.astype(np.float64) * 255 / 4095 + 0.5).astype(np.uint8),
+    )
+    Image.fromarray(np.full((8, 8), 5000, np.uint16)).save(tmp_path / "cam14.tif")
+    with pytest.raises(BadImageError, match=r"cam14\.tif: a pixel value of 5000 is above the 12-bit range"):
+        load_image(tmp_path / "cam14.tif")
+    set_bit_depth(None)
+    assert bit_depth() is None and np.array_equal(load_image(tmp_path / "cam12.tif"), own)
+    for wrong in (8, 17, "twelve", 12.5):
+        with pytest.raises(ValueError, match="integer from 9 to 16"):
+            check_bit_depth(wrong)
+    assert check_bit_depth("null") is None and check_bit_depth(14.0) == 14
+
+
+def test_data_bit_depth_reaches_the_images_a_run_trains_on(tmp_path):
+    """data.bit_depth=12 on a folder of 12-bit TIFFs: the training images span the full range, and the
+    decode-once cache of another bit depth is never reused."""
+    from ana_lightning.data.cache import ImageCache
+    from ana_lightning.data.datamodules import SingleLabelDataModule
+
+    for k, code in enumerate(("AC-1", "AC-2")):
+        for i in range(6):
+            (tmp_path / "ds" / code).mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(i + 10 * k)
+            img = rng.integers(0, 4096, (32, 32)).astype(np.uint16)
+            Image.fromarray(img).save(tmp_path / "ds" / code / f"{i}.tif")
+    tops = {}
+    for depth in (None, 12):
+        dm = SingleLabelDataModule(
+            root=str(tmp_path / "ds"),
+            image_size=32,
+            batch_size=4,
+            bit_depth=depth,
+            split_fractions=[0.5, 0.25, 0.25],
+        )
+        dm.setup("fit")
+        tops[depth] = max(float(dm.dataset("val")[i]["image"].max()) for i in range(len(dm.dataset("val"))))
+    assert tops[12] > tops[None] + 1.0  # normalised: the 12-bit read is far brighter than 4095/65535
+    paths = [str(p) for p in sorted((tmp_path / "ds").rglob("*.tif"))]
+    caches = {}
+    for depth in (None, 12):
+        images_mod.set_bit_depth(depth)
+        caches[depth] = ImageCache.build(paths, 16, lambda a: a[:16, :16], cache_dir=tmp_path / "cache")
+    assert caches[None].path != caches[12].path
+    with pytest.raises(ValueError, match=r"data.bit_depth=7"):
+        SingleLabelDataModule(root=str(tmp_path / "ds"), bit_depth=7)
+
+
 def _linked_tree(tmp_path):
     """A store of 3 images linked into a dataset, plus a link back up the tree (a loop)."""
     for i in range(3):

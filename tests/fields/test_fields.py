@@ -461,6 +461,7 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
         "input_kind": "cell",
         "cell_mask": "apply",
         "crop_fraction": None,
+        "bit_depth": None,
     }
     # the same reader given as a _target_ config (data.reader: {_target_: …I3A2014Reader, …})
     target = tmp_path / "target.ckpt"
@@ -473,11 +474,15 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
         "input_kind": "cell",
         "cell_mask": "channel",
         "crop_fraction": None,
+        "bit_depth": None,
     }
     framed = tmp_path / "framed.ckpt"
     dm = {"reader": "i3a2014", "mask": "channel", "crop_fraction": 0.7}
     torch.save({"state_dict": {}, "datamodule_hyper_parameters": dm}, framed)
     assert training_scale(framed)["crop_fraction"] == 0.7
+    dm["bit_depth"] = 12  # data.bit_depth: how its files with more than 8 bits were read
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": dm}, framed)
+    assert training_scale(framed)["bit_depth"] == 12
     # a reader class that cannot be imported here tells nothing (not an error)
     gone = tmp_path / "gone.ckpt"
     torch.save(

@@ -374,3 +374,68 @@ def test_whole_images_that_are_overexposed_are_named_in_one_warning(trained_chec
     assert summary.n_failed == 0 and summary.n_images == len(list(inp.glob("*.png")))
     (said,) = [r.getMessage() for r in caplog.records if "overexposed" in r.getMessage()]
     assert said.startswith("1 image(s) overexposed") and f"{first} ({share:.0%} saturated)" in said
+
+
+def test_ana_predict_reads_16_bit_files_at_the_models_bit_depth(trained_checkpoint, tmp_path, caplog):
+    """A model trained with data.bit_depth=12 reads a 12-bit camera's 16-bit TIFF as the same field in 8 bits
+    (bit_depth=auto, from its checkpoint, and through its export's metadata); bit_depth=null reads the file's
+    own range (a dim image, other probabilities)."""
+    import logging
+
+    from PIL import Image
+
+    from ana_lightning.fields.mode import export_scale
+
+    root, _, ckpt = trained_checkpoint
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["datamodule_hyper_parameters"]["bit_depth"] = 12
+    ck12 = tmp_path / "m12.ckpt"
+    torch.save(state, ck12)
+    assert export_scale(ck12) == {"bit_depth": 12} and "bit_depth" not in export_scale(ckpt)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, f in enumerate(sorted((root / "AC-1").glob("*.png"))[:3]):
+        grey = np.asarray(Image.open(f).convert("L"))
+        Image.fromarray(grey).save(inp / f"{i}_8bit.png")
+        Image.fromarray(np.round(grey.astype(np.float64) * 4095 / 255).astype(np.uint16)).save(
+            inp / f"{i}_cam.tif"
+        )
+
+    def probs(depth: str, name: str) -> dict[str, np.ndarray]:
+        cfg = compose(
+            "predict",
+            [f"ckpt_path={ck12}", f"input={inp}", "progress=false", f"bit_depth={depth}"],
+            output_dir=tmp_path / name,
+        )
+        summary = run_predict(cfg)
+        assert summary.n_failed == 0
+        _, rows = _read_csv(summary.csv_path)
+        return {Path(r["path"]).name: np.array([float(r[k]) for k in r if k.startswith("p_")]) for r in rows}
+
+    with caplog.at_level(logging.INFO, logger="ana_lightning.fields.mode"):
+        auto = probs("auto", "auto")
+    assert "read as 12-bit camera data: 0-4095 is the full range (the model's data.bit_depth)" in caplog.text
+    own = probs("null", "own")
+    for i in range(3):
+        assert np.allclose(auto[f"{i}_cam.tif"], auto[f"{i}_8bit.png"], atol=1e-6)
+        assert np.allclose(own[f"{i}_8bit.png"], auto[f"{i}_8bit.png"], atol=1e-6)  # 8-bit files: no effect
+    assert max(np.abs(own[f"{i}_cam.tif"] - auto[f"{i}_cam.tif"]).max() for i in range(3)) > 1e-3
+    Image.fromarray(np.full((16, 16), 9000, np.uint16)).save(inp / "other_camera.tif")
+    cfg = compose(
+        "predict", [f"ckpt_path={ck12}", f"input={inp}", "progress=false"], output_dir=tmp_path / "o"
+    )
+    summary = run_predict(cfg)
+    _, rows = _read_csv(summary.csv_path)
+    (bad,) = [r for r in rows if r["status"] == "error"]
+    assert bad["path"].endswith("other_camera.tif") and "above the 12-bit range" in bad["error"]
+    # the exported file carries it: its card says so, and ana-predict's auto reads it from the metadata
+    from omegaconf import OmegaConf
+
+    from ana_lightning.export import run_export
+    from ana_lightning.fields.mode import model_bit_depth
+
+    result = run_export(compose("export", [f"ckpt_path={ck12}", "format=onnx"], output_dir=tmp_path / "x"))
+    assert "Trained on 12-bit camera data (`data.bit_depth=12`)" in result.card_path.read_text()
+    onnx_model = Predictor.load(result.model_path, device="cpu")
+    assert model_bit_depth(OmegaConf.create({"bit_depth": "auto"}), onnx_model) == 12
+    assert model_bit_depth(OmegaConf.create({"bit_depth": None}), onnx_model) is None
