@@ -24,6 +24,7 @@ import numpy as np
 from .data.images import IMAGE_EXTENSIONS, BadImageError, decode_image, exposure_problem
 from .export import DISCLAIMER, INTENDED_USE
 from .fields.combine import INSUFFICIENT
+from .fields.specimens import NO_NEGATIVE_CLASS, screens_negatives
 from .predict import Predictor
 
 if TYPE_CHECKING:
@@ -120,6 +121,8 @@ def _result_markdown(predictor: Predictor, probs: np.ndarray, labels: tuple[str,
             "P(level 1)·P(level 2 | level 1)·P(leaf | level 2)."
         )
     lines.append("\n" + calibration_note(predictor))
+    if not screens_negatives(predictor.class_names):
+        lines.append(f"\n**Not a screen for negatives:** {NO_NEGATIVE_CLASS}.")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .data.images import sha256_file
+from .fields.specimens import NO_NEGATIVE_CLASS, screens_negatives
 from .predict import ModelInfo, decision_rule
 
 __all__ = ["DISCLAIMER", "INTENDED_USE", "write_model_card"]
@@ -407,6 +408,7 @@ def write_model_card(
         "- Patterns outside the class list, mixed patterns (for a single-label model), unusual magnification, "
         "other substrates or stains, and out-of-focus or saturated fields get confident-looking wrong answers.",
         "- Figures above come from the run's own held-out test split; they say little about another lab's slides.",
+        *([f"- Negatives: {NO_NEGATIVE_CLASS}."] if not screens_negatives(info.class_names) else []),
         "",
         "## How to use",
         "",

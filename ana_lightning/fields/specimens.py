@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import html
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,36 @@ import numpy as np
 from .combine import INSUFFICIENT
 from .predictor import FieldResult, Predictor
 
-__all__ = ["specimen_verdicts", "write_specimens"]
+log = logging.getLogger(__name__)
+
+__all__ = ["specimen_verdicts", "write_specimens", "screens_negatives", "NOT_SCREENED", "NO_NEGATIVE_CLASS"]
+
+#: ``specimens.csv``'s screening for a model without a negative class: it cannot say negative, so it does not
+#: say positive either (before round 17 it wrote "positive" for every such specimen).
+NOT_SCREENED = "not screened"
+#: What the report, ana-predict, ana-app and the model card say about such a model.
+NO_NEGATIVE_CLASS = (
+    "this model has no negative class (AC-0): it names one of its patterns for every field or cell, negative "
+    "specimens included (4 of the 5 ICAP negative reference fields got a pattern from the I3A cell model), so it "
+    "does not screen for positivity; screen first (titer, or a model trained with AC-0)"
+)
+
+
+def negative_names(negative: str = "AC-0") -> set[str]:
+    """The negative code and its nodes in the packaged ICAP tree (``negative`` at levels 1 and 2): what a
+    flat model's class or a hierarchical model's routed path says for a negative specimen."""
+    from ..taxonomy import Taxonomy
+
+    tree = Taxonomy.load()
+    if negative not in tree.codes:
+        return {negative}
+    return {negative, tree.level_of(negative, 1), tree.level_of(negative, 2)}
+
+
+def screens_negatives(names: Sequence[str], negative: str = "AC-0") -> bool:
+    """Whether a model with these output names (a hierarchical model's: its nodes and leaves) can say a
+    specimen is negative."""
+    return bool(negative_names(negative) & set(names))
 
 
 def specimen_verdicts(
@@ -41,10 +71,11 @@ def specimen_verdicts(
             rows.append(row)
             continue
         probs = predictor.rule.combine(np.stack([r.probs for r in ok]), combine)
+        # a model without the negative class cannot screen: its patterns are written, "not screened"
         # a hierarchical model's outputs are its levels side by side: the verdict is the routed path
         if predictor.task == "hierarchical":
             top, pats = _hierarchical_patterns(predictor, probs, top_k, pattern_min_prob, negative)
-            screening = "negative" if top == negative else "positive"
+            screening = "negative" if top in negative_names(negative) else "positive"
         else:
             order = [int(i) for i in np.argsort(-probs, kind="stable")]
             cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
@@ -59,9 +90,11 @@ def specimen_verdicts(
             )
             if screening == "positive" and not pats:
                 pats = [next(names[i] for i in order if names[i] != negative)]
+        if not screens_negatives(names, negative):
+            screening = NOT_SCREENED
         row.update(
             screening=screening,
-            patterns=";".join(pats) if screening == "positive" else "",
+            patterns=";".join(pats) if screening != "negative" else "",
             verdict=top,
             probs=probs,
             fields=rs,
@@ -76,10 +109,9 @@ def _hierarchical_patterns(
     """A hierarchical model's specimen verdict (the routed leaf, or level-2 node) and its patterns: the
     verdict first, then the next most probable paths of the tree reaching ``min_prob``."""
     top = predictor.decide(probs)[0]
-    paths = [
-        n for n, p in predictor.rule.top_k(probs, max(1, int(top_k)) + 1) if n != negative and p >= min_prob
-    ]
-    pats = ([top] if top != negative else []) + [n for n in paths if n != top]
+    paths = [n for n, p in predictor.rule.top_k(probs, max(1, int(top_k)) + 1) if p >= min_prob]
+    negs = negative_names(negative)
+    pats = ([top] if top not in negs else []) + [n for n in paths if n != top and n not in negs]
     return top, pats[: max(1, int(top_k))]
 
 
@@ -133,11 +165,16 @@ def write_specimens(
         f"| {r['specimen']} | {r['screening']} | {r['patterns']} | {r['n_fields_used']}/{r['n_fields']} |"
         for r in rows
     ]
+    if not screens_negatives(names):
+        md += ["", f"**Screening: {NOT_SCREENED}** — {NO_NEGATIVE_CLASS}."]
+        log.warning("specimens.csv: screening is %r for every specimen: %s", NOT_SCREENED, NO_NEGATIVE_CLASS)
     ht = [
         "<!doctype html><meta charset='utf-8'><title>Specimen report</title>",
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:3px}table{border-collapse:collapse}"
         "img{max-width:260px}</style><h1>Specimen report</h1>",
     ]
+    if not screens_negatives(names):
+        ht.append(f"<p><b>Screening: {NOT_SCREENED}</b> — {html.escape(NO_NEGATIVE_CLASS)}.</p>")
     for k, r in enumerate(rows):
         md += [
             "",

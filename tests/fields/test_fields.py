@@ -228,8 +228,10 @@ def test_ana_predict_field_model_tiles_specimens_and_report(trained_checkpoint, 
     assert "broken.png" in bad["path"] and bad["error"]
     specs = {r["specimen"]: r for r in _rows(tmp_path / "run" / "specimens.csv")}
     assert set(specs) == {"patient1", "patient2"} and specs["patient2"]["n_fields"] == "3"
-    assert specs["patient1"]["screening"] == "positive" and specs["patient1"]["patterns"]
+    # the model has no negative class (AC-0): it names patterns, and does not call the specimen positive
+    assert specs["patient1"]["screening"] == "not screened" and specs["patient1"]["patterns"]
     md = (tmp_path / "run" / "specimens.md").read_text()
+    assert "**Screening: not screened** — this model has no negative class (AC-0)" in md
     assert "patient1" in md and "thumbnails/" in md and "overlays/" in md
     assert (tmp_path / "run" / "specimens.html").read_text().count("<img") >= 8
     assert (
@@ -549,3 +551,30 @@ def test_field_mode_warns_about_overexposed_fields(trained_checkpoint, field_fol
     ).mean()  # the half clipped, and what already was
     assert said.startswith("1 field(s) overexposed") and f"f0.png ({share:.0%} saturated)" in said
     assert "f1.png" not in said
+
+
+def test_specimen_screening_needs_a_negative_class():
+    """A model with AC-0 screens (negative: no patterns; positive: its patterns); a model without it names
+    its patterns and says "not screened", never "positive" (which it could not have told from negative)."""
+    from types import SimpleNamespace
+
+    from ana_lightning.fields.predictor import FieldResult
+    from ana_lightning.fields.specimens import NOT_SCREENED, specimen_verdicts
+
+    def model(names):
+        return SimpleNamespace(
+            class_names=tuple(names),
+            task="single_label",
+            info=SimpleNamespace(thresholds=None),
+            rule=SimpleNamespace(combine=lambda p, how: p.mean(axis=0)),
+        )
+
+    def specimen(names, probs):
+        fields = [FieldResult(path="f", verdict=(), probs=np.array(probs), group="s")]
+        (row,) = specimen_verdicts(fields, model(names))
+        return row["screening"], row["patterns"]
+
+    assert specimen(["AC-0", "AC-1", "AC-4"], [0.7, 0.2, 0.1]) == ("negative", "")
+    assert specimen(["AC-0", "AC-1", "AC-4"], [0.1, 0.6, 0.3]) == ("positive", "AC-1;AC-4")
+    assert specimen(["AC-1", "AC-4"], [0.6, 0.4]) == (NOT_SCREENED, "AC-1;AC-4")
+    assert specimen(["Homogeneous", "Golgi"], [0.3, 0.7]) == (NOT_SCREENED, "Golgi;Homogeneous")

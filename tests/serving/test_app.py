@@ -74,6 +74,9 @@ def test_several_fields_of_one_specimen_give_each_fields_verdict_and_the_specime
     np.testing.assert_allclose(chart["probability"], combined, atol=1e-6)
     top = predictor.class_names[int(np.argmax(combined))]
     assert "## Specimen: 2 of 3 fields combined (mean_log)" in md
+    assert (
+        "**Not a screen for negatives:** this model has no negative class (AC-0)" in md
+    )  # AC-1, AC-2, AC-10
     assert f"**{predictor.display_name(top)}** (p = {combined.max():.3f})" in md
     table = [ln for ln in md.splitlines() if ln.startswith("| Field ")]
     assert [ln.split(" | ")[0] for ln in table] == ["| Field 1", "| Field 2", "| Field 3"]
@@ -204,3 +207,16 @@ def test_an_overexposed_upload_is_read_with_a_warning(trained_checkpoint):
     _, md, chart, probs = analyse(predictor, buf.getvalue())
     assert probs is not None and chart is not None  # still read
     assert "**Warning: overexposed: 33% of its pixels are saturated" in md
+
+
+def test_only_a_model_without_a_negative_class_is_said_not_to_screen():
+    import cv2
+
+    ok, png = cv2.imencode(".png", np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    said = {}
+    for names in (["AC-0", "AC-1"], ["AC-1", "AC-4"]):
+        torch.manual_seed(0)
+        model = SoftmaxClassifier(backbone={"name": TINY_BACKBONE}, class_names=names, image_size=32).eval()
+        _, md, _, _ = analyse(Predictor.from_model(model, {}), png.tobytes())
+        said[names[0]] = "**Not a screen for negatives:**" in md
+    assert said == {"AC-0": False, "AC-1": True}
