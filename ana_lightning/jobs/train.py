@@ -131,18 +131,37 @@ def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
             "(e.g. the cosine one of conf/model/*.yaml)"
         )
     cfg, dropped = _keeping_last_epoch(cfg)
-    if str(cfg.get("optimized_metric") or "").startswith("val/"):
-        log.warning("optimized_metric=%s is a validation metric, and this run has none", cfg.optimized_metric)
-    log.warning(
+    if str(cfg.get("optimized_metric") or "").startswith("val/") and _sweeping_hyperparameters():
+        log.warning(
+            "optimized_metric=%s is a validation metric, and this run has none: give the validation split a "
+            "share (data.split_fractions) for a hyperparameter search",
+            cfg.optimized_metric,
+        )
+    fractions = OmegaConf.select(cfg, "data.split_fractions", default=None)
+    asked = (
+        fractions is not None and len(fractions) > 1 and float(fractions[1]) == 0.0
+    )  # [0.8,0,0.2]: on purpose
+    log.log(
+        logging.INFO if asked else logging.WARNING,
         "the validation split is empty (%s): a fixed schedule of %s epochs, the last one kept "
         "(checkpoints/final-epochNNN.ckpt) with no epoch selection, early stopping or temperature "
-        "calibration%s. This is how the model to ship is refit on every labelled group once the recipe has "
-        "been chosen on validation splits.",
+        "calibration%s. This is how a fixed recipe is trained (experiment=i3a_cells) and how the model to ship "
+        "is refit on every labelled group once the recipe has been chosen on validation splits.",
         ", ".join(f"{k} {v}" for k, v in sizes.items()),
         OmegaConf.select(cfg, "trainer.max_epochs", default="?"),
         f" (left out: {', '.join(dropped)})" if dropped else "",
     )
     return cfg
+
+
+def _sweeping_hyperparameters() -> bool:
+    """Whether this run is a trial of a hyperparameter search (``hparams_search=…`` chosen)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.initialized() and bool(HydraConfig.get().runtime.choices.get("hparams_search"))
+    except Exception:  # noqa: BLE001 - outside Hydra: not a sweep
+        return False
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:

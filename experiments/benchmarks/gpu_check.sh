@@ -39,7 +39,7 @@ CV="$OUT/cv_$TR"; rm -rf "$CV"; mkdir -p "$CV"
 FOLDS_ARG=(); [ -n "${FOLDS:-}" ] && FOLDS_ARG=("data.folds_manifest=$(realpath "$FOLDS")")
 for k in 0 1 2 3 4; do
   OMP_NUM_THREADS=3 timeout "${T_CV:-300}" $PY -m ana_lightning.cli.train experiment=i3a_cells trainer="$TR" \
-    data.root="$ROOT" data.folds=5 data.fold=$k "${FOLDS_ARG[@]}" hydra.run.dir="$CV/$k" ${EXTRA_CV:-} \
+    'data.split_fractions=[0.6,0.2,0.2]' data.root="$ROOT" data.folds=5 data.fold=$k "${FOLDS_ARG[@]}" hydra.run.dir="$CV/$k" ${EXTRA_CV:-} \
     > "$CV/fold$k.log" 2>&1 &
 done
 wait

@@ -237,6 +237,7 @@ def train_row(
     run = out / "runs" / name
     ov = [
         "experiment=i3a_cells",
+        "data.split_fractions=[0.6,0.2,0.2]",  # the research split: validation specimens (the default has none)
         f"data.root={root}",
         f"paths.output_dir={run}",
         "callbacks.rich_progress_bar=null",

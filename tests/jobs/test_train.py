@@ -213,6 +213,7 @@ def _card_and_retest(run: Path, kept: Path, overrides: list[str], metrics: dict,
 def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_path, caplog):
     """data.split_fractions=[0.8,0,0.2]: the refit of a chosen recipe on every labelled group. No
     validation loop, no early stopping or epoch selection: the last epoch is kept, tested and named."""
+    caplog.set_level("INFO", logger="ana_lightning.jobs.train")
     run = tmp_path / "run"
     overrides = tiny_train_overrides(tiny_folder, epochs=3) + ["data.split_fractions=[0.8,0,0.2]"]
     metrics, objs = train(compose("train", overrides, output_dir=run))

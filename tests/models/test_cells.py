@@ -286,10 +286,17 @@ def test_haze_is_a_config_key(tmp_path):
     assert aug.plateau == 0.0 and aug.p_plateau == 0.5 and aug.tight == 0.3  # the recipe's (round 9)
 
 
-def _tiny_recipe(tmp_path: Path, *overrides: str):
-    """``(cells folder, config)``: experiment=i3a_cells for 1 epoch on 16-px fixture cells with a small CellNet."""
+RESEARCH_SPLIT = (
+    "data.split_fractions=[0.6,0.2,0.2]"  # validation specimens (the default has none since round 17)
+)
+
+
+def _tiny_recipe(tmp_path: Path, *overrides: str, split: str | None = RESEARCH_SPLIT):
+    """``(cells folder, config)``: experiment=i3a_cells for 1 epoch on 16-px fixture cells with a small CellNet,
+    on the research split unless ``split=None`` (the experiment's own: 80 % train, 20 % test)."""
     root = write_specimens(tmp_path / "i3a", [(c, 8, lv) for c in I3A for lv in (20, 45, 100)])
     base = ["experiment=i3a_cells", f"data.root={root}", "trainer.max_epochs=1", "data.image_size=16"]
+    base += [split] if split else []
     small = [
         "data.group_min_size=5",
         "model=cellnet",
@@ -408,6 +415,29 @@ def test_tta_pause_covers_any_lightning_module_on_the_project_trainer(tta_calls)
 
     own = SoftmaxClassifier(backbone={"name": "cellnet", "width": 8}, class_names=I3A, image_size=32)
     assert [type(c) for c in own.configure_callbacks()] == [cells.TTAAtEvaluationOnly]
+
+
+def test_the_recipe_by_default_trains_on_80_percent_of_the_specimens_and_keeps_the_last_epoch(tmp_path):
+    """experiment=i3a_cells as a new user runs it (round 17): no validation split, 80 % of the specimen groups
+    train, the rest test with every class present, and the fixed schedule's last epoch is what is tested."""
+    import csv
+
+    from ana_lightning.pipeline import train
+
+    root, cfg = _tiny_recipe(tmp_path, "trainer.max_epochs=2", split=None)
+    assert list(cfg.data.split_fractions) == [0.8, 0.0, 0.2]
+    metrics, _ = train(cfg)
+    run = tmp_path / "run"
+    rows = list(csv.DictReader(open(run / "split_manifest.csv")))
+    groups = {s: {r["group"] for r in rows if r["split"] == s} for s in ("train", "val", "test")}
+    assert not groups["val"] and not groups["train"] & groups["test"]
+    n_cells = {s: sum(r["split"] == s for r in rows) for s in ("train", "test")}
+    assert (
+        n_cells["train"] >= 2 * n_cells["test"]
+    )  # 80 / 20 of the groups, as whole groups allow (3 per class here)
+    assert {g.split("#")[0] for g in groups["test"]} == {g.split("#")[0] for g in groups["train"]}
+    assert Path((run / "best_checkpoint.txt").read_text().strip()).name == "final-epoch001.ckpt"
+    assert 0.0 <= metrics["test/mca"] <= 1.0 and not any(k.startswith("val/") for k in metrics)
 
 
 def test_recipe_trains_end_to_end(tmp_path, capsys):
