@@ -132,10 +132,11 @@ def _without_validation(cfg: DictConfig, sizes: dict[str, int]) -> DictConfig:
         )
     cfg, dropped = _keeping_last_epoch(cfg)
     if str(cfg.get("optimized_metric") or "").startswith("val/") and _sweeping_hyperparameters():
-        log.warning(
-            "optimized_metric=%s is a validation metric, and this run has none: give the validation split a "
-            "share (data.split_fractions) for a hyperparameter search",
-            cfg.optimized_metric,
+        # a trial would train in full and hand the sweeper nothing: refused before any training
+        raise ValueError(
+            f"hparams_search optimises optimized_metric={cfg.optimized_metric}, a validation metric, but the "
+            f"validation split is empty ({sizes}): give it a share, e.g. 'data.split_fractions=[0.6,0.2,0.2]' "
+            "(experiment=i3a_cells trains without one since round 17)"
         )
     fractions = OmegaConf.select(cfg, "data.split_fractions", default=None)
     asked = (

@@ -330,3 +330,20 @@ def test_best_of_monitor_tracks_the_best_validation_of_fit_only():
     assert other.best is None  # it watches val/loss, which these passes did not log
     with pytest.raises(ValueError, match="monitor_mode must be max or min, got 'up'"):
         BestOfMonitor("val/mca", "up")
+
+
+def test_a_hyperparameter_search_on_val_without_a_validation_split_is_refused(monkeypatch):
+    """A trial with no validation split would train in full and hand the sweeper nothing: refused first,
+    naming the fix; a plain run without validation (experiment=i3a_cells) is not."""
+    from omegaconf import OmegaConf
+
+    from ana_lightning.jobs import train as train_mod
+
+    cfg = OmegaConf.create(
+        {"optimized_metric": "val/mca", "data": {"split_fractions": [0.8, 0, 0.2]}, "callbacks": {}}
+    )
+    sizes = {"train": 8, "val": 0, "test": 2}
+    assert train_mod._without_validation(cfg, sizes).optimized_metric == "val/mca"  # not a sweep: runs
+    monkeypatch.setattr(train_mod, "_sweeping_hyperparameters", lambda: True)
+    with pytest.raises(ValueError, match=r"optimized_metric=val/mca.*split_fractions=\[0.6,0.2,0.2\]"):
+        train_mod._without_validation(cfg, sizes)
