@@ -269,6 +269,10 @@ def export_model(
     else:
         ckpt_path = Path(ckpt_path).expanduser()
         model, meta = load_model(ckpt_path, map_location="cpu", trust_checkpoint=trust_checkpoint)
+        if support:  # read at the bit depth the model was trained at (its data.bit_depth)
+            from .data.images import set_bit_depth
+
+            set_bit_depth(export_scale(ckpt_path).get("bit_depth"))
         use_support(model, support)
     ckpt_path = Path(ckpt_path)
     model = model.float().eval()

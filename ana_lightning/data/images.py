@@ -240,12 +240,14 @@ def bit_depth() -> int | None:
     return check_bit_depth(os.environ.get(BIT_DEPTH_ENV), BIT_DEPTH_ENV)
 
 
-def _counts_top(top: float, path: str | Path) -> float:
+def _counts_top(top: float, path: str | Path, camera: bool = True) -> float:
     """The value that becomes 255 for integer (or floating-point counts) data whose brightest pixel is
-    ``top``: the set bit depth's, else 65535 (with the once-per-process low-bit-depth warning)."""
-    depth = bit_depth()
+    ``top``: the set bit depth's, else 65535 (with the once-per-process low-bit-depth warning). ``camera``
+    false (a mask, not a camera image): 65535, whatever is set."""
+    depth = bit_depth() if camera else None
     if depth is None:
-        _warn_low_bit_depth(int(top), path)
+        if camera:
+            _warn_low_bit_depth(int(top), path)
         return 65535.0
     full = float(2**depth - 1)
     if top > full:
@@ -278,13 +280,13 @@ def _warn_low_bit_depth(top: int, path: str | Path) -> None:
         )
 
 
-def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
+def _to_uint8_rgb(arr: np.ndarray, path: str | Path, camera: bool = True) -> np.ndarray:
     if not arr.dtype.isnative:  # big-endian 16-bit TIFF (ImageJ / Fiji's default)
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
-        top = _counts_top(int(arr.max(initial=0)), path)
+        top = _counts_top(int(arr.max(initial=0)), path, camera)
         if top == 65535.0:
             arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
         else:
@@ -292,7 +294,11 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
     elif arr.dtype in (np.int32, np.uint32, np.int16):
         # PIL's mode "I" holds 16-bit data in int32 ("I;16" TIFFs often arrive this way).
         hi = int(arr.max(initial=0))
-        top = _counts_top(hi, path) if hi <= 65535 or bit_depth() else float(np.iinfo(arr.dtype).max)
+        top = (
+            _counts_top(hi, path, camera)
+            if hi <= 65535 or (camera and bit_depth())
+            else float(np.iinfo(arr.dtype).max)
+        )
         arr = (np.clip(arr.astype(np.float64), 0, None) / top * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(arr).all():
@@ -305,7 +311,7 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path) -> np.ndarray:
                 "export it as an 8- or 16-bit image",
             )
         # 0–1 (normalised), else raw counts read as 16-bit integers are (never per image: one scale)
-        top = 1.0 if hi <= 1.0 else _counts_top(hi, path)
+        top = 1.0 if hi <= 1.0 else _counts_top(hi, path, camera)
         arr = (np.clip(arr.astype(np.float64) / top, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise BadImageError(path, f"unsupported pixel type {arr.dtype}")
@@ -336,8 +342,33 @@ def _full_pages(img: Image.Image) -> int:
     return full
 
 
-def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes into ``H×W×3 uint8``; raises :class:`BadImageError`."""
+def _sixteen_bit_colour(data: bytes, img: Image.Image) -> bool:
+    """A PNG or TIFF of 16 bits per colour channel, which PIL hands over as 8-bit RGB (the high byte only)."""
+    if img.format == "PNG":  # IHDR: bit depth at byte 24, colour type at 25 (2 RGB, 6 RGBA)
+        return len(data) > 25 and data[24] == 16 and data[25] in (2, 6)
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258)
+        return isinstance(bits, tuple) and len(bits) >= 3 and all(int(b) == 16 for b in bits)
+    return False
+
+
+def _decode_sixteen_bit_colour(data: bytes, path: str | Path) -> np.ndarray:
+    """A 16-bit colour PNG / TIFF as ``H×W×C uint16`` RGB(A), decoded by OpenCV (PIL keeps 8 bits of it)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise BadImageError(
+            path,
+            "a 16-bit colour image that could not be decoded at 16 bits: save it as 16-bit grey (the FITC "
+            "channel) or as 8-bit RGB",
+        )
+    return arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # OpenCV's BGR(A) → RGB(A)
+
+
+def decode_image(data: bytes, path: str | Path = "<bytes>", camera: bool = True) -> np.ndarray:
+    """Decode encoded image bytes into ``H×W×3 uint8``; raises :class:`BadImageError`. ``camera`` false: a
+    mask, read at its file's own range whatever bit depth is set (:func:`set_bit_depth`)."""
     try:
         with warnings.catch_warnings():
             # the check below names the limit; PIL's own error (at twice it) is still caught
@@ -354,10 +385,13 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
                         f"a {img.format} of {frames} pages (channels or a stack): one image per file is read, so "
                         "save the field as one RGB (or grey) image, e.g. FITC green with DAPI blue",
                     )
-                img.load()
-                if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                    img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
-                arr = np.asarray(img)
+                if _sixteen_bit_colour(data, img):
+                    arr = _decode_sixteen_bit_colour(data, path)
+                else:
+                    img.load()
+                    if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                        img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+                    arr = np.asarray(img)
     except BadImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -372,7 +406,7 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
         raise BadImageError(path, f"corrupt image: {e}") from None
     if arr.size == 0:
         raise BadImageError(path, "image has no pixels")
-    return _to_uint8_rgb(arr, path)
+    return _to_uint8_rgb(arr, path, camera)
 
 
 def read_and_hash(path: str | Path) -> tuple[np.ndarray, str]:
@@ -386,15 +420,16 @@ def read_and_hash(path: str | Path) -> tuple[np.ndarray, str]:
     return decode_image(data, path), hashlib.sha256(data).hexdigest()
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read one image file as ``H×W×3 uint8`` RGB (see the module docstring)."""
+def load_image(path: str | Path, camera: bool = True) -> np.ndarray:
+    """Read one image file as ``H×W×3 uint8`` RGB (see the module docstring). ``camera=False`` for a mask:
+    its file's own range, whatever bit depth is set."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise BadImageError(path, f"cannot read file: {e.strerror or e}") from None
     if not data:
         raise BadImageError(path, "empty file (0 bytes)")
-    return decode_image(data, path)
+    return decode_image(data, path, camera)
 
 
 def sha256_file(path: str | Path) -> str:

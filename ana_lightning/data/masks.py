@@ -98,7 +98,7 @@ def masked_loader(
         if mask_path is None or (mode == "none" and crop_fraction is None):
             return image
         try:
-            mask = load_image(mask_path)
+            mask = load_image(mask_path, camera=False)
             if crop_fraction is not None:
                 image, mask = recrop(image, mask, crop_fraction)
             return apply_mask(image, mask, mode)

@@ -122,36 +122,31 @@ def resolve_bad_files(root: str | Path, bad: Sequence[BadFile], on_bad_file: str
 
 
 def _class_folder_links(root: Path, class_dirs: list[Path]) -> dict[Path, str]:
-    """The class folders whose images a link would read under a second label, each with the reason: a
-    symlinked class folder leading inside the dataset (its images are read there, under that folder's
-    label) or above it (a loop), and class folders leading to the same images as another (two links to one
-    folder, or one to a folder below or above another's). A folder that is not a link is never one of
-    them; where only links lead to the same images, none of them is read (which label is right is not
-    known)."""
+    """The symlinked class folders whose images would be read under a second label, each with the reason:
+    a link leading to (or into, or above) the folder of another class folder that is read, or to a folder
+    above the dataset (a loop). ``class_dirs``: the class folders that are read (names that are class
+    codes). A folder that is not a link is never one of them; where only links lead to the same images,
+    none of them is read (which label is right is not known). A link to a folder of the dataset that is not
+    read as a class (a hidden store, ``raw/…``) reads it as this class."""
     top = os.path.realpath(root)
     real = {d: os.path.realpath(d) for d in class_dirs}
     out: dict[Path, str] = {}
     for d in class_dirs:
         if not d.is_symlink():
             continue
-        if is_within(real[d], top):
-            out[d] = (
-                f"a symlink to {real[d]}, inside the dataset: those images are read there, under that "
-                "folder's label, and never under a second one"
-            )
-        elif is_within(top, real[d]):
+        if is_within(top, real[d]):
             out[d] = f"a symlink to {real[d]}, a folder above the dataset (a loop)"
-        else:
-            same = [
-                o.name
-                for o in class_dirs
-                if o != d and (is_within(real[d], real[o]) or is_within(real[o], real[d]))
-            ]
-            if same:
-                out[d] = (
-                    f"a symlink to {real[d]}, the images of class folder(s) {', '.join(same)} too: "
-                    "one image under two labels is not read (link each folder of images once)"
-                )
+            continue
+        same = [
+            o.name
+            for o in class_dirs
+            if o != d and (is_within(real[d], real[o]) or is_within(real[o], real[d]))
+        ]
+        if same:
+            out[d] = (
+                f"a symlink to {real[d]}, the images of class folder(s) {', '.join(same)} too: one image "
+                "is never read under two labels (link each folder of images once)"
+            )
     return out
 
 
@@ -182,15 +177,27 @@ def read_single_label_folder(
             root, [BadFile(str(root), "no class sub-folders (expected <root>/<AC code>/<images>)")]
         )
     linked: set[str] = set()
-    doubled = _class_folder_links(root, class_dirs)
+    codes: dict[Path, str] = {}
     for d in class_dirs:
         try:
-            code = taxonomy.parse_code(d.name)
+            codes[d] = taxonomy.parse_code(d.name)
         except LabelError as e:
             bad.append(BadFile(str(d), f"folder name is not a class code: {e}"))
-            continue
+    doubled = _class_folder_links(root, list(codes))
+    for d, code in codes.items():
         if d in doubled:
             bad.append(BadFile(str(d), doubled[d]))
+            continue
+        real = os.path.realpath(d)
+        if d.is_symlink() and any(is_within(real, s) for s in linked):
+            # its folder was read already, through a link inside an earlier class folder
+            bad.append(
+                BadFile(
+                    str(d),
+                    f"a symlink to {real}, whose images were read already through a link inside another class "
+                    "folder: one image is never read under two labels",
+                )
+            )
             continue
         # symlinked folders leading outside the dataset followed, each once over all classes
         files = [p for p in walk_files(d, dataset=root, seen=linked) if not is_ignored(p)]

@@ -110,7 +110,7 @@ def consecutive_id_groups(
 def _cell_median(image_path: str, mask_path: str | None) -> float:
     img = load_image(image_path).max(axis=2)
     if mask_path is not None:
-        m = load_image(mask_path).max(axis=2) > 0
+        m = load_image(mask_path, camera=False).max(axis=2) > 0
         if m.shape == img.shape and m.any():
             return float(np.median(img[m]))
     return float(np.median(img))

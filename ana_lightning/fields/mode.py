@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.images import check_bit_depth, set_bit_depth
+from ..data.images import bit_depth, check_bit_depth, set_bit_depth
 from ..data.readers import reader_class
 from .predictor import Predictor
 
@@ -102,23 +102,39 @@ def export_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     return {**scale, **depth}
 
 
-def model_bit_depth(cfg: DictConfig, predictor: Predictor) -> int | None:
+def model_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
     """The bit depth ana-predict / ana-app read files with more than 8 bits at: the config's ``bit_depth``
     when it is a number (or null), else (``auto``) the model's ``data.bit_depth`` as its checkpoint stores it
-    or its exported file carries it (:func:`export_scale`); ``None`` = the file's own range."""
+    (each model of a ``pipeline.*``: they must agree), or its exported file carries it (:func:`export_scale`;
+    needs ``predictor``); ``None`` = the file's own range."""
     asked = cfg.get("bit_depth", "auto")
     if str(asked).lower() != "auto":
         return check_bit_depth(asked, "bit_depth")
-    source = cfg.get("ckpt_path") or getattr(predictor, "source", "")
-    extra = getattr(predictor.info, "extra", {}) or {}
-    stored = training_scale(source)["bit_depth"] or extra.get("bit_depth")
+    from ..predict.loading import pipeline_args
+
+    sources = [cfg.get("ckpt_path") or getattr(predictor, "source", "")]
+    if pipeline_args(cfg.get("pipeline")) is not None:
+        from ..jobs.hierarchy import _all_checkpoints
+
+        sources = _all_checkpoints(cfg.pipeline)
+    depths = {d for d in (training_scale(s)["bit_depth"] for s in sources) if d}
+    if len(depths) > 1:
+        raise ValueError(
+            f"the models of this pipeline were trained at different data.bit_depth ({sorted(depths)}): give "
+            "bit_depth=<the camera's> for these files"
+        )
+    extra = getattr(getattr(predictor, "info", None), "extra", {}) or {}
+    stored = next(iter(depths), None) or extra.get("bit_depth")
     return check_bit_depth(stored, "the model's data.bit_depth")
 
 
-def use_bit_depth(cfg: DictConfig, predictor: Predictor) -> int | None:
-    """Read every file from now on at :func:`model_bit_depth` (``images.set_bit_depth``) and say so when set."""
+def use_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
+    """Read every file from now on at :func:`model_bit_depth` (``images.set_bit_depth``) and say so when set.
+    Called before the model is loaded (a Siamese support folder is read as it loads) and again after (an
+    exported file's metadata)."""
+    before = bit_depth()
     depth = set_bit_depth(model_bit_depth(cfg, predictor))
-    if depth:
+    if depth and depth != before:
         why = (
             "bit_depth"
             if str(cfg.get("bit_depth", "auto")).lower() != "auto"

@@ -20,12 +20,12 @@ def run_app(cfg: DictConfig) -> Any:
     from ..utils import setup_torch
 
     setup_torch(cfg.get("torch_threads"))
-    predictor = load_predictor(cfg, "ana-app")
     from ..fields.mode import use_bit_depth
 
-    use_bit_depth(
-        cfg, predictor
-    )  # uploads with more than 8 bits: bit_depth, auto = the model's data.bit_depth
+    # uploads with more than 8 bits (and a support=… folder): bit_depth, auto = the model's data.bit_depth
+    use_bit_depth(cfg)
+    predictor = load_predictor(cfg, "ana-app")
+    use_bit_depth(cfg, predictor)  # an exported file's, from its metadata
     demo = build_app(
         predictor,
         cfg.get("max_file_size", "25mb"),

@@ -75,6 +75,7 @@ _DATA_SOURCE_KEYS = (
     "tree",
     "split_fractions",
     "seed",
+    "bit_depth",
 )
 
 

@@ -21,10 +21,11 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     if not cfg.get("input"):
         raise ValueError("ana-predict needs input=<image file or folder>")
     setup_torch(cfg.get("torch_threads"))
-    predictor = load_predictor(cfg, "ana-predict")
     from ..fields.mode import use_bit_depth
 
-    use_bit_depth(cfg, predictor)  # bit_depth (auto: the model's data.bit_depth) before any file is read
+    use_bit_depth(cfg)  # bit_depth (auto: the checkpoint's data.bit_depth) before any file is read: support=…
+    predictor = load_predictor(cfg, "ana-predict")
+    use_bit_depth(cfg, predictor)  # … and an exported file's, from its metadata
     files = list_inputs(cfg.input)
     run_dir = Path(cfg.paths.output_dir)
     csv_path, json_path = _output_paths(cfg.get("output"), run_dir)

@@ -82,7 +82,7 @@ def look_like_cut_cells(masks: Mapping[str, str], sample: int = 5) -> bool:
     counts = []
     for mask_path in sorted(masks.values())[:sample]:
         try:
-            m = load_image(mask_path)
+            m = load_image(mask_path, camera=False)
         except BadImageError:
             continue
         n, _ = cv2.connectedComponents((m.max(axis=2) > 0).astype(np.uint8), connectivity=8)

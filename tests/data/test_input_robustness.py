@@ -116,6 +116,34 @@ def test_a_camera_bit_depth_reads_12_bit_files_at_full_range(tmp_path, caplog, m
     assert check_bit_depth("null") is None and check_bit_depth(14.0) == 14
 
 
+def test_16_bit_colour_files_keep_their_16_bits_and_masks_ignore_the_camera_depth(tmp_path):
+    """PIL hands a 16-bit RGB PNG / TIFF over as its high bytes: read at 16 bits instead, so bit_depth=12 reaches
+    it as it reaches grey files; a 16-bit mask (0/65535) reads as a mask whatever the camera's bit depth."""
+    import cv2
+
+    from ana_lightning.data.images import set_bit_depth
+
+    green = np.zeros((32, 32, 3), np.uint16)
+    green[..., 1] = np.linspace(0, 4095, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    for ext in ("png", "tif"):
+        assert cv2.imwrite(str(tmp_path / f"rgb16.{ext}"), green[..., ::-1])  # OpenCV writes BGR
+    Image.fromarray(green[..., 1]).save(tmp_path / "grey16.png")
+    own = load_image(tmp_path / "rgb16.png")
+    assert own[..., 1].max() == 16 and own[..., 0].max() == 0  # /257, the green channel, as grey 16-bit files
+    assert np.array_equal(own[..., 1], load_image(tmp_path / "grey16.png")[..., 0])
+    set_bit_depth(12)
+    for ext in ("png", "tif"):
+        full = load_image(tmp_path / f"rgb16.{ext}")
+        assert full[..., 1].max() == 255 and len(np.unique(full[..., 1])) == 256 and full[..., 2].max() == 0
+        assert np.array_equal(full[..., 1], load_image(tmp_path / "grey16.png")[..., 0])
+    mask = np.zeros((32, 32), np.uint16)
+    mask[8:24, 8:24] = 65535
+    Image.fromarray(mask).save(tmp_path / "mask16.png")
+    with pytest.raises(BadImageError, match="above the 12-bit range"):
+        load_image(tmp_path / "mask16.png")  # as a camera image it is out of range …
+    assert load_image(tmp_path / "mask16.png", camera=False)[..., 0].max() == 255  # … as a mask it is a mask
+
+
 def test_data_bit_depth_reaches_the_images_a_run_trains_on(tmp_path):
     """data.bit_depth=12 on a folder of 12-bit TIFFs: the training images span the full range, and the
     decode-once cache of another bit depth is never reused."""
@@ -148,6 +176,16 @@ def test_data_bit_depth_reaches_the_images_a_run_trains_on(tmp_path):
     assert caches[None].path != caches[12].path
     with pytest.raises(ValueError, match=r"data.bit_depth=7"):
         SingleLabelDataModule(root=str(tmp_path / "ds"), bit_depth=7)
+    # the near-duplicate hashes (cached by file digest, also on disk) are kept apart by bit depth too
+    from ana_lightning.data.records import ImageRecord
+    from ana_lightning.data.splits import duplicates as dup
+
+    rec = ImageRecord(paths[0], ("AC-1",), None, images_mod.sha256_file(paths[0]))
+    thumbs = {}
+    for depth in (None, 12):
+        images_mod.set_bit_depth(depth)
+        thumbs[depth] = dup._hash_one(rec)[1]
+    assert thumbs[12].mean() > 4 * thumbs[None].mean()
 
 
 def _linked_tree(tmp_path):
@@ -237,7 +275,9 @@ def test_a_class_folder_that_links_to_another_class_is_refused_not_read_twice(tm
     os.symlink(ds / "AC-1", ds / "AC-5")  # "the same cells are AC-5 too"
     os.symlink(store, ds / "AC-3")  # a link leading outside, alone: read
     tree = Taxonomy.load()
-    with pytest.raises(DatasetError, match=r"AC-5: a symlink to .*AC-1, inside the dataset"):
+    with pytest.raises(
+        DatasetError, match=r"AC-5: a symlink to .*AC-1, the images of class folder\(s\) AC-1"
+    ):
         read_single_label_folder(ds, tree)
     recs, bad = read_single_label_folder(ds, tree, on_bad_file="skip")
     assert sorted(r.codes[0] for r in recs) == ["AC-1", "AC-2", "AC-3", "AC-3", "AC-3"]
@@ -248,6 +288,19 @@ def test_a_class_folder_that_links_to_another_class_is_refused_not_read_twice(tm
     assert sorted(r.codes[0] for r in recs) == ["AC-1", "AC-2"]
     assert sorted(Path(b.path).name for b in bad) == ["AC-3", "AC-4"]
     assert all("images of class folder(s)" in b.reason for b in bad)
+    # a link to a folder of the dataset that is not read as a class (a hidden store) is read as its class
+    os.unlink(ds / "AC-3")
+    os.unlink(ds / "AC-4")
+    _png(ds / ".store" / "c.png", 7)
+    os.symlink(ds / ".store", ds / "AC-6")
+    recs, bad = read_single_label_folder(ds, tree)
+    assert sorted(r.codes[0] for r in recs) == ["AC-1", "AC-2", "AC-6"] and not bad
+    # a class folder linked to images read already through a link inside an earlier class folder
+    os.symlink(store, ds / "AC-1" / "slides")
+    os.symlink(store, ds / "AC-7")
+    recs, bad = read_single_label_folder(ds, tree, on_bad_file="skip")
+    assert sorted(r.codes[0] for r in recs) == ["AC-1"] * 4 + ["AC-2", "AC-6"]
+    assert [Path(b.path).name for b in bad] == ["AC-7"] and "read already" in bad[0].reason
 
 
 def test_hidden_and_system_folders_are_not_entered(tmp_path):

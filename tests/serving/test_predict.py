@@ -439,3 +439,14 @@ def test_ana_predict_reads_16_bit_files_at_the_models_bit_depth(trained_checkpoi
     onnx_model = Predictor.load(result.model_path, device="cpu")
     assert model_bit_depth(OmegaConf.create({"bit_depth": "auto"}), onnx_model) == 12
     assert model_bit_depth(OmegaConf.create({"bit_depth": None}), onnx_model) is None
+    # a pipeline's models must agree (each checkpoint's data.bit_depth); a support folder is read after it is set
+    state["datamodule_hyper_parameters"]["bit_depth"] = 14
+    ck14 = tmp_path / "m14.ckpt"
+    torch.save(state, ck14)
+
+    def pipe(a, b):
+        return OmegaConf.create({"bit_depth": "auto", "pipeline": {"level1": str(a), "level2": str(b)}})
+
+    assert model_bit_depth(pipe(ck12, ck12)) == 12
+    with pytest.raises(ValueError, match=r"different data.bit_depth \(\[12, 14\]\)"):
+        model_bit_depth(pipe(ck12, ck14))

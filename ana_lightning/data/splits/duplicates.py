@@ -102,9 +102,10 @@ def _hash_one(record: ImageRecord) -> tuple[np.ndarray, np.ndarray, tuple[int, i
     from PIL import Image
     from scipy.fftpack import dct
 
-    from ..images import load_image
+    from ..images import bit_depth, load_image
 
-    key = record.sha256
+    depth = bit_depth()  # data.bit_depth changes a 16-bit file's pixels, so its thumbnail: part of the key
+    key = f"{record.sha256}|{depth}" if record.sha256 and depth else record.sha256
     if key and key in _hash_cache:
         return _hash_cache[key]
     arr = load_image(record.path)
