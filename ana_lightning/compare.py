@@ -97,6 +97,14 @@ def compare_sweeps(
             if va[i] is not None and vb[i] is not None and math.isfinite(va[i]) and math.isfinite(vb[i])
         ]
         if len(ok) < 2:
+            log.warning(
+                "%s: in %d of %d paired folds of both sweeps, fewer than 2: not compared (a metric the runs did "
+                "not log, e.g. val/… of runs without a validation split, such as experiment=i3a_cells since "
+                "round 17; test/… of runs with test=false)",
+                m,
+                len(ok),
+                len(pairs),
+            )
             continue
         out["metrics"][m] = paired_comparison(
             [va[i] for i in ok], [vb[i] for i in ok], variance_factor=factor

@@ -136,6 +136,14 @@ def split_cells(run_dir: Path, root: Path, split: str = "test") -> tuple[list[st
             paths.append(str(p if p.is_absolute() else root / p))
             labels.append(node_to_class[r["label"]])
             groups.append(r.get("group") or "")
+    if not paths:
+        hint = (
+            " (experiment=i3a_cells has no validation split since round 17: train the run with "
+            "'data.split_fractions=[0.6,0.2,0.2]', the research split, or use --split test)"
+            if split == "val"
+            else ""
+        )
+        sys.exit(f"{run_dir}: its split_manifest.csv has no {split} cells{hint}")
     return paths, labels, groups
 
 

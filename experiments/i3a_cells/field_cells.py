@@ -16,8 +16,9 @@ fields are cut once.
 
 ``combine`` makes a folder that holds the real cells (symbolic links) and the cut cells (IDs from 900001),
 and a copy of a run's split manifest in which every cut cell is a **training** row: the real cells keep
-their split, so the validation and test specimens are the run's own. Groups of the cut cells are named
-``fields:<field>``.
+their split, so the validation and test specimens are the run's own (a run of the research split,
+``'data.split_fractions=[0.6,0.2,0.2]'``, has validation specimens; a default run since round 17 has none, and
+the combined run then has none either). Groups of the cut cells are named ``fields:<field>``.
 
 ``reframe`` (round 9) writes a copy of an I3A-layout folder in which every cell and its mask are re-cut so
 the mask's box spans ``--fraction`` of a square crop (:func:`ana_lightning.data.masks.recrop`; 1.0 = a

@@ -32,6 +32,12 @@ def swap_validation(manifest: pd.DataFrame) -> pd.DataFrame:
         if not val or len(train) < len(val):
             raise ValueError(
                 f"label {label}: {len(val)} validation and {len(train)} training group(s), cannot swap"
+                + (
+                    " (a run of experiment=i3a_cells has no validation split since round 17: train it with "
+                    "'data.split_fractions=[0.6,0.2,0.2]', the research split)"
+                    if not val
+                    else ""
+                )
             )
         target = int(sizes[val].sum())
         best = min(

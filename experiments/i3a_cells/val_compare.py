@@ -37,7 +37,9 @@ def best_val(run: Path, required: bool = True) -> tuple[float, int | None] | Non
         if not required:
             return None
         raise SystemExit(
-            f"{run}: neither metrics.json's val/mca_best nor a csv/**/metrics.csv curve of val/mca"
+            f"{run}: neither metrics.json's val/mca_best nor a csv/**/metrics.csv curve of val/mca (a run "
+            "without a validation split, such as experiment=i3a_cells since round 17: compare runs of the research "
+            "split, 'data.split_fractions=[0.6,0.2,0.2]')"
         )
     best = (
         max(curve, key=lambda t: (t[0], -t[1])) if curve else (float(saved), None)

@@ -185,6 +185,17 @@ def test_compare_a_model_with_itself_reports_no_difference(tmp_path):
     )
 
 
+def test_compare_names_a_metric_the_runs_did_not_log(tmp_path, caplog):
+    """'metrics=[val/mca_best]' on runs without a validation split: said, not an empty table in silence."""
+    _fake_sweep(tmp_path / "data", tmp_path / "a", folds=3, seed=0)
+    with caplog.at_level("WARNING", logger="ana_lightning.compare"):
+        r = compare_sweeps(tmp_path / "a", tmp_path / "a", metrics=["val/mca_best", "test/mca"])
+    assert set(r["metrics"]) == {"test/mca"}
+    assert (
+        "val/mca_best: in 0 of 3 paired folds" in caplog.text and "without a validation split" in caplog.text
+    )
+
+
 def test_compare_detects_a_better_model_and_refuses_other_folds(tmp_path):
     _fake_sweep(tmp_path / "data", tmp_path / "good", folds=4, acc=0.95, seed=1)
     _fake_sweep(tmp_path / "data", tmp_path / "bad", folds=4, acc=0.3, seed=2, fold_seed=1)
