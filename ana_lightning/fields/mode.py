@@ -84,8 +84,8 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     out["cell_mask"] = str(dm.get("mask") or "none") if masked else "none"
     frac = dm.get("crop_fraction")
     out["crop_fraction"] = float(frac) if masked and frac else None
-    try:
-        out["bit_depth"] = check_bit_depth(dm.get("bit_depth"), "data.bit_depth")
+    try:  # a hierarchy bundle stores its members' in its own metadata
+        out["bit_depth"] = check_bit_depth(meta.get("bit_depth", dm.get("bit_depth")), "data.bit_depth")
     except ValueError:  # not a depth this version reads: nothing said
         out["bit_depth"] = None
     return out

@@ -163,10 +163,19 @@ class HierarchicalPipeline:
         sources = getattr(self, "sources", None)
         if not sources:
             raise ValueError("only a pipeline built with from_checkpoints() knows its checkpoint files")
-        members = {}
+        members, depths = {}, {}
         for key, src in sources.items():
             ckpt = safe_torch_load(src, trust_checkpoint=getattr(self, "trust_checkpoint", False))
             members[key] = {k: v for k, v in ckpt.items() if k in _BUNDLE_KEYS}
+            depths[key] = (ckpt.get("datamodule_hyper_parameters") or {}).get("bit_depth")
+        # data.bit_depth (how the members' 16-bit files were read), for ana-predict / ana-app / ana-export
+        bit_depth = next(iter(set(depths.values())), None) if len(set(depths.values())) == 1 else None
+        if len(set(depths.values())) > 1:
+            log.warning(
+                "the pipeline's models were trained at different data.bit_depth (%s): the bundle stores none, so "
+                "ana-predict needs bit_depth=<the camera's>",
+                ", ".join(f"{k} {v}" for k, v in depths.items()),
+            )
         bundle = {
             "ana_lightning": {
                 "class_path": PIPELINE_CLASS_PATH,
@@ -175,6 +184,7 @@ class HierarchicalPipeline:
                 "routing": self.routing,
                 "tree": self.tree.source if hasattr(self.tree, "source") else None,
                 "sources": {k: str(v) for k, v in sources.items()},
+                "bit_depth": bit_depth,
             },
             "members": members,
         }

@@ -428,3 +428,25 @@ def test_model_card_counts_a_contest_level_runs_classes(tmp_path):
     assert "unreadable" not in card
     assert "| Homogeneous | 1 | 0 | 0 |" in card and "| Speckled | 2 | 0 | 0 |" in card
     assert "| groups (patients) | 3 | 0 | 0 |" in card and "**No validation split**" in card
+
+
+def test_a_pipeline_bundle_carries_its_models_bit_depth(zoo, tmp_path, caplog):
+    """eval_hierarchy's pipeline.ckpt stores its members' data.bit_depth (ana-predict / ana-app / ana-export
+    read files at it); members trained at different depths give a bundle that stores none, with a warning."""
+    from ana_lightning.fields.mode import export_scale, training_scale
+
+    def at(depth: int, name: str) -> str:
+        ckpt = torch.load(
+            zoo["level1" if name == "level1" else "level2"], map_location="cpu", weights_only=False
+        )
+        ckpt["datamodule_hyper_parameters"] = {"bit_depth": depth}
+        torch.save(ckpt, tmp_path / f"{name}_{depth}.ckpt")
+        return str(tmp_path / f"{name}_{depth}.ckpt")
+
+    same = HierarchicalPipeline.from_checkpoints(level1=at(12, "level1"), level2=at(12, "level2"))
+    bundle = same.write_bundle(tmp_path / "same.ckpt")
+    assert training_scale(bundle)["bit_depth"] == 12 and export_scale(bundle) == {"bit_depth": 12}
+    mixed = HierarchicalPipeline.from_checkpoints(level1=at(12, "level1"), level2=at(14, "level2"))
+    with caplog.at_level("WARNING", logger="ana_lightning.models.hierarchy_pipeline"):
+        bundle = mixed.write_bundle(tmp_path / "mixed.ckpt")
+    assert training_scale(bundle)["bit_depth"] is None and "different data.bit_depth" in caplog.text
