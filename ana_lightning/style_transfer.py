@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.images import load_image, sha256_file
+from .data.images import bit_depth, load_image, sha256_file
 from .data.records import ImageRecord
 from .data.splits import STYLIZED_MANIFEST, read_stylized_set
 from .nst import (
@@ -212,6 +212,7 @@ _COLUMNS = (
     "pooling",
     "weights",
     "final_loss",
+    "bit_depth",  # data.bit_depth its content and style images were read at (empty: their own range)
 )
 
 
@@ -436,6 +437,7 @@ def _row(job: StyleJob, params: dict[str, Any], digest: str, loss: float) -> dic
         "index": job.index,
         "seed": job.seed,
         "final_loss": "" if math.isnan(loss) else f"{loss:.6g}",
+        "bit_depth": bit_depth() or "",
     }
     for k in _COLUMNS:
         if k not in row:

@@ -426,3 +426,22 @@ def test_nst_settings_are_a_target_config_and_the_top_level_keys_still_work(tmp_
     with open_dict(cfg):
         del cfg.transfer  # a config written before the transfer block: built from the top-level keys
     assert build(transfer_config(cfg)).params() == via_block.params()
+
+
+def test_a_stylized_set_made_at_another_bit_depth_is_refused(data, tmp_path):
+    """manifest.csv records the data.bit_depth its sources were read at; a run reading at another depth refuses
+    the set (its images would be as dim, or as bright, as the other depth makes them)."""
+    from ana_lightning.data.images import set_bit_depth
+    from ana_lightning.data.records import DatasetError
+    from ana_lightning.pipeline import build_datamodule
+
+    cfg = compose("train", tiny_train_overrides(data), output_dir=tmp_path / "run")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    out = tmp_path / "styl12"
+    set_bit_depth(12)  # as ana-stylize data.bit_depth=12 reads (the fixture's 8-bit files read the same)
+    stylize(dm.splits["train"][:2], out, _fast_transfer(), n_per_image=1, image_size=32, progress=False)
+    assert {r["bit_depth"] for r in _rows(out)} == {"12"}
+    with pytest.raises(DatasetError, match=r"data.bit_depth=12, but this run reads at data.bit_depth=null"):
+        build_datamodule(cfg, extra_train=str(out)).setup()
+    assert build_datamodule(cfg, extra_train=str(out), bit_depth=12).setup() is None  # the same depth: read

@@ -134,6 +134,24 @@ def read_stylized_set(
         raise ValueError(
             f"{manifest} lacks column(s) {sorted(needed - set(rows[0]))}: not a stylized-set manifest"
         )
+    from ..images import bit_depth
+
+    now = str(bit_depth() or "")
+    made = sorted(
+        {str(r.get("bit_depth") or "") for r in rows if "bit_depth" in r}
+    )  # sets before round 17: none
+    if any(m != now for m in made):
+        raise DatasetError(
+            folder,
+            [
+                BadFile(
+                    str(manifest),
+                    f"made from images read at data.bit_depth={' and '.join(m or 'null' for m in made)}, but this "
+                    f"run reads at data.bit_depth={now or 'null'}: make the set again with the run's data.bit_depth",
+                )
+            ],
+            "The stylized set does not match this run's data.",
+        )
     split_of: dict[tuple[str, str], tuple[str, ImageRecord]] = {}
     for s, recs in splits.items():
         for r in recs:
