@@ -401,7 +401,12 @@ def _markdown(
         f"# Cross-validation summary: {sweep.name}",
         "",
         f"{k}-fold{f' × {r} repeats' if r > 1 else ''} cross-validation, {s['n_images']} images, grouped and stratified "
-        f"folds (`{FOLDS_MANIFEST}`). Each job tests on its fold; validation is carved from the other folds.",
+        f"folds (`{FOLDS_MANIFEST}`). Each job tests on its fold; "
+        + (
+            "validation is carved from the other folds."
+            if any(str(m).startswith("val/") for j in jobs for m in (j.get("metrics") or {}))
+            else "the other folds train, with no validation split (the fixed schedule's last epoch)."
+        ),
         "",
         f"Mean ± SD over folds; 95% CI: {ci}.",
         "",
