@@ -115,7 +115,9 @@ def test_summary_mean_sd_and_oof_every_image_once(tmp_path):
     assert (sweep / "oof_confusion_matrix.png").stat().st_size > 1000
     md = (sweep / "cv_summary.md").read_text()
     assert "| `test/mca` |" in md and "## Per fold" in md and "oof_confusion_matrix.png" in md
-    assert "no validation split" in md  # its jobs logged no val/… metric (validation carved: said so otherwise)
+    assert (
+        "no validation split" in md
+    )  # its jobs logged no val/… metric (validation carved: said so otherwise)
     # by group: only the named groups (AC-4's p0…p3) count; a group is right when its class wins outright
     group = {
         Path(r.path).relative_to(tmp_path / "data").as_posix(): r.group for r in made["records"] if r.group
