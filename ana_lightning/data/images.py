@@ -286,11 +286,8 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path, camera: bool = True) -> np.
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
-        top = _counts_top(int(arr.max(initial=0)), path, camera)
-        if top == 65535.0:
-            arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-        else:
-            arr = (arr.astype(np.float32) * (255.0 / top) + 0.5).astype(np.uint8)
+        top = _counts_top(int(arr.max(initial=0)), path, camera)  # 65535: x * 255 / 65535 = x / 257
+        arr = (arr.astype(np.float32) * (255.0 / top) + 0.5).astype(np.uint8)
     elif arr.dtype in (np.int32, np.uint32, np.int16):
         # PIL's mode "I" holds 16-bit data in int32 ("I;16" TIFFs often arrive this way).
         hi = int(arr.max(initial=0))

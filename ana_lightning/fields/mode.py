@@ -104,47 +104,48 @@ def export_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
 
 def model_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
     """The bit depth ana-predict / ana-app read files with more than 8 bits at: the config's ``bit_depth``
-    when it is a number (or null), else (``auto``) the model's ``data.bit_depth`` as its checkpoint stores it
-    (each model of a ``pipeline.*``: they must agree), or its exported file carries it (:func:`export_scale`;
-    needs ``predictor``); ``None`` = the file's own range."""
+    when it is a number (or null), else (``auto``) the model's ``data.bit_depth``: what an exported file
+    carries in its metadata (:func:`export_scale`; with ``predictor``), else what its checkpoint stores (each
+    model of a ``pipeline.*``: they must agree); ``None`` = the file's own range."""
     asked = cfg.get("bit_depth", "auto")
     if str(asked).lower() != "auto":
         return check_bit_depth(asked, "bit_depth")
+    exported = (getattr(getattr(predictor, "info", None), "extra", None) or {}).get("bit_depth")
+    if exported:
+        return check_bit_depth(exported, "the model's data.bit_depth")
+    from ..models.hierarchy_pipeline import pipeline_checkpoints
     from ..predict.loading import pipeline_args
 
-    sources = [cfg.get("ckpt_path") or getattr(predictor, "source", "")]
-    if pipeline_args(cfg.get("pipeline")) is not None:
-        from ..jobs.hierarchy import _all_checkpoints
-
-        sources = _all_checkpoints(cfg.pipeline)
+    pipe = pipeline_args(cfg.get("pipeline")) is not None
+    sources = (
+        pipeline_checkpoints(cfg.pipeline)
+        if pipe
+        else [cfg.get("ckpt_path") or getattr(predictor, "source", "")]
+    )
     depths = {d for d in (training_scale(s)["bit_depth"] for s in sources) if d}
     if len(depths) > 1:
         raise ValueError(
             f"the models of this pipeline were trained at different data.bit_depth ({sorted(depths)}): give "
             "bit_depth=<the camera's> for these files"
         )
-    extra = getattr(getattr(predictor, "info", None), "extra", {}) or {}
-    stored = next(iter(depths), None) or extra.get("bit_depth")
-    return check_bit_depth(stored, "the model's data.bit_depth")
+    return next(iter(depths), None)
 
 
 def use_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
     """Read every file from now on at :func:`model_bit_depth` (``images.set_bit_depth``) and say so when set.
-    Called before the model is loaded (a Siamese support folder is read as it loads) and again after (an
-    exported file's metadata)."""
+    Called before the model is loaded (``predictor=None``: the checkpoint's, read once; a Siamese support folder
+    is read as the model loads) and again after, where only an exported file's metadata can add to it."""
     before = bit_depth()
+    auto = str(cfg.get("bit_depth", "auto")).lower() == "auto"
+    if predictor is not None and auto and not (predictor.info.extra or {}).get("bit_depth"):
+        return before  # a checkpoint: already read before it loaded
     depth = set_bit_depth(model_bit_depth(cfg, predictor))
     if depth and depth != before:
-        why = (
-            "bit_depth"
-            if str(cfg.get("bit_depth", "auto")).lower() != "auto"
-            else "the model's data.bit_depth"
-        )
         log.info(
             "files with more than 8 bits per pixel are read as %d-bit camera data: 0-%d is the full range (%s)",
             depth,
             2**depth - 1,
-            why,
+            "the model's data.bit_depth" if auto else "bit_depth",
         )
     return depth
 

@@ -58,6 +58,8 @@ def specimen_verdicts(
 ) -> list[dict[str, Any]]:
     """One row per group of fields: combined probabilities, screening and the top-k patterns."""
     names = tuple(predictor.class_names)
+    negs = negative_names(negative)
+    screens = bool(negs & set(names))  # a model without the negative class cannot screen (NOT_SCREENED)
     thr = predictor.info.thresholds
     by: dict[str, list[FieldResult]] = defaultdict(list)
     for r in results:
@@ -71,11 +73,10 @@ def specimen_verdicts(
             rows.append(row)
             continue
         probs = predictor.rule.combine(np.stack([r.probs for r in ok]), combine)
-        # a model without the negative class cannot screen: its patterns are written, "not screened"
         # a hierarchical model's outputs are its levels side by side: the verdict is the routed path
         if predictor.task == "hierarchical":
-            top, pats = _hierarchical_patterns(predictor, probs, top_k, pattern_min_prob, negative)
-            screening = "negative" if top in negative_names(negative) else "positive"
+            top, pats = _hierarchical_patterns(predictor, probs, top_k, pattern_min_prob, negs)
+            screening = "negative" if top in negs else "positive"
         else:
             order = [int(i) for i in np.argsort(-probs, kind="stable")]
             cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
@@ -90,7 +91,7 @@ def specimen_verdicts(
             )
             if screening == "positive" and not pats:
                 pats = [next(names[i] for i in order if names[i] != negative)]
-        if not screens_negatives(names, negative):
+        if not screens:  # its patterns are written, "not screened"
             screening = NOT_SCREENED
         row.update(
             screening=screening,
@@ -104,13 +105,12 @@ def specimen_verdicts(
 
 
 def _hierarchical_patterns(
-    predictor: Predictor, probs: np.ndarray, top_k: int, min_prob: float, negative: str
+    predictor: Predictor, probs: np.ndarray, top_k: int, min_prob: float, negs: set[str]
 ) -> tuple[str, list[str]]:
     """A hierarchical model's specimen verdict (the routed leaf, or level-2 node) and its patterns: the
     verdict first, then the next most probable paths of the tree reaching ``min_prob``."""
     top = predictor.decide(probs)[0]
     paths = [n for n, p in predictor.rule.top_k(probs, max(1, int(top_k)) + 1) if p >= min_prob]
-    negs = negative_names(negative)
     pats = ([top] if top not in negs else []) + [n for n in paths if n != top and n not in negs]
     return top, pats[: max(1, int(top_k))]
 
@@ -165,7 +165,8 @@ def write_specimens(
         f"| {r['specimen']} | {r['screening']} | {r['patterns']} | {r['n_fields_used']}/{r['n_fields']} |"
         for r in rows
     ]
-    if not screens_negatives(names):
+    screens = screens_negatives(names)
+    if not screens:
         md += ["", f"**Screening: {NOT_SCREENED}** — {NO_NEGATIVE_CLASS}."]
         log.warning("specimens.csv: screening is %r for every specimen: %s", NOT_SCREENED, NO_NEGATIVE_CLASS)
     ht = [
@@ -173,7 +174,7 @@ def write_specimens(
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:3px}table{border-collapse:collapse}"
         "img{max-width:260px}</style><h1>Specimen report</h1>",
     ]
-    if not screens_negatives(names):
+    if not screens:
         ht.append(f"<p><b>Screening: {NOT_SCREENED}</b> — {html.escape(NO_NEGATIVE_CLASS)}.</p>")
     for k, r in enumerate(rows):
         md += [

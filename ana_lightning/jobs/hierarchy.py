@@ -47,18 +47,10 @@ def _first_checkpoint(pipe_cfg: DictConfig) -> Path | None:
 
 
 def _all_checkpoints(pipe_cfg: DictConfig) -> list[Path]:
-    """Every checkpoint of the pipeline: levels 1 and 2, each level-3 group model, or the multi-head model."""
-    from ..models.hierarchical import _level3_checkpoints, resolve_checkpoint
+    """Every checkpoint of the pipeline (:func:`~ana_lightning.models.hierarchy_pipeline.pipeline_checkpoints`)."""
+    from ..models.hierarchy_pipeline import pipeline_checkpoints
 
-    out = [resolve_checkpoint(pipe_cfg[k]) for k in ("level1", "level2", "multihead") if pipe_cfg.get(k)]
-    level3 = pipe_cfg.get("level3")
-    if level3:
-        out += list(
-            _level3_checkpoints(
-                OmegaConf.to_container(level3) if isinstance(level3, DictConfig) else level3
-            ).values()
-        )
-    return out
+    return pipeline_checkpoints(pipe_cfg)
 
 
 _DATA_SOURCE_KEYS = (

@@ -68,6 +68,16 @@ def _level3_checkpoints(level3: str | Path | Mapping[str, str] | None) -> dict[s
     return {str(g): resolve_checkpoint(c if Path(c).is_absolute() else folder / c) for g, c in table.items()}
 
 
+def pipeline_checkpoints(pipe_cfg: Mapping[str, Any]) -> list[Path]:
+    """Every checkpoint of a ``pipeline.*`` config: levels 1 and 2, each level-3 group model, or the
+    multi-head model."""
+    out = [resolve_checkpoint(pipe_cfg[k]) for k in ("level1", "level2", "multihead") if pipe_cfg.get(k)]
+    level3 = pipe_cfg.get("level3")
+    if level3 and not isinstance(level3, str | Path) and hasattr(level3, "items"):
+        level3 = {str(g): str(c) for g, c in level3.items()}  # a DictConfig mapping as plain strings
+    return out + list(_level3_checkpoints(level3).values())
+
+
 class _Member:
     """One model of the pipeline with its own input size and normalisation."""
 
