@@ -80,17 +80,17 @@ def specimen_verdicts(
         else:
             order = [int(i) for i in np.argsort(-probs, kind="stable")]
             cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
-            pats = [names[i] for i in order if names[i] != negative and probs[i] >= cut[i]][
+            pats = [names[i] for i in order if names[i] not in negs and probs[i] >= cut[i]][
                 : max(1, int(top_k))
             ]
             top = names[order[0]]
             screening = (
                 "negative"
-                if (top == negative and not (predictor.task == "multi_label" and pats))
+                if (top in negs and not (predictor.task == "multi_label" and pats))
                 else "positive"
             )
             if screening == "positive" and not pats:
-                pats = [next(names[i] for i in order if names[i] != negative)]
+                pats = [next(names[i] for i in order if names[i] not in negs)]
         if not screens:  # its patterns are written, "not screened"
             screening = NOT_SCREENED
         row.update(

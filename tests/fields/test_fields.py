@@ -578,3 +578,6 @@ def test_specimen_screening_needs_a_negative_class():
     assert specimen(["AC-0", "AC-1", "AC-4"], [0.1, 0.6, 0.3]) == ("positive", "AC-1;AC-4")
     assert specimen(["AC-1", "AC-4"], [0.6, 0.4]) == (NOT_SCREENED, "AC-1;AC-4")
     assert specimen(["Homogeneous", "Golgi"], [0.3, 0.7]) == (NOT_SCREENED, "Golgi;Homogeneous")
+    # a level-1 model (the tree's nodes as classes): its "negative" node screens as AC-0 does
+    assert specimen(["negative", "nuclear", "cytoplasmic"], [0.6, 0.3, 0.1]) == ("negative", "")
+    assert specimen(["negative", "nuclear", "cytoplasmic"], [0.3, 0.6, 0.1]) == ("positive", "nuclear")
