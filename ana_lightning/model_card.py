@@ -408,7 +408,11 @@ def write_model_card(
         "- Patterns outside the class list, mixed patterns (for a single-label model), unusual magnification, "
         "other substrates or stains, and out-of-focus or saturated fields get confident-looking wrong answers.",
         "- Figures above come from the run's own held-out test split; they say little about another lab's slides.",
-        *([f"- Negatives: {NO_NEGATIVE_CLASS}."] if not screens_negatives(info.class_names) else []),
+        *(
+            [f"- Negatives: {NO_NEGATIVE_CLASS}."]
+            if not screens_negatives(decision_rule(info).output_names)
+            else []
+        ),
         "",
         "## How to use",
         "",
