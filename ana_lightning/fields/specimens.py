@@ -85,9 +85,7 @@ def specimen_verdicts(
             ]
             top = names[order[0]]
             screening = (
-                "negative"
-                if (top in negs and not (predictor.task == "multi_label" and pats))
-                else "positive"
+                "negative" if (top in negs and not (predictor.task == "multi_label" and pats)) else "positive"
             )
             if screening == "positive" and not pats:
                 pats = [next(names[i] for i in order if names[i] not in negs)]
