@@ -259,3 +259,58 @@ def test_a_run_folder_resolves_to_its_one_best_or_final_checkpoint(tmp_path):
     assert resolve_checkpoint(tmp_path / "run") == ckpts / "best-epoch004.ckpt"
     (tmp_path / "run" / "best_checkpoint.txt").write_text(str(ckpts / "final-epoch009.ckpt") + "\n")
     assert resolve_checkpoint(tmp_path / "run") == ckpts / "final-epoch009.ckpt"
+
+
+def test_eval_hierarchy_reads_another_folder_at_the_models_bit_depth(paper_runs, tmp_path):
+    """data.root=<another folder of the same camera>: 16-bit files are read at the data.bit_depth the pipeline's
+    models trained at (as ana-eval and ana-predict do); data.bit_depth=null reads their own range; models of
+    different depths need it typed."""
+    import numpy as np
+    from PIL import Image
+
+    from ana_lightning.models.hierarchical import resolve_checkpoint
+
+    _, runs, _, _ = paper_runs
+    rng = np.random.default_rng(0)
+    for code in ("AC-1", "AC-2", "AC-15"):
+        (tmp_path / "cam" / code).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 4096, (40, 40)).astype(np.uint16)).save(
+                tmp_path / "cam" / code / f"{i}.tif"
+            )
+    ckpts = {}
+    for exp, depth in (("paper_level1", 12), ("paper_level2", 12), ("other", 14)):
+        state = torch.load(
+            resolve_checkpoint(runs["paper_level1" if exp == "other" else exp]),
+            map_location="cpu",
+            weights_only=True,
+        )
+        state["datamodule_hyper_parameters"]["bit_depth"] = depth
+        ckpts[exp] = tmp_path / f"{exp}.ckpt"
+        torch.save(state, ckpts[exp])
+
+    def run(name, level2, *extra):
+        return evaluate_hierarchy(
+            compose(
+                "eval_hierarchy",
+                [
+                    f"pipeline.level1={ckpts['paper_level1']}",
+                    f"pipeline.level2={ckpts[level2]}",
+                    f"data.root={tmp_path / 'cam'}",
+                    "data.image_size=32",
+                    "split=all",
+                    "bundle=false",
+                    *extra,
+                ],
+                output_dir=tmp_path / name,
+            )
+        )
+
+    _, objs = run("auto", "paper_level2")
+    assert objs["datamodule"].hparams.bit_depth == 12 and len(objs["prediction"]) == 9
+    _, objs = run("own", "paper_level2", "data.bit_depth=null")
+    assert objs["datamodule"].hparams.bit_depth is None
+    with pytest.raises(ValueError, match=r"different data.bit_depth \(\[12, 14\]\)"):
+        run("mixed", "other")
+    _, objs = run("typed", "other", "data.bit_depth=12")
+    assert objs["datamodule"].hparams.bit_depth == 12

@@ -260,3 +260,56 @@ def test_episodes_job_for_siamese_and_softmax_checkpoints(
     metrics, objs = evaluate_episodes_job(cfg)  # its run folder's manifest: its test split
     assert json.loads((tmp_path / "c" / "episodes.json").read_text())["split"] == "test"
     assert metrics["test/3way_1shot_acc"] - metrics["test/3way_1shot_ci95"] > 1 / 3  # beats chance
+
+
+def test_episodes_job_reads_images_as_the_training_run_did(trained_checkpoint, tmp_path):
+    """eval_episodes starts from the checkpoint's own data settings, as ana-eval does: a 12-bit camera's 16-bit
+    TIFFs are read at the run's data.bit_depth (the episodes equal those of their 8-bit copies), unless
+    data.bit_depth=null is typed."""
+    from PIL import Image
+
+    from ana_lightning.episodes import evaluate_episodes_job
+
+    from conftest import compose
+
+    root, _, ckpt = trained_checkpoint
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["datamodule_hyper_parameters"]["bit_depth"] = 12
+    for value in state.values():
+        if isinstance(value, dict) and isinstance(value.get("ana_data"), dict):
+            value["ana_data"]["bit_depth"] = 12
+    ck12 = tmp_path / "m12.ckpt"
+    torch.save(state, ck12)
+    for f in sorted(root.rglob("*.png")):
+        grey = np.asarray(Image.open(f).convert("L"))
+        for kind in ("png", "cam"):
+            (tmp_path / kind / f.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grey).save(tmp_path / "png" / f.parent.name / f"{f.stem}.png")
+        cam = np.round(grey.astype(np.float64) * 4095 / 255).astype(np.uint16)
+        Image.fromarray(cam).save(tmp_path / "cam" / f.parent.name / f"{f.stem}.tif")
+
+    def episodes(folder, *extra):
+        cfg = compose(
+            "eval_episodes",
+            [
+                f"ckpt_path={ck12}",
+                f"data.root={tmp_path / folder}",
+                "split=all",
+                "episodes.n_way=3",
+                "episodes.n_query=2",
+                "episodes.episodes=20",
+                *extra,
+            ],
+            output_dir=tmp_path / f"out_{folder}_{len(extra)}",
+        )
+        metrics, objs = evaluate_episodes_job(cfg)
+        return metrics["test/3way_1shot_acc"], objs["datamodule"]
+
+    acc_png, dm = episodes("png")
+    assert (
+        dm.hparams.bit_depth == 12 and dm.hparams.image_size == 32
+    )  # the run's settings, not data: synthetic
+    acc_cam, dm = episodes("cam")
+    assert dm.hparams.bit_depth == 12 and acc_cam == pytest.approx(acc_png)
+    _, dm = episodes("cam", "data.bit_depth=null")
+    assert dm.hparams.bit_depth is None
