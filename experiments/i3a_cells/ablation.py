@@ -162,11 +162,15 @@ def mask_of(path: str) -> str:
     raise FileNotFoundError(f"{path}: no {p.stem}_Mask{p.suffix} or {p.stem}_mask{p.suffix} beside it")
 
 
-def read_cells(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each cell image with its mask (the contest layouts, :func:`mask_of`)."""
-    from ana_lightning.data.images import load_image
+def read_cells(paths: list[str], run_dir: Path | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each cell image with its mask (the contest layouts, :func:`mask_of`; masks at their own range). With
+    ``run_dir``, files with more than 8 bits are read at that run's ``data.bit_depth``, as its training read them."""
+    from ana_lightning.data.images import check_bit_depth, load_image, set_bit_depth
 
-    return [(load_image(p), load_image(mask_of(p))) for p in paths]
+    if run_dir is not None:
+        data = __import__("yaml").safe_load(open(Path(run_dir) / "config_resolved.yaml"))["data"]
+        set_bit_depth(check_bit_depth(data.get("bit_depth"), "data.bit_depth"))
+    return [(load_image(p), load_image(mask_of(p), camera=False)) for p in paths]
 
 
 def model_input(model, run_dir: Path, raw, shift=lambda im: im) -> torch.Tensor:
@@ -217,7 +221,7 @@ def shifted_predictions(
     paths, labels = _test_cells(run_dir, root, split)
     names = list(model.class_names)
     y = np.array([names.index(c) for c in labels])
-    raw = read_cells(paths)
+    raw = read_cells(paths, run_dir)
     return (
         y,
         names,

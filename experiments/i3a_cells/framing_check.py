@@ -39,7 +39,7 @@ def framed_predictions(
     paths, labels = A._test_cells(run, root, split)
     names = list(model.class_names)
     y = np.array([names.index(c) for c in labels])
-    raw = A.read_cells(paths)
+    raw = A.read_cells(paths, run)
     pred = {"as given": A.batched(model, A.model_input(model, run, raw)).argmax(-1).numpy()}
     for f in framings:
         cells = [recrop(im, m, f) for im, m in raw]

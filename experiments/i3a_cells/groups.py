@@ -41,7 +41,7 @@ def run_probabilities(
     paths, labels, groups = split_cells(run, root, split)
     if not paths:
         raise SystemExit(f"{run}: its split_manifest.csv has no {split} cells")
-    prob = batched(model, model_input(model, run, read_cells(paths))).softmax(-1).numpy()
+    prob = batched(model, model_input(model, run, read_cells(paths, run))).softmax(-1).numpy()
     return paths, labels, prob, list(model.class_names), groups
 
 

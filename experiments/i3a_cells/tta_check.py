@@ -79,7 +79,7 @@ def check_run(run: Path, root: Path, split: str) -> dict:
         sys.exit(f"{run}: its split_manifest.csv has no {split} cells")
     names = list(model.class_names)
     y = np.array([names.index(c) for c in labels])
-    x = model_input(model, run, read_cells(paths))
+    x = model_input(model, run, read_cells(paths, run))
     row: dict = {"run": str(run), "cells": len(y)}
     for tta in (False, True):
         net.tta = tta

@@ -1283,3 +1283,22 @@ def test_truth_scores_only_verdicts_and_counts_the_rest(tmp_path):
     m = score_truth(out, truth, classes, nodes)
     assert np.isnan(m["truth/mca"]) and m["truth/scored_images"] == 0
     assert m["truth/no_verdict"] == 7 and m["truth/mca_all"] == 0.0
+
+
+def test_experiment_scripts_read_cells_at_the_runs_bit_depth(tmp_path):
+    """ablation.read_cells(paths, run): a 12-bit camera's 16-bit cell at the run's data.bit_depth, its 0/65535
+    mask at the mask's own range."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from ablation import read_cells
+
+    cell = np.full((8, 8), 2048, np.uint16)
+    Image.fromarray(cell).save(tmp_path / "00001.tif")
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "00001_Mask.tif")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config_resolved.yaml").write_text("data:\n  bit_depth: 12\n")
+    ((im, mask),) = read_cells([str(tmp_path / "00001.tif")], run)
+    assert abs(float(im.max()) - 2048 * 255 / 4095) < 1.0 and float(mask.max()) == 255
+    (run / "config_resolved.yaml").write_text("data:\n  bit_depth: null\n")
+    ((im, _),) = read_cells([str(tmp_path / "00001.tif")], run)
+    assert abs(float(im.max()) - 2048 / 257) < 1.0
