@@ -4,7 +4,7 @@
     # then, for each line of outputs/curve/plan.csv (the script prints the commands):
     ana-train experiment=i3a_cells data.root=<I3A training folder> data.split_manifest=outputs/curve/k1_f0.csv \\
         recipe_size.cpu.max_epochs=<epochs> hydra.run.dir=outputs/curve/runs/k1_f0
-    python experiments/i3a_cells/specimen_curve.py table outputs/cv_default17 outputs/curve [--out table.md]
+    python experiments/i3a_cells/specimen_curve.py table outputs/cv_default17 outputs/curve [--out-md table.md] [--plot curve.png]
 
 A grouped 5-fold CV of the default recipe (``data.folds=5``, no validation split) trains each fold's model on
 the specimen groups of the other folds: about 4.3 per class (3–5; Golgi 3–4). ``plan`` keeps each fold's test
@@ -108,6 +108,50 @@ def _mca(run: Path) -> float | None:
     return float(json.loads(m.read_text())["test/mca"]) if m.is_file() else None
 
 
+def plot(cv: Path, out: Path, path: Path) -> Path:
+    """Test MCA against training groups per class, one line per fold and the mean over folds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = _rows(out / "plan.csv")
+    ks = sorted({int(r["k"]) for r in lines})
+    folds = sorted({r["fold"] for r in lines}, key=lambda s: (len(s), s))
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    curves = []
+    for fold in folds:
+        rows = [r for r in _rows(cv / fold / "split_manifest.csv") if r["split"] == "train"]
+        full = len({(r["label"], r["group"]) for r in rows}) / max(1, len({r["label"] for r in rows}))
+        xs, ys = [], []
+        for x, v in [*((k, _mca(out / "runs" / f"k{k}_f{fold}")) for k in ks), (full, _mca(cv / fold))]:
+            if v is not None:
+                xs.append(x)
+                ys.append(v)
+        ax.plot(xs, ys, "o-", color="0.7", lw=1)
+        curves.append((xs, ys))
+    complete = [c for c in curves if len(c[0]) == len(ks) + 1]
+    if complete:
+        ax.plot(
+            np.mean([c[0] for c in complete], axis=0),
+            np.mean([c[1] for c in complete], axis=0),
+            "o-",
+            color="C0",
+            lw=2,
+            label=f"mean of {len(complete)} folds",
+        )
+        ax.legend(loc="lower right")
+    ax.set_xlabel("training specimen groups per class")
+    ax.set_ylabel("test MCA, unseen specimens")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def table(cv: Path, out: Path) -> str:
     lines = _rows(out / "plan.csv")
     ks = sorted({int(r["k"]) for r in lines})
@@ -137,6 +181,16 @@ def table(cv: Path, out: Path) -> str:
         v = [fig[(f, c)] for f in folds if fig[(f, c)] is not None]
         means.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} ({len(v)})" if len(v) > 1 else "—")
     text.append(f"| **mean ± SD (folds)** | {' | '.join(means)} | | |")
+    per_class = []
+    for fold in folds:
+        rows = [r for r in _rows(cv / fold / "split_manifest.csv") if r["split"] == "train"]
+        labels = {r["label"] for r in rows}
+        per_class.append(len({(r["label"], r["group"]) for r in rows}) / max(1, len(labels)))
+    text.append("")
+    text.append(
+        f"'all' is every training group of the fold: {np.mean(per_class):.1f} per class on average "
+        f"({min(per_class):.1f}–{max(per_class):.1f} by fold)."
+    )
     text.append("")
     text.append("| paired difference | mean | 95% t-interval over folds | folds higher |")
     text.append("|---|---|---|---|")
@@ -163,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("cv", type=Path)
     t.add_argument("out", type=Path)
     t.add_argument("--out-md", type=Path, help="also write the table here")
+    t.add_argument("--plot", type=Path, help="also draw the curves (PNG)")
     args = ap.parse_args(argv)
     if args.cmd == "plan":
         for line in plan(args.cv, args.out, [int(k) for k in args.k.split(",")], args.seed):
@@ -176,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_md:
         args.out_md.parent.mkdir(parents=True, exist_ok=True)
         args.out_md.write_text(text)
+    if args.plot:
+        print(f"plot: {plot(args.cv, args.out, args.plot)}")
     return 0
 
 

@@ -49,6 +49,7 @@ def test_plan_keeps_the_test_cells_and_nested_groups_with_the_steps_held(tmp_pat
     (tmp_path / "curve" / "runs" / "k1_f0" / "metrics.json").write_text(json.dumps({"test/mca": 0.5}))
     text = specimen_curve.table(cv, tmp_path / "curve")
     assert "| 0 | 0.500 | — | 0.800 |" in text and "all (the CV's jobs)" in text
+    assert specimen_curve.plot(cv, tmp_path / "curve", tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_a_cv_with_validation_cells_is_refused(tmp_path):
