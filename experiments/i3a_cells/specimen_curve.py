@@ -191,6 +191,24 @@ def table(cv: Path, out: Path) -> str:
         f"'all' is every training group of the fold: {np.mean(per_class):.1f} per class on average "
         f"({min(per_class):.1f}–{max(per_class):.1f} by fold)."
     )
+    recall: dict[tuple[str, str], list[float]] = {}
+    for fold in folds:
+        runs = {**{str(k): out / "runs" / f"k{k}_f{fold}" for k in ks}, "all": cv / fold}
+        if not all((r / "test_per_class.csv").is_file() for r in runs.values()):
+            continue  # per class: the folds with every count
+        for c, run in runs.items():
+            for row in _rows(run / "test_per_class.csv"):
+                recall.setdefault((row["class"], c), []).append(float(row["recall"]))
+    names = list(dict.fromkeys(name for name, _ in recall))
+    if names:
+        n = len(recall[(names[0], "all")])
+        text.append("")
+        text.append(f"Recall per class, mean over the {n} fold(s) with every count:")
+        text.append("")
+        text.append(f"| class | {' | '.join(c if c == 'all' else f'{c} per class' for c in cols)} |")
+        text.append("|---" * (len(cols) + 1) + "|")
+        for name in names:
+            text.append(f"| {name} | {' | '.join(f'{np.mean(recall[(name, c)]):.3f}' for c in cols)} |")
     text.append("")
     text.append("| paired difference | mean | 95% t-interval over folds | folds higher |")
     text.append("|---|---|---|---|")
