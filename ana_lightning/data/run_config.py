@@ -28,6 +28,7 @@ __all__ = [
     "training_data_config",
     "command_line_data_overrides",
     "eval_data_config",
+    "use_training_data",
     "seen_in_training",
     "SOURCE_KEYS",
 ]
@@ -158,3 +159,18 @@ def eval_data_config(
         carried,
     )
     return OmegaConf.create(out)
+
+
+def use_training_data(
+    cfg: DictConfig, ckpt_path: str | Path, trust_checkpoint: bool = False
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """Set ``cfg.data`` to the data config to evaluate ``ckpt_path`` with (:func:`eval_data_config` of its
+    training run's settings and this command line's ``data.*`` keys), as ``ana-eval`` and the episodic
+    evaluation do; returns :func:`training_data_config`'s ``(data config of the run, class name → ICAP node)``."""
+    from omegaconf import open_dict
+
+    trained, class_nodes = training_data_config(ckpt_path, trust_checkpoint=trust_checkpoint)
+    group_chosen, typed = command_line_data_overrides()
+    with open_dict(cfg):
+        cfg.data = eval_data_config(cfg.data, trained, group_chosen, typed)
+    return trained, class_nodes

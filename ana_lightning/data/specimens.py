@@ -16,7 +16,7 @@ import numpy as np
 from .images import load_image
 from .records import ImageRecord
 
-__all__ = ["GROUPINGS", "consecutive_id_groups", "group_i3a_specimens"]
+__all__ = ["GROUPINGS", "cell_median", "class_min_size", "consecutive_id_groups", "group_i3a_specimens"]
 
 #: How I3A cells are grouped when the CSV names no specimen (``data.grouping``).
 GROUPINGS = ("auto", "steps", "blocks", "none")
@@ -107,13 +107,20 @@ def consecutive_id_groups(
     return out
 
 
-def _cell_median(image_path: str, mask_path: str | None) -> float:
+def cell_median(image_path: str, mask_path: str | None) -> float:
+    """A cell's median intensity (max over the colour channels) inside its mask, or over the crop without one."""
     img = load_image(image_path).max(axis=2)
     if mask_path is not None:
         m = load_image(mask_path, camera=False).max(axis=2) > 0
         if m.shape == img.shape and m.any():
             return float(np.median(img[m]))
     return float(np.median(img))
+
+
+def class_min_size(n_cells: int, min_size: int) -> int:
+    """The fewest cells of a group in a class of ``n_cells``: ``min_size``, but never above a fifth of the
+    class (so a small class such as Golgi keeps several groups and reaches every split)."""
+    return max(1, min(min_size, n_cells // 5))
 
 
 def group_i3a_specimens(
@@ -151,9 +158,8 @@ def group_i3a_specimens(
         values = None
         if method == "steps":
             with ThreadPoolExecutor(4) as pool:
-                values = list(pool.map(lambda r: _cell_median(r.path, masks.get(r.path)), recs))
-        floor = max(1, min(min_size, len(recs) // 5))
-        groups = consecutive_id_groups(ids, values, min_size=floor)
+                values = list(pool.map(lambda r: cell_median(r.path, masks.get(r.path)), recs))
+        groups = consecutive_id_groups(ids, values, min_size=class_min_size(len(recs), min_size))
         for r, g in zip(recs, groups, strict=True):
             new[r.path] = f"{label}#{g}"
         sizes += list(np.bincount(groups))

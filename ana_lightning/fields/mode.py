@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "export_scale",
     "model_input",
     "model_bit_depth",
+    "agreed_bit_depth",
     "use_bit_depth",
     "field_mode",
 ]
@@ -122,11 +124,17 @@ def model_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int 
         if pipe
         else [cfg.get("ckpt_path") or getattr(predictor, "source", "")]
     )
-    depths = {d for d in (training_scale(s)["bit_depth"] for s in sources) if d}
+    return agreed_bit_depth(sources, "bit_depth=<the camera's>")
+
+
+def agreed_bit_depth(checkpoints: Sequence[str | Path], ask: str) -> int | None:
+    """The ``data.bit_depth`` the checkpoints were trained at (:func:`training_scale`; ``None`` when none stores
+    one); models trained at different depths are a ``ValueError`` naming them and what to give (``ask``)."""
+    depths = {d for d in (training_scale(c)["bit_depth"] for c in checkpoints) if d}
     if len(depths) > 1:
         raise ValueError(
             f"the models of this pipeline were trained at different data.bit_depth ({sorted(depths)}): give "
-            "bit_depth=<the camera's> for these files"
+            f"{ask} for these files"
         )
     return next(iter(depths), None)
 

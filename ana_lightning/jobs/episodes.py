@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from ..episodes import evaluate_episodes, unique_images
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """``ana-eval --config-name eval_episodes ckpt_path=<.ckpt>``: episodes over a dataset's classes
     (novel classes welcome: the model's own class list is not imposed on the data)."""
-    from ..data.run_config import command_line_data_overrides, eval_data_config, training_data_config
+    from ..data.run_config import use_training_data
     from ..data.splits import run_manifest
     from ..reports import write_metrics_json
     from ..utils import load_checkpoint_model
@@ -34,10 +34,7 @@ def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, 
     model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=trust)
     # The training run's data settings (reader, masks, framing, bit depth, …), with what was typed on top, as
     # ana-eval does: a folder of novel classes (data.root=…) keeps how the run read its images, not its classes.
-    trained, _ = training_data_config(cfg.ckpt_path, trust_checkpoint=trust)
-    group_chosen, typed = command_line_data_overrides()
-    with open_dict(cfg):
-        cfg.data = eval_data_config(cfg.data, trained, group_chosen, typed)
+    use_training_data(cfg, cfg.ckpt_path, trust_checkpoint=trust)
     split = cfg.get("split", "auto")
     overrides: dict[str, Any] = {"image_size": int(model.hparams.image_size)}
     manifest = run_manifest(cfg.ckpt_path)

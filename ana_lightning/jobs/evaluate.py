@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from ..calibration import report_test_calibration
 from ..data.splits import check_unseen, run_manifest, seen_in_training, training_split_manifest
@@ -55,12 +55,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         model = load_checkpoint_model(cfg.ckpt_path, trust_checkpoint=trust)
     ckpt_ref = members[0] if members else str(cfg.ckpt_path)  # whose run folder holds the split manifest
     # The training run's data settings (reader, target, masks, image size, …), with what was typed on top.
-    from ..data.run_config import command_line_data_overrides, eval_data_config, training_data_config
+    from ..data.run_config import use_training_data
 
-    trained, class_nodes = training_data_config(ckpt_ref, trust_checkpoint=trust)
-    group_chosen, typed = command_line_data_overrides()
-    with open_dict(cfg):
-        cfg.data = eval_data_config(cfg.data, trained, group_chosen, typed)
+    trained, class_nodes = use_training_data(cfg, ckpt_ref, trust_checkpoint=trust)
     cross = cfg.get("cross_dataset", "auto")
     if cross == "auto":
         cross = bool(trained) and (trained.get("reader") or "folder") != (cfg.data.get("reader") or "folder")

@@ -92,20 +92,17 @@ def _training_bit_depth(cfg: DictConfig) -> dict[str, Any]:
     (``data.bit_depth``, how files with more than 8 bits are read): another folder of the same camera is read as
     their training files were, as ``ana-eval`` and ``ana-predict`` do. Models of different depths need it typed."""
     from ..data.run_config import command_line_data_overrides
-    from ..fields.mode import training_scale
+    from ..fields.mode import agreed_bit_depth
 
     _, typed = command_line_data_overrides()
     if "bit_depth" in typed or "bit_depth" not in cfg.data or cfg.data.get("bit_depth") is not None:
         return {}
-    depths = {d for d in (training_scale(c)["bit_depth"] for c in _all_checkpoints(cfg.pipeline)) if d}
-    if len(depths) > 1:
-        raise ValueError(
-            f"the models of this pipeline were trained at different data.bit_depth ({sorted(depths)}): give "
-            "data.bit_depth=<the camera's> (or data.bit_depth=null: each file's own range) for data.root"
-        )
-    if not depths:
+    depth = agreed_bit_depth(
+        _all_checkpoints(cfg.pipeline),
+        "data.bit_depth=<the camera's> (or data.bit_depth=null: each file's own range)",
+    )
+    if depth is None:
         return {}
-    depth = depths.pop()
     log.info(
         "files with more than 8 bits are read at the models' data.bit_depth=%d (data.bit_depth=null: their own range)",
         depth,
@@ -135,9 +132,7 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     first = _first_checkpoint(cfg.pipeline)
     if not cfg.data.get("root") and first is not None:
         overrides.update(_training_data(first, cfg.data))
-    elif (
-        first is not None
-    ):  # another folder: read at the camera bit depth the models trained at, as ana-eval does
+    elif first is not None:  # another folder: at the camera bit depth the models trained at, as ana-eval
         overrides.update(_training_bit_depth(cfg))
     found = training_split_manifest(
         first, split, cfg.data.get("split_manifest")

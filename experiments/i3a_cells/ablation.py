@@ -162,14 +162,19 @@ def mask_of(path: str) -> str:
     raise FileNotFoundError(f"{path}: no {p.stem}_Mask{p.suffix} or {p.stem}_mask{p.suffix} beside it")
 
 
+def run_data(run_dir: Path) -> dict:
+    """The ``data`` settings a run used (its ``config_resolved.yaml``)."""
+    with open(Path(run_dir) / "config_resolved.yaml") as f:
+        return __import__("yaml").safe_load(f)["data"]
+
+
 def read_cells(paths: list[str], run_dir: Path | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each cell image with its mask (the contest layouts, :func:`mask_of`; masks at their own range). With
     ``run_dir``, files with more than 8 bits are read at that run's ``data.bit_depth``, as its training read them."""
     from ana_lightning.data.images import check_bit_depth, load_image, set_bit_depth
 
     if run_dir is not None:
-        data = __import__("yaml").safe_load(open(Path(run_dir) / "config_resolved.yaml"))["data"]
-        set_bit_depth(check_bit_depth(data.get("bit_depth"), "data.bit_depth"))
+        set_bit_depth(check_bit_depth(run_data(run_dir).get("bit_depth"), "data.bit_depth"))
     return [(load_image(p), load_image(mask_of(p), camera=False)) for p in paths]
 
 
@@ -181,7 +186,7 @@ def model_input(model, run_dir: Path, raw, shift=lambda im: im) -> torch.Tensor:
     from ana_lightning.data.masks import recrop
     from ana_lightning.data.transforms import build_transform
 
-    data = __import__("yaml").safe_load(open(run_dir / "config_resolved.yaml"))["data"]
+    data = run_data(run_dir)
     mask_mode, frac = data["mask"], data.get("crop_fraction")
     tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
 

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import DEFAULT_ROOT  # noqa: E402
 
-from ana_lightning.data.specimens import _cell_median, consecutive_id_groups  # noqa: E402
+from ana_lightning.data.specimens import cell_median, class_min_size, consecutive_id_groups  # noqa: E402
 
 
 def _boundaries(groups: list[int]) -> list[int]:
@@ -37,7 +37,7 @@ def _boundaries(groups: list[int]) -> list[int]:
 def compare_groupings(ids: list[int], values: list[float], min_size: int = 250, near: int = 10) -> dict:
     """One class's cells (IDs ascending, their median intensities): the reader's grouping as given and
     renumbered without gaps, compared (module docstring)."""
-    floor = max(1, min(min_size, len(ids) // 5))  # as group_i3a_specimens
+    floor = class_min_size(len(ids), min_size)  # as group_i3a_specimens
     with_gaps = consecutive_id_groups(ids, values, min_size=floor)
     gapless = consecutive_id_groups(list(range(len(ids))), values, min_size=floor)
     b_with, b_without = _boundaries(with_gaps), _boundaries(gapless)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         files = [(args.root / f"{i:05d}.png", args.root / f"{i:05d}_Mask.png") for i in ids]
         with ThreadPoolExecutor(4) as pool:
             values = list(
-                pool.map(lambda p: _cell_median(str(p[0]), str(p[1]) if p[1].is_file() else None), files)
+                pool.map(lambda p: cell_median(str(p[0]), str(p[1]) if p[1].is_file() else None), files)
             )
         r = compare_groupings(ids, values, args.min_size)
         for k in total:

@@ -38,6 +38,12 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _groups_per_class(fold: Path) -> float:
+    """Training specimen groups per class of a fold of the CV (its split manifest)."""
+    rows = [r for r in _rows(fold / "split_manifest.csv") if r["split"] == "train"]
+    return len({(r["label"], r["group"]) for r in rows}) / max(1, len({r["label"] for r in rows}))
+
+
 def _folds(cv: Path) -> list[Path]:
     folds = sorted(
         (p for p in cv.iterdir() if p.is_dir() and (p / "split_manifest.csv").is_file()), key=lambda p: p.name
@@ -121,8 +127,7 @@ def plot(cv: Path, out: Path, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     curves = []
     for fold in folds:
-        rows = [r for r in _rows(cv / fold / "split_manifest.csv") if r["split"] == "train"]
-        full = len({(r["label"], r["group"]) for r in rows}) / max(1, len({r["label"] for r in rows}))
+        full = _groups_per_class(cv / fold)
         xs, ys = [], []
         for x, v in [*((k, _mca(out / "runs" / f"k{k}_f{fold}")) for k in ks), (full, _mca(cv / fold))]:
             if v is not None:
@@ -181,11 +186,7 @@ def table(cv: Path, out: Path) -> str:
         v = [fig[(f, c)] for f in folds if fig[(f, c)] is not None]
         means.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} ({len(v)})" if len(v) > 1 else "—")
     text.append(f"| **mean ± SD (folds)** | {' | '.join(means)} | | |")
-    per_class = []
-    for fold in folds:
-        rows = [r for r in _rows(cv / fold / "split_manifest.csv") if r["split"] == "train"]
-        labels = {r["label"] for r in rows}
-        per_class.append(len({(r["label"], r["group"]) for r in rows}) / max(1, len(labels)))
+    per_class = [_groups_per_class(cv / fold) for fold in folds]
     text.append("")
     text.append(
         f"'all' is every training group of the fold: {np.mean(per_class):.1f} per class on average "
