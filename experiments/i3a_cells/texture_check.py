@@ -18,7 +18,8 @@ roundness: 106 numbers. An RBF SVM (class-balanced, standardised features) is tr
   run's validation cells: how the accuracy on unseen specimens grows with the number of training
   specimens. The SVM stands in for the network here because it trains in seconds.
 
-The descriptors of every cell are cached (``--cache``, keyed by file name and size).
+Cells are read as each run's training read them (files with more than 8 bits at its ``data.bit_depth``).
+The descriptors of every cell are cached (``--cache``, keyed by file name, size and that bit depth).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ablation import DEFAULT_ROOT, mca, read_cells, split_cells  # noqa: E402
+from ablation import DEFAULT_ROOT, mca, read_cells, run_data, split_cells  # noqa: E402
 
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0)
 
@@ -95,18 +96,20 @@ def cell_texture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.concatenate([np.ravel(f) for f in feats]).astype(np.float32)
 
 
-def descriptors(paths: list[str], cache: Path | None) -> np.ndarray:
-    """:func:`cell_texture` of each cell (and its ``_Mask`` image), read from / added to ``cache``."""
+def descriptors(paths: list[str], cache: Path | None, run: Path | None = None) -> np.ndarray:
+    """:func:`cell_texture` of each cell (and its ``_Mask`` image), read from / added to ``cache``; with
+    ``run``, files with more than 8 bits are read at that run's ``data.bit_depth`` (:func:`ablation.read_cells`)."""
     known: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             known = dict(zip(z["keys"].tolist(), z["x"], strict=True))
-    key = [f"{Path(p).name}:{Path(p).stat().st_size}" for p in paths]
+    depth = "" if run is None else f":{run_data(run).get('bit_depth', 'default')}"
+    key = [f"{Path(p).name}:{Path(p).stat().st_size}{depth}" for p in paths]
     todo = [i for i, k in enumerate(key) if k not in known]
     if todo:
         print(f"describing {len(todo)} cells …", file=sys.stderr)
         with ThreadPoolExecutor(2) as pool:
-            new = list(pool.map(lambda c: cell_texture(*c), read_cells([paths[i] for i in todo])))
+            new = list(pool.map(lambda c: cell_texture(*c), read_cells([paths[i] for i in todo], run)))
         known.update({key[i]: f for i, f in zip(todo, new, strict=True)})
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +132,7 @@ def svm(probability: bool = False):
 def _split(run: Path, root: Path, split: str, cache: Path | None):
     """Descriptors, class names and specimen groups of a run's ``split`` cells."""
     paths, labels, groups = split_cells(run, root, split)
-    return descriptors(paths, cache), labels, np.array(groups)
+    return descriptors(paths, cache, run), labels, np.array(groups)
 
 
 def fusion(runs: list[Path], root: Path, cache: Path | None) -> None:
@@ -141,7 +144,7 @@ def fusion(runs: list[Path], root: Path, cache: Path | None) -> None:
     for run in runs:
         xt, lt, _ = _split(run, root, "train", cache)
         paths, lv, prob, order, _ = run_probabilities(run, root, "val")  # the run's validation cells
-        xv = descriptors(paths, cache)
+        xv = descriptors(paths, cache, run)
         y = np.array([order.index(c) for c in lv])
         ps = svm(True).fit(xt, np.array([order.index(c) for c in lt])).predict_proba(xv)
         scores = [

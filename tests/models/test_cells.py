@@ -1302,3 +1302,23 @@ def test_experiment_scripts_read_cells_at_the_runs_bit_depth(tmp_path):
     (run / "config_resolved.yaml").write_text("data:\n  bit_depth: null\n")
     ((im, _),) = read_cells([str(tmp_path / "00001.tif")], run)
     assert abs(float(im.max()) - 2048 / 257) < 1.0
+    # texture_check.py's descriptors read the cells at the run's depth too, and cache them under it: a
+    # 12-bit cell read at its file's own range keeps ~16 grey levels, so the two depths describe different textures
+    from texture_check import cell_texture, descriptors
+
+    rng = np.random.default_rng(0)
+    ramp = (np.linspace(200, 4000, 32 * 32).reshape(32, 32) + rng.normal(0, 50, (32, 32))).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "00002.tif")
+    disc = (np.hypot(*np.indices((32, 32)) - 15.5) < 12) * 65535
+    Image.fromarray(disc.astype(np.uint16)).save(tmp_path / "00002_Mask.tif")
+    cache, paths = tmp_path / "texture.npz", [str(tmp_path / "00002.tif")]
+    described = {}
+    for depth in (12, None):
+        (run / "config_resolved.yaml").write_text(
+            f"data:\n  bit_depth: {'null' if depth is None else depth}\n"
+        )
+        described[depth] = descriptors(paths, cache, run)[0]
+        np.testing.assert_allclose(described[depth], cell_texture(*read_cells(paths, run)[0]), rtol=1e-5)
+    assert not np.allclose(described[12], described[None])
+    size = Path(paths[0]).stat().st_size
+    assert sorted(np.load(cache)["keys"].tolist()) == [f"00002.tif:{size}:12", f"00002.tif:{size}:None"]
