@@ -522,6 +522,14 @@ def test_recipe_trains_end_to_end(tmp_path, capsys):
     assert np.array_equal(lowres(1.0)(board), board) and lowres(0.5)(board).std() < 0.1 * board.std()
     with pytest.raises(ValueError, match="factor"):
         lowres(0.0)
+    # local_patterns.py: the fold's network alone is the run's own validation MCA; the bag of textons
+    # and the fusion are scored on the same cells
+    from local_patterns import check_fold, table
+
+    row = check_fold(run, root, "val", {})
+    assert row["network"] == pytest.approx(want) and row["cells"] == manifest.count(",val,")
+    assert 0.0 <= row["bag"] <= 1.0 and 0.0 <= row["fused"] <= 1.0 and row["reading"][0.5] == row["fused"]
+    assert "| **mean** |" in table([row, row], "val")
 
 
 def test_a_framed_run_is_read_the_way_it_trained(tmp_path, capsys):
@@ -693,6 +701,36 @@ def test_the_texture_descriptor_sees_the_cell_as_the_network_does():
     assert not np.allclose(f, flat, atol=0.02)  # texture, not only the outline
     with pytest.raises(ValueError, match="too small"):
         cell_texture(cell, np.zeros_like(mask))
+
+
+def test_the_bag_of_local_patterns_is_rotation_invariant_and_counts_each_region():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from local_patterns import REGIONS, Textons, describe_pixels, pixel_features, prepare, regions
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:70, :60]
+    mask = (((yy - 35) / 26) ** 2 + ((xx - 30) / 20) ** 2 < 1).astype(np.uint8) * 255  # an oval nucleus
+    dots = (rng.random((70, 60)) > 0.97) * 200.0
+    cell = (12 + dots * (mask > 0)).astype(np.uint8)
+    x, m = prepare(cell, mask, 0.7)
+    assert (
+        x.shape == m.shape == (64, 64) and x.max() == 1.0 and np.median(x[~m]) == 0.0
+    )  # background subtracted
+    # brightness and colour do not change the prepared cell (the network's normalisation)
+    green = np.stack([np.zeros_like(cell), cell, np.zeros_like(cell)], axis=2)
+    assert np.allclose(prepare(green, np.stack([mask] * 3, axis=2), 0.7)[0], x, atol=1e-6)
+    # a quarter turn turns the regions and the per-pixel numbers with the cell (rotation-invariant numbers)
+    r = regions(m)
+    assert set(np.unique(r)) == {0, 1, 2, 3} and np.array_equal(regions(np.rot90(m)), np.rot90(r))
+    assert np.allclose(pixel_features(np.rot90(x).copy()), np.rot90(pixel_features(x)), atol=1e-4)
+    # the histograms: one per region, each L1-normalised then square-rooted, so each has unit length; a
+    # quarter-turned cell gets the same description
+    cells = [(cell, mask), (np.rot90(cell).copy(), np.rot90(mask).copy()), (np.full_like(cell, 12), mask)]
+    feats, codes = describe_pixels(cells, 0.7)
+    tx = Textons(k=8, sample=5000).fit(feats)
+    h = tx.histograms(feats, codes).reshape(3, len(REGIONS), 8)
+    assert np.allclose((h**2).sum(-1), 1.0, atol=1e-5)
+    assert np.abs(h[0] - h[1]).max() < 0.2 < np.abs(h[0] - h[2]).max()  # dots, not the outline
 
 
 @pytest.mark.realdata
