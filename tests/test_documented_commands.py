@@ -1,0 +1,129 @@
+"""The commands the READMEs show are the commands that exist: users copy them.
+
+Every ``ana-*`` command line in the READMEs (code blocks, continuation lines joined, and inline code) composes
+with the packaged config the way its console command composes it, placeholders such as ``<I3A training
+folder>`` and shell substitutions standing in as a path; a sweep value (``range(5)``, ``a,b``) stands in by its
+first item. Commands elided in prose (``…``) are skipped. And every ``--flag`` and subcommand given to an
+``experiments/…py`` script exists in that script.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, compose
+
+DOCS = [
+    REPO / "README.md",
+    REPO / "experiments" / "README.md",
+    *sorted((REPO / "experiments").glob("*/README.md")),
+]
+CONFIG_OF = {
+    "ana-train": "train",
+    "ana-eval": "eval",
+    "ana-predict": "predict",
+    "ana-export": "export",
+    "ana-compare": "compare",
+    "ana-synth": "synth",
+    "ana-app": "app",
+    "ana-stylize": "stylize",
+}
+
+
+def _lines(path: Path) -> list[tuple[int, str, bool]]:
+    """(line number, text, inside a code block), with backslash-continued lines joined."""
+    out, block, lines, i = [], False, path.read_text().split("\n"), 0
+    while i < len(lines):
+        number, line = i + 1, lines[i]
+        if line.strip().startswith("```"):
+            block = not block
+            i += 1
+            continue
+        while block and line.rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line.rstrip()[:-1] + " " + lines[i].strip()
+        out.append((number, line, block))
+        i += 1
+    return out
+
+
+def _commands(pattern: str) -> list[tuple[str, str]]:
+    """(``file:line``, command) for each command starting with ``pattern`` in the READMEs."""
+    found = []
+    for path in DOCS:
+        for number, line, block in _lines(path):
+            texts = [line.strip()] if block and re.match(pattern, line.strip()) else []
+            texts += [t for t in re.findall(r"`([^`]*)`", line) if re.match(pattern, t)]
+            for text in texts:
+                text = re.split(r"\s+#\s", text)[0]
+                if "…" not in text and "..." not in text:
+                    found.append((f"{path.relative_to(REPO)}:{number}", text))
+    return found
+
+
+def _stand_ins(text: str) -> str:
+    text = re.sub(r"\$\([^)]*\)|\$\{?\w+\}?", "X", text)
+    for _ in range(3):
+        text = re.sub(r"<[^<>]*>", "X", text)
+    return text
+
+
+def _compose_args(text: str) -> tuple[str, list[str]]:
+    tokens = shlex.split(_stand_ins(text))
+    name, overrides, it = CONFIG_OF[tokens[0]], [], iter(tokens[1:])
+    for token in it:
+        if token == "--config-name":
+            name = next(it)
+        elif token.startswith("--config-name="):
+            name = token.split("=", 1)[1]
+        elif "=" in token and not token.startswith(("-", "[")):
+            key, value = token.split("=", 1)
+            sweep = re.fullmatch(r"range\((\d+).*\)", value)
+            if sweep:
+                value = sweep.group(1)
+            elif "," in value and not value.startswith(("[", "{", "'", '"')):
+                value = value.split(",")[0]
+            overrides.append(f"{key}={value}")
+    return name, overrides
+
+
+CLI_COMMANDS = [c for c in _commands(r"ana-\w+ ") if c[1].split()[0] in CONFIG_OF]
+
+
+def test_the_readmes_show_commands():
+    assert len(CLI_COMMANDS) > 50 and any("experiment=i3a_cells" in c for _, c in CLI_COMMANDS)
+
+
+@pytest.mark.parametrize("where,command", CLI_COMMANDS, ids=[w for w, _ in CLI_COMMANDS])
+def test_a_documented_command_composes(where, command, tmp_path):
+    name, overrides = _compose_args(command)
+    try:
+        compose(name, overrides, output_dir=tmp_path / "runs" / "x")
+    except Exception as e:  # noqa: BLE001 - the message names the key that does not exist
+        pytest.fail(f"{where}: `{command}` does not compose: {type(e).__name__}: {e}")
+
+
+SCRIPT_COMMANDS = [
+    (where, m.group(1), m.group(2))
+    for where, text in _commands(r"python3? experiments/")
+    for m in [re.match(r"python3? (experiments/[\w/]+\.py)(.*)", text)]
+    if m
+]
+
+
+@pytest.mark.parametrize("where,script,args", SCRIPT_COMMANDS, ids=[w for w, _, _ in SCRIPT_COMMANDS])
+def test_a_documented_experiment_script_has_its_flags(where, script, args):
+    path = REPO / script
+    assert path.is_file(), f"{where}: no script {script}"
+    source = path.read_text()
+    for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", args):
+        assert f'"{flag}"' in source or f"'{flag}'" in source, f"{where}: {script} has no {flag}"
+    first = args.split()[0] if args.split() else ""
+    if "add_subparsers" in source and re.fullmatch(r"[a-z_]+", first):
+        assert f'"{first}"' in source, f"{where}: {script} has no subcommand {first}"
+    if "choices=[" in source and re.fullmatch(r"[a-z_]+", first) and "add_subparsers" not in source:
+        assert f'"{first}"' in source, f"{where}: {script} has no check {first}"
