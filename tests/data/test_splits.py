@@ -32,6 +32,47 @@ def test_deterministic_and_disjoint():
     assert [r.path for r in a["test"]] != [r.path for r in c["test"]]
 
 
+def _specimens(sizes=(310, 120, 260, 90, 400, 180, 220)):
+    """Two classes of specimen groups of distinct sizes, as the I3A reader makes them."""
+    return [
+        ImageRecord(f"/d/{c}/s{j}_{i}.png", (c,), f"{c}#{j}", f"{c}{j}-{i}")
+        for c in ("AC-1", "AC-3")
+        for j, n in enumerate(sizes)
+        for i in range(n // 10)
+    ]
+
+
+def _partition(parts) -> frozenset:
+    return frozenset(frozenset(r.group for r in p) for p in parts)
+
+
+def test_another_seed_or_repeat_puts_specimens_elsewhere():
+    """Groups of distinct sizes: data.seed draws another grouped split and a repeat of a k-fold other folds
+    (until round 19 the larger groups went first, so every seed gave one split and every repeat one partition)."""
+    from ana_lightning.data.splits import fold_records
+
+    recs = _specimens()
+    splits = {_partition(split_records(recs, (0.6, 0.2, 0.2), seed=s).values()) for s in range(8)}
+    assert len(splits) >= 4
+    folds = {_partition(fold_records(recs, 3, [0, rep])) for rep in range(6)}
+    assert len(folds) >= 3
+    for s in range(8):  # still grouped and stratified: each class's specimens reach every split
+        out = split_records(recs, (0.6, 0.2, 0.2), seed=s)
+        assert all({r.codes for r in out[k]} == {("AC-1",), ("AC-3",)} for k in out)
+        groups = [{r.group for r in v} for v in out.values()]
+        assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    # a class of a large and a small group still reaches a 20 % test split (its small group), whatever the seed
+    two = [
+        ImageRecord(f"/d/{c}/{j}_{i}.png", (c,), f"{c}#{j}", f"{c}{j}-{i}")
+        for c in ("AC-1", "AC-2", "AC-3", "AC-4")
+        for j, n in enumerate((8, 16))
+        for i in range(n)
+    ]
+    for s in range(10):
+        test = split_records(two, (0.8, 0.0, 0.2), seed=s)["test"]
+        assert {r.group for r in test} == {f"{c}#0" for c in ("AC-1", "AC-2", "AC-3", "AC-4")}
+
+
 def test_stratified_70_15_15():
     s = split_records(_records(20), seed=0)
     for split, want in (("train", 14), ("val", 3), ("test", 3)):

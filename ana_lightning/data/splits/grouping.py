@@ -3,8 +3,8 @@
 Records are first joined into *units* that must never be separated: byte-identical files (same
 sha256), records of the same group (patient, slide, specimen) and each set of paths in ``together``
 (the perceptual near-duplicates of :mod:`.duplicates`). Units are then assigned to splits by
-iterative stratification (Sechidis et al., 2011): rarest label first, each unit to the split that
-still wants most of that label. The same procedure serves single-label and multi-label records. It
+iterative stratification (Sechidis et al., 2011): rarest label first (within a label in a seeded random
+order), each unit to the split that still wants most of that label. The same procedure serves single-label and multi-label records. It
 is written here because scikit-learn's splitters cannot combine stratification, groups and
 multi-label targets at once.
 """
@@ -106,39 +106,86 @@ def split_records(
     return assigned
 
 
+ATTEMPTS = 20  # random unit orders tried before the size-first order
+
+
 def _assign_units(
     records: Sequence[ImageRecord],
     units: Sequence[list[int]],
     fractions: Sequence[float],
     rng: np.random.Generator,
 ) -> list[int]:
-    """The bucket (split or fold) of every unit, by iterative stratification over ``fractions``."""
+    """The bucket (split or fold) of every unit, by iterative stratification over ``fractions``.
+
+    Units are taken rarest label first and, within a label, in a seeded random order, so another seed puts
+    the groups of a class elsewhere. Larger units first reaches the most buckets per label (a small test
+    split gets a class's smaller group), so an order whose result leaves a label in fewer buckets than that
+    is drawn again for the labels left short, up to ``ATTEMPTS`` times, before the size-first result is
+    taken (which depends on the seed only through ties).
+    (Until round 19 the size-first order was the only one: with groups of distinct sizes, e.g. specimens,
+    every data.seed then made the same split and every repeat of a k-fold the same folds, renumbered.)"""
     label_count = Counter(c for r in records for c in r.codes)
     frac = np.asarray(fractions, dtype=float)
-    want = {c: frac * n for c, n in label_count.items()}  # still wanted per split, per label
+    codes = [{c for i in u for c in records[i].codes} for u in units]
+    rarest = [min(cs, key=lambda c: (label_count[c], c)) if cs else None for cs in codes]
+    rank = [label_count[c] if c else len(records) + 1 for c in rarest]
+
+    def held(bucket: list[int]) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = defaultdict(set)
+        for cs, k in zip(codes, bucket, strict=True):
+            for c in cs:
+                out[c].add(k)
+        return out
+
+    start = rng.bit_generator.state
+    size_first = _greedy(
+        records,
+        units,
+        codes,
+        frac,
+        rng,
+        sorted(range(len(units)), key=lambda p: (rank[p], -len(units[p]), p)),
+    )
+    reach = {c: len(ks) for c, ks in held(size_first).items()}  # buckets each label reaches that way
+    rng.bit_generator.state = start
+    key = np.arange(len(units), dtype=float)  # the callers' seeded shuffle first
+    for _ in range(ATTEMPTS):
+        bucket = _greedy(
+            records, units, codes, frac, rng, sorted(range(len(units)), key=lambda p: (rank[p], key[p]))
+        )
+        got = held(bucket)
+        failed = {c for c, n in reach.items() if len(got[c]) < n}
+        if not failed:
+            return bucket
+        for p, c in enumerate(rarest):  # draw the order again for the labels left out somewhere
+            if c in failed:
+                key[p] = len(units) * rng.random()
+    return size_first
+
+
+def _greedy(
+    records: Sequence[ImageRecord],
+    units: Sequence[list[int]],
+    codes: Sequence[set[str]],
+    frac: np.ndarray,
+    rng: np.random.Generator,
+    order: Sequence[int],
+) -> list[int]:
+    """Each unit in ``order`` to the bucket that still wants most of its rarest label (ties: most images
+    overall, then chance)."""
+    label_count = Counter(c for r in records for c in r.codes)
+    want = {c: frac * n for c, n in label_count.items()}  # still wanted per bucket, per label
     want_total = frac * len(records)
     bucket = [0] * len(units)
-
-    def unit_codes(u: list[int]) -> set[str]:
-        return {c for i in u for c in records[i].codes}
-
-    # Rarest label first (ties: larger units first, then the random order above).
-    keyed = []
-    for pos, u in enumerate(units):
-        codes = unit_codes(u)
-        rarest = min((label_count[c] for c in codes), default=len(records) + 1)
-        keyed.append((rarest, -len(u), pos))
-    keyed.sort()
-    for _, _, pos in keyed:
+    for pos in order:
         u = units[pos]
-        codes = unit_codes(u)
-        if codes:
-            rare = min(codes, key=lambda c: (label_count[c], c))
+        if codes[pos]:
+            rare = min(codes[pos], key=lambda c: (label_count[c], c))
             score = want[rare]
         else:
             score = want_total
         best = np.flatnonzero(np.isclose(score, score.max()))
-        if len(best) > 1:  # tie: the split that wants most images overall, then chance
+        if len(best) > 1:  # tie: the bucket that wants most images overall, then chance
             tot = want_total[best]
             best = best[np.isclose(tot, tot.max())]
         k = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
