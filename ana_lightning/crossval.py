@@ -298,13 +298,16 @@ def _oof_metrics(
     oof: list[dict[str, str]], classes: list[str], repeats: int, group_of: dict[str, str], n_boot: int
 ) -> dict[str, Any]:
     """Metrics of the pooled out-of-fold predictions, per repeat (``oof/repeat<i>/<m>``) and their
-    mean over repeats (``oof/<m>``), with a cluster-bootstrap interval for repeat 0's headline metrics."""
+    mean over repeats (``oof/<m>``), with a cluster-bootstrap interval for the headline metrics of the first
+    repeat that has predictions (``oof/repeat_of_interval``: repeat 0 unless only later repeats ran)."""
     true, pred = _labels(oof, classes)
     # Multi-label models write n_errors (reports_multilabel); otherwise any image with not exactly one label.
     multi = "n_errors" in oof[0] or bool((true.sum(1) != 1).any() or (pred.sum(1) != 1).any())
     out: dict[str, Any] = {"oof/multilabel": multi}
     per_rep: dict[str, list[float]] = defaultdict(list)
     reps = np.array([int(r["repeat"]) for r in oof])
+    first = int(reps.min())
+    out["oof/repeat_of_interval"] = first
     for rep in range(repeats):
         sel = reps == rep
         if not sel.any():
@@ -314,7 +317,7 @@ def _oof_metrics(
             per_rep[k].append(v)
             if repeats > 1:
                 out[f"oof/repeat{rep}/{k}"] = v
-        if rep == 0:
+        if rep == first:
             clusters = [group_of.get(r["path"], r["path"]) for r, s in zip(oof, sel, strict=True) if s]
             keys = [k for k in ("mca", "acc", "exact_match", "micro_f1") if k in m]
             for k, (lo, hi) in bootstrap_intervals(
@@ -323,15 +326,15 @@ def _oof_metrics(
                 out[f"oof/{k}_ci95_low"], out[f"oof/{k}_ci95_high"] = lo, hi
     for k, v in per_rep.items():
         out[f"oof/{k}"] = float(np.mean(v))
-    out["oof/n_images"] = int((reps == 0).sum())
+    out["oof/n_images"] = int((reps == first).sum())
     return out
 
 
 def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str, str]) -> dict[str, Any]:
     """The specimen verdict a lab reads off a well: the share of named single-class groups whose most
     frequent out-of-fold prediction is their class, strictly (a tie is no verdict), as
-    ``oof/group_majority_acc`` (mean over repeats), with ``oof/n_groups`` and ``oof/groups_right`` of
-    repeat 0. Empty when the folds manifest names no groups (each image its own: that would be accuracy)."""
+    ``oof/group_majority_acc`` (mean over repeats), with ``oof/n_groups`` and ``oof/groups_right`` of the
+    first repeat that has predictions. Empty when the folds manifest names no groups (each image its own: that would be accuracy)."""
     shares, out = [], {}
     for rep in range(repeats):
         votes: dict[str, Counter] = defaultdict(Counter)
@@ -346,7 +349,7 @@ def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str,
             continue
         right = sum(majority_vote(votes[g]) in truth[g] for g in single)
         shares.append(right / len(single))
-        if rep == 0:
+        if "oof/n_groups" not in out:
             out.update({"oof/n_groups": len(single), "oof/groups_right": right})
     if shares:
         out["oof/group_majority_acc"] = float(np.mean(shares))
@@ -435,13 +438,15 @@ def _markdown(
     oof_keys = [
         m for m in ("mca", "acc", "macro_f1", "exact_match", "micro_f1", "hamming_loss") if f"oof/{m}" in s
     ]
+    first = s.get("oof/repeat_of_interval", 0)
     if oof_keys:
         md += [
             "",
             "## Pooled out-of-fold predictions",
             "",
-            f"`oof_predictions.csv`: every image once per repeat ({s.get('oof/n_images')} images in repeat 0). Metrics on "
-            "the pooled predictions (mean over repeats); interval: cluster bootstrap (by group) on repeat 0.",
+            f"`oof_predictions.csv`: every image once per repeat ({s.get('oof/n_images')} images in repeat {first}). "
+            f"Metrics on the pooled predictions (mean over repeats); interval: cluster bootstrap (by group) on repeat "
+            f"{first}.",
             "",
             "| metric | value | 95% CI |",
             "|---|---|---|",
@@ -456,7 +461,7 @@ def _markdown(
                 "",
                 "**By group** (when groups are specimens, the verdict a lab reads off a well): "
                 f"{s.get('oof/groups_right')} of {s.get('oof/n_groups')} groups are read as their class by "
-                f"the majority of their images (repeat 0); `oof/group_majority_acc` "
+                f"the majority of their images (repeat {first}); `oof/group_majority_acc` "
                 f"{_fmt(s['oof/group_majority_acc'])}.",
             ]
         if not s.get("oof/multilabel"):

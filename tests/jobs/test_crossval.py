@@ -164,6 +164,22 @@ def test_summary_with_repeats_and_a_missing_fold(tmp_path):
     )
 
 
+def test_a_sweep_of_a_later_repeat_only_gets_its_pooled_interval(tmp_path):
+    """data.repeats=2 data.repeat=1 alone (a second repeat run on its own): the pooled figure, its interval
+    over groups and the group count come from repeat 1, and the summary says so."""
+    sweep = tmp_path / "sweep"
+    _fake_sweep(tmp_path / "data", sweep, folds=3, repeats=2)
+    for job in ("0", "1", "2"):  # repeat 0 never ran
+        shutil.rmtree(sweep / job)
+    s = summarize_sweep(sweep, n_boot=100)
+    assert s["oof/repeat_of_interval"] == 1 and s["oof/n_images"] == 29
+    assert s["oof/mca_ci95_low"] <= s["oof/mca"] <= s["oof/mca_ci95_high"]
+    assert s["oof/n_groups"] == 4
+    md = (sweep / "cv_summary.md").read_text()
+    assert "(29 images in repeat 1)" in md and "cluster bootstrap (by group) on repeat 1" in md
+    assert "groups are read as their class by the majority of their images (repeat 1)" in md
+
+
 def test_two_jobs_for_one_fold_and_non_sweeps_are_refused(tmp_path):
     sweep = tmp_path / "sweep"
     _fake_sweep(tmp_path / "data", sweep, folds=3)
