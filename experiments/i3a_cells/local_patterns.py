@@ -181,7 +181,7 @@ def check_fold(run: Path, root: Path, split: str, pixels: dict[str, tuple[np.nda
 
 
 def table(rows: list[dict], split: str) -> str:
-    from scipy import stats
+    from ana_lightning.stats import t_interval
 
     d = np.array([r["fused"] - r["network"] for r in rows])
     lines = [
@@ -195,10 +195,8 @@ def table(rows: list[dict], split: str) -> str:
             f"| {Path(r['run']).name} | {r['cells']} | {r['network']:.3f} | {r['bag']:.3f} | {r['fused']:.3f} "
             f"| {r['fused'] - r['network']:+.3f} |"
         )
-    interval = ""
-    if len(d) > 1:
-        h = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-        interval = f" [{d.mean() - h:+.3f}, {d.mean() + h:+.3f}]"
+    lo, hi = t_interval(d)
+    interval = f" [{lo:+.3f}, {hi:+.3f}]" if len(d) > 1 else ""
     mean = {k: np.mean([r[k] for r in rows]) for k in ("network", "bag", "fused")}
     lines.append(
         f"| **mean** | | {mean['network']:.3f} | {mean['bag']:.3f} | {mean['fused']:.3f} "

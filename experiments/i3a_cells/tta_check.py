@@ -93,7 +93,7 @@ def check_run(run: Path, root: Path, split: str) -> dict:
 
 
 def table(rows: list[dict], split: str) -> str:
-    from scipy import stats
+    from ana_lightning.stats import t_interval
 
     d = np.array([r["tta"] - r["plain"] for r in rows])
     lines = [
@@ -109,11 +109,8 @@ def table(rows: list[dict], split: str) -> str:
             f"| {r['tta'] - r['plain']:+.3f} |" + (f" {own:.3f} |" if own is not None else " – |")
         )
     plain, tta = np.mean([r["plain"] for r in rows]), np.mean([r["tta"] for r in rows])
-    if len(d) > 1:
-        h = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-        interval = f" [{d.mean() - h:+.3f}, {d.mean() + h:+.3f}]"
-    else:
-        interval = ""
+    lo, hi = t_interval(d)
+    interval = f" [{lo:+.3f}, {hi:+.3f}]" if len(d) > 1 else ""
     lines.append(
         f"| **mean** | | {plain:.3f} | {tta:.3f} | **{d.mean():+.3f}**{interval}; higher in {(d > 0).sum()} of {len(d)} | |"
     )
