@@ -334,7 +334,8 @@ def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str,
     """The specimen verdict a lab reads off a well: the share of named single-class groups whose most
     frequent out-of-fold prediction is their class, strictly (a tie is no verdict), as
     ``oof/group_majority_acc`` (mean over repeats), with ``oof/n_groups`` and ``oof/groups_right`` of the
-    first repeat that has predictions. Empty when the folds manifest names no groups (each image its own: that would be accuracy)."""
+    first repeat that has predictions. Empty when the folds manifest names no groups (each image its own:
+    that would be accuracy)."""
     shares, out = [], {}
     for rep in range(repeats):
         votes: dict[str, Counter] = defaultdict(Counter)

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from ablation import mca, read_cells, run_data, split_cells  # noqa: E402
+from texture_check import normalised_intensity  # noqa: E402
 from tta_check import run_dirs, run_root  # noqa: E402
 
 SIZE = 64
@@ -53,7 +54,7 @@ REGIONS = ("core", "rim", "band")
 
 def prepare(image: np.ndarray, mask: np.ndarray, fraction: float | None) -> tuple[np.ndarray, np.ndarray]:
     """A cell as the network sees it, in one grey channel: re-cut at ``fraction`` (None: as it is), resized to
-    64 × 64, background (median outside the mask) subtracted and scaled by the mask's 99th percentile."""
+    64 × 64 and normalised as the network does (:func:`texture_check.normalised_intensity`)."""
     from PIL import Image
 
     from ana_lightning.data.masks import recrop
@@ -64,12 +65,7 @@ def prepare(image: np.ndarray, mask: np.ndarray, fraction: float | None) -> tupl
     m = ((mask.max(axis=2) if mask.ndim == 3 else mask) > 0).astype(np.uint8)
     x = np.asarray(Image.fromarray(x).resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32)
     m = np.asarray(Image.fromarray(m * 255).resize((SIZE, SIZE), Image.NEAREST)) > 0
-    if m.sum() < 9:
-        raise ValueError(f"a cell mask with {int(m.sum())} pixels at {SIZE} px: too small to describe")
-    inside = x[m]
-    background = float(np.median(x[~m])) if (~m).sum() >= 16 else float(np.percentile(inside, 5))
-    top = float(np.percentile(inside, 99))
-    return np.clip((x - background) / max(top - background, 1e-3), 0.0, 1.0), m
+    return normalised_intensity(x, m, f"a bag of patterns at {SIZE} px"), m
 
 
 def regions(mask: np.ndarray) -> np.ndarray:

@@ -39,6 +39,18 @@ from ablation import DEFAULT_ROOT, mca, read_cells, run_data, split_cells  # noq
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0)
 
 
+def normalised_intensity(x: np.ndarray, m: np.ndarray, what: str = "a texture descriptor") -> np.ndarray:
+    """A grey cell ``x`` (H×W) as the recipe's network normalises it: its background (the median outside the
+    mask ``m``, else the 5th percentile inside) subtracted, scaled by the 99th percentile inside, clipped to
+    [0, 1]. A mask under 9 pixels is a ``ValueError`` (too small for ``what``)."""
+    if m.sum() < 9:
+        raise ValueError(f"a cell mask with {int(m.sum())} pixels: too small for {what}")
+    inside = x[m]
+    background = float(np.median(x[~m])) if (~m).sum() >= 16 else float(np.percentile(inside, 5))
+    top = float(np.percentile(inside, 99))
+    return np.clip((x - background) / max(top - background, 1e-3), 0.0, 1.0)
+
+
 def cell_texture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The 106-number descriptor of one cell (``image``: H×W or H×W×C, ``mask``: nonzero inside)."""
     from scipy import ndimage as ndi
@@ -46,12 +58,7 @@ def cell_texture(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     x = (image.max(axis=2) if image.ndim == 3 else image).astype(np.float32)
     m = (mask.max(axis=2) if mask.ndim == 3 else mask) > 0
-    if m.sum() < 9:
-        raise ValueError(f"a cell mask with {int(m.sum())} pixels: too small for a texture descriptor")
-    inside = x[m]
-    background = float(np.median(x[~m])) if (~m).sum() >= 16 else float(np.percentile(inside, 5))
-    top = float(np.percentile(inside, 99))
-    inten = np.clip((x - background) / max(top - background, 1e-3), 0.0, 1.0)
+    inten = normalised_intensity(x, m)
     g8 = (inten * 255 + 0.5).astype(np.uint8)
     feats: list[np.ndarray] = []
     for points, radius in ((8, 1), (16, 2), (24, 3)):

@@ -3,8 +3,9 @@
 Records are first joined into *units* that must never be separated: byte-identical files (same
 sha256), records of the same group (patient, slide, specimen) and each set of paths in ``together``
 (the perceptual near-duplicates of :mod:`.duplicates`). Units are then assigned to splits by
-iterative stratification (Sechidis et al., 2011): rarest label first (within a label in a seeded random
-order), each unit to the split that still wants most of that label. The same procedure serves single-label and multi-label records. It
+iterative stratification (Sechidis et al., 2011): rarest label first (within a label in a seeded
+random order), each unit to the split that still wants most of that label. The same procedure serves
+single-label and multi-label records. It
 is written here because scikit-learn's splitters cannot combine stratification, groups and
 multi-label targets at once.
 """
@@ -137,22 +138,16 @@ def _assign_units(
                 out[c].add(k)
         return out
 
+    def greedy(order: list[int]) -> list[int]:
+        return _greedy(records, units, rarest, label_count, frac, rng, order)
+
     start = rng.bit_generator.state
-    size_first = _greedy(
-        records,
-        units,
-        codes,
-        frac,
-        rng,
-        sorted(range(len(units)), key=lambda p: (rank[p], -len(units[p]), p)),
-    )
+    size_first = greedy(sorted(range(len(units)), key=lambda p: (rank[p], -len(units[p]), p)))
     reach = {c: len(ks) for c, ks in held(size_first).items()}  # buckets each label reaches that way
     rng.bit_generator.state = start
     key = np.arange(len(units), dtype=float)  # the callers' seeded shuffle first
     for _ in range(ATTEMPTS):
-        bucket = _greedy(
-            records, units, codes, frac, rng, sorted(range(len(units)), key=lambda p: (rank[p], key[p]))
-        )
+        bucket = greedy(sorted(range(len(units)), key=lambda p: (rank[p], key[p])))
         got = held(bucket)
         failed = {c for c, n in reach.items() if len(got[c]) < n}
         if not failed:
@@ -166,24 +161,20 @@ def _assign_units(
 def _greedy(
     records: Sequence[ImageRecord],
     units: Sequence[list[int]],
-    codes: Sequence[set[str]],
+    rarest: Sequence[str | None],
+    label_count: Counter,
     frac: np.ndarray,
     rng: np.random.Generator,
     order: Sequence[int],
 ) -> list[int]:
-    """Each unit in ``order`` to the bucket that still wants most of its rarest label (ties: most images
-    overall, then chance)."""
-    label_count = Counter(c for r in records for c in r.codes)
+    """Each unit in ``order`` to the bucket that still wants most of its rarest label (``rarest``; ties: most
+    images overall, then chance)."""
     want = {c: frac * n for c, n in label_count.items()}  # still wanted per bucket, per label
     want_total = frac * len(records)
     bucket = [0] * len(units)
     for pos in order:
         u = units[pos]
-        if codes[pos]:
-            rare = min(codes[pos], key=lambda c: (label_count[c], c))
-            score = want[rare]
-        else:
-            score = want_total
+        score = want[rarest[pos]] if rarest[pos] is not None else want_total
         best = np.flatnonzero(np.isclose(score, score.max()))
         if len(best) > 1:  # tie: the bucket that wants most images overall, then chance
             tot = want_total[best]
