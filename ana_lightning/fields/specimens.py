@@ -18,7 +18,14 @@ from .predictor import FieldResult, Predictor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["specimen_verdicts", "write_specimens", "screens_negatives", "NOT_SCREENED", "NO_NEGATIVE_CLASS"]
+__all__ = [
+    "specimen_verdicts",
+    "flat_patterns",
+    "write_specimens",
+    "screens_negatives",
+    "NOT_SCREENED",
+    "NO_NEGATIVE_CLASS",
+]
 
 #: ``specimens.csv``'s screening for a model without a negative class: it cannot say negative, so it does not
 #: say positive either (before round 17 it wrote "positive" for every such specimen).
@@ -78,17 +85,9 @@ def specimen_verdicts(
             top, pats = _hierarchical_patterns(predictor, probs, top_k, pattern_min_prob, negs)
             screening = "negative" if top in negs else "positive"
         else:
-            order = [int(i) for i in np.argsort(-probs, kind="stable")]
-            cut = [thr[i] if thr is not None else pattern_min_prob for i in range(len(names))]
-            pats = [names[i] for i in order if names[i] not in negs and probs[i] >= cut[i]][
-                : max(1, int(top_k))
-            ]
-            top = names[order[0]]
-            screening = (
-                "negative" if (top in negs and not (predictor.task == "multi_label" and pats)) else "positive"
+            top, pats, screening = flat_patterns(
+                probs, names, thr, top_k, pattern_min_prob, negs, predictor.task == "multi_label"
             )
-            if screening == "positive" and not pats:
-                pats = [next(names[i] for i in order if names[i] not in negs)]
         if not screens:  # its patterns are written, "not screened"
             screening = NOT_SCREENED
         row.update(
@@ -100,6 +99,33 @@ def specimen_verdicts(
         )
         rows.append(row)
     return rows
+
+
+def flat_patterns(
+    probs: np.ndarray,
+    names: Sequence[str],
+    thresholds: Sequence[float] | None = None,
+    top_k: int = 3,
+    min_prob: float = 0.25,
+    negs: set[str] | frozenset[str] = frozenset(),
+    multi_label: bool = False,
+) -> tuple[str, list[str], str]:
+    """A flat model's specimen verdict from its combined probabilities: the leading class, the patterns
+    listed (non-negative classes at or above their threshold, else ``min_prob``, most probable first, at
+    most ``top_k``; the most probable pattern when none reaches it) and the screening (``negative`` when a
+    negative class leads, unless a multi-label model also lists a pattern).
+
+    >>> flat_patterns(np.array([0.5, 0.3, 0.2]), ["Speckled", "Centromere", "Golgi"])
+    ('Speckled', ['Speckled', 'Centromere'], 'positive')
+    """
+    order = [int(i) for i in np.argsort(-probs, kind="stable")]
+    cut = [thresholds[i] if thresholds is not None else min_prob for i in range(len(names))]
+    pats = [names[i] for i in order if names[i] not in negs and probs[i] >= cut[i]][: max(1, int(top_k))]
+    top = names[order[0]]
+    screening = "negative" if (top in negs and not (multi_label and pats)) else "positive"
+    if screening == "positive" and not pats:
+        pats = [next(names[i] for i in order if names[i] not in negs)]
+    return top, pats, screening
 
 
 def _hierarchical_patterns(
