@@ -69,6 +69,8 @@ def specimen_rows(
         if len(truth[g]) != 1:
             continue  # a group of several classes has no single verdict to score
         true = next(iter(truth[g]))
+        if true not in classes:
+            raise SystemExit(f"{oof_path}: specimen {g}'s class {true!r} is not one of the model's {classes}")
         p = combine_probs(np.stack(probs[g]), combine)
         top, listed, _ = flat_patterns(p, classes, None, top_k, min_prob)
         cells = np.stack(probs[g]).argmax(1)
