@@ -413,6 +413,16 @@ def write_model_card(
             if not screens_negatives(decision_rule(info).output_names)
             else []
         ),
+        *(
+            [
+                "- Specimen verdicts (`group_by=`): errors come by whole specimens, and a wrong verdict can name one "
+                "pattern with no second one listed (the I3A cell recipe's grouped CV, round 20: 2 of its 3 wrong "
+                "specimens of 31 at the default `combine=mean_log`). `combine=vote` lists each pattern's share of "
+                "the cells; look at the cells of a specimen whose leading pattern is not clearly ahead."
+            ]
+            if info.task == "single_label"
+            else []
+        ),
         "",
         "## How to use",
         "",

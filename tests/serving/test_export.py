@@ -94,6 +94,9 @@ def test_model_card_lists_the_right_classes_and_the_run(trained_checkpoint, onnx
         assert f"| {c} | {' | '.join(map(str, counts))} |" in text
     assert f"max abs difference {onnx_export.max_abs_diff:.2e}" in text
     assert (
+        "wrong verdict can name one pattern" in text and "`combine=vote`" in text
+    )  # single-label: specimens
+    assert (
         f"ckpt_path={onnx_export.model_path.name} input=<folders named by class, e.g. `ac-3/`> truth=folder"
         in text
     )
