@@ -71,18 +71,18 @@ def specimen_rows(
         true = next(iter(truth[g]))
         if true not in classes:
             raise SystemExit(f"{oof_path}: specimen {g}'s class {true!r} is not one of the model's {classes}")
-        p = combine_probs(np.stack(probs[g]), combine)
+        cells, t = np.stack(probs[g]), classes.index(true)
+        p = combine_probs(cells, combine)
         top, listed, _ = flat_patterns(p, classes, None, top_k, min_prob)
-        cells = np.stack(probs[g]).argmax(1)
         rows.append(
             {
                 "specimen": g,
                 "true": true,
-                "cells": len(probs[g]),
-                "cells_right": float(np.mean(cells == classes.index(true))),
+                "cells": len(cells),
+                "cells_right": float(np.mean(cells.argmax(1) == t)),
                 "leading": top,
                 "p_leading": float(p.max()),
-                "p_true": float(p[classes.index(true)]),
+                "p_true": float(p[t]),
                 "listed": listed,
                 "right": top == true,
                 "true_listed": true in listed,
