@@ -32,6 +32,7 @@ from .splits import (
     SPLITS,
     NearDuplicateSet,
     check_fold_settings,
+    check_split_order,
     check_split_sizes,
     find_near_duplicates,
     fold_split,
@@ -154,9 +155,11 @@ class RecordDataModule(L.LightningDataModule):
         folds_manifest: str | None = None,
         sampler: str | None = None,
         bit_depth: int | None = None,
+        split_order: str = "random",
     ):
         super().__init__()
         check_fold_settings(folds, fold, repeats, repeat, split_manifest)
+        check_split_order(split_order)
         # data.bit_depth: the camera's bit depth for files stored with more than 8 bits (12: 0-4095 is the full
         # range); every image this process (and its loader workers) reads from now on is read so
         set_bit_depth(check_bit_depth(bit_depth, "data.bit_depth"))
@@ -293,10 +296,21 @@ class RecordDataModule(L.LightningDataModule):
                 self.hparams.split_fractions,
                 seed=self.hparams.seed,
                 together=self.together,
+                order=self.split_order,
             )
         return split_records(
-            records, self.hparams.split_fractions, seed=self.hparams.seed, together=self.together
+            records,
+            self.hparams.split_fractions,
+            seed=self.hparams.seed,
+            together=self.together,
+            order=self.split_order,
         )
+
+    @property
+    def split_order(self) -> str:
+        """``data.split_order`` (``random``; ``size`` reproduces a split made before round 19). Checkpoints
+        written before the key existed read as ``random``."""
+        return self.hparams.get("split_order", "random")
 
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
         """An empty split is an error when one group holds most images, else a warning (:func:`~.splits.check_split_sizes`)."""
@@ -362,6 +376,7 @@ class RecordDataModule(L.LightningDataModule):
             folds_manifest=hp.get("folds_manifest"),
             root=self.root,
             together=self.together,
+            order=self.split_order,
         )
 
     def make_dataset(self, records: Sequence[ImageRecord], train: bool = False) -> RecordDataset:

@@ -286,7 +286,7 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
         single = [r for r in records if r.path not in self._hospital_paths]
         hosp = [r for r in records if r.path in self._hospital_paths]
         fr, seed = self.hparams.split_fractions, self.hparams.seed
-        out = split_records(hosp, fr, seed=seed, together=self.together)
+        out = split_records(hosp, fr, seed=seed, together=self.together, order=self.split_order)
         split_of_sha = {r.sha256: s for s in SPLITS for r in out[s] if r.sha256}
         split_of_path = {r.path: s for s in SPLITS for r in out[s]}
         for paths in self.together:  # a near-duplicate of a hospital image follows it
@@ -299,7 +299,13 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
 
         forced = [r for r in single if hosp_split(r)]  # also in the hospital set: keep them together
         rest = (
-            split_records([r for r in single if not hosp_split(r)], fr, seed=seed, together=self.together)
+            split_records(
+                [r for r in single if not hosp_split(r)],
+                fr,
+                seed=seed,
+                together=self.together,
+                order=self.split_order,
+            )
             if len(forced) < len(single)
             else {}
         )

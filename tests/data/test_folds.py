@@ -166,6 +166,22 @@ def test_changed_dataset_or_settings_refused(tmp_path, change, match):
         sweep_folds(recs, path, folds=folds, seed=0)
 
 
+def test_manifest_of_size_order_folds_says_so(tmp_path):
+    """Folds made with data.split_order=size carry an ``order`` column: a job asking for the other order is
+    refused; a manifest without the column (the random order, or made before round 19) is read as given."""
+    recs = _records({"AC-1": 12, "AC-2": 9})
+    path = tmp_path / "folds_manifest.csv"
+    made = sweep_folds(recs, path, folds=3, seed=0, order="size")
+    assert {r["order"] for r in load_folds_manifest(path)} == {"size"}
+    assert sweep_folds(recs, path, folds=3, seed=0, order="size") == made
+    with pytest.raises(FoldsManifestError, match="data.split_order=random"):
+        sweep_folds(recs, path, folds=3, seed=0)
+    plain = tmp_path / "plain.csv"
+    sweep_folds(recs, plain, folds=3, seed=0)
+    assert "order" not in plain.read_text().splitlines()[0]  # the random order writes the columns as before
+    assert sweep_folds(recs, plain, folds=3, seed=0, order="size")  # no column: not checked
+
+
 def test_datamodule_folds(tmp_path):
     root = write_class_images(tmp_path / "data", {"AC-1": 9, "AC-2": 9, "AC-4": 6}, size=16)
     manifest = tmp_path / "sweep" / "folds_manifest.csv"

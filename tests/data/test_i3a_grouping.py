@@ -148,3 +148,42 @@ def test_real_i3a_groups():
         splits = split_records(data.records, (0.6, 0.2, 0.2), seed=seed)
         for s, recs in splits.items():
             assert {r.codes[0] for r in recs} == set(per_class), (seed, s)
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not I3A_REAL.is_dir(), reason=f"{I3A_REAL} is absent")
+def test_size_order_reproduces_the_recorded_i3a_splits():
+    """The READMEs' figures before round 19 ran on splits of the largest-first order: data.split_order=size
+    draws them again (split A at 0.6/0.2/0.2 and the round-17 default at 0.8/0/0.2, both data.seed=0), and
+    the random order, since round 19, draws others (about 20 s: every cell is read for its intensity)."""
+    data = read_i3a2014(I3A_REAL, Taxonomy.load())
+    sizes = {}
+    for fractions in [(0.6, 0.2, 0.2), (0.8, 0.0, 0.2)]:
+        for order in ("size", "random"):
+            s = split_records(data.records, fractions, seed=0, order=order)
+            sizes[fractions, order] = [len(s[k]) for k in ("train", "val", "test")]
+    assert sizes[(0.6, 0.2, 0.2), "size"] == [6746, 2090, 1973]  # split A (experiments/i3a_cells/README.md)
+    assert sizes[(0.8, 0.0, 0.2), "size"] == [8852, 0, 1957]  # results/round17/default80_test.md
+    assert sizes[(0.8, 0.0, 0.2), "random"] == [8663, 0, 2146]  # results/round19 (the default since)
+
+
+def test_datamodule_takes_the_split_order(tmp_path):
+    """data.split_order reaches the datamodule's split (and a wrong value stops it at construction)."""
+    specs = [(c, n, lv) for c in ("Homogeneous", "Centromere") for n, lv in ((40, 20), (24, 45), (32, 100))]
+    root = write_specimens(tmp_path / "i3a", specs, gap_after=4)
+    kw = dict(root=str(root), reader="i3a2014", level=3, image_size=12, group_min_size=20, cache_images=False)
+    kw["split_fractions"] = (0.34, 0.33, 0.33)
+    got = {}
+    for order in ("size", "random"):
+        for seed in range(4):
+            dm = HEp2HierarchyDataModule(split_order=order, seed=seed, **kw)
+            dm.setup()
+            records = [r for v in dm.splits.values() for r in v]
+            want = split_records(records, kw["split_fractions"], seed=seed, together=dm.together, order=order)
+            assert {k: [r.path for r in v] for k, v in dm.splits.items()} == {
+                k: [r.path for r in v] for k, v in want.items()
+            }
+            got[order, seed] = frozenset(frozenset(r.group for r in v) for v in dm.splits.values())
+    assert len({got["size", s] for s in range(4)}) == 1  # groups of distinct sizes: one split for every seed
+    with pytest.raises(ValueError, match="data.split_order='newest'"):
+        HEp2HierarchyDataModule(split_order="newest", **kw)

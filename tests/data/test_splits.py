@@ -73,6 +73,30 @@ def test_another_seed_or_repeat_puts_specimens_elsewhere():
         assert {r.group for r in test} == {f"{c}#0" for c in ("AC-1", "AC-2", "AC-3", "AC-4")}
 
 
+def test_size_order_reproduces_the_splits_before_round_19():
+    """data.split_order=size: the larger groups first, as every grouped split and fold was made before round
+    19, so a figure of then can be rerun by command: one split whatever the seed, one partition per repeat."""
+    from ana_lightning.data.splits import fold_records
+
+    recs = _specimens()
+    splits = {
+        _partition(split_records(recs, (0.6, 0.2, 0.2), seed=s, order="size").values()) for s in range(8)
+    }
+    assert len(splits) == 1
+    folds = {_partition(fold_records(recs, 3, [0, rep], order="size")) for rep in range(6)}
+    assert len(folds) == 1
+    out = split_records(recs, (0.6, 0.2, 0.2), seed=0, order="size")
+    # largest first: each class's largest group (#4, 400 cells) goes to training, which wants most
+    assert {"AC-1#4", "AC-3#4"} <= {r.group for r in out["train"]}
+    assert _partition(out.values()) != _partition(split_records(recs, (0.6, 0.2, 0.2), seed=0).values())
+
+
+@pytest.mark.parametrize("order", ["sized", "", None])
+def test_an_unknown_split_order_is_named(order):
+    with pytest.raises(ValueError, match=r"data.split_order=.*random.*size"):
+        split_records(_records(), seed=0, order=order)
+
+
 def test_stratified_70_15_15():
     s = split_records(_records(20), seed=0)
     for split, want in (("train", 14), ("val", 3), ("test", 3)):

@@ -44,7 +44,14 @@ from .folds import (
     load_folds_manifest,
     sweep_folds,
 )
-from .grouping import SPLITS, duplicate_sets, split_keeping_official, split_records
+from .grouping import (
+    SPLIT_ORDERS,
+    SPLITS,
+    check_split_order,
+    duplicate_sets,
+    split_keeping_official,
+    split_records,
+)
 from .leakage import STYLIZED_MANIFEST, check_unseen, read_stylized_set, seen_in_training
 from .manifest import (
     SPLIT_MANIFEST,
@@ -58,6 +65,8 @@ from .manifest import (
 
 __all__ = [
     "SPLITS",
+    "SPLIT_ORDERS",
+    "check_split_order",
     "split_records",
     "duplicate_sets",
     "near_duplicate_sets",

@@ -47,6 +47,7 @@ def fold_records(
     folds: int,
     seed: int | Sequence[int] = 0,
     together: Sequence[Sequence[str]] = (),
+    order: str = "random",
 ) -> list[list[ImageRecord]]:
     """``folds`` disjoint folds covering ``records``: stratified (multi-label aware) and grouped by the
     same rules as :func:`split_records` (a group, byte-identical files and each set of paths in
@@ -67,10 +68,9 @@ def fold_records(
             f"form {len(units)} (images of one group or byte-identical files stay together): use fewer folds"
         )
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(units))
-    units = [units[i] for i in order]
+    units = [units[i] for i in rng.permutation(len(units))]
     out: list[list[ImageRecord]] = [[] for _ in range(folds)]
-    for u, k in zip(units, _assign_units(records, units, [1.0 / folds] * folds, rng), strict=True):
+    for u, k in zip(units, _assign_units(records, units, [1.0 / folds] * folds, rng, order), strict=True):
         out[k].extend(records[i] for i in u)
     for f in out:
         f.sort(key=lambda r: r.path)
@@ -90,6 +90,7 @@ def cv_split(
     val_fraction: float,
     seed: int | Sequence[int] = 0,
     together: Sequence[Sequence[str]] = (),
+    order: str = "random",
 ) -> dict[str, list[ImageRecord]]:
     """Train / val / test of one cross-validation job: ``test`` is fold ``fold`` (``fold_of`` maps a
     record's path to its fold); ``val`` is carved from the other folds only (stratified, grouped),
@@ -102,7 +103,7 @@ def cv_split(
     if not test:
         raise FoldsManifestError(f"fold {fold} holds no image")
     inner = split_records(
-        rest, (1.0 - val_fraction, val_fraction, 0.0), seed=seed, together=together
+        rest, (1.0 - val_fraction, val_fraction, 0.0), seed=seed, together=together, order=order
     )  # no test
     out = {"train": inner["train"], "val": inner["val"], "test": test}
     check_no_leakage(out)
@@ -140,6 +141,7 @@ def sweep_folds(
     seed: int = 0,
     root: str | Path | None = None,
     together: Sequence[Sequence[str]] = (),
+    order: str = "random",
 ) -> list[dict[str, int]]:
     """The fold of every record (by path), per repeat, made once per sweep.
 
@@ -147,12 +149,14 @@ def sweep_folds(
     ``[seed, i]``) and writes them to ``path`` under a file lock; every later job reads that file
     and uses it exactly. A manifest that lists other images, other contents (sha256), other labels,
     or other fold settings is refused with the differences named. ``path=None`` keeps them in memory.
+    Folds made with ``order="size"`` (``data.split_order``) carry an ``order`` column, checked the same way;
+    a manifest without one was made in the random order or before round 19, and is not checked for it.
     """
     rel = {_rel(r.path, root): r for r in records}
     if len(rel) != len(records):
         raise FoldsManifestError("two images map to the same relative path; cannot write a folds manifest")
     if path is None:
-        return [_fold_map(records, folds, [seed, i], together) for i in range(repeats)]
+        return [_fold_map(records, folds, [seed, i], together, order) for i in range(repeats)]
     from filelock import FileLock
 
     path = Path(path)
@@ -161,9 +165,10 @@ def sweep_folds(
         if not path.exists():
             rows = []
             for i in range(repeats):
-                for k, fold in enumerate(fold_records(records, folds, [seed, i], together)):
+                for k, fold in enumerate(fold_records(records, folds, [seed, i], together, order)):
                     rows += [
                         [i, k, _rel(r.path, root), ";".join(r.codes), r.sha256, r.group or "", seed]
+                        + ([order] if order != "random" else [])
                         for r in fold
                     ]
             # Unique temporary name, atomic rename: even where the lock does not hold (some network file
@@ -171,23 +176,40 @@ def sweep_folds(
             tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(_FOLD_COLUMNS)
+                w.writerow(_FOLD_COLUMNS + (["order"] if order != "random" else []))
                 w.writerows(rows)
             tmp.replace(path)
         rows = load_folds_manifest(path)
-    return _check_folds_manifest(rows, rel, path, folds, repeats, seed)
+    return _check_folds_manifest(rows, rel, path, folds, repeats, seed, order)
 
 
 def _fold_map(
-    records: Sequence[ImageRecord], folds: int, seed: Sequence[int], together: Sequence[Sequence[str]] = ()
+    records: Sequence[ImageRecord],
+    folds: int,
+    seed: Sequence[int],
+    together: Sequence[Sequence[str]] = (),
+    order: str = "random",
 ) -> dict[str, int]:
-    return {r.path: k for k, fold in enumerate(fold_records(records, folds, seed, together)) for r in fold}
+    return {
+        r.path: k for k, fold in enumerate(fold_records(records, folds, seed, together, order)) for r in fold
+    }
 
 
 def _check_folds_manifest(
-    rows: list[dict[str, str]], rel: dict[str, ImageRecord], path: Path, folds: int, repeats: int, seed: int
+    rows: list[dict[str, str]],
+    rel: dict[str, ImageRecord],
+    path: Path,
+    folds: int,
+    repeats: int,
+    seed: int,
+    order: str = "random",
 ) -> list[dict[str, int]]:
     problems: list[str] = []
+    got_orders = {r.get("order") or "random" for r in rows} if rows and "order" in rows[0] else {order}
+    if got_orders != {order}:
+        problems.append(
+            f"its folds were made in the order {sorted(got_orders)}; this job asks for data.split_order={order}"
+        )
     got_folds = {int(r["fold"]) for r in rows}
     got_repeats = {int(r["repeat"]) for r in rows}
     got_seeds = {r["seed"] for r in rows}
@@ -265,13 +287,14 @@ def fold_split(
     folds_manifest: str | Path | None = None,
     root: str | Path | None = None,
     together: Sequence[Sequence[str]] = (),
+    order: str = "random",
 ) -> dict[str, list[ImageRecord]]:
     """Cross-validation job ``(repeat, fold)``: test on that fold of the sweep's folds manifest (made
     once per sweep by :func:`sweep_folds`, then reused exactly); validation carved from the other
     folds with the share ``val / (train + val)`` of ``fractions``, never from the test fold."""
-    fold_of = sweep_folds(records, folds_manifest, folds, repeats, seed=seed, root=root, together=together)[
-        repeat
-    ]
+    fold_of = sweep_folds(
+        records, folds_manifest, folds, repeats, seed=seed, root=root, together=together, order=order
+    )[repeat]
     val_fraction = fractions[1] / (fractions[0] + fractions[1]) if fractions[0] + fractions[1] > 0 else 0.0
     log.info(
         "cross-validation: fold %d of %d (repeat %d of %d), validation = %.0f%% of the other folds",
@@ -281,4 +304,6 @@ def fold_split(
         repeats,
         100 * val_fraction,
     )
-    return cv_split(records, fold_of, fold, val_fraction, seed=[seed, repeat, fold], together=together)
+    return cv_split(
+        records, fold_of, fold, val_fraction, seed=[seed, repeat, fold], together=together, order=order
+    )

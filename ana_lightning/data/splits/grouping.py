@@ -77,12 +77,14 @@ def split_records(
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     together: Sequence[Sequence[str]] = (),
+    order: str = "random",
 ) -> dict[str, list[ImageRecord]]:
     """Deterministic stratified, grouped split into train / val / test.
 
     Byte-identical files, records sharing a group and each set of paths in ``together`` (e.g. the
     :func:`near_duplicate_sets`) always land in the same split. The result depends only on the
-    records (their paths, codes, groups, hashes), ``together``, the fractions and the seed.
+    records (their paths, codes, groups, hashes), ``together``, the fractions, the seed and ``order``
+    (:data:`SPLIT_ORDERS`: ``size`` reproduces the splits made before round 19).
 
     >>> recs = [ImageRecord(f"{c}_{i}.png", (c,), sha256=f"{c}{i}") for c in ("AC-1", "AC-2") for i in range(10)]
     >>> {k: len(v) for k, v in split_records(recs, seed=0).items()}
@@ -95,11 +97,10 @@ def split_records(
     records = sorted(records, key=lambda r: r.path)  # input order must not matter
     units = _units(records, together)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(units))
-    units = [units[i] for i in order]
+    units = [units[i] for i in rng.permutation(len(units))]
 
     assigned: dict[str, list[ImageRecord]] = {s: [] for s in SPLITS}
-    for u, k in zip(units, _assign_units(records, units, fractions, rng), strict=True):
+    for u, k in zip(units, _assign_units(records, units, fractions, rng, order), strict=True):
         assigned[SPLITS[k]].extend(records[i] for i in u)
     for s in SPLITS:
         assigned[s].sort(key=lambda r: r.path)
@@ -109,12 +110,30 @@ def split_records(
 
 ATTEMPTS = 20  # random unit orders tried before the size-first order
 
+# data.split_order: how the groups of a class are taken when they are placed in splits or folds
+SPLIT_ORDERS = {
+    "random": "a seeded random order, so another data.seed or repeat places a class's groups elsewhere (since round 19)",
+    "size": "largest group first, the only order before round 19: it reproduces the splits and folds made "
+    "then (with groups of distinct sizes every data.seed gives the same split)",
+}
+
+
+def check_split_order(order: str) -> str:
+    """``order`` if it is one of :data:`SPLIT_ORDERS`, else a ValueError naming the value and the choices."""
+    if order not in SPLIT_ORDERS:
+        raise ValueError(
+            f"data.split_order={order!r} is not one of "
+            + "; ".join(f"{k} ({v})" for k, v in SPLIT_ORDERS.items())
+        )
+    return order
+
 
 def _assign_units(
     records: Sequence[ImageRecord],
     units: Sequence[list[int]],
     fractions: Sequence[float],
     rng: np.random.Generator,
+    order: str = "random",
 ) -> list[int]:
     """The bucket (split or fold) of every unit, by iterative stratification over ``fractions``.
 
@@ -124,7 +143,9 @@ def _assign_units(
     is drawn again for the labels left short, up to ``ATTEMPTS`` times, before the size-first result is
     taken (which depends on the seed only through ties).
     (Until round 19 the size-first order was the only one: with groups of distinct sizes, e.g. specimens,
-    every data.seed then made the same split and every repeat of a k-fold the same folds, renumbered.)"""
+    every data.seed then made the same split and every repeat of a k-fold the same folds, renumbered.)
+    ``order="size"`` returns that size-first result directly, as before round 19."""
+    check_split_order(order)
     label_count = Counter(c for r in records for c in r.codes)
     frac = np.asarray(fractions, dtype=float)
     codes = [{c for i in u for c in records[i].codes} for u in units]
@@ -143,6 +164,8 @@ def _assign_units(
 
     start = rng.bit_generator.state
     size_first = greedy(sorted(range(len(units)), key=lambda p: (rank[p], -len(units[p]), p)))
+    if order == "size":
+        return size_first
     reach = {c: len(ks) for c, ks in held(size_first).items()}  # buckets each label reaches that way
     rng.bit_generator.state = start
     key = np.arange(len(units), dtype=float)  # the callers' seeded shuffle first
@@ -196,6 +219,7 @@ def split_keeping_official(
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     together: Sequence[Sequence[str]] = (),
+    order: str = "random",
 ) -> dict[str, list[ImageRecord]]:
     """A layout's own split kept as given: records marked ``test`` (or ``val``) stay there, never
     re-split; validation is carved from the others by :func:`split_records` (train : val in the ratio
@@ -206,7 +230,11 @@ def split_keeping_official(
     f_train, f_val = float(fractions[0]), 0.0 if given["val"] else float(fractions[1])
     out = (
         split_records(
-            rest, (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0), seed=seed, together=together
+            rest,
+            (f_train / (f_train + f_val), f_val / (f_train + f_val), 0.0),
+            seed=seed,
+            together=together,
+            order=order,
         )
         if rest
         else {s: [] for s in SPLITS}
