@@ -179,7 +179,8 @@ def read_cells(paths: list[str], run_dir: Path | None = None) -> list[tuple[np.n
 
 
 def model_input(model, run_dir: Path, raw, shift=lambda im: im) -> torch.Tensor:
-    """The batch ``model`` sees for ``raw`` cells (:func:`read_cells`), each changed by ``shift`` first,
+    """The batch ``model`` sees for ``raw`` cells (:func:`read_cells`), each changed by ``shift`` first
+    (``shift(image, mask)`` when the function has ``with_mask = True``, else ``shift(image)``),
     prepared with the run's ``data.mask`` and ``data.crop_fraction`` (the cell re-cut around its mask)
     and the model's image size and normalisation."""
     from ana_lightning.data.contest import apply_mask
@@ -191,7 +192,7 @@ def model_input(model, run_dir: Path, raw, shift=lambda im: im) -> torch.Tensor:
     tf = build_transform(int(model.hparams.image_size), None, model.hparams.mean, model.hparams.std)
 
     def one(im, m):
-        im = shift(im)
+        im = shift(im, m) if getattr(shift, "with_mask", False) else shift(im)
         if frac:
             im, m = recrop(im, m, float(frac))
         return tf(apply_mask(im, m, mask_mode))
