@@ -9,8 +9,8 @@ outside the mask, ``t`` the 99th percentile inside, ``I = clip((x - b) / (t - b)
 - lifted by ``a``: ``I' = a + (1 - a) I`` (a dark nucleoplasm gets a diffuse level ``a``; the dots stay at the top),
 - sunk by ``a``: ``I' = max(I - a, 0) / (1 - a)`` (a diffuse level up to ``a`` goes dark; the dots stay at the top),
 
-and written back as ``x' = b + I' (t - b)`` (pixels above ``t`` kept; the same change added to every colour
-channel). Each fold job's kept checkpoint reads its test cells of ``--classes`` as it was tested (dihedral TTA when
+and written back as ``x' = b + I' (t - b)`` (pixels above ``t`` kept; the change ramps in over the mask's outer
+3 px, so the moved level has no hard edge; the same change added to every colour channel). Each fold job's kept checkpoint reads its test cells of ``--classes`` as it was tested (dihedral TTA when
 the run used it), once unchanged and once per condition. The table pools the folds (every cell once): the share
 of each class's cells read as each of ``--classes`` (the rest: another class), and the same per specimen. The
 unchanged reading is checked against the sweep's own ``oof_predictions.csv``.
@@ -30,6 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+RAMP = 3  # px over which the change ramps in from the mask's edge
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from ablation import batched, best_checkpoint, model_input, read_cells, split_cells  # noqa: E402
@@ -39,6 +41,7 @@ from tta_check import run_dirs, run_root  # noqa: E402
 def move_plateau(image: np.ndarray, mask: np.ndarray, kind: str, a: float) -> np.ndarray:
     """``image`` (H×W or H×W×C, 8-bit) with its plateau lifted (``kind='lift'``) or sunk (``'sink'``) by ``a``
     inside ``mask`` (module docstring). ``a`` in [0, 1)."""
+    from scipy import ndimage as ndi
     from texture_check import normalised_intensity
 
     if kind not in ("lift", "sink"):
@@ -53,7 +56,10 @@ def move_plateau(image: np.ndarray, mask: np.ndarray, kind: str, a: float) -> np
     level = normalised_intensity(x, m, "a plateau shift")
     moved = a + (1 - a) * level if kind == "lift" else np.maximum(level - a, 0) / (1 - a)
     target = b + moved * max(t - b, 1e-3)
-    change = np.where(m & (x <= t), target - x, 0.0)
+    # ramped in over the mask's outer RAMP px, so the moved level has no hard edge (the plateau statistic,
+    # over the mask eroded by 3 px, sees the whole change)
+    weight = np.clip(ndi.distance_transform_edt(m) / RAMP, 0.0, 1.0)
+    change = np.where(m & (x <= t), weight * (target - x), 0.0)
     if image.ndim == 3:
         change = change[..., None]
     return np.clip(np.round(image.astype(np.float32) + change), 0, 255).astype(np.uint8)

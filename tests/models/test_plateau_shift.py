@@ -30,6 +30,9 @@ def test_lift_raises_a_dark_plateau_and_keeps_dots_and_slide():
     assert (y[m == 0] == x[m == 0]).all()  # outside the mask untouched
     assert y[9, 9] == x[9, 9] == 210  # the dots stay at the top
     assert y.dtype == np.uint8
+    core, edge = int(y[18, 16]) - 10, int(y[6, 12]) - 10  # deep inside vs on the mask's edge (1 px deep)
+    assert core == pytest.approx(0.3 * 200, abs=1)  # 0.3 of t - b
+    assert edge == pytest.approx(core / 3, abs=1)  # ramped in: no hard edge
 
 
 def test_sink_lowers_a_bright_plateau_to_zero_when_below_the_amount():
