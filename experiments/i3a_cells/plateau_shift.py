@@ -22,7 +22,7 @@ import argparse
 import csv
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -125,12 +125,21 @@ def shares(rows: list[dict], cond: str, classes: list[str]) -> list[float]:
     return [float(np.mean([r[cond] == c for r in rows])) for c in classes]
 
 
+def _other(rows: list[dict], cond: str, classes: list[str]) -> str:
+    """The class outside ``classes`` read most often under ``cond``, with its share (empty when none)."""
+    others = Counter(r[cond] for r in rows if r[cond] not in classes)
+    if not others:
+        return ""
+    name, n = others.most_common(1)[0]
+    return f" ({name} {n / len(rows):.2f})"
+
+
 def markdown(rows: list[dict], conds: list[str], classes: list[str], sweep: Path, agree) -> str:
     head = " / ".join(classes)
     lines = [
         f"# The plateau moved inside the mask: how {sweep.name}'s fold models read their test cells",
         "",
-        f"Each cell: the share read as {head} (the rest: another class). Every cell of {', '.join(classes)} "
+        f"Each cell: the share read as {head} (in brackets: the other class read most often). Every cell of {', '.join(classes)} "
         "once, by the fold model that never saw its specimen.",
         "",
         "| true class | cells | " + " | ".join(conds) + " |",
@@ -139,7 +148,9 @@ def markdown(rows: list[dict], conds: list[str], classes: list[str], sweep: Path
     for c in classes:
         rs = [r for r in rows if r["true"] == c]
         if rs:
-            cells = [" / ".join(f"{v:.2f}" for v in shares(rs, k, classes)) for k in conds]
+            cells = [
+                " / ".join(f"{v:.2f}" for v in shares(rs, k, classes)) + _other(rs, k, classes) for k in conds
+            ]
             lines.append(f"| {c} | {len(rs)} | " + " | ".join(cells) + " |")
     by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:

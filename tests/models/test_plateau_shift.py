@@ -91,6 +91,6 @@ def test_conditions_and_table():
     ]
     text = markdown(rows, ["none", "lift 0.3"], ["Speckled", "Centromere"], Path("cv"), 1.0)
     assert "| Centromere | 2 | 0.00 / 1.00 | 0.50 / 0.50 |" in text
-    assert "| Speckled | 1 | 0.00 / 0.00 | 1.00 / 0.00 |" in text
+    assert "| Speckled | 1 | 0.00 / 0.00 (Homogeneous 1.00) | 1.00 / 0.00 |" in text
     assert "| Speckled | speckled#1 | 1 | 0.00 | 1.00 |" in text
     assert "1.000 of the cells agree" in text
