@@ -310,6 +310,17 @@ def _bit_depth(info: ModelInfo) -> list[str]:
     ]
 
 
+def _names_centromere_and_speckled(class_names: Sequence[str], tree) -> bool:
+    """Whether a model's outputs include a centromere and a speckled class (contest names such as
+    ``Centromere`` / ``Speckled``, ICAP codes such as ``AC-3`` / ``AC-4``, or the tree's node names)."""
+    words = []
+    for c in class_names:
+        words.append(str(c).lower())
+        if tree.is_code(str(c)):
+            words.append(tree.names[tree.parse_code(str(c))].lower())
+    return any("centromere" in w for w in words) and any("speckled" in w for w in words)
+
+
 def write_model_card(
     path: str | Path,
     info: ModelInfo,
@@ -421,6 +432,16 @@ def write_model_card(
                 "the cells; look at the cells of a specimen whose leading pattern is not clearly ahead."
             ]
             if info.task == "single_label"
+            else []
+        ),
+        *(
+            [
+                "- Centromere against speckled: models trained on a few specimens per class can learn the diffuse "
+                "nuclear level under the dots instead of the dots (the I3A cell recipe's grouped CV, round 21: "
+                "centromere cells on a bright diffuse nucleus, and speckled cells with sparse dots on a dim one, "
+                "read as the other class, whole specimens at a time). Check such specimens by eye."
+            ]
+            if _names_centromere_and_speckled(info.class_names, tree)
             else []
         ),
         "",

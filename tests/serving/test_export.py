@@ -96,6 +96,7 @@ def test_model_card_lists_the_right_classes_and_the_run(trained_checkpoint, onnx
     assert (
         "wrong verdict can name one pattern" in text and "`combine=vote`" in text
     )  # single-label: specimens
+    assert "Centromere against speckled" not in text  # AC-2 is speckled, but no centromere class
     assert (
         f"ckpt_path={onnx_export.model_path.name} input=<folders named by class, e.g. `ac-3/`> truth=folder"
         in text
@@ -230,3 +231,14 @@ def test_export_never_replaces_a_model_silently(trained_checkpoint, tmp_path):
     assert first.model_path.read_bytes() == before
     again = run_export(compose("export", [*args, "overwrite=true"], output_dir=tmp_path / "r3"))
     assert again.model_path == first.model_path and again.card_path.is_file()
+
+
+def test_card_warns_of_centromere_against_speckled_only_when_both_are_outputs():
+    from ana_lightning.model_card import _names_centromere_and_speckled
+
+    tree = Taxonomy.load()
+    assert _names_centromere_and_speckled(["Homogeneous", "Speckled", "Centromere", "Golgi"], tree)  # contest
+    assert _names_centromere_and_speckled(["AC-1", "AC-3", "AC-4"], tree)  # ICAP codes
+    assert _names_centromere_and_speckled(["speckled", "centromere", "nucleolar"], tree)  # level-2 nodes
+    assert not _names_centromere_and_speckled(["AC-1", "AC-2", "AC-10"], tree)
+    assert not _names_centromere_and_speckled(["Centromere", "Homogeneous"], tree)
