@@ -49,29 +49,15 @@ def cell_rows(
 ) -> tuple[list[dict], int]:
     """One row per out-of-fold cell of ``classes`` (true class): path, specimen, true, pred, plateau."""
     from PIL import Image
+    from specimen_lists import read_sweep
 
-    from ana_lightning.crossval import read_oof
     from ana_lightning.data.contest import read_i3a2014
-    from ana_lightning.data.splits.folds import load_folds_manifest
     from ana_lightning.taxonomy import Taxonomy
 
-    oof_path, manifest_path = sweep / "oof_predictions.csv", sweep / "folds_manifest.csv"
-    for p in (oof_path, manifest_path):
-        if not p.is_file():
-            raise SystemExit(
-                f"{p} is missing: a finished CV sweep writes it (or `ana-eval sweep_dir={sweep}`)"
-            )
-    oof, _ = read_oof(oof_path)
-    group_of = {r["path"]: r["group"] for r in load_folds_manifest(manifest_path) if r.get("group")}
-    repeats = sorted({int(r["repeat"]) for r in oof})
-    if not repeats:
-        raise SystemExit(f"{oof_path} has no rows")
-    rep = repeats[0] if repeat is None else int(repeat)
-    if rep not in repeats:
-        raise SystemExit(f"{oof_path} has no predictions for repeat {rep} (it has {repeats})")
+    oof, _, group_of, rep = read_sweep(sweep, repeat)
     unknown = sorted(set(classes) - {r["true"] for r in oof})
     if unknown:
-        raise SystemExit(f"--classes {unknown}: no such true class in {oof_path}")
+        raise SystemExit(f"--classes {unknown}: no such true class in {sweep / 'oof_predictions.csv'}")
     data = read_i3a2014(root, Taxonomy.load(), check_images=False)
     mask_of = {}
     for img, m in data.masks.items():
@@ -90,7 +76,7 @@ def cell_rows(
         if mask is None:
             raise SystemExit(f"{path}: no mask for this cell under {root} (is --root the sweep's data.root?)")
         if path not in group_of:
-            raise SystemExit(f"{path}: not in {manifest_path}")
+            raise SystemExit(f"{path}: not in {sweep / 'folds_manifest.csv'}")
         with Image.open(full) as im, Image.open(mask) as mk:
             value = plateau(np.asarray(im), np.asarray(mk))
         rows.append(
@@ -179,6 +165,8 @@ def markdown(specimens: list[dict], bins: dict, sweep: Path, rep: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from report_out import emit
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "sweep", type=Path, help="a finished CV sweep folder (oof_predictions.csv, folds_manifest.csv)"
@@ -193,10 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     classes = [c.strip() for c in a.classes.split(",") if c.strip()]
     rows, rep = cell_rows(a.sweep, a.root, classes, a.repeat)
     text = markdown(specimen_table(rows), bin_recall(rows, classes), a.sweep, rep)
-    print(text)
-    if a.out_md:
-        a.out_md.parent.mkdir(parents=True, exist_ok=True)
-        a.out_md.write_text(text)
+    emit(text, a.out_md)
 
 
 if __name__ == "__main__":

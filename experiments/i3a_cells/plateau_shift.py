@@ -35,6 +35,7 @@ RAMP = 3  # px over which the change ramps in from the mask's edge
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from ablation import batched, best_checkpoint, model_input, read_cells, split_cells  # noqa: E402
+from report_out import emit  # noqa: E402
 from tta_check import run_dirs, run_root  # noqa: E402
 
 
@@ -203,10 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit(f"{a.sweep}: no test cells of {classes} in its runs")
     text = markdown(rows, list(conds), classes, a.sweep, oof_agreement(a.sweep, rows, root))
-    print(text)
-    if a.out_md:
-        a.out_md.parent.mkdir(parents=True, exist_ok=True)
-        a.out_md.write_text(text)
+    emit(text, a.out_md)
     if a.out_csv:
         a.out_csv.parent.mkdir(parents=True, exist_ok=True)
         with open(a.out_csv, "w", newline="") as f:

@@ -28,15 +28,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 
-def specimen_rows(
-    sweep: Path, repeat: int | None = None, combine: str = "mean_log", top_k: int = 3, min_prob: float = 0.25
-) -> tuple[list[dict], int]:
-    """One row per named single-class specimen group of one repeat (``None``: the first with predictions)
-    and that repeat."""
+def read_sweep(sweep: Path, repeat: int | None = None) -> tuple[list[dict], list[str], dict[str, str], int]:
+    """A finished CV sweep's out-of-fold rows (every repeat), their classes, each image's specimen group
+    (``folds_manifest.csv``) and the repeat to read (``None``: the first with predictions). A missing file, no
+    rows, no groups or a repeat without predictions ends the script with a message naming it."""
     from ana_lightning.crossval import read_oof
     from ana_lightning.data.splits.folds import load_folds_manifest
-    from ana_lightning.fields.combine import combine_probs
-    from ana_lightning.fields.specimens import flat_patterns
 
     oof_path, manifest_path = sweep / "oof_predictions.csv", sweep / "folds_manifest.csv"
     for p in (oof_path, manifest_path):
@@ -56,6 +53,19 @@ def specimen_rows(
     rep = repeats[0] if repeat is None else int(repeat)
     if rep not in repeats:
         raise SystemExit(f"{oof_path} has no predictions for repeat {rep} (it has {repeats})")
+    return oof, classes, group_of, rep
+
+
+def specimen_rows(
+    sweep: Path, repeat: int | None = None, combine: str = "mean_log", top_k: int = 3, min_prob: float = 0.25
+) -> tuple[list[dict], int]:
+    """One row per named single-class specimen group of one repeat (``None``: the first with predictions)
+    and that repeat."""
+    from ana_lightning.fields.combine import combine_probs
+    from ana_lightning.fields.specimens import flat_patterns
+
+    oof, classes, group_of, rep = read_sweep(sweep, repeat)
+    oof_path = sweep / "oof_predictions.csv"
     probs: dict[str, list[np.ndarray]] = defaultdict(list)
     truth: dict[str, set[str]] = defaultdict(set)
     for r in oof:
@@ -152,6 +162,8 @@ def markdown(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from report_out import emit
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "sweep", type=Path, help="a finished CV sweep folder (oof_predictions.csv, folds_manifest.csv)"
@@ -166,10 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     rows, rep = specimen_rows(a.sweep, a.repeat, a.combine, a.top_k, a.min_prob)
     text = markdown(rows, summary(rows), a.sweep, rep, a.combine, a.top_k, a.min_prob)
-    print(text)
-    if a.out_md:
-        a.out_md.parent.mkdir(parents=True, exist_ok=True)
-        a.out_md.write_text(text)
+    emit(text, a.out_md)
 
 
 if __name__ == "__main__":
