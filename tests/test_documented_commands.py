@@ -127,3 +127,47 @@ def test_a_documented_experiment_script_has_its_flags(where, script, args):
         assert f'"{first}"' in source, f"{where}: {script} has no subcommand {first}"
     if "choices=[" in source and re.fullmatch(r"[a-z_]+", first) and "add_subparsers" not in source:
         assert f'"{first}"' in source, f"{where}: {script} has no check {first}"
+
+
+def _markdown_files() -> list[Path]:
+    skip = {"outputs", "multirun", "data", "node_modules", "wandb"}
+    return sorted(
+        p
+        for p in REPO.rglob("*.md")
+        if not any(part.startswith(".") or part in skip for part in p.relative_to(REPO).parts[:-1])
+    )
+
+
+def _relative_links(path: Path) -> list[tuple[int, str]]:
+    """(line, target) of each ``[text](target)`` / ``![alt](target)`` outside code blocks that is a path."""
+    found = []
+    for number, line, block in _lines(path):
+        if block:
+            continue
+        for target in re.findall(r"\]\(([^)\s]+)\)", line):
+            if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL or an anchor in the same page
+            found.append((number, target.split("#")[0]))
+    return found
+
+
+def test_relative_links_in_the_markdown_reach_a_file():
+    """A results page, README or model card that links a picture or a file links one that is in the repository
+    (a CV summary copied from its sweep folder once linked a confusion matrix left behind)."""
+    files = _markdown_files()
+    assert any(p.parent.name.startswith("round") for p in files), "no results pages found: the glob is wrong"
+    broken = [
+        f"{p.relative_to(REPO)}:{n}: {t}"
+        for p in files
+        for n, t in _relative_links(p)
+        if not (p.parent / t).exists()
+    ]
+    assert not broken, "links to files that are not there:\n" + "\n".join(broken)
+
+
+def test_a_missing_link_target_is_found(tmp_path):
+    page = tmp_path / "summary.md"
+    page.write_text(
+        "![m](gone.png)\n```\n![not a link](in_a_code_block.png)\n```\n[web](https://example.org) [up](#top)\n"
+    )
+    assert _relative_links(page) == [(1, "gone.png")]
