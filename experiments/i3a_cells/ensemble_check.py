@@ -90,7 +90,8 @@ def ana_eval(out: Path, split: str, model_args: list[str]) -> dict:
     """``ana-eval`` into ``out`` (reused when ``out/metrics.json`` is there from the same split):
     its ``test/*`` metrics (``ana-eval`` names them so whatever the split), and the number of cells."""
     done, record = out / "metrics.json", out / "evaluated.txt"
-    if not (done.is_file() and record.is_file() and f"split: {split}" in record.read_text()):
+    said = record.read_text() if record.is_file() else ""
+    if not (done.is_file() and f"split: {split}" in said):
         exe = Path(sys.executable).with_name("ana-eval")
         cmd = [
             str(exe) if exe.is_file() else "ana-eval",
@@ -105,10 +106,9 @@ def ana_eval(out: Path, split: str, model_args: list[str]) -> dict:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
         if rc != 0 or not done.is_file():
             sys.exit(f"ana-eval failed (exit {rc}); its output is in {log}")
+        said = record.read_text() if record.is_file() else ""
     metrics = json.loads(done.read_text())
-    cells = next(
-        (line.split(":", 1)[1] for line in record.read_text().splitlines() if line.startswith("images:")), ""
-    )
+    cells = next((line.split(":", 1)[1] for line in said.splitlines() if line.startswith("images:")), "")
     return {"mca": float(metrics["test/mca"]), "cells": int(cells) if cells.strip() else None}
 
 
@@ -140,10 +140,11 @@ def time_per_cell(runs: list[Path], split: str, n: int) -> tuple[float, float]:
 
     paths = split_cells(runs[0], run_root(runs[0]), split)[0][:n]
     ckpts = [checkpoint(r) for r in runs]
+    raw = read_cells(paths, runs[0])
     timings = []
     for model in (load_checkpoint_model(ckpts[0]), ensemble_from_checkpoints(ckpts)):
         model.eval()
-        x = model_input(model, runs[0], read_cells(paths, runs[0]))
+        x = model_input(model, runs[0], raw)
         batched(model, x[:8])  # warm-up
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -153,7 +154,7 @@ def time_per_cell(runs: list[Path], split: str, n: int) -> tuple[float, float]:
 
 
 def table(rows: list[dict], sweeps: list[Path], split: str, timing: tuple[float, float] | None) -> str:
-    from ana_lightning.stats import t_interval
+    from ana_lightning.stats import paired_comparison
 
     k = len(sweeps)
     names = " | ".join(f"model {i} ({s.name})" for i, s in enumerate(sweeps))
@@ -170,19 +171,19 @@ def table(rows: list[dict], sweeps: list[Path], split: str, timing: tuple[float,
             + " | ".join(f"{m:.3f}" for m in r["members"])
             + f" | {mean:.3f} | {r['ens']:.3f} | {r['ens'] - mean:+.3f} | {r['ens'] - r['members'][0]:+.3f} |"
         )
-    d = np.array([r["ens"] - np.mean(r["members"]) for r in rows])
-    d0 = np.array([r["ens"] - r["members"][0] for r in rows])
+    ens = [r["ens"] for r in rows]
 
-    def summary(v: np.ndarray) -> str:
-        lo, hi = t_interval(v)
-        interval = f" [{lo:+.3f}, {hi:+.3f}]" if len(v) > 1 else ""
-        return f"**{v.mean():+.3f}**{interval}; higher in {(v > 0).sum()} of {len(v)}"
+    def summary(base: list[float]) -> str:
+        c = paired_comparison(ens, base)
+        interval = f" [{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]" if len(rows) > 1 else ""
+        higher = sum(e > b for e, b in zip(ens, base, strict=True))
+        return f"**{c['mean_diff']:+.3f}**{interval}; higher in {higher} of {len(rows)}"
 
+    means = [float(np.mean(r["members"])) for r in rows]
     per_member = " | ".join(f"{np.mean([r['members'][i] for r in rows]):.3f}" for i in range(k))
-    mean_all = np.mean([np.mean(r["members"]) for r in rows])
-    ens_all = np.mean([r["ens"] for r in rows])
     lines.append(
-        f"| **mean** | | {per_member} | {mean_all:.3f} | {ens_all:.3f} | {summary(d)} | {summary(d0)} |"
+        f"| **mean** | | {per_member} | {np.mean(means):.3f} | {np.mean(ens):.3f} | {summary(means)} "
+        f"| {summary([r['members'][0] for r in rows])} |"
     )
     spread = [max(r["members"]) - min(r["members"]) for r in rows]
     lines += [
