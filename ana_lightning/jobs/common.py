@@ -54,15 +54,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer
     )
 
 
-def log_report_images(trainer: L.Trainer, run_dir: Path) -> None:
-    """Report plots go to W&B too when that logger is on."""
+def log_report_images(trainer: L.Trainer, run_dir: Path, stage: str = "test") -> None:
+    """Report plots (``{stage}_*.png``) go to W&B too when that logger is on."""
     from lightning.pytorch.loggers import WandbLogger
 
-    images = sorted(run_dir.glob("test_*.png"))
+    images = sorted(run_dir.glob(f"{stage}_*.png"))
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and images:
             for img in images:
-                lg.log_image(key=f"test/{img.stem.removeprefix('test_')}", images=[str(img)])
+                lg.log_image(key=f"{stage}/{img.stem.removeprefix(f'{stage}_')}", images=[str(img)])
 
 
 def finish_wandb() -> None:

@@ -24,6 +24,18 @@ __all__ = ["evaluate", "check_unseen"]  # check_unseen: data.splits's, under its
 log = logging.getLogger(__name__)
 
 
+def stage_of(split: str) -> str:
+    """The name an evaluation's metrics and report files carry: ``val`` / ``train`` when it read the
+    training run's validation or training split (``val/mca``, ``val_report.md``), so that such a figure is
+    never taken for a test figure; ``test`` for its test split and for a whole folder (``split=all``)."""
+    return split if split in ("train", "val") else "test"
+
+
+def renamed(key: str, stage: str) -> str:
+    """``test/<metric>`` (what the model logs in its test loop) under ``stage``."""
+    return f"{stage}/{key.removeprefix('test/')}" if key.startswith("test/") else key
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate a checkpoint on a dataset folder or split and write the same report as training."""
     if cfg.get(
@@ -111,19 +123,22 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     )
     trainer = build_trainer(cfg, run_dir)
     results = tester_for(trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
-    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    stage = stage_of(split)
+    metrics = {renamed(k, stage): float(v) for k, v in (results[0] if results else {}).items()}
     if split == "test" and callable(getattr(dm, "split_flags", None)):
         metrics.update(dm.split_flags("test"))
     seen = seen_in_training(records, run_manifest(ckpt_ref))
     if seen is not None:
-        metrics["test/images_in_training_split"] = float(seen)
+        metrics[f"{stage}/images_in_training_split"] = float(seen)
     if trainer.is_global_zero:
-        metrics.update(report_test_calibration(model, dm, records, run_dir))  # the stored temperature, if any
         metrics.update(
-            run_intervals(model, records, metrics, together=getattr(dm, "together", ()))
+            report_test_calibration(model, dm, records, run_dir, stage=stage)
+        )  # the stored temperature, if any
+        metrics.update(
+            run_intervals(model, records, metrics, stage=stage, together=getattr(dm, "together", ()))
         )  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
-        write_test_report(model, run_dir, records, metrics, stage="test")
+        write_test_report(model, run_dir, records, metrics, stage=stage)
         which = (
             ", ".join(str(Path(m).resolve()) for m in members)
             if members
@@ -132,7 +147,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         (run_dir / "evaluated.txt").write_text(
             f"checkpoint: {which}\nsplit: {split}\nimages: {len(records)}\n"
         )
-        log_report_images(trainer, run_dir)
+        log_report_images(trainer, run_dir, stage)
     log.info(
         "evaluated %s on %d images (%s): %s",
         members or cfg.ckpt_path,

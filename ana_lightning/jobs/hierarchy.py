@@ -164,7 +164,10 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     truth = [label_path(pipe.tree, r.codes[0]) for r in records]
     loader = masked_loader(dm.masks, dm.mask, dm.crop_fraction) if dm.masks else load_image
     pred = pipe.predict_paths([r.path for r in records], batch_size=int(cfg.data.batch_size), loader=loader)
-    metrics = write_hierarchy_report(run_dir, [r.path for r in records], truth, pred, pipe.tree, stage="test")
+    from .evaluate import stage_of
+
+    stage = stage_of(split)  # val/* for split=val, as ana-eval names it
+    metrics = write_hierarchy_report(run_dir, [r.path for r in records], truth, pred, pipe.tree, stage=stage)
     write_metrics_json(metrics, run_dir / "metrics.json")
     if cfg.get("bundle", True) and getattr(pipe, "sources", None):
         # One file for ana-predict / ana-export / ana-app ckpt_path=…; its model card reads this folder.
@@ -180,13 +183,13 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
         yaml.safe_dump({"pipeline": pipe.describe(), "split": split, "images": len(records)})
     )
     table = "\n".join(
-        f"  level {lv}: accuracy {metrics[f'test/level{lv}_acc']:.4f}  MCA {metrics[f'test/level{lv}_mca']:.4f}"
+        f"  level {lv}: accuracy {metrics[f'{stage}/level{lv}_acc']:.4f}  MCA {metrics[f'{stage}/level{lv}_mca']:.4f}"
         for lv in LEVELS
-        if f"test/level{lv}_acc" in metrics
+        if f"{stage}/level{lv}_acc" in metrics
     )
     print(
         f"hierarchical pipeline ({pipe.routing} routing) on {len(records)} images ({split}):\n{table}\n"
-        f"report: {run_dir / 'test_hierarchy_report.md'}"
+        f"report: {run_dir / f'{stage}_hierarchy_report.md'}"
     )
     return metrics, {
         "pipeline": pipe,

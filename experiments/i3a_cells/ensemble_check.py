@@ -88,7 +88,8 @@ def checkpoint(run: Path) -> str:
 
 def ana_eval(out: Path, split: str, model_args: list[str]) -> dict:
     """``ana-eval`` into ``out`` (reused when ``out/metrics.json`` is there from the same split):
-    its ``test/*`` metrics (``ana-eval`` names them so whatever the split), and the number of cells."""
+    its MCA (``val/mca`` for ``split=val``, ``test/mca`` for test; evaluations written before ``ana-eval``
+    named its keys by the split hold ``test/mca`` whatever they read), and the number of cells."""
     done, record = out / "metrics.json", out / "evaluated.txt"
     said = record.read_text() if record.is_file() else ""
     if not (done.is_file() and f"split: {split}" in said):
@@ -109,7 +110,8 @@ def ana_eval(out: Path, split: str, model_args: list[str]) -> dict:
         said = record.read_text() if record.is_file() else ""
     metrics = json.loads(done.read_text())
     cells = next((line.split(":", 1)[1] for line in said.splitlines() if line.startswith("images:")), "")
-    return {"mca": float(metrics["test/mca"]), "cells": int(cells) if cells.strip() else None}
+    key = f"{split}/mca" if f"{split}/mca" in metrics else "test/mca"
+    return {"mca": float(metrics[key]), "cells": int(cells) if cells.strip() else None}
 
 
 def evaluate(folds: list[tuple[str, list[Path]]], work: Path, split: str) -> list[dict]:

@@ -150,6 +150,17 @@ def test_paper_level3_writes_one_subfolder_per_group(paper_runs):
     assert saved["test/mca"] == pytest.approx(metrics["test/speckled/mca"])
 
 
+def test_hierarchical_evaluation_of_the_validation_split_names_its_figures_val(paper_runs, tmp_path):
+    _, runs, _, _ = paper_runs
+    out = tmp_path / "eval_val"
+    levels = [f"pipeline.level{lv}={runs[f'paper_level{lv}']}" for lv in (1, 2, 3)]
+    metrics, objs = evaluate_hierarchy(compose("eval_hierarchy", [*levels, "split=val"], output_dir=out))
+    assert objs["split"] == "val" and "val/level1_mca" in metrics
+    assert not [k for k in json.loads((out / "metrics.json").read_text()) if k.startswith("test/")]
+    rows = list(csv.DictReader(open(out / "val_paths.csv")))
+    assert len(rows) == len(objs["datamodule"].splits["val"]) > 0 and not list(out.glob("test_*"))
+
+
 @pytest.mark.parametrize("routing", ["hard", "product"])
 def test_hierarchical_evaluation_writes_per_level_reports_and_paths(paper_runs, tmp_path, routing):
     _, runs, _, _ = paper_runs

@@ -107,6 +107,36 @@ def test_eval_reproduces_test_metrics(trained_run, tmp_path):
     assert len(rows) == 1 + 36
 
 
+def test_eval_of_the_validation_split_names_its_figures_val(trained_run, tmp_path):
+    """``split=val`` reads the cells the run chose its checkpoint on: its figures are ``val/*`` and its report
+    ``val_*``, never ``test/*``, and they are the validation MCA the checkpoint was kept for."""
+    root, run, _ = trained_run
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    cfg = compose(
+        "eval",
+        [
+            "data=single_label",
+            f"data.root={root}",
+            f"ckpt_path={best}",
+            "split=val",
+            "callbacks.rich_progress_bar=null",
+        ],
+        output_dir=tmp_path / "eval_val",
+    )
+    m, objs = evaluate(cfg)
+    out = tmp_path / "eval_val"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert objs["split"] == "val" and not [k for k in saved if k.startswith("test/")]
+    assert {"val/mca", "val/acc", "val/mca_ci95_low", "val/images_in_training_split"} <= set(saved)
+    assert saved["val/images_in_training_split"] == 0.0
+    assert (out / "val_report.md").is_file() and (out / "val_predictions.csv").is_file()
+    assert not list(out.glob("test_*"))
+    kept_for = torch.load(best, map_location="cpu", weights_only=False)["callbacks"]
+    score = next(v["best_model_score"] for k, v in kept_for.items() if k.startswith("ModelCheckpoint"))
+    assert m["val/mca"] == pytest.approx(float(score), abs=1e-6)
+    assert "split: val" in (out / "evaluated.txt").read_text()
+
+
 class _ScriptedMetric(L.Callback):
     """Records the weights at each validation; the test module below scripts val/mca per epoch."""
 

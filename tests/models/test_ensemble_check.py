@@ -27,9 +27,10 @@ def _sweep(root: Path, splits=SPLITS) -> Path:
     return root
 
 
-def _evaluated(folder: Path, mca: float, split: str = "val", cells: int = 40) -> None:
+def _evaluated(folder: Path, mca: float, split: str = "val", cells: int = 40, key: str | None = None) -> None:
+    """An ``ana-eval`` output folder: its MCA under ``<split>/mca`` (or ``key``)."""
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"test/mca": mca}))
+    (folder / "metrics.json").write_text(json.dumps({key or f"{split}/mca": mca}))
     (folder / "evaluated.txt").write_text(f"checkpoint: x.ckpt\nsplit: {split}\nimages: {cells}\n")
 
 
@@ -45,6 +46,7 @@ def test_the_table_pairs_the_ensemble_with_its_members_by_fold(tmp_path, monkeyp
         "ens_f1": 0.60,
     }.items():
         _evaluated(work / name, mca)
+    (work / "m0_f1" / "metrics.json").write_text(json.dumps({"test/mca": 0.60}))  # written before val/* keys
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a finished evaluation was run again"))
     monkeypatch.setattr(
         sys,
@@ -93,7 +95,7 @@ def test_an_evaluation_of_another_split_is_not_reused(tmp_path, monkeypatch):
         out = Path(next(c for c in cmd if c.startswith("hydra.run.dir=")).split("=", 1)[1])
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluated.txt").write_text("checkpoint: x\nsplit: val\nimages: 40\n")
-        (out / "metrics.json").write_text(json.dumps({"test/mca": 0.5}))
+        (out / "metrics.json").write_text(json.dumps({"val/mca": 0.5}))
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
