@@ -262,14 +262,16 @@ def write_cross_dataset_report(
     data_names: Mapping[str, str],
     source: Mapping[str, str],
     min_level: int,
+    stage: str = "test",
 ) -> Path:
-    """``cross_dataset_report.md`` (what was scored, how the rest was predicted) and ``test_predictions.csv``."""
+    """``cross_dataset_report.md`` (what was scored, how the rest was predicted) and
+    ``<stage>_predictions.csv`` (``test_predictions.csv``; ``val_predictions.csv`` for a validation split)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = cross_dataset_report_lines(metrics, details, model_nodes, data_names, source, min_level)
     report = out_dir / "cross_dataset_report.md"
     report.write_text("\n".join(lines))
-    with open(out_dir / "test_predictions.csv", "w", newline="") as f:
+    with open(out_dir / f"{stage}_predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "true_label", "true_class", "scored", "pred", "pred_shared_outputs"])
         for i, p in enumerate(paths):

@@ -16,6 +16,7 @@ from ..cross_dataset import score_cross_dataset, write_cross_dataset_report
 from ..reports import write_metrics_json
 from ..taxonomy import Taxonomy
 from .common import build_datamodule
+from .evaluate import renamed, stage_of
 
 __all__ = ["evaluate_cross_dataset"]
 
@@ -67,13 +68,24 @@ def evaluate_cross_dataset(
     truth = [r.codes[0] for r in records]
     min_level = int(cfg.get("cross_dataset_min_level", 2))
     metrics, details = score_cross_dataset(probs, model_classes, nodes, truth, tree, min_level)
+    stage = stage_of(split)  # val/mca, val_predictions.csv when the manifest's validation split was read
+    metrics = {renamed(k, stage): v for k, v in metrics.items()}
     data_names = dict(getattr(dm, "_contest_of", {}) or {})  # tree label -> the data's class name
     source = {
         "trained": _describe(trained),
         "evaluated": _describe(cfg.data) + f" ({split}, {len(records)} images)",
     }
     report = write_cross_dataset_report(
-        run_dir, metrics, details, [r.path for r in records], truth, nodes, data_names, source, min_level
+        run_dir,
+        metrics,
+        details,
+        [r.path for r in records],
+        truth,
+        nodes,
+        data_names,
+        source,
+        min_level,
+        stage,
     )
     write_metrics_json(metrics, run_dir / "metrics.json")
     (run_dir / "evaluated.txt").write_text(
@@ -86,18 +98,19 @@ def evaluate_cross_dataset(
     )
     log.info(
         "cross-dataset: scored %d of %d images in %d shared classes: %s; acc %.4f, MCA %.4f (report: %s)",
-        int(metrics["test/scored_images"]),
+        int(metrics[f"{stage}/scored_images"]),
         len(records),
         len(details["shared"]),
         scored,
-        metrics["test/acc"],
-        metrics["test/mca"],
+        metrics[f"{stage}/acc"],
+        metrics[f"{stage}/mca"],
         report,
     )
     print(
-        f"cross-dataset evaluation: {int(metrics['test/scored_images'])} of {len(records)} images scored, classes: {scored}\n"
-        f"  accuracy {metrics['test/acc']:.4f}  MCA {metrics['test/mca']:.4f}  "
-        f"(argmax over shared outputs only: MCA {metrics['test/mca_shared_outputs']:.4f})\n  report: {report}"
+        f"cross-dataset evaluation ({split}): {int(metrics[f'{stage}/scored_images'])} of {len(records)} images "
+        f"scored, classes: {scored}\n"
+        f"  accuracy {metrics[f'{stage}/acc']:.4f}  MCA {metrics[f'{stage}/mca']:.4f}  "
+        f"(argmax over shared outputs only: MCA {metrics[f'{stage}/mca_shared_outputs']:.4f})\n  report: {report}"
     )
     return metrics, {"model": model, "datamodule": dm, "run_dir": run_dir, "split": split, "details": details}
 

@@ -170,3 +170,31 @@ def test_cross_dataset_eval_through_the_tree(tmp_path):
     assert len(rows) == 37 and rows[0].startswith("path,true_label,true_class,scored")
     assert objs["datamodule"].reader == "icpr2012" and objs["datamodule"].mask == "apply"
     assert Path(objs["datamodule"].root) == icpr
+
+    # The validation split of a manifest: val/* figures and val_predictions.csv, never test ones.
+    from ana_lightning.data.splits.manifest import save_manifest
+
+    manifest = save_manifest(objs["datamodule"].splits, tmp_path / "icpr_split.csv")
+    n_val = len(objs["datamodule"].splits["val"])
+    out_val = tmp_path / "cross_val"
+    cfg = compose(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            "data=hierarchy",
+            "data.reader=icpr2012",
+            f"data.root={icpr}",
+            f"data.split_manifest={manifest}",
+            "split=val",
+        ],
+        output_dir=out_val,
+    )
+    metrics, objs = evaluate(cfg)
+    assert objs["split"] == "val" and 0 < n_val < 36
+    assert not any(k.startswith("test/") for k in metrics)
+    assert 0 < metrics["val/scored_images"] <= n_val and 0.0 <= metrics["val/mca"] <= 1.0
+    assert json.loads((out_val / "metrics.json").read_text())["val/mca"] == pytest.approx(metrics["val/mca"])
+    assert not (out_val / "test_predictions.csv").exists()
+    assert len((out_val / "val_predictions.csv").read_text().splitlines()) == n_val + 1
+    assert "split: val" in (out_val / "evaluated.txt").read_text()
+    assert "val/mca" in (out_val / "cross_dataset_report.md").read_text()
