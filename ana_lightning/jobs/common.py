@@ -12,7 +12,15 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-__all__ = ["instantiate_list", "build_datamodule", "build_trainer", "log_report_images", "finish_wandb"]
+__all__ = [
+    "instantiate_list",
+    "build_datamodule",
+    "build_trainer",
+    "renamed",
+    "log_test_loop_as",
+    "log_report_images",
+    "finish_wandb",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,26 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **overrides
     )
+
+
+def renamed(key: str, stage: str) -> str:
+    """``test/<metric>`` (what the model logs in its test loop) under ``stage``."""
+    return f"{stage}/{key.removeprefix('test/')}" if key.startswith("test/") else key
+
+
+def log_test_loop_as(trainer: L.Trainer, stage: str) -> None:
+    """The test loop logs ``test/<metric>``; an evaluation of the validation or training split renames what
+    reaches the loggers (``val/mca`` in ``csv/metrics.csv`` and in a W&B run's charts and summary), as its
+    ``metrics.json`` does. ``stage="test"`` leaves them as they are."""
+    if stage == "test":
+        return
+    for lg in trainer.loggers:
+        log_metrics = lg.log_metrics
+
+        def renaming(metrics: dict[str, Any], step: int | None = None, _log: Any = log_metrics) -> None:
+            _log({renamed(k, stage): v for k, v in metrics.items()}, step)
+
+        lg.log_metrics = renaming  # type: ignore[method-assign]
 
 
 def log_report_images(trainer: L.Trainer, run_dir: Path, stage: str = "test") -> None:

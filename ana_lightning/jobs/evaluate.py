@@ -17,7 +17,14 @@ from ..distributed import tester_for
 from ..reports import write_metrics_json, write_test_report
 from ..stats import run_intervals
 from ..utils import load_checkpoint_model
-from .common import build_datamodule, build_trainer, finish_wandb, log_report_images
+from .common import (
+    build_datamodule,
+    build_trainer,
+    finish_wandb,
+    log_report_images,
+    log_test_loop_as,
+    renamed,
+)
 
 __all__ = ["evaluate", "check_unseen"]  # check_unseen: data.splits's, under its old import path
 
@@ -29,11 +36,6 @@ def stage_of(split: str) -> str:
     training run's validation or training split (``val/mca``, ``val_report.md``), so that such a figure is
     never taken for a test figure; ``test`` for its test split and for a whole folder (``split=all``)."""
     return split if split in ("train", "val") else "test"
-
-
-def renamed(key: str, stage: str) -> str:
-    """``test/<metric>`` (what the model logs in its test loop) under ``stage``."""
-    return f"{stage}/{key.removeprefix('test/')}" if key.startswith("test/") else key
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -122,8 +124,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers
     )
     trainer = build_trainer(cfg, run_dir)
-    results = tester_for(trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
     stage = stage_of(split)
+    log_test_loop_as(trainer, stage)  # the loggers' curves say val/* too for split=val
+    # ddp_spawn: in this process. Lightning's printed table names the figures test/*: only for test figures
+    # (the job's own summary line below names them by the split either way).
+    results = tester_for(trainer).test(model, dataloaders=loader, verbose=stage == "test")
     metrics = {renamed(k, stage): float(v) for k, v in (results[0] if results else {}).items()}
     if split == "test" and callable(getattr(dm, "split_flags", None)):
         metrics.update(dm.split_flags("test"))

@@ -51,3 +51,37 @@ def test_tensorboard_and_csv(tiny_folder, tmp_path):
     # metrics.json holds the best validation score beside the test figures (what ana-compare reads)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["val/mca_best"] == pytest.approx(max(curve), abs=1e-6)
+
+
+def test_wandb_run_of_a_validation_evaluation_says_val(tiny_folder, tmp_path, monkeypatch):
+    """``ana-eval split=val`` with W&B: the test loop's figures reach the run as ``val/*``, not ``test/*``."""
+    from ana_lightning.pipeline import evaluate
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    run = tmp_path / "run"
+    train(compose("train", tiny_train_overrides(tiny_folder, epochs=1), output_dir=run))
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    out = tmp_path / "eval"
+    cfg = compose(
+        "eval",
+        [
+            "data=single_label",
+            f"data.root={tiny_folder}",
+            f"ckpt_path={ckpt}",
+            "split=val",
+            "logger=wandb",
+            "logger.wandb.project=ana-test",
+            "callbacks.rich_progress_bar=null",
+        ],
+        output_dir=out,
+    )
+    evaluate(cfg)
+    import wandb
+
+    wandb.teardown()
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, os.listdir(out)
+    data = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"val/mca" in data and b"val/confusion_matrix" in data
+    assert b"test/mca" not in data and b"test/acc" not in data

@@ -135,6 +135,9 @@ def test_eval_of_the_validation_split_names_its_figures_val(trained_run, tmp_pat
     score = next(v["best_model_score"] for k, v in kept_for.items() if k.startswith("ModelCheckpoint"))
     assert m["val/mca"] == pytest.approx(float(score), abs=1e-6)
     assert "split: val" in (out / "evaluated.txt").read_text()
+    # what the test loop logged reaches the loggers under val/ too (csv/…/metrics.csv; a W&B run's charts)
+    logged = next(out.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert "val/mca" in logged and not [k for k in logged if k.startswith("test/")]
 
 
 class _ScriptedMetric(L.Callback):
