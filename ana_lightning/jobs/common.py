@@ -16,6 +16,7 @@ __all__ = [
     "instantiate_list",
     "build_datamodule",
     "build_trainer",
+    "stage_of",
     "renamed",
     "log_test_loop_as",
     "log_report_images",
@@ -60,6 +61,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **overrides
     )
+
+
+def stage_of(split: str) -> str:
+    """The name an evaluation's metrics and report files carry: ``val`` / ``train`` when it read the
+    training run's validation or training split (``val/mca``, ``val_report.md``), so that such a figure is
+    never taken for a test figure; ``test`` for its test split and for a whole folder (``split=all``)."""
+    return split if split in ("train", "val") else "test"
 
 
 def renamed(key: str, stage: str) -> str:

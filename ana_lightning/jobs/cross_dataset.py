@@ -15,8 +15,7 @@ from omegaconf import DictConfig
 from ..cross_dataset import score_cross_dataset, write_cross_dataset_report
 from ..reports import write_metrics_json
 from ..taxonomy import Taxonomy
-from .common import build_datamodule, renamed
-from .evaluate import stage_of
+from .common import build_datamodule, renamed, stage_of
 
 __all__ = ["evaluate_cross_dataset"]
 

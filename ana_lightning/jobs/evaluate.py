@@ -24,18 +24,12 @@ from .common import (
     log_report_images,
     log_test_loop_as,
     renamed,
+    stage_of,
 )
 
 __all__ = ["evaluate", "check_unseen"]  # check_unseen: data.splits's, under its old import path
 
 log = logging.getLogger(__name__)
-
-
-def stage_of(split: str) -> str:
-    """The name an evaluation's metrics and report files carry: ``val`` / ``train`` when it read the
-    training run's validation or training split (``val/mca``, ``val_report.md``), so that such a figure is
-    never taken for a test figure; ``test`` for its test split and for a whole folder (``split=all``)."""
-    return split if split in ("train", "val") else "test"
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:

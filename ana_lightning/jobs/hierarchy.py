@@ -25,6 +25,7 @@ from ..data.hierarchy import LEVELS, label_path
 from ..metrics import MCA_DEFINITION
 from ..reports import NO_LEAF, write_hierarchy_report, write_metrics_json  # noqa: F401 - NO_LEAF, the report: re-exported
 from ..utils import CheckpointError
+from .common import stage_of
 
 __all__ = ["train_level3", "evaluate_hierarchy", "write_hierarchy_report", "group_slug", "NO_LEAF"]
 
@@ -164,8 +165,6 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     truth = [label_path(pipe.tree, r.codes[0]) for r in records]
     loader = masked_loader(dm.masks, dm.mask, dm.crop_fraction) if dm.masks else load_image
     pred = pipe.predict_paths([r.path for r in records], batch_size=int(cfg.data.batch_size), loader=loader)
-    from .evaluate import stage_of
-
     stage = stage_of(split)  # val/* for split=val, as ana-eval names it
     metrics = write_hierarchy_report(run_dir, [r.path for r in records], truth, pred, pipe.tree, stage=stage)
     write_metrics_json(metrics, run_dir / "metrics.json")
