@@ -19,6 +19,7 @@ __all__ = [
     "stage_of",
     "renamed",
     "log_test_loop_as",
+    "headline",
     "log_report_images",
     "finish_wandb",
 ]
@@ -88,6 +89,41 @@ def log_test_loop_as(trainer: L.Trainer, stage: str) -> None:
             _log({renamed(k, stage): v for k, v in metrics.items()}, step)
 
         lg.log_metrics = renaming  # type: ignore[method-assign]
+
+
+def headline(metrics: dict[str, float], stage: str, records: Any, report: Path | str) -> str:
+    """One line a user reads at the end of a run: the headline figures with their bootstrap 95 % intervals,
+    on how many images of how many groups (specimens, slides, patients), whether any of those groups was
+    also trained on, and where the report is. E.g. ``test/mca 0.722 [0.615, 0.839], test/acc 0.719 [0.532,
+    0.878] on 2146 images of 6 groups, none of them trained on; report: <run>/test_report.md``."""
+    from ..stats import CI_KEYS
+
+    parts = []
+    for k in CI_KEYS:
+        value = metrics.get(f"{stage}/{k}")
+        if value is None:
+            continue
+        lo, hi = metrics.get(f"{stage}/{k}_ci95_low"), metrics.get(f"{stage}/{k}_ci95_high")
+        parts.append(
+            f"{stage}/{k} {value:.3f}"
+            + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+        )
+    groups = {r.group for r in records if r.group not in (None, "")}
+    where = f"{len(records)} images" + (f" of {len(groups)} groups" if groups else " (no groups)")
+    shared = metrics.get(f"{stage}/shared_groups_with_train")
+    if shared:
+        where += (
+            f", {int(shared)} of them shared with the training split "
+            f"({int(metrics.get(f'{stage}/images_in_train_groups', 0))} images): not a figure on unseen groups"
+        )
+    elif shared is not None and groups:
+        where += ", none of them trained on"
+    seen = metrics.get(f"{stage}/images_in_training_split")
+    if seen:  # ana-eval of a folder that holds images the checkpoint's run trained on
+        where += (
+            f", {int(seen)} of them in the training split of the model's run: not a figure on unseen images"
+        )
+    return f"{', '.join(parts) or 'no headline metric'} on {where}; report: {report}"
 
 
 def log_report_images(trainer: L.Trainer, run_dir: Path, stage: str = "test") -> None:

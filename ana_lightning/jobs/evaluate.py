@@ -21,6 +21,7 @@ from .common import (
     build_datamodule,
     build_trainer,
     finish_wandb,
+    headline,
     log_report_images,
     log_test_loop_as,
     renamed,
@@ -148,11 +149,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         )
         log_report_images(trainer, run_dir, stage)
     log.info(
-        "evaluated %s on %d images (%s): %s",
+        "evaluated %s (split=%s): %s",
         members or cfg.ckpt_path,
-        len(records),
         split,
-        ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" in k and k.count("/") == 1),
+        headline(metrics, stage, records, run_dir / f"{stage}_report.md"),
     )
     finish_wandb()
     return metrics, {"model": model, "datamodule": dm, "run_dir": run_dir, "split": split}

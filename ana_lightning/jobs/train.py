@@ -26,7 +26,7 @@ from ..distributed import ddp_job, one_at_a_time, tester_for
 from ..reports import write_metrics_json, write_test_report
 from ..stats import run_intervals
 from ..utils import checkpoint_safe_globals, load_checkpoint_model
-from .common import build_datamodule, build_trainer, finish_wandb, log_report_images
+from .common import build_datamodule, build_trainer, finish_wandb, headline, log_report_images
 from .resume import check_resume_fits, finished_run, mark_finished, read_metrics, resume_point
 from .resume import resume_step as resume_step_of
 
@@ -299,6 +299,11 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             log_report_images(trainer, run_dir)
             if ckpt:
                 (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")
+            log.info(
+                "%s; model: %s",
+                headline(test_metrics, "test", dm.splits["test"], run_dir / "test_report.md"),
+                Path(ckpt).resolve() if ckpt else "the current weights (no checkpoint was saved)",
+            )
     for lg in trainer.loggers:
         lg.finalize("success")
     finish_wandb()

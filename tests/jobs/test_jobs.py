@@ -84,3 +84,26 @@ def test_importing_a_library_module_does_not_import_the_jobs():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "[]"
+
+
+def test_headline_says_the_figure_on_what_and_whether_it_saw_those_groups():
+    from ana_lightning.data.records import ImageRecord
+    from ana_lightning.jobs.common import headline
+
+    recs = [ImageRecord(f"c{i}.png", ("AC-1",), group=f"s{i % 3}") for i in range(9)]
+    m = {"test/mca": 0.7216, "test/mca_ci95_low": 0.6149, "test/mca_ci95_high": 0.8394, "test/acc": 0.5}
+    clean = headline({**m, "test/shared_groups_with_train": 0.0}, "test", recs, "r/test_report.md")
+    assert clean == (
+        "test/mca 0.722 [0.615, 0.839], test/acc 0.500 on 9 images of 3 groups, none of them trained on; "
+        "report: r/test_report.md"
+    )
+    leaky = headline(
+        {**m, "test/shared_groups_with_train": 2.0, "test/images_in_train_groups": 6.0}, "test", recs, "r"
+    )
+    assert "2 of them shared with the training split (6 images): not a figure on unseen groups" in leaky
+    # no groups, no flags (e.g. a whole folder), and another stage's keys
+    ungrouped = [ImageRecord(f"c{i}.png", ("AC-1",)) for i in range(4)]
+    assert (
+        headline({"val/mca": 0.5}, "val", ungrouped, "r")
+        == "val/mca 0.500 on 4 images (no groups); report: r"
+    )

@@ -78,7 +78,8 @@ def test_load_from_checkpoint_alone(trained_run):
     assert torch.allclose(generic(x), model(x))
 
 
-def test_eval_reproduces_test_metrics(trained_run, tmp_path):
+def test_eval_reproduces_test_metrics(trained_run, tmp_path, caplog):
+    caplog.set_level("INFO", logger="ana_lightning.jobs.evaluate")
     root, run, metrics = trained_run
     best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
     cfg = compose(
@@ -90,6 +91,10 @@ def test_eval_reproduces_test_metrics(trained_run, tmp_path):
     assert objs["split"] == "test"
     assert m["test/mca"] == pytest.approx(metrics["test/mca"], abs=1e-6)
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "test_report.md").exists()
+    said = caplog.records[-1].getMessage()  # the job's last line: the figure with its interval, and on what
+    assert f"(split=test): test/mca {m['test/mca']:.3f} [{m['test/mca_ci95_low']:.3f}, " in said, said
+    assert f"on {len(objs['datamodule'].splits['test'])} images" in said and "training split" not in said
+    assert said.endswith(f"report: {tmp_path / 'eval' / 'test_report.md'}")
     cfg = compose(
         "eval",
         [
@@ -105,6 +110,14 @@ def test_eval_reproduces_test_metrics(trained_run, tmp_path):
     assert len(objs["datamodule"].splits["test"]) < 36
     rows = (tmp_path / "eval_all" / "test_predictions.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 36
+    said = caplog.records[-1].getMessage()  # the whole folder holds the run's training images: said so
+    n_seen = int(
+        json.loads((tmp_path / "eval_all" / "metrics.json").read_text())["test/images_in_training_split"]
+    )
+    assert n_seen > 0 and "on 36 images" in said
+    assert (
+        f", {n_seen} of them in the training split of the model's run: not a figure on unseen images" in said
+    )
 
 
 def test_eval_of_the_validation_split_names_its_figures_val(trained_run, tmp_path):
@@ -266,6 +279,15 @@ def test_a_run_without_validation_split_keeps_the_last_epoch(tiny_folder, tmp_pa
     )
     assert Path((run / "best_checkpoint.txt").read_text().strip()) == kept[0].resolve()
     assert "test/mca" in metrics and "val/temperature" not in metrics
+    # the run ends with one line saying its figure, with its interval, on what, and where the report is
+    n_test = len(dm.splits["test"])
+    end = caplog.records[-1].getMessage()
+    assert end.startswith(
+        f"test/mca {metrics['test/mca']:.3f} [{metrics['test/mca_ci95_low']:.3f}, "
+        f"{metrics['test/mca_ci95_high']:.3f}], test/acc {metrics['test/acc']:.3f} ["
+    ), end
+    assert f" on {n_test} images" in end and f"report: {run / 'test_report.md'}" in end
+    assert end.endswith(f"model: {kept[0].resolve()}"), end
     assert "final-epoch" in (run / "config_resolved.yaml").read_text()
     card = _card_and_retest(run, kept[0], overrides, metrics, tmp_path)
     assert "**No validation split**" in card and "belong to" not in card
