@@ -5,6 +5,8 @@ and the end of a run (report plots to W&B, one W&B run per job). Everything here
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ __all__ = [
     "build_trainer",
     "stage_of",
     "renamed",
-    "log_test_loop_as",
+    "test_loop_logged_as",
     "headline",
     "log_report_images",
     "finish_wandb",
@@ -76,19 +78,24 @@ def renamed(key: str, stage: str) -> str:
     return f"{stage}/{key.removeprefix('test/')}" if key.startswith("test/") else key
 
 
-def log_test_loop_as(trainer: L.Trainer, stage: str) -> None:
-    """The test loop logs ``test/<metric>``; an evaluation of the validation or training split renames what
-    reaches the loggers (``val/mca`` in ``csv/metrics.csv`` and in a W&B run's charts and summary), as its
-    ``metrics.json`` does. ``stage="test"`` leaves them as they are."""
+@contextmanager
+def test_loop_logged_as(model: L.LightningModule, stage: str) -> Iterator[None]:
+    """Inside: the model's test loop logs ``<stage>/<metric>`` instead of ``test/<metric>`` (``val/mca`` for
+    ``ana-eval split=val``), so ``trainer.callback_metrics``, callbacks, the loggers (``csv/metrics.csv``, a
+    W&B run's charts and summary) and ``trainer.test``'s results all name the split that was read. Models
+    without :attr:`~ana_lightning.models.base.ANAModule.test_logged_as` are a ``TypeError`` for a stage other
+    than ``test``."""
     if stage == "test":
+        yield
         return
-    for lg in trainer.loggers:
-        log_metrics = lg.log_metrics
-
-        def renaming(metrics: dict[str, Any], step: int | None = None, _log: Any = log_metrics) -> None:
-            _log({renamed(k, stage): v for k, v in metrics.items()}, step)
-
-        lg.log_metrics = renaming  # type: ignore[method-assign]
+    if not hasattr(model, "test_logged_as"):
+        raise TypeError(f"{type(model).__name__} cannot log its test loop as {stage!r}: not an ANAModule")
+    before = model.test_logged_as
+    model.test_logged_as = stage
+    try:
+        yield
+    finally:
+        model.test_logged_as = before
 
 
 def headline(metrics: dict[str, float], stage: str, records: Any, report: Path | str) -> str:

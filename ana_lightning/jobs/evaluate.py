@@ -23,9 +23,8 @@ from .common import (
     finish_wandb,
     headline,
     log_report_images,
-    log_test_loop_as,
-    renamed,
     stage_of,
+    test_loop_logged_as,
 )
 
 __all__ = ["evaluate", "check_unseen"]  # check_unseen: data.splits's, under its old import path
@@ -120,11 +119,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     )
     trainer = build_trainer(cfg, run_dir)
     stage = stage_of(split)
-    log_test_loop_as(trainer, stage)  # the loggers' curves say val/* too for split=val
-    # ddp_spawn: in this process. Lightning's printed table names the figures test/*: only for test figures
-    # (the job's own summary line below names them by the split either way).
-    results = tester_for(trainer).test(model, dataloaders=loader, verbose=stage == "test")
-    metrics = {renamed(k, stage): float(v) for k, v in (results[0] if results else {}).items()}
+    with test_loop_logged_as(model, stage):  # split=val: val/mca wherever the figures go
+        results = tester_for(trainer).test(model, dataloaders=loader)  # ddp_spawn: in this process
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if split == "test" and callable(getattr(dm, "split_flags", None)):
         metrics.update(dm.split_flags("test"))
     seen = seen_in_training(records, run_manifest(ckpt_ref))
@@ -155,4 +152,4 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         headline(metrics, stage, records, run_dir / f"{stage}_report.md"),
     )
     finish_wandb()
-    return metrics, {"model": model, "datamodule": dm, "run_dir": run_dir, "split": split}
+    return metrics, {"model": model, "datamodule": dm, "run_dir": run_dir, "split": split, "trainer": trainer}

@@ -80,6 +80,18 @@ class ANAModule(TemperatureMixin, L.LightningModule):
         self._init_temperature(temperatures)  # fitted on the validation split after training (calibration)
         self._collected: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.test_predictions: dict[str, torch.Tensor] = {}
+        #: the name the test loop logs its figures under: ``test``, or ``val`` / ``train`` while ``ana-eval``
+        #: scores the training run's validation or training split (see :meth:`log`)
+        self.test_logged_as = "test"
+
+    def log(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log`` (``log_dict`` goes through it), with the test loop's ``test/<metric>`` logged
+        as ``<test_logged_as>/<metric>``: an evaluation of the validation split says ``val/mca`` everywhere
+        the figure goes (``trainer.callback_metrics``, callbacks, loggers, the returned results)."""
+        stage = getattr(self, "test_logged_as", "test")
+        if stage != "test" and name.startswith("test/"):
+            name = f"{stage}/{name.removeprefix('test/')}"
+        super().log(name, *args, **kwargs)
 
     # ------------------------------------------------------------------ hparams
     def freeze_backbone_hparams(self, key: str = "backbone") -> None:

@@ -107,3 +107,21 @@ def test_headline_says_the_figure_on_what_and_whether_it_saw_those_groups():
         headline({"val/mca": 0.5}, "val", ungrouped, "r")
         == "val/mca 0.500 on 4 images (no groups); report: r"
     )
+
+
+def test_test_loop_logged_as_restores_the_name_and_refuses_foreign_modules():
+    import lightning as L
+
+    from ana_lightning.jobs.common import test_loop_logged_as
+    from ana_lightning.models.classifier import SoftmaxClassifier
+
+    m = SoftmaxClassifier({"name": "test_resnet"}, ["AC-1", "AC-2"], image_size=32)
+    with pytest.raises(RuntimeError, match="boom"), test_loop_logged_as(m, "val"):
+        assert m.test_logged_as == "val"
+        raise RuntimeError("boom")
+    assert m.test_logged_as == "test"  # restored after an error inside
+    with test_loop_logged_as(L.LightningModule(), "test"):
+        pass  # the test split needs no renaming, whatever the module
+    with pytest.raises(TypeError, match="LightningModule cannot log its test loop as 'val'"):
+        with test_loop_logged_as(L.LightningModule(), "val"):
+            pass

@@ -151,6 +151,10 @@ def test_eval_of_the_validation_split_names_its_figures_val(trained_run, tmp_pat
     # what the test loop logged reaches the loggers under val/ too (csv/…/metrics.csv; a W&B run's charts)
     logged = next(out.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     assert "val/mca" in logged and not [k for k in logged if k.startswith("test/")]
+    # and inside the process: what callbacks read during the loop, and what stays on the trainer after it
+    inside = list(objs["trainer"].callback_metrics)
+    assert "val/mca" in inside and not [k for k in inside if k.startswith("test/")], inside
+    assert objs["model"].test_logged_as == "test"  # the model logs test/* again in a later test loop
 
 
 class _ScriptedMetric(L.Callback):
