@@ -16,7 +16,7 @@ from .data.images import sha256_file
 from .fields.specimens import NO_NEGATIVE_CLASS, screens_negatives
 from .predict import ModelInfo, decision_rule
 
-__all__ = ["DISCLAIMER", "INTENDED_USE", "write_model_card"]
+__all__ = ["DISCLAIMER", "INTENDED_USE", "CELL_INTENDED_USE", "write_model_card"]
 
 DISCLAIMER = (
     "This model is a **research and diagnostic aid**. Its output is a suggestion that must be confirmed by "
@@ -31,6 +31,17 @@ INTENDED_USE = (
     "(FITC, as in training), to support research and a trained reader's interpretation. Not for: deciding a "
     "diagnosis or a treatment without an expert, cell crops or stains unlike the training data, patterns "
     "outside the classes below (the model always answers with one of them)."
+)
+
+
+#: The intended-use line of a model of single cells (its file takes cut cells, not fields).
+CELL_INTENDED_USE = (
+    "Suggesting the ICAP anti-nuclear antibody pattern(s) of HEp-2 indirect immunofluorescence images (FITC, as "
+    "in training), one segmented cell at a time: `ana-predict` and `ana-app` cut a field's cells and combine "
+    "their answers into the field's (or a specimen's) verdict; other software must cut each cell as described "
+    "under Model. To support research and a trained reader's interpretation. Not for: deciding a diagnosis or "
+    "a treatment without an expert, cells cut or stained unlike the training cells, patterns outside the "
+    "classes below (the model always answers with one of them)."
 )
 
 
@@ -89,8 +100,12 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
             )
         md.append(
             f"- Split: fractions {list(data.get('split_fractions', []))}, seed {data.get('seed')} "
-            "(stratified, grouped by patient where known, duplicates kept together)"
+            "(stratified, grouped by the data's groups where known — specimens, slides or patients — so that no "
+            "group is in two splits; duplicates kept together)"
         )
+        grouping = _grouping_line(run)
+        if grouping:
+            md.append(f"- Groups: {grouping} (`grouping.txt`)")
     except Exception as e:  # noqa: BLE001 - the card is still useful without it
         md.append(f"- (config_resolved.yaml unreadable: {e})")
     manifest = run / SPLIT_MANIFEST
@@ -119,8 +134,31 @@ def _training_data_section(run: Path | None, info: ModelInfo) -> list[str]:
             md.append(f"| {c} | " + " | ".join(str(counts[s][c]) for s in SPLITS) + " |")
         md.append("| **images** | " + " | ".join(f"**{len(splits[s])}**" for s in SPLITS) + " |")
         if any(groups.values()):
-            md.append("| groups (patients) | " + " | ".join(str(groups[s]) for s in SPLITS) + " |")
+            md.append("| groups | " + " | ".join(str(groups[s]) for s in SPLITS) + " |")
     return md + [""]
+
+
+def _grouping_line(run: Path) -> str:
+    """How the reader grouped the images into specimens (the ``grouping:`` line of ``grouping.txt``), or ""."""
+    path = run / "grouping.txt"
+    if not path.is_file():
+        return ""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("grouping:"):
+            return line.removeprefix("grouping:").strip()
+    return ""
+
+
+def _test_groups(run: Path | None) -> int:
+    """How many groups (specimens, slides, patients) the run's test split holds; 0 when unknown."""
+    from .data.splits import SPLIT_MANIFEST, load_manifest
+
+    if run is None or not (run / SPLIT_MANIFEST).is_file():
+        return 0
+    try:
+        return len({r.group for r in load_manifest(run / SPLIT_MANIFEST, check=False)["test"] if r.group})
+    except Exception:  # noqa: BLE001 - the card is still useful without it
+        return 0
 
 
 def _metrics_section(run: Path | None, ckpt_path: Path) -> list[str]:
@@ -189,6 +227,19 @@ def _run_metrics(run: Path | None, ckpt_path: Path) -> dict[str, Any]:
     return {}
 
 
+def _class_nodes(run: Path | None) -> dict[str, dict[str, str]]:
+    """A contest-level run's ``classes.csv`` rows by class (``Speckled`` -> its tree label, level-1 and
+    level-2 nodes, AC code); empty without one."""
+    import csv
+
+    from .data.hierarchy import CLASSES_TABLE
+
+    if run is None or not (run / CLASSES_TABLE).is_file():
+        return {}
+    with open(run / CLASSES_TABLE, newline="") as f:
+        return {r["class"]: r for r in csv.DictReader(f) if r.get("class")}
+
+
 def _is_synthetic(run: Path | None) -> bool | None:
     from omegaconf import OmegaConf
 
@@ -220,8 +271,27 @@ def _real_data_section(run: Path | None, metrics: dict[str, Any]) -> list[str]:
     where = (
         "real images of the run's own held-out test split" if synthetic is False else "the run's test split"
     )
-    md += [f"On {where}:", "", "| metric | value |", "|---|---|"]
-    md += [f"| `{k}` | {float(v):.4f} |" for k, v in figures]
+    n_groups, shared = _test_groups(run), metrics.get("test/shared_groups_with_train")
+    if n_groups:
+        where += f", {n_groups} groups (specimens, slides or patients)"
+        if shared == 0:
+            where += ", none of which was trained on"
+        elif isinstance(shared, int | float):
+            where += f", **{int(shared)} of them also in training** (not a figure on unseen groups)"
+    md += [
+        f"On {where} (95 % bootstrap intervals over those groups where given):",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for k, v in figures:
+        lo, hi = metrics.get(f"{k}_ci95_low"), metrics.get(f"{k}_ci95_high")
+        ci = (
+            f" [{float(lo):.4f}, {float(hi):.4f}]"
+            if isinstance(lo, int | float) and isinstance(hi, int | float)
+            else ""
+        )
+        md.append(f"| `{k}` | {float(v):.4f}{ci} |")
     return md + [""]
 
 
@@ -321,6 +391,34 @@ def _names_centromere_and_speckled(class_names: Sequence[str], tree) -> bool:
     return any("centromere" in w for w in words) and any("speckled" in w for w in words)
 
 
+def _classes_section(class_names: Sequence[str], tree, run: Path | None) -> list[str]:
+    """The class table: each output's AC code, or for a contest class (``Speckled``) the ICAP node the run's
+    ``classes.csv`` ties it to, with the AC codes under that node and its level-1 and level-2 nodes."""
+    md = ["", "## Classes", "", "| index | code | pattern | level 1 | level 2 |", "|---|---|---|---|---|"]
+    nodes = _class_nodes(run)
+    for i, c in enumerate(class_names):
+        if tree.is_code(c):
+            md.append(
+                f"| {i} | {c} | {tree.names[tree.parse_code(c)]} | {tree.level_of(c, 1)} | {tree.level_of(c, 2)} |"
+            )
+        elif c in nodes:  # a contest class: its ICAP node from the run's classes.csv
+            row = nodes[c]
+            label = row.get("tree_label", "")
+            try:
+                leaves = tree.leaves(label)
+            except (KeyError, ValueError):
+                leaves = ()
+            pattern = (
+                f"{tree.parse_code(label)} {tree.names[tree.parse_code(label)]}"
+                if tree.is_code(label)
+                else f"ICAP node *{label}*" + (f" ({', '.join(leaves)})" if leaves else "")
+            )
+            md.append(f"| {i} | {c} | {pattern} | {row.get('level1', '')} | {row.get('level2', '')} |")
+        else:
+            md.append(f"| {i} | {c} | | | |")
+    return md + [""]
+
+
 def write_model_card(
     path: str | Path,
     info: ModelInfo,
@@ -340,6 +438,7 @@ def write_model_card(
     title = info.class_path.rsplit(".", 1)[-1] + (
         f" ({info.extra['backbone']})" if info.extra.get("backbone") else ""
     )
+    cell_lines = _cell_input(ckpt_path, info)
     md = [
         f"# Model card: {title}, ANA pattern classifier",
         "",
@@ -347,7 +446,7 @@ def write_model_card(
         "",
         "## Intended use",
         "",
-        INTENDED_USE,
+        CELL_INTENDED_USE if cell_lines else INTENDED_USE,
         "",
         "## Model",
         "",
@@ -356,10 +455,11 @@ def write_model_card(
         f"- Trained as: `{info.class_path}`; task `{info.task}`",
         f"- Exported: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} with ana-lightning {version}, "
         f"torch {torch.__version__}",
-        f"- Input: RGB field image, any size, resized to {info.image_size}×{info.image_size} (area interpolation), "
+        f"- Input: RGB {'cell crop (cut as below)' if cell_lines else 'field image'}, any size, resized to "
+        f"{info.image_size}×{info.image_size} (area interpolation), "
         f"scaled to [0, 1] and normalised with mean {list(info.mean)}, std {list(info.std)}; tensor `image` (N, 3, "
         f"{info.image_size}, {info.image_size}), any batch size N",
-        *_cell_input(ckpt_path, info),
+        *cell_lines,
         *_bit_depth(info),
         f"- Output: `probabilities` (N, {len(decision_rule(info).output_names)}) in the order "
         + (
@@ -399,15 +499,7 @@ def write_model_card(
                 "Thresholds: "
                 + ", ".join(f"{c} {t:.3f}" for c, t in zip(info.class_names, info.thresholds, strict=True)),
             ]
-    md += ["", "## Classes", "", "| index | code | pattern | level 1 | level 2 |", "|---|---|---|---|---|"]
-    for i, c in enumerate(info.class_names):
-        if tree.is_code(c):
-            md.append(
-                f"| {i} | {c} | {tree.names[tree.parse_code(c)]} | {tree.level_of(c, 1)} | {tree.level_of(c, 2)} |"
-            )
-        else:
-            md.append(f"| {i} | {c} | | | |")
-    md.append("")
+    md += _classes_section(info.class_names, tree, run)
     metrics = _run_metrics(run, ckpt_path)
     md += _real_data_section(run, metrics)
     md += _calibration_section(info, metrics, run)

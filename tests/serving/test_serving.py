@@ -388,7 +388,10 @@ def test_model_card_has_the_runs_real_data_figures_and_calibration_error(trained
     result = export_model(best, format="torchscript", output=tmp_path / "m.torchscript.pt")
     card = result.card_path.read_text()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert "## Real-data figures" in card and f"| `test/mca` | {metrics['test/mca']:.4f} |" in card
+    mca = (
+        f"{metrics['test/mca']:.4f} [{metrics['test/mca_ci95_low']:.4f}, {metrics['test/mca_ci95_high']:.4f}]"
+    )
+    assert "## Real-data figures" in card and f"| `test/mca` | {mca} |" in card  # with its bootstrap interval
     assert "## Calibration" in card and "temperature-scaled" in card
     assert f"| as served | {metrics['test/ece']:.4f} |" in card
     assert f"| uncalibrated | {metrics['test/ece_uncalibrated']:.4f} |" in card
@@ -424,10 +427,50 @@ def test_model_card_counts_a_contest_level_runs_classes(tmp_path):
         "path,label,split,sha256,group\n"
         + "".join(f"{p},{lab},train,{i},{g}\n" for i, (p, lab, g) in enumerate(rows))
     )
+    (run / "grouping.txt").write_text(
+        "reader: i3a2014\ngrouping: no specimen column: 3 groups of consecutive IDs\n"
+    )
     card = "\n".join(_training_data_section(run, SimpleNamespace(class_names=["Homogeneous", "Speckled"])))
-    assert "unreadable" not in card
+    assert "unreadable" not in card and "grouped by patient" not in card
     assert "| Homogeneous | 1 | 0 | 0 |" in card and "| Speckled | 2 | 0 | 0 |" in card
-    assert "| groups (patients) | 3 | 0 | 0 |" in card and "**No validation split**" in card
+    assert "| groups | 3 | 0 | 0 |" in card and "**No validation split**" in card
+    assert "- Groups: no specimen column: 3 groups of consecutive IDs (`grouping.txt`)" in card
+
+
+def test_model_card_names_the_icap_node_of_each_contest_class_and_the_test_groups(tmp_path):
+    """A lab reads what each output means (Speckled = the ICAP speckled node, AC-2/4/5/29) and that the
+    figure is on groups never trained on; a class the run does not describe keeps empty cells."""
+    from ana_lightning.model_card import _classes_section, _real_data_section
+    from ana_lightning.taxonomy import Taxonomy
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "classes.csv").write_text(
+        "class,tree_label,level1,level2,code\nHomogeneous,AC-1,nuclear,homogeneous,AC-1\n"
+        "Speckled,speckled,nuclear,speckled,\nGolgi,AC-22,cytoplasmic,polar/Golgi-like,AC-22\n"
+    )
+    table = "\n".join(
+        _classes_section(["Homogeneous", "Speckled", "Golgi", "Other", "AC-3"], Taxonomy.load(), run)
+    )
+    assert "| 0 | Homogeneous | AC-1 Nuclear homogeneous | nuclear | homogeneous |" in table
+    assert "| 1 | Speckled | ICAP node *speckled* (AC-2, AC-4, AC-5, AC-29) | nuclear | speckled |" in table
+    assert "| 2 | Golgi | AC-22 Polar/Golgi-like | cytoplasmic | polar/Golgi-like |" in table
+    assert "| 3 | Other | | | |" in table and "| 4 | AC-3 | Centromere | nuclear | centromere |" in table
+    (run / "config_resolved.yaml").write_text(
+        "data:\n  _target_: x.HEp2HierarchyDataModule\n  root: /cells\n"
+    )
+    (run / "split_manifest.csv").write_text(
+        "path,label,split,sha256,group\n"
+        + "".join(f"c{i}.png,AC-1,{'test' if i < 4 else 'train'},{i},s{i // 2}\n" for i in range(8))
+    )
+    m = {"test/mca": 0.72, "test/mca_ci95_low": 0.61, "test/mca_ci95_high": 0.84, "test/acc": 0.7}
+    clean = "\n".join(_real_data_section(run, {**m, "test/shared_groups_with_train": 0.0}))
+    assert (
+        "held-out test split, 2 groups (specimens, slides or patients), none of which was trained on" in clean
+    )
+    assert "| `test/mca` | 0.7200 [0.6100, 0.8400] |" in clean and "| `test/acc` | 0.7000 |" in clean
+    leaky = "\n".join(_real_data_section(run, {**m, "test/shared_groups_with_train": 1.0}))
+    assert "**1 of them also in training** (not a figure on unseen groups)" in leaky
 
 
 def test_a_pipeline_bundle_carries_its_models_bit_depth(zoo, tmp_path, caplog):
