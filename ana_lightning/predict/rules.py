@@ -214,9 +214,18 @@ class DecisionRule:
         return [(self.output_names[i], float(probs[i])) for i in order]
 
     def hierarchy(self, label: str) -> tuple[str, str, str]:
-        """``(level 1, level 2, code)`` of a label of the ICAP tree (empty levels for other names)."""
+        """``(level 1, level 2, code)`` of a label of the ICAP tree; a class that stands for a tree node
+        (a contest class such as ``Speckled``, through the model's ``class_nodes``) gets that node's levels
+        and its code when the node is one (``Homogeneous`` -> AC-1); empty levels for other names."""
         if self.tree.is_code(label):
             return self.tree.level_of(label, 1), self.tree.level_of(label, 2), self.tree.parse_code(label)
+        node = str((self.info.extra.get("class_nodes") or {}).get(label) or "")
+        if self.tree.is_code(node):
+            return self.tree.level_of(node, 1), self.tree.level_of(node, 2), self.tree.parse_code(node)
+        if node in self.tree.nodes(2):
+            return self.tree.parent(node), node, ""
+        if node in self.tree.nodes(1):
+            return node, "", ""
         return "", "", label
 
     def labels(self, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> tuple[str, ...]:
@@ -254,12 +263,9 @@ class SingleLabelRule(DecisionRule):
         if not l1:
             return [(l1, None), (l2, None), (l3, self.confidence(probs, label))]
         names = self.output_names
-        under = [
-            (self.tree.level_of(c, 1), self.tree.level_of(c, 2)) if self.tree.is_code(c) else ("", "")
-            for c in names
-        ]
+        under = [self.hierarchy(c)[:2] for c in names]
         p1 = float(sum(p for p, (a, _) in zip(probs, under, strict=True) if a == l1))
-        p2 = float(sum(p for p, (_, b) in zip(probs, under, strict=True) if b == l2))
+        p2 = float(sum(p for p, (_, b) in zip(probs, under, strict=True) if b == l2)) if l2 else None
         return [(l1, p1), (l2, p2), (l3, self.confidence(probs, label))]
 
 

@@ -198,3 +198,19 @@ def test_cross_dataset_eval_through_the_tree(tmp_path):
     assert len((out_val / "val_predictions.csv").read_text().splitlines()) == n_val + 1
     assert "split: val" in (out_val / "evaluated.txt").read_text()
     assert "val/mca" in (out_val / "cross_dataset_report.md").read_text()
+
+    # What a lab's prediction files and ana-app say of a contest class: the ICAP node it stands for, from
+    # the checkpoint (and from its ONNX export's metadata, which carries the same class_nodes).
+    import numpy as np
+
+    from ana_lightning.predict import Predictor
+
+    p = Predictor.load(ckpt)
+    assert p.hierarchy("Homogeneous") == ("nuclear", "homogeneous", "AC-1")
+    assert p.hierarchy("Speckled") == ("nuclear", "speckled", "")
+    assert p.hierarchy("Golgi") == ("cytoplasmic", "polar/Golgi-like", "AC-22")
+    probs = np.full(len(p.class_names), 1 / len(p.class_names))
+    (l1, p1), (l2, p2), _ = p.path(probs, "Speckled")  # the nodes' probabilities: sums over their classes
+    nuclear = sum(1 for c in p.class_names if p.hierarchy(c)[0] == "nuclear")
+    assert (l1, l2) == ("nuclear", "speckled") and p1 == pytest.approx(nuclear / len(p.class_names))
+    assert p2 == pytest.approx(1 / len(p.class_names)) and 0 < nuclear < len(p.class_names)
