@@ -29,6 +29,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +292,39 @@ def summarize_sweep(
         _markdown(sweep, clean, jobs, keys, missing, coverage, no_predictions)
     )
     log.info("cross-validation summary of %d fold job(s) written to %s", len(jobs), out_dir / "cv_summary.md")
+    log.info("%s", cv_headline(clean))
     return clean
+
+
+def cv_headline(s: Mapping[str, Any]) -> str:
+    """One line a user reads at the end of a sweep: the headline metric per fold (mean ± SD, its 95 % interval,
+    over how many folds and repeats), the pooled out-of-fold figure with its grouped interval, and the groups a
+    majority vote reads right. E.g. ``cross-validation, 5 folds x 2 repeat(s): test/mca 0.802 ± 0.059 [0.723, 0.880]
+    over 10 fold jobs; pooled oof/mca 0.807 [0.735, 0.860]; 27 of 31 groups read as their class by majority``."""
+    metric = next(
+        (m for m in ("test/mca", "test/exact_match", "test/acc", "test/micro_f1") if f"{m}/mean" in s), None
+    )
+    parts = [f"cross-validation, {s.get('folds')} folds x {s.get('repeats')} repeat(s)"]
+    if metric is None:
+        return parts[0] + ": no fold has test metrics yet"
+    parts[0] += (
+        f": {metric} {_fmt(s[f'{metric}/mean'])} ± {_fmt(s.get(f'{metric}/sd'))} "
+        f"[{_fmt(s.get(f'{metric}/ci95_low'))}, {_fmt(s.get(f'{metric}/ci95_high'))}] per fold over "
+        f"{s.get(f'{metric}/n_folds')} fold job(s)"
+    )
+    pooled = f"oof/{metric.removeprefix('test/')}"
+    if s.get(pooled) is not None:
+        lo, hi = s.get(f"{pooled}_ci95_low"), s.get(f"{pooled}_ci95_high")
+        parts.append(
+            f"pooled {pooled} {_fmt(s[pooled])}" + (f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else "")
+        )
+    if s.get("oof/n_groups"):
+        parts.append(
+            f"{s.get('oof/groups_right')} of {s['oof/n_groups']} groups read as their class by majority"
+        )
+    if s.get("missing_folds"):
+        parts.append(f"INCOMPLETE: {len(s['missing_folds'])} fold job(s) without metrics")
+    return "; ".join(parts)
 
 
 def _oof_metrics(

@@ -89,10 +89,19 @@ def _fake_sweep(
     return {"records": recs, "metrics": fold_metrics}
 
 
-def test_summary_mean_sd_and_oof_every_image_once(tmp_path):
+def test_summary_mean_sd_and_oof_every_image_once(tmp_path, caplog):
+    caplog.set_level("INFO", logger="ana_lightning.crossval")
     sweep = tmp_path / "sweep"
     made = _fake_sweep(tmp_path / "data", sweep, folds=4)
     s = summarize_sweep(sweep, n_boot=200)
+    # the sweep ends with one line: the figure per fold with its interval, pooled, and by group
+    said = caplog.records[-1].getMessage()
+    assert said.startswith(
+        f"cross-validation, 4 folds x 1 repeat(s): test/mca {s['test/mca/mean']:.3f} ± {s['test/mca/sd']:.3f} "
+        f"[{s['test/mca/ci95_low']:.3f}, {s['test/mca/ci95_high']:.3f}] per fold over 4 fold job(s); "
+        f"pooled oof/mca {s['oof/mca']:.3f} [{s['oof/mca_ci95_low']:.3f}, {s['oof/mca_ci95_high']:.3f}]; "
+        f"{s['oof/groups_right']} of 4 groups read as their class by majority"
+    ), said
     for m in ("test/mca", "test/acc", "test/loss"):
         vals = [v[m] for v in made["metrics"].values()]
         assert s[f"{m}/mean"] == pytest.approx(np.mean(vals))
@@ -148,12 +157,18 @@ def test_summary_by_group_needs_named_groups_and_calls_a_tie_no_verdict(tmp_path
     assert _group_majority(oof, 1, {}) == {}  # no named groups: no figure
 
 
-def test_summary_with_repeats_and_a_missing_fold(tmp_path):
+def test_summary_with_repeats_and_a_missing_fold(tmp_path, caplog):
+    caplog.set_level("INFO", logger="ana_lightning.crossval")
     sweep = tmp_path / "sweep"
     _fake_sweep(tmp_path / "data", sweep, folds=3, repeats=2)
     shutil.rmtree(sweep / "4")  # repeat 1, fold 1 never ran
     s = summarize_sweep(sweep, n_boot=100)
     assert s["test/mca/n_folds"] == 5 and s["missing_folds"] == ["repeat 1 fold 1"]
+    said = caplog.records[-1].getMessage()
+    assert (
+        said.startswith("cross-validation, 3 folds x 2 repeat(s): test/mca ") and "over 5 fold job(s)" in said
+    )
+    assert said.endswith("; INCOMPLETE: 1 fold job(s) without metrics"), said
     with open(sweep / "oof_predictions.csv", newline="") as f:
         oof = list(csv.DictReader(f))
     per_rep = Counter(r["repeat"] for r in oof)
