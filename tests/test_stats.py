@@ -176,3 +176,36 @@ def test_group_report_names_the_groups_a_model_misreads(tmp_path):
     md = (tmp_path / "val_report.md").read_text()
     assert "| g000 |" not in md and "| g044 |" in md and f"The {MAX_GROUP_ROWS} least accurate" in md
     assert len(list(csv.DictReader(open(tmp_path / "val_per_group.csv")))) == MAX_GROUP_ROWS + 5
+
+
+def test_error_gallery_picks_the_most_confident_errors_half_a_row_per_group(tmp_path):
+    from PIL import Image
+
+    from ana_lightning.reports.gallery import pick_errors, plot_error_gallery
+
+    # class 0: 6 errors in group a (confidences .9 … .4) and 2 in group b (.35, .3); class 1: all right
+    target = [0] * 10 + [1] * 3
+    pred = [1] * 8 + [0, 0] + [1] * 3
+    conf = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.35, 0.3, 0.99, 0.99, 0.9, 0.9, 0.9]
+    groups = ["a"] * 6 + ["b"] * 2 + ["a", "a"] + ["c"] * 3
+    picked = pick_errors(target, pred, conf, groups, per_class=4)
+    assert list(picked) == [0]  # class 1 has no error: no row
+    assert picked[0] == [0, 1, 6, 7]  # two of a (the cap), then b's two, most confident first
+    assert pick_errors(target, pred, conf, groups, per_class=8)[0] == [0, 1, 2, 3, 4, 5, 6, 7]  # filled up
+    paths = []
+    for i in range(13):  # dim 8-bit cells and one unreadable file
+        p = tmp_path / f"c{i}.png"
+        if i == 3:
+            p.write_bytes(b"not a png")
+        else:
+            Image.fromarray((np.random.default_rng(i).random((40, 40)) * 30).astype(np.uint8)).save(p)
+        paths.append(str(p))
+    prob = np.array([[1 - c, c] if p == 1 else [c, 1 - c] for p, c in zip(pred, conf, strict=True)])
+    out = plot_error_gallery(paths, target, prob, ["AC-1", "AC-4"], groups, tmp_path / "test_errors.png")
+    assert out is not None and out.stat().st_size > 5000
+    right = prob[10:]
+    assert (
+        plot_error_gallery(paths[10:], target[10:], right, ["AC-1", "AC-4"], groups[10:], tmp_path / "x.png")
+        is None
+    )
+    assert not (tmp_path / "x.png").exists()

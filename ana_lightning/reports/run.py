@@ -113,6 +113,37 @@ def write_test_report(
                 out_dir,
                 stage=stage,
             )
+        if pred.get("target") is not None:
+            _error_gallery(tested, pred, names, out_dir, stage, bool(details))
+
+
+def _error_gallery(
+    tested: Sequence[Any],
+    pred: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    out_dir: Path,
+    stage: str,
+    md: bool,
+) -> None:
+    """``{stage}_errors.png`` (the wrong images, most confident first) and its place in the report."""
+    from .gallery import plot_error_gallery
+
+    gallery = plot_error_gallery(
+        [r.path for r in tested],
+        [int(t) for t in pred["target"].tolist()],
+        pred["prob"].detach().cpu().float().numpy(),
+        names,
+        [getattr(r, "group", None) for r in tested],
+        out_dir / f"{stage}_errors.png",
+    )
+    report = out_dir / f"{stage}_report.md"
+    if gallery is not None and md and report.is_file():
+        with open(report, "a") as f:
+            f.write(
+                "\n## Wrong images\n\nThe most confident errors of each true class (at most half a row from one "
+                "group), each tile contrast-stretched on its own:\n\n"
+                f"![wrong images, most confident first]({gallery.name})\n"
+            )
 
 
 def _write_multihead_report(

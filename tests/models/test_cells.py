@@ -465,6 +465,12 @@ def test_recipe_trains_end_to_end(tmp_path, capsys):
     overall = sum(float(r["accuracy"]) * int(r["images"]) for r in per_group) / len(preds)
     assert overall == pytest.approx(np.mean([r["true"] == r["pred"] for r in preds]), abs=1e-9)
     assert "## Per group" in (run / "test_report.md").read_text()
+    # the wrong cells are shown (most confident first), and only when there are some
+    wrong = sum(r["true"] != r["pred"] for r in preds)
+    assert (run / "test_errors.png").is_file() == (wrong > 0)
+    assert (
+        "![wrong images, most confident first](test_errors.png)" in (run / "test_report.md").read_text()
+    ) == (wrong > 0)
     # the ablation script's shifted evaluation reproduces the run's own test MCA on unshifted cells
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
     from ablation import evaluate_shifts
