@@ -17,7 +17,9 @@ writes into the sweep folder:
 - ``oof_predictions.csv``: every job's ``test_predictions.csv`` with ``repeat`` and ``fold`` columns
   (every image exactly once per repeat; paths as in ``folds_manifest.csv``);
 - ``oof_confusion_matrix.png``: the pooled confusion matrix (single-label models; multi-label:
-  ``oof_per_class_f1.png``).
+  ``oof_per_class_f1.png``);
+- ``oof_errors.png``: the wrong out-of-fold images of one repeat, most confident first, at most half a row
+  per group (single-label models whose image files are readable from where the summary runs).
 
 ``ana-eval sweep_dir=<sweep folder>`` runs :func:`summarize_sweep` again from the saved files.
 """
@@ -69,6 +71,7 @@ SUMMARY_FILES = (
     "oof_predictions.csv",
     "oof_confusion_matrix.png",
     "oof_per_class_f1.png",
+    "oof_errors.png",
 )
 
 
@@ -149,9 +152,10 @@ def sweep_manifest(sweep_dir: str | Path) -> Path | None:
     return Path(given.pop()) if given and Path(next(iter(given))).is_file() else None
 
 
-def _test_rows(job_dir: Path) -> list[dict[str, str]] | None:
+def _test_rows(job_dir: Path, files: dict[str, str] | None = None) -> list[dict[str, str]] | None:
     """The job's ``test_predictions.csv`` with each path replaced by its manifest-relative path (from
-    the job's ``split_manifest.csv``, whose test rows are in the same order)."""
+    the job's ``split_manifest.csv``, whose test rows are in the same order). ``files``, when given, gets
+    each manifest-relative path's file as the job read it."""
     pred_path, split_path = job_dir / "test_predictions.csv", job_dir / "split_manifest.csv"
     if not pred_path.is_file() or not split_path.is_file():
         return None
@@ -171,6 +175,8 @@ def _test_rows(job_dir: Path) -> list[dict[str, str]] | None:
                 f"{pred_path}: {row['path']} is not {rel}, the same row of the test split in {split_path}"
             )
         out.append({**row, "path": rel})
+        if files is not None:
+            files[rel] = row["path"]
     return out
 
 
@@ -232,8 +238,9 @@ def summarize_sweep(
     oof: list[dict[str, str]] = []
     header: list[str] = []
     no_predictions = []
+    files: dict[str, str] = {}
     for j in jobs:
-        rows = _test_rows(j["dir"])
+        rows = _test_rows(j["dir"], files)
         if rows is None:
             no_predictions.append(j["dir"].name)
             continue
@@ -275,6 +282,7 @@ def summarize_sweep(
             named = {r["path"]: r["group"] for r in manifest if r["group"]}
             summary.update(_group_majority(oof, repeats, named))
             _plot_pooled_confusion(oof, classes, out_dir / "oof_confusion_matrix.png", summary)
+            _plot_oof_errors(oof, classes, files, named, out_dir / "oof_errors.png")
         else:  # multi-label: no confusion matrix; the pooled per-class F1 instead
             _plot_pooled_f1(oof, classes, out_dir / "oof_per_class_f1.png", summary)
     summary.update(
@@ -289,7 +297,7 @@ def summarize_sweep(
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
     (out_dir / "cv_summary.json").write_text(json.dumps(clean, indent=2) + "\n")
     (out_dir / "cv_summary.md").write_text(
-        _markdown(sweep, clean, jobs, keys, missing, coverage, no_predictions)
+        _markdown(sweep, clean, jobs, keys, missing, coverage, no_predictions, out_dir)
     )
     log.info("cross-validation summary of %d fold job(s) written to %s", len(jobs), out_dir / "cv_summary.md")
     log.info("%s", cv_headline(clean))
@@ -403,6 +411,35 @@ def _plot_pooled_confusion(
     plot_confusion_matrix(cm, classes, path, title=f"out-of-fold, all repeats: MCA {mca:.3f}")
 
 
+def _plot_oof_errors(
+    oof: list[dict[str, str]], classes: list[str], files: dict[str, str], groups: dict[str, str], path: Path
+) -> Path | None:
+    """``oof_errors.png``: the wrong images of the first repeat with predictions (each image once), as a
+    test report shows them (:func:`~ana_lightning.reports.gallery.plot_error_gallery`). Not drawn when the
+    files cannot be read from here (a summary recomputed elsewhere): a stale one is removed then."""
+    from .reports.gallery import plot_error_gallery
+
+    first = min(r["repeat"] for r in oof)
+    rows = [r for r in oof if r["repeat"] == first and r["true"] in classes]
+    readable = [r for r in rows if Path(files.get(r["path"], r["path"])).is_file()]
+    if not rows or len(readable) < len(rows):
+        path.unlink(missing_ok=True)
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    prob = np.array([[float(r[f"p_{c}"] or 0.0) for c in classes] for r in rows])
+    made = plot_error_gallery(
+        [files.get(r["path"], r["path"]) for r in rows],
+        [index[r["true"]] for r in rows],
+        prob,
+        classes,
+        [groups.get(r["path"]) for r in rows],
+        path,
+    )
+    if made is None:
+        path.unlink(missing_ok=True)
+    return made
+
+
 def _plot_pooled_f1(
     oof: list[dict[str, str]], classes: list[str], path: Path, summary: dict[str, Any]
 ) -> None:
@@ -427,6 +464,7 @@ def _markdown(
     missing: list,
     coverage: list[str],
     no_predictions: list[str],
+    out_dir: Path | None = None,
 ) -> str:
     k, r = s["folds"], s["repeats"]
     ci = (
@@ -500,6 +538,13 @@ def _markdown(
             ]
         if not s.get("oof/multilabel"):
             md += ["", "![pooled confusion matrix](oof_confusion_matrix.png)"]
+            if ((out_dir or sweep) / "oof_errors.png").is_file():
+                md += [
+                    "",
+                    "The wrong images (one repeat), most confident first, at most half a row per group:",
+                    "",
+                    "![wrong out-of-fold images](oof_errors.png)",
+                ]
         else:
             md += ["", "![pooled per-class F1](oof_per_class_f1.png)"]
     for line in coverage:

@@ -93,7 +93,8 @@ def _log_wandb(sweep: Path, summary: dict[str, Any]) -> None:
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     run.summary.update(scalars)
     run.log(scalars)
-    png = sweep / "oof_confusion_matrix.png"
-    if png.is_file():
-        run.log({"cv/oof_confusion_matrix": wandb.Image(str(png))})
+    for name in ("oof_confusion_matrix", "oof_errors"):
+        png = sweep / f"{name}.png"
+        if png.is_file():
+            run.log({f"cv/{name}": wandb.Image(str(png))})
     run.finish()

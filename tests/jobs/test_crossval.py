@@ -442,3 +442,22 @@ def test_val_compare_pairs_two_sweeps_by_fold_on_their_best_validation(tmp_path)
     (a / "0" / "metrics.json").write_text(json.dumps({"val/mca_best": 0.9}))
     with pytest.raises(SystemExit, match="its CSV curve's best is 0.7"):
         compare(a, b)
+
+
+def test_summary_shows_the_wrong_out_of_fold_images_when_it_can_read_them(tmp_path):
+    from PIL import Image
+
+    sweep = tmp_path / "sweep"
+    made = _fake_sweep(tmp_path / "data", sweep, folds=3, acc=0.6)
+    summarize_sweep(sweep, n_boot=50)  # the image files do not exist: no gallery, and the summary still runs
+    assert not (sweep / "oof_errors.png").exists()
+    for i, r in enumerate(made["records"]):
+        Path(r.path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.random.default_rng(i).random((24, 24)) * 200).astype(np.uint8)).save(r.path)
+    summarize_sweep(sweep, n_boot=50)
+    assert (sweep / "oof_errors.png").stat().st_size > 5000
+    assert "![wrong out-of-fold images](oof_errors.png)" in (sweep / "cv_summary.md").read_text()
+    Path(made["records"][0].path).unlink()  # recomputed where not every file is readable: no stale picture
+    summarize_sweep(sweep, n_boot=50)
+    assert not (sweep / "oof_errors.png").exists()
+    assert "oof_errors.png" not in (sweep / "cv_summary.md").read_text()
