@@ -173,19 +173,6 @@ def _cell_tta(model: nn.Module) -> dict[str, Any]:
     return {"cell_tta": True} if any(isinstance(m, CellInput) and m.tta for m in model.modules()) else {}
 
 
-def _class_nodes(ckpt_path: Path) -> dict[str, Any]:
-    """``{"class_nodes": {class: ICAP tree label}}`` when the run stored them (contest classes such as
-    ``Speckled`` are tree nodes, not AC codes), so ``ana-predict truth=`` scores the exported file as
-    its checkpoint; ``{}`` otherwise."""
-    from .data.run_config import training_data_config
-
-    try:
-        nodes = training_data_config(ckpt_path)[1]
-    except Exception:  # noqa: BLE001 - a bundle or model the predictor loads another way
-        return {}
-    return {"class_nodes": dict(nodes)} if nodes else {}
-
-
 def check_parity(
     reference: nn.Module,
     exported: Predictor,
@@ -278,10 +265,9 @@ def export_model(
     model = model.float().eval()
     info = ModelInfo.from_model(model, meta)
     # how its inputs are prepared (cell or field model, nucleus scale, cell mask, framing), so the
-    # exported file reads a lab's fields as its checkpoint does (ana-predict, ana-app: fields.mode)
-    info = replace(
-        info, extra={**info.extra, **export_scale(ckpt_path), **_class_nodes(ckpt_path), **_cell_tta(model)}
-    )
+    # exported file reads a lab's fields as its checkpoint does (ana-predict, ana-app: fields.mode);
+    # a contest-class model's class_nodes come with the checkpoint's metadata (load_model)
+    info = replace(info, extra={**info.extra, **export_scale(ckpt_path), **_cell_tta(model)})
     rule = decision_rule(info)
     module = ProbabilityModel(model, rule).eval()
     example = torch.randn(2, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(1))

@@ -17,6 +17,7 @@ then starts from those settings and applies only what the user typed on the comm
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,17 @@ _NOT_CARRIED = (
 )
 
 
+def stored_data_state(ckpt: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """``(data config, class name → ICAP node)`` as the run's datamodule stored them in a loaded checkpoint
+    (its ``state_dict``: ``ana_data``, ``class_nodes``); None for a checkpoint without them."""
+    for value in ckpt.values():
+        if isinstance(value, dict) and isinstance(value.get("ana_data"), dict):
+            return dict(value["ana_data"]), {
+                str(k): str(v) for k, v in (value.get("class_nodes") or {}).items()
+            }
+    return None
+
+
 def training_data_config(
     ckpt_path: str | Path, trust_checkpoint: bool = False
 ) -> tuple[dict[str, Any] | None, dict[str, str]]:
@@ -73,9 +85,9 @@ def training_data_config(
     from ..utils import read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path, trust_checkpoint=trust_checkpoint)
-    for value in ckpt.values():
-        if isinstance(value, dict) and isinstance(value.get("ana_data"), dict):
-            return dict(value["ana_data"]), dict(value.get("class_nodes") or {})
+    stored = stored_data_state(ckpt)
+    if stored is not None:
+        return stored
     saved = Path(ckpt_path).resolve().parent.parent / "config_resolved.yaml"
     if saved.is_file():
         data = OmegaConf.load(saved).get("data")

@@ -48,19 +48,13 @@ def load_model(
     model = load_checkpoint_model(  # checks that it is a Lightning checkpoint
         path, map_location=map_location, trust_checkpoint=trust_checkpoint, checkpoint=ckpt
     )
+    from ..data.run_config import stored_data_state
+
     meta = dict(ckpt.get("ana_lightning") or {})
-    nodes = _class_nodes_of(ckpt)
+    nodes = (stored_data_state(ckpt) or ({}, {}))[1]
     if nodes and "class_nodes" not in meta:  # contest classes (Speckled) and the ICAP node each stands for
         meta["class_nodes"] = nodes
     return model, meta
-
-
-def _class_nodes_of(ckpt: dict[str, Any]) -> dict[str, str]:
-    """Class name -> ICAP tree label, as the run's datamodule stored it in the checkpoint (empty if none)."""
-    for value in ckpt.values():
-        if isinstance(value, dict) and isinstance(value.get("ana_data"), dict):
-            return {str(k): str(v) for k, v in (value.get("class_nodes") or {}).items()}
-    return {}
 
 
 def _is_bundle(ckpt: Any) -> bool:

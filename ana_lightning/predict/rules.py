@@ -217,9 +217,11 @@ class DecisionRule:
         """``(level 1, level 2, code)`` of a label of the ICAP tree; a class that stands for a tree node
         (a contest class such as ``Speckled``, through the model's ``class_nodes``) gets that node's levels
         and its code when the node is one (``Homogeneous`` -> AC-1); empty levels for other names."""
-        if self.tree.is_code(label):
-            return self.tree.level_of(label, 1), self.tree.level_of(label, 2), self.tree.parse_code(label)
-        node = str((self.info.extra.get("class_nodes") or {}).get(label) or "")
+        node = (
+            label
+            if self.tree.is_code(label)
+            else str((self.info.extra.get("class_nodes") or {}).get(label) or "")
+        )
         if self.tree.is_code(node):
             return self.tree.level_of(node, 1), self.tree.level_of(node, 2), self.tree.parse_code(node)
         if node in self.tree.nodes(2):
