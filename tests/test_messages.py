@@ -133,3 +133,99 @@ def test_export_into_a_read_only_folder_names_it(trained_checkpoint, tmp_path, m
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     with pytest.raises(ExportError, match=rf"{locked} is not writable"):
         export_model(best, "onnx", output=locked)
+
+
+def _console(name: str, args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / name
+    if not exe.is_file():
+        pytest.skip(f"the {name} console script is not installed beside this Python")
+    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | env
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=cwd, env=environ, timeout=300
+    )
+
+
+def test_a_command_given_a_missing_folder_prints_the_message_not_a_traceback(tmp_path):
+    missing = tmp_path / "no such folder"
+    args = ["experiment=i3a_cells", f"data.root={missing}", "trainer.max_epochs=1"]
+    out = _console("ana-train", args, tmp_path)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"FileNotFoundError: dataset folder {missing} does not exist" in out.stderr
+    assert "HYDRA_FULL_ERROR=1" in out.stderr
+    # the traceback is one variable away, for a bug report
+    full = _console("ana-train", args, tmp_path, HYDRA_FULL_ERROR="1")
+    assert full.returncode == 1 and "Traceback" in full.stderr and "read_i3a2014" in full.stderr
+    unset = _console("ana-train", ["data=single_label"], tmp_path)
+    assert unset.returncode == 1 and "Traceback" not in unset.stderr, unset.stderr[-3000:]
+    assert "data.root is not set: give it on the command line, e.g. data.root=<value>" in unset.stderr
+
+
+_FAKE_MODULE = """
+import os
+
+
+def deliberate(x):
+    if x < 0:
+        raise ValueError(
+            f"x={x}: must not be negative"
+        )
+
+
+def accidental(text):
+    return int(text)
+
+
+def rethrown(text):
+    try:
+        return int(text)
+    except ValueError as err:
+        raise err
+
+
+def opens(path):
+    with open(path) as f:
+        return f.read()
+"""
+
+
+def test_only_errors_raised_on_purpose_lose_their_traceback(tmp_path, monkeypatch):
+    import importlib.util
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    from ana_lightning.cli.errors import UserError, is_user_error, user_errors
+
+    path = tmp_path / "fakepkg_mod.py"
+    path.write_text(_FAKE_MODULE)
+    spec = importlib.util.spec_from_file_location("fakepkg.mod", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def caught(fn, *args):
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            return err
+        raise AssertionError("no error")
+
+    assert is_user_error(caught(mod.deliberate, -1), package="fakepkg")
+    assert not is_user_error(caught(mod.deliberate, -1), package="otherpkg")  # raised outside the package
+    assert not is_user_error(caught(mod.accidental, "x"), package="fakepkg")  # a line of ours ran into it
+    assert not is_user_error(caught(mod.rethrown, "x"), package="fakepkg")
+    assert is_user_error(caught(mod.opens, tmp_path / "missing.csv"), package="fakepkg")  # names the file
+    assert not is_user_error(caught(lambda: {}["key"]), package="fakepkg")
+    missing = caught(lambda: OmegaConf.create({"a": "???"}).a)
+    assert isinstance(missing, MissingMandatoryValue) and is_user_error(missing)
+
+    # the command's wrapper: a bug keeps its type and traceback; a user error becomes one message
+    with pytest.raises(ValueError, match="invalid literal"):
+        user_errors(mod.accidental)("x")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(UserError, match=r"^FileNotFoundError: .*missing\.csv") as e:
+        user_errors(mod.opens)(tmp_path / "missing.csv")
+    assert isinstance(e.value.__cause__, FileNotFoundError)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(FileNotFoundError):
+        user_errors(mod.opens)(tmp_path / "missing.csv")

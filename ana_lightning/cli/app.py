@@ -6,11 +6,13 @@ import hydra
 from omegaconf import DictConfig
 
 from ..utils import register_resolvers
+from .errors import user_errors
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="app")
+@user_errors
 def main(cfg: DictConfig) -> None:
     from hydra.utils import get_method
 

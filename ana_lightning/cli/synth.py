@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ..utils import register_resolvers
+from .errors import user_errors
 
 register_resolvers()
 
@@ -130,6 +131,7 @@ def translate_legacy(args: Sequence[str]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="synth")
+@user_errors
 def _main(cfg: DictConfig) -> None:
     from hydra.utils import get_method
 
