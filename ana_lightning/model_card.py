@@ -230,14 +230,9 @@ def _run_metrics(run: Path | None, ckpt_path: Path) -> dict[str, Any]:
 def _class_nodes(run: Path | None) -> dict[str, dict[str, str]]:
     """A contest-level run's ``classes.csv`` rows by class (``Speckled`` -> its tree label, level-1 and
     level-2 nodes, AC code); empty without one."""
-    import csv
+    from .data.hierarchy import read_classes_table
 
-    from .data.hierarchy import CLASSES_TABLE
-
-    if run is None or not (run / CLASSES_TABLE).is_file():
-        return {}
-    with open(run / CLASSES_TABLE, newline="") as f:
-        return {r["class"]: r for r in csv.DictReader(f) if r.get("class")}
+    return {} if run is None else {r["class"]: r for r in read_classes_table(run)}
 
 
 def _is_synthetic(run: Path | None) -> bool | None:

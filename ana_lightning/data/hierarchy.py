@@ -66,16 +66,20 @@ LEVELS = (1, 2, 3)
 CLASSES_TABLE = "classes.csv"
 
 
+def read_classes_table(run_dir: str | Path) -> list[dict[str, str]]:
+    """A contest-level run's ``classes.csv`` rows (``class``, ``tree_label``, its level-1 and level-2 nodes,
+    AC code); empty when the run has none (an AC-code target)."""
+    table = Path(run_dir) / CLASSES_TABLE
+    if not table.is_file():
+        return []
+    with open(table, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("class")]
+
+
 def read_contest_classes(run_dir: str | Path) -> dict[str, str]:
     """A contest-level run's ``classes.csv`` as ``{tree label: contest class}`` (e.g. ``speckled`` ->
     ``Speckled``); empty when the run has none (an AC-code target)."""
-    table = Path(run_dir) / CLASSES_TABLE
-    if not table.is_file():
-        return {}
-    with open(table, newline="") as f:
-        return {
-            r["tree_label"]: r["class"] for r in csv.DictReader(f) if r.get("tree_label") and r.get("class")
-        }
+    return {r["tree_label"]: r["class"] for r in read_classes_table(run_dir) if r.get("tree_label")}
 
 
 # The tree helpers live in the taxonomy (the one place that knows the tree); these names stay
