@@ -4,7 +4,8 @@ Every ``ana-*`` command line in the READMEs (code blocks, continuation lines joi
 with the packaged config the way its console command composes it, placeholders such as ``<I3A training
 folder>`` and shell substitutions standing in as a path; a sweep value (``range(5)``, ``a,b``) stands in by its
 first item. Commands elided in prose (``…``) are skipped. And every ``--flag`` and subcommand given to an
-``experiments/…py`` script exists in that script.
+``experiments/…py`` script exists in that script. The examples each command's ``--help`` shows compose the same
+way, and ``--help`` shows them.
 """
 
 from __future__ import annotations
@@ -105,6 +106,53 @@ def test_a_documented_command_composes(where, command, tmp_path):
         compose(name, overrides, output_dir=tmp_path / "runs" / "x")
     except Exception as e:  # noqa: BLE001 - the message names the key that does not exist
         pytest.fail(f"{where}: `{command}` does not compose: {type(e).__name__}: {e}")
+
+
+def _help_commands() -> list[tuple[str, str]]:
+    """(``conf/<name>.yaml``, command) for each example under "Examples:" in a config's ``hydra.help.header``."""
+    from omegaconf import OmegaConf
+
+    found = []
+    for path in sorted((REPO / "conf").glob("*.yaml")):
+        header = OmegaConf.select(OmegaConf.load(path), "hydra.help.header") or ""
+        examples = header.split("Examples:", 1)[1] if "Examples:" in header else ""
+        for line in examples.splitlines():
+            text = re.split(r"\s+#\s", line.strip())[0]
+            if re.match(r"ana-\w+", text):
+                found.append((f"conf/{path.name}", text))
+    return found
+
+
+HELP_COMMANDS = _help_commands()
+
+
+def test_every_command_has_help_with_examples():
+    configs = {where for where, _ in HELP_COMMANDS}
+    assert configs >= {f"conf/{name}.yaml" for name in CONFIG_OF.values()}
+    assert configs >= {"conf/eval_hierarchy.yaml", "conf/eval_episodes.yaml"}
+
+
+@pytest.mark.parametrize("where,command", HELP_COMMANDS, ids=[f"{w}:{c[:60]}" for w, c in HELP_COMMANDS])
+def test_a_help_example_composes(where, command, tmp_path):
+    test_a_documented_command_composes(where, command, tmp_path)
+
+
+@pytest.mark.parametrize("command", sorted(CONFIG_OF))
+def test_help_says_what_the_command_does(command, monkeypatch, capsys):
+    import importlib
+    import sys
+
+    module = importlib.import_module(f"ana_lightning.cli.{command.removeprefix('ana-')}")
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{command}: ") and "Examples:" in out and "powered by Hydra" not in out
+    assert f"{command} --cfg job" in out  # the footer names the command
+    # commands that read a model list their own keys, not the training config groups
+    groups = "== Configuration groups ==" in out
+    assert groups == (command in {"ana-train", "ana-eval", "ana-stylize", "ana-synth"})
 
 
 SCRIPT_COMMANDS = [
