@@ -81,17 +81,10 @@ class CVSummaryError(RuntimeError):
 
 def default_folds_manifest(cfg: Any) -> str:
     """``<sweep folder>/folds_manifest.csv`` in a Hydra multirun, else ``<run folder>/folds_manifest.csv``."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from .distributed import sweep_dir
 
-        if HydraConfig.initialized():
-            hc = HydraConfig.get()
-            if hc.get("mode") == RunMode.MULTIRUN and hc.sweep.dir:
-                return str(Path(str(hc.sweep.dir)) / FOLDS_MANIFEST)
-    except ImportError:  # pragma: no cover
-        pass
-    return str(Path(cfg.paths.output_dir) / FOLDS_MANIFEST)
+    sweep = sweep_dir()
+    return str((sweep if sweep is not None else Path(cfg.paths.output_dir)) / FOLDS_MANIFEST)
 
 
 # ------------------------------------------------------------------------------------------ reading

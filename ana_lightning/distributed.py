@@ -34,6 +34,7 @@ __all__ = [
     "mixed_precision",
     "rank_suffix",
     "on_rank_zero",
+    "sweep_dir",
     "sweep_group",
     "pin_ddp_relaunch_to_job",
     "release_ddp_job",
@@ -111,20 +112,22 @@ def on_rank_zero(value: str) -> str | None:
     return value if global_rank() == 0 else None
 
 
+def sweep_dir() -> Path | None:
+    """The sweep folder when this job is one job of a Hydra multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(str(hc.sweep.dir)) if hc.get("mode") == RunMode.MULTIRUN and hc.sweep.dir else None
+
+
 def sweep_group(task_name: str) -> str:
     """The W&B group of a job: ``<task_name>`` for a single run, ``<task_name>-<sweep folder>`` for
     every job of one multirun, so a grid or an Optuna study shows as one group."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return task_name
-    if not HydraConfig.initialized():
-        return task_name
-    hc = HydraConfig.get()
-    if hc.get("mode") == RunMode.MULTIRUN and hc.sweep.dir:
-        return f"{task_name}-{Path(str(hc.sweep.dir)).name}"
-    return task_name
+    sweep = sweep_dir()
+    return f"{task_name}-{sweep.name}" if sweep is not None else task_name
 
 
 # What Lightning's DDP launcher sets in the launching process's environment.

@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..distributed import global_rank, requeue_checkpoint
+from ..distributed import global_rank, requeue_checkpoint, sweep_dir
 from ..utils import CheckpointError, UnsafeCheckpointError, find_last_checkpoint, read_checkpoint
 
 __all__ = [
     "FINISHED",
     "resume_point",
+    "check_same_split",
+    "is_sweep_job",
     "check_resume_fits",
     "mark_finished",
     "finished_run",
@@ -36,6 +39,8 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, Path]:
     if resume is None and cfg.get("train", True) and (requeued := requeue_checkpoint(run_dir)) is not None:
         log.info("SLURM restarted this job: resuming from %s", requeued)  # preempted and requeued
         resume = _resumable(str(requeued), "last (SLURM requeue)", bool(cfg.get("trust_checkpoint")))
+    if resume is not None:
+        check_same_split(resume, cfg)
     if resume and Path(resume).parent.name == "checkpoints" and Path(resume).parent.parent != run_dir:
         # Continue in the interrupted run's folder: its best checkpoint, logs and reports stay together.
         old = Path(resume).parent.parent
@@ -55,6 +60,11 @@ def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str 
     if not ckpt_path:
         return None
     if ckpt_path == "last":
+        if is_sweep_job(run_dir) and not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            # a sweep run again into its folder: this job never saved a checkpoint (it had not started, or failed
+            # before its first epoch ended); another run's last.ckpt is not this job's
+            log.info("ckpt_path=last: %s has no last.ckpt, so this sweep job starts afresh", run_dir)
+            return None
         found = find_last_checkpoint(run_dir, Path(cfg.paths.log_dir) / cfg.task_name / "runs")
         if found is None:
             raise FileNotFoundError(
@@ -65,6 +75,65 @@ def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str 
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
     return _resumable(ckpt_path, ckpt_path, trust)
+
+
+def is_sweep_job(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is the folder of one job of a Hydra multirun: Hydra says so, or the folder above
+    holds the sweep's ``multirun.yaml`` (the DDP ranks of a sweep job run its command in run mode)."""
+    return sweep_dir() is not None or (Path(run_dir).parent / "multirun.yaml").is_file()
+
+
+#: The data settings that decide which images a run trains on and which it tests on.
+SPLIT_KEYS = (
+    "reader",
+    "level",
+    "classes",
+    "csv",
+    "group_column",
+    "grouping",
+    "group_min_size",
+    "near_duplicates",
+    "split_fractions",
+    "seed",
+    "split_order",
+    "split_manifest",
+    "folds",
+    "fold",
+    "repeats",
+    "repeat",
+)
+
+
+def check_same_split(path: str, cfg: DictConfig) -> None:
+    """A checkpoint resumed with another split than the one it was trained on (another ``data.fold`` or
+    ``data.seed``, a sweep run again with its folds in another order) would go on training on images this
+    job tests on: refused, naming the settings that differ. Checkpoints without stored data settings pass."""
+    from ..data.run_config import stored_data_state
+
+    stored = stored_data_state(read_checkpoint(path, trust_checkpoint=bool(cfg.get("trust_checkpoint"))))
+    if stored is None or cfg.get("data") is None:
+        return
+    saved = stored[0]
+    own = {k: _plain(cfg.data[k]) for k in SPLIT_KEYS if k in cfg.data}
+    differ = [
+        f"data.{k}: checkpoint {saved[k]!r}, this job {own[k]!r}"
+        for k in SPLIT_KEYS
+        if k in saved and k in own and _plain(saved[k]) != own[k]
+    ]
+    if differ:
+        raise CheckpointError(
+            f"ckpt_path: {path} was trained on another split than this job's ({'; '.join(differ)}): resuming it "
+            "would go on training on images this job keeps apart. In a sweep run again into its folder, give the "
+            "sweep list as it was first given (each job folder holds its own job's checkpoint); otherwise start "
+            "afresh without ckpt_path."
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain Python, lists and tuples alike (a split's fractions come back as either)."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
 
 
 def _resumable(path: str, asked: str, trust_checkpoint: bool = False) -> str:

@@ -264,6 +264,40 @@ def _cmd(name: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProc
     return proc
 
 
+def test_a_sweep_stopped_part_way_is_finished_by_running_it_again_with_ckpt_path_last(tmp_path):
+    """The README's recipe for a sweep that stopped part-way: the same sweep into its folder with
+    ``ckpt_path=last``. The finished folds train nothing and keep their figures, the missing fold trains
+    afresh in its own folder (not from the task's newest run), and the summary covers every fold."""
+    data = write_class_images(tmp_path / "data", {"AC-1": 9, "AC-2": 9, "AC-4": 6}, size=32)
+    sweep = tmp_path / "outputs" / "sweep"
+    common = [
+        "-m",
+        "data=single_label",
+        f"data.root={data}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        f"model.backbone.name={TINY_BACKBONE}",
+        "trainer.max_epochs=1",
+        "callbacks.rich_progress_bar=null",
+        "+trainer.enable_model_summary=false",
+        "data.folds=3",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    _cmd("ana-train", [*common, "data.fold=0,1"], tmp_path)  # the sweep "stopped" after two folds
+    assert json.loads((sweep / "cv_summary.json").read_text())["test/mca/n_folds"] == 2
+    done = {k: (sweep / str(k) / "metrics.json").read_bytes() for k in (0, 1)}
+    folds = (sweep / "folds_manifest.csv").read_bytes()
+    proc = _cmd("ana-train", [*common, "data.fold=range(3)", "ckpt_path=last"], tmp_path)
+    log = proc.stdout + proc.stderr
+    assert log.count("is finished (1 epochs") == 2 and "this sweep job starts afresh" in log
+    assert {k: (sweep / str(k) / "metrics.json").read_bytes() for k in (0, 1)} == done
+    assert (sweep / "folds_manifest.csv").read_bytes() == folds
+    assert not list(sweep.rglob("resumed_into.txt"))
+    s = json.loads((sweep / "cv_summary.json").read_text())
+    assert s["test/mca/n_folds"] == 3
+    assert json.loads((sweep / "2" / "metrics.json").read_text())["test/mca"] >= 0
+
+
 @pytest.mark.slow
 def test_three_fold_multirun_through_the_console_command(tmp_path):
     data = write_class_images(tmp_path / "data", {"AC-1": 9, "AC-2": 9, "AC-4": 6}, size=32)

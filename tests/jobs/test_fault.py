@@ -154,6 +154,64 @@ def one_epoch_run(tiny_folder, tmp_path):
     return run
 
 
+def test_a_sweep_run_again_with_ckpt_path_last_resumes_only_its_own_jobs(
+    one_epoch_run, tiny_folder, tmp_path, caplog
+):
+    """A crashed sweep run again into its folder with ``ckpt_path=last``: a job that never saved a checkpoint
+    starts afresh in its own folder (it used to resume the task's newest single run, in that run's folder,
+    trained on another split); a job folder whose checkpoint belongs to another split is refused."""
+    from omegaconf import open_dict
+
+    sweep = tmp_path / "outputs" / "train" / "multiruns" / "s1"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")  # what Hydra writes into every sweep folder
+    job = sweep / "0"
+    other_run = sorted((p.relative_to(one_epoch_run), p.stat().st_mtime) for p in one_epoch_run.rglob("*"))
+
+    def job_cfg(*extra: str):
+        cfg = compose(
+            "train", tiny_train_overrides(tiny_folder, epochs=1) + ["test=false", *extra], output_dir=job
+        )
+        with open_dict(cfg):
+            cfg.paths.log_dir = str(tmp_path / "outputs")  # the single run above is the task's newest
+        return cfg
+
+    with caplog.at_level("INFO"):
+        _, objs = train(job_cfg("ckpt_path=last"))
+    assert "this sweep job starts afresh" in caplog.text
+    assert objs["trainer"].ckpt_path is None and (job / "checkpoints" / "last.ckpt").is_file()
+    assert not (job / "resumed_into.txt").exists()
+    assert (
+        sorted((p.relative_to(one_epoch_run), p.stat().st_mtime) for p in one_epoch_run.rglob("*"))
+        == other_run
+    )
+    # run again once more: its own checkpoint, finished, nothing trained
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train(job_cfg("ckpt_path=last"))
+    assert f"the run in {job} is finished" in caplog.text
+    # the job folder now asked for another split (the sweep list given in another order, another seed)
+    with pytest.raises(
+        CheckpointError, match=r"another split than this job's \(data\.seed: checkpoint 0, this job 1\)"
+    ):
+        train(job_cfg("ckpt_path=last", "data.seed=1"))
+    # the same for a single run resumed from a named checkpoint of another split
+    with pytest.raises(
+        CheckpointError, match=r"data\.split_fractions: checkpoint \[0\.7, 0\.15, 0\.15\], this job \[0\.6"
+    ):
+        train(
+            compose(
+                "train",
+                tiny_train_overrides(tiny_folder, epochs=2)
+                + [
+                    f"ckpt_path={one_epoch_run / 'checkpoints' / 'last.ckpt'}",
+                    "data.split_fractions=[0.6,0.2,0.2]",
+                ],
+                output_dir=tmp_path / "outputs" / "train" / "runs" / "r2",
+            )
+        )
+
+
 def test_slurm_requeue_resumes_in_the_job_folder(one_epoch_run, tiny_folder, monkeypatch):
     run = one_epoch_run
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
