@@ -1,7 +1,8 @@
 """Dataset writers: the single-label folder layout (:func:`generate_dataset`), the multi-label hospital
 export (:func:`generate_hospital_dataset`) and single-cell crops in the contest layout
 (:func:`generate_cell_dataset`). All are deterministic per image (a ``SeedSequence`` of the seed, a
-stream and the image index), resume (existing files are kept) and write atomically.
+stream and the image index), resume (existing files are kept) and write atomically. None writes into a
+folder that holds files it did not write (:func:`_claim`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,40 @@ __all__ = ["generate_dataset", "generate_hospital_dataset", "generate_cell_datas
 
 #: How the hospital layout joins the codes of a label folder (``AC-1 + AC-4``, ``AC-1, AC-4``, ``AC-1_AC-4``).
 _SEPARATORS = (" + ", ", ", "_")
+
+
+#: Left in every folder a writer claims: later calls may resume (or add to) the synthetic set there.
+MARKER = ".ana-synth"
+_MANIFEST_HEADER = ("path", "label", "seed", "size", "dapi")
+_HOSPITAL_HEADER = ("path", "labels", "group")
+_CELLS_HEADER = ("Image ID", "Image class", "Intensity", "Specimen ID")
+
+
+def _claim(root: Path, table: str, header: Sequence[str]) -> None:
+    """Make ``root`` a folder of synthetic images, or refuse it: a folder holding files no writer of this
+    module wrote (someone's real images, their own ``manifest.csv`` or ``gt_training.csv``) is never written
+    into, since the synthetic images would mix with theirs and ``table`` would be replaced. Resuming a
+    folder a writer started (its :data:`MARKER`, or its ``table`` with this writer's header, written before
+    the marker existed) is fine, as is an empty or new folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / MARKER).is_file():
+        return
+    entries = sorted(p.name for p in root.iterdir())
+    if entries:
+        try:
+            with open(root / table, newline="", encoding="utf-8") as f:
+                first = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError):
+            first = None
+        if first != ",".join(header):
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise ValueError(
+                f"{root} holds files that ana-synth did not write ({shown}): synthetic images written there would "
+                f"mix with them and {table} would be replaced. Write into an empty or new folder (ana-synth: generator.root=<folder>)"
+            )
+    (root / MARKER).write_text(
+        "a synthetic set written by ana-lightning (ana-synth); it may be resumed here\n"
+    )
 
 
 def _code_list(codes: str | Sequence[str] | None) -> list[str] | None:
@@ -56,7 +91,7 @@ def generate_dataset(
     root = Path(root)
     fmt = check_fmt(fmt)
     sel = CODES if codes is None else tuple(dict.fromkeys(canonical_code(c) for c in codes))
-    root.mkdir(parents=True, exist_ok=True)
+    _claim(root, "manifest.csv", _MANIFEST_HEADER)
     rows = []
     todo = []
     for c in sel:
@@ -71,7 +106,7 @@ def generate_dataset(
             img = render(c, image_rng(seed, ci, i), size=size, dapi=dapi)
             atomic_write(root / rel, encode(img, fmt))
             advance()
-    write_csv(root / "manifest.csv", ("path", "label", "seed", "size", "dapi"), rows)
+    write_csv(root / "manifest.csv", _MANIFEST_HEADER, rows)
     return root
 
 
@@ -102,7 +137,7 @@ def generate_hospital_dataset(
         raise ValueError("no codes to draw from")
     max_patterns = max(1, min(int(max_patterns), 3))
     n_patients = max(1, int(n_patients))
-    root.mkdir(parents=True, exist_ok=True)
+    _claim(root, "manifest.csv", _HOSPITAL_HEADER)
 
     patients = []
     for k in range(n_patients):
@@ -136,7 +171,7 @@ def generate_hospital_dataset(
             img = render_field(combo, image_rng(seed, 3_000_017, j), size=size, dapi=dapi)
             atomic_write(root / rel, encode(img, "png"))
             advance()
-    write_csv(root / "manifest.csv", ("path", "labels", "group"), rows)
+    write_csv(root / "manifest.csv", _HOSPITAL_HEADER, rows)
     return root
 
 
@@ -173,7 +208,7 @@ def generate_cell_dataset(
         raise ValueError("n_per_class and cells_per_field must be >= 1")
     table = class_table(classes, _code_list(codes))
     style = style or CellStyle()
-    root.mkdir(parents=True, exist_ok=True)
+    _claim(root, csv_name, _CELLS_HEADER)
     rows: list[tuple[str, str, str, str]] = []
     next_id = 1
     with progress_bar(len(table) * n_per_class, f"synthetic cells -> {root}", progress) as advance:
@@ -198,5 +233,5 @@ def generate_cell_dataset(
                 k += 1
                 if k > 50 * n_per_class:  # a renderer that never yields a croppable cell
                     raise RuntimeError(f"no croppable cells for {name!r} ({cls_codes}) after {k} fields")
-    write_csv(root / csv_name, ("Image ID", "Image class", "Intensity", "Specimen ID"), rows)
+    write_csv(root / csv_name, _CELLS_HEADER, rows)
     return root

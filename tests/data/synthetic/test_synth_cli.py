@@ -233,3 +233,41 @@ def test_console_command_runs_in_a_subprocess(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "s" / "AC-5" / "AC-5_00000.png").is_file()
     assert list((tmp_path / "outputs" / "synth" / "runs").glob("*/.hydra/config.yaml"))
+
+
+@pytest.mark.parametrize(
+    "layout,table,extra",
+    [
+        (
+            "fields",
+            "manifest.csv",
+            ["generator.n_per_class=1", "generator.size=40", "generator.codes=[AC-1]"],
+        ),
+        ("hospital", "manifest.csv", ["generator.n_images=2", "generator.n_patients=1", "generator.size=40"]),
+        ("cells", "gt_training.csv", ["generator.n_per_class=1", "generator.codes=[AC-1]"]),
+    ],
+)
+def test_a_folder_of_someone_elses_files_is_never_written_into(tmp_path, capsys, layout, table, extra):
+    """ana-synth into a folder of real images (a wrong generator.root) used to add synthetic images among them
+    and replace their manifest.csv / gt_training.csv: now it refuses and leaves every file as it was. Its
+    own folders still resume, also those written before the folders were marked."""
+    real = tmp_path / "real"
+    (real / "AC-1").mkdir(parents=True)
+    (real / "AC-1" / "field1.png").write_bytes(b"a real field")
+    (real / table).write_text("Image ID,Image class\n00001,Homogeneous\n")
+    before = _digest(real)
+    args = [f"generator={layout}", f"generator.root={real}", "generator.progress=false", *extra]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{real} holds files that ana-synth did not write (AC-1, {table})" in err
+    assert _digest(real) == before
+    # its own folder: written, then resumed; one written before the marker existed resumes too
+    own = tmp_path / "own"
+    main([f"generator={layout}", f"generator.root={own}", "generator.progress=false", *extra])
+    written = _digest(own)
+    assert ".ana-synth" in written
+    (own / ".ana-synth").unlink()
+    main([f"generator={layout}", f"generator.root={own}", "generator.progress=false", *extra])
+    assert _digest(own) == written
