@@ -321,7 +321,7 @@ def stylize(
     Layout: ``<output>/<label>/<content stem>__<k>_<tag>.png``, ``<output>/manifest.csv`` (one row per
     image: label, content/style path and sha256, parameters, seed, final loss) and
     ``<output>/stylize_params.json``. Finished images are skipped, so an interrupted run resumes where
-    it stopped; an output folder made with other parameters is refused.
+    it stopped; an output folder made with other parameters, or holding files it did not write, is refused.
     """
     if batch_size < 1 or image_size < 16:
         raise ValueError(
@@ -331,6 +331,13 @@ def stylize(
     out.mkdir(parents=True, exist_ok=True)
     params = {**transfer.params(), "image_size": int(image_size), "seed": int(seed)}
     params_file = out / PARAMS_FILE
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not params_file.is_file():  # not a stylized set: someone's files (their manifest.csv too)
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise ValueError(
+            f"{out} holds files that ana-stylize did not write ({shown}): stylized images written there would mix "
+            f"with them and {MANIFEST} would be replaced. Use a new or empty output folder."
+        )
     if params_file.is_file():
         old = json.loads(params_file.read_text())
         diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}

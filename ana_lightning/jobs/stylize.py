@@ -67,6 +67,14 @@ def stylize_job(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             f"split_manifest={manifest} does not exist (give <run folder>/split_manifest.csv)"
         )
     dm = build_datamodule(cfg, **overrides)
+    out = Path(str(cfg.output)).expanduser().resolve()
+    root = Path(dm.root).expanduser().resolve() if getattr(dm, "root", None) else None
+    if root is not None and (out == root or root in out.parents):
+        raise ValueError(
+            f"output={cfg.output} is inside data.root={dm.root}: the next run on that folder would read the stylized "
+            "images as real ones, in every split. Write them outside it and add them to the training split only "
+            "with data.extra_train=<output>"
+        )
     dm.prepare_data()
     dm.setup("fit")
     train = dm.splits["train"]

@@ -191,6 +191,34 @@ def test_other_parameters_in_the_same_folder_are_refused(data, tmp_path):
         stylize(records[:4], out, _fast_transfer(iterations=3), n_per_image=1, image_size=32, progress=False)
 
 
+def test_a_folder_of_other_files_or_inside_the_data_is_never_written_into(data, tmp_path):
+    """output= naming someone's folder used to add stylized images among theirs and replace their
+    manifest.csv; output= inside data.root put synthetic images into the dataset every later run reads."""
+    import hashlib
+
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.taxonomy import Taxonomy
+
+    records, _ = read_single_label_folder(data, Taxonomy.load())
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "manifest.csv").write_text("path,label\nx.png,AC-1\n")
+    (theirs / "x.png").write_bytes(b"their image")
+
+    def digest():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in theirs.rglob("*") if p.is_file()}
+
+    before = digest()
+    with pytest.raises(
+        ValueError, match=rf"{theirs} holds files that ana-stylize did not write \(manifest.csv, x.png\)"
+    ):
+        stylize(records[:2], theirs, _fast_transfer(), n_per_image=1, image_size=32, progress=False)
+    assert digest() == before
+    with pytest.raises(ValueError, match=r"is inside data.root=.*data.extra_train=<output>"):
+        stylize_job(_stylize_cfg(data, data / "stylized", tmp_path / "run"))
+    assert not (data / "stylized").exists()
+
+
 def test_batched_equals_one_at_a_time():
     nst = _fast_transfer(iterations=3)
     g = torch.Generator().manual_seed(0)
