@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
 from .images import BadFile, check_bit_depth, load_image, set_bit_depth
-from .records import DatasetError, ImageRecord, read_single_label_folder
+from .records import DatasetError, ImageRecord, folder_grouping, parse_group_level, read_single_label_folder
 from .samplers import ClassBalancedSampler, resolve_replicas
 from .splits import (
     SPLIT_MANIFEST,
@@ -540,22 +540,37 @@ class SingleLabelDataModule(RecordDataModule):
 
     Args (beyond :class:`RecordDataModule`):
         root: the dataset folder; class folders may be spelled ``AC-3``, ``ac-3``, ``AC3`` or ``ac_3``.
+        group_level: the split group of an image inside a sub-folder of its class folder: ``auto`` (the first
+            sub-folder's name, e.g. a patient, slide or field), a depth (0 = first) or ``none``
+            (:func:`~.records.folder_group`); ``grouping.txt`` in the run folder says what it found.
     """
 
-    def __init__(self, root: str, **kwargs):
+    def __init__(self, root: str, group_level: str | int | None = "auto", **kwargs):
         super().__init__(**kwargs)
         if not root:
             raise ValueError(
                 "data.root is not set: give the folder of <AC code>/<images> (data.root=/path/to/images)"
             )
         self._root = Path(root).expanduser()
+        self.group_level = parse_group_level(group_level)
+        self.grouping = ""  # how the records were grouped, once read
 
     @property
     def root(self) -> Path:
         return self._root
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
-        return read_single_label_folder(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
+        records, bad = read_single_label_folder(
+            self.root, self.tree, on_bad_file=self.hparams.on_bad_file, group_level=self.group_level
+        )
+        self.grouping = folder_grouping(records, self.group_level)
+        log.info("split groups: %s", self.grouping)
+        return records, bad
+
+    def write_reports(self, out_dir: str | Path) -> None:
+        super().write_reports(out_dir)
+        if self.grouping:  # the manifest's group column holds the groups; this says where they came from
+            (Path(out_dir) / "grouping.txt").write_text(f"grouping: {self.grouping}\n")
 
 
 class SyntheticDataModule(SingleLabelDataModule):

@@ -159,6 +159,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
             :func:`~.contest.read_i3a2014`); the run folder's ``grouping.txt`` says which was used.
         group_min_size: the fewest cells in such a group (a class smaller than 5× this gets groups
             of a fifth of its cells).
+        group_level: ``reader=folder``: the split group of an image in a sub-folder of its class folder
+            (``auto``: that sub-folder's name, e.g. a patient, slide or field; a folder depth; ``none``).
         cache_dir, n_per_class, render_size, render_seed, dapi: the synthetic fields (``root=null``).
         classes: the classes of ``level`` to keep (AC codes at level 3, node names at levels 1 and 2).
         synthetic_train: synthetic cells added to the **training split only** (never validation or
@@ -182,6 +184,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
         group_column: str | None = None,
         grouping: str = "auto",
         group_min_size: int = 250,
+        group_level: str | int | None = "auto",
         cache_dir: str = "data/synthetic",
         n_per_class: int = 60,
         render_size: int = 256,
@@ -198,7 +201,12 @@ class HEp2HierarchyDataModule(RecordDataModule):
         # data.reader: a registered name (built with this config's csv / group_column / grouping /
         # group_min_size) or a Reader built from a _target_ config (see .readers).
         self.layout_reader = build_reader(
-            reader, csv=csv, group_column=group_column, grouping=grouping, group_min_size=group_min_size
+            reader,
+            csv=csv,
+            group_column=group_column,
+            grouping=grouping,
+            group_min_size=group_min_size,
+            group_level=group_level,
         )
         if not isinstance(reader, str):  # kept as its config, so a checkpoint's data settings rebuild it
             self.hparams["reader"] = self.layout_reader.config()

@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from .datamodules import RecordDataModule
-from .hospital_records import _parse_group_level, _read_hospital, read_hospital_folder, read_labels_csv
+from .hospital_records import _read_hospital, read_hospital_folder, read_labels_csv
 from .images import BadFile
-from .records import DatasetError, ImageRecord, read_single_label_folder
+from .records import DatasetError, ImageRecord, parse_group_level, read_single_label_folder
 from .samplers import MixedRatioSampler
 from .splits import SPLITS, check_no_leakage, match_manifest, split_records
 
@@ -110,7 +110,7 @@ class HospitalDataModule(MultiLabelTargets, RecordDataModule):
         self._root = Path(hospital_root).expanduser() if hospital_root else None
         self.labels_csv = labels_csv
         self.strict = bool(strict)
-        self.group_level = _parse_group_level(group_level)
+        self.group_level = parse_group_level(group_level)
 
     @property
     def root(self) -> Path:
@@ -178,7 +178,7 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
         self.mix_ratio = float(mix_ratio)
         self.labels_csv = labels_csv
         self.strict = bool(strict)
-        self.group_level = _parse_group_level(group_level)
+        self.group_level = parse_group_level(group_level)
         codes = synthetic_codes or self.requested_classes
         self.synthetic_codes = list(self.tree.subset(codes).codes) if codes else list(self.tree.codes)
         suffix = "_" + "-".join(self.synthetic_codes) if codes else ""
@@ -260,7 +260,7 @@ class MixedDataModule(MultiLabelTargets, RecordDataModule):
     # ------------------------------------------------------------------ records and splits
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
         single, bad_s = read_single_label_folder(
-            self.single_root, self.tree, on_bad_file=self.hparams.on_bad_file
+            self.single_root, self.tree, on_bad_file=self.hparams.on_bad_file, group_level=self.group_level
         )
         hosp, bad_h = _read_hospital(
             self.hospital_root,

@@ -26,7 +26,14 @@ from pathlib import Path
 
 from ..taxonomy import Taxonomy
 from .images import BadFile, is_ignored, is_image_path, walk_folders
-from .records import DatasetError, ImageRecord, read_csv_rows, resolve_bad_files, scan_images
+from .records import (
+    DatasetError,
+    ImageRecord,
+    parse_group_level,
+    read_csv_rows,
+    resolve_bad_files,
+    scan_images,
+)
 
 __all__ = ["read_hospital_folder", "read_labels_csv"]
 
@@ -39,22 +46,6 @@ _STRICT_HINT = (
 
 
 _LOOKS_LIKE_CODE = re.compile(r"(?i)ac[-_ ]?\d+")
-
-
-def _parse_group_level(group_level: str | int | None) -> str | int | None:
-    if group_level is None or (isinstance(group_level, str) and group_level.lower() in ("none", "null", "")):
-        return None
-    if isinstance(group_level, str) and group_level.lower() == "auto":
-        return "auto"
-    try:
-        level = int(group_level)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"group_level must be 'auto', 'none' or a folder depth (0 = first level), got {group_level!r}"
-        ) from None
-    if level < 0:
-        raise ValueError(f"group_level must be >= 0, got {level}")
-    return level
 
 
 def _warn_ignored(ignored: dict[str, tuple[str, ...]]) -> None:
@@ -97,7 +88,7 @@ def read_hospital_folder(
         raise FileNotFoundError(
             f"hospital folder {root} does not exist (set data.hospital_root=<folder of labelled sub-folders>)"
         )
-    level = _parse_group_level(group_level)
+    level = parse_group_level(group_level)
     bad: list[BadFile] = []
     label_problems: dict[str, BadFile] = {}
     ignored: dict[str, tuple[str, ...]] = {}

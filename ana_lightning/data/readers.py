@@ -6,7 +6,7 @@ cell's mask, how the cells were grouped and the layout's own split (a :class:`~.
 
 - a registered name (:data:`READERS`: ``folder``, ``icpr2012``, ``i3a2014``), built with the keys of
   the ``data`` config that its constructor takes (``csv``, ``group_column``, ``grouping``,
-  ``group_min_size``), exactly as before readers were classes; or
+  ``group_min_size``, ``group_level``), exactly as before readers were classes; or
 - a config with ``_target_`` naming any :class:`Reader` class, whose other keys are its constructor
   arguments (Hydra builds it with ``hydra.utils.instantiate``)::
 
@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from ..taxonomy import Taxonomy
 from .contest import GROUPINGS, ContestData, read_i3a2014, read_icpr2012
-from .records import read_single_label_folder
+from .records import folder_grouping, parse_group_level, read_single_label_folder
 
 __all__ = [
     "Reader",
@@ -71,13 +71,23 @@ class Reader:
 
 
 class FolderReader(Reader):
-    """``<root>/<AC code>/<images>`` (:func:`~.records.read_single_label_folder`)."""
+    """``<root>/<AC code>/<images>`` (:func:`~.records.read_single_label_folder`).
+
+    Args:
+        group_level: the split group of an image in a sub-folder of its class folder (``data.group_level``):
+            ``auto`` (that sub-folder's name: a patient, slide or field), a folder depth or ``none``.
+    """
 
     name = "folder"
 
+    def __init__(self, group_level: str | int | None = "auto"):
+        self.group_level = parse_group_level(group_level)
+
     def read(self, root: Path, tree: Taxonomy, on_bad_file: str = "error", masks: bool = True) -> ContestData:
-        records, bad = read_single_label_folder(root, tree, on_bad_file=on_bad_file)
-        return ContestData(records, bad, {})
+        records, bad = read_single_label_folder(
+            root, tree, on_bad_file=on_bad_file, group_level=self.group_level
+        )
+        return ContestData(records, bad, {}, grouping=folder_grouping(records, self.group_level))
 
 
 class ICPR2012Reader(Reader):

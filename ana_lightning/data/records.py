@@ -31,6 +31,9 @@ __all__ = [
     "DatasetError",
     "read_csv_rows",
     "read_single_label_folder",
+    "parse_group_level",
+    "folder_group",
+    "folder_grouping",
     "scan_images",
     "resolve_bad_files",
 ]
@@ -150,14 +153,76 @@ def _class_folder_links(root: Path, class_dirs: list[Path]) -> dict[Path, str]:
     return out
 
 
+def parse_group_level(group_level: str | int | None) -> str | int | None:
+    """``data.group_level`` as ``"auto"``, a folder depth (int) or None (``none``); a bad value is a ValueError."""
+    if group_level is None or (isinstance(group_level, str) and group_level.lower() in ("none", "null", "")):
+        return None
+    if isinstance(group_level, str) and group_level.lower() == "auto":
+        return "auto"
+    try:
+        level = int(group_level)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"group_level must be 'auto', 'none' or a folder depth (0 = first level), got {group_level!r}"
+        ) from None
+    if level < 0:
+        raise ValueError(f"group_level must be >= 0, got {level}")
+    return level
+
+
+def folder_group(path: str | Path, root: str | Path, group_level: str | int | None) -> str | None:
+    """The split group of an image of ``<root>/<AC code>/…`` (``data.group_level``, folder depths counted from
+    ``root`` as for hospital exports: 0 is the class folder): ``auto`` (= 1) the *name* of the first sub-folder
+    below the class folder, so ``AC-1/patient12/…`` and ``AC-4/patient12/…`` are one group; None for ``none``
+    or an image that sits higher.
+
+    >>> folder_group("d/AC-1/patient12/slide2/a.png", "d", "auto"), folder_group("d/AC-1/a.png", "d", "auto")
+    ('patient12', None)
+    >>> folder_group("d/AC-1/patient12/slide2/a.png", "d", 2)
+    'slide2'
+    """
+    group_level = parse_group_level(group_level)
+    if group_level is None:
+        return None
+    depth = 1 if group_level == "auto" else int(group_level)
+    parts = Path(path).relative_to(root).parts[:-1]
+    return parts[depth] if len(parts) > depth else None
+
+
+def folder_grouping(records: Sequence[ImageRecord], group_level: str | int | None) -> str:
+    """How :func:`read_single_label_folder` grouped ``records``, said for the log and ``grouping.txt``."""
+    group_level = parse_group_level(group_level)
+    if group_level is None:
+        return "none (data.group_level=none): image by image; byte-identical copies and near-duplicates kept together"
+    groups = {r.group for r in records if r.group}
+    alone = sum(1 for r in records if not r.group)
+    where = (
+        "the first sub-folder below each class folder"
+        if group_level in ("auto", 1)
+        else f"the folder at depth {group_level} below data.root (0 = the class folder)"
+    )
+    if not groups:
+        return (
+            f"none found: no image is inside {where}, so the split goes image by image (byte-identical copies and "
+            "near-duplicates kept together). If several images come from one patient, slide or field, put them "
+            "in a sub-folder of their class folder (AC-3/<patient>/...) to keep them in one split"
+        )
+    return f"the name of {where} ({len(groups)} groups; one name under two class folders is one group)" + (
+        f"; {alone} image(s) outside such a folder stand alone" if alone else ""
+    )
+
+
 def read_single_label_folder(
     root: str | Path,
     taxonomy: Taxonomy,
     on_bad_file: str = "error",
     check_images: bool = True,
     progress: Callable | None = None,
+    group_level: str | int | None = "auto",
 ) -> tuple[list[ImageRecord], list[BadFile]]:
-    """Read ``<root>/<AC code>/<images>`` into records (natural class order, sorted paths).
+    """Read ``<root>/<AC code>/<images>`` into records (natural class order, sorted paths). An image inside a
+    sub-folder of its class folder (``AC-3/patient12/…``) gets that folder's name as its split group
+    (``group_level``, see :func:`folder_group`), so a patient's, slide's or field's images share a split.
 
     Bad input — a sub-folder whose name is not an AC code of ``taxonomy``, an empty class folder, a
     file that is not an image, an unreadable or truncated image — raises :class:`DatasetError`
@@ -170,7 +235,7 @@ def read_single_label_folder(
             f"dataset folder {root} does not exist (set data.root to a folder of <AC code>/<images>)"
         )
     bad: list[BadFile] = []
-    candidates: list[tuple[Path, str]] = []
+    candidates: list[tuple[Path, str, str | None]] = []
     class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not is_ignored(d)), key=lambda d: d.name)
     if not class_dirs:
         raise DatasetError(
@@ -209,17 +274,17 @@ def read_single_label_folder(
         ]
         if not images:
             bad.append(BadFile(str(d), "empty class folder (no images)"))
-        candidates += [(p, code) for p in images]
+        candidates += [(p, code, folder_group(p, root, group_level)) for p in images]
     records: list[ImageRecord] = []
     if check_images:
-        good, bad_images = scan_images([p for p, _ in candidates], progress=progress)
+        good, bad_images = scan_images([p for p, _, _ in candidates], progress=progress)
         bad += bad_images
-        for p, code in candidates:
+        for p, code, group in candidates:
             if str(p) in good:
                 digest, size = good[str(p)]
-                records.append(ImageRecord(str(p), (code,), None, digest, size))
+                records.append(ImageRecord(str(p), (code,), group, digest, size))
     else:
-        records = [ImageRecord(str(p), (code,)) for p, code in candidates]
+        records = [ImageRecord(str(p), (code,), group) for p, code, group in candidates]
     resolve_bad_files(root, bad, on_bad_file)
     if not records:
         raise DatasetError(root, bad or [BadFile(str(root), "no usable images")])
