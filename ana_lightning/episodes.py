@@ -1,7 +1,8 @@
 """Episodic few-shot evaluation: N-way K-shot episodes with a 95% confidence interval.
 
 An episode draws ``n_way`` classes, then ``k_shot`` support and ``n_query`` query images per class,
-all distinct (a support image is never a query). The classifier sees only the support set of the
+all distinct (a support image is never a query). When the images have groups (specimens, patients, fields),
+a class's queries come from other groups than its support images. The classifier sees only the support set of the
 episode and labels its queries; the reported figure is the mean query accuracy over ``episodes``
 episodes (600 by default, the usual few-shot protocol) with a Student-t 95% interval (scipy).
 
@@ -59,24 +60,72 @@ class EpisodeResult:
         return d
 
 
+_TRIES = 200  # random halvings of a class's groups tried before it counts as unable to fill an episode
+
+
+def _disjoint_draw(
+    idx: np.ndarray, groups: np.ndarray, k_shot: int, n_query: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``k_shot`` support and ``n_query`` query images of one class (``idx``) from disjoint groups: the class's
+    groups are cut at random into a support side and a query side until both sides hold enough images."""
+    own = groups[idx]
+    names = np.unique(own)
+    if len(names) < 2:
+        return None
+    for _ in range(_TRIES):
+        side = rng.random(len(names)) < 0.5
+        if side.all() or not side.any():
+            continue
+        in_support = np.isin(own, names[side])
+        support, query = idx[in_support], idx[~in_support]
+        if len(support) >= k_shot and len(query) >= n_query:
+            return rng.permutation(support)[:k_shot], rng.permutation(query)[:n_query]
+    return None
+
+
 def sample_episode(
-    labels: np.ndarray, n_way: int, k_shot: int, n_query: int, rng: np.random.Generator
+    labels: np.ndarray,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    rng: np.random.Generator,
+    groups: Sequence[str | None] | None = None,
 ) -> Episode:
-    """Draw one episode from ``labels`` (one class index per image)."""
+    """Draw one episode from ``labels`` (one class index per image). With ``groups`` (one per image: the
+    specimen, patient or field; None for an image of its own), each class's queries come from other groups
+    than its support images, so an episode measures reading a new specimen, not recognising one it was shown."""
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
-    eligible = classes[counts >= k_shot + n_query]
+    if groups is not None:
+        g = np.asarray([x if x else f"#image{i}" for i, x in enumerate(groups)], dtype=object)
+        check = np.random.default_rng(0)  # eligibility does not move the episodes' own draws
+        fits = [
+            _disjoint_draw(np.flatnonzero(labels == c), g, k_shot, n_query, check) is not None
+            for c in classes
+        ]
+        eligible = classes[np.asarray(fits, dtype=bool)]
+        need = f"at least {k_shot} support and {n_query} query images in other groups (specimens, patients, fields)"
+    else:
+        eligible = classes[counts >= k_shot + n_query]
+        need = f"at least {k_shot + n_query} images each"
     if len(eligible) < n_way:
         raise ValueError(
-            f"{n_way}-way {k_shot}-shot episodes with {n_query} queries need {n_way} classes with at least "
-            f"{k_shot + n_query} images each; only {len(eligible)} of {len(classes)} classes have that many"
+            f"{n_way}-way {k_shot}-shot episodes with {n_query} queries need {n_way} classes with {need}; only "
+            f"{len(eligible)} of {len(classes)} classes have that many"
         )
     chosen = rng.choice(eligible, size=n_way, replace=False)
     sup, sup_y, qry, qry_y = [], [], [], []
     for pos, c in enumerate(chosen):
-        idx = rng.permutation(np.flatnonzero(labels == c))[: k_shot + n_query]
-        sup.append(idx[:k_shot])
-        qry.append(idx[k_shot:])
+        if groups is not None:
+            drawn = _disjoint_draw(np.flatnonzero(labels == c), g, k_shot, n_query, rng)
+            if drawn is None:  # pragma: no cover - eligible above: a class that fits once fits again
+                raise RuntimeError(f"class {c}: no support/query draw from disjoint groups in {_TRIES} tries")
+            sup.append(drawn[0])
+            qry.append(drawn[1])
+        else:
+            idx = rng.permutation(np.flatnonzero(labels == c))[: k_shot + n_query]
+            sup.append(idx[:k_shot])
+            qry.append(idx[k_shot:])
         sup_y += [pos] * k_shot
         qry_y += [pos] * n_query
     return Episode(
@@ -106,12 +155,14 @@ def run_episodes(
     n_query: int = 5,
     episodes: int = 600,
     seed: int = 0,
+    groups: Sequence[str | None] | None = None,
 ) -> EpisodeResult:
-    """Mean accuracy of ``classify(support_idx, support_labels, query_idx, n_way) → predicted labels``."""
+    """Mean accuracy of ``classify(support_idx, support_labels, query_idx, n_way) → predicted labels``
+    (``groups``: queries from other groups than the support, see :func:`sample_episode`)."""
     rng = np.random.default_rng(seed)
     accs = []
     for _ in range(int(episodes)):
-        ep = sample_episode(labels, n_way, k_shot, n_query, rng)
+        ep = sample_episode(labels, n_way, k_shot, n_query, rng, groups)
         pred = np.asarray(classify(ep.support, ep.support_labels, ep.query, n_way))
         accs.append(float((pred == ep.query_labels).mean()))
     mean, ci = mean_ci95(accs)
@@ -154,8 +205,10 @@ def evaluate_episodes(
     episodes: int = 600,
     seed: int = 0,
     batch_size: int = 64,
+    groups: Sequence[str | None] | None = None,
 ) -> EpisodeResult:
-    """Episodic accuracy of a model's embedding on ``dataset`` (its targets give the classes)."""
+    """Episodic accuracy of a model's embedding on ``dataset`` (its targets give the classes; ``groups``, one
+    per image: queries from other groups than the support)."""
     from .models.siamese import SiameseClassifier
 
     embs, labels = _features(model, dataset, batch_size)
@@ -176,7 +229,7 @@ def evaluate_episodes(
             protos = F.normalize(onehot.T @ feats[s], dim=-1)
             return (feats[q] @ protos.T).argmax(1).numpy()
 
-    return run_episodes(labels, classify, n_way, k_shot, n_query, episodes, seed)
+    return run_episodes(labels, classify, n_way, k_shot, n_query, episodes, seed, groups)
 
 
 def unique_images(

@@ -88,6 +88,16 @@ def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, 
     if dropped:
         log.info("%d duplicate image(s) left out so that no picture is support and query at once", dropped)
     ep = cfg.episodes
+    if ep.get("groups", "auto") not in ("auto", "none"):
+        raise ValueError(f"episodes.groups must be auto or none, got {ep.get('groups')!r}")
+    grouped = ep.get("groups", "auto") == "auto" and any(r.group for r in records)
+    queries = (
+        f"from other groups than the support ({len({r.group for r in records if r.group})} specimens, patients or "
+        "fields)"
+        if grouped
+        else "any image but the support's"
+    )
+    log.info("episode queries: %s", queries)
     result = evaluate_episodes(
         model,
         dm.make_dataset(records, train=False),
@@ -97,6 +107,7 @@ def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, 
         int(ep.episodes),
         int(ep.seed),
         int(cfg.data.batch_size),
+        groups=[r.group for r in records] if grouped else None,
     )
     key = f"test/{result.n_way}way_{result.k_shot}shot"
     metrics = {f"{key}_acc": result.accuracy, f"{key}_ci95": result.ci95}
@@ -107,6 +118,7 @@ def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, 
                 **result.summary(),
                 "checkpoint": str(cfg.ckpt_path),
                 "split": split,
+                "queries": queries,
                 "images": len(records),
                 "classes": dm.class_names,
             },
@@ -116,6 +128,7 @@ def evaluate_episodes_job(cfg: DictConfig) -> tuple[dict[str, float], dict[str, 
     )
     print(
         f"{result.n_way}-way {result.k_shot}-shot ({result.n_query} queries/class, {result.episodes} episodes, "
-        f"{len(records)} images of {dm.num_classes} classes): accuracy {result.accuracy:.4f} ± {result.ci95:.4f} (95% CI)"
+        f"{len(records)} images of {dm.num_classes} classes; queries {queries}): accuracy {result.accuracy:.4f} "
+        f"± {result.ci95:.4f} (95% CI)"
     )
     return metrics, {"result": result, "model": model, "datamodule": dm, "run_dir": run_dir}

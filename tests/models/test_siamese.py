@@ -196,6 +196,33 @@ def test_episode_support_and_query_never_overlap():
         sample_episode(labels, n_way=8, k_shot=2, n_query=5, rng=rng)
 
 
+def test_episode_queries_come_from_other_specimens_than_the_support():
+    """With groups, a class's queries never share a specimen with its support images: a 1-shot episode whose
+    query is a cell of the support cell's own specimen measures recognising that specimen."""
+    labels = np.repeat(np.arange(4), 12)
+    groups = [
+        f"s{c}-{i // 4}" for c in range(4) for i in range(12)
+    ]  # three specimens of four cells per class
+    groups[47] = None  # an image without a group stands alone
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ep = sample_episode(labels, n_way=3, k_shot=2, n_query=3, rng=rng, groups=groups)
+        for pos in range(3):
+            support = {groups[i] for i, y in zip(ep.support, ep.support_labels, strict=True) if y == pos}
+            query = {groups[i] for i, y in zip(ep.query, ep.query_labels, strict=True) if y == pos}
+            assert not (support & query) - {None}
+        assert len(ep.support) == 6 and len(ep.query) == 9
+    one_specimen = [f"s{c}" if c == 0 else g for c, g in zip(labels, groups, strict=True)]
+    with pytest.raises(
+        ValueError, match="need 4 classes with at least 2 support and 3 query images in other groups"
+    ):
+        sample_episode(labels, n_way=4, k_shot=2, n_query=3, rng=rng, groups=one_specimen)
+    # without groups, the draws are those of before
+    a = sample_episode(labels, 3, 2, 3, np.random.default_rng(5))
+    b = sample_episode(labels, 3, 2, 3, np.random.default_rng(5), groups=None)
+    assert a.support.tolist() == b.support.tolist() and a.query.tolist() == b.query.tolist()
+
+
 def test_episode_accuracy_and_confidence_interval():
     labels = np.repeat(np.arange(6), 10)
     oracle = run_episodes(
@@ -258,8 +285,22 @@ def test_episodes_job_for_siamese_and_softmax_checkpoints(
         output_dir=tmp_path / "c",
     )
     metrics, objs = evaluate_episodes_job(cfg)  # its run folder's manifest: its test split
-    assert json.loads((tmp_path / "c" / "episodes.json").read_text())["split"] == "test"
+    saved = json.loads((tmp_path / "c" / "episodes.json").read_text())
+    assert saved["split"] == "test" and saved["queries"] == "any image but the support's"
     assert metrics["test/3way_1shot_acc"] - metrics["test/3way_1shot_ci95"] > 1 / 3  # beats chance
+    # novel classes in patient folders: each class's queries come from other patients than its support
+    novel = write_class_images(
+        tmp_path / "novel", {f"{c}/p{c[-1]}{i}": 3 for c in ("AC-4", "AC-5") for i in range(3)}, size=24
+    )
+    cfg = compose(
+        "eval_episodes",
+        [f"data.root={novel}", f"ckpt_path={softmax_best}", "episodes.n_way=2", "episodes.n_query=2"]
+        + ["episodes.episodes=20", "data.near_duplicates=false"],
+        output_dir=tmp_path / "g",
+    )
+    evaluate_episodes_job(cfg)
+    saved = json.loads((tmp_path / "g" / "episodes.json").read_text())
+    assert saved["split"] == "all" and saved["queries"].startswith("from other groups than the support (6 ")
 
 
 def test_episodes_job_reads_images_as_the_training_run_did(trained_checkpoint, tmp_path):
