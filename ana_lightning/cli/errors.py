@@ -22,9 +22,8 @@ from hydra.errors import CompactHydraException
 from omegaconf.errors import MissingMandatoryValue
 
 PACKAGE = "ana_lightning"
-_RAISE_NEW = re.compile(
-    r"raise\s+[A-Za-z_][\w.]*\("
-)  # raise SomeError(...): not a re-raise of a caught error
+#: ``raise SomeError(...)``: a new error with its message, not a re-raise of a caught one
+_RAISE_NEW = re.compile(r"raise\s+[A-Za-z_][\w.]*\(")
 
 
 class UserError(CompactHydraException):

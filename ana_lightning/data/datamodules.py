@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
 from .images import BadFile, check_bit_depth, load_image, set_bit_depth
-from .records import DatasetError, ImageRecord, folder_grouping, parse_group_level, read_single_label_folder
+from .records import DatasetError, ImageRecord, parse_group_level
 from .samplers import ClassBalancedSampler, resolve_replicas
 from .splits import (
     SPLIT_MANIFEST,
@@ -560,12 +560,12 @@ class SingleLabelDataModule(RecordDataModule):
         return self._root
 
     def read_records(self) -> tuple[list[ImageRecord], list[BadFile]]:
-        records, bad = read_single_label_folder(
-            self.root, self.tree, on_bad_file=self.hparams.on_bad_file, group_level=self.group_level
-        )
-        self.grouping = folder_grouping(records, self.group_level)
+        from .readers import FolderReader
+
+        data = FolderReader(self.group_level).read(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
+        self.grouping = data.grouping
         log.info("split groups: %s", self.grouping)
-        return records, bad
+        return data.records, data.bad
 
     def write_reports(self, out_dir: str | Path) -> None:
         super().write_reports(out_dir)

@@ -92,6 +92,7 @@ SPLIT_KEYS = (
     "group_column",
     "grouping",
     "group_min_size",
+    "group_level",
     "near_duplicates",
     "split_fractions",
     "seed",

@@ -22,7 +22,7 @@ from ana_lightning.data.records import ImageRecord
 from ana_lightning.data.splits import FOLDS_MANIFEST, load_folds_manifest, sweep_folds
 from ana_lightning.stats import label_matrix, point_metrics
 
-from conftest import TINY_BACKBONE, write_class_images
+from conftest import tiny_train_overrides, write_class_images
 
 BIN = Path(sys.executable).parent
 CLASSES = ["AC-1", "AC-2", "AC-4"]
@@ -270,19 +270,7 @@ def test_a_sweep_stopped_part_way_is_finished_by_running_it_again_with_ckpt_path
     afresh in its own folder (not from the task's newest run), and the summary covers every fold."""
     data = write_class_images(tmp_path / "data", {"AC-1": 9, "AC-2": 9, "AC-4": 6}, size=32)
     sweep = tmp_path / "outputs" / "sweep"
-    common = [
-        "-m",
-        "data=single_label",
-        f"data.root={data}",
-        "data.image_size=32",
-        "data.batch_size=8",
-        f"model.backbone.name={TINY_BACKBONE}",
-        "trainer.max_epochs=1",
-        "callbacks.rich_progress_bar=null",
-        "+trainer.enable_model_summary=false",
-        "data.folds=3",
-        f"hydra.sweep.dir={sweep}",
-    ]
+    common = ["-m", *tiny_train_overrides(data, epochs=1), "data.folds=3", f"hydra.sweep.dir={sweep}"]
     _cmd("ana-train", [*common, "data.fold=0,1"], tmp_path)  # the sweep "stopped" after two folds
     assert json.loads((sweep / "cv_summary.json").read_text())["test/mca/n_folds"] == 2
     done = {k: (sweep / str(k) / "metrics.json").read_bytes() for k in (0, 1)}
@@ -303,20 +291,7 @@ def test_three_fold_multirun_through_the_console_command(tmp_path):
     data = write_class_images(tmp_path / "data", {"AC-1": 9, "AC-2": 9, "AC-4": 6}, size=32)
     _cmd(
         "ana-train",
-        [
-            "-m",
-            "data=single_label",
-            f"data.root={data}",
-            "data.image_size=32",
-            "data.batch_size=8",
-            f"model.backbone.name={TINY_BACKBONE}",
-            "trainer.max_epochs=1",
-            "callbacks.rich_progress_bar=null",
-            "+trainer.enable_model_summary=false",
-            "logger=wandb",
-            "data.folds=3",
-            "data.fold=range(3)",
-        ],
+        ["-m", *tiny_train_overrides(data, epochs=1), "logger=wandb", "data.folds=3", "data.fold=range(3)"],
         tmp_path,
     )
     (sweep,) = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
