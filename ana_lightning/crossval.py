@@ -31,7 +31,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,24 +186,85 @@ def _labels(rows: list[dict[str, str]], classes: list[str]) -> tuple[np.ndarray,
 
 
 # ------------------------------------------------------------------------------------------ summary
-def summarize_sweep(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, n_boot: int = 1000
-) -> dict[str, Any]:
-    """Write the cross-validation summary of a finished sweep (see the module docstring) into
-    ``out_dir`` (default: the sweep folder); returns the ``cv_summary.json`` content."""
-    sweep = Path(sweep_dir)
+def _sweep_rows(sweep: Path) -> list[dict[str, str]]:
     manifest_path = sweep_manifest(sweep) if sweep.is_dir() else None
     if manifest_path is None:
         raise CVSummaryError(
             f"{sweep} has no {FOLDS_MANIFEST}: not a cross-validation sweep (ana-train -m data.folds=k 'data.fold=range(k)')"
         )
+    return load_folds_manifest(manifest_path)
+
+
+def _combined_sweeps(sweeps: Sequence[Path]) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """The folds manifest rows and fold jobs of several sweeps of one cross-validation, e.g. repeats run at
+    different times (``data.repeats=3 data.repeat=2`` in a sweep of its own): every sweep holds the same images,
+    each (repeat, fold) is tested once over all of them, and a repeat's folds are the same in every sweep that
+    tests it. Only the repeats some job tests are kept."""
+    rows_of = {sweep: _sweep_rows(sweep) for sweep in sweeps}
+    images = {sweep: {(r["path"], r["sha256"]) for r in rows} for sweep, rows in rows_of.items()}
+    first = sweeps[0]
+    for sweep in sweeps[1:]:
+        if images[sweep] != images[first]:
+            differ = sorted(images[sweep] ^ images[first])
+            raise CVSummaryError(
+                f"{sweep} and {first} hold other images ({len(differ)} differ, e.g. {differ[0][0]}): one summary "
+                "needs the folds of one dataset"
+            )
+    if len({len({r["fold"] for r in rows}) for rows in rows_of.values()}) > 1:
+        raise CVSummaryError(
+            f"the sweeps {', '.join(map(str, sweeps))} were made with different numbers of folds"
+        )
+    jobs, by_key, rows = [], {}, []
+    for sweep in sweeps:
+        for j in fold_jobs(sweep):
+            key = (j["repeat"], j["fold"])
+            if key in by_key:
+                raise CVSummaryError(
+                    f"fold {key[1]} of repeat {key[0]} is tested in {by_key[key]} and in {j['dir']}: one summary "
+                    "needs one job per fold"
+                )
+            by_key[key] = j["dir"]
+            jobs.append({**j, "label": f"{sweep.name}/{j['dir'].name}"})
+    for rep in sorted({j["repeat"] for j in jobs}):
+        assignments = {
+            sweep: sorted((r["path"], r["fold"]) for r in rows_of[sweep] if r["repeat"] == str(rep))
+            for sweep in {j["dir"].parent for j in jobs if j["repeat"] == rep}
+        }
+        if len({tuple(a) for a in assignments.values()}) > 1:
+            raise CVSummaryError(
+                f"repeat {rep} has other folds in {' and '.join(str(s) for s in assignments)}: its jobs must share folds"
+            )
+        source = next(iter(assignments))
+        rows += [r for r in rows_of[source] if r["repeat"] == str(rep)]
+    if not jobs:
+        raise CVSummaryError(f"no fold jobs in {', '.join(map(str, sweeps))}")
+    return rows, sorted(jobs, key=lambda j: (j["repeat"], j["fold"]))
+
+
+def summarize_sweep(
+    sweep_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None, n_boot: int = 1000
+) -> dict[str, Any]:
+    """Write the cross-validation summary of a finished sweep (see the module docstring) into
+    ``out_dir`` (default: the sweep folder); returns the ``cv_summary.json`` content. ``sweep_dir`` may list
+    several sweeps of one cross-validation (repeats run in sweeps of their own): one summary over all their
+    fold jobs, written into ``out_dir``, which is then required."""
+    many = not isinstance(sweep_dir, str | Path)
+    sweeps = [Path(d) for d in sweep_dir] if many else [Path(sweep_dir)]
+    if many and len(sweeps) == 1:
+        many = False
+    sweep = sweeps[0]
+    if many:
+        if out_dir is None:
+            raise CVSummaryError("a summary of several sweeps needs a folder of its own (out_dir)")
+        manifest, jobs = _combined_sweeps(sweeps)
+    else:
+        manifest, jobs = _sweep_rows(sweep), fold_jobs(sweep)
     out_dir = Path(out_dir) if out_dir is not None else sweep
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = load_folds_manifest(manifest_path)
     folds = len({r["fold"] for r in manifest})
-    repeats = len({r["repeat"] for r in manifest})
-    jobs = fold_jobs(sweep)
-    expected = {(r, f) for r in range(repeats) for f in range(folds)}
+    repeat_ids = sorted({int(r["repeat"]) for r in manifest})
+    repeats = len(repeat_ids)
+    expected = {(r, f) for r in repeat_ids for f in range(folds)}
     done = {(j["repeat"], j["fold"]) for j in jobs if j["metrics"] is not None}
     missing = sorted(expected - done)
 
@@ -235,7 +296,7 @@ def summarize_sweep(
     for j in jobs:
         rows = _test_rows(j["dir"], files)
         if rows is None:
-            no_predictions.append(j["dir"].name)
+            no_predictions.append(j.get("label", j["dir"].name))
             continue
         for r in rows:
             r = {"repeat": str(j["repeat"]), "fold": str(j["fold"]), **r}
@@ -262,7 +323,7 @@ def summarize_sweep(
             raise CVSummaryError(
                 f"{len(twice)} image(s) were tested more than once in one repeat, e.g. {twice[0]}"
             )
-        for rep in range(repeats):
+        for rep in repeat_ids:
             absent = [p for (rr, p) in fold_of if rr == str(rep) and (rr, p) not in seen]
             if absent:
                 coverage.append(
@@ -270,10 +331,10 @@ def summarize_sweep(
                     f"images have no out-of-fold prediction (e.g. {absent[0]})"
                 )
         classes = [c[2:] for c in header if c.startswith("p_")]
-        summary.update(_oof_metrics(oof, classes, repeats, group_of, n_boot))
+        summary.update(_oof_metrics(oof, classes, repeat_ids, group_of, n_boot))
         if not summary.get("oof/multilabel"):
             named = {r["path"]: r["group"] for r in manifest if r["group"]}
-            summary.update(_group_majority(oof, repeats, named))
+            summary.update(_group_majority(oof, repeat_ids, named))
             _plot_pooled_confusion(oof, classes, out_dir / "oof_confusion_matrix.png", summary)
             _plot_oof_errors(oof, classes, files, named, out_dir / "oof_errors.png")
         else:  # multi-label: no confusion matrix; the pooled per-class F1 instead
@@ -287,10 +348,13 @@ def summarize_sweep(
         }
     )
     summary["missing_folds"] = [f"repeat {r} fold {f}" for r, f in missing]
+    if many:
+        summary["sweeps"] = [str(d) for d in sweeps]
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
     (out_dir / "cv_summary.json").write_text(json.dumps(clean, indent=2) + "\n")
+    title = " + ".join(d.name for d in sweeps)
     (out_dir / "cv_summary.md").write_text(
-        _markdown(sweep, clean, jobs, keys, missing, coverage, no_predictions, out_dir)
+        _markdown(title, clean, jobs, keys, missing, coverage, no_predictions, out_dir)
     )
     log.info("cross-validation summary of %d fold job(s) written to %s", len(jobs), out_dir / "cv_summary.md")
     log.info("%s", cv_headline(clean))
@@ -329,7 +393,11 @@ def cv_headline(s: Mapping[str, Any]) -> str:
 
 
 def _oof_metrics(
-    oof: list[dict[str, str]], classes: list[str], repeats: int, group_of: dict[str, str], n_boot: int
+    oof: list[dict[str, str]],
+    classes: list[str],
+    repeats: Sequence[int],
+    group_of: dict[str, str],
+    n_boot: int,
 ) -> dict[str, Any]:
     """Metrics of the pooled out-of-fold predictions, per repeat (``oof/repeat<i>/<m>``) and their
     mean over repeats (``oof/<m>``), with a cluster-bootstrap interval for the headline metrics of the first
@@ -342,14 +410,14 @@ def _oof_metrics(
     reps = np.array([int(r["repeat"]) for r in oof])
     first = int(reps.min())
     out["oof/repeat_of_interval"] = first
-    for rep in range(repeats):
+    for rep in repeats:
         sel = reps == rep
         if not sel.any():
             continue
         m = point_metrics(true[sel], pred[sel], MULTI_LABEL_KEYS if multi else SINGLE_LABEL_KEYS)
         for k, v in m.items():
             per_rep[k].append(v)
-            if repeats > 1:
+            if len(repeats) > 1:
                 out[f"oof/repeat{rep}/{k}"] = v
         if rep == first:
             clusters = [group_of.get(r["path"], r["path"]) for r, s in zip(oof, sel, strict=True) if s]
@@ -364,14 +432,16 @@ def _oof_metrics(
     return out
 
 
-def _group_majority(oof: list[dict[str, str]], repeats: int, group_of: dict[str, str]) -> dict[str, Any]:
+def _group_majority(
+    oof: list[dict[str, str]], repeats: Sequence[int], group_of: dict[str, str]
+) -> dict[str, Any]:
     """The specimen verdict a lab reads off a well: the share of named single-class groups whose most
     frequent out-of-fold prediction is their class, strictly (a tie is no verdict), as
     ``oof/group_majority_acc`` (mean over repeats), with ``oof/n_groups`` and ``oof/groups_right`` of the
     first repeat that has predictions. Empty when the folds manifest names no groups (each image its own:
     that would be accuracy)."""
     shares, out = [], {}
-    for rep in range(repeats):
+    for rep in repeats:
         votes: dict[str, Counter] = defaultdict(Counter)
         truth: dict[str, set[str]] = defaultdict(set)
         for r in oof:
@@ -450,14 +520,14 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def _markdown(
-    sweep: Path,
+    title: str,
     s: dict[str, Any],
     jobs: list[dict[str, Any]],
     keys: list[str],
     missing: list,
     coverage: list[str],
     no_predictions: list[str],
-    out_dir: Path | None = None,
+    out_dir: Path,
 ) -> str:
     k, r = s["folds"], s["repeats"]
     ci = (
@@ -466,7 +536,7 @@ def _markdown(
         else "corrected resampled t-interval (Nadeau & Bengio 2003), as folds of different repeats share images"
     )
     md = [
-        f"# Cross-validation summary: {sweep.name}",
+        f"# Cross-validation summary: {title}",
         "",
         f"{k}-fold{f' × {r} repeats' if r > 1 else ''} cross-validation, {s['n_images']} images, grouped and stratified "
         f"folds (`{FOLDS_MANIFEST}`). Each job tests on its fold; "
@@ -499,7 +569,9 @@ def _markdown(
     ]
     for j in jobs:
         vals = [_fmt((j["metrics"] or {}).get(m)) for m in head]
-        md.append(f"| {j['repeat']} | {j['fold']} | {j['dir'].name} | " + " | ".join(vals) + " |")
+        md.append(
+            f"| {j['repeat']} | {j['fold']} | {j.get('label', j['dir'].name)} | " + " | ".join(vals) + " |"
+        )
     oof_keys = [
         m for m in ("mca", "acc", "macro_f1", "exact_match", "micro_f1", "hamming_loss") if f"oof/{m}" in s
     ]
@@ -531,7 +603,7 @@ def _markdown(
             ]
         if not s.get("oof/multilabel"):
             md += ["", "![pooled confusion matrix](oof_confusion_matrix.png)"]
-            if ((out_dir or sweep) / "oof_errors.png").is_file():
+            if (out_dir / "oof_errors.png").is_file():
                 md += [
                     "",
                     "The wrong images (one repeat), most confident first, at most half a row per group:",

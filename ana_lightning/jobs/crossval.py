@@ -22,10 +22,21 @@ log = logging.getLogger(__name__)
 def evaluate_sweep(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """``ana-eval sweep_dir=<sweep>``: the summary again, from the saved predictions, into the eval run
     folder; also into the sweep folder when it has none yet (a sweep stopped before its end, e.g. by a
-    failed fold job), never overwriting the sweep's own files."""
+    failed fold job), never overwriting the sweep's own files. ``sweep_dir=[a,b,c]``: one summary over the
+    fold jobs of several sweeps of one cross-validation (repeats run in sweeps of their own), into the eval
+    run folder only."""
     import shutil
 
-    sweep, run_dir = Path(cfg.sweep_dir), Path(cfg.paths.output_dir)
+    from omegaconf import ListConfig
+
+    run_dir = Path(cfg.paths.output_dir)
+    if isinstance(cfg.sweep_dir, ListConfig | list | tuple) and len(cfg.sweep_dir) > 1:
+        sweeps = [Path(str(d)) for d in cfg.sweep_dir]
+        summary = summarize_sweep(sweeps, out_dir=run_dir)
+        print(f"cross-validation summary of {len(sweeps)} sweeps: {run_dir / 'cv_summary.md'}")
+        return summary, {"run_dir": run_dir, "sweep_dir": sweeps}
+    one = cfg.sweep_dir[0] if isinstance(cfg.sweep_dir, ListConfig | list | tuple) else cfg.sweep_dir
+    sweep = Path(str(one))
     summary = summarize_sweep(sweep, out_dir=run_dir)
     if not (sweep / "cv_summary.json").exists():
         for name in SUMMARY_FILES:

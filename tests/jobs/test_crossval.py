@@ -152,9 +152,9 @@ def test_summary_by_group_needs_named_groups_and_calls_a_tie_no_verdict(tmp_path
             ("c1", "X", "X"),
         ]
     ]
-    out = _group_majority(oof, 1, {"a1": "A", "a2": "A", "b1": "B", "b2": "B", "c1": "C"})
+    out = _group_majority(oof, [0], {"a1": "A", "a2": "A", "b1": "B", "b2": "B", "c1": "C"})
     assert out == {"oof/n_groups": 3, "oof/groups_right": 2, "oof/group_majority_acc": pytest.approx(2 / 3)}
-    assert _group_majority(oof, 1, {}) == {}  # no named groups: no figure
+    assert _group_majority(oof, [0], {}) == {}  # no named groups: no figure
 
 
 def test_summary_with_repeats_and_a_missing_fold(tmp_path, caplog):
@@ -193,6 +193,52 @@ def test_a_sweep_of_a_later_repeat_only_gets_its_pooled_interval(tmp_path):
     md = (sweep / "cv_summary.md").read_text()
     assert "(29 images in repeat 1)" in md and "cluster bootstrap (by group) on repeat 1" in md
     assert "groups are read as their class by the majority of their images (repeat 1)" in md
+
+
+def test_repeats_run_in_sweeps_of_their_own_give_the_summary_of_one_sweep(tmp_path):
+    """Repeats run at other times (``data.repeats=2 data.repeat=1`` in a sweep of its own) are summarised
+    together with ``ana-eval 'sweep_dir=[A,B]'``: the same figures as one sweep holding every job."""
+    from omegaconf import OmegaConf
+
+    from ana_lightning.crossval import evaluate_sweep
+
+    full = tmp_path / "full"
+    _fake_sweep(tmp_path / "data", full, folds=3, repeats=2)
+    whole = summarize_sweep(full, out_dir=tmp_path / "whole", n_boot=100)
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(full, a)
+    shutil.copytree(full, b)
+    for job in ("3", "4", "5"):  # sweep a ran repeat 0, sweep b repeat 1
+        shutil.rmtree(a / job)
+    for job in ("0", "1", "2"):
+        shutil.rmtree(b / job)
+    cfg = OmegaConf.create({"sweep_dir": [str(a), str(b)], "paths": {"output_dir": str(tmp_path / "eval")}})
+    both, _ = evaluate_sweep(cfg)
+    for key in (
+        "test/mca/mean",
+        "test/mca/sd",
+        "test/mca/ci95_low",
+        "test/mca/ci95_high",
+        "test/mca/n_folds",
+    ):
+        assert both[key] == pytest.approx(whole[key]), key
+    for key in (
+        "oof/mca",
+        "oof/repeat0/mca",
+        "oof/repeat1/mca",
+        "oof/group_majority_acc",
+        "repeats",
+        "folds",
+    ):
+        assert both[key] == pytest.approx(whole[key]), key
+    assert both["missing_folds"] == [] and both["sweeps"] == [str(a), str(b)]
+    md = (tmp_path / "eval" / "cv_summary.md").read_text()
+    assert md.startswith("# Cross-validation summary: a + b") and "| 1 | 2 | b/5 |" in md
+    assert not (a / "cv_summary.json").exists()  # written into the eval folder only
+    with pytest.raises(CVSummaryError, match="fold 0 of repeat 0 is tested in .* and in"):
+        summarize_sweep([a, full], out_dir=tmp_path / "twice")
+    with pytest.raises(CVSummaryError, match="needs a folder of its own"):
+        summarize_sweep([a, b])
 
 
 def test_two_jobs_for_one_fold_and_non_sweeps_are_refused(tmp_path):
