@@ -192,6 +192,8 @@ class RecordDataModule(L.LightningDataModule):
         self.split_overlap: dict[str, int] = {}
         # Same picture, other bytes (re-encoded, flipped, rotated): kept in one split (data.near_duplicates).
         self.near_duplicates: list[NearDuplicateSet] = []
+        # How read_records grouped the images (a specimen column, detected runs, sub-folders, …): grouping.txt.
+        self.grouping = ""
 
     # -------------------------------------------------------------- to implement
     @property
@@ -461,6 +463,11 @@ class RecordDataModule(L.LightningDataModule):
             log.warning("%d set(s) of byte-identical images kept in one split each: see duplicates.csv", dups)
         if self.near_duplicates:
             write_near_duplicates(self.near_duplicates, self.splits, out_dir / "near_duplicates.csv")
+        if self.grouping:  # the manifest's group column holds the groups; this says where they came from
+            reader = getattr(self, "reader", None)
+            (out_dir / "grouping.txt").write_text(
+                (f"reader: {reader}\n" if reader else "") + f"grouping: {self.grouping}\n"
+            )
 
     # -------------------------------------------------------------- loaders
     def loader_kwargs(self) -> dict[str, Any]:
@@ -541,8 +548,8 @@ class SingleLabelDataModule(RecordDataModule):
     Args (beyond :class:`RecordDataModule`):
         root: the dataset folder; class folders may be spelled ``AC-3``, ``ac-3``, ``AC3`` or ``ac_3``.
         group_level: the split group of an image inside a sub-folder of its class folder: ``auto`` (the first
-            sub-folder's name, e.g. a patient, slide or field), a depth (0 = first) or ``none``
-            (:func:`~.records.folder_group`); ``grouping.txt`` in the run folder says what it found.
+            sub-folder's name, e.g. a patient, slide or field), a folder depth below ``root`` (0 = the class
+            folder) or ``none`` (:func:`~.records.folder_group`); ``grouping.txt`` in the run folder says what it found.
     """
 
     def __init__(self, root: str, group_level: str | int | None = "auto", **kwargs):
@@ -553,7 +560,6 @@ class SingleLabelDataModule(RecordDataModule):
             )
         self._root = Path(root).expanduser()
         self.group_level = parse_group_level(group_level)
-        self.grouping = ""  # how the records were grouped, once read
 
     @property
     def root(self) -> Path:
@@ -566,11 +572,6 @@ class SingleLabelDataModule(RecordDataModule):
         self.grouping = data.grouping
         log.info("split groups: %s", self.grouping)
         return data.records, data.bad
-
-    def write_reports(self, out_dir: str | Path) -> None:
-        super().write_reports(out_dir)
-        if self.grouping:  # the manifest's group column holds the groups; this says where they came from
-            (Path(out_dir) / "grouping.txt").write_text(f"grouping: {self.grouping}\n")
 
 
 class SyntheticDataModule(SingleLabelDataModule):

@@ -234,7 +234,6 @@ class HEp2HierarchyDataModule(RecordDataModule):
         self.reader, self.csv, self.mask, self.group_column = reader, csv, mask, group_column
         self.crop_fraction = check_crop_fraction(crop_fraction)
         self.grouping_method, self.group_min_size = grouping, int(group_min_size)
-        self.grouping = ""  # how the records were grouped, once read
         self.masks: dict[str, str] = {}
         self._class_names: list[str] | None = None
         self.level_names: dict[int, list[str]] = {}
@@ -511,8 +510,6 @@ class HEp2HierarchyDataModule(RecordDataModule):
 
     def write_reports(self, out_dir: str | Path) -> None:
         super().write_reports(out_dir)
-        if self.grouping:  # the manifest's group column holds the groups; this says where they came from
-            (Path(out_dir) / "grouping.txt").write_text(f"reader: {self.reader}\ngrouping: {self.grouping}\n")
         if self.level == "contest" and self._class_names:  # each contest class and its place in the ICAP tree
             with open(Path(out_dir) / CLASSES_TABLE, "w", newline="") as f:
                 w = csv.writer(f)

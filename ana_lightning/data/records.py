@@ -181,8 +181,7 @@ def folder_group(path: str | Path, root: str | Path, group_level: str | int | No
     >>> folder_group("d/AC-1/patient12/slide2/a.png", "d", 2)
     'slide2'
     """
-    group_level = parse_group_level(group_level)
-    if group_level is None:
+    if group_level is None or group_level == "none":
         return None
     depth = 1 if group_level == "auto" else int(group_level)
     parts = Path(path).relative_to(root).parts[:-1]
@@ -230,6 +229,7 @@ def read_single_label_folder(
     second list. Hidden files and ``Thumbs.db``-like files are ignored.
     """
     root = Path(root).expanduser()
+    level = parse_group_level(group_level)
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset folder {root} does not exist (set data.root to a folder of <AC code>/<images>)"
@@ -274,7 +274,7 @@ def read_single_label_folder(
         ]
         if not images:
             bad.append(BadFile(str(d), "empty class folder (no images)"))
-        candidates += [(p, code, folder_group(p, root, group_level)) for p in images]
+        candidates += [(p, code, folder_group(p, root, level)) for p in images]
     records: list[ImageRecord] = []
     if check_images:
         good, bad_images = scan_images([p for p, _, _ in candidates], progress=progress)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,7 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, Path]:
     resume = _resolve_ckpt(cfg.get("ckpt_path"), run_dir, cfg) if cfg.get("train", True) else None
     if resume is None and cfg.get("train", True) and (requeued := requeue_checkpoint(run_dir)) is not None:
         log.info("SLURM restarted this job: resuming from %s", requeued)  # preempted and requeued
-        resume = _resumable(str(requeued), "last (SLURM requeue)", bool(cfg.get("trust_checkpoint")))
-    if resume is not None:
-        check_same_split(resume, cfg)
+        resume = _resumable(str(requeued), "last (SLURM requeue)", cfg)
     if resume and Path(resume).parent.name == "checkpoints" and Path(resume).parent.parent != run_dir:
         # Continue in the interrupted run's folder: its best checkpoint, logs and reports stay together.
         old = Path(resume).parent.parent
@@ -56,7 +55,6 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, Path]:
 
 
 def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str | None:
-    trust = bool(cfg.get("trust_checkpoint"))
     if not ckpt_path:
         return None
     if ckpt_path == "last":
@@ -71,10 +69,10 @@ def _resolve_ckpt(ckpt_path: str | None, run_dir: Path, cfg: DictConfig) -> str 
                 f"ckpt_path=last: no last.ckpt in {run_dir} or in earlier runs under {Path(cfg.paths.log_dir) / cfg.task_name}"
             )
         log.info("resuming from %s", found)
-        return _resumable(str(found), ckpt_path, trust)
+        return _resumable(str(found), ckpt_path, cfg)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return _resumable(ckpt_path, ckpt_path, trust)
+    return _resumable(ckpt_path, ckpt_path, cfg)
 
 
 def is_sweep_job(run_dir: str | Path) -> bool:
@@ -105,13 +103,14 @@ SPLIT_KEYS = (
 )
 
 
-def check_same_split(path: str, cfg: DictConfig) -> None:
-    """A checkpoint resumed with another split than the one it was trained on (another ``data.fold`` or
-    ``data.seed``, a sweep run again with its folds in another order) would go on training on images this
-    job tests on: refused, naming the settings that differ. Checkpoints without stored data settings pass."""
+def check_same_split(ckpt: Mapping[str, Any], path: str, cfg: DictConfig) -> None:
+    """A checkpoint (loaded from ``path``) resumed with another split than the one it was trained on (another
+    ``data.fold`` or ``data.seed``, a sweep run again with its folds in another order) would go on training on
+    images this job tests on: refused, naming the settings that differ. Checkpoints without stored data
+    settings pass."""
     from ..data.run_config import stored_data_state
 
-    stored = stored_data_state(read_checkpoint(path, trust_checkpoint=bool(cfg.get("trust_checkpoint"))))
+    stored = stored_data_state(ckpt)
     if stored is None or cfg.get("data") is None:
         return
     saved = stored[0]
@@ -137,11 +136,12 @@ def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
 
 
-def _resumable(path: str, asked: str, trust_checkpoint: bool = False) -> str:
-    """``path`` if it reads as a Lightning checkpoint; a truncated file (a run killed while writing
-    it, a copy cut short) is a :class:`CheckpointError` naming it, not a traceback from torch."""
+def _resumable(path: str, asked: str, cfg: DictConfig) -> str:
+    """``path`` if it reads as a Lightning checkpoint of this job's split (:func:`check_same_split`); a
+    truncated file (a run killed while writing it, a copy cut short) is a :class:`CheckpointError` naming it,
+    not a traceback from torch."""
     try:
-        read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+        ckpt = read_checkpoint(path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"ckpt_path={asked}: {e}") from None
     except CheckpointError as e:
@@ -149,6 +149,7 @@ def _resumable(path: str, asked: str, trust_checkpoint: bool = False) -> str:
             f"ckpt_path={asked}: cannot resume from {path}: {e} Resume from another checkpoint of that run "
             "(checkpoints/best-epoch*.ckpt) or start afresh without ckpt_path."
         ) from None
+    check_same_split(ckpt, path, cfg)
     return path
 
 
