@@ -552,6 +552,9 @@ class SingleLabelDataModule(RecordDataModule):
             folder) or ``none`` (:func:`~.records.folder_group`); ``grouping.txt`` in the run folder says what it found.
     """
 
+    # grouping.txt's line when group_level is none, where the folder reader's own line does not fit the data
+    ungrouped_note: str | None = None
+
     def __init__(self, root: str, group_level: str | int | None = "auto", **kwargs):
         super().__init__(**kwargs)
         if not root:
@@ -569,7 +572,7 @@ class SingleLabelDataModule(RecordDataModule):
         from .readers import FolderReader
 
         data = FolderReader(self.group_level).read(self.root, self.tree, on_bad_file=self.hparams.on_bad_file)
-        self.grouping = data.grouping
+        self.grouping = (self.group_level is None and self.ungrouped_note) or data.grouping
         log.info("split groups: %s", self.grouping)
         return data.records, data.bad
 
@@ -580,7 +583,12 @@ class SyntheticDataModule(SingleLabelDataModule):
     The folder name encodes every rendering parameter, so a changed parameter renders a new set
     and an unchanged one is reused (an interrupted render resumes where it stopped).
     ``difficulty``: ``easy`` (the first simulator) or ``hard`` (see :mod:`.synthetic_hard`).
+    Split image by image (``group_level: none``): every rendered field is an independent draw.
     """
+
+    ungrouped_note = (
+        "none: every rendered field is an independent draw of the simulator, split image by image"
+    )
 
     def __init__(
         self,
@@ -591,6 +599,7 @@ class SyntheticDataModule(SingleLabelDataModule):
         dapi: bool = False,
         root: str | None = None,
         difficulty: str = "easy",
+        group_level: str | int | None = "none",
         **kwargs,
     ):
         if root:
@@ -604,7 +613,7 @@ class SyntheticDataModule(SingleLabelDataModule):
             name += f"_{difficulty}"
         if codes:
             name += "_" + "-".join(Taxonomy.load(kwargs.get("tree")).subset(codes).codes)
-        super().__init__(root=str(Path(cache_dir).expanduser() / name), **kwargs)
+        super().__init__(root=str(Path(cache_dir).expanduser() / name), group_level=group_level, **kwargs)
         self.render = dict(
             n_per_class=n_per_class,
             size=render_size,

@@ -64,3 +64,24 @@ def test_a_flat_folder_says_how_to_group(tmp_path):
     dm.write_reports(tmp_path / "run")
     said = (tmp_path / "run" / "grouping.txt").read_text()
     assert "none found" in said and "AC-3/<patient>/..." in said
+
+
+def test_the_simulator_splits_field_by_field_without_the_folder_hint(tmp_path):
+    """Rendered fields are independent draws: ``data=synthetic`` splits them one by one and grouping.txt says why,
+    not that the user should sort patients into sub-folders (before: the flat-folder hint)."""
+    dm = _datamodule(
+        [
+            "data=synthetic",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.n_per_class=3",
+            "data.render_size=48",
+            "data.classes=[AC-1,AC-4]",
+            "data.split_fractions=[0.34,0.33,0.33]",
+        ]
+    )
+    assert sum(len(dm.splits[s]) for s in SPLITS) == 6 and not any(
+        r.group for s in SPLITS for r in dm.splits[s]
+    )
+    dm.write_reports(tmp_path / "run")
+    said = (tmp_path / "run" / "grouping.txt").read_text()
+    assert "independent draw of the simulator" in said and "sub-folder" not in said
