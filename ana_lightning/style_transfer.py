@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.images import bit_depth, load_image, sha256_file
+from .data.images import bit_depth, first_few, load_image, sha256_file
 from .data.records import ImageRecord
 from .data.splits import STYLIZED_MANIFEST, read_stylized_set
 from .nst import (
@@ -333,7 +333,7 @@ def stylize(
     params_file = out / PARAMS_FILE
     entries = sorted(p.name for p in out.iterdir())
     if entries and not params_file.is_file():  # not a stylized set: someone's files (their manifest.csv too)
-        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        shown = first_few(entries, 3)
         raise ValueError(
             f"{out} holds files that ana-stylize did not write ({shown}): stylized images written there would mix "
             f"with them and {MANIFEST} would be replaced. Use a new or empty output folder."

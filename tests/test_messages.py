@@ -229,3 +229,11 @@ def test_only_errors_raised_on_purpose_lose_their_traceback(tmp_path, monkeypatc
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(FileNotFoundError):
         user_errors(mod.opens)(tmp_path / "missing.csv")
+
+
+def test_messages_name_the_first_few_files_then_how_many_more():
+    from ana_lightning.data.images import first_few
+
+    assert first_few(["a.png", "b.png", "c.png", "d.png"], 2) == "a.png, b.png and 2 more"
+    assert first_few([Path("x/a.png")], 3, "; ") == "x/a.png"
+    assert first_few(["p", "q", "r"], 3, "; ") == "p; q; r"

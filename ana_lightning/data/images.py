@@ -17,9 +17,10 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -71,6 +72,15 @@ class BadFile:
 
     path: str
     reason: str
+
+
+def first_few(items: Sequence[Any], n: int, sep: str = ", ") -> str:
+    """The first ``n`` of ``items`` joined by ``sep``, then how many more, for messages that name files:
+
+    >>> first_few(["a.png", "b.png", "c.png", "d.png"], 2)
+    'a.png, b.png and 2 more'
+    """
+    return sep.join(str(i) for i in items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def is_image_path(path: str | Path) -> bool:
@@ -195,7 +205,7 @@ def warn_overexposed(shares: Iterable[tuple[str, float]], unit: str = "image") -
             len(listed),
             unit,
             100 * SATURATED_SHARE,
-            "; ".join(listed[:5]) + (f"; and {len(listed) - 5} more" if len(listed) > 5 else ""),
+            first_few(listed, 5, "; "),
         )
 
 

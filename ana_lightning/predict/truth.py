@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..cross_dataset import cross_dataset_report_lines, score_cross_dataset, shared_classes
+from ..data.images import first_few
 from ..taxonomy import LabelError, Taxonomy, natural_key
 
 __all__ = ["SOURCES", "check_shared", "model_class_nodes", "read_truth", "score_truth", "truth_names"]
@@ -228,9 +229,7 @@ def read_truth(
         where = {f: f"{table}:{line}" for f, (_, line) in rows.items()}
     missing = [f for f in files if f not in raw]
     if missing:
-        shown = ", ".join(str(f) for f in missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
+        shown = first_few(missing, 5)
         raise ValueError(
             f"truth={truth}: no known label for {len(missing)} of {len(files)} image(s): {shown}"
             + ("" if source in SOURCES else " (rows give paths relative to input=, or file names)")

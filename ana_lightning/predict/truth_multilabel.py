@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.images import first_few
 from ..taxonomy import LabelError, Taxonomy
 from .truth import written_rows
 
@@ -128,8 +129,7 @@ def read_truth_sets(
         listed = problems + empty
         raise LabelError(
             f"truth={truth}: {len(listed)} label set(s) that cannot be read: "
-            + "; ".join(listed[:10])
-            + (f"; and {len(listed) - 10} more" if len(listed) > 10 else "")
+            + first_few(listed, 10, "; ")
             + (
                 " (rename them, or pass truth_strict=false to ignore such tokens, e.g. a titer 1:160)"
                 if problems
@@ -137,9 +137,7 @@ def read_truth_sets(
             )
         )
     if missing:
-        shown = ", ".join(str(f) for f in missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
+        shown = first_few(missing, 5)
         where = (
             "no folder up to input= names an AC code"
             if source == "folder"

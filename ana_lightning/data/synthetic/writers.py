@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..images import first_few
 from .cells import CellStyle, class_table, render_cells
 from .compose import render_field
 from .files import atomic_write, check_fmt, encode, encode_png, image_rng, progress_bar, write_csv
@@ -48,7 +49,7 @@ def _claim(root: Path, table: str, header: Sequence[str]) -> None:
         except (OSError, UnicodeDecodeError):
             first = None
         if first != ",".join(header):
-            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            shown = first_few(entries, 3)
             raise ValueError(
                 f"{root} holds files that ana-synth did not write ({shown}): synthetic images written there would "
                 f"mix with them and {table} would be replaced. Write into an empty or new folder (ana-synth: generator.root=<folder>)"
