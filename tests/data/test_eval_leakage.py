@@ -99,6 +99,20 @@ def test_every_pipeline_level_is_checked(tmp_path, caplog):
     assert "not held-out results" in caplog.text
 
 
+def test_copies_of_a_trained_image_count_as_images_in_both_warnings(tmp_path, caplog):
+    """Two evaluated files with the bytes of one trained image are two images seen in training, in the
+    check before scoring as in the metrics.json flag after it (before: 1 of 3 before, 2 of 3 after)."""
+    from ana_lightning.data.splits import seen_in_training
+
+    ckpt = _manifest(tmp_path / "r", [("a", "train"), ("c", "test")])
+    evaluated = [ImageRecord(p, ("AC-1",), sha256=h) for p, h in (("a", "a"), ("a_copy", "a"), ("c", "c"))]
+    with pytest.raises(
+        LeakageError, match=r"trained on 2 of the 3 evaluated images \(e.g. \['a', 'a_copy'\]"
+    ):
+        check_unseen([ckpt], evaluated, "test")
+    assert seen_in_training(evaluated, tmp_path / "r" / "split_manifest.csv") == 2
+
+
 # ---------------------------------------------------------------------------- grouping that cannot split
 def _hospital(root: Path, layout: dict[str, int]) -> Path:
     from conftest import write_class_images

@@ -50,7 +50,8 @@ def check_unseen(
         for r in d.records
         if r.sha256
     }
-    evaluated = {picture.get(r.sha256, r.sha256): r.path for r in records if r.sha256}
+    # one entry per evaluated image (byte-identical copies too), keyed by its picture: a near-duplicate set or sha256
+    evaluated = [(picture.get(r.sha256, r.sha256), r.path) for r in records if r.sha256]
     problems, unchecked = [], []
     for c in dict.fromkeys(str(c) for c in checkpoints):
         manifest = run_manifest(c)
@@ -59,7 +60,7 @@ def check_unseen(
             unchecked.append(c)
             continue
         trained = {picture.get(h, h) for h in hashes}
-        seen = sorted(evaluated[p] for p in trained if p in evaluated)
+        seen = sorted(path for p, path in evaluated if p in trained)
         if seen:
             problems.append(
                 f"{c} trained on {len(seen)} of the {len(records)} evaluated images (e.g. {seen[:3]}; "
