@@ -489,11 +489,17 @@ def report_test_calibration(
     """``{stage}/ece`` and ``{stage}/ece_uncalibrated`` on ``records`` and ``{stage}_reliability_diagram.png``."""
     if not hasattr(model, "calibration_logits") or not records:
         return {}
-    loader = torch.utils.data.DataLoader(
-        datamodule.make_dataset(records, train=False), batch_size=batch_size or datamodule.hparams.batch_size
-    )
     t = model.temperature.detach().cpu().clone() if model.is_calibrated else None
-    logits, target = collect_logits(model, loader)
+    tested = getattr(model, "test_predictions", None) or {}
+    if "calibration_logit" in tested and len(tested["calibration_logit"]) == len(records):
+        # the test that just ran on these records kept them (ANAModule.collect_test): no second pass
+        logits, target = [tested["calibration_logit"]], tested["calibration_target"]
+    else:
+        loader = torch.utils.data.DataLoader(
+            datamodule.make_dataset(records, train=False),
+            batch_size=batch_size or datamodule.hparams.batch_size,
+        )
+        logits, target = collect_logits(model, loader)
     metrics, before, after = calibration_metrics(model, logits, target, stage, t)
     y = _levels(logits, target, model.calibration_kind)[-1][1]
     multilabel = model.calibration_kind == "multilabel"

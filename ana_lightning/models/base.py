@@ -174,6 +174,20 @@ class ANAModule(TemperatureMixin, L.LightningModule):
         stage's records) for :meth:`gathered`."""
         self._collected.setdefault(stage, []).append({k: v.detach() for k, v in tensors.items()})
 
+    def collect_test(
+        self, batch: Mapping[str, torch.Tensor], calibration_logit: torch.Tensor, **tensors
+    ) -> None:
+        """``collect("test", …)`` with the batch's :meth:`calibration_logits` (given: the test step has computed
+        them) and :meth:`calibration_targets`, which the calibration report after a test reads instead of
+        running the model over the test images a second time (eight views per image with TTA)."""
+        self.collect(
+            "test",
+            index=batch["index"],
+            calibration_logit=calibration_logit,
+            calibration_target=self.calibration_targets(batch["target"]),
+            **tensors,
+        )
+
     def gathered(self, stage: str) -> dict[str, torch.Tensor] | None:
         """The collected tensors of ``stage`` from every rank, sorted by ``index`` with each image once
         (a DistributedSampler pads the ranks with repeated images); None when nothing was collected.

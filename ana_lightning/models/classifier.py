@@ -143,6 +143,4 @@ class SoftmaxClassifier(ANAModule):
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         _, logits = self._step(batch, "test")
         self.test_details.update(logits, batch["target"])
-        self.collect(
-            "test", index=batch["index"], prob=self.scaled(logits).softmax(-1), target=batch["target"]
-        )
+        self.collect_test(batch, logits, prob=self.scaled(logits).softmax(-1), target=batch["target"])

@@ -233,7 +233,10 @@ class SigmoidEnsemble(ANAModule):
             batch_size=len(target),
             sync_dist=True,
         )
-        self.collect(stage, index=batch["index"], prob=self.scaled(logits).sigmoid(), target=target)
+        if stage == "test":
+            self.collect_test(batch, logits, prob=self.scaled(logits).sigmoid(), target=target)
+        else:
+            self.collect(stage, index=batch["index"], prob=self.scaled(logits).sigmoid(), target=target)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

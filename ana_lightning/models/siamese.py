@@ -322,4 +322,9 @@ class SiameseClassifier(ANAModule):
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         scores = self._eval_step(batch, "test")
         self.test_details.update(scores, batch["target"])
-        self.collect("test", index=batch["index"], prob=self._calibrated(scores), target=batch["target"])
+        self.collect_test(
+            batch,
+            self._normalised(scores).clamp(min=1e-12).log(),  # calibration_logits: scores are self(x)
+            prob=self._calibrated(scores),
+            target=batch["target"],
+        )
