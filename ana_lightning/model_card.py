@@ -187,6 +187,8 @@ def _metrics_section(run: Path | None, ckpt_path: Path) -> list[str]:
         with open(per_class, newline="") as f:
             rows = list(csv.DictReader(f))
         md += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for r in rows:  # an AC code's name starts with the code; a contest class's name is its ICAP node
+            r["name"] = r["name"] if r["name"].startswith(r["class"]) else f"{r['class']} ({r['name']})"
         md += [
             f"| {r['name']} | {float(r['precision']):.3f} | {float(r['recall']):.3f} | {float(r['f1']):.3f} | {r['support']} |"
             for r in rows
@@ -398,16 +400,7 @@ def _classes_section(class_names: Sequence[str], tree, run: Path | None) -> list
             )
         elif c in nodes:  # a contest class: its ICAP node from the run's classes.csv
             row = nodes[c]
-            label = row.get("tree_label", "")
-            try:
-                leaves = tree.leaves(label)
-            except (KeyError, ValueError):
-                leaves = ()
-            pattern = (
-                f"{tree.parse_code(label)} {tree.names[tree.parse_code(label)]}"
-                if tree.is_code(label)
-                else f"ICAP node *{label}*" + (f" ({', '.join(leaves)})" if leaves else "")
-            )
+            pattern = tree.describe(row.get("tree_label", ""))
             md.append(f"| {i} | {c} | {pattern} | {row.get('level1', '')} | {row.get('level2', '')} |")
         else:
             md.append(f"| {i} | {c} | | | |")

@@ -254,6 +254,20 @@ class Taxonomy:
         code = self.parse_code(code)
         return f"{code} {self.names[code]}"
 
+    def describe(self, label: str) -> str:
+        """A tree label in words: a code with its pattern, a node with the codes under it.
+
+        >>> Taxonomy.load().describe("AC-1"), Taxonomy.load().describe("nucleolar")
+        ('AC-1 Nuclear homogeneous', 'ICAP node *nucleolar* (AC-8, AC-9, AC-10)')
+        """
+        if self.is_code(label):
+            return self.display_name(label)
+        try:
+            leaves = self.leaves(label)
+        except (KeyError, ValueError):
+            leaves = ()
+        return f"ICAP node *{label}*" + (f" ({', '.join(leaves)})" if leaves else "")
+
     def _span(self) -> str:
         return f"{self.codes[0]}…{self.codes[-1]}" if len(self.codes) > 3 else ", ".join(self.codes)
 

@@ -29,8 +29,24 @@ __all__ = ["write_test_report", "decision_note"]
 
 
 def _display_names(class_names: Sequence[str]) -> list[str]:
+    """An AC code's pattern; a contest class (``Speckled``, ``fine_speckled``) the ICAP label the contest tables of
+    the tree tie it to, as ``classes.csv`` does (``AC-1 Nuclear homogeneous``, ``ICAP node *speckled* (AC-2, …)``);
+    any other name as it is."""
+    from ..data.contest_labels import CONTESTS, _norm, contest_label_map
+
     tree = Taxonomy.load()
-    return [tree.display_name(c) if tree.is_code(c) else c for c in class_names]
+    labels: dict[str, str] = {}
+    for contest in CONTESTS:
+        for name, label in contest_label_map(tree, contest).items():
+            labels.setdefault(name, label)
+    return [
+        tree.display_name(c)
+        if tree.is_code(c)
+        else tree.describe(labels[_norm(c)])
+        if _norm(c) in labels
+        else c
+        for c in class_names
+    ]
 
 
 def decision_note(model: Any) -> str:

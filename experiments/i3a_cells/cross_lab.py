@@ -32,7 +32,7 @@ def read_evals(folder: Path) -> dict[str, dict[int | None, dict]]:
             raise SystemExit(f"{d / 'metrics.json'}: no test/mca (not an ana-eval of a single-label model?)")
         recall = {}
         if (d / "test_per_class.csv").is_file():
-            recall = {r["name"]: float(r["recall"]) for r in csv.DictReader(open(d / "test_per_class.csv"))}
+            recall = {r["class"]: float(r["recall"]) for r in csv.DictReader(open(d / "test_per_class.csv"))}
         hit = re.fullmatch(r"(.*?)(\d+)", d.name)
         name, fold = (hit.group(1), int(hit.group(2))) if hit else (d.name, None)
         out[name][fold] = {

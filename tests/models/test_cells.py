@@ -465,6 +465,12 @@ def test_recipe_trains_end_to_end(tmp_path, capsys):
     overall = sum(float(r["accuracy"]) * int(r["images"]) for r in per_group) / len(preds)
     assert overall == pytest.approx(np.mean([r["true"] == r["pred"] for r in preds]), abs=1e-9)
     assert "## Per group" in (run / "test_report.md").read_text()
+    # each contest class is named by its ICAP node, as classes.csv ties them (before: its own name twice)
+    report = (run / "test_report.md").read_text()
+    assert (
+        "| Golgi | AC-22 Polar/Golgi-like |" in report
+        and "| NuMem | ICAP node *nuclear envelope* (AC-11, AC-12) |" in report
+    )
     # the wrong cells are shown (most confident first), and only when there are some
     wrong = sum(r["true"] != r["pred"] for r in preds)
     assert (run / "test_errors.png").is_file() == (wrong > 0)

@@ -437,6 +437,23 @@ def test_model_card_counts_a_contest_level_runs_classes(tmp_path):
     assert "- Groups: no specimen column: 3 groups of consecutive IDs (`grouping.txt`)" in card
 
 
+def test_model_card_per_class_figures_keep_the_models_class_names(tmp_path):
+    """The per-class table names each output as the model does, with the ICAP label a contest class stands for."""
+    from ana_lightning.model_card import _metrics_section
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"test/mca": 0.5}')
+    (run / "test_per_class.csv").write_text(
+        "class,name,precision,recall,f1,support\n"
+        "AC-1,AC-1 Nuclear homogeneous,0.5,0.5,0.5,20\n"
+        "Speckled,ICAP node *speckled* (AC-2; AC-4),0.5,0.25,0.3,20\n"
+    )
+    card = "\n".join(_metrics_section(run, run / "checkpoints" / "m.ckpt"))
+    assert "| AC-1 Nuclear homogeneous | 0.500 | 0.500 |" in card
+    assert "| Speckled (ICAP node *speckled* (AC-2; AC-4)) | 0.500 | 0.250 |" in card
+
+
 def test_model_card_names_the_icap_node_of_each_contest_class_and_the_test_groups(tmp_path):
     """A lab reads what each output means (Speckled = the ICAP speckled node, AC-2/4/5/29) and that the
     figure is on groups never trained on; a class the run does not describe keeps empty cells."""
