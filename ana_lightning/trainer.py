@@ -8,6 +8,7 @@ LightningModule is fitted or tested (by :class:`SpeedSwitches`), so no model nee
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,15 @@ from .distributed import SameHparamsOnAllRanks
 from .models.cells import TTAAtEvaluationOnly
 
 __all__ = ["Trainer", "SpeedSwitches"]
+
+
+def _no_cloud_tips(record: logging.LogRecord) -> bool:
+    """Drop Lightning's "💡 Tip: … try installing litlogger / litmodels" adverts from every run's log: runs here
+    are offline by design (a lab's machine, a cluster node) and log to CSV, W&B offline or TensorBoard."""
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_tips)
 
 
 class SpeedSwitches(L.Callback):

@@ -29,3 +29,30 @@ def test_slurm_job_id_names_the_folder(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert unique_run_name() == "slurm-77_3"
     unique_run_name.cache_clear()
+
+
+def test_runs_log_no_adverts_for_lightnings_cloud_services():
+    """Lightning logs "💡 Tip: … try installing litlogger" (and litmodels) on every Trainer: noise in an offline
+    lab's log. The project's Trainer module filters them; Lightning's other messages stay."""
+    import logging
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ana_lightning.trainer import Trainer
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    keep, level = Keep(), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        Trainer(accelerator="cpu", logger=False, callbacks=[ModelCheckpoint()], enable_progress_bar=False)
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+    assert seen and not any("Tip:" in m for m in seen)  # "GPU available: …" and the like still come
