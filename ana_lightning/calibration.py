@@ -491,9 +491,10 @@ def report_test_calibration(
         return {}
     t = model.temperature.detach().cpu().clone() if model.is_calibrated else None
     tested = getattr(model, "test_predictions", None) or {}
-    if "calibration_logit" in tested and len(tested["calibration_logit"]) == len(records):
+    kept = [tested[k] for k in sorted(k for k in tested if k.startswith("calibration_logit_"))]
+    if kept and len(kept[0]) == len(records):
         # the test that just ran on these records kept them (ANAModule.collect_test): no second pass
-        logits, target = [tested["calibration_logit"]], tested["calibration_target"]
+        logits, target = kept, tested["calibration_target"]
     else:
         loader = torch.utils.data.DataLoader(
             datamodule.make_dataset(records, train=False),

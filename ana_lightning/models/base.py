@@ -175,15 +175,20 @@ class ANAModule(TemperatureMixin, L.LightningModule):
         self._collected.setdefault(stage, []).append({k: v.detach() for k, v in tensors.items()})
 
     def collect_test(
-        self, batch: Mapping[str, torch.Tensor], calibration_logit: torch.Tensor, **tensors
+        self,
+        batch: Mapping[str, torch.Tensor],
+        calibration_logits: torch.Tensor | Sequence[torch.Tensor],
+        **tensors: torch.Tensor,
     ) -> None:
         """``collect("test", …)`` with the batch's :meth:`calibration_logits` (given: the test step has computed
-        them) and :meth:`calibration_targets`, which the calibration report after a test reads instead of
-        running the model over the test images a second time (eight views per image with TTA)."""
+        them; one tensor, or one per level) and :meth:`calibration_targets`, which the calibration report after
+        a test reads instead of running the model over the test images a second time (eight views per image
+        with TTA): keys ``calibration_logit_<i>`` and ``calibration_target``."""
+        z = calibration_logits if isinstance(calibration_logits, list | tuple) else [calibration_logits]
         self.collect(
             "test",
             index=batch["index"],
-            calibration_logit=calibration_logit,
+            **{f"calibration_logit_{i}": zi for i, zi in enumerate(z)},
             calibration_target=self.calibration_targets(batch["target"]),
             **tensors,
         )

@@ -210,9 +210,9 @@ class MultiHeadClassifier(ANAModule):
 
     def _eval_step(
         self, batch: Mapping[str, torch.Tensor], stage: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Level targets ``(B, 3)``, routed predictions as head indices ``(B, 3)`` (-1: not a class of
-        that head) and the path scores ``(B,)``; updates and logs the stage's metrics."""
+        that head), the path scores ``(B,)`` and the three heads' logits; updates and logs the stage's metrics."""
         t = self._targets(batch["target"])
         logits = self.net.forward_levels(batch["image"])
         loss = self._loss(logits, t)
@@ -229,7 +229,7 @@ class MultiHeadClassifier(ANAModule):
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(t), sync_dist=True)
         for lv in (1, 2, 3):
             self.log_dict(self.metrics[f"{stage}_{lv}"], on_step=False, on_epoch=True, batch_size=len(t))
-        return t, pred, routed.score.to(t.device)
+        return t, pred, routed.score.to(t.device), logits
 
     def _update_level_metrics(self, stage: str, pred: torch.Tensor, t: torch.Tensor) -> None:
         for lv in range(3):
@@ -245,8 +245,8 @@ class MultiHeadClassifier(ANAModule):
         self.log("val/mca", self.metrics["val_3"]["mca"].compute(), prog_bar=True)
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        t, pred, score = self._eval_step(batch, "test")
-        self.collect("test", index=batch["index"], target=t, pred=pred, score=score.float())
+        t, pred, score, logits = self._eval_step(batch, "test")
+        self.collect_test(batch, logits, target=t, pred=pred, score=score.float())
 
     def refill_test_metrics(self, share: Mapping[str, torch.Tensor]) -> None:
         for lv in (1, 2, 3):
