@@ -9,6 +9,7 @@ LightningModule is fitted or tested (by :class:`SpeedSwitches`), so no model nee
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +68,11 @@ class Trainer(L.Trainer):
     def __init__(
         self, *, channels_last: bool = False, compile: bool | Mapping[str, Any] = False, **kwargs: Any
     ):
+        # Lightning 2.6 builds torch's LeafSpec, deprecated in the pinned torch: a FutureWarning on every fit and
+        # test about Lightning's code, not the user's (set here, not at import: a caller's catch_warnings may drop it)
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+        )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if channels_last or compile:
             callbacks.insert(0, SpeedSwitches(channels_last=channels_last, compile=compile))

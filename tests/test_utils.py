@@ -56,3 +56,26 @@ def test_runs_log_no_adverts_for_lightnings_cloud_services():
         logger.removeHandler(keep)
         logger.setLevel(level)
     assert seen and not any("Tip:" in m for m in seen)  # "GPU available: …" and the like still come
+
+
+def test_runs_do_not_warn_about_lightnings_use_of_a_deprecated_torch_class(tmp_path):
+    """Lightning 2.6 constructs torch's deprecated LeafSpec in every fit and test loop: the FutureWarning is about
+    Lightning's code, and the project's Trainer module silences that one message (other warnings stay)."""
+    import warnings
+
+    import torch
+
+    from ana_lightning.models.classifier import SoftmaxClassifier
+    from ana_lightning.trainer import Trainer
+
+    from conftest import TINY_BACKBONE
+
+    model = SoftmaxClassifier(backbone={"name": TINY_BACKBONE}, class_names=["AC-1", "AC-4"], image_size=32)
+    data = [{"image": torch.rand(3, 32, 32), "target": i % 2, "index": i} for i in range(4)]
+    with warnings.catch_warnings(record=True) as caught:
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+            model, dataloaders=torch.utils.data.DataLoader(data, batch_size=2)
+        )
+        warnings.warn("a warning of the user's own still shows", FutureWarning, stacklevel=1)
+    said = [str(w.message) for w in caught]
+    assert not any("LeafSpec" in m for m in said) and "a warning of the user's own still shows" in said
