@@ -23,12 +23,22 @@ __all__ = ["Trainer", "SpeedSwitches"]
 
 
 def _no_cloud_tips(record: logging.LogRecord) -> bool:
-    """Drop Lightning's "💡 Tip: … try installing litlogger / litmodels" adverts from every run's log: runs here
-    are offline by design (a lab's machine, a cluster node) and log to CSV, W&B offline or TensorBoard."""
     return not str(record.msg).startswith("💡 Tip:")
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_tips)
+def _quiet_lightning() -> None:
+    """Two things every run printed that are not the user's business (each filter matches one message; set by
+    every Trainer, not at import, where a caller's ``catch_warnings`` could drop it; setting it again is a no-op):
+
+    - Lightning's "💡 Tip: … try installing litlogger / litmodels" adverts: runs here are offline by design (a
+      lab's machine, a cluster node) and log to CSV, W&B offline or TensorBoard;
+    - torch's FutureWarning that Lightning 2.6 builds the deprecated ``LeafSpec`` (every fit and test): about
+      Lightning's code, and gone when Lightning moves to ``TreeSpec.is_leaf``.
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_tips)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
 
 
 class SpeedSwitches(L.Callback):
@@ -68,11 +78,7 @@ class Trainer(L.Trainer):
     def __init__(
         self, *, channels_last: bool = False, compile: bool | Mapping[str, Any] = False, **kwargs: Any
     ):
-        # Lightning 2.6 builds torch's LeafSpec, deprecated in the pinned torch: a FutureWarning on every fit and
-        # test about Lightning's code, not the user's (set here, not at import: a caller's catch_warnings may drop it)
-        warnings.filterwarnings(
-            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
-        )
+        _quiet_lightning()
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if channels_last or compile:
             callbacks.insert(0, SpeedSwitches(channels_last=channels_last, compile=compile))

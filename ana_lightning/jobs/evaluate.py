@@ -135,7 +135,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             run_intervals(model, records, metrics, stage=stage, together=getattr(dm, "together", ()))
         )  # bootstrap 95% CIs
         write_metrics_json(metrics, run_dir / "metrics.json")
-        write_test_report(model, run_dir, records, metrics, stage=stage)
+        write_test_report(model, run_dir, records, metrics, stage=stage, class_nodes=dm.class_nodes())
         which = (
             ", ".join(str(Path(m).resolve()) for m in members)
             if members

@@ -295,7 +295,9 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             )
             metrics.update(test_metrics)
             write_metrics_json(test_metrics, run_dir / "metrics.json")
-            write_test_report(model, run_dir, dm.splits["test"], test_metrics, stage="test")
+            write_test_report(
+                model, run_dir, dm.splits["test"], test_metrics, stage="test", class_nodes=dm.class_nodes()
+            )
             log_report_images(trainer, run_dir)
             if ckpt:
                 (run_dir / "best_checkpoint.txt").write_text(str(Path(ckpt).resolve()) + "\n")

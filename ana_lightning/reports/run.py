@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..taxonomy import Taxonomy
+from ..taxonomy import LabelError, Taxonomy
 from .hierarchy import write_hierarchy_report
 from .multilabel import write_multilabel_report
 from .tables import (
@@ -28,25 +28,17 @@ from .tables import (
 __all__ = ["write_test_report", "decision_note"]
 
 
-def _display_names(class_names: Sequence[str]) -> list[str]:
-    """An AC code's pattern; a contest class (``Speckled``, ``fine_speckled``) the ICAP label the contest tables of
-    the tree tie it to, as ``classes.csv`` does (``AC-1 Nuclear homogeneous``, ``ICAP node *speckled* (AC-2, …)``);
-    any other name as it is."""
-    from ..data.contest_labels import CONTESTS, _norm, contest_label_map
-
-    tree = Taxonomy.load()
-    labels: dict[str, str] = {}
-    for contest in CONTESTS:
-        for name, label in contest_label_map(tree, contest).items():
-            labels.setdefault(name, label)
-    return [
-        tree.display_name(c)
-        if tree.is_code(c)
-        else tree.describe(labels[_norm(c)])
-        if _norm(c) in labels
-        else c
-        for c in class_names
-    ]
+def _display_names(class_names: Sequence[str], class_nodes: Mapping[str, str] | None = None) -> list[str]:
+    """Each class as the ICAP label it stands for (``class_nodes``: the datamodule's class → tree label, e.g.
+    Golgi → AC-22): ``AC-22 Polar/Golgi-like``, ``ICAP node *speckled* (AC-2, …)``; a class that is no tree
+    label as it is."""
+    tree, nodes, out = Taxonomy.load(), class_nodes or {}, []
+    for c in class_names:
+        try:
+            out.append(tree.describe(tree.parse_label(nodes.get(c, c))))
+        except LabelError:
+            out.append(c)
+    return out
 
 
 def decision_note(model: Any) -> str:
@@ -65,9 +57,15 @@ def decision_note(model: Any) -> str:
 
 
 def write_test_report(
-    model: Any, out_dir: str | Path, records: Sequence[Any], metrics: Mapping[str, Any], stage: str = "test"
+    model: Any,
+    out_dir: str | Path,
+    records: Sequence[Any],
+    metrics: Mapping[str, Any],
+    stage: str = "test",
+    class_nodes: Mapping[str, str] | None = None,
 ) -> None:
-    """The report files of the model's last test run over ``records`` (the tested dataset, in loader order):
+    """The report files of the model's last test run over ``records`` (the tested dataset, in loader order;
+    ``class_nodes``: each class's ICAP tree label, the datamodule's :meth:`class_nodes`, named in the report):
 
     - single-label (softmax, Siamese): ``{stage}_confusion_matrix.png``, ``{stage}_per_class.csv``,
       ``{stage}_report.md`` and ``{stage}_predictions.csv``; with grouped records (specimen, slide,
@@ -109,7 +107,12 @@ def write_test_report(
             title=f"{stage}: MCA {mca:.3f}",
         )
         write_classification_report(
-            details, names, out_dir, summary=metrics, display_names=_display_names(names), stage=stage
+            details,
+            names,
+            out_dir,
+            summary=metrics,
+            display_names=_display_names(names, class_nodes),
+            stage=stage,
         )
     if pred:
         tested = [records[int(i)] for i in pred["index"]]
