@@ -87,6 +87,9 @@ class ContestData:
     grouping: str = ""
     official_split: dict[str, str] = field(default_factory=dict)
     intensity: dict[str, str] = field(default_factory=dict)
+    mask_digests: dict[str, str] = field(
+        default_factory=dict
+    )  # mask path -> sha256, when images were checked
 
 
 # ---------------------------------------------------------------------------------------------- CSV
@@ -260,7 +263,9 @@ def _read_contest(
         raise DatasetError(root, bad or [BadFile(str(table_path), "no usable rows")])
     records.sort(key=lambda r: r.path)
     kept = {r.path for r in records}
-    return ContestData(records, bad, {k: v for k, v in mask_of.items() if k in kept})
+    masks = {k: v for k, v in mask_of.items() if k in kept}
+    digests = {m: good[m][0] for m in masks.values()} if check_images else {}
+    return ContestData(records, bad, masks, mask_digests=digests)
 
 
 #: The ICPR 2012 contest layout: set folder → (split, label CSV, intensity CSV).
@@ -449,7 +454,11 @@ def read_i3a2014(
         log.warning("i3a2014: %s", data.grouping)
     else:
         data.records, data.grouping = group_i3a_specimens(
-            data.records, data.masks, "steps" if grouping == "auto" else grouping, group_min_size
+            data.records,
+            data.masks,
+            "steps" if grouping == "auto" else grouping,
+            group_min_size,
+            mask_digests=data.mask_digests,
         )
     log.info("i3a2014 groups: %s", data.grouping)
     return data

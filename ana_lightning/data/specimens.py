@@ -7,16 +7,30 @@ one specimen on one side (see :func:`group_i3a_specimens`).
 
 from __future__ import annotations
 
+import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .images import load_image
+from .images import bit_depth, load_image
 from .records import ImageRecord
 
-__all__ = ["GROUPINGS", "cell_median", "class_min_size", "consecutive_id_groups", "group_i3a_specimens"]
+__all__ = [
+    "GROUPINGS",
+    "cell_median",
+    "cell_medians",
+    "class_min_size",
+    "consecutive_id_groups",
+    "group_i3a_specimens",
+]
+
+log = logging.getLogger(__name__)
+
+#: The file in the cache folder that keeps cell medians across runs (see :func:`cell_medians`).
+MEDIANS_FILE = "cell_medians.npz"
 
 #: How I3A cells are grouped when the CSV names no specimen (``data.grouping``).
 GROUPINGS = ("auto", "steps", "blocks", "none")
@@ -117,6 +131,66 @@ def cell_median(image_path: str, mask_path: str | None) -> float:
     return float(np.median(img))
 
 
+def _median_key(record: ImageRecord, mask: str | None, mask_digests: dict[str, str]) -> str | None:
+    """What a cell's median depends on: its image's and its mask's bytes, and the bit depth images are
+    read at. ``None`` when a digest is not known (the median is then computed, not cached)."""
+    if not record.sha256 or (mask is not None and not mask_digests.get(mask)):
+        return None
+    return f"{record.sha256}|{mask_digests[mask] if mask is not None else '-'}|{bit_depth() or ''}"
+
+
+def _load_medians(path: Path) -> dict[str, float]:
+    try:
+        with np.load(path) as z:
+            return dict(zip(z["keys"].tolist(), z["values"].tolist(), strict=True))
+    except FileNotFoundError:
+        return {}
+    except Exception as e:  # noqa: BLE001 - a damaged cache is only slower: compute again
+        log.info("cell medians cache %s not read (%s): computing them again", path, e)
+        return {}
+
+
+def _save_medians(path: Path, known: dict[str, float]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, keys=np.array(list(known)), values=np.array(list(known.values()), dtype=np.float64))
+        os.replace(tmp, path)  # atomic: runs writing at once leave one whole file
+    except OSError as e:  # a read-only cache folder: only slower next time
+        log.info("cell medians not cached in %s: %s", path, e)
+
+
+def cell_medians(
+    records: list[ImageRecord],
+    masks: dict[str, str] | None = None,
+    mask_digests: dict[str, str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[float]:
+    """:func:`cell_median` of each record (its mask from ``masks``, image path -> mask path), in threads.
+
+    Every cell is decoded with its mask, which for a contest folder costs as long as reading it. Cells
+    whose image and mask bytes are known (the reader's sha256 of both: ``record.sha256`` and
+    ``mask_digests``, mask path -> sha256) are kept in ``<cache_dir>/cell_medians.npz`` (default
+    :func:`~ana_lightning.data.cache.default_cache_dir`), so a rerun, a CV fold or ``ana-eval`` on the
+    same cells reads them instead. A changed image, mask or bit depth is another key: never a stale value.
+    """
+    from .cache import default_cache_dir
+
+    masks, mask_digests = masks or {}, mask_digests or {}
+    keys = [_median_key(r, masks.get(r.path), mask_digests) for r in records]
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / MEDIANS_FILE
+    known = _load_medians(path) if any(keys) else {}
+    todo = [i for i, k in enumerate(keys) if k is None or k not in known]
+    with ThreadPoolExecutor(4) as pool:
+        fresh = list(pool.map(lambda i: cell_median(records[i].path, masks.get(records[i].path)), todo))
+    out = {i: known[k] for i, k in enumerate(keys) if k is not None and k in known}
+    out.update(zip(todo, fresh, strict=True))
+    new = {keys[i]: v for i, v in zip(todo, fresh, strict=True) if keys[i] is not None}
+    if new:
+        _save_medians(path, {**_load_medians(path), **new})  # re-read: another run may have added cells
+    return [out[i] for i in range(len(records))]
+
+
 def class_min_size(n_cells: int, min_size: int) -> int:
     """The fewest cells of a group in a class of ``n_cells``: ``min_size``, but never above a fifth of the
     class (so a small class such as Golgi keeps several groups and reaches every split)."""
@@ -128,6 +202,7 @@ def group_i3a_specimens(
     masks: dict[str, str] | None = None,
     method: str = "steps",
     min_size: int = 250,
+    mask_digests: dict[str, str] | None = None,
 ) -> tuple[list[ImageRecord], str]:
     """Specimen groups for I3A cells whose CSV has no specimen column: ``(records, how)``.
 
@@ -137,7 +212,8 @@ def group_i3a_specimens(
     every ``min_size`` IDs. Runs are merged until each has at least ``min_size`` cells, but never
     below a fifth of its class (so a small class such as Golgi keeps several groups and reaches every
     split): blocks that small could cut a specimen in two, and a cut specimen leaks across splits.
-    Groups are named ``<label>#<k>`` (``AC-1#0``, …).
+    Groups are named ``<label>#<k>`` (``AC-1#0``, …). The medians are kept across runs when the image
+    and mask digests are known (``mask_digests``: :func:`cell_medians`).
     """
     if method not in ("steps", "blocks"):
         raise ValueError(f"grouping method must be 'steps' or 'blocks', got {method!r}")
@@ -150,15 +226,15 @@ def group_i3a_specimens(
     for r in records:
         by_label.setdefault(r.codes[0], []).append(r)
     masks = masks or {}
+    level = {}
+    if method == "steps":
+        level = dict(zip((r.path for r in records), cell_medians(records, masks, mask_digests), strict=True))
     new: dict[str, str] = {}
     sizes: list[int] = []
     for label, recs in by_label.items():
         recs = sorted(recs, key=lambda r: _numeric_id(r.path))
         ids = [_numeric_id(r.path) for r in recs]
-        values = None
-        if method == "steps":
-            with ThreadPoolExecutor(4) as pool:
-                values = list(pool.map(lambda r: cell_median(r.path, masks.get(r.path)), recs))
+        values = [level[r.path] for r in recs] if level else None
         groups = consecutive_id_groups(ids, values, min_size=class_min_size(len(recs), min_size))
         for r, g in zip(recs, groups, strict=True):
             new[r.path] = f"{label}#{g}"

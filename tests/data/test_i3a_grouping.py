@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from contest_fixtures import write_specimens
+from PIL import Image
 
 from ana_lightning.data.contest import consecutive_id_groups, read_i3a2014
 from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
@@ -73,6 +74,41 @@ def test_reader_groups_by_steps(tmp_path, caplog):
         assert all(len(set(homog[a:b])) == 1 for a, b in zip(starts[:-1], starts[1:], strict=True))
         sizes = Counter(homog)
         assert min(sizes.values()) >= min(m, 70)
+
+
+def test_cell_medians_are_kept_across_reads_and_follow_the_bytes(tmp_path, monkeypatch):
+    """A second read of the same folder (a rerun, a CV fold, ana-eval) takes each cell's median from the
+    cache instead of decoding the cell and its mask again, and groups the same; a changed mask, a changed
+    bit depth or a damaged cache file means computing again, never a stale value."""
+    from ana_lightning.data import specimens
+
+    monkeypatch.setenv("ANA_CACHE_DIR", str(tmp_path / "cache"))
+    computed = []
+    real = specimens.cell_median
+    monkeypatch.setattr(specimens, "cell_median", lambda p, m: computed.append(p) or real(p, m))
+    root = write_specimens(tmp_path / "i3a", [("Homogeneous", 30, 20), ("Homogeneous", 30, 60)])
+
+    def groups():
+        return {r.path: r.group for r in read_i3a2014(root, Taxonomy.load(), group_min_size=10).records}
+
+    first = groups()
+    assert len(computed) == 60 and (tmp_path / "cache" / specimens.MEDIANS_FILE).is_file()
+    assert len(set(first.values())) == 2
+    computed.clear()
+    assert groups() == first and computed == []
+    # one mask now covers a single pixel: that cell's median is another value, so it is computed again
+    mask = np.zeros((12, 12), np.uint8)
+    mask[5, 5] = 255
+    Image.fromarray(mask).save(root / "00007_Mask.png")
+    assert groups() == first and computed == [str(root / "00007.png")]
+    computed.clear()
+    monkeypatch.setenv("ANA_BIT_DEPTH", "12")
+    groups()
+    assert len(computed) == 60
+    monkeypatch.delenv("ANA_BIT_DEPTH")
+    (tmp_path / "cache" / specimens.MEDIANS_FILE).write_bytes(b"not an npz")
+    computed.clear()
+    assert groups() == first and len(computed) == 60
 
 
 def _split(seq):
