@@ -8,7 +8,7 @@ How a job's processes agree on one folder:
   rewrites that command to *this job's* overrides, so a child neither starts the whole sweep again
   nor samples its own Optuna hyperparameters.
 - SLURM (``srun``/submitit, one task per GPU): every task resolves the same folder, from the SLURM job
-  id (single runs, see :func:`ana_lightning.utils.unique_run_name`) or from the sweep folder that the
+  id (single runs, see :func:`ana_lightning.resolvers.unique_run_name`) or from the sweep folder that the
   submitting process resolved once and pickled with the config (sweeps).
 - ``ddp_spawn``: one Python process runs the pipeline; the workers only run ``fit``/``test``.
 """

@@ -1,25 +1,22 @@
-"""Small shared helpers: run-folder names, Hydra resolvers, checkpoint loading, logging."""
+"""Small shared helpers: checkpoint loading, torch setup, config composition for scripts (the console
+commands' resolvers are in :mod:`ana_lightning.resolvers`)."""
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
-import secrets
-import time
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
 
+from .resolvers import register_resolvers
+
 if TYPE_CHECKING:
     import lightning as L
 
 __all__ = [
-    "register_resolvers",
-    "unique_run_name",
     "load_checkpoint_model",
     "read_checkpoint",
     "safe_torch_load",
@@ -33,54 +30,6 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A file that is not a usable ana-lightning checkpoint."""
-
-
-@lru_cache(maxsize=1)
-def unique_run_name() -> str:
-    """``YYYY-mm-dd_HH-MM-SS_<id>``: the id is the SLURM job (and array task) id when there is one,
-    otherwise random, so two jobs started in the same second never share a folder. Cached per
-    process, and Lightning passes the resolved folder on to the DDP processes it launches.
-    """
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if job:
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm-{job}" + (f"_{task}" if task else "")
-    return f"{stamp}_{secrets.token_hex(3)}"
-
-
-def register_resolvers() -> None:
-    """Resolvers used by the configs, and the launcher plugin of ``hydra/launcher=submitit_slurm``
-    (idempotent)."""
-    _register_launcher()
-    if not OmegaConf.has_resolver("ana.run_name"):
-        OmegaConf.register_new_resolver("ana.run_name", unique_run_name, use_cache=True)
-    from . import distributed  # scale-out resolvers: precision, per-rank log names, W&B sweep groups
-
-    for name, fn in (
-        ("ana.mixed_precision", distributed.mixed_precision),
-        ("ana.rank_suffix", distributed.rank_suffix),
-        ("ana.on_rank_zero", distributed.on_rank_zero),
-        ("ana.sweep_group", distributed.sweep_group),
-        ("ana.gpu_only", distributed.gpu_only),
-        ("ana.tasks_per_node", distributed.tasks_per_node),
-    ):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-@lru_cache(maxsize=1)
-def _register_launcher() -> None:
-    """Hydra finds launchers by scanning the ``hydra_plugins`` namespace package, which an editable
-    install of this project does not expose to its scan: register ``hydra_plugins.ana_lightning_launcher``
-    by hand (when hydra-submitit-launcher, the ``cluster`` extra, is installed)."""
-    try:
-        from hydra.core.plugins import Plugins
-
-        from hydra_plugins.ana_lightning_launcher import SlurmLauncher
-    except ImportError:
-        return
-    Plugins.instance().register(SlurmLauncher)
 
 
 def plain_hparams(module) -> None:
@@ -301,29 +250,6 @@ def load_checkpoint_model(
         ) from None
     model.eval()
     return model
-
-
-def quote_non_ascii_overrides(args: list[str]) -> list[str]:
-    """Command-line overrides whose value holds non-ASCII characters (``data.root=/data/Größe``),
-    quoted so that Hydra's override parser accepts them; everything else unchanged.
-
-    >>> quote_non_ascii_overrides(["data.root=/data/Größe", "trainer.max_epochs=3"])
-    ["data.root='/data/Größe'", 'trainer.max_epochs=3']
-    """
-    out = []
-    for a in args:
-        key, eq, value = a.partition("=")
-        if (
-            eq
-            and not a.startswith("-")
-            and not value.isascii()
-            and value[:1] not in ("'", '"', "[", "{")
-            and "${" not in value
-        ):
-            quote = "'" if "'" not in value else '"' if '"' not in value else ""
-            a = f"{key}={quote}{value}{quote}"
-        out.append(a)
-    return out
 
 
 def find_last_checkpoint(run_dir: str | Path, runs_root: str | Path) -> Path | None:

@@ -54,7 +54,7 @@ def compose(config_name: str = "train", overrides: list[str] | None = None, outp
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from ana_lightning.utils import register_resolvers
+    from ana_lightning.resolvers import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()

@@ -1,11 +1,12 @@
+import os
 import subprocess
 import sys
 
-from ana_lightning.utils import unique_run_name
+from ana_lightning.resolvers import unique_run_name
 
 
 def _names(n: int, env: dict | None = None) -> list[str]:
-    code = "from ana_lightning.utils import unique_run_name; print(unique_run_name())"
+    code = "from ana_lightning.resolvers import unique_run_name; print(unique_run_name())"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(n)
@@ -79,3 +80,26 @@ def test_runs_do_not_warn_about_lightnings_use_of_a_deprecated_torch_class(tmp_p
         warnings.warn("a warning of the user's own still shows", FutureWarning, stacklevel=1)
     said = [str(w.message) for w in caught]
     assert not any("LeafSpec" in m for m in said) and "a warning of the user's own still shows" in said
+
+
+def test_console_commands_answer_help_without_importing_torch():
+    """``ana-train --help`` (and ``--cfg job``, a mistyped override) is answered in about a second: the
+    console modules and the config resolvers import torch and Lightning only when a job runs."""
+    commands = ["train", "eval", "predict", "export", "compare", "stylize", "app", "synth"]
+    code = (
+        "import sys, importlib\n"
+        f"for c in {commands!r}:\n"
+        "    importlib.import_module(f'ana_lightning.cli.{c}')\n"
+        "sys.argv = ['ana-train', '--help']\n"
+        "from ana_lightning.cli.train import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('imported:', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ana-train: train a model" in r.stdout and "== Configuration groups ==" in r.stdout
+    assert "imported: []" in r.stdout, r.stdout[-500:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from ..utils import register_resolvers
+from ..resolvers import register_resolvers
 from .errors import user_errors
 
 register_resolvers()

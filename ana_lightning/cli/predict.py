@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ..utils import register_resolvers
+from ..resolvers import register_resolvers
 from .errors import user_errors
 
 register_resolvers()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import hydra
 from omegaconf import DictConfig
 
-from ..utils import register_resolvers
+from ..resolvers import register_resolvers
 from .errors import user_errors
 
 register_resolvers()

@@ -69,7 +69,7 @@ def compose_full(config_name: str, overrides: list[str], tmp: Path) -> DictConfi
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from ana_lightning.utils import register_resolvers
+    from ana_lightning.resolvers import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()

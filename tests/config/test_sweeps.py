@@ -148,7 +148,7 @@ def _with_hydra(overrides: list[str]):
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from ana_lightning.utils import register_resolvers
+    from ana_lightning.resolvers import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
