@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..progress import tracked
 from .predictor import FieldPredictor, FieldResult, Predictor
 from .scale import NUCLEUS_DIAMETER_UM, ScaleEstimate, resolve_scale
 from .specimens import specimen_verdicts, write_specimens
@@ -66,7 +67,7 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
     max_bytes = max_bytes_of(cfg.get("max_file_mb", 512))
     out: dict[Path, ScaleEstimate | str] = {}
     failed: dict[Path, str] = {}
-    for f in files:
+    for f in tracked(files, len(files), "estimating scale", cfg.get("progress", True)):
         try:
             _check_size(f, max_bytes)  # an oversized file is an error row, never decoded (as in image mode)
             out[f] = resolve_scale(
@@ -179,7 +180,7 @@ def run_field_predict(
         with open(csv_path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=field_columns(names))
             w.writeheader()
-            for f in files:
+            for f in tracked(files, len(files), "predicting fields", cfg.get("progress", True)):
                 s = scales[f]
                 res = FieldResult(str(f), group=groups[f])
                 try:

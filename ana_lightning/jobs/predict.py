@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..predict.io import _output_paths, list_inputs, load_predictor, write_predictions
 from ..predict.predictor import PredictSummary
+from ..progress import tracked
 from ..utils import setup_torch
 
 __all__ = ["run_predict"]
@@ -92,10 +93,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
         prefetch=bool(cfg.get("prefetch", False)),
         loader=loader,
     )
-    if cfg.get("progress", True):
-        from rich.progress import track
-
-        stream = track(stream, total=len(files), description="predicting", transient=False)
+    stream = tracked(stream, len(files), "predicting", cfg.get("progress", True))
     kept: list = []
     cell_groups: dict[Path, str] = {}
     if loader is not None and cfg.get("group_by"):  # cut cells: specimen verdicts from their cells

@@ -239,6 +239,21 @@ def test_ana_predict_field_model_tiles_specimens_and_report(trained_checkpoint, 
     ).is_file()  # the run folder records the job, as in image mode
 
 
+def test_field_mode_shows_its_progress_unless_told_not_to(trained_checkpoint, field_folder, tmp_path, capsys):
+    """A folder of fields on a CPU takes minutes (0.7 s a field with the cell recipe): both passes show
+    a bar with the count, as image mode does; progress=false keeps the console quiet."""
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    shown = [a.replace("progress=false", "progress=true") for a in _tile_args(ckpt, field_folder)]
+    run_predict(compose("predict", shown, output_dir=tmp_path / "shown"))
+    out = capsys.readouterr().out
+    assert "estimating scale" in out and "predicting fields" in out and "5/5" in out.replace(" ", "")
+    run_predict(compose("predict", _tile_args(ckpt, field_folder), output_dir=tmp_path / "quiet"))
+    out = capsys.readouterr().out
+    assert "estimating scale" not in out and "predicting fields" not in out
+
+
 def test_field_mode_reports_oversized_files_without_reading_them(trained_checkpoint, field_folder, tmp_path):
     """max_file_mb holds in field mode too: a file over it is an error row naming the limit, the others are read."""
     from ana_lightning.predict import run_predict

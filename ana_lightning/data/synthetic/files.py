@@ -8,13 +8,13 @@ import csv
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["image_rng", "encode", "encode_png", "atomic_write", "write_csv", "progress_bar", "check_fmt"]
+__all__ = ["image_rng", "encode", "encode_png", "atomic_write", "write_csv", "check_fmt"]
 
 
 def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -54,37 +54,6 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
     w.writerow(header)
     w.writerows(rows)
     atomic_write(path, buf.getvalue().encode("utf-8"))
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[Callable[[], None]]:
-    """Yields an ``advance()`` callable; uses rich, else tqdm, else nothing."""
-    if not enabled or total <= 0:
-        yield lambda: None
-        return
-    try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    except ImportError:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            yield lambda: None
-            return
-        bar = tqdm(total=total, desc=desc, unit="img")
-        try:
-            yield lambda: bar.update(1)
-        finally:
-            bar.close()
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as prog:
-        task = prog.add_task(desc, total=total)
-        yield lambda: prog.advance(task)
 
 
 def check_fmt(fmt: str) -> str:

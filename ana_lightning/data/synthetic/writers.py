@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ...progress import progress_bar
 from ..images import first_few
 from .cells import CellStyle, class_table, render_cells
 from .compose import render_field
-from .files import atomic_write, check_fmt, encode, encode_png, image_rng, progress_bar, write_csv
+from .files import atomic_write, check_fmt, encode, encode_png, image_rng, write_csv
 from .hard import DIFFICULTIES, render_field_hard
 from .patterns import CODES, canonical_code, is_negative
 
