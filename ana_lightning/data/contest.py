@@ -255,6 +255,10 @@ def _read_contest(
             m = mask_of.get(str(p))
             if str(p) in good and (m is None or m in good):
                 digest, size = good[str(p)]
+                if m is not None and good[m][1] != size:  # found now, not by a loader in the middle of a fit
+                    (mh, mw), (h, w) = good[m][1], size
+                    bad.append(BadFile(str(p), f"its mask {m} is {mw}×{mh} px, the cell {w}×{h} px"))
+                    continue
                 records.append(ImageRecord(str(p), (label,), group, digest, size))
     else:
         records = [ImageRecord(str(p), (label,), group) for p, label, group in cands]

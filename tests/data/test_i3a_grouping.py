@@ -111,6 +111,24 @@ def test_cell_medians_are_kept_across_reads_and_follow_the_bytes(tmp_path, monke
     assert groups() == first and len(computed) == 60
 
 
+def test_a_mask_of_another_size_is_a_bad_file_found_when_the_folder_is_read(tmp_path):
+    """A mask that does not fit its cell is reported with both files before anything trains (it used to
+    stop the fit at the first batch that held it), and ``skip`` leaves that cell out."""
+    from ana_lightning.data.records import DatasetError
+
+    root = write_specimens(tmp_path / "i3a", [("Homogeneous", 12, 20), ("Golgi", 12, 60)])
+    mask = np.zeros((10, 12), np.uint8)
+    mask[2:8, 2:10] = 255
+    Image.fromarray(mask).save(root / "00005_Mask.png")
+    with pytest.raises(
+        DatasetError, match=r"00005\.png: its mask .*00005_Mask\.png is 12×10 px, the cell 12×12 px"
+    ):
+        read_i3a2014(root, Taxonomy.load(), group_min_size=4)
+    data = read_i3a2014(root, Taxonomy.load(), group_min_size=4, on_bad_file="skip")
+    assert len(data.records) == 23 and str(root / "00005.png") not in {r.path for r in data.records}
+    assert [b.path for b in data.bad] == [str(root / "00005.png")]
+
+
 def _split(seq):
     out, cur = [], [seq[0]]
     for g in seq[1:]:
