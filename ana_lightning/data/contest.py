@@ -249,7 +249,7 @@ def _read_contest(
     records: list[ImageRecord] = []
     if check_images:
         to_scan = [p for p, _, _ in cands] + [Path(m) for m in mask_of.values()]
-        good, bad_images = scan_images(to_scan)
+        good, bad_images = scan_images(to_scan, masks=mask_of.values())
         bad += bad_images
         for p, label, group in cands:
             m = mask_of.get(str(p))

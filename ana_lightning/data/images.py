@@ -250,14 +250,12 @@ def bit_depth() -> int | None:
     return check_bit_depth(os.environ.get(BIT_DEPTH_ENV), BIT_DEPTH_ENV)
 
 
-def _counts_top(top: float, path: str | Path, camera: bool = True) -> float:
-    """The value that becomes 255 for integer (or floating-point counts) data whose brightest pixel is
-    ``top``: the set bit depth's, else 65535 (with the once-per-process low-bit-depth warning). ``camera``
-    false (a mask, not a camera image): 65535, whatever is set."""
-    depth = bit_depth() if camera else None
+def _counts_top(top: float, path: str | Path) -> float:
+    """The value that becomes 255 for a camera's integer (or floating-point counts) data whose brightest
+    pixel is ``top``: the set bit depth's, else 65535 (with the once-per-process low-bit-depth warning)."""
+    depth = bit_depth()
     if depth is None:
-        if camera:
-            _warn_low_bit_depth(int(top), path)
+        _warn_low_bit_depth(int(top), path)
         return 65535.0
     full = float(2**depth - 1)
     if top > full:
@@ -293,19 +291,19 @@ def _warn_low_bit_depth(top: int, path: str | Path) -> None:
 def _to_uint8_rgb(arr: np.ndarray, path: str | Path, camera: bool = True) -> np.ndarray:
     if not arr.dtype.isnative:  # big-endian 16-bit TIFF (ImageJ / Fiji's default)
         arr = arr.astype(arr.dtype.newbyteorder("="))
+    if not camera and arr.dtype != np.uint8:
+        # a mask: any non-zero value marks the cell. Scaled like a camera's counts, a 16-bit 0/1 mask or a
+        # label image (1…N, as segmentation tools save them) would read as 0 everywhere: no cell at all
+        arr = (arr != 0).astype(np.uint8) * 255
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
-        top = _counts_top(int(arr.max(initial=0)), path, camera)  # 65535: x * 255 / 65535 = x / 257
+        top = _counts_top(int(arr.max(initial=0)), path)  # 65535: x * 255 / 65535 = x / 257
         arr = (arr.astype(np.float32) * (255.0 / top) + 0.5).astype(np.uint8)
     elif arr.dtype in (np.int32, np.uint32, np.int16):
         # PIL's mode "I" holds 16-bit data in int32 ("I;16" TIFFs often arrive this way).
         hi = int(arr.max(initial=0))
-        top = (
-            _counts_top(hi, path, camera)
-            if hi <= 65535 or (camera and bit_depth())
-            else float(np.iinfo(arr.dtype).max)
-        )
+        top = _counts_top(hi, path) if hi <= 65535 or bit_depth() else float(np.iinfo(arr.dtype).max)
         arr = (np.clip(arr.astype(np.float64), 0, None) / top * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(arr).all():
@@ -318,7 +316,7 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path, camera: bool = True) -> np.
                 "export it as an 8- or 16-bit image",
             )
         # 0–1 (normalised), else raw counts read as 16-bit integers are (never per image: one scale)
-        top = 1.0 if hi <= 1.0 else _counts_top(hi, path, camera)
+        top = 1.0 if hi <= 1.0 else _counts_top(hi, path)
         arr = (np.clip(arr.astype(np.float64) / top, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise BadImageError(path, f"unsupported pixel type {arr.dtype}")
@@ -375,7 +373,8 @@ def _decode_sixteen_bit_colour(data: bytes, path: str | Path) -> np.ndarray:
 
 def decode_image(data: bytes, path: str | Path = "<bytes>", camera: bool = True) -> np.ndarray:
     """Decode encoded image bytes into ``H×W×3 uint8``; raises :class:`BadImageError`. ``camera`` false: a
-    mask, read at its file's own range whatever bit depth is set (:func:`set_bit_depth`)."""
+    mask, whose non-zero values mark the cell whatever bit depth is set (:func:`set_bit_depth`; see
+    :func:`load_image`)."""
     try:
         with warnings.catch_warnings():
             # the check below names the limit; PIL's own error (at twice it) is still caught
@@ -416,20 +415,22 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", camera: bool = True)
     return _to_uint8_rgb(arr, path, camera)
 
 
-def read_and_hash(path: str | Path) -> tuple[np.ndarray, str]:
-    """Read a file once: return the decoded image and the sha256 of its bytes."""
+def read_and_hash(path: str | Path, camera: bool = True) -> tuple[np.ndarray, str]:
+    """Read a file once: return the decoded image and the sha256 of its bytes (``camera=False`` for a
+    mask, as in :func:`load_image`)."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise BadImageError(path, f"cannot read file: {e.strerror or e}") from None
     if not data:
         raise BadImageError(path, "empty file (0 bytes)")
-    return decode_image(data, path), hashlib.sha256(data).hexdigest()
+    return decode_image(data, path, camera), hashlib.sha256(data).hexdigest()
 
 
 def load_image(path: str | Path, camera: bool = True) -> np.ndarray:
     """Read one image file as ``H×W×3 uint8`` RGB (see the module docstring). ``camera=False`` for a mask:
-    its file's own range, whatever bit depth is set."""
+    8-bit as it is, any other type with every non-zero value as 255 (a 16-bit 0/1 mask or label image
+    included), whatever bit depth is set."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,19 +81,27 @@ class DatasetError(ValueError):
 
 
 def scan_images(
-    paths: Sequence[Path], workers: int | None = None, progress: Callable | None = None
+    paths: Sequence[Path],
+    workers: int | None = None,
+    progress: Callable | None = None,
+    masks: Collection[str] = (),
 ) -> tuple[dict[str, tuple[str, tuple[int, int]]], list[BadFile]]:
     """Decode every file once (catching truncated / unreadable ones) and hash its bytes.
 
-    Returns ``{path: (sha256, (h, w))}`` for the good files and the list of bad ones. Threads are
-    enough: decoding and hashing release the GIL.
+    Returns ``{path: (sha256, (h, w))}`` for the good files and the list of bad ones. The paths in
+    ``masks`` are cell masks, read at their own range: one that marks no pixel is a bad file. Threads
+    are enough: decoding and hashing release the GIL.
     """
     good: dict[str, tuple[str, tuple[int, int]]] = {}
     bad: list[BadFile] = []
+    masks = frozenset(masks)
 
     def one(p: Path):
         try:
-            img, digest = read_and_hash(p)
+            is_mask = str(p) in masks
+            img, digest = read_and_hash(p, camera=not is_mask)
+            if is_mask and not img.any():
+                return str(p), None, BadFile(str(p), "an empty mask (every pixel 0): it marks no cell")
             return str(p), (digest, img.shape[:2]), None
         except BadImageError as e:
             return str(p), None, BadFile(str(p), e.reason)

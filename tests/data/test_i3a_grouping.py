@@ -10,6 +10,7 @@ from PIL import Image
 
 from ana_lightning.data.contest import consecutive_id_groups, read_i3a2014
 from ana_lightning.data.hierarchy import HEp2HierarchyDataModule
+from ana_lightning.data.images import load_image
 from ana_lightning.data.splits import split_records
 from ana_lightning.taxonomy import Taxonomy
 
@@ -111,7 +112,7 @@ def test_cell_medians_are_kept_across_reads_and_follow_the_bytes(tmp_path, monke
     assert groups() == first and len(computed) == 60
 
 
-def test_a_mask_of_another_size_is_a_bad_file_found_when_the_folder_is_read(tmp_path):
+def test_a_mask_of_another_size_or_empty_is_a_bad_file_found_when_the_folder_is_read(tmp_path):
     """A mask that does not fit its cell is reported with both files before anything trains (it used to
     stop the fit at the first batch that held it), and ``skip`` leaves that cell out."""
     from ana_lightning.data.records import DatasetError
@@ -127,6 +128,21 @@ def test_a_mask_of_another_size_is_a_bad_file_found_when_the_folder_is_read(tmp_
     data = read_i3a2014(root, Taxonomy.load(), group_min_size=4, on_bad_file="skip")
     assert len(data.records) == 23 and str(root / "00005.png") not in {r.path for r in data.records}
     assert [b.path for b in data.bad] == [str(root / "00005.png")]
+    # an empty mask (a failed segmentation) marks no cell: a bad file too, named, not a crash mid-fit
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(root / "00009_Mask.png")
+    with pytest.raises(DatasetError, match=r"00009_Mask\.png: an empty mask \(every pixel 0\)"):
+        read_i3a2014(root, Taxonomy.load(), group_min_size=4)
+    data = read_i3a2014(root, Taxonomy.load(), group_min_size=4, on_bad_file="skip")
+    assert len(data.records) == 22 and str(root / "00009.png") not in {r.path for r in data.records}
+    # a mask of 0/1 values (not 0/255), even a 16-bit one or a 16-bit label image, is not empty
+    fits = np.pad(mask, ((1, 1), (0, 0))) > 0
+    Image.fromarray(fits.astype(np.uint16)).save(root / "00005_Mask.png")
+    Image.fromarray(fits.astype(np.uint8)).save(root / "00009_Mask.png")
+    Image.fromarray(fits.astype(np.uint16) * 7).save(root / "00011_Mask.png")
+    data = read_i3a2014(root, Taxonomy.load(), group_min_size=4)
+    assert len(data.records) == 24
+    for n in ("00005", "00009", "00011"):
+        assert (load_image(root / f"{n}_Mask.png", camera=False).max(axis=2) > 0).sum() == fits.sum()
 
 
 def _split(seq):
