@@ -42,7 +42,7 @@ from .contest_labels import (
 )
 from .images import BadFile, is_ignored, is_image_path
 from .masks import MASK_MODES, apply_mask, masked_loader
-from .records import DatasetError, ImageRecord, resolve_bad_files, scan_images
+from .records import DatasetError, ImageRecord, read_table_text, resolve_bad_files, scan_images
 from .specimens import GROUPINGS, consecutive_id_groups, group_i3a_specimens
 
 __all__ = [
@@ -120,7 +120,7 @@ def _find_csv(root: Path, csv_path: str | Path | None) -> Path:
 
 def _read_rows(path: Path, group_column: str | None) -> list[tuple[int, str, str, str | None]]:
     """``(line, id, class name, group)`` per data row of a contest CSV."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = read_table_text(path, "label CSV", errors="replace")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise DatasetError(path, [BadFile(str(path), "empty label CSV")])
@@ -289,7 +289,7 @@ def is_icpr2012_contest_layout(root: str | Path) -> bool:
 def _read_semicolon_table(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     """``(line, {column: value})`` per data row of a ``;``-separated CSV with a header (names compared
     case-insensitively); a missing column or a short row is a :class:`DatasetError` naming the line."""
-    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    lines = read_table_text(path, errors="replace").splitlines()
     rows = [(n, ln) for n, ln in enumerate(lines, start=1) if ln.strip()]
     if not rows:
         raise DatasetError(path, [BadFile(str(path), "empty CSV")])

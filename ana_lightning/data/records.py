@@ -7,7 +7,9 @@ targets, datasets and reports all work on records, so a new layout is one reader
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,20 +37,28 @@ __all__ = [
     "folder_group",
     "folder_grouping",
     "scan_images",
+    "read_table_text",
     "resolve_bad_files",
 ]
 
 
-def read_csv_rows(path: str | Path, what: str = "CSV") -> list[list[str]]:
-    """Every row of a user's CSV file (header first): UTF-8, with or without the byte-order mark that
-    Excel's 'CSV UTF-8' writes. Another encoding is a ValueError naming the file (``what`` says which)."""
+def read_table_text(path: str | Path, what: str = "CSV", errors: str = "strict") -> str:
+    """The text of a user's table file: UTF-8, with or without the byte-order mark that Excel's 'CSV
+    UTF-8' writes, or UTF-16 with its byte-order mark (Excel's 'Unicode Text'). Another encoding is a
+    ValueError naming the file (``what`` says which), unless ``errors="replace"``."""
+    data = Path(path).read_bytes()
+    encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return list(csv.reader(f))
+        return data.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
         raise ValueError(
             f"{what} {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as 'CSV UTF-8'"
         ) from None
+
+
+def read_csv_rows(path: str | Path, what: str = "CSV") -> list[list[str]]:
+    """Every row of a user's CSV file (header first), read as :func:`read_table_text` says."""
+    return list(csv.reader(io.StringIO(read_table_text(path, what), newline="")))
 
 
 @dataclass(frozen=True)

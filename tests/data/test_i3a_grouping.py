@@ -145,6 +145,17 @@ def test_a_mask_of_another_size_or_empty_is_a_bad_file_found_when_the_folder_is_
         assert (load_image(root / f"{n}_Mask.png", camera=False).max(axis=2) > 0).sum() == fits.sum()
 
 
+def test_a_label_csv_saved_as_excels_unicode_text_reads_like_utf8(tmp_path):
+    """Excel's 'Unicode Text' is UTF-16 with tabs; it used to arrive as NUL characters ("expected at
+    least 2 columns, got ['\\x00']"). Read with its byte-order mark, it gives the same cells and labels."""
+    root = write_specimens(tmp_path / "i3a", [("Homogeneous", 12, 20), ("Golgi", 12, 60)])
+    want = [(r.path, r.codes) for r in read_i3a2014(root, Taxonomy.load(), group_min_size=4).records]
+    gt = root / "gt_training.csv"
+    gt.write_bytes(gt.read_text().replace(",", "\t").replace("\n", "\r\n").encode("utf-16"))
+    got = [(r.path, r.codes) for r in read_i3a2014(root, Taxonomy.load(), group_min_size=4).records]
+    assert got == want
+
+
 def _split(seq):
     out, cur = [], [seq[0]]
     for g in seq[1:]:
