@@ -340,14 +340,14 @@ def test_time_limit_signal_checkpoints_and_requeues(data, tmp_path):
 # machine is; everything else (random ids, SLURM, the sweep) is the real thing.
 _AT_SECOND = """
 import sys, time
-import ana_lightning.utils as utils
+import ana_lightning.resolvers as resolvers
 stamp = sys.argv.pop(1)
 class PinnedClock:
     def __getattr__(self, name):
         return getattr(time, name)
     def strftime(self, fmt, *args):
         return time.strftime(fmt, time.strptime(stamp, "%Y-%m-%d_%H-%M-%S"))
-utils.time = PinnedClock()
+resolvers.time = PinnedClock()
 from ana_lightning.cli.train import main
 main()
 """
