@@ -1103,6 +1103,15 @@ def test_fields_with_label_masks_beside_them_are_still_read_as_fields(framed_mod
         cv2.imwrite(str(folder / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(folder / f"f{i}_mask.png"), ((m["nuclei"] > 0) * 255).astype(np.uint8))
     assert not look_like_cut_cells({str(folder / "f0.png"): str(folder / "f0_mask.png")})
+    # a segmentation tool's 16-bit label image (nucleus k has value k) is a mask of many nuclei too;
+    # it used to be read at the camera's scale, as 0 everywhere, and the fields taken for cut cells
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    _, m = sim_field("AC-1", 20, seed=0, size=160)
+    n, lab = cv2.connectedComponents((m["nuclei"] > 0).astype(np.uint8))
+    assert n > 3
+    cv2.imwrite(str(labels / "f0_mask.png"), lab.astype(np.uint16))
+    assert not look_like_cut_cells({str(labels / "f0.png"): str(labels / "f0_mask.png")})
     with caplog.at_level(logging.INFO):
         run_predict(
             compose(
