@@ -226,18 +226,50 @@ def load_predictor(cfg, command: str = "ana-predict") -> Predictor:
     if pipe is not None and cfg.get("ckpt_path"):
         raise ValueError(f"{command}: give either ckpt_path or pipeline.level1/level2/level3, not both")
     if pipe is not None:
-        return Predictor.from_pipeline(
+        predictor = Predictor.from_pipeline(
             pipe, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint"))
         )
+        use_cell_tta(predictor, cfg.get("tta", "auto"))
+        return predictor
     if not cfg.get("ckpt_path"):
         raise ValueError(
             f"{command} needs ckpt_path=<file.ckpt | file.onnx | bundle.ckpt> "
             "(or pipeline.level1=… pipeline.level2=… pipeline.level3=…)"
         )
-    return Predictor.load(
+    predictor = Predictor.load(
         cfg.ckpt_path,
         device=cfg.get("device", "auto"),
         trust_checkpoint=bool(cfg.get("trust_checkpoint")),
         threads=cfg.get("torch_threads"),
         support=cfg.get("support"),
     )
+    use_cell_tta(predictor, cfg.get("tta", "auto"))
+    return predictor
+
+
+def use_cell_tta(predictor: Predictor, tta: Any) -> None:
+    """``tta``: ``auto`` keeps what the model does; ``false`` makes a cell model that averages the 8 dihedral
+    views of each cell (``model.backbone.cell_input.tta``, the cell recipe) read each cell once: 8 times
+    less compute, for a lab's CPU. A model exported with the views in its graph cannot drop them."""
+    if tta is None or str(tta).lower() == "auto":
+        return
+    if tta is not False and str(tta).lower() != "false":
+        raise ValueError(f"tta={tta!r}: auto (as the model was trained) or false (one view per cell)")
+    from ..models.cells import CellInput, pause_tta
+    from .loading import _TorchBackend, _TorchScriptBackend
+
+    backend = predictor.backend
+    if isinstance(backend, _TorchBackend) and not isinstance(backend, _TorchScriptBackend):
+        views = [m for m in backend.model.modules() if isinstance(m, CellInput) and m.tta]
+        pause_tta(backend.model, True)
+        log.info(
+            "tta=false: %s",
+            "each cell is read once, not as the mean of its 8 flips/rotations"
+            if views
+            else "the model reads each image once already",
+        )
+    elif predictor.info.extra.get("cell_tta"):
+        raise ValueError(
+            f"tta=false: {predictor.source} averages each cell's 8 flips/rotations inside its exported graph; "
+            "give the model's checkpoint (.ckpt) to read each cell once"
+        )

@@ -981,6 +981,42 @@ def test_ana_predict_reads_cell_crops_as_the_run_read_its_cells(framed_model, tm
     assert _csv_rows(tmp_path / "n2" / "predictions.csv")[0]["status"] == "ok"
 
 
+def test_predict_tta_false_reads_each_cell_once(framed_model, tmp_path, tta_calls):
+    """tta=false: the cell recipe's model (8 dihedral views per cell at evaluation) reads each cell
+    once (its TTA never runs), for a lab's CPU; auto keeps the 8 views. An ONNX export
+    has the views in its graph: tta=false is refused naming the file, as is a value that is not a choice."""
+    from ana_lightning.predict import run_predict
+    from ana_lightning.predict.io import load_predictor
+
+    root, _, ckpt, onnx = framed_model
+
+    def probs(name, *extra):
+        run_predict(
+            compose(
+                "predict",
+                [f"ckpt_path={ckpt}", f"input={root}", "progress=false", *extra],
+                output_dir=tmp_path / name,
+            )
+        )
+        rows = _csv_rows(tmp_path / name / "predictions.csv")
+        return np.array([[float(r[c]) for c in r if c.startswith("p_")] for r in rows])
+
+    auto = probs("auto")
+    assert tta_calls["n"] > 0
+    tta_calls["n"] = 0
+    once = probs("once", "tta=false")
+    assert tta_calls["n"] == 0 and once.shape == auto.shape
+    cells = sorted(str(p) for p in root.glob("*.png") if "mask" not in p.name.lower())
+    rows = _csv_rows(tmp_path / "once" / "predictions.csv")
+    assert [r["path"] for r in rows] == cells
+    with pytest.raises(
+        ValueError, match=r"model\.onnx averages each cell's 8 flips/rotations inside its exported graph"
+    ):
+        load_predictor(compose("predict", [f"ckpt_path={onnx}", "input=x", "tta=false"]))
+    with pytest.raises(ValueError, match=r"tta='maybe': auto \(as the model was trained\) or false"):
+        load_predictor(compose("predict", [f"ckpt_path={ckpt}", "input=x", "tta=maybe"]))
+
+
 def test_cut_cells_get_specimen_verdicts(framed_model, tmp_path, caplog):
     """group_by with cut cells: one verdict per specimen from its cells (as a lab reads a well), in
     specimens.csv with n_cells columns; combine=vote gives each class's share of the specimen's cells."""
