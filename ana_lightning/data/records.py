@@ -99,8 +99,9 @@ def scan_images(
     """Decode every file once (catching truncated / unreadable ones) and hash its bytes.
 
     Returns ``{path: (sha256, (h, w))}`` for the good files and the list of bad ones. The paths in
-    ``masks`` are cell masks, read at their own range: one that marks no pixel is a bad file. Threads
-    are enough: decoding and hashing release the GIL.
+    ``masks`` are cell masks (read as :func:`~.images.load_image` reads a mask: any non-zero pixel
+    marks the cell): one that marks no pixel is a bad file. Threads are enough: decoding and hashing
+    release the GIL.
     """
     good: dict[str, tuple[str, tuple[int, int]]] = {}
     bad: list[BadFile] = []
