@@ -1015,6 +1015,9 @@ def test_predict_tta_false_reads_each_cell_once(framed_model, tmp_path, tta_call
         load_predictor(compose("predict", [f"ckpt_path={onnx}", "input=x", "tta=false"]))
     with pytest.raises(ValueError, match=r"tta='maybe': auto \(as the model was trained\) or false"):
         load_predictor(compose("predict", [f"ckpt_path={ckpt}", "input=x", "tta=maybe"]))
+    # ana-app takes the same key
+    with pytest.raises(ValueError, match=r"inside its exported graph"):
+        load_predictor(compose("app", [f"ckpt_path={onnx}", "tta=false"]), "ana-app")
 
 
 def test_cut_cells_get_specimen_verdicts(framed_model, tmp_path, caplog):
