@@ -146,17 +146,19 @@ def _console(name: str, args: list[str], cwd: Path, **env: str) -> subprocess.Co
 
 
 def test_a_command_given_a_missing_folder_prints_the_message_not_a_traceback(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     missing = tmp_path / "no such folder"
     args = ["experiment=i3a_cells", f"data.root={missing}", "trainer.max_epochs=1"]
-    out = _console("ana-train", args, tmp_path)
+    runs = [(args, {}), (args, {"HYDRA_FULL_ERROR": "1"}), (["data=single_label"], {})]
+    with ThreadPoolExecutor(len(runs)) as pool:  # three commands at once: each mostly imports torch
+        out, full, unset = pool.map(lambda r: _console("ana-train", r[0], tmp_path, **r[1]), runs)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert f"FileNotFoundError: dataset folder {missing} does not exist" in out.stderr
     assert "HYDRA_FULL_ERROR=1" in out.stderr
     # the traceback is one variable away, for a bug report
-    full = _console("ana-train", args, tmp_path, HYDRA_FULL_ERROR="1")
     assert full.returncode == 1 and "Traceback" in full.stderr and "read_i3a2014" in full.stderr
-    unset = _console("ana-train", ["data=single_label"], tmp_path)
     assert unset.returncode == 1 and "Traceback" not in unset.stderr, unset.stderr[-3000:]
     assert "data.root is not set: give it on the command line, e.g. data.root=<value>" in unset.stderr
 
