@@ -33,7 +33,7 @@ from filelock import FileLock
 
 from .images import bit_depth, load_image
 
-__all__ = ["ImageCache", "default_cache_dir"]
+__all__ = ["ImageCache", "default_cache_dir", "save_npz_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ def default_cache_dir() -> Path:
     usually the job's local scratch, shared by the job's ranks on that node)."""
     env = os.environ.get("ANA_CACHE_DIR")
     return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / "ana-lightning-cache"
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` into a temporary file beside ``path``, renamed into place: runs or ranks writing at once
+    leave one whole file, never a torn one. Creates the folder; an ``OSError`` is the caller's to handle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def _file_identity(path: str, digest: str | None) -> str:

@@ -87,9 +87,8 @@ class ContestData:
     grouping: str = ""
     official_split: dict[str, str] = field(default_factory=dict)
     intensity: dict[str, str] = field(default_factory=dict)
-    mask_digests: dict[str, str] = field(
-        default_factory=dict
-    )  # mask path -> sha256, when images were checked
+    #: mask path → sha256 of its bytes, when the images were checked (the cell medians' cache key)
+    mask_digests: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- CSV

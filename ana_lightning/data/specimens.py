@@ -8,7 +8,6 @@ one specimen on one side (see :func:`group_i3a_specimens`).
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -151,11 +150,12 @@ def _load_medians(path: Path) -> dict[str, float]:
 
 
 def _save_medians(path: Path, known: dict[str, float]) -> None:
+    from .cache import save_npz_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, keys=np.array(list(known)), values=np.array(list(known.values()), dtype=np.float64))
-        os.replace(tmp, path)  # atomic: runs writing at once leave one whole file
+        save_npz_atomic(
+            path, keys=np.array(list(known)), values=np.array(list(known.values()), dtype=np.float64)
+        )
     except OSError as e:  # a read-only cache folder: only slower next time
         log.info("cell medians not cached in %s: %s", path, e)
 

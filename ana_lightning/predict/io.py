@@ -229,20 +229,19 @@ def load_predictor(cfg, command: str = "ana-predict") -> Predictor:
         predictor = Predictor.from_pipeline(
             pipe, device=cfg.get("device", "auto"), trust_checkpoint=bool(cfg.get("trust_checkpoint"))
         )
-        use_cell_tta(predictor, cfg.get("tta", "auto"))
-        return predictor
-    if not cfg.get("ckpt_path"):
+    elif not cfg.get("ckpt_path"):
         raise ValueError(
             f"{command} needs ckpt_path=<file.ckpt | file.onnx | bundle.ckpt> "
             "(or pipeline.level1=… pipeline.level2=… pipeline.level3=…)"
         )
-    predictor = Predictor.load(
-        cfg.ckpt_path,
-        device=cfg.get("device", "auto"),
-        trust_checkpoint=bool(cfg.get("trust_checkpoint")),
-        threads=cfg.get("torch_threads"),
-        support=cfg.get("support"),
-    )
+    else:
+        predictor = Predictor.load(
+            cfg.ckpt_path,
+            device=cfg.get("device", "auto"),
+            trust_checkpoint=bool(cfg.get("trust_checkpoint")),
+            threads=cfg.get("torch_threads"),
+            support=cfg.get("support"),
+        )
     use_cell_tta(predictor, cfg.get("tta", "auto"))
     return predictor
 
@@ -256,10 +255,10 @@ def use_cell_tta(predictor: Predictor, tta: Any) -> None:
     if tta is not False and str(tta).lower() != "false":
         raise ValueError(f"tta={tta!r}: auto (as the model was trained) or false (one view per cell)")
     from ..models.cells import CellInput, pause_tta
-    from .loading import _TorchBackend, _TorchScriptBackend
+    from .loading import _TorchBackend
 
     backend = predictor.backend
-    if isinstance(backend, _TorchBackend) and not isinstance(backend, _TorchScriptBackend):
+    if type(backend) is _TorchBackend:  # a model in memory (checkpoint or pipeline), as Predictor tells them
         views = [m for m in backend.model.modules() if isinstance(m, CellInput) and m.tta]
         pause_tta(backend.model, True)
         log.info(

@@ -152,19 +152,16 @@ def _load_hash_cache(path: Path) -> None:
 
 
 def _save_hash_cache(path: Path) -> None:
-    import os
+    from ..cache import save_npz_atomic
 
     items = list(_hash_cache.items())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp,
+    save_npz_atomic(
+        path,
         sha256=np.array([k for k, _ in items]),
         hashes=np.stack([v[0] for _, v in items]),
         thumbs=np.stack([v[1] for _, v in items]).astype(np.uint8),
         sizes=np.array([v[2] for _, v in items]),
     )
-    os.replace(tmp, path)  # atomic: ranks or runs writing at once leave one whole file
 
 
 def _candidate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
