@@ -112,13 +112,16 @@ def _drop_closed_log_handlers() -> None:
 
 @pytest.fixture(autouse=True)
 def _bit_depth_unset():
-    """``data.bit_depth`` / ``ana-predict bit_depth=`` hold for the whole process once set (an environment
-    variable, for loader workers): every test starts and ends with files read at their own range."""
-    from ana_lightning.data.images import set_bit_depth
+    """``data.bit_depth`` / ``ana-predict bit_depth=`` (and ``channels``) hold for the whole process once set (an
+    environment variable, for loader workers): every test starts and ends with files read at their own range and
+    multi-channel TIFFs read by their own channel names."""
+    from ana_lightning.data.images import set_bit_depth, set_channels
 
     set_bit_depth(None)
+    set_channels(None)
     yield
     set_bit_depth(None)
+    set_channels(None)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ images sit in memory once per node, and no JPEG/TIFF is decoded again for the re
 by later runs over the same files at the same size).
 
 The file name is a digest of the files (path + sha256), the size, the resize method and the bit depth
-(``data.bit_depth``), so a changed image or size gives a new cache and a stale one is never read. The first process to take the file
+(``data.bit_depth``, ``data.channels``), so a changed image or size gives a new cache and a stale one is never read. The first process to take the file
 lock decodes (in threads) into a temporary file and renames it into place; the others wait on the
 lock and open the finished file.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from .images import bit_depth, load_image
+from .images import load_image, read_settings
 
 __all__ = ["ImageCache", "default_cache_dir", "save_npz_atomic"]
 
@@ -100,8 +100,9 @@ class ImageCache:
         digests = list(digests) if digests is not None else [None] * len(paths)
         if len(digests) != len(paths):
             raise ValueError(f"ImageCache.build: {len(paths)} paths but {len(digests)} digests")
-        # the bit depth 16-bit files are read at (data.bit_depth) changes their pixels: part of the key
-        h = hashlib.sha256(f"{_VERSION}|{image_size}|{resize_name}|{bit_depth() or ''}".encode())
+        # the bit depth 16-bit files are read at (data.bit_depth) and a multi-channel TIFF's channel order
+        # (data.channels) change their pixels: part of the key
+        h = hashlib.sha256(f"{_VERSION}|{image_size}|{resize_name}|{read_settings()}".encode())
         for p, d in zip(paths, digests, strict=True):
             h.update(_file_identity(p, d).encode())
             h.update(b"\n")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
-from .images import BadFile, check_bit_depth, load_image, set_bit_depth
+from .images import BadFile, check_bit_depth, check_channels, load_image, set_bit_depth, set_channels
 from .records import DatasetError, ImageRecord, parse_group_level
 from .samplers import ClassBalancedSampler, resolve_replicas
 from .splits import (
@@ -156,6 +156,7 @@ class RecordDataModule(L.LightningDataModule):
         sampler: str | None = None,
         bit_depth: int | None = None,
         split_order: str = "random",
+        channels: Any = None,
     ):
         super().__init__()
         check_fold_settings(folds, fold, repeats, repeat, split_manifest)
@@ -163,6 +164,8 @@ class RecordDataModule(L.LightningDataModule):
         # data.bit_depth: the camera's bit depth for files stored with more than 8 bits (12: 0-4095 is the full
         # range); every image this process (and its loader workers) reads from now on is read so
         set_bit_depth(check_bit_depth(bit_depth, "data.bit_depth"))
+        # data.channels: which channel of a multi-channel TIFF is FITC, DAPI or neither (null: its channel names)
+        set_channels(check_channels(channels, "data.channels"))
         if sampler not in SAMPLERS:
             raise ValueError(
                 f"data.sampler={sampler!r} is not one of null (shuffle), "
@@ -226,9 +229,9 @@ class RecordDataModule(L.LightningDataModule):
             self.datasets.clear()
 
     def setup(self, stage: str | None = None) -> None:
-        set_bit_depth(
-            self.hparams.get("bit_depth")
-        )  # again here: a spawned DDP rank unpickles, not __init__s
+        # again here: a spawned DDP rank unpickles, not __init__s
+        set_bit_depth(self.hparams.get("bit_depth"))
+        set_channels(self.hparams.get("channels"))
         if self.splits:
             return
         records, self.bad_files = self.read_records()

@@ -7,6 +7,9 @@ Every image becomes an ``H×W×3`` ``uint8`` RGB array, whatever it was on disk:
   or by the camera's range when the bit depth is set (:func:`set_bit_depth`: ``data.bit_depth``,
   ``ana-predict bit_depth=``; 12 reads 0–4095 as 0–255), never by the image's own maximum, so a faint
   negative stays faint;
+- a TIFF of several channels (a multi-page, OME- or ImageJ-TIFF, as microscopes and Fiji save them) as the
+  RGB composite the models read, FITC in green and DAPI in blue: which channel is which comes from the file's
+  channel names, or from :func:`set_channels` (``data.channels``, ``ana-predict channels=``);
 - truncated or unreadable files raise :class:`BadImageError` naming the path and the reason.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -45,6 +49,10 @@ __all__ = [
     "set_bit_depth",
     "bit_depth",
     "check_bit_depth",
+    "set_channels",
+    "channels",
+    "check_channels",
+    "read_settings",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -250,6 +258,96 @@ def bit_depth() -> int | None:
     return check_bit_depth(os.environ.get(BIT_DEPTH_ENV), BIT_DEPTH_ENV)
 
 
+#: Where the channel order set by :func:`set_channels` lives (an environment variable, as the bit depth).
+CHANNELS_ENV = "ANA_CHANNELS"
+#: What a channel of a multi-channel TIFF is, by the names microscopes and Fiji give them (lower case, letters and
+#: digits only): the pattern's stain (FITC, read as the green channel) or the nuclear counterstain (DAPI, blue).
+CHANNEL_NAMES = {
+    "fitc": (
+        "fitc",
+        "gfp",
+        "egfp",
+        "green",
+        "488",
+        "af488",
+        "a488",
+        "alexa488",
+        "alexafluor488",
+        "dylight488",
+    ),
+    "dapi": (
+        "dapi",
+        "hoechst",
+        "hoechst33342",
+        "hoechst33258",
+        "blue",
+        "405",
+        "nuclei",
+        "nucleus",
+        "counterstain",
+    ),
+    "skip": ("skip", "none", "other", "ignore"),
+}
+_ROLE_OF = {name: role for role, names in CHANNEL_NAMES.items() for name in names}
+
+
+def _channel_role(name: str) -> str | None:
+    """``fitc``, ``dapi`` or ``skip`` for a channel's name (``FITC-IgG``, ``DAPI 1``, ``Alexa Fluor 488`` …);
+    None when the name says neither."""
+    norm = "".join(ch for ch in str(name).lower() if ch.isalnum())
+    if norm in _ROLE_OF:
+        return _ROLE_OF[norm]
+    for role in ("fitc", "dapi"):
+        if any(norm.startswith(n) for n in CHANNEL_NAMES[role] if len(n) > 3):
+            return role
+    return None
+
+
+def check_channels(value, key: str = "channels") -> tuple[str, ...] | None:
+    """``value`` as the roles of a multi-channel TIFF's channels in file order (``[fitc,dapi]``, or
+    ``"fitc,dapi"``): each ``fitc``, ``dapi`` or ``skip`` (or a name meaning one, e.g. ``GFP``, ``Hoechst``),
+    one ``fitc`` and at most one ``dapi``; null reads the channels by the names the file gives them. Anything
+    else is an error naming ``key``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "auto")):
+        return None
+    items = (
+        [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    )
+    roles = tuple(_channel_role(v) for v in items)
+    if None in roles or roles.count("fitc") != 1 or roles.count("dapi") > 1:
+        raise ValueError(
+            f"{key}={value!r}: the channels of a multi-channel TIFF in file order, each fitc (the pattern's "
+            "stain, e.g. FITC or GFP), dapi (the nuclear counterstain, e.g. DAPI or Hoechst) or skip: exactly one "
+            f"fitc and at most one dapi, e.g. {key}=[fitc,dapi] or {key}=[dapi,skip,fitc]; null reads the names "
+            "the file gives its channels"
+        )
+    return roles
+
+
+def set_channels(value) -> tuple[str, ...] | None:
+    """Read every multi-channel TIFF from now on with its channels in the order ``value`` says
+    (:func:`check_channels`), in this process and the processes it starts; None: by the channel names the
+    file carries. Other files are unaffected. Returns the roles set."""
+    roles = check_channels(value)
+    if roles is None:
+        os.environ.pop(CHANNELS_ENV, None)
+    else:
+        os.environ[CHANNELS_ENV] = ",".join(roles)
+    return roles
+
+
+def channels() -> tuple[str, ...] | None:
+    """The channel order set by :func:`set_channels` (None: the file's own channel names)."""
+    return check_channels(os.environ.get(CHANNELS_ENV), CHANNELS_ENV)
+
+
+def read_settings() -> str:
+    """How files are read now, for the keys of caches of decoded pixels: the bit depth (``""`` when unset),
+    then ``|channels=…`` when a channel order is set (nothing when not, so older keys stay valid)."""
+    roles = channels()
+    return str(bit_depth() or "") + (f"|channels={','.join(roles)}" if roles else "")
+
+
 def _counts_top(top: float, path: str | Path) -> float:
     """The value that becomes 255 for a camera's integer (or floating-point counts) data whose brightest
     pixel is ``top``: the set bit depth's, else 65535 (with the once-per-process low-bit-depth warning)."""
@@ -371,6 +469,114 @@ def _decode_sixteen_bit_colour(data: bytes, path: str | Path) -> np.ndarray:
     return arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # OpenCV's BGR(A) → RGB(A)
 
 
+def _tiff_channel_names(tf) -> list[str]:
+    """The names a TIFF gives its channels: OME-XML's ``Channel Name`` (else ``Fluor``) of its first image, or
+    ImageJ's slice labels; ``[]`` when it names none."""
+    if tf.is_ome:
+        import xml.etree.ElementTree as ET
+
+        pixels = next((e for e in ET.fromstring(tf.ome_metadata).iter() if e.tag.endswith("Pixels")), None)
+        found = [
+            c.get("Name") or c.get("Fluor") or ""
+            for c in (pixels if pixels is not None else [])
+            if c.tag.endswith("Channel")
+        ]
+    elif tf.is_imagej:
+        found = [str(n) for n in (tf.imagej_metadata or {}).get("Labels") or []]
+    else:
+        found = []
+    return found if all(found) else []
+
+
+def _plane_size(series) -> tuple[int, ...]:
+    """A tifffile series' height and width."""
+    return tuple(n for a, n in zip(series.axes, series.shape, strict=True) if a in "YX")
+
+
+def _tiff_channels(data: bytes, path: str | Path, camera: bool, reason: str) -> np.ndarray:
+    """A TIFF that holds its channels as pages or as extra samples (a microscope's or Fiji's DAPI + FITC), as an
+    ``H×W×3`` composite of the file's own pixel type: FITC in green, DAPI in blue, red empty, as the models
+    read fields. Which channel is which: :func:`channels` when set, else the file's channel names. A file
+    that cannot be read so raises :class:`BadImageError` with ``reason`` (what PIL found); a stack
+    of focal planes or time points, or several images in one file, is refused with what to save instead."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        raise BadImageError(path, reason)
+    import tifffile
+
+    quiet = logging.getLogger("tifffile")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # a damaged file is reported below, once, by its path
+    try:
+        with warnings.catch_warnings(), tifffile.TiffFile(io.BytesIO(data)) as tf:
+            warnings.simplefilter("ignore")
+            first = tf.series[0]
+            alike = 1 + sum(_plane_size(s) == _plane_size(first) for s in tf.series[1:])
+            if alike > 1:
+                raise BadImageError(
+                    path,
+                    f"a TIFF of {alike} images (positions or series); one image is read per file, "
+                    "so save each as a file of its own",
+                )
+            if math.prod(_plane_size(first)) > MAX_PIXELS:
+                raise BadImageError(
+                    path,
+                    f"{'×'.join(map(str, _plane_size(first)[::-1]))} pixels exceeds the limit of {MAX_PIXELS:,}",
+                )
+            arr, axes, names = first.asarray(), first.axes, _tiff_channel_names(tf)
+    except BadImageError:
+        raise
+    except Exception:  # noqa: BLE001 - anything tifffile cannot read is the file's fault: say what PIL found
+        raise BadImageError(path, reason) from None
+    finally:
+        quiet.setLevel(level)
+    keep = [i for i, (a, n) in enumerate(zip(axes, arr.shape, strict=True)) if n > 1 or a in "YX"]
+    arr, axes = arr.reshape([arr.shape[i] for i in keep]), "".join(axes[i] for i in keep)
+    extra = [a for a in axes if a not in "YX"]
+    planes = [(a, arr.shape[axes.index(a)]) for a in extra if a in "ZT"]
+    if planes:
+        what = {"Z": "focal planes (a z-stack)", "T": "time points"}[planes[0][0]]
+        raise BadImageError(
+            path,
+            f"a TIFF of {planes[0][1]} {what}; one plane is read per file, so save one plane, or a "
+            "maximum-intensity projection, per field",
+        )
+    if len(extra) != 1 or axes.replace(extra[0], "") != "YX":
+        raise BadImageError(
+            path, f"a TIFF of dimensions {axes}: not an image of channels" if extra else reason
+        )
+    arr = np.moveaxis(arr, axes.index(extra[0]), -1)
+    n = arr.shape[-1]
+    if not camera:
+        raise BadImageError(path, f"a mask of {n} channels or pages; save the mask as one grey image")
+    roles, given = channels(), ""
+    if roles is not None and len(roles) != n:
+        given = f"channels={','.join(roles)} names {len(roles)}"
+    elif roles is None and names:
+        roles = tuple(_channel_role(name) or "skip" for name in names)
+        if roles.count("fitc") != 1 or roles.count("dapi") > 1:
+            given = (
+                "no channel name says which one is the pattern's stain (FITC)"
+                if roles.count("fitc") == 0
+                else "its names leave it ambiguous"
+            )
+    if roles is None or given:
+        named = f" named {', '.join(names)}" if names else " with no channel names"
+        raise BadImageError(
+            path,
+            f"a TIFF of {n} channels{named}"
+            + (f"; {given}" if given else "")
+            + ": say which is which, in file "
+            "order, with channels=[…] (ana-predict, ana-app; data.channels=[…] to train or evaluate), each fitc "
+            "(the pattern's stain), dapi (the nuclear counterstain) or skip, e.g. channels=[fitc,dapi]; or save "
+            "the field as one RGB image, FITC in green and DAPI in blue",
+        )
+    out = np.zeros(arr.shape[:2] + (3,), arr.dtype)
+    out[..., 1] = arr[..., roles.index("fitc")]
+    if "dapi" in roles:
+        out[..., 2] = arr[..., roles.index("dapi")]
+    return out
+
+
 def decode_image(data: bytes, path: str | Path = "<bytes>", camera: bool = True) -> np.ndarray:
     """Decode encoded image bytes into ``H×W×3 uint8``; raises :class:`BadImageError`. ``camera`` false: a
     mask, whose non-zero values mark the cell whatever bit depth is set (:func:`set_bit_depth`; see
@@ -385,13 +591,9 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", camera: bool = True)
                         path, f"{img.width}×{img.height} pixels exceeds the limit of {MAX_PIXELS:,}"
                     )
                 frames = _full_pages(img) if img.format == "TIFF" else 1
-                if frames > 1:  # a stack (e.g. DAPI + FITC pages)
-                    raise BadImageError(
-                        path,
-                        f"a {img.format} of {frames} pages (channels or a stack): one image per file is read, so "
-                        "save the field as one RGB (or grey) image, e.g. FITC green with DAPI blue",
-                    )
-                if _sixteen_bit_colour(data, img):
+                if frames > 1:  # channels as pages (DAPI + FITC), or a stack
+                    arr = _tiff_channels(data, path, camera, f"a TIFF of {frames} pages")
+                elif _sixteen_bit_colour(data, img):
                     arr = _decode_sixteen_bit_colour(data, path)
                 else:
                     img.load()
@@ -403,13 +605,13 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", camera: bool = True)
     except Image.DecompressionBombError as e:
         raise BadImageError(path, f"too many pixels (decompression-bomb limit): {e}") from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(path, "not an image file (or an unsupported format)") from None
+        arr = _tiff_channels(data, path, camera, "not an image file (or an unsupported format)")
     except OSError as e:
         msg = str(e)
         reason = "truncated image file" if "truncated" in msg.lower() else f"unreadable image: {msg}"
-        raise BadImageError(path, reason) from None
+        arr = _tiff_channels(data, path, camera, reason)
     except (SyntaxError, ValueError, EOFError) as e:
-        raise BadImageError(path, f"corrupt image: {e}") from None
+        arr = _tiff_channels(data, path, camera, f"corrupt image: {e}")
     if arr.size == 0:
         raise BadImageError(path, "image has no pixels")
     return _to_uint8_rgb(arr, path, camera)

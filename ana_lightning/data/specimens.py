@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import bit_depth, load_image
+from .images import load_image, read_settings
 from .records import ImageRecord
 
 __all__ = [
@@ -135,7 +135,7 @@ def _median_key(record: ImageRecord, mask: str | None, mask_digests: dict[str, s
     read at. ``None`` when a digest is not known (the median is then computed, not cached)."""
     if not record.sha256 or (mask is not None and not mask_digests.get(mask)):
         return None
-    return f"{record.sha256}|{mask_digests[mask] if mask is not None else '-'}|{bit_depth() or ''}"
+    return f"{record.sha256}|{mask_digests[mask] if mask is not None else '-'}|{read_settings()}"
 
 
 def _load_medians(path: Path) -> dict[str, float]:

@@ -20,8 +20,12 @@ def run_app(cfg: DictConfig) -> Any:
     from ..utils import setup_torch
 
     setup_torch(cfg.get("torch_threads"))
+    from ..data.images import check_channels, set_channels
     from ..fields.mode import use_bit_depth
 
+    set_channels(
+        check_channels(cfg.get("channels"), "channels")
+    )  # uploaded multi-channel TIFFs: fitc, dapi, skip
     # uploads with more than 8 bits (and a support=… folder): bit_depth, auto = the model's data.bit_depth
     use_bit_depth(cfg)
     predictor = load_predictor(cfg, "ana-app")

@@ -69,6 +69,7 @@ _DATA_SOURCE_KEYS = (
     "split_fractions",
     "seed",
     "bit_depth",
+    "channels",
 )
 
 

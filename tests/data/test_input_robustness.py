@@ -58,11 +58,122 @@ def test_float_images_are_read_by_their_range_or_refused(tmp_path):
         load_image(tmp_path / "nan.tif")
 
 
-def test_a_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
-    dapi, fitc = (Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (200, 30))
-    dapi.save(tmp_path / "stack.tif", save_all=True, append_images=[fitc])
-    with pytest.raises(BadImageError, match=r"stack\.tif: a TIFF of 2 pages"):
+def test_a_tiff_of_channels_reads_as_fitc_green_and_dapi_blue(tmp_path):
+    """A microscope's or Fiji's multi-channel TIFF (channels as pages or as samples, OME or ImageJ names or none)
+    becomes the composite the models read: FITC green, DAPI blue, red empty. Without names it is refused (never
+    read as its first page) until channels=[…] says the order; a z-stack, a time series, several images in one
+    file and a multi-channel mask are refused saying what to save instead."""
+    import tifffile
+
+    from ana_lightning.data.images import check_channels, set_channels
+
+    dapi, fitc = np.full((16, 20), 200, np.uint8), np.full((16, 20), 30, np.uint8)
+    fitc[4:8, 5:9] = 90
+    want = np.stack([np.zeros_like(fitc), fitc, dapi], axis=-1)
+    Image.fromarray(dapi).save(tmp_path / "stack.tif", save_all=True, append_images=[Image.fromarray(fitc)])
+    with pytest.raises(
+        BadImageError,
+        match=r"stack\.tif: a TIFF of 2 channels with no channel names: .*channels=\[fitc,dapi\]",
+    ):
         load_image(tmp_path / "stack.tif")
+    tifffile.imwrite(
+        tmp_path / "samples.tif", np.stack([dapi, fitc], -1), photometric="minisblack", planarconfig="contig"
+    )  # PIL cannot
+    with pytest.raises(BadImageError, match=r"samples\.tif: a TIFF of 2 channels with no channel names"):
+        load_image(tmp_path / "samples.tif")
+    set_channels(["dapi", "fitc"])
+    assert np.array_equal(load_image(tmp_path / "stack.tif"), want)
+    assert np.array_equal(load_image(tmp_path / "samples.tif"), want)
+    set_channels("fitc,dapi")  # the other order: the dim channel is now DAPI
+    assert np.array_equal(load_image(tmp_path / "stack.tif"), want[..., [0, 2, 1]])
+    set_channels(None)
+    # names: OME-XML (16-bit, read at the type's range like any 16-bit file) and ImageJ slice labels
+    ome = np.stack([dapi, fitc]).astype(np.uint16) * 257
+    tifffile.imwrite(
+        tmp_path / "f.ome.tif",
+        ome,
+        ome=True,
+        metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "FITC-IgG"]}},
+    )
+    assert np.array_equal(load_image(tmp_path / "f.ome.tif"), want)
+    three = np.stack([fitc, np.full_like(fitc, 255), dapi])
+    labels = ["Alexa Fluor 488", "Cy5", "Hoechst 33342"]
+    tifffile.imwrite(tmp_path / "ij.tif", three, imagej=True, metadata={"axes": "CYX", "Labels": labels})
+    assert np.array_equal(load_image(tmp_path / "ij.tif"), want)  # Cy5 says neither: left out
+    tifffile.imwrite(
+        tmp_path / "cy5.ome.tif",
+        ome,
+        ome=True,
+        metadata={"axes": "CYX", "Channel": {"Name": ["Cy5", "DAPI"]}},
+    )
+    with pytest.raises(
+        BadImageError, match=r"named Cy5, DAPI; no channel name says which one is the pattern's stain"
+    ):
+        load_image(tmp_path / "cy5.ome.tif")
+    set_channels("fitc,skip,dapi")
+    assert np.array_equal(load_image(tmp_path / "ij.tif"), want)  # the user's order wins over the names
+    with pytest.raises(
+        BadImageError, match=r"2 channels named DAPI, FITC-IgG; channels=fitc,skip,dapi names 3"
+    ):
+        load_image(tmp_path / "f.ome.tif")
+    set_channels(None)
+    tifffile.imwrite(tmp_path / "z.ome.tif", ome, ome=True, metadata={"axes": "ZYX"})
+    with pytest.raises(
+        BadImageError, match=r"z\.ome\.tif: a TIFF of 2 focal planes \(a z-stack\).*maximum-intensity"
+    ):
+        load_image(tmp_path / "z.ome.tif")
+    tifffile.imwrite(tmp_path / "t.ome.tif", np.stack([ome, ome]), ome=True, metadata={"axes": "TCYX"})
+    with pytest.raises(BadImageError, match=r"a TIFF of 2 time points"):
+        load_image(tmp_path / "t.ome.tif")
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tw:
+        for _ in range(2):
+            tw.write(ome, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "FITC"]}})
+    with pytest.raises(BadImageError, match=r"a TIFF of 2 images \(positions or series\)"):
+        load_image(tmp_path / "two.ome.tif")
+    with pytest.raises(BadImageError, match=r"a mask of 2 channels or pages"):
+        load_image(tmp_path / "f.ome.tif", camera=False)
+    damaged = (tmp_path / "f.ome.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(damaged[: len(damaged) // 2])
+    with pytest.raises(BadImageError, match=r"cut\.tif: "):
+        load_image(tmp_path / "cut.tif")
+    assert check_channels(["GFP", "Hoechst"]) == ("fitc", "dapi") and check_channels("null") is None
+    for wrong in (["fitc", "fitc"], ["dapi"], "fitc,red", ["fitc", "dapi", "dapi"]):
+        with pytest.raises(ValueError, match=r"data\.channels=.*exactly one fitc and at most one dapi"):
+            check_channels(wrong, "data.channels")
+
+
+def test_data_channels_reads_a_folder_of_channel_stacks_and_keys_its_caches(tmp_path):
+    """data.channels reaches every read of a training folder of DAPI + FITC stacks (loader workers and DDP ranks
+    through the environment); without it the folder's stacks are bad files naming channels=; the decoded-image
+    cache and the read settings its keys carry tell the two orders apart."""
+    from ana_lightning.data.cache import ImageCache
+    from ana_lightning.data.datamodules import SingleLabelDataModule
+    from ana_lightning.data.images import read_settings, set_channels
+
+    for k, code in enumerate(("AC-1", "AC-2")):
+        (tmp_path / "ds" / code).mkdir(parents=True)
+        for i in range(6):
+            rng = np.random.default_rng(i + 10 * k)
+            dapi, fitc = (Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)) for _ in range(2))
+            dapi.save(tmp_path / "ds" / code / f"{i}.tif", save_all=True, append_images=[fitc])
+    kw = dict(root=str(tmp_path / "ds"), image_size=24, batch_size=4, split_fractions=[0.5, 0.25, 0.25])
+    with pytest.raises(Exception, match=r"0\.tif: a TIFF of 2 channels with no channel names") as bad:
+        SingleLabelDataModule(**kw).setup("fit")
+    assert "channels=[fitc,dapi]" in str(bad.value)
+    dm = SingleLabelDataModule(**kw, channels=["dapi", "fitc"])
+    dm.setup("fit")
+    assert len(dm.dataset("train")) + len(dm.dataset("val")) + len(dm.dataset("test")) == 12
+    assert read_settings() == "|channels=dapi,fitc"
+    paths = [str(p) for p in sorted((tmp_path / "ds").rglob("*.tif"))]
+    built = {}
+    for order in ("dapi,fitc", "fitc,dapi"):
+        set_channels(order)
+        built[order] = ImageCache.build(paths, 24, lambda a: a, cache_dir=tmp_path / "cache")
+    assert built["dapi,fitc"].path != built["fitc,dapi"].path
+    set_channels(None)
+    assert read_settings() == ""  # the keys of caches written before channels existed
+    with pytest.raises(ValueError, match=r"data\.channels="):
+        SingleLabelDataModule(**kw, channels=["dapi"])
 
 
 def test_a_tiff_with_a_reduced_resolution_preview_is_one_image(tmp_path):

@@ -376,6 +376,61 @@ def test_whole_images_that_are_overexposed_are_named_in_one_warning(trained_chec
     assert said.startswith("1 image(s) overexposed") and f"{first} ({share:.0%} saturated)" in said
 
 
+def test_ana_predict_reads_a_tiff_of_channels_as_its_rgb_composite(trained_checkpoint, tmp_path):
+    """A field saved as a TIFF of channels (DAPI page, FITC page) predicts as the same field saved as one RGB
+    image, FITC green and DAPI blue: read by the channel names an OME-TIFF carries, or by channels=[…] for a
+    stack without names, which without it is an error row naming channels=, not a read of its first page."""
+    import tifffile
+    from PIL import Image
+
+    root, _, ckpt = trained_checkpoint
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, f in enumerate(sorted((root / "AC-1").glob("*.png"))[:2]):
+        rgb = np.asarray(Image.open(f).convert("RGB"))
+        green, blue = rgb[..., 1], np.roll(rgb[..., 1], 7, axis=1) // 2  # a DAPI unlike the FITC
+        Image.fromarray(np.stack([np.zeros_like(green), green, blue], -1)).save(inp / f"{i}_rgb.png")
+        tifffile.imwrite(inp / f"{i}_plain.tif", np.stack([blue, green]))
+        tifffile.imwrite(
+            inp / f"{i}_named.ome.tif",
+            np.stack([green, blue]),
+            ome=True,
+            metadata={"axes": "CYX", "Channel": {"Name": ["FITC", "DAPI"]}},
+        )
+
+    def rows(*extra: str) -> dict[str, dict[str, str]]:
+        cfg = compose(
+            "predict",
+            [f"ckpt_path={ckpt}", f"input={inp}", "progress=false", *extra],
+            output_dir=tmp_path / f"out{len(extra)}",
+        )
+        _, found = _read_csv(run_predict(cfg).csv_path)
+        return {Path(r["path"]).name: r for r in found}
+
+    def p(r: dict[str, str]) -> np.ndarray:
+        return np.array([float(r[k]) for k in r if k.startswith("p_")])
+
+    by_names = rows()
+    given = rows("channels=[dapi,fitc]")
+    for i in range(2):
+        assert by_names[f"{i}_plain.tif"]["status"] == "error"
+        assert "2 channels with no channel names" in by_names[f"{i}_plain.tif"]["error"]
+        assert "channels=[fitc,dapi]" in by_names[f"{i}_plain.tif"]["error"]
+        assert np.allclose(p(by_names[f"{i}_named.ome.tif"]), p(by_names[f"{i}_rgb.png"]), atol=1e-6)
+        assert np.allclose(p(given[f"{i}_plain.tif"]), p(given[f"{i}_rgb.png"]), atol=1e-6)
+    assert (
+        max(np.abs(p(given[f"{i}_named.ome.tif"]) - p(given[f"{i}_rgb.png"])).max() for i in range(2)) > 1e-4
+    )
+    with pytest.raises(ValueError, match=r"channels=.*exactly one fitc"):
+        run_predict(
+            compose(
+                "predict",
+                [f"ckpt_path={ckpt}", f"input={inp}", "channels=[dapi]"],
+                output_dir=tmp_path / "bad",
+            )
+        )
+
+
 def test_ana_predict_reads_16_bit_files_at_the_models_bit_depth(trained_checkpoint, tmp_path, caplog):
     """A model trained with data.bit_depth=12 reads a 12-bit camera's 16-bit TIFF as the same field in 8 bits
     (bit_depth=auto, from its checkpoint, and through its export's metadata); bit_depth=null reads the file's

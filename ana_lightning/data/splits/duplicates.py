@@ -102,9 +102,10 @@ def _hash_one(record: ImageRecord) -> tuple[np.ndarray, np.ndarray, tuple[int, i
     from PIL import Image
     from scipy.fftpack import dct
 
-    from ..images import bit_depth, load_image
+    from ..images import load_image, read_settings
 
-    depth = bit_depth()  # data.bit_depth changes a 16-bit file's pixels, so its thumbnail: part of the key
+    # data.bit_depth (a 16-bit file's pixels) and data.channels (a multi-channel TIFF's) change the thumbnail
+    depth = read_settings()
     key = f"{record.sha256}|{depth}" if record.sha256 and depth else record.sha256
     if key and key in _hash_cache:
         return _hash_cache[key]
