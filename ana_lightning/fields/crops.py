@@ -5,7 +5,7 @@ Contest cell crops (I3A / ICPR 2014 Task 1) are the bounding box of one cell's m
 raw 8-bit grey field (not masked: neighbours' edges stay in the corners), with the binary mask beside
 it. :func:`cell_crops` makes the same: the bounding box of each segmented cell (``crop_from="nuclei"``
 by default: in HEp-2 IIF the stained body is the nucleus for nuclear patterns) with a small margin,
-in grey (the brightest channel, i.e. the FITC signal) or RGB.
+in grey (the brightest channel, i.e. the FITC signal, without the blue of a DAPI counterstain) or RGB.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ class CellCrop:
     area: int
 
 
-def _grey3(image: np.ndarray) -> np.ndarray:
+def _grey3(image: np.ndarray, dapi: bool = False) -> np.ndarray:
+    """The stain as grey, three times: the brightest channel, leaving blue out when it is a DAPI counterstain
+    (``dapi``: the segmentation found its nuclei there), which would show every nucleus as homogeneous."""
     img = np.asarray(image)
     if img.ndim == 2:
         g = img
     else:
-        g = img[..., :3].max(axis=2)
+        g = img[..., : 2 if dapi else 3].max(axis=2)
     return np.repeat(g[..., None], 3, axis=2).astype(np.uint8)
 
 
@@ -64,7 +66,7 @@ def cell_crops(
 
     if crop_from not in ("nuclei", "cells"):
         raise ValueError(f"crop_from={crop_from!r} must be 'nuclei' or 'cells'")
-    img = _grey3(image) if grey else np.asarray(image)[..., :3].astype(np.uint8)
+    img = _grey3(image, seg.channel == "dapi") if grey else np.asarray(image)[..., :3].astype(np.uint8)
     lab = seg.nuclei if crop_from == "nuclei" else seg.cells
     h, w = lab.shape
     out = []

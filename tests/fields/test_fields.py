@@ -158,6 +158,24 @@ def test_cell_crops_are_contest_style():
         assert c.mask.sum() == (seg.nuclei[r0:r1, c0:c1] == c.label).sum() == (seg.nuclei == c.label).sum()
 
 
+def test_cell_crops_leave_out_a_dapi_counterstain():
+    """Cells cut from a field with DAPI in blue are the FITC stain alone: the cell models learnt FITC cells, and
+    the brightest channel would show each nucleus's DAPI (homogeneous) over a Golgi or centromere pattern."""
+    img, _ = sim_field("AC-22", 24, seed=1, size=200, dapi=True)
+    seg = segment_field(img, 24)
+    assert seg.channel == "dapi" and (img[..., 2].astype(int) > img[..., :2].max(axis=2)).mean() > 0.1
+    crops = cell_crops(img, seg, margin=0.1)
+    assert len(crops) > 5
+    for c in crops:
+        r0, c0, r1, c1 = c.bbox
+        assert np.array_equal(c.image[..., 0], img[r0:r1, c0:c1, :2].max(axis=2))
+    plain = sim_field("AC-22", 24, seed=1, size=200)[0]  # no DAPI: the brightest channel, as before
+    seg = segment_field(plain, 24)
+    c = cell_crops(plain, seg, margin=0.1)[0]
+    r0, c0, r1, c1 = c.bbox
+    assert seg.channel == "signal" and np.array_equal(c.image[..., 0], plain[r0:r1, c0:c1].max(axis=2))
+
+
 def test_tiles_cover_the_field_at_the_given_scale():
     img = np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8)
     ts = list(tiles(img, 0.5, 64, overlap=0.25))  # rescaled 150×100: 3×2 tiles
