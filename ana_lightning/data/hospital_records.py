@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..taxonomy import Taxonomy
-from .images import BadFile, is_ignored, is_image_path, walk_folders
+from .images import BadFile, is_ignored, is_image_path, not_an_image, walk_folders
 from .records import (
     DatasetError,
     ImageRecord,
@@ -138,7 +138,7 @@ def read_hospital_folder(
                 continue
             if not is_image_path(p):
                 if parts:  # notes and CSVs next to the label folders are fine; inside them they are not
-                    bad.append(BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})"))
+                    bad.append(BadFile(str(p), not_an_image(p)))
                 continue
             if not parts:
                 bad.append(BadFile(str(p), "image directly in the dataset folder: no label folder above it"))

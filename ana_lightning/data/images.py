@@ -95,6 +95,36 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+#: Microscope makers' own file formats: Bio-Formats (Fiji) reads them, this package does not.
+MICROSCOPE_FORMATS = {
+    ".czi": "Zeiss CZI",
+    ".zvi": "Zeiss ZVI",
+    ".lsm": "Zeiss LSM",
+    ".nd2": "Nikon ND2",
+    ".lif": "Leica LIF",
+    ".lof": "Leica LOF",
+    ".oib": "Olympus OIB",
+    ".oir": "Olympus OIR",
+    ".vsi": "Olympus VSI",
+    ".ims": "Imaris",
+    ".dv": "DeltaVision",
+}
+#: How to turn them into files that are read, channel names kept.
+EXPORT_HINT = (
+    "export them as TIFF, e.g. in Fiji with Bio-Formats (File > Save As > OME-TIFF keeps the channel names, "
+    "by which DAPI and FITC are then read)"
+)
+
+
+def not_an_image(path: str | Path) -> str:
+    """Why a file that is not an image is not read: its extension, and for a microscope's own format what it is
+    and how to export it."""
+    suffix = Path(path).suffix.lower()
+    if suffix in MICROSCOPE_FORMATS:
+        return f"a {MICROSCOPE_FORMATS[suffix]} microscope file, not read here: {EXPORT_HINT.replace('them', 'it')}"
+    return f"not an image file (extension {Path(path).suffix or 'none'!r})"
+
+
 def is_file_entry(path: str | Path) -> bool:
     """A file, or a symlink that does not lead to a folder — dangling or looping ones included, so
     they are reported like any unreadable file instead of vanishing from a listing."""

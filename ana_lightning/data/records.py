@@ -24,6 +24,7 @@ from .images import (
     is_ignored,
     is_image_path,
     is_within,
+    not_an_image,
     read_and_hash,
     walk_files,
 )
@@ -286,11 +287,7 @@ def read_single_label_folder(
         # symlinked folders leading outside the dataset followed, each once over all classes
         files = [p for p in walk_files(d, dataset=root, seen=linked) if not is_ignored(p)]
         images = [p for p in files if is_image_path(p)]
-        bad += [
-            BadFile(str(p), f"not an image file (extension {p.suffix or 'none'!r})")
-            for p in files
-            if not is_image_path(p)
-        ]
+        bad += [BadFile(str(p), not_an_image(p)) for p in files if not is_image_path(p)]
         if not images:
             bad.append(BadFile(str(d), "empty class folder (no images)"))
         candidates += [(p, code, folder_group(p, root, level)) for p in images]

@@ -12,7 +12,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..data.images import is_ignored, is_image_path, walk_files, warn_overexposed
+from ..data.images import (
+    EXPORT_HINT,
+    MICROSCOPE_FORMATS,
+    is_ignored,
+    is_image_path,
+    walk_files,
+    warn_overexposed,
+)
 from .loading import pipeline_args
 from .predictor import Prediction, Predictor, PredictSummary
 
@@ -43,8 +50,18 @@ def list_inputs(input: str | Path) -> list[Path]:
             hidden.append(f)
             continue
         (files if is_image_path(f) else other).append(f)
-    if other:
-        log.info("%d file(s) without an image extension left out, e.g. %s", len(other), other[0])
+    vendor = [f for f in other if f.suffix.lower() in MICROSCOPE_FORMATS]
+    if vendor:
+        kinds = sorted({MICROSCOPE_FORMATS[f.suffix.lower()] for f in vendor})
+        said = (
+            f"{len(vendor)} microscope file(s) ({', '.join(kinds)}, e.g. {vendor[0]}) not read: {EXPORT_HINT}"
+        )
+        if not files:
+            raise FileNotFoundError(f"input={input}: no image files (.jpg, .png, .bmp, .tif); {said}")
+        log.warning("%s", said)
+    if len(other) > len(vendor):
+        rest = [f for f in other if f not in vendor]
+        log.info("%d file(s) without an image extension left out, e.g. %s", len(rest), rest[0])
     if hidden:
         log.info("%d hidden or system file(s) left out, e.g. %s", len(hidden), hidden[0])
     if not files:

@@ -95,6 +95,38 @@ def test_list_inputs_takes_image_files_only(input_folder):
         list_inputs(inp / "nowhere")
 
 
+def test_microscope_files_are_named_with_how_to_export_them(tmp_path, caplog):
+    """A folder of a microscope's own files (Zeiss CZI, Nikon ND2, …) is not silently empty: ana-predict names
+    them and says to export them as TIFF, and a training folder lists them as bad files saying the same."""
+    import logging
+
+    from PIL import Image
+
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.taxonomy import Taxonomy
+
+    (tmp_path / "in").mkdir()
+    for name in ("a.czi", "b.ND2", "notes.txt"):
+        (tmp_path / "in" / name).write_bytes(b"\x00" * 64)
+    with pytest.raises(FileNotFoundError, match=r"2 microscope file\(s\) \(Nikon ND2, Zeiss CZI.*OME-TIFF"):
+        list_inputs(tmp_path / "in")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "c.png")
+    with caplog.at_level(logging.INFO, logger="ana_lightning.predict.io"):
+        assert list_inputs(tmp_path / "in") == [tmp_path / "in" / "c.png"]
+    said = {r.levelname: r.getMessage() for r in caplog.records}
+    assert (
+        "2 microscope file(s)" in said["WARNING"] and "1 file(s) without an image extension" in said["INFO"]
+    )
+    (tmp_path / "ds" / "AC-1").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ds" / "AC-1" / "c.png")
+    (tmp_path / "ds" / "AC-1" / "slide.lif").write_bytes(b"\x00" * 64)
+    _, bad = read_single_label_folder(tmp_path / "ds", Taxonomy.load(), on_bad_file="skip")
+    assert [b.reason for b in bad] == [
+        "a Leica LIF microscope file, not read here: export it as TIFF, e.g. in Fiji with Bio-Formats "
+        "(File > Save As > OME-TIFF keeps the channel names, by which DAPI and FITC are then read)"
+    ]
+
+
 def test_ana_predict_csv_json_and_bad_files(trained_checkpoint, input_folder, tmp_path):
     _, _, ckpt = trained_checkpoint
     inp, good, bad = input_folder
