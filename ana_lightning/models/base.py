@@ -61,6 +61,9 @@ class ANAModule(TemperatureMixin, L.LightningModule):
     task: ClassVar[str] = "single_label"
     #: constructor arguments that are not hyperparameters (besides ``optimizer`` and ``scheduler``).
     hparams_ignore: ClassVar[tuple[str, ...]] = ()
+    #: whether ``forward`` reads a batch of images on its own, so that the model summary at the start of a fit can
+    #: count FLOPs on one (a Siamese model also needs its support set).
+    summary_input: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -134,6 +137,18 @@ class ANAModule(TemperatureMixin, L.LightningModule):
             **self.checkpoint_metadata(),
         }
         self._save_temperature(checkpoint)
+
+    def setup(self, stage: str) -> None:
+        """Before a fit: one blank image of the datamodule's size as ``example_input_array``, so the model summary
+        counts FLOPs (and input/output sizes) instead of showing 0. Counted in evaluation mode, as Lightning does:
+        a cell model with test-time augmentation shows its 8 views. Not for a compiled module
+        (``trainer.compile``), which would compile that one-image evaluation graph as well."""
+        super().setup(stage)
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        size = getattr(dm, "hparams", {}).get("image_size") if dm is not None else None
+        wanted = stage == "fit" and self.summary_input and not getattr(self, "_ana_compiled", False)
+        if wanted and isinstance(size, int) and self.example_input_array is None:
+            self.example_input_array = torch.zeros(1, 3, size, size)
 
     # ------------------------------------------------------------------ inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -111,6 +111,7 @@ class SiameseClassifier(ANAModule):
 
     task = "single_label"
     hparams_ignore = ("class_weights",)
+    summary_input = False  # forward scores against the support set, embedded only after training
 
     def __init__(
         self,

@@ -406,3 +406,25 @@ def test_a_hyperparameter_search_on_val_without_a_validation_split_is_refused(mo
     monkeypatch.setattr(train_mod, "_sweeping_hyperparameters", lambda: True)
     with pytest.raises(ValueError, match=r"optimized_metric=val/mca.*split_fractions=\[0.6,0.2,0.2\]"):
         train_mod._without_validation(cfg, sizes)
+
+
+@pytest.mark.parametrize("model", ["default", "cell_resnet10t", "siamese"])
+def test_the_model_summary_counts_flops_on_an_input_of_the_datamodules_size(model, tiny_folder, tmp_path):
+    """The summary at the start of a fit ran no input through the model, so it showed 0 FLOPs: the model now
+    takes one blank image of data.image_size as its example input. A Siamese model, which scores against a
+    support set embedded after training, keeps none (and still trains)."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    overrides = [o for o in tiny_train_overrides(tiny_folder) if "enable_model_summary" not in o]
+    cfg = compose(
+        "train",
+        overrides + ["debug=fdr", f"model={model}", "trainer.enable_model_summary=true"],
+        output_dir=tmp_path / "run",
+    )
+    _, objs = train(cfg)
+    net = objs["model"]
+    if model == "siamese":
+        assert net.example_input_array is None
+        return
+    assert tuple(net.example_input_array.shape) == (1, 3, 32, 32)
+    assert ModelSummary(net).total_flops > 0
