@@ -256,10 +256,12 @@ def export_model(
     else:
         ckpt_path = Path(ckpt_path).expanduser()
         model, meta = load_model(ckpt_path, map_location="cpu", trust_checkpoint=trust_checkpoint)
-        if support:  # read at the bit depth the model was trained at (its data.bit_depth)
-            from .data.images import set_bit_depth
+        if support:  # read as the model's run read its files (its data.bit_depth and data.channels)
+            from .data.images import set_bit_depth, set_channels
 
-            set_bit_depth(export_scale(ckpt_path).get("bit_depth"))
+            reading = export_scale(ckpt_path)
+            set_bit_depth(reading.get("bit_depth"))
+            set_channels(reading.get("channels"))
         use_support(model, support)
     ckpt_path = Path(ckpt_path)
     model = model.float().eval()

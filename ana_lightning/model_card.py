@@ -377,6 +377,19 @@ def _bit_depth(info: ModelInfo) -> list[str]:
     ]
 
 
+def _channels(info: ModelInfo) -> list[str]:
+    """The order its training TIFFs of several channels were read in (``data.channels``)."""
+    roles = info.extra.get("channels")
+    if not roles:
+        return []
+    return [
+        f"- Trained on TIFFs of {len(roles)} channels read in the order `data.channels=[{','.join(roles)}]` (FITC to "
+        "green, DAPI to blue, the rest left out). `ana-predict` and `ana-app` read such files so by default "
+        "(`channels=auto`); files of another microscope need their own `channels=` (or `channels=null` when they "
+        "name their channels)"
+    ]
+
+
 def _names_centromere_and_speckled(class_names: Sequence[str], tree) -> bool:
     """Whether a model's outputs include a centromere and a speckled class (contest names such as
     ``Centromere`` / ``Speckled``, ICAP codes such as ``AC-3`` / ``AC-4``, or the tree's node names)."""
@@ -449,6 +462,7 @@ def write_model_card(
         f"{info.image_size}, {info.image_size}), any batch size N",
         *cell_lines,
         *_bit_depth(info),
+        *_channels(info),
         f"- Output: `probabilities` (N, {len(decision_rule(info).output_names)}) in the order "
         + (
             "level-1 nodes, level-2 nodes, then the leaves below"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data.images import bit_depth, check_bit_depth, set_bit_depth
+from ..data.images import bit_depth, channels, check_bit_depth, check_channels, set_bit_depth, set_channels
 from ..data.readers import reader_class
 from .predictor import Predictor
 
@@ -30,6 +30,7 @@ __all__ = [
     "model_bit_depth",
     "agreed_bit_depth",
     "use_bit_depth",
+    "use_channels",
     "field_mode",
 ]
 
@@ -40,8 +41,9 @@ FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_
 def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     """What a checkpoint says about the scale and input its model was trained on:
     ``{"nucleus_diameter_px": float | None, "input_kind": "field" | "cell" | None,
-    "cell_mask": "apply" | "channel" | "none", "crop_fraction": float | None, "bit_depth": int | None}``
-    (``bit_depth``: ``data.bit_depth``, the camera bit depth its files with more than 8 bits were read at).
+    "cell_mask": "apply" | "channel" | "none", "crop_fraction": float | None, "bit_depth": int | None,
+    "channels": tuple | None}`` (``bit_depth``: ``data.bit_depth``, the camera bit depth its files with more than
+    8 bits were read at; ``channels``: ``data.channels``, the order its TIFFs of several channels were read in).
 
     Read from the datamodule hyperparameters Lightning stores in the checkpoint
     (``data.nucleus_diameter_px``; ``data.input_kind``, or ``data.reader`` a contest cell layout →
@@ -58,6 +60,7 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
         "cell_mask": "none",
         "crop_fraction": None,
         "bit_depth": None,
+        "channels": None,
     }
     p = Path(str(ckpt_path or ""))
     if not ckpt_path or p.suffix.lower() not in (".ckpt", ".pt", ".pth") or not p.is_file():
@@ -90,6 +93,10 @@ def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
         out["bit_depth"] = check_bit_depth(meta.get("bit_depth", dm.get("bit_depth")), "data.bit_depth")
     except ValueError:  # not a depth this version reads: nothing said
         out["bit_depth"] = None
+    try:
+        out["channels"] = check_channels(meta.get("channels", dm.get("channels")), "data.channels")
+    except ValueError:
+        out["channels"] = None
     return out
 
 
@@ -98,23 +105,33 @@ def export_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
     ``ana-app`` read fields with it as with its checkpoint (cell or field model, nucleus scale, cell
     mask, framing); ``{}`` when the checkpoint says nothing of them."""
     scale = training_scale(ckpt_path)
-    depth = {"bit_depth": scale.pop("bit_depth")} if scale["bit_depth"] else {}
+    reading = {k: v for k in ("bit_depth", "channels") if (v := scale.pop(k))}
+    if "channels" in reading:
+        reading["channels"] = list(reading["channels"])
     if scale["input_kind"] is None and scale["nucleus_diameter_px"] is None:
-        return depth
-    return {**scale, **depth}
+        return reading
+    return {**scale, **reading}
 
 
-def model_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
-    """The bit depth ana-predict / ana-app read files with more than 8 bits at: the config's ``bit_depth``
-    when it is a number (or null), else (``auto``) the model's ``data.bit_depth``: what an exported file
-    carries in its metadata (:func:`export_scale`; with ``predictor``), else what its checkpoint stores (each
-    model of a ``pipeline.*``: they must agree); ``None`` = the file's own range."""
-    asked = cfg.get("bit_depth", "auto")
-    if str(asked).lower() != "auto":
-        return check_bit_depth(asked, "bit_depth")
-    exported = (getattr(getattr(predictor, "info", None), "extra", None) or {}).get("bit_depth")
+#: What ana-predict / ana-app read files with, as the model's run did (``auto``): the config key (= the ``data.``
+#: key), its check, and what a log line calls it.
+_READ_SETTINGS = {
+    "bit_depth": (check_bit_depth, "bit_depth=<the camera's>"),
+    "channels": (check_channels, "channels=[…] (their order)"),
+}
+
+
+def _model_setting(cfg: DictConfig, predictor: Predictor | None, key: str) -> Any:
+    """``cfg[key]`` when it is not ``auto``, else the model's ``data.<key>``: what an exported file carries in
+    its metadata (:func:`export_scale`; with ``predictor``), else what its checkpoint stores (each model of a
+    ``pipeline.*``: they must agree)."""
+    check, ask = _READ_SETTINGS[key]
+    asked = cfg.get(key, "auto")
+    if not (isinstance(asked, str) and asked.lower() == "auto"):
+        return check(asked, key)
+    exported = (getattr(getattr(predictor, "info", None), "extra", None) or {}).get(key)
     if exported:
-        return check_bit_depth(exported, "the model's data.bit_depth")
+        return check(exported, f"the model's data.{key}")
     from ..models.hierarchy_pipeline import pipeline_checkpoints
     from ..predict.loading import pipeline_args
 
@@ -124,19 +141,31 @@ def model_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int 
         if pipe
         else [cfg.get("ckpt_path") or getattr(predictor, "source", "")]
     )
-    return agreed_bit_depth(sources, "bit_depth=<the camera's>")
+    return _agreed(sources, key, ask)
+
+
+def model_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
+    """The bit depth ana-predict / ana-app read files with more than 8 bits at: the config's ``bit_depth``
+    when it is a number (or null), else (``auto``) the model's ``data.bit_depth`` (:func:`_model_setting`);
+    ``None`` = the file's own range."""
+    return _model_setting(cfg, predictor, "bit_depth")
+
+
+def _agreed(checkpoints: Sequence[str | Path], key: str, ask: str) -> Any:
+    """The ``data.<key>`` the checkpoints were trained with (:func:`training_scale`; ``None`` when none stores
+    one); models trained with different ones are a ``ValueError`` naming them and what to give (``ask``)."""
+    found = {v for v in (training_scale(c)[key] for c in checkpoints) if v}
+    if len(found) > 1:
+        raise ValueError(
+            f"the models of this pipeline were trained with different data.{key} ({sorted(found)}): give "
+            f"{ask} for these files"
+        )
+    return next(iter(found), None)
 
 
 def agreed_bit_depth(checkpoints: Sequence[str | Path], ask: str) -> int | None:
-    """The ``data.bit_depth`` the checkpoints were trained at (:func:`training_scale`; ``None`` when none stores
-    one); models trained at different depths are a ``ValueError`` naming them and what to give (``ask``)."""
-    depths = {d for d in (training_scale(c)["bit_depth"] for c in checkpoints) if d}
-    if len(depths) > 1:
-        raise ValueError(
-            f"the models of this pipeline were trained at different data.bit_depth ({sorted(depths)}): give "
-            f"{ask} for these files"
-        )
-    return next(iter(depths), None)
+    """The ``data.bit_depth`` the checkpoints were trained at (:func:`_agreed`)."""
+    return _agreed(checkpoints, "bit_depth", ask)
 
 
 def use_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
@@ -156,6 +185,26 @@ def use_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | 
             "the model's data.bit_depth" if auto else "bit_depth",
         )
     return depth
+
+
+def use_channels(cfg: DictConfig, predictor: Predictor | None = None) -> tuple[str, ...] | None:
+    """Read every multi-channel TIFF from now on with ``channels`` (``images.set_channels``): the config's order,
+    null (by the names each file gives its channels), or ``auto``: the model's ``data.channels``, so files of
+    the microscope it was trained on are read as its run read them. Called before and after the model is
+    loaded, as :func:`use_bit_depth`."""
+    before = channels()
+    auto = str(cfg.get("channels", "auto")).lower() == "auto"
+    if predictor is not None and auto and not (predictor.info.extra or {}).get("channels"):
+        return before
+    roles = set_channels(_model_setting(cfg, predictor, "channels"))
+    if roles and roles != before:
+        log.info(
+            "TIFFs of several channels are read as channels=[%s] (%s; channels=null: by the names each file gives "
+            "its channels)",
+            ",".join(roles),
+            "the model's data.channels" if auto else "channels",
+        )
+    return roles
 
 
 def model_input(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None]:

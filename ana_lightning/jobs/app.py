@@ -20,15 +20,13 @@ def run_app(cfg: DictConfig) -> Any:
     from ..utils import setup_torch
 
     setup_torch(cfg.get("torch_threads"))
-    from ..data.images import check_channels, set_channels
-    from ..fields.mode import use_bit_depth
+    from ..fields.mode import use_bit_depth, use_channels
 
-    set_channels(
-        check_channels(cfg.get("channels"), "channels")
-    )  # uploaded multi-channel TIFFs: fitc, dapi, skip
+    use_channels(cfg)  # uploaded TIFFs of channels: fitc, dapi, skip (auto: the checkpoint's data.channels)
     # uploads with more than 8 bits (and a support=… folder): bit_depth, auto = the model's data.bit_depth
     use_bit_depth(cfg)
     predictor = load_predictor(cfg, "ana-app")
+    use_channels(cfg, predictor)
     use_bit_depth(cfg, predictor)  # an exported file's, from its metadata
     demo = build_app(
         predictor,

@@ -22,12 +22,12 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     if not cfg.get("input"):
         raise ValueError("ana-predict needs input=<image file or folder>")
     setup_torch(cfg.get("torch_threads"))
-    from ..data.images import check_channels, set_channels
-    from ..fields.mode import use_bit_depth
+    from ..fields.mode import use_bit_depth, use_channels
 
-    set_channels(check_channels(cfg.get("channels"), "channels"))  # a multi-channel TIFF's: fitc, dapi, skip
+    use_channels(cfg)  # a TIFF of channels: fitc, dapi, skip (auto: the checkpoint's data.channels)
     use_bit_depth(cfg)  # bit_depth (auto: the checkpoint's data.bit_depth) before any file is read: support=…
     predictor = load_predictor(cfg, "ana-predict")
+    use_channels(cfg, predictor)
     use_bit_depth(cfg, predictor)  # … and an exported file's, from its metadata
     files = list_inputs(cfg.input)
     run_dir = Path(cfg.paths.output_dir)

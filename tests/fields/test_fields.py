@@ -377,6 +377,8 @@ def test_training_scale_is_stored_and_used(tmp_path):
         "input_kind": None,
         "cell_mask": "none",
         "crop_fraction": None,
+        "bit_depth": None,
+        "channels": None,
     }
     cfg = compose(
         "predict", [f"ckpt_path={ckpt}", f"input={root}", "progress=false"], output_dir=tmp_path / "p"
@@ -497,6 +499,7 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
         "cell_mask": "apply",
         "crop_fraction": None,
         "bit_depth": None,
+        "channels": None,
     }
     # the same reader given as a _target_ config (data.reader: {_target_: …I3A2014Reader, …})
     target = tmp_path / "target.ckpt"
@@ -510,6 +513,7 @@ def test_training_scale_reads_the_checkpoint(tmp_path):
         "cell_mask": "channel",
         "crop_fraction": None,
         "bit_depth": None,
+        "channels": None,
     }
     framed = tmp_path / "framed.ckpt"
     dm = {"reader": "i3a2014", "mask": "channel", "crop_fraction": 0.7}

@@ -434,7 +434,7 @@ def test_ana_predict_reads_a_tiff_of_channels_as_its_rgb_composite(trained_check
         cfg = compose(
             "predict",
             [f"ckpt_path={ckpt}", f"input={inp}", "progress=false", *extra],
-            output_dir=tmp_path / f"out{len(extra)}",
+            output_dir=tmp_path / f"out_{ckpt.stem}_{len(extra)}",
         )
         _, found = _read_csv(run_predict(cfg).csv_path)
         return {Path(r["path"]).name: r for r in found}
@@ -453,6 +453,27 @@ def test_ana_predict_reads_a_tiff_of_channels_as_its_rgb_composite(trained_check
     assert (
         max(np.abs(p(given[f"{i}_named.ome.tif"]) - p(given[f"{i}_rgb.png"])).max() for i in range(2)) > 1e-4
     )
+    # a model trained with data.channels reads such files as its run did (channels=auto), unless told otherwise
+    from ana_lightning.fields.mode import export_scale
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["datamodule_hyper_parameters"]["channels"] = ["dapi", "fitc"]
+    ckpt = tmp_path / "stacks.ckpt"
+    torch.save(state, ckpt)
+    assert export_scale(ckpt) == {"channels": ["dapi", "fitc"]}
+    auto, named = rows(), rows("channels=null")
+    for i in range(2):
+        assert np.allclose(p(auto[f"{i}_plain.tif"]), p(by_names[f"{i}_rgb.png"]), atol=1e-6)
+        assert named[f"{i}_plain.tif"]["status"] == "error"
+        assert np.allclose(p(named[f"{i}_named.ome.tif"]), p(by_names[f"{i}_rgb.png"]), atol=1e-6)
+    # an export carries it: its model card says so, and ana-predict's auto reads it from the metadata
+    from ana_lightning.export import run_export
+
+    result = run_export(compose("export", [f"ckpt_path={ckpt}", "format=onnx"], output_dir=tmp_path / "x"))
+    assert "`data.channels=[dapi,fitc]`" in result.card_path.read_text()
+    ckpt = result.model_path
+    exported = rows()
+    assert np.allclose(p(exported["0_plain.tif"]), p(by_names["0_rgb.png"]), atol=1e-5)
     with pytest.raises(ValueError, match=r"channels=.*exactly one fitc"):
         run_predict(
             compose(
