@@ -114,7 +114,7 @@ def export_scale(ckpt_path: str | Path | None) -> dict[str, Any]:
 
 
 #: What ana-predict / ana-app read files with, as the model's run did (``auto``): the config key (= the ``data.``
-#: key), its check, and what a log line calls it.
+#: key), its check, and what to give when a pipeline's models disagree.
 _READ_SETTINGS = {
     "bit_depth": (check_bit_depth, "bit_depth=<the camera's>"),
     "channels": (check_channels, "channels=[…] (their order)"),

@@ -58,7 +58,7 @@ CPU_DATA = {
     "render_size": 64,
     "n_hospital": 24,
     "n_patients": 8,
-    "cells_per_field": 3,
+    "cells_per_field": 1,  # synthetic cells: a rendered field is a specimen group, so 6 per class fill 3 splits
     "group_min_size": 2,
 }
 
