@@ -581,6 +581,11 @@ def _tiff_channels(data: bytes, path: str | Path, camera: bool, reason: str) -> 
     roles, given = channels(), ""
     if roles is not None and len(roles) != n:
         given = f"channels={','.join(roles)} names {len(roles)}"
+    elif roles is not None and names:
+        # an order set for all files (or the model's, channels=auto) never overrules what a file's names say
+        said = [_channel_role(name) for name in names]
+        if any(r in ("fitc", "dapi") and r != want for r, want in zip(said, roles, strict=True)):
+            given = f"channels={','.join(roles)} says otherwise (channels=null reads a file by its own names)"
     elif roles is None and names:
         roles = tuple(_channel_role(name) or "skip" for name in names)
         if roles.count("fitc") != 1 or roles.count("dapi") > 1:

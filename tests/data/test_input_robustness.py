@@ -111,7 +111,16 @@ def test_a_tiff_of_channels_reads_as_fitc_green_and_dapi_blue(tmp_path):
     ):
         load_image(tmp_path / "cy5.ome.tif")
     set_channels("fitc,skip,dapi")
-    assert np.array_equal(load_image(tmp_path / "ij.tif"), want)  # the user's order wins over the names
+    assert np.array_equal(load_image(tmp_path / "ij.tif"), want)  # the order the names say: read
+    assert set_channels("dapi,fitc") and np.array_equal(load_image(tmp_path / "f.ome.tif"), want)  # agrees
+    set_channels("fitc,dapi")
+    with pytest.raises(BadImageError, match=r"named DAPI, FITC-IgG; channels=fitc,dapi says otherwise"):
+        load_image(tmp_path / "f.ome.tif")  # an order never overrules what a file's names say
+    labels = {"axes": "CYX", "Labels": ["Ch1", "Ch2"]}  # names that say neither: the order set is read
+    tifffile.imwrite(tmp_path / "ch.tif", np.stack([dapi, fitc]), imagej=True, metadata=labels)
+    set_channels("dapi,fitc")
+    assert np.array_equal(load_image(tmp_path / "ch.tif"), want)
+    set_channels("fitc,skip,dapi")
     with pytest.raises(
         BadImageError, match=r"2 channels named DAPI, FITC-IgG; channels=fitc,skip,dapi names 3"
     ):
