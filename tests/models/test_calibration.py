@@ -158,6 +158,7 @@ def test_the_report_after_a_test_reads_the_tested_logits_without_a_second_pass(t
     folder, ``ana-eval split=all`` spent 2.5 of its 6 minutes there)."""
     from ana_lightning.models.hierarchical import MultiHeadClassifier
 
+    torch.manual_seed(0)  # the untrained network's weights, hence its ECE: not whatever earlier tests left
     names = ["AC-1", "AC-2", "AC-4"]
     x, y = _images(300, 3, 1.0, 0)
     if kind == "multilabel":
