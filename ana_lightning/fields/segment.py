@@ -158,9 +158,12 @@ def measure_nuclei(grey: np.ndarray, iterations: int = 2) -> tuple[float, int, s
         )
     # first guess: area-weighted median of inscribed diameters (isolated dots weigh little)
     dt = ndi.distance_transform_edt(fg)
-    idx = np.arange(1, n + 1)
-    r_in = ndi.maximum(dt, comp, idx)
-    area = ndi.sum(np.ones_like(dt), comp, idx)
+    # per component: the largest inscribed radius and the area (np.maximum.at: the same values as ndi.maximum,
+    # which takes about a second on a 4-megapixel field)
+    r_in = np.zeros(n + 1)
+    np.maximum.at(r_in, comp.ravel(), dt.ravel())
+    r_in = r_in[1:]
+    area = np.bincount(comp.ravel(), minlength=n + 1)[1:].astype(np.float64)
     keep = area >= 12
     if not keep.any():
         raise ValueError("no nucleus-like object found in the image (only specks): give nucleus_diameter_px")
