@@ -66,7 +66,11 @@ def cell_crops(
 
     if crop_from not in ("nuclei", "cells"):
         raise ValueError(f"crop_from={crop_from!r} must be 'nuclei' or 'cells'")
-    img = _grey3(image, seg.channel == "dapi") if grey else np.asarray(image)[..., :3].astype(np.uint8)
+    dapi = seg.channel == "dapi"  # a counterstain the cell models never saw: left out in grey and in colour
+    img = _grey3(image, dapi) if grey else np.asarray(image)[..., :3].astype(np.uint8)
+    if dapi and not grey:
+        img = img.copy()
+        img[..., 2] = 0
     lab = seg.nuclei if crop_from == "nuclei" else seg.cells
     h, w = lab.shape
     out = []

@@ -169,6 +169,9 @@ def test_cell_crops_leave_out_a_dapi_counterstain():
     for c in crops:
         r0, c0, r1, c1 = c.bbox
         assert np.array_equal(c.image[..., 0], img[r0:r1, c0:c1, :2].max(axis=2))
+    for c in cell_crops(img, seg, margin=0.1, grey=False):  # in colour too: FITC green, no DAPI blue
+        r0, c0, r1, c1 = c.bbox
+        assert np.array_equal(c.image[..., :2], img[r0:r1, c0:c1, :2]) and not c.image[..., 2].any()
     plain = sim_field("AC-22", 24, seed=1, size=200)[0]  # no DAPI: the brightest channel, as before
     seg = segment_field(plain, 24)
     c = cell_crops(plain, seg, margin=0.1)[0]
