@@ -243,6 +243,7 @@ def export_model(
         )
 
     args = pipeline_args(pipeline)
+    scale = None  # export_scale(ckpt_path), read once (it loads the checkpoint)
     if args is not None:
         if ckpt_path:
             raise ValueError("give either ckpt_path or pipeline.level1/level2/level3, not both")
@@ -259,9 +260,9 @@ def export_model(
         if support:  # read as the model's run read its files (its data.bit_depth and data.channels)
             from .data.images import set_bit_depth, set_channels
 
-            reading = export_scale(ckpt_path)
-            set_bit_depth(reading.get("bit_depth"))
-            set_channels(reading.get("channels"))
+            scale = export_scale(ckpt_path)
+            set_bit_depth(scale.get("bit_depth"))
+            set_channels(scale.get("channels"))
         use_support(model, support)
     ckpt_path = Path(ckpt_path)
     model = model.float().eval()
@@ -269,7 +270,10 @@ def export_model(
     # how its inputs are prepared (cell or field model, nucleus scale, cell mask, framing), so the
     # exported file reads a lab's fields as its checkpoint does (ana-predict, ana-app: fields.mode);
     # a contest-class model's class_nodes come with the checkpoint's metadata (load_model)
-    info = replace(info, extra={**info.extra, **export_scale(ckpt_path), **_cell_tta(model)})
+    info = replace(
+        info,
+        extra={**info.extra, **(scale if scale is not None else export_scale(ckpt_path)), **_cell_tta(model)},
+    )
     rule = decision_rule(info)
     module = ProbabilityModel(model, rule).eval()
     example = torch.randn(2, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(1))

@@ -51,6 +51,7 @@ def list_inputs(input: str | Path) -> list[Path]:
             continue
         (files if is_image_path(f) else other).append(f)
     vendor = [f for f in other if f.suffix.lower() in MICROSCOPE_FORMATS]
+    rest = [f for f in other if f.suffix.lower() not in MICROSCOPE_FORMATS]
     if vendor:
         kinds = sorted({MICROSCOPE_FORMATS[f.suffix.lower()] for f in vendor})
         said = (
@@ -59,8 +60,7 @@ def list_inputs(input: str | Path) -> list[Path]:
         if not files:
             raise FileNotFoundError(f"input={input}: no image files (.jpg, .png, .bmp, .tif); {said}")
         log.warning("%s", said)
-    if len(other) > len(vendor):
-        rest = [f for f in other if f not in vendor]
+    if rest:
         log.info("%d file(s) without an image extension left out, e.g. %s", len(rest), rest[0])
     if hidden:
         log.info("%d hidden or system file(s) left out, e.g. %s", len(hidden), hidden[0])
