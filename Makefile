@@ -12,8 +12,9 @@ ARGS ?=
 
 help:
 	@echo "make train      set up .venv if needed, then run ana-train (ARGS='key=value ...' to override)"
-	@echo "make test       set up .venv if needed, then run the test suite (slow tests excluded)"
+	@echo "make test       set up .venv if needed, then run the test suite (slow and dist tests excluded)"
 	@echo "make test-slow  the slow tests (notebook, longer training runs)"
+	@echo "make test-dist  the tests that start several processes (DDP ranks, sweeps, a killed run resumed)"
 	@echo "make test-cluster  the SLURM tests on a one-node SLURM started here (root; installs slurm-wlm, munge)"
 	@echo "make lint       ruff"
 
@@ -63,8 +64,11 @@ bench-predict: $(STAMP)
 bench-throughput: $(STAMP)
 	$(TEST_ENV) $(BIN)/python experiments/benchmarks/throughput.py $(ARGS)
 
+# Tests that start several processes (DDP ranks, multirun sweeps, a killed run resumed): each process
+# spends most of its time importing torch and Lightning, so they are kept out of `make test` and run
+# here; .ci/run runs them after `make test`.
 test-dist: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "slow or not slow" tests/jobs/test_ddp.py tests/config/test_sweeps.py tests/jobs/test_fault.py tests/data/test_cache.py $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m dist $(ARGS)
 
 # Jobs through a real SLURM: starts munged, slurmctld and slurmd on this machine (one node, config in a
 # temporary folder), runs the tests marked `cluster`, stops the daemons. Skips where not root / no apt.

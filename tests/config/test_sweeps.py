@@ -65,6 +65,7 @@ def data(tmp_path: Path) -> Path:
     return write_class_images(tmp_path / "data", {"AC-1": 8, "AC-2": 8})
 
 
+@pytest.mark.dist
 def test_grid_multirun_one_folder_and_one_wandb_run_per_job(data, tmp_path):
     _run(["-m", *_tiny(data), "model.optimizer.lr=0.01,0.02", "logger=wandb", "test=false"], tmp_path)
     sweep = _sweep_dir(tmp_path)
@@ -83,6 +84,7 @@ def test_grid_multirun_one_folder_and_one_wandb_run_per_job(data, tmp_path):
     assert groups == {f"train-{sweep.name}".encode()}  # both runs in the sweep's W&B group
 
 
+@pytest.mark.dist
 def test_optuna_sweep_under_ddp_samples_once_per_job(data, tmp_path):
     """Two Optuna trials, each a 2-process DDP job (ranks started by Lightning as new processes):
     every rank of a trial holds the trial's hyperparameters, in the trial's one folder."""

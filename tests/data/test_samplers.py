@@ -207,6 +207,7 @@ def test_lightning_keeps_the_sampler_one_process(tiny_mixed, tmp_path):
     _check_runs(tmp_path, single, n_hosp, world=1, epochs=2)
 
 
+@pytest.mark.dist
 def test_lightning_keeps_the_sampler_under_ddp_spawn(tiny_mixed, tmp_path):
     """2 CPU ranks (gloo), Lightning's default use_distributed_sampler=True: the ratio holds per rank."""
     dm, single, n_hosp = tiny_mixed

@@ -310,6 +310,7 @@ def _cmd(name: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProc
     return proc
 
 
+@pytest.mark.dist
 def test_a_sweep_stopped_part_way_is_finished_by_running_it_again_with_ckpt_path_last(tmp_path):
     """The README's recipe for a sweep that stopped part-way: the same sweep into its folder with
     ``ckpt_path=last``. The finished folds train nothing and keep their figures, the missing fold trains

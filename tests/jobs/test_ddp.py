@@ -22,6 +22,7 @@ from ana_lightning.utils import load_checkpoint_model
 from conftest import compose, tiny_train_overrides
 
 
+@pytest.mark.dist
 def test_ddp_spawn_trains_and_writes_one_folder(tiny_folder, tmp_path):
     run = tmp_path / "outputs" / "train" / "runs" / "job"
     cfg = compose(
@@ -153,6 +154,7 @@ class _SamplerProbe(L.LightningModule):
         Path(self.out_dir, f"rank{self.global_rank}.json").write_text(json.dumps(out))
 
 
+@pytest.mark.dist
 def test_our_samplers_survive_lightning_ddp(tmp_path):
     from ana_lightning.data import samplers  # the project's own module: an import error must fail, not skip
 
@@ -202,6 +204,7 @@ def test_our_samplers_survive_lightning_ddp(tmp_path):
     assert 0.3 < rare < 0.7  # 10 % of the data, about half of the draws
 
 
+@pytest.mark.dist
 def test_slurm_tasks_agree_on_one_job_folder(tiny_folder, tmp_path):
     """Two ranks started together the way srun starts them (same command, SLURM_PROCID 0 and 1)."""
     job = "4242"

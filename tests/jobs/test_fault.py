@@ -81,6 +81,7 @@ def _train_steps_per_epoch(run: Path) -> int:
     return -(-n // BATCH)
 
 
+@pytest.mark.dist
 def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     data = write_class_images(
         tmp_path / "data", {"AC-1": 12, "AC-2": 12, "AC-4": 12}
