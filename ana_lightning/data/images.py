@@ -3,10 +3,11 @@
 Every image becomes an ``H×W×3`` ``uint8`` RGB array, whatever it was on disk:
 
 - 8-bit RGB / grey / palette / RGBA (alpha dropped) JPEG, PNG, BMP, TIFF;
-- 16-bit (and 32-bit integer) grey or RGB, scaled by the *type's* full range (``/257`` for 16 bit),
+- 16-bit (and 32-bit integer) grey or RGB, scaled by the 16-bit range (``/257``),
   or by the camera's range when the bit depth is set (:func:`set_bit_depth`: ``data.bit_depth``,
   ``ana-predict bit_depth=``; 12 reads 0–4095 as 0–255), never by the image's own maximum, so a faint
-  negative stays faint;
+  negative stays faint; a 32-bit integer or floating-point file with values beyond 65535 is refused;
+- an animation (a GIF or PNG of several frames) is refused, as a stack of TIFF pages is: one field per file;
 - a TIFF of several channels (a multi-page, OME- or ImageJ-TIFF, as microscopes and Fiji save them) as the
   RGB composite the models read, FITC in green and DAPI in blue: which channel is which comes from the file's
   channel names, or from :func:`set_channels` (``data.channels``, ``ana-predict channels=``);
@@ -431,7 +432,14 @@ def _to_uint8_rgb(arr: np.ndarray, path: str | Path, camera: bool = True) -> np.
     elif arr.dtype in (np.int32, np.uint32, np.int16):
         # PIL's mode "I" holds 16-bit data in int32 ("I;16" TIFFs often arrive this way).
         hi = int(arr.max(initial=0))
-        top = _counts_top(hi, path) if hi <= 65535 or bit_depth() else float(np.iinfo(arr.dtype).max)
+        if hi > 65535 and not bit_depth():
+            # read as a share of 2**31 or 2**32 such a field would be black: refused, as floats above 65535 are
+            raise BadImageError(
+                path,
+                f"{arr.dtype.itemsize * 8}-bit integer image with values up to {hi}: not an 8-bit or 16-bit "
+                "range; export it as an 8- or 16-bit image",
+            )
+        top = _counts_top(hi, path)
         arr = (np.clip(arr.astype(np.float64), 0, None) / top * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(arr).all():
@@ -624,6 +632,13 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", camera: bool = True)
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImageError(
                         path, f"{img.width}×{img.height} pixels exceeds the limit of {MAX_PIXELS:,}"
+                    )
+                if img.format != "TIFF" and getattr(img, "is_animated", False) and img.format != "MPO":
+                    # a GIF / PNG / WebP animation (an MPO is a camera JPEG with its preview: its first picture)
+                    raise BadImageError(
+                        path,
+                        f"an animation of {img.n_frames} frames: one field per file; save the frame to read "
+                        "as a PNG or TIFF of its own",
                     )
                 frames = _full_pages(img) if img.format == "TIFF" else 1
                 if frames > 1:  # channels as pages (DAPI + FITC), or a stack

@@ -22,6 +22,35 @@ def _png(path, seed: int = 0, size: int = 24):
     return path
 
 
+def test_a_32_bit_integer_image_beyond_16_bits_is_refused_not_read_black(tmp_path):
+    """Counts above 65535 in a 32-bit integer file were read as a share of 2**31 (a black field, with no
+    word); they are refused as floating-point ones are. A 32-bit file of 16-bit counts reads as 16-bit."""
+    counts = np.linspace(0, 3000, 64).reshape(8, 8)
+    Image.fromarray(counts.astype(np.int32), "I").save(tmp_path / "i32.tif")
+    Image.fromarray(counts.astype(np.uint16)).save(tmp_path / "u16.tif")
+    assert np.array_equal(load_image(tmp_path / "i32.tif"), load_image(tmp_path / "u16.tif"))
+    Image.fromarray((counts * 100).astype(np.int32), "I").save(tmp_path / "huge.tif")
+    with pytest.raises(BadImageError, match=r"huge\.tif: 32-bit integer image with values up to 300000"):
+        load_image(tmp_path / "huge.tif")
+    mask = np.zeros((8, 8), np.int32)
+    mask[2:6, 2:6] = 70000  # a label image's label: a mask reads any non-zero value as the cell
+    Image.fromarray(mask, "I").save(tmp_path / "huge_mask.tif")
+    assert (load_image(tmp_path / "huge_mask.tif", camera=False)[..., 0] > 0).sum() == 16
+
+
+def test_an_animation_is_refused_not_read_as_its_first_frame(tmp_path):
+    """A GIF or PNG of several frames is several pictures; one of a single frame reads as an image."""
+    green = np.zeros((16, 16, 3), np.uint8)
+    green[..., 1] = 200
+    first, second = Image.fromarray(green), Image.fromarray(255 - green)
+    for ext in ("gif", "png"):
+        first.save(tmp_path / f"anim.{ext}", save_all=True, append_images=[second])
+        with pytest.raises(BadImageError, match=rf"anim\.{ext}: an animation of 2 frames"):
+            load_image(tmp_path / f"anim.{ext}")
+        first.save(tmp_path / f"still.{ext}")
+        assert load_image(tmp_path / f"still.{ext}")[..., 1].max() >= 190
+
+
 def test_big_endian_16_bit_tiff_reads_as_little_endian(tmp_path):
     """ImageJ / Fiji writes big-endian 16-bit TIFFs; they read exactly as the little-endian file does."""
     a = (np.arange(20 * 16, dtype=np.uint32).reshape(20, 16) * 200).astype(np.uint16)
