@@ -49,6 +49,11 @@ def test_an_animation_is_refused_not_read_as_its_first_frame(tmp_path):
             load_image(tmp_path / f"anim.{ext}")
         first.save(tmp_path / f"still.{ext}")
         assert load_image(tmp_path / f"still.{ext}")[..., 1].max() >= 190
+    # a camera JPEG that carries its preview (MPO: two pictures) is read as its first, full-size picture
+    first.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[first.resize((8, 8))])
+    with Image.open(tmp_path / "camera.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    assert load_image(tmp_path / "camera.jpg").shape == (16, 16, 3)
 
 
 def test_big_endian_16_bit_tiff_reads_as_little_endian(tmp_path):
