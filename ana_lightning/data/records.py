@@ -8,8 +8,11 @@ targets, datasets and reports all work on records, so a new layout is one reader
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
+import json
+import logging
 import os
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,22 +94,104 @@ class DatasetError(ValueError):
         super().__init__(msg)
 
 
+#: A file changed this recently may change again within the file system's clock tick without its size or
+#: times moving: its scan is not kept (git's "racily clean" rule).
+_SCAN_RACY_S = 2.0
+_SCAN_VERSION = "scan-v1"
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    """What says a file is unchanged: size, modification and change times (ns) and inode. Any write moves
+    the change time, which no tool can set back."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class _ScanCache:
+    """What :func:`scan_images` found for files that have not changed since: their sha256 and size, in one
+    JSON file per list of paths under ``<cache dir>/scans/`` (keyed also on how files are read now:
+    the bit depth and channel order, which decide whether a file is good). Only good files are kept, and
+    only files last changed more than two seconds before the scan; a cache that cannot be read or written
+    only makes the scan slower."""
+
+    def __init__(self, paths: Sequence[str], masks: frozenset[str], cache_dir: str | Path | None):
+        import hashlib
+        import time
+
+        from .cache import default_cache_dir
+        from .images import read_settings
+
+        h = hashlib.sha256(f"{_SCAN_VERSION}|{read_settings()}".encode())
+        for p in sorted(paths):
+            h.update(f"{p}|{int(p in masks)}\n".encode())
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.path = root / "scans" / f"{h.hexdigest()[:24]}.json"
+        self.started = time.time_ns()
+        self.entries: dict[str, list] = {}
+        self.new: dict[str, list] = {}
+        try:
+            self.entries = json.loads(self.path.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def get(self, path: str) -> tuple[str, tuple[int, int]] | None:
+        entry = self.entries.get(path)
+        if not entry:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if entry[:4] != _stat_key(st):
+            return None
+        self.new[path] = entry
+        return entry[4], (int(entry[5]), int(entry[6]))
+
+    def put(self, path: str, digest: str, shape: tuple[int, int]) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if max(st.st_mtime_ns, st.st_ctime_ns) < self.started - int(_SCAN_RACY_S * 1e9):
+            self.new[path] = [*_stat_key(st), digest, int(shape[0]), int(shape[1])]
+
+    def save(self) -> None:
+        if self.new == self.entries:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"version": _SCAN_VERSION, "files": self.new}))
+            os.replace(tmp, self.path)
+        except OSError as e:  # a read-only or full cache folder: only slower next time
+            logging.getLogger(__name__).debug("scan cache %s not written: %s", self.path, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
 def scan_images(
     paths: Sequence[Path],
     workers: int | None = None,
     progress: Callable | None = None,
     masks: Collection[str] = (),
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> tuple[dict[str, tuple[str, tuple[int, int]]], list[BadFile]]:
     """Decode every file once (catching truncated / unreadable ones) and hash its bytes.
 
     Returns ``{path: (sha256, (h, w))}`` for the good files and the list of bad ones. The paths in
     ``masks`` are cell masks (read as :func:`~.images.load_image` reads a mask: any non-zero pixel
     marks the cell): one that marks no pixel is a bad file. Threads are enough: decoding and hashing
-    release the GIL.
+    release the GIL. With ``cache`` a file found good before and unchanged since (size, times and inode)
+    is not decoded again (:class:`_ScanCache`, in ``cache_dir``, default
+    :func:`~.cache.default_cache_dir`): a run over a folder of large fields starts in seconds the second
+    time. A bad file is always read again.
     """
     good: dict[str, tuple[str, tuple[int, int]]] = {}
     bad: list[BadFile] = []
     masks = frozenset(masks)
+    known = _ScanCache([str(p) for p in paths], masks, cache_dir) if cache else None
+
+    found = {str(p): known.get(str(p)) for p in paths} if known is not None else {}
 
     def one(p: Path):
         try:
@@ -114,19 +199,31 @@ def scan_images(
             img, digest = read_and_hash(p, camera=not is_mask)
             if is_mask and not img.any():
                 return str(p), None, BadFile(str(p), "an empty mask (every pixel 0): it marks no cell")
+            if known is not None:
+                known.put(str(p), digest, img.shape[:2])
             return str(p), (digest, img.shape[:2]), None
         except BadImageError as e:
             return str(p), None, BadFile(str(p), e.reason)
 
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    todo = [p for p in paths if found.get(str(p)) is None]
+    if progress is not None:
+        for _ in range(len(paths) - len(todo)):
+            progress()
+    results: dict[str, tuple] = {}
     with ThreadPoolExecutor(workers) as pool:
-        for path, ok, err in pool.map(one, paths):
-            if err is not None:
-                bad.append(err)
-            else:
-                good[path] = ok
+        for r in pool.map(one, todo):
+            results[r[0]] = r
             if progress is not None:
                 progress()
+    for p in paths:  # in the order given
+        path, ok, err = results.get(str(p)) or (str(p), found[str(p)], None)
+        if err is not None:
+            bad.append(err)
+        else:
+            good[path] = ok
+    if known is not None:
+        known.save()
     return good, bad
 
 
