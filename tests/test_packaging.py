@@ -86,3 +86,28 @@ def test_installed_synth_composes_and_has_the_simulator_package(wheel_site, tmp_
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "_target_: ana_lightning.data.synthetic.generate_cell_dataset" in r.stdout
+
+
+def test_the_wheel_ships_the_licence_and_the_citation_matches_the_package(wheel_site):
+    """The licence pyproject.toml declares is the LICENSE the wheel carries, and CITATION.cff cites the
+    version and licence being installed (a release that bumps one and not the other fails here)."""
+    import re
+
+    import yaml
+
+    _, names = wheel_site
+    text = (REPO / "pyproject.toml").read_text()  # tomllib is Python >= 3.11; the project runs on 3.10
+    project = {
+        "version": re.search(r'^version = "([^"]+)"', text, re.M).group(1),
+        "license": {"text": re.search(r'^license = \{ text = "([^"]+)" \}', text, re.M).group(1)},
+    }
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert str(cff["version"]) == project["version"] and cff["license"] == project["license"]["text"]
+    assert (REPO / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert project["license"]["text"] == "Apache-2.0"
+    assert any(
+        n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names
+    ), sorted(n for n in names if "dist-info" in n)
+    for ref in cff["references"]:  # every reference says what it is and names who made it
+        assert ref["type"] and ref["title"] and ref["authors"]
