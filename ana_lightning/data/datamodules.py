@@ -317,9 +317,14 @@ class RecordDataModule(L.LightningDataModule):
         written before the key existed read as ``random``."""
         return self.hparams.get("split_order", "random")
 
+    #: Check the splits' sizes and classes (an empty split, a split without a class). ``ana-eval split=all``
+    #: sets it false: it scores every split as one set, so how the folder would split is not its business.
+    checks_splits = True
+
     def check_split_sizes(self, records: Sequence[ImageRecord], splits: dict[str, list[ImageRecord]]) -> None:
         """An empty split is an error when one group holds most images, else a warning (:func:`~.splits.check_split_sizes`)."""
-        check_split_sizes(records, splits, self.hparams.split_fractions, self.root)
+        if self.checks_splits:
+            check_split_sizes(records, splits, self.hparams.split_fractions, self.root)
 
     @property
     def together(self) -> list[list[str]]:

@@ -485,7 +485,9 @@ class HEp2HierarchyDataModule(RecordDataModule):
                 if self.level not in ("all",)
                 else []
             )
-            if missing:  # its MCA then averages over fewer classes (or counts the absent ones as 0)
+            # its MCA then averages over fewer classes (or counts the absent ones as 0); not said when every
+            # split is read as one (ana-eval split=all), where the splits are not what is scored
+            if missing and self.checks_splits:
                 log.warning(
                     "the %s split has no image of %s: too few groups per class for these split "
                     "fractions (see data.split_fractions, data.group_min_size)",

@@ -47,12 +47,13 @@ def evaluate_cross_dataset(
     overrides: dict[str, Any] = {"classes": None, "image_size": int(model.hparams.image_size)}
     if "level" in cfg.data and cfg.data.get("level") not in ("contest", "all"):
         overrides["level"] = "all"  # every image of the other dataset, whatever level its labels reach
+    split = cfg.get("split", "auto")
+    split = "all" if split == "auto" or not cfg.data.get("split_manifest") else split
     dm = build_datamodule(cfg, **overrides)
+    dm.checks_splits = split != "all"  # every image scored as one set: how the folder would split is no news
     dm.prepare_data()
     dm.setup("test")
     dm.set_normalization(model.hparams.mean, model.hparams.std)
-    split = cfg.get("split", "auto")
-    split = "all" if split == "auto" or not cfg.data.get("split_manifest") else split
     records = (
         [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
     )

@@ -85,6 +85,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if found is not None:
         overrides["split_manifest"] = str(found)
     dm = build_datamodule(cfg, **overrides)
+    reads_all = split == "all" or (split == "auto" and "split_manifest" not in overrides and not manifest)
+    dm.checks_splits = not reads_all  # an empty split, or one without a class, is no news when all are read
     dm.prepare_data()
     try:
         dm.setup("test")
@@ -96,6 +98,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             )
             overrides.pop("split_manifest")
             dm = build_datamodule(cfg, **overrides)
+            dm.checks_splits = False
             dm.prepare_data()
             dm.setup("test")
             split = "all"

@@ -142,6 +142,11 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     if found is not None:
         overrides["split_manifest"] = str(found)
     dm = build_datamodule(cfg, **overrides)
+    # every image scored as one set (split=all): how the folder would split is no news
+    dm.checks_splits = not (
+        split == "all"
+        or (split == "auto" and "split_manifest" not in overrides and not cfg.data.get("split_manifest"))
+    )
     try:
         dm.setup("test")
     except Exception as e:  # noqa: BLE001
@@ -153,6 +158,7 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
         )
         overrides.pop("split_manifest")
         dm = build_datamodule(cfg, **overrides)
+        dm.checks_splits = False
         dm.setup("test")
         split = "all"
     if split == "auto":

@@ -109,6 +109,35 @@ def test_eval_reuses_the_training_runs_data_settings(icpr_model, tmp_path):
     assert "images: 24" in (tmp_path / "ev" / "evaluated.txt").read_text()
 
 
+def test_eval_of_a_whole_folder_does_not_warn_about_classes_its_splits_lack(icpr_model, tmp_path, caplog):
+    """split=all scores every image as one set: that the folder's own test split lacks a class is no news
+    (it was a WARNING "the test split has no image of …" before), nor that its validation split is empty."""
+    from ana_lightning.pipeline import evaluate
+
+    _, ckpt = icpr_model
+    other = write_icpr2012_contest(tmp_path / "other_icpr", train_per_class=2, test_per_class=2, seed=3)
+    gone = []
+    for table in ("gt_test.csv", "test.csv"):  # no centromere cell in the official test folder
+        path = other / "test" / table
+        lines = path.read_text().splitlines()
+        if table == "gt_test.csv":
+            gone = [ln.split(";")[0] for ln in lines[1:] if ln.split(";")[1] == "centromere"]
+        path.write_text("\n".join(ln for ln in lines if ln.split(";")[0] not in gone) + "\n")
+    for i in gone:
+        for f in (other / "test").glob(f"{i}*.png"):
+            f.unlink()
+    assert gone
+    with caplog.at_level(logging.WARNING):
+        metrics, objs = evaluate(
+            compose(
+                "eval", [f"ckpt_path={ckpt}", f"data.root={other}", "split=all"], output_dir=tmp_path / "ev"
+            )
+        )
+    assert objs["split"] == "all" and "test/mca" in metrics
+    # training still says these: tests/models/test_cells.py, tests/data/test_splits.py
+    assert "split has no image of" not in caplog.text and "split(s) are empty" not in caplog.text
+
+
 def test_eval_on_the_training_data_says_so(icpr_model, tmp_path, caplog):
     from ana_lightning.pipeline import evaluate
 

@@ -2,12 +2,14 @@
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
+from ana_lightning.data.records import DatasetError
 from ana_lightning.models.classifier import SoftmaxClassifier
 from ana_lightning.pipeline import evaluate, train
 from ana_lightning.utils import CheckpointError, load_checkpoint_model
@@ -118,6 +120,30 @@ def test_eval_reproduces_test_metrics(trained_run, tmp_path, caplog):
     assert (
         f", {n_seen} of them in the training split of the model's run: not a figure on unseen images" in said
     )
+
+
+def test_eval_of_a_whole_folder_from_one_slide_is_not_refused_for_its_split(trained_run, tmp_path, caplog):
+    """A lab's folder whose images nearly all come from one slide cannot be split by group: training on it
+    is refused (one group holds most images). ``ana-eval split=all`` scores every image as one set, so it
+    reads such a folder; it was refused with the training error before."""
+    import shutil
+
+    root, run, _ = trained_run
+    lab = tmp_path / "lab"
+    for k, cls in enumerate(("AC-1", "ac-2", "AC10")):
+        for i, f in enumerate(sorted((root / cls).glob("*.png"))[:4]):
+            slide = "slide_b" if (k, i) == (2, 3) else "slide_a"
+            (lab / cls / slide).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, lab / cls / slide / f.name)
+    best = next((run / "checkpoints").glob("best-epoch*.ckpt"))
+    over = ["data=single_label", f"data.root={lab}", f"ckpt_path={best}", "callbacks.rich_progress_bar=null"]
+    with caplog.at_level(logging.WARNING):
+        metrics, objs = evaluate(compose("eval", [*over, "split=all"], output_dir=tmp_path / "all"))
+    assert objs["split"] == "all" and "test/mca" in metrics
+    assert len((tmp_path / "all" / "test_predictions.csv").read_text().strip().splitlines()) == 1 + 12
+    assert "split(s) are empty" not in caplog.text
+    with pytest.raises(DatasetError, match="One group, 'slide_a', holds 11 of the 12 images"):
+        train(compose("train", tiny_train_overrides(lab, epochs=1), output_dir=tmp_path / "train"))
 
 
 def test_eval_of_the_validation_split_names_its_figures_val(trained_run, tmp_path):
