@@ -120,11 +120,37 @@ class Taxonomy:
         """
         m = _CODE_ALONE.match(str(text))
         if not m:
-            raise LabelError(f"{text!r} is not an AC code (expected e.g. 'AC-3', 'ac-3', 'AC3' or 'ac_3')")
+            raise LabelError(
+                f"{text!r} is not an AC code (expected e.g. 'AC-3', 'ac-3', 'AC3' or 'ac_3'){self.name_hint(text)}"
+            )
         code = f"AC-{int(m.group(1))}"
         if code not in self.level1:
             raise LabelError(f"{text!r} is {code}, which is not in the class tree ({self._span()})")
         return code
+
+    def name_hint(self, text: str) -> str:
+        """``": <what it names>"`` when ``text`` (or one of its words) is a pattern's name rather than its code
+        (``Negative``, ``Centromere``, ``speckled``), for an error message; else ``""``. Names are never read as
+        classes: a folder or CSV label names AC codes."""
+        by_name = {n.lower(): c for c, n in self.names.items()}
+        by_name.update({"neg": "AC-0", "negative": "AC-0"})
+        level2: dict[str, list[str]] = {}
+        for c in self.codes:
+            level2.setdefault(self.level2[c].lower(), []).append(c)
+        words = [str(text)] + [t for t in _SEPARATORS.split(str(text)) if t]
+        for w in dict.fromkeys(x.strip().lower() for x in words):
+            if w in by_name:
+                c = by_name[w]
+                return f": {w!r} is the name of {c} ({self.names[c]}); name the class by its code, {c}"
+            if w in level2:
+                codes = level2[w]
+                if len(codes) == 1:
+                    return f": {w!r} is the pattern {codes[0]} ({self.names[codes[0]]}); name the class by its code, {codes[0]}"
+                return (
+                    f": {w!r} is the group of {', '.join(codes)} (level 2 of the tree); name each class by its AC "
+                    "code (data=hierarchy data.level=2 then trains on such groups)"
+                )
+        return ""
 
     def is_code(self, text: str) -> bool:
         try:
@@ -156,7 +182,9 @@ class Taxonomy:
         """
         codes, other = self.split_codes(name)
         if other:
-            raise LabelError(f"{name!r}: {', '.join(map(repr, other))} is not an AC code of the tree")
+            raise LabelError(
+                f"{name!r}: {', '.join(map(repr, other))} is not an AC code of the tree{self.name_hint(name)}"
+            )
         if not codes:
             raise LabelError(f"{name!r} names no AC code")
         return codes

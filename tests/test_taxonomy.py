@@ -86,3 +86,26 @@ def test_user_tree_file(tmp_path):
     bad.write_text("codes:\n  - {code: homogeneous, level1: a, level2: b}\n")
     with pytest.raises(ValueError, match="homogeneous"):
         Taxonomy.load(bad)
+
+
+def test_a_patterns_name_instead_of_its_code_is_refused_saying_which_code():
+    """A hospital folder named 'Negative' or 'Centromere', or a level-2 group such as 'speckled', is never read
+    as a class (names are not codes), but the error says which code it names."""
+    from ana_lightning.taxonomy import LabelError, Taxonomy
+
+    t = Taxonomy.load()
+    cases = {
+        "Negative": "'negative' is the name of AC-0 (Negative); name the class by its code, AC-0",
+        "Centromere": "'centromere' is the name of AC-3 (Centromere)",
+        "Homogeneous": "'homogeneous' is the pattern AC-1 (Nuclear homogeneous)",
+        "speckled": "'speckled' is the group of AC-2, AC-4, AC-5, AC-29 (level 2 of the tree)",
+        "AC-1 + negative": "'negative' is the name of AC-0",  # a multi-label folder with one name in it
+    }
+    for text, hint in cases.items():
+        for parse in (t.parse_code, t.parse_codes):
+            with pytest.raises(LabelError) as e:
+                parse(text)
+            assert hint in str(e.value), (parse.__name__, str(e.value))
+    with pytest.raises(LabelError) as e:  # an unrelated word gets no hint
+        t.parse_codes("cells")
+    assert str(e.value) == "'cells': 'cells' is not an AC code of the tree"
