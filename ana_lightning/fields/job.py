@@ -208,6 +208,7 @@ def run_field_predict(
         if cells_f is not None:
             cells_f.close()
     warn_overexposed(shares, "field")
+    _warn_if_cell_crops(results, kind)
     n_failed = sum(r.status != "ok" for r in results)
     if cfg.get("group_by"):
         rows = specimen_verdicts(
@@ -216,6 +217,25 @@ def run_field_predict(
         write_specimens(rows, names, out_dir)
     log.info("%d/%d field(s) predicted → %s", len(results) - n_failed, len(results), csv_path)
     return PredictSummary(len(results), n_failed, csv_path, None)
+
+
+def _warn_if_cell_crops(results: Sequence[FieldResult], kind: str) -> None:
+    """A folder of single-cell crops without masks beside them is read as fields (a cell model reads fields by
+    default): each crop then holds at most one cell and gets no verdict. Say so, with how to read them as
+    cells, when at least 4 in 5 of the fields read found at most one cell."""
+    read = [r for r in results if r.status == "ok"]
+    few = [r for r in read if r.n_cells <= 1]
+    if kind != "cell" or not read or len(few) < 0.8 * len(read):
+        return
+    log.warning(
+        "%d of the %d field(s) read held at most one cell (e.g. %s): if these images are single cells, not "
+        "fields, read each as one cell with fields=false, its mask beside it (<name>_mask.png or "
+        "masks/<name>.png); without masks, fields=false cell_mask=none crop_fraction=null reads them, not as the "
+        "model was trained",
+        len(few),
+        len(read),
+        Path(few[0].path).name,
+    )
 
 
 def _field_row(r: FieldResult, predictor) -> dict[str, str]:

@@ -332,6 +332,45 @@ def test_ana_predict_cell_model_per_cell_csv_and_insufficient_cells(
     assert rows and all(r["verdict"] == INSUFFICIENT for r in rows)
 
 
+def test_a_folder_of_cell_crops_read_as_fields_says_how_to_read_them_as_cells(
+    trained_checkpoint, field_folder, tmp_path, caplog
+):
+    """Single-cell crops without masks beside them are read as fields by a cell model: each holds one cell and
+    gets no verdict. A WARNING says how to read them as cells; a folder of fields gets none."""
+    import logging
+
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    img, _ = sim_field("AC-1", 30, seed=0, size=192)
+    seg = segment_field(img, 30.0)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for c in [c for c in cell_crops(img, seg, margin=0.1, grey=False) if not c.touches_border][:4]:
+        cv2.imwrite(str(crops / f"cell{c.label}.png"), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
+    assert len(list(crops.glob("*.png"))) == 4
+    said = {}
+    for name, folder in (("crops", crops), ("fields", field_folder)):
+        caplog.clear()
+        over = [
+            f"ckpt_path={ckpt}",
+            f"input={folder}",
+            "progress=false",
+            "model_kind=cell",
+            "nucleus_diameter_px=30",
+        ]
+        with caplog.at_level(logging.WARNING):
+            run_predict(compose("predict", over, output_dir=tmp_path / name))
+        rows = [r for r in _rows(tmp_path / name / "predictions.csv") if r["status"] == "ok"]
+        said[name] = [m for m in caplog.messages if "held at most one cell" in m]
+        if name == "crops":
+            assert len(rows) == 4 and all(
+                int(r["n_cells"]) <= 1 and r["verdict"] == INSUFFICIENT for r in rows
+            )
+    assert len(said["crops"]) == 1 and "4 of the 4 field(s) read" in said["crops"][0]
+    assert "fields=false" in said["crops"][0] and said["fields"] == []
+
+
 def test_field_model_without_a_stored_scale_is_refused_clearly(trained_checkpoint, field_folder, tmp_path):
     from ana_lightning.predict import run_predict
 
