@@ -488,11 +488,14 @@ class HEp2HierarchyDataModule(RecordDataModule):
             # its MCA then averages over fewer classes (or counts the absent ones as 0); not said when every
             # split is read as one (ana-eval split=all), where the splits are not what is scored
             if missing and self.checks_splits:
+                grouped = any(r.group for r in self.splits[s])
                 log.warning(
-                    "the %s split has no image of %s: too few groups per class for these split "
-                    "fractions (see data.split_fractions, data.group_min_size)",
+                    "the %s split has no image of %s: too few %s per class for these split fractions (see "
+                    "data.split_fractions%s)",
                     s,
                     ", ".join(missing),
+                    "groups" if grouped else "images",
+                    ", data.group_min_size" if grouped and self.reader in ("i3a2014", "icpr2012") else "",
                 )
         if self.hparams.get("extra_train"):
             # Stylized training images (ana-stylize): refused when made from val/test images.

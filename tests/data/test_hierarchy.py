@@ -128,3 +128,14 @@ def test_multi_label_records_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="single-label"):
         Multi(root=str(tmp_path), level=1).setup()
+
+
+def test_a_split_without_a_class_of_an_ungrouped_folder_says_images_not_groups(tmp_path, caplog):
+    """A class folder of 2 images cannot reach all three splits; the folder has no groups, so the warning
+    speaks of images (it said 'too few groups … data.group_min_size', a contest reader's key)."""
+    root = write_class_images(tmp_path / "d", {"AC-1": 12, "AC-3": 2}, size=16)
+    dm = HEp2HierarchyDataModule(root=str(root), level=3, image_size=16, cache_images=False)
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    said = [m for m in caplog.messages if "split has no image of AC-3" in m]
+    assert said and all("too few images per class" in m and "group_min_size" not in m for m in said)

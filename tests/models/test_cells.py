@@ -206,6 +206,10 @@ def test_contest_level_targets(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         lonely.setup()  # one group per class: two of the three splits lack each class
     assert "split has no image of" in caplog.text
+    assert (
+        "too few groups per class for these split fractions (see data.split_fractions, data.group_min_size)"
+        in (caplog.text)
+    )
     with pytest.raises(ValueError, match="needs a contest reader"):
         HEp2HierarchyDataModule(root=str(root), level="contest")
 
