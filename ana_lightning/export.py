@@ -243,13 +243,13 @@ def export_model(
         )
 
     args = pipeline_args(pipeline)
-    scale = None  # export_scale(ckpt_path), read once (it loads the checkpoint)
     if args is not None:
         if ckpt_path:
             raise ValueError("give either ckpt_path or pipeline.level1/level2/level3, not both")
         model, meta = load_pipeline(**args, trust_checkpoint=trust_checkpoint)
         ckpt_path = model.pipeline.write_bundle(out.with_name(out.name.split(".")[0] + "_pipeline.ckpt"))
         log.info("wrote the pipeline's bundle %s", ckpt_path)
+        scale = export_scale(ckpt_path)
     elif not ckpt_path:
         raise ValueError(
             "ana-export needs ckpt_path=<file.ckpt | bundle.ckpt> (or pipeline.level1=… level2=… level3=…)"
@@ -257,10 +257,10 @@ def export_model(
     else:
         ckpt_path = Path(ckpt_path).expanduser()
         model, meta = load_model(ckpt_path, map_location="cpu", trust_checkpoint=trust_checkpoint)
+        scale = export_scale(ckpt_path)  # read once: it loads the checkpoint
         if support:  # read as the model's run read its files (its data.bit_depth and data.channels)
             from .data.images import set_bit_depth, set_channels
 
-            scale = export_scale(ckpt_path)
             set_bit_depth(scale.get("bit_depth"))
             set_channels(scale.get("channels"))
         use_support(model, support)
@@ -270,10 +270,7 @@ def export_model(
     # how its inputs are prepared (cell or field model, nucleus scale, cell mask, framing), so the
     # exported file reads a lab's fields as its checkpoint does (ana-predict, ana-app: fields.mode);
     # a contest-class model's class_nodes come with the checkpoint's metadata (load_model)
-    info = replace(
-        info,
-        extra={**info.extra, **(scale if scale is not None else export_scale(ckpt_path)), **_cell_tta(model)},
-    )
+    info = replace(info, extra={**info.extra, **scale, **_cell_tta(model)})
     rule = decision_rule(info)
     module = ProbabilityModel(model, rule).eval()
     example = torch.randn(2, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(1))

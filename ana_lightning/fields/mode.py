@@ -168,43 +168,52 @@ def agreed_bit_depth(checkpoints: Sequence[str | Path], ask: str) -> int | None:
     return _agreed(checkpoints, "bit_depth", ask)
 
 
-def use_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
-    """Read every file from now on at :func:`model_bit_depth` (``images.set_bit_depth``) and say so when set.
-    Called before the model is loaded (``predictor=None``: the checkpoint's, read once; a Siamese support folder
-    is read as the model loads) and again after, where only an exported file's metadata can add to it."""
-    before = bit_depth()
-    auto = str(cfg.get("bit_depth", "auto")).lower() == "auto"
-    if predictor is not None and auto and not (predictor.info.extra or {}).get("bit_depth"):
+def _use(cfg: DictConfig, predictor: Predictor | None, key: str, current, setter, said) -> Any:
+    """Set how files are read from now on (``setter``) to :func:`_model_setting` and log ``said(value, source)``
+    when that changes it. Called before the model is loaded (``predictor=None``: the checkpoint's, read once; a
+    Siamese support folder is read as the model loads) and again after, where only an exported file's metadata
+    can add to it."""
+    before = current()
+    auto = str(cfg.get(key, "auto")).lower() == "auto"
+    if predictor is not None and auto and not (predictor.info.extra or {}).get(key):
         return before  # a checkpoint: already read before it loaded
-    depth = set_bit_depth(model_bit_depth(cfg, predictor))
-    if depth and depth != before:
-        log.info(
-            "files with more than 8 bits per pixel are read as %d-bit camera data: 0-%d is the full range (%s)",
-            depth,
-            2**depth - 1,
-            "the model's data.bit_depth" if auto else "bit_depth",
-        )
-    return depth
+    value = setter(_model_setting(cfg, predictor, key))
+    if value and value != before:
+        log.info(said(value, f"the model's data.{key}" if auto else key))
+    return value
+
+
+def use_bit_depth(cfg: DictConfig, predictor: Predictor | None = None) -> int | None:
+    """Read every file from now on at :func:`model_bit_depth` (``images.set_bit_depth``) and say so when set
+    (see :func:`_use`)."""
+    return _use(
+        cfg,
+        predictor,
+        "bit_depth",
+        bit_depth,
+        set_bit_depth,
+        lambda depth, source: (
+            f"files with more than 8 bits per pixel are read as {depth}-bit camera data: 0-{2**depth - 1} is the "
+            f"full range ({source})"
+        ),
+    )
 
 
 def use_channels(cfg: DictConfig, predictor: Predictor | None = None) -> tuple[str, ...] | None:
     """Read every multi-channel TIFF from now on with ``channels`` (``images.set_channels``): the config's order,
     null (by the names each file gives its channels), or ``auto``: the model's ``data.channels``, so files of
-    the microscope it was trained on are read as its run read them. Called before and after the model is
-    loaded, as :func:`use_bit_depth`."""
-    before = channels()
-    auto = str(cfg.get("channels", "auto")).lower() == "auto"
-    if predictor is not None and auto and not (predictor.info.extra or {}).get("channels"):
-        return before
-    roles = set_channels(_model_setting(cfg, predictor, "channels"))
-    if roles and roles != before:
-        log.info(
-            "TIFFs of several channels are read as channels=[%s] (%s; channels=null: by the names each file gives "
-            "its channels)",
-            ",".join(roles),
-            "the model's data.channels" if auto else "channels",
-        )
-    return roles
+    the microscope it was trained on are read as its run read them (see :func:`_use`)."""
+    return _use(
+        cfg,
+        predictor,
+        "channels",
+        channels,
+        set_channels,
+        lambda roles, source: (
+            f"TIFFs of several channels are read as channels=[{','.join(roles)}] ({source}; channels=null: by the "
+            "names each file gives its channels)"
+        ),
+    )
 
 
 def model_input(cfg: DictConfig, predictor: Predictor) -> tuple[str, float | None, str, float | None]:
