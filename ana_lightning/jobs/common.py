@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 __all__ = [
     "instantiate_list",
     "build_datamodule",
+    "scored_split",
     "build_trainer",
     "stage_of",
     "renamed",
@@ -55,6 +56,12 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule
 
         overrides["folds_manifest"] = default_folds_manifest(cfg)  # one per sweep (folds_manifest.csv)
     return instantiate(cfg.data, train_augment=augment, **overrides)
+
+
+def scored_split(split: str, has_manifest: bool) -> str:
+    """The split an evaluation scores: ``split=auto`` is a split manifest's test split when there is one, else
+    every image (``all``); any other value is itself."""
+    return split if split != "auto" else ("test" if has_manifest else "all")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> L.Trainer:

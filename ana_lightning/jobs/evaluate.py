@@ -23,6 +23,7 @@ from .common import (
     finish_wandb,
     headline,
     log_report_images,
+    scored_split,
     stage_of,
     test_loop_logged_as,
 )
@@ -85,8 +86,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if found is not None:
         overrides["split_manifest"] = str(found)
     dm = build_datamodule(cfg, **overrides)
-    reads_all = split == "all" or (split == "auto" and "split_manifest" not in overrides and not manifest)
-    dm.checks_splits = not reads_all  # an empty split, or one without a class, is no news when all are read
+    scored = scored_split(split, "split_manifest" in overrides or bool(manifest))
+    dm.checks_splits = scored != "all"  # an empty split, or one without a class, is no news when all are read
     dm.prepare_data()
     try:
         dm.setup("test")
@@ -101,11 +102,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             dm.checks_splits = False
             dm.prepare_data()
             dm.setup("test")
-            split = "all"
+            scored = "all"
         else:
             raise
-    if split == "auto":
-        split = "test" if "split_manifest" in overrides or manifest else "all"
+    split = scored
     dm.set_normalization(model.hparams.mean, model.hparams.std)
     if callable(
         getattr(model, "prepare_evaluation", None)

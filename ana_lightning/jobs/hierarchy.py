@@ -117,7 +117,7 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     from ..data.contest import masked_loader
     from ..data.images import load_image
     from ..data.splits import check_unseen, training_split_manifest
-    from .common import build_datamodule
+    from .common import build_datamodule, scored_split
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,11 +142,8 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     if found is not None:
         overrides["split_manifest"] = str(found)
     dm = build_datamodule(cfg, **overrides)
-    # every image scored as one set (split=all): how the folder would split is no news
-    dm.checks_splits = not (
-        split == "all"
-        or (split == "auto" and "split_manifest" not in overrides and not cfg.data.get("split_manifest"))
-    )
+    scored = scored_split(split, "split_manifest" in overrides or bool(cfg.data.get("split_manifest")))
+    dm.checks_splits = scored != "all"  # every image scored as one set: how the folder would split is no news
     try:
         dm.setup("test")
     except Exception as e:  # noqa: BLE001
@@ -160,9 +157,8 @@ def evaluate_hierarchy(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
         dm = build_datamodule(cfg, **overrides)
         dm.checks_splits = False
         dm.setup("test")
-        split = "all"
-    if split == "auto":
-        split = "test" if "split_manifest" in overrides or cfg.data.get("split_manifest") else "all"
+        scored = "all"
+    split = scored
     records = (
         [r for s in ("train", "val", "test") for r in dm.splits[s]] if split == "all" else dm.splits[split]
     )
