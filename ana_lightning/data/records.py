@@ -8,7 +8,6 @@ targets, datasets and reports all work on records, so a new layout is one reader
 from __future__ import annotations
 
 import codecs
-import contextlib
 import csv
 import io
 import json
@@ -157,15 +156,12 @@ class _ScanCache:
     def save(self) -> None:
         if self.new == self.entries:
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        from .synthetic.files import atomic_write
+
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"version": _SCAN_VERSION, "files": self.new}))
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps({"version": _SCAN_VERSION, "files": self.new}).encode())
         except OSError as e:  # a read-only or full cache folder: only slower next time
             logging.getLogger(__name__).debug("scan cache %s not written: %s", self.path, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
 
 
 def scan_images(
