@@ -495,7 +495,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
                     s,
                     ", ".join(missing),
                     "groups" if grouped else "images",
-                    ", data.group_min_size" if grouped and self.reader in CONTESTS else "",
+                    ", data.group_min_size" if grouped and str(self.reader) in CONTESTS else "",
                 )
         if self.hparams.get("extra_train"):
             # Stylized training images (ana-stylize): refused when made from val/test images.
