@@ -254,15 +254,6 @@ def mitotic_flags(grey: np.ndarray, nuclei: np.ndarray, d: float) -> np.ndarray:
                 )
         flags[p.label] = (plate and m >= 0.9 * ref) or holds_plate
     return flags
-    props = regionprops(nuclei, intensity_image=grey)
-    means = np.array([p.intensity_mean for p in props])
-    ref = float(np.median(means)) if means.size else 0.0
-    a0 = math.pi * d * d / 4.0
-    for p, m in zip(props, means, strict=True):
-        elong = p.axis_minor_length / max(p.axis_major_length, 1e-6)
-        plate = 0.12 * a0 <= p.area <= 0.65 * a0 and elong < 0.45 and p.solidity > 0.85  # a bar of chromatin
-        flags[p.label] = plate and m >= 0.9 * ref
-    return flags
 
 
 # ---------------------------------------------------------------------------------------------- segmenters
