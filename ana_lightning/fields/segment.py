@@ -63,7 +63,7 @@ def _log_grey(grey: np.ndarray) -> np.ndarray:
 
 
 def _foreground(grey: np.ndarray, d: float | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Nucleus foreground (holes filled), the smoothed image, and the polarity of the nuclei."""
+    """Nucleus foreground (holes filled: with ``d``, those smaller than a nucleus), the smoothed image, and the polarity of the nuclei."""
     from skimage.filters import threshold_otsu
     from skimage.morphology import disk
 
@@ -81,6 +81,13 @@ def _foreground(grey: np.ndarray, d: float | None) -> tuple[np.ndarray, np.ndarr
         hl, n = ndi.label(holes)
         if n >= 3:
             return _open(holes, r), sm, "dark"
+    if d is not None and holes.any():
+        # a hole larger than a nucleus is not inside one: it is the space that a ring of touching nuclei encloses
+        # (filled, a dense cluster became one object that the watershed could not split and the size filter dropped)
+        hl, _ = ndi.label(holes)
+        larger = np.bincount(hl.ravel()) > math.pi * d * d / 4.0
+        larger[0] = False
+        filled &= ~larger[hl]
     return _open(filled, r), sm, "bright"
 
 

@@ -122,6 +122,28 @@ def test_segmentation_finds_the_true_nuclei(d):
     assert _f1(np.roll(seg.nuclei, d, axis=1), m["nuclei"], mit) < 0.3
 
 
+def test_a_ring_of_touching_nuclei_is_split_not_filled_and_dropped():
+    """Touching nuclei around a gap larger than a nucleus (a dense field's cluster; ICAP AC-1 1473346177-0 had
+    ~50 nuclei so merged): the gap is space between nuclei, not a hole inside one. Filled, the ring became one
+    object the watershed could not split and the size filter dropped: no cell at all."""
+    d, n, size = 16, 12, 200
+    yy, xx = np.mgrid[:size, :size]
+    grey = np.zeros((size, size), np.float32)
+    radius = n * (d - 1) / (2 * np.pi)  # neighbours touch
+    for k in range(n):
+        cy, cx = size / 2 + radius * np.sin(2 * np.pi * k / n), size / 2 + radius * np.cos(2 * np.pi * k / n)
+        grey[(yy - cy) ** 2 + (xx - cx) ** 2 <= (d / 2) ** 2] = 0.8
+    img = (np.stack([0.2 * grey, grey, 0.2 * grey], -1) * 255).astype(np.uint8)
+    assert np.pi * (radius - d / 2) ** 2 > np.pi * d * d / 4  # the gap is larger than a nucleus
+    seg = segment_field(img, d)
+    assert seg.n == n
+    # a hole inside a nucleus (a nucleolar pattern's dim centre) is still filled: one nucleus per ring of stain
+    ring = ((yy - 100) ** 2 + (xx - 100) ** 2 <= 12**2) & ((yy - 100) ** 2 + (xx - 100) ** 2 > 5**2)
+    one = (np.stack([0.2 * ring, ring, 0.2 * ring], -1) * 200).astype(np.uint8)
+    seg = segment_field(one, 24)
+    assert seg.n == 1 and (seg.nuclei[100, 100] == 1)
+
+
 def test_mitotic_cells_are_flagged():
     hits = total = 0
     for seed in range(3):
