@@ -5,16 +5,17 @@ field's scale, predicts each field (:class:`~.predictor.FieldPredictor`), writes
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..progress import tracked
-from .predictor import FieldPredictor, FieldResult, Predictor
+from .predictor import FieldCut, FieldCutter, FieldPredictor, FieldResult, Predictor
 from .scale import NUCLEUS_DIAMETER_UM, ScaleEstimate, resolve_scale
 from .specimens import specimen_verdicts, write_specimens
 
@@ -58,28 +59,50 @@ def _groups(
     return {f: found[f][0] for f in files}
 
 
+def _scale_of(job: tuple[Path, int, float | None, float | None, float]) -> ScaleEstimate | tuple[str, str]:
+    """One field's scale (:func:`_scales`), or ``("bad", reason)`` for a file that cannot be read, or
+    ``("failed", why)`` when the image gives none. A module function: worker processes run it."""
+    from ..data.images import BadImageError, load_image
+    from ..predict.predictor import _check_size
+
+    f, max_bytes, diameter_px, pixel_size, diameter_um = job
+    try:
+        _check_size(f, max_bytes)  # an oversized file is an error row, never decoded (as in image mode)
+        return resolve_scale(load_image(f), diameter_px, pixel_size, diameter_um)
+    except BadImageError as e:
+        return ("bad", e.reason)
+    except ValueError as e:
+        return ("failed", str(e))
+
+
 def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, ScaleEstimate | str]:
     """Every field's scale; an unreliable estimate is replaced by the median of the reliable ones of
     the same group, else of the whole input."""
-    from ..data.images import BadImageError, load_image
-    from ..predict.predictor import _check_size, max_bytes_of
+    from ..predict.predictor import max_bytes_of
 
     max_bytes = max_bytes_of(cfg.get("max_file_mb", 512))
+    jobs = [
+        (
+            f,
+            max_bytes,
+            cfg.get("nucleus_diameter_px"),
+            cfg.get("pixel_size"),
+            cfg.get("nucleus_diameter_um") or NUCLEUS_DIAMETER_UM,
+        )
+        for f in files
+    ]
     out: dict[Path, ScaleEstimate | str] = {}
     failed: dict[Path, str] = {}
-    for f in tracked(files, len(files), "estimating scale", cfg.get("progress", True)):
-        try:
-            _check_size(f, max_bytes)  # an oversized file is an error row, never decoded (as in image mode)
-            out[f] = resolve_scale(
-                load_image(f),
-                cfg.get("nucleus_diameter_px"),
-                cfg.get("pixel_size"),
-                cfg.get("nucleus_diameter_um") or NUCLEUS_DIAMETER_UM,
-            )
-        except BadImageError as e:
-            out[f] = e.reason
-        except ValueError as e:
-            failed[f] = str(e)
+    found = ordered_map(_scale_of, jobs, _workers(cfg))
+    for f, s in zip(
+        files, tracked(found, len(files), "estimating scale", cfg.get("progress", True)), strict=True
+    ):
+        if isinstance(s, ScaleEstimate):
+            out[f] = s
+        elif s[0] == "bad":
+            out[f] = s[1]
+        else:
+            failed[f] = s[1]
             out[f] = ScaleEstimate(float("nan"), "estimated", reliable=False)
     good = {f: s for f, s in out.items() if isinstance(s, ScaleEstimate) and s.reliable}
     everyone = [s.diameter_px for s in good.values()]
@@ -101,6 +124,42 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
                     f"no nucleus scale: {failed.get(f, 'no reliable estimate')}; give nucleus_diameter_px or pixel_size"
                 )
     return out
+
+
+def _workers(cfg) -> int:
+    """``num_workers``: processes that read and segment fields while this one runs the model (0: none)."""
+    value = cfg.get("num_workers", 0) or 0
+    try:
+        n = int(value)
+        ok = n == float(value) and n >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"num_workers={value!r}: the number of worker processes, an integer ≥ 0 (0: none)")
+    return n
+
+
+def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> Iterator[Any]:
+    """``fn(job)`` for every job, in order: in this process (``workers=0``), or in ``workers`` processes
+    with at most two jobs per worker done ahead of the one consumed (the results of a long input never
+    pile up in memory). A job's exception is raised here, as in this process."""
+    if workers <= 0:
+        yield from map(fn, jobs)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork where there is one (Linux: no re-import; the read settings are environment variables either way)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    it = iter(jobs)
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pending = deque(pool.submit(fn, job) for job in itertools.islice(it, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for job in itertools.islice(it, 1):
+                pending.append(pool.submit(fn, job))
+            yield result
 
 
 def field_columns(names: Sequence[str]) -> list[str]:
@@ -135,7 +194,7 @@ def run_field_predict(
     mode: tuple[str, float | None, str, float | None],
 ) -> PredictSummary:
     """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
-    from ..data.images import BadImageError, load_image, saturated_share, warn_overexposed
+    from ..data.images import warn_overexposed
     from ..predict import PredictSummary, _output_paths
     from .overlay import class_colours, draw_overlay, save_png
 
@@ -180,23 +239,25 @@ def run_field_predict(
         with open(csv_path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=field_columns(names))
             w.writeheader()
-            for f in tracked(files, len(files), "predicting fields", cfg.get("progress", True)):
+            cutter = fp.cutter
+            cuts = ordered_map(_cut_field, [(f, scales[f], cutter, overlays) for f in files], _workers(cfg))
+            for f, got in zip(
+                files, tracked(cuts, len(files), "predicting fields", cfg.get("progress", True)), strict=True
+            ):
                 s = scales[f]
                 res = FieldResult(str(f), group=groups[f])
-                try:
-                    if isinstance(s, str):
-                        raise BadImageError(f, s)
-                    image = load_image(f)
-                    shares.append((str(f), saturated_share(image)))
-                    res, lab = fp.predict_field(image, s, str(f), want_overlay_labels=overlays)
+                if isinstance(got, str):
+                    res.status, res.error = "error", got
+                else:
+                    share, cut, image = got
+                    shares.append((str(f), share))
+                    res, lab = fp.read(cut, str(f))
                     res.group = groups[f]
                     if overlays and lab is not None:
                         title = f"{Path(f).name}: {';'.join(res.verdict)} ({res.n_used} {res.unit}, d={s.diameter_px:.0f}px)"
                         pic = draw_overlay(image, lab[0], lab[1], colours, title=title)
                         rel = Path(f).relative_to(input_root) if input_root.is_dir() else Path(Path(f).name)
                         res.overlay = str(save_png(out_dir / "overlays" / rel.with_suffix(".png"), pic))
-                except BadImageError as e:
-                    res.status, res.error = "error", e.reason
                 results.append(res)
                 w.writerow(_field_row(res, predictor))
                 if cells_f is not None and res.cells:
@@ -217,6 +278,22 @@ def run_field_predict(
         write_specimens(rows, names, out_dir)
     log.info("%d/%d field(s) predicted → %s", len(results) - n_failed, len(results), csv_path)
     return PredictSummary(len(results), n_failed, csv_path, None)
+
+
+def _cut_field(job: tuple[Path, ScaleEstimate | str, FieldCutter, bool]) -> tuple[float, FieldCut, Any] | str:
+    """Read one field and cut it for the model (:class:`~.predictor.FieldCutter`): ``(its saturated share,
+    the cut, the image when an overlay needs it)``, or the reason it cannot be read. A module function:
+    worker processes run it."""
+    from ..data.images import BadImageError, load_image, saturated_share
+
+    f, s, cutter, overlays = job
+    try:
+        if isinstance(s, str):
+            raise BadImageError(f, s)
+        image = load_image(f)
+        return saturated_share(image), cutter(image, s, overlays), image if overlays else None
+    except BadImageError as e:
+        return e.reason
 
 
 def _warn_if_cell_crops(results: Sequence[FieldResult], kind: str) -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from .combine import INSUFFICIENT, METHODS
-from .crops import cell_crops, tiles
+from .crops import CellCrop, cell_crops, tiles
 from .scale import ScaleEstimate
-from .segment import ClassicalSegmenter, build_segmenter, segment_field
+from .segment import ClassicalSegmenter, Segmentation, build_segmenter, segment_field
 
-__all__ = ["FieldResult", "FieldPredictor", "Predictor"]
+__all__ = ["FieldResult", "FieldPredictor", "FieldCut", "FieldCutter", "Predictor"]
 
 
 class Predictor(Protocol):
@@ -108,6 +108,22 @@ class FieldPredictor:
         # the decision rule's way: multi-label outputs are not renormalised, hierarchical ones combine level by level
         return self.p.rule.combine(probs, self.combine)
 
+    @property
+    def cutter(self) -> FieldCutter:
+        """What :meth:`predict_field` does before the model: picklable, for worker processes (``num_workers``)."""
+        return FieldCutter(
+            self.kind,
+            self.model_d,
+            int(self.p.info.image_size) if self.kind == "field" else 0,
+            self.tile_overlap,
+            self.segmenter,
+            self.crop_from,
+            self.crop_margin,
+            self.crop_grey,
+            self.cell_mask,
+            self.crop_fraction,
+        )
+
     def predict_field(
         self,
         image: np.ndarray,
@@ -116,18 +132,20 @@ class FieldPredictor:
         want_overlay_labels: bool = False,
     ) -> tuple[FieldResult, Any]:
         """One decoded field → its result, and (for overlays) ``(labels, label→class)``."""
-        res = FieldResult(path, scale=scale)
-        seg = None
+        return self.read(self.cutter(image, scale, want_overlay_labels), path)
+
+    def read(self, cut: FieldCut, path: str = "<field>") -> tuple[FieldResult, Any]:
+        """A field cut by :attr:`cutter` through the model → its result, and (when the cut kept its
+        segmentation, for overlays) ``(labels, label→class)``."""
+        res = FieldResult(path, scale=cut.scale)
+        seg = cut.seg
         if self.kind == "field":
-            factor = float(self.model_d) / scale.diameter_px
-            ts = list(tiles(image, factor, self.p.info.image_size, self.tile_overlap))
-            probs = self._probs([t.image for t in ts])
-            res.unit, res.n_used, res.factor = "tiles", len(ts), factor
+            probs = self._probs(cut.images)
+            res.unit, res.n_used, res.factor = "tiles", len(cut.images), cut.factor
             res.probs = self._combine(probs)
             res.verdict = self.p.decide(res.probs)
-            if want_overlay_labels:
-                seg = segment_field(image, scale.diameter_px, backend=self.segmenter)
-                centres = np.array([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (t.box for t in ts)])
+            if seg is not None:
+                centres = np.array([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in cut.boxes])
                 tile_cls = [self.names[int(np.argmax(p))] for p in probs]
                 lab_cls = {}
                 from scipy import ndimage as ndi
@@ -139,16 +157,7 @@ class FieldPredictor:
                 res.n_cells, res.n_mitotic = seg.n, int(seg.mitotic.sum())
                 return res, (seg.cells, lab_cls)
             return res, None
-        seg = segment_field(image, scale.diameter_px, backend=self.segmenter)
-        crops = cell_crops(
-            image,
-            seg,
-            crop_from=self.crop_from,
-            margin=self.crop_margin,
-            grey=self.crop_grey,
-            mask_mode=self.cell_mask,
-            fraction=self.crop_fraction,
-        )
+        crops = cut.crops
         res.unit, res.n_cells, res.n_mitotic = "cells", seg.n, int(seg.mitotic.sum())
         probs = self._probs([c.image for c in crops])
         used = np.array(
@@ -177,4 +186,68 @@ class FieldPredictor:
         if res.n_used:
             res.probs = self._combine(probs[used])
         res.verdict = self.p.decide(res.probs) if res.n_used >= max(self.min_cells, 1) else (INSUFFICIENT,)
-        return res, (seg.cells, lab_cls)
+        return res, ((seg.cells, lab_cls) if seg.cells.size else None)
+
+
+@dataclass
+class FieldCut:
+    """A field as a model reads it, cut without the model: tiles at the model's scale (``boxes``: where
+    each lies in the field) or one crop per segmented cell, and the segmentation (cells; tiles: only
+    when it was asked for, for overlays)."""
+
+    scale: ScaleEstimate
+    images: list[np.ndarray] = field(default_factory=list)
+    factor: float = 1.0
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    crops: list[CellCrop] = field(default_factory=list)
+    seg: Segmentation | None = None
+
+
+@dataclass(frozen=True)
+class FieldCutter:
+    """The model-free part of :meth:`FieldPredictor.predict_field` (segmentation, crops, tiles): its
+    settings and nothing else, so that worker processes can cut fields while the model reads others."""
+
+    kind: str
+    model_d: float | None
+    image_size: int
+    tile_overlap: float
+    segmenter: ClassicalSegmenter
+    crop_from: str
+    crop_margin: float
+    crop_grey: bool
+    cell_mask: str
+    crop_fraction: float | None
+
+    def __call__(
+        self, image: np.ndarray, scale: ScaleEstimate, want_overlay_labels: bool = False
+    ) -> FieldCut:
+        if self.kind == "field":
+            factor = float(self.model_d) / scale.diameter_px
+            ts = list(tiles(image, factor, self.image_size, self.tile_overlap))
+            seg = (
+                segment_field(image, scale.diameter_px, backend=self.segmenter)
+                if want_overlay_labels
+                else None
+            )
+            return FieldCut(scale, [t.image for t in ts], factor, [t.box for t in ts], seg=seg)
+        seg = segment_field(image, scale.diameter_px, backend=self.segmenter)
+        crops = cell_crops(
+            image,
+            seg,
+            crop_from=self.crop_from,
+            margin=self.crop_margin,
+            grey=self.crop_grey,
+            mask_mode=self.cell_mask,
+            fraction=self.crop_fraction,
+        )
+        # only the overlay needs the label maps (two int32 maps of the field) back from a worker
+        return FieldCut(scale, crops=crops, seg=seg if want_overlay_labels else _counts_only(seg))
+
+
+def _counts_only(seg: Segmentation) -> Segmentation:
+    """``seg`` without its label maps: what a field's result needs (cells found, mitotic flags)."""
+    empty = np.zeros((0, 0), np.int32)
+    return Segmentation(
+        empty, empty, seg.mitotic, seg.diameter_px, seg.channel, seg.polarity, seg.touches_border
+    )

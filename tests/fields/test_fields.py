@@ -297,6 +297,80 @@ def test_field_mode_shows_its_progress_unless_told_not_to(trained_checkpoint, fi
     assert "estimating scale" not in out and "predicting fields" not in out
 
 
+class _PidSegmenter:
+    """The classical segmenter, writing the id of the process each call runs in (for the num_workers test)."""
+
+    def __init__(self, log: str):
+        from ana_lightning.fields.segment import ClassicalSegmenter
+
+        self.log, self.inner = log, ClassicalSegmenter()
+
+    def nuclei(self, image, grey, diameter_px):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return self.inner.nuclei(image, grey, diameter_px)
+
+
+@pytest.mark.parametrize("model", ["cell", "tiles"])
+def test_field_mode_num_workers_cuts_fields_in_worker_processes_with_the_same_results(
+    trained_checkpoint, field_folder, tmp_path, model
+):
+    """num_workers=N: N processes read and segment the fields (both passes) while this one runs the model; the
+    predictions, cells.csv and overlays are those of num_workers=0, the broken file the same error row."""
+    from ana_lightning.predict import run_predict
+
+    _, _, ckpt = trained_checkpoint
+    args = (
+        [f"ckpt_path={ckpt}", f"input={field_folder}", "progress=false", "model_kind=cell", "min_cells=1"]
+        if model == "cell"
+        else _tile_args(ckpt, field_folder)
+    )
+    out = {}
+    for w in (0, 2):
+        log = tmp_path / f"pids{w}.txt"
+        seg = {"_target_": f"{__name__}._PidSegmenter", "log": str(log)}
+        cfg = compose(
+            "predict",
+            [*args, f"num_workers={w}", "overlays=true", "per_cell_csv=true"],
+            output_dir=tmp_path / f"w{w}",
+        )
+        cfg.segmenter = seg
+        summary = run_predict(cfg)
+        assert (summary.n_images, summary.n_failed) == (5, 1)
+        out[w] = summary.csv_path.read_text().replace(str(tmp_path / f"w{w}"), "<run>")
+        pids = set(log.read_text().split())
+        assert (pids == {str(os.getpid())}) if w == 0 else (pids and str(os.getpid()) not in pids)
+    assert out[2] == out[0]
+    if model == "cell":
+        assert (tmp_path / "w2" / "cells.csv").read_text() == (tmp_path / "w0" / "cells.csv").read_text()
+    pics = [
+        sorted(p.relative_to(tmp_path / f"w{w}") for p in (tmp_path / f"w{w}").rglob("*.png")) for w in (0, 2)
+    ]
+    assert len(pics[0]) >= 4 and pics[0] == pics[1]  # an overlay per field read
+    for rel in pics[0]:
+        assert np.array_equal(cv2.imread(str(tmp_path / "w0" / rel)), cv2.imread(str(tmp_path / "w2" / rel)))
+    with pytest.raises(ValueError, match="num_workers='two'"):
+        run_predict(compose("predict", [*args, "num_workers=two"], output_dir=tmp_path / "bad"))
+
+
+def test_ordered_map_keeps_the_order_reads_ahead_boundedly_and_raises_a_jobs_error():
+    from ana_lightning.fields.job import ordered_map
+
+    taken = []
+
+    def jobs():
+        for i in range(20):
+            taken.append(i)
+            yield i
+
+    results = ordered_map(abs, (-j for j in jobs()), 2)
+    assert next(results) == 0 and len(taken) <= 5  # at most two jobs per worker ahead of the one consumed
+    assert list(results) == list(range(1, 20))
+    with pytest.raises(TypeError):
+        list(ordered_map(abs, [1, "x", 3], 1))
+    assert list(ordered_map(abs, [-1, -2], 0)) == [1, 2]
+
+
 def test_field_mode_reports_oversized_files_without_reading_them(trained_checkpoint, field_folder, tmp_path):
     """max_file_mb holds in field mode too: a file over it is an error row naming the limit, the others are read."""
     from ana_lightning.predict import run_predict
