@@ -37,11 +37,14 @@ def true_nucleus_diameter(nuclei: np.ndarray) -> float:
 
 
 def sim_field(
-    code: str, diameter_px: float, seed: int, size: int = 384, dapi: bool = False
+    code: str, diameter_px: float, seed: int, size: int = 384, dapi: bool = False, crowding: float = 0.0
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``(image, masks)`` of one simulator field rendered at a nucleus diameter of ``diameter_px``."""
+    """``(image, masks)`` of one simulator field rendered at a nucleus diameter of ``diameter_px``
+    (``crowding``: from the default spacing, 0, to nuclei touching, 1; see ``render_field``)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(round(diameter_px * 10)), 77]))
-    return render_field(code, rng, size=size, dapi=dapi, nucleus_diameter_px=diameter_px, return_masks=True)
+    return render_field(
+        code, rng, size=size, dapi=dapi, nucleus_diameter_px=diameter_px, return_masks=True, crowding=crowding
+    )
 
 
 def write_sim_fields(

@@ -46,6 +46,35 @@ def test_simulator_renders_at_a_given_nucleus_diameter_with_masks():
         render_field("AC-1", np.random.default_rng(0), size=64, nucleus_diameter_px=500)
 
 
+def test_simulator_crowding_packs_nuclei_until_they_touch():
+    """crowding (0-1): a confluent culture for segmentation benchmarks; 0 renders the field it always did."""
+
+    def touching_share(m) -> float:
+        """Share of the nuclei with another nucleus among their 8 neighbouring pixels."""
+        from scipy import ndimage as ndi
+
+        nuc = m["nuclei"]
+        higher = ndi.grey_dilation(nuc, size=3) > nuc
+        lower = ndi.grey_erosion(np.where(nuc > 0, nuc, nuc.max() + 1), size=3) < nuc
+        return len(np.unique(nuc[(nuc > 0) & (higher | lower)])) / max(int(nuc.max()), 1)
+
+    plain = render_field(
+        "AC-1", np.random.default_rng(3), size=256, nucleus_diameter_px=16, return_masks=True
+    )
+    same = render_field(
+        "AC-1", np.random.default_rng(3), size=256, nucleus_diameter_px=16, return_masks=True, crowding=0
+    )
+    assert np.array_equal(plain[0], same[0]) and np.array_equal(plain[1]["nuclei"], same[1]["nuclei"])
+    dense = render_field(
+        "AC-1", np.random.default_rng(3), size=256, nucleus_diameter_px=16, return_masks=True, crowding=0.8
+    )
+    assert dense[1]["nuclei"].max() > 1.8 * plain[1]["nuclei"].max()  # more nuclei in the same field
+    assert touching_share(dense[1]) > touching_share(plain[1]) + 0.3
+    assert abs(true_nucleus_diameter(dense[1]["nuclei"]) / 16 - 1) < 0.2  # the nuclei keep their size
+    with pytest.raises(ValueError, match="crowding=2"):
+        render_field("AC-1", np.random.default_rng(0), size=64, crowding=2)
+
+
 def test_sim_fields_round_trip(tmp_path):
     root = write_sim_fields(tmp_path / "sim", ["AC-1", "AC-3"], [20, 40], size=128)
     rows = read_sim_fields(root)

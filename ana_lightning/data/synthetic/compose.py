@@ -65,6 +65,7 @@ def render_field(
     dapi: bool = False,
     nucleus_diameter_px: float | None = None,
     return_masks: bool = False,
+    crowding: float = 0.0,
 ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render one ``size x size x 3`` uint8 RGB field showing the ICAP pattern ``code``.
 
@@ -77,6 +78,8 @@ def render_field(
     ``return_masks=True`` returns ``(image, masks)`` with ``masks["cells"]`` and ``masks["nuclei"]``
     (int32 label maps, one label per cell, the same label for a cell and its nucleus; mitotic cells
     have no nucleus label) and ``masks["mitotic"]`` (bool per label, index 0 unused).
+    ``crowding`` (0-1): a denser culture, from the default spacing (0, the same field as before) to nuclei
+    touching their neighbours (1), as in confluent wells; for segmentation benchmarks.
 
     >>> render_field("AC-4", np.random.default_rng(0), size=64).shape
     (64, 64, 3)
@@ -87,7 +90,7 @@ def render_field(
         raise ValueError(
             f"nucleus_diameter_px={nucleus_diameter_px} must lie between 1 and the field size {size}"
         )
-    f = Field(rng, size, n_mit, need_telophase=needs_telophase(pos), scale=scale)
+    f = Field(rng, size, n_mit, need_telophase=needs_telophase(pos), scale=scale, crowding=crowding)
     img = _compose(f, pattern_signal(f, pos), negative=not pos, dapi=dapi)
     if not return_masks:
         return img
