@@ -239,3 +239,31 @@ def test_messages_name_the_first_few_files_then_how_many_more():
     assert first_few(["a.png", "b.png", "c.png", "d.png"], 2) == "a.png, b.png and 2 more"
     assert first_few([Path("x/a.png")], 3, "; ") == "x/a.png"
     assert first_few(["p", "q", "r"], 3, "; ") == "p; q; r"
+
+
+def test_a_key_the_command_lacks_gets_a_hint_with_the_key_it_likely_meant(monkeypatch, capsys):
+    """Hydra refuses an unknown key with "Could not override 'model'" and suggests adding it (+model=…), which
+    would run with the key ignored; after its message, each command names the keys it likely meant."""
+    from ana_lightning.cli.errors import unknown_key_hints
+    from ana_lightning.cli.predict import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr("sys.argv", ["ana-predict", "model=/models/best.ckpt", "input=fields", "tta=false"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "Could not override 'model'" in err  # Hydra's message first, then the hint
+    assert "hint: ana-predict has no key model: did you mean ckpt_path" in err
+    assert "input" not in err.split("hint:")[1]  # a mandatory key (input: ???) is a key it has
+
+    # nested keys, keys a group choice brings, the same key deeper down; nothing for keys that exist
+    (hint,) = unknown_key_hints("train", ["trainer.max_epoch=3", "data.root=x"])
+    assert "no key trainer.max_epoch: did you mean trainer.max_epochs" in hint
+    assert unknown_key_hints("train", ["data=hierarchy", "data.level=2", "+mine=1"]) == []
+    # without data=hierarchy the key is not there
+    assert "no key data.level" in unknown_key_hints("train", ["data.level=2"])[0]
+    assert "did you mean model.optimizer.lr" in unknown_key_hints("train", ["lr=0.1"])[0]
+    # a wrong group option is Hydra's to explain; the other keys are still checked
+    (hint,) = unknown_key_hints("train", ["model=nonexistent", "trainer.max_epoch=3"])
+    assert "trainer.max_epoch" in hint

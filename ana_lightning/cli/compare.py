@@ -6,11 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from ..resolvers import register_resolvers
-from .errors import user_errors
+from .errors import override_hints, user_errors
 
 register_resolvers()
 
 
+@override_hints("compare")
 @hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="compare")
 @user_errors
 def main(cfg: DictConfig) -> None:

@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ..resolvers import register_resolvers
-from .errors import user_errors
+from .errors import override_hints, user_errors
 
 register_resolvers()
 
@@ -130,6 +130,7 @@ def translate_legacy(args: Sequence[str]) -> list[str]:
     return out
 
 
+@override_hints("synth")
 @hydra.main(version_base="1.3", config_path="pkg://ana_lightning.conf", config_name="synth")
 @user_errors
 def _main(cfg: DictConfig) -> None:
