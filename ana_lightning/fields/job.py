@@ -221,11 +221,12 @@ def run_field_predict(
     input_root = Path(cfg.input).expanduser()
     groups = _groups(files, input_root, cfg.get("group_by"), cfg.get("group_column", "specimen"))
     log.info(
-        "field mode: %s model%s, combine=%s; estimating the scale of %d field(s)",
+        "field mode: %s model%s, combine=%s; estimating the scale of %d field(s)%s",
         kind,
         f" trained at nucleus diameter {model_d:g} px" if model_d else "",
         fp.combine,
         len(files),
+        f", read and segmented in {n} worker processes (num_workers)" if (n := _workers(cfg)) else "",
     )
     scales = _scales(files, groups, cfg)
     names = fp.names
