@@ -152,11 +152,19 @@ def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> 
 
     # fork where there is one (Linux: no re-import; the read settings are environment variables either way)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    from concurrent.futures.process import BrokenProcessPool
+
     it = iter(jobs)
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         pending = deque(pool.submit(fn, job) for job in itertools.islice(it, 2 * workers))
         while pending:
-            result = pending.popleft().result()
+            try:
+                result = pending.popleft().result()
+            except BrokenProcessPool:
+                raise RuntimeError(
+                    f"a worker process ended abruptly (num_workers={workers}): killed for memory, most likely, "
+                    "with several large fields held at once; run again with fewer workers, or num_workers=0"
+                ) from None
             for job in itertools.islice(it, 1):
                 pending.append(pool.submit(fn, job))
             yield result

@@ -398,6 +398,9 @@ def test_ordered_map_keeps_the_order_reads_ahead_boundedly_and_raises_a_jobs_err
     with pytest.raises(TypeError):
         list(ordered_map(abs, [1, "x", 3], 1))
     assert list(ordered_map(abs, [-1, -2], 0)) == [1, 2]
+    # a worker killed (out of memory, say) is an error that says what to do, not a pool's traceback
+    with pytest.raises(RuntimeError, match="num_workers=1.*fewer workers"):
+        list(ordered_map(os._exit, [3], 1))
 
 
 def test_field_mode_reports_oversized_files_without_reading_them(trained_checkpoint, field_folder, tmp_path):
