@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # only for the annotations: fields uses predict at run time i
 
     from ..predict import PredictSummary
 
-__all__ = ["run_field_predict", "field_columns"]
+__all__ = ["run_field_predict", "field_columns", "num_workers", "ordered_map"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
     ]
     out: dict[Path, ScaleEstimate | str] = {}
     failed: dict[Path, str] = {}
-    found = ordered_map(_scale_of, jobs, _workers(cfg))
+    found = ordered_map(_scale_of, jobs, num_workers(cfg))
     for f, s in zip(
         files, tracked(found, len(files), "estimating scale", cfg.get("progress", True)), strict=True
     ):
@@ -126,8 +126,9 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
     return out
 
 
-def _workers(cfg) -> int:
-    """``num_workers``: processes that read and segment fields while this one runs the model (0: none)."""
+def num_workers(cfg) -> int:
+    """``num_workers`` checked: worker processes (field mode: they read and segment fields while this one runs
+    the model; image mode: a DataLoader's); 0: none."""
     value = cfg.get("num_workers", 0) or 0
     try:
         n = int(value)
@@ -234,7 +235,7 @@ def run_field_predict(
         f" trained at nucleus diameter {model_d:g} px" if model_d else "",
         fp.combine,
         len(files),
-        f", read and segmented in {n} worker processes (num_workers)" if (n := _workers(cfg)) else "",
+        f", read and segmented in {n} worker processes (num_workers)" if (n := num_workers(cfg)) else "",
     )
     scales = _scales(files, groups, cfg)
     names = fp.names
@@ -249,7 +250,9 @@ def run_field_predict(
             w = csv.DictWriter(fh, fieldnames=field_columns(names))
             w.writeheader()
             cutter = fp.cutter
-            cuts = ordered_map(_cut_field, [(f, scales[f], cutter, overlays) for f in files], _workers(cfg))
+            cuts = ordered_map(
+                _cut_field, [(f, scales[f], cutter, overlays) for f in files], num_workers(cfg)
+            )
             for f, got in zip(
                 files, tracked(cuts, len(files), "predicting fields", cfg.get("progress", True)), strict=True
             ):

@@ -21,6 +21,9 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     """The ``ana-predict`` job: predict every image of ``cfg.input`` with ``cfg.ckpt_path``."""
     if not cfg.get("input"):
         raise ValueError("ana-predict needs input=<image file or folder>")
+    from ..fields.job import num_workers
+
+    workers = num_workers(cfg)  # checked before the model loads
     setup_torch(cfg.get("torch_threads"))
     from ..fields.mode import use_bit_depth, use_channels
 
@@ -90,7 +93,7 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     stream = predictor.predict_paths(
         files,
         batch_size=cfg.get("batch_size", 32),
-        num_workers=cfg.get("num_workers", 0),
+        num_workers=workers,
         max_file_mb=cfg.get("max_file_mb", 512),
         prefetch=bool(cfg.get("prefetch", False)),
         loader=loader,

@@ -561,3 +561,19 @@ def test_ana_predict_reads_16_bit_files_at_the_models_bit_depth(trained_checkpoi
     assert model_bit_depth(pipe(ck12, ck12)) == 12
     with pytest.raises(ValueError, match=r"different data.bit_depth \(\[12, 14\]\)"):
         model_bit_depth(pipe(ck12, ck14))
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "two"])
+def test_num_workers_is_checked_before_the_model_loads(tmp_path, value):
+    """A negative count used to mean no workers without a word (image mode); every mode now refuses it, naming
+    the value, before the slow part: the model file here does not even exist."""
+    from ana_lightning.predict import run_predict
+
+    (tmp_path / "in").mkdir()
+    cfg = compose(
+        "predict",
+        [f"ckpt_path={tmp_path / 'none.ckpt'}", f"input={tmp_path / 'in'}", f"num_workers={value}"],
+        output_dir=tmp_path / "run",
+    )
+    with pytest.raises(ValueError, match=f"num_workers={value!r}: the number of worker processes"):
+        run_predict(cfg)
