@@ -75,9 +75,11 @@ def _scale_of(job: tuple[Path, int, float | None, float | None, float]) -> Scale
         return ("failed", str(e))
 
 
-def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, ScaleEstimate | str]:
-    """Every field's scale; an unreliable estimate is replaced by the median of the reliable ones of
-    the same group, else of the whole input."""
+def _scales(
+    files: Sequence[Path], groups: dict[Path, str], cfg, workers: int = 0
+) -> dict[Path, ScaleEstimate | str]:
+    """Every field's scale (estimated in ``workers`` processes); an unreliable estimate is replaced by the
+    median of the reliable ones of the same group, else of the whole input."""
     from ..predict.predictor import max_bytes_of
 
     max_bytes = max_bytes_of(cfg.get("max_file_mb", 512))
@@ -93,7 +95,7 @@ def _scales(files: Sequence[Path], groups: dict[Path, str], cfg) -> dict[Path, S
     ]
     out: dict[Path, ScaleEstimate | str] = {}
     failed: dict[Path, str] = {}
-    found = ordered_map(_scale_of, jobs, num_workers(cfg))
+    found = ordered_map(_scale_of, jobs, workers)
     for f, s in zip(
         files, tracked(found, len(files), "estimating scale", cfg.get("progress", True)), strict=True
     ):
@@ -228,6 +230,7 @@ def run_field_predict(
     out_dir = csv_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     input_root = Path(cfg.input).expanduser()
+    workers = num_workers(cfg)
     groups = _groups(files, input_root, cfg.get("group_by"), cfg.get("group_column", "specimen"))
     log.info(
         "field mode: %s model%s, combine=%s; estimating the scale of %d field(s)%s",
@@ -235,9 +238,9 @@ def run_field_predict(
         f" trained at nucleus diameter {model_d:g} px" if model_d else "",
         fp.combine,
         len(files),
-        f", read and segmented in {n} worker processes (num_workers)" if (n := num_workers(cfg)) else "",
+        f", read and segmented in {workers} worker processes (num_workers)" if workers else "",
     )
-    scales = _scales(files, groups, cfg)
+    scales = _scales(files, groups, cfg, workers)
     names = fp.names
     colours = class_colours(names)
     overlays = bool(cfg.get("overlays", False))

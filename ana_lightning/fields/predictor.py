@@ -4,7 +4,7 @@ cell model) and its :class:`FieldResult`."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -85,14 +85,21 @@ class FieldPredictor:
             )
         self.p = predictor
         self.kind = model_kind
-        self.model_d = model_diameter_px
         self.combine = combine
         self.min_cells = int(min_cells)
-        self.tile_overlap = float(tile_overlap)
-        self.segmenter = build_segmenter(segmenter)  # a name (classical, cellpose) or a _target_ config
-        self.crop_from, self.crop_margin, self.crop_grey = crop_from, float(crop_margin), bool(crop_grey)
-        self.cell_mask = cell_mask
-        self.crop_fraction = crop_fraction
+        #: what :meth:`predict_field` does before the model: picklable, for worker processes (``num_workers``)
+        self.cutter = FieldCutter(
+            model_kind,
+            model_diameter_px,
+            int(predictor.info.image_size) if model_kind == "field" else 0,
+            float(tile_overlap),
+            build_segmenter(segmenter),  # a name (classical, cellpose) or a _target_ config
+            crop_from,
+            float(crop_margin),
+            bool(crop_grey),
+            cell_mask,
+            crop_fraction,
+        )
         self.use_border_cells = bool(use_border_cells)
         self.batch_size = max(1, int(batch_size))
         self.names = tuple(predictor.class_names)
@@ -107,22 +114,6 @@ class FieldPredictor:
     def _combine(self, probs: np.ndarray) -> np.ndarray:
         # the decision rule's way: multi-label outputs are not renormalised, hierarchical ones combine level by level
         return self.p.rule.combine(probs, self.combine)
-
-    @property
-    def cutter(self) -> FieldCutter:
-        """What :meth:`predict_field` does before the model: picklable, for worker processes (``num_workers``)."""
-        return FieldCutter(
-            self.kind,
-            self.model_d,
-            int(self.p.info.image_size) if self.kind == "field" else 0,
-            self.tile_overlap,
-            self.segmenter,
-            self.crop_from,
-            self.crop_margin,
-            self.crop_grey,
-            self.cell_mask,
-            self.crop_fraction,
-        )
 
     def predict_field(
         self,
@@ -248,6 +239,4 @@ class FieldCutter:
 def _counts_only(seg: Segmentation) -> Segmentation:
     """``seg`` without its label maps: what a field's result needs (cells found, mitotic flags)."""
     empty = np.zeros((0, 0), np.int32)
-    return Segmentation(
-        empty, empty, seg.mitotic, seg.diameter_px, seg.channel, seg.polarity, seg.touches_border
-    )
+    return replace(seg, nuclei=empty, cells=empty)
