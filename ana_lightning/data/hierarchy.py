@@ -44,7 +44,7 @@ from .images import BadFile
 from .masks import MASK_MODES, check_crop_fraction, masked_loader
 from .readers import Reader, build_reader
 from .records import DatasetError, ImageRecord
-from .splits import SPLITS, read_stylized_set
+from .splits import SPLITS, STYLIZED_MANIFEST, LeakageError, read_stylized_set
 from .transforms import build_transform
 
 __all__ = [
@@ -305,6 +305,66 @@ class HEp2HierarchyDataModule(RecordDataModule):
         )
         return kept
 
+    def _extra_train_records(self, folder: Path, records: Sequence[ImageRecord]) -> list[ImageRecord]:
+        """``data.extra_train``: a stylized set (ana-stylize; refused when made from val/test images), or a folder
+        in this run's own layout (e.g. cells cut from a lab's labelled fields), read with the run's reader and
+        settings and added to the **training split only**; an image identical to one of the validation or test
+        split is refused, images of classes this run does not have are left out (said in the log)."""
+        if (folder / STYLIZED_MANIFEST).is_file():
+            extra = read_stylized_set(
+                folder, self.all_splits, self.tree, all_records=records, on_bad_file=self.hparams.on_bad_file
+            )
+            kept = [r for r in extra if self._selected(r)]
+            log.info("extra_train: %d stylized image(s) added to the training split", len(kept))
+            return kept
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"data.extra_train={folder}: no such folder (a folder of images in this run's layout, "
+                f"data.reader={self.reader}, or a stylized set made with ana-stylize output=<folder>)"
+            )
+        if folder.resolve() == self.root.resolve():
+            raise ValueError(f"data.extra_train={folder} is data.root itself: its images are already split")
+        settings = {k: v for k, v in self.layout_reader.config().items() if k not in ("csv", "group_column")}
+        data = build_reader(settings).read(
+            folder, self.tree, on_bad_file=self.hparams.on_bad_file, masks=self.uses_masks
+        )
+        held = {r.sha256: (s, r) for s in ("val", "test") for r in self.all_splits.get(s, []) if r.sha256}
+        leaks = [
+            f"{r.path}: the same image as {held[r.sha256][1].path} ({held[r.sha256][0]} split)"
+            for r in data.records
+            if r.sha256 in held
+        ]
+        if leaks:
+            raise LeakageError(
+                f"data.extra_train={folder} holds {len(leaks)} image(s) that this run holds out for validation or "
+                "testing:\n  " + "\n  ".join(leaks[:20])
+            )
+        self.masks.update(data.masks)
+        # groups named apart from data.root's, so no report mistakes an added specimen for one of the run's
+        kept = [
+            replace(r, group=f"extra:{r.group or Path(r.path).name}")
+            for r in data.records
+            if self._selected(r)
+        ]
+        if not kept:
+            raise ValueError(
+                f"data.extra_train={folder}: none of its {len(data.records)} image(s) has a class of this run "
+                f"({', '.join(self.class_names)})"
+            )
+        left = Counter(r.codes[0] for r in data.records) - Counter(r.codes[0] for r in kept)
+        log.info(
+            "extra_train: %d image(s) of %d group(s) from %s added to the training split only%s",
+            len(kept),
+            len({r.group for r in kept}),
+            folder,
+            f" ({sum(left.values())} of other classes left out: "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(left.items()))
+            + ")"
+            if left
+            else "",
+        )
+        return kept
+
     def _check_parent(self, parent: str) -> None:
         try:
             leaves = self.tree.children(parent)
@@ -498,17 +558,8 @@ class HEp2HierarchyDataModule(RecordDataModule):
                     ", data.group_min_size" if grouped and str(self.reader) in CONTESTS else "",
                 )
         if self.hparams.get("extra_train"):
-            # Stylized training images (ana-stylize): refused when made from val/test images.
-            extra = read_stylized_set(
-                self.hparams.extra_train,
-                self.all_splits,
-                self.tree,
-                all_records=records,
-                on_bad_file=self.hparams.on_bad_file,
-            )
-            self.extra_train_records = [r for r in extra if self._selected(r)]
-            log.info(
-                "extra_train: %d stylized image(s) added to the training split", len(self.extra_train_records)
+            self.extra_train_records = self._extra_train_records(
+                Path(self.hparams.extra_train).expanduser(), records
             )
         if self.synthetic_train:
             self.extra_train_records = [*self.extra_train_records, *self._synthetic_train_records()]

@@ -137,7 +137,8 @@ def eval_data_config(
             "fold",
             "folds_manifest",
             "synthetic_train",
-        ):  # a cross-validation run: its split_manifest.csv holds its split; synthetic cells only train
+            "extra_train",
+        ):  # a cross-validation run: its split_manifest.csv holds its split; synthetic and extra images only train
             if k in out and k not in typed:
                 out[k] = None
         out.update(
