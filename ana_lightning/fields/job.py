@@ -8,7 +8,7 @@ import csv
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,8 +203,10 @@ def run_field_predict(
     files: Sequence[Path],
     run_dir: Path,
     mode: tuple[str, float | None, str, float | None],
+    labels: Mapping[Path, str] | None = None,
 ) -> PredictSummary:
-    """The field part of ``ana-predict`` (see the module docstring). Returns a ``PredictSummary``."""
+    """The field part of ``ana-predict`` (see the module docstring). ``labels``: each labelled field's model
+    class, for ``cells_out`` (:mod:`.cells_out`). Returns a ``PredictSummary``."""
     from ..data.images import warn_overexposed
     from ..predict import PredictSummary, _output_paths
     from .overlay import class_colours, draw_overlay, save_png
@@ -244,6 +246,16 @@ def run_field_predict(
     names = fp.names
     colours = class_colours(names)
     overlays = bool(cfg.get("overlays", False))
+    writer = None
+    if cfg.get("cells_out"):
+        from .cells_out import CellsWriter
+
+        if kind != "cell":
+            raise ValueError(
+                f"cells_out= writes the cells a cell model reads; this is a {kind} model (tiles)"
+            )
+        writer = CellsWriter(Path(str(cfg.cells_out)).expanduser(), input_root)
+    want_cells = {f: writer is not None and f in (labels or {}) for f in files}
     results: list[FieldResult] = []
     shares: list[tuple[str, float]] = []  # each field's saturated pixels, for one warning
     cells_f = open(out_dir / "cells.csv", "w", newline="") if cfg.get("per_cell_csv") else None  # noqa: SIM115
@@ -254,7 +266,7 @@ def run_field_predict(
             w.writeheader()
             cutter = fp.cutter
             cuts = ordered_map(
-                _cut_field, [(f, scales[f], cutter, overlays) for f in files], num_workers(cfg)
+                _cut_field, [(f, scales[f], cutter, overlays, want_cells[f]) for f in files], workers
             )
             for f, got in zip(
                 files, tracked(cuts, len(files), "predicting fields", cfg.get("progress", True)), strict=True
@@ -268,6 +280,8 @@ def run_field_predict(
                     shares.append((str(f), share))
                     res, lab = fp.read(cut, str(f))
                     res.group = groups[f]
+                    if want_cells[f]:
+                        writer.write(f, labels[f], groups[f], cut.cells)
                     if overlays and lab is not None:
                         title = f"{Path(f).name}: {';'.join(res.verdict)} ({res.n_used} {res.unit}, d={s.diameter_px:.0f}px)"
                         pic = draw_overlay(image, lab[0], lab[1], colours, title=title)
@@ -283,6 +297,8 @@ def run_field_predict(
     finally:
         if cells_f is not None:
             cells_f.close()
+    if writer is not None:
+        writer.close()
     warn_overexposed(shares, "field")
     _warn_if_cell_crops(results, kind)
     n_failed = sum(r.status != "ok" for r in results)
@@ -295,18 +311,20 @@ def run_field_predict(
     return PredictSummary(len(results), n_failed, csv_path, None)
 
 
-def _cut_field(job: tuple[Path, ScaleEstimate | str, FieldCutter, bool]) -> tuple[float, FieldCut, Any] | str:
+def _cut_field(
+    job: tuple[Path, ScaleEstimate | str, FieldCutter, bool, bool],
+) -> tuple[float, FieldCut, Any] | str:
     """Read one field and cut it for the model (:class:`~.predictor.FieldCutter`): ``(its saturated share,
     the cut, the image when an overlay needs it)``, or the reason it cannot be read. A module function:
     worker processes run it."""
     from ..data.images import BadImageError, load_image, saturated_share
 
-    f, s, cutter, overlays = job
+    f, s, cutter, overlays, cells = job
     try:
         if isinstance(s, str):
             raise BadImageError(f, s)
         image = load_image(f)
-        return saturated_share(image), cutter(image, s, overlays), image if overlays else None
+        return saturated_share(image), cutter(image, s, overlays, cells), image if overlays else None
     except BadImageError as e:
         return e.reason
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: ana-predict keys that switch on field mode when given (fields=auto).
-FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_cell_csv")
+FIELD_KEYS = ("nucleus_diameter_px", "pixel_size", "overlays", "group_by", "per_cell_csv", "cells_out")
 
 
 def training_scale(ckpt_path: str | Path | None) -> dict[str, Any]:

@@ -192,6 +192,9 @@ class FieldCut:
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     crops: list[CellCrop] = field(default_factory=list)
     seg: Segmentation | None = None
+    #: ``(crop, mask)`` of each interphase cell not cut by the border, as cut before masking or re-framing
+    #: (only when asked for: ``ana-predict cells_out=``)
+    cells: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,11 @@ class FieldCutter:
     crop_fraction: float | None
 
     def __call__(
-        self, image: np.ndarray, scale: ScaleEstimate, want_overlay_labels: bool = False
+        self,
+        image: np.ndarray,
+        scale: ScaleEstimate,
+        want_overlay_labels: bool = False,
+        want_cells: bool = False,
     ) -> FieldCut:
         if self.kind == "field":
             factor = float(self.model_d) / scale.diameter_px
@@ -232,8 +239,25 @@ class FieldCutter:
             mask_mode=self.cell_mask,
             fraction=self.crop_fraction,
         )
+        cells = []
+        if want_cells:  # the same cells, cut as the model's crops are but neither masked nor re-framed
+            plain = cell_crops(
+                image,
+                seg,
+                crop_from=self.crop_from,
+                margin=self.crop_margin,
+                grey=self.crop_grey,
+                mask_mode="none",
+            )
+            cells = [
+                (c.image[..., 0] if self.crop_grey else c.image, c.mask)
+                for c in plain
+                if not c.mitotic and not c.touches_border
+            ]
         # only the overlay needs the label maps (two int32 maps of the field) back from a worker
-        return FieldCut(scale, crops=crops, seg=seg if want_overlay_labels else _counts_only(seg))
+        return FieldCut(
+            scale, crops=crops, seg=seg if want_overlay_labels else _counts_only(seg), cells=cells
+        )
 
 
 def _counts_only(seg: Segmentation) -> Segmentation:

@@ -24,6 +24,9 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
     from ..fields.job import num_workers
 
     workers = num_workers(cfg)  # checked before the model loads
+    from ..fields.cells_out import check_cells_out
+
+    cells_out = check_cells_out(cfg)  # … and where the cells of labelled fields go
     setup_torch(cfg.get("torch_threads"))
     from ..fields.mode import use_bit_depth, use_channels
 
@@ -73,9 +76,30 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
                 log.warning("cell crops: %s apply to fields and are not used here", ", ".join(unused))
     files = _select_split(cfg, files)
     truth = _truth(cfg, predictor, files)  # known labels, read (and checked) before predicting
-    if loader is None and (mode := field_mode(cfg, predictor, inputs)) is not None:
+    mode = field_mode(cfg, predictor, inputs) if loader is None else None
+    labels = None
+    if cells_out is not None:
+        if mode is None or mode[0] != "cell":
+            raise ValueError(
+                f"cells_out={cells_out} writes the cells a cell model reads in whole fields; here "
+                + (
+                    "the images are read as cell crops"
+                    if loader is not None
+                    else "the model is not a cell model"
+                )
+            )
+        from ..fields.cells_out import cell_labels
+
+        by_name, left = cell_labels(truth[0], truth[1], int(cfg.get("truth_min_level", 2)))
+        labels = {Path(f): c for f, c in by_name.items()}
+        if left:
+            log.info(
+                "cells_out: fields of %s are not written (no class of the model meets their label)",
+                ", ".join(f"{k} ({v})" for k, v in sorted(left.items())),
+            )
+    if mode is not None:
         summary = run_field_predict(
-            cfg, predictor, files, run_dir, mode
+            cfg, predictor, files, run_dir, mode, labels
         )  # whole fields: scale, tiles or cells
         if truth[0]:
             _score(cfg, predictor, files, truth, summary.csv_path, specimens=bool(cfg.get("group_by")))

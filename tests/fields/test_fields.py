@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from ana_lightning.data.synthetic import render_field
 from ana_lightning.fields.combine import INSUFFICIENT, combine_probs
@@ -380,6 +381,66 @@ def test_field_mode_num_workers_cuts_fields_in_worker_processes_with_the_same_re
         assert np.array_equal(cv2.imread(str(tmp_path / "w0" / rel)), cv2.imread(str(tmp_path / "w2" / rel)))
     with pytest.raises(ValueError, match="num_workers='two'"):
         run_predict(compose("predict", [*args, "num_workers=two"], output_dir=tmp_path / "bad"))
+
+
+def test_cells_out_writes_the_cells_of_labelled_fields_as_training_cells(trained_checkpoint, tmp_path):
+    """cells_out=<folder> with truth=: every interphase cell not cut by the border that the cell model read, as an
+    I3A-layout folder labelled by the model class the field's label meets (round 24); the same with worker
+    processes; a field whose label meets no class is not written."""
+    from ana_lightning.data.contest import read_i3a2014
+    from ana_lightning.predict import run_predict
+    from ana_lightning.taxonomy import Taxonomy
+
+    _, _, ckpt = trained_checkpoint  # classes AC-1, AC-2, AC-10
+    lab = tmp_path / "lab"
+    for code, d, i in (("ac-1", 18, 0), ("ac-1", 22, 1), ("ac-3", 20, 0)):
+        img, _ = sim_field(code.upper(), d, seed=i, size=192)
+        (lab / code).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(lab / code / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    base = [f"ckpt_path={ckpt}", f"input={lab}", "progress=false", "model_kind=cell", "truth=folder"]
+    written = {}
+    for w in (0, 2):
+        out = tmp_path / f"cells{w}"
+        run_predict(
+            compose(
+                "predict",
+                [*base, f"cells_out={out}", f"num_workers={w}", "per_cell_csv=true"],
+                output_dir=tmp_path / f"r{w}",
+            )
+        )
+        rows = _rows(out / "gt_training.csv")
+        written[w] = (rows, [(out / f"{r['Image ID']}.png").read_bytes() for r in rows])
+        cells = _rows(tmp_path / f"r{w}" / "cells.csv")
+        read = [c for c in cells if "/ac-1/" in c["path"] and c["mitotic"] == "0" and c["border"] == "0"]
+        assert len(rows) == len(read) >= 10  # each ac-1 cell the model read as interphase and whole
+        assert {r["Image class"] for r in rows} == {"AC-1"}  # ac-3 meets no class of this model
+        assert sorted({r["Field"] for r in rows}) == ["ac-1/f0.png", "ac-1/f1.png"]
+        assert all(r["Specimen ID"] == r["Field"] for r in rows)  # no group_by: each field its own specimen
+        for r in rows[:5]:
+            crop = np.array(Image.open(out / f"{r['Image ID']}.png"))
+            mask = np.array(Image.open(out / f"{r['Image ID']}_Mask.png"))
+            assert crop.ndim == 2 and crop.dtype == np.uint8 and mask.shape == crop.shape
+            assert set(np.unique(mask)) <= {0, 255} and 0 < (mask > 0).mean() < 1
+    assert written[2] == written[0]  # cut in worker processes: the same cells
+    data = read_i3a2014(tmp_path / "cells0", Taxonomy.load())  # what data.extra_train reads
+    assert len(data.records) == len(written[0][0]) and {r.codes for r in data.records} == {("AC-1",)}
+    assert len({r.group for r in data.records}) == 2 and len(data.masks) == len(data.records)
+    with pytest.raises(ValueError, match="cells_out=.* needs truth="):
+        run_predict(
+            compose("predict", [*base[:-1], f"cells_out={tmp_path / 'x'}"], output_dir=tmp_path / "e1")
+        )
+    with pytest.raises(FileExistsError, match="cells_out=.*cells0 exists and is not an empty folder"):
+        run_predict(
+            compose("predict", [*base, f"cells_out={tmp_path / 'cells0'}"], output_dir=tmp_path / "e2")
+        )
+    with pytest.raises(ValueError, match="cells_out=.* not a cell model"):
+        run_predict(
+            compose(
+                "predict",
+                [*_tile_args(ckpt, lab), "truth=folder", f"cells_out={tmp_path / 'y'}"],
+                output_dir=tmp_path / "e3",
+            )
+        )
 
 
 def test_ordered_map_keeps_the_order_reads_ahead_boundedly_and_raises_a_jobs_error():
