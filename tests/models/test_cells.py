@@ -1424,3 +1424,64 @@ def test_experiment_scripts_read_cells_at_the_runs_bit_depth(tmp_path):
     assert not np.allclose(described[12], described[None])
     size = Path(paths[0]).stat().st_size
     assert sorted(np.load(cache)["keys"].tolist()) == [f"00002.tif:{size}:12", f"00002.tif:{size}:None"]
+
+
+def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(tmp_path):
+    # experiments/i3a_cells/lab_fields.py (round 24): leave-fields-out CV over a lab's labelled fields
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    from lab_fields import deal, fields_of, table
+
+    root = tmp_path / "fields"
+    # ac-7 maps to no contest class: left out
+    n_of = {"ac-1": 5, "ac-3": 4, "ac-11": 3, "ac-12": 2, "ac-7": 2}
+    for code, n in n_of.items():
+        (root / code).mkdir(parents=True)
+        for i in range(n):
+            (root / code / f"{code}-{i}.jpg").write_bytes(f"{code}{i}".encode())
+    (root / "ac-1" / "same-as-0.jpg").write_bytes(b"ac-10")  # byte-identical to ac-1-0: read once
+    fields = fields_of(root)
+    assert len(fields) == 14 and {c for c, _ in fields} == {"ac-1", "ac-3", "ac-11", "ac-12"}
+    fold = deal(fields, 3, seed=0)
+    assert fold == deal(fields, 3, seed=0) and len(fold) == 14
+    sizes = [list(fold.values()).count(f) for f in range(3)]
+    assert max(sizes) - min(sizes) <= 1  # the deal runs on across codes: balanced folds
+    for code, n in (("ac-1", 5), ("ac-3", 4)):  # each code spread over the folds
+        mine = [f for k, f in fold.items() if k.startswith(code + "/")]
+        assert len(mine) == n and len(set(mine)) == 3
+
+    # table: the held-out verdicts of both models pooled over folds, scored by class
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / "folds.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["field", "fold", "code", "class", "path"])
+        w.writeheader()
+        cls = {"ac-1": "Homogeneous", "ac-3": "Centromere", "ac-11": "NuMem", "ac-12": "NuMem"}
+        for code, f in fields:
+            w.writerow(
+                {
+                    "field": f"{code}/{f.stem}",
+                    "fold": fold[f"{code}/{f.stem}"],
+                    "code": code,
+                    "class": cls[code],
+                    "path": str(f),
+                }
+            )
+    for f in range(3):
+        for arm in ("adapted", "i3a_only"):
+            (out / f"fold{f}" / f"predict_{arm}").mkdir(parents=True)
+            with open(out / f"fold{f}" / f"predict_{arm}" / "predictions.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, ["path", "status", "verdict"])
+                w.writeheader()
+                for code, p in fields:
+                    if fold[f"{code}/{p.stem}"] != f:
+                        continue
+                    # I3A only: every NuMem field read as Homogeneous; adapted: ac-11 right, ac-12 still wrong
+                    v = {"ac-1": "Homogeneous", "ac-3": "Centromere"}.get(code)
+                    v = v or ("NuMem" if arm == "adapted" and code == "ac-11" else "Homogeneous")
+                    w.writerow({"path": f"/x/heldout/{code}/{p.name}", "status": "ok", "verdict": v})
+    text = table(out, n_boot=200)
+    # MCA over the classes that have fields: (1 + 1 + 0) / 3 against (1 + 1 + 0.6) / 3
+    assert (
+        "| I3A cells only | 0.667 | 9 of 14 |" in text and "| 0.867 | 12 of 14 |" in text and "+0.200" in text
+    )
+    assert "| Homogeneous | 5 | 1.00 | 1.00 |" in text and "| NuMem | 5 | 0.00 | 0.60 | Homogeneous |" in text

@@ -1,0 +1,259 @@
+"""A lab labels some of its own fields: how are its OTHER fields then read? (round 24)
+
+    python experiments/i3a_cells/lab_fields.py run ../shared/data/ana-pattern-quest/patterns \\
+        ../shared/data/i3a2014-task1/training outputs/<I3A-only run> outputs/lab_fields [--folds 5]
+    python experiments/i3a_cells/lab_fields.py table outputs/lab_fields [--out-md table.md]
+
+Leave-fields-out cross-validation over a folder of labelled fields ``<fields>/<ac-N>/<images>`` (the codes that
+:data:`field_cells.CLASSES` maps to the six contest classes; byte-identical files once). Each code's fields are
+shuffled (``--seed``) and dealt round-robin to the folds, the deal running on from code to code, so every field is
+held out once. For each fold:
+
+- ``field_cells.py cut`` has cut every field once (``<out>/cells``; Golgi included);
+- the **adapted** model: ``ana-train experiment=i3a_cells`` on the I3A cells, with the I3A-only run's split kept
+  (its ``split_manifest.csv``), plus the cut cells of the fields *not* in the fold, in the training split only
+  (``field_cells.py combine``);
+- the adapted model and the I3A-only run's ``checkpoints/last.ckpt`` read the fold's held-out fields with
+  ``ana-predict`` at its defaults (field mode, one verdict per field, ``truth=folder``).
+
+``run`` resumes: a fold whose training finished (``training_finished.json``) or whose reading is written is not
+run again. ``table`` pools the held-out verdicts: field MCA over the six classes for both models, recall per class,
+the paired difference with a bootstrap interval over fields (resampled within each class), and each adapted
+model's I3A test MCA beside the I3A-only run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import field_cells as FC  # noqa: E402
+
+CODE_CLASS = {code: cls for cls, codes in FC.CLASSES.items() for code in codes}
+BIN = Path(sys.executable).parent
+
+
+def fields_of(root: Path) -> list[tuple[str, Path]]:
+    """(code, file) of every field of the mapped codes, byte-identical files once (the first by name)."""
+    out, seen = [], set()
+    for code in sorted(CODE_CLASS, key=lambda c: int(c.split("-")[1])):
+        for f in sorted(p for p in (root / code).glob("*") if p.is_file()):
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                out.append((code, f))
+    return out
+
+
+def deal(fields: list[tuple[str, Path]], k: int, seed: int) -> dict[str, int]:
+    """``code/stem`` → fold: each code's fields shuffled, dealt round-robin, the deal running on across codes."""
+    rng = np.random.default_rng(seed)
+    fold, nxt = {}, 0
+    for code in dict.fromkeys(c for c, _ in fields):
+        mine = [f for c, f in fields if c == code]
+        for i in rng.permutation(len(mine)):
+            fold[f"{code}/{mine[i].stem}"] = nxt % k
+            nxt += 1
+    return fold
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        dst.symlink_to(src.resolve())
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    print("$", " ".join(cmd), f"> {log}", flush=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", NO_ALBUMENTATIONS_UPDATE="1")
+    with open(log, "w") as fh:
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if rc:
+        raise SystemExit(f"exit status {rc}: {' '.join(cmd)} (log: {log})")
+
+
+def run(fields_root: Path, real: Path, base_run: Path, out: Path, k: int, seed: int) -> None:
+    base_ckpt = base_run / "checkpoints" / "last.ckpt"
+    manifest = base_run / "split_manifest.csv"
+    for p in (base_ckpt, manifest):
+        if not p.is_file():
+            raise SystemExit(f"{p} not found: give the folder of a finished experiment=i3a_cells run")
+    fields = fields_of(fields_root)
+    fold = deal(fields, k, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = out / "folds.csv"
+    rows = [{"field": f"{c}/{f.stem}", "path": str(f), "code": c, "class": CODE_CLASS[c]} for c, f in fields]
+    for r in rows:
+        r["fold"] = fold[r["field"]]
+    if plan.is_file():
+        old = {r["field"]: int(r["fold"]) for r in csv.DictReader(open(plan, newline=""))}
+        if old != {r["field"]: r["fold"] for r in rows}:
+            raise SystemExit(f"{plan} holds another deal of the fields: give a new output folder")
+    else:
+        with open(plan, "w", newline="") as fh:
+            w = csv.DictWriter(fh, ["field", "fold", "code", "class", "path"])
+            w.writeheader()
+            w.writerows(rows)
+    cells = out / "cells"
+    if not (cells / "gt_training.csv").is_file():
+        if cells.exists():
+            raise SystemExit(f"{cells} holds an unfinished cut: remove it and run again")
+        FC.cut(fields_root, cells, skip=[])
+    cut_rows = list(csv.DictReader(open(cells / "gt_training.csv", newline="")))
+    for f in range(k):
+        d = out / f"fold{f}"
+        held = [r for r in rows if r["fold"] == f]
+        # the fold's training cells: every cut cell whose field is not held out (symbolic links, same IDs)
+        sub = d / "cells"
+        if not (sub / "gt_training.csv").is_file():
+            keep = [r for r in cut_rows if fold[r["Specimen ID"]] != f]
+            for r in keep:
+                for suffix in (".png", "_Mask.png"):
+                    _link(cells / f"{r['Image ID']}{suffix}", sub / f"{r['Image ID']}{suffix}")
+            with open(sub / "gt_training.csv.part", "w", newline="") as fh:
+                w = csv.DictWriter(fh, FC.COLUMNS)
+                w.writeheader()
+                w.writerows(keep)
+            os.replace(sub / "gt_training.csv.part", sub / "gt_training.csv")
+        combined = d / "combined"
+        if not (combined / "split_manifest.csv").is_file():
+            FC.combine(sub, real, manifest, combined)
+        train_dir = d / "train"
+        if not (train_dir / "training_finished.json").is_file():
+            _run(
+                [
+                    str(BIN / "ana-train"),
+                    "experiment=i3a_cells",
+                    f"data.root={combined}",
+                    f"data.split_manifest={combined / 'split_manifest.csv'}",
+                    f"hydra.run.dir={train_dir}",
+                ]
+                + (["ckpt_path=last"] if (train_dir / "checkpoints" / "last.ckpt").is_file() else []),
+                d / "train.log",
+            )
+        heldout = d / "heldout"
+        for r in held:
+            _link(Path(r["path"]), heldout / r["code"] / Path(r["path"]).name)
+        for arm, ckpt in (("adapted", train_dir / "checkpoints" / "last.ckpt"), ("i3a_only", base_ckpt)):
+            pred = d / f"predict_{arm}"
+            if not (pred / "truth_predictions.csv").is_file():
+                _run(
+                    [
+                        str(BIN / "ana-predict"),
+                        f"ckpt_path={ckpt}",
+                        f"input={heldout}",
+                        "truth=folder",
+                        f"hydra.run.dir={pred}",
+                    ],
+                    d / f"predict_{arm}.log",
+                )
+    print(f"done: python {Path(__file__).name} table {out}")
+
+
+def _mca(truth: list[str], pred: list[str], classes: list[str]) -> float:
+    rec = [np.mean([p == c for t, p in zip(truth, pred, strict=True) if t == c]) for c in classes]
+    return float(np.mean(rec))
+
+
+def table(out: Path, n_boot: int = 2000, seed: int = 0) -> str:
+    plan = list(csv.DictReader(open(out / "folds.csv", newline="")))
+    k = 1 + max(int(r["fold"]) for r in plan)
+    verdict: dict[str, dict[str, str]] = {"adapted": {}, "i3a_only": {}}
+    for r in plan:
+        d = out / f"fold{r['fold']}"
+        for arm in verdict:
+            p = d / f"predict_{arm}" / "predictions.csv"
+            if not p.is_file():
+                raise SystemExit(f"{p} missing: run `run` first (fold {r['fold']} is not finished)")
+            by_field = {"/".join(Path(x["path"]).parts[-2:]): x for x in csv.DictReader(open(p, newline=""))}
+            x = by_field[f"{r['code']}/{Path(r['path']).name}"]
+            verdict[arm][r["field"]] = x["verdict"] if x["status"] == "ok" else f"({x['status']})"
+    truth = [r["class"] for r in plan]
+    classes = [c for c in FC.CLASSES if c in truth]  # the classes that have labelled fields
+    names = [r["field"] for r in plan]
+    pred = {arm: [verdict[arm][n] for n in names] for arm in verdict}
+    mca = {arm: _mca(truth, pred[arm], classes) for arm in pred}
+    rng = np.random.default_rng(seed)
+    idx_by_class = {c: [i for i, t in enumerate(truth) if t == c] for c in classes}
+    diffs = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(v, size=len(v), replace=True) for v in idx_by_class.values()])
+        t = [truth[i] for i in idx]
+        diffs.append(
+            _mca(t, [pred["adapted"][i] for i in idx], classes)
+            - _mca(t, [pred["i3a_only"][i] for i in idx], classes)
+        )
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    lines = [
+        f"Held-out fields: {len(plan)} ({k} folds, each field read once by a model that never saw it)",
+        "",
+        f"| model | field MCA ({len(classes)} classes) | fields right |",
+        "|---|---|---|",
+    ]
+    for arm, label in (
+        ("i3a_only", "I3A cells only"),
+        ("adapted", "I3A cells + the other folds' field cells"),
+    ):
+        right = sum(p == t for p, t in zip(pred[arm], truth, strict=True))
+        lines.append(f"| {label} | {mca[arm]:.3f} | {right} of {len(plan)} |")
+    lines += [
+        "",
+        f"Paired difference (adapted − I3A only): **{mca['adapted'] - mca['i3a_only']:+.3f}** "
+        f"[{lo:+.3f}, {hi:+.3f}] (bootstrap over fields within class, {n_boot} draws)",
+        "",
+        "| class | fields | recall, I3A only | recall, adapted | adapted verdicts of the wrong ones |",
+        "|---|---|---|---|---|",
+    ]
+    for c in classes:
+        ii = idx_by_class[c]
+        r0 = np.mean([pred["i3a_only"][i] == c for i in ii])
+        r1 = np.mean([pred["adapted"][i] == c for i in ii])
+        wrong = sorted({pred["adapted"][i] for i in ii if pred["adapted"][i] != c})
+        lines.append(f"| {c} | {len(ii)} | {r0:.2f} | {r1:.2f} | {', '.join(wrong) or '–'} |")
+    lines += [
+        "",
+        "| fold | held-out fields | adapted: I3A test MCA (6 unseen I3A specimen groups) |",
+        "|---|---|---|",
+    ]
+    for f in range(k):
+        m = out / f"fold{f}" / "train" / "metrics.json"
+        v = json.loads(m.read_text()).get("test/mca") if m.is_file() else None
+        n = sum(int(r["fold"]) == f for r in plan)
+        lines.append(f"| {f} | {n} | {'–' if v is None else f'{v:.3f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="cut, deal, train and read every fold (resumes)")
+    r.add_argument("fields", type=Path)
+    r.add_argument("real", type=Path, help="the I3A training folder the I3A-only run trained on")
+    r.add_argument("base_run", type=Path, help="the I3A-only experiment=i3a_cells run folder")
+    r.add_argument("out", type=Path)
+    r.add_argument("--folds", type=int, default=5)
+    r.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("table", help="pool the held-out verdicts of a finished run")
+    t.add_argument("out", type=Path)
+    t.add_argument("--out-md", type=Path)
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        run(a.fields, a.real, a.base_run, a.out, a.folds, a.seed)
+    else:
+        text = table(a.out)
+        print(text)
+        if a.out_md:
+            a.out_md.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
