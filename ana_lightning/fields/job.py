@@ -250,10 +250,7 @@ def run_field_predict(
     if cfg.get("cells_out"):
         from .cells_out import CellsWriter
 
-        if kind != "cell":
-            raise ValueError(
-                f"cells_out= writes the cells a cell model reads; this is a {kind} model (tiles)"
-            )
+        # (a cell model only: ana-predict checks that before anything is predicted)
         writer = CellsWriter(Path(str(cfg.cells_out)).expanduser(), input_root)
     want_cells = {f: writer is not None and f in (labels or {}) for f in files}
     results: list[FieldResult] = []
