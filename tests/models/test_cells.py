@@ -1429,7 +1429,7 @@ def test_experiment_scripts_read_cells_at_the_runs_bit_depth(tmp_path):
 def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(tmp_path):
     # experiments/i3a_cells/lab_fields.py (round 24): leave-fields-out CV over a lab's labelled fields
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
-    from lab_fields import deal, fields_of, table
+    from lab_fields import deal, fields_of, specimen_of, table
 
     root = tmp_path / "fields"
     # ac-7 maps to no contest class: left out
@@ -1437,8 +1437,10 @@ def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(
     for code, n in n_of.items():
         (root / code).mkdir(parents=True)
         for i in range(n):
-            (root / code / f"{code}-{i}.jpg").write_bytes(f"{code}{i}".encode())
-    (root / "ac-1" / "same-as-0.jpg").write_bytes(b"ac-10")  # byte-identical to ac-1-0: read once
+            # ICAP names: <case>-<n>; two ac-11 fields are fields of one case (specimen)
+            name = f"case7-{i}" if code == "ac-11" and i < 2 else f"{code.replace('-', '')}_{i}"
+            (root / code / f"{name}.jpg").write_bytes(f"{code}{i}".encode())
+    (root / "ac-1" / "same-as-0.jpg").write_bytes(b"ac-10")  # byte-identical to ac1_0: read once
     fields = fields_of(root)
     assert len(fields) == 14 and {c for c, _ in fields} == {"ac-1", "ac-3", "ac-11", "ac-12"}
     fold = deal(fields, 3, seed=0)
@@ -1480,6 +1482,10 @@ def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(
                     v = v or ("NuMem" if arm == "adapted" and code == "ac-11" else "Homogeneous")
                     w.writerow({"path": f"/x/heldout/{code}/{p.name}", "status": "ok", "verdict": v})
     text = table(out, n_boot=200)
+    assert specimen_of("ac-12/1473303645-1") == specimen_of("ac-12/1473303645-0") == "1473303645"
+    assert specimen_of("ac-9/processed_Ye4C") == "processed_Ye4C"
+    # case7-0 and case7-1 are fields of one specimen dealt to two folds: the figure without them
+    assert "Without the 2 field(s) whose specimen has a field in another fold (ac-11/case7-" in text
     # MCA over the classes that have fields: (1 + 1 + 0) / 3 against (1 + 1 + 0.6) / 3
     assert (
         "| I3A cells only | 0.667 | 9 of 14 |" in text and "| 0.867 | 12 of 14 |" in text and "+0.200" in text
