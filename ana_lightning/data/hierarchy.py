@@ -289,19 +289,36 @@ class HEp2HierarchyDataModule(RecordDataModule):
         """The synthetic training cells of ``data.synthetic_train`` (rendered by :meth:`prepare_data`)."""
         folder = self._synthetic_folder()
         data = build_reader("i3a2014").read(folder, self.tree, on_bad_file="error", masks=self.uses_masks)
+        return self._training_only(
+            data, "synthetic", f"data.synthetic_train ({folder})", "; set data.synthetic_train.class_set"
+        )
+
+    def _training_only(self, data, prefix: str, what: str, hint: str = "") -> list[ImageRecord]:
+        """The records of ``data`` (a :class:`~.readers.Reader`'s read) that join the training split only: those of
+        this run's classes, their masks kept, their groups named ``<prefix>:<group>`` apart from the run's own (so
+        no report mistakes an added specimen for one of ``data.root``'s); none of them is an error naming ``what``."""
         self.masks.update(data.masks)
-        # Groups named apart from the real data's, so no report mistakes a synthetic specimen for a real one.
-        kept = [replace(r, group=f"synthetic:{r.group}") for r in data.records if self._selected(r)]
+        kept = [
+            replace(r, group=f"{prefix}:{r.group or Path(r.path).name}")
+            for r in data.records
+            if self._selected(r)
+        ]
         if not kept:
             raise ValueError(
-                f"data.synthetic_train: none of the {len(data.records)} synthetic cells in {folder} has a class "
-                f"of this run ({', '.join(self.class_names)}); set data.synthetic_train.class_set"
+                f"{what}: none of its {len(data.records)} image(s) has a class of this run "
+                f"({', '.join(self.class_names)}){hint}"
             )
+        left = Counter(r.codes[0] for r in data.records) - Counter(r.codes[0] for r in kept)
         log.info(
-            "synthetic_train: %d synthetic cells of %d specimens from %s added to the training split only",
+            "%s: %d image(s) of %d group(s) added to the training split only%s",
+            what,
             len(kept),
             len({r.group for r in kept}),
-            folder,
+            f" ({sum(left.values())} of other classes left out: "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(left.items()))
+            + ")"
+            if left
+            else "",
         )
         return kept
 
@@ -339,31 +356,7 @@ class HEp2HierarchyDataModule(RecordDataModule):
                 f"data.extra_train={folder} holds {len(leaks)} image(s) that this run holds out for validation or "
                 "testing:\n  " + "\n  ".join(leaks[:20])
             )
-        self.masks.update(data.masks)
-        # groups named apart from data.root's, so no report mistakes an added specimen for one of the run's
-        kept = [
-            replace(r, group=f"extra:{r.group or Path(r.path).name}")
-            for r in data.records
-            if self._selected(r)
-        ]
-        if not kept:
-            raise ValueError(
-                f"data.extra_train={folder}: none of its {len(data.records)} image(s) has a class of this run "
-                f"({', '.join(self.class_names)})"
-            )
-        left = Counter(r.codes[0] for r in data.records) - Counter(r.codes[0] for r in kept)
-        log.info(
-            "extra_train: %d image(s) of %d group(s) from %s added to the training split only%s",
-            len(kept),
-            len({r.group for r in kept}),
-            folder,
-            f" ({sum(left.values())} of other classes left out: "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(left.items()))
-            + ")"
-            if left
-            else "",
-        )
-        return kept
+        return self._training_only(data, "extra", f"data.extra_train={folder}")
 
     def _check_parent(self, parent: str) -> None:
         try:

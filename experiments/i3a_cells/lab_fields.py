@@ -176,15 +176,16 @@ def table(out: Path, n_boot: int = 2000, seed: int = 0) -> str:
     plan = list(csv.DictReader(open(out / "folds.csv", newline="")))
     k = 1 + max(int(r["fold"]) for r in plan)
     verdict: dict[str, dict[str, str]] = {"adapted": {}, "i3a_only": {}}
-    for r in plan:
-        d = out / f"fold{r['fold']}"
+    for f in range(k):
         for arm in verdict:
-            p = d / f"predict_{arm}" / "predictions.csv"
+            p = out / f"fold{f}" / f"predict_{arm}" / "predictions.csv"
             if not p.is_file():
-                raise SystemExit(f"{p} missing: run `run` first (fold {r['fold']} is not finished)")
+                raise SystemExit(f"{p} missing: run `run` first (fold {f} is not finished)")
             by_field = {"/".join(Path(x["path"]).parts[-2:]): x for x in csv.DictReader(open(p, newline=""))}
-            x = by_field[f"{r['code']}/{Path(r['path']).name}"]
-            verdict[arm][r["field"]] = x["verdict"] if x["status"] == "ok" else f"({x['status']})"
+            for r in plan:
+                if int(r["fold"]) == f:
+                    x = by_field[f"{r['code']}/{Path(r['path']).name}"]
+                    verdict[arm][r["field"]] = x["verdict"] if x["status"] == "ok" else f"({x['status']})"
     truth = [r["class"] for r in plan]
     classes = [c for c in FC.CLASSES if c in truth]  # the classes that have labelled fields
     names = [r["field"] for r in plan]
