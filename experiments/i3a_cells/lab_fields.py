@@ -16,6 +16,11 @@ held out once. For each fold:
 - the adapted model and the I3A-only run's ``checkpoints/last.ckpt`` read the fold's held-out fields with
   ``ana-predict`` at its defaults (field mode, one verdict per field, ``truth=folder``).
 
+``--route cells_out`` (round 25) takes the route a lab is told to take instead of the experiment's own cutter and
+``combine``: per fold, the I3A-only model cuts the fold's training fields with
+``ana-predict … truth=folder cells_out=<fold>/cells_out``, and ``ana-train experiment=i3a_cells`` trains on the I3A
+folder itself with the I3A-only run's manifest and ``data.extra_train=<fold>/cells_out``.
+
 ``run`` resumes: a fold whose training finished (``training_finished.json``) or whose reading is written is not
 run again. ``table`` pools the held-out verdicts: field MCA over the six classes for both models, recall per class,
 the paired difference with a bootstrap interval over fields (resampled within each class), and each adapted
@@ -29,6 +34,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +87,9 @@ def _run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"exit status {rc}: {' '.join(cmd)} (log: {log})")
 
 
-def run(fields_root: Path, real: Path, base_run: Path, out: Path, k: int, seed: int) -> None:
+def run(
+    fields_root: Path, real: Path, base_run: Path, out: Path, k: int, seed: int, route: str = "field_cells"
+) -> None:
     base_ckpt = base_run / "checkpoints" / "last.ckpt"
     manifest = base_run / "split_manifest.csv"
     for p in (base_ckpt, manifest):
@@ -103,6 +111,20 @@ def run(fields_root: Path, real: Path, base_run: Path, out: Path, k: int, seed: 
             w = csv.DictWriter(fh, ["field", "fold", "code", "class", "path"])
             w.writeheader()
             w.writerows(rows)
+    route_file = out / "route.txt"
+    if route_file.is_file() and route_file.read_text().strip() != route:
+        raise SystemExit(
+            f"{out} was run with --route {route_file.read_text().strip()}: give a new output folder"
+        )
+    route_file.write_text(route + "\n")
+    if route == "cells_out":
+        for f in range(k):
+            _run_fold_cells_out(
+                out / f"fold{f}", [r for r in rows if r["fold"] != f], real, base_ckpt, manifest
+            )
+            _read_heldout(out / f"fold{f}", [r for r in rows if r["fold"] == f], base_ckpt)
+        print(f"done: python {Path(__file__).name} table {out}")
+        return
     cells = out / "cells"
     if not (cells / "gt_training.csv").is_file():
         if cells.exists():
@@ -127,36 +149,71 @@ def run(fields_root: Path, real: Path, base_run: Path, out: Path, k: int, seed: 
         combined = d / "combined"
         if not (combined / "split_manifest.csv").is_file():
             FC.combine(sub, real, manifest, combined)
-        train_dir = d / "train"
-        if not (train_dir / "training_finished.json").is_file():
+        _train(
+            d / "train",
+            [f"data.root={combined}", f"data.split_manifest={combined / 'split_manifest.csv'}"],
+            d / "train.log",
+        )
+        _read_heldout(d, held, base_ckpt)
+    print(f"done: python {Path(__file__).name} table {out}")
+
+
+def _train(train_dir: Path, overrides: list[str], log: Path) -> None:
+    """``ana-train experiment=i3a_cells`` into ``train_dir``, resumed from its last checkpoint when one is there."""
+    if not (train_dir / "training_finished.json").is_file():
+        _run(
+            [str(BIN / "ana-train"), "experiment=i3a_cells", *overrides, f"hydra.run.dir={train_dir}"]
+            + (["ckpt_path=last"] if (train_dir / "checkpoints" / "last.ckpt").is_file() else []),
+            log,
+        )
+
+
+def _run_fold_cells_out(d: Path, train_rows: list[dict], real: Path, base_ckpt: Path, manifest: Path) -> None:
+    """The shipped route for one fold: the I3A-only model writes the training fields' cells (``cells_out``), and
+    the adapted model trains on the I3A folder plus those cells (``data.extra_train``)."""
+    fields = d / "train_fields"
+    for r in train_rows:
+        _link(Path(r["path"]), fields / r["code"] / Path(r["path"]).name)
+    cells = d / "cells_out"
+    if not (cells / "gt_training.csv").is_file():
+        if cells.exists():  # this script's own unfinished cut (cells_out writes its CSV last): start it again
+            shutil.rmtree(cells)
+        _run(
+            [
+                str(BIN / "ana-predict"),
+                f"ckpt_path={base_ckpt}",
+                f"input={fields}",
+                "truth=folder",
+                f"cells_out={cells}",
+                f"hydra.run.dir={d / 'cut'}",
+            ],
+            d / "cut.log",
+        )
+    _train(
+        d / "train",
+        [f"data.root={real}", f"data.split_manifest={manifest}", f"data.extra_train={cells}"],
+        d / "train.log",
+    )
+
+
+def _read_heldout(d: Path, held: list[dict], base_ckpt: Path) -> None:
+    """The adapted model and the I3A-only model read the fold's held-out fields (``ana-predict`` defaults)."""
+    heldout = d / "heldout"
+    for r in held:
+        _link(Path(r["path"]), heldout / r["code"] / Path(r["path"]).name)
+    for arm, ckpt in (("adapted", d / "train" / "checkpoints" / "last.ckpt"), ("i3a_only", base_ckpt)):
+        pred = d / f"predict_{arm}"
+        if not (pred / "truth_predictions.csv").is_file():
             _run(
                 [
-                    str(BIN / "ana-train"),
-                    "experiment=i3a_cells",
-                    f"data.root={combined}",
-                    f"data.split_manifest={combined / 'split_manifest.csv'}",
-                    f"hydra.run.dir={train_dir}",
-                ]
-                + (["ckpt_path=last"] if (train_dir / "checkpoints" / "last.ckpt").is_file() else []),
-                d / "train.log",
+                    str(BIN / "ana-predict"),
+                    f"ckpt_path={ckpt}",
+                    f"input={heldout}",
+                    "truth=folder",
+                    f"hydra.run.dir={pred}",
+                ],
+                d / f"predict_{arm}.log",
             )
-        heldout = d / "heldout"
-        for r in held:
-            _link(Path(r["path"]), heldout / r["code"] / Path(r["path"]).name)
-        for arm, ckpt in (("adapted", train_dir / "checkpoints" / "last.ckpt"), ("i3a_only", base_ckpt)):
-            pred = d / f"predict_{arm}"
-            if not (pred / "truth_predictions.csv").is_file():
-                _run(
-                    [
-                        str(BIN / "ana-predict"),
-                        f"ckpt_path={ckpt}",
-                        f"input={heldout}",
-                        "truth=folder",
-                        f"hydra.run.dir={pred}",
-                    ],
-                    d / f"predict_{arm}.log",
-                )
-    print(f"done: python {Path(__file__).name} table {out}")
 
 
 def specimen_of(field: str) -> str:
@@ -248,14 +305,18 @@ def table(out: Path, n_boot: int = 2000, seed: int = 0) -> str:
         lines.append(f"| {c} | {len(ii)} | {r0:.2f} | {r1:.2f} | {', '.join(wrong) or '–'} |")
     lines += [
         "",
-        "| fold | held-out fields | adapted: I3A test MCA (6 unseen I3A specimen groups) |",
-        "|---|---|---|",
+        "| fold | held-out fields | the training fields' cells | adapted: I3A test MCA (6 unseen I3A specimen groups) |",
+        "|---|---|---|---|",
     ]
     for f in range(k):
         m = out / f"fold{f}" / "train" / "metrics.json"
         v = json.loads(m.read_text()).get("test/mca") if m.is_file() else None
         n = sum(int(r["fold"]) == f for r in plan)
-        lines.append(f"| {f} | {n} | {'–' if v is None else f'{v:.3f}'} |")
+        cells = [
+            out / f"fold{f}" / d / "gt_training.csv" for d in ("cells_out", "cells")
+        ]  # --route cells_out | not
+        made = next((len(list(csv.DictReader(open(c, newline="")))) for c in cells if c.is_file()), None)
+        lines.append(f"| {f} | {n} | {'–' if made is None else made} | {'–' if v is None else f'{v:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,12 +330,19 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("out", type=Path)
     r.add_argument("--folds", type=int, default=5)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--route",
+        choices=["field_cells", "cells_out"],
+        default="field_cells",
+        help="who cuts the training fields' cells: this experiment's field_cells.py (round 24) or ana-predict "
+        "cells_out with data.extra_train, the route a lab takes (round 25)",
+    )
     t = sub.add_parser("table", help="pool the held-out verdicts of a finished run")
     t.add_argument("out", type=Path)
     t.add_argument("--out-md", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "run":
-        run(a.fields, a.real, a.base_run, a.out, a.folds, a.seed)
+        run(a.fields, a.real, a.base_run, a.out, a.folds, a.seed, a.route)
     else:
         text = table(a.out)
         print(text)

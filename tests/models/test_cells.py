@@ -1491,3 +1491,72 @@ def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(
         "| I3A cells only | 0.667 | 9 of 14 |" in text and "| 0.867 | 12 of 14 |" in text and "+0.200" in text
     )
     assert "| Homogeneous | 5 | 1.00 | 1.00 |" in text and "| NuMem | 5 | 0.00 | 0.60 | Homogeneous |" in text
+
+
+def test_lab_fields_cells_out_route_cuts_each_folds_training_fields_with_ana_predict(tmp_path, monkeypatch):
+    # lab_fields.py run --route cells_out (round 25): the route a lab is told to take, per fold
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "i3a_cells"))
+    import lab_fields as LF
+
+    root = tmp_path / "fields"
+    for code, n in {"ac-1": 3, "ac-3": 3}.items():
+        (root / code).mkdir(parents=True)
+        for i in range(n):
+            (root / code / f"{code}_{i}.jpg").write_bytes(f"{code}{i}".encode())
+    base, real = tmp_path / "base", tmp_path / "i3a"
+    (base / "checkpoints").mkdir(parents=True)
+    (base / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (base / "split_manifest.csv").write_text("path,split\n")
+    real.mkdir()
+    calls: list[list[str]] = []
+
+    def fake_run(
+        cmd, log
+    ):  # records the command and leaves what the real one would (the markers run looks for)
+        calls.append(cmd)
+        arg = dict(a.split("=", 1) for a in cmd[1:] if "=" in a)
+        if "cells_out" in arg:
+            Path(arg["cells_out"]).mkdir(parents=True)
+            (Path(arg["cells_out"]) / "gt_training.csv").write_text(
+                "Image ID,Image class,Specimen ID,Field\n"
+            )
+        elif cmd[0].endswith("ana-train"):
+            Path(arg["hydra.run.dir"]).mkdir(parents=True)
+            (Path(arg["hydra.run.dir"]) / "training_finished.json").write_text("{}")
+        else:
+            Path(arg["hydra.run.dir"]).mkdir(parents=True)
+            (Path(arg["hydra.run.dir"]) / "truth_predictions.csv").write_text("")
+
+    monkeypatch.setattr(LF, "_run", fake_run)
+    out = tmp_path / "out"
+    LF.run(root, real, base, out, k=3, seed=0, route="cells_out")
+    plan = list(csv.DictReader(open(out / "folds.csv", newline="")))
+    assert len(calls) == 3 * 4  # per fold: the cut, the training, two readings
+    for f in range(3):
+        cut, train, adapted, i3a_only = calls[4 * f : 4 * f + 4]
+        d = out / f"fold{f}"
+        # the I3A-only model cuts the fold's training fields, never its held-out ones
+        assert f"ckpt_path={base / 'checkpoints' / 'last.ckpt'}" in cut and "truth=folder" in cut
+        assert f"cells_out={d / 'cells_out'}" in cut
+        linked = {f"{p.parent.name}/{p.stem}" for p in (d / "train_fields").glob("*/*")}
+        assert linked == {r["field"] for r in plan if int(r["fold"]) != f} and len(linked) == 4
+        # the adapted model trains on the I3A folder itself, the I3A-only run's split kept, plus those cells
+        assert train[1:4] == [
+            "experiment=i3a_cells",
+            f"data.root={real}",
+            f"data.split_manifest={base / 'split_manifest.csv'}",
+        ]
+        assert f"data.extra_train={d / 'cells_out'}" in train and not any(
+            a.startswith("ckpt_path") for a in train
+        )
+        held = {f"{p.parent.name}/{p.stem}" for p in (d / "heldout").glob("*/*")}
+        assert held == {r["field"] for r in plan if int(r["fold"]) == f}
+        assert (
+            f"ckpt_path={d / 'train' / 'checkpoints' / 'last.ckpt'}" in adapted
+            and f"input={d / 'heldout'}" in adapted
+        )
+        assert f"ckpt_path={base / 'checkpoints' / 'last.ckpt'}" in i3a_only
+    LF.run(root, real, base, out, k=3, seed=0, route="cells_out")
+    assert len(calls) == 12  # resumed: nothing finished is run again
+    with pytest.raises(SystemExit, match="was run with --route cells_out"):
+        LF.run(root, real, base, out, k=3, seed=0)
