@@ -103,7 +103,7 @@ def run(
     for r in rows:
         r["fold"] = fold[r["field"]]
     if plan.is_file():
-        old = {r["field"]: int(r["fold"]) for r in csv.DictReader(open(plan, newline=""))}
+        old = {r["field"]: int(r["fold"]) for r in _csv_rows(plan)}
         if old != {r["field"]: r["fold"] for r in rows}:
             raise SystemExit(f"{plan} holds another deal of the fields: give a new output folder")
     else:
@@ -130,7 +130,7 @@ def run(
         if cells.exists():
             raise SystemExit(f"{cells} holds an unfinished cut: remove it and run again")
         FC.cut(fields_root, cells, skip=[])
-    cut_rows = list(csv.DictReader(open(cells / "gt_training.csv", newline="")))
+    cut_rows = _csv_rows(cells / "gt_training.csv")
     for f in range(k):
         d = out / f"fold{f}"
         held = [r for r in rows if r["fold"] == f]
@@ -156,6 +156,11 @@ def run(
         )
         _read_heldout(d, held, base_ckpt)
     print(f"done: python {Path(__file__).name} table {out}")
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _train(train_dir: Path, overrides: list[str], log: Path) -> None:
@@ -230,7 +235,7 @@ def _mca(truth: list[str], pred: list[str], classes: list[str]) -> float:
 
 
 def table(out: Path, n_boot: int = 2000, seed: int = 0) -> str:
-    plan = list(csv.DictReader(open(out / "folds.csv", newline="")))
+    plan = _csv_rows(out / "folds.csv")
     k = 1 + max(int(r["fold"]) for r in plan)
     verdict: dict[str, dict[str, str]] = {"adapted": {}, "i3a_only": {}}
     for f in range(k):
@@ -238,7 +243,7 @@ def table(out: Path, n_boot: int = 2000, seed: int = 0) -> str:
             p = out / f"fold{f}" / f"predict_{arm}" / "predictions.csv"
             if not p.is_file():
                 raise SystemExit(f"{p} missing: run `run` first (fold {f} is not finished)")
-            by_field = {"/".join(Path(x["path"]).parts[-2:]): x for x in csv.DictReader(open(p, newline=""))}
+            by_field = {"/".join(Path(x["path"]).parts[-2:]): x for x in _csv_rows(p)}
             for r in plan:
                 if int(r["fold"]) == f:
                     x = by_field[f"{r['code']}/{Path(r['path']).name}"]
@@ -315,7 +320,7 @@ def table(out: Path, n_boot: int = 2000, seed: int = 0) -> str:
         cells = [
             out / f"fold{f}" / d / "gt_training.csv" for d in ("cells_out", "cells")
         ]  # --route cells_out | not
-        made = next((len(list(csv.DictReader(open(c, newline="")))) for c in cells if c.is_file()), None)
+        made = next((len(_csv_rows(c)) for c in cells if c.is_file()), None)
         lines.append(f"| {f} | {n} | {'–' if made is None else made} | {'–' if v is None else f'{v:.3f}'} |")
     return "\n".join(lines) + "\n"
 
