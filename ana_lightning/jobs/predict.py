@@ -92,6 +92,12 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
 
         by_name, left = cell_labels(truth[0], truth[1], int(cfg.get("truth_min_level", 2)))
         labels = {Path(f): c for f, c in by_name.items()}
+        if not labels:  # nothing would be written: say so before the fields are read, not after
+            raise ValueError(
+                f"cells_out={cells_out}: no field's label meets exactly one class of the model, so no cell would be "
+                f"written (labels: {', '.join(sorted(left))}; the model's classes: {', '.join(truth[1])}); "
+                "label the fields with the model's classes or their ICAP codes"
+            )
         if left:
             log.info(
                 "cells_out: fields of %s are not written (no class of the model meets their label)",

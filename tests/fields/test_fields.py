@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -441,6 +442,27 @@ def test_cells_out_writes_the_cells_of_labelled_fields_as_training_cells(trained
                 output_dir=tmp_path / "e3",
             )
         )
+    # a label that meets several classes of the model (a level-1 node) and none alone: refused before reading
+    (tmp_path / "amb" / "nuclear").mkdir(parents=True)
+    shutil.copy(lab / "ac-1" / "f0.png", tmp_path / "amb" / "nuclear" / "f0.png")
+    amb = [
+        f"ckpt_path={ckpt}",
+        f"input={tmp_path / 'amb'}",
+        "progress=false",
+        "model_kind=cell",
+        "truth=folder",
+    ]
+    with pytest.raises(
+        ValueError, match=r"cells_out=.*no field's label meets exactly one class.*labels: nuclear;"
+    ):
+        run_predict(
+            compose(
+                "predict",
+                [*amb, "truth_min_level=1", f"cells_out={tmp_path / 'z'}"],
+                output_dir=tmp_path / "e4",
+            )
+        )
+    assert not (tmp_path / "z").exists()
 
 
 def test_ordered_map_keeps_the_order_reads_ahead_boundedly_and_raises_a_jobs_error():
