@@ -88,6 +88,11 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
                     else "the model is not a cell model"
                 )
             )
+        if predictor.task != "single_label":
+            raise ValueError(
+                f"cells_out={cells_out} labels each cell with one class of a single-label cell model "
+                f"(data.extra_train reads one class per cell); this model is {predictor.task!r}"
+            )
         from ..fields.cells_out import cell_labels
 
         by_name, left = cell_labels(truth[0], truth[1], int(cfg.get("truth_min_level", 2)))

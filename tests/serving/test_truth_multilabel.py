@@ -130,6 +130,19 @@ def test_truth_for_a_multi_label_model_refuses_what_it_cannot_score(multi_ckpt, 
         match=r"no known label set for 2 of 2 image\(s\) \(no folder up to input= names an AC code\)",
     ):
         _predict(multi_ckpt, unlabelled, tmp_path / "c", "truth=folder")
+    # cells_out writes one class per cell (what data.extra_train reads): refused for a multi-label model
+    with pytest.raises(
+        ValueError, match=r"cells_out=.* one class of a single-label cell model.*'multi_label'"
+    ):
+        _predict(
+            multi_ckpt,
+            hospital,
+            tmp_path / "d",
+            "truth=folder",
+            "model_kind=cell",
+            f"cells_out={tmp_path / 'co'}",
+        )
+    assert not (tmp_path / "co").exists()
 
 
 def test_truth_scores_the_specimens_of_a_multi_label_model(multi_ckpt, hospital, tmp_path):
