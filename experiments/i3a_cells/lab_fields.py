@@ -2,7 +2,7 @@
 
     python experiments/i3a_cells/lab_fields.py run ../shared/data/ana-pattern-quest/patterns \\
         ../shared/data/i3a2014-task1/training outputs/<I3A-only run> outputs/lab_fields [--folds 5]
-    python experiments/i3a_cells/lab_fields.py table outputs/lab_fields [--out-md table.md]
+    python experiments/i3a_cells/lab_fields.py table outputs/lab_fields [--out-md table.md] [--out-csv verdicts.csv]
 
 Leave-fields-out cross-validation over a folder of labelled fields ``<fields>/<ac-N>/<images>`` (the codes that
 :data:`field_cells.CLASSES` maps to the six contest classes; byte-identical files once). Each code's fields are
@@ -24,7 +24,8 @@ folder itself with the I3A-only run's manifest and ``data.extra_train=<fold>/cel
 ``run`` resumes: a fold whose training finished (``training_finished.json``) or whose reading is written is not
 run again. ``table`` pools the held-out verdicts: field MCA over the six classes for both models, recall per class,
 the paired difference with a bootstrap interval over fields (resampled within each class), and each adapted
-model's I3A test MCA beside the I3A-only run's.
+model's I3A test MCA beside the I3A-only run's; ``--out-csv`` writes each held-out field's verdict, confidence and
+margin over the runner-up for both models, so two rounds can be compared field by field.
 """
 
 from __future__ import annotations
@@ -234,20 +235,45 @@ def _mca(truth: list[str], pred: list[str], classes: list[str]) -> float:
     return float(np.mean(rec))
 
 
-def table(out: Path, n_boot: int = 2000, seed: int = 0) -> str:
-    plan = _csv_rows(out / "folds.csv")
-    k = 1 + max(int(r["fold"]) for r in plan)
-    verdict: dict[str, dict[str, str]] = {"adapted": {}, "i3a_only": {}}
-    for f in range(k):
-        for arm in verdict:
+ARMS = ("adapted", "i3a_only")
+VERDICT_COLUMNS = ["field", "fold", "class"] + [
+    f"{arm}_{k}" for arm in ("i3a_only", "adapted") for k in ("verdict", "confidence", "margin")
+]
+
+
+def field_verdicts(out: Path, plan: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Each held-out field of ``plan`` (``folds.csv``'s rows, in order) with both arms' verdict (``(<status>)`` for a field not read),
+    confidence and margin (the verdict's probability above the runner-up's; blank without probabilities)."""
+    rows = [{"field": r["field"], "fold": r["fold"], "class": r["class"]} for r in plan]
+    for f in sorted({int(r["fold"]) for r in plan}):
+        for arm in ARMS:
             p = out / f"fold{f}" / f"predict_{arm}" / "predictions.csv"
             if not p.is_file():
                 raise SystemExit(f"{p} missing: run `run` first (fold {f} is not finished)")
             by_field = {"/".join(Path(x["path"]).parts[-2:]): x for x in _csv_rows(p)}
-            for r in plan:
-                if int(r["fold"]) == f:
-                    x = by_field[f"{r['code']}/{Path(r['path']).name}"]
-                    verdict[arm][r["field"]] = x["verdict"] if x["status"] == "ok" else f"({x['status']})"
+            for r, row in zip(plan, rows, strict=True):
+                if int(r["fold"]) != f:
+                    continue
+                x = by_field[f"{r['code']}/{Path(r['path']).name}"]
+                ok = x["status"] == "ok"
+                probs = sorted((float(v) for k, v in x.items() if k.startswith("p_") and v), reverse=True)
+                row[f"{arm}_verdict"] = x["verdict"] if ok else f"({x['status']})"
+                row[f"{arm}_confidence"] = x.get("confidence", "") if ok else ""
+                row[f"{arm}_margin"] = f"{probs[0] - probs[1]:.6f}" if ok and len(probs) > 1 else ""
+    return rows
+
+
+def table(out: Path, n_boot: int = 2000, seed: int = 0, out_csv: Path | None = None) -> str:
+    """The pooled figures as Markdown; ``out_csv``: also each field's verdicts (:func:`field_verdicts`)."""
+    plan = _csv_rows(out / "folds.csv")
+    k = 1 + max(int(r["fold"]) for r in plan)
+    rows = field_verdicts(out, plan)
+    if out_csv is not None:
+        with open(out_csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, VERDICT_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+    verdict = {arm: {r["field"]: r[f"{arm}_verdict"] for r in rows} for arm in ARMS}
     truth = [r["class"] for r in plan]
     classes = [c for c in FC.CLASSES if c in truth]  # the classes that have labelled fields
     names = [r["field"] for r in plan]
@@ -345,11 +371,14 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="pool the held-out verdicts of a finished run")
     t.add_argument("out", type=Path)
     t.add_argument("--out-md", type=Path)
+    t.add_argument(
+        "--out-csv", type=Path, help="each held-out field's verdict, confidence and margin, both arms"
+    )
     a = ap.parse_args(argv)
     if a.cmd == "run":
         run(a.fields, a.real, a.base_run, a.out, a.folds, a.seed, a.route)
     else:
-        text = table(a.out)
+        text = table(a.out, out_csv=a.out_csv)
         print(text)
         if a.out_md:
             a.out_md.write_text(text)

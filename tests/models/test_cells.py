@@ -1472,7 +1472,9 @@ def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(
         for arm in ("adapted", "i3a_only"):
             (out / f"fold{f}" / f"predict_{arm}").mkdir(parents=True)
             with open(out / f"fold{f}" / f"predict_{arm}" / "predictions.csv", "w", newline="") as fh:
-                w = csv.DictWriter(fh, ["path", "status", "verdict"])
+                w = csv.DictWriter(
+                    fh, ["path", "status", "verdict", "confidence", "p_Homogeneous", "p_NuMem"]
+                )
                 w.writeheader()
                 for code, p in fields:
                     if fold[f"{code}/{p.stem}"] != f:
@@ -1480,8 +1482,17 @@ def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(
                     # I3A only: every NuMem field read as Homogeneous; adapted: ac-11 right, ac-12 still wrong
                     v = {"ac-1": "Homogeneous", "ac-3": "Centromere"}.get(code)
                     v = v or ("NuMem" if arm == "adapted" and code == "ac-11" else "Homogeneous")
-                    w.writerow({"path": f"/x/heldout/{code}/{p.name}", "status": "ok", "verdict": v})
-    text = table(out, n_boot=200)
+                    probs = {"p_Homogeneous": 0.7, "p_NuMem": 0.2} if v == "Homogeneous" else {}
+                    w.writerow(
+                        {
+                            "path": f"/x/heldout/{code}/{p.name}",
+                            "status": "ok",
+                            "verdict": v,
+                            "confidence": 0.7,
+                        }
+                        | probs
+                    )
+    text = table(out, n_boot=200, out_csv=tmp_path / "verdicts.csv")
     assert specimen_of("ac-12/1473303645-1") == specimen_of("ac-12/1473303645-0") == "1473303645"
     assert specimen_of("ac-9/processed_Ye4C") == "processed_Ye4C"
     # case7-0 and case7-1 are fields of one specimen dealt to two folds: the figure without them
@@ -1491,6 +1502,21 @@ def test_lab_fields_deals_every_field_out_once_and_scores_the_held_out_verdicts(
         "| I3A cells only | 0.667 | 9 of 14 |" in text and "| 0.867 | 12 of 14 |" in text and "+0.200" in text
     )
     assert "| Homogeneous | 5 | 1.00 | 1.00 |" in text and "| NuMem | 5 | 0.00 | 0.60 | Homogeneous |" in text
+    # --out-csv: one row per held-out field, both arms' verdict, confidence and margin over the runner-up
+    with open(tmp_path / "verdicts.csv", newline="") as fh:
+        by_field = {r["field"]: r for r in csv.DictReader(fh)}
+    assert len(by_field) == 14
+    ac12 = next(r for n, r in by_field.items() if n.startswith("ac-12/"))
+    assert (ac12["class"], ac12["adapted_verdict"], ac12["adapted_confidence"]) == (
+        "NuMem",
+        "Homogeneous",
+        "0.7",
+    )
+    assert float(ac12["adapted_margin"]) == pytest.approx(0.5)
+    ac3 = next(r for n, r in by_field.items() if n.startswith("ac-3/"))
+    assert (
+        ac3["i3a_only_verdict"] == "Centromere" and ac3["i3a_only_margin"] == ""
+    )  # no probabilities written
 
 
 def test_lab_fields_cells_out_route_cuts_each_folds_training_fields_with_ana_predict(tmp_path, monkeypatch):
