@@ -29,7 +29,7 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLUMNS", "MIN_SIDE", "CellsWriter", "check_cells_out", "cell_labels"]
+__all__ = ["COLUMNS", "MIN_SIDE", "CellsWriter", "check_cells_out", "cell_labels", "field_labels"]
 
 COLUMNS = ["Image ID", "Image class", "Specimen ID", "Field"]
 #: crops with a shorter side are not written (a fragment, not a cell a model could learn from)
@@ -67,6 +67,33 @@ def cell_labels(
     of = {d: s.model_classes[0] for s in shared if len(s.model_classes) == 1 for d in s.data_labels}
     out = {f: of[lab] for f, lab in truth_of.items() if lab in of}
     return out, Counter(lab for lab in truth_of.values() if lab not in of)
+
+
+def field_labels(
+    out: Path, task: str, truth: tuple[Mapping[str, str], Mapping[str, str]], min_level: int = 2
+) -> dict[Path, str]:
+    """``cells_out``'s label of each field (:func:`cell_labels`), checked once the model is loaded and before any
+    field is read: a single-label model (a cell gets one class, which ``data.extra_train`` reads) and at least one
+    field whose label meets exactly one class. ``truth``: ``ana-predict``'s ``(field → tree label, model class →
+    tree label)``."""
+    if task != "single_label":
+        raise ValueError(
+            f"cells_out={out} labels each cell with one class of a single-label cell model "
+            f"(data.extra_train reads one class per cell); this model is {task!r}"
+        )
+    by_name, left = cell_labels(truth[0], truth[1], min_level)
+    if not by_name:  # nothing would be written: say so before the fields are read, not after
+        raise ValueError(
+            f"cells_out={out}: no field's label meets exactly one class of the model, so no cell would be "
+            f"written (labels: {', '.join(sorted(left))}; the model's classes: {', '.join(truth[1])}); "
+            "label the fields with the model's classes or their ICAP codes"
+        )
+    if left:
+        log.info(
+            "cells_out: fields of %s are not written (no class of the model meets their label)",
+            ", ".join(f"{k} ({v})" for k, v in sorted(left.items())),
+        )
+    return {Path(f): c for f, c in by_name.items()}
 
 
 class CellsWriter:

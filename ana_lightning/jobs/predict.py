@@ -88,26 +88,9 @@ def run_predict(cfg: DictConfig) -> PredictSummary:
                     else "the model is not a cell model"
                 )
             )
-        if predictor.task != "single_label":
-            raise ValueError(
-                f"cells_out={cells_out} labels each cell with one class of a single-label cell model "
-                f"(data.extra_train reads one class per cell); this model is {predictor.task!r}"
-            )
-        from ..fields.cells_out import cell_labels
+        from ..fields.cells_out import field_labels
 
-        by_name, left = cell_labels(truth[0], truth[1], int(cfg.get("truth_min_level", 2)))
-        labels = {Path(f): c for f, c in by_name.items()}
-        if not labels:  # nothing would be written: say so before the fields are read, not after
-            raise ValueError(
-                f"cells_out={cells_out}: no field's label meets exactly one class of the model, so no cell would be "
-                f"written (labels: {', '.join(sorted(left))}; the model's classes: {', '.join(truth[1])}); "
-                "label the fields with the model's classes or their ICAP codes"
-            )
-        if left:
-            log.info(
-                "cells_out: fields of %s are not written (no class of the model meets their label)",
-                ", ".join(f"{k} ({v})" for k, v in sorted(left.items())),
-            )
+        labels = field_labels(cells_out, predictor.task, truth, int(cfg.get("truth_min_level", 2)))
     if mode is not None:
         summary = run_field_predict(
             cfg, predictor, files, run_dir, mode, labels
