@@ -12,7 +12,7 @@ field's known label meets on the ICAP tree (``ac-11`` → ``NuMem`` for an I3A m
 
 trains on the I3A cells with the lab's cells added to the training split only
 (:meth:`~ana_lightning.data.hierarchy.HEp2HierarchyDataModule._extra_train_records`). Fields whose label no
-model class meets are not written (the log counts them). The folder must be new or empty: nothing is overwritten.
+model class meets, or several do, are not written (the log counts them). The folder must be new or empty: nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def field_labels(
         )
     if left:
         log.info(
-            "cells_out: fields of %s are not written (no class of the model meets their label)",
+            "cells_out: fields of %s are not written (their label meets no class of the model, or several)",
             ", ".join(f"{k} ({v})" for k, v in sorted(left.items())),
         )
     return {Path(f): c for f, c in by_name.items()}
