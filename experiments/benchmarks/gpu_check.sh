@@ -1,15 +1,16 @@
 #!/bin/bash
-# The GPU checks of issue 12 in one script, for a machine with one CUDA GPU (prepared; not yet run on one):
+# The GPU checks of issue 12 in one script, for a machine with one CUDA GPU (run on a lent H200 in round 26):
 #   1. experiments/benchmarks/time_to_accuracy.py --device cuda (the whole set on the GPU), alone on the machine;
 #   2. `ana-train experiment=i3a_cells trainer=gpu` over the grouped 5-fold CV, the five folds at once on the one GPU
 #      (each job is small), on the folds of a CPU sweep when FOLDS=<sweep>/folds_manifest.csv is given, so that
-#      experiments/i3a_cells/val_compare.py can pair them with it;
+#      experiments/i3a_cells/val_compare.py can pair them with it; beside them the default run at full size (its own
+#      split, `data.seed=0`: the 6 specimen groups the CPU default is tested on), unless DEFAULT_RUN=0;
 #   3. the config matrix's trainer/debug options build their Trainer (tests skipped without CUDA).
 #
 #   bash experiments/benchmarks/gpu_check.sh <I3A training folder> [out folder]
 #   FOLDS=outputs/cv_base/folds_manifest.csv bash experiments/benchmarks/gpu_check.sh ../shared/data/i3a2014-task1/training
 #
-# Time limits (seconds, env): T_TTA (170), T_CV (300, per fold job), T_PYTEST (45; 0 skips it). DEV/TR switch the
+# Time limits (seconds, env): T_TTA (170), T_CV (300, per fold job), T_PYTEST (45); 0 skips a step. DEV/TR switch the
 # device and trainer (cpu/cpu runs the same steps as a smoke test). Where the project is not installed, its package
 # and conf/ are copied to /tmp/pkg; wheels in .whl/ (an offline machine) are installed to /tmp/site first.
 set -u
@@ -24,15 +25,18 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 if ! $PY -c "import ana_lightning.conf" 2>/dev/null; then
   rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r ana_lightning hydra_plugins /tmp/pkg/ && cp -r conf /tmp/pkg/ana_lightning/conf
-  export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
+  # PYTHONSAFEPATH: `python -m` and pytest would otherwise find the checkout's ana_lightning/ (no conf inside) first
+  export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch, lightning, timm, ana_lightning.jobs.train as t; print('torch', torch.__version__, 'lightning', lightning.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" || exit 5
 
-log "1. time to accuracy, --device $DEV (nothing else running)"
-timeout "${T_TTA:-170}" $PY experiments/benchmarks/time_to_accuracy.py --root "$ROOT" --device "$DEV" \
-  --out "$OUT/time_to_accuracy_$DEV.json" ${EXTRA_TTA:-} > "$OUT/time_to_accuracy_$DEV.log" 2>&1
-log "   exit $?"; tail -n 22 "$OUT/time_to_accuracy_$DEV.log"
+if [ "${T_TTA:-170}" != 0 ]; then
+  log "1. time to accuracy, --device $DEV (nothing else running)"
+  timeout "${T_TTA:-170}" $PY experiments/benchmarks/time_to_accuracy.py --root "$ROOT" --device "$DEV" \
+    --out "$OUT/time_to_accuracy_$DEV.json" ${EXTRA_TTA:-} > "$OUT/time_to_accuracy_$DEV.log" 2>&1
+  log "   exit $?"; tail -n 22 "$OUT/time_to_accuracy_$DEV.log"
+fi
 
 log "2. ana-train experiment=i3a_cells trainer=$TR, grouped 5-fold CV, the folds at once"
 CV="$OUT/cv_$TR"; rm -rf "$CV"; mkdir -p "$CV"
@@ -42,10 +46,15 @@ for k in 0 1 2 3 4; do
     'data.split_fractions=[0.6,0.2,0.2]' data.root="$ROOT" data.folds=5 data.fold=$k "${FOLDS_ARG[@]}" hydra.run.dir="$CV/$k" ${EXTRA_CV:-} \
     > "$CV/fold$k.log" 2>&1 &
 done
+if [ "${DEFAULT_RUN:-1}" != 0 ]; then
+  OMP_NUM_THREADS=3 timeout "${T_CV:-300}" $PY -m ana_lightning.cli.train experiment=i3a_cells trainer="$TR" \
+    data.root="$ROOT" hydra.run.dir="$CV/default" ${EXTRA_CV:-} > "$CV/default.log" 2>&1 &
+fi
 wait
 log "   done"
-for k in 0 1 2 3 4; do
-  echo "--- fold $k"; tail -n 3 "$CV/fold$k.log"
+for k in 0 1 2 3 4 default; do
+  [ -f "$CV/fold$k.log" ] || [ -f "$CV/$k.log" ] || continue
+  if [ "$k" = default ]; then echo "--- default run"; tail -n 3 "$CV/default.log"; else echo "--- fold $k"; tail -n 3 "$CV/fold$k.log"; fi
   $PY -c "import json; m=json.load(open('$CV/$k/metrics.json')); print({x: round(m[x], 4) for x in ('val/mca_best', 'test/mca', 'test/acc') if x in m})" 2>/dev/null
 done
 tar czf "$OUT/cv_$TR.tar.gz" --exclude='*.ckpt' -C "$OUT" "cv_$TR"
