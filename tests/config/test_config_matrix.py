@@ -126,8 +126,24 @@ def check_targets(node: Any, where: str = "") -> int:
     return n
 
 
-def needs_gpu(trainer: DictConfig) -> bool:
-    return str(trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available()
+def gpu_shortfall(trainer: DictConfig) -> str | None:
+    """Why this machine cannot build the Trainer: too few CUDA devices for ``accelerator``/``devices``; else None.
+
+    ``trainer=ddp`` asks for 4 GPUs: on a one-GPU machine (the lent H200) it is skipped, not failed.
+    """
+    if str(trainer.get("accelerator")) not in ("gpu", "cuda"):
+        return None
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = trainer.get("devices")
+    if isinstance(devices, int) and devices > 0:
+        want = devices
+    elif isinstance(devices, (list, ListConfig)):
+        want = len(devices)
+    else:  # "auto", -1: every GPU there is, at least one
+        want = 1
+    if have >= want:
+        return None
+    return f"needs {want} CUDA device(s) (accelerator={trainer.accelerator}, devices={devices}), this machine has {have}"
 
 
 def build_datamodule(cfg: DictConfig, tmp: Path, **kwargs: Any) -> Any:
@@ -240,11 +256,8 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path):
             y = aug.train()(x) if hasattr(aug, "train") else aug(x)
             assert y.shape == x.shape and torch.isfinite(y).all()
     elif group in ("trainer", "debug"):
-        if needs_gpu(run.trainer):
-            pytest.skip(
-                f"{group}={option} needs CUDA (accelerator={run.trainer.accelerator}): composed, resolved, "
-                "targets imported; the Trainer is not built"
-            )
+        if why := gpu_shortfall(run.trainer):
+            pytest.skip(f"{group}={option} {why}: composed, resolved, targets imported; the Trainer is not built")
         trainer = instantiate(run.trainer, logger=False, enable_checkpointing=False)
         for k in ("max_epochs", "num_nodes", "fast_dev_run"):
             if run.trainer.get(k) not in (None, False) and hasattr(trainer, k):
@@ -392,3 +405,17 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
         assert np.isfinite(metrics[cfg.monitor]), (cfg.monitor, metrics)
     if cfg.get("test", True):
         assert any("test/" in k and np.isfinite(v) for k, v in metrics.items()), metrics
+
+
+def test_gpu_shortfall_skips_a_trainer_asking_for_more_gpus_than_the_machine_has(monkeypatch):
+    # the lent one-GPU H200 built trainer=gpu but failed trainer=ddp / multinode (devices: 4) instead of skipping them
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert gpu_shortfall(OmegaConf.create({"accelerator": "gpu", "devices": 1})) is None
+    assert gpu_shortfall(OmegaConf.create({"accelerator": "gpu", "devices": "auto"})) is None
+    why = gpu_shortfall(OmegaConf.create({"accelerator": "gpu", "devices": 4}))
+    assert why and "needs 4 CUDA device(s)" in why and "has 1" in why
+    assert "needs 2" in gpu_shortfall(OmegaConf.create({"accelerator": "cuda", "devices": [0, 1]}))
+    assert gpu_shortfall(OmegaConf.create({"accelerator": "cpu", "devices": 4})) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "has 0" in gpu_shortfall(OmegaConf.create({"accelerator": "gpu", "devices": 1}))
