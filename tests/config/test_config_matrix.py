@@ -257,7 +257,9 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path):
             assert y.shape == x.shape and torch.isfinite(y).all()
     elif group in ("trainer", "debug"):
         if why := gpu_shortfall(run.trainer):
-            pytest.skip(f"{group}={option} {why}: composed, resolved, targets imported; the Trainer is not built")
+            pytest.skip(
+                f"{group}={option} {why}: composed, resolved, targets imported; the Trainer is not built"
+            )
         trainer = instantiate(run.trainer, logger=False, enable_checkpointing=False)
         for k in ("max_epochs", "num_nodes", "fast_dev_run"):
             if run.trainer.get(k) not in (None, False) and hasattr(trainer, k):
