@@ -5,7 +5,7 @@
 #      (each job is small), on the folds of a CPU sweep when FOLDS=<sweep>/folds_manifest.csv is given, so that
 #      experiments/i3a_cells/val_compare.py can pair them with it; beside them the default run at full size (its own
 #      split, `data.seed=0`: the 6 specimen groups the CPU default is tested on), unless DEFAULT_RUN=0;
-#   3. the config matrix's trainer/debug options build their Trainer (tests skipped without CUDA).
+#   3. the config matrix's trainer/debug options build their Trainer (skipped where the machine has too few GPUs).
 #
 #   bash experiments/benchmarks/gpu_check.sh <I3A training folder> [out folder]
 #   FOLDS=outputs/cv_base/folds_manifest.csv bash experiments/benchmarks/gpu_check.sh ../shared/data/i3a2014-task1/training
