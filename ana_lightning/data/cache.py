@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from .images import load_image, read_settings
+from .images import decode_threads, load_image, read_settings
 
 __all__ = ["ImageCache", "default_cache_dir", "save_npz_atomic"]
 
@@ -84,7 +84,7 @@ class ImageCache:
         digests: Sequence[str | None] | None = None,
         cache_dir: str | Path | None = None,
         resize_name: str = "area",
-        threads: int = 4,
+        threads: int | None = None,
         loader: Callable[[str], np.ndarray] | None = None,
     ) -> ImageCache:
         """The cache of ``paths`` at ``image_size``, decoded now unless an identical one exists.
@@ -117,7 +117,7 @@ class ImageCache:
         with FileLock(str(final) + ".lock"):
             if cache._valid():  # another rank or worker built it while we waited
                 return cache
-            cache._write(paths, resize, loader or load_image, threads)
+            cache._write(paths, resize, loader or load_image, threads or decode_threads())
         return cache
 
     def _valid(self) -> bool:

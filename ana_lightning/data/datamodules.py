@@ -24,7 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
-from .images import BadFile, check_bit_depth, check_channels, load_image, set_bit_depth, set_channels
+from .images import (
+    BadFile,
+    check_bit_depth,
+    check_channels,
+    decode_threads,
+    load_image,
+    set_bit_depth,
+    set_channels,
+)
 from .records import DatasetError, ImageRecord, parse_group_level
 from .samplers import ClassBalancedSampler, resolve_replicas
 from .splits import (
@@ -107,7 +115,7 @@ class RecordDataset(Dataset):
                 resize_name=getattr(transform, "resize_name", "area"),
             )
         elif cache and self.records:
-            with ThreadPoolExecutor(4) as pool:
+            with ThreadPoolExecutor(decode_threads()) as pool:
                 self._cache = list(pool.map(lambda r: transform.resize(load_image(r.path)), self.records))
 
     def __len__(self) -> int:

@@ -40,7 +40,7 @@ import torch
 from ..taxonomy import LabelError, Taxonomy
 from .contest_labels import CONTESTS, _norm, contest_class_of, contest_classes
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
-from .images import BadFile
+from .images import BadFile, decode_threads
 from .masks import MASK_MODES, check_crop_fraction, masked_loader
 from .readers import Reader, build_reader
 from .records import DatasetError, ImageRecord
@@ -128,7 +128,7 @@ class LoaderRecordDataset(RecordDataset):
         self.loader = loader
         super().__init__(records, targets, transform, cache=False)
         if cache and self.records:
-            with ThreadPoolExecutor(4) as pool:
+            with ThreadPoolExecutor(decode_threads()) as pool:
                 self._cache = list(pool.map(lambda r: transform.resize(loader(r)), self.records))
 
     def load(self, i: int) -> np.ndarray:

@@ -33,6 +33,7 @@ from PIL import Image, ImageFile
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "decode_threads",
     "exposure_problem",
     "saturated_share",
     "warn_overexposed",
@@ -64,6 +65,33 @@ IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx"})
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Fluorescence fields are at most a few tens of megapixels; anything far larger is a decompression bomb.
 MAX_PIXELS = 200_000_000
+
+
+def decode_threads() -> int:
+    """How many threads decode images at once: the bad-file scan, cell medians, near-duplicate hashes and
+    the cached cells of a run. ``$ANA_IO_THREADS`` when set, else 2 (1 on a single CPU).
+
+    More threads did not help on the 2-core machine. A cold setup of the 10,809 I3A cells took 31.5 s with
+    1 thread, 32.2 s with 2, 38.4 s with 4 (the earlier fixed count) and 41.6 s with 6
+    (``experiments/benchmarks/decode_threads.py``). The cells are small files, so the Python around each
+    decode seems to dominate, and it holds the GIL. A many-core node would need processes, which are not
+    built. On a file system with high latency, set the variable to try more threads."""
+    env = os.environ.get("ANA_IO_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"ANA_IO_THREADS={env!r}: expected a whole number of threads, at least 1")
+        return n
+    try:
+        cpus = len(os.sched_getaffinity(0))  # a SLURM task or taskset: the CPUs it may use, not the node's
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return min(2, cpus)
+
+
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # one limit and one message (PIL's own default, 89 M, would refuse first)
 
 

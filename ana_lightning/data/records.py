@@ -22,6 +22,7 @@ from ..taxonomy import LabelError, Taxonomy
 from .images import (
     BadFile,
     BadImageError,
+    decode_threads,
     format_bad_files,
     is_ignored,
     is_image_path,
@@ -201,7 +202,7 @@ def scan_images(
         except BadImageError as e:
             return str(p), None, BadFile(str(p), e.reason)
 
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    workers = workers or decode_threads()
     todo = [p for p in paths if found.get(str(p)) is None]
     if progress is not None:
         for _ in range(len(paths) - len(todo)):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import load_image, read_settings
+from .images import decode_threads, load_image, read_settings
 from .records import ImageRecord
 
 __all__ = [
@@ -181,7 +181,7 @@ def cell_medians(
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / MEDIANS_FILE
     known = _load_medians(path) if any(keys) else {}
     todo = [i for i, k in enumerate(keys) if k is None or k not in known]
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(decode_threads()) as pool:
         fresh = list(pool.map(lambda i: cell_median(records[i].path, masks.get(records[i].path)), todo))
     out = {i: known[k] for i, k in enumerate(keys) if k is not None and k in known}
     out.update(zip(todo, fresh, strict=True))

@@ -48,3 +48,43 @@ def test_bad_files_name_the_path(tmp_path):
         assert name in str(e.value) and reason in e.value.reason
     img, digest = read_and_hash(tmp_path / "ok.jpg")
     assert len(digest) == 64 and img.shape == (64, 64, 3)
+
+
+def test_decode_threads_is_two_at_most_unless_the_variable_says_otherwise(monkeypatch):
+    from ana_lightning.data import images
+
+    monkeypatch.delenv("ANA_IO_THREADS", raising=False)
+    # 2 threads at most by default (the per-file work holds the GIL: more were slower), 1 on one CPU
+    monkeypatch.setattr(images.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert images.decode_threads() == 2
+    monkeypatch.setattr(images.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert images.decode_threads() == 1
+    monkeypatch.setenv("ANA_IO_THREADS", "3")
+    assert images.decode_threads() == 3
+    for bad in ("0", "four", "-2"):
+        monkeypatch.setenv("ANA_IO_THREADS", bad)
+        with pytest.raises(ValueError, match=rf"ANA_IO_THREADS='{bad}'"):
+            images.decode_threads()
+
+
+def test_the_cached_cells_are_the_same_whatever_the_number_of_decode_threads(tmp_path, monkeypatch):
+    import torch
+
+    from ana_lightning.data.datamodules import RecordDataset
+    from ana_lightning.data.records import ImageRecord
+    from ana_lightning.data.transforms import build_transform
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(12):
+        p = tmp_path / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)).save(p)
+        records.append(ImageRecord(path=str(p), codes=("AC-1",)))
+    tf = build_transform(16, None, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cached = {}
+    for n in ("1", "5"):
+        monkeypatch.setenv("ANA_IO_THREADS", n)
+        ds = RecordDataset(records, torch.zeros(len(records), dtype=torch.long), tf, cache=True)
+        cached[n] = [ds.load(i) for i in range(len(ds))]
+    assert all(np.array_equal(a, b) for a, b in zip(cached["1"], cached["5"], strict=True))
+    assert [c.shape for c in cached["1"]] == [(16, 16, 3)] * 12

@@ -227,10 +227,9 @@ def near_duplicate_sets(
     by sha256), and once across runs with ``cache_dir`` (``<cache_dir>/near_duplicate_hashes.npz``);
     unreadable files are skipped (the readers report them).
     """
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..images import BadImageError
+    from ..images import BadImageError, decode_threads
 
     records = [r for r in records if r.path]
     if len(records) < 2:
@@ -246,7 +245,7 @@ def near_duplicate_sets(
     if disk is not None and disk.is_file():
         _load_hash_cache(disk)
     known = len(_hash_cache)
-    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+    with ThreadPoolExecutor(workers or decode_threads()) as pool:
         got = list(pool.map(safe, records))
     if disk is not None and len(_hash_cache) > known:
         try:
