@@ -65,6 +65,7 @@ IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx"})
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Fluorescence fields are at most a few tens of megapixels; anything far larger is a decompression bomb.
 MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # one limit and one message (PIL's own default, 89 M, would refuse first)
 
 
 def decode_threads() -> int:
@@ -90,9 +91,6 @@ def decode_threads() -> int:
     except AttributeError:  # macOS, Windows
         cpus = os.cpu_count() or 1
     return min(2, cpus)
-
-
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # one limit and one message (PIL's own default, 89 M, would refuse first)
 
 
 class BadImageError(ValueError):
