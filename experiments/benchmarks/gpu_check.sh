@@ -13,6 +13,17 @@
 # Time limits (seconds, env): T_TTA (170), T_CV (300, per fold job), T_PYTEST (45); 0 skips a step. DEV/TR switch the
 # device and trainer (cpu/cpu runs the same steps as a smoke test). Where the project is not installed, its package
 # and conf/ are copied to /tmp/pkg; wheels in .whl/ (an offline machine) are installed to /tmp/site first.
+#
+# An offline GPU machine that has torch, lightning, timm, torchmetrics, scikit-image and opencv but not the rest
+# (round 26's H200, Python 3.12) needed these 14 wheels in .whl/. Fetch them where pip works:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     hydra-core==1.3.8 omegaconf==2.3.1 albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5 simsimd==6.5.16 stringzilla==5.3.2 \
+#     pytorch-metric-learning==2.9.0 ImageHash==4.3.2 PyWavelets==1.9.0
+#   pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3      # published as a source archive only
+# and the I3A folder as one tarball (21,618 small files; 24 MB): tar czf i3a.tar.gz -C <parent of training> training
+# Rehearse first on a CPU with those packages off the path (DEV=cpu TR=cpu, EXTRA_CV='trainer.max_epochs=1 …').
 set -u
 ROOT=$(realpath "${1:?usage: gpu_check.sh <I3A training folder> [out folder]}")
 OUT=$(realpath -m "${2:-${OUT:-outputs/gpu_check}}"); mkdir -p "$OUT"
