@@ -21,7 +21,7 @@ from typing import Any
 
 from .crossval import fold_jobs, read_oof, summarize_sweep, sweep_manifest
 from .data.splits import FOLDS_MANIFEST, load_folds_manifest
-from .stats import mcnemar, paired_comparison
+from .stats import mcnemar, paired_comparison, sign_test
 
 __all__ = ["compare_sweeps", "CompareError", "HEADLINE"]
 
@@ -48,6 +48,42 @@ def _oof(sweep: Path) -> tuple[list[dict[str, str]], list[str]]:
     if not path.is_file():
         return [], []
     return read_oof(path)
+
+
+def _groups(sweep: Path) -> dict[tuple[str, str], str]:
+    """Each ``(repeat, path)``'s group (specimen, patient, field) from the folds manifest; an image with
+    no group is its own."""
+    rows = load_folds_manifest(sweep_manifest(sweep))
+    return {(r["repeat"], r["path"]): r.get("group") or r["path"] for r in rows}
+
+
+def _by_group(
+    keys: list[tuple[str, str]],
+    ca: dict[tuple[str, str], bool],
+    cb: dict[tuple[str, str], bool],
+    groups: dict[tuple[str, str], str],
+) -> dict[str, Any]:
+    """The pooled images counted by group: in how many groups A reads more images right than B, fewer, or
+    as many, with a sign test over the groups that differ. McNemar counts images as independent; the images
+    of one specimen are not, so its p is too small when a few groups decide. Empty when no group holds
+    more than one image (then the images are the groups)."""
+    right: dict[str, list[int]] = {}
+    for k in keys:
+        g = right.setdefault(groups.get(k, k[1]), [0, 0, 0])
+        g[0] += ca[k]
+        g[1] += cb[k]
+        g[2] += 1
+    if len(right) == len(keys):
+        return {}
+    a_better = sum(1 for x, y, _ in right.values() if x > y)
+    b_better = sum(1 for x, y, _ in right.values() if y > x)
+    return {
+        "n_groups": len(right),
+        "groups_a_better": a_better,
+        "groups_b_better": b_better,
+        "groups_tied": len(right) - a_better - b_better,
+        "p_sign_groups": sign_test(a_better, b_better),
+    }
 
 
 def compare_sweeps(
@@ -125,12 +161,13 @@ def compare_sweeps(
             ca = {(r["repeat"], r["path"]): r["true"] == r["pred"] for r in oa}
             cb = {(r["repeat"], r["path"]): r["true"] == r["pred"] for r in ob}
             common = sorted(set(ca) & set(cb))
+            groups = _groups(a)
             out["mcnemar"] = []
             for rep in sorted({k[0] for k in common}, key=int):
                 keys = [k for k in common if k[0] == rep]
-                out["mcnemar"].append(
-                    {"repeat": int(rep), **mcnemar([ca[k] for k in keys], [cb[k] for k in keys])}
-                )
+                row = {"repeat": int(rep), **mcnemar([ca[k] for k in keys], [cb[k] for k in keys])}
+                row.update(_by_group(keys, ca, cb, groups))
+                out["mcnemar"].append(row)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +242,22 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {x['repeat']} | {x['n_images']} | {x['a_only_correct']} | {x['b_only_correct']} | {_p(x['p_mcnemar'])} |"
             for x in r["mcnemar"]
         ]
+        grouped = [x for x in r["mcnemar"] if "n_groups" in x]
+        if grouped:
+            md += [
+                "",
+                "McNemar treats every image as independent. The images of one group (specimen, patient, field) are "
+                "not, so its p is too small when a few groups decide. Counted by group (`group` in "
+                f"{FOLDS_MANIFEST}), with a sign test over the groups where A and B differ:",
+                "",
+                "| repeat | groups | A reads more right | B reads more right | as many | p (sign test) |",
+                "|---|---|---|---|---|---|",
+            ]
+            md += [
+                f"| {x['repeat']} | {x['n_groups']} | {x['groups_a_better']} | {x['groups_b_better']} | "
+                f"{x['groups_tied']} | {_p(x['p_sign_groups'])} |"
+                for x in grouped
+            ]
     return "\n".join(md) + "\n"
 
 

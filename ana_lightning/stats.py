@@ -30,6 +30,7 @@ __all__ = [
     "fold_summary",
     "paired_comparison",
     "mcnemar",
+    "sign_test",
     "majority_vote",
     "SINGLE_LABEL_KEYS",
     "MULTI_LABEL_KEYS",
@@ -246,6 +247,17 @@ def majority_vote(votes: Mapping[str, int]) -> str | None:
     if not ranked or (len(ranked) > 1 and ranked[0][0] == ranked[1][0]):
         return None
     return ranked[0][1]
+
+
+def sign_test(a_wins: int, b_wins: int) -> float:
+    """Two-sided exact sign test: the binomial p-value of ``a_wins`` among ``a_wins + b_wins`` at 1/2 (ties
+    left out by the caller; 1 when there is nothing to count)."""
+    from scipy import stats
+
+    if a_wins < 0 or b_wins < 0:
+        raise ValueError(f"sign_test counts wins: got {a_wins} and {b_wins}")
+    n = a_wins + b_wins
+    return 1.0 if n == 0 else float(stats.binomtest(a_wins, n, 0.5).pvalue)
 
 
 def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float | int]:

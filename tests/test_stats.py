@@ -21,6 +21,7 @@ from ana_lightning.stats import (
     paired_comparison,
     point_metrics,
     run_intervals,
+    sign_test,
 )
 
 
@@ -209,3 +210,32 @@ def test_error_gallery_picks_the_most_confident_errors_half_a_row_per_group(tmp_
         is None
     )
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sign_test_counts_wins_and_refuses_negative_counts():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(10, 0) == pytest.approx(2 / 2**10) == sign_test(0, 10)
+    assert sign_test(17, 13) == pytest.approx(0.585, abs=0.001)  # round 26: full vs CPU size, by specimen
+    with pytest.raises(ValueError, match="counts wins"):
+        sign_test(-1, 3)
+
+
+def test_compare_by_group_does_not_let_one_specimen_decide():
+    """A reads all 40 cells of one specimen right where B reads none; elsewhere both read the same. McNemar
+    counts 40 independent wins (p ~ 1e-12); by group it is one specimen of three, which proves nothing."""
+    from ana_lightning.compare import _by_group
+
+    keys, groups, ca, cb = [], {}, {}, {}
+    for g, n in (("s1", 40), ("s2", 30), ("s3", 25)):
+        for i in range(n):
+            k = ("0", f"{g}/{i}.png")
+            keys.append(k)
+            groups[k] = g
+            ca[k] = True if g == "s1" else i % 3 == 0
+            cb[k] = False if g == "s1" else i % 3 == 0
+    assert mcnemar([ca[k] for k in keys], [cb[k] for k in keys])["p_mcnemar"] < 1e-10
+    r = _by_group(keys, ca, cb, groups)
+    assert (r["n_groups"], r["groups_a_better"], r["groups_b_better"], r["groups_tied"]) == (3, 1, 0, 2)
+    assert r["p_sign_groups"] == 1.0
+    singletons = {k: k[1] for k in keys}  # every image its own group: nothing to add to McNemar
+    assert _by_group(keys, ca, cb, singletons) == {}

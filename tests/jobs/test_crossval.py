@@ -260,6 +260,12 @@ def test_compare_a_model_with_itself_reports_no_difference(tmp_path):
         assert m["mean_diff"] == 0 and (m["ci95_low"], m["ci95_high"]) == (0.0, 0.0) and m["p_ttest"] == 1.0
     assert r["mcnemar"][0]["a_only_correct"] == r["mcnemar"][0]["b_only_correct"] == 0
     assert r["mcnemar"][0]["p_mcnemar"] == 1.0 and r["mcnemar"][0]["n_images"] == 29
+    # 21 images with no group (each its own) and AC-4's 8 in 4 groups of 2: counted by group too
+    assert (
+        r["mcnemar"][0]["n_groups"],
+        r["mcnemar"][0]["groups_tied"],
+        r["mcnemar"][0]["p_sign_groups"],
+    ) == (25, 25, 1.0)
     assert (tmp_path / "cmp" / "compare.md").is_file() and json.loads(
         (tmp_path / "cmp" / "compare.json").read_text()
     )
@@ -286,6 +292,7 @@ def test_compare_detects_a_better_model_and_refuses_other_folds(tmp_path):
     r = compare_sweeps(tmp_path / "good", tmp_path / "bad")
     assert r["metrics"]["test/acc"]["mean_diff"] > 0.3 and r["metrics"]["test/acc"]["ci95_low"] > 0
     assert r["mcnemar"][0]["p_mcnemar"] < 0.01
+    assert r["mcnemar"][0]["groups_a_better"] > r["mcnemar"][0]["groups_b_better"]
 
 
 # ---------------------------------------------------------------------------------- real multirun
