@@ -67,16 +67,15 @@ def _by_group(
     as many, with a sign test over the groups that differ. McNemar counts images as independent; the images
     of one specimen are not, so its p is too small when a few groups decide. Empty when no group holds
     more than one image (then the images are the groups)."""
-    right: dict[str, list[int]] = {}
+    right: dict[str, list[int]] = {}  # group -> [images A reads right, images B reads right]
     for k in keys:
-        g = right.setdefault(groups.get(k, k[1]), [0, 0, 0])
+        g = right.setdefault(groups.get(k, k[1]), [0, 0])
         g[0] += ca[k]
         g[1] += cb[k]
-        g[2] += 1
     if len(right) == len(keys):
         return {}
-    a_better = sum(1 for x, y, _ in right.values() if x > y)
-    b_better = sum(1 for x, y, _ in right.values() if y > x)
+    a_better = sum(1 for x, y in right.values() if x > y)
+    b_better = sum(1 for x, y in right.values() if y > x)
     return {
         "n_groups": len(right),
         "groups_a_better": a_better,
