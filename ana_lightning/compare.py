@@ -34,11 +34,15 @@ class CompareError(ValueError):
     """Two sweeps that cannot be compared pairwise."""
 
 
-def _assignment(sweep: Path) -> dict[tuple[str, str], tuple[str, str]]:
+def _manifest_rows(sweep: Path) -> list[dict[str, str]]:
     manifest = sweep_manifest(sweep) if sweep.is_dir() else None
     if manifest is None:
         raise CompareError(f"{sweep} has no {FOLDS_MANIFEST}: not a cross-validation sweep")
-    return {(r["repeat"], r["path"]): (r["fold"], r["sha256"]) for r in load_folds_manifest(manifest)}
+    return load_folds_manifest(manifest)
+
+
+def _assignment(rows: list[dict[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+    return {(r["repeat"], r["path"]): (r["fold"], r["sha256"]) for r in rows}
 
 
 def _oof(sweep: Path) -> tuple[list[dict[str, str]], list[str]]:
@@ -50,10 +54,9 @@ def _oof(sweep: Path) -> tuple[list[dict[str, str]], list[str]]:
     return read_oof(path)
 
 
-def _groups(sweep: Path) -> dict[tuple[str, str], str]:
-    """Each ``(repeat, path)``'s group (specimen, patient, field) from the folds manifest; an image with
-    no group is its own."""
-    rows = load_folds_manifest(sweep_manifest(sweep))
+def _groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
+    """Each ``(repeat, path)``'s group (specimen, patient, field) from the folds manifest's rows; an image
+    with no group is its own."""
     return {(r["repeat"], r["path"]): r.get("group") or r["path"] for r in rows}
 
 
@@ -91,7 +94,8 @@ def compare_sweeps(
     """Compare sweep ``a`` with sweep ``b`` (see the module docstring); writes ``compare.json`` and
     ``compare.md`` into ``out_dir`` when given, and returns the ``compare.json`` content."""
     a, b = Path(a), Path(b)
-    fa, fb = _assignment(a), _assignment(b)
+    rows_a = _manifest_rows(a)
+    fa, fb = _assignment(rows_a), _assignment(_manifest_rows(b))
     if fa != fb:
         diff = sorted(set(fa.items()) ^ set(fb.items()))[:3]
         raise CompareError(
@@ -160,7 +164,7 @@ def compare_sweeps(
             ca = {(r["repeat"], r["path"]): r["true"] == r["pred"] for r in oa}
             cb = {(r["repeat"], r["path"]): r["true"] == r["pred"] for r in ob}
             common = sorted(set(ca) & set(cb))
-            groups = _groups(a)
+            groups = _groups(rows_a)  # the same folds in both sweeps, checked above
             out["mcnemar"] = []
             for rep in sorted({k[0] for k in common}, key=int):
                 keys = [k for k in common if k[0] == rep]
