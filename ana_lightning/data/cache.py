@@ -8,7 +8,7 @@ by later runs over the same files at the same size).
 
 The file name is a digest of the files (path + sha256), the size, the resize method and the bit depth
 (``data.bit_depth``, ``data.channels``), so a changed image or size gives a new cache and a stale one is never read. The first process to take the file
-lock decodes (in threads) into a temporary file and renames it into place; the others wait on the
+lock decodes (in worker processes or threads: :func:`~.images.decode_map`) into a temporary file and renames it into place; the others wait on the
 lock and open the finished file.
 
 >>> cache = ImageCache.build(paths, image_size=224, resize=transform.resize, digests=shas)  # doctest: +SKIP
@@ -24,14 +24,12 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
 
-from .images import decode_threads, load_image, read_settings
+from .images import LoadResized, decode_map, load_image, read_settings
 
 __all__ = ["ImageCache", "default_cache_dir", "save_npz_atomic"]
 
@@ -117,7 +115,7 @@ class ImageCache:
         with FileLock(str(final) + ".lock"):
             if cache._valid():  # another rank or worker built it while we waited
                 return cache
-            cache._write(paths, resize, loader or load_image, threads or decode_threads())
+            cache._write(paths, resize, loader or load_image, threads)
         return cache
 
     def _valid(self) -> bool:
@@ -130,7 +128,7 @@ class ImageCache:
             return False
         return arr.shape == (self.n, self.image_size, self.image_size, 3) and arr.dtype == np.uint8
 
-    def _write(self, paths: list[str], resize, loader, threads: int) -> None:
+    def _write(self, paths: list[str], resize, loader, threads: int | None) -> None:
         shape = (len(paths), self.image_size, self.image_size, 3)
         log.info(
             "decoding %d images once into the cache %s (%.1f MB)", len(paths), self.path, np.prod(shape) / 1e6
@@ -138,17 +136,12 @@ class ImageCache:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-
-            def one(arr: np.ndarray, i: int) -> None:
-                img = resize(loader(paths[i]))
+            for i, img in enumerate(decode_map(LoadResized(loader, resize), paths, threads=threads)):
                 if img.shape != shape[1:] or img.dtype != np.uint8:
                     raise ValueError(
                         f"{paths[i]}: resize gave {img.shape} {img.dtype}, expected {shape[1:]} uint8"
                     )
-                arr[i] = img
-
-            with ThreadPoolExecutor(max(1, threads)) as pool:
-                list(pool.map(partial(one, out), range(len(paths))))
+                out[i] = img
             out.flush()
             del out
             os.replace(tmp, self.path)  # atomic: readers see a complete file or none

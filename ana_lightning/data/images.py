@@ -18,11 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import math
+import multiprocessing
 import os
+import sys
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,9 @@ from PIL import Image, ImageFile
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LoadResized",
+    "decode_map",
+    "decode_processes",
     "decode_threads",
     "exposure_problem",
     "saturated_share",
@@ -68,29 +77,139 @@ MAX_PIXELS = 200_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # one limit and one message (PIL's own default, 89 M, would refuse first)
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a SLURM task or taskset: the CPUs it may use, not the node's
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _env_count(name: str) -> int | None:
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return None
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{name}={env!r}: expected a whole number, at least 1")
+    return n
+
+
 def decode_threads() -> int:
-    """How many threads decode images at once: the bad-file scan, cell medians, near-duplicate hashes and
-    the cached cells of a run. ``$ANA_IO_THREADS`` when set, else 2 (1 on a single CPU).
+    """How many threads decode a pass too small for processes (:func:`decode_map`), or any pass where
+    processes are off or cannot be forked. ``$ANA_IO_THREADS`` when set, else 2 (1 on a single CPU).
 
     More threads did not help on the 2-core machine. A cold setup of the 10,809 I3A cells took 31.5 s with
     1 thread, 32.2 s with 2, 38.4 s with 4 (the earlier fixed count) and 41.6 s with 6
-    (``experiments/benchmarks/decode_threads.py``). The cells are small files, so the Python around each
-    decode seems to dominate, and it holds the GIL. A many-core node would need processes, which are not
-    built. On a file system with high latency, set the variable to try more threads."""
-    env = os.environ.get("ANA_IO_THREADS", "").strip()
-    if env:
+    (``experiments/benchmarks/decode_threads.py``). A cell's decode is about a tenth of a millisecond; the
+    numpy work around it on arrays that small holds the GIL, so threads mostly take turns. On a file
+    system with high latency, set the variable to try more threads."""
+    n = _env_count("ANA_IO_THREADS")
+    return n if n is not None else min(2, _cpus())
+
+
+class LoadResized:
+    """``resize(loader(item))``: a decoding pass that keeps images at the model's input size
+    (:func:`decode_map`), so a worker process sends back the small image, not the decoded file."""
+
+    def __init__(self, loader: Callable[[Any], np.ndarray], resize: Callable[[np.ndarray], np.ndarray]):
+        self.loader, self.resize = loader, resize
+
+    def __call__(self, item: Any) -> np.ndarray:
+        return self.resize(self.loader(item))
+
+
+# Below this many items a pass stays in threads: forking workers costs more than it saves.
+PROCESS_MIN_ITEMS = 512
+_MAX_PROCESSES = 8
+
+
+def decode_processes() -> int:
+    """How many worker processes :func:`decode_map` forks for a large pass: ``$ANA_IO_PROCESSES`` when set
+    (1 turns processes off), else the CPUs this process may use, at most 8. Always 1 where a process cannot
+    be forked (macOS, Windows: threads only) and inside a daemonic process (a DataLoader worker)."""
+    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
+        return 1
+    n = _env_count("ANA_IO_PROCESSES")
+    return n if n is not None else min(_MAX_PROCESSES, _cpus())
+
+
+# The functions of the passes now running in processes, by token: the workers are forked after a pass
+# registers its function, so they call it from their copy of this dict and only items and results
+# travel between processes (the function need not pickle: a closure over the run's masks is fine).
+_FORKED: dict[int, Callable[[Any], Any]] = {}
+_FORKED_LOCK = threading.Lock()
+_TOKENS = itertools.count()
+
+
+def _call_forked(token: int, chunk: list) -> list:
+    fn = _FORKED[token]
+    return [fn(x) for x in chunk]
+
+
+def decode_map(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    threads: int | None = None,
+    progress: Callable[[], Any] | None = None,
+    min_items: int | None = None,
+) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order, yielded as they come: the decoding passes of a run's setup
+    (the bad-file scan, cell medians, near-duplicate hashes, cached images).
+
+    With at least ``min_items`` items (default :data:`PROCESS_MIN_ITEMS`) and :func:`decode_processes`
+    above 1, the items go in chunks to that many forked worker processes: the numpy and PIL work around
+    decoding a small cell holds the GIL, so threads cannot use a many-core node (round 26: 80 s of a 117 s
+    GPU run were decoding in threads). Else ``threads`` threads (default :func:`decode_threads`). ``fn`` runs in the workers: it must not change
+    state it shares with the caller (write into the caller's dicts), but return what the caller keeps; its
+    items and results must pickle. ``progress()`` is called once per item. An exception in ``fn`` is
+    raised here as it was raised there; a worker that dies (killed for memory) is logged and the pass is
+    done again in threads.
+    """
+    items = list(items)
+    procs = min(decode_processes(), max(1, len(items)))
+    if procs > 1 and len(items) >= (PROCESS_MIN_ITEMS if min_items is None else min_items):
+        token = next(_TOKENS)
+        size = max(1, min(64, len(items) // (8 * procs)))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        done = 0
+        with _FORKED_LOCK:
+            _FORKED[token] = fn
         try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"ANA_IO_THREADS={env!r}: expected a whole number of threads, at least 1")
-        return n
-    try:
-        cpus = len(os.sched_getaffinity(0))  # a SLURM task or taskset: the CPUs it may use, not the node's
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    return min(2, cpus)
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+                futures = [pool.submit(_call_forked, token, c) for c in chunks]  # workers fork here
+                try:
+                    for f in futures:
+                        for r in f.result():
+                            done += 1
+                            if progress is not None:
+                                progress()
+                            yield r
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+            return
+        except BrokenProcessPool as e:
+            log.warning(
+                "a decoding worker process died (%s); decoding the remaining %d of %d items in threads "
+                "(ANA_IO_PROCESSES=1 skips the processes)",
+                e,
+                len(items) - done,
+                len(items),
+            )
+            items = items[done:]
+        finally:
+            with _FORKED_LOCK:
+                _FORKED.pop(token, None)
+    with ThreadPoolExecutor(max(1, threads or decode_threads())) as pool:
+        for r in pool.map(fn, items):
+            if progress is not None:
+                progress()
+            yield r
 
 
 class BadImageError(ValueError):
@@ -99,6 +218,9 @@ class BadImageError(ValueError):
     def __init__(self, path: str | Path, reason: str):
         self.path, self.reason = str(path), reason
         super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):  # raised in a decoding worker process (decode_map): rebuilt here with both parts
+        return (type(self), (self.path, self.reason))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ..taxonomy import LabelError, Taxonomy
 from .images import (
     BadFile,
     BadImageError,
-    decode_threads,
+    decode_map,
     format_bad_files,
     is_ignored,
     is_image_path,
@@ -165,6 +164,19 @@ class _ScanCache:
             logging.getLogger(__name__).debug("scan cache %s not written: %s", self.path, e)
 
 
+def _scan_one(item: tuple[Path, bool]) -> tuple[str, tuple[str, tuple[int, int]] | None, BadFile | None]:
+    """One file of :func:`scan_images` (``(path, is a mask)``): ``(path, (sha256, (h, w)) or None, bad or None)``."""
+    file, is_mask = item
+    path = str(file)
+    try:
+        img, digest = read_and_hash(file, camera=not is_mask)
+    except BadImageError as e:
+        return path, None, BadFile(path, e.reason)
+    if is_mask and not img.any():
+        return path, None, BadFile(path, "an empty mask (every pixel 0): it marks no cell")
+    return path, (digest, tuple(img.shape[:2])), None
+
+
 def scan_images(
     paths: Sequence[Path],
     workers: int | None = None,
@@ -177,9 +189,9 @@ def scan_images(
 
     Returns ``{path: (sha256, (h, w))}`` for the good files and the list of bad ones. The paths in
     ``masks`` are cell masks (read as :func:`~.images.load_image` reads a mask: any non-zero pixel
-    marks the cell): one that marks no pixel is a bad file. Threads are enough: decoding and hashing
-    release the GIL. With ``cache`` a file found good before and unchanged since (size, times and inode)
-    is not decoded again (:class:`_ScanCache`, in ``cache_dir``, default
+    marks the cell): one that marks no pixel is a bad file. Many files are read in worker processes
+    (:func:`~.images.decode_map`; ``workers``: the threads used for few). With ``cache`` a file found good
+    before and unchanged since (size, times and inode) is not decoded again (:class:`_ScanCache`, in ``cache_dir``, default
     :func:`~.cache.default_cache_dir`): a run over a folder of large fields starts in seconds the second
     time. A bad file is always read again.
     """
@@ -189,30 +201,16 @@ def scan_images(
     known = _ScanCache([str(p) for p in paths], masks, cache_dir) if cache else None
 
     found = {str(p): known.get(str(p)) for p in paths} if known is not None else {}
-
-    def one(p: Path):
-        try:
-            is_mask = str(p) in masks
-            img, digest = read_and_hash(p, camera=not is_mask)
-            if is_mask and not img.any():
-                return str(p), None, BadFile(str(p), "an empty mask (every pixel 0): it marks no cell")
-            if known is not None:
-                known.put(str(p), digest, img.shape[:2])
-            return str(p), (digest, img.shape[:2]), None
-        except BadImageError as e:
-            return str(p), None, BadFile(str(p), e.reason)
-
-    workers = workers or decode_threads()
     todo = [p for p in paths if found.get(str(p)) is None]
     if progress is not None:
         for _ in range(len(paths) - len(todo)):
             progress()
     results: dict[str, tuple] = {}
-    with ThreadPoolExecutor(workers) as pool:
-        for r in pool.map(one, todo):
-            results[r[0]] = r
-            if progress is not None:
-                progress()
+    items = [(p, str(p) in masks) for p in todo]
+    for r in decode_map(_scan_one, items, threads=workers, progress=progress):
+        results[r[0]] = r
+        if known is not None and r[1] is not None:
+            known.put(r[0], *r[1])
     for p in paths:  # in the order given
         path, ok, err = results.get(str(p)) or (str(p), found[str(p)], None)
         if err is not None:

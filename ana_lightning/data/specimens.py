@@ -8,13 +8,12 @@ one specimen on one side (see :func:`group_i3a_specimens`).
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .images import decode_threads, load_image, read_settings
+from .images import decode_map, load_image, read_settings
 from .records import ImageRecord
 
 __all__ = [
@@ -130,6 +129,10 @@ def cell_median(image_path: str, mask_path: str | None) -> float:
     return float(np.median(img))
 
 
+def _cell_median(item: tuple[str, str | None]) -> float:
+    return cell_median(*item)
+
+
 def _median_key(record: ImageRecord, mask: str | None, mask_digests: dict[str, str]) -> str | None:
     """What a cell's median depends on: its image's and its mask's bytes, and the bit depth images are
     read at. ``None`` when a digest is not known (the median is then computed, not cached)."""
@@ -166,7 +169,8 @@ def cell_medians(
     mask_digests: dict[str, str] | None = None,
     cache_dir: str | Path | None = None,
 ) -> list[float]:
-    """:func:`cell_median` of each record (its mask from ``masks``, image path -> mask path), in threads.
+    """:func:`cell_median` of each record (its mask from ``masks``, image path -> mask path), in worker
+    processes when there are many (:func:`~.images.decode_map`).
 
     Every cell is decoded with its mask, which for a contest folder costs as long as reading it. Cells
     whose image and mask bytes are known (the reader's sha256 of both: ``record.sha256`` and
@@ -181,8 +185,7 @@ def cell_medians(
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / MEDIANS_FILE
     known = _load_medians(path) if any(keys) else {}
     todo = [i for i, k in enumerate(keys) if k is None or k not in known]
-    with ThreadPoolExecutor(decode_threads()) as pool:
-        fresh = list(pool.map(lambda i: cell_median(records[i].path, masks.get(records[i].path)), todo))
+    fresh = list(decode_map(_cell_median, [(records[i].path, masks.get(records[i].path)) for i in todo]))
     out = {i: known[k] for i, k in enumerate(keys) if k is not None and k in known}
     out.update(zip(todo, fresh, strict=True))
     new = {keys[i]: v for i, v in zip(todo, fresh, strict=True) if keys[i] is not None}

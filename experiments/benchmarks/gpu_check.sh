@@ -5,12 +5,15 @@
 #      (each job is small), on the folds of a CPU sweep when FOLDS=<sweep>/folds_manifest.csv is given, so that
 #      experiments/i3a_cells/val_compare.py can pair them with it; beside them the default run at full size (its own
 #      split, `data.seed=0`: the 6 specimen groups the CPU default is tested on), unless DEFAULT_RUN=0;
-#   3. the config matrix's trainer/debug options build their Trainer (skipped where the machine has too few GPUs).
+#   3. the config matrix's trainer/debug options build their Trainer (skipped where the machine has too few GPUs);
+#   4. experiments/benchmarks/decode_threads.py: a cold data setup decoding in 1 thread, 4 and the default number of
+#      worker processes (round 27; one per CPU up to 8), so the machine's cores are measured against round 26's 80 s.
 #
 #   bash experiments/benchmarks/gpu_check.sh <I3A training folder> [out folder]
 #   FOLDS=outputs/cv_base/folds_manifest.csv bash experiments/benchmarks/gpu_check.sh ../shared/data/i3a2014-task1/training
 #
-# Time limits (seconds, env): T_TTA (170), T_CV (300, per fold job), T_PYTEST (45); 0 skips a step. DEV/TR switch the
+# Time limits (seconds, env): T_TTA (170), T_CV (300, per fold job), T_PYTEST (45), T_DECODE (150); 0 skips a step.
+# The six jobs of step 2 share the machine: each decodes in P_CV (3) worker processes. DEV/TR switch the
 # device and trainer (cpu/cpu runs the same steps as a smoke test). Where the project is not installed, its package
 # and conf/ are copied to /tmp/pkg; wheels in .whl/ (an offline machine) are installed to /tmp/site first.
 #
@@ -53,12 +56,12 @@ log "2. ana-train experiment=i3a_cells trainer=$TR, grouped 5-fold CV, the folds
 CV="$OUT/cv_$TR"; rm -rf "$CV"; mkdir -p "$CV"
 FOLDS_ARG=(); [ -n "${FOLDS:-}" ] && FOLDS_ARG=("data.folds_manifest=$(realpath "$FOLDS")")
 for k in 0 1 2 3 4; do
-  OMP_NUM_THREADS=3 timeout "${T_CV:-300}" $PY -m ana_lightning.cli.train experiment=i3a_cells trainer="$TR" \
+  OMP_NUM_THREADS=3 ANA_IO_PROCESSES=${P_CV:-3} timeout "${T_CV:-300}" $PY -m ana_lightning.cli.train experiment=i3a_cells trainer="$TR" \
     'data.split_fractions=[0.6,0.2,0.2]' data.root="$ROOT" data.folds=5 data.fold=$k "${FOLDS_ARG[@]}" hydra.run.dir="$CV/$k" ${EXTRA_CV:-} \
     > "$CV/fold$k.log" 2>&1 &
 done
 if [ "${DEFAULT_RUN:-1}" != 0 ]; then
-  OMP_NUM_THREADS=3 timeout "${T_CV:-300}" $PY -m ana_lightning.cli.train experiment=i3a_cells trainer="$TR" \
+  OMP_NUM_THREADS=3 ANA_IO_PROCESSES=${P_CV:-3} timeout "${T_CV:-300}" $PY -m ana_lightning.cli.train experiment=i3a_cells trainer="$TR" \
     data.root="$ROOT" hydra.run.dir="$CV/default" ${EXTRA_CV:-} > "$CV/default.log" 2>&1 &
 fi
 wait
@@ -75,5 +78,11 @@ if [ "${T_PYTEST:-45}" != 0 ]; then
   timeout "${T_PYTEST:-45}" $PY -m pytest -q -p no:cacheprovider tests/config/test_config_matrix.py -k "trainer or debug" \
     > "$OUT/pytest_trainer.log" 2>&1
   log "   exit $?"; tail -n 6 "$OUT/pytest_trainer.log"
+fi
+if [ "${T_DECODE:-150}" != 0 ]; then
+  log "4. a cold data setup: 1 thread against worker processes (nothing else running)"
+  timeout "${T_DECODE:-150}" $PY experiments/benchmarks/decode_threads.py --root "$ROOT" --rows "${DECODE_ROWS:-t1,p4,default}" \
+    > "$OUT/decode_processes.md" 2> "$OUT/decode_processes.log"
+  log "   exit $?"; tail -n 6 "$OUT/decode_processes.md"
 fi
 log "end"

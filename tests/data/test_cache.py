@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,17 @@ def test_datamodule_mmap_cache_with_workers(tmp_path, monkeypatch):
     memory.setup()
     monkeypatch.undo()
     assert torch.equal(torch.cat([b["image"] for b in memory.val_dataloader()]), torch.cat(in_process))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked (Linux)")
+def test_a_cache_built_in_worker_processes_is_the_one_built_in_threads(tmp_path, monkeypatch):
+    import ana_lightning.data.images as images
+
+    paths = _images(tmp_path)
+    tf = build_transform(32)
+    monkeypatch.setenv("ANA_IO_PROCESSES", "1")
+    threads = ImageCache.build(paths, 32, tf.resize, cache_dir=tmp_path / "threads")
+    monkeypatch.setenv("ANA_IO_PROCESSES", "2")
+    monkeypatch.setattr(images, "PROCESS_MIN_ITEMS", 1)
+    forked = ImageCache.build(paths, 32, tf.resize, cache_dir=tmp_path / "forked")
+    assert np.array_equal(np.asarray(forked.array), np.asarray(threads.array))

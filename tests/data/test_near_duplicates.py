@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,25 @@ def test_hashes_are_cached_on_disk_by_content(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(images, "load_image", no_decoding)
     again = near_duplicate_sets(records, cache_dir=tmp_path / "cache")
     assert [[r.path for r in d.records] for d in again] == [[r.path for r in d.records] for d in first]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked (Linux)")
+def test_hashing_in_worker_processes_finds_the_same_sets_and_keeps_the_hashes_here(folder, monkeypatch):
+    import ana_lightning.data.images as images
+    from ana_lightning.data import splits
+    from ana_lightning.data.records import read_single_label_folder
+    from ana_lightning.taxonomy import Taxonomy
+
+    root, _ = folder
+    records, _ = read_single_label_folder(root, Taxonomy.load())
+    splits._hash_cache.clear()
+    monkeypatch.setenv("ANA_IO_PROCESSES", "1")
+    threads = near_duplicate_sets(records)
+    splits._hash_cache.clear()
+    monkeypatch.setenv("ANA_IO_PROCESSES", "2")
+    monkeypatch.setattr(images, "PROCESS_MIN_ITEMS", 1)
+    forked = near_duplicate_sets(records)
+    assert forked == threads and len(forked) == 2
+    assert len(splits._hash_cache) == len(
+        {r.sha256 for r in records}
+    )  # the workers' hashes, kept in this process

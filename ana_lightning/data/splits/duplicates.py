@@ -98,28 +98,50 @@ def _hash_one(record: ImageRecord) -> tuple[np.ndarray, np.ndarray, tuple[int, i
     flip/transpose symmetries (:func:`_dihedral_dct`), equal to ``phash`` of the flipped/rotated
     thumbnail (checked in the tests) at an eighth of the cost.
     """
+    key = _hash_key(record)
+    if key and key in _hash_cache:
+        return _hash_cache[key]
+    out = _compute_hash(record.path)
+    if key:
+        _hash_cache[key] = out
+    return out
+
+
+def _hash_key(record: ImageRecord) -> str:
+    """What an image's hashes depend on: its bytes, and how files are read now (data.bit_depth changes a
+    16-bit file's pixels, data.channels a multi-channel TIFF's). Empty when its sha256 is not known."""
+    from ..images import read_settings
+
+    depth = read_settings()
+    return f"{record.sha256}|{depth}" if record.sha256 and depth else record.sha256
+
+
+def _compute_hash(path: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """:func:`_hash_one` without the cache."""
     import imagehash
     from PIL import Image
     from scipy.fftpack import dct
 
-    from ..images import load_image, read_settings
+    from ..images import load_image
 
-    # data.bit_depth (a 16-bit file's pixels) and data.channels (a multi-channel TIFF's) change the thumbnail
-    depth = read_settings()
-    key = f"{record.sha256}|{depth}" if record.sha256 and depth else record.sha256
-    if key and key in _hash_cache:
-        return _hash_cache[key]
-    arr = load_image(record.path)
+    arr = load_image(path)
     thumb = Image.fromarray(arr).convert("L").resize((_THUMB, _THUMB), Image.Resampling.LANCZOS)
     pixels = np.asarray(thumb)
     block = dct(dct(pixels, axis=0), axis=1)[:8, :8]  # what imagehash.phash thresholds
     bits = [b > np.median(b) for b in _dihedral_dct(block)]
     bits[0] = imagehash.phash(thumb).hash  # the library's hash for the image as it is
     hashes = [int(np.packbits(b.flatten().astype(np.uint8)).view(">u8")[0]) for b in bits]
-    out = (np.asarray(hashes, dtype=np.uint64), pixels.astype(np.float32), tuple(arr.shape[:2]))
-    if key:
-        _hash_cache[key] = out
-    return out
+    return np.asarray(hashes, dtype=np.uint64), pixels.astype(np.float32), tuple(arr.shape[:2])
+
+
+def _safe_hash(path: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
+    """:func:`_compute_hash`, or None for a file that cannot be read (the readers report those)."""
+    from ..images import BadImageError
+
+    try:
+        return _compute_hash(path)
+    except (BadImageError, OSError):
+        return None
 
 
 def _same_picture(a: np.ndarray, b: np.ndarray, min_corr: float) -> bool:
@@ -227,26 +249,25 @@ def near_duplicate_sets(
     by sha256), and once across runs with ``cache_dir`` (``<cache_dir>/near_duplicate_hashes.npz``);
     unreadable files are skipped (the readers report them).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..images import BadImageError, decode_threads
+    from ..images import decode_map
 
     records = [r for r in records if r.path]
     if len(records) < 2:
         return []
 
-    def safe(r):
-        try:
-            return _hash_one(r)
-        except (BadImageError, OSError):
-            return None
-
     disk = Path(cache_dir) / "near_duplicate_hashes.npz" if cache_dir else None
     if disk is not None and disk.is_file():
         _load_hash_cache(disk)
     known = len(_hash_cache)
-    with ThreadPoolExecutor(workers or decode_threads()) as pool:
-        got = list(pool.map(safe, records))
+    keys = [_hash_key(r) for r in records]
+    got = [_hash_cache.get(k) if k else None for k in keys]
+    todo = [i for i, g in enumerate(got) if g is None]
+    for i, g in zip(
+        todo, decode_map(_safe_hash, [records[i].path for i in todo], threads=workers), strict=True
+    ):
+        got[i] = g
+        if g is not None and keys[i]:
+            _hash_cache[keys[i]] = g
     if disk is not None and len(_hash_cache) > known:
         try:
             _save_hash_cache(disk)
