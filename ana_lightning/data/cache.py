@@ -7,9 +7,9 @@ images sit in memory once per node, and no JPEG/TIFF is decoded again for the re
 by later runs over the same files at the same size).
 
 The file name is a digest of the files (path + sha256), the size, the resize method and the bit depth
-(``data.bit_depth``, ``data.channels``), so a changed image or size gives a new cache and a stale one is never read. The first process to take the file
-lock decodes (in worker processes or threads: :func:`~.images.decode_map`) into a temporary file and renames it into place; the others wait on the
-lock and open the finished file.
+(``data.bit_depth``, ``data.channels``), so a changed image or size gives a new cache and a stale one is never read.
+The first process to take the file lock decodes (:func:`~.images.decode_map`: worker processes or threads) into a
+temporary file and renames it into place; the others wait on the lock and open the finished file.
 
 >>> cache = ImageCache.build(paths, image_size=224, resize=transform.resize, digests=shas)  # doctest: +SKIP
 >>> cache[0].shape  # doctest: +SKIP
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from .images import LoadResized, decode_map, load_image, read_settings
+from .images import decode_map, load_image, read_settings
 
 __all__ = ["ImageCache", "default_cache_dir", "save_npz_atomic"]
 
@@ -136,7 +136,7 @@ class ImageCache:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            for i, img in enumerate(decode_map(LoadResized(loader, resize), paths, threads=threads)):
+            for i, img in enumerate(decode_map(lambda p: resize(loader(p)), paths, threads=threads)):
                 if img.shape != shape[1:] or img.dtype != np.uint8:
                     raise ValueError(
                         f"{paths[i]}: resize gave {img.shape} {img.dtype}, expected {shape[1:]} uint8"

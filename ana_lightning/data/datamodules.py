@@ -25,7 +25,6 @@ from ..taxonomy import Taxonomy
 from ..utils import plain_hparams
 from .images import (
     BadFile,
-    LoadResized,
     check_bit_depth,
     check_channels,
     decode_map,
@@ -86,7 +85,7 @@ def plain_dict(mapping: Any) -> dict[str, Any]:
 class RecordDataset(Dataset):
     """Images of a list of records, as ``{"image", "target", "index"}`` dicts.
 
-    With ``cache=True`` every image is decoded and resized once (:func:`~.images.decode_map`) and kept as uint8.
+    With ``cache=True`` every image is decoded and resized once (:func:`~.images.decode_map`), kept as uint8.
     With ``cache="mmap"`` they go once into a memory-mapped file in ``cache_dir`` shared by loader
     workers and DDP ranks (:class:`~ana_lightning.data.cache.ImageCache`).
     """
@@ -115,8 +114,7 @@ class RecordDataset(Dataset):
                 resize_name=getattr(transform, "resize_name", "area"),
             )
         elif cache and self.records:
-            paths = [r.path for r in self.records]
-            self._cache = list(decode_map(LoadResized(load_image, transform.resize), paths))
+            self._cache = list(decode_map(lambda r: transform.resize(load_image(r.path)), self.records))
 
     def __len__(self) -> int:
         return len(self.records)

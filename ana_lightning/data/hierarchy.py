@@ -39,7 +39,7 @@ import torch
 from ..taxonomy import LabelError, Taxonomy
 from .contest_labels import CONTESTS, _norm, contest_class_of, contest_classes
 from .datamodules import RecordDataModule, RecordDataset, SyntheticDataModule
-from .images import BadFile, LoadResized, decode_map
+from .images import BadFile, decode_map
 from .masks import MASK_MODES, check_crop_fraction, masked_loader
 from .readers import Reader, build_reader
 from .records import DatasetError, ImageRecord
@@ -127,7 +127,7 @@ class LoaderRecordDataset(RecordDataset):
         self.loader = loader
         super().__init__(records, targets, transform, cache=False)
         if cache and self.records:
-            self._cache = list(decode_map(LoadResized(loader, transform.resize), self.records))
+            self._cache = list(decode_map(lambda r: transform.resize(loader(r)), self.records))
 
     def load(self, i: int) -> np.ndarray:
         return self._cache[i] if self._cache is not None else self.loader(self.records[i])

@@ -39,7 +39,6 @@ from PIL import Image, ImageFile
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "LoadResized",
     "decode_map",
     "decode_processes",
     "decode_threads",
@@ -108,17 +107,6 @@ def decode_threads() -> int:
     system with high latency, set the variable to try more threads."""
     n = _env_count("ANA_IO_THREADS")
     return n if n is not None else min(2, _cpus())
-
-
-class LoadResized:
-    """``resize(loader(item))``: a decoding pass that keeps images at the model's input size
-    (:func:`decode_map`), so a worker process sends back the small image, not the decoded file."""
-
-    def __init__(self, loader: Callable[[Any], np.ndarray], resize: Callable[[np.ndarray], np.ndarray]):
-        self.loader, self.resize = loader, resize
-
-    def __call__(self, item: Any) -> np.ndarray:
-        return self.resize(self.loader(item))
 
 
 # Below this many items a pass stays in threads: forking workers costs more than it saves.

@@ -190,10 +190,10 @@ def scan_images(
     Returns ``{path: (sha256, (h, w))}`` for the good files and the list of bad ones. The paths in
     ``masks`` are cell masks (read as :func:`~.images.load_image` reads a mask: any non-zero pixel
     marks the cell): one that marks no pixel is a bad file. Many files are read in worker processes
-    (:func:`~.images.decode_map`; ``workers``: the threads used for few). With ``cache`` a file found good
-    before and unchanged since (size, times and inode) is not decoded again (:class:`_ScanCache`, in ``cache_dir``, default
-    :func:`~.cache.default_cache_dir`): a run over a folder of large fields starts in seconds the second
-    time. A bad file is always read again.
+    (:func:`~.images.decode_map`; ``workers``: the threads used for few). With ``cache`` a file found
+    good before and unchanged since (size, times and inode) is not decoded again (:class:`_ScanCache`, in
+    ``cache_dir``, default :func:`~.cache.default_cache_dir`): a run over a folder of large fields starts
+    in seconds the second time. A bad file is always read again.
     """
     good: dict[str, tuple[str, tuple[int, int]]] = {}
     bad: list[BadFile] = []

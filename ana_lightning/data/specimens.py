@@ -129,10 +129,6 @@ def cell_median(image_path: str, mask_path: str | None) -> float:
     return float(np.median(img))
 
 
-def _cell_median(item: tuple[str, str | None]) -> float:
-    return cell_median(*item)
-
-
 def _median_key(record: ImageRecord, mask: str | None, mask_digests: dict[str, str]) -> str | None:
     """What a cell's median depends on: its image's and its mask's bytes, and the bit depth images are
     read at. ``None`` when a digest is not known (the median is then computed, not cached)."""
@@ -185,7 +181,7 @@ def cell_medians(
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / MEDIANS_FILE
     known = _load_medians(path) if any(keys) else {}
     todo = [i for i, k in enumerate(keys) if k is None or k not in known]
-    fresh = list(decode_map(_cell_median, [(records[i].path, masks.get(records[i].path)) for i in todo]))
+    fresh = list(decode_map(lambda i: cell_median(records[i].path, masks.get(records[i].path)), todo))
     out = {i: known[k] for i, k in enumerate(keys) if k is not None and k in known}
     out.update(zip(todo, fresh, strict=True))
     new = {keys[i]: v for i, v in zip(todo, fresh, strict=True) if keys[i] is not None}
