@@ -1,6 +1,7 @@
 """The low-data experiment (experiments/low_data/run.py) end to end at a tiny size."""
 
 import csv
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -197,3 +198,24 @@ def test_summary_sd_is_the_sample_sd_over_repeats(low_data):
     assert line["m"][1] == pytest.approx(float(np.std(per_repeat, ddof=1)))  # not the population sd
     (one,) = low_data.summarize([r for r in rows if r["repeat"] == 0], ["m"])
     assert np.isnan(one["m"][1]) and "± n/a" in low_data.markdown_table([one], ["m"])
+
+
+def test_epochs_set_the_training_steps_by_the_number_of_images(low_data):
+    cfg = low_data.StudyConfig(steps=30, batch_size=16, epochs=20)
+    assert low_data.train_steps(cfg, 300) == 375  # K = 50 of 6 classes: 20 passes of 300 in batches of 16
+    assert low_data.train_steps(cfg, 6) == 30  # K = 1: 20 passes of 6 (one batch each) < the 30-step floor
+    assert low_data.train_steps(cfg, 30) == 38  # batches of 16 (not 30): ceil(20 * 30 / 16)
+    assert low_data.train_steps(low_data.StudyConfig(steps=30, epochs=None), 300) == 30  # fixed as before
+    with pytest.raises(ValueError, match="epochs must be > 0"):
+        low_data.train_steps(low_data.StudyConfig(epochs=0), 10)
+    with pytest.raises(SystemExit):
+        low_data.main(["--epochs", "-1"])
+
+
+def test_rows_record_each_networks_steps(low_data, tmp_path):
+    res = low_data.main(_tiny(tmp_path, "--datasets", "synthetic", "--k", "1", "3", "--epochs", "2"))
+    for r in res["rows"]:  # 2 classes: K=1 -> 2 images, max(2, ceil(2*2/2)); K=3 -> 6 images, ceil(2*6/4)
+        want = {1: 2, 3: 3}[r["k"]]
+        assert r["steps"] == (None if r["method"] == "svm_texture" else want), r
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["steps"] == 2
