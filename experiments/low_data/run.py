@@ -370,8 +370,16 @@ def _run_rows(
     steps = train_steps(cfg, len(train))  # every network's (svm_cnn: its softmax CNN's); none for svm_texture
     return [
         _row(
-            dataset, group, k, rep, m, acc=r["acc"], mca=r["mca"], seconds=r["seconds"],
-            steps=None if m == "svm_texture" else steps, **sizes,
+            dataset,
+            group,
+            k,
+            rep,
+            m,
+            acc=r["acc"],
+            mca=r["mca"],
+            seconds=r["seconds"],
+            steps=None if m == "svm_texture" else steps,
+            **sizes,
         )
         for m, r in res.items()
     ]
@@ -387,6 +395,8 @@ def run_study(cfg: StudyConfig) -> list[dict]:
         torch.set_num_threads(cfg.threads)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # on a machine with SLURM installed every Trainer warns that srun is not used: ~400 lines per table
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available")
     tree = Taxonomy.load()
     for g in cfg.groups:
         if len(tree.children(g)) < 2:

@@ -1,8 +1,8 @@
 """The low-data experiment (experiments/low_data/run.py) end to end at a tiny size."""
 
 import csv
-import json
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -219,3 +219,75 @@ def test_rows_record_each_networks_steps(low_data, tmp_path):
         assert r["steps"] == (None if r["method"] == "svm_texture" else want), r
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["epochs"] == 2 and cfg["steps"] == 2
+
+
+def _write_run(folder, rows):
+    folder.mkdir(parents=True)
+    cols = [
+        "dataset",
+        "group",
+        "k",
+        "repeat",
+        "method",
+        "acc",
+        "mca",
+        "n_train",
+        "n_test",
+        "steps",
+        "seconds",
+    ]
+    with open(folder / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in cols})
+
+
+def test_compare_pairs_two_runs_by_draw(tmp_path):
+    spec = importlib.util.spec_from_file_location("low_data_compare", SCRIPT.parent / "compare.py")
+    cmp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmp)
+
+    def rows(mcas, steps):
+        return [
+            dict(
+                dataset="i3a",
+                group="i3a6",
+                k=k,
+                repeat=rep,
+                method=m,
+                mca=v,
+                n_train=6 * k,
+                n_test=360,
+                steps=steps if m != "svm_texture" else "",
+            )
+            for (k, m), vals in mcas.items()
+            for rep, v in enumerate(vals)
+        ]
+
+    a = {(50, "softmax_cnn"): [0.4, 0.5, 0.45], (50, "svm_texture"): [0.5, 0.5, 0.5]}
+    b = {(50, "softmax_cnn"): [0.6, 0.6, 0.65], (50, "svm_texture"): [0.5, 0.5, 0.5]}
+    _write_run(
+        tmp_path / "steps30",
+        rows(a, 30)
+        + [dict(dataset="i3a", group="i3a6", k=1, repeat=0, method="softmax_cnn", n_train=6, n_test=360)],
+    )
+    _write_run(tmp_path / "epochs20", rows(b, 375))
+    table = cmp.main(
+        [str(tmp_path / "steps30"), str(tmp_path / "epochs20"), "--out-md", str(tmp_path / "d.md")]
+    )
+    line = next(x for x in table.splitlines() if "softmax_cnn" in x)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3:10] == ["50", "30", "375", "3", "0.450", "0.617", "+0.167"]  # B - A, steps of each run
+    assert "| svm_texture | 50 | – | – | 3 | 0.500 | 0.500 | +0.000 | [+0.000, +0.000] | 1 |" in table
+    assert (tmp_path / "d.md").read_text().strip() == table
+    ks = {[c.strip() for c in x.strip("|").split("|")][3] for x in table.splitlines()[2:]}
+    assert ks == {"50"}  # the K=1 row has no MCA (no draw): left out
+
+    other = rows({(50, "softmax_cnn"): [0.6, 0.6, 0.6]}, 375)
+    other[0]["n_train"] = 60
+    _write_run(tmp_path / "other", other)
+    with pytest.raises(ValueError, match="n_train 300 in steps30 but 60 in other"):
+        cmp.main([str(tmp_path / "steps30"), str(tmp_path / "other")])
+    with pytest.raises(FileNotFoundError, match="no results.csv"):
+        cmp.main([str(tmp_path / "steps30"), str(tmp_path / "nowhere")])
