@@ -76,8 +76,10 @@ class StudyConfig:
         None  # grey size of the SVM's texture features (None = image_size: what the CNNs see)
     )
     render_size: int = 128
-    steps: int = 40  # optimisation steps per network, whatever K is (the least with ``epochs``)
-    epochs: float | None = None  # at least this many passes over the K × classes training images
+    steps: int = 40  # optimisation steps per network: the least with ``epochs``, the number without
+    epochs: float | None = (
+        20.0  # at least this many passes over the K × classes images (None or 0: ``steps``)
+    )
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
@@ -232,10 +234,10 @@ def train_steps(cfg: StudyConfig, n_train: int) -> int:
     """Optimisation steps of one network on ``n_train`` images: ``cfg.steps``, or with ``cfg.epochs``
     enough full batches for that many passes over the images, whichever is more. A fixed number of steps
     starves the networks at large K (30 steps of 16 at K = 50 show each of 300 cells ~1.6 times)."""
-    if cfg.epochs is None:
+    if cfg.epochs is not None and cfg.epochs < 0:
+        raise ValueError(f"epochs must be >= 0 (0: a fixed number of steps), got {cfg.epochs}")
+    if not cfg.epochs:
         return cfg.steps
-    if cfg.epochs <= 0:
-        raise ValueError(f"epochs must be > 0, got {cfg.epochs}")
     batch = min(cfg.batch_size, n_train)
     return max(cfg.steps, math.ceil(cfg.epochs * n_train / batch))
 
@@ -551,9 +553,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument(
         "--epochs",
         type=float,
-        default=None,
+        default=d.epochs,
         help="train each network for at least this many passes over its K x classes images "
-        "(more steps than --steps where K is large); default: --steps whatever K is",
+        "(more steps than --steps where K is large; default %(default)s); 0: --steps whatever K is "
+        "(the study's budget before round 28)",
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -573,10 +576,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--quick", action="store_true", help="tiny settings: one group, K=1,3, one repeat, 10 steps"
     )
     a = p.parse_args(argv)
-    if a.epochs is not None and a.epochs <= 0:
-        p.error(f"--epochs must be > 0, got {a.epochs}")
+    if a.epochs < 0:
+        p.error(f"--epochs must be >= 0 (0: a fixed --steps), got {a.epochs}")
     if a.quick:
-        a.groups, a.ks, a.repeats, a.steps, a.n_test = a.groups[:1], [1, 3], 1, 10, 4
+        a.groups, a.ks, a.repeats, a.steps, a.epochs, a.n_test = a.groups[:1], [1, 3], 1, 10, 0, 4
     cfg = StudyConfig(
         datasets=a.datasets,
         ks=a.ks,

@@ -31,6 +31,8 @@ def _tiny(tmp_path, *extra):
         "1",
         "--steps",
         "2",
+        "--epochs",
+        "0",  # a fixed 2 steps, whatever K
         "--batch-size",
         "4",
         "--backbone",
@@ -205,9 +207,11 @@ def test_epochs_set_the_training_steps_by_the_number_of_images(low_data):
     assert low_data.train_steps(cfg, 300) == 375  # K = 50 of 6 classes: 20 passes of 300 in batches of 16
     assert low_data.train_steps(cfg, 6) == 30  # K = 1: 20 passes of 6 (one batch each) < the 30-step floor
     assert low_data.train_steps(cfg, 30) == 38  # batches of 16 (not 30): ceil(20 * 30 / 16)
-    assert low_data.train_steps(low_data.StudyConfig(steps=30, epochs=None), 300) == 30  # fixed as before
-    with pytest.raises(ValueError, match="epochs must be > 0"):
-        low_data.train_steps(low_data.StudyConfig(epochs=0), 10)
+    for off in (None, 0):  # a fixed number of steps, the study's budget before round 28
+        assert low_data.train_steps(low_data.StudyConfig(steps=30, epochs=off), 300) == 30
+    assert low_data.StudyConfig().epochs == 20  # the default trains by epochs
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        low_data.train_steps(low_data.StudyConfig(epochs=-1), 10)
     with pytest.raises(SystemExit):
         low_data.main(["--epochs", "-1"])
 
