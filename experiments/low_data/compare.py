@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
@@ -65,20 +67,21 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], name_a: str = "A", name_
         f"| MCA {name_b} | {name_b} − {name_a} | 95% CI | p (paired t) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    cells = sorted({(d, g, m, k) for d, g, k, _, m in shared}, key=lambda x: (x[0], x[1], x[2], x[3]))
-    methods = list(dict.fromkeys(k[4] for k in shared))
-    cells.sort(key=lambda x: (x[0], x[1], methods.index(x[2]), x[3]))
-    for d, g, m, k in cells:
-        keys = [x for x in shared if x[:3] == (d, g, k) and x[4] == m]
-        c = paired_comparison(
-            [b[x]["mca"] for x in keys], [a[x]["mca"] for x in keys]
-        )  # B - A: mean_a is B's
+    methods = list(dict.fromkeys(x[4] for x in shared))
+    by_cell: dict[tuple, list[tuple]] = {}  # (dataset, group, method, K) -> its repeats' keys
+    for x in shared:
+        by_cell.setdefault((x[0], x[1], x[4], x[2]), []).append(x)
+    for (d, g, m, k), keys in sorted(
+        by_cell.items(), key=lambda i: (*i[0][:2], methods.index(i[0][2]), i[0][3])
+    ):
+        mca_a, mca_b = [a[x]["mca"] for x in keys], [b[x]["mca"] for x in keys]
+        c = paired_comparison(mca_b, mca_a)  # B - A
         ci = "n/a" if len(keys) < 2 else f"[{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]"
         p = "n/a" if len(keys) < 2 else f"{c['p_ttest']:.3g}"
         steps = ["/".join(sorted({str(run[x].get("steps") or "–") for x in keys}, key=str)) for run in (a, b)]
         lines.append(
-            f"| {d} | {g} | {m} | {k} | {steps[0]} | {steps[1]} | {len(keys)} | {c['mean_b']:.3f} "
-            f"| {c['mean_a']:.3f} | {c['mean_diff']:+.3f} | {ci} | {p} |"
+            f"| {d} | {g} | {m} | {k} | {steps[0]} | {steps[1]} | {len(keys)} | {np.mean(mca_a):.3f} "
+            f"| {np.mean(mca_b):.3f} | {c['mean_diff']:+.3f} | {ci} | {p} |"
         )
     return "\n".join(lines)
 

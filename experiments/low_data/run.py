@@ -77,9 +77,8 @@ class StudyConfig:
     )
     render_size: int = 128
     steps: int = 40  # optimisation steps per network: the least with ``epochs``, the number without
-    epochs: float | None = (
-        20.0  # at least this many passes over the K × classes images (None or 0: ``steps``)
-    )
+    # at least this many passes over the K × classes images (None or 0: a fixed ``steps``)
+    epochs: float | None = 20.0
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
@@ -90,6 +89,10 @@ class StudyConfig:
     test_groups: float = 0.3  # i3a: fraction of each class's specimens held out for testing
     out: str = str(Path(__file__).resolve().parent / "results")
     threads: int | None = None
+
+    def __post_init__(self):
+        if self.epochs is not None and self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0 (0: a fixed number of steps), got {self.epochs}")
 
 
 # ============================================================================================ data
@@ -234,8 +237,6 @@ def train_steps(cfg: StudyConfig, n_train: int) -> int:
     """Optimisation steps of one network on ``n_train`` images: ``cfg.steps``, or with ``cfg.epochs``
     enough full batches for that many passes over the images, whichever is more. A fixed number of steps
     starves the networks at large K (30 steps of 16 at K = 50 show each of 300 cells ~1.6 times)."""
-    if cfg.epochs is not None and cfg.epochs < 0:
-        raise ValueError(f"epochs must be >= 0 (0: a fixed number of steps), got {cfg.epochs}")
     if not cfg.epochs:
         return cfg.steps
     batch = min(cfg.batch_size, n_train)
