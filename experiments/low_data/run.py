@@ -81,18 +81,41 @@ class StudyConfig:
     epochs: float | None = 20.0
     batch_size: int = 16
     lr: float = 1e-3
+    # the Siamese ensemble's own settings (round 29 chooses them on development specimens)
+    siamese_loss: str = "bce"  # bce (Koch head) or contrastive
+    siamese_scoring: str = "mean"  # mean similarity to a class's support images, or prototype
+    siamese_lr: float | None = None  # None: lr
     seed: int = 0
     synthetic_root: str = str(REPO / "data" / "low_data_synthetic")
     real_root: str = str(REAL_ROOT)
     i3a_root: str = str(I3A_ROOT)
     n_test_cells: int = 100  # i3a: held-out cells per class, all from specimens never drawn for training
     test_groups: float = 0.3  # i3a: fraction of each class's specimens held out for testing
+    # i3a: development run: the held-out test specimens are never read; the training pool's specimens are
+    # split again (grouped, the same test_groups) into development test cells and the pool to draw K from
+    dev: bool = False
     out: str = str(Path(__file__).resolve().parent / "results")
     threads: int | None = None
 
     def __post_init__(self):
         if self.epochs is not None and self.epochs < 0:
             raise ValueError(f"epochs must be >= 0 (0: a fixed number of steps), got {self.epochs}")
+        from ana_lightning.models.siamese import LOSSES, SCORINGS
+
+        if self.siamese_loss not in LOSSES:
+            raise ValueError(f"siamese_loss must be one of {sorted(LOSSES)}, got {self.siamese_loss!r}")
+        if self.siamese_scoring not in SCORINGS:
+            raise ValueError(
+                f"siamese_scoring must be one of {sorted(SCORINGS)}, got {self.siamese_scoring!r}"
+            )
+        for name in ("lr", "siamese_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.dev and set(self.datasets) != {"i3a"}:
+            raise ValueError(
+                f"dev splits the I3A training specimens: use it with datasets ['i3a'] only, got {list(self.datasets)}"
+            )
 
 
 # ============================================================================================ data
@@ -181,11 +204,19 @@ def _normalised_copies(records, masks: dict[str, str], cache: Path):
 def _i3a_split(cfg: StudyConfig, records) -> tuple[dict[str, list], list]:
     """``(training pool per class, fixed test cells)``: whole specimens go to one side or the other
     (grouped, stratified split of the reader's groups); the test cells, ``n_test_cells`` per class, are
-    drawn once from the held-out specimens and are the same for every K and repeat."""
+    drawn once from the held-out specimens and are the same for every K and repeat.
+
+    With ``cfg.dev`` the held-out specimens are set aside unread and the training pool is split the same
+    way again: its held-out part gives the development test cells, the rest is the pool to draw K from
+    (settings are chosen there, never on the test specimens)."""
     from ana_lightning.data.splits import split_records
 
-    parts = split_records(records, (1.0 - cfg.test_groups, 0.0, cfg.test_groups), seed=cfg.seed)
+    fractions = (1.0 - cfg.test_groups, 0.0, cfg.test_groups)
+    parts = split_records(records, fractions, seed=cfg.seed)
     pool, held = parts["train"], parts["test"]
+    if cfg.dev:
+        parts = split_records(pool, fractions, seed=cfg.seed + 1)
+        pool, held = parts["train"], parts["test"]
     assert not {r.group for r in pool} & {r.group for r in held}
     rng = np.random.default_rng([cfg.seed, 7])
     labels = list(dict.fromkeys(r.label for r in records))
@@ -304,8 +335,15 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
 
         def siamese():
             L.seed_everything(seed, workers=False, verbose=False)
+            lr = cfg.siamese_lr or cfg.lr
             m = SiameseClassifier(
-                _backbone(cfg), classes, dropout_rates=[0.2, 0.5], image_size=cfg.image_size, optimizer=opt
+                _backbone(cfg),
+                classes,
+                dropout_rates=[0.2, 0.5],
+                loss=cfg.siamese_loss,
+                scoring=cfg.siamese_scoring,
+                image_size=cfg.image_size,
+                optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4),
             )
             mean, std = m.hparams.mean, m.hparams.std
             _fit(m, _dataset(train, classes, cfg.image_size, mean, std, augment=True), cfg)
@@ -424,7 +462,13 @@ def run_study(cfg: StudyConfig) -> list[dict]:
             pool = {c: _normalised_copies(v, masks, cache) for c, v in pool.items()}
             classes = list(pool)
             print(
-                f"[i3a] {len(records)} cells; groups: {grouping}; training pool "
+                "[i3a] "
+                + (
+                    "DEVELOPMENT split of the training specimens (the test specimens unread): "
+                    if cfg.dev
+                    else ""
+                )
+                + f"{len(records)} cells; groups: {grouping}; training pool "
                 f"{sum(map(len, pool.values()))} cells of {len({r.group for v in pool.values() for r in v})} specimens, "
                 f"test {len(test)} cells of {len({r.group for r in test})} other specimens",
                 flush=True,
@@ -561,6 +605,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--siamese-loss", default=d.siamese_loss, choices=["bce", "contrastive"])
+    p.add_argument("--siamese-scoring", default=d.siamese_scoring, choices=["mean", "prototype"])
+    p.add_argument("--siamese-lr", type=float, default=None, help="the Siamese ensemble's lr (default: --lr)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--synthetic-root", default=d.synthetic_root)
     p.add_argument("--real-root", default=d.real_root)
@@ -571,6 +618,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument(
         "--test-groups", type=float, default=d.test_groups, help="i3a: fraction of specimens held out"
     )
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="i3a: choose settings on development specimens of the training pool; the test specimens are not read",
+    )
     p.add_argument("--out", default=d.out)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
@@ -579,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.epochs < 0:
         p.error(f"--epochs must be >= 0 (0: a fixed --steps), got {a.epochs}")
+    if a.dev and set(a.datasets) != {"i3a"}:
+        p.error(f"--dev splits the I3A training specimens: use it with --datasets i3a only, got {a.datasets}")
     if a.quick:
         a.groups, a.ks, a.repeats, a.steps, a.epochs, a.n_test = a.groups[:1], [1, 3], 1, 10, 0, 4
     cfg = StudyConfig(
@@ -597,12 +651,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         epochs=a.epochs,
         batch_size=a.batch_size,
         lr=a.lr,
+        siamese_loss=a.siamese_loss,
+        siamese_scoring=a.siamese_scoring,
+        siamese_lr=a.siamese_lr,
         seed=a.seed,
         synthetic_root=a.synthetic_root,
         real_root=a.real_root,
         i3a_root=a.i3a_root,
         n_test_cells=a.n_test_cells,
         test_groups=a.test_groups,
+        dev=a.dev,
         out=a.out,
         threads=a.threads,
     )
