@@ -175,6 +175,70 @@ def test_i3a_split_holds_out_whole_specimens(low_data, tmp_path):
     )
 
 
+def test_dev_split_never_reads_the_test_specimens(low_data, tmp_path):
+    from contest_fixtures import write_i3a2014_cells
+
+    root = write_i3a2014_cells(tmp_path / "i3a", per_class=4, specimens_per_class=6)
+    cfg = low_data.StudyConfig(datasets=["i3a"], i3a_root=str(root), n_test_cells=2)
+    records, _, _ = low_data._i3a_records(cfg)
+    pool, test = low_data._i3a_split(cfg, records)
+    dev_pool, dev_test = low_data._i3a_split(low_data.StudyConfig(**{**vars(cfg), "dev": True}), records)
+    groups = lambda by_class: {r.group for v in by_class.values() for r in v}  # noqa: E731
+    test_groups, pool_groups = {r.group for r in test}, groups(pool)
+    dev_test_groups, dev_pool_groups = {r.group for r in dev_test}, groups(dev_pool)
+    # the development cells come from the training pool's specimens only, split again by specimen
+    assert dev_test_groups and dev_pool_groups
+    assert (
+        dev_test_groups | dev_pool_groups <= pool_groups
+        and not (dev_test_groups | dev_pool_groups) & test_groups
+    )
+    assert not dev_test_groups & dev_pool_groups
+    assert set(dev_pool) == set(pool) and {r.label for r in dev_test} == set(
+        pool
+    )  # every class on both sides
+
+
+def test_settings_are_checked_when_the_study_is_built(low_data):
+    with pytest.raises(ValueError, match="siamese_loss must be one of"):
+        low_data.StudyConfig(siamese_loss="triplet")
+    with pytest.raises(ValueError, match="siamese_scoring must be one of"):
+        low_data.StudyConfig(siamese_scoring="max")
+    with pytest.raises(ValueError, match="siamese_lr must be > 0"):
+        low_data.StudyConfig(siamese_lr=-1e-3)
+    with pytest.raises(ValueError, match="use it with datasets \\['i3a'\\] only"):
+        low_data.StudyConfig(datasets=["synthetic"], dev=True)
+    with pytest.raises(SystemExit):
+        low_data.main(["--dev", "--datasets", "synthetic"])
+
+
+def test_siamese_settings_reach_the_model(low_data, tmp_path, monkeypatch):
+    import ana_lightning.models.siamese as siamese
+
+    seen = []
+
+    class Recording(siamese.SiameseClassifier):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append((self.hparams.loss, self.hparams.scoring, self.configure_optimizers()))
+
+    monkeypatch.setattr(siamese, "SiameseClassifier", Recording)
+    args = ["--datasets", "synthetic", "--k", "1", "--methods", "siamese_ensemble", "--siamese-loss"]
+    low_data.main(
+        _tiny(tmp_path, *args, "contrastive", "--siamese-scoring", "prototype", "--siamese-lr", "0.003")
+    )
+    ((loss, scoring, opt),) = seen
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    assert (loss, scoring) == ("contrastive", "prototype")
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.003)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (cfg["siamese_loss"], cfg["siamese_scoring"], cfg["siamese_lr"], cfg["lr"]) == (
+        "contrastive",
+        "prototype",
+        0.003,
+        0.001,
+    )
+
+
 def test_per_cell_normalisation(low_data):
     import numpy as np
 
