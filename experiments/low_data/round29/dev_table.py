@@ -35,7 +35,8 @@ def table(dev: Path) -> str:
         chosen = ROUND28[method] if ROUND28.get(method) in tied else tied[0]
         for c, rows in sorted(cands.items(), key=lambda kv: -means[kv[0]]):
             per_k = {
-                k: [float(r["mca"]) for r in rows if int(r["k"]) == k] for k in sorted({int(r["k"]) for r in rows})
+                k: [float(r["mca"]) for r in rows if int(r["k"]) == k]
+                for k in sorted({int(r["k"]) for r in rows})
             }
             ks = " | ".join(f"{np.mean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})" for v in per_k.values())
             mark = "**chosen**" if c == chosen else ("round 28" if c == ROUND28.get(method) else "")
