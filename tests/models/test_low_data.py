@@ -359,3 +359,24 @@ def test_compare_pairs_two_runs_by_draw(tmp_path):
         cmp.main([str(tmp_path / "steps30"), str(tmp_path / "other")])
     with pytest.raises(FileNotFoundError, match="no results.csv"):
         cmp.main([str(tmp_path / "steps30"), str(tmp_path / "nowhere")])
+
+
+def test_round29_claim_rule():
+    spec = importlib.util.spec_from_file_location(
+        "seeds_table", REPO / "experiments" / "low_data" / "round29" / "seeds_table.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    reps = range(4)
+    ahead = {
+        "siamese_ensemble": {r: 0.6 + 0.01 * r for r in reps},
+        "svm_cnn": {r: 0.5 + 0.012 * r for r in reps},
+    }
+    assert mod.verdict(ahead)[0] == "reproduced"  # highest mean, interval against the runner-up above zero
+    behind = {"siamese_ensemble": ahead["svm_cnn"], "svm_cnn": ahead["siamese_ensemble"]}
+    assert mod.verdict(behind)[0] == "not reproduced"
+    noisy = {
+        "siamese_ensemble": {0: 0.6, 1: 0.4, 2: 0.6, 3: 0.4},
+        "svm_cnn": {0: 0.45, 1: 0.55, 2: 0.45, 3: 0.5},
+    }
+    assert mod.verdict(noisy)[0] == "a tie"  # means 0.5 vs 0.4875, the interval across zero

@@ -1,0 +1,99 @@
+"""Round 29, second part (preregistration_seeds.txt): the tuned headline on three held-out specimen sets.
+
+For each seed (its own grouped split, test cells, K draws and network seeds) and K: the Siamese ensemble
+minus the SVM on CNN features and minus the softmax CNN (mean over the repeats, paired 95 % t-interval),
+and the paper's claim by round 28's rule: "reproduced" if the Siamese ensemble has the highest mean and its
+interval against the runner-up lies above zero, "not reproduced" if another method's mean is higher with
+the interval below zero, otherwise "a tie".
+
+    python experiments/low_data/round29/seeds_table.py [--out-md experiments/low_data/round29/seeds_table.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))  # run from a checkout without installing
+RUNS = ("tuned", "tuned_seed1", "tuned_seed2")
+REF = "siamese_ensemble"
+
+
+def _cells(folder: Path) -> dict[int, dict[str, dict[int, float]]]:
+    """``{K: {method: {repeat: MCA}}}`` of one run."""
+    out: dict[int, dict[str, dict[int, float]]] = {}
+    with open(folder / "results.csv") as f:
+        for r in csv.DictReader(f):
+            if r["mca"]:
+                out.setdefault(int(r["k"]), {}).setdefault(r["method"], {})[int(r["repeat"])] = float(
+                    r["mca"]
+                )
+    return out
+
+
+def verdict(by_method: dict[str, dict[int, float]]) -> tuple[str, dict[str, dict]]:
+    """The claim at one K, and the reference's paired comparison with every other method."""
+    from ana_lightning.stats import paired_comparison
+
+    reps = sorted(set.intersection(*(set(v) for v in by_method.values())))
+    means = {m: float(np.mean([v[r] for r in reps])) for m, v in by_method.items()}
+    pairs = {
+        m: paired_comparison([by_method[REF][r] for r in reps], [by_method[m][r] for r in reps])
+        for m in by_method
+        if m != REF
+    }
+    runner_up = max(pairs, key=lambda m: means[m])
+    if means[REF] > means[runner_up] and pairs[runner_up]["ci95_low"] > 0:
+        return "reproduced", pairs
+    if any(means[m] > means[REF] and pairs[m]["ci95_high"] < 0 for m in pairs):
+        return "not reproduced", pairs
+    return "a tie", pairs
+
+
+def _diff(c: dict) -> str:
+    return f"{c['mean_diff']:+.3f} [{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]"
+
+
+def table(root: Path = HERE, runs=RUNS) -> str:
+    lines = [
+        "| seed | K / class | Siamese | SVM on CNN | softmax CNN | Siamese − SVM on CNN | Siamese − softmax CNN | claim |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in runs:
+        folder = root / name
+        cfg = json.loads((folder / "config.json").read_text())
+        cells = _cells(folder)
+        with open(folder / "results.csv") as f:
+            n_test = {int(r["n_test"]) for r in csv.DictReader(f) if r["n_test"]}
+        for k, by_method in sorted(cells.items()):
+            claim, pairs = verdict(by_method)
+            mean = {m: np.mean(list(v.values())) for m, v in by_method.items()}
+
+            lines.append(
+                f"| {cfg['seed']} | {k} | {mean[REF]:.3f} | {mean['svm_cnn']:.3f} | "
+                f"{mean['softmax_cnn']:.3f} | {_diff(pairs['svm_cnn'])} | {_diff(pairs['softmax_cnn'])} | {claim} |"
+            )
+        assert len(n_test) == 1, f"{folder}: test sets of different sizes {n_test}"
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=str(HERE))
+    p.add_argument("--out-md", default=None)
+    a = p.parse_args(argv)
+    text = table(Path(a.root))
+    print(text)
+    if a.out_md:
+        Path(a.out_md).write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main()
