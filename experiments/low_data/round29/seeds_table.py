@@ -62,8 +62,8 @@ def _diff(c: dict) -> str:
 
 def table(root: Path = HERE, runs=RUNS) -> str:
     lines = [
-        "| seed | K / class | Siamese | SVM on CNN | softmax CNN | Siamese − SVM on CNN | Siamese − softmax CNN | claim |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | K / class | Siamese | SVM on CNN | softmax CNN | texture SVM | Siamese − SVM on CNN | Siamese − softmax CNN | Siamese − texture SVM | claim |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in runs:
         folder = root / name
@@ -77,7 +77,7 @@ def table(root: Path = HERE, runs=RUNS) -> str:
 
             lines.append(
                 f"| {cfg['seed']} | {k} | {mean[REF]:.3f} | {mean['svm_cnn']:.3f} | "
-                f"{mean['softmax_cnn']:.3f} | {_diff(pairs['svm_cnn'])} | {_diff(pairs['softmax_cnn'])} | {claim} |"
+                f"{mean['softmax_cnn']:.3f} | {mean['svm_texture']:.3f} | {_diff(pairs['svm_cnn'])} | {_diff(pairs['softmax_cnn'])} | {_diff(pairs['svm_texture'])} | {claim} |"
             )
         assert len(n_test) == 1, f"{folder}: test sets of different sizes {n_test}"
     return "\n".join(lines)
