@@ -363,7 +363,7 @@ def test_compare_pairs_two_runs_by_draw(tmp_path):
 
 def test_round29_claim_rule():
     spec = importlib.util.spec_from_file_location(
-        "seeds_table", REPO / "experiments" / "low_data" / "round29" / "seeds_table.py"
+        "round29_tables", REPO / "experiments" / "low_data" / "round29" / "tables.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

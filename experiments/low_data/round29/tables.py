@@ -1,12 +1,15 @@
-"""Round 29, second part (preregistration_seeds.txt): the tuned headline on three held-out specimen sets.
+"""Round 29's tables (preregistration.txt, preregistration_seeds.txt).
 
-For each seed (its own grouped split, test cells, K draws and network seeds) and K: the Siamese ensemble
-minus the SVM on CNN features and minus the softmax CNN (mean over the repeats, paired 95 % t-interval),
-and the paper's claim by round 28's rule: "reproduced" if the Siamese ensemble has the highest mean and its
-interval against the runner-up lies above zero, "not reproduced" if another method's mean is higher with
-the interval below zero, otherwise "a tie".
+- ``dev``: each candidate's mean development MCA over its (K, repeat) cells, per method; the highest is
+  chosen, an exact tie keeps round 28's setting.
+- ``seeds``: the tuned headline on three held-out specimen sets. For each seed (its own grouped split, test
+  cells, K draws and network seeds) and K: the Siamese ensemble minus each other method (mean over the
+  repeats, paired 95 % t-interval), and the paper's claim by round 28's rule: "reproduced" if the Siamese
+  ensemble has the highest mean and its interval against the runner-up lies above zero, "not reproduced" if
+  another method's mean is higher with the interval below zero, otherwise "a tie".
 
-    python experiments/low_data/round29/seeds_table.py [--out-md experiments/low_data/round29/seeds_table.md]
+    python experiments/low_data/round29/tables.py dev [--out-md experiments/low_data/round29/dev_table.md]
+    python experiments/low_data/round29/tables.py seeds [--out-md experiments/low_data/round29/seeds_table.md]
 """
 
 from __future__ import annotations
@@ -23,6 +26,35 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))  # run from a checkout without installing
 RUNS = ("tuned", "tuned_seed1", "tuned_seed2")
 REF = "siamese_ensemble"
+ROUND28 = {"siamese_ensemble": "siamese_bce_mean_lr1e-3", "softmax_cnn": "softmax_lr1e-3"}
+
+
+def dev_table(dev: Path) -> str:
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for f in sorted(dev.glob("*/results.csv")):
+        for r in csv.DictReader(open(f)):
+            if r["mca"]:
+                runs.setdefault(r["method"], {}).setdefault(f.parent.name, []).append(r)
+    if not runs:
+        raise FileNotFoundError(f"no */results.csv under {dev}")
+    lines = [
+        "| method | candidate | dev MCA, K = 10 (3 repeats) | K = 50 | mean of the 6 cells | chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, cands in runs.items():
+        means = {c: float(np.mean([float(r["mca"]) for r in rows])) for c, rows in cands.items()}
+        best = max(means.values())
+        tied = [c for c, m in means.items() if m == best]
+        chosen = ROUND28[method] if ROUND28.get(method) in tied else tied[0]
+        for c, rows in sorted(cands.items(), key=lambda kv: -means[kv[0]]):
+            per_k = {
+                k: [float(r["mca"]) for r in rows if int(r["k"]) == k]
+                for k in sorted({int(r["k"]) for r in rows})
+            }
+            ks = " | ".join(f"{np.mean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})" for v in per_k.values())
+            mark = "**chosen**" if c == chosen else ("round 28" if c == ROUND28.get(method) else "")
+            lines.append(f"| {method} | {c} | {ks} | {means[c]:.3f} | {mark} |")
+    return "\n".join(lines)
 
 
 def _cells(folder: Path) -> dict[int, dict[str, dict[int, float]]]:
@@ -60,7 +92,7 @@ def _diff(c: dict) -> str:
     return f"{c['mean_diff']:+.3f} [{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]"
 
 
-def table(root: Path = HERE, runs=RUNS) -> str:
+def seeds_table(root: Path = HERE, runs=RUNS) -> str:
     lines = [
         "| seed | K / class | Siamese | SVM on CNN | softmax CNN | texture SVM | Siamese − SVM on CNN | Siamese − softmax CNN | Siamese − texture SVM | claim |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -85,10 +117,12 @@ def table(root: Path = HERE, runs=RUNS) -> str:
 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(HERE))
+    p.add_argument("table", choices=["dev", "seeds"])
+    p.add_argument("--root", default=str(HERE), help="the round's folder (dev reads <root>/dev)")
     p.add_argument("--out-md", default=None)
     a = p.parse_args(argv)
-    text = table(Path(a.root))
+    root = Path(a.root)
+    text = dev_table(root / "dev") if a.table == "dev" else seeds_table(root)
     print(text)
     if a.out_md:
         Path(a.out_md).write_text(text + "\n")
