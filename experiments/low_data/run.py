@@ -323,7 +323,10 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
     y_test = np.array([classes.index(r.label) for r in test])
     y_train = np.array([classes.index(r.label) for r in train])
     out: dict[str, dict[str, float]] = {}
-    opt = lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)  # noqa: E731
+
+    def adamw(lr: float):
+        return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+
     softmax = None
 
     def timed(name, fn):
@@ -335,7 +338,6 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
 
         def siamese():
             L.seed_everything(seed, workers=False, verbose=False)
-            lr = cfg.siamese_lr or cfg.lr
             m = SiameseClassifier(
                 _backbone(cfg),
                 classes,
@@ -343,7 +345,7 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
                 loss=cfg.siamese_loss,
                 scoring=cfg.siamese_scoring,
                 image_size=cfg.image_size,
-                optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4),
+                optimizer=adamw(cfg.siamese_lr or cfg.lr),
             )
             mean, std = m.hparams.mean, m.hparams.std
             _fit(m, _dataset(train, classes, cfg.image_size, mean, std, augment=True), cfg)
@@ -357,7 +359,9 @@ def run_cell(cfg: StudyConfig, classes: list[str], train, test, seed: int) -> di
         def cnn():
             nonlocal softmax
             L.seed_everything(seed, workers=False, verbose=False)
-            softmax = SoftmaxClassifier(_backbone(cfg), classes, optimizer=opt, image_size=cfg.image_size)
+            softmax = SoftmaxClassifier(
+                _backbone(cfg), classes, optimizer=adamw(cfg.lr), image_size=cfg.image_size
+            )
             mean, std = softmax.hparams.mean, softmax.hparams.std
             _fit(softmax, _dataset(train, classes, cfg.image_size, mean, std, augment=True), cfg)
             return _predict(softmax, _dataset(test, classes, cfg.image_size, mean, std, augment=False))
@@ -579,6 +583,8 @@ def paired_differences(rows: list[dict], methods: Sequence[str], reference: str 
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    from ana_lightning.models.siamese import LOSSES, SCORINGS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = StudyConfig()
     p.add_argument("--datasets", nargs="+", default=list(d.datasets), choices=["synthetic", "real", "i3a"])
@@ -605,8 +611,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--siamese-loss", default=d.siamese_loss, choices=["bce", "contrastive"])
-    p.add_argument("--siamese-scoring", default=d.siamese_scoring, choices=["mean", "prototype"])
+    p.add_argument("--siamese-loss", default=d.siamese_loss, choices=list(LOSSES))
+    p.add_argument("--siamese-scoring", default=d.siamese_scoring, choices=list(SCORINGS))
     p.add_argument("--siamese-lr", type=float, default=None, help="the Siamese ensemble's lr (default: --lr)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--synthetic-root", default=d.synthetic_root)

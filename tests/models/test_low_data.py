@@ -193,9 +193,8 @@ def test_dev_split_never_reads_the_test_specimens(low_data, tmp_path):
         and not (dev_test_groups | dev_pool_groups) & test_groups
     )
     assert not dev_test_groups & dev_pool_groups
-    assert set(dev_pool) == set(pool) and {r.label for r in dev_test} == set(
-        pool
-    )  # every class on both sides
+    # every class on both sides
+    assert set(dev_pool) == set(pool) and {r.label for r in dev_test} == set(pool)
 
 
 def test_settings_are_checked_when_the_study_is_built(low_data):

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import argparse
-import csv
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -24,6 +24,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))  # run from a checkout without installing
+_spec = importlib.util.spec_from_file_location("low_data_compare", HERE.parent / "compare.py")
+_compare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_compare)
+read_rows = _compare.read_rows  # results.csv of one run, checked, rows without a draw left out
 RUNS = ("tuned", "tuned_seed1", "tuned_seed2")
 REF = "siamese_ensemble"
 ROUND28 = {"siamese_ensemble": "siamese_bce_mean_lr1e-3", "softmax_cnn": "softmax_lr1e-3"}
@@ -32,9 +36,8 @@ ROUND28 = {"siamese_ensemble": "siamese_bce_mean_lr1e-3", "softmax_cnn": "softma
 def dev_table(dev: Path) -> str:
     runs: dict[str, dict[str, list[dict]]] = {}
     for f in sorted(dev.glob("*/results.csv")):
-        for r in csv.DictReader(open(f)):
-            if r["mca"]:
-                runs.setdefault(r["method"], {}).setdefault(f.parent.name, []).append(r)
+        for r in read_rows(f.parent).values():
+            runs.setdefault(r["method"], {}).setdefault(f.parent.name, []).append(r)
     if not runs:
         raise FileNotFoundError(f"no */results.csv under {dev}")
     lines = [
@@ -42,14 +45,13 @@ def dev_table(dev: Path) -> str:
         "|---|---|---|---|---|---|",
     ]
     for method, cands in runs.items():
-        means = {c: float(np.mean([float(r["mca"]) for r in rows])) for c, rows in cands.items()}
+        means = {c: float(np.mean([r["mca"] for r in rows])) for c, rows in cands.items()}
         best = max(means.values())
         tied = [c for c, m in means.items() if m == best]
         chosen = ROUND28[method] if ROUND28.get(method) in tied else tied[0]
         for c, rows in sorted(cands.items(), key=lambda kv: -means[kv[0]]):
             per_k = {
-                k: [float(r["mca"]) for r in rows if int(r["k"]) == k]
-                for k in sorted({int(r["k"]) for r in rows})
+                k: [r["mca"] for r in rows if int(r["k"]) == k] for k in sorted({int(r["k"]) for r in rows})
             }
             ks = " | ".join(f"{np.mean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})" for v in per_k.values())
             mark = "**chosen**" if c == chosen else ("round 28" if c == ROUND28.get(method) else "")
@@ -57,20 +59,9 @@ def dev_table(dev: Path) -> str:
     return "\n".join(lines)
 
 
-def _cells(folder: Path) -> dict[int, dict[str, dict[int, float]]]:
-    """``{K: {method: {repeat: MCA}}}`` of one run."""
-    out: dict[int, dict[str, dict[int, float]]] = {}
-    with open(folder / "results.csv") as f:
-        for r in csv.DictReader(f):
-            if r["mca"]:
-                out.setdefault(int(r["k"]), {}).setdefault(r["method"], {})[int(r["repeat"])] = float(
-                    r["mca"]
-                )
-    return out
-
-
-def verdict(by_method: dict[str, dict[int, float]]) -> tuple[str, dict[str, dict]]:
-    """The claim at one K, and the reference's paired comparison with every other method."""
+def verdict(by_method: dict[str, dict[int, float]]) -> tuple[str, dict[str, float], dict[str, dict]]:
+    """The claim at one K from ``{method: {repeat: MCA}}``, each method's mean over the repeats all
+    methods share, and the reference's paired comparison with every other method."""
     from ana_lightning.stats import paired_comparison
 
     reps = sorted(set.intersection(*(set(v) for v in by_method.values())))
@@ -82,10 +73,10 @@ def verdict(by_method: dict[str, dict[int, float]]) -> tuple[str, dict[str, dict
     }
     runner_up = max(pairs, key=lambda m: means[m])
     if means[REF] > means[runner_up] and pairs[runner_up]["ci95_low"] > 0:
-        return "reproduced", pairs
+        return "reproduced", means, pairs
     if any(means[m] > means[REF] and pairs[m]["ci95_high"] < 0 for m in pairs):
-        return "not reproduced", pairs
-    return "a tie", pairs
+        return "not reproduced", means, pairs
+    return "a tie", means, pairs
 
 
 def _diff(c: dict) -> str:
@@ -100,18 +91,18 @@ def seeds_table(root: Path = HERE, runs=RUNS) -> str:
     for name in runs:
         folder = root / name
         cfg = json.loads((folder / "config.json").read_text())
-        cells = _cells(folder)
-        with open(folder / "results.csv") as f:
-            n_test = {int(r["n_test"]) for r in csv.DictReader(f) if r["n_test"]}
+        rows = read_rows(folder)
+        n_test = {r["n_test"] for r in rows.values()}
+        assert len(n_test) == 1, f"{folder}: test sets of different sizes {n_test}"
+        cells: dict[int, dict[str, dict[int, float]]] = {}  # {K: {method: {repeat: MCA}}}
+        for (_, _, k, rep, method), r in rows.items():
+            cells.setdefault(k, {}).setdefault(method, {})[rep] = r["mca"]
         for k, by_method in sorted(cells.items()):
-            claim, pairs = verdict(by_method)
-            mean = {m: np.mean(list(v.values())) for m, v in by_method.items()}
-
+            claim, mean, pairs = verdict(by_method)
             lines.append(
                 f"| {cfg['seed']} | {k} | {mean[REF]:.3f} | {mean['svm_cnn']:.3f} | "
                 f"{mean['softmax_cnn']:.3f} | {mean['svm_texture']:.3f} | {_diff(pairs['svm_cnn'])} | {_diff(pairs['softmax_cnn'])} | {_diff(pairs['svm_texture'])} | {claim} |"
             )
-        assert len(n_test) == 1, f"{folder}: test sets of different sizes {n_test}"
     return "\n".join(lines)
 
 
